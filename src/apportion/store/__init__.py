@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy Core over an async driver (SQLite by default), with migrations."""

@@ -1,0 +1,130 @@
+"""The database schema, as SQLAlchemy Core tables.
+
+Documents are stored as JSON text (``Text`` columns holding orjson output) so
+that what a user sent is what they read back. Times are UNIX seconds (float)
+in the database and ISO-8601 strings on the wire.
+
+Changing a table means adding a migration in :mod:`apportion.store.migrations`;
+never edit what an existing migration creates.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+schema_migrations = Table(
+    "schema_migrations",
+    metadata,
+    Column("version", Integer, primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("applied_at", Float, nullable=False),
+)
+
+clusters = Table(
+    "clusters",
+    metadata,
+    Column("id", String(200), primary_key=True),
+    Column("document", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+cluster_metrics = Table(
+    "cluster_metrics",
+    metadata,
+    Column("cluster_id", String(200), primary_key=True),
+    Column("document", Text, nullable=False),
+    Column("received_at", Float, nullable=False),
+)
+
+policies = Table(
+    "policies",
+    metadata,
+    Column("uri", String(400), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("version", String(100), nullable=False),
+    Column("release_tag", String(100), nullable=False),
+    Column("record", Text, nullable=False),
+    Column("code_path", Text, nullable=True),
+    Column("code_sha256", String(64), nullable=True),
+    Column("source", String(20), nullable=False),  # "upload" | "builtin" | "policy_dir"
+    Column("created_at", Float, nullable=False),
+)
+
+policy_contexts = Table(
+    "policy_contexts",
+    metadata,
+    Column("uri", String(400), primary_key=True),
+    Column("context", Text, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+holds = Table(
+    "holds",
+    metadata,
+    Column("allocation_id", String(64), primary_key=True),
+    Column("owner", String(64), nullable=True),
+    Column("request_id", String(200), nullable=True),
+    Column("policy_uri", String(400), nullable=False),
+    Column("placements", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("kind", String(20), nullable=False, server_default="allocation"),
+)
+
+# One row per held GPU; the unique constraint makes "no GPU in two holds" a
+# property of the database, not only of the engine's memory.
+hold_gpus = Table(
+    "hold_gpus",
+    metadata,
+    Column(
+        "allocation_id",
+        String(64),
+        ForeignKey("holds.allocation_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("cluster_id", String(200), nullable=False),
+    Column("node_id", String(200), nullable=False),
+    Column("gpu_id", String(20), nullable=False),
+    UniqueConstraint("cluster_id", "node_id", "gpu_id", name="uq_hold_gpus_gpu"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("prefix", String(16), nullable=False),
+    Column("hash", String(128), nullable=False),
+    Column("scopes", String(100), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("revoked_at", Float, nullable=True),
+    Column("last_used_at", Float, nullable=True),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("type", String(100), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("ts", Float, nullable=False),
+    sqlite_autoincrement=True,
+)
+
+Index("ix_holds_expires_at", holds.c.expires_at)
+Index("ix_api_keys_prefix", api_keys.c.prefix)
+Index("ix_events_type", events.c.type)
