@@ -81,6 +81,13 @@ class InvalidRequest(ApportionError):
         self.path = path
 
 
+class InvalidDocument(InvalidRequest):
+    """A well-formed document whose content does not hold together (e.g. aggregates that
+    do not add up): 422, with the same code and ``path`` as :class:`InvalidRequest`."""
+
+    http_status = 422
+
+
 class Unauthorized(ApportionError):
     code = ErrorCode.UNAUTHORIZED
     http_status = 401

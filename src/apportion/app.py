@@ -1,0 +1,264 @@
+"""Wiring only: config → store → registry → policies → engine → servers, one lifecycle.
+
+``Server(settings)`` is the whole process: ``await server.start()`` opens the
+store, loads the registry, the policies and the holds, binds both ports and
+starts the background loops under one task group; ``await server.stop()``
+ends them in reverse order. Tests run it on ``127.0.0.1:0``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from apportion.config import Settings
+from apportion.policies.catalog import builtin_catalog
+from apportion.policies.clients import RegistryServices
+from apportion.policies.policy_dir import PolicyDirWatcher
+from apportion.policies.runtime import PolicyRuntime
+from apportion.policies.sandbox import SandboxLimits, SandboxPool
+from apportion.policies.store import PolicyStore
+from apportion.registry.collector import LocalCollector, local_cluster_document
+from apportion.registry.service import Registry
+from apportion.scheduling.allocations import AllocationService
+from apportion.scheduling.holds import HoldManager
+from apportion.server import routes_core, routes_policies, routes_registry
+from apportion.server.auth import (
+    ANONYMOUS_ADMIN,
+    KeyStore,
+    Scope,
+    auth_middleware,
+    check_bind_allowed,
+)
+from apportion.server.context import CONTEXT, ServerContext
+from apportion.server.credentials import Profile, default_credentials_path, write_profile
+from apportion.server.http_common import error_middleware
+from apportion.server.ws import AllocationWebSocket
+from apportion.store.db import Database
+
+log = logging.getLogger(__name__)
+
+PUBLIC_PATHS = frozenset({"/healthz", "/metrics", "/openapi.json"})
+
+
+@dataclass(frozen=True)
+class BootstrapKey:
+    """The admin key generated on first start (shown once)."""
+
+    secret: str
+    credentials_path: str | None
+
+
+class Server:
+    """One Apportion server process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.bootstrap_key: BootstrapKey | None = None
+        self._stack = contextlib.AsyncExitStack()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.context: ServerContext | None = None
+        self._http_port = 0
+        self._ws: AllocationWebSocket | None = None
+
+    # ---------------------------------------------------------------- ports
+    @property
+    def http_port(self) -> int:
+        return self._http_port
+
+    @property
+    def ws_port(self) -> int:
+        assert self._ws is not None
+        return self._ws.port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self._display_host}:{self.http_port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self._display_host}:{self.ws_port}"
+
+    @property
+    def _display_host(self) -> str:
+        host = self.settings.host
+        return f"[{host}]" if ":" in host else host
+
+    # ---------------------------------------------------------------- start
+    async def start(self) -> None:
+        settings = self.settings
+        check_bind_allowed(settings.host, auth_enabled=settings.auth)
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        db = await Database.open(settings.database_url)
+        self._stack.push_async_callback(db.close)
+
+        keys = KeyStore(db)
+        registry = Registry(db, metrics_ttl=settings.metrics_ttl)
+        await registry.load()
+
+        sandbox = SandboxPool(
+            size=settings.sandbox_workers,
+            limits=SandboxLimits(
+                memory_mb=settings.sandbox_memory_mb, timeout_seconds=settings.policy_timeout
+            ),
+        )
+        await sandbox.start()
+        self._stack.push_async_callback(sandbox.close)
+
+        policies = PolicyStore(db, settings.data_dir)
+        await policies.load(builtin_catalog())
+        runtime = PolicyRuntime(
+            db, RegistryServices(registry), sandbox, timeout_seconds=settings.policy_timeout
+        )
+        self._stack.push_async_callback(runtime.close)
+
+        holds = HoldManager(db, registry.fleet)
+        await holds.start()
+        self._stack.push_async_callback(holds.close)
+
+        allocations = AllocationService(
+            registry,
+            policies,
+            runtime,
+            holds,
+            default_lease_seconds=settings.default_lease_seconds,
+            max_lease_seconds=settings.max_lease_seconds,
+        )
+        self.context = ServerContext(
+            settings, registry, policies, runtime, holds, allocations, keys
+        )
+
+        await self._start_http(self.context)
+        self._ws = AllocationWebSocket(
+            allocations,
+            keys,
+            auth_enabled=settings.auth,
+            max_message_bytes=settings.max_message_bytes,
+            max_in_flight=settings.max_in_flight_per_connection,
+            rate_per_second=settings.rate_limit_per_second,
+            anonymous=ANONYMOUS_ADMIN,
+        )
+        await self._ws.start(settings.host, settings.ws_port)
+        self._stack.push_async_callback(self._ws.close)
+
+        await self._ensure_admin_key(keys)
+        if settings.local_cluster:
+            await registry.upsert_cluster(local_cluster_document())
+            self._spawn(LocalCollector(registry.put_metrics, cluster_id="local").run(), "collector")
+        if settings.policy_dir is not None:
+            watcher = PolicyDirWatcher(settings.policy_dir, policies)
+            watcher.scan()
+            self._spawn(watcher.run(), "policy-dir")
+        self._spawn(self._lease_loop(holds), "leases")
+        self._spawn(self._staleness_loop(registry), "staleness")
+
+    async def _start_http(self, context: ServerContext) -> None:
+        settings = self.settings
+        app = web.Application(
+            middlewares=[
+                error_middleware,
+                auth_middleware(context.keys, enabled=settings.auth, public_paths=PUBLIC_PATHS),
+            ],
+            client_max_size=max(settings.max_message_bytes, routes_policies.MAX_CODE_BYTES + 2**20),
+        )
+        app[CONTEXT] = context
+        app.add_routes(routes_core.routes)
+        app.add_routes(routes_registry.routes)
+        app.add_routes(routes_policies.routes)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        self._stack.push_async_callback(runner.cleanup)
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        server = site._server
+        assert server is not None
+        sockets: Any = getattr(server, "sockets", None)
+        self._http_port = int(sockets[0].getsockname()[1])
+
+    async def _ensure_admin_key(self, keys: KeyStore) -> None:
+        settings = self.settings
+        if not settings.auth:
+            return
+        if settings.admin_key:
+            await keys.ensure_key(settings.admin_key, name="admin (--admin-key)", scope=Scope.ADMIN)
+            return
+        if await keys.has_admin():
+            return
+        issued = await keys.create("bootstrap admin", Scope.ADMIN)
+        path = None
+        if settings.write_credentials:
+            target = settings.credentials_file or default_credentials_path()
+            path = str(
+                write_profile(
+                    "default",
+                    Profile(url=self.url, ws_url=self.ws_url, api_key=issued.secret),
+                    target,
+                )
+            )
+        self.bootstrap_key = BootstrapKey(issued.secret, path)
+        print(
+            f"apportion: generated the first admin key (shown once): {issued.secret}"
+            + (f"\napportion: saved to {path} (profile 'default', mode 0600)" if path else ""),
+            file=sys.stderr,
+        )
+
+    # ---------------------------------------------------------------- background
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(self._guard(coro, name), name=name)
+        self._tasks.append(task)
+
+    @staticmethod
+    async def _guard(coro: Any, name: str) -> None:
+        """One error boundary per background loop: log and end, never silently."""
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background task %s failed", name)
+
+    @staticmethod
+    async def _lease_loop(holds: HoldManager) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            expired = await holds.expire_due()
+            for hold in expired:
+                log.info("lease of allocation %s ended; GPUs released", hold.allocation_id)
+
+    @staticmethod
+    async def _staleness_loop(registry: Registry) -> None:
+        while True:
+            await asyncio.sleep(min(5.0, registry.metrics_ttl / 2))
+            registry.refresh_staleness()
+
+    # ---------------------------------------------------------------- stop
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await self._stack.aclose()
+
+
+async def serve_forever(settings: Settings, *, on_ready: Any = None) -> None:
+    """Start, print the URLs, run until cancelled (Ctrl-C / SIGTERM), then stop cleanly."""
+    server = Server(settings)
+    await server.start()
+    try:
+        print(f"apportion: REST, Socket.IO and dashboard on {server.url}", file=sys.stderr)
+        print(f"apportion: allocation WebSocket on {server.ws_url}", file=sys.stderr)
+        print(f"apportion: data in {settings.data_dir} (pid {os.getpid()})", file=sys.stderr)
+        if on_ready is not None:
+            await on_ready(server)
+        await asyncio.Event().wait()
+    finally:
+        await server.stop()

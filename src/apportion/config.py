@@ -1,0 +1,93 @@
+"""Server configuration: flag > environment (``APPORTION_*``) > config file > default.
+
+``Settings`` is built once by the CLI (flags are passed as keyword arguments,
+the environment and the TOML file named by ``--config`` / ``APPORTION_CONFIG``
+fill the rest) and handed to :func:`apportion.app.run`. Nothing else reads the
+environment.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/apportion`` or ``~/.local/share/apportion``."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "apportion"
+
+
+class Settings(BaseSettings):
+    """Every option of ``apportion serve`` (CONTRACTS §1)."""
+
+    model_config = SettingsConfigDict(env_prefix="APPORTION_", extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    ws_port: int = Field(8765, ge=0, le=65535)
+    data_dir: Path = Field(default_factory=default_data_dir)
+    db: str | None = None
+    config: Path | None = None
+    policy_dir: Path | None = None
+    policy_timeout: float = Field(10.0, gt=0, le=3600)
+    admin_key: str | None = Field(None, min_length=16)
+    auth: bool = True
+    credentials_file: Path | None = None
+    write_credentials: bool = True
+
+    metrics_ttl: float = Field(60.0, gt=0)
+    max_message_bytes: int = Field(1 << 20, ge=1024)
+    max_in_flight_per_connection: int = Field(64, ge=1)
+    rate_limit_per_second: float = Field(5000.0, gt=0)
+    default_lease_seconds: float = Field(60.0, gt=0)
+    max_lease_seconds: float = Field(7 * 86400.0, gt=0)
+    sandbox_workers: int = Field(2, ge=1, le=64)
+    sandbox_memory_mb: int = Field(1024, ge=64)
+    local_cluster: bool = False  # register this machine as cluster "local" and collect its metrics
+
+    @field_validator("data_dir", "policy_dir", "config", "credentials_file")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+    @property
+    def database_url(self) -> str:
+        """``--db`` or ``sqlite:///<data dir>/apportion.db``."""
+        return self.db or f"sqlite:///{self.data_dir / 'apportion.db'}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = _config_file_from(init_settings)
+        if config_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+
+def _config_file_from(init_settings: PydanticBaseSettingsSource) -> Path | None:
+    given: Any = init_settings().get("config") or os.environ.get("APPORTION_CONFIG")
+    if not given:
+        return None
+    path = Path(given).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"config file {path} does not exist (from --config/APPORTION_CONFIG)"
+        )
+    return path

@@ -1,0 +1,258 @@
+"""Running policies: in-process for trusted code, in sandbox workers for uploads.
+
+``PolicyRuntime.evaluate`` is the one way the server calls a policy's ``eval``;
+``management`` the one way it calls ``management``. Both:
+
+* merge parameters and settings the seed's documented way: the stored
+  ``policy_parameters`` / ``policy_settings`` are defaults, the request's values
+  override them key by key;
+* inject ``cluster_client`` and ``cluster_metrics_client`` into ``settings``;
+* pass the policy's persistent ``context`` (never ``None``) and keep what the
+  policy left in it, in memory and in the ``policy_contexts`` table;
+* keep "no" apart from "broken": a policy raising
+  :class:`~apportion.errors.NoFeasiblePlacement` (the built-ins do) is a
+  rejection; any other exception is :class:`~apportion.errors.PolicyError`
+  naming the policy.
+
+In-process policies run on a worker thread with the same wall-clock timeout as
+the sandbox; a trusted policy past it is answered ``PolicyTimeout`` but its
+thread cannot be stopped (operator-trusted code only, see docs/policies.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from apportion import jsonutil
+from apportion.errors import ApportionError, PolicyError, PolicyTimeout
+from apportion.policies.clients import ClusterClient, ClusterMetricsClient, RegistryServices
+from apportion.policies.sandbox import SandboxCall, SandboxPool
+from apportion.policies.store import PolicyEntry
+from apportion.store import schema
+from apportion.store.db import Database
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    output: Any
+    elapsed_ms: float
+
+
+class PolicyRuntime:
+    """Evaluates policies with merged parameters/settings, persistent context and limits."""
+
+    def __init__(
+        self,
+        db: Database,
+        services: RegistryServices,
+        sandbox: SandboxPool,
+        *,
+        timeout_seconds: float,
+    ) -> None:
+        self._db = db
+        self._services = services
+        self._sandbox = sandbox
+        self.timeout_seconds = timeout_seconds
+        self._contexts: dict[str, dict[str, Any]] = {}
+        self._context_json: dict[str, bytes] = {}
+        self._threads = concurrent.futures.ThreadPoolExecutor(
+            max_workers=4, thread_name_prefix="policy"
+        )
+
+    async def close(self) -> None:
+        self._threads.shutdown(wait=False, cancel_futures=True)
+
+    # ---------------------------------------------------------------- context
+    async def context_for(self, uri: str) -> dict[str, Any]:
+        """The policy's persistent context (loaded from the store on first use)."""
+        context = self._contexts.get(uri)
+        if context is None:
+            async with self._db.read() as conn:
+                row = (
+                    await conn.execute(
+                        select(schema.policy_contexts.c.context).where(
+                            schema.policy_contexts.c.uri == uri
+                        )
+                    )
+                ).first()
+            raw = row.context.encode() if row else b"{}"
+            context = jsonutil.loads(raw)
+            self._contexts[uri] = context
+            self._context_json[uri] = raw
+        return context
+
+    async def _save_context(self, uri: str, context: dict[str, Any]) -> None:
+        try:
+            raw = jsonutil.dumps(context)
+        except TypeError as exc:
+            raise PolicyError(
+                f"policy {uri} left something that is not JSON in its context: {exc}; "
+                "keep only JSON values (dicts, lists, strings, numbers) in context",
+                details={"policy_rule_uri": uri},
+            ) from None
+        self._contexts[uri] = context
+        if raw == self._context_json.get(uri):
+            return
+        self._context_json[uri] = raw
+        stmt = sqlite_insert(schema.policy_contexts).values(
+            uri=uri, context=raw.decode(), updated_at=time.time()
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[schema.policy_contexts.c.uri],
+            set_={"context": stmt.excluded.context, "updated_at": stmt.excluded.updated_at},
+        )
+        async with self._db.write() as conn:
+            await conn.execute(stmt)
+
+    async def check(self, entry: PolicyEntry) -> None:
+        """Load an uploaded policy in a sandbox worker and check the seed contract's
+        signatures (at upload, not halfway through a request)."""
+        if entry.sandboxed:
+            assert entry.code_dir is not None
+            await self._sandbox.validate(entry.uri, entry.code_dir)
+
+    # ---------------------------------------------------------------- merging
+    def _merged(
+        self, entry: PolicyEntry, parameters: dict[str, Any], settings: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        merged_parameters = {**entry.record.policy_parameters, **parameters}
+        merged_settings = {**entry.record.policy_settings, **settings}
+        return merged_parameters, merged_settings
+
+    def _inject_clients(self, settings: dict[str, Any]) -> None:
+        settings["cluster_client"] = ClusterClient(self._services)
+        settings["cluster_metrics_client"] = ClusterMetricsClient(self._services)
+
+    # ---------------------------------------------------------------- eval
+    async def evaluate(
+        self,
+        entry: PolicyEntry,
+        *,
+        input_data: Any,
+        parameters: dict[str, Any],
+        settings: dict[str, Any],
+        engine_settings: dict[str, Any] | None = None,
+        json_input: Any = None,
+    ) -> Evaluation:
+        """Run ``eval``. ``engine_settings`` (fleet view, sinks) reach in-process policies only;
+        ``json_input`` is what a sandboxed policy gets instead of ``input_data`` when given."""
+        started = time.perf_counter()
+        merged_parameters, merged_settings = self._merged(entry, parameters, settings)
+        uses_context = entry.source != "builtin"
+        context = await self.context_for(entry.uri) if uses_context else {}
+        if entry.sandboxed:
+            assert entry.code_dir is not None
+            result = await self._sandbox.evaluate(
+                SandboxCall(
+                    uri=entry.uri,
+                    code_dir=entry.code_dir,
+                    rule_id=entry.uri,
+                    settings=merged_settings,
+                    parameters=merged_parameters,
+                    input_data=json_input if json_input is not None else input_data,
+                    context=context,
+                ),
+                self._services,
+            )
+            output, context = result.output, result.context
+        else:
+            self._inject_clients(merged_settings)
+            merged_settings.update(engine_settings or {})
+            output = await self._in_thread(
+                entry,
+                self._run_eval,
+                entry,
+                merged_settings,
+                merged_parameters,
+                input_data,
+                context,
+            )
+        if uses_context:
+            await self._save_context(entry.uri, context)
+        return Evaluation(output, (time.perf_counter() - started) * 1000)
+
+    @staticmethod
+    def _run_eval(
+        entry: PolicyEntry,
+        settings: dict[str, Any],
+        parameters: dict[str, Any],
+        input_data: Any,
+        context: dict[str, Any],
+    ) -> Any:
+        assert entry.policy_class is not None
+        policy = entry.policy_class(entry.uri, settings, parameters)
+        return policy.eval(parameters, input_data, context)
+
+    async def _in_thread(self, entry: PolicyEntry, fn: Any, *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._threads, fn, *args)
+        try:
+            return await asyncio.wait_for(future, self.timeout_seconds)
+        except TimeoutError:
+            raise PolicyTimeout(
+                f"policy {entry.uri} did not answer within {self.timeout_seconds:g} s "
+                "(--policy-timeout); make it faster or raise the limit",
+                details={"policy_rule_uri": entry.uri, "timeout_seconds": self.timeout_seconds},
+            ) from None
+        except ApportionError:
+            raise
+        except Exception as exc:
+            raise PolicyError(
+                f"policy {entry.uri} raised {type(exc).__name__}: {exc}",
+                details={
+                    "policy_rule_uri": entry.uri,
+                    "exception_type": type(exc).__name__,
+                    "exception": str(exc),
+                    "traceback": traceback.format_exc(limit=8),
+                },
+            ) from None
+
+    # ---------------------------------------------------------------- management
+    async def management(self, entry: PolicyEntry, action: str, data: Any) -> Any:
+        """Call the policy's ``management(action, data)`` with its stored settings and parameters."""
+        parameters, settings = self._merged(entry, {}, {})
+        if entry.sandboxed:
+            assert entry.code_dir is not None
+            call = SandboxCall(
+                uri=entry.uri,
+                code_dir=entry.code_dir,
+                rule_id=entry.uri,
+                settings=settings,
+                parameters=parameters,
+                input_data=None,
+                context=await self.context_for(entry.uri),
+            )
+            return await self._sandbox.management(call, action, data)
+        self._inject_clients(settings)
+        return await self._in_thread(
+            entry, self._run_management, entry, settings, parameters, action, data
+        )
+
+    @staticmethod
+    def _run_management(
+        entry: PolicyEntry,
+        settings: dict[str, Any],
+        parameters: dict[str, Any],
+        action: str,
+        data: Any,
+    ) -> Any:
+        assert entry.policy_class is not None
+        policy = entry.policy_class(entry.uri, settings, parameters)
+        manage = getattr(policy, "management", None)
+        if manage is None:
+            raise PolicyError(
+                f"policy {entry.uri} has no management method",
+                details={"policy_rule_uri": entry.uri, "action": action},
+            )
+        return manage(action, data)

@@ -1,0 +1,187 @@
+"""The policy store: records and code of every policy the server can run.
+
+Three sources, one namespace of URIs:
+
+* ``builtin`` — ``binpack``, ``spread``, ``topology``, ``similarity``; always present, never replaced.
+* ``policy_dir`` — operator-trusted policies from ``--policy-dir``, run in-process, hot-reloaded.
+* ``upload`` — ``POST /policies``; code unpacked into ``<data dir>/policies/<sha256>/`` and run
+  only in sandbox workers.
+
+Versions are immutable: a URI that exists is never overwritten (``Conflict``);
+a new version is a new URI. Records live in the ``policies`` table; the
+in-memory index answers every lookup.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy import delete, select
+
+from apportion import jsonutil
+from apportion.errors import Conflict, Forbidden, InvalidRequest, UnknownPolicy
+from apportion.policies.archive import sha256_hex, unpack_policy_code
+from apportion.policies.records import PolicyRecord
+from apportion.policies.uri import PolicyURI
+from apportion.store import schema
+from apportion.store.db import Database
+
+Source = Literal["builtin", "policy_dir", "upload"]
+
+
+@dataclass(frozen=True)
+class PolicyEntry:
+    """One runnable policy: its record, where it came from and how to build it."""
+
+    record: PolicyRecord
+    source: Source
+    policy_class: type | None = None  # in-process policies (builtin, policy_dir)
+    code_dir: Path | None = None  # uploaded policies (sandboxed)
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def uri(self) -> str:
+        return str(self.record.uri)
+
+    @property
+    def sandboxed(self) -> bool:
+        return self.source == "upload"
+
+    def public(self) -> dict[str, Any]:
+        return self.record.public(source=self.source, warnings=list(self.warnings))
+
+
+def _unknown(uri: str) -> UnknownPolicy:
+    return UnknownPolicy(
+        f"no policy {uri!r} in the store; list them with GET /policies "
+        "(built-ins: binpack:1.0-stable, spread:1.0-stable, topology:1.0-stable, similarity:1.0-stable)",
+        details={"policy_rule_uri": uri},
+    )
+
+
+class PolicyStore:
+    """Lookup, upload and deletion of policies. Runs on the event loop."""
+
+    def __init__(self, db: Database, data_dir: Path) -> None:
+        self._db = db
+        self._code_root = data_dir / "policies"
+        self._entries: dict[str, PolicyEntry] = {}
+        self._listeners: list[Callable[[str, str], None]] = []
+
+    def on_change(self, listener: Callable[[str, str], None]) -> None:
+        """``listener(uri, change)`` after a policy is added, replaced or removed."""
+        self._listeners.append(listener)
+
+    def _changed(self, uri: str, change: str) -> None:
+        for listener in self._listeners:
+            listener(uri, change)
+
+    async def load(self, builtins: Mapping[str, tuple[PolicyRecord, type]]) -> None:
+        """Register the built-ins, then read the uploaded policies from the database."""
+        for uri, (record, cls) in builtins.items():
+            self._entries[uri] = PolicyEntry(record, "builtin", policy_class=cls)
+        async with self._db.read() as conn:
+            rows = (await conn.execute(select(schema.policies))).all()
+        for row in rows:
+            stored = jsonutil.loads(row.record)
+            warnings = tuple(stored.pop("_warnings", ()))
+            record = PolicyRecord.model_validate(stored)
+            self._entries[row.uri] = PolicyEntry(
+                record, "upload", code_dir=Path(row.code_path), warnings=warnings
+            )
+
+    def get(self, uri: str) -> PolicyEntry:
+        """The entry for ``uri``; :class:`UnknownPolicy` when absent."""
+        entry = self._entries.get(uri)
+        if entry is None:
+            PolicyURI.parse(uri)
+            raise _unknown(uri)
+        return entry
+
+    def list(self) -> list[PolicyEntry]:
+        return [self._entries[uri] for uri in sorted(self._entries)]
+
+    async def upload(self, record_body: Any, code: bytes, filename: str) -> PolicyEntry:
+        """Store a new policy version: validate, unpack safely, persist. ``Conflict`` if the URI exists."""
+        record = PolicyRecord.parse(record_body)
+        uri = str(record.uri)
+        if uri in self._entries:
+            raise Conflict(
+                f"policy {uri} exists and versions are immutable; upload it as a new version",
+                details={"policy_rule_uri": uri},
+            )
+        digest = sha256_hex(code)
+        code_dir = self._code_root / digest
+        if not code_dir.exists():
+            self._code_root.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".upload-", dir=self._code_root))
+            try:
+                root = unpack_policy_code(code, filename, staging)
+                shutil.move(str(root), code_dir)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        warnings = []
+        requirements = code_dir / "code" / "requirements.txt"
+        if requirements.is_file() and requirements.read_text(errors="replace").strip():
+            warnings.append(
+                "code/requirements.txt is not installed: the server never pip-installs at request "
+                "time; install what the policy needs into the server's environment"
+            )
+        entry = PolicyEntry(record, "upload", code_dir=code_dir, warnings=tuple(warnings))
+        stored = record.model_dump(by_alias=True) | {"_warnings": warnings}
+        async with self._db.write() as conn:
+            await conn.execute(
+                schema.policies.insert().values(
+                    uri=uri,
+                    name=record.name,
+                    version=record.version,
+                    release_tag=record.release_tag,
+                    record=jsonutil.dumps_str(stored),
+                    code_path=str(code_dir),
+                    code_sha256=digest,
+                    source="upload",
+                    created_at=time.time(),
+                )
+            )
+        self._entries[uri] = entry
+        self._changed(uri, "created")
+        return entry
+
+    async def delete(self, uri: str) -> None:
+        entry = self.get(uri)
+        if entry.source != "upload":
+            raise Forbidden(
+                f"policy {uri} is a {entry.source} policy and cannot be deleted through the API",
+                details={"policy_rule_uri": uri, "source": entry.source},
+            )
+        async with self._db.write() as conn:
+            await conn.execute(delete(schema.policies).where(schema.policies.c.uri == uri))
+            await conn.execute(
+                delete(schema.policy_contexts).where(schema.policy_contexts.c.uri == uri)
+            )
+        del self._entries[uri]
+        self._changed(uri, "deleted")
+
+    def set_local(self, entries: Mapping[str, PolicyEntry]) -> None:
+        """Replace the ``policy_dir`` policies with ``entries`` (hot reload); never shadows others."""
+        for uri in [u for u, e in self._entries.items() if e.source == "policy_dir"]:
+            if uri not in entries:
+                del self._entries[uri]
+                self._changed(uri, "deleted")
+        for uri, entry in entries.items():
+            existing = self._entries.get(uri)
+            if existing is not None and existing.source != "policy_dir":
+                raise InvalidRequest(
+                    f"policy-dir policy {uri} has the URI of a {existing.source} policy; "
+                    "give it another name or version",
+                    path="policy_dir",
+                )
+            if existing is not entry:
+                self._entries[uri] = entry
+                self._changed(uri, "replaced" if existing else "created")

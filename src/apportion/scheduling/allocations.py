@@ -1,0 +1,282 @@
+"""Answering allocation requests: snapshot → candidates → policy → validated placement → hold.
+
+``AllocationService`` is what the WebSocket and ``POST /allocate`` call. It
+never blocks the event loop (policies run on a worker thread or in a sandbox
+process) and it numbers and times its phases for the ``explain`` record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from apportion.engine.placement import PlacementOutcome
+from apportion.engine.validate import validate_output
+from apportion.errors import InvalidRequest, NoFeasiblePlacement
+from apportion.policies.inputs import LazyClusterData
+from apportion.policies.runtime import PolicyRuntime
+from apportion.policies.store import PolicyEntry, PolicyStore
+from apportion.policies.uri import PolicyURI
+from apportion.registry.service import Registry, require_known
+from apportion.scheduling.holds import HoldManager
+from apportion.server.protocol import AllocationRequest
+
+EventSink = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+@dataclass
+class Caller:
+    """Who sent the request: the key id (owner of holds) and whether it is an admin."""
+
+    key_id: str | None
+    is_admin: bool
+
+
+@dataclass
+class Phases:
+    timings: dict[str, float] = field(default_factory=dict)
+    _last: float = field(default_factory=time.perf_counter)
+
+    def mark(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = round(self.timings.get(name, 0.0) + (now - self._last) * 1000, 3)
+        self._last = now
+
+
+def _expected_count(inputs: dict[str, Any]) -> tuple[int | None, bool]:
+    requests = inputs.get("requests")
+    if isinstance(requests, list):
+        return len(requests), True
+    return None, False
+
+
+class AllocationService:
+    """The allocation use case, shared by every edge."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        policies: PolicyStore,
+        runtime: PolicyRuntime,
+        holds: HoldManager,
+        *,
+        default_lease_seconds: float,
+        max_lease_seconds: float,
+    ) -> None:
+        self._registry = registry
+        self._policies = policies
+        self._runtime = runtime
+        self._holds = holds
+        self.default_lease_seconds = default_lease_seconds
+        self.max_lease_seconds = max_lease_seconds
+        self._hold_lock = asyncio.Lock()
+
+    def lease(self, seconds: float | None, *, path: str = "lease_seconds") -> float:
+        value = self.default_lease_seconds if seconds is None else seconds
+        if value > self.max_lease_seconds:
+            raise InvalidRequest(
+                f"{path} {value:g} is over the limit of {self.max_lease_seconds:g} s; "
+                "renew the allocation instead of asking for a longer lease",
+                path=path,
+            )
+        return value
+
+    # ---------------------------------------------------------------- candidates
+    async def candidates(self, request: AllocationRequest) -> list[str]:
+        """The request's candidate clusters (CONTRACTS §2: clusters, else filter, else search, else live)."""
+        if request.clusters:
+            require_known(self._registry, request.clusters, path="clusters")
+            return list(dict.fromkeys(request.clusters))
+        if request.filter:
+            ids = self._registry.filter_cluster_ids(request.filter, path="filter")
+            if ids is not None:
+                return ids
+        if request.search:
+            return await self.search(request.search, path="search")
+        return self._registry.live_cluster_ids()
+
+    async def search(self, spec: dict[str, Any], *, path: str = "search") -> list[str]:
+        """Filter, then order the survivors with the ranking policy; the first ``return`` K."""
+        body = spec.get("body", {}).get("values", spec) if "body" in spec else spec
+        rule = body.get("rankingPolicyRule")
+        if not isinstance(rule, dict):
+            raise InvalidRequest(
+                f"{path}.rankingPolicyRule is required and must be an object with policyRuleURI",
+                path=f"{path}.rankingPolicyRule",
+            )
+        uri = str(
+            PolicyURI.parse(
+                rule.get("policyRuleURI"), path=f"{path}.rankingPolicyRule.policyRuleURI"
+            )
+        )
+        parameters = rule.get("parameters") or {}
+        if not isinstance(parameters, dict):
+            raise InvalidRequest(
+                f"{path}.rankingPolicyRule.parameters must be an object",
+                path=f"{path}.rankingPolicyRule.parameters",
+            )
+        settings = rule.get("settings") or {}
+        limit = parameters.get("return")
+        if limit is not None and (
+            not isinstance(limit, int) or isinstance(limit, bool) or limit < 1
+        ):
+            raise InvalidRequest(
+                f"{path}.rankingPolicyRule.parameters.return must be a positive integer",
+                path=f"{path}.rankingPolicyRule.parameters.return",
+            )
+        filter_rule = parameters.get("filterRule")
+        ids = self._registry.filter_cluster_ids(
+            filter_rule, path=f"{path}.rankingPolicyRule.parameters.filterRule"
+        )
+        if ids is None:
+            ids = self._registry.live_cluster_ids()
+        docs = [
+            {
+                **self._registry.get_cluster(cid),
+                "cluster_metrics": self._registry.get_metrics_or_none(cid),
+            }
+            for cid in ids
+        ]
+        entry = self._policies.get(uri)
+        evaluation = await self._runtime.evaluate(
+            entry, input_data=docs, parameters=parameters, settings=settings
+        )
+        ranked = evaluation.output if isinstance(evaluation.output, list) else [evaluation.output]
+        out = []
+        for item in ranked:
+            cid = item.get("id") if isinstance(item, dict) else item
+            if isinstance(cid, str) and cid in ids and cid not in out:
+                out.append(cid)
+        return out[:limit] if limit else out
+
+    # ---------------------------------------------------------------- allocate
+    async def allocate(self, request: AllocationRequest, caller: Caller) -> dict[str, Any]:
+        """Answer one request with the success envelope (without ``request_id``); raise on failure.
+
+        A request that holds (``adhoc: false``) evaluates and reserves under one lock, so two
+        holds never race for the same GPUs; the durable commit happens outside it, batched with
+        other holds. Adhoc requests never take the lock.
+        """
+        phases = Phases()
+        entry = self._policies.get(str(PolicyURI.parse(request.policy_rule_uri)))
+        lease = None if request.adhoc else self.lease(request.lease_seconds)
+        candidates = await self.candidates(request)
+        phases.mark("candidates")
+        outcomes: list[PlacementOutcome] = []
+        if lease is None:
+            placements, is_gang = await self._decide(entry, request, candidates, outcomes, phases)
+            hold = None
+        else:
+            async with self._hold_lock:
+                placements, is_gang = await self._decide(
+                    entry, request, candidates, outcomes, phases
+                )
+                hold = self._holds.reserve(
+                    placements,
+                    lease_seconds=lease,
+                    owner=caller.key_id,
+                    request_id=request.request_id,
+                    policy_uri=entry.uri,
+                )
+            await self._holds.commit(hold)
+            phases.mark("hold")
+        answer: dict[str, Any] = {"success": True, "data": placements if is_gang else placements[0]}
+        if hold is not None:
+            answer["allocation_id"] = hold.allocation_id
+            answer["expires_at"] = hold.expires_at
+        if request.explain:
+            answer["explain"] = self._explain(entry.uri, candidates, outcomes, phases)
+        return answer
+
+    async def _decide(
+        self,
+        entry: PolicyEntry,
+        request: AllocationRequest,
+        candidates: list[str],
+        outcomes: list[PlacementOutcome],
+        phases: Phases,
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """Evaluate the policy over the candidates and validate what it returned."""
+        expected, is_gang = _expected_count(request.inputs)
+        cluster_data = LazyClusterData(self._registry, candidates)
+        evaluation = await self._runtime.evaluate(
+            entry,
+            input_data={"cluster_data": cluster_data, "inputs": request.inputs},
+            json_input={"cluster_data": cluster_data.materialise(), "inputs": request.inputs}
+            if entry.sandboxed
+            else None,
+            parameters=request.parameters,
+            settings=request.settings,
+            engine_settings={"fleet": self._registry.fleet, "outcome_sink": outcomes.append},
+        )
+        phases.mark("evaluate")
+        output = evaluation.output
+        if output in (None, {}, []):
+            raise NoFeasiblePlacement(
+                f"policy {entry.uri} found no placement among {len(candidates)} candidate cluster(s)",
+                details={"policy_rule_uri": entry.uri, "candidates": len(candidates)},
+            )
+        placements = validate_output(
+            output,
+            expected=expected,
+            is_gang=is_gang,
+            candidates=set(candidates),
+            fleet=self._registry.fleet,
+            require_free=not request.adhoc,
+            policy_uri=entry.uri,
+        )
+        phases.mark("validate")
+        return placements, is_gang
+
+    @staticmethod
+    def _explain(
+        uri: str,
+        candidates: list[str],
+        outcomes: list[PlacementOutcome],
+        phases: Phases,
+    ) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "policy_rule_uri": uri,
+            "candidate_clusters": len(candidates),
+            "timings_ms": phases.timings,
+        }
+        if outcomes:
+            outcome = outcomes[-1]
+            record.update(
+                candidate_nodes=outcome.candidate_nodes,
+                feasible_nodes=outcome.feasible_nodes,
+                rejected=[
+                    {"cluster_id": r.cluster_id, "node_id": r.node_id, "reasons": list(r.reasons)}
+                    for r in outcome.rejections()
+                ],
+                rejection_summary=outcome.rejection_summary(),
+                top_scores=outcome.top_scores,
+            )
+        return record
+
+    # ---------------------------------------------------------------- holds
+    async def release(self, allocation_id: str, caller: Caller) -> dict[str, Any]:
+        hold = await self._holds.release(
+            allocation_id, owner=caller.key_id, is_admin=caller.is_admin
+        )
+        return {"success": True, "data": {"allocation_id": hold.allocation_id, "released": True}}
+
+    async def renew(
+        self, allocation_id: str, lease_seconds: float | None, caller: Caller
+    ) -> dict[str, Any]:
+        lease = self.lease(lease_seconds)
+        hold = await self._holds.renew(
+            allocation_id, lease, owner=caller.key_id, is_admin=caller.is_admin
+        )
+        return {
+            "success": True,
+            "data": {"allocation_id": hold.allocation_id, "expires_at": hold.expires_at},
+        }
+
+    async def management(self, uri: str, action: str, data: dict[str, Any]) -> dict[str, Any]:
+        entry = self._policies.get(str(PolicyURI.parse(uri)))
+        result = await self._runtime.management(entry, action, data)
+        return {"success": True, "data": result}

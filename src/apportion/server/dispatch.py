@@ -1,0 +1,65 @@
+"""One decoded message in, one answer envelope out: shared by the WebSocket and ``POST /allocate``.
+
+Scopes: an adhoc allocation only reads (``read``); holding, releasing and
+renewing change state (``submit``); ``management`` reaches into a policy
+(``admin``). Every failure becomes the error envelope with its code; an
+unexpected exception is logged with an id and answered ``Internal``.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from apportion.errors import ApportionError, Internal
+from apportion.scheduling.allocations import AllocationService, Caller
+from apportion.server.auth import Principal, Scope, require
+from apportion.server.protocol import (
+    AllocationRequest,
+    ManagementMessage,
+    ReleaseMessage,
+    RenewMessage,
+    parse_message,
+    request_id_of,
+)
+
+log = logging.getLogger(__name__)
+
+
+def caller_of(principal: Principal) -> Caller:
+    return Caller(key_id=principal.key_id, is_admin=principal.scope is Scope.ADMIN)
+
+
+async def answer(service: AllocationService, raw: Any, principal: Principal) -> dict[str, Any]:
+    """The answer to one decoded message (never raises)."""
+    request_id = request_id_of(raw)
+    try:
+        message = parse_message(raw)
+        caller = caller_of(principal)
+        if isinstance(message, AllocationRequest):
+            require(principal, Scope.READ if message.adhoc else Scope.SUBMIT)
+            body = await service.allocate(message, caller)
+        elif isinstance(message, ReleaseMessage):
+            require(principal, Scope.SUBMIT)
+            body = await service.release(message.allocation_id, caller)
+        elif isinstance(message, RenewMessage):
+            require(principal, Scope.SUBMIT)
+            body = await service.renew(message.allocation_id, message.lease_seconds, caller)
+        elif isinstance(message, ManagementMessage):
+            require(principal, Scope.ADMIN)
+            body = await service.management(message.policy_rule_uri, message.action, message.data)
+        else:  # pragma: no cover - parse_message returns one of the above
+            raise AssertionError(type(message))
+    except ApportionError as exc:
+        return exc.envelope(request_id)
+    except Exception:
+        incident = uuid.uuid4().hex[:12]
+        log.exception("internal error answering a request (incident %s)", incident)
+        return Internal(
+            f"internal error (incident {incident}); the server log has the details",
+            details={"incident": incident},
+        ).envelope(request_id)
+    if request_id is not None:
+        body["request_id"] = request_id
+    return body

@@ -1,0 +1,114 @@
+"""REST routes of the policy store (CONTRACTS §3).
+
+``POST /policies`` takes ``multipart/form-data``: a part ``record`` (JSON) and
+a part ``code`` (an archive or a single ``.py`` file). Uploading and deleting
+need ``admin``; management actions need ``admin``; reading needs ``read``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import BodyPartReader, web
+
+from apportion import jsonutil
+from apportion.errors import InvalidRequest
+from apportion.policies.uri import PolicyURI
+from apportion.server.http_common import Scope, ctx, json_body, json_response, ok, principal
+
+routes = web.RouteTableDef()
+
+MAX_CODE_BYTES = 20 * 2**20
+
+
+@routes.get("/policies")
+async def list_policies(request: web.Request) -> web.Response:
+    """Every policy record, built-ins included, with its URI and source."""
+    principal(request, Scope.READ)
+    return json_response([entry.public() for entry in ctx(request).policies.list()])
+
+
+async def _read_upload(request: web.Request) -> tuple[Any, bytes, str]:
+    if not request.content_type.startswith("multipart/"):
+        raise InvalidRequest(
+            "POST /policies takes multipart/form-data with a part 'record' (JSON) and a part 'code' "
+            "(.zip, .tar.gz, .tar.xz or .py)",
+            path="body",
+        )
+    record: Any = None
+    code: bytes | None = None
+    filename = ""
+    reader = await request.multipart()
+    async for part in reader:
+        if not isinstance(part, BodyPartReader):
+            continue
+        if part.name == "record":
+            record = jsonutil.loads(await part.read(decode=False))
+        elif part.name == "code":
+            filename = part.filename or ""
+            code = bytes(await part.read(decode=False))
+            if len(code) > MAX_CODE_BYTES:
+                raise InvalidRequest(
+                    f"code is over {MAX_CODE_BYTES} bytes; upload a smaller archive", path="code"
+                )
+        else:
+            raise InvalidRequest(
+                f"unknown form part {part.name!r}; send 'record' and 'code'", path=str(part.name)
+            )
+    if record is None:
+        raise InvalidRequest(
+            "the form part 'record' (the policy record as JSON) is missing", path="record"
+        )
+    if code is None or not filename:
+        raise InvalidRequest(
+            "the form part 'code' with a filename (.zip, .tar.gz, .tar.xz or .py) is missing",
+            path="code",
+        )
+    return record, code, filename
+
+
+@routes.post("/policies")
+async def upload_policy(request: web.Request) -> web.Response:
+    """Store a new policy version; versions are immutable."""
+    principal(request, Scope.ADMIN)
+    record, code, filename = await _read_upload(request)
+    context = ctx(request)
+    entry = await context.policies.upload(record, code, filename)
+    try:
+        await context.runtime.check(entry)
+    except Exception:
+        await context.policies.delete(entry.uri)
+        raise
+    return json_response(entry.public(), status=201)
+
+
+@routes.get("/policies/{uri}")
+async def read_policy(request: web.Request) -> web.Response:
+    """One policy record."""
+    principal(request, Scope.READ)
+    uri = str(PolicyURI.parse(request.match_info["uri"], path="uri"))
+    return json_response(ctx(request).policies.get(uri).public())
+
+
+@routes.delete("/policies/{uri}")
+async def delete_policy(request: web.Request) -> web.Response:
+    """Delete an uploaded policy version (built-ins and policy-dir policies cannot be deleted)."""
+    principal(request, Scope.ADMIN)
+    uri = str(PolicyURI.parse(request.match_info["uri"], path="uri"))
+    await ctx(request).policies.delete(uri)
+    return json_response({"success": True})
+
+
+@routes.post("/policies/{uri}/management")
+async def manage_policy(request: web.Request) -> web.Response:
+    """Call the policy's ``management(action, data)``."""
+    principal(request, Scope.ADMIN)
+    body = await json_body(request)
+    action = body.get("action")
+    if not isinstance(action, str) or not action:
+        raise InvalidRequest("body.action must be a non-empty string", path="body.action")
+    data = body.get("data", {})
+    if not isinstance(data, dict):
+        raise InvalidRequest("body.data must be an object", path="body.data")
+    answer = await ctx(request).allocations.management(request.match_info["uri"], action, data)
+    return ok(answer["data"])

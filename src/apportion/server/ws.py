@@ -1,0 +1,165 @@
+"""The allocation WebSocket (seed 004, CONTRACTS §2) on the ``websockets`` asyncio API.
+
+* The handshake authenticates (``Authorization: Bearer|Token <key>``); a bad or
+  missing key is refused with HTTP 401 before the upgrade.
+* One JSON text message per request; many requests per connection, answered as
+  they finish (``request_id`` matches them), at most ``max_in_flight`` at once
+  per connection (further messages wait: back-pressure, not errors).
+* A message over ``max_message_bytes`` closes the connection with 1009 (the
+  library enforces it before the message is buffered); every other bad message
+  gets an error answer and the connection stays open.
+* A token bucket per connection answers ``RateLimited`` beyond the rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from http import HTTPStatus
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from apportion import jsonutil
+from apportion.errors import ApportionError, RateLimited
+from apportion.scheduling.allocations import AllocationService
+from apportion.server.auth import KeyStore, Principal, authenticate
+from apportion.server.dispatch import answer
+from apportion.server.protocol import request_id_of
+
+log = logging.getLogger(__name__)
+
+
+class TokenBucket:
+    """``rate`` tokens per second, bursts up to ``burst``."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._at = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False
+
+
+class AllocationWebSocket:
+    """Serves :class:`AllocationService` over a WebSocket. ``start`` binds; ``close`` stops."""
+
+    def __init__(
+        self,
+        service: AllocationService,
+        keys: KeyStore,
+        *,
+        auth_enabled: bool,
+        max_message_bytes: int,
+        max_in_flight: int,
+        rate_per_second: float,
+        anonymous: Principal,
+    ) -> None:
+        self._service = service
+        self._keys = keys
+        self._auth_enabled = auth_enabled
+        self._max_message_bytes = max_message_bytes
+        self._max_in_flight = max_in_flight
+        self._rate = rate_per_second
+        self._anonymous = anonymous
+        self._principals: weakref.WeakKeyDictionary[ServerConnection, Principal] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._server: Server | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self, host: str, port: int) -> None:
+        self._server = await serve(
+            self._handle,
+            host,
+            port,
+            process_request=self._authenticate,
+            max_size=self._max_message_bytes,
+            max_queue=self._max_in_flight,
+            compression=None,
+            server_header="Apportion",
+        )
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _authenticate(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
+        if not self._auth_enabled:
+            self._principals[connection] = self._anonymous
+            return None
+        try:
+            principal = await authenticate(self._keys, request.headers.get("Authorization"))
+        except ApportionError as exc:
+            response = connection.respond(HTTPStatus.UNAUTHORIZED, exc.message + "\n")
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response
+        self._principals[connection] = principal
+        return None
+
+    async def _handle(self, connection: ServerConnection) -> None:
+        principal = self._principals.get(connection, self._anonymous)
+        bucket = TokenBucket(self._rate, burst=max(self._rate, 10.0))
+        slots = asyncio.Semaphore(self._max_in_flight)
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            async for message in connection:
+                if not bucket.take():
+                    await self._send(connection, self._rate_limited(message))
+                    continue
+                await slots.acquire()
+                task = asyncio.create_task(self._serve_one(connection, message, principal))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                task.add_done_callback(lambda _: slots.release())
+        except ConnectionClosed:
+            pass
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    def _rate_limited(self, message: str | bytes) -> dict[str, Any]:
+        try:
+            request_id = request_id_of(jsonutil.loads(message))
+        except ApportionError:
+            request_id = None
+        return RateLimited(
+            f"more than {self._rate:g} messages per second on this connection; slow down and retry",
+            details={"limit_per_second": self._rate},
+        ).envelope(request_id)
+
+    async def _serve_one(
+        self, connection: ServerConnection, message: str | bytes, principal: Principal
+    ) -> None:
+        try:
+            raw = jsonutil.loads(message)
+        except ApportionError as exc:
+            await self._send(connection, exc.envelope())
+            return
+        await self._send(connection, await answer(self._service, raw, principal))
+
+    @staticmethod
+    async def _send(connection: ServerConnection, body: dict[str, Any]) -> None:
+        try:
+            await connection.send(jsonutil.dumps_str(body))
+        except ConnectionClosed:
+            log.debug("client went away before its answer was sent")

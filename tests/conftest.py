@@ -1,0 +1,114 @@
+"""Shared fixtures: a real server on 127.0.0.1:0 with a real SQLite store in tmp_path."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+from apportion import jsonutil
+from apportion.app import Server
+from apportion.config import Settings
+from apportion.demo import demo_clusters
+
+ADMIN_KEY = "test-admin-key-0123456789abcdef"
+
+
+def server_settings(data_dir: Path, **overrides: Any) -> Settings:
+    """Settings for a test server: loopback, ephemeral ports, fixed admin key, no credentials file."""
+    values: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "ws_port": 0,
+        "data_dir": data_dir,
+        "admin_key": ADMIN_KEY,
+        "write_credentials": False,
+        "sandbox_workers": 1,
+        "policy_timeout": 5.0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+class Running:
+    """A started server with clients bound to it."""
+
+    def __init__(self, server: Server, http: aiohttp.ClientSession) -> None:
+        self.server = server
+        self.http = http
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def ws_url(self) -> str:
+        return self.server.ws_url
+
+    @asynccontextmanager
+    async def ws(
+        self, key: str | None = ADMIN_KEY, **kwargs: Any
+    ) -> AsyncIterator[ClientConnection]:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        async with connect(self.ws_url, additional_headers=headers, **kwargs) as socket:
+            yield socket
+
+    async def load_demo_fleet(self) -> list[dict[str, Any]]:
+        clusters = demo_clusters()
+        for doc in clusters:
+            async with self.http.post(f"{self.url}/clusters", json=doc) as response:
+                assert response.status == 201, await response.text()
+        return clusters
+
+
+async def ask(socket: ClientConnection, message: dict[str, Any] | str) -> dict[str, Any]:
+    """Send one message and read one answer."""
+    await socket.send(message if isinstance(message, str) else jsonutil.dumps_str(message))
+    answer: dict[str, Any] = jsonutil.loads(await socket.recv())
+    return answer
+
+
+def allocation(**fields: Any) -> dict[str, Any]:
+    """A seed-004 request with every seed field present."""
+    body: dict[str, Any] = {
+        "adhoc": True,
+        "policy_rule_uri": "binpack:1.0-stable",
+        "clusters": [],
+        "inputs": {"gpus": 1},
+        "filter": {},
+        "search": {},
+        "parameters": {},
+        "settings": {},
+    }
+    body.update(fields)
+    return body
+
+
+@asynccontextmanager
+async def running_server(data_dir: Path, **overrides: Any) -> AsyncIterator[Running]:
+    server = Server(server_settings(data_dir, **overrides))
+    await server.start()
+    try:
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as http:
+            yield Running(server, http)
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+async def running(tmp_path: Path) -> AsyncIterator[Running]:
+    async with running_server(tmp_path / "data") as live:
+        yield live
+
+
+@pytest.fixture
+async def fleet(running: Running) -> list[dict[str, Any]]:
+    return await running.load_demo_fleet()
+
+
+ServerFactory = Callable[..., Any]

@@ -1,0 +1,38 @@
+"""A policy that misbehaves in the way ``parameters["mode"]`` names (sandbox tests)."""
+
+import ctypes
+import os
+import time
+
+
+class AIOSv1PolicyRule:
+    def __init__(self, rule_id, settings, parameters):
+        self.settings = settings
+
+    def eval(self, parameters, input_data, context):
+        mode = parameters.get("mode")
+        if mode == "raise":
+            raise ValueError("the policy is broken on purpose")
+        if mode == "loop":
+            while True:
+                pass
+        if mode == "memory":
+            block = bytearray(4 * 2**30)
+            return {"size": len(block)}
+        if mode == "exit":
+            os._exit(3)
+        if mode == "segv":
+            ctypes.string_at(0)
+        if mode == "print":
+            print("garbage")
+            os.write(1, b"\x00\x00\x00\x05more garbage on fd 1\n")
+            return {"printed": True}
+        if mode == "huge":
+            return {"blob": "x" * parameters["size"]}
+        if mode == "nonjson":
+            return {"value": object()}
+        if mode == "env":
+            return {"env": dict(os.environ), "cwd": os.getcwd()}
+        if mode == "sleep":
+            time.sleep(parameters["seconds"])
+        return {"pid": os.getpid(), "mode": mode}

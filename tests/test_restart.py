@@ -1,0 +1,106 @@
+"""What was acknowledged survives a restart of the server (and a SIGKILL of it)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+from websockets.asyncio.client import connect
+
+from tests.conftest import ADMIN_KEY, allocation, ask, running_server
+
+PIN = {"variable": "id", "operator": "==", "value": "mixed-lab-n00"}
+
+
+async def test_hold_survives_a_clean_restart(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    async with running_server(data) as live:
+        await live.load_demo_fleet()
+        async with live.ws() as ws:
+            held = await ask(
+                ws,
+                allocation(
+                    adhoc=False,
+                    lease_seconds=300,
+                    clusters=["mixed-lab"],
+                    inputs={"gpus": 8, "node_filter": PIN},
+                ),
+            )
+        assert held["success"], held
+    async with running_server(data) as live, live.ws() as ws:
+        blocked = await ask(
+            ws, allocation(clusters=["mixed-lab"], inputs={"gpus": 1, "node_filter": PIN})
+        )
+        assert blocked["error"]["code"] == "NoFeasiblePlacement"
+        released = await ask(ws, {"type": "release", "allocation_id": held["allocation_id"]})
+        assert released["success"], released
+        assert (
+            await ask(
+                ws, allocation(clusters=["mixed-lab"], inputs={"gpus": 8, "node_filter": PIN})
+            )
+        )["success"]
+
+
+SERVE = """
+import asyncio, sys
+from pathlib import Path
+from apportion.app import Server
+from tests.conftest import server_settings
+
+async def main():
+    server = Server(server_settings(Path(sys.argv[1])))
+    await server.start()
+    print(server.url, server.ws_url, flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+async def test_answered_hold_survives_sigkill(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    async with running_server(data) as live:
+        await live.load_demo_fleet()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        SERVE,
+        str(data),
+        stdout=asyncio.subprocess.PIPE,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        assert process.stdout is not None
+        _, ws_url = (await asyncio.wait_for(process.stdout.readline(), 60)).decode().split()
+        headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        async with connect(ws_url, additional_headers=headers) as ws:
+            held = await ask(
+                ws,
+                allocation(
+                    adhoc=False,
+                    lease_seconds=300,
+                    clusters=["mixed-lab"],
+                    inputs={"gpus": 8, "node_filter": PIN},
+                ),
+            )
+        assert held["success"], held
+    finally:
+        # the answer arrived, so the hold was committed; now the server dies without warning
+        os.kill(process.pid, signal.SIGKILL)
+        await process.wait()
+    async with running_server(data) as live:
+        async with live.http.get(f"{live.url}/allocations") as response:
+            holds = (await response.json())["data"]
+        assert [h["allocation_id"] for h in holds] == [held["allocation_id"]]
+        async with live.ws() as ws:
+            blocked = await ask(
+                ws, allocation(clusters=["mixed-lab"], inputs={"gpus": 1, "node_filter": PIN})
+            )
+        assert blocked["error"]["code"] == "NoFeasiblePlacement"

@@ -1,0 +1,310 @@
+"""The sandbox pool with real worker processes: answers, limits, crashes and recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from apportion.errors import InvalidRequest, MessageTooLarge, PolicyError, PolicyTimeout
+from apportion.policies.sandbox import SandboxCall, SandboxLimits, SandboxPool
+
+POLICIES = Path(__file__).parent / "policies"
+MISBEHAVE = "misbehave:1.0-test"
+
+
+class Services:
+    """A registry of one cluster, answered the way SandboxServices promises; records calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    def read_cluster(self, cluster_id: str) -> tuple[bool, Any]:
+        self.calls.append(("read_cluster", cluster_id))
+        if cluster_id != "c1":
+            return False, f"cluster {cluster_id} not found"
+        return True, {"id": "c1", "status": "live"}
+
+    def execute_query(self, query: Any) -> tuple[bool, Any]:
+        self.calls.append(("execute_query", query))
+        return True, [{"id": "c1"}, {"id": "c2"}]
+
+    def get_cluster_metrics(self, cluster_id: str) -> Any:
+        self.calls.append(("get_cluster_metrics", cluster_id))
+        if cluster_id != "c1":
+            raise LookupError(f"no metrics for {cluster_id}")
+        return {"clusterId": "c1", "nodes": [{"id": "n1", "gpus": [{"freeMem": 40960}]}]}
+
+    def query_cluster_metrics(self, query: Any) -> list[Any]:
+        self.calls.append(("query_cluster_metrics", query))
+        return [{"clusterId": "c1"}, {"clusterId": "c2"}]
+
+
+def misbehave(mode: str | None, **parameters: Any) -> SandboxCall:
+    return SandboxCall(
+        uri=MISBEHAVE,
+        code_dir=POLICIES / "misbehave",
+        rule_id="r",
+        settings={},
+        parameters={"mode": mode, **parameters},
+        input_data={"cluster_data": {}, "inputs": {}},
+        context={},
+    )
+
+
+def clients_call(context: dict[str, Any]) -> SandboxCall:
+    return SandboxCall(
+        uri="clients:1.0-test",
+        code_dir=POLICIES / "clients",
+        rule_id="rule-7",
+        settings={"note": "from the store"},
+        parameters={},
+        input_data={"cluster_data": {}, "inputs": {"cluster_id": "c1"}},
+        context=context,
+    )
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[SandboxPool]:
+    sandbox = SandboxPool(size=1, limits=SandboxLimits(timeout_seconds=5.0))
+    await sandbox.start()
+    yield sandbox
+    await sandbox.close()
+
+
+async def worker_pid(sandbox: SandboxPool) -> int:
+    result = await sandbox.evaluate(misbehave(None), Services())
+    assert result.output["mode"] is None
+    return int(result.output["pid"])
+
+
+async def test_seed_clients_are_answered_by_the_services(pool: SandboxPool) -> None:
+    services = Services()
+    result = await pool.evaluate(clients_call({"calls": 4}), services)
+    assert result.output == {
+        "cluster_id": "c1",
+        "read_ok": True,
+        "missing": [False, "cluster nope not found"],
+        "query": [True, ["c1", "c2"]],
+        "free": 40960,
+        "lookup": "LookupError: no metrics for nope",
+        "all_metrics": ["c1", "c2"],
+        "rule_id": "rule-7",
+    }
+    assert ("execute_query", {"variable": "id"}) in services.calls
+    assert ("query_cluster_metrics", None) in services.calls
+    assert result.context == {"calls": 5}  # 4 + 1: the policy's mutation comes back
+    assert result.elapsed_ms > 0
+
+
+async def test_context_is_the_callers_to_keep(pool: SandboxPool) -> None:
+    first = await pool.evaluate(clients_call({}), Services())
+    second = await pool.evaluate(clients_call(first.context), Services())
+    assert (first.context, second.context) == ({"calls": 1}, {"calls": 2})
+
+
+async def test_policy_exception_is_a_policy_error_and_the_worker_survives(
+    pool: SandboxPool,
+) -> None:
+    before = await worker_pid(pool)
+    with pytest.raises(PolicyError) as caught:
+        await pool.evaluate(misbehave("raise"), Services())
+    details = caught.value.details
+    assert "the policy is broken on purpose" in caught.value.message
+    assert MISBEHAVE in caught.value.message
+    assert details["policy_rule_uri"] == MISBEHAVE
+    assert details["exception_type"] == "ValueError"
+    assert details["exception"] == "the policy is broken on purpose"
+    assert 'raise ValueError("the policy is broken on purpose")' in details["traceback"]
+    assert await worker_pid(pool) == before
+
+
+async def test_endless_loop_times_out_and_the_next_call_succeeds() -> None:
+    sandbox = SandboxPool(size=1, limits=SandboxLimits(timeout_seconds=1.0))
+    await sandbox.start()
+    try:
+        before = await worker_pid(sandbox)
+        started = time.monotonic()
+        with pytest.raises(PolicyTimeout) as caught:
+            await sandbox.evaluate(misbehave("loop"), Services())
+        assert 1.0 <= time.monotonic() - started < 5.0
+        assert MISBEHAVE in caught.value.message
+        assert "1.0 s" in caught.value.message
+        assert "stopped" in caught.value.message
+        assert not psutil.pid_exists(before)  # killed and reaped, not a zombie
+        assert await worker_pid(sandbox) != before
+    finally:
+        await sandbox.close()
+
+
+async def test_four_gigabytes_is_a_memory_error(pool: SandboxPool) -> None:
+    with pytest.raises(PolicyError) as caught:
+        await pool.evaluate(misbehave("memory"), Services())
+    assert "memory" in caught.value.message
+    assert "1024 MB" in caught.value.message
+    assert caught.value.details["exception_type"] == "MemoryError"
+    assert (await pool.evaluate(misbehave(None), Services())).output["mode"] is None
+
+
+@pytest.mark.parametrize(
+    ("mode", "words"),
+    [("exit", "exited with code 3"), ("segv", "killed by SIGSEGV")],
+)
+async def test_a_dying_worker_is_named_and_replaced(
+    pool: SandboxPool, mode: str, words: str
+) -> None:
+    before = await worker_pid(pool)
+    with pytest.raises(PolicyError) as caught:
+        await pool.evaluate(misbehave(mode), Services())
+    assert words in caught.value.message
+    assert MISBEHAVE in caught.value.message
+    assert not psutil.pid_exists(before)
+    assert await worker_pid(pool) != before
+
+
+async def test_cpu_limit_kills_with_sigxcpu() -> None:
+    sandbox = SandboxPool(size=1, limits=SandboxLimits(cpu_seconds=1, timeout_seconds=20.0))
+    try:
+        with pytest.raises(PolicyError) as caught:
+            await sandbox.evaluate(misbehave("loop"), Services())
+        assert "SIGXCPU" in caught.value.message
+        assert "CPU limit of 1 s" in caught.value.message
+        assert (await sandbox.evaluate(misbehave(None), Services())).output["mode"] is None
+    finally:
+        await sandbox.close()
+
+
+async def test_printing_does_not_break_the_protocol(pool: SandboxPool) -> None:
+    before = await worker_pid(pool)
+    result = await pool.evaluate(misbehave("print"), Services())
+    assert result.output == {"printed": True}
+    assert await worker_pid(pool) == before
+
+
+async def test_huge_output_is_refused_and_the_next_call_succeeds() -> None:
+    limits = SandboxLimits(max_message_bytes=2**20, timeout_seconds=5.0)
+    sandbox = SandboxPool(size=1, limits=limits)
+    try:
+        with pytest.raises(PolicyError) as caught:
+            await sandbox.evaluate(misbehave("huge", size=2 * 2**20), Services())
+        assert "too much data" in caught.value.message
+        assert str(2**20) in caught.value.message
+        with pytest.raises(MessageTooLarge):
+            await sandbox.evaluate(misbehave(None, pad="y" * 2**20), Services())
+        assert (await sandbox.evaluate(misbehave(None), Services())).output["mode"] is None
+    finally:
+        await sandbox.close()
+
+
+async def test_output_that_is_not_json_is_a_policy_error(pool: SandboxPool) -> None:
+    with pytest.raises(PolicyError) as caught:
+        await pool.evaluate(misbehave("nonjson"), Services())
+    assert "not JSON-serialisable" in caught.value.message
+
+
+async def test_worker_environment_is_clean(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("APPORTION_ADMIN_KEY", "top-secret-admin-key")
+    monkeypatch.setenv("SOME_SERVER_SETTING", "server-only")
+    sandbox = SandboxPool(size=1)
+    await sandbox.start()
+    try:
+        output = (await sandbox.evaluate(misbehave("env"), Services())).output
+    finally:
+        await sandbox.close()
+    env = output["env"]
+    assert "APPORTION_ADMIN_KEY" not in env
+    assert "SOME_SERVER_SETTING" not in env
+    assert not any(key.startswith("APPORTION") for key in env)
+    assert "top-secret-admin-key" not in str(env)
+    assert "PATH" in env
+    assert output["cwd"] != os.getcwd()
+    assert Path(output["cwd"]).is_relative_to(tempfile.gettempdir())
+    # the private cwd is removed with the worker
+    assert not await asyncio.to_thread(Path(output["cwd"]).exists)
+
+
+async def test_management_call(pool: SandboxPool) -> None:
+    answer = await pool.management(clients_call({}), "get_state", {"x": 1})
+    assert answer == {"status": "success", "rule_id": "rule-7", "echo": {"x": 1}}
+    unknown = await pool.management(clients_call({}), "reboot", {})
+    assert unknown == {"status": "error", "message": "Unknown action 'reboot'"}
+    with pytest.raises(InvalidRequest) as caught:
+        await pool.management(misbehave(None), "get_state", {})
+    assert caught.value.details["path"] == "action"
+    assert "no management" in caught.value.message
+
+
+async def test_validate_checks_uploaded_code_in_a_worker(pool: SandboxPool) -> None:
+    assert (await pool.validate("c:1", POLICIES / "clients")).has_management is True
+    assert (await pool.validate("m:1", POLICIES / "misbehave")).has_management is False
+    with pytest.raises(InvalidRequest) as caught:
+        await pool.validate("bad:1", POLICIES / "bad_init")
+    assert caught.value.details["path"] == "code"
+    assert "__init__" in caught.value.message
+
+
+async def test_unloadable_policy_is_a_policy_error(pool: SandboxPool) -> None:
+    call = misbehave(None)
+    broken = SandboxCall(**{**call.__dict__, "uri": "bad:1", "code_dir": POLICIES / "no_eval"})
+    with pytest.raises(PolicyError) as caught:
+        await pool.evaluate(broken, Services())
+    assert "could not be loaded" in caught.value.message
+    assert "no eval method" in caught.value.message
+
+
+async def test_concurrent_evaluations_on_a_pool_of_two() -> None:
+    sandbox = SandboxPool(size=2, limits=SandboxLimits(timeout_seconds=10.0))
+    await sandbox.start()
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    tick_task = asyncio.create_task(ticker())
+    try:
+        started = time.monotonic()
+        calls = [sandbox.evaluate(misbehave("sleep", seconds=0.6), Services()) for _ in range(3)]
+        results = await asyncio.gather(*calls)
+        elapsed = time.monotonic() - started
+    finally:
+        tick_task.cancel()
+        await sandbox.close()
+    pids = {r.output["pid"] for r in results}
+    # 3 calls of 0.6 s on 2 workers: two run together, the third waits → 1.2 s ≤ elapsed < 1.8 s
+    assert len(pids) == 2
+    assert 1.2 <= elapsed < 1.75
+    assert ticks > 30  # the event loop kept running (≈ 120 ticks of 10 ms in 1.2 s)
+    assert not any(psutil.pid_exists(pid) for pid in pids)  # close killed and reaped them
+
+
+async def test_a_cancelled_caller_does_not_lose_the_worker(pool: SandboxPool) -> None:
+    task = asyncio.create_task(pool.evaluate(misbehave("sleep", seconds=0.5), Services()))
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # the only worker is still busy for about 0.4 s; this call waits for it instead of sharing it
+    result = await pool.evaluate(misbehave(None), Services())
+    assert result.output["mode"] is None
+
+
+async def test_close_leaves_no_children() -> None:
+    sandbox = SandboxPool(size=2)
+    await sandbox.start()
+    me = psutil.Process()
+    assert len(me.children()) >= 2
+    pids = {child.pid for child in me.children()}
+    await sandbox.close()
+    assert not any(psutil.pid_exists(pid) for pid in pids)
+    with pytest.raises(RuntimeError, match="closed"):
+        await sandbox.evaluate(misbehave(None), Services())
