@@ -11,42 +11,10 @@ and fleet views. Shared by the tests of several modules; keep it general.
 
 from __future__ import annotations
 
-import importlib
-import sys
-import types
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-
-def _install_documents_stand_in() -> None:
-    """A minimal stand-in for apportion.registry.documents while it is not written yet."""
-    try:
-        importlib.import_module("apportion.registry.documents")
-        return
-    except ImportError:
-        pass
-
-    def expand_node_gpus(node: Mapping[str, Any]) -> list[dict[str, Any]]:
-        g = node.get("gpus") or {}
-        count = int(g.get("count", 0))
-        entries = list(g.get("gpus") or [])
-        if count and len(entries) == 1:
-            entries = entries * count
-        return [{"modelName": e["modelName"], "memory": e["memory"]} for e in entries[:count]]
-
-    def nvlink_domains(node: Mapping[str, Any]) -> list[list[int]]:
-        topo = (node.get("gpus") or {}).get("topology") or node.get("topology") or {}
-        return [list(d) for d in topo.get("nvlinkDomains") or []]
-
-    mod = types.ModuleType("apportion.registry.documents")
-    mod.expand_node_gpus = expand_node_gpus  # type: ignore[attr-defined]
-    mod.nvlink_domains = nvlink_domains  # type: ignore[attr-defined]
-    sys.modules["apportion.registry.documents"] = mod
-
-
-_install_documents_stand_in()
-
-from apportion.registry.fleet import FleetView  # noqa: E402
+from apportion.registry.fleet import FleetView
 
 
 def node(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -188,6 +190,39 @@ async def test_printing_does_not_break_the_protocol(pool: SandboxPool) -> None:
     assert await worker_pid(pool) == before
 
 
+async def test_a_flood_on_stderr_cannot_block_the_worker(pool: SandboxPool) -> None:
+    # 20 MB on stderr is far beyond any pipe buffer (64 KiB); the drain thread keeps it moving
+    result = await pool.evaluate(misbehave("shout", size=20 * 2**20), Services())
+    assert result.output == {"shouted": 20 * 2**20}
+
+
+async def test_a_worker_is_recycled_before_its_cpu_budget_runs_out() -> None:
+    sandbox = SandboxPool(size=1, limits=SandboxLimits(cpu_seconds=2, timeout_seconds=10.0))
+    try:
+        before = await worker_pid(sandbox)
+        # 1.6 s of CPU > 0.75 × 2 s: the answer arrives, then the worker is replaced
+        spun = await sandbox.evaluate(misbehave("spin", seconds=1.6), Services())
+        assert spun.output == {"pid": before, "mode": "spin"}
+        assert not psutil.pid_exists(before)
+        assert await worker_pid(sandbox) != before
+    finally:
+        await sandbox.close()
+
+
+async def test_close_during_an_evaluation_stops_it_cleanly() -> None:
+    sandbox = SandboxPool(size=1)
+    pid = await worker_pid(sandbox)
+    task = asyncio.create_task(sandbox.evaluate(misbehave("sleep", seconds=5), Services()))
+    await asyncio.sleep(0.2)
+    started = time.monotonic()
+    await sandbox.close()
+    with pytest.raises(PolicyError) as caught:
+        await task
+    assert time.monotonic() - started < 2.0
+    assert "closed" in caught.value.message
+    assert not psutil.pid_exists(pid)
+
+
 async def test_huge_output_is_refused_and_the_next_call_succeeds() -> None:
     limits = SandboxLimits(max_message_bytes=2**20, timeout_seconds=5.0)
     sandbox = SandboxPool(size=1, limits=limits)
@@ -298,13 +333,103 @@ async def test_a_cancelled_caller_does_not_lose_the_worker(pool: SandboxPool) ->
     assert result.output["mode"] is None
 
 
+def gone(pid: int) -> bool:
+    """The process no longer runs (a zombie left to init counts as gone)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 async def test_close_leaves_no_children() -> None:
     sandbox = SandboxPool(size=2)
     await sandbox.start()
-    me = psutil.Process()
-    assert len(me.children()) >= 2
-    pids = {child.pid for child in me.children()}
+    calls = [sandbox.evaluate(misbehave("sleep", seconds=0.3), Services()) for _ in range(2)]
+    pids = {r.output["pid"] for r in await asyncio.gather(*calls)}
+    assert len(pids) == 2
+    assert all(psutil.Process(pid).ppid() == os.getpid() for pid in pids)
     await sandbox.close()
-    assert not any(psutil.pid_exists(pid) for pid in pids)
+    assert not any(psutil.pid_exists(pid) for pid in pids)  # killed and reaped by us
     with pytest.raises(RuntimeError, match="closed"):
         await sandbox.evaluate(misbehave(None), Services())
+
+
+async def test_a_timeout_kills_the_policys_children_too(tmp_path: Path) -> None:
+    sandbox = SandboxPool(size=1, limits=SandboxLimits(timeout_seconds=1.5))
+    pidfile = tmp_path / "child.pid"
+    try:
+        with pytest.raises(PolicyTimeout):
+            await sandbox.evaluate(misbehave("spawn", pidfile=str(pidfile)), Services())
+        child = int(await asyncio.to_thread(pidfile.read_text))
+        for _ in range(50):  # the kernel delivers SIGKILL promptly; allow the reparenting
+            if gone(child):
+                break
+            await asyncio.sleep(0.02)
+        assert gone(child)
+    finally:
+        await sandbox.close()
+
+
+async def test_management_reaches_every_worker_of_the_pool() -> None:
+    sandbox = SandboxPool(size=2)
+    call = SandboxCall(
+        uri="stateful:1.0-test",
+        code_dir=POLICIES / "stateful",
+        rule_id="r",
+        settings={},
+        parameters={"threshold": 1},
+        input_data=None,
+        context={},
+    )
+    slow = SandboxCall(**{**call.__dict__, "parameters": {"threshold": 1, "sleep": 0.3}})
+    try:
+        answer = await sandbox.management(call, "update_thresholds", {"threshold": 7})
+        assert answer == {"status": "success", "threshold": 7}
+        # two overlapping evaluations land on the two different workers; both saw the update
+        results = await asyncio.gather(*(sandbox.evaluate(call, Services()) for _ in range(2)))
+        assert len({r.output["pid"] for r in results}) == 2
+        assert [r.output["threshold"] for r in results] == [7, 7]
+        # a management call waits for busy workers instead of skipping them
+        busy = asyncio.create_task(sandbox.evaluate(slow, Services()))
+        await asyncio.sleep(0.05)
+        await sandbox.management(slow, "update_thresholds", {"threshold": 9})
+        assert busy.done()
+        assert (await busy).output["threshold"] == 1
+        assert (await sandbox.evaluate(slow, Services())).output["threshold"] == 9
+    finally:
+        await sandbox.close()
+
+
+async def test_worker_limits_are_set_before_policy_code_runs() -> None:
+    sandbox = SandboxPool(size=1, limits=SandboxLimits(memory_mb=900, cpu_seconds=30))
+    try:
+        output = (await sandbox.evaluate(misbehave("limits"), Services())).output
+    finally:
+        await sandbox.close()
+    # soft and hard limits are both lowered (CPU: SIGXCPU at 30 s, SIGKILL at 32 s)
+    assert output["RLIMIT_AS"] == [900 * 2**20, 900 * 2**20]
+    assert output["RLIMIT_CPU"] == [30, 32]
+    assert output["RLIMIT_NOFILE"][0] <= 64
+    assert output["RLIMIT_FSIZE"] == [16 * 2**20, 16 * 2**20]
+    assert output["RLIMIT_CORE"] == [0, 0]
+
+
+def test_an_orphaned_worker_exits_and_removes_its_cwd(tmp_path: Path) -> None:
+    cwd = tmp_path / "apportion-sandbox-orphan"
+    cwd.mkdir()
+    worker = subprocess.Popen(
+        [sys.executable, "-I", "-m", "apportion.policies.sandbox_worker"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        cwd=cwd,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert worker.stdout is not None and worker.stdin is not None
+    header = worker.stdout.read(4)
+    ready = worker.stdout.read(int.from_bytes(header, "big"))
+    assert b'"op":"ready"' in ready
+    worker.stdin.close()  # what the worker sees when the server dies
+    assert worker.wait(timeout=10) == 0
+    worker.stdout.close()
+    assert not cwd.exists()

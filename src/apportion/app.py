@@ -153,7 +153,9 @@ class Server:
             await registry.upsert_cluster(local_cluster_document())
             self._spawn(LocalCollector(registry.put_metrics, cluster_id="local").run(), "collector")
         if settings.policy_dir is not None:
-            watcher = PolicyDirWatcher(settings.policy_dir, policies)
+            watcher = PolicyDirWatcher(
+                settings.policy_dir, policies, interval=settings.policy_dir_poll_seconds
+            )
             watcher.scan()
             self._spawn(watcher.run(), "policy-dir")
         self._spawn(self._lease_loop(holds), "leases")

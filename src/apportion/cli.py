@@ -155,7 +155,7 @@ async def _demo(settings: Settings, duration: float) -> None:
         print(f"  admin key           {key}")
         print(f"  data dir            {settings.data_dir}")
         answer = await _sample_allocation(server.ws_url, key)
-        print("  sample request      binpack, 4 × H100 in one NVLink domain via topology:")
+        print("  sample request      topology:1.0-stable, 4 × H100 inside one NVLink domain")
         print(f"  answer              {jsonutil.dumps_str(answer)}\n")
         sys.stdout.flush()
         try:

@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     db: str | None = None
     config: Path | None = None
     policy_dir: Path | None = None
+    policy_dir_poll_seconds: float = Field(2.0, gt=0)
     policy_timeout: float = Field(10.0, gt=0, le=3600)
     admin_key: str | None = Field(None, min_length=16)
     auth: bool = True

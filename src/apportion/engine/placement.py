@@ -358,11 +358,12 @@ def _masks(st: Stage) -> dict[str, BOOL]:
     short = rejected & (st.avail < r.gpus)
     none = np.zeros(s.n_nodes, dtype=bool)
     no_model, no_memory = none, none
+    of_model = s.node_gpu_count
     if r.gpus > 0 and r.gpu_model is not None:
-        no_model = short & (per_node(s, model_mask(s, r.gpu_model)) == 0)
+        of_model = per_node(s, model_mask(s, r.gpu_model))
+        no_model = short & (of_model == 0)
     if r.gpus > 0 and r.gpu_memory_mb is not None:
-        qual = _qual_rows(st)
-        no_memory = short & (per_node(s, qual) == 0) & ~no_model
+        no_memory = short & (per_node(s, _qual_rows(st)) == 0) & (of_model > 0)
     masks = {
         "node_filter": rejected & st.filter_failed,
         "gpu_model": no_model,

@@ -66,6 +66,19 @@ def validate_output(
             },
         )
 
+    with fleet.lock:  # one consistent view of the holds for the whole output
+        return _validate(output, expected, is_gang, candidates, fleet, require_free, fail)
+
+
+def _validate(
+    output: Any,
+    expected: int | None,
+    is_gang: bool,
+    candidates: Set[str],
+    fleet: FleetView,
+    require_free: bool,
+    fail: Any,
+) -> list[dict[str, Any]]:
     if is_gang:
         if not isinstance(output, list):
             raise fail(None, f"expected a list of placements, got {type(output).__name__}")

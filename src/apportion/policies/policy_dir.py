@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import logging
 from pathlib import Path
@@ -25,6 +26,8 @@ from apportion.policies.records import PolicyRecord
 from apportion.policies.store import PolicyEntry, PolicyStore
 
 log = logging.getLogger(__name__)
+
+_LOADS = itertools.count()  # every load imports under a fresh module name
 
 
 def _fingerprint(folder: Path) -> str:
@@ -50,7 +53,7 @@ def load_policy_folder(folder: Path) -> PolicyEntry:
     else:
         record = PolicyRecord(name=folder.name, version="0.0", release_tag="dev")
     module = "apportion_policy_dir_" + hashlib.sha256(str(folder).encode()).hexdigest()[:12]
-    cls = load_policy_class(folder, module_name=f"{module}_{_fingerprint(folder)[:8]}")
+    cls = load_policy_class(folder, module_name=f"{module}_{next(_LOADS)}")
     check_policy_class(cls, where=str(folder))
     return PolicyEntry(record, "policy_dir", policy_class=cls)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import logging
 import time
 import traceback
@@ -41,6 +42,16 @@ from apportion.store import schema
 from apportion.store.db import Database
 
 log = logging.getLogger(__name__)
+
+MAX_INSTANCES = 64  # in-process operator policy objects kept (least recently built dropped)
+_INJECTED = ("cluster_client", "cluster_metrics_client")
+
+
+def _stable_json(value: Any) -> str:
+    try:
+        return json.dumps(value, sort_keys=True, default=repr)
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,7 @@ class PolicyRuntime:
         self.timeout_seconds = timeout_seconds
         self._contexts: dict[str, dict[str, Any]] = {}
         self._context_json: dict[str, bytes] = {}
+        self._instances: dict[tuple[str, int, str, str], Any] = {}
         self._threads = concurrent.futures.ThreadPoolExecutor(
             max_workers=4, thread_name_prefix="policy"
         )
@@ -167,32 +179,46 @@ class PolicyRuntime:
             )
             output, context = result.output, result.context
         else:
-            self._inject_clients(merged_settings)
-            merged_settings.update(engine_settings or {})
+            policy = self._instance(entry, merged_settings, merged_parameters, engine_settings)
             output = await self._in_thread(
-                entry,
-                self._run_eval,
-                entry,
-                merged_settings,
-                merged_parameters,
-                input_data,
-                context,
+                entry, policy.eval, merged_parameters, input_data, context
             )
         if uses_context:
             await self._save_context(entry.uri, context)
         return Evaluation(output, (time.perf_counter() - started) * 1000)
 
-    @staticmethod
-    def _run_eval(
+    def _instance(
+        self,
         entry: PolicyEntry,
         settings: dict[str, Any],
         parameters: dict[str, Any],
-        input_data: Any,
-        context: dict[str, Any],
+        engine_settings: dict[str, Any] | None = None,
     ) -> Any:
+        """The policy object for these construction arguments.
+
+        Built-ins are built per call (they are stateless and get the engine's fleet view).
+        Operator policies keep one object per (URI, settings, parameters), as the sandbox
+        worker does, so state a ``management`` action leaves on the object is seen by later
+        ``eval`` calls with the same arguments (the seed's long-lived object)."""
         assert entry.policy_class is not None
-        policy = entry.policy_class(entry.uri, settings, parameters)
-        return policy.eval(parameters, input_data, context)
+        self._inject_clients(settings)
+        if entry.source == "builtin":
+            return entry.policy_class(
+                entry.uri, {**settings, **(engine_settings or {})}, parameters
+            )
+        key = (
+            entry.uri,
+            id(entry.policy_class),
+            _stable_json({k: v for k, v in settings.items() if k not in _INJECTED}),
+            _stable_json(parameters),
+        )
+        policy = self._instances.get(key)
+        if policy is None:
+            policy = entry.policy_class(entry.uri, settings, parameters)
+            self._instances[key] = policy
+            while len(self._instances) > MAX_INSTANCES:
+                self._instances.pop(next(iter(self._instances)))
+        return policy
 
     async def _in_thread(self, entry: PolicyEntry, fn: Any, *args: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -234,25 +260,11 @@ class PolicyRuntime:
                 context=await self.context_for(entry.uri),
             )
             return await self._sandbox.management(call, action, data)
-        self._inject_clients(settings)
-        return await self._in_thread(
-            entry, self._run_management, entry, settings, parameters, action, data
-        )
-
-    @staticmethod
-    def _run_management(
-        entry: PolicyEntry,
-        settings: dict[str, Any],
-        parameters: dict[str, Any],
-        action: str,
-        data: Any,
-    ) -> Any:
-        assert entry.policy_class is not None
-        policy = entry.policy_class(entry.uri, settings, parameters)
+        policy = self._instance(entry, settings, parameters)
         manage = getattr(policy, "management", None)
         if manage is None:
             raise PolicyError(
                 f"policy {entry.uri} has no management method",
                 details={"policy_rule_uri": entry.uri, "action": action},
             )
-        return manage(action, data)
+        return await self._in_thread(entry, manage, action, data)

@@ -49,7 +49,16 @@ logger = logging.getLogger("apportion.policies.sandbox")
 WORKER_MODULE = "apportion.policies.sandbox_worker"
 STARTUP_SECONDS = 30.0
 CPU_RECYCLE_FRACTION = 0.75  # restart a worker once it has used this much of its CPU budget
-_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+# Fixed values, never copied from the server's environment. One BLAS/OpenMP thread: a worker runs
+# one policy at a time, and thread pools sized to the machine would eat the address-space limit.
+_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "LANG": "C.UTF-8",
+    "LC_ALL": "C.UTF-8",
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
 
 
 class SandboxServices(Protocol):
@@ -137,16 +146,20 @@ class _Worker:
         argv += ["--memory-mb", str(limits.memory_mb), "--cpu-seconds", str(limits.cpu_seconds)]
         argv += ["--max-message-bytes", str(limits.max_message_bytes)]
         env = dict(_ENV, HOME=self.cwd, TMPDIR=self.cwd)
-        self.proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            cwd=self.cwd,
-            start_new_session=True,
-            close_fds=True,
-        )
+        try:
+            self.proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                cwd=self.cwd,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as exc:
+            shutil.rmtree(self.cwd, ignore_errors=True)
+            raise Internal(f"a sandbox worker could not be started: {exc}") from None
         assert self.proc.stdin and self.proc.stdout and self.proc.stderr
         self.wfd, self.rfd = self.proc.stdin.fileno(), self.proc.stdout.fileno()
         os.set_blocking(self.wfd, False)
@@ -392,7 +405,8 @@ class _Slot:
             ) from None
         elapsed_ms = (time.monotonic() - started) * 1000.0
         worn = worker.cpu > CPU_RECYCLE_FRACTION * self.limits.cpu_seconds
-        if worn or answer.get("type") == "MemoryError":
+        # validate ran freshly uploaded top-level code: do not let it share a worker afterwards
+        if worn or answer.get("type") == "MemoryError" or request["op"] == "validate":
             self._replace(worker)
         return answer, elapsed_ms
 
@@ -442,6 +456,7 @@ class SandboxPool:
         self._slots = [_Slot(limits) for _ in range(size)]
         self._idle: asyncio.Queue[_Slot] | None = None
         self._closed = False
+        self._broadcast: asyncio.Lock | None = None
 
     def _queue(self) -> asyncio.Queue[_Slot]:
         if self._idle is None:
@@ -467,7 +482,16 @@ class SandboxPool:
             raise RuntimeError("the sandbox pool is closed")
         idle = self._queue()
         slot = await idle.get()
-        # The slot goes back only when its thread is done, even if this task is cancelled.
+        answer, elapsed_ms = await self._on(slot, uri, dict(request), services)
+        _raise_for(uri, answer, self.limits.memory_mb)
+        return answer, elapsed_ms
+
+    def _on(
+        self, slot: _Slot, uri: str, request: dict[str, Any], services: SandboxServices | None
+    ) -> asyncio.Future[tuple[dict[str, Any], float]]:
+        """Run on ``slot`` in a thread; the slot goes back to the idle queue only when that
+        thread is done, even if the awaiting task is cancelled meanwhile."""
+        idle = self._queue()
         job = asyncio.ensure_future(asyncio.to_thread(slot.run, uri, request, services))
 
         def release(done: asyncio.Future[tuple[dict[str, Any], float]]) -> None:
@@ -476,9 +500,35 @@ class SandboxPool:
             idle.put_nowait(slot)
 
         job.add_done_callback(release)
-        answer, elapsed_ms = await asyncio.shield(job)
-        _raise_for(uri, answer, self.limits.memory_mb)
-        return answer, elapsed_ms
+        return asyncio.shield(job)
+
+    async def _run_everywhere(
+        self, uri: str, request: dict[str, Any], services: SandboxServices | None
+    ) -> dict[str, Any]:
+        """Run ``request`` on every worker (all of them, once each); return the first answer."""
+        if self._closed:
+            raise RuntimeError("the sandbox pool is closed")
+        if self._broadcast is None:
+            self._broadcast = asyncio.Lock()
+        idle = self._queue()
+        async with self._broadcast:  # two broadcasts never hold half the slots each
+            slots: list[_Slot] = []
+            try:
+                while len(slots) < len(self._slots):
+                    slots.append(await idle.get())
+            except asyncio.CancelledError:
+                for slot in slots:
+                    idle.put_nowait(slot)
+                raise
+            jobs = [self._on(slot, uri, dict(request), services) for slot in slots]
+            outcomes = await asyncio.gather(*jobs, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            _raise_for(uri, outcome[0], self.limits.memory_mb)
+        first = outcomes[0]
+        assert not isinstance(first, BaseException)
+        return first[0]
 
     async def evaluate(self, call: SandboxCall, services: SandboxServices) -> SandboxResult:
         """Run ``eval(parameters, input_data, context)`` of ``call``'s policy in a worker.
@@ -505,15 +555,19 @@ class SandboxPool:
         data: Any,
         services: SandboxServices | None = None,
     ) -> Any:
-        """Call the policy's ``management(action, data)`` and return its answer.
+        """Call the policy's ``management(action, data)`` on every worker; return the answer.
 
         Called for ``POST /policies/{uri}/management`` and the WebSocket ``management`` message.
-        ``call.input_data`` and ``call.context`` are not used. Raises InvalidRequest
-        (``path="action"``) when the policy has no ``management``, else as :meth:`evaluate`.
+        Each worker keeps its own policy object (per URI, rule id, settings and parameters), so
+        the action goes to all of them, in turn waiting until each is free; the first worker's
+        answer is returned. A replaced worker starts with a fresh object: state that must last
+        belongs in ``context``. ``call.input_data`` and ``call.context`` are not used. Raises
+        InvalidRequest (``path="action"``) when the policy has no ``management``, else as
+        :meth:`evaluate`.
         """
         request = _request("management", call)
         request.update(action=action, data=data)
-        answer, _ = await self._run(call.uri, request, services)
+        answer = await self._run_everywhere(call.uri, request, services)
         return answer.get("output")
 
     async def validate(self, uri: str, code_dir: Path) -> PolicySignature:

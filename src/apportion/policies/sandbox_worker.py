@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import struct
 import sys
 import threading
@@ -279,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     while True:
         msg = channel.receive()
         if not isinstance(msg, dict) or msg.get("op") == "exit":
+            # The parent is gone or done: remove the private cwd it made for us, if it is one.
+            if Path.cwd().name.startswith("apportion-sandbox-"):
+                shutil.rmtree(Path.cwd(), ignore_errors=True)
             return 0
         answer = handle(policies, msg)
         with channel.lock:

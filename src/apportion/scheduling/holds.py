@@ -129,6 +129,10 @@ class HoldManager:
 
     # ---------------------------------------------------------------- changes
     def _reserve(self, keys: Sequence[GpuKey]) -> None:
+        with self._fleet.lock:  # policies read the fleet on worker threads
+            self._reserve_locked(keys)
+
+    def _reserve_locked(self, keys: Sequence[GpuKey]) -> None:
         taken = [key for key in keys if self._fleet.is_held(key)]
         if len(set(keys)) != len(keys):
             raise Conflict(

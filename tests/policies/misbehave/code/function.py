@@ -2,6 +2,8 @@
 
 import ctypes
 import os
+import resource
+import subprocess
 import time
 
 
@@ -27,6 +29,22 @@ class AIOSv1PolicyRule:
             print("garbage")
             os.write(1, b"\x00\x00\x00\x05more garbage on fd 1\n")
             return {"printed": True}
+        if mode == "shout":
+            print("y" * parameters["size"], "\n" * 1000)
+            return {"shouted": parameters["size"]}
+        if mode == "limits":
+            names = ["RLIMIT_AS", "RLIMIT_CPU", "RLIMIT_NOFILE", "RLIMIT_FSIZE", "RLIMIT_CORE"]
+            return {name: resource.getrlimit(getattr(resource, name)) for name in names}
+        if mode == "spawn":
+            child = subprocess.Popen(["sleep", "60"])
+            with open(parameters["pidfile"], "w") as out:
+                out.write(str(child.pid))
+            while True:
+                pass
+        if mode == "spin":
+            until = time.process_time() + parameters["seconds"]
+            while time.process_time() < until:
+                pass
         if mode == "huge":
             return {"blob": "x" * parameters["size"]}
         if mode == "nonjson":

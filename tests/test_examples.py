@@ -1,0 +1,136 @@
+"""Every example runs: the seed WebSocket client, the custom policy (from --policy-dir and uploaded)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tests.conftest import ADMIN_KEY, Running, allocation, ask, running_server
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+LEAST_LOADED = EXAMPLES / "policies" / "least_loaded"
+
+
+async def run_example(*args: str) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "APPORTION_API_KEY": ADMIN_KEY},
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 60)
+    return process.returncode or 0, out.decode()
+
+
+async def test_seed_websocket_client_example(running: Running, fleet: Any) -> None:
+    code, out = await run_example(str(EXAMPLES / "ws_client.py"), running.ws_url)
+    assert code == 0, out
+    assert '"success": true' in out and '"cluster_id": "a100-west"' in out
+
+
+async def test_custom_policy_from_policy_dir_with_management(tmp_path: Path) -> None:
+    async with running_server(tmp_path / "d", policy_dir=EXAMPLES / "policies") as live:
+        await live.load_demo_fleet()
+        uri = "least-loaded:1.0-example"
+        async with live.ws() as ws:
+            first = await ask(ws, allocation(policy_rule_uri=uri, clusters=["mixed-lab"]))
+            assert first["success"], first
+            # no metrics yet: every node counts as idle, ties by (cluster, node) → n00
+            assert first["data"]["node_id"] == "mixed-lab-n00"
+            denied = await ask(
+                ws,
+                {
+                    "type": "management",
+                    "policy_rule_uri": uri,
+                    "action": "deny_node",
+                    "data": {"node_id": "mixed-lab-n00"},
+                },
+            )
+            assert denied["data"]["denied_nodes"] == ["mixed-lab-n00"]
+            second = await ask(ws, allocation(policy_rule_uri=uri, clusters=["mixed-lab"]))
+            assert second["data"]["node_id"] == "mixed-lab-n01"
+            unknown = await ask(
+                ws, {"type": "management", "policy_rule_uri": uri, "action": "reboot"}
+            )
+            assert unknown["data"] == {"status": "error", "message": "Unknown action 'reboot'"}
+
+
+async def test_custom_policy_uploaded_as_archive(running: Running, fleet: Any) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:xz") as archive:
+        archive.add(LEAST_LOADED / "code", arcname="least_loaded/code")
+    form = aiohttp.FormData()
+    form.add_field(
+        "record", (LEAST_LOADED / "policy.json").read_text(), content_type="application/json"
+    )
+    form.add_field("code", buffer.getvalue(), filename="least_loaded.tar.xz")
+    async with running.http.post(f"{running.url}/policies", data=form) as response:
+        assert response.status == 201, await response.text()
+    busy = {
+        "nodes": [
+            {
+                "id": "mixed-lab-n00",
+                "gpus": [
+                    {
+                        "gpu_id": i,
+                        "usedMem": 1,
+                        "freeMem": 49151,
+                        "totalMem": 49152,
+                        "cudaUtilization": 95,
+                    }
+                    for i in range(8)
+                ],
+            }
+        ]
+    }
+    async with running.http.put(f"{running.url}/clusters/mixed-lab/metrics", json=busy) as response:
+        assert response.status == 200
+    code, out = await run_example(
+        str(EXAMPLES / "ws_client.py"), running.ws_url, "least-loaded:1.0-example"
+    )
+    assert code == 0, out
+    # n00 runs at 95 % > max_utilization 90, so the sandboxed policy skips it
+    assert '"cluster_id": "a100-west"' in out or '"node_id": "mixed-lab-n01"' in out
+
+
+async def test_policy_dir_hot_reload(tmp_path: Path) -> None:
+    policy_dir = tmp_path / "policies"
+    (policy_dir / "fixed" / "code").mkdir(parents=True)
+    source = policy_dir / "fixed" / "code" / "function.py"
+    template = (
+        "class AIOSv1PolicyRule:\n"
+        "    def __init__(self, rule_id, settings, parameters):\n        pass\n"
+        "    def eval(self, parameters, input_data, context):\n"
+        "        return {{'cluster_id': 'mixed-lab', 'node_id': '{node}', 'gpus': ['0']}}\n"
+    )
+    source.write_text(template.format(node="mixed-lab-n03"))
+    async with running_server(
+        tmp_path / "d", policy_dir=policy_dir, policy_dir_poll_seconds=0.2
+    ) as live:
+        await live.load_demo_fleet()
+        async with live.ws() as ws:
+            first = await ask(ws, allocation(policy_rule_uri="fixed:0.0-dev"))
+            assert first["data"]["node_id"] == "mixed-lab-n03"
+            source.write_text(template.format(node="mixed-lab-n04") + "\n# changed\n")
+            for _ in range(50):
+                await asyncio.sleep(0.1)
+                answer = await ask(ws, allocation(policy_rule_uri="fixed:0.0-dev"))
+                if answer["success"] and answer["data"]["node_id"] == "mixed-lab-n04":
+                    break
+            assert answer["data"]["node_id"] == "mixed-lab-n04"
+            # a policy returning a node of another cluster is refused, naming the problem
+            source.write_text(template.format(node="dgx-east-n00"))
+            for _ in range(50):
+                await asyncio.sleep(0.1)
+                answer = await ask(ws, allocation(policy_rule_uri="fixed:0.0-dev"))
+                if not answer["success"]:
+                    break
+            assert answer["error"]["code"] == "InvalidPolicyOutput", answer
