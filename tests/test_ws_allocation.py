@@ -6,10 +6,10 @@ import asyncio
 from typing import Any
 
 import pytest
-from tests.conftest import ADMIN_KEY, Running, allocation, ask
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from apportion import jsonutil
+from tests.conftest import ADMIN_KEY, Running, allocation, ask
 
 
 async def test_seed_request_answers_cluster_node_and_gpus(running: Running, fleet: Any) -> None:
