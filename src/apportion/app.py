@@ -213,18 +213,15 @@ class Server:
 
     # ---------------------------------------------------------------- background
     def _spawn(self, coro: Any, name: str) -> None:
-        task = asyncio.create_task(self._guard(coro, name), name=name)
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._report_end)
         self._tasks.append(task)
 
     @staticmethod
-    async def _guard(coro: Any, name: str) -> None:
-        """One error boundary per background loop: log and end, never silently."""
-        try:
-            await coro
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("background task %s failed", name)
+    def _report_end(task: asyncio.Task[None]) -> None:
+        """One error boundary per background loop: a loop that dies is logged, never silent."""
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task %s failed", task.get_name(), exc_info=task.exception())
 
     @staticmethod
     async def _lease_loop(holds: HoldManager) -> None:

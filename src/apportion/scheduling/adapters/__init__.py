@@ -1,0 +1,1 @@
+"""Scheduler adapters: where a placed job actually runs (``local`` processes, a real Slurm)."""

@@ -1,0 +1,129 @@
+"""The one interface every scheduler adapter implements (submit, poll, cancel, logs, usage, discover).
+
+The job engine calls an adapter after a job's workers are placed and held:
+
+1. ``submit(spec)`` — start every worker of the job; return the backend's job id.
+   The engine has already committed its *intent* (the job is ``scheduled`` with a dispatch
+   token), and the adapter tags the backend job with ``spec.job_id`` so that
+2. ``find(job_id)`` can answer, after a crash, whether the backend has the job (adopt it,
+   never submit twice) or not (submit it again).
+3. ``poll(scheduler_job_id)`` — the job's state as the backend sees it; called periodically.
+4. ``cancel`` — stop it (idempotent: cancelling a finished job is not an error).
+5. ``logs`` — the text the job wrote, with an offset for tailing.
+6. ``usage`` — resource usage in seed 002's fields.
+7. ``discover(cluster)`` — for a Slurm cluster registered without ``nodeData``: its nodes, CPUs,
+   memory and GPUs, as ``nodeData`` entries of a cluster document (CONTRACTS §4).
+
+Adapters never take a shell string: ``spec.command`` is an argv list and reaches the job verbatim.
+Every method may raise :class:`AdapterError` with a message for the job's status history.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class AdapterError(Exception):
+    """The backend refused or failed; ``message`` goes into the job's history."""
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+
+
+class BackendState(StrEnum):
+    PENDING = "pending"  # accepted by the backend, not started
+    RUNNING = "running"
+    COMPLETED = "completed"  # every worker exited 0
+    FAILED = "failed"  # a worker exited non-zero, or the backend failed it
+    CANCELLED = "cancelled"
+    UNKNOWN = "unknown"  # the backend has no record of it (anymore)
+
+    @property
+    def finished(self) -> bool:
+        return self in (BackendState.COMPLETED, BackendState.FAILED, BackendState.CANCELLED)
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """One worker of a job, on one node, with its GPUs (indices as strings, CONTRACTS §3)."""
+
+    index: int
+    node_id: str
+    gpus: tuple[str, ...]
+    vcpus: int | None = None
+    memory_mb: int | None = None
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything an adapter needs to run a job. Built by the engine from the job record."""
+
+    job_id: str
+    name: str
+    command: tuple[str, ...]  # argv, never a shell string
+    cluster_id: str
+    scheduler: dict[str, Any]  # the cluster document's config.scheduler (type, partition, …)
+    workers: tuple[WorkerSpec, ...]
+    output_dir: Path  # where the adapter writes stdout/stderr and its own state
+    env: dict[str, str] = field(default_factory=dict)
+    working_dir: str | None = None
+    walltime_seconds: float | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    state: BackendState
+    return_code: int | None = None
+    reason: str | None = None  # words for the history ("exit code 3 on worker 1")
+    started_at: float | None = None  # UNIX seconds
+    ended_at: float | None = None
+
+
+@dataclass(frozen=True)
+class LogChunk:
+    text: str
+    offset: int  # pass back to read on from here
+    complete: bool  # the job has finished and this is the end
+
+
+class Adapter(Protocol):
+    """A scheduler backend. Implementations: ``local`` (processes), ``slurm``."""
+
+    name: str
+
+    async def submit(self, spec: JobSpec) -> str:
+        """Start the job; return the backend's job id. Tags the job with ``spec.job_id``."""
+        ...
+
+    async def find(self, spec: JobSpec) -> str | None:
+        """The backend's id of the job tagged ``spec.job_id``, or ``None`` if it never got there."""
+        ...
+
+    async def poll(self, spec: JobSpec, scheduler_job_id: str) -> BackendStatus: ...
+
+    async def cancel(self, spec: JobSpec, scheduler_job_id: str) -> None:
+        """Stop the job (SIGTERM, then SIGKILL after a grace period; ``scancel`` for Slurm)."""
+        ...
+
+    async def logs(
+        self, spec: JobSpec, scheduler_job_id: str, *, offset: int = 0, limit: int = 65536
+    ) -> LogChunk: ...
+
+    async def usage(self, spec: JobSpec, scheduler_job_id: str) -> dict[str, Any]:
+        """Seed 002's fields: cpuSeconds, memoryCpuSeconds, instantTotalMemory, maxTotalMemory,
+        processIO, processIOWaiting, timeInstant (missing values are None)."""
+        ...
+
+    async def partitions(self) -> list[dict[str, Any]]:
+        """What ``GET /scheduler/partitions`` shows for this adapter."""
+        ...
+
+    async def discover(self, scheduler: dict[str, Any]) -> list[dict[str, Any]]:
+        """``nodeData`` entries of the cluster behind ``scheduler`` (Slurm); [] if not supported."""
+        ...
