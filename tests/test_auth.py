@@ -16,7 +16,6 @@ from sqlalchemy import select
 
 from apportion.errors import Forbidden, Unauthorized
 from apportion.server.auth import (
-    KeyStore,
     Principal,
     Scope,
     auth_middleware,
@@ -26,6 +25,7 @@ from apportion.server.auth import (
     principal_of,
     require,
 )
+from apportion.server.keys import KeyStore
 from apportion.store.db import Database, row_dict
 from apportion.store.schema import api_keys
 

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as hs
 
 from apportion.registry.documents import validate_cluster_document
-from apportion.registry.fleet import FleetView, SegmentCounter
+from apportion.registry.fleet import FleetView
+from apportion.registry.fleet_structure import SegmentCounter
 from tests import builders as b
 
 

@@ -9,9 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 
-from apportion.engine.placement import PlacementOutcome, Strategy, place
+from apportion.engine.placement import PlacementOutcome, place
 from apportion.engine.requests import GpuRequest, parse_inputs
-from apportion.registry.fleet import FleetView, GpuKey
+from apportion.engine.stage import Strategy
+from apportion.registry.fleet import FleetView
+from apportion.registry.fleet_structure import GpuKey
 from tests import builders as b
 
 BINPACK, SPREAD, TOPOLOGY = Strategy.BINPACK, Strategy.SPREAD, Strategy.TOPOLOGY

@@ -49,7 +49,7 @@ async def test_first_start_generates_an_admin_key_and_writes_credentials(tmp_pat
 
 
 async def test_non_loopback_bind_without_auth_is_refused(tmp_path: Path) -> None:
-    server = Server(Settings(host="0.0.0.0", port=0, ws_port=0, data_dir=tmp_path, auth=False))  # noqa: S104
+    server = Server(Settings(host="0.0.0.0", port=0, ws_port=0, data_dir=tmp_path, auth=False))
     with pytest.raises(ValueError, match="auth"):
         await server.start()
 

@@ -12,7 +12,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,25 +29,36 @@ from apportion.policies.sandbox import SandboxLimits, SandboxPool
 from apportion.policies.store import PolicyStore
 from apportion.registry.collector import LocalCollector, local_cluster_document
 from apportion.registry.service import Registry
+from apportion.scheduling.adapters.base import Adapter
+from apportion.scheduling.adapters.local import LocalAdapter
 from apportion.scheduling.allocations import AllocationService
+from apportion.scheduling.dispatch import Dispatcher
 from apportion.scheduling.holds import HoldManager
-from apportion.server import routes_core, routes_policies, routes_registry
-from apportion.server.auth import (
-    ANONYMOUS_ADMIN,
-    KeyStore,
-    Scope,
-    auth_middleware,
-    check_bind_allowed,
+from apportion.scheduling.jobs import JobService
+from apportion.server import (
+    routes_core,
+    routes_jobs,
+    routes_policies,
+    routes_registry,
+    routes_status,
 )
+from apportion.server.auth import ANONYMOUS_ADMIN, Scope, auth_middleware, check_bind_allowed
 from apportion.server.context import CONTEXT, ServerContext
 from apportion.server.credentials import Profile, default_credentials_path, write_profile
+from apportion.server.events import EventLog
 from apportion.server.http_common import error_middleware
+from apportion.server.keys import KeyStore
+from apportion.server.routes_status import STATUS, StatusContext
+from apportion.server.socketio_server import SocketIOBroadcaster, attach, create_socketio
+from apportion.server.telemetry import Telemetry
 from apportion.server.ws import AllocationWebSocket
 from apportion.store.db import Database
 
 log = logging.getLogger(__name__)
 
-PUBLIC_PATHS = frozenset({"/healthz", "/metrics", "/openapi.json"})
+PUBLIC_PATHS = frozenset(
+    {"/healthz", "/metrics", "/openapi.json"}
+)  # Socket.IO authenticates itself
 
 
 @dataclass(frozen=True)
@@ -100,8 +113,13 @@ class Server:
         self._stack.push_async_callback(db.close)
 
         keys = KeyStore(db)
+        events = EventLog(db)
+        self._stack.push_async_callback(events.close)
+        telemetry = Telemetry()
+        events.add_sink(telemetry.observe_event)
         registry = Registry(db, metrics_ttl=settings.metrics_ttl)
         await registry.load()
+        registry.add_listener(events.append)
 
         sandbox = SandboxPool(
             size=settings.sandbox_workers,
@@ -131,11 +149,18 @@ class Server:
             default_lease_seconds=settings.default_lease_seconds,
             max_lease_seconds=settings.max_lease_seconds,
         )
+        dispatcher = Dispatcher(holds, registry, _adapters(), settings.data_dir, events.append)
+        jobs = JobService(db, registry, allocations, dispatcher, events.append)
+        await jobs.load()
         self.context = ServerContext(
-            settings, registry, policies, runtime, holds, allocations, keys
+            settings, registry, policies, runtime, holds, allocations, keys, jobs
         )
+        telemetry.set_gpu_source(lambda: _gpu_counts(registry))
+        sio = create_socketio(keys, auth_enabled=settings.auth, events=events)
+        events.add_sink(SocketIOBroadcaster(sio))
+        status = StatusContext(events, telemetry, sio, time.time(), settings.data_dir)
 
-        await self._start_http(self.context)
+        await self._start_http(self.context, status)
         self._ws = AllocationWebSocket(
             allocations,
             keys,
@@ -158,20 +183,32 @@ class Server:
             )
             watcher.scan()
             self._spawn(watcher.run(), "policy-dir")
-        self._spawn(self._lease_loop(holds), "leases")
+        await dispatcher.reconcile()
+        self._spawn(jobs.run(interval=1.0), "admission")
+        self._spawn(dispatcher.watch(interval=0.25), "dispatch-watch")
+        self._spawn(self._lease_loop(holds, events), "leases")
         self._spawn(self._staleness_loop(registry), "staleness")
 
-    async def _start_http(self, context: ServerContext) -> None:
+    async def _start_http(self, context: ServerContext, status: StatusContext) -> None:
         settings = self.settings
         app = web.Application(
             middlewares=[
                 error_middleware,
-                auth_middleware(context.keys, enabled=settings.auth, public_paths=PUBLIC_PATHS),
+                auth_middleware(
+                    context.keys,
+                    enabled=settings.auth,
+                    public_paths=PUBLIC_PATHS,
+                    public_prefixes=("/socket.io/",),  # authenticates in its connect handler
+                ),
             ],
             client_max_size=max(settings.max_message_bytes, routes_policies.MAX_CODE_BYTES + 2**20),
         )
         app[CONTEXT] = context
+        app[STATUS] = status
+        attach(status.sio, app)
         app.add_routes(routes_core.routes)
+        app.add_routes(routes_jobs.routes)
+        app.add_routes(routes_status.routes)
         app.add_routes(routes_registry.routes)
         app.add_routes(routes_policies.routes)
         runner = web.AppRunner(app, access_log=None)
@@ -224,12 +261,14 @@ class Server:
             log.error("background task %s failed", task.get_name(), exc_info=task.exception())
 
     @staticmethod
-    async def _lease_loop(holds: HoldManager) -> None:
+    async def _lease_loop(holds: HoldManager, events: EventLog) -> None:
         while True:
             await asyncio.sleep(0.5)
-            expired = await holds.expire_due()
-            for hold in expired:
-                log.info("lease of allocation %s ended; GPUs released", hold.allocation_id)
+            for hold in await holds.expire_due():
+                await events.append(
+                    "allocation_released",
+                    {"allocation_id": hold.allocation_id, "reason": "lease expired"},
+                )
 
     @staticmethod
     async def _staleness_loop(registry: Registry) -> None:
@@ -246,6 +285,23 @@ class Server:
                 await task
         self._tasks.clear()
         await self._stack.aclose()
+
+
+def _adapters() -> dict[str, Adapter]:
+    """The scheduler adapters of this server: ``local`` always, ``slurm`` where its tools exist."""
+    adapters: dict[str, Adapter] = {"local": LocalAdapter()}
+    if shutil.which("sbatch") is not None:
+        from apportion.scheduling.adapters.slurm import SlurmAdapter
+
+        adapters["slurm"] = SlurmAdapter()
+    return adapters
+
+
+def _gpu_counts(registry: Registry) -> tuple[int, int, int]:
+    fleet = registry.fleet
+    total = int(fleet.held.size)
+    held = int(fleet.held.sum())
+    return held, total - held, total
 
 
 async def serve_forever(settings: Settings, *, on_ready: Any = None) -> None:

@@ -12,7 +12,8 @@ from collections.abc import Mapping, Sequence, Set
 from typing import Any
 
 from apportion.errors import InvalidPolicyOutput
-from apportion.registry.fleet import FleetView, GpuKey
+from apportion.registry.fleet import FleetView
+from apportion.registry.fleet_structure import GpuKey
 
 _REPR_LIMIT = 500
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from apportion.engine.placement import PlacementOutcome, Strategy, place
+from apportion.engine.placement import PlacementOutcome, place
 from apportion.engine.requests import REQUEST_KEYS, GpuRequest, parse_inputs
+from apportion.engine.stage import Strategy
 from apportion.errors import InvalidRequest, NoFeasiblePlacement
 from apportion.registry.fleet import FleetView
 

@@ -56,13 +56,12 @@ fails a metrics condition); and the parser envelope ``{"body": {"values": <eithe
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from apportion.errors import InvalidRequest
-from apportion.jsonutil import dumps_str
+from apportion.registry.filter_ops import MISSING, make_test, mismatch, resolve, show, type_name
 
 Document = Mapping[str, Any]
 
@@ -72,12 +71,6 @@ OPERATORS: Final = ("==", "!=", "IN", ">", ">=", "<", "<=", "LIKE")
 LOGICAL_OPERATORS: Final = ("AND", "OR")
 _CONDITION_KEYS: Final = frozenset({"variable", "operator", "value"})
 _GROUP_KEYS: Final = frozenset({"logicalOperator", "conditions"})
-_ORDERING: Final[dict[str, Callable[[Any, Any], bool]]] = {
-    ">": lambda a, b: bool(a > b),
-    ">=": lambda a, b: bool(a >= b),
-    "<": lambda a, b: bool(a < b),
-    "<=": lambda a, b: bool(a <= b),
-}
 
 
 class Predicate(Protocol):
@@ -91,73 +84,13 @@ class Predicate(Protocol):
 
 
 _Node = Callable[[Any, str], bool]
-_MISSING: Final = object()
-
-
-def _kind(value: Any) -> str:
-    """The DSL type name of a value: null, boolean, number, string, object, list or other."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, Mapping):
-        return "object"
-    if isinstance(value, list | tuple):
-        return "list"
-    return type(value).__name__
-
-
-def _show(value: Any) -> str:
-    try:
-        return dumps_str(value)
-    except TypeError:
-        return repr(value)
-
-
-def _resolve(cur: Any, segs: tuple[tuple[str, int | None], ...], i: int, out: list[Any]) -> None:
-    """Append every value the path reaches from ``segs[i]`` on (``_MISSING`` for dead ends)."""
-    n = len(segs)
-    while i < n:
-        key, index = segs[i]
-        if isinstance(cur, Mapping):
-            cur = cur.get(key, _MISSING)
-            if cur is _MISSING:
-                out.append(_MISSING)
-                return
-        elif isinstance(cur, list | tuple):
-            if index is not None:
-                if index >= len(cur):
-                    out.append(_MISSING)
-                    return
-                cur = cur[index]
-            else:
-                for element in cur:
-                    _resolve(element, segs, i, out)
-                return
-        else:
-            out.append(_MISSING)
-            return
-        i += 1
-    _flatten(cur, out)
-
-
-def _flatten(value: Any, out: list[Any]) -> None:
-    if isinstance(value, list | tuple):
-        for element in value:
-            _flatten(element, out)
-    else:
-        out.append(value)
 
 
 def _split_path(variable: Any, path: str) -> tuple[tuple[str, int | None], ...]:
     if not isinstance(variable, str) or not variable:
         raise InvalidRequest(
             f'{path}: "variable" must be a non-empty dot path such as "gpus.count", '
-            f"not {_show(variable)}",
+            f"not {show(variable)}",
             path=path,
         )
     parts = variable.split(".")
@@ -168,19 +101,6 @@ def _split_path(variable: Any, path: str) -> tuple[tuple[str, int | None], ...]:
             path=path,
         )
     return tuple((part, int(part) if part.isascii() and part.isdigit() else None) for part in parts)
-
-
-def _glob_regex(pattern: str) -> re.Pattern[str]:
-    """Compile a glob (``*``, ``?``; all else literal) to a case-sensitive, anchored regex."""
-    out: list[str] = []
-    for char in pattern:
-        if char == "*":
-            out.append(".*")
-        elif char == "?":
-            out.append(".")
-        else:
-            out.append(re.escape(char))
-    return re.compile("".join(out), re.DOTALL)
 
 
 class _Builder:
@@ -201,7 +121,7 @@ class _Builder:
             raise InvalidRequest(
                 f"{path}: a filter must be an object, either a condition "
                 '{"variable", "operator", "value"} or a group {"logicalOperator", "conditions"}, '
-                f"not a {_kind(spec)}",
+                f"not a {type_name(spec)}",
                 path=path,
             )
         if "logicalOperator" in spec or "conditions" in spec:
@@ -218,7 +138,7 @@ class _Builder:
         op = spec["logicalOperator"]
         if op not in LOGICAL_OPERATORS:
             raise InvalidRequest(
-                f'{path}.logicalOperator: unknown logical operator {_show(op)}; use "AND" or "OR"',
+                f'{path}.logicalOperator: unknown logical operator {show(op)}; use "AND" or "OR"',
                 path=f"{path}.logicalOperator",
             )
         conditions = spec["conditions"]
@@ -241,10 +161,10 @@ class _Builder:
         op, value = spec["operator"], spec["value"]
         if op not in OPERATORS:
             raise InvalidRequest(
-                f"{path}.operator: unknown operator {_show(op)}; use one of {', '.join(OPERATORS)}",
+                f"{path}.operator: unknown operator {show(op)}; use one of {', '.join(OPERATORS)}",
                 path=f"{path}.operator",
             )
-        test = _make_test(op, value, f"{path}.value")
+        test = make_test(op, value, f"{path}.value")
         variable: str = spec["variable"]
         accepts_missing = (op == "==" and value is None) or (
             op == "IN" and any(v is None for v in value)
@@ -252,85 +172,25 @@ class _Builder:
 
         def node(doc: Any, label: str) -> bool:
             values: list[Any] = []
-            _resolve(doc, segs, 0, values)
+            resolve(doc, segs, 0, values)
             matched = False
             for found in values:
-                if found is _MISSING or found is None:
+                if found is MISSING or found is None:
                     matched = matched or accepts_missing
                 elif test(found):
                     matched = True
-                elif test.kind is not None and _kind(found) != test.kind:
-                    raise _mismatch(path, variable, found, value, label)
+                elif test.kind is not None and type_name(found) != test.kind:
+                    raise mismatch(path, variable, found, value, label)
             return matched
 
         return node
-
-
-class _Test:
-    """One operator bound to its value: ``test(found) -> bool`` for a non-null found value."""
-
-    __slots__ = ("fn", "kind")
-
-    def __init__(self, fn: Callable[[Any], bool], kind: str | None) -> None:
-        self.fn = fn
-        self.kind = kind  # the type found values must have; None means "no type rule"
-
-    def __call__(self, found: Any) -> bool:
-        return self.fn(found)
-
-
-def _make_test(op: str, value: Any, path: str) -> _Test:
-    kind = _kind(value)
-    if op in ("==", "!="):
-        if kind not in ("null", "boolean", "number", "string"):
-            raise InvalidRequest(
-                f"{path}: {op} takes a string, number, boolean or null, not a {kind}; "
-                "use IN to match one of several values",
-                path=path,
-            )
-        if kind == "null":
-            return _Test((lambda f: False) if op == "==" else (lambda f: True), None)
-        if op == "==":
-            return _Test(lambda f: _kind(f) == kind and f == value, kind)
-        return _Test(lambda f: _kind(f) == kind and f != value, kind)
-    if op == "IN":
-        return _in_test(value, path)
-    if op == "LIKE":
-        if kind != "string":
-            raise InvalidRequest(
-                f'{path}: LIKE takes a glob string such as "H1*", not a {kind}', path=path
-            )
-        match = _glob_regex(value).fullmatch
-        return _Test(lambda f: isinstance(f, str) and match(f) is not None, "string")
-    if kind not in ("number", "string"):
-        raise InvalidRequest(f"{path}: {op} takes a number or a string, not a {kind}", path=path)
-    compare = _ORDERING[op]
-    return _Test(lambda f: _kind(f) == kind and compare(f, value), kind)
-
-
-def _in_test(value: Any, path: str) -> _Test:
-    if not isinstance(value, list):
-        raise InvalidRequest(
-            f'{path}: IN takes a list of values such as ["A100", "H100"], not a {_kind(value)}',
-            path=path,
-        )
-    kinds = {_kind(v) for v in value} - {"null"}
-    if len(kinds) > 1 or not kinds <= {"boolean", "number", "string"}:
-        raise InvalidRequest(
-            f"{path}: the IN list must hold values of one type (strings, numbers or booleans, "
-            f"plus null), but it holds {', '.join(sorted(kinds))}",
-            path=path,
-        )
-    kind = kinds.pop() if kinds else None
-    members = frozenset(v for v in value if v is not None)
-    return _Test(lambda f: _kind(f) == kind and f in members, kind)
 
 
 def _check_keys(spec: Mapping[str, Any], allowed: frozenset[str], path: str, what: str) -> None:
     for key in spec:
         if key not in allowed:
             raise InvalidRequest(
-                f"{path}.{key}: unknown key {_show(key)} in a {what}; "
+                f"{path}.{key}: unknown key {show(key)} in a {what}; "
                 f"a {what} has exactly {', '.join(sorted(allowed))}",
                 path=f"{path}.{key}",
             )
@@ -339,22 +199,6 @@ def _check_keys(spec: Mapping[str, Any], allowed: frozenset[str], path: str, wha
             raise InvalidRequest(
                 f'{path}.{key}: the {what} is missing "{key}"', path=f"{path}.{key}"
             )
-
-
-def _mismatch(path: str, variable: str, found: Any, value: Any, label: str) -> InvalidRequest:
-    where = label or "the document"
-    found_kind = _kind(found)
-    if isinstance(value, list):
-        kinds = sorted({_kind(v) for v in value} - {"null"})
-        shown = f"the values {_show(value)} are {kinds[0]}s"
-    else:
-        shown = f"the value {_show(value)} is a {_kind(value)}"
-    article = "an" if found_kind[0] in "aeiou" else "a"
-    return InvalidRequest(
-        f'{path}: variable "{variable}" is {article} {found_kind} in {where} but {shown}',
-        path=path,
-        details={"variable": variable, "document": where, "found_type": found_kind},
-    )
 
 
 class CompiledFilter:
@@ -371,7 +215,7 @@ class CompiledFilter:
         return self._node(doc, label)
 
     def __repr__(self) -> str:
-        return f"CompiledFilter({_show(self.spec)})"
+        return f"CompiledFilter({show(self.spec)})"
 
 
 def compile_filter(spec: Any, *, path: str = "filter") -> Predicate:
@@ -428,7 +272,9 @@ def _parse_wrapper(spec: Any, path: str, *, allow_body: bool) -> ClusterFilter |
     if spec is None or (isinstance(spec, Mapping) and not spec):
         return None
     if not isinstance(spec, Mapping):
-        raise InvalidRequest(f"{path}: a filter must be an object, not a {_kind(spec)}", path=path)
+        raise InvalidRequest(
+            f"{path}: a filter must be an object, not a {type_name(spec)}", path=path
+        )
     if "body" in spec and allow_body:
         _check_keys(spec, frozenset({"body"}), path, "parser envelope")
         body = spec["body"]
@@ -447,12 +293,12 @@ def _parse_envelope(spec: Mapping[str, Any], path: str) -> ClusterFilter | None:
     for key in spec:
         if key not in ("matchType", "filter"):
             raise InvalidRequest(
-                f"{path}.{key}: unknown key {_show(key)}; the envelope has matchType and filter",
+                f"{path}.{key}: unknown key {show(key)}; the envelope has matchType and filter",
                 path=f"{path}.{key}",
             )
     if spec.get("matchType", "cluster") != "cluster":
         raise InvalidRequest(
-            f'{path}.matchType: only "cluster" can be matched here, not {_show(spec["matchType"])}',
+            f'{path}.matchType: only "cluster" can be matched here, not {show(spec["matchType"])}',
             path=f"{path}.matchType",
         )
     inner = spec.get("filter")
@@ -469,7 +315,7 @@ def _parse_envelope(spec: Mapping[str, Any], path: str) -> ClusterFilter | None:
         part_path = f"{path}.filter.{key}"
         if key not in parts:
             raise InvalidRequest(
-                f"{part_path}: unknown query {_show(key)}; use clusterQuery or clusterMetricsQuery",
+                f"{part_path}: unknown query {show(key)}; use clusterQuery or clusterMetricsQuery",
                 path=part_path,
             )
         if part is not None and not (isinstance(part, Mapping) and not part):

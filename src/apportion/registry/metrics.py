@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from apportion.errors import InvalidRequest
-from apportion.registry.documents import FieldErrors, amount, count, kind_of, obj, text
+from apportion.registry.fields import FieldErrors, amount, count, kind_of, obj, text
 
 _PERCENT = 100.0
 # field -> upper bound (None: no upper bound); all are ≥ 0

@@ -32,7 +32,7 @@ from apportion.store.db import Database
 
 log = logging.getLogger(__name__)
 
-ChangeListener = Callable[[str, dict[str, Any]], Awaitable[None]]
+ChangeListener = Callable[[str, dict[str, Any]], Awaitable[Any]]
 """Called after a committed change with an event type and its payload."""
 
 

@@ -21,8 +21,10 @@ from apportion.policies.runtime import PolicyRuntime
 from apportion.policies.store import PolicyEntry, PolicyStore
 from apportion.policies.uri import PolicyURI
 from apportion.registry.service import Registry, require_known
-from apportion.scheduling.holds import HoldManager
+from apportion.scheduling.holds import Hold, HoldManager
 from apportion.server.protocol import AllocationRequest
+
+JOB_LEASE_SECONDS = 10 * 365 * 86400.0  # a job's hold lasts until the job ends and releases it
 
 EventSink = Callable[[str, dict[str, Any]], Awaitable[None]]
 
@@ -167,12 +169,28 @@ class AllocationService:
         phases.mark("candidates")
         outcomes: list[PlacementOutcome] = []
         if lease is None:
-            placements, is_gang = await self._decide(entry, request, candidates, outcomes, phases)
+            placements, is_gang = await self._decide(
+                entry,
+                request.inputs,
+                request.parameters,
+                request.settings,
+                candidates,
+                outcomes,
+                phases,
+                require_free=False,
+            )
             hold = None
         else:
             async with self._hold_lock:
                 placements, is_gang = await self._decide(
-                    entry, request, candidates, outcomes, phases
+                    entry,
+                    request.inputs,
+                    request.parameters,
+                    request.settings,
+                    candidates,
+                    outcomes,
+                    phases,
+                    require_free=True,
                 )
                 hold = self._holds.reserve(
                     placements,
@@ -194,22 +212,26 @@ class AllocationService:
     async def _decide(
         self,
         entry: PolicyEntry,
-        request: AllocationRequest,
+        inputs: dict[str, Any],
+        parameters: dict[str, Any],
+        settings: dict[str, Any],
         candidates: list[str],
         outcomes: list[PlacementOutcome],
         phases: Phases,
+        *,
+        require_free: bool,
     ) -> tuple[list[dict[str, Any]], bool]:
         """Evaluate the policy over the candidates and validate what it returned."""
-        expected, is_gang = _expected_count(request.inputs)
+        expected, is_gang = _expected_count(inputs)
         cluster_data = LazyClusterData(self._registry, candidates)
         evaluation = await self._runtime.evaluate(
             entry,
-            input_data={"cluster_data": cluster_data, "inputs": request.inputs},
-            json_input={"cluster_data": cluster_data.materialise(), "inputs": request.inputs}
+            input_data={"cluster_data": cluster_data, "inputs": inputs},
+            json_input={"cluster_data": cluster_data.materialise(), "inputs": inputs}
             if entry.sandboxed
             else None,
-            parameters=request.parameters,
-            settings=request.settings,
+            parameters=parameters,
+            settings=settings,
             engine_settings={"fleet": self._registry.fleet, "outcome_sink": outcomes.append},
         )
         phases.mark("evaluate")
@@ -225,11 +247,56 @@ class AllocationService:
             is_gang=is_gang,
             candidates=set(candidates),
             fleet=self._registry.fleet,
-            require_free=not request.adhoc,
+            require_free=require_free,
             policy_uri=entry.uri,
         )
         phases.mark("validate")
         return placements, is_gang
+
+    async def hold_for_job(
+        self,
+        *,
+        policy_uri: str,
+        candidates: list[str],
+        inputs: dict[str, Any],
+        parameters: dict[str, Any],
+        owner: str | None,
+        job_id: str,
+    ) -> Hold:
+        """Place a job's workers as one gang, in one cluster, and hold their GPUs until released.
+
+        The policy sees every candidate; if its answer spans several clusters (a job runs under
+        one scheduler), each candidate cluster is tried alone, in id order."""
+        entry = self._policies.get(str(PolicyURI.parse(policy_uri, path="policy_rule_uri")))
+        attempts = [candidates] + ([[c] for c in sorted(candidates)] if len(candidates) > 1 else [])
+        last: Exception | None = None
+        for attempt in attempts:
+            async with self._hold_lock:
+                try:
+                    placements, _ = await self._decide(
+                        entry, inputs, parameters, {}, attempt, [], Phases(), require_free=True
+                    )
+                except NoFeasiblePlacement as exc:
+                    last = exc
+                    continue
+                if len({p["cluster_id"] for p in placements}) > 1:
+                    continue
+                hold = self._holds.reserve(
+                    placements,
+                    lease_seconds=JOB_LEASE_SECONDS,
+                    owner=owner,
+                    request_id=job_id,
+                    policy_uri=entry.uri,
+                    kind="job",
+                )
+            await self._holds.commit(hold)
+            return hold
+        if last is not None:
+            raise last
+        raise NoFeasiblePlacement(
+            "no single cluster can take every worker of the job",
+            details={"candidates": len(candidates)},
+        )
 
     @staticmethod
     def _explain(

@@ -27,7 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from apportion import jsonutil
 from apportion.engine.validate import placement_gpu_keys
 from apportion.errors import Conflict, Forbidden, UnknownAllocation
-from apportion.registry.fleet import FleetView, GpuKey
+from apportion.registry.fleet import FleetView
+from apportion.registry.fleet_structure import GpuKey
 from apportion.store import schema
 from apportion.store.batch import WriteBatcher
 from apportion.store.db import Database
@@ -43,6 +44,7 @@ class Hold:
     gpu_keys: list[GpuKey]
     created_at: float
     expires_at: float
+    kind: str = "allocation"  # or "job": released when the job ends
 
     def public(self) -> dict[str, Any]:
         return {
@@ -50,6 +52,7 @@ class Hold:
             "policy_rule_uri": self.policy_uri,
             "request_id": self.request_id,
             "placements": self.placements,
+            "kind": self.kind,
             "created_at": self.created_at,
             "expires_at": self.expires_at,
         }
@@ -92,6 +95,7 @@ class HoldManager:
                 placement_gpu_keys(placements),
                 row.created_at,
                 row.expires_at,
+                row.kind,
             )
             self._holds[hold.allocation_id] = hold
             self._fleet.set_held(hold.gpu_keys, True)
@@ -154,6 +158,7 @@ class HoldManager:
         owner: str | None,
         request_id: str | None,
         policy_uri: str,
+        kind: str = "allocation",
     ) -> Hold:
         """Mark the placements' GPUs held, now (synchronous: nothing else runs in between);
         :class:`Conflict` if any is taken. Follow with :meth:`commit` before answering."""
@@ -213,6 +218,7 @@ class HoldManager:
                 placements=jsonutil.dumps_str(hold.placements),
                 created_at=hold.created_at,
                 expires_at=hold.expires_at,
+                kind=hold.kind,
             )
         )
         if hold.gpu_keys:

@@ -1,50 +1,26 @@
-"""API keys, scopes, and the checks every REST call and WebSocket handshake goes through.
+"""Scopes, principals, and the checks every REST call and WebSocket handshake goes through.
 
-A key is ``apn_<id>_<secret>``: ``id`` (10 random lowercase letters and digits) finds the
-row in O(1) through the indexed ``prefix`` column, ``secret`` is ``secrets.token_urlsafe(32)``
-(256 random bits). The database keeps ``sha256$<salt>$<sha256(salt + key)>`` with a per-key
-random salt, compared with :func:`hmac.compare_digest`. A slow KDF (scrypt, PBKDF2) would buy
-nothing: it protects guessable passwords, and a 256-bit random key cannot be guessed however
-fast the hash is, while every handshake pays the hash. Keys given by an operator
-(``--admin-key``) must be at least 16 printable characters; they are found through a
-domain-separated hash tag in ``prefix`` and should be just as random.
-
-Successful verifications are cached in memory (default 60 s, bounded LRU) and dropped on
-:meth:`KeyStore.revoke`; a revoke made by another process takes effect here when the entry
-expires. Scopes are ordered ``read`` < ``submit`` < ``admin``.
+Header parsing, authentication against the key store (:class:`~apportion.server.keys.KeyStore`),
+scope checks, the bind check and the aiohttp middleware. Scopes are ordered ``read`` <
+``submit`` < ``admin``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import ipaddress
-import secrets
-import string
-import time
-from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
-from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
 
 from apportion import jsonutil
 from apportion.errors import ApportionError, Forbidden, Unauthorized
-from apportion.store.db import Database, row_dict
-from apportion.store.schema import api_keys
 
-KEY_PREFIX = "apn_"
-ID_LENGTH = 10
-MIN_GIVEN_KEY_LENGTH = 16
-MAX_KEY_LENGTH = 512
-_ID_ALPHABET = string.ascii_lowercase + string.digits
-_TAG_DOMAIN = b"apportion-key-lookup\x00"
+if TYPE_CHECKING:
+    from apportion.server.keys import KeyStore
+
 HOW_TO_AUTH = "send Authorization: Bearer <key>; create a key with `apportion keys create`"
 
 
@@ -74,209 +50,6 @@ class Principal:
 
 ANONYMOUS_ADMIN = Principal(key_id="anonymous", name="anonymous (auth disabled)", scope=Scope.ADMIN)
 PRINCIPAL = web.RequestKey("principal", Principal)
-
-
-@dataclass(frozen=True)
-class IssuedKey:
-    """A new key; ``secret`` is the full key string and is shown once, never stored."""
-
-    key_id: str
-    name: str
-    scope: Scope
-    secret: str
-
-
-def _hash(secret: str, salt: bytes) -> str:
-    digest = hashlib.sha256(salt + secret.encode()).hexdigest()
-    return f"sha256${salt.hex()}${digest}"
-
-
-def _matches(secret: str, stored: str) -> bool:
-    try:
-        algorithm, salt_hex, _digest = stored.split("$")
-        salt = bytes.fromhex(salt_hex)
-    except ValueError:
-        return False
-    return algorithm == "sha256" and hmac.compare_digest(_hash(secret, salt), stored)
-
-
-def _tag(secret: str) -> str:
-    """The lookup prefix of an operator-given key: 16 chars, never the length of an id."""
-    return "x" + hashlib.sha256(_TAG_DOMAIN + secret.encode()).hexdigest()[:15]
-
-
-def _lookup_prefixes(secret: str) -> list[str]:
-    prefixes = [_tag(secret)]
-    if secret.startswith(KEY_PREFIX):
-        key_id, sep, _rest = secret[len(KEY_PREFIX) :].partition("_")
-        if sep and len(key_id) == ID_LENGTH:
-            prefixes.append(key_id)
-    return prefixes
-
-
-def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
-
-
-class KeyStore:
-    """API keys in the ``api_keys`` table (the ``scopes`` column holds the scope name).
-
-    Built once by the app and shared by the REST middleware, the WebSocket handshake, the
-    Socket.IO ``connect`` handler and the ``keys`` admin routes. ``clock`` is injectable so
-    tests can move the cache's time.
-    """
-
-    def __init__(
-        self,
-        db: Database,
-        *,
-        cache_ttl: float = 60.0,
-        cache_size: int = 1024,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._db = db
-        self._ttl = cache_ttl
-        self._size = cache_size
-        self._clock = clock
-        self._cache: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
-
-    async def _insert(self, name: str, scope: Scope, secret_for: Callable[[str], str]) -> IssuedKey:
-        for _attempt in range(5):
-            key_id = "".join(secrets.choice(_ID_ALPHABET) for _ in range(ID_LENGTH))
-            secret = secret_for(key_id)
-            prefix = key_id if secret.startswith(f"{KEY_PREFIX}{key_id}_") else _tag(secret)
-            row = {
-                "id": key_id,
-                "name": name,
-                "prefix": prefix,
-                "hash": _hash(secret, secrets.token_bytes(16)),
-                "scopes": scope.value,
-                "created_at": time.time(),
-            }
-            try:
-                async with self._db.write() as conn:
-                    await conn.execute(api_keys.insert().values(**row))
-            except IntegrityError:  # an id collision (1 in 36**10); draw again
-                continue
-            return IssuedKey(key_id=key_id, name=name, scope=scope, secret=secret)
-        raise RuntimeError("could not draw a free API key id in 5 attempts")
-
-    async def create(self, name: str, scope: Scope) -> IssuedKey:
-        """Issue a new random key (``apportion keys create``, ``POST /keys``, first start)."""
-        if not name.strip():
-            raise ValueError("a key needs a non-empty name saying who or what uses it")
-        token = secrets.token_urlsafe(32)
-        return await self._insert(name, scope, lambda key_id: f"{KEY_PREFIX}{key_id}_{token}")
-
-    async def _find(self, secret: str) -> dict[str, Any] | None:
-        """The active row whose hash matches ``secret`` (lowest id on a tie), or None."""
-        query = (
-            select(api_keys)
-            .where(api_keys.c.prefix.in_(_lookup_prefixes(secret)))
-            .where(api_keys.c.revoked_at.is_(None))
-            .order_by(api_keys.c.id)
-        )
-        async with self._db.read() as conn:
-            rows = [row_dict(r) for r in await conn.execute(query)]
-        return next((r for r in rows if _matches(secret, r["hash"])), None)
-
-    async def ensure_key(self, secret: str, *, name: str, scope: Scope) -> str:
-        """Make an operator-given ``secret`` (``--admin-key`` / ``APPORTION_ADMIN_KEY``) a valid
-        key of ``scope``; called at every start, so the same secret keeps its row. A revoked
-        row with this secret is re-activated: the flag states the operator's intent.
-        Raises ``ValueError`` for a secret under 16 characters or with spaces/controls."""
-        if len(secret) < MIN_GIVEN_KEY_LENGTH or len(secret) > MAX_KEY_LENGTH:
-            raise ValueError(
-                f"the admin key must be {MIN_GIVEN_KEY_LENGTH}–{MAX_KEY_LENGTH} characters "
-                f"(got {len(secret)}); generate one with "
-                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
-            )
-        if not all(c in string.printable and not c.isspace() for c in secret):
-            raise ValueError("the admin key may hold only printable ASCII without spaces")
-        query = select(api_keys).where(api_keys.c.prefix.in_(_lookup_prefixes(secret)))
-        async with self._db.read() as conn:
-            rows = [row_dict(r) for r in await conn.execute(query.order_by(api_keys.c.id))]
-        found = next((r for r in rows if _matches(secret, r["hash"])), None)
-        if found is None:
-            return (await self._insert(name, scope, lambda _key_id: secret)).key_id
-        async with self._db.write() as conn:
-            await conn.execute(
-                update(api_keys)
-                .where(api_keys.c.id == found["id"])
-                .values(scopes=scope.value, revoked_at=None)
-            )
-        self._forget(found["id"])
-        return str(found["id"])
-
-    async def verify(self, secret: str) -> Principal | None:
-        """The principal of a valid, unrevoked key; None for anything else. Cheap: a cache
-        hit is one SHA-256; a miss is one indexed query, one salted SHA-256 and a
-        ``last_used_at`` write."""
-        if not secret or len(secret) > MAX_KEY_LENGTH:
-            return None
-        cache_key = hashlib.sha256(secret.encode()).digest()
-        now = self._clock()
-        hit = self._cache.get(cache_key)
-        if hit is not None and hit[1] > now:
-            self._cache.move_to_end(cache_key)
-            return hit[0]
-        self._cache.pop(cache_key, None)
-        row = await self._find(secret)
-        if row is None:
-            return None
-        principal = Principal(key_id=row["id"], name=row["name"], scope=Scope(row["scopes"]))
-        async with self._db.write() as conn:
-            stamp = update(api_keys).where(api_keys.c.id == row["id"])
-            await conn.execute(stamp.values(last_used_at=time.time()))
-        self._cache[cache_key] = (principal, now + self._ttl)
-        while len(self._cache) > self._size:
-            self._cache.popitem(last=False)
-        return principal
-
-    async def list(self) -> list[dict[str, Any]]:
-        """Every key, oldest first, without hashes or secrets (``apportion keys list``)."""
-        query = select(api_keys).order_by(api_keys.c.created_at, api_keys.c.id)
-        async with self._db.read() as conn:
-            rows = [row_dict(r) for r in await conn.execute(query)]
-        return [
-            {
-                "key_id": r["id"],
-                "name": r["name"],
-                "scope": r["scopes"],
-                "created_at": _iso(r["created_at"]),
-                "last_used_at": _iso(r["last_used_at"]),
-                "revoked_at": _iso(r["revoked_at"]),
-                "revoked": r["revoked_at"] is not None,
-            }
-            for r in rows
-        ]
-
-    async def revoke(self, key_id: str) -> bool:
-        """Revoke a key now; False when no active key has that id."""
-        async with self._db.write() as conn:
-            result = await conn.execute(
-                update(api_keys)
-                .where(api_keys.c.id == key_id)
-                .where(api_keys.c.revoked_at.is_(None))
-                .values(revoked_at=time.time())
-            )
-        self._forget(key_id)
-        return bool(result.rowcount)
-
-    async def has_admin(self) -> bool:
-        """True when an active admin key exists (the first start generates one otherwise)."""
-        query = (
-            select(api_keys.c.id)
-            .where(api_keys.c.scopes == Scope.ADMIN.value)
-            .where(api_keys.c.revoked_at.is_(None))
-            .limit(1)
-        )
-        async with self._db.read() as conn:
-            return (await conn.execute(query)).first() is not None
-
-    def _forget(self, key_id: str) -> None:
-        for cache_key in [k for k, (p, _) in self._cache.items() if p.key_id == key_id]:
-            del self._cache[cache_key]
 
 
 def parse_authorization(header: str | None) -> str | None:
@@ -362,7 +135,13 @@ def _error_response(exc: ApportionError) -> web.Response:
     return response
 
 
-def auth_middleware(keys: KeyStore, *, enabled: bool, public_paths: frozenset[str]) -> Middleware:
+def auth_middleware(
+    keys: KeyStore,
+    *,
+    enabled: bool,
+    public_paths: frozenset[str],
+    public_prefixes: tuple[str, ...] = (),
+) -> Middleware:
     """The aiohttp middleware of the HTTP port. Every request except ``public_paths``
     (e.g. ``/healthz``, ``/metrics``) must authenticate, else 401 with the JSON envelope and
     ``WWW-Authenticate: Bearer``. Sets the typed ``request[PRINCIPAL]`` (read it with
@@ -373,7 +152,7 @@ def auth_middleware(keys: KeyStore, *, enabled: bool, public_paths: frozenset[st
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not enabled:
             principal: Principal | None = ANONYMOUS_ADMIN
-        elif request.path in public_paths:
+        elif request.path in public_paths or request.path.startswith(public_prefixes or ("\0",)):
             principal = None
         else:
             try:

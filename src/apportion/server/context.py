@@ -12,7 +12,8 @@ from apportion.policies.store import PolicyStore
 from apportion.registry.service import Registry
 from apportion.scheduling.allocations import AllocationService
 from apportion.scheduling.holds import HoldManager
-from apportion.server.auth import KeyStore
+from apportion.scheduling.jobs import JobService
+from apportion.server.keys import KeyStore
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class ServerContext:
     holds: HoldManager
     allocations: AllocationService
     keys: KeyStore
+    jobs: JobService | None = None
 
 
 CONTEXT: web.AppKey[ServerContext] = web.AppKey("apportion_context", ServerContext)

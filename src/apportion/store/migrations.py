@@ -40,7 +40,17 @@ def _initial(conn: Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial schema", _initial),)
+def _queues_and_jobs(conn: Connection) -> None:
+    schema.metadata.create_all(
+        conn,
+        tables=[schema.queues, schema.jobs, schema.job_statuses, schema.pool_limits],
+    )
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial schema", _initial),
+    Migration(2, "queues, jobs, status histories, pool limits", _queues_and_jobs),
+)
 
 
 class SchemaTooNew(RuntimeError):

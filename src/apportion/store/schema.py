@@ -125,6 +125,64 @@ events = Table(
     sqlite_autoincrement=True,
 )
 
+# ---------------------------------------------------------------- version 2: queues and jobs
+queues = Table(
+    "queues",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("document", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("job_id", String(64), primary_key=True),
+    Column("seq", Integer, nullable=False, unique=True),  # submission order (FIFO tie-break)
+    Column("queue", String(200), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("config", Text, nullable=False),
+    Column("owner", String(64), nullable=True),
+    Column("allocation", Text, nullable=True),  # placements, once scheduled
+    Column("allocation_id", String(64), nullable=True),  # the hold of its GPUs
+    Column("adapter", String(20), nullable=True),
+    Column("dispatch_token", String(64), nullable=True),  # intent recorded before the backend call
+    Column("scheduler_job_id", String(200), nullable=True),
+    Column("reason_code", String(64), nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("bypassed", Integer, nullable=False, server_default="0"),
+    Column("created_at", Float, nullable=False),
+    Column("start_time", Float, nullable=True),
+    Column("end_time", Float, nullable=True),
+    Column("return_code", Integer, nullable=True),
+    Column("failed_reason", Text, nullable=True),
+    Column("resource_usage", Text, nullable=True),
+    Column("cancel_requested", Integer, nullable=False, server_default="0"),
+)
+
+job_statuses = Table(
+    "job_statuses",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", String(64), ForeignKey("jobs.job_id", ondelete="CASCADE"), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("time", Float, nullable=False),
+    Column("reason", Text, nullable=True),
+)
+
+pool_limits = Table(
+    "pool_limits",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+Index("ix_jobs_status", jobs.c.status)
+Index("ix_job_statuses_job", job_statuses.c.job_id)
 Index("ix_holds_expires_at", holds.c.expires_at)
 Index("ix_api_keys_prefix", api_keys.c.prefix)
 Index("ix_events_type", events.c.type)

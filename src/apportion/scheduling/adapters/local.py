@@ -1,0 +1,594 @@
+"""The ``local`` scheduler adapter: every worker of a job is a real process on this host.
+
+The job engine calls it after it has placed and held a job's workers (see ``base.py`` for the
+protocol). Each worker runs under a small supervisor process (``local_supervisor.py``) started in
+its own session, so a job keeps running — and its exit code is recorded — when the server is
+killed; a restarted server builds a new :class:`LocalAdapter` and finds everything again from the
+files in ``spec.output_dir``:
+
+``job.json``                 the tag (``spec.job_id``), written atomically before anything starts
+``worker-<i>.launch.json``   what the supervisor runs (argv, cwd, environment; mode 0600)
+``worker-<i>.state.json``    pid, pgid, started_at, ended_at, return_code, signal, reason, …
+``worker-<i>.out`` / ``.err`` the command's stdout and stderr
+``cancel.json``              a cancellation was requested (so a restart reports ``cancelled``)
+``gang.json``                a worker failed; its siblings are being stopped
+``usage.json``               the last resource-usage sample
+
+Gang semantics: when one worker fails (non-zero exit, killed, walltime, could not start) the other
+workers of the job are stopped (SIGTERM to their process groups, SIGKILL after the grace period)
+by their own supervisors, and the job is ``failed`` with the failing worker's code and reason —
+the first failing worker by index, not counting the siblings stopped because of it. A worker
+killed by signal N reports ``return_code`` 128 + N (the shell's convention).
+
+Logs (:meth:`LocalAdapter.logs`): with one worker, its stdout as is. With several, one
+append-only stream: ``==> worker N <==`` and worker N's stdout, in worker order, where worker N's
+section is followed only once it has ended — so byte offsets stay valid while the job runs (a
+later worker's output shows up when the earlier ones have ended). stderr stays in the ``.err``
+files. ``offset`` and ``limit`` count bytes of that stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil  # type: ignore[import-untyped, unused-ignore]  # no stubs installed
+
+import apportion
+from apportion.scheduling.adapters import local_supervisor as sv
+from apportion.scheduling.adapters.base import (
+    AdapterError,
+    BackendState,
+    BackendStatus,
+    JobSpec,
+    LogChunk,
+    WorkerSpec,
+)
+
+BASE_ENV_KEYS = ("PATH", "HOME", "LANG")  # never the server's whole environment (admin key)
+_SRC_ROOT = str(Path(apportion.__file__).resolve().parent.parent)
+_START_TIMEOUT = 15.0  # seconds for every supervisor to report its command started
+_OWNER_TOLERANCE = 2.0  # seconds between a recorded start and psutil's create_time
+_MB = 1024.0 * 1024.0
+
+
+def base_environment() -> dict[str, str]:
+    """The server's minimal safe environment for jobs: PATH, HOME and LANG only."""
+    env = {key: os.environ[key] for key in BASE_ENV_KEYS if key in os.environ}
+    env.setdefault("PATH", os.defpath)
+    return env
+
+
+def worker_environment(spec: JobSpec, worker: WorkerSpec) -> dict[str, str]:
+    """Base + ``spec.env`` + the GPU and ``APPORTION_*`` variables (which win over ``spec.env``)."""
+    env = base_environment()
+    env.update(spec.env)
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(worker.gpus)
+    env["APPORTION_JOB_ID"] = spec.job_id
+    env["APPORTION_WORKER_INDEX"] = str(worker.index)
+    env["APPORTION_NUM_WORKERS"] = str(len(spec.workers))
+    return env
+
+
+@dataclass(frozen=True)
+class _Worker:
+    """One worker as the files and the process table show it."""
+
+    index: int
+    state: dict[str, Any] | None
+    kind: str  # "missing" | "running" | "ended" | "lost"
+
+    @property
+    def code(self) -> int:
+        """Exit code, 128 + N when killed by signal N, 1 when lost."""
+        if self.state is None or self.kind == "lost":
+            return 1
+        if self.state.get("signal") is not None:
+            return 128 + int(self.state["signal"])
+        return int(self.state.get("return_code") or 0)
+
+    @property
+    def failure(self) -> str:
+        if self.kind == "lost":
+            return f"worker {self.index} was lost: its supervisor ended without recording an exit"
+        if self.kind == "missing":
+            return f"worker {self.index} was never started (the server stopped during submit)"
+        state = self.state or {}
+        colon = ":" if state.get("stopped_by") else ""
+        return f"worker {self.index}{colon} {state.get('reason') or 'failed'}"
+
+    @property
+    def genuine_failure(self) -> bool:
+        """Failed by itself — not stopped by a cancel or because a sibling failed."""
+        stopped_by = (self.state or {}).get("stopped_by")
+        return (self.code != 0 or self.kind != "ended") and stopped_by not in ("cancel", "gang")
+
+
+def _owned(pid: object, started_at: object, pgid: object = None) -> Any:
+    """The live ``psutil.Process`` for ``pid`` if it is still the process we started, else None.
+
+    Guards every signal: a pid is ours only if it was created when we recorded its start (within
+    :data:`_OWNER_TOLERANCE`) and, for a command, still leads the process group we recorded.
+    """
+    if not isinstance(pid, int) or not isinstance(started_at, int | float):
+        return None
+    try:
+        proc = psutil.Process(pid)
+        if abs(proc.create_time() - float(started_at)) > _OWNER_TOLERANCE:
+            return None
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        if pgid is not None and os.getpgid(pid) != pgid:
+            return None
+    except (psutil.Error, OSError):
+        return None
+    return proc
+
+
+def _command_proc(state: dict[str, Any]) -> Any:
+    return _owned(state.get("pid"), state.get("started_at"), state.get("pgid"))
+
+
+class LocalAdapter:
+    """Runs jobs as local processes; satisfies the :class:`~.base.Adapter` protocol."""
+
+    name = "local"
+
+    def __init__(self, *, grace_seconds: float = 5.0) -> None:
+        if grace_seconds < 0:
+            raise ValueError("grace_seconds must be >= 0")
+        self.grace_seconds = grace_seconds
+        self._submitting: set[str] = set()
+        self._supervisors: dict[str, list[subprocess.Popen[bytes]]] = {}
+        self._lock = threading.Lock()  # methods run in worker threads (asyncio.to_thread)
+        self._samples: dict[str, dict[str, Any]] = {}
+
+    @staticmethod
+    def scheduler_id(spec: JobSpec) -> str:
+        return f"local-{spec.job_id}"
+
+    # ---- protocol -------------------------------------------------------------------------
+
+    async def submit(self, spec: JobSpec) -> str:
+        """Start every worker (under its supervisor); return ``local-<job_id>``.
+
+        Idempotent: a job that :meth:`find` already finds is not started again. Raises
+        :class:`AdapterError` for an empty command, bad workers or environment, a missing
+        working directory, or a supervisor that could not start.
+        """
+        return await asyncio.to_thread(self._submit, spec)
+
+    async def find(self, spec: JobSpec) -> str | None:
+        """``local-<job_id>`` if the tag file names this job and a worker started, else None."""
+        return await asyncio.to_thread(self._find, spec)
+
+    async def poll(self, spec: JobSpec, scheduler_job_id: str) -> BackendStatus:
+        """The job's state from its state files and a liveness check of its processes."""
+        return await asyncio.to_thread(self._poll, spec, scheduler_job_id)
+
+    async def cancel(self, spec: JobSpec, scheduler_job_id: str) -> None:
+        """Record the cancellation, SIGTERM every worker's process group, SIGKILL after
+        ``grace_seconds``; returns when the workers have ended. Idempotent; works after a
+        restart. Signals only processes that are verifiably ours."""
+        await asyncio.to_thread(self._cancel, spec, scheduler_job_id)
+
+    async def logs(
+        self, spec: JobSpec, scheduler_job_id: str, *, offset: int = 0, limit: int = 65536
+    ) -> LogChunk:
+        """Up to ``limit`` bytes of the job's stdout stream from ``offset`` (see module doc)."""
+        if offset < 0 or limit < 1:
+            raise AdapterError(f"logs needs offset >= 0 and limit >= 1 (got {offset}, {limit})")
+        return await asyncio.to_thread(self._logs, spec, offset, limit)
+
+    async def usage(self, spec: JobSpec, scheduler_job_id: str) -> dict[str, Any]:
+        """A psutil sample over the workers' process trees (finished jobs: the last sample)."""
+        return await asyncio.to_thread(self._usage, spec)
+
+    async def partitions(self) -> list[dict[str, Any]]:
+        return [
+            {"name": "local", "adapter": "local", "nodes": 1, "cpus": os.cpu_count(), "state": "up"}
+        ]
+
+    async def discover(self, scheduler: dict[str, Any]) -> list[dict[str, Any]]:
+        return []
+
+    # ---- submit / find --------------------------------------------------------------------
+
+    def _find(self, spec: JobSpec) -> str | None:
+        tag = sv.read_json(Path(spec.output_dir) / sv.TAG_FILE)
+        if tag is None or tag.get("job_id") != spec.job_id:
+            return None
+        started = any(sv.state_path(spec.output_dir, w.index).exists() for w in spec.workers)
+        return self.scheduler_id(spec) if started else None
+
+    def _validate(self, spec: JobSpec) -> Path:
+        if not spec.command or not all(isinstance(a, str) for a in spec.command):
+            raise AdapterError("the job's command must be a non-empty list of strings (argv)")
+        if any("\0" in a for a in spec.command):
+            raise AdapterError("the job's command may not contain NUL characters")
+        if not spec.workers:
+            raise AdapterError("the job has no workers to start")
+        indices = sorted(w.index for w in spec.workers)
+        if indices != list(range(len(spec.workers))):
+            raise AdapterError(f"worker indices must be 0..{len(spec.workers) - 1}, got {indices}")
+        for key, value in spec.env.items():
+            if not key or "=" in key or "\0" in key or "\0" in value:
+                raise AdapterError(f"environment variable {key!r}: names need no '=' or NUL")
+        cwd = Path(spec.working_dir) if spec.working_dir else Path(spec.output_dir)
+        if spec.working_dir and not cwd.is_dir():
+            raise AdapterError(f"the working directory {spec.working_dir} does not exist")
+        return cwd
+
+    def _submit(self, spec: JobSpec) -> str:
+        cwd = self._validate(spec)
+        existing = self._find(spec)
+        if existing is not None:
+            return existing
+        job_dir = Path(spec.output_dir)
+        try:
+            job_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise AdapterError(f"cannot create the output directory {job_dir}: {exc}") from None
+        attempt = uuid.uuid4().hex
+        self._submitting.add(spec.job_id)
+        try:
+            stale = [sv.CANCEL_FILE, sv.GANG_FILE, sv.USAGE_FILE]  # of an attempt that never ran
+            stale += [sv.state_path(job_dir, w.index).name for w in spec.workers]
+            for name in stale:
+                (job_dir / name).unlink(missing_ok=True)
+            sv.write_json_atomic(
+                job_dir / sv.TAG_FILE,
+                {
+                    "job_id": spec.job_id,
+                    "scheduler_job_id": self.scheduler_id(spec),
+                    "num_workers": len(spec.workers),
+                    "attempt": attempt,
+                    "submitted_at": time.time(),
+                },
+            )
+            procs = [self._start_supervisor(spec, w, cwd, attempt) for w in spec.workers]
+            with self._lock:
+                self._supervisors[spec.job_id] = procs
+            self._await_started(spec, procs)
+        except OSError as exc:
+            raise AdapterError(f"could not start job {spec.job_id}: {exc}") from None
+        finally:
+            self._submitting.discard(spec.job_id)
+        return self.scheduler_id(spec)
+
+    def _start_supervisor(
+        self, spec: JobSpec, worker: WorkerSpec, cwd: Path, attempt: str
+    ) -> subprocess.Popen[bytes]:
+        job_dir = Path(spec.output_dir)
+        launch = {
+            "job_id": spec.job_id,
+            "index": worker.index,
+            "attempt": attempt,
+            "job_dir": str(job_dir.resolve()),
+            "command": list(spec.command),
+            "cwd": str(cwd),
+            "env": worker_environment(spec, worker),
+            "stdout": str(sv.stdout_path(job_dir, worker.index).resolve()),
+            "stderr": str(sv.stderr_path(job_dir, worker.index).resolve()),
+            "walltime": spec.walltime_seconds,
+            "grace": self.grace_seconds,
+        }
+        path = sv.launch_path(job_dir, worker.index)
+        sv.write_json_atomic(path, launch)
+        env = base_environment()
+        env["PYTHONPATH"] = _SRC_ROOT
+        with (job_dir / f"worker-{worker.index}.supervisor.log").open("ab") as log:
+            return subprocess.Popen(  # noqa: S603 - argv list, never a shell
+                [sys.executable, "-m", sv.__name__, str(path.resolve())],
+                cwd=job_dir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+
+    def _await_started(self, spec: JobSpec, procs: list[subprocess.Popen[bytes]]) -> None:
+        deadline = time.monotonic() + _START_TIMEOUT
+        pending = {w.index: proc for w, proc in zip(spec.workers, procs, strict=True)}
+        while pending:
+            for index, proc in list(pending.items()):
+                if sv.state_path(spec.output_dir, index).exists():
+                    del pending[index]
+                elif (proc.poll() is not None or time.monotonic() > deadline) and not (
+                    sv.state_path(spec.output_dir, index).exists()  # wrote it, then exited
+                ):
+                    self._abort(spec)
+                    log = Path(spec.output_dir) / f"worker-{index}.supervisor.log"
+                    tail = log.read_text(errors="replace")[-500:] if log.exists() else ""
+                    raise AdapterError(
+                        f"the supervisor of worker {index} did not start its command: {tail}"
+                    )
+            time.sleep(0.005)
+
+    def _abort(self, spec: JobSpec) -> None:
+        """Stop what a failed submit already started (their supervisors see ``gang.json``)."""
+        reason = "submit failed before every worker started"
+        sv.write_json_atomic(Path(spec.output_dir) / sv.GANG_FILE, {"worker": -1, "reason": reason})
+
+    # ---- poll / cancel --------------------------------------------------------------------
+
+    def _reap(self) -> None:
+        """Reap the supervisors this server started that have exited (no zombies pile up)."""
+        with self._lock:
+            for job_id, procs in list(self._supervisors.items()):
+                alive = [p for p in procs if p.poll() is None]
+                if alive:
+                    self._supervisors[job_id] = alive
+                else:
+                    del self._supervisors[job_id]
+
+    def _workers(self, spec: JobSpec) -> list[_Worker]:
+        self._reap()
+        out: list[_Worker] = []
+        for w in sorted(spec.workers, key=lambda w: w.index):
+            state = sv.read_json(sv.state_path(spec.output_dir, w.index))
+            if state is None:
+                kind = "missing"
+            elif state.get("ended_at") is not None:
+                kind = "ended"
+            elif _command_proc(state) is not None or (
+                _owned(state.get("supervisor_pid"), state.get("supervisor_started_at")) is not None
+            ):
+                kind = "running"
+            else:  # re-read: the supervisor may have just written its final state
+                state = sv.read_json(sv.state_path(spec.output_dir, w.index)) or state
+                kind = "ended" if state.get("ended_at") is not None else "lost"
+            out.append(_Worker(w.index, state, kind))
+        return out
+
+    def _poll(self, spec: JobSpec, scheduler_job_id: str) -> BackendStatus:
+        if scheduler_job_id != self.scheduler_id(spec):
+            return BackendStatus(BackendState.UNKNOWN, reason=f"{scheduler_job_id} is not this job")
+        job_dir = Path(spec.output_dir)
+        workers = self._workers(spec)
+        if all(w.kind == "missing" for w in workers):
+            if spec.job_id in self._submitting:
+                return BackendStatus(BackendState.PENDING)
+            return BackendStatus(BackendState.UNKNOWN, reason="the job never reached the backend")
+        starts = [
+            float(w.state["started_at"]) for w in workers if w.state and w.state.get("started_at")
+        ]
+        started_at = min(starts) if starts else None
+        broken = [w for w in workers if w.kind in ("missing", "lost")]
+        if any(w.kind == "running" for w in workers):
+            if broken and spec.job_id not in self._submitting:
+                reason = broken[0].failure
+                if not (job_dir / sv.GANG_FILE).exists():
+                    sv.write_json_atomic(job_dir / sv.GANG_FILE, {"worker": -1, "reason": reason})
+            return BackendStatus(BackendState.RUNNING, started_at=started_at)
+        ends = [float(w.state["ended_at"]) for w in workers if w.state and w.state.get("ended_at")]
+        ended_at = max(ends) if ends else None
+        cancel = sv.read_json(job_dir / sv.CANCEL_FILE)
+        if cancel is not None:
+            requested = float(cancel.get("requested_at") or 0.0)
+            failed_first = any(
+                w.genuine_failure and float((w.state or {}).get("ended_at") or 0.0) <= requested
+                for w in workers
+            )
+            if not failed_first and any(
+                w.code != 0 or (w.state or {}).get("stopped_by") == "cancel" for w in workers
+            ):
+                return BackendStatus(
+                    BackendState.CANCELLED,
+                    reason="cancelled",
+                    started_at=started_at,
+                    ended_at=ended_at,
+                )
+        failed = [w for w in workers if w.code != 0 or w.kind != "ended"]
+        if not failed:
+            return BackendStatus(
+                BackendState.COMPLETED, return_code=0, started_at=started_at, ended_at=ended_at
+            )
+        primary = next((w for w in failed if w.genuine_failure), failed[0])
+        return BackendStatus(
+            BackendState.FAILED,
+            return_code=primary.code,
+            reason=primary.failure,
+            started_at=started_at,
+            ended_at=ended_at,
+        )
+
+    def _cancel(self, spec: JobSpec, scheduler_job_id: str) -> None:
+        if scheduler_job_id != self.scheduler_id(spec):
+            raise AdapterError(f"{scheduler_job_id} is not the local job of {spec.job_id}")
+        if not any(w.kind == "running" for w in self._workers(spec)):
+            return  # finished, lost or never started: nothing to stop (idempotent)
+        job_dir = Path(spec.output_dir)
+        if not (job_dir / sv.CANCEL_FILE).exists():
+            sv.write_json_atomic(job_dir / sv.CANCEL_FILE, {"requested_at": time.time()})
+        self._signal_running(spec, signal.SIGTERM)
+        if not self._wait_ended(spec, self.grace_seconds):
+            self._signal_running(spec, signal.SIGKILL)
+            self._wait_ended(spec, 2.0)
+
+    def _signal_running(self, spec: JobSpec, sig: signal.Signals) -> None:
+        for w in self._workers(spec):
+            if w.kind == "running" and w.state is not None:
+                proc = _command_proc(w.state)
+                if proc is not None:  # verified ours: signal its whole process group
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(int(w.state["pgid"]), sig)
+
+    def _wait_ended(self, spec: JobSpec, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while True:
+            if not any(w.kind == "running" for w in self._workers(spec)):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+
+    # ---- logs -----------------------------------------------------------------------------
+
+    def _logs(self, spec: JobSpec, offset: int, limit: int) -> LogChunk:
+        workers = self._workers(spec)
+        finished = not any(w.kind in ("running", "missing") for w in workers)
+        segments: list[bytes | tuple[Path, int]] = []
+        for w in workers:
+            path = sv.stdout_path(spec.output_dir, w.index)
+            size = path.stat().st_size if path.exists() else 0
+            if len(workers) > 1:
+                segments.append(f"==> worker {w.index} <==\n".encode())
+            segments.append((path, size))
+            if w.kind in ("running", "missing"):
+                break  # the frontier: later workers follow once this one has ended
+            if len(workers) > 1 and size and _last_byte(path, size) != b"\n":
+                segments.append(b"\n")
+        data, total = _read_segments(segments, offset, limit + 3)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        text = decoder.decode(data[:limit], final=False)
+        used = min(limit, len(data))
+        for byte in data[limit:]:  # finish a character that the limit cut in two
+            if not decoder.getstate()[0]:
+                break
+            text += decoder.decode(bytes([byte]), final=False)
+            used += 1
+        pending = len(decoder.getstate()[0])
+        if pending and finished and offset + used >= total:
+            text += decoder.decode(b"", final=True)  # a broken character ends the stream
+        else:
+            used -= pending  # the rest of that character has not been written yet
+        end = offset + used
+        return LogChunk(text=text, offset=end, complete=finished and end >= total)
+
+    # ---- usage ----------------------------------------------------------------------------
+
+    def _usage(self, spec: JobSpec) -> dict[str, Any]:
+        usage_file = Path(spec.output_dir) / sv.USAGE_FILE
+        record = self._samples.get(spec.job_id) or sv.read_json(usage_file) or {}
+        workers = self._workers(spec)
+        cpu = io = 0.0
+        rss = 0.0
+        iowait: float | None = None
+        max_final = 0.0
+        live = False
+        for w in workers:
+            state = w.state or {}
+            if w.kind == "ended" and isinstance(state.get("rusage"), dict):
+                cpu += float(state["rusage"]["cpu_seconds"])
+                io += float(state["rusage"]["io_bytes"])
+                max_final = max(max_final, float(state["rusage"]["max_rss_mb"]))
+            elif w.kind == "running" and (proc := _command_proc(state)) is not None:
+                live = True
+                c, r, i, wait = _sample_tree(proc)
+                cpu, rss, io = cpu + c, rss + r, io + i
+                if wait is not None:
+                    iowait = (iowait or 0.0) + wait
+        last = record.get("sample")
+        if not live:  # finished (or not started): the last sample, with the final figures
+            final = dict(last) if isinstance(last, dict) else _empty_sample()
+            final["cpuSeconds"] = max(float(final.get("cpuSeconds") or 0.0), cpu)
+            final["processIO"] = max(float(final.get("processIO") or 0.0), io)
+            peak = max(float(final.get("maxTotalMemory") or 0.0), max_final)
+            final["maxTotalMemory"] = peak if peak > 0 else None
+            self._samples[spec.job_id] = {**record, "sample": final}
+            return dict(final)
+        mem_mb = rss / _MB
+        prev_cpu = float(record.get("cpu", 0.0))
+        mem_cpu = float(record.get("mem_cpu", 0.0)) + (mem_mb / 1024.0) * max(0.0, cpu - prev_cpu)
+        sample = {
+            "cpuSeconds": cpu,
+            "memoryCpuSeconds": mem_cpu,  # GB x CPU-seconds, integrated between samples
+            "instantTotalMemory": mem_mb,
+            "maxTotalMemory": max(float(record.get("max_mem", 0.0)), mem_mb, max_final),
+            "processIO": io,
+            "processIOWaiting": iowait,
+            "timeInstant": _now_iso(),
+        }
+        record = {
+            "cpu": cpu,
+            "mem_cpu": mem_cpu,
+            "max_mem": sample["maxTotalMemory"],
+            "sample": sample,
+        }
+        self._samples[spec.job_id] = record
+        with contextlib.suppress(OSError):  # best effort: the in-memory sample still answers
+            sv.write_json_atomic(usage_file, record)
+        return dict(sample)
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _empty_sample() -> dict[str, Any]:
+    """Seed 002's fields before any live sample was taken (missing values are None)."""
+    return {
+        "cpuSeconds": 0.0,
+        "memoryCpuSeconds": None,
+        "instantTotalMemory": None,
+        "maxTotalMemory": None,
+        "processIO": 0.0,
+        "processIOWaiting": None,
+        "timeInstant": _now_iso(),
+    }
+
+
+def _sample_tree(proc: Any) -> tuple[float, float, float, float | None]:
+    """CPU seconds, RSS bytes, I/O bytes and iowait seconds of ``proc`` and its descendants."""
+    cpu = rss = io = 0.0
+    iowait: float | None = None
+    try:
+        tree = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        tree = [proc]
+    for p in tree:
+        try:
+            with p.oneshot():
+                t = p.cpu_times()
+                cpu += t.user + t.system + t.children_user + t.children_system
+                rss += p.memory_info().rss
+                if hasattr(t, "iowait"):
+                    iowait = (iowait or 0.0) + t.iowait
+                try:
+                    counters = p.io_counters()
+                    io += counters.read_bytes + counters.write_bytes
+                except (psutil.AccessDenied, AttributeError):
+                    pass
+        except psutil.Error:
+            continue  # ended between listing and sampling
+    return cpu, rss, io, iowait
+
+
+def _last_byte(path: Path, size: int) -> bytes:
+    with path.open("rb") as fh:
+        fh.seek(size - 1)
+        return fh.read(1)
+
+
+def _read_segments(
+    segments: list[bytes | tuple[Path, int]], offset: int, limit: int
+) -> tuple[bytes, int]:
+    """Bytes ``[offset, offset + limit)`` of the concatenated segments, and their total size."""
+    out = bytearray()
+    pos = 0
+    for seg in segments:
+        size = len(seg) if isinstance(seg, bytes) else seg[1]
+        lo, hi = max(offset, pos), min(offset + limit, pos + size)
+        if lo < hi:
+            if isinstance(seg, bytes):
+                out += seg[lo - pos : hi - pos]
+            else:
+                with seg[0].open("rb") as fh:
+                    fh.seek(lo - pos)
+                    out += fh.read(hi - lo)
+        pos += size
+    return bytes(out), pos

@@ -1,0 +1,332 @@
+"""The job service: submit, cancel, re-prioritise, delete, limits — and the admission cycle.
+
+Runs on the event loop. Every state change is committed (``JobBook``) before it is
+acknowledged or announced, and every announcement goes through ``emit`` (the event log,
+stored before it is sent to Socket.IO clients). Dispatch to the scheduler adapters and
+watching what they run is :class:`~apportion.scheduling.dispatch.Dispatcher`'s job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from apportion import jsonutil
+from apportion.errors import ApportionError, Conflict, InvalidRequest
+from apportion.registry.service import Registry
+from apportion.scheduling.admission import CycleState, Reason, waiting_order
+from apportion.scheduling.allocations import AllocationService
+from apportion.scheduling.dispatch import Dispatcher
+from apportion.scheduling.models import (
+    JobConfig,
+    JobStatus,
+    PriorityRequest,
+    QueueConfig,
+    SubmitRequest,
+    parse_model,
+)
+from apportion.scheduling.records import Job, JobBook, QueueBook, iso
+from apportion.store import schema
+from apportion.store.db import Database
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[str, dict[str, Any]], Awaitable[Any]]
+LIMIT_RANGE = (1, 100)  # max_concurrent_jobs, as seed 001 validated it
+
+
+class JobService:
+    """Jobs and queues, from ``POST /jobs/submit`` to ``job_completed``."""
+
+    def __init__(
+        self,
+        db: Database,
+        registry: Registry,
+        allocations: AllocationService,
+        dispatcher: Dispatcher,
+        emit: Emit,
+    ) -> None:
+        self._db = db
+        self._registry = registry
+        self._allocations = allocations
+        self.dispatcher = dispatcher
+        self._emit = emit
+        self.jobs = JobBook(db)
+        self.queues = QueueBook(db)
+        self.limits: dict[str, Any] = {"max_concurrent_jobs": None}
+        self._wake = asyncio.Event()
+        self.admissions = 0
+        dispatcher.bind(self.jobs, self.finish)
+
+    async def load(self) -> None:
+        await self.jobs.load()
+        await self.queues.load()
+        async with self._db.read() as conn:
+            for row in (await conn.execute(select(schema.pool_limits))).all():
+                self.limits[row.name] = jsonutil.loads(row.value)
+        self._number_positions()
+
+    def wake(self) -> None:
+        """Ask for an admission cycle soon (after a submit, an end, a limit change…)."""
+        self._wake.set()
+
+    # ---------------------------------------------------------------- API
+    async def submit(self, body: Any, owner: str | None) -> Job:
+        request = parse_model(SubmitRequest, body)
+        config = request.config
+        queue = self.queues.get(config.queue) if config.queue in self.queues.names() else None
+        if queue is None:
+            raise InvalidRequest(
+                f"config.queue {config.queue!r} does not exist; list queues with GET /queues",
+                path="body.config.queue",
+            )
+        self._check_against_queue(config, queue)
+        job = await self.jobs.create(config, request.priority, owner, "submitted")
+        self._number_positions()
+        job.reason_code, job.reason = Reason.QUEUED, "waiting for the next admission cycle"
+        await self._emit(
+            "job_queued",
+            {
+                "job_id": job.job_id,
+                "priority": job.priority,
+                "queue_position": job.queue_position,
+                "queue": job.queue,
+                "name": job.name,
+            },
+        )
+        self.wake()
+        return job
+
+    @staticmethod
+    def _check_against_queue(config: JobConfig, queue: QueueConfig) -> None:
+        cap = queue.worker_cap
+        if cap is not None and config.replica_count > cap:
+            raise InvalidRequest(
+                f"config.replica_count {config.replica_count} can never run in queue "
+                f"{queue.name!r}: its cap is {cap} worker instances",
+                path="body.config.replica_count",
+            )
+
+    async def cancel(self, job_id: str) -> Job:
+        job = self.jobs.get(job_id)
+        if job.status.finished:
+            return job
+        if job.status is JobStatus.QUEUED:
+            await self.finish(job, JobStatus.CANCELLED, reason="cancelled while queued")
+            return job
+        job.cancel_requested = True
+        await self.jobs.save(job)
+        await self.dispatcher.cancel(job)
+        return job
+
+    async def set_priority(self, job_id: str, body: Any) -> Job:
+        priority = parse_model(PriorityRequest, body).priority
+        job = self.jobs.get(job_id)
+        if job.status is not JobStatus.QUEUED:
+            raise Conflict(
+                f"job {job_id} is {job.status.value}; only a queued job's priority can change",
+                details={"job_id": job_id, "status": job.status.value},
+            )
+        job.priority = priority
+        await self.jobs.save(job)
+        self._number_positions()
+        self.wake()
+        return job
+
+    async def delete(self, job_id: str) -> None:
+        job = self.jobs.get(job_id)
+        if not job.status.finished:
+            await self.cancel(job_id)
+            for _ in range(200):  # wait (bounded) for the backend to confirm
+                if job.status.finished:
+                    break
+                await asyncio.sleep(0.05)
+        await self.jobs.remove(job_id)
+
+    async def set_limits(self, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict) or not body:
+            raise InvalidRequest('the body must be {"max_concurrent_jobs": n}', path="body")
+        unknown = set(body) - set(self.limits)
+        if unknown:
+            raise InvalidRequest(
+                f"unknown limit(s) {sorted(unknown)}; known: {sorted(self.limits)}",
+                path=f"body.{sorted(unknown)[0]}",
+            )
+        value = body.get("max_concurrent_jobs", None)
+        low, high = LIMIT_RANGE
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise InvalidRequest(
+                f"max_concurrent_jobs must be an integer from {low} to {high}, not {value!r}",
+                path="body.max_concurrent_jobs",
+            )
+        old = dict(self.limits)
+        self.limits["max_concurrent_jobs"] = value
+        async with self._db.write() as conn:
+            stmt = sqlite_insert(schema.pool_limits).values(
+                name="max_concurrent_jobs", value=jsonutil.dumps_str(value)
+            )
+            await conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[schema.pool_limits.c.name], set_={"value": stmt.excluded.value}
+                )
+            )
+        await self._emit("limits_updated", {"old_limits": old, "new_limits": dict(self.limits)})
+        self.wake()
+        return dict(self.limits)
+
+    def select(
+        self, *, status: str | None, queue: str | None, limit: int, offset: int
+    ) -> list[Job]:
+        jobs = sorted(self.jobs.jobs.values(), key=lambda j: j.seq)
+        if status is not None:
+            jobs = [j for j in jobs if j.status.value == status]
+        if queue is not None:
+            jobs = [j for j in jobs if j.queue == queue]
+        return jobs[offset : offset + limit]
+
+    def statistics(self) -> dict[str, Any]:
+        """``GET /queue`` (seed 001): totals, per queue and per priority."""
+        jobs = list(self.jobs.jobs.values())
+        queued = [j for j in jobs if j.status is JobStatus.QUEUED]
+        per_queue: dict[str, dict[str, int]] = {}
+        for name in self.queues.names():
+            mine = [j for j in jobs if j.queue == name]
+            cap = self.queues.get(name).worker_cap
+            per_queue[name] = {
+                "queued": sum(j.status is JobStatus.QUEUED for j in mine),
+                "running": sum(j.status.active for j in mine),
+                "workers_running": sum(j.workers for j in mine if j.status.active),
+                "worker_cap": -1 if cap is None else cap,
+            }
+        per_priority: dict[str, int] = {}
+        for job in queued:
+            per_priority[str(job.priority)] = per_priority.get(str(job.priority), 0) + 1
+        return {
+            "total_queued": len(queued),
+            "running_jobs": sum(j.status.active for j in jobs),
+            "queues": per_queue,
+            "priorities": per_priority,
+            "limits": dict(self.limits),
+        }
+
+    # ---------------------------------------------------------------- admission
+    def _number_positions(self) -> None:
+        position: dict[str, int] = {}
+        for job in self.jobs.jobs.values():
+            job.queue_position = None
+        for job in waiting_order(self.jobs.jobs.values()):
+            position[job.queue] = position.get(job.queue, 0) + 1
+            job.queue_position = position[job.queue]
+
+    async def run(self, *, interval: float = 1.0) -> None:
+        """The admission loop: a cycle when woken, and at least every ``interval`` seconds."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), interval)
+            self._wake.clear()
+            try:
+                await self.cycle()
+            except Exception:
+                log.exception("admission cycle failed; retrying at the next one")
+
+    async def cycle(self) -> list[Job]:
+        """One admission pass over the queued jobs; return the jobs it started."""
+        waiting = waiting_order(self.jobs.jobs.values())
+        state = CycleState.of(self.jobs.jobs.values(), self.limits.get("max_concurrent_jobs"))
+        queues = {name: self.queues.get(name) for name in self.queues.names()}
+        state.note_starving(waiting, queues)
+        started: list[Job] = []
+        for job in waiting:
+            queue = queues.get(job.queue)
+            if queue is None:
+                await self._wait(job, Reason.NO_RESOURCES, f"queue {job.queue!r} was removed")
+                continue
+            blocked = state.blocker(job, queue)
+            if blocked is None:
+                blocked = await self._try_start(job, queue)
+            if blocked is not None:
+                state.waited(job)
+                await self._wait(job, *blocked)
+                continue
+            for passed in state.started(job, queue):
+                await self.jobs.save(passed)
+            started.append(job)
+            self.admissions += 1
+        self._number_positions()
+        return started
+
+    async def _wait(self, job: Job, code: str, words: str) -> None:
+        if (job.reason_code, job.reason) != (code, words):
+            job.reason_code, job.reason = code, words
+            await self.jobs.save(job)
+
+    async def _try_start(self, job: Job, queue: QueueConfig) -> tuple[str, str] | None:
+        """Place and hold the job's workers, then hand it to the dispatcher; or say why not."""
+        request = job.config.resources.as_request()
+        try:
+            candidates = self._candidates(queue)
+            hold = await self._allocations.hold_for_job(
+                policy_uri=job.config.policy_rule_uri or queue.policy_rule_uri,
+                candidates=candidates,
+                inputs={"requests": [request] * job.workers},
+                parameters=job.config.parameters,
+                owner=job.owner,
+                job_id=job.job_id,
+            )
+        except ApportionError as exc:
+            code = (
+                Reason.NO_RESOURCES if exc.code.value == "NoFeasiblePlacement" else exc.code.value
+            )
+            return code, exc.message
+        job.reason_code = job.reason = None
+        await self.dispatcher.start(job, hold)
+        return None
+
+    def _candidates(self, queue: QueueConfig) -> list[str]:
+        if isinstance(queue.clusters, dict):
+            ids = self._registry.filter_cluster_ids(
+                queue.clusters, path=f"queue {queue.name}.clusters"
+            )
+            return ids if ids is not None else self._registry.live_cluster_ids()
+        if queue.clusters:
+            return [c for c in queue.clusters if self._registry.has_cluster(c)]
+        return self._registry.live_cluster_ids()
+
+    async def finish(
+        self,
+        job: Job,
+        status: JobStatus,
+        *,
+        reason: str,
+        return_code: int | None = None,
+        ended_at: float | None = None,
+    ) -> None:
+        """Record the end of a job, release its GPUs and announce it (idempotent)."""
+        if job.status.finished:
+            return
+        job.end_time = ended_at or time.time()
+        job.return_code = return_code
+        if status is JobStatus.FAILED:
+            job.failed_reason = reason
+        job.reason_code = job.reason = None
+        await self.jobs.save(job, status=status, reason=reason)
+        await self.dispatcher.release(job)
+        self._number_positions()
+        await self._emit(
+            "job_completed",
+            {
+                "job_id": job.job_id,
+                "status": status.value,
+                "end_time": iso(job.end_time),
+                "return_code": return_code,
+                "reason": reason,
+            },
+        )
+        self.wake()

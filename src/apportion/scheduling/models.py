@@ -1,0 +1,122 @@
+"""Queues and jobs as users send them (CONTRACTS §6; seeds 000, 001, 002, 003).
+
+Validated with pydantic; unknown fields are refused so a typo never silently
+changes what a job asks for. Times in records are ISO-8601 UTC on the wire.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+
+from apportion.validation import invalid_from_pydantic
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+NAME_RE = re.compile(NAME_PATTERN)
+
+
+class JobStatus(StrEnum):
+    """Seed 001's states: queued → scheduled → running → completed | failed | cancelled."""
+
+    QUEUED = "queued"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED
+
+    @property
+    def active(self) -> bool:
+        """Holding resources: scheduled or running."""
+        return self in (JobStatus.SCHEDULED, JobStatus.RUNNING)
+
+
+FINISHED = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class WorkerResources(_Strict):
+    """Resources of one worker (CONTRACTS §6); they become a built-in policy request."""
+
+    gpus: StrictInt = Field(0, ge=0, le=1024)
+    vcpus: StrictInt | None = Field(None, ge=1)
+    memory_mb: StrictInt | None = Field(None, ge=1)
+    gpu_memory_mb: StrictInt | None = Field(None, ge=1)
+    gpu_model: str | list[str] | None = None
+    nvlink: StrictBool = False
+
+    def as_request(self) -> dict[str, Any]:
+        """The request object of CONTRACTS §3 for this worker."""
+        return self.model_dump(exclude_none=True, exclude_defaults=False)
+
+
+class JobConfig(_Strict):
+    """``POST /jobs/submit``'s ``config``."""
+
+    name: str = Field("job", pattern=NAME_PATTERN)
+    queue: str = Field("default", pattern=NAME_PATTERN)
+    command: list[str] = Field(min_length=1, max_length=4096)
+    env: dict[str, str] = Field(default_factory=dict)
+    working_dir: str | None = Field(None, max_length=4096)
+    resources: WorkerResources = Field(default_factory=WorkerResources)
+    replica_count: StrictInt = Field(1, ge=1, le=4096)
+    walltime: float | None = Field(None, gt=0, le=30 * 86400)
+    labels: dict[str, str] = Field(default_factory=dict)
+    policy_rule_uri: str | None = Field(None, max_length=400)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class SubmitRequest(_Strict):
+    config: JobConfig
+    priority: StrictInt = Field(0, ge=-1_000_000, le=1_000_000)
+
+
+class PriorityRequest(_Strict):
+    priority: StrictInt = Field(ge=-1_000_000, le=1_000_000)
+
+
+class QueueConfig(BaseModel):
+    """A queue (seed 000's fields, plus placement)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    plugin: Literal["local", "slurm"] | None = None  # adapter; default: the chosen cluster's
+    working_dir: str | None = None
+    default_resources: dict[str, Any] = Field(default_factory=dict)
+    maximum_resources: dict[str, Any] = Field(default_factory=dict)
+    maximum_allowed_worker_instances: StrictInt = Field(-1, ge=-1)
+    maximum_allowed_resources: dict[str, Any] = Field(default_factory=dict)
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    storages: list[Any] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    policy_rule_uri: str = "binpack:1.0-stable"
+    clusters: list[str] | dict[str, Any] = Field(default_factory=list)  # ids, or a filter
+    max_bypass: StrictInt = Field(10, ge=0)  # starvation bound, docs/jobs.md
+
+    @property
+    def worker_cap(self) -> int | None:
+        cap = self.maximum_allowed_worker_instances
+        return None if cap < 0 else cap
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_model(model: type[M], body: Any, *, prefix: str = "body") -> M:
+    """Validate ``body``; :class:`~apportion.errors.InvalidRequest` naming the field otherwise."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise invalid_from_pydantic(exc, prefix=prefix, allowed=list(model.model_fields)) from None

@@ -1,0 +1,147 @@
+"""REST routes of seed 001's status side: ``/events``, ``/metrics``, ``/resources``,
+``/system/status``.
+
+Handlers read :data:`STATUS` (a :class:`StatusContext` the app sets with
+``app[STATUS] = StatusContext(...)``). ``/metrics`` is public (list it in the auth middleware's
+public paths); the others need a ``read`` key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil  # type: ignore[import-untyped, unused-ignore]  # no stubs installed
+import socketio
+from aiohttp import web
+
+from apportion import __version__
+from apportion.errors import InvalidRequest
+from apportion.server.events import MAX_LIMIT, EventLog, iso_utc
+from apportion.server.http_common import Scope, json_response, principal
+from apportion.server.socketio_server import connected_clients
+from apportion.server.telemetry import Telemetry
+
+MB = 1024 * 1024
+CPU_SAMPLE_SECONDS = 0.1
+MAX_SEQ = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class StatusContext:
+    """What the status routes need. ``started_at`` is the server's start in UNIX seconds;
+    ``data_dir`` is the directory whose disk ``/resources`` reports."""
+
+    events: EventLog
+    telemetry: Telemetry
+    sio: socketio.AsyncServer
+    started_at: float
+    data_dir: Path = field(default_factory=Path.cwd)
+
+
+STATUS: web.AppKey[StatusContext] = web.AppKey("apportion_status", StatusContext)
+
+routes = web.RouteTableDef()
+
+
+def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        bounds = f"≥ {low}" if high >= MAX_SEQ else f"from {low} to {high}"
+        raise InvalidRequest(
+            f"query parameter {name!r} must be an integer {bounds}, not {raw!r}",
+            path=f"query.{name}",
+        )
+    return value
+
+
+@routes.get("/events")
+async def list_events(request: web.Request) -> web.Response:
+    """Events after ``since`` (what a client missed), oldest first; ``limit``, ``type`` filter."""
+    principal(request, Scope.READ)
+    status = request.app[STATUS]
+    since = _int_param(request, "since", 0, 0, MAX_SEQ)
+    limit = _int_param(request, "limit", 1000, 1, MAX_LIMIT)
+    types = {t for raw in request.query.getall("type", []) for t in raw.split(",") if t}
+    latest = await status.events.latest_seq()
+    data = await status.events.since(since, limit=limit, types=types or None)
+    last = data[-1]["seq"] if data else since
+    # Everything up to ``latest`` was scanned unless the page filled up.
+    next_since = last if len(data) == limit else max(last, latest)
+    return json_response(
+        {
+            "success": True,
+            "data": data,
+            "latest_seq": max(latest, last),
+            "next_since": next_since,
+        }
+    )
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics in the text exposition format (no key needed)."""
+    body, content_type = request.app[STATUS].telemetry.render()
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+def host_resources(data_dir: Path) -> dict[str, Any]:
+    """A blocking psutil snapshot of this host (run it off the event loop)."""
+    memory = psutil.virtual_memory()
+    target = data_dir if data_dir.exists() else Path(os.path.abspath(os.sep))
+    disk = psutil.disk_usage(str(target))
+    load1, load5, load15 = psutil.getloadavg()
+    return {
+        "timestamp": iso_utc(time.time()),
+        "cpu_percent": psutil.cpu_percent(interval=CPU_SAMPLE_SECONDS),
+        "cpu_count": psutil.cpu_count(logical=True) or 0,
+        "cpu_count_physical": psutil.cpu_count(logical=False),
+        "memory_total_mb": round(memory.total / MB, 1),
+        "memory_available_mb": round(memory.available / MB, 1),
+        "memory_used_mb": round((memory.total - memory.available) / MB, 1),
+        "memory_percent": memory.percent,
+        "memory_free_gb": round(memory.available / 1024 / MB, 2),  # seed 001's key
+        "disk": {
+            "path": str(target),
+            "total_mb": round(disk.total / MB, 1),
+            "used_mb": round(disk.used / MB, 1),
+            "free_mb": round(disk.free / MB, 1),
+            "percent": disk.percent,
+        },
+        "load_average": {"1m": load1, "5m": load5, "15m": load15},
+    }
+
+
+@routes.get("/resources")
+async def resources(request: web.Request) -> web.Response:
+    """Host telemetry: CPU, memory and data-dir disk (MB), load average (seed 001)."""
+    principal(request, Scope.READ)
+    data_dir = request.app[STATUS].data_dir
+    return json_response(await asyncio.to_thread(host_resources, data_dir))
+
+
+@routes.get("/system/status")
+async def system_status(request: web.Request) -> web.Response:
+    """Server status: version, uptime, connected Socket.IO clients, newest event seq."""
+    principal(request, Scope.READ)
+    status = request.app[STATUS]
+    return json_response(
+        {
+            "status": "ok",
+            "version": __version__,
+            "started_at": iso_utc(status.started_at),
+            "uptime_seconds": round(max(0.0, time.time() - status.started_at), 3),
+            "socketio_clients": connected_clients(status.sio),
+            "latest_event_seq": await status.events.latest_seq(),
+        }
+    )

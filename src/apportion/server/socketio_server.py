@@ -1,0 +1,147 @@
+"""Socket.IO on the HTTP port: authenticated connections, live events, and replay.
+
+CONTRACTS §1: clients pass ``auth={"token": key}``; a missing or wrong key is refused at
+``connect`` when auth is on. CONTRACTS §7: every event is emitted under its type name
+(``job_queued``, …) with ``seq`` and ``ts``. A client that was away sends
+``subscribe {"since": <last seq it saw>}`` and gets what it missed as one ``events_replay``
+emit ``{"events": [...], "latest_seq": n, "more": bool}``; with ``more`` true it asks again
+from the last replayed ``seq``. Live events may arrive before the replay or repeat one of it,
+so a client keeps the highest ``seq`` it has handled and drops anything at or below it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import socketio
+from aiohttp import web
+
+from apportion.errors import ApportionError, InvalidRequest, Unauthorized
+from apportion.server.auth import ANONYMOUS_ADMIN, HOW_TO_AUTH, Principal, authenticate
+from apportion.server.events import EventLog
+from apportion.server.keys import KeyStore
+
+log = logging.getLogger(__name__)
+
+SOCKETIO_PATH = "socket.io"
+REPLAY_EVENT = "events_replay"
+REPLAY_LIMIT = 1000
+
+
+def create_socketio(
+    keys: KeyStore, *, auth_enabled: bool, events: EventLog | None = None
+) -> socketio.AsyncServer:
+    """Build the server's Socket.IO ``AsyncServer`` (called once by the app, before
+    :func:`attach`). ``connect`` authenticates ``auth["token"]`` (or an ``Authorization``
+    header) and keeps the principal in the session; a refusal raises
+    ``socketio.exceptions.ConnectionRefusedError("Unauthorized: …")``: the client's ``connect``
+    raises and its ``connect_error`` handler gets ``{"message": "Unauthorized: …",
+    "data": {"code": "Unauthorized"}}``.
+    With ``events`` given, clients may ``subscribe`` to replay what they missed.
+    Browsers are held to the same origin as the page (python-engineio's default)."""
+    sio = socketio.AsyncServer(
+        async_mode="aiohttp",
+        cors_allowed_origins=None,  # same origin only
+        logger=False,
+        engineio_logger=False,
+    )
+
+    async def connect(sid: str, environ: Mapping[str, Any], auth: Any = None) -> None:
+        if auth_enabled:
+            who = await _authenticate(keys, environ, auth)
+        else:
+            who = ANONYMOUS_ADMIN
+        await sio.save_session(sid, {"principal": who})
+        log.debug("socket.io client %s connected as %s", sid, who.key_id)
+
+    async def subscribe(sid: str, data: Any = None) -> dict[str, Any]:
+        if events is None:
+            return {
+                "success": False,
+                "message": "this server keeps no event log to replay from",
+                "error": {"code": "InvalidRequest", "details": {}},
+            }
+        try:
+            since, limit = _subscribe_args(data)
+            missed = await events.since(since, limit=limit + 1)
+            latest = await events.latest_seq()
+        except ApportionError as exc:
+            return exc.envelope()
+        more = len(missed) > limit
+        missed = missed[:limit]
+        await sio.emit(
+            REPLAY_EVENT,
+            {"events": missed, "latest_seq": latest, "more": more},
+            to=sid,
+        )
+        return {"success": True, "count": len(missed), "more": more}
+
+    sio.on("connect", connect)
+    sio.on("subscribe", subscribe)
+    return sio
+
+
+async def _authenticate(keys: KeyStore, environ: Mapping[str, Any], auth: Any) -> Principal:
+    token = auth.get("token") if isinstance(auth, dict) else None
+    if isinstance(token, str) and token:
+        header: str | None = f"Bearer {token}"
+    else:
+        header = environ.get("HTTP_AUTHORIZATION")
+        if not header:
+            raise _refusal("connect with auth={'token': '<key>'}; " + HOW_TO_AUTH)
+    try:
+        return await authenticate(keys, header)
+    except Unauthorized as exc:
+        raise _refusal(exc.message) from None
+
+
+def _refusal(reason: str) -> Exception:
+    """python-socketio's refusal, whose message (and data) reach the client's
+    ``connect_error`` handler; the builtin ``ConnectionRefusedError`` would lose them."""
+    error: Exception = socketio.exceptions.ConnectionRefusedError(
+        f"Unauthorized: {reason}", {"code": "Unauthorized"}
+    )
+    return error
+
+
+def _subscribe_args(data: Any) -> tuple[int, int]:
+    """``{"since": seq, "limit"?: n}`` → (since, limit); InvalidRequest naming the field."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise InvalidRequest('subscribe takes an object like {"since": 0}', path="subscribe")
+    since = data.get("since", 0)
+    if isinstance(since, bool) or not isinstance(since, int) or since < 0:
+        raise InvalidRequest(
+            "subscribe.since must be the last seq you saw (an integer ≥ 0)", path="subscribe.since"
+        )
+    limit = data.get("limit", REPLAY_LIMIT)
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= REPLAY_LIMIT:
+        raise InvalidRequest(
+            f"subscribe.limit must be an integer from 1 to {REPLAY_LIMIT}", path="subscribe.limit"
+        )
+    return since, limit
+
+
+class SocketIOBroadcaster:
+    """An :class:`EventLog` sink: emits each event under its type name to every connected
+    client (``events.add_sink(SocketIOBroadcaster(sio))``)."""
+
+    def __init__(self, sio: socketio.AsyncServer) -> None:
+        self._sio = sio
+
+    async def __call__(self, event: dict[str, Any]) -> None:
+        await self._sio.emit(event["type"], event)
+
+
+def connected_clients(sio: socketio.AsyncServer) -> int:
+    """How many clients are connected to this process (default namespace)."""
+    return sum(1 for _ in sio.manager.get_participants("/", None))
+
+
+def attach(sio: socketio.AsyncServer, app: web.Application) -> None:
+    """Serve ``sio`` on ``app`` at ``/socket.io/`` (call before the app starts). The auth
+    middleware must treat ``/socket.io/`` as public: Socket.IO authenticates in ``connect``."""
+    sio.attach(app, socketio_path=SOCKETIO_PATH)

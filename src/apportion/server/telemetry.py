@@ -1,0 +1,105 @@
+"""Prometheus metrics of one server, in the server's own registry.
+
+Each :class:`Telemetry` has its own ``CollectorRegistry`` (never prometheus_client's global one),
+so several servers can run in one process — as they do in the tests. The app builds one per
+server and hands it to whoever counts: the allocation service (``allocations``,
+``policy_latency``), the admission loop (``queue_depth``, ``jobs_running``, ``admissions``), the
+dispatcher (``dispatches``) and the event log (:meth:`Telemetry.observe_event` as a sink).
+``GET /metrics`` serves :meth:`Telemetry.render`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+log = logging.getLogger(__name__)
+
+GpuSource = Callable[[], tuple[int, int, int]]
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+"""Policy evaluations: a built-in answers in about a millisecond, the default timeout is 10 s."""
+
+
+class Telemetry:
+    """The metric objects of one server (label them, then ``inc``/``set``/``observe``).
+
+    ==================================  =========  ==========================================
+    metric                              kind       labels
+    ==================================  =========  ==========================================
+    apportion_allocations_total         Counter    policy, outcome (``success`` or error code)
+    apportion_policy_latency_seconds    Histogram  policy
+    apportion_queue_depth               Gauge      queue (queued jobs)
+    apportion_jobs_running              Gauge      queue
+    apportion_admissions_total          Counter    queue
+    apportion_dispatches_total          Counter    adapter, outcome
+    apportion_gpus                      Gauge      state: held, free, total (read at render)
+    apportion_events_total              Counter    type
+    ==================================  =========  ==========================================
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        reg = self.registry
+        self.allocations = Counter(
+            "apportion_allocations",
+            "Allocation decisions, by policy and outcome (success or the error code).",
+            ["policy", "outcome"],
+            registry=reg,
+        )
+        self.policy_latency = Histogram(
+            "apportion_policy_latency_seconds",
+            "Time to evaluate a policy, in seconds.",
+            ["policy"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.queue_depth = Gauge(
+            "apportion_queue_depth", "Jobs waiting in a queue.", ["queue"], registry=reg
+        )
+        self.jobs_running = Gauge(
+            "apportion_jobs_running", "Jobs running from a queue.", ["queue"], registry=reg
+        )
+        self.admissions = Counter(
+            "apportion_admissions", "Jobs admitted from a queue.", ["queue"], registry=reg
+        )
+        self.dispatches = Counter(
+            "apportion_dispatches",
+            "Dispatches to a scheduler adapter, by adapter and outcome.",
+            ["adapter", "outcome"],
+            registry=reg,
+        )
+        self.gpus = Gauge(
+            "apportion_gpus", "GPUs of the fleet: held, free and total.", ["state"], registry=reg
+        )
+        self.events = Counter(
+            "apportion_events", "Events stored and emitted, by type.", ["type"], registry=reg
+        )
+        self._gpu_source: GpuSource | None = None
+
+    def set_gpu_source(self, fn: GpuSource) -> None:
+        """Called once by the app: ``fn() -> (held, free, total)`` is read at every render, so
+        the GPU gauges are never stale. A source that raises is logged and the gauges keep
+        their last values."""
+        self._gpu_source = fn
+
+    async def observe_event(self, event: dict[str, Any]) -> None:
+        """An :class:`~apportion.server.events.EventLog` sink counting events by type."""
+        self.events.labels(type=str(event["type"])).inc()
+
+    def render(self) -> tuple[bytes, str]:
+        """The Prometheus text exposition and its content type (``GET /metrics``)."""
+        if self._gpu_source is not None:
+            try:
+                held, free, total = self._gpu_source()
+            except Exception:
+                log.exception("the GPU source of /metrics failed; GPU gauges not updated")
+            else:
+                self.gpus.labels(state="held").set(held)
+                self.gpus.labels(state="free").set(free)
+                self.gpus.labels(state="total").set(total)
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

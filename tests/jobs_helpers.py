@@ -1,0 +1,58 @@
+"""Helpers for job tests: submit through REST, wait for states, small job commands."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+from tests.conftest import Running
+
+PY = sys.executable
+
+
+def sleeper(seconds: float) -> list[str]:
+    return [PY, "-c", f"import time; time.sleep({seconds})"]
+
+
+def exiting(code: int) -> list[str]:
+    return [PY, "-c", f"import sys; print('bye'); sys.exit({code})"]
+
+
+async def submit(running: Running, config: dict[str, Any], priority: int = 0) -> str:
+    body = {"config": config, "priority": priority}
+    async with running.http.post(f"{running.url}/jobs/submit", json=body) as response:
+        answer = await response.json()
+        assert response.status == 201, answer
+    assert answer["status"] == "queued"
+    return str(answer["job_id"])
+
+
+async def job(running: Running, job_id: str) -> dict[str, Any]:
+    async with running.http.get(f"{running.url}/jobs/{job_id}") as response:
+        assert response.status == 200
+        record: dict[str, Any] = await response.json()
+        return record
+
+
+async def wait_for(
+    running: Running, job_id: str, *states: str, within: float = 30.0
+) -> dict[str, Any]:
+    """Poll until the job is in one of ``states``; fail with its record otherwise."""
+    record: dict[str, Any] = {}
+    for _ in range(int(within / 0.05)):
+        record = await job(running, job_id)
+        if record["status"] in states:
+            return record
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"job {job_id} never reached {states}: {record}")
+
+
+async def statuses(running: Running, job_id: str) -> list[str]:
+    async with running.http.get(f"{running.url}/jobs/{job_id}/statuses") as response:
+        return [entry["status"] for entry in await response.json()]
+
+
+async def create_queue(running: Running, **fields: Any) -> None:
+    async with running.http.post(f"{running.url}/queues", json=fields) as response:
+        assert response.status == 201, await response.text()

@@ -1,0 +1,514 @@
+"""The ``local`` adapter against real processes: environment, argv, exit codes, gang stop, cancel,
+walltime, logs, usage, and survival of a SIGKILLed server (a real process that submits, then dies).
+
+Every process a test starts is ended by the ``adapter`` fixture (cancel with a short grace) or by
+PID; nothing else is ever signalled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from apportion.scheduling.adapters import local_supervisor as sv
+from apportion.scheduling.adapters.base import (
+    AdapterError,
+    BackendState,
+    BackendStatus,
+    JobSpec,
+    WorkerSpec,
+)
+from apportion.scheduling.adapters.local import LocalAdapter
+
+PY = sys.executable
+GRACE = 0.5
+
+
+def make_spec(
+    tmp_path: Path,
+    *commands: str,
+    job_id: str = "job-1",
+    gpus: tuple[tuple[str, ...], ...] = (),
+    **fields: Any,
+) -> JobSpec:
+    """A job whose worker i runs ``python -c commands[i]`` (one command → all workers run it)."""
+    count = max(len(commands), len(gpus), 1)
+    code = (
+        commands[0]
+        if len(commands) == 1
+        else "import os, sys\n"
+        + "\n".join(
+            f"if os.environ['APPORTION_WORKER_INDEX'] == '{i}':\n" + textwrap.indent(c, "    ")
+            for i, c in enumerate(commands)
+        )
+    )
+    workers = tuple(
+        WorkerSpec(index=i, node_id="localhost", gpus=gpus[i] if i < len(gpus) else ())
+        for i in range(count)
+    )
+    values: dict[str, Any] = {
+        "job_id": job_id,
+        "name": "test",
+        "command": (PY, "-c", code),
+        "cluster_id": "local",
+        "scheduler": {"type": "local"},
+        "workers": workers,
+        "output_dir": tmp_path / job_id,
+    }
+    values.update(fields)
+    return JobSpec(**values)
+
+
+@pytest.fixture
+async def adapter() -> AsyncIterator[LocalAdapter]:
+    """An adapter whose jobs are all ended (cancelled with a short grace) after the test."""
+    adapter = LocalAdapter(grace_seconds=GRACE)
+    submitted: list[JobSpec] = []
+    original = adapter.submit
+
+    async def tracking_submit(spec: JobSpec) -> str:
+        submitted.append(spec)
+        return await original(spec)
+
+    adapter.submit = tracking_submit  # type: ignore[method-assign]
+    yield adapter
+    for spec in submitted:
+        await adapter.cancel(spec, adapter.scheduler_id(spec))
+
+
+async def wait_finished(
+    adapter: LocalAdapter, spec: JobSpec, sid: str, within: float = 4.0
+) -> BackendStatus:
+    deadline = time.monotonic() + within
+    while True:
+        status = await adapter.poll(spec, sid)
+        if status.state.finished or time.monotonic() > deadline:
+            return status
+        await asyncio.sleep(0.02)
+
+
+def contains(path: Path, text: str) -> bool:
+    return path.exists() and text in path.read_text()
+
+
+async def wait_text(path: Path, text: str, within: float = 4.0) -> None:
+    deadline = time.monotonic() + within
+    while not await asyncio.to_thread(contains, path, text):
+        assert time.monotonic() < deadline, f"{path} never contained {text!r}"
+        await asyncio.sleep(0.02)
+
+
+def state(spec: JobSpec, index: int = 0) -> dict[str, Any]:
+    value = sv.read_json(sv.state_path(spec.output_dir, index))
+    assert value is not None
+    return value
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+# ---- environment and argv -----------------------------------------------------------------
+
+
+async def test_environment_is_minimal_with_gpus_and_apportion_vars(
+    adapter: LocalAdapter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("APPORTION_ADMIN_KEY", "secret-admin-key")
+    monkeypatch.setenv("SOME_SERVER_SECRET", "s3cret")
+    dump = "import json, os; print(json.dumps(dict(os.environ)))"
+    spec = make_spec(tmp_path, dump, gpus=(("0", "1"), ()), env={"MY_VAR": "hello world"})
+    sid = await adapter.submit(spec)
+    assert sid == "local-job-1"
+    assert (await wait_finished(adapter, spec, sid)).state is BackendState.COMPLETED
+    envs = [json.loads(sv.stdout_path(spec.output_dir, i).read_text()) for i in (0, 1)]
+    for index, env in enumerate(envs):
+        assert "APPORTION_ADMIN_KEY" not in env
+        assert "SOME_SERVER_SECRET" not in env
+        assert env["APPORTION_JOB_ID"] == "job-1"
+        assert env["APPORTION_WORKER_INDEX"] == str(index)
+        assert env["APPORTION_NUM_WORKERS"] == "2"
+        assert env["MY_VAR"] == "hello world"
+        assert env["PATH"] == os.environ["PATH"]
+    assert envs[0]["CUDA_VISIBLE_DEVICES"] == "0,1"
+    assert envs[1]["CUDA_VISIBLE_DEVICES"] == ""
+
+
+async def test_argv_reaches_the_command_verbatim(adapter: LocalAdapter, tmp_path: Path) -> None:
+    hostile = ["two words", 'it\'s "quoted"', "$(rm -rf /)", "a;b", "`id`", "*", ""]
+    spec = make_spec(
+        tmp_path,
+        "",
+        command=(PY, "-c", "import json, sys; print(json.dumps(sys.argv[1:]))", *hostile),
+    )
+    sid = await adapter.submit(spec)
+    assert (await wait_finished(adapter, spec, sid)).state is BackendState.COMPLETED
+    assert json.loads(sv.stdout_path(spec.output_dir, 0).read_text()) == hostile
+
+
+async def test_working_dir_is_the_cwd(adapter: LocalAdapter, tmp_path: Path) -> None:
+    work = tmp_path / "work dir"
+    work.mkdir()
+    spec = make_spec(tmp_path, "import os; print(os.getcwd())", working_dir=str(work))
+    sid = await adapter.submit(spec)
+    await wait_finished(adapter, spec, sid)
+    assert sv.stdout_path(spec.output_dir, 0).read_text().strip() == str(work)
+
+
+# ---- exit codes ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "expected", "return_code", "reason"),
+    [
+        ("raise SystemExit(0)", BackendState.COMPLETED, 0, None),
+        ("raise SystemExit(3)", BackendState.FAILED, 3, "worker 0 exited with code 3"),
+        # killed by signal 9 → 128 + 9 = 137
+        (
+            "import os; os.kill(os.getpid(), 9)",
+            BackendState.FAILED,
+            137,
+            "worker 0 killed by SIGKILL",
+        ),
+    ],
+)
+async def test_exit_code_decides_the_state(
+    adapter: LocalAdapter,
+    tmp_path: Path,
+    code: str,
+    expected: BackendState,
+    return_code: int,
+    reason: str | None,
+) -> None:
+    spec = make_spec(tmp_path, code)
+    sid = await adapter.submit(spec)
+    status = await wait_finished(adapter, spec, sid)
+    assert (status.state, status.return_code, status.reason) == (expected, return_code, reason)
+    assert status.started_at is not None and status.ended_at is not None
+    assert status.started_at <= status.ended_at
+
+
+async def test_missing_program_fails_with_127(adapter: LocalAdapter, tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, "", command=("/nonexistent/program-xyz", "arg"))
+    sid = await adapter.submit(spec)
+    status = await wait_finished(adapter, spec, sid)
+    assert status.state is BackendState.FAILED
+    assert status.return_code == 127
+    assert status.reason is not None and "could not start" in status.reason
+
+
+async def test_one_failing_worker_stops_the_gang(adapter: LocalAdapter, tmp_path: Path) -> None:
+    sleeper = "import time; print('up', flush=True); time.sleep(30)"
+    failer = "import time; time.sleep(0.3); raise SystemExit(3)"
+    spec = make_spec(tmp_path, sleeper, failer)
+    sid = await adapter.submit(spec)
+    await wait_text(sv.stdout_path(spec.output_dir, 0), "up")
+    sleeper_pid = state(spec, 0)["pid"]
+    started = time.monotonic()
+    status = await wait_finished(adapter, spec, sid)
+    assert time.monotonic() - started < 0.3 + GRACE + 1.5  # not the sleeper's 30 s
+    assert (status.state, status.return_code) == (BackendState.FAILED, 3)
+    assert status.reason == "worker 1 exited with code 3"
+    assert state(spec, 0)["stopped_by"] == "gang"
+    assert gone(sleeper_pid)
+
+
+# ---- cancel and walltime ------------------------------------------------------------------
+
+
+async def test_cancel_stops_a_sleeping_job(adapter: LocalAdapter, tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, "import time; print('up', flush=True); time.sleep(30)")
+    sid = await adapter.submit(spec)
+    await wait_text(sv.stdout_path(spec.output_dir, 0), "up")
+    pid = state(spec)["pid"]
+    assert (await adapter.poll(spec, sid)).state is BackendState.RUNNING
+    started = time.monotonic()
+    await adapter.cancel(spec, sid)
+    assert time.monotonic() - started < GRACE  # SIGTERM was enough
+    assert gone(pid)
+    assert (await adapter.poll(spec, sid)).state is BackendState.CANCELLED
+    await adapter.cancel(spec, sid)  # idempotent
+    assert (await adapter.poll(spec, sid)).state is BackendState.CANCELLED
+    assert (await LocalAdapter().poll(spec, sid)).state is BackendState.CANCELLED  # after restart
+
+
+async def test_cancel_kills_a_command_that_ignores_sigterm(
+    adapter: LocalAdapter, tmp_path: Path
+) -> None:
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(30)"
+    spec = make_spec(tmp_path, code)
+    sid = await adapter.submit(spec)
+    await wait_text(sv.stdout_path(spec.output_dir, 0), "up")
+    pid = state(spec)["pid"]
+    started = time.monotonic()
+    await adapter.cancel(spec, sid)
+    elapsed = time.monotonic() - started
+    assert GRACE <= elapsed < GRACE + 2.0
+    assert gone(pid)
+    assert state(spec)["signal"] == signal.SIGKILL
+    assert (await adapter.poll(spec, sid)).state is BackendState.CANCELLED
+
+
+async def test_cancel_of_a_finished_job_changes_nothing(
+    adapter: LocalAdapter, tmp_path: Path
+) -> None:
+    spec = make_spec(tmp_path, "pass")
+    sid = await adapter.submit(spec)
+    assert (await wait_finished(adapter, spec, sid)).state is BackendState.COMPLETED
+    await adapter.cancel(spec, sid)
+    assert (await adapter.poll(spec, sid)).state is BackendState.COMPLETED
+    assert not (spec.output_dir / sv.CANCEL_FILE).exists()
+
+
+async def test_cancel_never_signals_a_process_that_is_not_ours(
+    adapter: LocalAdapter, tmp_path: Path
+) -> None:
+    # A state file naming a live process whose start time does not match (as after pid reuse).
+    stranger = await asyncio.create_subprocess_exec(
+        PY, "-c", "import time; time.sleep(30)", start_new_session=True
+    )
+    try:
+        spec = make_spec(tmp_path, "pass")
+        spec.output_dir.mkdir(parents=True)
+        sv.write_json_atomic(spec.output_dir / sv.TAG_FILE, {"job_id": spec.job_id})
+        recorded = {"pid": stranger.pid, "pgid": stranger.pid, "ended_at": None}
+        recorded |= {"supervisor_pid": stranger.pid}
+        recorded |= {"started_at": time.time() - 3600, "supervisor_started_at": time.time() - 3600}
+        sv.write_json_atomic(sv.state_path(spec.output_dir, 0), recorded)
+        await adapter.cancel(spec, adapter.scheduler_id(spec))
+        assert stranger.returncode is None and psutil.pid_exists(stranger.pid)  # not signalled
+        status = await adapter.poll(spec, adapter.scheduler_id(spec))
+        assert status.state is BackendState.FAILED  # not ours and no exit recorded: lost
+        assert status.reason is not None and "lost" in status.reason
+    finally:
+        stranger.kill()
+        await stranger.wait()
+
+
+async def test_walltime_is_enforced(adapter: LocalAdapter, tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, "import time; time.sleep(30)", walltime_seconds=0.4)
+    sid = await adapter.submit(spec)
+    status = await wait_finished(adapter, spec, sid)
+    assert status.state is BackendState.FAILED
+    assert status.reason == "worker 0: walltime of 0.4 s exceeded"
+    assert status.return_code == 128 + signal.SIGTERM  # 143: it obeyed the SIGTERM
+    assert status.started_at is not None and status.ended_at is not None
+    assert 0.4 <= status.ended_at - status.started_at < 0.4 + GRACE + 1.0
+
+
+# ---- logs ---------------------------------------------------------------------------------
+
+
+async def test_logs_read_in_pieces_with_offsets(adapter: LocalAdapter, tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, "print('line one'); print('zweite Zeile: äöü €')")
+    sid = await adapter.submit(spec)
+    await wait_finished(adapter, spec, sid)
+    whole = sv.stdout_path(spec.output_dir, 0).read_text(encoding="utf-8")
+    pieces, offset = [], 0
+    while True:
+        chunk = await adapter.logs(spec, sid, offset=offset, limit=5)
+        pieces.append(chunk.text)
+        offset = chunk.offset
+        if chunk.complete:
+            break
+        assert len(pieces) < 100
+    assert "".join(pieces) == whole
+    assert offset == len(whole.encode())
+    tail = await adapter.logs(spec, sid, offset=5)  # 'line one' from byte 5 → 'one\n…'
+    assert tail.text == whole[5:]
+
+
+async def test_logs_of_several_workers_with_headers(adapter: LocalAdapter, tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, "print('zero', end='')", "print('one')")
+    sid = await adapter.submit(spec)
+    await wait_finished(adapter, spec, sid)
+    chunk = await adapter.logs(spec, sid)
+    assert chunk.text == "==> worker 0 <==\nzero\n==> worker 1 <==\none\n"
+    assert chunk.complete
+
+
+async def test_logs_of_a_running_job_are_not_complete(
+    adapter: LocalAdapter, tmp_path: Path
+) -> None:
+    spec = make_spec(tmp_path, "import time; print('hi', flush=True); time.sleep(30)")
+    sid = await adapter.submit(spec)
+    await wait_text(sv.stdout_path(spec.output_dir, 0), "hi")
+    chunk = await adapter.logs(spec, sid)
+    assert (chunk.text, chunk.offset, chunk.complete) == ("hi\n", 3, False)
+    with pytest.raises(AdapterError):
+        await adapter.logs(spec, sid, offset=-1)
+
+
+def test_logs_any_chunking_reassembles_the_stream(tmp_path: Path) -> None:
+    adapter = LocalAdapter(grace_seconds=GRACE)
+    spec = make_spec(tmp_path, "print('αβγ 日本'); print('x' * 7, end='')", "print('последний')")
+
+    async def run() -> str:
+        sid = await adapter.submit(spec)
+        await wait_finished(adapter, spec, sid)
+        return (await adapter.logs(spec, sid)).text
+
+    whole = asyncio.run(run())
+
+    @settings(max_examples=40, deadline=None)
+    @given(st.lists(st.integers(min_value=1, max_value=12), min_size=1, max_size=20))
+    def reassembles(limits: list[int]) -> None:
+        async def read() -> str:
+            text, offset, i = "", 0, 0
+            while True:
+                chunk = await adapter.logs(
+                    spec, "local-job-1", offset=offset, limit=limits[i % len(limits)]
+                )
+                text, offset, i = text + chunk.text, chunk.offset, i + 1
+                if chunk.complete:
+                    return text
+
+        assert asyncio.run(read()) == whole
+
+    reassembles()
+
+
+# ---- usage --------------------------------------------------------------------------------
+
+
+async def test_usage_of_a_busy_loop(adapter: LocalAdapter, tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, "import time\nend = time.time() + 4\nwhile time.time() < end: pass")
+    started = time.monotonic()
+    sid = await adapter.submit(spec)
+    live: dict[str, Any] = {}
+    while time.monotonic() - started < 3.5:
+        live = await adapter.usage(spec, sid)
+        if live["cpuSeconds"] > 0.3:  # a busy core gets there in about 0.3 s of CPU
+            break
+        await asyncio.sleep(0.1)
+    elapsed = time.monotonic() - started
+    assert 0.3 < live["cpuSeconds"] <= elapsed * (os.cpu_count() or 1) + 0.1
+    assert live["instantTotalMemory"] > 1.0  # a Python interpreter holds several MB
+    assert live["maxTotalMemory"] >= live["instantTotalMemory"]
+    assert live["memoryCpuSeconds"] > 0  # memory (GB) x CPU seconds, integrated
+    assert datetime.fromisoformat(live["timeInstant"]).utcoffset() is not None
+    await adapter.cancel(spec, sid)
+    final = await adapter.usage(spec, sid)  # finished: the last sample with the final CPU time
+    assert final["cpuSeconds"] >= live["cpuSeconds"]
+    assert final["maxTotalMemory"] >= live["instantTotalMemory"]
+    assert await adapter.usage(spec, sid) == final
+    assert await LocalAdapter().usage(spec, sid) == final  # after a restart, from usage.json
+
+
+# ---- find and crash survival ----------------------------------------------------------------
+
+
+async def test_find_tells_dispatched_from_never_reached(
+    adapter: LocalAdapter, tmp_path: Path
+) -> None:
+    spec = make_spec(tmp_path, "pass")
+    assert await adapter.find(spec) is None  # never submitted
+    spec.output_dir.mkdir(parents=True)
+    sv.write_json_atomic(spec.output_dir / sv.TAG_FILE, {"job_id": spec.job_id})
+    assert await adapter.find(spec) is None  # tagged, but no worker started
+    status = await adapter.poll(spec, adapter.scheduler_id(spec))
+    assert status.state is BackendState.UNKNOWN
+    sid = await adapter.submit(spec)  # dispatched again: now it runs
+    assert await adapter.find(spec) == sid
+    assert (await wait_finished(adapter, spec, sid)).state is BackendState.COMPLETED
+
+
+async def test_submit_twice_starts_once(adapter: LocalAdapter, tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, "import time; print('run', flush=True); time.sleep(0.3)")
+    first = await adapter.submit(spec)
+    pid = state(spec)["pid"]
+    assert await adapter.submit(spec) == first
+    assert state(spec)["pid"] == pid
+    await wait_finished(adapter, spec, first)
+    assert sv.stdout_path(spec.output_dir, 0).read_text() == "run\n"
+
+
+SERVER = """
+import asyncio, json, sys, time
+from pathlib import Path
+from apportion.scheduling.adapters.base import JobSpec, WorkerSpec
+from apportion.scheduling.adapters.local import LocalAdapter
+args = json.loads(sys.argv[1])
+spec = JobSpec(job_id=args["job_id"], name="crash", command=tuple(args["command"]),
+    cluster_id="local", scheduler={}, workers=(WorkerSpec(0, "n", ("0",)), WorkerSpec(1, "n", ())),
+    output_dir=Path(args["output_dir"]))
+print(asyncio.run(LocalAdapter().submit(spec)), flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "expected"), [(0, BackendState.COMPLETED), (5, BackendState.FAILED)]
+)
+async def test_job_survives_a_sigkilled_server(
+    adapter: LocalAdapter, tmp_path: Path, exit_code: int, expected: BackendState
+) -> None:
+    code = f"import time; time.sleep(0.8); raise SystemExit({exit_code})"
+    spec = make_spec(tmp_path, code, gpus=(("0",), ()))
+    args = {
+        "job_id": spec.job_id,
+        "command": list(spec.command),
+        "output_dir": str(spec.output_dir),
+    }
+    server = await asyncio.create_subprocess_exec(
+        PY, "-c", SERVER, json.dumps(args), stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert server.stdout is not None
+        line = await asyncio.wait_for(server.stdout.readline(), 10)
+        assert line.decode().strip() == "local-job-1"
+    finally:
+        server.kill()  # SIGKILL, as a crash
+        await server.wait()
+    restarted = adapter  # a brand-new instance that never saw the submit
+    sid = await restarted.find(spec)
+    assert sid == "local-job-1"
+    assert (await restarted.poll(spec, sid)).state is BackendState.RUNNING
+    status = await wait_finished(restarted, spec, sid)
+    assert (status.state, status.return_code) == (expected, exit_code)
+
+
+# ---- validation and listings --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        ({"command": ()}, "non-empty list"),
+        ({"workers": ()}, "no workers"),
+        ({"working_dir": "/nonexistent/dir-xyz"}, "does not exist"),
+        ({"env": {"A=B": "x"}}, "environment variable"),
+    ],
+)
+async def test_bad_specs_are_refused(
+    adapter: LocalAdapter, tmp_path: Path, fields: dict[str, Any], words: str
+) -> None:
+    spec = make_spec(tmp_path, "pass", **fields)
+    with pytest.raises(AdapterError, match=words):
+        await adapter.submit(spec)
+    assert not (spec.output_dir / sv.TAG_FILE).exists()
+
+
+async def test_partitions_and_discover() -> None:
+    adapter = LocalAdapter()
+    assert await adapter.partitions() == [
+        {"name": "local", "adapter": "local", "nodes": 1, "cpus": os.cpu_count(), "state": "up"}
+    ]
+    assert await adapter.discover({"type": "local"}) == []

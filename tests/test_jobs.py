@@ -1,0 +1,204 @@
+"""Jobs through the REST API, run by the real local adapter (CONTRACTS §6; seeds 000, 001)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tests.conftest import Running
+from tests.jobs_helpers import (
+    PY,
+    create_queue,
+    exiting,
+    job,
+    sleeper,
+    statuses,
+    submit,
+    wait_for,
+)
+
+
+async def test_a_job_runs_to_completion_with_its_gpus(running: Running, fleet: Any) -> None:
+    command = [
+        PY,
+        "-c",
+        "import os, json; print(json.dumps({k: os.environ.get(k) for k in "
+        "('CUDA_VISIBLE_DEVICES', 'APPORTION_JOB_ID', 'APPORTION_WORKER_INDEX', "
+        "'APPORTION_NUM_WORKERS')}))",
+    ]
+    job_id = await submit(
+        running, {"name": "env", "command": command, "resources": {"gpus": 2, "gpu_model": "A100"}}
+    )
+    record = await wait_for(running, job_id, "completed", "failed")
+    assert record["status"] == "completed" and record["return_code"] == 0
+    assert record["allocation"] == [
+        {"cluster_id": "a100-west", "node_id": "a100-west-n00", "gpus": ["0", "1"]}
+    ]
+    assert record["scheduler_job_id"]
+    assert await statuses(running, job_id) == ["queued", "scheduled", "running", "completed"]
+    async with running.http.get(f"{running.url}/jobs/{job_id}/logs") as response:
+        env = json.loads((await response.text()).strip().splitlines()[-1])
+    assert env == {
+        "CUDA_VISIBLE_DEVICES": "0,1",
+        "APPORTION_JOB_ID": job_id,
+        "APPORTION_WORKER_INDEX": "0",
+        "APPORTION_NUM_WORKERS": "1",
+    }
+    # its GPUs were given back
+    async with running.http.get(f"{running.url}/allocations") as response:
+        assert (await response.json())["data"] == []
+
+
+async def test_a_failing_command_is_failed_with_its_return_code(
+    running: Running, fleet: Any
+) -> None:
+    job_id = await submit(running, {"command": exiting(3)})
+    record = await wait_for(running, job_id, "completed", "failed")
+    assert record["status"] == "failed" and record["return_code"] == 3
+    assert "3" in record["failed_reason"]
+
+
+async def test_priority_first_then_fifo(running: Running, fleet: Any) -> None:
+    async with running.http.put(f"{running.url}/pool/limits", json={"max_concurrent_jobs": 1}) as r:
+        assert r.status == 200
+    blocker = await submit(running, {"name": "blocker", "command": sleeper(1.0)})
+    await wait_for(running, blocker, "running")
+    low_a = await submit(running, {"name": "low-a", "command": sleeper(0)}, priority=0)
+    high = await submit(running, {"name": "high", "command": sleeper(0)}, priority=5)
+    low_b = await submit(running, {"name": "low-b", "command": sleeper(0)}, priority=0)
+    negative = await submit(running, {"name": "negative", "command": sleeper(0)}, priority=-1)
+    waiting = await job(running, low_a)
+    assert (
+        waiting["reason"]["code"] == "PoolLimit"
+        and "max_concurrent_jobs is 1" in waiting["reason"]["message"]
+    )
+    assert (await job(running, high))["queue_position"] == 1
+    finished = [await wait_for(running, j, "completed") for j in (high, low_a, low_b, negative)]
+    starts = [f["start_time"] for f in finished]
+    assert starts == sorted(starts), finished
+
+
+async def test_seed_000_worker_cap_all_or_nothing(running: Running, fleet: Any) -> None:
+    await create_queue(running, name="capped", maximum_allowed_worker_instances=10)
+    ten = await submit(running, {"queue": "capped", "command": sleeper(1.5), "replica_count": 10})
+    await wait_for(running, ten, "running")
+    eight = await submit(running, {"queue": "capped", "command": sleeper(0), "replica_count": 8})
+    record = await wait_for(running, eight, "queued")
+    await _until_reason(running, eight, "QueueWorkerCap")
+    record = await job(running, eight)
+    assert "needs 8 worker instance(s), queue 'capped' has 0 free" in record["reason"]["message"]
+    assert (await wait_for(running, ten, "completed"))["status"] == "completed"
+    assert (await wait_for(running, eight, "completed"))["status"] == "completed"
+
+
+async def test_a_job_that_does_not_fit_lets_a_smaller_one_pass(
+    running: Running, fleet: Any
+) -> None:
+    await create_queue(running, name="q", maximum_allowed_worker_instances=10)
+    seven = await submit(running, {"queue": "q", "command": sleeper(1.5), "replica_count": 7})
+    await wait_for(running, seven, "running")
+    four = await submit(running, {"queue": "q", "command": sleeper(0), "replica_count": 4})
+    three = await submit(running, {"queue": "q", "command": sleeper(0), "replica_count": 3})
+    # 3 free: the 4-worker job waits, the 3-worker job behind it starts
+    await wait_for(running, three, "running", "completed")
+    record = await job(running, four)
+    assert record["status"] == "queued"
+    assert record["reason"]["message"].startswith(
+        "needs 4 worker instance(s), queue 'q' has 3 free"
+    )
+    await wait_for(running, four, "completed")
+
+
+async def test_starvation_is_bounded_by_max_bypass(running: Running, fleet: Any) -> None:
+    # cap 4, a 3-worker job runs; a 2-worker job waits; 1-worker jobs may pass it only twice
+    await create_queue(running, name="fair", maximum_allowed_worker_instances=4, max_bypass=2)
+    big = await submit(running, {"queue": "fair", "command": sleeper(2.0), "replica_count": 3})
+    await wait_for(running, big, "running")
+    pair = await submit(running, {"queue": "fair", "command": sleeper(0), "replica_count": 2})
+    smalls = [
+        await submit(running, {"queue": "fair", "command": sleeper(0.6), "replica_count": 1})
+        for _ in range(4)
+    ]
+    await wait_for(running, smalls[0], "running", "completed")
+    await wait_for(running, smalls[1], "running", "completed")
+    await _until_reason(running, smalls[2], "WaitsBehindStarvingJob")
+    blocked = await job(running, smalls[2])
+    assert pair in blocked["reason"]["message"]
+    pair_done = await wait_for(running, pair, "completed")
+    later = await wait_for(running, smalls[2], "completed")
+    assert pair_done["start_time"] <= later["start_time"]
+
+
+async def test_cancel_queued_and_running(running: Running, fleet: Any) -> None:
+    long = await submit(running, {"command": sleeper(60)})
+    await wait_for(running, long, "running")
+    async with running.http.post(f"{running.url}/jobs/{long}/cancel") as r:
+        assert r.status == 200 and await r.json() == {"success": True}
+    record = await wait_for(running, long, "cancelled")
+    assert record["end_time"] is not None
+    async with running.http.put(f"{running.url}/pool/limits", json={"max_concurrent_jobs": 1}) as r:
+        assert r.status == 200
+    first = await submit(running, {"command": sleeper(1)})
+    second = await submit(running, {"command": sleeper(1)})
+    async with running.http.post(f"{running.url}/jobs/{second}/cancel") as r:
+        assert r.status == 200
+    assert (await wait_for(running, second, "cancelled"))["start_time"] is None
+    await wait_for(running, first, "completed")
+
+
+async def test_seed_001_errors(running: Running, fleet: Any) -> None:
+    url = running.url
+    for path in ("/jobs/nope/cancel", "/jobs/nope/priority"):
+        async with running.http.post(url + path, json={"priority": 1}) as r:
+            assert r.status == 404 and (await r.json())["error"]["code"] == "NotFound"
+    for bad in (0, 101, -1, "x", 2.5):
+        async with running.http.put(f"{url}/pool/limits", json={"max_concurrent_jobs": bad}) as r:
+            body = await r.json()
+            assert (
+                r.status == 400 and body["error"]["details"]["path"] == "body.max_concurrent_jobs"
+            )
+    done = await submit(running, {"command": sleeper(0)})
+    await wait_for(running, done, "completed")
+    async with running.http.post(f"{url}/jobs/{done}/priority", json={"priority": 9}) as r:
+        assert r.status == 409
+    # a finished job is never re-run by a priority change (the seed's defect)
+    assert await statuses(running, done) == ["queued", "scheduled", "running", "completed"]
+    async with running.http.post(f"{url}/jobs/submit", json={"config": {"command": "ls -la"}}) as r:
+        assert (
+            r.status == 400
+            and (await r.json())["error"]["details"]["path"] == "body.config.command"
+        )
+    async with running.http.post(
+        f"{url}/jobs/submit", json={"config": {"command": ["true"], "queue": "ghost"}}
+    ) as r:
+        assert (
+            r.status == 400 and (await r.json())["error"]["details"]["path"] == "body.config.queue"
+        )
+    async with running.http.delete(f"{url}/jobs/{done}") as r:
+        assert r.status == 202
+    async with running.http.get(f"{url}/jobs/{done}") as r:
+        assert r.status == 404
+
+
+async def test_queue_statistics(running: Running, fleet: Any) -> None:
+    async with running.http.put(f"{running.url}/pool/limits", json={"max_concurrent_jobs": 1}) as r:
+        assert r.status == 200
+    first = await submit(running, {"command": sleeper(1)})
+    await wait_for(running, first, "running")
+    await submit(running, {"command": sleeper(0)}, priority=3)
+    async with running.http.get(f"{running.url}/queue") as r:
+        stats = await r.json()
+    assert stats["total_queued"] == 1 and stats["running_jobs"] == 1
+    assert stats["priorities"] == {"3": 1}
+    assert stats["queues"]["default"]["queued"] == 1
+
+
+async def _until_reason(running: Running, job_id: str, code: str) -> None:
+    import asyncio
+
+    for _ in range(200):
+        record = await job(running, job_id)
+        if (record.get("reason") or {}).get("code") == code:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"job {job_id} never waited for {code}: {record}")
