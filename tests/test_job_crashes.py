@@ -1,0 +1,109 @@
+"""An accepted job survives a SIGKILL of the server at every step of its dispatch and runs exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.conftest import ADMIN_KEY, running_server
+from tests.jobs_helpers import PY, statuses, wait_for
+
+REPO = Path(__file__).resolve().parent.parent
+SERVE = """
+import asyncio, sys
+from pathlib import Path
+from apportion.app import Server
+from tests.conftest import server_settings
+
+async def main():
+    server = Server(server_settings(Path(sys.argv[1])))
+    await server.start()
+    print(server.url, flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def marker_command(marker: Path) -> list[str]:
+    """A job that appends one line per run: the file's line count is how often it ran."""
+    return [PY, "-c", f"open({str(marker)!r}, 'a').write('ran\\n')"]
+
+
+async def start_crashing_server(
+    data: Path, crash_at: str | None
+) -> tuple[asyncio.subprocess.Process, str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("APPORTION_TEST_CRASH_AT", None)
+    if crash_at:
+        env["APPORTION_TEST_CRASH_AT"] = crash_at
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", SERVE, str(data), stdout=asyncio.subprocess.PIPE, cwd=REPO, env=env
+    )
+    assert process.stdout is not None
+    url = (await asyncio.wait_for(process.stdout.readline(), 60)).decode().strip()
+    return process, url
+
+
+@pytest.mark.parametrize("crash_at", ["before_submit", "after_submit"])
+async def test_sigkill_during_dispatch_runs_the_job_exactly_once(
+    tmp_path: Path, crash_at: str
+) -> None:
+    data, marker = tmp_path / "data", tmp_path / "ran.txt"
+    async with running_server(data) as live:
+        await live.load_demo_fleet()
+    process, url = await start_crashing_server(data, crash_at)
+    try:
+        headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        async with aiohttp.ClientSession(headers=headers) as http:
+            body = {"config": {"name": "once", "command": marker_command(marker)}}
+            async with http.post(f"{url}/jobs/submit", json=body) as response:
+                assert response.status == 201
+                job_id = (await response.json())["job_id"]
+        # the server kills itself at the crash point of the dispatch
+        assert await asyncio.wait_for(process.wait(), 30) == -9
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    async with running_server(data) as live:
+        record = await wait_for(live, job_id, "completed", "failed")
+        assert record["status"] == "completed", record
+        history = await statuses(live, job_id)
+    await asyncio.sleep(0.5)  # a second run, had there been one, would have written by now
+    assert marker.read_text() == "ran\n", f"the job ran {marker.read_text().count('ran')} times"
+    assert history[0] == "queued" and history[-1] == "completed"
+
+
+async def test_sigkill_while_a_job_runs_is_adopted_after_restart(tmp_path: Path) -> None:
+    data, marker = tmp_path / "data", tmp_path / "ran.txt"
+    async with running_server(data) as live:
+        await live.load_demo_fleet()
+    process, url = await start_crashing_server(data, None)
+    try:
+        headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        command = [
+            PY,
+            "-c",
+            f"import time; time.sleep(1.5); open({str(marker)!r}, 'a').write('ran\\n')",
+        ]
+        async with aiohttp.ClientSession(headers=headers) as http:
+            async with http.post(f"{url}/jobs/submit", json={"config": {"command": command}}) as r:
+                job_id = (await r.json())["job_id"]
+            for _ in range(200):
+                async with http.get(f"{url}/jobs/{job_id}") as r:
+                    if (await r.json())["status"] == "running":
+                        break
+                await asyncio.sleep(0.05)
+    finally:
+        process.kill()
+        await process.wait()
+    async with running_server(data) as live:
+        record = await wait_for(live, job_id, "completed", "failed")
+    assert record["status"] == "completed" and record["return_code"] == 0
+    assert marker.read_text() == "ran\n"
