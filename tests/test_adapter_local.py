@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import psutil
+import psutil  # type: ignore[import-untyped, unused-ignore]
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -120,7 +120,7 @@ def state(spec: JobSpec, index: int = 0) -> dict[str, Any]:
 
 def gone(pid: int) -> bool:
     try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return True
 
@@ -288,12 +288,13 @@ async def test_cancel_never_signals_a_process_that_is_not_ours(
         spec = make_spec(tmp_path, "pass")
         spec.output_dir.mkdir(parents=True)
         sv.write_json_atomic(spec.output_dir / sv.TAG_FILE, {"job_id": spec.job_id})
-        recorded = {"pid": stranger.pid, "pgid": stranger.pid, "ended_at": None}
+        recorded: dict[str, Any] = {"pid": stranger.pid, "pgid": stranger.pid, "ended_at": None}
         recorded |= {"supervisor_pid": stranger.pid}
         recorded |= {"started_at": time.time() - 3600, "supervisor_started_at": time.time() - 3600}
         sv.write_json_atomic(sv.state_path(spec.output_dir, 0), recorded)
         await adapter.cancel(spec, adapter.scheduler_id(spec))
-        assert stranger.returncode is None and psutil.pid_exists(stranger.pid)  # not signalled
+        with pytest.raises(TimeoutError):  # still running 0.3 s later: it was not signalled
+            await asyncio.wait_for(stranger.wait(), 0.3)
         status = await adapter.poll(spec, adapter.scheduler_id(spec))
         assert status.state is BackendState.FAILED  # not ours and no exit recorded: lost
         assert status.reason is not None and "lost" in status.reason
@@ -354,6 +355,20 @@ async def test_logs_of_a_running_job_are_not_complete(
     assert (chunk.text, chunk.offset, chunk.complete) == ("hi\n", 3, False)
     with pytest.raises(AdapterError):
         await adapter.logs(spec, sid, offset=-1)
+
+
+async def test_logs_of_several_workers_keep_offsets_while_running(
+    adapter: LocalAdapter, tmp_path: Path
+) -> None:
+    first = "import time; print('zero', flush=True); time.sleep(0.6); print('end')"
+    spec = make_spec(tmp_path, first, "print('one')")
+    sid = await adapter.submit(spec)
+    await wait_text(sv.stdout_path(spec.output_dir, 1), "one")
+    early = await adapter.logs(spec, sid)  # worker 1 waits until worker 0's section is closed
+    assert (early.text, early.complete) == ("==> worker 0 <==\nzero\n", False)
+    await wait_finished(adapter, spec, sid)
+    rest = await adapter.logs(spec, sid, offset=early.offset)
+    assert (rest.text, rest.complete) == ("end\n==> worker 1 <==\none\n", True)
 
 
 def test_logs_any_chunking_reassembles_the_stream(tmp_path: Path) -> None:
@@ -483,6 +498,24 @@ async def test_job_survives_a_sigkilled_server(
     assert (await restarted.poll(spec, sid)).state is BackendState.RUNNING
     status = await wait_finished(restarted, spec, sid)
     assert (status.state, status.return_code) == (expected, exit_code)
+
+
+async def test_a_worker_never_started_fails_the_job(adapter: LocalAdapter, tmp_path: Path) -> None:
+    # The server died after starting worker 0 of 2: after the restart, the job is failed and
+    # worker 0 is stopped (gang), instead of running forever without its partner.
+    pair = make_spec(
+        tmp_path, "import time; print('up', flush=True); time.sleep(30)", gpus=((), ())
+    )
+    alone = make_spec(tmp_path, "import time; print('up', flush=True); time.sleep(30)")
+    sid = await adapter.submit(alone)
+    await wait_text(sv.stdout_path(alone.output_dir, 0), "up")
+    restarted = LocalAdapter(grace_seconds=GRACE)
+    assert await restarted.find(pair) == sid
+    status = await wait_finished(restarted, pair, sid)
+    assert status.state is BackendState.FAILED
+    assert status.reason == "worker 1 was never started (the server stopped during submit)"
+    assert state(pair, 0)["stopped_by"] == "gang"
+    assert state(pair, 0)["reason"] == f"stopped: {status.reason}"
 
 
 # ---- validation and listings --------------------------------------------------------------

@@ -317,3 +317,15 @@ def test_missing_slurm_skips_but_fails_under_ci(
     expected = pytest.fail.Exception if outcome == "fail" else pytest.skip.Exception
     with pytest.raises(expected, match=r"Slurm is not installed: run scripts/slurm_up\.sh"):
         slurm_env.require_slurm()
+
+
+async def test_a_hanging_slurm_command_times_out(tmp_path: Path) -> None:
+    hang = tmp_path / "squeue"
+    hang.write_text("#!/bin/sh\nexec sleep 30\n")
+    hang.chmod(0o755)
+    adapter = SlurmAdapter(binaries={"squeue": str(hang)}, command_timeout=0.5)
+    spec = make_spec(tmp_path, ("true",), (WorkerSpec(0, "n1", ()),))
+    started = time.monotonic()
+    with pytest.raises(AdapterError, match=r"did not answer within 0\.5 s") as err:
+        await adapter.poll(spec, "1")
+    assert err.value.retryable and time.monotonic() - started < 5

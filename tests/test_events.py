@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ import aiohttp
 import pytest
 import socketio
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from apportion.server.auth import Scope, auth_middleware
 from apportion.server.events import EventLog
@@ -171,6 +174,53 @@ async def test_concurrent_appends_are_emitted_in_seq_order(tmp_path: Path) -> No
         assert seen_by_sink == seqs
         got = await client.wait_for(count)
         assert [e["seq"] for e in got] == seqs
+
+
+async def test_concurrent_appends_share_transactions(tmp_path: Path) -> None:
+    db = await Database.open(f"sqlite:///{tmp_path}/t.db")
+    transactions: list[int] = []
+    real_write = db.write
+
+    @asynccontextmanager
+    async def counting_write() -> AsyncIterator[Any]:
+        transactions.append(1)
+        async with real_write() as conn:
+            yield conn
+
+    db.write = counting_write  # type: ignore[method-assign]
+    try:
+        log = EventLog(db)
+        results = await asyncio.gather(*(log.append("x", {"n": i}) for i in range(40)))
+        # 40 appends queued before the first commit ran: far fewer than 40 commits
+        assert len(transactions) < 40
+        assert [r["seq"] for r in results] == list(range(1, 41))
+        assert [e["n"] for e in await log.since(0)] == list(range(40))
+    finally:
+        await db.close()
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    kinds=st.lists(st.sampled_from(["a", "b", "c"]), max_size=30),
+    since=st.integers(min_value=0, max_value=35),
+    limit=st.integers(min_value=1, max_value=40),
+    types=st.none() | st.sets(st.sampled_from(["a", "b", "c", "zz"])),
+)
+async def test_since_matches_a_model(
+    kinds: list[str], since: int, limit: int, types: set[str] | None
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        db = await Database.open(f"sqlite:///{tmp}/t.db")
+        try:
+            log = EventLog(db)
+            stored = [await log.append(kind, {"i": i}) for i, kind in enumerate(kinds)]
+            model = [
+                e for e in stored if e["seq"] > since and (types is None or e["type"] in types)
+            ][:limit]
+            assert await log.since(since, limit=limit, types=types) == model
+            assert await log.latest_seq() == len(kinds)
+        finally:
+            await db.close()
 
 
 @pytest.mark.parametrize(

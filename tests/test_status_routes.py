@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -139,16 +140,26 @@ async def test_each_telemetry_has_its_own_registry() -> None:
     assert samples(two.render()[0].decode())[key] == 1
 
 
-async def test_a_failing_gpu_source_keeps_metrics_up() -> None:
+async def test_a_failing_gpu_source_keeps_metrics_up(caplog: pytest.LogCaptureFixture) -> None:
     telemetry = Telemetry()
+    calls: list[str] = []
 
-    def broken() -> tuple[int, int, int]:
-        raise RuntimeError("fleet unavailable")
+    def flaky() -> tuple[int, int, int]:
+        calls.append("read")
+        if len(calls) == 2:
+            raise RuntimeError("fleet unavailable")
+        return (1, 7, 8)
 
-    telemetry.set_gpu_source(broken)
+    telemetry.set_gpu_source(flaky)
+    held = ("apportion_gpus", (("state", "held"),))
     body, content_type = telemetry.render()
     assert content_type.startswith("text/plain")
-    assert b"apportion_allocations_total" in body or b"apportion_allocations" in body
+    assert samples(body.decode())[held] == 1
+    with caplog.at_level(logging.ERROR, logger="apportion.server.telemetry"):
+        body, _ = telemetry.render()  # the source raises: logged, last values kept
+    assert "fleet unavailable" in caplog.text
+    assert samples(body.decode())[held] == 1
+    assert calls == ["read", "read"]
 
 
 async def test_resources_shape(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -22,7 +23,7 @@ from pydantic import ValidationError
 from apportion import __version__, jsonutil
 from apportion.app import Server, serve_forever
 from apportion.config import Settings
-from apportion.demo import SyntheticMetrics, demo_clusters
+from apportion.demo import DEMO_QUEUES, DemoJobs, SyntheticMetrics, demo_clusters
 
 app = typer.Typer(
     name="apportion",
@@ -45,12 +46,21 @@ def _settings(**given: Any) -> Settings:
         raise typer.Exit(2) from None
 
 
+async def _until_terminated(coro: Any) -> None:
+    """Run ``coro``; SIGTERM cancels it so the server stops cleanly, as Ctrl-C does."""
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await coro
+
+
 def _run(coro: Any) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        asyncio.run(coro)
+        asyncio.run(_until_terminated(coro))
     except KeyboardInterrupt:
         pass
     except (ValueError, OSError) as exc:
@@ -141,7 +151,16 @@ async def _demo(settings: Settings, duration: float) -> None:
         for doc in clusters:
             await registry.upsert_cluster(doc)
         metrics = SyntheticMetrics(clusters, registry.fleet, registry.put_metrics)
-        task = asyncio.create_task(metrics.run(), name="demo-metrics")
+        jobs = server.context.jobs
+        assert jobs is not None
+        for queue in DEMO_QUEUES:
+            if queue["name"] not in jobs.queues.names():
+                await jobs.queues.create(queue)
+        stream = DemoJobs(lambda body: jobs.submit(body, None), python=sys.executable)
+        tasks = [
+            asyncio.create_task(metrics.run(), name="demo-metrics"),
+            asyncio.create_task(stream.run(), name="demo-jobs"),
+        ]
         key = server.bootstrap_key.secret
         gpus = sum(n["gpus"]["count"] for c in clusters for n in c["nodes"]["nodeData"])
         nodes = sum(len(c["nodes"]["nodeData"]) for c in clusters)
@@ -154,6 +173,10 @@ async def _demo(settings: Settings, duration: float) -> None:
         print(f"  allocation socket   {server.ws_url}")
         print(f"  admin key           {key}")
         print(f"  data dir            {settings.data_dir}")
+        print("  demo jobs           a new one every 2 s in queues 'training' and 'inference'")
+        print(
+            f"                      (watch: curl -H 'Authorization: Bearer {key}' {server.url}/jobs)"
+        )
         answer = await _sample_allocation(server.ws_url, key)
         print("  sample request      topology:1.0-stable, 4 × H100 inside one NVLink domain")
         print(f"  answer              {jsonutil.dumps_str(answer)}\n")
@@ -164,9 +187,10 @@ async def _demo(settings: Settings, duration: float) -> None:
             else:
                 await asyncio.Event().wait()
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
     finally:
         await server.stop()
 

@@ -139,3 +139,68 @@ class SyntheticMetrics:
             for cluster in self._clusters:
                 await self._push(cluster["id"], self.document(cluster))
             await asyncio.sleep(self._interval)
+
+
+DEMO_QUEUES: tuple[dict[str, Any], ...] = (
+    {
+        "name": "training",
+        "description": "multi-GPU training, packed onto as few nodes as possible",
+        "policy_rule_uri": "binpack:1.0-stable",
+        "maximum_allowed_worker_instances": 8,
+    },
+    {
+        "name": "inference",
+        "description": "single-GPU services, spread across nodes",
+        "policy_rule_uri": "spread:1.0-stable",
+        "maximum_allowed_worker_instances": 12,
+    },
+)
+
+_DEMO_SCRIPT = (
+    "import os, sys, time\n"
+    "steps = int(sys.argv[1])\n"
+    "print('worker', os.environ['APPORTION_WORKER_INDEX'], 'of', os.environ['APPORTION_NUM_WORKERS'],"
+    " 'on GPUs', os.environ['CUDA_VISIBLE_DEVICES'], flush=True)\n"
+    "for step in range(steps):\n"
+    "    time.sleep(0.5)\n"
+    "    print('step', step + 1, 'of', steps, flush=True)\n"
+)
+
+
+class DemoJobs:
+    """Submits a stream of small real jobs (Python processes) to the demo queues."""
+
+    def __init__(
+        self,
+        submit: Callable[[dict[str, Any]], Awaitable[Any]],
+        *,
+        python: str,
+        interval: float = 2.0,
+        seed: int = 11,
+    ) -> None:
+        self._submit = submit
+        self._python = python
+        self._interval = interval
+        self._random = random.Random(seed)  # noqa: S311 - demo workload, not security
+        self.submitted = 0
+
+    def next_job(self) -> dict[str, Any]:
+        """The body of the next ``POST /jobs/submit``."""
+        training = self._random.random() < 0.5
+        steps = self._random.randint(4, 16)
+        config: dict[str, Any] = {
+            "name": f"{'train' if training else 'serve'}-{self.submitted + 1:04d}",
+            "queue": "training" if training else "inference",
+            "command": [self._python, "-c", _DEMO_SCRIPT, str(steps)],
+            "resources": {"gpus": self._random.choice((2, 4, 8)) if training else 1},
+            "replica_count": self._random.choice((1, 2)) if training else 1,
+            "labels": {"demo": "true"},
+        }
+        return {"config": config, "priority": self._random.choice((0, 0, 0, 5, -1))}
+
+    async def run(self) -> None:
+        """Submit a job every ``interval`` seconds until cancelled."""
+        while True:
+            await self._submit(self.next_job())
+            self.submitted += 1
+            await asyncio.sleep(self._interval)

@@ -20,6 +20,21 @@ by their own supervisors, and the job is ``failed`` with the failing worker's co
 the first failing worker by index, not counting the siblings stopped because of it. A worker
 killed by signal N reports ``return_code`` 128 + N (the shell's convention).
 
+States (:meth:`LocalAdapter.poll`): ``running`` while any worker runs (a worker whose state file
+says it has not ended counts as running while its command or its supervisor is alive — checked
+with psutil, pid *and* create time, so a reused pid never counts); ``cancelled`` when
+``cancel.json`` exists and no worker had failed on its own before it; ``completed`` when every
+worker exited 0; ``failed`` otherwise (also when a worker was lost — its supervisor and command
+died without a record — or never started because the server died during ``submit``; the
+survivors are then stopped); ``unknown`` when no worker ever started.
+
+``submit`` is idempotent (a job :meth:`LocalAdapter.find` finds is not started twice). Each
+submit attempt has a token in ``job.json``; a supervisor whose token is not the current one does
+not start its command, so a re-dispatch after a crash cannot run a worker twice (the remaining
+window is a supervisor that read the old token in the instant before the new one was written).
+Supervisors this server started are reaped on every call; after a crash their parent is gone and
+the system's init reaps them.
+
 Logs (:meth:`LocalAdapter.logs`): with one worker, its stdout as is. With several, one
 append-only stream: ``==> worker N <==`` and worker N's stdout, in worker order, where worker N's
 section is followed only once it has ended — so byte offsets stay valid while the job runs (a
@@ -225,11 +240,14 @@ class LocalAdapter:
             raise AdapterError(f"worker indices must be 0..{len(spec.workers) - 1}, got {indices}")
         for key, value in spec.env.items():
             if not key or "=" in key or "\0" in key or "\0" in value:
-                raise AdapterError(f"environment variable {key!r}: names need no '=' or NUL")
+                raise AdapterError(
+                    f"environment variable {key!r} is not valid: use a non-empty name without"
+                    " '=' or NUL, and a value without NUL"
+                )
         cwd = Path(spec.working_dir) if spec.working_dir else Path(spec.output_dir)
         if spec.working_dir and not cwd.is_dir():
             raise AdapterError(f"the working directory {spec.working_dir} does not exist")
-        return cwd
+        return cwd.resolve()
 
     def _submit(self, spec: JobSpec) -> str:
         cwd = self._validate(spec)
@@ -380,7 +398,7 @@ class LocalAdapter:
         if cancel is not None:
             requested = float(cancel.get("requested_at") or 0.0)
             failed_first = any(
-                w.genuine_failure and float((w.state or {}).get("ended_at") or 0.0) <= requested
+                w.genuine_failure and float((w.state or {}).get("ended_at") or "inf") <= requested
                 for w in workers
             )
             if not failed_first and any(

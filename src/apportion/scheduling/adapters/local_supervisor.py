@@ -153,7 +153,7 @@ class _Supervisor:
         pidfd: int | None = None
         with contextlib.suppress(OSError, AttributeError):
             pidfd = os.pidfd_open(pid)
-        started = float(self.state["started_at"])
+        started = time.monotonic()  # walltime and grace: immune to clock changes
         try:
             while True:
                 if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
@@ -169,7 +169,7 @@ class _Supervisor:
                 os.close(pidfd)
 
     def _check(self, pgid: int, started: float) -> None:
-        now = time.time()
+        now = time.monotonic()
         if self.stop_reason is None:
             self.stop_reason = self._why_stop(now - started)
             if self.stop_reason is not None:
@@ -188,7 +188,10 @@ class _Supervisor:
             return ("walltime", f"walltime of {self.walltime:g} s exceeded")
         gang = read_json(self.job_dir / GANG_FILE)
         if gang is not None and gang.get("worker") != self.index:
-            return ("gang", f"stopped because worker {gang.get('worker')} failed")
+            failed = gang.get("worker")
+            if isinstance(failed, int) and failed >= 0:
+                return ("gang", f"stopped because worker {failed} failed")
+            return ("gang", f"stopped: {gang.get('reason') or 'the job failed'}")
         return None
 
     def _finish(self, proc: subprocess.Popen[bytes]) -> None:

@@ -99,11 +99,13 @@ class SlurmAdapter:
         try:
             out, err = await asyncio.wait_for(proc.communicate(), self.command_timeout)
         except TimeoutError:
-            proc.kill()
-            await proc.wait()
             raise AdapterError(
                 f"{tool} did not answer within {self.command_timeout:g} s", retryable=True
             ) from None
+        finally:
+            if proc.returncode is None:  # timed out or our caller was cancelled: no orphans
+                proc.kill()
+                await asyncio.shield(proc.wait())
         rc = proc.returncode if proc.returncode is not None else -1
         stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
         if check and rc != 0:
