@@ -6,12 +6,23 @@ need ``admin``; pushing metrics needs ``submit`` (collectors hold such keys).
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from apportion.errors import InvalidRequest
+from apportion.scheduling.discovery import complete_from_scheduler
 from apportion.server.http_common import Scope, ctx, json_body, json_response, ok, principal
 
 routes = web.RouteTableDef()
+
+
+async def _discovered(request: web.Request, body: Any) -> Any:
+    """A Slurm cluster sent without nodes gets them from Slurm (CONTRACTS §4)."""
+    jobs = ctx(request).jobs
+    if jobs is None:
+        return body
+    return await complete_from_scheduler(body, jobs.dispatcher.adapters)
 
 
 @routes.get("/clusters")
@@ -25,7 +36,8 @@ async def list_clusters(request: web.Request) -> web.Response:
 async def create_cluster(request: web.Request) -> web.Response:
     """Register a cluster document; aggregates are computed or checked."""
     principal(request, Scope.ADMIN)
-    doc = await ctx(request).registry.create_cluster(await json_body(request))
+    body = await _discovered(request, await json_body(request))
+    doc = await ctx(request).registry.create_cluster(body)
     return json_response(doc, status=201)
 
 
@@ -50,9 +62,8 @@ async def read_cluster(request: web.Request) -> web.Response:
 async def replace_cluster(request: web.Request) -> web.Response:
     """Replace a cluster document (the whole document)."""
     principal(request, Scope.ADMIN)
-    doc = await ctx(request).registry.replace_cluster(
-        request.match_info["cluster_id"], await json_body(request)
-    )
+    body = await _discovered(request, await json_body(request))
+    doc = await ctx(request).registry.replace_cluster(request.match_info["cluster_id"], body)
     return json_response(doc)
 
 

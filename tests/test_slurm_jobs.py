@@ -1,0 +1,133 @@
+"""Jobs through the REST API on a real Slurm (started by scripts/slurm_up.sh; see tests/slurm_env.py).
+
+The cluster is registered without nodeData and discovered from Slurm; jobs are placed by the
+queue's policy, held, submitted with sbatch, and followed to their end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests import slurm_env
+from tests.conftest import ADMIN_KEY, Running, running_server
+from tests.jobs_helpers import PY, create_queue, exiting, sleeper, submit, wait_for
+
+slurm = slurm_env.slurm
+
+SHOW_ENV = [
+    PY,
+    "-c",
+    "import os, json; print(json.dumps({k: os.environ.get(k) for k in ('CUDA_VISIBLE_DEVICES', "
+    "'SLURMD_NODENAME', 'APPORTION_WORKER_INDEX', 'APPORTION_NUM_WORKERS')}))",
+]
+
+
+async def register_slurm(running: Running, cluster: slurm_env.SlurmCluster) -> dict[str, Any]:
+    body = {
+        "id": "hpc",
+        "config": {
+            "scheduler": {"type": "slurm", "partition": cluster.partition, "gpu_memory_mb": 16384}
+        },
+    }
+    async with running.http.post(f"{running.url}/clusters", json=body) as response:
+        doc: dict[str, Any] = await response.json()
+        assert response.status == 201, doc
+    await create_queue(running, name="hpc", clusters=["hpc"], plugin="slurm")
+    return doc
+
+
+async def logs(running: Running, job_id: str) -> list[dict[str, Any]]:
+    async with running.http.get(f"{running.url}/jobs/{job_id}/logs") as response:
+        text = await response.text()
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+async def test_discovery_and_a_two_gpu_job_on_the_chosen_node(
+    running: Running, slurm: slurm_env.SlurmCluster
+) -> None:
+    doc = await register_slurm(running, slurm)
+    nodes = doc["nodes"]["nodeData"]
+    assert [n["id"] for n in nodes] == list(slurm.nodes)
+    assert all(n["gpus"]["count"] == 4 for n in nodes)
+    job_id = await submit(running, {"queue": "hpc", "command": SHOW_ENV, "resources": {"gpus": 2}})
+    record = await wait_for(running, job_id, "completed", "failed", within=60)
+    assert record["status"] == "completed", record
+    node = record["allocation"][0]["node_id"]
+    [env] = await logs(running, job_id)
+    assert env["SLURMD_NODENAME"] == node
+    assert len(env["CUDA_VISIBLE_DEVICES"].split(",")) == 2
+    assert record["scheduler_job_id"].isdigit()
+
+
+async def test_a_gang_of_two_workers_on_two_nodes(
+    running: Running, slurm: slurm_env.SlurmCluster
+) -> None:
+    await register_slurm(running, slurm)
+    # 4 GPUs per worker fill a node each, so the two workers land on two nodes
+    job_id = await submit(
+        running, {"queue": "hpc", "command": SHOW_ENV, "replica_count": 2, "resources": {"gpus": 4}}
+    )
+    record = await wait_for(running, job_id, "completed", "failed", within=60)
+    assert record["status"] == "completed", record
+    placed = [p["node_id"] for p in record["allocation"]]
+    assert len(set(placed)) == 2
+    seen = await logs(running, job_id)
+    assert sorted(e["SLURMD_NODENAME"] for e in seen) == sorted(placed)
+    assert sorted(e["APPORTION_WORKER_INDEX"] for e in seen) == ["0", "1"]
+    assert {e["APPORTION_NUM_WORKERS"] for e in seen} == {"2"}
+
+
+async def test_exit_code_and_cancel(running: Running, slurm: slurm_env.SlurmCluster) -> None:
+    await register_slurm(running, slurm)
+    failing = await submit(
+        running, {"queue": "hpc", "command": exiting(3), "resources": {"gpus": 1}}
+    )
+    sleeping = await submit(
+        running, {"queue": "hpc", "command": sleeper(120), "resources": {"gpus": 1}}
+    )
+    record = await wait_for(running, failing, "completed", "failed", within=60)
+    assert record["status"] == "failed" and record["return_code"] == 3
+    await wait_for(running, sleeping, "running", within=60)
+    async with running.http.post(f"{running.url}/jobs/{sleeping}/cancel") as response:
+        assert response.status == 200
+    assert (await wait_for(running, sleeping, "cancelled", within=60))["end_time"]
+
+
+@pytest.mark.parametrize("crash_at", ["before_submit", "after_submit"])
+async def test_reconciliation_after_sigkill(
+    tmp_path: Path, slurm: slurm_env.SlurmCluster, crash_at: str
+) -> None:
+    from tests.test_job_crashes import marker_command, start_crashing_server
+
+    data, marker = tmp_path / "data", tmp_path / "ran.txt"
+    async with running_server(data) as live:
+        await register_slurm(live, slurm)
+    process, url = await start_crashing_server(data, crash_at)
+    try:
+        headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        async with aiohttp.ClientSession(headers=headers) as http:
+            body = {
+                "config": {
+                    "queue": "hpc",
+                    "command": marker_command(marker),
+                    "resources": {"gpus": 1},
+                }
+            }
+            async with http.post(f"{url}/jobs/submit", json=body) as response:
+                job_id = (await response.json())["job_id"]
+        assert await asyncio.wait_for(process.wait(), 30) == -9
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    async with running_server(data) as live:
+        record = await wait_for(live, job_id, "completed", "failed", within=60)
+    assert record["status"] == "completed", record
+    await asyncio.sleep(1.0)
+    assert marker.read_text() == "ran\n"
