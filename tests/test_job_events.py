@@ -92,3 +92,40 @@ async def test_socketio_refuses_a_wrong_token(running: Running) -> None:
         await client.disconnect()
         raise AssertionError("a wrong token was accepted")
     assert refusals and "Unauthorized" in refusals[0]["message"]
+
+
+async def test_metrics_count_allocations_admissions_and_gpus(running: Running, fleet: Any) -> None:
+    async with running.ws() as ws:
+        from tests.conftest import allocation, ask
+
+        held = await ask(ws, allocation(adhoc=False, inputs={"gpus": 2}))
+        assert held["success"]
+        assert (await ask(ws, allocation(inputs={"gpus": 99})))["success"] is False
+    job_id = await submit(running, {"command": sleeper(0)})
+    await wait_for(running, job_id, "completed")
+    async with running.http.get(f"{running.url}/metrics") as r:
+        text = await r.text()
+    lines = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert lines['apportion_allocations_total{outcome="success",policy="binpack:1.0-stable"}'] == 1
+    assert (
+        lines[
+            'apportion_allocations_total{outcome="NoFeasiblePlacement",policy="binpack:1.0-stable"}'
+        ]
+        == 1
+    )
+    assert lines['apportion_admissions_total{queue="default"}'] == 1
+    assert lines['apportion_dispatches_total{adapter="local",outcome="success"}'] == 1
+    # 352 GPUs in the demo fleet; the hold keeps 2 of them
+    assert (
+        lines['apportion_gpus{state="total"}'] == 352 and lines['apportion_gpus{state="held"}'] == 2
+    )
+    assert lines['apportion_queue_depth{queue="default"}'] == 0
+    async with running.http.get(
+        f"{running.url}/events", params={"since": "0", "type": "allocation_decided"}
+    ) as r:
+        decided = (await r.json())["data"]
+    assert [e["allocation_id"] for e in decided] == [held["allocation_id"]]

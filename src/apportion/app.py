@@ -148,6 +148,8 @@ class Server:
             holds,
             default_lease_seconds=settings.default_lease_seconds,
             max_lease_seconds=settings.max_lease_seconds,
+            observe=telemetry.observe_allocation,
+            emit=events.append,
         )
         dispatcher = Dispatcher(holds, registry, _adapters(), settings.data_dir, events.append)
         jobs = JobService(db, registry, allocations, dispatcher, events.append)
@@ -156,6 +158,7 @@ class Server:
             settings, registry, policies, runtime, holds, allocations, keys, jobs
         )
         telemetry.set_gpu_source(lambda: _gpu_counts(registry))
+        telemetry.set_queue_source(jobs.queue_counts)
         sio = create_socketio(keys, auth_enabled=settings.auth, events=events)
         events.add_sink(SocketIOBroadcaster(sio))
         status = StatusContext(events, telemetry, sio, time.time(), settings.data_dir)

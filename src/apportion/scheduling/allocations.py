@@ -15,7 +15,7 @@ from typing import Any
 
 from apportion.engine.placement import PlacementOutcome
 from apportion.engine.validate import validate_output
-from apportion.errors import InvalidRequest, NoFeasiblePlacement
+from apportion.errors import ApportionError, InvalidRequest, NoFeasiblePlacement
 from apportion.policies.inputs import LazyClusterData
 from apportion.policies.runtime import PolicyRuntime
 from apportion.policies.store import PolicyEntry, PolicyStore
@@ -26,7 +26,10 @@ from apportion.server.protocol import AllocationRequest
 
 JOB_LEASE_SECONDS = 10 * 365 * 86400.0  # a job's hold lasts until the job ends and releases it
 
-EventSink = Callable[[str, dict[str, Any]], Awaitable[None]]
+Observer = Callable[[str, str, float], None]
+"""``observe(policy_uri, outcome, seconds)`` after every allocation decision."""
+
+EventSink = Callable[[str, dict[str, Any]], Awaitable[Any]]
 
 
 @dataclass
@@ -67,6 +70,8 @@ class AllocationService:
         *,
         default_lease_seconds: float,
         max_lease_seconds: float,
+        observe: Observer | None = None,
+        emit: EventSink | None = None,
     ) -> None:
         self._registry = registry
         self._policies = policies
@@ -75,6 +80,8 @@ class AllocationService:
         self.default_lease_seconds = default_lease_seconds
         self.max_lease_seconds = max_lease_seconds
         self._hold_lock = asyncio.Lock()
+        self._observe = observe
+        self._emit = emit
 
     def lease(self, seconds: float | None, *, path: str = "lease_seconds") -> float:
         value = self.default_lease_seconds if seconds is None else seconds
@@ -157,6 +164,20 @@ class AllocationService:
     # ---------------------------------------------------------------- allocate
     async def allocate(self, request: AllocationRequest, caller: Caller) -> dict[str, Any]:
         """Answer one request with the success envelope (without ``request_id``); raise on failure.
+        Every outcome is reported to the observer (the server's Prometheus metrics)."""
+        started = time.perf_counter()
+        outcome = "success"
+        try:
+            return await self._allocate(request, caller)
+        except ApportionError as exc:
+            outcome = exc.code.value
+            raise
+        finally:
+            if self._observe is not None:
+                self._observe(request.policy_rule_uri, outcome, time.perf_counter() - started)
+
+    async def _allocate(self, request: AllocationRequest, caller: Caller) -> dict[str, Any]:
+        """:meth:`allocate` without the bookkeeping.
 
         A request that holds (``adhoc: false``) evaluates and reserves under one lock, so two
         holds never race for the same GPUs; the durable commit happens outside it, batched with
@@ -205,6 +226,16 @@ class AllocationService:
         if hold is not None:
             answer["allocation_id"] = hold.allocation_id
             answer["expires_at"] = hold.expires_at
+            if self._emit is not None:  # adhoc answers are not events: they change nothing
+                await self._emit(
+                    "allocation_decided",
+                    {
+                        "request_id": request.request_id,
+                        "policy_rule_uri": entry.uri,
+                        "data": answer["data"],
+                        "allocation_id": hold.allocation_id,
+                    },
+                )
         if request.explain:
             answer["explain"] = self._explain(entry.uri, candidates, outcomes, phases)
         return answer
@@ -329,6 +360,10 @@ class AllocationService:
         hold = await self._holds.release(
             allocation_id, owner=caller.key_id, is_admin=caller.is_admin
         )
+        if self._emit is not None:
+            await self._emit(
+                "allocation_released", {"allocation_id": allocation_id, "reason": "released"}
+            )
         return {"success": True, "data": {"allocation_id": hold.allocation_id, "released": True}}
 
     async def renew(

@@ -204,6 +204,7 @@ class Dispatcher:
                 "scheduler_job_id": scheduler_job_id,
                 "allocation": job.allocation,
                 "adapter": job.adapter,
+                "queue": job.queue,
             },
         )
         if job.cancel_requested:

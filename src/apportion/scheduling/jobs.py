@@ -191,6 +191,14 @@ class JobService:
             jobs = [j for j in jobs if j.queue == queue]
         return jobs[offset : offset + limit]
 
+    def queue_counts(self) -> dict[str, tuple[int, int]]:
+        """``{queue: (queued, running)}`` for the Prometheus gauges."""
+        counts = {name: [0, 0] for name in self.queues.names()}
+        for job in self.jobs.jobs.values():
+            if job.queue in counts and not job.status.finished:
+                counts[job.queue][0 if job.status is JobStatus.QUEUED else 1] += 1
+        return {name: (q, r) for name, (q, r) in counts.items()}
+
     def statistics(self) -> dict[str, Any]:
         """``GET /queue`` (seed 001): totals, per queue and per priority."""
         jobs = list(self.jobs.jobs.values())
@@ -324,6 +332,8 @@ class JobService:
             {
                 "job_id": job.job_id,
                 "status": status.value,
+                "queue": job.queue,
+                "adapter": job.adapter,
                 "end_time": iso(job.end_time),
                 "return_code": return_code,
                 "reason": reason,

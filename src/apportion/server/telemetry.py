@@ -20,6 +20,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 log = logging.getLogger(__name__)
 
 GpuSource = Callable[[], tuple[int, int, int]]
+QueueSource = Callable[[], dict[str, tuple[int, int]]]
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 """Policy evaluations: a built-in answers in about a millisecond, the default timeout is 10 s."""
@@ -80,6 +81,7 @@ class Telemetry:
             "apportion_events", "Events stored and emitted, by type.", ["type"], registry=reg
         )
         self._gpu_source: GpuSource | None = None
+        self._queue_source: QueueSource | None = None
 
     def set_gpu_source(self, fn: GpuSource) -> None:
         """Called once by the app: ``fn() -> (held, free, total)`` is read at every render, so
@@ -87,9 +89,25 @@ class Telemetry:
         their last values."""
         self._gpu_source = fn
 
+    def set_queue_source(self, fn: QueueSource) -> None:
+        """``fn() -> {queue: (queued, running)}``, read at every render like the GPU source."""
+        self._queue_source = fn
+
+    def observe_allocation(self, policy: str, outcome: str, seconds: float) -> None:
+        """Called by the allocation service after every decision (outcome: success or a code)."""
+        self.allocations.labels(policy=policy, outcome=outcome).inc()
+        self.policy_latency.labels(policy=policy).observe(seconds)
+
     async def observe_event(self, event: dict[str, Any]) -> None:
-        """An :class:`~apportion.server.events.EventLog` sink counting events by type."""
-        self.events.labels(type=str(event["type"])).inc()
+        """An :class:`~apportion.server.events.EventLog` sink counting events by type, and
+        admissions and dispatches from the job events."""
+        kind = str(event["type"])
+        self.events.labels(type=kind).inc()
+        if kind == "job_scheduled":
+            self.admissions.labels(queue=str(event.get("queue", ""))).inc()
+            self.dispatches.labels(adapter=str(event.get("adapter", "")), outcome="success").inc()
+        elif kind == "job_completed" and str(event.get("reason", "")).startswith("dispatch failed"):
+            self.dispatches.labels(adapter=str(event.get("adapter", "")), outcome="failure").inc()
 
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition and its content type (``GET /metrics``)."""
@@ -102,4 +120,13 @@ class Telemetry:
                 self.gpus.labels(state="held").set(held)
                 self.gpus.labels(state="free").set(free)
                 self.gpus.labels(state="total").set(total)
+        if self._queue_source is not None:
+            try:
+                queues = self._queue_source()
+            except Exception:
+                log.exception("the queue source of /metrics failed; queue gauges not updated")
+            else:
+                for queue, (queued, running) in queues.items():
+                    self.queue_depth.labels(queue=queue).set(queued)
+                    self.jobs_running.labels(queue=queue).set(running)
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
