@@ -35,6 +35,11 @@ async def test_a_job_runs_to_completion_with_its_gpus(running: Running, fleet: A
         {"cluster_id": "a100-west", "node_id": "a100-west-n00", "gpus": ["0", "1"]}
     ]
     assert record["scheduler_job_id"]
+    # the decision record: 16 A100 nodes are feasible, the 28 others lack the model
+    decision = record["decision"]
+    assert decision["policy_rule_uri"] == "binpack:1.0-stable"
+    assert decision["feasible_nodes"] == 16 and decision["candidate_nodes"] == 44
+    assert decision["rejection_summary"] == {"gpu_model": 28}
     assert await statuses(running, job_id) == ["queued", "scheduled", "running", "completed"]
     async with running.http.get(f"{running.url}/jobs/{job_id}/logs") as response:
         env = json.loads((await response.text()).strip().splitlines()[-1])

@@ -293,22 +293,25 @@ class AllocationService:
         parameters: dict[str, Any],
         owner: str | None,
         job_id: str,
-    ) -> Hold:
-        """Place a job's workers as one gang, in one cluster, and hold their GPUs until released.
+    ) -> tuple[Hold, dict[str, Any]]:
+        """Place a job's workers as one gang, in one cluster, and hold their GPUs until released;
+        return the hold and the decision record (as ``explain`` gives it).
 
-        The policy sees every candidate; if its answer spans several clusters (a job runs under
-        one scheduler), each candidate cluster is tried alone, in id order."""
+        The policy sees every candidate. A "no" over all of them is final (no subset does
+        better); an answer that spans several clusters (a job runs under one scheduler) is
+        retried with each candidate cluster alone, in id order."""
         entry = self._policies.get(str(PolicyURI.parse(policy_uri, path="policy_rule_uri")))
-        attempts = [candidates] + ([[c] for c in sorted(candidates)] if len(candidates) > 1 else [])
-        last: Exception | None = None
-        for attempt in attempts:
+        attempts = [candidates] + [[c] for c in sorted(candidates)]
+        for index, attempt in enumerate(attempts):
+            phases, outcomes = Phases(), list[PlacementOutcome]()
             async with self._hold_lock:
                 try:
                     placements, _ = await self._decide(
-                        entry, inputs, parameters, {}, attempt, [], Phases(), require_free=True
+                        entry, inputs, parameters, {}, attempt, outcomes, phases, require_free=True
                     )
-                except NoFeasiblePlacement as exc:
-                    last = exc
+                except NoFeasiblePlacement:
+                    if index == 0:
+                        raise
                     continue
                 if len({p["cluster_id"] for p in placements}) > 1:
                     continue
@@ -321,9 +324,7 @@ class AllocationService:
                     kind="job",
                 )
             await self._holds.commit(hold)
-            return hold
-        if last is not None:
-            raise last
+            return hold, self._explain(entry.uri, attempt, outcomes, phases)
         raise NoFeasiblePlacement(
             "no single cluster can take every worker of the job",
             details={"candidates": len(candidates)},

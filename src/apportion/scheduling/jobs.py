@@ -280,7 +280,7 @@ class JobService:
         request = job.config.resources.as_request()
         try:
             candidates = self._candidates(queue)
-            hold = await self._allocations.hold_for_job(
+            hold, decision = await self._allocations.hold_for_job(
                 policy_uri=job.config.policy_rule_uri or queue.policy_rule_uri,
                 candidates=candidates,
                 inputs={"requests": [request] * job.workers},
@@ -294,6 +294,7 @@ class JobService:
             )
             return code, exc.message
         job.reason_code = job.reason = None
+        job.decision = decision
         await self.dispatcher.start(job, hold)
         return None
 

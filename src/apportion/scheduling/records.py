@@ -53,6 +53,7 @@ class Job:
     return_code: int | None = None
     failed_reason: str | None = None
     resource_usage: dict[str, Any] | None = None
+    decision: dict[str, Any] | None = None  # the placement's decision record
     cancel_requested: bool = False
     queue_position: int | None = field(default=None, compare=False)
 
@@ -68,7 +69,7 @@ class Job:
             value = getattr(self, f.name)
             if f.name == "config":
                 value = jsonutil.dumps_str(value.model_dump())
-            elif f.name in ("allocation", "resource_usage"):
+            elif f.name in ("allocation", "resource_usage", "decision"):
                 value = None if value is None else jsonutil.dumps_str(value)
             elif f.name == "status":
                 value = value.value
@@ -82,7 +83,7 @@ class Job:
         data = dict(row._mapping)
         data["config"] = JobConfig.model_validate(jsonutil.loads(data["config"]))
         data["status"] = JobStatus(data["status"])
-        for key in ("allocation", "resource_usage"):
+        for key in ("allocation", "resource_usage", "decision"):
             if data[key] is not None:
                 data[key] = jsonutil.loads(data[key])
         data["cancel_requested"] = bool(data["cancel_requested"])
@@ -109,6 +110,7 @@ class Job:
             "return_code": self.return_code,
             "failed_reason": self.failed_reason,
             "resource_usage": self.resource_usage,
+            "decision": self.decision,
             "config": self.config.model_dump(),
         }
 

@@ -161,6 +161,7 @@ jobs = Table(
     Column("return_code", Integer, nullable=True),
     Column("failed_reason", Text, nullable=True),
     Column("resource_usage", Text, nullable=True),
+    Column("decision", Text, nullable=True),  # the placement's decision record
     Column("cancel_requested", Integer, nullable=False, server_default="0"),
 )
 
