@@ -1,0 +1,143 @@
+"""HoldManager invariants: no GPU in two holds, durable holds, released GPUs come back.
+
+Hypothesis drives random sequences of hold / release / expire over a real SQLite store and
+compares the manager with a plain model (a dict of GPU → hold).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import func, select
+
+from apportion.errors import Conflict
+from apportion.registry.documents import validate_cluster_document
+from apportion.registry.fleet import FleetView
+from apportion.scheduling.holds import HoldManager
+from apportion.store import schema
+from apportion.store.db import Database
+from tests import builders
+
+GPUS = [("c1", f"n{n}", str(g)) for n in range(2) for g in range(4)]  # 2 nodes × 4 GPUs
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("hold"), st.sets(st.sampled_from(range(len(GPUS))), min_size=1, max_size=3)
+        ),
+        st.tuples(st.just("release"), st.integers(0, 20)),
+        st.tuples(st.just("expire"), st.integers(0, 20)),
+    ),
+    max_size=25,
+)
+
+
+def placements(indices: set[int]) -> list[dict[str, Any]]:
+    by_node: dict[str, list[str]] = {}
+    for i in sorted(indices):
+        _, node, gpu = GPUS[i]
+        by_node.setdefault(node, []).append(gpu)
+    return [{"cluster_id": "c1", "node_id": n, "gpus": g} for n, g in sorted(by_node.items())]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def run_sequence(steps: list[tuple[str, Any]], folder: Path) -> None:
+    db = await Database.open(f"sqlite:///{folder}/h.db")
+    fleet = FleetView()
+    fleet.set_cluster(validate_cluster_document(builders.make_cluster("c1", nodes=2, gpus=4)))
+    clock = Clock()
+    holds = HoldManager(db, fleet, clock=clock)
+    await holds.start()
+    model: dict[tuple[str, str, str], str] = {}
+    made: list[str] = []
+    try:
+        for kind, arg in steps:
+            if kind == "hold":
+                wanted = {GPUS[i] for i in arg}
+                try:
+                    hold = await holds.hold(
+                        placements(arg),
+                        lease_seconds=10,
+                        owner=None,
+                        request_id=None,
+                        policy_uri="p:1-x",
+                    )
+                except Conflict:
+                    assert wanted & set(model), "Conflict although every GPU was free"
+                    continue
+                assert not wanted & set(model), "a GPU was held twice"
+                model.update(dict.fromkeys(wanted, hold.allocation_id))
+                made.append(hold.allocation_id)
+            elif kind == "release" and made:
+                allocation_id = made[arg % len(made)]
+                if allocation_id in model.values():
+                    await holds.release(allocation_id)
+                    model = {k: v for k, v in model.items() if v != allocation_id}
+            elif kind == "expire":
+                clock.now += 11  # every lease (10 s) has ended
+                await holds.expire_due()
+                model.clear()
+            # the fleet, the manager and the database agree with the model
+            assert holds.held_keys() == set(model)
+            assert {k for k in GPUS if fleet.is_held(k)} == set(model)
+            async with db.read() as conn:
+                rows = (
+                    await conn.execute(select(func.count()).select_from(schema.hold_gpus))
+                ).scalar()
+            assert rows == len(model)
+    finally:
+        await holds.close()
+        await db.close()
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(steps=ops)
+def test_no_gpu_is_ever_in_two_holds(steps: list[tuple[str, Any]]) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        asyncio.run(run_sequence(steps, Path(folder)))
+
+
+async def test_holds_survive_reopening_and_expired_ones_are_dropped(tmp_path: Path) -> None:
+    clock = Clock()
+    fleet = FleetView()
+    fleet.set_cluster(validate_cluster_document(builders.make_cluster("c1", nodes=2, gpus=4)))
+    db = await Database.open(f"sqlite:///{tmp_path}/h.db")
+    holds = HoldManager(db, fleet, clock=clock)
+    await holds.start()
+    long = await holds.hold(
+        placements({0, 1}), lease_seconds=100, owner="k", request_id="r", policy_uri="p:1-x"
+    )
+    await holds.hold(
+        placements({2}), lease_seconds=5, owner="k", request_id="s", policy_uri="p:1-x"
+    )
+    await holds.close()
+    await db.close()
+
+    clock.now += 10  # the short lease has ended while the server was down
+    fresh = FleetView()
+    fresh.set_cluster(validate_cluster_document(builders.make_cluster("c1", nodes=2, gpus=4)))
+    db = await Database.open(f"sqlite:///{tmp_path}/h.db")
+    again = HoldManager(db, fresh, clock=clock)
+    dropped = await again.start()
+    try:
+        assert len(dropped) == 1
+        assert [h.allocation_id for h in again.active()] == [long.allocation_id]
+        assert again.held_keys() == {GPUS[0], GPUS[1]}
+        assert fresh.is_held(GPUS[0]) and not fresh.is_held(GPUS[2])
+    finally:
+        await again.close()
+        await db.close()
