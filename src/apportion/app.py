@@ -31,10 +31,12 @@ from apportion.registry.collector import LocalCollector, local_cluster_document
 from apportion.registry.service import Registry
 from apportion.scheduling.adapters.base import Adapter
 from apportion.scheduling.adapters.local import LocalAdapter
+from apportion.scheduling.adapters.slurm import SlurmAdapter
 from apportion.scheduling.allocations import AllocationService
 from apportion.scheduling.dispatch import Dispatcher
 from apportion.scheduling.holds import HoldManager
 from apportion.scheduling.jobs import JobService
+from apportion.scheduling.slurm_usage import SlurmUsageCollector
 from apportion.server import (
     routes_core,
     routes_jobs,
@@ -186,6 +188,9 @@ class Server:
             )
             watcher.scan()
             self._spawn(watcher.run(), "policy-dir")
+        slurm = dispatcher.adapters.get("slurm")
+        if isinstance(slurm, SlurmAdapter):
+            self._spawn(SlurmUsageCollector(registry, slurm).run(), "slurm-usage")
         await dispatcher.reconcile()
         self._spawn(jobs.run(interval=1.0), "admission")
         self._spawn(dispatcher.watch(interval=0.25), "dispatch-watch")
@@ -294,8 +299,6 @@ def _adapters() -> dict[str, Adapter]:
     """The scheduler adapters of this server: ``local`` always, ``slurm`` where its tools exist."""
     adapters: dict[str, Adapter] = {"local": LocalAdapter()}
     if shutil.which("sbatch") is not None:
-        from apportion.scheduling.adapters.slurm import SlurmAdapter
-
         adapters["slurm"] = SlurmAdapter()
     return adapters
 

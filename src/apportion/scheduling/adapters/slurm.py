@@ -285,6 +285,10 @@ class SlurmAdapter:
                 self.accounting = False
         return result
 
+    async def node_states(self) -> list[sp.SlurmNode]:
+        """Every node as ``sinfo --json`` reports it now (state, CPUs, GRES in use, load)."""
+        return sp.parse_sinfo_nodes((await self._run("sinfo", "--json"))[1])
+
     async def partitions(self) -> list[dict[str, Any]]:
         """Slurm's partitions with node count, CPUs and GPUs (total and in use) from sinfo."""
         _, out, _ = await self._run("scontrol", "show", "partition", "-o")

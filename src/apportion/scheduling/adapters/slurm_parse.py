@@ -83,6 +83,8 @@ class SlurmNode:
     gres: str  # "gpu:4", "gpu:a100:2(S:0-1),gpu:v100:2"
     gres_used: str
     partitions: tuple[str, ...]
+    cpu_load: float | None = None  # load average, as sinfo reports it (hundredths → float)
+    free_memory_mb: int | None = None
 
 
 def load_json(text: str, what: str) -> dict[str, Any]:
@@ -266,6 +268,8 @@ def parse_sinfo_nodes(text: str) -> list[SlurmNode]:
             gres=str(n.get("gres") or ""),
             gres_used=str(n.get("gres_used") or ""),
             partitions=tuple(str(p) for p in n.get("partitions") or ()),
+            cpu_load=None if n.get("cpu_load") is None else float(n["cpu_load"]) / 100,
+            free_memory_mb=None if n.get("free_memory") is None else int(n["free_memory"]),
         )
         for n in doc.get("nodes") or []
         if n.get("name")

@@ -1,0 +1,149 @@
+"""Typed results of the client (pydantic). Loose on purpose: unknown fields are kept
+(``extra="allow"``), so a newer server's extra fields never break an older client.
+
+Built by the clients from the server's JSON; users read them (``job.status``,
+``result.placement.gpus``) and may ``model_dump()`` them back to JSON.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FINISHED_STATES = frozenset({"completed", "failed", "cancelled"})
+
+
+class _Loose(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Placement(_Loose):
+    """Where one request goes: a cluster, maybe a node and GPU ids (indices as strings)."""
+
+    cluster_id: str
+    node_id: str | None = None
+    gpus: list[str] = Field(default_factory=list)
+
+
+class AllocationResult(_Loose):
+    """A successful allocation answer. ``placements`` has one entry for a single request and
+    one per request for a gang (``inputs.requests``); ``allocation_id`` is set for a hold."""
+
+    placements: list[Placement]
+    is_gang: bool = False
+    allocation_id: str | None = None
+    expires_at: float | None = None
+    request_id: str | None = None
+    explain: dict[str, Any] | None = None
+
+    @property
+    def placement(self) -> Placement:
+        """The first (for a single request: the only) placement."""
+        return self.placements[0]
+
+    @classmethod
+    def from_answer(cls, answer: dict[str, Any]) -> AllocationResult:
+        """Build from the success envelope ``{"success": true, "data": …, …}``."""
+        data = answer.get("data")
+        is_gang = isinstance(data, list)
+        items = data if isinstance(data, list) else [data]
+        return cls(
+            placements=[Placement.model_validate(item) for item in items],
+            is_gang=is_gang,
+            allocation_id=answer.get("allocation_id"),
+            expires_at=answer.get("expires_at"),
+            request_id=answer.get("request_id"),
+            explain=answer.get("explain"),
+        )
+
+
+class JobReason(_Loose):
+    """Why a job waits (or why it ended): a stable ``code`` and words."""
+
+    code: str | None = None
+    message: str | None = None
+
+
+class Job(_Loose):
+    """A job record (``GET /jobs/{id}``, CONTRACTS §6)."""
+
+    job_id: str
+    name: str = "job"
+    queue: str = "default"
+    status: str
+    priority: int = 0
+    queue_position: int | None = None
+    reason: JobReason | None = None
+    allocation: list[dict[str, Any]] | None = None
+    scheduler_job_id: str | None = None
+    adapter: str | None = None
+    created_at: str | None = None
+    start_time: str | None = None
+    end_time: str | None = None
+    return_code: int | None = None
+    failed_reason: str | None = None
+    resource_usage: dict[str, Any] | None = None
+    config: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        """True once the job is completed, failed or cancelled."""
+        return self.status in FINISHED_STATES
+
+
+class JobStatusEntry(_Loose):
+    """One step of a job's status history (seed 003)."""
+
+    status: str
+    time: str | float | None = None
+    reason: str | None = None
+
+
+class Queue(_Loose):
+    """A queue (seed 000's fields plus placement); ``id`` and ``name`` always present."""
+
+    id: str
+    name: str
+    description: str | None = None
+    plugin: str | None = None
+    policy_rule_uri: str | None = None
+
+
+class Cluster(_Loose):
+    """A cluster document (CONTRACTS §4), kept whole; the common fields are typed."""
+
+    id: str
+    status: str | None = None
+    regionId: str | None = None
+    nodes: dict[str, Any] = Field(default_factory=dict)
+    gpus: dict[str, Any] = Field(default_factory=dict)
+
+    def node_list(self) -> list[dict[str, Any]]:
+        """The nodes of the document (``nodes.nodeData``)."""
+        data = self.nodes.get("nodeData")
+        return list(data) if isinstance(data, list) else []
+
+
+class Policy(_Loose):
+    """A policy store record with its URI and source (``builtin``, ``policy-dir``, ``upload``)."""
+
+    policy_rule_uri: str
+    name: str
+    version: str
+    release_tag: str
+    description: str | None = None
+    source: str | None = None
+
+
+class Event(_Loose):
+    """One event (CONTRACTS §7): ``type``, ``seq``, ``ts`` and its payload fields."""
+
+    type: str
+    seq: int
+    ts: str | float | None = None
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        """The event's own fields (everything but type, seq, ts)."""
+        return dict(self.model_extra or {})
