@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,7 @@ from apportion.policies.runtime import PolicyRuntime
 from apportion.policies.store import PolicyEntry, PolicyStore
 from apportion.policies.uri import PolicyURI
 from apportion.registry.service import Registry, require_known
+from apportion.scheduling.events import EventSink
 from apportion.scheduling.holds import Hold, HoldManager
 from apportion.server.protocol import AllocationRequest
 
@@ -28,8 +29,6 @@ JOB_LEASE_SECONDS = 10 * 365 * 86400.0  # a job's hold lasts until the job ends 
 
 Observer = Callable[[str, str, float], None]
 """``observe(policy_uri, outcome, seconds)`` after every allocation decision."""
-
-EventSink = Callable[[str, dict[str, Any]], Awaitable[Any]]
 
 
 @dataclass

@@ -24,7 +24,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -38,13 +38,13 @@ from apportion.scheduling.adapters.base import (
     JobSpec,
     WorkerSpec,
 )
+from apportion.scheduling.events import EventSink
 from apportion.scheduling.holds import Hold, HoldManager
 from apportion.scheduling.models import JobStatus
 from apportion.scheduling.records import Job, JobBook, iso
 
 log = logging.getLogger(__name__)
 
-Emit = Callable[[str, dict[str, Any]], Awaitable[Any]]
 
 _END_STATES = {
     BackendState.COMPLETED: JobStatus.COMPLETED,
@@ -80,7 +80,7 @@ class Dispatcher:
         registry: Registry,
         adapters: Mapping[str, Adapter],
         data_dir: Path,
-        emit: Emit,
+        emit: EventSink,
     ) -> None:
         self._holds = holds
         self._registry = registry

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import select
@@ -24,6 +23,7 @@ from apportion.registry.service import Registry
 from apportion.scheduling.admission import CycleState, Reason, waiting_order
 from apportion.scheduling.allocations import AllocationService
 from apportion.scheduling.dispatch import Dispatcher
+from apportion.scheduling.events import EventSink
 from apportion.scheduling.models import (
     JobConfig,
     JobStatus,
@@ -38,7 +38,6 @@ from apportion.store.db import Database
 
 log = logging.getLogger(__name__)
 
-Emit = Callable[[str, dict[str, Any]], Awaitable[Any]]
 LIMIT_RANGE = (1, 100)  # max_concurrent_jobs, as seed 001 validated it
 
 
@@ -51,7 +50,7 @@ class JobService:
         registry: Registry,
         allocations: AllocationService,
         dispatcher: Dispatcher,
-        emit: Emit,
+        emit: EventSink,
     ) -> None:
         self._db = db
         self._registry = registry

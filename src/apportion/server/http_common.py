@@ -101,6 +101,24 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         )
 
 
+def int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    """An integer query parameter in ``[low, high]``; :class:`InvalidRequest` naming it otherwise."""
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        bounds = f"≥ {low}" if high >= 2**62 else f"from {low} to {high}"
+        raise InvalidRequest(
+            f"query parameter {name!r} must be an integer {bounds}, not {raw!r}",
+            path=f"query.{name}",
+        )
+    return value
+
+
 def ok(data: Any, status: int = 200) -> web.Response:
     """The seed's ``{"success": true, "data": …}`` envelope."""
     return json_response({"success": True, "data": data}, status=status)
@@ -111,6 +129,7 @@ __all__ = [
     "ctx",
     "error_middleware",
     "error_response",
+    "int_query",
     "json_body",
     "json_response",
     "ok",

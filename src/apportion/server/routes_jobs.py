@@ -13,7 +13,14 @@ from apportion.errors import InvalidRequest, NotFound
 from apportion.scheduling.jobs import JobService
 from apportion.scheduling.records import Job
 from apportion.server.auth import Principal
-from apportion.server.http_common import Scope, ctx, json_body, json_response, principal
+from apportion.server.http_common import (
+    Scope,
+    ctx,
+    int_query,
+    json_body,
+    json_response,
+    principal,
+)
 
 routes = web.RouteTableDef()
 
@@ -28,21 +35,6 @@ def _own(job: Job, who: Principal) -> Job:
     if who.scope is not Scope.ADMIN and job.owner not in (None, who.key_id):
         raise NotFound(f"no job {job.job_id!r} of this key", details={"job_id": job.job_id})
     return job
-
-
-def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = low - 1
-    if not low <= value <= high:
-        raise InvalidRequest(
-            f"query parameter {name} must be an integer from {low} to {high}", path=name
-        )
-    return value
 
 
 @routes.post("/jobs/submit")
@@ -60,8 +52,8 @@ async def submit_job(request: web.Request) -> web.Response:
 async def list_jobs(request: web.Request) -> web.Response:
     """Jobs, oldest first; ?status=&queue=&limit=&offset=."""
     who = principal(request, Scope.READ)
-    limit = _int_param(request, "limit", 100, 1, 10_000)
-    offset = _int_param(request, "offset", 0, 0, 10**9)
+    limit = int_query(request, "limit", 100, 1, 10_000)
+    offset = int_query(request, "offset", 0, 0, 10**9)
     status = request.query.get("status")
     if status is not None and status not in {
         "queued",

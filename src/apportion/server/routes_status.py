@@ -20,9 +20,8 @@ import socketio
 from aiohttp import web
 
 from apportion import __version__
-from apportion.errors import InvalidRequest
 from apportion.server.events import MAX_LIMIT, EventLog, iso_utc
-from apportion.server.http_common import Scope, json_response, principal
+from apportion.server.http_common import Scope, int_query, json_response, principal
 from apportion.server.socketio_server import connected_clients
 from apportion.server.telemetry import Telemetry
 
@@ -48,30 +47,13 @@ STATUS: web.AppKey[StatusContext] = web.AppKey("apportion_status", StatusContext
 routes = web.RouteTableDef()
 
 
-def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = low - 1
-    if not low <= value <= high:
-        bounds = f"≥ {low}" if high >= MAX_SEQ else f"from {low} to {high}"
-        raise InvalidRequest(
-            f"query parameter {name!r} must be an integer {bounds}, not {raw!r}",
-            path=f"query.{name}",
-        )
-    return value
-
-
 @routes.get("/events")
 async def list_events(request: web.Request) -> web.Response:
     """Events after ``since`` (what a client missed), oldest first; ``limit``, ``type`` filter."""
     principal(request, Scope.READ)
     status = request.app[STATUS]
-    since = _int_param(request, "since", 0, 0, MAX_SEQ)
-    limit = _int_param(request, "limit", 1000, 1, MAX_LIMIT)
+    since = int_query(request, "since", 0, 0, MAX_SEQ)
+    limit = int_query(request, "limit", 1000, 1, MAX_LIMIT)
     types = {t for raw in request.query.getall("type", []) for t in raw.split(",") if t}
     latest = await status.events.latest_seq()
     data = await status.events.since(since, limit=limit, types=types or None)
