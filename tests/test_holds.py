@@ -141,3 +141,52 @@ async def test_holds_survive_reopening_and_expired_ones_are_dropped(tmp_path: Pa
     finally:
         await again.close()
         await db.close()
+
+
+async def test_concurrent_holds_and_releases_keep_the_store_in_step(tmp_path: Path) -> None:
+    # Many tasks race for 8 GPUs, each releasing what it got at once: a release and the next
+    # hold of the same GPU often land in one group commit. None may fail but with Conflict,
+    # and the database must end as empty as memory.
+    import random
+
+    fleet = FleetView()
+    fleet.set_cluster(validate_cluster_document(builders.make_cluster("c1", nodes=2, gpus=4)))
+    db = await Database.open(f"sqlite:///{tmp_path}/h.db")
+    holds = HoldManager(db, fleet)
+    await holds.start()
+    chooser = random.Random(5)
+    outcomes: list[str] = []
+
+    async def worker(indices: set[int]) -> None:
+        for _ in range(20):
+            try:
+                hold = await holds.hold(
+                    placements(indices),
+                    lease_seconds=60,
+                    owner=None,
+                    request_id=None,
+                    policy_uri="p:1-x",
+                )
+            except Conflict:
+                outcomes.append("conflict")
+                await asyncio.sleep(0)
+                continue
+            outcomes.append("held")
+            await holds.release(hold.allocation_id)
+
+    try:
+        await asyncio.gather(
+            *(worker({chooser.randrange(8), chooser.randrange(8)}) for _ in range(30))
+        )
+        assert "held" in outcomes and len(outcomes) == 600
+        assert holds.held_keys() == set()
+        async with db.read() as conn:
+            assert (
+                await conn.execute(select(func.count()).select_from(schema.hold_gpus))
+            ).scalar() == 0
+            assert (
+                await conn.execute(select(func.count()).select_from(schema.holds))
+            ).scalar() == 0
+    finally:
+        await holds.close()
+        await db.close()

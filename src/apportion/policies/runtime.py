@@ -180,9 +180,12 @@ class PolicyRuntime:
             output, context = result.output, result.context
         else:
             policy = self._instance(entry, merged_settings, merged_parameters, engine_settings)
-            output = await self._in_thread(
-                entry, policy.eval, merged_parameters, input_data, context
-            )
+            if entry.source == "builtin":
+                output = self._inline(entry, policy.eval, merged_parameters, input_data, context)
+            else:
+                output = await self._in_thread(
+                    entry, policy.eval, merged_parameters, input_data, context
+                )
         if uses_context:
             await self._save_context(entry.uri, context)
         return Evaluation(output, (time.perf_counter() - started) * 1000)
@@ -220,6 +223,17 @@ class PolicyRuntime:
                 self._instances.pop(next(iter(self._instances)))
         return policy
 
+    @staticmethod
+    def _inline(entry: PolicyEntry, fn: Any, *args: Any) -> Any:
+        """Run a built-in on the event loop. Built-ins are bounded, vectorised work (about 0.1 ms
+        at 10,000 nodes, docs/performance.md): the hand-off to a thread cost more than the policy."""
+        try:
+            return fn(*args)
+        except ApportionError:
+            raise
+        except Exception as exc:
+            raise _policy_error(entry, exc) from None
+
     async def _in_thread(self, entry: PolicyEntry, fn: Any, *args: Any) -> Any:
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._threads, fn, *args)
@@ -234,15 +248,7 @@ class PolicyRuntime:
         except ApportionError:
             raise
         except Exception as exc:
-            raise PolicyError(
-                f"policy {entry.uri} raised {type(exc).__name__}: {exc}",
-                details={
-                    "policy_rule_uri": entry.uri,
-                    "exception_type": type(exc).__name__,
-                    "exception": str(exc),
-                    "traceback": traceback.format_exc(limit=8),
-                },
-            ) from None
+            raise _policy_error(entry, exc) from None
 
     # ---------------------------------------------------------------- management
     async def management(self, entry: PolicyEntry, action: str, data: Any) -> Any:
@@ -268,3 +274,16 @@ class PolicyRuntime:
                 details={"policy_rule_uri": entry.uri, "action": action},
             )
         return await self._in_thread(entry, manage, action, data)
+
+
+def _policy_error(entry: PolicyEntry, exc: Exception) -> PolicyError:
+    """A policy's exception as the error that names the policy (call inside ``except``)."""
+    return PolicyError(
+        f"policy {entry.uri} raised {type(exc).__name__}: {exc}",
+        details={
+            "policy_rule_uri": entry.uri,
+            "exception_type": type(exc).__name__,
+            "exception": str(exc),
+            "traceback": traceback.format_exc(limit=8),
+        },
+    )

@@ -21,6 +21,9 @@ URI_RE = re.compile(
 )
 
 
+_PARSED: dict[str, PolicyURI] = {}
+
+
 @dataclass(frozen=True, order=True)
 class PolicyURI:
     name: str
@@ -33,6 +36,10 @@ class PolicyURI:
     @classmethod
     def parse(cls, text: object, *, path: str = "policy_rule_uri") -> PolicyURI:
         """Parse and check a URI; :class:`InvalidRequest` naming ``path`` otherwise."""
+        if isinstance(text, str):
+            cached = _PARSED.get(text)
+            if cached is not None:
+                return cached
         if not isinstance(text, str) or not text:
             raise InvalidRequest(
                 f"{path} must be a non-empty string like 'binpack:1.0-stable'", path=path
@@ -44,7 +51,10 @@ class PolicyURI:
                 "e.g. 'binpack:1.0-stable'",
                 path=path,
             )
-        return cls(match["name"], match["version"], match["tag"])
+        uri = cls(match["name"], match["version"], match["tag"])
+        if len(_PARSED) < 4096:  # every request names a URI; most name the same few
+            _PARSED[text] = uri
+        return uri
 
     @classmethod
     def of(cls, name: str, version: str, release_tag: str, *, path: str = "record") -> PolicyURI:

@@ -62,6 +62,7 @@ class Registry:
         self.fleet = FleetView()
         self.version = 0
         self._listeners: list[ChangeListener] = []
+        self._live: list[str] | None = None  # cache of live_cluster_ids
 
     # ---------------------------------------------------------------- lifecycle
     async def load(self) -> None:
@@ -70,6 +71,7 @@ class Registry:
             for row in (await conn.execute(select(schema.clusters))).all():
                 doc = jsonutil.loads(row.document)
                 self._clusters[row.id] = doc
+                self._live = None
                 self.fleet.set_cluster(doc)
             for row in (await conn.execute(select(schema.cluster_metrics))).all():
                 if row.cluster_id in self._clusters:
@@ -134,12 +136,15 @@ class Registry:
         return out
 
     def live_cluster_ids(self) -> list[str]:
-        """Clusters whose ``status`` is ``live`` or absent: the default candidates."""
-        return [
-            cid
-            for cid in sorted(self._clusters)
-            if self._clusters[cid].get("status") in (None, "live")
-        ]
+        """Clusters whose ``status`` is ``live`` or absent: the default candidates (a new list,
+        computed once per change of the cluster documents)."""
+        if self._live is None:
+            self._live = [
+                cid
+                for cid in sorted(self._clusters)
+                if self._clusters[cid].get("status") in (None, "live")
+            ]
+        return list(self._live)
 
     async def create_cluster(self, body: Any) -> dict[str, Any]:
         doc = _validated_cluster(body)
@@ -175,6 +180,7 @@ class Registry:
         async with self._db.write() as conn:
             await conn.execute(stmt)
         self._clusters[doc["id"]] = doc
+        self._live = None
         self.fleet.set_cluster(doc)
         self._apply_metrics_to_fleet(doc["id"])
         self.version += 1
@@ -193,6 +199,7 @@ class Registry:
                 )
             )
         del self._clusters[cluster_id]
+        self._live = None
         self._metrics.pop(cluster_id, None)
         self._stale.discard(cluster_id)
         self.fleet.remove_cluster(cluster_id)

@@ -22,7 +22,8 @@ from apportion.policies.store import PolicyEntry, PolicyStore
 from apportion.policies.uri import PolicyURI
 from apportion.registry.service import Registry, require_known
 from apportion.scheduling.events import EventSink
-from apportion.scheduling.holds import Hold, HoldManager
+from apportion.scheduling.hold_model import Hold
+from apportion.scheduling.holds import HoldManager
 from apportion.server.protocol import AllocationRequest
 
 JOB_LEASE_SECONDS = 10 * 365 * 86400.0  # a job's hold lasts until the job ends and releases it

@@ -39,7 +39,8 @@ from apportion.scheduling.adapters.base import (
     WorkerSpec,
 )
 from apportion.scheduling.events import EventSink
-from apportion.scheduling.holds import Hold, HoldManager
+from apportion.scheduling.hold_model import Hold
+from apportion.scheduling.holds import HoldManager
 from apportion.scheduling.models import JobStatus
 from apportion.scheduling.records import Job, JobBook, iso
 

@@ -7,7 +7,7 @@ Rules this module keeps:
   and the mark), and the ``hold_gpus`` table has a unique constraint on
   ``(cluster_id, node_id, gpu_id)`` as a second line of defence.
 * **Acknowledged means durable.** ``hold`` returns only after the hold is
-  committed (group commit through :class:`~apportion.store.batch.WriteBatcher`);
+  committed (group commit through :class:`~apportion.scheduling.hold_journal.HoldJournal`);
   a hold that was answered survives a crash until its lease ends.
 * **Leases end.** An expired hold is released by :meth:`expire_due` (called by
   the server's background loop) and its GPUs return to the fleet.
@@ -18,44 +18,19 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import delete, select
 
 from apportion import jsonutil
 from apportion.engine.validate import placement_gpu_keys
 from apportion.errors import Conflict, Forbidden, UnknownAllocation
 from apportion.registry.fleet import FleetView
 from apportion.registry.fleet_structure import GpuKey
+from apportion.scheduling.hold_journal import HoldJournal
+from apportion.scheduling.hold_model import Hold
 from apportion.store import schema
-from apportion.store.batch import WriteBatcher
 from apportion.store.db import Database
-
-
-@dataclass
-class Hold:
-    allocation_id: str
-    owner: str | None
-    request_id: str | None
-    policy_uri: str
-    placements: list[dict[str, Any]]
-    gpu_keys: list[GpuKey]
-    created_at: float
-    expires_at: float
-    kind: str = "allocation"  # or "job": released when the job ends
-
-    def public(self) -> dict[str, Any]:
-        return {
-            "allocation_id": self.allocation_id,
-            "policy_rule_uri": self.policy_uri,
-            "request_id": self.request_id,
-            "placements": self.placements,
-            "kind": self.kind,
-            "created_at": self.created_at,
-            "expires_at": self.expires_at,
-        }
 
 
 class HoldManager:
@@ -71,7 +46,7 @@ class HoldManager:
         self._db = db
         self._fleet = fleet
         self._clock = clock
-        self._batcher = WriteBatcher(db)
+        self._journal = HoldJournal(db)
         self._holds: dict[str, Hold] = {}
 
     # ---------------------------------------------------------------- lifecycle
@@ -107,11 +82,11 @@ class HoldManager:
                 await conn.execute(
                     delete(schema.holds).where(schema.holds.c.allocation_id.in_(expired))
                 )
-        self._batcher.start()
+        self._journal.start()
         return expired
 
     async def close(self) -> None:
-        await self._batcher.close()
+        await self._journal.close()
 
     # ---------------------------------------------------------------- queries
     def get(self, allocation_id: str) -> Hold:
@@ -181,7 +156,7 @@ class HoldManager:
     async def commit(self, hold: Hold) -> None:
         """Make a reserved hold durable; on failure the reservation is undone and the error raised."""
         try:
-            await self._batcher.submit(lambda conn: self._insert(conn, hold))
+            await self._journal.insert(hold)
         except BaseException:
             self._holds.pop(hold.allocation_id, None)
             self._fleet.set_held(hold.gpu_keys, False)
@@ -206,34 +181,6 @@ class HoldManager:
         )
         await self.commit(hold)
         return hold
-
-    @staticmethod
-    async def _insert(conn: AsyncConnection, hold: Hold) -> None:
-        await conn.execute(
-            schema.holds.insert().values(
-                allocation_id=hold.allocation_id,
-                owner=hold.owner,
-                request_id=hold.request_id,
-                policy_uri=hold.policy_uri,
-                placements=jsonutil.dumps_str(hold.placements),
-                created_at=hold.created_at,
-                expires_at=hold.expires_at,
-                kind=hold.kind,
-            )
-        )
-        if hold.gpu_keys:
-            await conn.execute(
-                schema.hold_gpus.insert(),
-                [
-                    {
-                        "allocation_id": hold.allocation_id,
-                        "cluster_id": c,
-                        "node_id": n,
-                        "gpu_id": g,
-                    }
-                    for c, n, g in hold.gpu_keys
-                ],
-            )
 
     def _check_owner(self, hold: Hold, owner: str | None, is_admin: bool) -> None:
         if not is_admin and hold.owner is not None and owner != hold.owner:
@@ -265,14 +212,7 @@ class HoldManager:
         self._check_owner(hold, owner, is_admin)
         expires_at = self._clock() + lease_seconds
 
-        async def write(conn: AsyncConnection) -> None:
-            await conn.execute(
-                update(schema.holds)
-                .where(schema.holds.c.allocation_id == allocation_id)
-                .values(expires_at=expires_at)
-            )
-
-        await self._batcher.submit(write)
+        await self._journal.renew(allocation_id, expires_at)
         hold.expires_at = expires_at
         return hold
 
@@ -290,13 +230,7 @@ class HoldManager:
             self._holds.pop(hold.allocation_id, None)
             self._fleet.set_held(hold.gpu_keys, False)
 
-        async def write(conn: AsyncConnection) -> None:
-            await conn.execute(
-                delete(schema.hold_gpus).where(schema.hold_gpus.c.allocation_id.in_(ids))
-            )
-            await conn.execute(delete(schema.holds).where(schema.holds.c.allocation_id.in_(ids)))
-
-        await self._batcher.submit(write)
+        await self._journal.delete(ids)
 
     def next_expiry(self) -> float | None:
         return min((h.expires_at for h in self._holds.values()), default=None)

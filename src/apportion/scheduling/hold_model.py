@@ -1,0 +1,32 @@
+"""A hold: GPUs reserved by an allocation or a job, until its lease ends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from apportion.registry.fleet_structure import GpuKey
+
+
+@dataclass
+class Hold:
+    allocation_id: str
+    owner: str | None
+    request_id: str | None
+    policy_uri: str
+    placements: list[dict[str, Any]]
+    gpu_keys: list[GpuKey]
+    created_at: float
+    expires_at: float
+    kind: str = "allocation"  # or "job": released when the job ends
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "allocation_id": self.allocation_id,
+            "policy_rule_uri": self.policy_uri,
+            "request_id": self.request_id,
+            "placements": self.placements,
+            "kind": self.kind,
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+        }
