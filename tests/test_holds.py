@@ -190,3 +190,30 @@ async def test_concurrent_holds_and_releases_keep_the_store_in_step(tmp_path: Pa
     finally:
         await holds.close()
         await db.close()
+
+
+async def test_a_hold_of_no_gpus_is_recorded(tmp_path: Path) -> None:
+    fleet = FleetView()
+    fleet.set_cluster(validate_cluster_document(builders.make_cluster("c1", nodes=2, gpus=4)))
+    db = await Database.open(f"sqlite:///{tmp_path}/h.db")
+    holds = HoldManager(db, fleet)
+    await holds.start()
+    try:
+        hold = await holds.hold(
+            [{"cluster_id": "c1", "node_id": "n0", "gpus": []}],
+            lease_seconds=60,
+            owner=None,
+            request_id=None,
+            policy_uri="p:1-x",
+        )
+        async with db.read() as conn:
+            assert (
+                await conn.execute(select(func.count()).select_from(schema.holds))
+            ).scalar() == 1
+            assert (
+                await conn.execute(select(func.count()).select_from(schema.hold_gpus))
+            ).scalar() == 0
+        await holds.release(hold.allocation_id)
+    finally:
+        await holds.close()
+        await db.close()

@@ -160,14 +160,13 @@ async def _write(conn: AsyncConnection, net: _Net) -> None:
                 for h in holds
             ],
         )
-        await conn.execute(
-            schema.hold_gpus.insert(),
-            [
-                {"allocation_id": h.allocation_id, "cluster_id": c, "node_id": n, "gpu_id": g}
-                for h in holds
-                for c, n, g in h.gpu_keys
-            ],
-        )
+        gpu_rows = [
+            {"allocation_id": h.allocation_id, "cluster_id": c, "node_id": n, "gpu_id": g}
+            for h in holds
+            for c, n, g in h.gpu_keys
+        ]
+        if gpu_rows:  # a hold of no GPUs (a job of CPU workers) has none
+            await conn.execute(schema.hold_gpus.insert(), gpu_rows)
     if net.renews:
         await conn.execute(
             update(schema.holds)
