@@ -4,6 +4,10 @@
 fleet and live synthetic metrics and shows an allocation. Options follow
 CONTRACTS §1: a flag beats ``APPORTION_*`` in the environment, which beats the
 config file, which beats the default — so a flag left out passes nothing.
+
+The client commands (``allocate``, ``submit``, ``jobs``, ``clusters``, ``policies``, …) live
+in ``cli_jobs``, ``cli_fleet`` and ``cli_admin``; they take the global options ``--url``,
+``--ws-url``, ``--api-key`` and ``--profile`` before the command (docs/cli.md).
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from apportion import __version__, jsonutil
+from apportion import __version__, cli_admin, cli_fleet, cli_jobs, jsonutil
 from apportion.app import Server, serve_forever
+from apportion.cli_common import GlobalOptions
 from apportion.config import Settings
 from apportion.demo import DEMO_QUEUES, DemoJobs, SyntheticMetrics, demo_clusters
 
@@ -31,6 +36,24 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+@app.callback()
+def _global_options(
+    ctx: typer.Context,
+    url: Annotated[
+        str | None, typer.Option(help="Server HTTP URL (or APPORTION_URL; default from profile).")
+    ] = None,
+    ws_url: Annotated[
+        str | None, typer.Option(help="Allocation WebSocket URL (or APPORTION_WS_URL).")
+    ] = None,
+    api_key: Annotated[str | None, typer.Option(help="API key (or APPORTION_API_KEY).")] = None,
+    profile: Annotated[
+        str | None, typer.Option(help="Credentials-file profile (default 'default').")
+    ] = None,
+) -> None:
+    """Apportion: a policy-driven GPU allocation engine."""
+    ctx.obj = GlobalOptions(url=url, ws_url=ws_url, api_key=api_key, profile=profile)
 
 
 def _settings(**given: Any) -> Settings:
@@ -218,6 +241,11 @@ async def _sample_allocation(ws_url: str, key: str) -> Any:
 def version() -> None:
     """Print the version."""
     typer.echo(__version__)
+
+
+cli_fleet.register(app)
+cli_jobs.register(app)
+cli_admin.register(app)
 
 
 def main() -> None:

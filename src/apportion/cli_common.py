@@ -1,0 +1,155 @@
+"""Shared plumbing of the client commands of ``apportion``: global options, running a
+coroutine against the server with one error boundary, and table/JSON output.
+
+Exit codes: 0 success; 1 the server refused or failed (its message is printed) or could not be
+reached (the message names the URL); 2 usage errors (typer's, and bad local input files).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from apportion import jsonutil
+from apportion.clients.async_client import AsyncApportion
+from apportion.clients.config import ClientConfig, resolve_config
+from apportion.clients.errors import ApportionClientError, ServerUnreachableError
+from apportion.errors import ApportionError
+
+T = TypeVar("T")
+
+
+class Output(StrEnum):
+    """How listings print: a rich table, or JSON (for scripts)."""
+
+    TABLE = "table"
+    JSON = "json"
+
+
+OutputOpt = Annotated[
+    Output, typer.Option("--output", "-o", help="table (default) or json.", case_sensitive=False)
+]
+
+
+@dataclass
+class GlobalOptions:
+    """The global options (``apportion --url … COMMAND``), kept in the typer context."""
+
+    url: str | None = None
+    ws_url: str | None = None
+    api_key: str | None = None
+    profile: str | None = None
+
+    def config(self) -> ClientConfig:
+        """The resolved configuration; a malformed URL or credentials file exits 2."""
+        try:
+            return resolve_config(
+                url=self.url, ws_url=self.ws_url, api_key=self.api_key, profile=self.profile
+            )
+        except ApportionClientError as exc:
+            fail(exc.message, code=2)
+
+
+def options(ctx: typer.Context) -> GlobalOptions:
+    """The global options of this invocation (defaults when the callback did not run)."""
+    root = ctx.find_root()
+    if not isinstance(root.obj, GlobalOptions):
+        root.obj = GlobalOptions()
+    return root.obj
+
+
+def console(*, err: bool = False) -> Console:
+    """A console on the current stdout/stderr; wide when not a terminal (pipes, tests)."""
+    stream = sys.stderr if err else sys.stdout
+    return Console(file=stream, width=None if stream.isatty() else 200, highlight=False)
+
+
+def fail(message: str, *, code: int = 1) -> NoReturn:
+    """Print ``apportion: message`` on stderr and exit with ``code``."""
+    typer.echo(f"apportion: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def describe(exc: ApportionClientError | ApportionError) -> str:
+    """The server's message, with the field path and the code."""
+    code = exc.code if isinstance(exc, ApportionClientError) else exc.code.value
+    path = exc.details.get("path")
+    where = f" (at {path})" if path else ""
+    return f"{exc.message}{where} [{code}]"
+
+
+def run(ctx: typer.Context, work: Callable[[AsyncApportion], Awaitable[T]]) -> T:
+    """Run ``work(client)`` in a fresh event loop; every client error becomes a message on
+    stderr and exit code 1 (the one error boundary of the client commands)."""
+    config = options(ctx).config()
+
+    async def main() -> T:
+        async with AsyncApportion(config=config) as client:
+            return await work(client)
+
+    try:
+        return asyncio.run(main())
+    except ServerUnreachableError as exc:
+        fail(exc.message)
+    except ApportionClientError as exc:
+        fail(describe(exc))
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+def read_json(text_or_path: str, what: str) -> Any:
+    """``text_or_path`` as JSON: inline JSON, ``@file`` or a path to an existing file.
+    Exits 2 naming ``what`` when it is not JSON."""
+    source = text_or_path
+    if source.startswith("@"):
+        source = source[1:]
+    try:
+        path = Path(source)
+        raw = path.read_bytes() if path.is_file() else text_or_path.encode()
+    except OSError:
+        raw = text_or_path.encode()
+    try:
+        return jsonutil.loads(raw)
+    except ApportionError as exc:
+        fail(f"{what} is not valid JSON: {exc.message}", code=2)
+
+
+def print_json(value: Any) -> None:
+    """Pretty JSON on stdout."""
+    text = orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode()
+    typer.echo(text)
+
+
+def print_table(
+    rows: Sequence[Sequence[Any]], columns: Sequence[str], *, title: str | None = None
+) -> None:
+    """A rich table; ``None`` prints as ``-``."""
+    table = Table(*columns, title=title, box=None, header_style="bold", pad_edge=False)
+    for row in rows:
+        table.add_row(*("-" if cell is None else str(cell) for cell in row))
+    console().print(table)
+
+
+def listing(
+    output: Output,
+    items: Sequence[Any],
+    columns: Sequence[str],
+    row: Callable[[Any], Sequence[Any]],
+    *,
+    as_json: Callable[[Any], Any] | None = None,
+) -> None:
+    """Print ``items`` as a table (one ``row(item)`` each) or as a JSON array."""
+    if output is Output.JSON:
+        print_json([as_json(i) if as_json else i for i in items])
+    else:
+        print_table([row(i) for i in items], columns)

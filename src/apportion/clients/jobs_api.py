@@ -1,0 +1,193 @@
+"""Queues and jobs over REST: the part of :class:`AsyncApportion` that ``sbatch``/``squeue``
+users know. A mixin: it needs ``self._rest`` (a :class:`RestTransport`)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+from apportion.clients.errors import WaitTimeoutError
+from apportion.clients.models import Job, JobStatusEntry, Queue
+from apportion.clients.rest import RestTransport
+
+PAGE_SIZE = 100
+
+
+class JobsAPI:
+    """Queue and job calls; mixed into :class:`~apportion.clients.AsyncApportion`."""
+
+    _rest: RestTransport
+
+    # ------------------------------------------------------------------ queues
+    async def queues(self) -> list[Queue]:
+        """Every queue (``GET /queues``)."""
+        return [Queue.model_validate(q) for q in await self._rest.call("GET", "/queues")]
+
+    async def queue(self, queue: str) -> Queue:
+        """One queue by id or name; :class:`NotFoundError` when there is none."""
+        return Queue.model_validate(await self._rest.call("GET", f"/queues/{queue}"))
+
+    async def create_queue(self, body: Mapping[str, Any]) -> Queue:
+        """Create a queue (admin); :class:`ConflictError` when the name exists."""
+        return Queue.model_validate(await self._rest.call("POST", "/queues", json=dict(body)))
+
+    async def update_queue(self, body: Mapping[str, Any]) -> Queue:
+        """Replace a queue found by ``body["name"]`` (admin)."""
+        return Queue.model_validate(await self._rest.call("PUT", "/queues", json=dict(body)))
+
+    async def delete_queue(self, queue: str) -> None:
+        """Delete a queue that has no waiting or running jobs (admin)."""
+        await self._rest.call("DELETE", f"/queues/{queue}")
+
+    async def queue_statistics(self) -> dict[str, Any]:
+        """``GET /queue``: total_queued, running_jobs, per queue and per priority."""
+        result: dict[str, Any] = await self._rest.call("GET", "/queue")
+        return result
+
+    # ------------------------------------------------------------------ jobs
+    async def submit(
+        self,
+        command: Sequence[str],
+        *,
+        gpus: int = 0,
+        workers: int = 1,
+        queue: str | None = None,
+        priority: int = 0,
+        name: str | None = None,
+        walltime: float | None = None,
+        env: Mapping[str, str] | None = None,
+        resources: Mapping[str, Any] | None = None,
+        **config: Any,
+    ) -> str:
+        """Submit a job and return its id. ``command`` is the argv (never a shell string);
+        ``gpus`` per worker (merged into ``resources``); other ``config`` keys of CONTRACTS §6
+        (``working_dir``, ``labels``, ``policy_rule_uri``, ``parameters``) pass through.
+        Raises :class:`InvalidRequestError` naming a bad field."""
+        body: dict[str, Any] = {
+            "command": list(command),
+            "replica_count": workers,
+            "resources": {**(resources or {}), **({"gpus": gpus} if gpus else {})},
+            **config,
+        }
+        for key, value in (("queue", queue), ("name", name), ("walltime", walltime)):
+            if value is not None:
+                body[key] = value
+        if env:
+            body["env"] = dict(env)
+        answer = await self._rest.call(
+            "POST", "/jobs/submit", json={"config": body, "priority": priority}
+        )
+        return str(answer["job_id"])
+
+    async def job(self, job_id: str) -> Job:
+        """One job record; :class:`NotFoundError` for an unknown id."""
+        return Job.model_validate(await self._rest.call("GET", f"/jobs/{job_id}"))
+
+    async def jobs(
+        self, *, status: str | None = None, queue: str | None = None, page_size: int = PAGE_SIZE
+    ) -> AsyncIterator[Job]:
+        """Every job (oldest first), fetched a page at a time."""
+        offset = 0
+        while True:
+            params: dict[str, str | int] = {"limit": page_size, "offset": offset}
+            if status:
+                params["status"] = status
+            if queue:
+                params["queue"] = queue
+            page = await self._rest.call("GET", "/jobs", params=params)
+            for raw in page:
+                yield Job.model_validate(raw)
+            if len(page) < page_size:
+                return
+            offset += len(page)
+
+    async def list_jobs(self, *, status: str | None = None, queue: str | None = None) -> list[Job]:
+        """:meth:`jobs` collected into a list."""
+        return [job async for job in self.jobs(status=status, queue=queue)]
+
+    async def statuses(self, job_id: str) -> list[JobStatusEntry]:
+        """The job's status history, oldest first."""
+        raw = await self._rest.call("GET", f"/jobs/{job_id}/statuses")
+        return [JobStatusEntry.model_validate(entry) for entry in raw]
+
+    async def cancel(self, job_id: str) -> None:
+        """Cancel a job (queued: at once; running: the process is stopped)."""
+        await self._rest.call("POST", f"/jobs/{job_id}/cancel")
+
+    async def delete_job(self, job_id: str) -> None:
+        """Delete a job, cancelling it first if it runs."""
+        await self._rest.call("DELETE", f"/jobs/{job_id}")
+
+    async def set_priority(self, job_id: str, priority: int) -> None:
+        """Change a queued job's priority; :class:`ConflictError` once it left the queue."""
+        await self._rest.call("POST", f"/jobs/{job_id}/priority", json={"priority": priority})
+
+    async def watch(self, job_id: str, *, poll: float = 0.2) -> AsyncIterator[JobStatusEntry]:
+        """Yield each new status-history entry until the job has finished."""
+        seen = 0
+        while True:
+            history = await self.statuses(job_id)
+            for entry in history[seen:]:
+                yield entry
+            seen = len(history)
+            if history and history[-1].status in ("completed", "failed", "cancelled"):
+                return
+            await asyncio.sleep(poll)
+
+    async def wait(
+        self,
+        job_id: str,
+        timeout: float | None = None,  # noqa: ASYNC109 - a deadline for polling
+        *,
+        poll: float = 0.2,
+    ) -> Job:
+        """Wait until the job has finished and return its record. Raises
+        :class:`WaitTimeoutError` after ``timeout`` seconds (None: wait for ever)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = await self.job(job_id)
+            if job.finished:
+                return job
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeoutError(
+                    f"job {job_id} is still {job.status} after {timeout:g} s",
+                    code="Timeout",
+                    details={"job_id": job_id, "status": job.status},
+                )
+            await asyncio.sleep(poll)
+
+    async def logs(
+        self, job_id: str, *, follow: bool = False, offset: int = 0, poll: float = 0.2
+    ) -> AsyncIterator[str]:
+        """The job's output in chunks, read with HTTP Range from ``offset``. With ``follow``
+        it keeps reading until the job has finished and the log is complete."""
+        while True:
+            response = await self._rest.send(
+                "GET", f"/jobs/{job_id}/logs", headers={"Range": f"bytes={offset}-"}
+            )
+            if response.body:
+                yield response.text
+            offset = int(response.headers.get("X-Log-Offset", offset + len(response.body)))
+            complete = response.headers.get("X-Log-Complete", "true") == "true"
+            if not follow or (complete and not response.body):
+                return
+            if not response.body:
+                await asyncio.sleep(poll)
+
+    async def explain(self, job_id: str) -> dict[str, Any]:
+        """Why the job waits (reason and queue position) or where it was placed (its
+        allocation and scheduler id): ``{"job_id", "status", "waiting", "reason",
+        "queue_position", "allocation", "scheduler_job_id", "failed_reason"}``."""
+        job = await self.job(job_id)
+        return {
+            "job_id": job.job_id,
+            "status": job.status,
+            "waiting": job.status == "queued",
+            "reason": job.reason.model_dump() if job.reason else None,
+            "queue_position": job.queue_position,
+            "allocation": job.allocation,
+            "scheduler_job_id": job.scheduler_job_id,
+            "failed_reason": job.failed_reason,
+        }

@@ -1,0 +1,365 @@
+"""Every ``apportion`` client command against a real server on 127.0.0.1:0.
+
+The server runs in the test's event loop, so the CLI runs in a thread (``CliRunner`` in
+``asyncio.to_thread``) with ``APPORTION_URL``/``APPORTION_WS_URL``/``APPORTION_API_KEY`` in its
+environment; ``events --follow`` runs as a real subprocess of the console script. ``serve``
+and ``demo`` are driven by tests/test_demo.py and tests/test_serve_config.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from typer.testing import CliRunner, Result
+
+from apportion import __version__
+from apportion.cli import app
+from tests.conftest import ADMIN_KEY, Running
+
+PY = sys.executable
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+runner = CliRunner()
+
+
+def cli_env(running: Running | None, key: str | None, tmp: Path) -> dict[str, str]:
+    env = {"APPORTION_CREDENTIALS": str(tmp / "no-credentials")}
+    if running is not None:
+        env |= {"APPORTION_URL": running.url, "APPORTION_WS_URL": running.ws_url}
+    if key is not None:
+        env["APPORTION_API_KEY"] = key
+    return env
+
+
+async def cli(
+    running: Running | None, *args: str, key: str | None = ADMIN_KEY, tmp: Path = Path("/tmp")
+) -> Result:
+    env = cli_env(running, key, tmp)
+    return await asyncio.to_thread(runner.invoke, app, list(args), env=env)
+
+
+def ok(result: Result) -> str:
+    assert result.exit_code == 0, (result.exit_code, result.stdout, result.stderr)
+    return result.stdout
+
+
+def as_json(result: Result) -> Any:
+    return json.loads(ok(result))
+
+
+async def test_version_and_config_show(running: Running, tmp_path: Path) -> None:
+    assert ok(await cli(running, "version")).strip() == __version__
+    shown = as_json(await cli(running, "config", "show", "-o", "json", tmp=tmp_path))
+    assert (shown["url"], shown["ws_url"]) == (running.url, running.ws_url)
+    assert shown["sources"] == {
+        "url": "environment",
+        "ws_url": "environment",
+        "api_key": "environment",
+    }
+    assert ADMIN_KEY not in json.dumps(shown)  # the key is redacted
+    flagged = as_json(await cli(running, "--url", "http://h:1", "config", "show", "-o", "json"))
+    assert (flagged["url"], flagged["sources"]["url"]) == ("http://h:1", "argument")
+    table = ok(await cli(running, "config", "show"))
+    assert running.url in table and "environment" in table
+
+
+async def test_allocate_from_flags_and_file(
+    running: Running, fleet: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    nodes = {c["id"]: {n["id"] for n in c["nodes"]["nodeData"]} for c in fleet}
+    answer = as_json(await cli(running, "allocate", "--gpus", "2", "-o", "json"))
+    placement = answer["placements"][0]
+    assert placement["node_id"] in nodes[placement["cluster_id"]] and len(placement["gpus"]) == 2
+    request = tmp_path / "request.json"
+    request.write_text(
+        json.dumps(
+            {
+                "policy_rule_uri": "spread:1.0-stable",
+                "clusters": [fleet[1]["id"]],
+                "inputs": {"gpus": 3},
+                "explain": True,
+            }
+        )
+    )
+    from_file = as_json(await cli(running, "allocate", "--file", str(request), "-o", "json"))
+    assert from_file["placements"][0]["cluster_id"] == fleet[1]["id"]
+    assert len(from_file["placements"][0]["gpus"]) == 3
+    assert from_file["explain"]["policy_rule_uri"] == "spread:1.0-stable"
+    table = ok(await cli(running, "allocate", "--gpus", "1"))
+    assert "CLUSTER" in table and "NODE" in table
+    refused = await cli(running, "allocate", "--gpus", "1000")
+    assert refused.exit_code == 1 and "[NoFeasiblePlacement]" in refused.stderr
+
+
+async def test_clusters_nodes_export_load(
+    running: Running, fleet: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    listed = ok(await cli(running, "clusters", "list"))
+    assert all(c["id"] in listed for c in fleet)
+    assert {c["id"] for c in as_json(await cli(running, "clusters", "list", "-o", "json"))} == {
+        c["id"] for c in fleet
+    }
+    shown = as_json(await cli(running, "clusters", "show", fleet[0]["id"]))
+    assert shown["id"] == fleet[0]["id"]
+    missing = await cli(running, "clusters", "show", "nowhere")
+    assert missing.exit_code == 1 and "nowhere" in missing.stderr and "[NotFound]" in missing.stderr
+    rows = as_json(await cli(running, "nodes", "-o", "json"))
+    assert len(rows) == sum(len(c["nodes"]["nodeData"]) for c in fleet)
+    one = as_json(await cli(running, "nodes", "--cluster", fleet[0]["id"], "-o", "json"))
+    assert {r["cluster_id"] for r in one} == {fleet[0]["id"]}
+    snapshot = tmp_path / "snap.json"
+    ok(await cli(running, "clusters", "export", "--file", str(snapshot)))
+    saved = json.loads(snapshot.read_text())
+    assert [c["id"] for c in saved["clusters"]] == sorted(c["id"] for c in fleet)
+    new = tmp_path / "new.json"
+    new.write_text(json.dumps({**fleet[0], "id": "copied", "clusterMetadata": {"name": "copy"}}))
+    loaded = ok(await cli(running, "clusters", "load", str(new)))
+    assert "Registered cluster copied" in loaded
+    again = ok(await cli(running, "clusters", "load", str(new)))  # replaces, no conflict
+    assert "Registered cluster copied" in again
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert (await cli(running, "clusters", "load", str(bad))).exit_code == 2
+
+
+async def test_submit_wait_status_logs_and_listing(
+    running: Running, fleet: list[dict[str, Any]]
+) -> None:
+    waited = await cli(
+        running,
+        "submit",
+        "--wait",
+        "--name",
+        "hi",
+        "--env",
+        "WHO=cli",
+        "--gpus",
+        "1",
+        "--",
+        PY,
+        "-c",
+        "import os; print('hello', os.environ['WHO'])",
+    )
+    out = ok(waited)
+    job_id = out.splitlines()[0].split()[-1]
+    assert f"{job_id}: queued" in out and f"{job_id}: completed" in out
+    assert "hello cli" in ok(await cli(running, "logs", job_id))
+    assert "hello cli" in ok(await cli(running, "logs", "-f", job_id))
+    status = as_json(await cli(running, "status", job_id, "-o", "json"))
+    assert (status["status"], status["name"]) == ("completed", "hi")
+    assert [s["status"] for s in status["statuses"]][-1] == "completed"
+    assert "completed" in ok(await cli(running, "status", job_id))
+    failed = await cli(running, "submit", "--wait", "--", PY, "-c", "raise SystemExit(3)")
+    assert failed.exit_code == 1 and ": failed" in failed.stdout
+    parsable = ok(
+        await cli(running, "submit", "--parsable", "--", PY, "-c", "import time; time.sleep(30)")
+    )
+    sleeper = parsable.strip()
+    assert len(parsable.splitlines()) == 1 and len(sleeper) >= 8
+    active = ok(await cli(running, "jobs"))
+    assert sleeper in active and "REASON" in active and job_id not in active  # finished: hidden
+    everything = as_json(await cli(running, "jobs", "--all", "-o", "json"))
+    assert {job_id, sleeper} <= {j["job_id"] for j in everything}
+    completed = as_json(await cli(running, "jobs", "--state", "completed", "-o", "json"))
+    assert {j["status"] for j in completed} == {"completed"}
+    assert (await cli(running, "jobs", "--output", "xml")).exit_code == 2
+    assert ok(await cli(running, "cancel", sleeper)).strip() == f"Cancelled job {sleeper}"
+    unknown = await cli(running, "status", "no-such-job")
+    assert unknown.exit_code == 1 and "no-such-job" in unknown.stderr
+    partly = await cli(running, "cancel", "no-such-job")
+    assert partly.exit_code == 1 and "[NotFound]" in partly.stderr
+
+
+async def test_queues_and_explain_a_waiting_job(
+    running: Running, fleet: list[dict[str, Any]]
+) -> None:
+    body = {"name": "solo", "maximum_allowed_worker_instances": 1}
+    async with running.http.post(f"{running.url}/queues", json=body) as response:
+        assert response.status == 201
+    listed = as_json(await cli(running, "queues", "-o", "json"))
+    assert "solo" in {q["name"] for q in listed}
+    assert "solo" in ok(await cli(running, "queues"))
+    sleep = [PY, "-c", "import time; time.sleep(30)"]
+    first = ok(await cli(running, "submit", "--parsable", "--queue", "solo", "--", *sleep)).strip()
+    second = ok(await cli(running, "submit", "--parsable", "--queue", "solo", "--", *sleep)).strip()
+    for _ in range(200):  # the admission loop starts the first; the cap of 1 holds the second
+        placed = as_json(await cli(running, "explain", first, "-o", "json"))
+        if placed["allocation"]:
+            break
+        await asyncio.sleep(0.05)
+    assert placed["waiting"] is False
+    words = ok(await cli(running, "explain", first))
+    assert "worker 0:" in words
+    waiting = as_json(await cli(running, "explain", second, "-o", "json"))
+    assert waiting["waiting"] is True and waiting["reason"]["code"]
+    text = ok(await cli(running, "explain", second))
+    assert "is waiting" in text and "queue position" in text
+    both = ok(await cli(running, "cancel", first, second))
+    assert both.count("Cancelled job") == 2
+
+
+async def test_policies_list_push_manage(running: Running, tmp_path: Path) -> None:
+    listed = as_json(await cli(running, "policies", "list", "-o", "json"))
+    assert "binpack:1.0-stable" in {p["policy_rule_uri"] for p in listed}
+    assert "topology:1.0-stable" in ok(await cli(running, "policies", "list"))
+    folder = tmp_path / "least_loaded"
+    shutil.copytree(EXAMPLES / "policies" / "least_loaded", folder)
+    pushed = ok(await cli(running, "policies", "push", str(folder), "--version", "2.0"))
+    assert pushed.strip() == "Uploaded least-loaded:2.0-example"
+    twice = await cli(running, "policies", "push", str(folder), "--version", "2.0")
+    assert twice.exit_code == 1 and "[Conflict]" in twice.stderr
+    described = as_json(await cli(running, "policies", "manage", "binpack:1.0-stable", "describe"))
+    assert described["name"] == "binpack"
+    state = as_json(
+        await cli(running, "policies", "manage", "least-loaded:2.0-example", "get_state")
+    )
+    assert state  # the example answers with its parameters
+
+
+async def test_policies_test_offline(tmp_path: Path) -> None:
+    from apportion.demo import demo_clusters
+
+    snapshot = tmp_path / "snap.json"
+    clusters = demo_clusters()
+    snapshot.write_text(json.dumps({"clusters": clusters, "metrics": {}}))
+    folder = EXAMPLES / "policies" / "least_loaded"
+    inputs = '{"gpus": 2}'
+    # no server: the offline runner needs none (no URL in the environment either)
+    result = as_json(
+        await cli(
+            None,
+            "policies",
+            "test",
+            str(folder),
+            "--snapshot",
+            str(snapshot),
+            "--inputs",
+            inputs,
+            "--cluster",
+            "mixed-lab",
+            "-o",
+            "json",
+            key=None,
+        )
+    )
+    assert result["policy_rule_uri"] == "least-loaded:1.0-example"
+    assert result["data"]["cluster_id"] == "mixed-lab" and len(result["data"]["gpus"]) == 2
+    builtin = ok(
+        await cli(
+            None,
+            "policies",
+            "test",
+            "binpack:1.0-stable",
+            "--snapshot",
+            str(snapshot),
+            "--inputs",
+            inputs,
+            key=None,
+        )
+    )
+    assert "CLUSTER" in builtin and "Decision record" in builtin and "candidate_nodes" in builtin
+    nothing = await cli(
+        None,
+        "policies",
+        "test",
+        "binpack:1.0-stable",
+        "--snapshot",
+        str(snapshot),
+        "--inputs",
+        '{"gpus": 1000}',
+        key=None,
+    )
+    assert nothing.exit_code == 1 and "[NoFeasiblePlacement]" in nothing.stderr
+    missing = await cli(
+        None,
+        "policies",
+        "test",
+        "binpack:1.0-stable",
+        "--snapshot",
+        str(tmp_path / "none.json"),
+        "--inputs",
+        inputs,
+        key=None,
+    )
+    assert missing.exit_code == 2 and "clusters export" in missing.stderr
+
+
+async def test_keys_create_list_revoke_and_bad_key(running: Running) -> None:
+    created = as_json(
+        await cli(running, "keys", "create", "ci-reader", "--scope", "read", "-o", "json")
+    )
+    assert created["scope"] == "read"
+    listed = ok(await cli(running, "keys", "list"))
+    assert created["key_id"] in listed and "ci-reader" in listed
+    assert (
+        as_json(await cli(running, "clusters", "list", "-o", "json", key=created["api_key"])) == []
+    )
+    denied = await cli(running, "submit", "--", PY, "-c", "pass", key=created["api_key"])
+    assert denied.exit_code == 1 and "[Forbidden]" in denied.stderr
+    assert (
+        ok(await cli(running, "keys", "revoke", created["key_id"]))
+        .strip()
+        .endswith(created["key_id"])
+    )
+    revoked = await cli(running, "clusters", "list", key=created["api_key"])
+    assert revoked.exit_code == 1 and "[Unauthorized]" in revoked.stderr
+    wrong = await cli(running, "jobs", key="not-a-real-key-0123456789")
+    assert wrong.exit_code == 1 and "unknown, revoked or mistyped" in wrong.stderr
+
+
+async def test_unreachable_server_names_the_url(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        "APPORTION_URL": url,
+        "APPORTION_WS_URL": f"ws://127.0.0.1:{port}",
+        "APPORTION_CREDENTIALS": str(tmp_path / "x"),
+    }
+    for args in (["jobs"], ["clusters", "list"]):
+        result = await asyncio.to_thread(runner.invoke, app, args, env=env)
+        assert result.exit_code == 1 and url in result.stderr and "cannot reach" in result.stderr
+
+
+async def test_events_history_and_follow(
+    running: Running, fleet: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    lines = ok(await cli(running, "events", "--type", "cluster_updated", "-o", "json")).splitlines()
+    assert [json.loads(line)["cluster_id"] for line in lines] == [c["id"] for c in fleet]
+    assert "cluster_updated" in ok(await cli(running, "events"))
+    script = Path(sys.executable).parent / "apportion"
+    process = await asyncio.create_subprocess_exec(
+        str(script),
+        "events",
+        "--follow",
+        "--type",
+        "cluster_updated",
+        "--since",
+        str(json.loads(lines[-1])["seq"]),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **cli_env(running, ADMIN_KEY, tmp_path)},
+    )
+    try:
+        for _ in range(200):  # wait until the follower is connected to Socket.IO
+            async with running.http.get(f"{running.url}/system/status") as response:
+                if (await response.json())["socketio_clients"] >= 1:
+                    break
+            await asyncio.sleep(0.05)
+        async with running.http.post(
+            f"{running.url}/clusters", json={**fleet[0], "id": "live-one"}
+        ) as response:
+            assert response.status == 201
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), 15)
+        assert b"cluster_updated" in line and b"live-one" in line
+    finally:
+        process.terminate()
+        await process.wait()
