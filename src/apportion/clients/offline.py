@@ -30,7 +30,7 @@ from apportion.policies.store import PolicyStore
 from apportion.registry.service import Registry
 from apportion.scheduling.allocations import AllocationService, Caller
 from apportion.scheduling.holds import HoldManager
-from apportion.server.protocol import AllocationRequest, parse_message
+from apportion.scheduling.messages import AllocationRequest, parse_message
 from apportion.store.db import Database
 
 

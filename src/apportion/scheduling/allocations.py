@@ -24,7 +24,7 @@ from apportion.registry.service import Registry, require_known
 from apportion.scheduling.events import EventSink
 from apportion.scheduling.hold_model import Hold
 from apportion.scheduling.holds import HoldManager
-from apportion.server.protocol import AllocationRequest
+from apportion.scheduling.messages import AllocationRequest
 
 JOB_LEASE_SECONDS = 10 * 365 * 86400.0  # a job's hold lasts until the job ends and releases it
 

@@ -14,8 +14,7 @@ from typing import Any
 
 from apportion.errors import ApportionError, Internal
 from apportion.scheduling.allocations import AllocationService, Caller
-from apportion.server.auth import Principal, Scope, require
-from apportion.server.protocol import (
+from apportion.scheduling.messages import (
     AllocationRequest,
     ManagementMessage,
     ReleaseMessage,
@@ -23,6 +22,7 @@ from apportion.server.protocol import (
     parse_message,
     request_id_of,
 )
+from apportion.server.auth import Principal, Scope, require
 
 log = logging.getLogger(__name__)
 

@@ -27,10 +27,10 @@ from websockets.http11 import Request, Response
 from apportion import jsonutil
 from apportion.errors import ApportionError, RateLimited
 from apportion.scheduling.allocations import AllocationService
+from apportion.scheduling.messages import request_id_of
 from apportion.server.auth import Principal, authenticate
 from apportion.server.dispatch import answer
 from apportion.server.keys import KeyStore
-from apportion.server.protocol import request_id_of
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""Messages of the allocation protocol (CONTRACTS §2), validated with pydantic.
+"""Messages of the allocation protocol (CONTRACTS §2), validated with pydantic: the commands of the
+allocation service, whichever edge (WebSocket, REST mirror, offline runner) they arrive through.
 
 A message without ``type`` (or with ``type: "allocate"``) is an allocation
 request; ``release``, ``renew`` and ``management`` are the other kinds.
