@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit slurm bench clean
+.PHONY: demo test lint typecheck unit slurm chromium web bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,10 +13,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) web
 	$(BIN)/apportion demo
 
-test: lint typecheck slurm unit
+test: lint typecheck slurm chromium web unit
 
 # A real single-host Slurm for the Slurm adapter's tests (scripts/slurm_up.sh installs it with
 # apt where it can). Without it the Slurm tests skip and say why — except under CI=true, where
@@ -36,6 +36,21 @@ typecheck: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/pytest
+
+# The dashboard's browser dependencies, from web/package-lock.json (docs/dashboard.md).
+web: src/apportion/server/static/vendor/socket.io.min.js
+src/apportion/server/static/vendor/socket.io.min.js: web/package-lock.json web/copy-vendor.mjs
+	cd web && npm ci --no-audit --no-fund && node copy-vendor.mjs
+
+# Debian's Chromium for the dashboard's browser tests (never `playwright install`). Without it
+# those tests skip and say why — except under CI=true, where this step and those tests fail.
+chromium:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=600 --no-install-recommends chromium >/dev/null; } \
+		|| { [ "$$CI" != "true" ] || exit 1; echo "Chromium could not be installed; the browser tests will skip"; }; \
+	elif [ "$$CI" = "true" ]; then echo "CI=true: /usr/bin/chromium is missing and this is not root"; exit 1; \
+	else echo "not root: the dashboard's browser tests will skip unless /usr/bin/chromium exists"; fi
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/allocation.py

@@ -217,3 +217,29 @@ async def test_a_hold_of_no_gpus_is_recorded(tmp_path: Path) -> None:
     finally:
         await holds.close()
         await db.close()
+
+
+async def test_a_job_hold_keeps_its_kind_across_a_restart(tmp_path: Path) -> None:
+    fleet = FleetView()
+    fleet.set_cluster(validate_cluster_document(builders.make_cluster("c1", nodes=2, gpus=4)))
+    db = await Database.open(f"sqlite:///{tmp_path}/h.db")
+    holds = HoldManager(db, fleet)
+    await holds.start()
+    hold = holds.reserve(
+        placements({0}),
+        lease_seconds=60,
+        owner=None,
+        request_id="job-1",
+        policy_uri="p:1-x",
+        kind="job",
+    )
+    await holds.commit(hold)
+    assert hold.kind == "job"
+    await holds.close()
+    again = HoldManager(db, fleet)
+    await again.start()
+    try:
+        assert [h.kind for h in again.active()] == ["job"]
+    finally:
+        await again.close()
+        await db.close()

@@ -38,6 +38,7 @@ from apportion.scheduling.holds import HoldManager
 from apportion.scheduling.jobs import JobService
 from apportion.scheduling.slurm_usage import SlurmUsageCollector
 from apportion.server import (
+    dashboard,
     routes_core,
     routes_jobs,
     routes_policies,
@@ -59,7 +60,7 @@ from apportion.store.db import Database
 log = logging.getLogger(__name__)
 
 PUBLIC_PATHS = frozenset(
-    {"/healthz", "/metrics", "/openapi.json"}
+    {"/healthz", "/metrics", "/openapi.json"} | dashboard.PUBLIC_PATHS
 )  # Socket.IO authenticates itself
 
 
@@ -206,7 +207,8 @@ class Server:
                     context.keys,
                     enabled=settings.auth,
                     public_paths=PUBLIC_PATHS,
-                    public_prefixes=("/socket.io/",),  # authenticates in its connect handler
+                    # Socket.IO authenticates in its connect handler; the dashboard's files carry no data
+                    public_prefixes=("/socket.io/", *dashboard.PUBLIC_PREFIXES),
                 ),
             ],
             client_max_size=max(settings.max_message_bytes, routes_policies.MAX_CODE_BYTES + 2**20),
@@ -219,9 +221,11 @@ class Server:
         app.add_routes(routes_status.routes)
         app.add_routes(routes_registry.routes)
         app.add_routes(routes_policies.routes)
+        app.add_routes(dashboard.routes)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         self._stack.push_async_callback(runner.cleanup)
+        self._stack.push_async_callback(dashboard.disconnect_socketio_clients, status.sio)
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
         server = site._server
@@ -318,6 +322,9 @@ async def serve_forever(settings: Settings, *, on_ready: Any = None) -> None:
         print(f"apportion: REST, Socket.IO and dashboard on {server.url}", file=sys.stderr)
         print(f"apportion: allocation WebSocket on {server.ws_url}", file=sys.stderr)
         print(f"apportion: data in {settings.data_dir} (pid {os.getpid()})", file=sys.stderr)
+        if settings.auth:
+            link = dashboard.issue_one_time_link(server.url)
+            print(f"apportion: dashboard sign-in link (one use, 10 min): {link}", file=sys.stderr)
         if on_ready is not None:
             await on_ready(server)
         await asyncio.Event().wait()

@@ -149,6 +149,7 @@ class HoldManager:
             keys,
             now,
             now + lease_seconds,
+            kind,
         )
         self._holds[hold.allocation_id] = hold
         return hold

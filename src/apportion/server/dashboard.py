@@ -1,0 +1,325 @@
+"""The web dashboard on the HTTP port: its page, static files, sign-in and the fleet read API.
+
+Wiring (``app.py``): ``app.add_routes(dashboard.routes)``; the auth middleware treats
+:data:`PUBLIC_PATHS` and :data:`PUBLIC_PREFIXES` as public (the page and its files carry no data;
+everything with data needs a key); ``serve`` prints :func:`issue_one_time_link` at start.
+
+Sign-in, as Jupyter does: :func:`issue_one_time_link` mints a random single-use token (kept in
+this process's memory for :data:`ONE_TIME_TTL_SECONDS`) and returns ``<base>/#login=<token>``.
+A URL fragment never reaches the server or its logs; the page POSTs the token to
+``/auth/one-time``, gets a fresh ``admin`` key named "dashboard session", keeps it in
+sessionStorage and removes the fragment from the address bar and history.
+
+The page's JavaScript dependencies (Socket.IO client, uPlot) are copied from npm into
+``static/vendor/`` by ``web/copy-vendor.mjs``; without them ``/`` answers a 500 page saying so.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from apportion.errors import InvalidRequest, NotFound, Unauthorized
+from apportion.server.auth import Principal, Scope, principal_of
+from apportion.server.events import iso_utc
+from apportion.server.http_common import ctx, json_body, json_response, principal
+from apportion.server.keys import KeyStore
+
+STATIC_DIR = Path(__file__).parent / "static"
+VENDOR_FILES = ("socket.io.min.js", "uPlot.iife.min.js", "uPlot.min.css")
+PUBLIC_PATHS = frozenset({"/", "/auth/one-time"})
+PUBLIC_PREFIXES = ("/static/",)
+ONE_TIME_TTL_SECONDS = 600.0
+BUSY_UTIL_PERCENT = 50.0
+SESSION_KEY_NAME = "dashboard session"
+MAX_FINISHED = 5000
+GPU_FIELDS = ("index", "model", "memory_mb", "state", "util", "free_mb", "holder")
+
+_CONTENT_TYPES = {
+    ".html": "text/html",
+    ".js": "text/javascript",
+    ".mjs": "text/javascript",
+    ".css": "text/css",
+    ".svg": "image/svg+xml",
+    ".map": "application/json",
+    ".LICENSE": "text/plain",
+}
+
+routes = web.RouteTableDef()
+
+
+class OneTimeTokens:
+    """Single-use sign-in tokens in memory: :meth:`issue` at ``serve`` start, :meth:`consume`
+    once by ``POST /auth/one-time``. Thread-safe (``serve`` may print from another thread)."""
+
+    def __init__(
+        self, *, ttl_seconds: float = ONE_TIME_TTL_SECONDS, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._ttl = ttl_seconds
+        self._clock = clock
+        self._expiry: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def issue(self) -> str:
+        """A new random token (256 bits), valid once for ``ttl_seconds``."""
+        token = secrets.token_urlsafe(32)
+        with self._lock:
+            self._purge()
+            self._expiry[token] = self._clock() + self._ttl
+        return token
+
+    def consume(self, token: str) -> bool:
+        """True exactly once for a token issued here and not yet expired; False otherwise."""
+        with self._lock:
+            self._purge()
+            match = next((t for t in self._expiry if hmac.compare_digest(t, token)), None)
+            if match is None:
+                return False
+            del self._expiry[match]
+            return True
+
+    def _purge(self) -> None:
+        now = self._clock()
+        for token in [t for t, expiry in self._expiry.items() if expiry <= now]:
+            del self._expiry[token]
+
+
+ONE_TIME_TOKENS = OneTimeTokens()
+"""The process's token store: ``apportion serve`` runs one server per process."""
+
+
+def issue_one_time_link(base_url: str, tokens: OneTimeTokens = ONE_TIME_TOKENS) -> str:
+    """Called by ``serve`` at start (and by tests): ``http://host:port/#login=<token>``, a link
+    that signs one browser in once within 10 minutes. Print it; never log it to a file."""
+    return f"{base_url.rstrip('/')}/#login={tokens.issue()}"
+
+
+async def exchange_one_time_token(
+    keys: KeyStore, token: str, tokens: OneTimeTokens
+) -> dict[str, Any]:
+    """A fresh ``admin`` session key for a valid token; :class:`Unauthorized` otherwise."""
+    if not token or not tokens.consume(token):
+        raise Unauthorized(
+            "this sign-in link was already used or has expired (links work once, for 10 "
+            "minutes); restart `apportion serve` for a new one, or paste an API key"
+        )
+    issued = await keys.create(SESSION_KEY_NAME, Scope.ADMIN)
+    return {
+        "api_key": issued.secret,
+        "key_id": issued.key_id,
+        "name": issued.name,
+        "scope": issued.scope.value,
+    }
+
+
+# ---------------------------------------------------------------- page and static files
+def missing_vendor_files(static_dir: Path | None = None) -> list[str]:
+    """Vendor files the page needs that ``web/copy-vendor.mjs`` has not written."""
+    static_dir = STATIC_DIR if static_dir is None else static_dir
+    return [name for name in VENDOR_FILES if not (static_dir / "vendor" / name).is_file()]
+
+
+def _missing_vendor_page(missing: list[str]) -> web.Response:
+    names = ", ".join(f"static/vendor/{name}" for name in missing)
+    body = (
+        "<!doctype html><meta charset=utf-8><title>Apportion: dashboard files missing</title>"
+        "<h1>The dashboard's JavaScript dependencies are missing</h1>"
+        f"<p>Not found: {names}.</p><p>Run <code>make demo</code> or <code>make test</code>, "
+        "which run <code>npm ci</code> and <code>web/copy-vendor.mjs</code> "
+        "(by hand: <code>cd web &amp;&amp; npm ci &amp;&amp; node copy-vendor.mjs</code>).</p>"
+    )
+    return web.Response(text=body, status=500, content_type="text/html")
+
+
+@routes.get("/")
+async def index(request: web.Request) -> web.StreamResponse:
+    """The dashboard page (no key needed: it signs in from the browser)."""
+    missing = missing_vendor_files()
+    if missing:
+        return _missing_vendor_page(missing)
+    return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+@routes.get("/static/{path:.+}")
+async def static_file(request: web.Request) -> web.StreamResponse:
+    """A file of the dashboard (our HTML, JS, CSS and the vendored libraries)."""
+    relative = request.match_info["path"]
+    root = STATIC_DIR.resolve()
+    target = (root / relative).resolve()
+    if not target.is_relative_to(root) or not target.is_file() or target.name.startswith("."):
+        if relative.startswith("vendor/") and missing_vendor_files():
+            return _missing_vendor_page(missing_vendor_files())
+        raise NotFound(f"no dashboard file {relative!r}")
+    suffix = ".LICENSE" if target.name.endswith(".LICENSE") else target.suffix
+    headers = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
+    if suffix in _CONTENT_TYPES:
+        headers["Content-Type"] = _CONTENT_TYPES[suffix]
+    return web.FileResponse(target, headers=headers)
+
+
+# ---------------------------------------------------------------- sign-in
+@routes.post("/auth/one-time")
+async def one_time_sign_in(request: web.Request) -> web.Response:
+    """Exchange a one-time sign-in token for a new admin session key (shown once)."""
+    body = await json_body(request)
+    token = body.get("token")
+    result = await exchange_one_time_token(
+        ctx(request).keys, token if isinstance(token, str) else "", ONE_TIME_TOKENS
+    )
+    return json_response(result, status=201)
+
+
+@routes.get("/auth/whoami")
+async def whoami(request: web.Request) -> web.Response:
+    """The calling key: {key_id, name, scope, auth_enabled}."""
+    who = principal_of(request)
+    return json_response(
+        {
+            "key_id": who.key_id,
+            "name": who.name,
+            "scope": who.scope.value,
+            "auth_enabled": ctx(request).settings.auth,
+        }
+    )
+
+
+# ---------------------------------------------------------------- fleet
+def _number(value: float) -> float | None:
+    return None if math.isnan(value) else round(value, 1)
+
+
+def fleet_snapshot(context: Any) -> dict[str, Any]:
+    """Every cluster, node and GPU with its state, for ``GET /fleet`` (a ServerContext).
+
+    A GPU's state, first match wins: ``job`` (held by a running job's hold), ``held`` (held by
+    an allocation), ``stale`` (its cluster's metrics are past the TTL), ``busy`` (metrics say
+    cudaUtilization ≥ 50), else ``free``. GPUs are rows ``[index, model, memory_mb, state,
+    util, free_mb, holder]`` (``gpu_fields``); ``holder`` is the job id or allocation id."""
+    registry, holds = context.registry, context.holds
+    job_of: dict[str, str] = {}
+    if context.jobs is not None:
+        for job in context.jobs.jobs.jobs.values():
+            if job.allocation_id is not None and not job.status.finished:
+                job_of[job.allocation_id] = job.job_id
+    holder: dict[tuple[str, str, str], tuple[str, str]] = {}
+    for hold in holds.active():
+        # a job's hold: by kind, or by the job record (HoldManager.reserve drops ``kind``)
+        is_job = hold.kind == "job" or hold.allocation_id in job_of
+        who = job_of.get(hold.allocation_id, hold.allocation_id) if is_job else hold.allocation_id
+        for key in hold.gpu_keys:
+            holder[key] = ("job" if is_job else "held", who)
+    fleet = registry.fleet
+    with fleet.lock:
+        s = fleet.structure
+        models = s.model_names
+        gpu_model = s.gpu_model.tolist()
+        gpu_mem = s.gpu_memory_mb.tolist()
+        util = fleet.metric_util.tolist()
+        free = fleet.metric_free_mb.tolist()
+        starts = s.node_gpu_start.tolist()
+        counts = s.node_gpu_count.tolist()
+        node_cluster = s.node_cluster.tolist()
+        node_ids, node_docs, cluster_ids = s.node_ids, s.node_docs, s.cluster_ids
+    totals = dict.fromkeys(("gpus", "free", "held", "job", "busy", "stale"), 0)
+    out: dict[str, dict[str, Any]] = {}
+    for cid in cluster_ids:
+        doc = registry.get_cluster(cid)
+        metrics = registry.get_metrics_or_none(cid)
+        out[cid] = {
+            "id": cid,
+            "region": doc.get("regionId"),
+            "status": doc.get("status"),
+            "metrics_stale": None if metrics is None else bool(metrics.get("stale")),
+            "counts": dict.fromkeys(totals, 0),
+            "nodes": [],
+        }
+    for row, node_id in enumerate(node_ids):
+        cluster = out[cluster_ids[node_cluster[row]]]
+        stale = cluster["metrics_stale"] is True
+        gpus = []
+        for g in range(starts[row], starts[row] + counts[row]):
+            index = g - starts[row]
+            state, who = holder.get((cluster["id"], node_id, str(index)), ("", None))
+            u = util[g]
+            if not state:
+                state = "stale" if stale else "busy" if u >= BUSY_UTIL_PERCENT else "free"
+            gpus.append([index, models[gpu_model[g]], gpu_mem[g], state, _number(u), _number(free[g]), who])  # fmt: skip
+            for bucket in (cluster["counts"], totals):
+                bucket["gpus"] += 1
+                bucket[state] += 1
+        labels = node_docs[row].get("labels") or {}
+        cluster["nodes"].append({"id": node_id, "labels": labels, "gpus": gpus})
+    return {
+        "ts": iso_utc(time.time()),
+        "gpu_fields": list(GPU_FIELDS),
+        "busy_util_percent": BUSY_UTIL_PERCENT,
+        "totals": totals,
+        "clusters": [out[cid] for cid in sorted(out)],
+    }
+
+
+@routes.get("/fleet")
+async def fleet(request: web.Request) -> web.Response:
+    """Every cluster, node and GPU with its state (free, held, job, busy, stale) for the dashboard."""
+    principal(request, Scope.READ)
+    return json_response(fleet_snapshot(ctx(request)))
+
+
+# ---------------------------------------------------------------- jobs
+def dashboard_jobs(jobs: Any, who: Principal, *, finished: int) -> list[dict[str, Any]]:
+    """Every unfinished job and the newest ``finished`` finished ones, oldest first, without
+    their config and decision record (the detail page reads those from ``GET /jobs/{id}``).
+    A non-admin key sees its own jobs only, as in ``GET /jobs``."""
+    mine = [
+        j
+        for j in sorted(jobs.jobs.jobs.values(), key=lambda j: j.seq)
+        if who.scope is Scope.ADMIN or j.owner in (None, who.key_id)
+    ]
+    done = [j for j in mine if j.status.finished]
+    keep = {j.job_id for j in done[max(0, len(done) - finished) :]} if finished else set()
+    out = []
+    for job in mine:
+        if job.status.finished and job.job_id not in keep:
+            continue
+        record = job.public()
+        del record["config"], record["decision"]
+        record["seq"], record["workers"] = job.seq, job.workers
+        out.append(record)
+    return out
+
+
+@routes.get("/dashboard/jobs")
+async def jobs_overview(request: web.Request) -> web.Response:
+    """Unfinished jobs and the newest finished ones (?finished=200), light records."""
+    who = principal(request, Scope.READ)
+    raw = request.query.get("finished", "200")
+    if not raw.isdigit() or int(raw) > MAX_FINISHED:
+        raise InvalidRequest(
+            f"query parameter finished must be an integer from 0 to {MAX_FINISHED}",
+            path="query.finished",
+        )
+    service = ctx(request).jobs
+    records = [] if service is None else dashboard_jobs(service, who, finished=int(raw))
+    return json_response({"jobs": records})
+
+
+async def disconnect_socketio_clients(sio: Any) -> None:
+    """Close every Socket.IO connection (call at stop, just before the HTTP runner's cleanup).
+
+    Without it an open browser tab keeps its WebSocket, and the stop waits out Engine.IO's ping
+    timeout (45 s): the Socket.IO client ignores Engine.IO's CLOSE packet on a WebSocket, so the
+    server must end the transport itself. A ``None`` in an Engine.IO socket's queue ends its
+    writer, which closes the WebSocket. Pages reconnect by themselves and resync from their
+    last ``seq``."""
+    for eio_socket in list(sio.eio.sockets.values()):
+        await eio_socket.close(wait=False)
+        eio_socket.queue.put_nowait(None)
+    sio.eio.sockets.clear()
