@@ -44,6 +44,7 @@ async def test_demo_prints_its_urls_and_runs_jobs(tmp_path: Path) -> None:
         url = re.search(r"REST API\s+(http://\S+)", text)
         key = re.search(r"admin key\s+(\S+)", text)
         assert url and key and "ws://127.0.0.1:" in text
+        assert re.search(r"dashboard\s+http://127\.0\.0\.1:\d+/#login=\S+", text)
         answer = json.loads(text.split("answer", 1)[1].strip().splitlines()[0])
         assert answer["success"] is True and answer["data"]["cluster_id"] == "dgx-east"
         headers = {"Authorization": f"Bearer {key.group(1)}"}

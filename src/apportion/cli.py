@@ -29,6 +29,7 @@ from apportion.app import Server, serve_forever
 from apportion.cli_common import GlobalOptions
 from apportion.config import Settings
 from apportion.demo import DEMO_QUEUES, DemoJobs, SyntheticMetrics, demo_clusters
+from apportion.server.dashboard import issue_one_time_link
 
 app = typer.Typer(
     name="apportion",
@@ -193,6 +194,7 @@ async def _demo(settings: Settings, duration: float) -> None:
         print(
             f"  REST API            {server.url}   (try: curl -H 'Authorization: Bearer {key}' {server.url}/clusters)"
         )
+        print(f"  dashboard           {issue_one_time_link(server.url)}   (one-time sign-in link)")
         print(f"  allocation socket   {server.ws_url}")
         print(f"  admin key           {key}")
         print(f"  data dir            {settings.data_dir}")
