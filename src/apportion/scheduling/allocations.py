@@ -20,7 +20,8 @@ from apportion.policies.inputs import LazyClusterData
 from apportion.policies.runtime import PolicyRuntime
 from apportion.policies.store import PolicyEntry, PolicyStore
 from apportion.policies.uri import PolicyURI
-from apportion.registry.service import Registry, require_known
+from apportion.registry.service import Registry
+from apportion.scheduling.candidates import CandidateFinder
 from apportion.scheduling.events import EventSink
 from apportion.scheduling.hold_model import Hold
 from apportion.scheduling.holds import HoldManager
@@ -80,6 +81,7 @@ class AllocationService:
         self.default_lease_seconds = default_lease_seconds
         self.max_lease_seconds = max_lease_seconds
         self._hold_lock = asyncio.Lock()
+        self._candidates = CandidateFinder(registry, policies, runtime)
         self._observe = observe
         self._emit = emit
 
@@ -92,74 +94,6 @@ class AllocationService:
                 path=path,
             )
         return value
-
-    # ---------------------------------------------------------------- candidates
-    async def candidates(self, request: AllocationRequest) -> list[str]:
-        """The request's candidate clusters (CONTRACTS §2: clusters, else filter, else search, else live)."""
-        if request.clusters:
-            require_known(self._registry, request.clusters, path="clusters")
-            return list(dict.fromkeys(request.clusters))
-        if request.filter:
-            ids = self._registry.filter_cluster_ids(request.filter, path="filter")
-            if ids is not None:
-                return ids
-        if request.search:
-            return await self.search(request.search, path="search")
-        return self._registry.live_cluster_ids()
-
-    async def search(self, spec: dict[str, Any], *, path: str = "search") -> list[str]:
-        """Filter, then order the survivors with the ranking policy; the first ``return`` K."""
-        body = spec.get("body", {}).get("values", spec) if "body" in spec else spec
-        rule = body.get("rankingPolicyRule")
-        if not isinstance(rule, dict):
-            raise InvalidRequest(
-                f"{path}.rankingPolicyRule is required and must be an object with policyRuleURI",
-                path=f"{path}.rankingPolicyRule",
-            )
-        uri = str(
-            PolicyURI.parse(
-                rule.get("policyRuleURI"), path=f"{path}.rankingPolicyRule.policyRuleURI"
-            )
-        )
-        parameters = rule.get("parameters") or {}
-        if not isinstance(parameters, dict):
-            raise InvalidRequest(
-                f"{path}.rankingPolicyRule.parameters must be an object",
-                path=f"{path}.rankingPolicyRule.parameters",
-            )
-        settings = rule.get("settings") or {}
-        limit = parameters.get("return")
-        if limit is not None and (
-            not isinstance(limit, int) or isinstance(limit, bool) or limit < 1
-        ):
-            raise InvalidRequest(
-                f"{path}.rankingPolicyRule.parameters.return must be a positive integer",
-                path=f"{path}.rankingPolicyRule.parameters.return",
-            )
-        filter_rule = parameters.get("filterRule")
-        ids = self._registry.filter_cluster_ids(
-            filter_rule, path=f"{path}.rankingPolicyRule.parameters.filterRule"
-        )
-        if ids is None:
-            ids = self._registry.live_cluster_ids()
-        docs = [
-            {
-                **self._registry.get_cluster(cid),
-                "cluster_metrics": self._registry.get_metrics_or_none(cid),
-            }
-            for cid in ids
-        ]
-        entry = self._policies.get(uri)
-        evaluation = await self._runtime.evaluate(
-            entry, input_data=docs, parameters=parameters, settings=settings
-        )
-        ranked = evaluation.output if isinstance(evaluation.output, list) else [evaluation.output]
-        out = []
-        for item in ranked:
-            cid = item.get("id") if isinstance(item, dict) else item
-            if isinstance(cid, str) and cid in ids and cid not in out:
-                out.append(cid)
-        return out[:limit] if limit else out
 
     # ---------------------------------------------------------------- allocate
     async def allocate(self, request: AllocationRequest, caller: Caller) -> dict[str, Any]:
@@ -186,7 +120,7 @@ class AllocationService:
         phases = Phases()
         entry = self._policies.get(str(PolicyURI.parse(request.policy_rule_uri)))
         lease = None if request.adhoc else self.lease(request.lease_seconds)
-        candidates = await self.candidates(request)
+        candidates = await self._candidates.for_request(request)
         phases.mark("candidates")
         outcomes: list[PlacementOutcome] = []
         if lease is None:
