@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,30 @@ def placements(indices: set[int]) -> list[dict[str, Any]]:
         _, node, gpu = GPUS[i]
         by_node.setdefault(node, []).append(gpu)
     return [{"cluster_id": "c1", "node_id": n, "gpus": g} for n, g in sorted(by_node.items())]
+
+
+def two_node_fleet() -> FleetView:
+    fleet = FleetView()
+    fleet.set_cluster(validate_cluster_document(builders.make_cluster("c1", nodes=2, gpus=4)))
+    return fleet
+
+
+@asynccontextmanager
+async def open_holds(folder: Path) -> AsyncIterator[tuple[HoldManager, Database]]:
+    """A started HoldManager over a fresh two-node fleet and a SQLite file in ``folder``."""
+    db = await Database.open(f"sqlite:///{folder}/h.db")
+    holds = HoldManager(db, two_node_fleet())
+    await holds.start()
+    try:
+        yield holds, db
+    finally:
+        await holds.close()
+        await db.close()
+
+
+async def count(db: Database, table: Any) -> int:
+    async with db.read() as conn:
+        return int((await conn.execute(select(func.count()).select_from(table))).scalar() or 0)
 
 
 class Clock:
@@ -149,56 +175,37 @@ async def test_concurrent_holds_and_releases_keep_the_store_in_step(tmp_path: Pa
     # and the database must end as empty as memory.
     import random
 
-    fleet = FleetView()
-    fleet.set_cluster(validate_cluster_document(builders.make_cluster("c1", nodes=2, gpus=4)))
-    db = await Database.open(f"sqlite:///{tmp_path}/h.db")
-    holds = HoldManager(db, fleet)
-    await holds.start()
     chooser = random.Random(5)
     outcomes: list[str] = []
+    async with open_holds(tmp_path) as (holds, db):
 
-    async def worker(indices: set[int]) -> None:
-        for _ in range(20):
-            try:
-                hold = await holds.hold(
-                    placements(indices),
-                    lease_seconds=60,
-                    owner=None,
-                    request_id=None,
-                    policy_uri="p:1-x",
-                )
-            except Conflict:
-                outcomes.append("conflict")
-                await asyncio.sleep(0)
-                continue
-            outcomes.append("held")
-            await holds.release(hold.allocation_id)
+        async def worker(indices: set[int]) -> None:
+            for _ in range(20):
+                try:
+                    hold = await holds.hold(
+                        placements(indices),
+                        lease_seconds=60,
+                        owner=None,
+                        request_id=None,
+                        policy_uri="p:1-x",
+                    )
+                except Conflict:
+                    outcomes.append("conflict")
+                    await asyncio.sleep(0)
+                    continue
+                outcomes.append("held")
+                await holds.release(hold.allocation_id)
 
-    try:
         await asyncio.gather(
             *(worker({chooser.randrange(8), chooser.randrange(8)}) for _ in range(30))
         )
         assert "held" in outcomes and len(outcomes) == 600
         assert holds.held_keys() == set()
-        async with db.read() as conn:
-            assert (
-                await conn.execute(select(func.count()).select_from(schema.hold_gpus))
-            ).scalar() == 0
-            assert (
-                await conn.execute(select(func.count()).select_from(schema.holds))
-            ).scalar() == 0
-    finally:
-        await holds.close()
-        await db.close()
+        assert await count(db, schema.hold_gpus) == 0 and await count(db, schema.holds) == 0
 
 
 async def test_a_hold_of_no_gpus_is_recorded(tmp_path: Path) -> None:
-    fleet = FleetView()
-    fleet.set_cluster(validate_cluster_document(builders.make_cluster("c1", nodes=2, gpus=4)))
-    db = await Database.open(f"sqlite:///{tmp_path}/h.db")
-    holds = HoldManager(db, fleet)
-    await holds.start()
-    try:
+    async with open_holds(tmp_path) as (holds, db):
         hold = await holds.hold(
             [{"cluster_id": "c1", "node_id": "n0", "gpus": []}],
             lease_seconds=60,
@@ -206,17 +213,9 @@ async def test_a_hold_of_no_gpus_is_recorded(tmp_path: Path) -> None:
             request_id=None,
             policy_uri="p:1-x",
         )
-        async with db.read() as conn:
-            assert (
-                await conn.execute(select(func.count()).select_from(schema.holds))
-            ).scalar() == 1
-            assert (
-                await conn.execute(select(func.count()).select_from(schema.hold_gpus))
-            ).scalar() == 0
+        assert await count(db, schema.holds) == 1 and await count(db, schema.hold_gpus) == 0
         await holds.release(hold.allocation_id)
-    finally:
-        await holds.close()
-        await db.close()
+        assert await count(db, schema.holds) == 0
 
 
 async def test_a_job_hold_keeps_its_kind_across_a_restart(tmp_path: Path) -> None:
