@@ -22,7 +22,8 @@ from apportion.scheduling.adapters.base import (
     JobSpec,
     WorkerSpec,
 )
-from apportion.scheduling.adapters.slurm import SlurmAdapter, job_layout
+from apportion.scheduling.adapters.slurm import SlurmAdapter
+from apportion.scheduling.adapters.slurm_script import job_layout
 from tests import slurm_env
 from tests.slurm_env import SlurmCluster
 

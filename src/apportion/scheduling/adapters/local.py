@@ -35,17 +35,13 @@ window is a supervisor that read the old token in the instant before the new one
 Supervisors this server started are reaped on every call; after a crash their parent is gone and
 the system's init reaps them.
 
-Logs (:meth:`LocalAdapter.logs`): with one worker, its stdout as is. With several, one
-append-only stream: ``==> worker N <==`` and worker N's stdout, in worker order, where worker N's
-section is followed only once it has ended — so byte offsets stay valid while the job runs (a
-later worker's output shows up when the earlier ones have ended). stderr stays in the ``.err``
-files. ``offset`` and ``limit`` count bytes of that stream.
+Logs (:meth:`LocalAdapter.logs`) are read by ``local_logs.py``; usage samples
+(:meth:`LocalAdapter.usage`) are taken by ``local_usage.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
 import os
 import signal
@@ -55,13 +51,13 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psutil  # type: ignore[import-untyped, unused-ignore]  # no stubs installed
 
 import apportion
+from apportion.scheduling.adapters import local_logs, local_usage
 from apportion.scheduling.adapters import local_supervisor as sv
 from apportion.scheduling.adapters.base import (
     AdapterError,
@@ -76,7 +72,6 @@ BASE_ENV_KEYS = ("PATH", "HOME", "LANG")  # never the server's whole environment
 _SRC_ROOT = str(Path(apportion.__file__).resolve().parent.parent)
 _START_TIMEOUT = 15.0  # seconds for every supervisor to report its command started
 _OWNER_TOLERANCE = 2.0  # seconds between a recorded start and psutil's create_time
-_MB = 1024.0 * 1024.0
 
 
 def base_environment() -> dict[str, str]:
@@ -202,7 +197,7 @@ class LocalAdapter:
     async def logs(
         self, spec: JobSpec, scheduler_job_id: str, *, offset: int = 0, limit: int = 65536
     ) -> LogChunk:
-        """Up to ``limit`` bytes of the job's stdout stream from ``offset`` (see module doc)."""
+        """Up to ``limit`` bytes of the job's stdout stream from ``offset`` (see ``local_logs``)."""
         if offset < 0 or limit < 1:
             raise AdapterError(f"logs needs offset >= 0 and limit >= 1 (got {offset}, {limit})")
         return await asyncio.to_thread(self._logs, spec, offset, limit)
@@ -454,159 +449,19 @@ class LocalAdapter:
                 return False
             time.sleep(0.02)
 
-    # ---- logs -----------------------------------------------------------------------------
+    # ---- logs / usage ---------------------------------------------------------------------
 
     def _logs(self, spec: JobSpec, offset: int, limit: int) -> LogChunk:
-        workers = self._workers(spec)
-        finished = not any(w.kind in ("running", "missing") for w in workers)
-        segments: list[bytes | tuple[Path, int]] = []
-        for w in workers:
-            path = sv.stdout_path(spec.output_dir, w.index)
-            size = path.stat().st_size if path.exists() else 0
-            if len(workers) > 1:
-                segments.append(f"==> worker {w.index} <==\n".encode())
-            segments.append((path, size))
-            if w.kind in ("running", "missing"):
-                break  # the frontier: later workers follow once this one has ended
-            if len(workers) > 1 and size and _last_byte(path, size) != b"\n":
-                segments.append(b"\n")
-        data, total = _read_segments(segments, offset, limit + 3)
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        text = decoder.decode(data[:limit], final=False)
-        used = min(limit, len(data))
-        for byte in data[limit:]:  # finish a character that the limit cut in two
-            if not decoder.getstate()[0]:
-                break
-            text += decoder.decode(bytes([byte]), final=False)
-            used += 1
-        pending = len(decoder.getstate()[0])
-        if pending and finished and offset + used >= total:
-            text += decoder.decode(b"", final=True)  # a broken character ends the stream
-        else:
-            used -= pending  # the rest of that character has not been written yet
-        end = offset + used
-        return LogChunk(text=text, offset=end, complete=finished and end >= total)
-
-    # ---- usage ----------------------------------------------------------------------------
+        workers = [(w.index, w.kind in ("running", "missing")) for w in self._workers(spec)]
+        return local_logs.read_stream(Path(spec.output_dir), workers, offset, limit)
 
     def _usage(self, spec: JobSpec) -> dict[str, Any]:
         usage_file = Path(spec.output_dir) / sv.USAGE_FILE
         record = self._samples.get(spec.job_id) or sv.read_json(usage_file) or {}
-        workers = self._workers(spec)
-        cpu = io = 0.0
-        rss = 0.0
-        iowait: float | None = None
-        max_final = 0.0
-        live = False
-        for w in workers:
+        workers: list[tuple[str, dict[str, Any], Any]] = []
+        for w in self._workers(spec):
             state = w.state or {}
-            if w.kind == "ended" and isinstance(state.get("rusage"), dict):
-                cpu += float(state["rusage"]["cpu_seconds"])
-                io += float(state["rusage"]["io_bytes"])
-                max_final = max(max_final, float(state["rusage"]["max_rss_mb"]))
-            elif w.kind == "running" and (proc := _command_proc(state)) is not None:
-                live = True
-                c, r, i, wait = _sample_tree(proc)
-                cpu, rss, io = cpu + c, rss + r, io + i
-                if wait is not None:
-                    iowait = (iowait or 0.0) + wait
-        last = record.get("sample")
-        if not live:  # finished (or not started): the last sample, with the final figures
-            final = dict(last) if isinstance(last, dict) else _empty_sample()
-            final["cpuSeconds"] = max(float(final.get("cpuSeconds") or 0.0), cpu)
-            final["processIO"] = max(float(final.get("processIO") or 0.0), io)
-            peak = max(float(final.get("maxTotalMemory") or 0.0), max_final)
-            final["maxTotalMemory"] = peak if peak > 0 else None
-            self._samples[spec.job_id] = {**record, "sample": final}
-            return dict(final)
-        mem_mb = rss / _MB
-        prev_cpu = float(record.get("cpu", 0.0))
-        mem_cpu = float(record.get("mem_cpu", 0.0)) + (mem_mb / 1024.0) * max(0.0, cpu - prev_cpu)
-        sample = {
-            "cpuSeconds": cpu,
-            "memoryCpuSeconds": mem_cpu,  # GB x CPU-seconds, integrated between samples
-            "instantTotalMemory": mem_mb,
-            "maxTotalMemory": max(float(record.get("max_mem", 0.0)), mem_mb, max_final),
-            "processIO": io,
-            "processIOWaiting": iowait,
-            "timeInstant": _now_iso(),
-        }
-        record = {
-            "cpu": cpu,
-            "mem_cpu": mem_cpu,
-            "max_mem": sample["maxTotalMemory"],
-            "sample": sample,
-        }
-        self._samples[spec.job_id] = record
-        with contextlib.suppress(OSError):  # best effort: the in-memory sample still answers
-            sv.write_json_atomic(usage_file, record)
-        return dict(sample)
-
-
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat()
-
-
-def _empty_sample() -> dict[str, Any]:
-    """Seed 002's fields before any live sample was taken (missing values are None)."""
-    return {
-        "cpuSeconds": 0.0,
-        "memoryCpuSeconds": None,
-        "instantTotalMemory": None,
-        "maxTotalMemory": None,
-        "processIO": 0.0,
-        "processIOWaiting": None,
-        "timeInstant": _now_iso(),
-    }
-
-
-def _sample_tree(proc: Any) -> tuple[float, float, float, float | None]:
-    """CPU seconds, RSS bytes, I/O bytes and iowait seconds of ``proc`` and its descendants."""
-    cpu = rss = io = 0.0
-    iowait: float | None = None
-    try:
-        tree = [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        tree = [proc]
-    for p in tree:
-        try:
-            with p.oneshot():
-                t = p.cpu_times()
-                cpu += t.user + t.system + t.children_user + t.children_system
-                rss += p.memory_info().rss
-                if hasattr(t, "iowait"):
-                    iowait = (iowait or 0.0) + t.iowait
-                try:
-                    counters = p.io_counters()
-                    io += counters.read_bytes + counters.write_bytes
-                except (psutil.AccessDenied, AttributeError):
-                    pass
-        except psutil.Error:
-            continue  # ended between listing and sampling
-    return cpu, rss, io, iowait
-
-
-def _last_byte(path: Path, size: int) -> bytes:
-    with path.open("rb") as fh:
-        fh.seek(size - 1)
-        return fh.read(1)
-
-
-def _read_segments(
-    segments: list[bytes | tuple[Path, int]], offset: int, limit: int
-) -> tuple[bytes, int]:
-    """Bytes ``[offset, offset + limit)`` of the concatenated segments, and their total size."""
-    out = bytearray()
-    pos = 0
-    for seg in segments:
-        size = len(seg) if isinstance(seg, bytes) else seg[1]
-        lo, hi = max(offset, pos), min(offset + limit, pos + size)
-        if lo < hi:
-            if isinstance(seg, bytes):
-                out += seg[lo - pos : hi - pos]
-            else:
-                with seg[0].open("rb") as fh:
-                    fh.seek(lo - pos)
-                    out += fh.read(hi - lo)
-        pos += size
-    return bytes(out), pos
+            proc = _command_proc(state) if w.kind == "running" else None
+            workers.append((w.kind, state, proc))
+        sample, self._samples[spec.job_id] = local_usage.job_usage(usage_file, record, workers)
+        return sample
