@@ -59,6 +59,8 @@ from apportion.store.db import Database
 
 log = logging.getLogger(__name__)
 
+STOP_GRACE_SECONDS = 10.0
+
 PUBLIC_PATHS = frozenset(
     {"/healthz", "/metrics", "/openapi.json"} | dashboard.PUBLIC_PATHS
 )  # Socket.IO authenticates itself
@@ -292,9 +294,14 @@ class Server:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=STOP_GRACE_SECONDS)
+            for task in stuck:  # never hang a shutdown on a loop that ignores its cancellation
+                log.error(
+                    "background task %s did not stop within %g s",
+                    task.get_name(),
+                    STOP_GRACE_SECONDS,
+                )
         self._tasks.clear()
         await self._stack.aclose()
 

@@ -238,7 +238,8 @@ class PolicyRuntime:
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._threads, fn, *args)
         try:
-            return await asyncio.wait_for(future, self.timeout_seconds)
+            async with asyncio.timeout(self.timeout_seconds):
+                return await future
         except TimeoutError:
             raise PolicyTimeout(
                 f"policy {entry.uri} did not answer within {self.timeout_seconds:g} s "

@@ -235,8 +235,11 @@ class JobService:
     async def run(self, *, interval: float = 1.0) -> None:
         """The admission loop: a cycle when woken, and at least every ``interval`` seconds."""
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+            # that arrives as the event is set, and this loop would then never stop
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), interval)
+                async with asyncio.timeout(interval):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self.cycle()

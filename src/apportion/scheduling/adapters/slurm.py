@@ -85,7 +85,8 @@ class SlurmAdapter:
         except OSError as exc:
             raise AdapterError(f"cannot run {tool} ({self._bin[tool]}): {exc}") from exc
         try:
-            out, err = await asyncio.wait_for(proc.communicate(), self.command_timeout)
+            async with asyncio.timeout(self.command_timeout):
+                out, err = await proc.communicate()
         except TimeoutError:
             raise AdapterError(
                 f"{tool} did not answer within {self.command_timeout:g} s", retryable=True
