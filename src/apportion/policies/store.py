@@ -19,6 +19,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,8 +46,9 @@ class PolicyEntry:
     code_dir: Path | None = None  # uploaded policies (sandboxed)
     warnings: tuple[str, ...] = field(default_factory=tuple)
 
-    @property
+    @cached_property
     def uri(self) -> str:
+        """``name:version-release_tag`` (computed once: it is read on every request)."""
         return str(self.record.uri)
 
     @property

@@ -82,6 +82,8 @@ class Telemetry:
         )
         self._gpu_source: GpuSource | None = None
         self._queue_source: QueueSource | None = None
+        self._allocation_children: dict[tuple[str, str], Any] = {}
+        self._latency_children: dict[str, Any] = {}
 
     def set_gpu_source(self, fn: GpuSource) -> None:
         """Called once by the app: ``fn() -> (held, free, total)`` is read at every render, so
@@ -94,9 +96,17 @@ class Telemetry:
         self._queue_source = fn
 
     def observe_allocation(self, policy: str, outcome: str, seconds: float) -> None:
-        """Called by the allocation service after every decision (outcome: success or a code)."""
-        self.allocations.labels(policy=policy, outcome=outcome).inc()
-        self.policy_latency.labels(policy=policy).observe(seconds)
+        """Called by the allocation service after every decision (outcome: success or a code).
+        The labelled children are looked up once per (policy, outcome): this runs per request."""
+        counter = self._allocation_children.get((policy, outcome))
+        if counter is None:
+            counter = self.allocations.labels(policy=policy, outcome=outcome)
+            self._allocation_children[(policy, outcome)] = counter
+        counter.inc()
+        latency = self._latency_children.get(policy)
+        if latency is None:
+            latency = self._latency_children[policy] = self.policy_latency.labels(policy=policy)
+        latency.observe(seconds)
 
     async def observe_event(self, event: dict[str, Any]) -> None:
         """An :class:`~apportion.server.events.EventLog` sink counting events by type, and
