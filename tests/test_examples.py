@@ -97,8 +97,14 @@ async def test_custom_policy_uploaded_as_archive(running: Running, fleet: Any) -
         str(EXAMPLES / "ws_client.py"), running.ws_url, "least-loaded:1.0-example"
     )
     assert code == 0, out
-    # n00 runs at 95 % > max_utilization 90, so the sandboxed policy skips it
-    assert '"cluster_id": "a100-west"' in out or '"node_id": "mixed-lab-n01"' in out
+    # every cluster is a candidate; a100-west has no metrics (idle) and sorts first
+    assert '"cluster_id": "a100-west", "node_id": "a100-west-n00"' in out
+    # within mixed-lab, n00 runs at 95 % > max_utilization 90, so the sandboxed policy skips it
+    async with running.ws() as ws:
+        answer = await ask(
+            ws, allocation(policy_rule_uri="least-loaded:1.0-example", clusters=["mixed-lab"])
+        )
+    assert answer["data"]["node_id"] == "mixed-lab-n01", answer
 
 
 async def test_policy_dir_hot_reload(tmp_path: Path) -> None:

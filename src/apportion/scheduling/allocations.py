@@ -8,6 +8,7 @@ process) and it numbers and times its phases for the ``explain`` record.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -123,7 +124,10 @@ class AllocationService:
         candidates = await self._candidates.for_request(request)
         phases.mark("candidates")
         outcomes: list[PlacementOutcome] = []
-        if lease is None:
+        hold = None
+        # only a hold takes the lock: deciding and reserving must not interleave with another hold
+        guard = self._hold_lock if lease is not None else contextlib.nullcontext()
+        async with guard:
             placements, is_gang = await self._decide(
                 entry,
                 request.inputs,
@@ -132,21 +136,9 @@ class AllocationService:
                 candidates,
                 outcomes,
                 phases,
-                require_free=False,
+                require_free=lease is not None,
             )
-            hold = None
-        else:
-            async with self._hold_lock:
-                placements, is_gang = await self._decide(
-                    entry,
-                    request.inputs,
-                    request.parameters,
-                    request.settings,
-                    candidates,
-                    outcomes,
-                    phases,
-                    require_free=True,
-                )
+            if lease is not None:
                 hold = self._holds.reserve(
                     placements,
                     lease_seconds=lease,
@@ -154,6 +146,7 @@ class AllocationService:
                     request_id=request.request_id,
                     policy_uri=entry.uri,
                 )
+        if hold is not None:
             await self._holds.commit(hold)
             phases.mark("hold")
         answer: dict[str, Any] = {"success": True, "data": placements if is_gang else placements[0]}

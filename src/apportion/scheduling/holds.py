@@ -232,6 +232,3 @@ class HoldManager:
             self._fleet.set_held(hold.gpu_keys, False)
 
         await self._journal.delete(ids)
-
-    def next_expiry(self) -> float | None:
-        return min((h.expires_at for h in self._holds.values()), default=None)
