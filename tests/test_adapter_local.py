@@ -223,7 +223,7 @@ async def test_one_failing_worker_stops_the_gang(adapter: LocalAdapter, tmp_path
     sleeper_pid = state(spec, 0)["pid"]
     started = time.monotonic()
     status = await wait_finished(adapter, spec, sid)
-    assert time.monotonic() - started < 0.3 + GRACE + 1.5  # not the sleeper's 30 s
+    assert time.monotonic() - started < 15  # stopped, not waited out (the sleeper sleeps 30 s)
     assert (status.state, status.return_code) == (BackendState.FAILED, 3)
     assert status.reason == "worker 1 exited with code 3"
     assert state(spec, 0)["stopped_by"] == "gang"
@@ -239,10 +239,9 @@ async def test_cancel_stops_a_sleeping_job(adapter: LocalAdapter, tmp_path: Path
     await wait_text(sv.stdout_path(spec.output_dir, 0), "up")
     pid = state(spec)["pid"]
     assert (await adapter.poll(spec, sid)).state is BackendState.RUNNING
-    started = time.monotonic()
     await adapter.cancel(spec, sid)
-    assert time.monotonic() - started < GRACE  # SIGTERM was enough
     assert gone(pid)
+    assert state(spec)["signal"] == signal.SIGTERM  # SIGTERM was enough
     assert (await adapter.poll(spec, sid)).state is BackendState.CANCELLED
     await adapter.cancel(spec, sid)  # idempotent
     assert (await adapter.poll(spec, sid)).state is BackendState.CANCELLED
@@ -260,7 +259,7 @@ async def test_cancel_kills_a_command_that_ignores_sigterm(
     started = time.monotonic()
     await adapter.cancel(spec, sid)
     elapsed = time.monotonic() - started
-    assert GRACE <= elapsed < GRACE + 2.0
+    assert elapsed >= GRACE  # SIGKILL only after the grace period
     assert gone(pid)
     assert state(spec)["signal"] == signal.SIGKILL
     assert (await adapter.poll(spec, sid)).state is BackendState.CANCELLED
@@ -360,12 +359,19 @@ async def test_logs_of_a_running_job_are_not_complete(
 async def test_logs_of_several_workers_keep_offsets_while_running(
     adapter: LocalAdapter, tmp_path: Path
 ) -> None:
-    first = "import time; print('zero', flush=True); time.sleep(0.6); print('end')"
+    gate = tmp_path / "gate"  # worker 0 prints its second line only once the test opens the gate
+    first = (
+        "import os, time; print('zero', flush=True)\n"
+        f"while not os.path.exists({str(gate)!r}): time.sleep(0.01)\n"
+        "print('end')"
+    )
     spec = make_spec(tmp_path, first, "print('one')")
     sid = await adapter.submit(spec)
+    await wait_text(sv.stdout_path(spec.output_dir, 0), "zero")
     await wait_text(sv.stdout_path(spec.output_dir, 1), "one")
     early = await adapter.logs(spec, sid)  # worker 1 waits until worker 0's section is closed
     assert (early.text, early.complete) == ("==> worker 0 <==\nzero\n", False)
+    gate.touch()
     await wait_finished(adapter, spec, sid)
     rest = await adapter.logs(spec, sid, offset=early.offset)
     assert (rest.text, rest.complete) == ("end\n==> worker 1 <==\none\n", True)

@@ -218,9 +218,9 @@ async def test_collector_keeps_its_cadence() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    # push k waits for start + k × 0.05, so within 0.32 s at most 7 (k = 0..6) happen;
-    # at least 4 even on a slow machine, and never faster than the cadence
-    assert 4 <= len(times) <= 7
+    # push k waits for start + k × 0.05, so within 0.32 s at most 7 (k = 0..6) happen,
+    # never faster than the cadence; a loaded machine may fit fewer
+    assert 2 <= len(times) <= 7
     assert times[-1] - times[0] >= 0.05 * (len(times) - 1) - 0.03
 
 

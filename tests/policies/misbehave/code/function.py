@@ -52,5 +52,7 @@ class AIOSv1PolicyRule:
         if mode == "env":
             return {"env": dict(os.environ), "cwd": os.getcwd()}
         if mode == "sleep":
+            started = time.time()
             time.sleep(parameters["seconds"])
+            return {"pid": os.getpid(), "mode": mode, "started": started, "ended": time.time()}
         return {"pid": os.getpid(), "mode": mode}
