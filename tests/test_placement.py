@@ -5,6 +5,7 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hs
@@ -437,3 +438,23 @@ def test_single_request_matches_a_reference(
     assert out.feasible_nodes == feasible
     got = where(out)[0] if out.placements else None
     assert got == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    fleets(),
+    hs.lists(requests_st, min_size=1, max_size=3),
+    hs.sampled_from([Strategy.BINPACK, Strategy.SPREAD]),
+)
+def test_the_fast_choice_is_the_keyed_choice(
+    fx: tuple[FleetView, set[GpuKey], list[str]], inputs: list[dict[str, Any]], strategy: Strategy
+) -> None:
+    # Stage.choose skips the packed keys for simple stages; it must pick what argmin(keys) picks
+    f, unavailable, cands = fx
+    out = place(f, cands, reqs({"requests": inputs}), strategy, unavailable=unavailable)
+    for st in {id(s): s for s in (out.first, out.stage) if s is not None}.values():
+        keyed = None if st.feasible.size == 0 else int(st.feasible[int(np.argmin(st.keys))])
+        everyone = bool(st.cand.all())
+        assert st.choose(everyone) == keyed
+        if everyone:  # the masked form must agree too
+            assert st.choose(False) == keyed

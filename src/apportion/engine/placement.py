@@ -46,10 +46,16 @@ class PlacementOutcome:
 
     placements: list[dict[str, Any]] | None
     candidate_nodes: int
-    feasible_nodes: int
     failed_request: int | None
     stage: Stage | None = field(default=None, repr=False)  # first, or failed, request
     first: Stage | None = field(default=None, repr=False)
+
+    @cached_property
+    def feasible_nodes(self) -> int:
+        """Feasible candidate nodes of the first request (0 when the placement failed)."""
+        if self.placements is None or self.first is None:
+            return 0
+        return int(self.first.feasible.size)
 
     @cached_property
     def top_scores(self) -> list[dict[str, Any]]:
@@ -77,13 +83,14 @@ def _evaluate(
     taken: set[int],
     taken_res: dict[int, tuple[int, int]],
 ) -> Stage:
-    excl = np.fromiter(excluded, dtype=np.int64, count=len(excluded))
+    excl = np.fromiter(excluded, dtype=np.int64, count=len(excluded)) if excluded else _NO_ROWS
     qual = qualification(s, r)
     gmask: BOOL | None = None
     if qual is None and r.gpu_memory_mb is None:
         avail = fleet.node_free.copy()
-        free_excl = excl[~fleet.held[excl]]
-        np.subtract.at(avail, s.gpu_node[free_excl], 1)
+        free_excl = excl[~fleet.held[excl]] if excluded else _NO_ROWS
+        if excluded:
+            np.subtract.at(avail, s.gpu_node[free_excl], 1)
     else:
         gmask = ~fleet.held if qual is None else qual & ~fleet.held
         if r.gpu_memory_mb is not None:
@@ -109,8 +116,9 @@ def _evaluate(
             dom_avail = s.domain_counter(gmask)
         node_dkey = _best_domains(s, dom_avail, r.gpus)
         ok &= node_dkey != INF
-    filter_failed = np.zeros(s.n_nodes, dtype=bool)
+    filter_failed = _no_node(s)
     if r.node_filter is not None:
+        filter_failed = np.zeros(s.n_nodes, dtype=bool)
         for row in np.flatnonzero(ok).tolist():
             cid = s.cluster_ids[int(s.node_cluster[row])]
             label = f'node "{s.node_ids[row]}" of cluster "{cid}"'
@@ -121,6 +129,18 @@ def _evaluate(
         fleet, s, r, strategy, cand, avail, gmask, vcpus_left, memory_left, nvlink,
         dom_avail, node_dkey, filter_failed, ok, frozenset(excluded), frozenset(taken),
     )  # fmt: skip
+
+
+_NO_ROWS = np.zeros(0, dtype=np.int64)
+
+
+def _no_node(s: Structure) -> BOOL:
+    """An all-false node mask, shared through the structure's cache (never mutate)."""
+    hit = s.cache.get("no-node")
+    if hit is None:
+        hit = np.zeros(s.n_nodes, dtype=bool)
+        remember(s, "no-node", hit)
+    return hit
 
 
 def _left(capacity: npt.NDArray[Any], taken: dict[int, tuple[int, int]], which: int) -> I64:
@@ -160,7 +180,8 @@ def _pick_gpus(st: Stage, row: int) -> list[int]:
         assert st.node_dkey is not None
         domain = int(s.node_domain_start[row]) + int(st.node_dkey[row] % M)
         local &= s.gpu_domain[gs:ge] == domain
-    picked: list[int] = (gs + np.flatnonzero(local)[: st.request.gpus]).tolist()
+    # a node has a handful of GPUs: plain Python beats numpy's per-call overhead here
+    picked = [gs + i for i, free in enumerate(local.tolist()) if free][: st.request.gpus]
     assert len(picked) == st.request.gpus, "counts and masks disagree"
     return picked
 
@@ -219,6 +240,7 @@ def place(
     with fleet.lock:
         s = fleet.structure
         cand, candidate_nodes = _candidate_mask(s, candidates)
+        all_candidates = candidate_nodes == s.n_nodes
         rows = (s.gpu_row(k) for k in unavailable)
         excluded = {r for r in rows if r is not None}
         taken: set[int] = set()
@@ -227,13 +249,11 @@ def place(
         first: Stage | None = None
         for i, r in enumerate(requests):
             st = _evaluate(fleet, s, cand, r, strategy, excluded, taken, taken_res)
-            st.feasible = feasible = np.flatnonzero(st.ok)
-            st.keys = keys = st.key()[feasible]
             if i == 0:
                 first = st
-            if feasible.size == 0:
-                return PlacementOutcome(None, candidate_nodes, 0, i, st, first)
-            row = int(feasible[int(np.argmin(keys))])
+            row = st.choose(all_candidates)
+            if row is None:
+                return PlacementOutcome(None, candidate_nodes, i, st, first)
             gpu_rows = _pick_gpus(st, row)
             excluded.update(gpu_rows)
             taken.update(gpu_rows)
@@ -246,5 +266,4 @@ def place(
                     "gpus": [str(int(s.gpu_index[g])) for g in gpu_rows],
                 }
             )
-        feasible_nodes = int(first.feasible.size) if first is not None else 0
-        return PlacementOutcome(placements, candidate_nodes, feasible_nodes, None, first, first)
+        return PlacementOutcome(placements, candidate_nodes, None, first, first)

@@ -26,6 +26,8 @@ I64 = npt.NDArray[np.int64]
 M = 1 << 16  # bound on GPUs per node, GPUs left and domains per node
 INF = np.iinfo(np.int64).max
 _CACHE_LIMIT = 256
+_U32_MAX = np.uint32(np.iinfo(np.uint32).max)
+_I32_MAX = int(np.iinfo(np.int32).max)
 
 
 class Strategy(StrEnum):
@@ -54,8 +56,63 @@ class Stage:
     ok: BOOL
     excluded: frozenset[int]
     taken: frozenset[int]
-    feasible: npt.NDArray[np.intp] = field(default_factory=lambda: np.zeros(0, dtype=np.intp))
-    keys: I64 = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    _feasible: npt.NDArray[np.intp] | None = field(default=None, repr=False)
+    _keys: I64 | None = field(default=None, repr=False)
+
+    @property
+    def simple(self) -> bool:
+        """``ok`` is exactly "a candidate with ``request.gpus`` available GPUs": no capacity,
+        NVLink or node-filter condition took part (the fast choice of :meth:`choose` holds)."""
+        r = self.request
+        return r.vcpus is None and r.memory_mb is None and not self.nvlink and r.node_filter is None
+
+    @property
+    def feasible(self) -> npt.NDArray[np.intp]:
+        """Feasible node rows, ascending (computed on first use; ``ok`` is this stage's own)."""
+        if self._feasible is None:
+            self._feasible = np.flatnonzero(self.ok)
+        return self._feasible
+
+    @property
+    def keys(self) -> I64:
+        """:meth:`key` of each :attr:`feasible` row (computed on first use)."""
+        if self._keys is None:
+            self._keys = self.key()[self.feasible]
+        return self._keys
+
+    def choose(self, all_candidates: bool) -> int | None:
+        """The best feasible node row (None: none is feasible); ``all_candidates`` says that
+        every node row is a candidate (the mask then needs no pass).
+
+        binpack and spread on a :attr:`simple` stage need no keys: the best count of GPUs left
+        over the candidates in a few passes of int32, then the first row in ``node_rank`` order
+        that has it, as the keys' tie-break does. Otherwise the argmin of :attr:`keys`."""
+        if not (self.simple and self.strategy is not Strategy.TOPOLOGY):
+            if self.feasible.size == 0:
+                return None
+            return int(self.feasible[int(np.argmin(self.keys))])
+        if self.avail.size == 0:
+            return None
+        need = self.request.gpus
+        values: npt.NDArray[Any]
+        if self.strategy is Strategy.BINPACK:
+            # GPUs left over; a shortfall (negative) wraps to a huge unsigned value
+            values = np.subtract(self.avail, need, dtype=np.int32).view(np.uint32)
+            if not all_candidates:
+                values[~self.cand] = _U32_MAX
+            best = values.min()
+            if int(best) > _I32_MAX:
+                return None
+        else:
+            values = self.avail if all_candidates else np.where(self.cand, self.avail, -1)
+            best = values.max()
+            if int(best) < need:
+                return None
+        best_rows = values == best
+        order = rank_order(self.s)
+        if order is None:  # rows are in rank order: the first true one (argmax stops there)
+            return int(np.argmax(best_rows))
+        return int(order[int(np.argmax(best_rows[order]))])
 
     def key(self) -> I64:
         if self.node_dkey is not None and self.strategy is Strategy.TOPOLOGY:
@@ -68,6 +125,17 @@ class Stage:
         """GPUs left after placement (node, or domain for topology), from a key."""
         primary = key // max(1, self.s.n_nodes * M)
         return (M - primary) if self.strategy is Strategy.SPREAD else primary
+
+
+def rank_order(s: Structure) -> npt.NDArray[np.intp] | None:
+    """Node rows sorted by ``node_rank``, or None when the rows already are in that order
+    (cached with the structure)."""
+    hit = s.cache.get("rank-order", False)
+    if hit is False:
+        order = np.argsort(s.node_rank, kind="stable")
+        hit = None if bool(np.all(order == np.arange(order.size))) else order
+        remember(s, "rank-order", hit)
+    return hit  # type: ignore[no-any-return]
 
 
 def model_mask(s: Structure, globs: tuple[str, ...]) -> BOOL:

@@ -125,19 +125,26 @@ class EventLog:
                     item.done.set_result(event)
 
     async def _store(self, batch: list[_Pending]) -> list[Event]:
-        stored: list[Event] = []
+        # One compiled INSERT for the whole batch (executemany) with the seqs assigned here:
+        # under the write lock, in the same transaction as the read of the newest seq, so they
+        # are exactly the ones SQLite's AUTOINCREMENT would have given.
         async with self._db.write() as conn:
-            for item in batch:
-                result = await conn.execute(
-                    events.insert().values(
-                        type=item.type, payload=item.encoded.decode(), ts=item.ts
-                    )
-                )
-                key = result.inserted_primary_key
-                assert key is not None, "an INSERT into events always yields its seq"
-                seq = int(key[0])
-                stored.append(_event(seq, item.type, item.ts, item.payload))
-        return stored
+            newest = (await conn.execute(select(func.max(events.c.seq)))).scalar()
+            first = int(newest or 0) + 1
+            rows = [
+                {
+                    "seq": first + i,
+                    "type": item.type,
+                    "payload": item.encoded.decode(),
+                    "ts": item.ts,
+                }
+                for i, item in enumerate(batch)
+            ]
+            await conn.execute(events.insert(), rows)
+        return [
+            _event(row["seq"], item.type, item.ts, item.payload)
+            for row, item in zip(rows, batch, strict=True)
+        ]
 
     async def _emit(self, event: Event) -> None:
         for sink in self._sinks:
