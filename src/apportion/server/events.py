@@ -141,10 +141,7 @@ class EventLog:
                 for i, item in enumerate(batch)
             ]
             await conn.execute(events.insert(), rows)
-        return [
-            _event(row["seq"], item.type, item.ts, item.payload)
-            for row, item in zip(rows, batch, strict=True)
-        ]
+        return [_event(first + i, item.type, item.ts, item.payload) for i, item in enumerate(batch)]
 
     async def _emit(self, event: Event) -> None:
         for sink in self._sinks:
