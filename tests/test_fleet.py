@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from unittest.mock import patch
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 
+from apportion.registry import fleet as fleet_module
 from apportion.registry.documents import validate_cluster_document
 from apportion.registry.fleet import FleetView
 from apportion.registry.fleet_structure import SegmentCounter
@@ -176,8 +178,16 @@ _OPS = hs.one_of(
 
 
 @settings(max_examples=60, deadline=None)
-@given(hs.lists(_OPS, max_size=25))
-def test_counters_and_holds_match_a_recomputation(ops: list[tuple[object, ...]]) -> None:
+@given(hs.lists(_OPS, max_size=25), hs.sampled_from([0, 32]))
+def test_counters_and_holds_match_a_recomputation(
+    ops: list[tuple[object, ...]], small_change: int
+) -> None:
+    # small_change 0 sends every set_held down the array path, 32 every one here the scalar path
+    with patch.object(fleet_module, "_SMALL_CHANGE", small_change):
+        _check_counters(ops)
+
+
+def _check_counters(ops: list[tuple[object, ...]]) -> None:
     f = b.fleet_of(b.make_cluster("c0", 2, 4, domains=[[0, 1], [2, 3]]), b.make_cluster("c1", 1, 5))
     model = set()  # the held keys a straightforward model expects
     for op in ops:

@@ -89,7 +89,7 @@ class _PlacementPolicy:
         fleet = settings.get("fleet")
         if not isinstance(fleet, FleetView):
             fleet = FleetView.from_cluster_data(cluster_data)
-        candidates = list(cluster_data.keys())
+        candidates = list(cluster_data)  # the keys; iterating a Mapping beats its KeysView
         unavailable = frozenset(settings.get("unavailable") or ())
         outcome = place(fleet, candidates, requests, self.strategy, unavailable=unavailable)
         sink = settings.get("outcome_sink")

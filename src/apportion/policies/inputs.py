@@ -19,10 +19,12 @@ class LazyClusterData(Mapping[str, dict[str, Any]]):
     def __init__(self, registry: Registry, candidates: Sequence[str]) -> None:
         self._registry = registry
         self._ids = list(candidates)
-        self._index = set(self._ids)
+        self._index: set[str] | None = None  # built on the first lookup (built-ins never look)
         self._built: dict[str, dict[str, Any]] = {}
 
     def __getitem__(self, cluster_id: str) -> dict[str, Any]:
+        if self._index is None:
+            self._index = set(self._ids)
         if cluster_id not in self._index:
             raise KeyError(cluster_id)
         entry = self._built.get(cluster_id)

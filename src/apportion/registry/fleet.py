@@ -38,6 +38,8 @@ from apportion.registry.fleet_structure import (
     build_segment,
 )
 
+_SMALL_CHANGE = 32  # up to this many GPUs, set_held updates scalars instead of arrays
+
 
 class FleetView:
     """GPU-major columnar arrays over every cluster/node/GPU in the registry.
@@ -195,14 +197,24 @@ class FleetView:
         """Mark GPUs held (or free) by the engine; unknown keys are ignored."""
         with self.lock:
             s = self.structure
-            rows = [r for r in (s.gpu_row(k) for k in keys) if r is not None]
+            rows = {r for r in (s.gpu_row(k) for k in keys) if r is not None}
             if not rows:
                 return
-            idx = np.unique(np.asarray(rows, dtype=np.int64))
+            delta = -1 if held else 1
+            if len(rows) <= _SMALL_CHANGE:  # a hold's few GPUs: scalar updates beat numpy calls
+                for row in rows:
+                    if bool(self.held[row]) != held:
+                        self.held[row] = held
+                        self.node_free[s.gpu_node[row]] += delta
+                        domain = s.gpu_domain[row]
+                        if domain >= 0:
+                            self.domain_free[domain] += delta
+                self.version += 1
+                return
+            idx = np.fromiter(rows, dtype=np.int64, count=len(rows))
             idx = idx[self.held[idx] != held]
             if idx.size:
                 self.held[idx] = held
-                delta = -1 if held else 1
                 np.add.at(self.node_free, s.gpu_node[idx], delta)
                 dom = s.gpu_domain[idx]
                 np.add.at(self.domain_free, dom[dom >= 0], delta)
