@@ -12,8 +12,9 @@ What runs where (all on 127.0.0.1, every process started here is ended here by P
   re-encodes each message with orjson, in its own process;
 * the load (``load_client.py``) in a third process: C connections, each keeping W requests in
   flight (1 client: W = 1, pure request/answer latency; 50 clients: W = ``--window``);
-  ``adhoc: true`` requests, or durable holds (``adhoc: false``) each released as soon as it
-  is answered, so occupancy stays at most C × W GPUs;
+  ``adhoc: true`` requests; durable holds (``adhoc: false``) each released as soon as it
+  is answered, so occupancy stays at most C × W GPUs; and, where the fleet has GPUs enough
+  for the whole run, holds kept (never released: the hold rate alone);
 * in this process: the bare numpy kernel (the least numpy work for one binpack decision over
   the same fleet arrays) and the built-in binpack policy (constructed and ``eval``-ed per
   decision as the server does, over a :class:`FleetView` of the same documents).
@@ -50,6 +51,7 @@ from apportion.registry.fleet import FleetView
 HERE = Path(__file__).resolve().parent
 ADMIN_KEY = "bench-" + secrets.token_hex(16)
 URI = "binpack:1.0-stable"
+KEEP_RATE_BOUND = 4000  # holds/s a "keep" run is sized for (above any rate measured here)
 
 
 # --------------------------------------------------------------------------- processes
@@ -207,6 +209,13 @@ def measure(args: argparse.Namespace, t: Timing) -> tuple[list[Load], list[Kerne
                         run_load(ready["ws_url"], server.pid, "server", nodes, mode, c, w, t)
                     )
                     log(loads[-1])
+            # last: kept holds fill the fleet (one GPU each); only where it cannot run out
+            c, w = shapes[-1]
+            if nodes * 8 >= KEEP_RATE_BOUND * (t.warmup + t.reps * t.duration + 2):
+                loads.append(
+                    run_load(ready["ws_url"], server.pid, "server", nodes, "keep", c, w, t)
+                )
+                log(loads[-1])
         finally:
             stop(server)
     return loads, kernels

@@ -5,7 +5,8 @@ Runs in its own process. Every connection keeps ``window`` allocation requests i
 latency is measured from just before ``send`` to the moment the answer is decoded. In ``hold``
 mode each answered hold is released at once with ``{"type": "release"}`` on the same
 connection (sent without waiting; the release answers are checked, not timed), so the fleet's
-occupancy stays at most ``clients × window`` GPUs. After ``warmup`` seconds the run is cut
+occupancy stays at most ``clients × window`` GPUs; in ``keep`` mode holds are made and never
+released (the fleet fills: the caller sizes the run to its GPUs). After ``warmup`` seconds the run is cut
 into ``reps`` back-to-back windows of ``duration`` seconds; one JSON line per window is
 printed: ``{"rate", "p50_ms", "p99_ms", "count", "errors", "releases_failed", "client_cpu"}``
 (``client_cpu``: this process's CPU seconds per wall second while measuring).
@@ -29,7 +30,7 @@ from websockets.asyncio.client import ClientConnection, connect
 def request_body(mode: str) -> dict[str, Any]:
     """The allocation request every worker sends (the seed's fields, CONTRACTS §2)."""
     return {
-        "adhoc": mode != "hold",
+        "adhoc": mode not in ("hold", "keep"),
         "policy_rule_uri": "binpack:1.0-stable",
         "clusters": [],
         "inputs": {"gpus": 1},
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", required=True, help="ws://127.0.0.1:PORT")
     parser.add_argument("--key", default="", help="API key for the Authorization header")
-    parser.add_argument("--mode", choices=("adhoc", "hold", "echo"), default="adhoc")
+    parser.add_argument("--mode", choices=("adhoc", "hold", "keep", "echo"), default="adhoc")
     parser.add_argument("--clients", type=int, default=1, help="WebSocket connections")
     parser.add_argument("--window", type=int, default=1, help="requests in flight per connection")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds before measuring")
