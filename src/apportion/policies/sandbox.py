@@ -5,8 +5,9 @@ in the server. Each worker (``sandbox_worker.py``) is spawned with an argv list,
 environment (nothing of the server's, no ``APPORTION_*``), a private temporary cwd, its own
 session (so a kill takes its children too), and resource limits it sets on itself. Its stdin and
 stdout carry the private protocol; its stderr is drained by a thread into the logger
-``apportion.policies.sandbox`` (DEBUG), so a chatty policy can never block it. The process and
-slot code is in ``sandbox_process.py``; this module is the pool API.
+``apportion.policies.sandbox`` (DEBUG), so a chatty policy can never block it. The parent's
+handle on one worker process is in ``sandbox_worker_handle.py``, the slot that replaces a failed
+worker in ``sandbox_process.py``; this module is the pool API.
 
 Each exchange runs in a thread (``asyncio.to_thread``) over non-blocking pipes with a wall-clock
 deadline, so the event loop never blocks. :class:`SandboxServices` methods are called from that

@@ -36,7 +36,9 @@ Supervisors this server started are reaped on every call; after a crash their pa
 the system's init reaps them.
 
 Logs (:meth:`LocalAdapter.logs`) are read by ``local_logs.py``; usage samples
-(:meth:`LocalAdapter.usage`) are taken by ``local_usage.py``.
+(:meth:`LocalAdapter.usage`) are taken by ``local_usage.py``. Starting the workers is
+``local_launch.py``, reading their state ``local_workers.py``, and the rules above that turn
+workers into the job's state ``local_job_status.py``; this module is the adapter that ties them.
 """
 
 from __future__ import annotations
@@ -46,17 +48,12 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil  # type: ignore[import-untyped, unused-ignore]  # no stubs installed
-
-import apportion
 from apportion.scheduling.adapters import local_logs, local_usage
 from apportion.scheduling.adapters import local_supervisor as sv
 from apportion.scheduling.adapters.base import (
@@ -65,90 +62,19 @@ from apportion.scheduling.adapters.base import (
     BackendStatus,
     JobSpec,
     LogChunk,
-    WorkerSpec,
 )
+from apportion.scheduling.adapters.local_job_status import job_status
+from apportion.scheduling.adapters.local_launch import (
+    BASE_ENV_KEYS,
+    await_started,
+    base_environment,
+    start_supervisor,
+    validate_spec,
+    worker_environment,
+)
+from apportion.scheduling.adapters.local_workers import WorkerView, command_process, read_workers
 
-BASE_ENV_KEYS = ("PATH", "HOME", "LANG")  # never the server's whole environment (admin key)
-_SRC_ROOT = str(Path(apportion.__file__).resolve().parent.parent)
-_START_TIMEOUT = 15.0  # seconds for every supervisor to report its command started
-_OWNER_TOLERANCE = 2.0  # seconds between a recorded start and psutil's create_time
-
-
-def base_environment() -> dict[str, str]:
-    """The server's minimal safe environment for jobs: PATH, HOME and LANG only."""
-    env = {key: os.environ[key] for key in BASE_ENV_KEYS if key in os.environ}
-    env.setdefault("PATH", os.defpath)
-    return env
-
-
-def worker_environment(spec: JobSpec, worker: WorkerSpec) -> dict[str, str]:
-    """Base + ``spec.env`` + the GPU and ``APPORTION_*`` variables (which win over ``spec.env``)."""
-    env = base_environment()
-    env.update(spec.env)
-    env["CUDA_VISIBLE_DEVICES"] = ",".join(worker.gpus)
-    env["APPORTION_JOB_ID"] = spec.job_id
-    env["APPORTION_WORKER_INDEX"] = str(worker.index)
-    env["APPORTION_NUM_WORKERS"] = str(len(spec.workers))
-    return env
-
-
-@dataclass(frozen=True)
-class _Worker:
-    """One worker as the files and the process table show it."""
-
-    index: int
-    state: dict[str, Any] | None
-    kind: str  # "missing" | "running" | "ended" | "lost"
-
-    @property
-    def code(self) -> int:
-        """Exit code, 128 + N when killed by signal N, 1 when lost."""
-        if self.state is None or self.kind == "lost":
-            return 1
-        if self.state.get("signal") is not None:
-            return 128 + int(self.state["signal"])
-        return int(self.state.get("return_code") or 0)
-
-    @property
-    def failure(self) -> str:
-        if self.kind == "lost":
-            return f"worker {self.index} was lost: its supervisor ended without recording an exit"
-        if self.kind == "missing":
-            return f"worker {self.index} was never started (the server stopped during submit)"
-        state = self.state or {}
-        colon = ":" if state.get("stopped_by") else ""
-        return f"worker {self.index}{colon} {state.get('reason') or 'failed'}"
-
-    @property
-    def genuine_failure(self) -> bool:
-        """Failed by itself — not stopped by a cancel or because a sibling failed."""
-        stopped_by = (self.state or {}).get("stopped_by")
-        return (self.code != 0 or self.kind != "ended") and stopped_by not in ("cancel", "gang")
-
-
-def _owned(pid: object, started_at: object, pgid: object = None) -> Any:
-    """The live ``psutil.Process`` for ``pid`` if it is still the process we started, else None.
-
-    Guards every signal: a pid is ours only if it was created when we recorded its start (within
-    :data:`_OWNER_TOLERANCE`) and, for a command, still leads the process group we recorded.
-    """
-    if not isinstance(pid, int) or not isinstance(started_at, int | float):
-        return None
-    try:
-        proc = psutil.Process(pid)
-        if abs(proc.create_time() - float(started_at)) > _OWNER_TOLERANCE:
-            return None
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return None
-        if pgid is not None and os.getpgid(pid) != pgid:
-            return None
-    except (psutil.Error, OSError):
-        return None
-    return proc
-
-
-def _command_proc(state: dict[str, Any]) -> Any:
-    return _owned(state.get("pid"), state.get("started_at"), state.get("pgid"))
+__all__ = ["BASE_ENV_KEYS", "LocalAdapter", "base_environment", "worker_environment"]
 
 
 class LocalAdapter:
@@ -223,29 +149,8 @@ class LocalAdapter:
         started = any(sv.state_path(spec.output_dir, w.index).exists() for w in spec.workers)
         return self.scheduler_id(spec) if started else None
 
-    def _validate(self, spec: JobSpec) -> Path:
-        if not spec.command or not all(isinstance(a, str) for a in spec.command):
-            raise AdapterError("the job's command must be a non-empty list of strings (argv)")
-        if any("\0" in a for a in spec.command):
-            raise AdapterError("the job's command may not contain NUL characters")
-        if not spec.workers:
-            raise AdapterError("the job has no workers to start")
-        indices = sorted(w.index for w in spec.workers)
-        if indices != list(range(len(spec.workers))):
-            raise AdapterError(f"worker indices must be 0..{len(spec.workers) - 1}, got {indices}")
-        for key, value in spec.env.items():
-            if not key or "=" in key or "\0" in key or "\0" in value:
-                raise AdapterError(
-                    f"environment variable {key!r} is not valid: use a non-empty name without"
-                    " '=' or NUL, and a value without NUL"
-                )
-        cwd = Path(spec.working_dir) if spec.working_dir else Path(spec.output_dir)
-        if spec.working_dir and not cwd.is_dir():
-            raise AdapterError(f"the working directory {spec.working_dir} does not exist")
-        return cwd.resolve()
-
     def _submit(self, spec: JobSpec) -> str:
-        cwd = self._validate(spec)
+        cwd = validate_spec(spec)
         existing = self._find(spec)
         if existing is not None:
             return existing
@@ -271,70 +176,17 @@ class LocalAdapter:
                     "submitted_at": time.time(),
                 },
             )
-            procs = [self._start_supervisor(spec, w, cwd, attempt) for w in spec.workers]
+            procs = [
+                start_supervisor(spec, w, cwd, attempt, self.grace_seconds) for w in spec.workers
+            ]
             with self._lock:
                 self._supervisors[spec.job_id] = procs
-            self._await_started(spec, procs)
+            await_started(spec, procs)
         except OSError as exc:
             raise AdapterError(f"could not start job {spec.job_id}: {exc}") from None
         finally:
             self._submitting.discard(spec.job_id)
         return self.scheduler_id(spec)
-
-    def _start_supervisor(
-        self, spec: JobSpec, worker: WorkerSpec, cwd: Path, attempt: str
-    ) -> subprocess.Popen[bytes]:
-        job_dir = Path(spec.output_dir)
-        launch = {
-            "job_id": spec.job_id,
-            "index": worker.index,
-            "attempt": attempt,
-            "job_dir": str(job_dir.resolve()),
-            "command": list(spec.command),
-            "cwd": str(cwd),
-            "env": worker_environment(spec, worker),
-            "stdout": str(sv.stdout_path(job_dir, worker.index).resolve()),
-            "stderr": str(sv.stderr_path(job_dir, worker.index).resolve()),
-            "walltime": spec.walltime_seconds,
-            "grace": self.grace_seconds,
-        }
-        path = sv.launch_path(job_dir, worker.index)
-        sv.write_json_atomic(path, launch)
-        env = base_environment()
-        env["PYTHONPATH"] = _SRC_ROOT
-        with (job_dir / f"worker-{worker.index}.supervisor.log").open("ab") as log:
-            return subprocess.Popen(  # noqa: S603 - argv list, never a shell
-                [sys.executable, "-m", sv.__name__, str(path.resolve())],
-                cwd=job_dir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-
-    def _await_started(self, spec: JobSpec, procs: list[subprocess.Popen[bytes]]) -> None:
-        deadline = time.monotonic() + _START_TIMEOUT
-        pending = {w.index: proc for w, proc in zip(spec.workers, procs, strict=True)}
-        while pending:
-            for index, proc in list(pending.items()):
-                if sv.state_path(spec.output_dir, index).exists():
-                    del pending[index]
-                elif (proc.poll() is not None or time.monotonic() > deadline) and not (
-                    sv.state_path(spec.output_dir, index).exists()  # wrote it, then exited
-                ):
-                    self._abort(spec)
-                    log = Path(spec.output_dir) / f"worker-{index}.supervisor.log"
-                    tail = log.read_text(errors="replace")[-500:] if log.exists() else ""
-                    raise AdapterError(
-                        f"the supervisor of worker {index} did not start its command: {tail}"
-                    )
-            time.sleep(0.005)
-
-    def _abort(self, spec: JobSpec) -> None:
-        """Stop what a failed submit already started (their supervisors see ``gang.json``)."""
-        reason = "submit failed before every worker started"
-        sv.write_json_atomic(Path(spec.output_dir) / sv.GANG_FILE, {"worker": -1, "reason": reason})
 
     # ---- poll / cancel --------------------------------------------------------------------
 
@@ -348,76 +200,14 @@ class LocalAdapter:
                 else:
                     del self._supervisors[job_id]
 
-    def _workers(self, spec: JobSpec) -> list[_Worker]:
+    def _workers(self, spec: JobSpec) -> list[WorkerView]:
         self._reap()
-        out: list[_Worker] = []
-        for w in sorted(spec.workers, key=lambda w: w.index):
-            state = sv.read_json(sv.state_path(spec.output_dir, w.index))
-            if state is None:
-                kind = "missing"
-            elif state.get("ended_at") is not None:
-                kind = "ended"
-            elif _command_proc(state) is not None or (
-                _owned(state.get("supervisor_pid"), state.get("supervisor_started_at")) is not None
-            ):
-                kind = "running"
-            else:  # re-read: the supervisor may have just written its final state
-                state = sv.read_json(sv.state_path(spec.output_dir, w.index)) or state
-                kind = "ended" if state.get("ended_at") is not None else "lost"
-            out.append(_Worker(w.index, state, kind))
-        return out
+        return read_workers(spec)
 
     def _poll(self, spec: JobSpec, scheduler_job_id: str) -> BackendStatus:
         if scheduler_job_id != self.scheduler_id(spec):
             return BackendStatus(BackendState.UNKNOWN, reason=f"{scheduler_job_id} is not this job")
-        job_dir = Path(spec.output_dir)
-        workers = self._workers(spec)
-        if all(w.kind == "missing" for w in workers):
-            if spec.job_id in self._submitting:
-                return BackendStatus(BackendState.PENDING)
-            return BackendStatus(BackendState.UNKNOWN, reason="the job never reached the backend")
-        starts = [
-            float(w.state["started_at"]) for w in workers if w.state and w.state.get("started_at")
-        ]
-        started_at = min(starts) if starts else None
-        broken = [w for w in workers if w.kind in ("missing", "lost")]
-        if any(w.kind == "running" for w in workers):
-            if broken and spec.job_id not in self._submitting:
-                reason = broken[0].failure
-                if not (job_dir / sv.GANG_FILE).exists():
-                    sv.write_json_atomic(job_dir / sv.GANG_FILE, {"worker": -1, "reason": reason})
-            return BackendStatus(BackendState.RUNNING, started_at=started_at)
-        ends = [float(w.state["ended_at"]) for w in workers if w.state and w.state.get("ended_at")]
-        ended_at = max(ends) if ends else None
-        cancel = sv.read_json(job_dir / sv.CANCEL_FILE)
-        if cancel is not None:
-            requested = float(cancel.get("requested_at") or 0.0)
-            failed_first = any(
-                w.genuine_failure and float((w.state or {}).get("ended_at") or "inf") <= requested
-                for w in workers
-            )
-            if not failed_first and any(
-                w.code != 0 or (w.state or {}).get("stopped_by") == "cancel" for w in workers
-            ):
-                return BackendStatus(
-                    BackendState.CANCELLED,
-                    reason="cancelled",
-                    started_at=started_at,
-                    ended_at=ended_at,
-                )
-        failed = [w for w in workers if w.code != 0 or w.kind != "ended"]
-        if not failed:
-            return BackendStatus(
-                BackendState.COMPLETED, return_code=0, started_at=started_at, ended_at=ended_at
-            )
-        primary = next((w for w in failed if w.genuine_failure), failed[0])
-        return BackendStatus(
-            BackendState.FAILED,
-            return_code=primary.code,
-            reason=primary.failure,
-            started_at=started_at,
-            ended_at=ended_at,
-        )
+        return job_status(spec, self._workers(spec), self._submitting)
 
     def _cancel(self, spec: JobSpec, scheduler_job_id: str) -> None:
         if scheduler_job_id != self.scheduler_id(spec):
@@ -435,7 +225,7 @@ class LocalAdapter:
     def _signal_running(self, spec: JobSpec, sig: signal.Signals) -> None:
         for w in self._workers(spec):
             if w.kind == "running" and w.state is not None:
-                proc = _command_proc(w.state)
+                proc = command_process(w.state)
                 if proc is not None:  # verified ours: signal its whole process group
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.killpg(int(w.state["pgid"]), sig)
@@ -461,7 +251,7 @@ class LocalAdapter:
         workers: list[tuple[str, dict[str, Any], Any]] = []
         for w in self._workers(spec):
             state = w.state or {}
-            proc = _command_proc(state) if w.kind == "running" else None
+            proc = command_process(state) if w.kind == "running" else None
             workers.append((w.kind, state, proc))
         sample, self._samples[spec.job_id] = local_usage.job_usage(usage_file, record, workers)
         return sample

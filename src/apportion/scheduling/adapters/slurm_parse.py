@@ -4,6 +4,11 @@ Called by :mod:`apportion.scheduling.adapters.slurm` on the text a Slurm command
 no I/O, so they are unit-tested on outputs recorded from a real Slurm (``tests/data/slurm/``).
 Malformed output raises :class:`AdapterError` (retryable: the next poll may read a good one).
 
+This module is the one import path of the parsers; they live beside it, one job each:
+:mod:`.slurm_job_parse` (jobs and their :class:`BackendStatus`), :mod:`.slurm_node_parse`
+(nodes, GRES, partitions, ``nodeData``) and :mod:`.slurm_text` (JSON documents, ``scontrol``
+records, ``sbatch --parsable``, ``--time``).
+
 Facts about Slurm 22.05 (openapi/v0.0.38) these functions rely on:
 
 - ``squeue --json`` ignores ``-j``/``--jobs``: it always lists every job, so callers filter here.
@@ -16,346 +21,46 @@ Facts about Slurm 22.05 (openapi/v0.0.38) these functions rely on:
 
 from __future__ import annotations
 
-import json
-import re
-import time
-from dataclasses import dataclass
-from typing import Any
+from apportion.scheduling.adapters.slurm_job_parse import (
+    _STATES,
+    SlurmJob,
+    parse_sacct,
+    parse_scontrol_job,
+    parse_squeue,
+    sacct_cpu_seconds,
+    split_wait_status,
+    status_of,
+)
+from apportion.scheduling.adapters.slurm_node_parse import (
+    SlurmNode,
+    node_data,
+    parse_gpu_gres,
+    parse_scontrol_partitions,
+    parse_sinfo_nodes,
+)
+from apportion.scheduling.adapters.slurm_text import (
+    format_walltime,
+    load_json,
+    parse_sbatch_parsable,
+    parse_scontrol_record,
+)
 
-from apportion.scheduling.adapters.base import AdapterError, BackendState, BackendStatus
-
-_STATES: dict[str, BackendState] = {
-    "PENDING": BackendState.PENDING,
-    "REQUEUED": BackendState.PENDING,
-    "REQUEUE_HOLD": BackendState.PENDING,
-    "REQUEUE_FED": BackendState.PENDING,
-    "CONFIGURING": BackendState.RUNNING,
-    "RUNNING": BackendState.RUNNING,
-    "COMPLETING": BackendState.RUNNING,
-    "SUSPENDED": BackendState.RUNNING,
-    "STOPPED": BackendState.RUNNING,
-    "SIGNALING": BackendState.RUNNING,
-    "STAGE_OUT": BackendState.RUNNING,
-    "RESIZING": BackendState.RUNNING,
-    "COMPLETED": BackendState.COMPLETED,
-    "CANCELLED": BackendState.CANCELLED,
-    "FAILED": BackendState.FAILED,
-    "TIMEOUT": BackendState.FAILED,
-    "NODE_FAIL": BackendState.FAILED,
-    "BOOT_FAIL": BackendState.FAILED,
-    "DEADLINE": BackendState.FAILED,
-    "OUT_OF_MEMORY": BackendState.FAILED,
-    "PREEMPTED": BackendState.FAILED,
-    "SPECIAL_EXIT": BackendState.FAILED,
-}
-_WORDS = {
-    "TIMEOUT": "walltime exceeded",
-    "NODE_FAIL": "a node of the job failed",
-    "BOOT_FAIL": "a node of the job failed to boot",
-    "DEADLINE": "deadline reached",
-    "OUT_OF_MEMORY": "out of memory",
-    "PREEMPTED": "preempted",
-}
-
-
-@dataclass(frozen=True)
-class SlurmJob:
-    """One job as a Slurm command reported it (the fields the adapter needs)."""
-
-    job_id: str
-    state: str  # Slurm's word, upper case ("RUNNING", "FAILED", …)
-    name: str = ""
-    comment: str = ""
-    nodes: str = ""
-    reason: str = ""  # Slurm's state_reason ("Resources", "NonZeroExitCode", "None")
-    exit_status: int | None = None  # the command's exit status when it exited
-    signal: int | None = None  # the signal that ended it, if one did
-    start_time: float | None = None
-    end_time: float | None = None
-
-
-@dataclass(frozen=True)
-class SlurmNode:
-    name: str
-    state: str
-    cpus: int
-    memory_mb: int
-    gres: str  # "gpu:4", "gpu:a100:2(S:0-1),gpu:v100:2"
-    gres_used: str
-    partitions: tuple[str, ...]
-    cpu_load: float | None = None  # load average, as sinfo reports it (hundredths → float)
-    free_memory_mb: int | None = None
-
-
-def load_json(text: str, what: str) -> dict[str, Any]:
-    """The JSON document a Slurm command printed; AdapterError naming ``what`` if it is not one."""
-    try:
-        doc = json.loads(text)
-    except ValueError as exc:
-        raise AdapterError(f"{what} printed no JSON ({exc})", retryable=True) from exc
-    if not isinstance(doc, dict):
-        raise AdapterError(f"{what} printed JSON that is not an object", retryable=True)
-    errors = doc.get("errors") or []
-    if errors:
-        raise AdapterError(f"{what} reported errors: {errors}", retryable=True)
-    return doc
-
-
-def split_wait_status(raw: int) -> tuple[int | None, int | None]:
-    """``(exit status, signal)`` of a raw wait status: 768 → (3, None); 15 → (None, 15)."""
-    signal = raw & 0x7F
-    if signal:
-        return None, signal
-    return (raw >> 8) & 0xFF, None
-
-
-def _state_word(value: Any) -> str:
-    if isinstance(value, list):  # newer Slurm: ["FAILED"] or ["RUNNING", "COMPLETING"]
-        value = value[0] if value else ""
-    return str(value or "").upper()
-
-
-def _time(value: Any) -> float | None:
-    if isinstance(value, dict):  # newer Slurm: {"set": true, "number": 123}
-        value = value.get("number") if value.get("set", True) else None
-    if isinstance(value, int | float) and value > 0:
-        return float(value)
-    return None
-
-
-def parse_squeue(text: str) -> list[SlurmJob]:
-    """Every job in ``squeue --json`` output (filter by id or tag yourself; see module notes)."""
-    doc = load_json(text, "squeue --json")
-    jobs: list[SlurmJob] = []
-    for j in doc.get("jobs") or []:
-        state = _state_word(j.get("job_state"))
-        raw = j.get("exit_code")
-        status, signal = split_wait_status(raw) if isinstance(raw, int) else (None, None)
-        finished = _STATES.get(state, BackendState.UNKNOWN).finished
-        jobs.append(
-            SlurmJob(
-                job_id=str(j.get("job_id")),
-                state=state,
-                name=str(j.get("name") or ""),
-                comment=str(j.get("comment") or ""),
-                nodes=str(j.get("nodes") or ""),
-                reason=str(j.get("state_reason") or ""),
-                exit_status=status if finished else None,
-                signal=signal if finished else None,
-                start_time=_time(j.get("start_time")) if state != "PENDING" else None,
-                end_time=_time(j.get("end_time")) if finished else None,
-            )
-        )
-    return jobs
-
-
-def parse_sacct(text: str) -> list[SlurmJob]:
-    """The jobs (not steps) of ``sacct --json`` output (needs slurmdbd; see docs/slurm.md)."""
-    doc = load_json(text, "sacct --json")
-    jobs: list[SlurmJob] = []
-    for j in doc.get("jobs") or []:
-        state_doc = j.get("state") or {}
-        state = _state_word(state_doc.get("current") if isinstance(state_doc, dict) else state_doc)
-        ec = j.get("exit_code") or {}
-        status = ec.get("return_code") if isinstance(ec, dict) else None
-        sig = ec.get("signal", {}).get("signal_id") if isinstance(ec, dict) else None
-        times = j.get("time") or {}
-        jobs.append(
-            SlurmJob(
-                job_id=str(j.get("job_id")),
-                state=state,
-                name=str(j.get("name") or ""),
-                comment=str((j.get("comment") or {}).get("job") or ""),
-                nodes=str(j.get("nodes") or ""),
-                exit_status=status if isinstance(status, int) and not sig else None,
-                signal=sig if isinstance(sig, int) and sig > 0 else None,
-                start_time=_time(times.get("start")),
-                end_time=_time(times.get("end")),
-            )
-        )
-    return jobs
-
-
-def sacct_cpu_seconds(text: str, job_id: str) -> float | None:
-    """CPU time (user + system) of job ``job_id`` in ``sacct --json`` output, if it is there."""
-    for j in load_json(text, "sacct --json").get("jobs") or []:
-        total = (j.get("time") or {}).get("total")
-        if str(j.get("job_id")) == job_id and isinstance(total, dict) and "seconds" in total:
-            return float(total["seconds"]) + float(total.get("microseconds") or 0) / 1e6
-    return None
-
-
-_KEY = re.compile(r"(?:^|\s)([A-Za-z][A-Za-z0-9_/:.]*)=")
-
-
-def parse_scontrol_record(line: str) -> dict[str, str]:
-    """One ``scontrol show … -o`` line as ``{key: value}`` (values may hold spaces, e.g. ``OS``)."""
-    marks = list(_KEY.finditer(line))
-    out: dict[str, str] = {}
-    for i, m in enumerate(marks):
-        end = marks[i + 1].start() if i + 1 < len(marks) else len(line)
-        out[m.group(1)] = line[m.end() : end].strip()
-    return out
-
-
-def _scontrol_time(value: str) -> float | None:
-    try:  # scontrol prints local time without a zone: 2026-11-21T23:34:04
-        return time.mktime(time.strptime(value, "%Y-%m-%dT%H:%M:%S"))
-    except ValueError:
-        return None  # "Unknown", "None", "N/A"
-
-
-def parse_scontrol_job(text: str) -> SlurmJob | None:
-    """The job of ``scontrol show job -o <id>`` output; ``None`` if it printed no record."""
-    for line in text.splitlines():
-        rec = parse_scontrol_record(line)
-        if "JobId" not in rec:
-            continue
-        state = rec.get("JobState", "").upper()
-        finished = _STATES.get(state, BackendState.UNKNOWN).finished
-        code, _, sig = rec.get("ExitCode", "").partition(":")
-        signal = int(sig) if sig.isdigit() and int(sig) > 0 else None
-        status = int(code) if code.isdigit() and signal is None else None
-        return SlurmJob(
-            job_id=rec["JobId"],
-            state=state,
-            name=rec.get("JobName", ""),
-            comment=rec.get("Comment", ""),
-            nodes=rec.get("NodeList", ""),
-            reason=rec.get("Reason", ""),
-            exit_status=status if finished else None,
-            signal=signal if finished else None,
-            start_time=_scontrol_time(rec.get("StartTime", "")) if state != "PENDING" else None,
-            end_time=_scontrol_time(rec.get("EndTime", "")) if finished else None,
-        )
-    return None
-
-
-def status_of(job: SlurmJob) -> BackendStatus:
-    """The engine's view of a Slurm job: state, return code (−signal if killed) and why."""
-    state = _STATES.get(job.state, BackendState.UNKNOWN)
-    rc: int | None = None
-    if state.finished:
-        rc = -job.signal if job.signal else job.exit_status
-        if state is BackendState.COMPLETED and rc is None:
-            rc = 0
-    reason: str | None = None
-    if state is BackendState.PENDING and job.reason not in ("", "None"):
-        reason = f"waiting in Slurm: {job.reason}"
-    elif state is BackendState.FAILED:
-        words = _WORDS.get(job.state)
-        if job.signal:
-            reason = f"killed by signal {job.signal}"
-        elif rc:
-            reason = f"exit code {rc}"
-        reason = ", ".join(w for w in (words, reason) if w) or f"Slurm state {job.state}"
-    elif state is BackendState.CANCELLED:
-        reason = "cancelled in Slurm"
-    elif state is BackendState.UNKNOWN:
-        reason = f"unknown Slurm state {job.state!r}"
-    return BackendStatus(state, rc, reason, job.start_time, job.end_time)
-
-
-def parse_sinfo_nodes(text: str) -> list[SlurmNode]:
-    """The nodes of ``sinfo --json`` output, sorted by name."""
-    doc = load_json(text, "sinfo --json")
-    nodes = [
-        SlurmNode(
-            name=str(n["name"]),
-            state=str(n.get("state") or "").lower(),
-            cpus=int(n.get("cpus") or 0),
-            memory_mb=int(n.get("real_memory") or 0),
-            gres=str(n.get("gres") or ""),
-            gres_used=str(n.get("gres_used") or ""),
-            partitions=tuple(str(p) for p in n.get("partitions") or ()),
-            cpu_load=None if n.get("cpu_load") is None else float(n["cpu_load"]) / 100,
-            free_memory_mb=None if n.get("free_memory") is None else int(n["free_memory"]),
-        )
-        for n in doc.get("nodes") or []
-        if n.get("name")
-    ]
-    return sorted(nodes, key=lambda n: n.name)
-
-
-_GRES_ITEM = re.compile(r"^gpu(?::(?P<type>[^:(]+))?:(?P<count>\d+)(?:\(.*\))?$")
-
-
-def parse_gpu_gres(gres: str) -> list[tuple[str | None, int]]:
-    """GPU entries of a GRES string: ``"gpu:a100:2(S:0),gpu:4,mps:100"`` → ``[("a100", 2), (None, 4)]``."""
-    out: list[tuple[str | None, int]] = []
-    for item in re.split(r",(?![^(]*\))", gres):  # commas outside "(S:0,1)"
-        m = _GRES_ITEM.match(item.strip())
-        if m:
-            out.append((m.group("type"), int(m.group("count"))))
-    return out
-
-
-def node_data(
-    nodes: list[SlurmNode], *, gpu_memory_mb: int = 0, unknown_model: str = "unknown"
-) -> list[dict[str, Any]]:
-    """``nodeData`` entries (CONTRACTS §4) for Slurm nodes.
-
-    Slurm does not know a GPU's memory, so every GPU gets ``gpu_memory_mb`` (0 = unknown; set
-    ``config.scheduler.gpu_memory_mb`` on the cluster); an untyped GRES gets model ``unknown_model``.
-    """
-    out: list[dict[str, Any]] = []
-    for n in nodes:
-        gpus = [
-            {"modelName": model or unknown_model, "memory": gpu_memory_mb}
-            for model, count in parse_gpu_gres(n.gres)
-            for _ in range(count)
-        ]
-        out.append(
-            {
-                "id": n.name,
-                "gpus": {
-                    "count": len(gpus),
-                    "memory": gpu_memory_mb * len(gpus),
-                    "modelNames": sorted({g["modelName"] for g in gpus}),
-                    "gpus": gpus,
-                },
-                "vcpus": {"count": n.cpus},
-                "memory": n.memory_mb,
-                "labels": {"slurmState": n.state, "slurmPartitions": ",".join(n.partitions)},
-            }
-        )
-    return out
-
-
-def parse_scontrol_partitions(text: str) -> list[dict[str, Any]]:
-    """``scontrol show partition -o`` as ``[{name, nodes, state, default, maxTime, totalCpus, totalNodes}]``."""
-    out: list[dict[str, Any]] = []
-    for line in text.splitlines():
-        rec = parse_scontrol_record(line)
-        if "PartitionName" not in rec:
-            continue
-        out.append(
-            {
-                "name": rec["PartitionName"],
-                "nodes": rec.get("Nodes", ""),
-                "state": rec.get("State", "").lower(),
-                "default": rec.get("Default") == "YES",
-                "maxTime": rec.get("MaxTime", ""),
-                "totalCpus": int(rec.get("TotalCPUs", "0") or 0),
-                "totalNodes": int(rec.get("TotalNodes", "0") or 0),
-            }
-        )
-    return sorted(out, key=lambda p: str(p["name"]))
-
-
-def parse_sbatch_parsable(stdout: str) -> str:
-    """The job id ``sbatch --parsable`` printed (``"42"`` or ``"42;cluster"``)."""
-    first = stdout.strip().splitlines()[0] if stdout.strip() else ""
-    job_id = first.split(";", 1)[0].strip()
-    if not job_id.isdigit():
-        raise AdapterError(f"sbatch printed no job id: {stdout.strip()[:200]!r}")
-    return job_id
-
-
-def format_walltime(seconds: float) -> str:
-    """Slurm's ``--time`` for a walltime in seconds, rounded up: 90.2 → ``0-00:01:31``."""
-    total = max(1, int(-(-seconds // 1)))
-    days, rest = divmod(total, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{days}-{hours:02d}:{minutes:02d}:{secs:02d}"
+__all__ = [
+    "_STATES",
+    "SlurmJob",
+    "SlurmNode",
+    "format_walltime",
+    "load_json",
+    "node_data",
+    "parse_gpu_gres",
+    "parse_sacct",
+    "parse_sbatch_parsable",
+    "parse_scontrol_job",
+    "parse_scontrol_partitions",
+    "parse_scontrol_record",
+    "parse_sinfo_nodes",
+    "parse_squeue",
+    "sacct_cpu_seconds",
+    "split_wait_status",
+    "status_of",
+]
