@@ -108,7 +108,7 @@ def test_contract_example_as_printed_is_refused_on_nodes_count() -> None:
     doc["nodes"]["count"] = 2
     err = refused(doc)
     assert err.details["path"] == "body.nodes.count"
-    assert "is 2 but nodeData lists 1 nodes" in err.message
+    assert "is 2 but nodeData lists 1 node;" in err.message
 
 
 def test_aggregates_are_computed_when_absent() -> None:

@@ -36,7 +36,8 @@ def check_nodes(out: dict[str, Any], path: str, errs: FieldErrors) -> list[dict[
         if n is not None and data and n != len(data):
             errs.add(
                 f"{p}.count",
-                f"{p}.count is {n} but nodeData lists {len(data)} nodes; {COMPUTE_HINT}",
+                f"{p}.count is {n} but nodeData lists {len(data)} "
+                f"node{'' if len(data) == 1 else 's'}; {COMPUTE_HINT}",
             )
     else:
         nodes["count"] = len(data)
