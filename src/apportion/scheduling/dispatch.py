@@ -303,6 +303,11 @@ class Dispatcher:
         elif job.job_id not in self._in_flight:
             await self._finish(job, JobStatus.CANCELLED, reason="cancelled before dispatch")
 
+    async def abandon(self, hold: Hold) -> None:
+        """Give back the GPUs of a placement whose job ended before it could start."""
+        with contextlib.suppress(UnknownAllocation):
+            await self._holds.release(hold.allocation_id)
+
     async def release(self, job: Job) -> None:
         """Give the job's GPUs back."""
         self._specs.pop(job.job_id, None)

@@ -254,6 +254,8 @@ class JobService:
         state.note_starving(waiting, queues)
         started: list[Job] = []
         for job in waiting:
+            if job.status is not JobStatus.QUEUED:  # cancelled since the cycle began
+                continue
             queue = queues.get(job.queue)
             if queue is None:
                 await self._wait(job, Reason.NO_RESOURCES, f"queue {job.queue!r} was removed")
@@ -261,6 +263,8 @@ class JobService:
             blocked = state.blocker(job, queue)
             if blocked is None:
                 blocked = await self._try_start(job, queue)
+            if job.status.finished:  # cancelled while it was being placed
+                continue
             if blocked is not None:
                 state.waited(job)
                 await self._wait(job, *blocked)
@@ -278,7 +282,9 @@ class JobService:
             await self.jobs.save(job)
 
     async def _try_start(self, job: Job, queue: QueueConfig) -> tuple[str, str] | None:
-        """Place and hold the job's workers, then hand it to the dispatcher; or say why not."""
+        """Place and hold the job's workers, then hand it to the dispatcher; or say why not
+        (``(reason code, words)``). A job cancelled while it was placed gets nothing: its hold
+        is given back and None returned, as for a start."""
         request = job.config.resources.as_request()
         try:
             candidates = self._candidates(queue)
@@ -295,6 +301,10 @@ class JobService:
                 Reason.NO_RESOURCES if exc.code.value == "NoFeasiblePlacement" else exc.code.value
             )
             return code, exc.message
+        if job.status is not JobStatus.QUEUED:
+            # cancelled while its placement was decided: the decision came too late for it
+            await self.dispatcher.abandon(hold)
+            return None
         job.reason_code = job.reason = None
         job.decision = decision
         await self.dispatcher.start(job, hold)
