@@ -54,6 +54,7 @@ chromium:
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/allocation.py
+	$(BIN)/python benchmarks/jobs.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

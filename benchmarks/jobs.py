@@ -1,0 +1,276 @@
+"""Job-throughput benchmark: jobs through admission and an adapter, against the same work
+driven directly, measured in the same run (issue 3).
+
+    .venv/bin/python benchmarks/jobs.py                        # full run, prints Markdown
+    .venv/bin/python benchmarks/jobs.py --quick                # small N, one repetition
+    .venv/bin/python benchmarks/jobs.py --write docs/performance.md
+
+What is measured (all on 127.0.0.1; every process started here is ended here by PID, every
+Slurm job submitted here that has not ended is ``scancel``-ed by id):
+
+* **Engine.** A fresh server (``serve_fleet.py``: :class:`apportion.app.Server`, default
+  settings, temporary data dir) per repetition and adapter, in its own process. ``--submitters``
+  concurrent coroutines over one aiohttp session ``POST /jobs/submit`` N jobs, each
+  ``{"command": ["/bin/true"], "resources": {"gpus": 1}}`` (one worker, exits at once), as fast as
+  the API answers. Then ``GET /queue`` is polled until no job is queued, scheduled or running;
+  finally every job is checked to be ``completed``. Engine rate = N ÷ (first submit sent →
+  that poll), in jobs/s.
+* **Local adapter.** The fleet is ⌈N/8⌉ nodes × 8 GPUs of scheduler type ``local``, so every
+  job fits at once. What could throttle admission and how it is set: ``max_concurrent_jobs`` is
+  left unset (unlimited; ``PUT /pool/limits`` takes only 1–100 — ``--concurrency K`` sets it),
+  the ``default`` queue has no worker cap (``maximum_allowed_worker_instances`` −1) and the
+  starvation bound never triggers (every job fits). Direct reference: the same argv spawned N
+  times with :func:`asyncio.create_subprocess_exec`, at most *bound* at a time (N, or K), timed
+  first spawn → last exit.
+* **Slurm.** The single-host Slurm of ``scripts/slurm_up.sh`` (started if installed, down and
+  we are root), partition ``gpu``, registered as one cluster (discovered from ``sinfo``) with a
+  queue pinned to it. Direct reference: a loop of ``sbatch`` (``jobs_slurm.direct_run``) of a
+  script that ``exec``\\ s the same argv, ``--gres=gpu:1``, then ``squeue`` every 100 ms until
+  all ended. Both sides are bounded by the cluster's GPUs. No Slurm: that part is skipped.
+
+Each repetition runs engine and reference back to back (alternating which goes first); the
+reported figures are medians over ``--reps``. No assertion on any timing: the target
+"engine ≥ 80% of the direct rate" is reported MET / NOT MET (``jobs_report.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import secrets
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from allocation import start, stop
+from jobs_report import Comparison, Run, phases, section, write_section
+from jobs_slurm import Slurm, cancel_left, direct_run, find_slurm
+from report import LOAD_BEFORE, others
+
+ADMIN_KEY = "bench-" + secrets.token_hex(16)
+ARGV = ["/bin/true"]
+DEADLINE = 900.0  # s a single pass may take before the benchmark gives up
+
+
+@contextmanager
+def server(nodes: int) -> Iterator[str]:
+    """A fresh server with ``nodes`` × 8 local GPUs, in its own process; its URL."""
+    proc, ready = start("serve_fleet.py", "--nodes", str(nodes), "--admin-key", ADMIN_KEY)
+    try:
+        yield str(ready["url"])
+    finally:
+        stop(proc)
+
+
+async def call(http: aiohttp.ClientSession, method: str, url: str, **kw: Any) -> Any:
+    async with http.request(method, url, **kw) as response:
+        body = await response.json()
+        if response.status >= 300:
+            raise RuntimeError(f"{method} {url} → {response.status}: {body}")
+        return body
+
+
+async def engine_run(
+    http: aiohttp.ClientSession,
+    url: str,
+    config: dict[str, Any],
+    jobs: int,
+    args: argparse.Namespace,
+) -> Run:
+    """Submit ``jobs`` copies of ``config`` with ``args.submitters`` coroutines; time until the
+    server has none queued/scheduled/running; count the jobs that did not end ``completed``."""
+    left = iter(range(jobs))
+    body = {"config": config}
+
+    async def submitter() -> None:
+        for _ in left:  # the shared iterator hands out the N submits
+            await call(http, "POST", f"{url}/jobs/submit", json=body)
+
+    began = time.perf_counter()
+    await asyncio.gather(*(submitter() for _ in range(args.submitters)))
+    submitted = time.perf_counter() - began
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        stats = await call(http, "GET", f"{url}/queue")
+        if stats["total_queued"] == 0 and stats["running_jobs"] == 0:
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"jobs not finished after {DEADLINE:g} s: {stats}")
+        await asyncio.sleep(args.poll)
+    seconds = time.perf_counter() - began
+    records = await call(http, "GET", f"{url}/jobs", params={"limit": "10000"})
+    if len(records) != jobs:
+        raise RuntimeError(f"submitted {jobs} jobs, the server lists {len(records)}")
+    gate = asyncio.Semaphore(8)  # after the timed part: each job's status history
+
+    async def history(job_id: str) -> Any:
+        async with gate:
+            return await call(http, "GET", f"{url}/jobs/{job_id}/statuses")
+
+    histories = await asyncio.gather(*(history(r["job_id"]) for r in records))
+    failed = sum(r["status"] != "completed" for r in records)
+    return Run(jobs, seconds, submitted, failed, phases(histories))
+
+
+async def direct_local(jobs: int, bound: int) -> Run:
+    """The same argv, ``jobs`` times, at most ``bound`` at a time: first spawn → last exit."""
+    gate = asyncio.Semaphore(bound)
+    devnull = asyncio.subprocess.DEVNULL
+
+    async def one() -> int:
+        async with gate:
+            proc = await asyncio.create_subprocess_exec(
+                *ARGV, stdin=devnull, stdout=devnull, stderr=devnull
+            )
+            return await proc.wait()
+
+    began = time.perf_counter()
+    codes = await asyncio.gather(*(one() for _ in range(jobs)))
+    return Run(jobs, time.perf_counter() - began, failed=sum(c != 0 for c in codes))
+
+
+async def local_rep(args: argparse.Namespace, rep: int, result: Comparison) -> None:
+    bound = args.concurrency or args.jobs
+
+    async def engine() -> None:
+        with server(max(1, math.ceil(args.jobs / 8))) as url:
+            async with session() as http:
+                if args.concurrency:
+                    limit = {"max_concurrent_jobs": args.concurrency}
+                    await call(http, "PUT", f"{url}/pool/limits", json=limit)
+                config = {"name": "bench", "command": ARGV, "resources": {"gpus": 1}}
+                result.engine.append(await engine_run(http, url, config, args.jobs, args))
+
+    async def direct() -> None:
+        result.direct.append(await direct_local(args.jobs, bound))
+
+    await both(rep, engine, direct)
+
+
+async def slurm_rep(args: argparse.Namespace, rep: int, result: Comparison, work: Path) -> None:
+    submitted: list[str] = []
+
+    async def engine() -> None:
+        with server(0) as url:
+            async with session() as http:
+                try:
+                    await slurm_engine(http, url, args, result)
+                finally:  # the Slurm ids the engine used, for cancel_left
+                    try:
+                        params = {"limit": "10000"}
+                        records = await call(http, "GET", f"{url}/jobs", params=params)
+                    except (aiohttp.ClientError, RuntimeError) as exc:
+                        sys.stderr.write(f"could not list the engine's Slurm jobs: {exc}\n")
+                        records = []
+                    submitted.extend(
+                        str(r["scheduler_job_id"]) for r in records if r["scheduler_job_id"]
+                    )
+
+    async def direct() -> None:
+        result.direct.append(await direct_run(ARGV, args.slurm_jobs, 1, work, submitted))
+
+    try:
+        await both(rep, engine, direct)
+    finally:
+        cancelled = await cancel_left(submitted)
+        if cancelled:
+            sys.stderr.write(f"scancel-ed {len(cancelled)} job(s) left running: {cancelled}\n")
+
+
+async def slurm_engine(
+    http: aiohttp.ClientSession, url: str, args: argparse.Namespace, result: Comparison
+) -> None:
+    scheduler = {"type": "slurm", "partition": "gpu", "gpu_memory_mb": 16384}
+    await call(
+        http,
+        "POST",
+        f"{url}/clusters",
+        json={"id": "bench-hpc", "config": {"scheduler": scheduler}},
+    )
+    queue = {"name": "bench-hpc", "clusters": ["bench-hpc"], "plugin": "slurm"}
+    await call(http, "POST", f"{url}/queues", json=queue)
+    config = {"name": "bench", "queue": "bench-hpc", "command": ARGV, "resources": {"gpus": 1}}
+    result.engine.append(await engine_run(http, url, config, args.slurm_jobs, args))
+
+
+def session() -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+
+
+async def both(
+    rep: int, engine: Callable[[], Awaitable[None]], direct: Callable[[], Awaitable[None]]
+) -> None:
+    """Engine and reference back to back; which goes first alternates with the repetition."""
+    for step in (engine, direct) if rep % 2 == 0 else (direct, engine):
+        await step()
+
+
+def show(name: str, result: Comparison) -> None:
+    e, d = result.engine[-1], result.direct[-1]
+    sys.stderr.write(
+        f"{name}: engine {e.rate:7.1f} jobs/s ({e.seconds:.2f} s, submit {e.submit_seconds:.2f} s,"
+        f" {e.failed} not completed); direct {d.rate:7.1f} jobs/s ({d.seconds:.2f} s, "
+        f"{d.failed} not completed)\n"
+    )
+
+
+async def measure(args: argparse.Namespace) -> list[Comparison]:
+    bound = args.concurrency or args.jobs
+    local = Comparison("local", args.jobs, f"{bound} jobs at a time")
+    results = [local]
+    for rep in range(args.reps):
+        args.poll = 0.01
+        await local_rep(args, rep, local)
+        show(f"local rep {rep + 1}", local)
+    found: Slurm | str = "--no-slurm" if args.no_slurm else find_slurm()
+    if isinstance(found, str):
+        sys.stderr.write(f"Slurm part skipped: {found}\n")
+        results.append(Comparison("slurm", args.slurm_jobs, "—", skipped=found))
+        return results
+    words = f"the cluster's {found.gpus} GPUs ({len(found.nodes)} nodes), 1 per job"
+    slurm = Comparison("slurm", args.slurm_jobs, words)
+    results.append(slurm)
+    with tempfile.TemporaryDirectory(prefix="apportion-bench-sbatch-") as tmp:
+        for rep in range(args.reps):
+            args.poll = 0.1
+            await slurm_rep(args, rep, slurm, Path(tmp))
+            show(f"slurm rep {rep + 1}", slurm)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="N=20 local, 8 Slurm, 1 repetition")
+    parser.add_argument("--write", type=Path, help="also write the section into this file")
+    parser.add_argument("--jobs", type=int, default=200, help="N through the local adapter")
+    parser.add_argument("--slurm-jobs", type=int, default=50, help="N through Slurm")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--submitters", type=int, default=4, help="concurrent REST submitters")
+    parser.add_argument(
+        "--concurrency", type=int, choices=range(1, 101), metavar="1..100",
+        help="set max_concurrent_jobs (and bound the direct spawns alike); default: unlimited",
+    )  # fmt: skip
+    parser.add_argument("--no-slurm", action="store_true", help="skip the Slurm part")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.jobs, args.slurm_jobs, args.reps = 20, 8, 1
+    if LOAD_BEFORE[0] > 0.5:
+        sys.stderr.write(f"warning: load average {LOAD_BEFORE[0]:.2f}: figures will be noisy\n")
+    results = asyncio.run(measure(args))
+    command = "python benchmarks/jobs.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    text = section(results, command.strip(), args.submitters, args.reps)
+    sys.stdout.write(text)
+    if args.write is not None and not write_section(args.write, text):
+        sys.stderr.write(f"warning: {args.write} has no KEEP marker before the section\n")
+    sys.stderr.write(f"processes not started by this run used {others():.2f} cores meanwhile\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
