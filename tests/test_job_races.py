@@ -14,7 +14,7 @@ from typing import Any
 from tests.conftest import Running, running_server
 from tests.jobs_helpers import PY, statuses, wait_for
 
-POLICY = '''
+POLICY = """
 import os, time
 
 class AIOSv1PolicyRule:
@@ -27,7 +27,7 @@ class AIOSv1PolicyRule:
         while not os.path.exists({gate!r}) and time.monotonic() < end:
             time.sleep(0.01)
         return [{{"cluster_id": "mixed-lab", "node_id": "mixed-lab-n03", "gpus": ["0"]}}]
-'''
+"""
 
 
 async def submit(live: Running, config: dict[str, Any]) -> str:
@@ -38,7 +38,7 @@ async def submit(live: Running, config: dict[str, Any]) -> str:
 
 async def until_exists(path: Path) -> None:
     for _ in range(600):
-        if path.exists():
+        if await asyncio.to_thread(path.exists):
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"{path} never appeared")

@@ -158,6 +158,7 @@ class Server:
         )
         dispatcher = Dispatcher(holds, registry, _adapters(), settings.data_dir, events.append)
         jobs = JobService(db, registry, allocations, dispatcher, events.append)
+        self._stack.push_async_callback(jobs.jobs.close)  # its pending writes, before the db
         await jobs.load()
         self.context = ServerContext(
             settings, registry, policies, runtime, holds, allocations, keys, jobs

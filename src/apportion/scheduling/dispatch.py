@@ -47,6 +47,8 @@ from apportion.scheduling.records import Job, JobBook, iso
 log = logging.getLogger(__name__)
 
 
+POLL_CONCURRENCY = 32  # jobs the watch polls at once
+
 _END_STATES = {
     BackendState.COMPLETED: JobStatus.COMPLETED,
     BackendState.FAILED: JobStatus.FAILED,
@@ -92,6 +94,7 @@ class Dispatcher:
         self._finish: Finish | None = None
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._specs: dict[str, JobSpec] = {}
+        self._poll_locks: dict[str, asyncio.Lock] = {}  # one poll of a job at a time
 
     def bind(self, book: JobBook, finish: Finish) -> None:
         """Called once by the job service that owns the records."""
@@ -232,19 +235,32 @@ class Dispatcher:
 
     # ---------------------------------------------------------------- watching
     async def watch(self, *, interval: float = 0.5) -> None:
-        """Poll every dispatched job until cancelled."""
-        while True:
-            await asyncio.sleep(interval)
-            for job in [
-                j for j in self.book.jobs.values() if j.status.active and j.scheduler_job_id
-            ]:
+        """Poll every dispatched job until cancelled: a sweep every ``interval`` seconds, up to
+        :data:`POLL_CONCURRENCY` jobs at once (one job's slow backend call or commit does not
+        hold up the others, and their commits share fsyncs)."""
+        slots = asyncio.Semaphore(POLL_CONCURRENCY)
+
+        async def poll_one(job: Job) -> None:
+            async with slots:
                 try:
                     await self.poll(job)
                 except Exception:
                     log.exception("polling job %s failed", job.job_id)
 
+        while True:
+            await asyncio.sleep(interval)
+            active = [j for j in self.book.jobs.values() if j.status.active and j.scheduler_job_id]
+            await asyncio.gather(*(poll_one(job) for job in active))
+
     async def poll(self, job: Job) -> None:
-        """Bring one job's record up to date with its backend."""
+        """Bring one job's record up to date with its backend (one poll of a job at a time:
+        the watch and a cancel never both record its start or end)."""
+        lock = self._poll_locks.setdefault(job.job_id, asyncio.Lock())
+        async with lock:
+            if job.status.active:
+                await self._poll(job)
+
+    async def _poll(self, job: Job) -> None:
         assert self._finish is not None and job.scheduler_job_id is not None
         adapter = self.adapter_for(job)
         spec = self.spec(job)
@@ -311,6 +327,7 @@ class Dispatcher:
     async def release(self, job: Job) -> None:
         """Give the job's GPUs back."""
         self._specs.pop(job.job_id, None)
+        self._poll_locks.pop(job.job_id, None)
         if job.allocation_id is None:
             return
         with contextlib.suppress(UnknownAllocation):

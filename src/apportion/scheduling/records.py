@@ -18,6 +18,7 @@ from sqlalchemy import delete, func, select, update
 
 from apportion import jsonutil
 from apportion.errors import Conflict, InvalidRequest, NotFound
+from apportion.scheduling.job_writer import JobWriter
 from apportion.scheduling.models import JobConfig, JobStatus, QueueConfig, parse_model
 from apportion.store import schema
 from apportion.store.db import Database
@@ -120,6 +121,7 @@ class JobBook:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._writer = JobWriter(db)
         self.jobs: dict[str, Job] = {}
         self._next_seq = 1
 
@@ -167,22 +169,21 @@ class JobBook:
     async def save(
         self, job: Job, *, status: JobStatus | None = None, reason: str | None = None
     ) -> None:
-        """Write the job's fields; with ``status``, also change it and append to its history."""
+        """Write the job's fields; with ``status``, also change it and append to its history.
+        Returns once committed (group-committed with other jobs' changes, :mod:`job_writer`)."""
         now = time.time()
         if status is not None:
             job.status = status
-        async with self._db.write() as conn:
-            row = job.row()
-            row.pop("job_id")
-            await conn.execute(
-                update(schema.jobs).where(schema.jobs.c.job_id == job.job_id).values(**row)
-            )
-            if status is not None:
-                await conn.execute(
-                    schema.job_statuses.insert().values(
-                        job_id=job.job_id, status=status.value, time=now, reason=reason
-                    )
-                )
+        row = job.row()
+        row.pop("job_id")
+        history = None
+        if status is not None:
+            history = {"job_id": job.job_id, "status": status.value, "time": now, "reason": reason}
+        await self._writer.write(job.job_id, row, history)
+
+    async def close(self) -> None:
+        """Wait for changes handed to the writer (call before the database closes)."""
+        await self._writer.close()
 
     async def history(self, job_id: str) -> list[dict[str, Any]]:
         self.get(job_id)

@@ -104,7 +104,14 @@ class LocalAdapter:
         :class:`AdapterError` for an empty command, bad workers or environment, a missing
         working directory, or a supervisor that could not start.
         """
-        return await asyncio.to_thread(self._submit, spec)
+        started = await asyncio.to_thread(self._start, spec)
+        if isinstance(started, str):
+            return started  # already running: submit is idempotent
+        try:
+            await await_started(spec, started)
+        finally:
+            self._submitting.discard(spec.job_id)
+        return self.scheduler_id(spec)
 
     async def find(self, spec: JobSpec) -> str | None:
         """``local-<job_id>`` if the tag file names this job and a worker started, else None."""
@@ -149,7 +156,9 @@ class LocalAdapter:
         started = any(sv.state_path(spec.output_dir, w.index).exists() for w in spec.workers)
         return self.scheduler_id(spec) if started else None
 
-    def _submit(self, spec: JobSpec) -> str:
+    def _start(self, spec: JobSpec) -> str | list[subprocess.Popen[bytes]]:
+        """Start the supervisors (the job is then in ``_submitting`` until they report in);
+        or the scheduler id of a job that already runs."""
         cwd = validate_spec(spec)
         existing = self._find(spec)
         if existing is not None:
@@ -181,12 +190,13 @@ class LocalAdapter:
             ]
             with self._lock:
                 self._supervisors[spec.job_id] = procs
-            await_started(spec, procs)
         except OSError as exc:
-            raise AdapterError(f"could not start job {spec.job_id}: {exc}") from None
-        finally:
             self._submitting.discard(spec.job_id)
-        return self.scheduler_id(spec)
+            raise AdapterError(f"could not start job {spec.job_id}: {exc}") from None
+        except BaseException:
+            self._submitting.discard(spec.job_id)
+            raise
+        return procs
 
     # ---- poll / cancel --------------------------------------------------------------------
 

@@ -2,13 +2,14 @@
 its supervisor process, and the wait until every supervisor reports its command started.
 
 Called by :meth:`LocalAdapter.submit <apportion.scheduling.adapters.local.LocalAdapter.submit>`
-(in a worker thread) after it wrote ``job.json``. Every process gets an argv list, never a shell
+(the files and processes in a worker thread, the wait on the event loop). Every process gets an argv list, never a shell
 string, and an environment built from :data:`BASE_ENV_KEYS` only — never the server's whole
 environment (it holds the admin key). Raises :class:`AdapterError`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -99,8 +100,11 @@ def start_supervisor(
         )
 
 
-def await_started(spec: JobSpec, procs: list[subprocess.Popen[bytes]]) -> None:
-    """Wait until every worker has a state file; else stop the job and raise AdapterError."""
+async def await_started(spec: JobSpec, procs: list[subprocess.Popen[bytes]]) -> None:
+    """Wait until every worker has a state file; else stop the job and raise AdapterError.
+
+    Runs on the event loop (a few ``stat`` calls per tick), not on a thread: a submit then holds
+    no thread while its supervisors start, and polls of other jobs are not queued behind it."""
     deadline = time.monotonic() + START_TIMEOUT
     pending = {w.index: proc for w, proc in zip(spec.workers, procs, strict=True)}
     while pending:
@@ -116,7 +120,7 @@ def await_started(spec: JobSpec, procs: list[subprocess.Popen[bytes]]) -> None:
                 raise AdapterError(
                     f"the supervisor of worker {index} did not start its command: {tail}"
                 )
-        time.sleep(0.005)
+        await asyncio.sleep(0.005)
 
 
 def abort_submit(spec: JobSpec) -> None:

@@ -1,0 +1,101 @@
+"""Group commit for job records: many jobs' changes, one transaction, one fsync.
+
+:meth:`JobBook.save <apportion.scheduling.records.JobBook.save>` hands each change here: the
+job's whole row as it is at that moment and, for a status change, its history entry. Changes
+submitted while a commit is under way are written together in the next one, each caller still
+waiting until *its* change is durable. Within a batch the newest row of a job wins (each row is
+the job's full state, taken in order) and history entries keep their order, so a batch has the
+same effect as its changes written one by one.
+
+Who waits: dispatch tasks and the watch's concurrent polls save many jobs at once (dozens when
+short jobs start and end together); they share fsyncs instead of queueing for one each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import bindparam, update
+
+from apportion.store import schema
+from apportion.store.db import Database
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Change:
+    job_id: str
+    row: dict[str, Any]  # every column but job_id
+    history: dict[str, Any] | None  # a job_statuses row, for a status change
+    done: asyncio.Future[None]
+
+
+class JobWriter:
+    """Writes job rows and history entries in batches (no start/stop: a flusher task exists
+    only while there is work; :meth:`close` waits for it)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._queue: list[_Change] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def write(
+        self, job_id: str, row: dict[str, Any], history: dict[str, Any] | None = None
+    ) -> None:
+        """Commit ``row`` (the ``jobs`` columns but ``job_id``) and, when given, the history
+        entry; returns once committed, raises the database's error if the commit failed. A
+        cancelled caller's change is still written."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Change(job_id, row, history, done))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="job-writer")
+        await asyncio.shield(done)
+
+    async def close(self) -> None:
+        """Wait for the changes already handed over to be written."""
+        if self._flusher is not None and not self._flusher.done():
+            await asyncio.gather(self._flusher, return_exceptions=True)
+
+    async def _flush(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            try:
+                await self._commit(batch)
+            except asyncio.CancelledError:
+                for change in batch + self._queue:
+                    if not change.done.done():
+                        change.done.set_exception(RuntimeError("the server stopped mid-commit"))
+                self._queue = []
+                raise
+            except Exception as exc:
+                log.error("writing %d job change(s) failed: %s", len(batch), exc)
+                for change in batch:
+                    if not change.done.done():
+                        change.done.set_exception(exc)
+                continue
+            for change in batch:
+                if not change.done.done():
+                    change.done.set_result(None)
+
+    async def _commit(self, batch: list[_Change]) -> None:
+        newest = {change.job_id: change.row for change in batch}  # later rows win
+        columns = sorted(batch[0].row)  # every row has Job.row()'s keys
+        # bind names may not be column names in an UPDATE's SET: prefix them
+        rows = [
+            {"b_job_id": job_id, **{f"v_{name}": row[name] for name in columns}}
+            for job_id, row in newest.items()
+        ]
+        history = [change.history for change in batch if change.history is not None]
+        statement = (
+            update(schema.jobs)
+            .where(schema.jobs.c.job_id == bindparam("b_job_id"))
+            .values({name: bindparam(f"v_{name}") for name in columns})
+        )
+        async with self._db.write() as conn:
+            await conn.execute(statement, rows)
+            if history:
+                await conn.execute(schema.job_statuses.insert(), history)

@@ -1,0 +1,96 @@
+"""JobBook's writes through the group-committing JobWriter, against a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from apportion.scheduling.models import JobConfig, JobStatus
+from apportion.scheduling.records import JobBook
+from apportion.store.db import Database
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    database = await Database.open(f"sqlite:///{tmp_path}/jobs.db")
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
+def config(name: str) -> JobConfig:
+    return JobConfig(name=name, command=["/bin/true"])
+
+
+async def test_concurrent_saves_share_one_commit_and_keep_their_order(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    book = JobBook(db)
+    a = await book.create(config("a"), 0, None, "submitted")
+    b = await book.create(config("b"), 0, None, "submitted")
+    commits: list[int] = []
+    commit = book._writer._commit
+
+    async def counting(batch):  # type: ignore[no-untyped-def]
+        commits.append(len(batch))
+        await commit(batch)
+
+    monkeypatch.setattr(book._writer, "_commit", counting)
+    # five changes handed over before the writer runs: one transaction
+    await asyncio.gather(
+        book.save(a, status=JobStatus.SCHEDULED, reason="placed"),
+        book.save(b, status=JobStatus.SCHEDULED, reason="placed"),
+        book.save(a, status=JobStatus.RUNNING, reason="started"),
+        book.save(b, status=JobStatus.CANCELLED, reason="cancelled"),
+        book.save(a, status=JobStatus.COMPLETED, reason="exit 0"),
+    )
+    assert commits == [5]
+    fresh = JobBook(db)
+    await fresh.load()
+    # the newest row of each job won; the history kept the order of the changes
+    assert (fresh.get(a.job_id).status, fresh.get(b.job_id).status) == (
+        JobStatus.COMPLETED,
+        JobStatus.CANCELLED,
+    )
+    history = [e["status"] for e in await fresh.history(a.job_id)]
+    assert history == ["queued", "scheduled", "running", "completed"]
+    assert [e["reason"] for e in await fresh.history(b.job_id)] == [
+        "submitted",
+        "placed",
+        "cancelled",
+    ]
+
+
+async def test_a_failed_commit_reaches_every_caller_of_its_batch(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    book = JobBook(db)
+    job = await book.create(config("a"), 0, None, "submitted")
+
+    async def broken(batch):  # type: ignore[no-untyped-def]
+        raise OSError("disk full")
+
+    monkeypatch.setattr(book._writer, "_commit", broken)
+    results = await asyncio.gather(
+        book.save(job, status=JobStatus.SCHEDULED), book.save(job), return_exceptions=True
+    )
+    assert [type(r) for r in results] == [OSError, OSError]
+    monkeypatch.undo()
+    await book.save(job, status=JobStatus.RUNNING)  # the writer recovers for the next change
+    assert [e["status"] for e in await book.history(job.job_id)] == ["queued", "running"]
+
+
+async def test_a_cancelled_caller_still_has_its_change_written(db: Database) -> None:
+    book = JobBook(db)
+    job = await book.create(config("a"), 0, None, "submitted")
+    task = asyncio.create_task(book.save(job, status=JobStatus.SCHEDULED, reason="placed"))
+    await asyncio.sleep(0)  # handed over
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await book.close()
+    assert [e["status"] for e in await book.history(job.job_id)] == ["queued", "scheduled"]
