@@ -16,12 +16,15 @@ import sys
 import time
 from pathlib import Path
 
-import apportion
 from apportion.scheduling.adapters import local_supervisor as sv
 from apportion.scheduling.adapters.base import AdapterError, JobSpec, WorkerSpec
 
 BASE_ENV_KEYS = ("PATH", "HOME", "LANG")  # never the server's whole environment (admin key)
-_SRC_ROOT = str(Path(apportion.__file__).resolve().parent.parent)
+# The supervisor is one standard-library file, run as a script: isolated (-I: no user site,
+# no PYTHON* variables, no cwd on sys.path) and without site-packages (-S), which it does not
+# need and which would cost every job's start-up their .pth processing.
+SUPERVISOR_SCRIPT = str(Path(sv.__file__).resolve())
+SUPERVISOR_FLAGS = ("-I", "-S")
 START_TIMEOUT = 15.0  # seconds for every supervisor to report its command started
 
 
@@ -86,13 +89,11 @@ def start_supervisor(
     }
     path = sv.launch_path(job_dir, worker.index)
     sv.write_json_atomic(path, launch)
-    env = base_environment()
-    env["PYTHONPATH"] = _SRC_ROOT
     with (job_dir / f"worker-{worker.index}.supervisor.log").open("ab") as log:
         return subprocess.Popen(  # noqa: S603 - argv list, never a shell
-            [sys.executable, "-m", sv.__name__, str(path.resolve())],
+            [sys.executable, *SUPERVISOR_FLAGS, SUPERVISOR_SCRIPT, str(path.resolve())],
             cwd=job_dir,
-            env=env,
+            env=base_environment(),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,

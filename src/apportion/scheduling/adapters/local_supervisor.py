@@ -1,6 +1,6 @@
 """The per-worker supervisor of the ``local`` adapter, and the on-disk layout it shares with it.
 
-Run as ``python -m apportion.scheduling.adapters.local_supervisor <launch.json>`` (argv only) by
+Run as a script, ``python -I -S <this file> <launch.json>`` (argv only), by
 :class:`~apportion.scheduling.adapters.local.LocalAdapter`, in its own session, one per worker.
 It outlives the server: it starts the worker's command in a new session (so the command leads its
 own process group, ``pgid == pid``), waits for it and writes ``worker-<i>.state.json`` atomically —
@@ -242,7 +242,7 @@ def main(argv: list[str]) -> int:
     """
     if len(argv) != 1:
         print(
-            "usage: python -m apportion.scheduling.adapters.local_supervisor LAUNCH_JSON",
+            "usage: python -I -S local_supervisor.py LAUNCH_JSON",
             file=sys.stderr,
         )
         return 2
