@@ -32,6 +32,7 @@ class _Change:
     row: dict[str, Any]  # every column but job_id
     history: dict[str, Any] | None  # a job_statuses row, for a status change
     done: asyncio.Future[None]
+    new: bool = False  # the job's first row (INSERT), else an UPDATE
 
 
 class JobWriter:
@@ -44,13 +45,19 @@ class JobWriter:
         self._flusher: asyncio.Task[None] | None = None
 
     async def write(
-        self, job_id: str, row: dict[str, Any], history: dict[str, Any] | None = None
+        self,
+        job_id: str,
+        row: dict[str, Any],
+        history: dict[str, Any] | None = None,
+        *,
+        new: bool = False,
     ) -> None:
-        """Commit ``row`` (the ``jobs`` columns but ``job_id``) and, when given, the history
-        entry; returns once committed, raises the database's error if the commit failed. A
-        cancelled caller's change is still written."""
+        """Commit ``row`` (the ``jobs`` columns but ``job_id``; ``new``: the job's first row)
+        and, when given, the history entry; returns once committed, raises the database's error
+        if the commit failed. A cancelled caller's change is still written. A job's first
+        change must be ``new`` and awaited before its next one is handed over."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Change(job_id, row, history, done))
+        self._queue.append(_Change(job_id, row, history, done, new))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="job-writer")
         await asyncio.shield(done)
@@ -82,20 +89,30 @@ class JobWriter:
                     change.done.set_result(None)
 
     async def _commit(self, batch: list[_Change]) -> None:
-        newest = {change.job_id: change.row for change in batch}  # later rows win
-        columns = sorted(batch[0].row)  # every row has Job.row()'s keys
-        # bind names may not be column names in an UPDATE's SET: prefix them
-        rows = [
-            {"b_job_id": job_id, **{f"v_{name}": row[name] for name in columns}}
-            for job_id, row in newest.items()
-        ]
+        # a job's first row is awaited before its next change, so inserts come first
+        inserts = [{"job_id": c.job_id, **c.row} for c in batch if c.new]
+        newest = {c.job_id: c.row for c in batch if not c.new}  # later rows win
         history = [change.history for change in batch if change.history is not None]
-        statement = (
-            update(schema.jobs)
-            .where(schema.jobs.c.job_id == bindparam("b_job_id"))
-            .values({name: bindparam(f"v_{name}") for name in columns})
-        )
         async with self._db.write() as conn:
-            await conn.execute(statement, rows)
+            if inserts:
+                await conn.execute(schema.jobs.insert(), inserts)
+            if newest:
+                await conn.execute(*_updates(newest))
             if history:
                 await conn.execute(schema.job_statuses.insert(), history)
+
+
+def _updates(newest: dict[str, dict[str, Any]]) -> tuple[Any, list[dict[str, Any]]]:
+    """One UPDATE statement and its executemany parameters for the jobs' newest rows."""
+    columns = sorted(next(iter(newest.values())))  # every row has Job.row()'s keys
+    # bind names may not be column names in an UPDATE's SET: prefix them
+    rows = [
+        {"b_job_id": job_id, **{f"v_{name}": row[name] for name in columns}}
+        for job_id, row in newest.items()
+    ]
+    statement = (
+        update(schema.jobs)
+        .where(schema.jobs.c.job_id == bindparam("b_job_id"))
+        .values({name: bindparam(f"v_{name}") for name in columns})
+    )
+    return statement, rows

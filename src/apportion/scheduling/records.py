@@ -156,13 +156,10 @@ class JobBook:
             created_at=now,
         )
         self._next_seq += 1
-        async with self._db.write() as conn:
-            await conn.execute(schema.jobs.insert().values(**job.row()))
-            await conn.execute(
-                schema.job_statuses.insert().values(
-                    job_id=job.job_id, status=job.status.value, time=now, reason=reason
-                )
-            )
+        row = job.row()
+        row.pop("job_id")
+        history = {"job_id": job.job_id, "status": job.status.value, "time": now, "reason": reason}
+        await self._writer.write(job.job_id, row, history, new=True)
         self.jobs[job.job_id] = job
         return job
 
