@@ -30,6 +30,7 @@ from apportion.scheduling.adapters.base import (
 )
 from apportion.scheduling.adapters.slurm_script import Layout, check_name, job_layout, write_script
 
+SQUEUE_REUSE_SECONDS = 0.2  # polls within this of a listing's start share it
 TOOLS = ("sbatch", "squeue", "scancel", "sinfo", "scontrol", "sacct")
 LOG_FILE = "output.log"
 _USAGE_KEYS = (
@@ -69,6 +70,8 @@ class SlurmAdapter:
         self.command_timeout = command_timeout
         self.python = python
         self.accounting: bool | None = None  # None: not yet known; False after "disabled"
+        self._listing: tuple[float, list[sp.SlurmJob]] | None = None  # (started, jobs)
+        self._listing_call: asyncio.Future[list[sp.SlurmJob]] | None = None
 
     # -- running Slurm commands -------------------------------------------------------------
 
@@ -105,7 +108,26 @@ class SlurmAdapter:
         return rc, stdout, stderr
 
     async def _squeue(self) -> list[sp.SlurmJob]:
+        """Every job ``squeue`` lists, now."""
         return sp.parse_squeue((await self._run("squeue", "--json"))[1])
+
+    async def _squeue_shared(self) -> list[sp.SlurmJob]:
+        """The ``squeue`` listing for polls: one call serves every poll that asks while it
+        runs, and a listing started less than :data:`SQUEUE_REUSE_SECONDS` ago is reused — the
+        watch polls many jobs at once, and each would otherwise list every job."""
+        cached = self._listing
+        if cached is not None and time.monotonic() - cached[0] < SQUEUE_REUSE_SECONDS:
+            return cached[1]
+        if self._listing_call is None or self._listing_call.done():
+            started = time.monotonic()
+
+            async def listing() -> list[sp.SlurmJob]:
+                jobs = await self._squeue()
+                self._listing = (started, jobs)
+                return jobs
+
+            self._listing_call = asyncio.ensure_future(listing())
+        return await asyncio.shield(self._listing_call)
 
     async def _sacct(self, *args: str) -> list[sp.SlurmJob] | None:
         """Jobs from ``sacct --json``, or ``None`` when the cluster has no accounting."""
@@ -187,7 +209,7 @@ class SlurmAdapter:
     async def poll(self, spec: JobSpec, scheduler_job_id: str) -> BackendStatus:
         """The job's state: ``squeue``; once it left squeue, ``sacct`` or ``scontrol show job``."""
         job_id = _check_id(scheduler_job_id)
-        for job in await self._squeue():
+        for job in await self._squeue_shared():
             if job.job_id == job_id:
                 return sp.status_of(job)
         acct = await self._sacct(f"--jobs={job_id}")
