@@ -211,7 +211,7 @@ class AllocationService:
         phases.mark("validate")
         return placements, is_gang
 
-    async def hold_for_job(
+    async def reserve_for_job(
         self,
         *,
         policy_uri: str,
@@ -221,8 +221,9 @@ class AllocationService:
         owner: str | None,
         job_id: str,
     ) -> tuple[Hold, dict[str, Any]]:
-        """Place a job's workers as one gang, in one cluster, and hold their GPUs until released;
-        return the hold and the decision record (as ``explain`` gives it).
+        """Place a job's workers as one gang, in one cluster, and reserve their GPUs (in memory:
+        no other decision can take them); return the hold and the decision record (as
+        ``explain`` gives it). Follow with :meth:`commit_hold` to make the hold durable.
 
         The policy sees every candidate. A "no" over all of them is final (no subset does
         better); an answer that spans several clusters (a job runs under one scheduler) is
@@ -250,12 +251,16 @@ class AllocationService:
                     policy_uri=entry.uri,
                     kind="job",
                 )
-            await self._holds.commit(hold)
             return hold, self._explain(entry.uri, attempt, outcomes, phases)
         raise NoFeasiblePlacement(
             "no single cluster can take every worker of the job",
             details={"candidates": len(candidates)},
         )
+
+    async def commit_hold(self, hold: Hold) -> None:
+        """Make a reserved hold durable (group-committed with others); on failure the
+        reservation is undone and the error raised."""
+        await self._holds.commit(hold)
 
     @staticmethod
     def _explain(

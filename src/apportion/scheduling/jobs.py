@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from sqlalchemy import select
@@ -24,6 +25,7 @@ from apportion.scheduling.admission import CycleState, Reason, waiting_order
 from apportion.scheduling.allocations import AllocationService
 from apportion.scheduling.dispatch import Dispatcher
 from apportion.scheduling.events import EventSink
+from apportion.scheduling.hold_model import Hold
 from apportion.scheduling.models import (
     JobConfig,
     JobStatus,
@@ -247,12 +249,18 @@ class JobService:
                 log.exception("admission cycle failed; retrying at the next one")
 
     async def cycle(self) -> list[Job]:
-        """One admission pass over the queued jobs; return the jobs it started."""
+        """One admission pass over the queued jobs; return the jobs it started.
+
+        Decisions are taken one job after another (each sees the GPUs the previous ones
+        reserved); making them durable — the holds, the ``scheduled`` records, the bypass
+        counts — is started per job and awaited together at the end, so the jobs admitted in
+        one cycle share their commits."""
         waiting = waiting_order(self.jobs.jobs.values())
         state = CycleState.of(self.jobs.jobs.values(), self.limits.get("max_concurrent_jobs"))
         queues = {name: self.queues.get(name) for name in self.queues.names()}
         state.note_starving(waiting, queues)
         started: list[Job] = []
+        durable: list[Awaitable[None]] = []
         for job in waiting:
             if job.status is not JobStatus.QUEUED:  # cancelled since the cycle began
                 continue
@@ -261,18 +269,25 @@ class JobService:
                 await self._wait(job, Reason.NO_RESOURCES, f"queue {job.queue!r} was removed")
                 continue
             blocked = state.blocker(job, queue)
+            placed = None
             if blocked is None:
-                blocked = await self._try_start(job, queue)
+                placed, blocked = await self._place(job, queue)
             if job.status.finished:  # cancelled while it was being placed
+                if placed is not None:
+                    durable.append(self.dispatcher.abandon(placed[0]))
                 continue
             if blocked is not None:
                 state.waited(job)
                 await self._wait(job, *blocked)
                 continue
-            for passed in state.started(job, queue):
-                await self.jobs.save(passed)
+            assert placed is not None  # _place gives a placement or a reason
+            durable.append(self._start(job, *placed))
+            durable.extend(self.jobs.save(passed) for passed in state.started(job, queue))
             started.append(job)
             self.admissions += 1
+        for failure in await asyncio.gather(*durable, return_exceptions=True):
+            if isinstance(failure, BaseException):
+                log.error("admission: recording a start failed: %r", failure)
         self._number_positions()
         return started
 
@@ -281,16 +296,16 @@ class JobService:
             job.reason_code, job.reason = code, words
             await self.jobs.save(job)
 
-    async def _try_start(self, job: Job, queue: QueueConfig) -> tuple[str, str] | None:
-        """Place and hold the job's workers, then hand it to the dispatcher; or say why not
-        (``(reason code, words)``). A job cancelled while it was placed gets nothing: its hold
-        is given back and None returned, as for a start."""
+    async def _place(
+        self, job: Job, queue: QueueConfig
+    ) -> tuple[tuple[Hold, dict[str, Any]] | None, tuple[str, str] | None]:
+        """Place the job's workers through its policy and reserve their GPUs: ``(hold and
+        decision record, None)``, or ``(None, (reason code, words))`` when it cannot start."""
         request = job.config.resources.as_request()
         try:
-            candidates = self._candidates(queue)
-            hold, decision = await self._allocations.hold_for_job(
+            placed = await self._allocations.reserve_for_job(
                 policy_uri=job.config.policy_rule_uri or queue.policy_rule_uri,
-                candidates=candidates,
+                candidates=self._candidates(queue),
                 inputs={"requests": [request] * job.workers},
                 parameters=job.config.parameters,
                 owner=job.owner,
@@ -300,15 +315,26 @@ class JobService:
             code = (
                 Reason.NO_RESOURCES if exc.code.value == "NoFeasiblePlacement" else exc.code.value
             )
-            return code, exc.message
+            return None, (code, exc.message)
+        return placed, None
+
+    async def _start(self, job: Job, hold: Hold, decision: dict[str, Any]) -> None:
+        """Make the hold durable and hand the job to the dispatcher — unless it was cancelled
+        meanwhile (the hold is given back). A hold that cannot be recorded leaves the job
+        queued, with the reason, for the next cycle."""
+        try:
+            await self._allocations.commit_hold(hold)
+        except Exception as exc:
+            await self._wait(
+                job, Reason.QUEUED, f"its GPUs could not be recorded ({exc}); retrying"
+            )
+            return
         if job.status is not JobStatus.QUEUED:
-            # cancelled while its placement was decided: the decision came too late for it
             await self.dispatcher.abandon(hold)
-            return None
+            return
         job.reason_code = job.reason = None
         job.decision = decision
         await self.dispatcher.start(job, hold)
-        return None
 
     def _candidates(self, queue: QueueConfig) -> list[str]:
         if isinstance(queue.clusters, dict):
