@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from pathlib import Path
 from typing import Any
 
 from tests.conftest import Running
@@ -13,6 +14,18 @@ PY = sys.executable
 
 def sleeper(seconds: float) -> list[str]:
     return [PY, "-c", f"import time; time.sleep({seconds})"]
+
+
+def gated(gate: Path, limit: float = 300.0) -> list[str]:
+    """A job that runs until the test creates ``gate`` (or ``limit`` s pass, so a failed test
+    leaves no process behind for long): the test, not the clock, decides when it ends."""
+    code = (
+        "import os, time\n"
+        f"end = time.monotonic() + {limit}\n"
+        f"while not os.path.exists({str(gate)!r}) and time.monotonic() < end:\n"
+        "    time.sleep(0.02)"
+    )
+    return [PY, "-c", code]
 
 
 def exiting(code: int) -> list[str]:
@@ -49,8 +62,17 @@ async def wait_for(
 
 
 async def statuses(running: Running, job_id: str) -> list[str]:
-    async with running.http.get(f"{running.url}/jobs/{job_id}/statuses") as response:
-        return [entry["status"] for entry in await response.json()]
+    """The job's status history once it has caught up with the record (the record shows a new
+    status while its history entry is being committed)."""
+    history: list[str] = []
+    for _ in range(200):
+        status = (await job(running, job_id))["status"]
+        async with running.http.get(f"{running.url}/jobs/{job_id}/statuses") as response:
+            history = [entry["status"] for entry in await response.json()]
+        if history and history[-1] == status:
+            break
+        await asyncio.sleep(0.05)
+    return history
 
 
 async def create_queue(running: Running, **fields: Any) -> None:

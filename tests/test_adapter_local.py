@@ -91,7 +91,7 @@ async def adapter() -> AsyncIterator[LocalAdapter]:
 
 
 async def wait_finished(
-    adapter: LocalAdapter, spec: JobSpec, sid: str, within: float = 4.0
+    adapter: LocalAdapter, spec: JobSpec, sid: str, within: float = 30.0
 ) -> BackendStatus:
     deadline = time.monotonic() + within
     while True:
@@ -105,7 +105,7 @@ def contains(path: Path, text: str) -> bool:
     return path.exists() and text in path.read_text()
 
 
-async def wait_text(path: Path, text: str, within: float = 4.0) -> None:
+async def wait_text(path: Path, text: str, within: float = 30.0) -> None:
     deadline = time.monotonic() + within
     while not await asyncio.to_thread(contains, path, text):
         assert time.monotonic() < deadline, f"{path} never contained {text!r}"
@@ -116,6 +116,16 @@ def state(spec: JobSpec, index: int = 0) -> dict[str, Any]:
     value = sv.read_json(sv.state_path(spec.output_dir, index))
     assert value is not None
     return value
+
+
+def gate_code(gate: Path) -> str:
+    """Python lines that wait until the test creates ``gate`` (at most 60 s)."""
+    return (
+        "import os, time\n"
+        "end = time.monotonic() + 60\n"
+        f"while not os.path.exists({str(gate)!r}) and time.monotonic() < end:\n"
+        "    time.sleep(0.01)\n"
+    )
 
 
 def gone(pid: int) -> bool:
@@ -215,12 +225,14 @@ async def test_missing_program_fails_with_127(adapter: LocalAdapter, tmp_path: P
 
 
 async def test_one_failing_worker_stops_the_gang(adapter: LocalAdapter, tmp_path: Path) -> None:
+    gate = tmp_path / "fail-now"  # worker 1 fails only once worker 0 is up (the test opens it)
     sleeper = "import time; print('up', flush=True); time.sleep(30)"
-    failer = "import time; time.sleep(0.3); raise SystemExit(3)"
+    failer = gate_code(gate) + "raise SystemExit(3)"
     spec = make_spec(tmp_path, sleeper, failer)
     sid = await adapter.submit(spec)
     await wait_text(sv.stdout_path(spec.output_dir, 0), "up")
     sleeper_pid = state(spec, 0)["pid"]
+    gate.touch()
     started = time.monotonic()
     status = await wait_finished(adapter, spec, sid)
     assert time.monotonic() - started < 15  # stopped, not waited out (the sleeper sleeps 30 s)
@@ -310,7 +322,8 @@ async def test_walltime_is_enforced(adapter: LocalAdapter, tmp_path: Path) -> No
     assert status.reason == "worker 0: walltime of 0.4 s exceeded"
     assert status.return_code == 128 + signal.SIGTERM  # 143: it obeyed the SIGTERM
     assert status.started_at is not None and status.ended_at is not None
-    assert 0.4 <= status.ended_at - status.started_at < 0.4 + GRACE + 1.0
+    # not before the walltime; stopped, not waited out (the command sleeps 30 s)
+    assert 0.4 <= status.ended_at - status.started_at < 15
 
 
 # ---- logs ---------------------------------------------------------------------------------
@@ -410,11 +423,12 @@ def test_logs_any_chunking_reassembles_the_stream(tmp_path: Path) -> None:
 
 
 async def test_usage_of_a_busy_loop(adapter: LocalAdapter, tmp_path: Path) -> None:
-    spec = make_spec(tmp_path, "import time\nend = time.time() + 4\nwhile time.time() < end: pass")
+    # busy until 60 s of CPU (cancelled long before): however loaded the machine, it gets there
+    spec = make_spec(tmp_path, "import time\nwhile time.process_time() < 60: pass")
     started = time.monotonic()
     sid = await adapter.submit(spec)
     live: dict[str, Any] = {}
-    while time.monotonic() - started < 3.5:
+    while time.monotonic() - started < 30:
         live = await adapter.usage(spec, sid)
         if live["cpuSeconds"] > 0.3:  # a busy core gets there in about 0.3 s of CPU
             break
@@ -481,7 +495,8 @@ time.sleep(60)
 async def test_job_survives_a_sigkilled_server(
     adapter: LocalAdapter, tmp_path: Path, exit_code: int, expected: BackendState
 ) -> None:
-    code = f"import time; time.sleep(0.8); raise SystemExit({exit_code})"
+    gate = tmp_path / "may-exit"  # the job runs until the test has seen it running
+    code = gate_code(gate) + f"raise SystemExit({exit_code})"
     spec = make_spec(tmp_path, code, gpus=(("0",), ()))
     args = {
         "job_id": spec.job_id,
@@ -493,7 +508,7 @@ async def test_job_survives_a_sigkilled_server(
     )
     try:
         assert server.stdout is not None
-        line = await asyncio.wait_for(server.stdout.readline(), 10)
+        line = await asyncio.wait_for(server.stdout.readline(), 60)
         assert line.decode().strip() == "local-job-1"
     finally:
         server.kill()  # SIGKILL, as a crash
@@ -502,6 +517,7 @@ async def test_job_survives_a_sigkilled_server(
     sid = await restarted.find(spec)
     assert sid == "local-job-1"
     assert (await restarted.poll(spec, sid)).state is BackendState.RUNNING
+    gate.touch()
     status = await wait_finished(restarted, spec, sid)
     assert (status.state, status.return_code) == (expected, exit_code)
 

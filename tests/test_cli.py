@@ -158,7 +158,7 @@ async def test_submit_wait_status_logs_and_listing(
     failed = await cli(running, "submit", "--wait", "--", PY, "-c", "raise SystemExit(3)")
     assert failed.exit_code == 1 and ": failed" in failed.stdout
     parsable = ok(
-        await cli(running, "submit", "--parsable", "--", PY, "-c", "import time; time.sleep(30)")
+        await cli(running, "submit", "--parsable", "--", PY, "-c", "import time; time.sleep(300)")
     )
     sleeper = parsable.strip()
     assert len(parsable.splitlines()) == 1 and len(sleeper) >= 8
@@ -185,7 +185,7 @@ async def test_queues_and_explain_a_waiting_job(
     listed = as_json(await cli(running, "queues", "-o", "json"))
     assert "solo" in {q["name"] for q in listed}
     assert "solo" in ok(await cli(running, "queues"))
-    sleep = [PY, "-c", "import time; time.sleep(30)"]
+    sleep = [PY, "-c", "import time; time.sleep(300)"]  # cancelled below: never ends by itself
     first = ok(await cli(running, "submit", "--parsable", "--queue", "solo", "--", *sleep)).strip()
     second = ok(await cli(running, "submit", "--parsable", "--queue", "solo", "--", *sleep)).strip()
     for _ in range(200):  # the admission loop starts the first; the cap of 1 holds the second
@@ -348,7 +348,7 @@ async def test_events_history_and_follow(
         env={**os.environ, **cli_env(running, ADMIN_KEY, tmp_path)},
     )
     try:
-        for _ in range(200):  # wait until the follower is connected to Socket.IO
+        for _ in range(600):  # wait until the follower is connected to Socket.IO (30 s at least)
             async with running.http.get(f"{running.url}/system/status") as response:
                 if (await response.json())["socketio_clients"] >= 1:
                     break
@@ -358,7 +358,7 @@ async def test_events_history_and_follow(
         ) as response:
             assert response.status == 201
         assert process.stdout is not None
-        line = await asyncio.wait_for(process.stdout.readline(), 15)
+        line = await asyncio.wait_for(process.stdout.readline(), 30)
         assert b"cluster_updated" in line and b"live-one" in line
     finally:
         process.terminate()

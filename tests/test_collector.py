@@ -191,7 +191,7 @@ async def test_collector_pushes_repeatedly_and_survives_a_failing_push() -> None
     c = LocalCollector(push, cluster_id="lab", node_id="box", interval=0.05)
     task = asyncio.create_task(c.run())
     try:
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(30):  # a generous deadline: pushes come every 0.05 s
             await two_pushed.wait()
     finally:
         task.cancel()
@@ -207,21 +207,39 @@ async def test_collector_pushes_repeatedly_and_survives_a_failing_push() -> None
 
 
 async def test_collector_keeps_its_cadence() -> None:
-    times: list[float] = []
+    starts: list[float] = []  # when each sample began (loop time)
+    pushed: list[dict[str, Any]] = []
+    enough = asyncio.Event()
     loop = asyncio.get_running_loop()
 
     async def push(cluster_id: str, doc: dict[str, Any]) -> None:
-        times.append(loop.time())
+        pushed.append(doc)
+        if len(pushed) >= 6:
+            enough.set()
 
-    task = asyncio.create_task(LocalCollector(push, interval=0.05).run())
-    await asyncio.sleep(0.32)
-    task.cancel()
+    collector = LocalCollector(push, interval=0.05)
+    sample = collector.sample
+
+    async def timed_sample() -> dict[str, Any]:
+        starts.append(loop.time())
+        return await sample()
+
+    collector.sample = timed_sample  # type: ignore[method-assign]
+    task = asyncio.create_task(collector.run())
+    try:
+        async with asyncio.timeout(30):  # a generous deadline, not a timing assertion
+            await enough.wait()
+    finally:
+        task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    # push k waits for start + k × 0.05, so within 0.32 s at most 7 (k = 0..6) happen,
-    # never faster than the cadence; a loaded machine may fit fewer
-    assert 2 <= len(times) <= 7
-    assert times[-1] - times[0] >= 0.05 * (len(times) - 1) - 0.03
+    # sample k starts no earlier than start + k × 0.05 (a late one never makes the next one
+    # early): never faster than the cadence, however loaded the machine. The 0.025 s allow for
+    # the first sample being recorded a little after the run's start; a loop without a cadence
+    # would take 6 samples within a few ms
+    assert len(pushed) >= 6
+    for k, started in enumerate(starts):
+        assert started - starts[0] >= 0.05 * k - 0.025, (k, starts)
 
 
 @pytest.mark.parametrize("interval", [0, -1.0, float("nan")])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +37,16 @@ DEMO_GPUS = 352  # 16 + 16 + 12 nodes × 8 GPUs
 STATEFUL_POLICY = Path(__file__).parent / "policies" / "stateful" / "code" / "function.py"
 
 
-def talker(lines: int, pause: float) -> list[str]:
-    """A job that prints ``lines`` numbered lines, ``pause`` seconds apart."""
-    code = f"import time\nfor i in range({lines}):\n    print('line', i, flush=True)\n    time.sleep({pause})"
+def talker(lines: int, pause: float, gate: Path) -> list[str]:
+    """A job that waits until the test creates ``gate`` (at most 60 s), then prints ``lines``
+    numbered lines, ``pause`` seconds apart."""
+    wait = (
+        f"import os, time\nend = time.monotonic() + 60\n"
+        f"while not os.path.exists({str(gate)!r}) and time.monotonic() < end:\n"
+        "    time.sleep(0.02)\n"
+    )
+    talk = f"for i in range({lines}):\n    print('line', i, flush=True)\n    time.sleep({pause})"
+    code = wait + talk
     return [PY, "-c", code]
 
 
@@ -161,7 +169,8 @@ async def test_fleet_states_follow_holds_jobs_metrics_and_staleness(demo: Runnin
 
 
 async def test_stale_metrics_colour_every_unheld_gpu_of_the_cluster(tmp_path: Path) -> None:
-    async with running_server(tmp_path / "data", metrics_ttl=0.3) as live:
+    # a TTL long enough that the first read is surely fresh, short enough to wait out
+    async with running_server(tmp_path / "data", metrics_ttl=2.0) as live:
         await live.load_demo_fleet()
         async with live.http.put(
             f"{live.url}/clusters/mixed-lab/metrics", json={"nodes": []}
@@ -169,9 +178,14 @@ async def test_stale_metrics_colour_every_unheld_gpu_of_the_cluster(tmp_path: Pa
             assert response.status == 200
         async with live.http.get(f"{live.url}/fleet") as response:
             fresh = await response.json()
-        await asyncio.sleep(0.5)
-        async with live.http.get(f"{live.url}/fleet") as response:
-            stale = await response.json()
+        deadline = time.monotonic() + 30
+        while True:  # until the TTL has passed: poll for the state, never assume a duration
+            await asyncio.sleep(0.1)
+            async with live.http.get(f"{live.url}/fleet") as response:
+                stale = await response.json()
+            lab = {c["id"]: c for c in stale["clusters"]}["mixed-lab"]
+            if lab["metrics_stale"] or time.monotonic() > deadline:
+                break
     lab = {c["id"]: c for c in fresh["clusters"]}["mixed-lab"]
     assert lab["metrics_stale"] is False and lab["counts"]["stale"] == 0
     lab = {c["id"]: c for c in stale["clusters"]}["mixed-lab"]
@@ -298,8 +312,9 @@ async def test_sign_in_with_the_one_time_link(demo: Running, browser: Any) -> No
 
 
 async def test_a_job_appears_runs_and_completes_live_and_its_detail_shows_logs(
-    demo: Running, browser: Any
+    demo: Running, browser: Any, tmp_path: Path
 ) -> None:
+    gate = tmp_path / "talk-now"  # the job runs until the page has shown it running
     page, errors = await new_page(browser)
     await sign_in(page, demo.url, ADMIN_KEY)
     await page.goto(demo.url + "/#jobs")
@@ -308,7 +323,7 @@ async def test_a_job_appears_runs_and_completes_live_and_its_detail_shows_logs(
         demo,
         {
             "name": "talker",
-            "command": talker(5, 0.4),
+            "command": talker(5, 0.4, gate),
             "resources": {"gpus": 2, "gpu_model": "A100"},
         },
     )
@@ -316,6 +331,7 @@ async def test_a_job_appears_runs_and_completes_live_and_its_detail_shows_logs(
     await page.wait_for_selector(row)
     await page.wait_for_selector(f'{row}[data-status="running"]')
     await screenshot(page, "jobs")
+    gate.touch()
     await page.wait_for_selector(f'{row}[data-status="completed"]')
     assert await page.evaluate("window.__sameDocument") == 42  # never reloaded
     await page.click(f"{row} a")
@@ -344,7 +360,8 @@ async def test_a_job_appears_runs_and_completes_live_and_its_detail_shows_logs(
 async def test_cancel_a_queued_job_from_the_page(demo: Running, browser: Any) -> None:
     async with demo.http.put(f"{demo.url}/pool/limits", json={"max_concurrent_jobs": 1}) as r:
         assert r.status == 200
-    blocker = await submit(demo, {"name": "blocker", "command": sleeper(30)})
+    # the blocker holds the only slot until the test cancels it (300 s: never on its own)
+    blocker = await submit(demo, {"name": "blocker", "command": sleeper(300)})
     await wait_for(demo, blocker, "running")
     queued = await submit(demo, {"name": "waiter", "command": sleeper(0)})
     page, errors = await new_page(browser)

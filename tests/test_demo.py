@@ -50,7 +50,7 @@ async def test_demo_prints_its_urls_and_runs_jobs(tmp_path: Path) -> None:
         headers = {"Authorization": f"Bearer {key.group(1)}"}
         completed: list[dict[str, object]] = []
         async with aiohttp.ClientSession(headers=headers) as http:
-            for _ in range(250):
+            for _ in range(600):  # 60 s at least: a generous deadline for a demo job
                 async with http.get(f"{url.group(1)}/jobs", params={"status": "completed"}) as r:
                     completed = await r.json()
                 if completed:

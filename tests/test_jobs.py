@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from tests.conftest import Running
@@ -10,6 +11,7 @@ from tests.jobs_helpers import (
     PY,
     create_queue,
     exiting,
+    gated,
     job,
     sleeper,
     statuses,
@@ -63,61 +65,75 @@ async def test_a_failing_command_is_failed_with_its_return_code(
     assert "3" in record["failed_reason"]
 
 
-async def test_priority_first_then_fifo(running: Running, fleet: Any) -> None:
+async def test_priority_first_then_fifo(running: Running, fleet: Any, tmp_path: Path) -> None:
     async with running.http.put(f"{running.url}/pool/limits", json={"max_concurrent_jobs": 1}) as r:
         assert r.status == 200
-    blocker = await submit(running, {"name": "blocker", "command": sleeper(1.0)})
+    gate = tmp_path / "blocker-may-end"  # the blocker runs until all four jobs wait behind it
+    blocker = await submit(running, {"name": "blocker", "command": gated(gate)})
     await wait_for(running, blocker, "running")
     low_a = await submit(running, {"name": "low-a", "command": sleeper(0)}, priority=0)
     high = await submit(running, {"name": "high", "command": sleeper(0)}, priority=5)
     low_b = await submit(running, {"name": "low-b", "command": sleeper(0)}, priority=0)
     negative = await submit(running, {"name": "negative", "command": sleeper(0)}, priority=-1)
+    await _until_reason(running, low_a, "PoolLimit")  # set by the next admission cycle
     waiting = await job(running, low_a)
     assert (
         waiting["reason"]["code"] == "PoolLimit"
         and "max_concurrent_jobs is 1" in waiting["reason"]["message"]
     )
     assert (await job(running, high))["queue_position"] == 1
+    gate.touch()
     finished = [await wait_for(running, j, "completed") for j in (high, low_a, low_b, negative)]
     starts = [f["start_time"] for f in finished]
     assert starts == sorted(starts), finished
 
 
-async def test_seed_000_worker_cap_all_or_nothing(running: Running, fleet: Any) -> None:
+async def test_seed_000_worker_cap_all_or_nothing(
+    running: Running, fleet: Any, tmp_path: Path
+) -> None:
     await create_queue(running, name="capped", maximum_allowed_worker_instances=10)
-    ten = await submit(running, {"queue": "capped", "command": sleeper(1.5), "replica_count": 10})
+    gate = tmp_path / "ten-may-end"  # the 10 workers run until the 8-worker job was refused
+    ten = await submit(running, {"queue": "capped", "command": gated(gate), "replica_count": 10})
     await wait_for(running, ten, "running")
     eight = await submit(running, {"queue": "capped", "command": sleeper(0), "replica_count": 8})
     record = await wait_for(running, eight, "queued")
     await _until_reason(running, eight, "QueueWorkerCap")
     record = await job(running, eight)
     assert "needs 8 worker instance(s), queue 'capped' has 0 free" in record["reason"]["message"]
+    gate.touch()
     assert (await wait_for(running, ten, "completed"))["status"] == "completed"
     assert (await wait_for(running, eight, "completed"))["status"] == "completed"
 
 
 async def test_a_job_that_does_not_fit_lets_a_smaller_one_pass(
-    running: Running, fleet: Any
+    running: Running, fleet: Any, tmp_path: Path
 ) -> None:
     await create_queue(running, name="q", maximum_allowed_worker_instances=10)
-    seven = await submit(running, {"queue": "q", "command": sleeper(1.5), "replica_count": 7})
+    gate = tmp_path / "seven-may-end"  # the 7 workers hold their slots until the test looked
+    seven = await submit(running, {"queue": "q", "command": gated(gate), "replica_count": 7})
     await wait_for(running, seven, "running")
     four = await submit(running, {"queue": "q", "command": sleeper(0), "replica_count": 4})
     three = await submit(running, {"queue": "q", "command": sleeper(0), "replica_count": 3})
-    # 3 free: the 4-worker job waits, the 3-worker job behind it starts
-    await wait_for(running, three, "running", "completed")
+    # 3 free: the 4-worker job waits, the 3-worker job behind it starts (and ends)
+    await wait_for(running, three, "completed")
+    # the reason is refreshed every cycle ("0 free" while the 3 workers ran): wait for the
+    # cycle after their end, when 3 are free again and the 4-worker job still cannot start
+    await _until_reason(
+        running, four, "QueueWorkerCap", "needs 4 worker instance(s), queue 'q' has 3 free"
+    )
     record = await job(running, four)
     assert record["status"] == "queued"
-    assert record["reason"]["message"].startswith(
-        "needs 4 worker instance(s), queue 'q' has 3 free"
-    )
+    gate.touch()
     await wait_for(running, four, "completed")
 
 
-async def test_starvation_is_bounded_by_max_bypass(running: Running, fleet: Any) -> None:
+async def test_starvation_is_bounded_by_max_bypass(
+    running: Running, fleet: Any, tmp_path: Path
+) -> None:
     # cap 4, a 3-worker job runs; a 2-worker job waits; 1-worker jobs may pass it only twice
     await create_queue(running, name="fair", maximum_allowed_worker_instances=4, max_bypass=2)
-    big = await submit(running, {"queue": "fair", "command": sleeper(2.0), "replica_count": 3})
+    gate = tmp_path / "big-may-end"  # the 3-worker job runs until the third small job waits
+    big = await submit(running, {"queue": "fair", "command": gated(gate), "replica_count": 3})
     await wait_for(running, big, "running")
     pair = await submit(running, {"queue": "fair", "command": sleeper(0), "replica_count": 2})
     smalls = [
@@ -129,12 +145,13 @@ async def test_starvation_is_bounded_by_max_bypass(running: Running, fleet: Any)
     await _until_reason(running, smalls[2], "WaitsBehindStarvingJob")
     blocked = await job(running, smalls[2])
     assert pair in blocked["reason"]["message"]
+    gate.touch()
     pair_done = await wait_for(running, pair, "completed")
     later = await wait_for(running, smalls[2], "completed")
     assert pair_done["start_time"] <= later["start_time"]
 
 
-async def test_cancel_queued_and_running(running: Running, fleet: Any) -> None:
+async def test_cancel_queued_and_running(running: Running, fleet: Any, tmp_path: Path) -> None:
     long = await submit(running, {"command": sleeper(60)})
     await wait_for(running, long, "running")
     async with running.http.post(f"{running.url}/jobs/{long}/cancel") as r:
@@ -143,11 +160,13 @@ async def test_cancel_queued_and_running(running: Running, fleet: Any) -> None:
     assert record["end_time"] is not None
     async with running.http.put(f"{running.url}/pool/limits", json={"max_concurrent_jobs": 1}) as r:
         assert r.status == 200
-    first = await submit(running, {"command": sleeper(1)})
+    gate = tmp_path / "first-may-end"  # the first job holds the only slot until second is gone
+    first = await submit(running, {"command": gated(gate)})
     second = await submit(running, {"command": sleeper(1)})
     async with running.http.post(f"{running.url}/jobs/{second}/cancel") as r:
         assert r.status == 200
     assert (await wait_for(running, second, "cancelled"))["start_time"] is None
+    gate.touch()
     await wait_for(running, first, "completed")
 
 
@@ -185,10 +204,11 @@ async def test_seed_001_errors(running: Running, fleet: Any) -> None:
         assert r.status == 404
 
 
-async def test_queue_statistics(running: Running, fleet: Any) -> None:
+async def test_queue_statistics(running: Running, fleet: Any, tmp_path: Path) -> None:
     async with running.http.put(f"{running.url}/pool/limits", json={"max_concurrent_jobs": 1}) as r:
         assert r.status == 200
-    first = await submit(running, {"command": sleeper(1)})
+    gate = tmp_path / "first-may-end"  # runs until the statistics were read
+    first = await submit(running, {"command": gated(gate)})
     await wait_for(running, first, "running")
     await submit(running, {"command": sleeper(0)}, priority=3)
     async with running.http.get(f"{running.url}/queue") as r:
@@ -196,14 +216,17 @@ async def test_queue_statistics(running: Running, fleet: Any) -> None:
     assert stats["total_queued"] == 1 and stats["running_jobs"] == 1
     assert stats["priorities"] == {"3": 1}
     assert stats["queues"]["default"]["queued"] == 1
+    gate.touch()
 
 
-async def _until_reason(running: Running, job_id: str, code: str) -> None:
+async def _until_reason(running: Running, job_id: str, code: str, message: str = "") -> None:
+    """Poll until the job waits for ``code`` with a message that starts with ``message``."""
     import asyncio
 
-    for _ in range(200):
+    for _ in range(600):  # 30 s at least: a generous deadline, not a timing assertion
         record = await job(running, job_id)
-        if (record.get("reason") or {}).get("code") == code:
+        reason = record.get("reason") or {}
+        if reason.get("code") == code and str(reason.get("message")).startswith(message):
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"job {job_id} never waited for {code}: {record}")
