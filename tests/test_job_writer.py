@@ -94,3 +94,13 @@ async def test_a_cancelled_caller_still_has_its_change_written(db: Database) -> 
         await task
     await book.close()
     assert [e["status"] for e in await book.history(job.job_id)] == ["queued", "scheduled"]
+
+
+async def test_the_history_includes_a_change_still_being_committed(db: Database) -> None:
+    book = JobBook(db)
+    job = await book.create(config("a"), 0, None, "submitted")
+    saving = asyncio.create_task(book.save(job, status=JobStatus.RUNNING, reason="started"))
+    await asyncio.sleep(0)  # handed over: the record already says running, the store not yet
+    assert job.status is JobStatus.RUNNING
+    assert [e["status"] for e in await book.history(job.job_id)] == ["queued", "running"]
+    await saving

@@ -43,6 +43,7 @@ class JobWriter:
         self._db = db
         self._queue: list[_Change] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._pending: dict[str, set[asyncio.Future[None]]] = {}  # job id → uncommitted changes
 
     async def write(
         self,
@@ -58,9 +59,26 @@ class JobWriter:
         change must be ``new`` and awaited before its next one is handed over."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append(_Change(job_id, row, history, done, new))
+        pending = self._pending.setdefault(job_id, set())
+        pending.add(done)
+        done.add_done_callback(lambda _: self._settle(job_id, done))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="job-writer")
         await asyncio.shield(done)
+
+    async def settled(self, job_id: str) -> None:
+        """Wait until every change of ``job_id`` handed over so far is committed (or failed):
+        a reader of the store then sees what the in-memory record already shows."""
+        pending = list(self._pending.get(job_id, ()))
+        if pending:
+            await asyncio.gather(*(asyncio.shield(f) for f in pending), return_exceptions=True)
+
+    def _settle(self, job_id: str, done: asyncio.Future[None]) -> None:
+        pending = self._pending.get(job_id)
+        if pending is not None:
+            pending.discard(done)
+            if not pending:
+                del self._pending[job_id]
 
     async def close(self) -> None:
         """Wait for the changes already handed over to be written."""

@@ -183,7 +183,10 @@ class JobBook:
         await self._writer.close()
 
     async def history(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's status history, oldest first, including every change the in-memory
+        record already shows (it waits for that job's pending commits)."""
         self.get(job_id)
+        await self._writer.settled(job_id)
         async with self._db.read() as conn:
             rows = (
                 await conn.execute(
