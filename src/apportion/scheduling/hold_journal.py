@@ -18,8 +18,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Literal
 
-from sqlalchemy import bindparam, delete, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection, bindparam, delete, update
 
 from apportion import jsonutil
 from apportion.scheduling.hold_model import Hold
@@ -120,8 +119,7 @@ class HoldJournal:
         for change in batch:
             net.add(change)
         try:
-            async with self._db.write() as conn:
-                await _write(conn, net)
+            await self._db.write_batch(lambda conn: _write(conn, net))
         except Exception as exc:
             log.error("writing %d hold change(s) failed: %s", len(batch), exc)
             for change in batch:
@@ -133,18 +131,16 @@ class HoldJournal:
                 change.done.set_result(None)
 
 
-async def _write(conn: AsyncConnection, net: _Net) -> None:
+def _write(conn: Connection, net: _Net) -> None:
     if net.deletes:
         ids = sorted(net.deletes)
-        await conn.execute(
-            delete(schema.hold_gpus).where(schema.hold_gpus.c.allocation_id.in_(ids))
-        )
-        await conn.execute(delete(schema.holds).where(schema.holds.c.allocation_id.in_(ids)))
+        conn.execute(delete(schema.hold_gpus).where(schema.hold_gpus.c.allocation_id.in_(ids)))
+        conn.execute(delete(schema.holds).where(schema.holds.c.allocation_id.in_(ids)))
     if net.inserts:
         # executemany with one compiled statement per table (SQLAlchemy caches it; a
         # multi-row VALUES of varying length would compile anew for every batch size)
         holds = list(net.inserts.values())
-        await conn.execute(
+        conn.execute(
             schema.holds.insert(),
             [
                 {
@@ -166,9 +162,9 @@ async def _write(conn: AsyncConnection, net: _Net) -> None:
             for c, n, g in h.gpu_keys
         ]
         if gpu_rows:  # a hold of no GPUs (a job of CPU workers) has none
-            await conn.execute(schema.hold_gpus.insert(), gpu_rows)
+            conn.execute(schema.hold_gpus.insert(), gpu_rows)
     if net.renews:
-        await conn.execute(
+        conn.execute(
             update(schema.holds)
             .where(schema.holds.c.allocation_id == bindparam("aid"))
             .values(expires_at=bindparam("exp")),

@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import Connection, bindparam, update
 
 from apportion.store import schema
 from apportion.store.db import Database
@@ -111,13 +111,16 @@ class JobWriter:
         inserts = [{"job_id": c.job_id, **c.row} for c in batch if c.new]
         newest = {c.job_id: c.row for c in batch if not c.new}  # later rows win
         history = [change.history for change in batch if change.history is not None]
-        async with self._db.write() as conn:
+
+        def write(conn: Connection) -> None:
             if inserts:
-                await conn.execute(schema.jobs.insert(), inserts)
+                conn.execute(schema.jobs.insert(), inserts)
             if newest:
-                await conn.execute(*_updates(newest))
+                conn.execute(*_updates(newest))
             if history:
-                await conn.execute(schema.job_statuses.insert(), history)
+                conn.execute(schema.job_statuses.insert(), history)
+
+        await self._db.write_batch(write)
 
 
 def _updates(newest: dict[str, dict[str, Any]]) -> tuple[Any, list[dict[str, Any]]]:

@@ -57,27 +57,38 @@ class Job:
     decision: dict[str, Any] | None = None  # the placement's decision record
     cancel_requested: bool = False
     queue_position: int | None = field(default=None, compare=False)
+    _encoded_cache: dict[str, tuple[Any, str]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @property
     def workers(self) -> int:
         return self.config.replica_count
 
     def row(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            if f.name == "queue_position":
-                continue
-            value = getattr(self, f.name)
-            if f.name == "config":
-                value = jsonutil.dumps_str(value.model_dump())
-            elif f.name in ("allocation", "resource_usage", "decision"):
-                value = None if value is None else jsonutil.dumps_str(value)
-            elif f.name == "status":
-                value = value.value
-            elif f.name == "cancel_requested":
-                value = int(value)
-            out[f.name] = value
+        """The ``jobs`` row of this record (every field but ``queue_position``). Called on
+        every save: the encoded config and decision are kept, as they do not change once set."""
+        out = {name: getattr(self, name) for name in _ROW_FIELDS}
+        out["config"] = self._encoded("config", self.config.model_dump())
+        out["decision"] = (
+            None if self.decision is None else self._encoded("decision", self.decision)
+        )
+        for name in ("allocation", "resource_usage"):
+            value = out[name]
+            out[name] = None if value is None else jsonutil.dumps_str(value)
+        out["status"] = self.status.value
+        out["cancel_requested"] = int(self.cancel_requested)
         return out
+
+    def _encoded(self, name: str, value: Any) -> str:
+        """The JSON text of a write-once field, computed on first use (keyed by the object, so
+        a replaced value is encoded anew)."""
+        cached = self._encoded_cache.get(name)
+        source = getattr(self, name)
+        if cached is None or cached[0] is not source:
+            cached = (source, jsonutil.dumps_str(value))
+            self._encoded_cache[name] = cached
+        return cached[1]
 
     @classmethod
     def from_row(cls, row: Any) -> Job:
@@ -114,6 +125,11 @@ class Job:
             "decision": self.decision,
             "config": self.config.model_dump(),
         }
+
+
+_ROW_FIELDS = tuple(
+    f.name for f in fields(Job) if f.name not in ("queue_position", "_encoded_cache")
+)
 
 
 class JobBook:

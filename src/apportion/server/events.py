@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import Connection, delete, func, select
 
 from apportion import jsonutil
 from apportion.store.db import Database
@@ -128,19 +128,19 @@ class EventLog:
         # One compiled INSERT for the whole batch (executemany) with the seqs assigned here:
         # under the write lock, in the same transaction as the read of the newest seq, so they
         # are exactly the ones SQLite's AUTOINCREMENT would have given.
-        async with self._db.write() as conn:
-            newest = (await conn.execute(select(func.max(events.c.seq)))).scalar()
+        rows = [
+            {"type": item.type, "payload": item.encoded.decode(), "ts": item.ts} for item in batch
+        ]
+
+        def store(conn: Connection) -> int:
+            newest = conn.execute(select(func.max(events.c.seq))).scalar()
             first = int(newest or 0) + 1
-            rows = [
-                {
-                    "seq": first + i,
-                    "type": item.type,
-                    "payload": item.encoded.decode(),
-                    "ts": item.ts,
-                }
-                for i, item in enumerate(batch)
-            ]
-            await conn.execute(events.insert(), rows)
+            for i, row in enumerate(rows):
+                row["seq"] = first + i
+            conn.execute(events.insert(), rows)
+            return first
+
+        first = await self._db.write_batch(store)
         return [_event(first + i, item.type, item.ts, item.payload) for i, item in enumerate(batch)]
 
     async def _emit(self, event: Event) -> None:

@@ -10,17 +10,20 @@ ourselves.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from apportion.store.migrations import migrate
+
+T = TypeVar("T")
 
 
 def sqlite_url(path: Path) -> str:
@@ -50,18 +53,30 @@ def _sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -
 
 
 class Database:
-    """The process's handle on the store. Create with :meth:`open`; close with :meth:`close`."""
+    """The process's handle on the store. Create with :meth:`open`; close with :meth:`close`.
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    Two ways to write, serialised by one lock: :meth:`write` (an async transaction; every
+    statement is a hand-off to aiosqlite's thread and back) for occasional changes, and
+    :meth:`write_batch` (a synchronous function run on the writer thread inside one
+    transaction: one hand-off for the whole batch) for the group-committing writers — the
+    hold journal, the job writer and the event outbox — whose latency bounds throughput.
+    """
+
+    def __init__(self, engine: AsyncEngine, sync_engine: Engine) -> None:
         self.engine = engine
+        self._sync_engine = sync_engine
         self._write_lock = asyncio.Lock()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apportion-db-writer")
 
     @classmethod
     async def open(cls, url: str) -> Database:
         """Connect, set pragmas, and migrate the schema to the latest version."""
-        engine = create_async_engine(normalise_url(url))
+        async_url = normalise_url(url)
+        engine = create_async_engine(async_url)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        db = cls(engine)
+        sync_engine = create_engine("sqlite://" + async_url[len("sqlite+aiosqlite://") :])
+        event.listen(sync_engine, "connect", _sqlite_pragmas)
+        db = cls(engine, sync_engine)
         async with db.engine.begin() as conn:
             await conn.run_sync(migrate)
         return db
@@ -72,6 +87,20 @@ class Database:
         async with self._write_lock, self.engine.begin() as conn:
             yield conn
 
+    async def write_batch(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn(connection)`` on the writer thread inside one transaction, committed when
+        ``fn`` returns (rolled back if it raises, and the error re-raised here); return its
+        result. ``fn`` must only use the connection: it runs off the event loop. If the caller
+        is cancelled, the batch still completes on the writer thread."""
+        loop = asyncio.get_running_loop()
+        async with self._write_lock:
+            future = loop.run_in_executor(self._writer, self._run_batch, fn)
+            return await asyncio.shield(future)
+
+    def _run_batch(self, fn: Callable[[Connection], T]) -> T:
+        with self._sync_engine.begin() as conn:
+            return fn(conn)
+
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         """A connection for reading."""
@@ -80,6 +109,8 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
+        await asyncio.get_running_loop().run_in_executor(self._writer, self._sync_engine.dispose)
+        self._writer.shutdown(wait=True)
 
 
 def row_dict(row: Any) -> dict[str, Any]:

@@ -104,16 +104,19 @@ def start_supervisor(
 async def await_started(spec: JobSpec, procs: list[subprocess.Popen[bytes]]) -> None:
     """Wait until every worker has a state file; else stop the job and raise AdapterError.
 
-    Runs on the event loop (a few ``stat`` calls per tick), not on a thread: a submit then holds
-    no thread while its supervisors start, and polls of other jobs are not queued behind it."""
+    Runs on the event loop (a few ``stat`` calls per check), not on a thread: a submit then holds
+    no thread while its supervisors start, and polls of other jobs are not queued behind it.
+    Checks back off from 5 ms to 50 ms, so many submits at once do not keep the loop busy."""
     deadline = time.monotonic() + START_TIMEOUT
     pending = {w.index: proc for w, proc in zip(spec.workers, procs, strict=True)}
+    states = {index: sv.state_path(spec.output_dir, index) for index in pending}
+    delay = 0.005
     while pending:
         for index, proc in list(pending.items()):
-            if sv.state_path(spec.output_dir, index).exists():
+            if states[index].exists():
                 del pending[index]
             elif (proc.poll() is not None or time.monotonic() > deadline) and not (
-                sv.state_path(spec.output_dir, index).exists()  # wrote it, then exited
+                states[index].exists()  # wrote it, then exited
             ):
                 abort_submit(spec)
                 log = Path(spec.output_dir) / f"worker-{index}.supervisor.log"
@@ -121,7 +124,9 @@ async def await_started(spec: JobSpec, procs: list[subprocess.Popen[bytes]]) -> 
                 raise AdapterError(
                     f"the supervisor of worker {index} did not start its command: {tail}"
                 )
-        await asyncio.sleep(0.005)
+        if pending:
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.05)
 
 
 def abort_submit(spec: JobSpec) -> None:
