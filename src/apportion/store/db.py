@@ -67,6 +67,7 @@ class Database:
         self._sync_engine = sync_engine
         self._write_lock = asyncio.Lock()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apportion-db-writer")
+        self._closed = False
 
     @classmethod
     async def open(cls, url: str) -> Database:
@@ -108,9 +109,13 @@ class Database:
             yield conn
 
     async def close(self) -> None:
+        """Close both engines and the writer thread (idempotent)."""
         await self.engine.dispose()
-        await asyncio.get_running_loop().run_in_executor(self._writer, self._sync_engine.dispose)
-        self._writer.shutdown(wait=True)
+        if not self._closed:
+            self._closed = True
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._writer, self._sync_engine.dispose)
+            self._writer.shutdown(wait=True)
 
 
 def row_dict(row: Any) -> dict[str, Any]:
