@@ -104,3 +104,14 @@ async def test_the_history_includes_a_change_still_being_committed(db: Database)
     assert job.status is JobStatus.RUNNING
     assert [e["status"] for e in await book.history(job.job_id)] == ["queued", "running"]
     await saving
+
+
+async def test_a_replaced_decision_is_encoded_anew(db: Database) -> None:
+    book = JobBook(db)
+    job = await book.create(config("a"), 0, None, "submitted")
+    job.decision = {"policy_rule_uri": "binpack:1.0-stable", "feasible_nodes": 3}
+    first = job.row()["decision"]
+    assert first is not None and '"feasible_nodes":3' in first
+    assert job.row()["decision"] is first  # kept while the same object is set
+    job.decision = {"policy_rule_uri": "spread:1.0-stable", "feasible_nodes": 1}
+    assert '"spread:1.0-stable"' in job.row()["decision"]

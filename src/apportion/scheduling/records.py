@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
@@ -69,9 +70,9 @@ class Job:
         """The ``jobs`` row of this record (every field but ``queue_position``). Called on
         every save: the encoded config and decision are kept, as they do not change once set."""
         out = {name: getattr(self, name) for name in _ROW_FIELDS}
-        out["config"] = self._encoded("config", self.config.model_dump())
+        out["config"] = self._encoded("config", self.config.model_dump)
         out["decision"] = (
-            None if self.decision is None else self._encoded("decision", self.decision)
+            None if self.decision is None else self._encoded("decision", lambda: self.decision)
         )
         for name in ("allocation", "resource_usage"):
             value = out[name]
@@ -80,13 +81,13 @@ class Job:
         out["cancel_requested"] = int(self.cancel_requested)
         return out
 
-    def _encoded(self, name: str, value: Any) -> str:
+    def _encoded(self, name: str, value: Callable[[], Any]) -> str:
         """The JSON text of a write-once field, computed on first use (keyed by the object, so
         a replaced value is encoded anew)."""
         cached = self._encoded_cache.get(name)
         source = getattr(self, name)
         if cached is None or cached[0] is not source:
-            cached = (source, jsonutil.dumps_str(value))
+            cached = (source, jsonutil.dumps_str(value()))
             self._encoded_cache[name] = cached
         return cached[1]
 
