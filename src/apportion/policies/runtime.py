@@ -204,11 +204,11 @@ class PolicyRuntime:
         worker does, so state a ``management`` action leaves on the object is seen by later
         ``eval`` calls with the same arguments (the seed's long-lived object)."""
         assert entry.policy_class is not None
-        self._inject_clients(settings)
-        if entry.source == "builtin":
+        if entry.source == "builtin":  # ours: they read the fleet view, never the clients
             return entry.policy_class(
                 entry.uri, {**settings, **(engine_settings or {})}, parameters
             )
+        self._inject_clients(settings)
         key = (
             entry.uri,
             id(entry.policy_class),

@@ -44,13 +44,20 @@ class Caller:
 
 @dataclass
 class Phases:
-    timings: dict[str, float] = field(default_factory=dict)
+    """Wall time per phase of one decision; rounded only when read (``explain``)."""
+
+    _seconds: dict[str, float] = field(default_factory=dict)
     _last: float = field(default_factory=time.perf_counter)
 
     def mark(self, name: str) -> None:
         now = time.perf_counter()
-        self.timings[name] = round(self.timings.get(name, 0.0) + (now - self._last) * 1000, 3)
+        self._seconds[name] = self._seconds.get(name, 0.0) + (now - self._last)
         self._last = now
+
+    @property
+    def timings(self) -> dict[str, float]:
+        """Phase → milliseconds, to the microsecond."""
+        return {name: round(seconds * 1000, 3) for name, seconds in self._seconds.items()}
 
 
 def _expected_count(inputs: dict[str, Any]) -> tuple[int | None, bool]:

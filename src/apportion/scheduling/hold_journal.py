@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import Connection, bindparam, delete, update
 
@@ -97,11 +97,13 @@ class HoldJournal:
         """Record a hold's new lease end; returns once committed."""
         await self._queue_changes([_Change("renew", allocation_id, expires_at=expires_at)])
 
-    def _queue_changes(self, changes: list[_Change]) -> asyncio.Future[list[None]]:
+    def _queue_changes(self, changes: list[_Change]) -> asyncio.Future[Any]:
         if self._closed:
             raise RuntimeError("the server is stopping; retry against the restarted server")
         self._queue.extend(changes)
         self._wakeup.set()
+        if len(changes) == 1:  # the common case: no gathering future needed
+            return changes[0].done
         return asyncio.gather(*(change.done for change in changes))
 
     async def _run(self) -> None:
