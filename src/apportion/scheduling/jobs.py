@@ -15,12 +15,9 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-from apportion import jsonutil
 from apportion.errors import ApportionError, Conflict, InvalidRequest
 from apportion.registry.service import Registry
+from apportion.scheduling import job_views
 from apportion.scheduling.admission import CycleState, Reason, waiting_order
 from apportion.scheduling.allocations import AllocationService
 from apportion.scheduling.dispatch import Dispatcher
@@ -34,13 +31,11 @@ from apportion.scheduling.models import (
     SubmitRequest,
     parse_model,
 )
+from apportion.scheduling.pool_limits import PoolLimits
 from apportion.scheduling.records import Job, JobBook, QueueBook, iso
-from apportion.store import schema
 from apportion.store.db import Database
 
 log = logging.getLogger(__name__)
-
-LIMIT_RANGE = (1, 100)  # max_concurrent_jobs, as seed 001 validated it
 
 
 class JobService:
@@ -54,14 +49,13 @@ class JobService:
         dispatcher: Dispatcher,
         emit: EventSink,
     ) -> None:
-        self._db = db
         self._registry = registry
         self._allocations = allocations
         self.dispatcher = dispatcher
         self._emit = emit
         self.jobs = JobBook(db)
         self.queues = QueueBook(db)
-        self.limits: dict[str, Any] = {"max_concurrent_jobs": None}
+        self.limits = PoolLimits(db)
         self._wake = asyncio.Event()
         self.admissions = 0
         dispatcher.bind(self.jobs, self.finish)
@@ -69,9 +63,7 @@ class JobService:
     async def load(self) -> None:
         await self.jobs.load()
         await self.queues.load()
-        async with self._db.read() as conn:
-            for row in (await conn.execute(select(schema.pool_limits))).all():
-                self.limits[row.name] = jsonutil.loads(row.value)
+        await self.limits.load()
         self._number_positions()
 
     def wake(self) -> None:
@@ -152,78 +144,28 @@ class JobService:
         await self.jobs.remove(job_id)
 
     async def set_limits(self, body: Any) -> dict[str, Any]:
-        if not isinstance(body, dict) or not body:
-            raise InvalidRequest('the body must be {"max_concurrent_jobs": n}', path="body")
-        unknown = set(body) - set(self.limits)
-        if unknown:
-            raise InvalidRequest(
-                f"unknown limit(s) {sorted(unknown)}; known: {sorted(self.limits)}",
-                path=f"body.{sorted(unknown)[0]}",
-            )
-        value = body.get("max_concurrent_jobs", None)
-        low, high = LIMIT_RANGE
-        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-            raise InvalidRequest(
-                f"max_concurrent_jobs must be an integer from {low} to {high}, not {value!r}",
-                path="body.max_concurrent_jobs",
-            )
-        old = dict(self.limits)
-        self.limits["max_concurrent_jobs"] = value
-        async with self._db.write() as conn:
-            stmt = sqlite_insert(schema.pool_limits).values(
-                name="max_concurrent_jobs", value=jsonutil.dumps_str(value)
-            )
-            await conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=[schema.pool_limits.c.name], set_={"value": stmt.excluded.value}
-                )
-            )
-        await self._emit("limits_updated", {"old_limits": old, "new_limits": dict(self.limits)})
+        """``PUT /pool/limits``: validate and commit, announce ``limits_updated``, wake the
+        cycle; return the new limits."""
+        old, new = await self.limits.set(body)
+        await self._emit("limits_updated", {"old_limits": old, "new_limits": new})
         self.wake()
-        return dict(self.limits)
+        return new
 
     def select(
         self, *, status: str | None, queue: str | None, limit: int, offset: int
     ) -> list[Job]:
-        jobs = sorted(self.jobs.jobs.values(), key=lambda j: j.seq)
-        if status is not None:
-            jobs = [j for j in jobs if j.status.value == status]
-        if queue is not None:
-            jobs = [j for j in jobs if j.queue == queue]
-        return jobs[offset : offset + limit]
+        """``GET /jobs``: see :func:`job_views.select_jobs`."""
+        return job_views.select_jobs(
+            self.jobs.jobs.values(), status=status, queue=queue, limit=limit, offset=offset
+        )
 
     def queue_counts(self) -> dict[str, tuple[int, int]]:
         """``{queue: (queued, running)}`` for the Prometheus gauges."""
-        counts = {name: [0, 0] for name in self.queues.names()}
-        for job in self.jobs.jobs.values():
-            if job.queue in counts and not job.status.finished:
-                counts[job.queue][0 if job.status is JobStatus.QUEUED else 1] += 1
-        return {name: (q, r) for name, (q, r) in counts.items()}
+        return job_views.queue_counts(self.jobs.jobs.values(), self.queues)
 
     def statistics(self) -> dict[str, Any]:
         """``GET /queue`` (seed 001): totals, per queue and per priority."""
-        jobs = list(self.jobs.jobs.values())
-        queued = [j for j in jobs if j.status is JobStatus.QUEUED]
-        per_queue: dict[str, dict[str, int]] = {}
-        for name in self.queues.names():
-            mine = [j for j in jobs if j.queue == name]
-            cap = self.queues.get(name).worker_cap
-            per_queue[name] = {
-                "queued": sum(j.status is JobStatus.QUEUED for j in mine),
-                "running": sum(j.status.active for j in mine),
-                "workers_running": sum(j.workers for j in mine if j.status.active),
-                "worker_cap": -1 if cap is None else cap,
-            }
-        per_priority: dict[str, int] = {}
-        for job in queued:
-            per_priority[str(job.priority)] = per_priority.get(str(job.priority), 0) + 1
-        return {
-            "total_queued": len(queued),
-            "running_jobs": sum(j.status.active for j in jobs),
-            "queues": per_queue,
-            "priorities": per_priority,
-            "limits": dict(self.limits),
-        }
+        return job_views.statistics(self.jobs.jobs.values(), self.queues, self.limits.as_dict())
 
     # ---------------------------------------------------------------- admission
     def _number_positions(self) -> None:
