@@ -15,7 +15,6 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -45,9 +44,9 @@ from apportion.server import (
     routes_registry,
     routes_status,
 )
-from apportion.server.auth import ANONYMOUS_ADMIN, Scope, auth_middleware, check_bind_allowed
+from apportion.server.auth import ANONYMOUS_ADMIN, auth_middleware, check_bind_allowed
+from apportion.server.bootstrap import BootstrapKey, ensure_admin_key
 from apportion.server.context import CONTEXT, ServerContext
-from apportion.server.credentials import Profile, default_credentials_path, write_profile
 from apportion.server.events import EventLog
 from apportion.server.http_common import error_middleware
 from apportion.server.keys import KeyStore
@@ -64,14 +63,6 @@ STOP_GRACE_SECONDS = 10.0
 PUBLIC_PATHS = frozenset(
     {"/healthz", "/metrics", "/openapi.json"} | dashboard.PUBLIC_PATHS
 )  # Socket.IO authenticates itself
-
-
-@dataclass(frozen=True)
-class BootstrapKey:
-    """The admin key generated on first start (shown once)."""
-
-    secret: str
-    credentials_path: str | None
 
 
 class Server:
@@ -182,7 +173,9 @@ class Server:
         await self._ws.start(settings.host, settings.ws_port)
         self._stack.push_async_callback(self._ws.close)
 
-        await self._ensure_admin_key(keys)
+        self.bootstrap_key = await ensure_admin_key(
+            settings, keys, url=self.url, ws_url=self.ws_url
+        )
         if settings.local_cluster:
             await registry.upsert_cluster(local_cluster_document())
             self._spawn(LocalCollector(registry.put_metrics, cluster_id="local").run(), "collector")
@@ -235,33 +228,6 @@ class Server:
         assert server is not None
         sockets: Any = getattr(server, "sockets", None)
         self._http_port = int(sockets[0].getsockname()[1])
-
-    async def _ensure_admin_key(self, keys: KeyStore) -> None:
-        settings = self.settings
-        if not settings.auth:
-            return
-        if settings.admin_key:
-            await keys.ensure_key(settings.admin_key, name="admin (--admin-key)", scope=Scope.ADMIN)
-            return
-        if await keys.has_admin():
-            return
-        issued = await keys.create("bootstrap admin", Scope.ADMIN)
-        path = None
-        if settings.write_credentials:
-            target = settings.credentials_file or default_credentials_path()
-            path = str(
-                write_profile(
-                    "default",
-                    Profile(url=self.url, ws_url=self.ws_url, api_key=issued.secret),
-                    target,
-                )
-            )
-        self.bootstrap_key = BootstrapKey(issued.secret, path)
-        print(
-            f"apportion: generated the first admin key (shown once): {issued.secret}"
-            + (f"\napportion: saved to {path} (profile 'default', mode 0600)" if path else ""),
-            file=sys.stderr,
-        )
 
     # ---------------------------------------------------------------- background
     def _spawn(self, coro: Any, name: str) -> None:
