@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 from apportion.errors import Conflict
 from apportion.registry.documents import validate_cluster_document
 from apportion.registry.fleet import FleetView
+from apportion.scheduling.hold_model import Hold
 from apportion.scheduling.holds import HoldManager
 from apportion.store import schema
 from apportion.store.db import Database
@@ -45,6 +46,13 @@ def placements(indices: set[int]) -> list[dict[str, Any]]:
         _, node, gpu = GPUS[i]
         by_node.setdefault(node, []).append(gpu)
     return [{"cluster_id": "c1", "node_id": n, "gpus": g} for n, g in sorted(by_node.items())]
+
+
+async def hold_now(holds: HoldManager, placements: list[dict[str, Any]], **fields: Any) -> Hold:
+    """Reserve then commit, as the allocation service does for a hold."""
+    hold = holds.reserve(placements, **fields)
+    await holds.commit(hold)
+    return hold
 
 
 def two_node_fleet() -> FleetView:
@@ -93,7 +101,8 @@ async def run_sequence(steps: list[tuple[str, Any]], folder: Path) -> None:
             if kind == "hold":
                 wanted = {GPUS[i] for i in arg}
                 try:
-                    hold = await holds.hold(
+                    hold = await hold_now(
+                        holds,
                         placements(arg),
                         lease_seconds=10,
                         owner=None,
@@ -144,11 +153,11 @@ async def test_holds_survive_reopening_and_expired_ones_are_dropped(tmp_path: Pa
     db = await Database.open(f"sqlite:///{tmp_path}/h.db")
     holds = HoldManager(db, fleet, clock=clock)
     await holds.start()
-    long = await holds.hold(
-        placements({0, 1}), lease_seconds=100, owner="k", request_id="r", policy_uri="p:1-x"
+    long = await hold_now(
+        holds, placements({0, 1}), lease_seconds=100, owner="k", request_id="r", policy_uri="p:1-x"
     )
-    await holds.hold(
-        placements({2}), lease_seconds=5, owner="k", request_id="s", policy_uri="p:1-x"
+    await hold_now(
+        holds, placements({2}), lease_seconds=5, owner="k", request_id="s", policy_uri="p:1-x"
     )
     await holds.close()
     await db.close()
@@ -182,7 +191,8 @@ async def test_concurrent_holds_and_releases_keep_the_store_in_step(tmp_path: Pa
         async def worker(indices: set[int]) -> None:
             for _ in range(20):
                 try:
-                    hold = await holds.hold(
+                    hold = await hold_now(
+                        holds,
                         placements(indices),
                         lease_seconds=60,
                         owner=None,
@@ -206,7 +216,8 @@ async def test_concurrent_holds_and_releases_keep_the_store_in_step(tmp_path: Pa
 
 async def test_a_hold_of_no_gpus_is_recorded(tmp_path: Path) -> None:
     async with open_holds(tmp_path) as (holds, db):
-        hold = await holds.hold(
+        hold = await hold_now(
+            holds,
             [{"cluster_id": "c1", "node_id": "n0", "gpus": []}],
             lease_seconds=60,
             owner=None,

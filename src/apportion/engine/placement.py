@@ -88,8 +88,8 @@ def _evaluate(
     gmask: BOOL | None = None
     if qual is None and r.gpu_memory_mb is None:
         avail = fleet.node_free.copy()
-        free_excl = excl[~fleet.held[excl]] if excluded else _NO_ROWS
-        if excluded:
+        free_excl = excl[~fleet.held[excl]]  # excluded rows the counters still count as free
+        if free_excl.size:
             np.subtract.at(avail, s.gpu_node[free_excl], 1)
     else:
         gmask = ~fleet.held if qual is None else qual & ~fleet.held
@@ -110,8 +110,9 @@ def _evaluate(
     if nvlink:
         if gmask is None:
             dom_avail = fleet.domain_free.copy()
-            dom = s.gpu_domain[free_excl]
-            np.subtract.at(dom_avail, dom[dom >= 0], 1)
+            if free_excl.size:
+                dom = s.gpu_domain[free_excl]
+                np.subtract.at(dom_avail, dom[dom >= 0], 1)
         else:
             dom_avail = s.domain_counter(gmask)
         node_dkey = _best_domains(s, dom_avail, r.gpus)

@@ -163,26 +163,6 @@ class HoldManager:
             self._fleet.set_held(hold.gpu_keys, False)
             raise
 
-    async def hold(
-        self,
-        placements: list[dict[str, Any]],
-        *,
-        lease_seconds: float,
-        owner: str | None,
-        request_id: str | None,
-        policy_uri: str,
-    ) -> Hold:
-        """:meth:`reserve` then :meth:`commit`."""
-        hold = self.reserve(
-            placements,
-            lease_seconds=lease_seconds,
-            owner=owner,
-            request_id=request_id,
-            policy_uri=policy_uri,
-        )
-        await self.commit(hold)
-        return hold
-
     def _check_owner(self, hold: Hold, owner: str | None, is_admin: bool) -> None:
         if not is_admin and hold.owner is not None and owner != hold.owner:
             raise Forbidden(
