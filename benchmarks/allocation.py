@@ -45,7 +45,7 @@ from synthetic_fleet import fleet_documents
 from websockets.asyncio.client import connect
 
 from apportion.policies.builtins import BUILTIN_POLICIES
-from apportion.registry.documents import validate_cluster_document
+from apportion.registry.documents.cluster import validate_cluster_document
 from apportion.registry.fleet import FleetView
 
 HERE = Path(__file__).resolve().parent

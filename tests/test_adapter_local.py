@@ -24,15 +24,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from apportion.scheduling.adapters import local_supervisor as sv
-from apportion.scheduling.adapters.base import (
+from apportion.adapters.base import (
     AdapterError,
     BackendState,
     BackendStatus,
     JobSpec,
     WorkerSpec,
 )
-from apportion.scheduling.adapters.local import LocalAdapter
+from apportion.adapters.local import supervisor as sv
+from apportion.adapters.local.adapter import LocalAdapter
 
 PY = sys.executable
 GRACE = 0.5
@@ -478,8 +478,8 @@ async def test_submit_twice_starts_once(adapter: LocalAdapter, tmp_path: Path) -
 SERVER = """
 import asyncio, json, sys, time
 from pathlib import Path
-from apportion.scheduling.adapters.base import JobSpec, WorkerSpec
-from apportion.scheduling.adapters.local import LocalAdapter
+from apportion.adapters.base import JobSpec, WorkerSpec
+from apportion.adapters.local.adapter import LocalAdapter
 args = json.loads(sys.argv[1])
 spec = JobSpec(job_id=args["job_id"], name="crash", command=tuple(args["command"]),
     cluster_id="local", scheduler={}, workers=(WorkerSpec(0, "n", ("0",)), WorkerSpec(1, "n", ())),

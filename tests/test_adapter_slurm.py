@@ -14,16 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from apportion.registry.documents import validate_cluster_document
-from apportion.scheduling.adapters.base import (
+from apportion.adapters.base import (
     AdapterError,
     BackendState,
     BackendStatus,
     JobSpec,
     WorkerSpec,
 )
-from apportion.scheduling.adapters.slurm import SlurmAdapter
-from apportion.scheduling.adapters.slurm_script import job_layout
+from apportion.adapters.slurm.adapter import SlurmAdapter
+from apportion.adapters.slurm.script import job_layout
+from apportion.registry.documents.cluster import validate_cluster_document
 from tests import slurm_env
 from tests.slurm_env import SlurmCluster
 

@@ -20,7 +20,7 @@ from typing import Any
 from typer.testing import CliRunner, Result
 
 from apportion import __version__
-from apportion.cli import app
+from apportion.cli.app import app
 from tests.conftest import ADMIN_KEY, Running
 
 PY = sys.executable

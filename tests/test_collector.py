@@ -20,7 +20,9 @@ from apportion.registry.collector import (
     local_metrics_document,
     read_nvml_gpus,
 )
-from apportion.registry.documents import ID_PATTERN, expand_node_gpus, validate_cluster_document
+from apportion.registry.documents.cluster import validate_cluster_document
+from apportion.registry.documents.ids import ID_PATTERN
+from apportion.registry.documents.readers import expand_node_gpus
 from apportion.registry.metrics import node_gpu_free_memory, validate_metrics_document
 
 MB = 1024 * 1024

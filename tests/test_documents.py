@@ -10,12 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from apportion.errors import InvalidRequest
-from apportion.registry.documents import (
-    expand_node_gpus,
-    nvlink_domains,
-    scheduler_type,
-    validate_cluster_document,
-)
+from apportion.registry.documents.cluster import validate_cluster_document
+from apportion.registry.documents.readers import expand_node_gpus, nvlink_domains, scheduler_type
 
 # CONTRACTS §4's example, with nodes.count 1: the contract's text says 2 but lists one node
 # (and its aggregates add up to that one node), which the count rule refuses (see below).

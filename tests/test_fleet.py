@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as hs
 
 from apportion.registry import fleet as fleet_module
-from apportion.registry.documents import validate_cluster_document
+from apportion.registry.documents.cluster import validate_cluster_document
 from apportion.registry.fleet import FleetView
 from apportion.registry.fleet_structure import SegmentCounter
 from tests import builders as b

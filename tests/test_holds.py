@@ -17,11 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
+from apportion.allocation.hold import Hold
+from apportion.allocation.holds import HoldManager
 from apportion.errors import Conflict
-from apportion.registry.documents import validate_cluster_document
+from apportion.registry.documents.cluster import validate_cluster_document
 from apportion.registry.fleet import FleetView
-from apportion.scheduling.hold_model import Hold
-from apportion.scheduling.holds import HoldManager
 from apportion.store import schema
 from apportion.store.db import Database
 from tests import builders

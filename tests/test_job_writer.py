@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from apportion.scheduling.models import JobConfig, JobStatus
-from apportion.scheduling.records import JobBook
+from apportion.jobs.models import JobConfig, JobStatus
+from apportion.jobs.records import JobBook
 from apportion.store.db import Database
 
 

@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from apportion.errors import InvalidRequest, MessageTooLarge, PolicyError, PolicyTimeout
-from apportion.policies.sandbox import SandboxCall, SandboxLimits, SandboxPool
+from apportion.policies.sandbox.pool import SandboxCall, SandboxLimits, SandboxPool
 
 POLICIES = Path(__file__).parent / "policies"
 MISBEHAVE = "misbehave:1.0-test"
@@ -425,7 +425,7 @@ def test_an_orphaned_worker_exits_and_removes_its_cwd(tmp_path: Path) -> None:
     cwd = tmp_path / "apportion-sandbox-orphan"
     cwd.mkdir()
     worker = subprocess.Popen(
-        [sys.executable, "-I", "-m", "apportion.policies.sandbox_worker"],
+        [sys.executable, "-I", "-m", "apportion.policies.sandbox.worker"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

@@ -14,9 +14,28 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from apportion.registry.documents import validate_cluster_document
-from apportion.scheduling.adapters import slurm_parse as sp
-from apportion.scheduling.adapters.base import AdapterError, BackendState
+from apportion.adapters.base import AdapterError, BackendState
+from apportion.adapters.slurm.parse_jobs import (
+    _STATES,
+    SlurmJob,
+    parse_scontrol_job,
+    parse_squeue,
+    split_wait_status,
+    status_of,
+)
+from apportion.adapters.slurm.parse_nodes import (
+    SlurmNode,
+    node_data,
+    parse_gpu_gres,
+    parse_scontrol_partitions,
+    parse_sinfo_nodes,
+)
+from apportion.adapters.slurm.parse_text import (
+    format_walltime,
+    parse_sbatch_parsable,
+    parse_scontrol_record,
+)
+from apportion.registry.documents.cluster import validate_cluster_document
 
 DATA = Path(__file__).parent / "data" / "slurm"
 
@@ -44,13 +63,13 @@ def test_recorded_job_ids_are_the_ones_described() -> None:
 def test_squeue_states(
     job_id: str, state: BackendState, return_code: int | None, reason: str | None
 ) -> None:
-    jobs = {j.job_id: j for j in sp.parse_squeue(read("squeue_mixed.json"))}
-    status = sp.status_of(jobs[job_id])
+    jobs = {j.job_id: j for j in parse_squeue(read("squeue_mixed.json"))}
+    status = status_of(jobs[job_id])
     assert (status.state, status.return_code, status.reason) == (state, return_code, reason)
 
 
 def test_squeue_fields_and_projected_times() -> None:
-    jobs = {j.job_id: j for j in sp.parse_squeue(read("squeue_mixed.json"))}
+    jobs = {j.job_id: j for j in parse_squeue(read("squeue_mixed.json"))}
     assert sorted(jobs, key=int) == [str(i) for i in range(1, 10)]
     assert (jobs["9"].nodes, jobs["9"].comment, jobs["9"].name) == (
         "n[1-2]",
@@ -75,13 +94,13 @@ def test_squeue_fields_and_projected_times() -> None:
     ],
 )
 def test_split_wait_status(raw: int, expected: tuple[int | None, int | None]) -> None:
-    assert sp.split_wait_status(raw) == expected
+    assert split_wait_status(raw) == expected
 
 
 @given(st.integers(0, 255), st.integers(1, 127))
 def test_wait_status_round_trip(code: int, signal: int) -> None:
-    assert sp.split_wait_status(code << 8) == (code, None)
-    assert sp.split_wait_status(signal) == (None, signal)
+    assert split_wait_status(code << 8) == (code, None)
+    assert split_wait_status(signal) == (None, signal)
 
 
 @pytest.mark.parametrize(
@@ -93,36 +112,36 @@ def test_wait_status_round_trip(code: int, signal: int) -> None:
     ],
 )
 def test_scontrol_job(file: str, job_id: str, state: BackendState, return_code: int | None) -> None:
-    job = sp.parse_scontrol_job(read(file))
+    job = parse_scontrol_job(read(file))
     assert job is not None and job.job_id == job_id
-    status = sp.status_of(job)
+    status = status_of(job)
     assert (status.state, status.return_code) == (state, return_code)
 
 
 def test_scontrol_job_details() -> None:
-    gang = sp.parse_scontrol_job(read("scontrol_job_gang_running.txt"))
+    gang = parse_scontrol_job(read("scontrol_job_gang_running.txt"))
     assert gang is not None
     assert (gang.comment, gang.nodes, gang.end_time) == ("apportion:rec-gang", "n[1-2]", None)
     assert gang.start_time is not None
-    failed = sp.parse_scontrol_job(read("scontrol_job_failed.txt"))
+    failed = parse_scontrol_job(read("scontrol_job_failed.txt"))
     assert failed is not None and failed.end_time is not None and failed.reason == "NonZeroExitCode"
 
 
 def test_scontrol_unknown_job_prints_no_record() -> None:
     assert "Invalid job id" in read("scontrol_unknown_job.txt")
-    assert sp.parse_scontrol_job(read("scontrol_unknown_job.txt")) is None
+    assert parse_scontrol_job(read("scontrol_unknown_job.txt")) is None
 
 
 def test_scontrol_record_keeps_values_with_spaces() -> None:
     first = read("scontrol_nodes_busy.txt").splitlines()[0]
-    rec = sp.parse_scontrol_record(first)
+    rec = parse_scontrol_record(first)
     assert rec["NodeName"] == "n1" and rec["Gres"] == "gpu:4" and rec["RealMemory"] == "8000"
     assert rec["OS"].startswith("Linux ") and " " in rec["OS"]
     assert rec["AllocTRES"] == "cpu=1,mem=100M"
 
 
 def test_partitions() -> None:
-    parts = sp.parse_scontrol_partitions(read("scontrol_partitions.txt"))
+    parts = parse_scontrol_partitions(read("scontrol_partitions.txt"))
     assert [(p["name"], p["default"], p["state"]) for p in parts] == [
         ("cpu", True, "up"),
         ("gpu", False, "up"),
@@ -131,14 +150,14 @@ def test_partitions() -> None:
 
 
 def test_sinfo_nodes_busy_and_idle() -> None:
-    busy = sp.parse_sinfo_nodes(read("sinfo_busy.json"))
+    busy = parse_sinfo_nodes(read("sinfo_busy.json"))
     # n1: gang worker (1 GPU); n2: gang worker (1); n3: job 4 (4 GPUs)
     assert [(n.name, n.state, n.gres, n.gres_used) for n in busy] == [
         ("n1", "mixed", "gpu:4", "gpu:1"),
         ("n2", "mixed", "gpu:4", "gpu:1"),
         ("n3", "mixed", "gpu:4", "gpu:4"),
     ]
-    idle = sp.parse_sinfo_nodes(read("sinfo_idle.json"))
+    idle = parse_sinfo_nodes(read("sinfo_idle.json"))
     assert {n.state for n in idle} == {"idle"} and {n.gres_used for n in idle} == {"gpu:0"}
     assert all((n.cpus, n.memory_mb, n.partitions) == (8, 8000, ("cpu", "gpu")) for n in idle)
 
@@ -156,12 +175,12 @@ def test_sinfo_nodes_busy_and_idle() -> None:
     ],
 )
 def test_gpu_gres(gres: str, expected: list[tuple[str | None, int]]) -> None:
-    assert sp.parse_gpu_gres(gres) == expected
+    assert parse_gpu_gres(gres) == expected
 
 
 def test_node_data_is_a_valid_cluster_document() -> None:
-    nodes = sp.parse_sinfo_nodes(read("sinfo_idle.json"))
-    data = sp.node_data(nodes, gpu_memory_mb=1000)
+    nodes = parse_sinfo_nodes(read("sinfo_idle.json"))
+    data = node_data(nodes, gpu_memory_mb=1000)
     doc = validate_cluster_document({"id": "s", "nodes": {"nodeData": data}})
     # 3 nodes x 4 GPUs x 1000 MB; 3 x 8 vCPUs; 3 x 8000 MB
     assert (doc["gpus"]["count"], doc["gpus"]["memory"]) == (12, 12000)
@@ -170,8 +189,8 @@ def test_node_data_is_a_valid_cluster_document() -> None:
 
 
 def test_node_data_typed_gres_keeps_models_in_order() -> None:
-    node = sp.SlurmNode("g1", "idle", 64, 512000, "gpu:h100:2,gpu:a100:1", "gpu:0", ("p",))
-    (entry,) = sp.node_data([node])
+    node = SlurmNode("g1", "idle", 64, 512000, "gpu:h100:2,gpu:a100:1", "gpu:0", ("p",))
+    (entry,) = node_data([node])
     assert [g["modelName"] for g in entry["gpus"]["gpus"]] == ["h100", "h100", "a100"]
     assert entry["gpus"]["modelNames"] == ["a100", "h100"] and entry["gpus"]["memory"] == 0
 
@@ -187,22 +206,22 @@ def test_node_data_typed_gres_keeps_models_in_order() -> None:
     ],
 )
 def test_format_walltime(seconds: float, expected: str) -> None:
-    assert sp.format_walltime(seconds) == expected
+    assert format_walltime(seconds) == expected
 
 
 def test_sbatch_parsable() -> None:
-    assert sp.parse_sbatch_parsable("42\n") == "42"
-    assert sp.parse_sbatch_parsable("42;cluster\n") == "42"
+    assert parse_sbatch_parsable("42\n") == "42"
+    assert parse_sbatch_parsable("42;cluster\n") == "42"
     with pytest.raises(AdapterError, match="no job id"):
-        sp.parse_sbatch_parsable(read("sbatch_bad_partition.txt"))
+        parse_sbatch_parsable(read("sbatch_bad_partition.txt"))
 
 
 def test_bad_json_is_a_retryable_error() -> None:
     with pytest.raises(AdapterError, match="squeue --json printed no JSON") as err:
-        sp.parse_squeue("slurm_load_jobs error: Unable to contact slurm controller")
+        parse_squeue("slurm_load_jobs error: Unable to contact slurm controller")
     assert err.value.retryable
     with pytest.raises(AdapterError, match="reported errors"):
-        sp.parse_sinfo_nodes('{"meta": {}, "errors": [{"error": "boom"}], "nodes": []}')
+        parse_sinfo_nodes('{"meta": {}, "errors": [{"error": "boom"}], "nodes": []}')
 
 
 def test_sacct_disabled_message_is_what_the_adapter_looks_for() -> None:
@@ -211,12 +230,12 @@ def test_sacct_disabled_message_is_what_the_adapter_looks_for() -> None:
 
 
 def test_every_slurm_state_maps_and_finished_ones_say_why() -> None:
-    for word, state in sp._STATES.items():
-        status = sp.status_of(sp.SlurmJob("1", word, exit_status=0 if state.finished else None))
+    for word, state in _STATES.items():
+        status = status_of(SlurmJob("1", word, exit_status=0 if state.finished else None))
         assert status.state is state
         if state is BackendState.FAILED:
             assert status.reason, word
         if state is BackendState.COMPLETED:
             assert status.return_code == 0
-    odd = sp.status_of(sp.SlurmJob("1", "NEW_STATE"))
+    odd = status_of(SlurmJob("1", "NEW_STATE"))
     assert odd.state is BackendState.UNKNOWN and odd.reason == "unknown Slurm state 'NEW_STATE'"

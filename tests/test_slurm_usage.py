@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from apportion.adapters.slurm.adapter import SlurmAdapter
+from apportion.adapters.slurm.parse_nodes import parse_sinfo_nodes
+from apportion.adapters.slurm.usage import SlurmUsageCollector, usage_document
 from apportion.registry.metrics import validate_metrics_document
-from apportion.scheduling.adapters.slurm import SlurmAdapter
-from apportion.scheduling.adapters.slurm_parse import parse_sinfo_nodes
-from apportion.scheduling.slurm_usage import SlurmUsageCollector, usage_document
 from tests import slurm_env
 from tests.conftest import Running
 from tests.test_slurm_jobs import register_slurm

@@ -19,23 +19,23 @@ from typing import Any
 
 from aiohttp import web
 
+from apportion.adapters.base import Adapter
+from apportion.adapters.local.adapter import LocalAdapter
+from apportion.adapters.slurm.adapter import SlurmAdapter
+from apportion.adapters.slurm.usage import SlurmUsageCollector
+from apportion.allocation.holds import HoldManager
+from apportion.allocation.service import AllocationService
 from apportion.config import Settings
+from apportion.jobs.dispatch import Dispatcher
+from apportion.jobs.service import JobService
 from apportion.policies.catalog import builtin_catalog
 from apportion.policies.clients import RegistryServices
 from apportion.policies.policy_dir import PolicyDirWatcher
 from apportion.policies.runtime import PolicyRuntime
-from apportion.policies.sandbox import SandboxLimits, SandboxPool
+from apportion.policies.sandbox.pool import SandboxLimits, SandboxPool
 from apportion.policies.store import PolicyStore
 from apportion.registry.collector import LocalCollector, local_cluster_document
 from apportion.registry.service import Registry
-from apportion.scheduling.adapters.base import Adapter
-from apportion.scheduling.adapters.local import LocalAdapter
-from apportion.scheduling.adapters.slurm import SlurmAdapter
-from apportion.scheduling.allocations import AllocationService
-from apportion.scheduling.dispatch import Dispatcher
-from apportion.scheduling.holds import HoldManager
-from apportion.scheduling.jobs import JobService
-from apportion.scheduling.slurm_usage import SlurmUsageCollector
 from apportion.server import (
     dashboard,
     routes_core,

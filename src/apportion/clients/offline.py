@@ -20,17 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from apportion.allocation.holds import HoldManager
+from apportion.allocation.messages import AllocationRequest, parse_message
+from apportion.allocation.service import AllocationService, Caller
 from apportion.errors import InvalidRequest
 from apportion.policies.catalog import builtin_catalog
 from apportion.policies.clients import RegistryServices
 from apportion.policies.policy_dir import load_policy_folder
 from apportion.policies.runtime import PolicyRuntime
-from apportion.policies.sandbox import SandboxPool
+from apportion.policies.sandbox.pool import SandboxPool
 from apportion.policies.store import PolicyStore
 from apportion.registry.service import Registry
-from apportion.scheduling.allocations import AllocationService, Caller
-from apportion.scheduling.holds import HoldManager
-from apportion.scheduling.messages import AllocationRequest, parse_message
 from apportion.store.db import Database
 
 

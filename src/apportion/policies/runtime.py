@@ -36,7 +36,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from apportion import jsonutil
 from apportion.errors import ApportionError, PolicyError, PolicyTimeout
 from apportion.policies.clients import ClusterClient, ClusterMetricsClient, RegistryServices
-from apportion.policies.sandbox import SandboxCall, SandboxPool
+from apportion.policies.sandbox.pool import SandboxCall, SandboxPool
 from apportion.policies.store import PolicyEntry
 from apportion.store import schema
 from apportion.store.db import Database

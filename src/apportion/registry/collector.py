@@ -19,7 +19,7 @@ from typing import Any
 
 import psutil  # type: ignore[import-untyped, unused-ignore]  # no stubs installed
 
-from apportion.registry.documents import validate_cluster_document
+from apportion.registry.documents.cluster import validate_cluster_document
 from apportion.registry.metrics import utc_now_iso, validate_metrics_document
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Field checks for JSON documents: each returns the value, or records the problem and returns None.
 
-Who uses it: the registry's document validators (:mod:`apportion.registry.documents` for cluster
+Who uses it: the registry's document validators (:mod:`apportion.registry.documents.cluster` for cluster
 documents, :mod:`apportion.registry.metrics` for metrics documents) check each field with
 :func:`obj`, :func:`text`, :func:`str_list`, :func:`count` or :func:`amount`, collect every
 problem in one :class:`FieldErrors`, and call :meth:`FieldErrors.raise_if_any` at the end, which

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from apportion.registry.documents import expand_node_gpus, nvlink_domains
+from apportion.registry.documents.readers import expand_node_gpus, nvlink_domains
 
 GpuKey = tuple[str, str, str]
 """(cluster_id, node_id, gpu index as str)."""

@@ -23,7 +23,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from apportion import jsonutil
 from apportion.errors import Conflict, InvalidDocument, InvalidRequest, NotFound
-from apportion.registry.documents import validate_cluster_document
+from apportion.registry.documents.cluster import validate_cluster_document
 from apportion.registry.filters import compile_filter, parse_cluster_filter
 from apportion.registry.fleet import FleetView
 from apportion.registry.metrics import mark_staleness, validate_metrics_document

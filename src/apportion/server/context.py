@@ -6,13 +6,13 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from apportion.allocation.holds import HoldManager
+from apportion.allocation.service import AllocationService
 from apportion.config import Settings
+from apportion.jobs.service import JobService
 from apportion.policies.runtime import PolicyRuntime
 from apportion.policies.store import PolicyStore
 from apportion.registry.service import Registry
-from apportion.scheduling.allocations import AllocationService
-from apportion.scheduling.holds import HoldManager
-from apportion.scheduling.jobs import JobService
 from apportion.server.keys import KeyStore
 
 

@@ -12,9 +12,7 @@ import logging
 import uuid
 from typing import Any
 
-from apportion.errors import ApportionError, Internal
-from apportion.scheduling.allocations import AllocationService, Caller
-from apportion.scheduling.messages import (
+from apportion.allocation.messages import (
     AllocationRequest,
     ManagementMessage,
     ReleaseMessage,
@@ -22,6 +20,8 @@ from apportion.scheduling.messages import (
     parse_message,
     request_id_of,
 )
+from apportion.allocation.service import AllocationService, Caller
+from apportion.errors import ApportionError, Internal
 from apportion.server.auth import Principal, Scope, require
 
 log = logging.getLogger(__name__)

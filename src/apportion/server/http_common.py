@@ -122,16 +122,3 @@ def int_query(request: web.Request, name: str, default: int, low: int, high: int
 def ok(data: Any, status: int = 200) -> web.Response:
     """The seed's ``{"success": true, "data": …}`` envelope."""
     return json_response({"success": True, "data": data}, status=status)
-
-
-__all__ = [
-    "Scope",
-    "ctx",
-    "error_middleware",
-    "error_response",
-    "int_query",
-    "json_body",
-    "json_response",
-    "ok",
-    "principal",
-]

@@ -8,10 +8,10 @@ from aiohttp import web
 
 from apportion import __version__
 from apportion.errors import InvalidRequest, NotFound
+from apportion.server.auth import Scope, principal_of
 from apportion.server.auth import Scope as KeyScope
-from apportion.server.auth import principal_of
 from apportion.server.dispatch import answer, caller_of
-from apportion.server.http_common import Scope, ctx, json_body, json_response, ok, principal
+from apportion.server.http_common import ctx, json_body, json_response, ok, principal
 
 routes = web.RouteTableDef()
 

@@ -10,17 +10,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from apportion.errors import InvalidRequest, NotFound
-from apportion.scheduling.jobs import JobService
-from apportion.scheduling.records import Job
-from apportion.server.auth import Principal
-from apportion.server.http_common import (
-    Scope,
-    ctx,
-    int_query,
-    json_body,
-    json_response,
-    principal,
-)
+from apportion.jobs.records import Job
+from apportion.jobs.service import JobService
+from apportion.server.auth import Principal, Scope
+from apportion.server.http_common import ctx, int_query, json_body, json_response, principal
 
 routes = web.RouteTableDef()
 

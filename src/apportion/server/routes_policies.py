@@ -14,7 +14,8 @@ from aiohttp import BodyPartReader, web
 from apportion import jsonutil
 from apportion.errors import InvalidRequest
 from apportion.policies.uri import PolicyURI
-from apportion.server.http_common import Scope, ctx, json_body, json_response, ok, principal
+from apportion.server.auth import Scope
+from apportion.server.http_common import ctx, json_body, json_response, ok, principal
 
 routes = web.RouteTableDef()
 

@@ -10,9 +10,10 @@ from typing import Any
 
 from aiohttp import web
 
+from apportion.adapters.discovery import complete_from_scheduler
 from apportion.errors import InvalidRequest
-from apportion.scheduling.discovery import complete_from_scheduler
-from apportion.server.http_common import Scope, ctx, json_body, json_response, ok, principal
+from apportion.server.auth import Scope
+from apportion.server.http_common import ctx, json_body, json_response, ok, principal
 
 routes = web.RouteTableDef()
 

@@ -20,8 +20,9 @@ import socketio
 from aiohttp import web
 
 from apportion import __version__
+from apportion.server.auth import Scope
 from apportion.server.events import MAX_LIMIT, EventLog, iso_utc
-from apportion.server.http_common import Scope, int_query, json_response, principal
+from apportion.server.http_common import int_query, json_response, principal
 from apportion.server.socketio_server import connected_clients
 from apportion.server.telemetry import Telemetry
 

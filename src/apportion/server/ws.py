@@ -25,9 +25,9 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from apportion import jsonutil
+from apportion.allocation.messages import request_id_of
+from apportion.allocation.service import AllocationService
 from apportion.errors import ApportionError, RateLimited
-from apportion.scheduling.allocations import AllocationService
-from apportion.scheduling.messages import request_id_of
 from apportion.server.auth import Principal, authenticate
 from apportion.server.dispatch import answer
 from apportion.server.keys import KeyStore

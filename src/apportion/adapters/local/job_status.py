@@ -1,0 +1,76 @@
+"""The state of a local job from its workers: the gang, cancel and completion rules of ``poll``.
+
+Called by :meth:`LocalAdapter.poll <apportion.adapters.local.adapter.LocalAdapter.poll>` with
+the workers :func:`~apportion.adapters.local.workers.read_workers` found. Rules (see
+:mod:`apportion.adapters.local.adapter` for the whole picture):
+
+- ``pending`` while nothing started and a submit is in progress; ``unknown`` when nothing started;
+- ``running`` while any worker runs — and when a sibling is missing or lost (and no submit is in
+  progress) it writes ``gang.json`` so the supervisors stop the survivors;
+- ``cancelled`` when ``cancel.json`` exists, no worker failed on its own before it, and a worker
+  was stopped by it (or did not exit 0);
+- ``completed`` when every worker exited 0; else ``failed`` with the code and reason of the first
+  worker (by index) that failed by itself, or of the first failed one when none did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from pathlib import Path
+
+from apportion.adapters.base import BackendState, BackendStatus, JobSpec
+from apportion.adapters.local import supervisor as sv
+from apportion.adapters.local.workers import WorkerView
+
+
+def job_status(
+    spec: JobSpec, workers: list[WorkerView], submitting: Collection[str]
+) -> BackendStatus:
+    """The job's :class:`BackendStatus`; ``submitting`` holds the job ids whose submit runs now."""
+    job_dir = Path(spec.output_dir)
+    if all(w.kind == "missing" for w in workers):
+        if spec.job_id in submitting:
+            return BackendStatus(BackendState.PENDING)
+        return BackendStatus(BackendState.UNKNOWN, reason="the job never reached the backend")
+    starts = [
+        float(w.state["started_at"]) for w in workers if w.state and w.state.get("started_at")
+    ]
+    started_at = min(starts) if starts else None
+    broken = [w for w in workers if w.kind in ("missing", "lost")]
+    if any(w.kind == "running" for w in workers):
+        if broken and spec.job_id not in submitting:
+            reason = broken[0].failure
+            if not (job_dir / sv.GANG_FILE).exists():
+                sv.write_json_atomic(job_dir / sv.GANG_FILE, {"worker": -1, "reason": reason})
+        return BackendStatus(BackendState.RUNNING, started_at=started_at)
+    ends = [float(w.state["ended_at"]) for w in workers if w.state and w.state.get("ended_at")]
+    ended_at = max(ends) if ends else None
+    cancel = sv.read_json(job_dir / sv.CANCEL_FILE)
+    if cancel is not None:
+        requested = float(cancel.get("requested_at") or 0.0)
+        failed_first = any(
+            w.genuine_failure and float((w.state or {}).get("ended_at") or "inf") <= requested
+            for w in workers
+        )
+        if not failed_first and any(
+            w.code != 0 or (w.state or {}).get("stopped_by") == "cancel" for w in workers
+        ):
+            return BackendStatus(
+                BackendState.CANCELLED,
+                reason="cancelled",
+                started_at=started_at,
+                ended_at=ended_at,
+            )
+    failed = [w for w in workers if w.code != 0 or w.kind != "ended"]
+    if not failed:
+        return BackendStatus(
+            BackendState.COMPLETED, return_code=0, started_at=started_at, ended_at=ended_at
+        )
+    primary = next((w for w in failed if w.genuine_failure), failed[0])
+    return BackendStatus(
+        BackendState.FAILED,
+        return_code=primary.code,
+        reason=primary.failure,
+        started_at=started_at,
+        ended_at=ended_at,
+    )

@@ -1,0 +1,214 @@
+"""Holds: GPUs reserved by an allocation (``adhoc: false``) for the length of a lease.
+
+Rules this module keeps:
+
+* **No GPU in two holds.** :meth:`HoldManager.hold` checks and marks the GPUs in
+  the fleet view synchronously on the event loop (no ``await`` between the check
+  and the mark), and the ``hold_gpus`` table has a unique constraint on
+  ``(cluster_id, node_id, gpu_id)`` as a second line of defence.
+* **Acknowledged means durable.** ``hold`` returns only after the hold is
+  committed (group commit through :class:`~apportion.allocation.hold_journal.HoldJournal`);
+  a hold that was answered survives a crash until its lease ends.
+* **Leases end.** An expired hold is released by :meth:`expire_due` (called by
+  the server's background loop) and its GPUs return to the fleet.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sqlalchemy import delete, select
+
+from apportion import jsonutil
+from apportion.allocation.hold import Hold
+from apportion.allocation.hold_journal import HoldJournal
+from apportion.engine.validate import placement_gpu_keys
+from apportion.errors import Conflict, Forbidden, UnknownAllocation
+from apportion.registry.fleet import FleetView
+from apportion.registry.fleet_structure import GpuKey
+from apportion.store import schema
+from apportion.store.db import Database
+
+
+class HoldManager:
+    """Owns every hold; mirrors held GPUs into the fleet view."""
+
+    def __init__(
+        self,
+        db: Database,
+        fleet: FleetView,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._db = db
+        self._fleet = fleet
+        self._clock = clock
+        self._journal = HoldJournal(db)
+        self._holds: dict[str, Hold] = {}
+
+    # ---------------------------------------------------------------- lifecycle
+    async def start(self) -> list[str]:
+        """Load unexpired holds into the fleet, drop expired ones; return the dropped ids."""
+        now = self._clock()
+        async with self._db.read() as conn:
+            rows = (await conn.execute(select(schema.holds))).all()
+        expired = []
+        for row in rows:
+            if row.expires_at <= now:
+                expired.append(row.allocation_id)
+                continue
+            placements = jsonutil.loads(row.placements)
+            hold = Hold(
+                row.allocation_id,
+                row.owner,
+                row.request_id,
+                row.policy_uri,
+                placements,
+                placement_gpu_keys(placements),
+                row.created_at,
+                row.expires_at,
+                row.kind,
+            )
+            self._holds[hold.allocation_id] = hold
+            self._fleet.set_held(hold.gpu_keys, True)
+        if expired:
+            async with self._db.write() as conn:
+                await conn.execute(
+                    delete(schema.hold_gpus).where(schema.hold_gpus.c.allocation_id.in_(expired))
+                )
+                await conn.execute(
+                    delete(schema.holds).where(schema.holds.c.allocation_id.in_(expired))
+                )
+        self._journal.start()
+        return expired
+
+    async def close(self) -> None:
+        await self._journal.close()
+
+    # ---------------------------------------------------------------- queries
+    def get(self, allocation_id: str) -> Hold:
+        hold = self._holds.get(allocation_id)
+        if hold is None or hold.expires_at <= self._clock():
+            raise UnknownAllocation(
+                f"no active allocation {allocation_id!r}: it was released, its lease ended, "
+                "or it never existed",
+                details={"allocation_id": allocation_id},
+            )
+        return hold
+
+    def active(self) -> list[Hold]:
+        now = self._clock()
+        return [h for h in self._holds.values() if h.expires_at > now]
+
+    def held_keys(self) -> set[GpuKey]:
+        return {key for hold in self._holds.values() for key in hold.gpu_keys}
+
+    # ---------------------------------------------------------------- changes
+    def _reserve(self, keys: Sequence[GpuKey]) -> None:
+        with self._fleet.lock:  # policies read the fleet on worker threads
+            self._reserve_locked(keys)
+
+    def _reserve_locked(self, keys: Sequence[GpuKey]) -> None:
+        taken = [key for key in keys if self._fleet.is_held(key)]
+        if len(set(keys)) != len(keys):
+            raise Conflict(
+                "the placement names a GPU twice", details={"gpus": [list(k) for k in keys]}
+            )
+        if taken:
+            raise Conflict(
+                f"{len(taken)} GPU(s) of the placement are held by another allocation or job; "
+                "retry the request",
+                details={"taken": [list(k) for k in taken]},
+            )
+        self._fleet.set_held(keys, True)
+
+    def reserve(
+        self,
+        placements: list[dict[str, Any]],
+        *,
+        lease_seconds: float,
+        owner: str | None,
+        request_id: str | None,
+        policy_uri: str,
+        kind: str = "allocation",
+    ) -> Hold:
+        """Mark the placements' GPUs held, now (synchronous: nothing else runs in between);
+        :class:`Conflict` if any is taken. Follow with :meth:`commit` before answering."""
+        keys = placement_gpu_keys(placements)
+        self._reserve(keys)
+        now = self._clock()
+        hold = Hold(
+            uuid.uuid4().hex,
+            owner,
+            request_id,
+            policy_uri,
+            placements,
+            keys,
+            now,
+            now + lease_seconds,
+            kind,
+        )
+        self._holds[hold.allocation_id] = hold
+        return hold
+
+    async def commit(self, hold: Hold) -> None:
+        """Make a reserved hold durable; on failure the reservation is undone and the error raised."""
+        try:
+            await self._journal.insert(hold)
+        except BaseException:
+            self._holds.pop(hold.allocation_id, None)
+            self._fleet.set_held(hold.gpu_keys, False)
+            raise
+
+    def _check_owner(self, hold: Hold, owner: str | None, is_admin: bool) -> None:
+        if not is_admin and hold.owner is not None and owner != hold.owner:
+            raise Forbidden(
+                f"allocation {hold.allocation_id} belongs to another key; only its owner or an "
+                "admin key may change it",
+                details={"allocation_id": hold.allocation_id},
+            )
+
+    async def release(
+        self, allocation_id: str, *, owner: str | None = None, is_admin: bool = True
+    ) -> Hold:
+        """End a hold now and free its GPUs."""
+        hold = self.get(allocation_id)
+        self._check_owner(hold, owner, is_admin)
+        await self._forget([hold])
+        return hold
+
+    async def renew(
+        self,
+        allocation_id: str,
+        lease_seconds: float,
+        *,
+        owner: str | None = None,
+        is_admin: bool = True,
+    ) -> Hold:
+        """Extend a hold's lease to ``lease_seconds`` from now."""
+        hold = self.get(allocation_id)
+        self._check_owner(hold, owner, is_admin)
+        expires_at = self._clock() + lease_seconds
+
+        await self._journal.renew(allocation_id, expires_at)
+        hold.expires_at = expires_at
+        return hold
+
+    async def expire_due(self) -> list[Hold]:
+        """Release every hold whose lease has ended; return them."""
+        now = self._clock()
+        due = [h for h in self._holds.values() if h.expires_at <= now]
+        if due:
+            await self._forget(due)
+        return due
+
+    async def _forget(self, holds: list[Hold]) -> None:
+        ids = [h.allocation_id for h in holds]
+        for hold in holds:
+            self._holds.pop(hold.allocation_id, None)
+            self._fleet.set_held(hold.gpu_keys, False)
+
+        await self._journal.delete(ids)

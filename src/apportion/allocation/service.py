@@ -1,0 +1,324 @@
+"""Answering allocation requests: snapshot → candidates → policy → validated placement → hold.
+
+``AllocationService`` is what the WebSocket and ``POST /allocate`` call. It
+never blocks the event loop (policies run on a worker thread or in a sandbox
+process) and it numbers and times its phases for the ``explain`` record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from apportion.allocation.candidates import CandidateFinder
+from apportion.allocation.hold import Hold
+from apportion.allocation.holds import HoldManager
+from apportion.allocation.messages import AllocationRequest
+from apportion.engine.placement import PlacementOutcome
+from apportion.engine.validate import validate_output
+from apportion.errors import ApportionError, InvalidRequest, NoFeasiblePlacement
+from apportion.event_sink import EventSink
+from apportion.policies.inputs import LazyClusterData
+from apportion.policies.runtime import PolicyRuntime
+from apportion.policies.store import PolicyEntry, PolicyStore
+from apportion.policies.uri import PolicyURI
+from apportion.registry.service import Registry
+
+JOB_LEASE_SECONDS = 10 * 365 * 86400.0  # a job's hold lasts until the job ends and releases it
+
+Observer = Callable[[str, str, float], None]
+"""``observe(policy_uri, outcome, seconds)`` after every allocation decision."""
+
+
+@dataclass
+class Caller:
+    """Who sent the request: the key id (owner of holds) and whether it is an admin."""
+
+    key_id: str | None
+    is_admin: bool
+
+
+@dataclass
+class Phases:
+    """Wall time per phase of one decision; rounded only when read (``explain``)."""
+
+    _seconds: dict[str, float] = field(default_factory=dict)
+    _last: float = field(default_factory=time.perf_counter)
+
+    def mark(self, name: str) -> None:
+        now = time.perf_counter()
+        self._seconds[name] = self._seconds.get(name, 0.0) + (now - self._last)
+        self._last = now
+
+    @property
+    def timings(self) -> dict[str, float]:
+        """Phase → milliseconds, to the microsecond."""
+        return {name: round(seconds * 1000, 3) for name, seconds in self._seconds.items()}
+
+
+def _expected_count(inputs: dict[str, Any]) -> tuple[int | None, bool]:
+    requests = inputs.get("requests")
+    if isinstance(requests, list):
+        return len(requests), True
+    return None, False
+
+
+class AllocationService:
+    """The allocation use case, shared by every edge."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        policies: PolicyStore,
+        runtime: PolicyRuntime,
+        holds: HoldManager,
+        *,
+        default_lease_seconds: float,
+        max_lease_seconds: float,
+        observe: Observer | None = None,
+        emit: EventSink | None = None,
+    ) -> None:
+        self._registry = registry
+        self._policies = policies
+        self._runtime = runtime
+        self._holds = holds
+        self.default_lease_seconds = default_lease_seconds
+        self.max_lease_seconds = max_lease_seconds
+        self._hold_lock = asyncio.Lock()
+        self._candidates = CandidateFinder(registry, policies, runtime)
+        self._observe = observe
+        self._emit = emit
+
+    def lease(self, seconds: float | None, *, path: str = "lease_seconds") -> float:
+        value = self.default_lease_seconds if seconds is None else seconds
+        if value > self.max_lease_seconds:
+            raise InvalidRequest(
+                f"{path} {value:g} is over the limit of {self.max_lease_seconds:g} s; "
+                "renew the allocation instead of asking for a longer lease",
+                path=path,
+            )
+        return value
+
+    # ---------------------------------------------------------------- allocate
+    async def allocate(self, request: AllocationRequest, caller: Caller) -> dict[str, Any]:
+        """Answer one request with the success envelope (without ``request_id``); raise on failure.
+        Every outcome is reported to the observer (the server's Prometheus metrics)."""
+        started = time.perf_counter()
+        outcome = "success"
+        try:
+            return await self._allocate(request, caller)
+        except ApportionError as exc:
+            outcome = exc.code.value
+            raise
+        finally:
+            if self._observe is not None:
+                self._observe(request.policy_rule_uri, outcome, time.perf_counter() - started)
+
+    async def _allocate(self, request: AllocationRequest, caller: Caller) -> dict[str, Any]:
+        """:meth:`allocate` without the bookkeeping.
+
+        A request that holds (``adhoc: false``) evaluates and reserves under one lock, so two
+        holds never race for the same GPUs; the durable commit happens outside it, batched with
+        other holds. Adhoc requests never take the lock.
+        """
+        phases = Phases()
+        entry = self._policies.get(str(PolicyURI.parse(request.policy_rule_uri)))
+        lease = None if request.adhoc else self.lease(request.lease_seconds)
+        candidates = await self._candidates.for_request(request)
+        phases.mark("candidates")
+        outcomes: list[PlacementOutcome] = []
+        hold = None
+        # only a hold takes the lock: deciding and reserving must not interleave with another hold
+        guard = self._hold_lock if lease is not None else contextlib.nullcontext()
+        async with guard:
+            placements, is_gang = await self._decide(
+                entry,
+                request.inputs,
+                request.parameters,
+                request.settings,
+                candidates,
+                outcomes,
+                phases,
+                require_free=lease is not None,
+            )
+            if lease is not None:
+                hold = self._holds.reserve(
+                    placements,
+                    lease_seconds=lease,
+                    owner=caller.key_id,
+                    request_id=request.request_id,
+                    policy_uri=entry.uri,
+                )
+        if hold is not None:
+            await self._holds.commit(hold)
+            phases.mark("hold")
+        answer: dict[str, Any] = {"success": True, "data": placements if is_gang else placements[0]}
+        if hold is not None:
+            answer["allocation_id"] = hold.allocation_id
+            answer["expires_at"] = hold.expires_at
+            if self._emit is not None:  # adhoc answers are not events: they change nothing
+                await self._emit(
+                    "allocation_decided",
+                    {
+                        "request_id": request.request_id,
+                        "policy_rule_uri": entry.uri,
+                        "data": answer["data"],
+                        "allocation_id": hold.allocation_id,
+                    },
+                )
+        if request.explain:
+            answer["explain"] = self._explain(entry.uri, candidates, outcomes, phases)
+        return answer
+
+    async def _decide(
+        self,
+        entry: PolicyEntry,
+        inputs: dict[str, Any],
+        parameters: dict[str, Any],
+        settings: dict[str, Any],
+        candidates: list[str],
+        outcomes: list[PlacementOutcome],
+        phases: Phases,
+        *,
+        require_free: bool,
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """Evaluate the policy over the candidates and validate what it returned."""
+        expected, is_gang = _expected_count(inputs)
+        cluster_data = LazyClusterData(self._registry, candidates)
+        evaluation = await self._runtime.evaluate(
+            entry,
+            input_data={"cluster_data": cluster_data, "inputs": inputs},
+            json_input={"cluster_data": cluster_data.materialise(), "inputs": inputs}
+            if entry.sandboxed
+            else None,
+            parameters=parameters,
+            settings=settings,
+            engine_settings={"fleet": self._registry.fleet, "outcome_sink": outcomes.append},
+        )
+        phases.mark("evaluate")
+        output = evaluation.output
+        if output in (None, {}, []):
+            raise NoFeasiblePlacement(
+                f"policy {entry.uri} found no placement among {len(candidates)} candidate cluster(s)",
+                details={"policy_rule_uri": entry.uri, "candidates": len(candidates)},
+            )
+        placements = validate_output(
+            output,
+            expected=expected,
+            is_gang=is_gang,
+            candidates=set(candidates),
+            fleet=self._registry.fleet,
+            require_free=require_free,
+            policy_uri=entry.uri,
+        )
+        phases.mark("validate")
+        return placements, is_gang
+
+    async def reserve_for_job(
+        self,
+        *,
+        policy_uri: str,
+        candidates: list[str],
+        inputs: dict[str, Any],
+        parameters: dict[str, Any],
+        owner: str | None,
+        job_id: str,
+    ) -> tuple[Hold, dict[str, Any]]:
+        """Place a job's workers as one gang, in one cluster, and reserve their GPUs (in memory:
+        no other decision can take them); return the hold and the decision record (as
+        ``explain`` gives it). Follow with :meth:`commit_hold` to make the hold durable.
+
+        The policy sees every candidate. A "no" over all of them is final (no subset does
+        better); an answer that spans several clusters (a job runs under one scheduler) is
+        retried with each candidate cluster alone, in id order."""
+        entry = self._policies.get(str(PolicyURI.parse(policy_uri, path="policy_rule_uri")))
+        attempts = [candidates] + [[c] for c in sorted(candidates)]
+        for index, attempt in enumerate(attempts):
+            phases, outcomes = Phases(), list[PlacementOutcome]()
+            async with self._hold_lock:
+                try:
+                    placements, _ = await self._decide(
+                        entry, inputs, parameters, {}, attempt, outcomes, phases, require_free=True
+                    )
+                except NoFeasiblePlacement:
+                    if index == 0:
+                        raise
+                    continue
+                if len({p["cluster_id"] for p in placements}) > 1:
+                    continue
+                hold = self._holds.reserve(
+                    placements,
+                    lease_seconds=JOB_LEASE_SECONDS,
+                    owner=owner,
+                    request_id=job_id,
+                    policy_uri=entry.uri,
+                    kind="job",
+                )
+            return hold, self._explain(entry.uri, attempt, outcomes, phases)
+        raise NoFeasiblePlacement(
+            "no single cluster can take every worker of the job",
+            details={"candidates": len(candidates)},
+        )
+
+    async def commit_hold(self, hold: Hold) -> None:
+        """Make a reserved hold durable (group-committed with others); on failure the
+        reservation is undone and the error raised."""
+        await self._holds.commit(hold)
+
+    @staticmethod
+    def _explain(
+        uri: str,
+        candidates: list[str],
+        outcomes: list[PlacementOutcome],
+        phases: Phases,
+    ) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "policy_rule_uri": uri,
+            "candidate_clusters": len(candidates),
+            "timings_ms": phases.timings,
+        }
+        if outcomes:
+            outcome = outcomes[-1]
+            record.update(
+                candidate_nodes=outcome.candidate_nodes,
+                feasible_nodes=outcome.feasible_nodes,
+                rejected=[
+                    {"cluster_id": r.cluster_id, "node_id": r.node_id, "reasons": list(r.reasons)}
+                    for r in outcome.rejections()
+                ],
+                rejection_summary=outcome.rejection_summary(),
+                top_scores=outcome.top_scores,
+            )
+        return record
+
+    # ---------------------------------------------------------------- holds
+    async def release(self, allocation_id: str, caller: Caller) -> dict[str, Any]:
+        hold = await self._holds.release(
+            allocation_id, owner=caller.key_id, is_admin=caller.is_admin
+        )
+        if self._emit is not None:
+            await self._emit(
+                "allocation_released", {"allocation_id": allocation_id, "reason": "released"}
+            )
+        return {"success": True, "data": {"allocation_id": hold.allocation_id, "released": True}}
+
+    async def renew(
+        self, allocation_id: str, lease_seconds: float | None, caller: Caller
+    ) -> dict[str, Any]:
+        lease = self.lease(lease_seconds)
+        hold = await self._holds.renew(
+            allocation_id, lease, owner=caller.key_id, is_admin=caller.is_admin
+        )
+        return {
+            "success": True,
+            "data": {"allocation_id": hold.allocation_id, "expires_at": hold.expires_at},
+        }
+
+    async def management(self, uri: str, action: str, data: dict[str, Any]) -> dict[str, Any]:
+        entry = self._policies.get(str(PolicyURI.parse(uri)))
+        result = await self._runtime.management(entry, action, data)
+        return {"success": True, "data": result}

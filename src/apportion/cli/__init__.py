@@ -1,0 +1,1 @@
+"""The ``apportion`` command line (``app.py`` builds it; one module per command family)."""

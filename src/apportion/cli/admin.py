@@ -1,0 +1,195 @@
+"""Admin commands of ``apportion``: ``policies list|push|test|manage``, ``keys
+create|list|revoke`` and ``config show``."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from apportion.cli.common import (
+    Output,
+    OutputOpt,
+    describe,
+    fail,
+    listing,
+    options,
+    print_json,
+    print_table,
+    read_json,
+    run,
+)
+from apportion.clients.async_client import AsyncApportion
+from apportion.clients.models import Policy
+from apportion.errors import ApportionError
+
+policies_app = typer.Typer(help="The policy store; offline policy tests.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys (admin).", no_args_is_help=True)
+config_app = typer.Typer(help="Client configuration.", no_args_is_help=True)
+
+
+@policies_app.command("list")
+def policies_list(ctx: typer.Context, output: OutputOpt = Output.TABLE) -> None:
+    """Every policy, built-ins included."""
+    found = run(ctx, lambda client: client.policies())
+    listing(
+        output,
+        found,
+        ["URI", "SOURCE", "DESCRIPTION"],
+        lambda p: [p.policy_rule_uri, p.source, p.description],
+        as_json=lambda p: p.model_dump(),
+    )
+
+
+@policies_app.command("push")
+def policies_push(
+    ctx: typer.Context,
+    source: Annotated[Path, typer.Argument(help="A policy folder or an archive file.")],
+    name: Annotated[str | None, typer.Option(help="Record name (overrides policy.json).")] = None,
+    version: Annotated[str | None, typer.Option(help="Record version.")] = None,
+    release_tag: Annotated[str | None, typer.Option(help="Record release tag.")] = None,
+    record: Annotated[Path | None, typer.Option(help="The record as a JSON file.")] = None,
+) -> None:
+    """Upload a policy (a folder is packed as .tar.gz in memory)."""
+    body: dict[str, Any] = dict(read_json(str(record), str(record))) if record else {}
+    for key, value in (("name", name), ("version", version), ("release_tag", release_tag)):
+        if value is not None:
+            body[key] = value
+
+    async def work(client: AsyncApportion) -> Policy:
+        return await client.upload_policy(source, body or None)
+
+    stored = run(ctx, work)
+    typer.echo(f"Uploaded {stored.policy_rule_uri}")
+
+
+@policies_app.command("test")
+def policies_test(
+    policy: Annotated[str, typer.Argument(help="A policy folder, or a built-in URI.")],
+    snapshot: Annotated[Path, typer.Option(help="From `apportion clusters export`.")],
+    inputs: Annotated[str, typer.Option(help="The request's inputs: JSON or a file.")],
+    parameters: Annotated[str | None, typer.Option(help="Parameters (JSON).")] = None,
+    settings: Annotated[str | None, typer.Option(help="Settings (JSON).")] = None,
+    cluster: Annotated[list[str] | None, typer.Option(help="Candidate cluster (repeat).")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds the policy may run.")] = 10.0,
+    output: OutputOpt = Output.TABLE,
+) -> None:
+    """Run a policy offline against a snapshot, as the server would; no server needed."""
+    from apportion.clients.offline import run_offline
+
+    if not snapshot.is_file():
+        fail(
+            f"--snapshot {snapshot} does not exist; write one with `apportion clusters export`",
+            code=2,
+        )
+    snap = read_json(str(snapshot), f"--snapshot {snapshot}")
+    inputs_json = read_json(inputs, "--inputs")
+    if not isinstance(inputs_json, dict):
+        fail("--inputs must be a JSON object, e.g. '{\"gpus\": 2}'", code=2)
+    source: str | Path = Path(policy) if Path(policy).exists() else policy
+    try:
+        result = asyncio.run(
+            run_offline(
+                source,
+                snap,
+                inputs_json,
+                parameters=read_json(parameters, "--parameters") if parameters else None,
+                settings=read_json(settings, "--settings") if settings else None,
+                clusters=cluster,
+                timeout_seconds=timeout,
+            )
+        )
+    except ApportionError as exc:
+        typer.echo(f"apportion: {describe(exc)}", err=True)
+        if exc.details:
+            print_json(exc.details)
+        raise typer.Exit(1) from None
+    if output is Output.JSON:
+        print_json(result.as_json())
+        return
+    typer.echo(f"Policy {result.policy_rule_uri}: placement")
+    rows = [
+        [p.get("cluster_id"), p.get("node_id"), ",".join(p.get("gpus") or [])]
+        for p in result.placements
+    ]
+    print_table(rows, ["CLUSTER", "NODE", "GPUS"])
+    typer.echo("Decision record:")
+    print_json(result.decision)
+
+
+@policies_app.command("manage")
+def policies_manage(
+    ctx: typer.Context,
+    uri: str,
+    action: str,
+    data: Annotated[str | None, typer.Option(help="The action's data (JSON).")] = None,
+) -> None:
+    """Call a policy's management(action, data) and print its answer."""
+    body = read_json(data, "--data") if data else {}
+    if not isinstance(body, dict):
+        fail("--data must be a JSON object", code=2)
+    print_json(run(ctx, lambda client: client.manage_policy(uri, action, body)))
+
+
+@keys_app.command("create")
+def keys_create(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Who or what uses the key.")],
+    scope: Annotated[str, typer.Option(help="read, submit or admin.")] = "submit",
+    output: OutputOpt = Output.TABLE,
+) -> None:
+    """Create a key; its secret is printed this once."""
+    created = run(ctx, lambda client: client.create_key(name, scope))
+    if output is Output.JSON:
+        print_json(created)
+        return
+    typer.echo(f"Created key {created['key_id']} ({created['name']}, scope {created['scope']})")
+    typer.echo(f"API key (shown once): {created['api_key']}")
+
+
+@keys_app.command("list")
+def keys_list(ctx: typer.Context, output: OutputOpt = Output.TABLE) -> None:
+    """Every key (never the secrets)."""
+    found = run(ctx, lambda client: client.keys())
+    listing(
+        output,
+        found,
+        ["KEY_ID", "NAME", "SCOPE", "CREATED", "LAST USED", "REVOKED"],
+        lambda k: [
+            k["key_id"],
+            k["name"],
+            k["scope"],
+            k["created_at"],
+            k["last_used_at"],
+            k["revoked_at"],
+        ],
+    )
+
+
+@keys_app.command("revoke")
+def keys_revoke(ctx: typer.Context, key_id: str) -> None:
+    """Revoke a key now."""
+    run(ctx, lambda client: client.revoke_key(key_id))
+    typer.echo(f"Revoked key {key_id}")
+
+
+@config_app.command("show")
+def config_show(ctx: typer.Context, output: OutputOpt = Output.TABLE) -> None:
+    """The URLs and key this client uses, and where each came from (the key is redacted)."""
+    config = options(ctx).config()
+    values = {"url": config.url, "ws_url": config.ws_url, "api_key": config.redacted_key()}
+    if output is Output.JSON:
+        print_json({**values, "profile": config.profile, "sources": dict(config.sources)})
+        return
+    rows = [[k, v, config.sources.get(k)] for k, v in values.items()]
+    rows.append(["profile", config.profile, None])
+    print_table(rows, ["SETTING", "VALUE", "FROM"])
+
+
+def register(app: typer.Typer) -> None:
+    """Add the admin command groups to ``app``."""
+    app.add_typer(policies_app, name="policies")
+    app.add_typer(keys_app, name="keys")
+    app.add_typer(config_app, name="config")

@@ -1,0 +1,230 @@
+"""Job commands of ``apportion``: ``submit``, ``jobs``, ``status``, ``cancel``, ``explain``,
+``logs``, ``queues`` (in the spirit of ``sbatch``/``squeue``/``scancel`` and ``ray job``)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from apportion.cli.common import Output, OutputOpt, fail, listing, print_json, print_table, run
+from apportion.clients.async_client import AsyncApportion
+from apportion.clients.errors import ApportionClientError
+from apportion.clients.models import Job
+
+ACTIVE = ("queued", "scheduled", "running")
+
+
+def _reason(job: Job) -> str:
+    if job.status == "queued":
+        words = job.reason.message if job.reason and job.reason.message else "waiting"
+        code = f"({job.reason.code}) " if job.reason and job.reason.code else ""
+        return f"{code}{words}"
+    if job.status == "failed" and job.failed_reason:
+        return job.failed_reason
+    nodes = sorted({f"{p.get('cluster_id')}/{p.get('node_id')}" for p in job.allocation or []})
+    return ",".join(nodes) if nodes else "-"
+
+
+def _env(pairs: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            fail(f"--env takes KEY=VALUE, not {pair!r}", code=2)
+        out[key] = value
+    return out
+
+
+def submit(
+    ctx: typer.Context,
+    command: Annotated[list[str], typer.Argument(help="The job's argv, after --.")],
+    gpus: Annotated[int, typer.Option(help="GPUs per worker.")] = 0,
+    workers: Annotated[int, typer.Option(help="Workers, placed all at once.")] = 1,
+    queue: Annotated[str | None, typer.Option(help="Queue (default: 'default').")] = None,
+    priority: Annotated[int, typer.Option(help="Higher runs first.")] = 0,
+    name: Annotated[str | None, typer.Option(help="Job name.")] = None,
+    walltime: Annotated[float | None, typer.Option(help="Seconds before it is stopped.")] = None,
+    env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE (repeatable).")] = None,
+    gpu_model: Annotated[str | None, typer.Option(help="GPU model glob, e.g. 'H100*'.")] = None,
+    wait: Annotated[
+        bool, typer.Option(help="Stream status changes; exit 0 if completed, 1 otherwise.")
+    ] = False,
+    parsable: Annotated[bool, typer.Option(help="Print only the job id.")] = False,
+) -> None:
+    """Submit a job: apportion submit --gpus 1 -- python train.py"""
+    resources: dict[str, Any] = {"gpu_model": gpu_model} if gpu_model else {}
+
+    async def work(client: AsyncApportion) -> str | None:
+        job_id = await client.submit(
+            command,
+            gpus=gpus,
+            workers=workers,
+            queue=queue,
+            priority=priority,
+            name=name,
+            walltime=walltime,
+            env=_env(env or []),
+            resources=resources,
+        )
+        typer.echo(job_id if parsable else f"Submitted job {job_id}")
+        if not wait:
+            return None
+        last = None
+        async for entry in client.watch(job_id):
+            reason = f" ({entry.reason})" if entry.reason else ""
+            typer.echo(f"{job_id}: {entry.status}{reason}", err=parsable)
+            last = entry.status
+        return last
+
+    final = run(ctx, work)
+    if wait and final != "completed":
+        raise typer.Exit(1)
+
+
+def jobs(
+    ctx: typer.Context,
+    state: Annotated[str | None, typer.Option(help="Only jobs in this state.")] = None,
+    queue: Annotated[str | None, typer.Option(help="Only jobs of this queue.")] = None,
+    all_: Annotated[bool, typer.Option("--all", "-a", help="Finished jobs too.")] = False,
+    output: OutputOpt = Output.TABLE,
+) -> None:
+    """List jobs like squeue (active ones unless --all or --state)."""
+
+    async def work(client: AsyncApportion) -> list[Job]:
+        found = await client.list_jobs(status=state, queue=queue)
+        return found if all_ or state else [j for j in found if j.status in ACTIVE]
+
+    found = run(ctx, work)
+    listing(
+        output,
+        found,
+        ["JOBID", "NAME", "QUEUE", "STATE", "PRIO", "WORKERS", "POS", "REASON/NODES"],
+        lambda j: [
+            j.job_id,
+            j.name,
+            j.queue,
+            j.status,
+            j.priority,
+            j.config.get("replica_count", 1),
+            j.queue_position,
+            _reason(j),
+        ],
+        as_json=lambda j: j.model_dump(),
+    )
+
+
+def status(ctx: typer.Context, job_id: str, output: OutputOpt = Output.TABLE) -> None:
+    """Show one job and its status history."""
+
+    async def work(client: AsyncApportion) -> tuple[Job, list[Any]]:
+        return await client.job(job_id), await client.statuses(job_id)
+
+    job, history = run(ctx, work)
+    if output is Output.JSON:
+        print_json({**job.model_dump(), "statuses": [h.model_dump() for h in history]})
+        return
+    fields = ["job_id", "name", "queue", "status", "priority", "queue_position"]
+    fields += ["scheduler_job_id", "created_at", "start_time", "end_time", "return_code"]
+    rows: list[list[Any]] = [[f, getattr(job, f)] for f in fields]
+    rows.append(["reason", _reason(job)])
+    print_table(rows, ["FIELD", "VALUE"])
+    print_table([[h.time, h.status, h.reason] for h in history], ["TIME", "STATUS", "REASON"])
+
+
+def cancel(
+    ctx: typer.Context, job_ids: Annotated[list[str], typer.Argument(help="Job ids.")]
+) -> None:
+    """Cancel jobs (all are tried; exits 1 if any could not be cancelled)."""
+
+    async def work(client: AsyncApportion) -> int:
+        failures = 0
+        for job_id in job_ids:
+            try:
+                await client.cancel(job_id)
+                typer.echo(f"Cancelled job {job_id}")
+            except ApportionClientError as exc:
+                failures += 1
+                typer.echo(f"apportion: {job_id}: {exc.message} [{exc.code}]", err=True)
+        return failures
+
+    if run(ctx, work):
+        raise typer.Exit(1)
+
+
+def explain(ctx: typer.Context, job_id: str, output: OutputOpt = Output.TABLE) -> None:
+    """Why a job waits (reason and position) or where it was placed."""
+    answer = run(ctx, lambda client: client.explain(job_id))
+    if output is Output.JSON:
+        print_json(answer)
+        return
+    if answer["waiting"]:
+        reason = answer["reason"] or {}
+        typer.echo(f"Job {job_id} is waiting: {reason.get('message') or 'no reason recorded'}")
+        typer.echo(f"  reason code     {reason.get('code') or '-'}")
+        typer.echo(f"  queue position  {answer['queue_position']}")
+        return
+    typer.echo(f"Job {job_id} is {answer['status']}.")
+    for index, placement in enumerate(answer["allocation"] or []):
+        gpus = ",".join(placement.get("gpus") or []) or "-"
+        where = f"{placement.get('cluster_id')}/{placement.get('node_id')}"
+        typer.echo(f"  worker {index}: {where} gpus {gpus}")
+    if answer["failed_reason"]:
+        typer.echo(f"  failed: {answer['failed_reason']}")
+
+
+def logs(
+    ctx: typer.Context,
+    job_id: str,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Until the job ends.")] = False,
+) -> None:
+    """Print a job's output."""
+
+    async def work(client: AsyncApportion) -> None:
+        async for chunk in client.logs(job_id, follow=follow):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+
+    run(ctx, work)
+
+
+def queues(ctx: typer.Context, output: OutputOpt = Output.TABLE) -> None:
+    """List queues with their waiting and running jobs."""
+
+    async def work(client: AsyncApportion) -> tuple[list[Any], dict[str, Any]]:
+        return await client.queues(), await client.queue_statistics()
+
+    found, stats = run(ctx, work)
+    per_queue = stats.get("queues") or stats.get("per_queue") or {}
+
+    def counts(name: str, key: str) -> Any:
+        entry = per_queue.get(name) if isinstance(per_queue, dict) else None
+        return entry.get(key) if isinstance(entry, dict) else None
+
+    listing(
+        output,
+        found,
+        ["NAME", "PLUGIN", "POLICY", "MAX WORKERS", "QUEUED", "RUNNING", "DESCRIPTION"],
+        lambda q: [
+            q.name,
+            q.plugin,
+            q.policy_rule_uri,
+            (q.model_extra or {}).get("maximum_allowed_worker_instances"),
+            counts(q.name, "queued"),
+            counts(q.name, "running"),
+            q.description,
+        ],
+        as_json=lambda q: q.model_dump(),
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add the job commands to ``app``."""
+    app.command(context_settings={"allow_interspersed_args": False})(submit)
+    app.command()(jobs)
+    app.command()(status)
+    app.command()(cancel)
+    app.command()(explain)
+    app.command()(logs)
+    app.command()(queues)

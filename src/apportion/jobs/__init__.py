@@ -1,0 +1,1 @@
+"""Jobs and queues: models, records, admission, dispatch to the adapters, read-only views."""

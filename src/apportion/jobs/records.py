@@ -1,0 +1,315 @@
+"""Jobs and queues in memory and in the store.
+
+``JobBook`` keeps every job record in memory (the admission loop reads them
+many times a second) and writes every change through to the ``jobs`` and
+``job_statuses`` tables before the change is acknowledged. ``QueueBook`` does
+the same for queues. Both run on the event loop.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+
+from apportion import jsonutil
+from apportion.errors import Conflict, InvalidRequest, NotFound
+from apportion.jobs.models import JobConfig, JobStatus, QueueConfig, parse_model
+from apportion.jobs.writer import JobWriter
+from apportion.store import schema
+from apportion.store.db import Database
+
+
+def iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+@dataclass
+class Job:
+    """One job's record (the ``jobs`` row, decoded)."""
+
+    job_id: str
+    seq: int
+    queue: str
+    name: str
+    status: JobStatus
+    priority: int
+    config: JobConfig
+    owner: str | None
+    created_at: float
+    allocation: list[dict[str, Any]] | None = None
+    allocation_id: str | None = None
+    adapter: str | None = None
+    dispatch_token: str | None = None
+    scheduler_job_id: str | None = None
+    reason_code: str | None = None
+    reason: str | None = None
+    bypassed: int = 0
+    start_time: float | None = None
+    end_time: float | None = None
+    return_code: int | None = None
+    failed_reason: str | None = None
+    resource_usage: dict[str, Any] | None = None
+    decision: dict[str, Any] | None = None  # the placement's decision record
+    cancel_requested: bool = False
+    queue_position: int | None = field(default=None, compare=False)
+    _encoded_cache: dict[str, tuple[Any, str]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    @property
+    def workers(self) -> int:
+        return self.config.replica_count
+
+    def row(self) -> dict[str, Any]:
+        """The ``jobs`` row of this record (every field but ``queue_position``). Called on
+        every save: the encoded config and decision are kept, as they do not change once set."""
+        out = {name: getattr(self, name) for name in _ROW_FIELDS}
+        out["config"] = self._encoded("config", self.config.model_dump)
+        out["decision"] = (
+            None if self.decision is None else self._encoded("decision", lambda: self.decision)
+        )
+        for name in ("allocation", "resource_usage"):
+            value = out[name]
+            out[name] = None if value is None else jsonutil.dumps_str(value)
+        out["status"] = self.status.value
+        out["cancel_requested"] = int(self.cancel_requested)
+        return out
+
+    def _encoded(self, name: str, value: Callable[[], Any]) -> str:
+        """The JSON text of a write-once field, computed on first use (keyed by the object, so
+        a replaced value is encoded anew)."""
+        cached = self._encoded_cache.get(name)
+        source = getattr(self, name)
+        if cached is None or cached[0] is not source:
+            cached = (source, jsonutil.dumps_str(value()))
+            self._encoded_cache[name] = cached
+        return cached[1]
+
+    @classmethod
+    def from_row(cls, row: Any) -> Job:
+        data = dict(row._mapping)
+        data["config"] = JobConfig.model_validate(jsonutil.loads(data["config"]))
+        data["status"] = JobStatus(data["status"])
+        for key in ("allocation", "resource_usage", "decision"):
+            if data[key] is not None:
+                data[key] = jsonutil.loads(data[key])
+        data["cancel_requested"] = bool(data["cancel_requested"])
+        return cls(**data)
+
+    def public(self) -> dict[str, Any]:
+        """The job as ``GET /jobs/{id}`` shows it (CONTRACTS §6)."""
+        return {
+            "job_id": self.job_id,
+            "name": self.name,
+            "queue": self.queue,
+            "status": self.status.value,
+            "priority": self.priority,
+            "queue_position": self.queue_position,
+            "reason": None
+            if self.reason is None
+            else {"code": self.reason_code, "message": self.reason},
+            "allocation": self.allocation,
+            "scheduler_job_id": self.scheduler_job_id,
+            "adapter": self.adapter,
+            "created_at": iso(self.created_at),
+            "start_time": iso(self.start_time),
+            "end_time": iso(self.end_time),
+            "return_code": self.return_code,
+            "failed_reason": self.failed_reason,
+            "resource_usage": self.resource_usage,
+            "decision": self.decision,
+            "config": self.config.model_dump(),
+        }
+
+
+_ROW_FIELDS = tuple(
+    f.name for f in fields(Job) if f.name not in ("queue_position", "_encoded_cache")
+)
+
+
+class JobBook:
+    """Every job, in memory and in the store."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._writer = JobWriter(db)
+        self.jobs: dict[str, Job] = {}
+        self._next_seq = 1
+
+    async def load(self) -> None:
+        async with self._db.read() as conn:
+            for row in (await conn.execute(select(schema.jobs))).all():
+                job = Job.from_row(row)
+                self.jobs[job.job_id] = job
+            top = (await conn.execute(select(func.max(schema.jobs.c.seq)))).scalar()
+        self._next_seq = (top or 0) + 1
+
+    def get(self, job_id: str) -> Job:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise NotFound(
+                f"no job {job_id!r}; list jobs with GET /jobs", details={"job_id": job_id}
+            )
+        return job
+
+    async def create(self, config: JobConfig, priority: int, owner: str | None, reason: str) -> Job:
+        """Commit a new queued job (with its first history entry) and return it."""
+        now = time.time()
+        job = Job(
+            job_id=uuid.uuid4().hex,
+            seq=self._next_seq,
+            queue=config.queue,
+            name=config.name,
+            status=JobStatus.QUEUED,
+            priority=priority,
+            config=config,
+            owner=owner,
+            created_at=now,
+        )
+        self._next_seq += 1
+        row = job.row()
+        row.pop("job_id")
+        history = {"job_id": job.job_id, "status": job.status.value, "time": now, "reason": reason}
+        await self._writer.write(job.job_id, row, history, new=True)
+        self.jobs[job.job_id] = job
+        return job
+
+    async def save(
+        self, job: Job, *, status: JobStatus | None = None, reason: str | None = None
+    ) -> None:
+        """Write the job's fields; with ``status``, also change it and append to its history.
+        Returns once committed (group-committed with other jobs' changes, :mod:`job_writer`)."""
+        now = time.time()
+        if status is not None:
+            job.status = status
+        row = job.row()
+        row.pop("job_id")
+        history = None
+        if status is not None:
+            history = {"job_id": job.job_id, "status": status.value, "time": now, "reason": reason}
+        await self._writer.write(job.job_id, row, history)
+
+    async def close(self) -> None:
+        """Wait for changes handed to the writer (call before the database closes)."""
+        await self._writer.close()
+
+    async def history(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's status history, oldest first, including every change the in-memory
+        record already shows (it waits for that job's pending commits)."""
+        self.get(job_id)
+        await self._writer.settled(job_id)
+        async with self._db.read() as conn:
+            rows = (
+                await conn.execute(
+                    select(schema.job_statuses)
+                    .where(schema.job_statuses.c.job_id == job_id)
+                    .order_by(schema.job_statuses.c.id)
+                )
+            ).all()
+        return [{"status": r.status, "time": iso(r.time), "reason": r.reason} for r in rows]
+
+    async def remove(self, job_id: str) -> None:
+        async with self._db.write() as conn:
+            await conn.execute(
+                delete(schema.job_statuses).where(schema.job_statuses.c.job_id == job_id)
+            )
+            await conn.execute(delete(schema.jobs).where(schema.jobs.c.job_id == job_id))
+        self.jobs.pop(job_id, None)
+
+
+DEFAULT_QUEUE = "default"
+
+
+class QueueBook:
+    """Queues by name, in memory and in the store; a ``default`` queue always exists."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._queues: dict[str, tuple[str, QueueConfig]] = {}
+
+    async def load(self) -> None:
+        async with self._db.read() as conn:
+            for row in (await conn.execute(select(schema.queues))).all():
+                self._queues[row.name] = (
+                    row.id,
+                    QueueConfig.model_validate(jsonutil.loads(row.document)),
+                )
+        if DEFAULT_QUEUE not in self._queues:
+            await self.create(
+                {"name": DEFAULT_QUEUE, "description": "the queue jobs go to when they name none"}
+            )
+
+    def get(self, name: str) -> QueueConfig:
+        entry = self._queues.get(name)
+        if entry is None:
+            raise NotFound(
+                f"no queue {name!r}; list queues with GET /queues", details={"queue": name}
+            )
+        return entry[1]
+
+    def by_id_or_name(self, key: str) -> tuple[str, QueueConfig]:
+        for qid, config in self._queues.values():
+            if key in (qid, config.name):
+                return qid, config
+        raise NotFound(f"no queue {key!r}; list queues with GET /queues", details={"queue": key})
+
+    def public(self, name: str) -> dict[str, Any]:
+        qid, config = self._queues[name]
+        return {"id": qid, **config.model_dump()}
+
+    def names(self) -> list[str]:
+        return sorted(self._queues)
+
+    async def create(self, body: Any) -> dict[str, Any]:
+        config = parse_model(QueueConfig, body)
+        if config.name in self._queues:
+            raise Conflict(
+                f"queue {config.name!r} exists; change it with PUT /queues",
+                details={"queue": config.name},
+            )
+        qid = uuid.uuid4().hex[:16]
+        await self._write(qid, config, created=True)
+        return self.public(config.name)
+
+    async def update(self, body: Any) -> dict[str, Any]:
+        config = parse_model(QueueConfig, body)
+        qid, _ = self.by_id_or_name(config.name)
+        await self._write(qid, config, created=False)
+        return self.public(config.name)
+
+    async def delete(self, key: str, *, in_use: bool) -> None:
+        qid, config = self.by_id_or_name(key)
+        if config.name == DEFAULT_QUEUE:
+            raise InvalidRequest("the default queue cannot be deleted", path="queue")
+        if in_use:
+            raise Conflict(
+                f"queue {config.name!r} has waiting or running jobs; cancel them first",
+                details={"queue": config.name},
+            )
+        async with self._db.write() as conn:
+            await conn.execute(delete(schema.queues).where(schema.queues.c.id == qid))
+        del self._queues[config.name]
+
+    async def _write(self, qid: str, config: QueueConfig, *, created: bool) -> None:
+        now = time.time()
+        document = jsonutil.dumps_str(config.model_dump())
+        async with self._db.write() as conn:
+            if created:
+                await conn.execute(
+                    schema.queues.insert().values(
+                        id=qid, name=config.name, document=document, created_at=now, updated_at=now
+                    )
+                )
+            else:
+                await conn.execute(
+                    update(schema.queues)
+                    .where(schema.queues.c.id == qid)
+                    .values(document=document, updated_at=now)
+                )
+        self._queues[config.name] = (qid, config)

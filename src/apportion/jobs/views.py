@@ -1,0 +1,60 @@
+"""Read-only views over the job records: listing, per-queue counts and ``GET /queue``.
+
+Pure functions over :class:`~apportion.jobs.records.Job` records, called through
+:class:`~apportion.jobs.service.JobService` by the REST routes and the Prometheus gauges.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from apportion.jobs.models import JobStatus
+from apportion.jobs.records import Job, QueueBook
+
+
+def select_jobs(
+    jobs: Iterable[Job], *, status: str | None, queue: str | None, limit: int, offset: int
+) -> list[Job]:
+    """Jobs in submission order, optionally of one status and one queue, one page of them."""
+    chosen = sorted(jobs, key=lambda j: j.seq)
+    if status is not None:
+        chosen = [j for j in chosen if j.status.value == status]
+    if queue is not None:
+        chosen = [j for j in chosen if j.queue == queue]
+    return chosen[offset : offset + limit]
+
+
+def queue_counts(jobs: Iterable[Job], queues: QueueBook) -> dict[str, tuple[int, int]]:
+    """``{queue: (queued, running)}`` for the Prometheus gauges."""
+    counts = {name: [0, 0] for name in queues.names()}
+    for job in jobs:
+        if job.queue in counts and not job.status.finished:
+            counts[job.queue][0 if job.status is JobStatus.QUEUED else 1] += 1
+    return {name: (q, r) for name, (q, r) in counts.items()}
+
+
+def statistics(jobs: Iterable[Job], queues: QueueBook, limits: dict[str, Any]) -> dict[str, Any]:
+    """``GET /queue`` (seed 001): totals, per queue and per priority, and the limits."""
+    every = list(jobs)
+    queued = [j for j in every if j.status is JobStatus.QUEUED]
+    per_queue: dict[str, dict[str, int]] = {}
+    for name in queues.names():
+        mine = [j for j in every if j.queue == name]
+        cap = queues.get(name).worker_cap
+        per_queue[name] = {
+            "queued": sum(j.status is JobStatus.QUEUED for j in mine),
+            "running": sum(j.status.active for j in mine),
+            "workers_running": sum(j.workers for j in mine if j.status.active),
+            "worker_cap": -1 if cap is None else cap,
+        }
+    per_priority: dict[str, int] = {}
+    for job in queued:
+        per_priority[str(job.priority)] = per_priority.get(str(job.priority), 0) + 1
+    return {
+        "total_queued": len(queued),
+        "running_jobs": sum(j.status.active for j in every),
+        "queues": per_queue,
+        "priorities": per_priority,
+        "limits": limits,
+    }

@@ -1,1 +1,0 @@
-"""Scheduler adapters: where a placed job actually runs (``local`` processes, a real Slurm)."""
