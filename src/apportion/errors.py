@@ -5,6 +5,12 @@ a message that says what to fix, optional ``details`` (for validation errors, th
 ``path`` of the offending field) and the HTTP status the REST API answers with.
 Raise them anywhere; the edges (WebSocket, REST) turn them into the envelope
 ``{"success": false, "message", "error": {"code", "details"}}``.
+
+The class is the one source of an error's wire ``code`` and HTTP status: the REST error
+middleware answers ``exc.http_status``, and where only an envelope is left (``POST /allocate``
+mirrors the WebSocket's answer) :func:`http_status_of` finds the status of its ``code`` from the
+class that defines that code. The OpenAPI document lists each route's statuses from the
+classes it declares.
 """
 
 from __future__ import annotations
@@ -43,6 +49,11 @@ class ApportionError(Exception):
     code: ClassVar[ErrorCode] = ErrorCode.INTERNAL
     http_status: ClassVar[int] = 500
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "code" in cls.__dict__:  # the class that defines a code also defines its status
+            _CLASS_OF_CODE.setdefault(cls.code, cls)
+
     def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.message = message
@@ -58,6 +69,18 @@ class ApportionError(Exception):
         if request_id is not None:
             body["request_id"] = request_id
         return body
+
+
+_CLASS_OF_CODE: dict[ErrorCode, type[ApportionError]] = {}
+
+
+def http_status_of(code: str) -> int:
+    """The HTTP status of an envelope's ``error.code``: that of the class defining the code
+    (500 for a code no class defines). Called by ``POST /allocate``, which mirrors the
+    WebSocket's envelope; a subclass that keeps its parent's code and changes the status
+    (:class:`InvalidDocument`) is answered by the middleware from the exception itself."""
+    known = code in ErrorCode.__members__.values()
+    return _CLASS_OF_CODE[ErrorCode(code)].http_status if known else 500
 
 
 class InvalidJSON(ApportionError):

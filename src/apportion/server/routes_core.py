@@ -7,30 +7,13 @@ from typing import Any
 from aiohttp import web
 
 from apportion import __version__
-from apportion.errors import InvalidRequest, NotFound
+from apportion.errors import InvalidRequest, NotFound, http_status_of
 from apportion.server.auth import Scope, principal_of
 from apportion.server.auth import Scope as KeyScope
 from apportion.server.dispatch import answer, caller_of
 from apportion.server.http_common import ctx, json_body, json_response, ok, principal
 
 routes = web.RouteTableDef()
-
-_STATUS = {
-    "InvalidJSON": 400,
-    "InvalidRequest": 400,
-    "Unauthorized": 401,
-    "Forbidden": 403,
-    "UnknownPolicy": 404,
-    "UnknownAllocation": 404,
-    "NoFeasiblePlacement": 409,
-    "Conflict": 409,
-    "MessageTooLarge": 413,
-    "RateLimited": 429,
-    "PolicyError": 500,
-    "InvalidPolicyOutput": 502,
-    "PolicyTimeout": 504,
-    "Internal": 500,
-}
 
 
 @routes.get("/healthz")
@@ -47,7 +30,7 @@ async def allocate(request: web.Request) -> web.Response:
     """The REST mirror of the allocation WebSocket: same body, same envelope."""
     body = await json_body(request)
     result = await answer(ctx(request).allocations, body, principal_of(request))
-    status = 200 if result.get("success") else _STATUS.get(result["error"]["code"], 500)
+    status = 200 if result.get("success") else http_status_of(result["error"]["code"])
     return json_response(result, status=status)
 
 
