@@ -29,56 +29,77 @@ def ranked(params: dict[str, Any], docs: list[dict[str, Any]]) -> list[tuple[str
 
 
 def test_hand_computed_order() -> None:
-    # target gpus 8, memory 100. Column scales: gpus max 8, memory max 200.
-    #   a (8, 100) -> (1, 0.5)   b (4, 200) -> (0.5, 1)   c (8, 50) -> (1, 0.25)   t -> (1, 0.5)
-    #   cos a = 1
-    #   cos b = (0.5 + 0.5) / (sqrt(1.25) * sqrt(1.25)) = 1 / 1.25 = 0.8
-    #   cos c = (1 + 0.125) / (sqrt(1.0625) * sqrt(1.25)) = 1.125 / 1.15244 = 0.97619
+    # target gpus 8, memory 100. Scales (largest |value| of survivors and target): gpus 8, memory 200.
+    #   distances: a (0, 0)   b (4/8, 100/200) = (.5, .5)   c (0, 50/200) = (0, .25)
+    #   score = 1 - sqrt(mean of d²): a 1;  b 1 - sqrt(.25) = .5;  c 1 - sqrt(.03125) = .82322
     docs = [cluster("b", 4, 200), cluster("c", 8, 50), cluster("a", 8, 100)]
     result = ranked({"target": {"gpus": 8, "memory": 100}}, docs)
     assert [cid for cid, _ in result] == ["a", "c", "b"]
-    assert [score for _, score in result] == pytest.approx(
-        [1.0, 1.125 / math.sqrt(1.0625 * 1.25), 0.8]
-    )
+    assert [score for _, score in result] == pytest.approx([1.0, 1 - math.sqrt(0.03125), 0.5])
+
+
+def test_a_one_feature_target_ranks_by_closeness() -> None:
+    # the defect: cosine over one feature scored every cluster 1.0, so the order was by id.
+    # target gpu_memory 49152; scale 655360 (big's 8 x 81920)
+    #   exact 0 -> 1;  mid |98304 - 49152| / 655360 = .075 -> .925;  big 606208 / 655360 -> .075
+    docs = [
+        {"id": "a-big", "gpus": {"memory": 655360}, "cluster_metrics": None},
+        {"id": "b-mid", "gpus": {"memory": 98304}, "cluster_metrics": None},
+        {"id": "c-exact", "gpus": {"memory": 49152}, "cluster_metrics": None},
+    ]
+    result = ranked({"target": {"gpu_memory": 49152}}, docs)
+    assert result == [
+        ("c-exact", 1.0),
+        ("b-mid", pytest.approx(0.925)),
+        ("a-big", pytest.approx(1 - 606208 / 655360)),
+    ]
 
 
 def test_weights_change_the_order() -> None:
-    # weight memory 4: vectors scaled by sqrt(w) = (1, 2) per column.
-    #   a (1, 0.5) -> (1, 1)   b (0.5, 1) -> (0.5, 2)   t (0.5, 1) -> (0.5, 2)   [t = (4, 200)]
-    #   cos b = 1; cos a = (0.5 + 2) / (sqrt(2) * sqrt(4.25)) = 2.5 / 2.91548 = 0.85749
-    docs = [cluster("a", 8, 100), cluster("b", 4, 200)]
-    result = ranked({"target": {"gpus": 4, "memory": 200}, "weights": {"memory": 4}}, docs)
-    assert [cid for cid, _ in result] == ["b", "a"]
-    assert result[1][1] == pytest.approx(2.5 / math.sqrt(2 * 4.25))
-    # the same target without weights: a = (1, .5), t = (.5, 1): cos a = 1 / 1.25 = 0.8
-    assert ranked({"target": {"gpus": 4, "memory": 200}}, docs)[1] == ("a", pytest.approx(0.8))
+    # target (4, 200), scales gpus 8, memory 200. distances: a (.5, .5)  b (0, 0)  c (0, .75)
+    #   without weights: c = 1 - sqrt(.5625 / 2) = .46967 < a = .5
+    #   weight gpus 4: a = 1 - sqrt((4 x .25 + .25) / 5) = .5;  c = 1 - sqrt(.5625 / 5) = .66459
+    docs = [cluster("a", 8, 100), cluster("b", 4, 200), cluster("c", 4, 50)]
+    assert ranked({"target": {"gpus": 4, "memory": 200}}, docs) == [
+        ("b", 1.0),
+        ("a", pytest.approx(0.5)),
+        ("c", pytest.approx(1 - math.sqrt(0.5625 / 2))),
+    ]
+    weighted = ranked({"target": {"gpus": 4, "memory": 200}, "weights": {"gpus": 4}}, docs)
+    assert weighted == [
+        ("b", 1.0),
+        ("c", pytest.approx(1 - math.sqrt(0.5625 / 5))),
+        ("a", pytest.approx(0.5)),
+    ]
 
 
 def test_ties_break_by_id() -> None:
-    # weight 0 on memory leaves only gpus: every positive 1-D vector has cosine 1 with t
-    docs = [cluster("z", 8, 100), cluster("m", 4, 200), cluster("a", 2, 50)]
-    result = ranked({"target": {"gpus": 8, "memory": 100}, "weights": {"memory": 0}}, docs)
+    # weight 0 on gpus leaves only memory, where all three match the target
+    docs = [cluster("z", 8, 100), cluster("m", 4, 100), cluster("a", 2, 100)]
+    result = ranked({"target": {"gpus": 8, "memory": 100}, "weights": {"gpus": 0}}, docs)
     assert result == [("a", 1.0), ("m", 1.0), ("z", 1.0)]
+    # every weight 0: nothing counts, every score is 1
+    zero = {"gpus": 0, "memory": 0}
+    assert ranked({"target": {"gpus": 8, "memory": 1}, "weights": zero}, docs)[0] == ("a", 1.0)
 
 
 def test_features_outside_the_target_are_ignored() -> None:
     docs = [cluster("b", 8, 1), cluster("a", 8, 999999)]
-    assert ranked({"target": {"gpus": 1}}, docs) == [("a", 1.0), ("b", 1.0)]
+    assert ranked({"target": {"gpus": 8}}, docs) == [("a", 1.0), ("b", 1.0)]
 
 
-def test_zero_vectors_score_zero() -> None:
-    # "empty" has no gpus: its vector is 0 -> score 0, ranked last
+def test_zero_values_are_distances_too() -> None:
+    # "empty" has no gpus: distance 8/8 = 1 -> score 0; a zero target prefers it
     docs = [cluster("empty"), cluster("full", 8)]
     assert ranked({"target": {"gpus": 8}}, docs) == [("full", 1.0), ("empty", 0.0)]
-    # a zero target scores everything 0, so the order is by id
-    assert ranked({"target": {"gpus": 0}}, docs) == [("empty", 0.0), ("full", 0.0)]
+    assert ranked({"target": {"gpus": 0}}, docs) == [("empty", 1.0), ("full", 0.0)]
 
 
 def test_metrics_features() -> None:
     # x: free 1000, util mean(20, 60) = 40 (a node without the field is skipped)
     # y: free 500, no utilisation reported -> 0;  z: no metrics at all -> (0, 0)
-    # scales: free 1000, util 40.  x (1, 1)  y (0.5, 0)  t (1/1000, 0)
-    #   cos y = 1;  cos x = 0.001 / (sqrt(2) * 0.001) = 0.70711;  cos z = 0
+    # target (500, 0); scales: free 1000, util 40.  distances: x (.5, 1)  y (0, 0)  z (.5, 0)
+    #   y 1;  z 1 - sqrt(.25 / 2) = .64645;  x 1 - sqrt(1.25 / 2) = .20943
     x_metrics = {
         "cluster": {"gpu": {"totalFreeMem": 1000}},
         "nodes": [
@@ -95,8 +116,12 @@ def test_metrics_features() -> None:
     ]
     assert FEATURES["gpu_utilization"](docs[0], x_metrics) == 40.0
     assert FEATURES["free_gpu_memory"](docs[1], y_metrics) == 500.0
-    result = ranked({"target": {"free_gpu_memory": 1, "gpu_utilization": 0}}, docs)
-    assert result == [("y", 1.0), ("x", pytest.approx(1 / math.sqrt(2))), ("z", 0.0)]
+    result = ranked({"target": {"free_gpu_memory": 500, "gpu_utilization": 0}}, docs)
+    assert result == [
+        ("y", 1.0),
+        ("z", pytest.approx(1 - math.sqrt(0.125))),
+        ("x", pytest.approx(1 - math.sqrt(0.625))),
+    ]
 
 
 def test_cluster_features_read_the_contract_fields() -> None:
@@ -136,7 +161,7 @@ def test_documents_are_copied_with_their_fields() -> None:
     metrics = {"cluster": {"gpu": {"totalFreeMem": 7}}}
     docs = [{**cluster("a", 2), "cluster_metrics": metrics, "regionId": "eu-1"}]
     before = copy.deepcopy(docs)
-    (out,) = policy().eval({"target": {"gpus": 1}}, docs, {})
+    (out,) = policy().eval({"target": {"gpus": 2}}, docs, {})
     assert docs == before  # the input is not modified
     assert out == {**before[0], "similarity": 1.0}
     assert type(out["similarity"]) is float
@@ -228,20 +253,25 @@ targets = st.fixed_dictionaries(
 
 
 @settings(max_examples=200)
-@given(docs=fleet, target=targets, factor=st.floats(0.01, 100))
-def test_ranking_invariants(
-    docs: list[dict[str, Any]], target: dict[str, float], factor: float
-) -> None:
+@given(docs=fleet, target=targets)
+def test_ranking_invariants(docs: list[dict[str, Any]], target: dict[str, float]) -> None:
     result = policy().eval({"target": target}, docs, {})
-    # a permutation of the input, scores within [0, 1] (features are non-negative)
+    # a permutation of the input, scores within [0, 1] (features and target are non-negative)
     assert sorted(d["id"] for d in result) == sorted(d["id"] for d in docs)
     scores = [d["similarity"] for d in result]
     assert all(-1e-12 <= s <= 1 + 1e-12 for s in scores)
     # sorted by score descending, ties by id ascending
     keys = [(-d["similarity"], d["id"]) for d in result]
     assert keys == sorted(keys)
-    # cosine ignores the target's length: scaling it keeps every score
-    scaled = {k: v * factor for k, v in target.items()}
-    again = {d["id"]: d["similarity"] for d in policy().eval({"target": scaled}, docs, {})}
-    for d in result:
-        assert again[d["id"]] == pytest.approx(d["similarity"], abs=1e-9)
+    # a cluster that is exactly the target scores 1 and comes first (before any id)
+    exact = {
+        "id": "~exact",
+        "gpus": {"count": target.get("gpus", 0)},
+        "memory": target.get("memory", 0),
+        "reputation": target.get("reputation", 0.0),
+        "cluster_metrics": None,
+    }
+    with_exact = policy().eval({"target": target}, [*docs, exact], {})
+    at = [d["id"] for d in with_exact].index("~exact")
+    assert with_exact[at]["similarity"] == 1.0
+    assert all(d["similarity"] == 1.0 for d in with_exact[:at])  # only other exact matches

@@ -83,8 +83,8 @@ def builtin_catalog() -> dict[str, tuple[PolicyRecord, type]]:
             name="similarity",
             version="1.0",
             release_tag="stable",
-            description="Built-in ranking policy for search: cosine similarity of cluster features "
-            "to parameters.target.",
+            description="Built-in ranking policy for search: clusters by the closeness of their "
+            "features to parameters.target.",
             tags=["builtin", "ranking"],
             policy_parameters_schema={
                 "type": "object",

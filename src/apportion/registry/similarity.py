@@ -1,4 +1,4 @@
-"""``similarity:1.0-stable``: rank search survivors by cosine similarity to a target.
+"""``similarity:1.0-stable``: rank search survivors by their closeness to a target.
 
 A seed-format ranking policy (CONTRACTS §3, §5). For ``search``, the engine filters the registry
 and calls ``eval(parameters, input_data, context)`` with ``input_data`` = the surviving cluster
@@ -20,10 +20,14 @@ feature              value
 ===================  ====================================================================
 
 Parameters: ``target`` — ``{feature: desired value}``; ``weights`` — optional
-``{feature: weight >= 0}`` (default 1). Only the target's features count. Each feature column is
-divided by its largest absolute value among the survivors (1 if that is 0), and so is the target,
-so units do not dominate; weights multiply both vectors by ``sqrt(weight)``, so the score is the
-weighted cosine ``sum(w x t) / (sqrt(sum(w x²)) sqrt(sum(w t²)))`` (0 for a zero vector).
+``{feature: weight >= 0}`` (default 1). Only the target's features count. Closeness, per
+feature: the distance ``|x - t| / s``, where the scale ``s`` is the largest absolute value of
+that feature among the survivors and the target (1 if that is 0), so units do not dominate and
+a distance is within [0, 1] for non-negative values. The score is one minus the weighted root
+mean square of those distances, ``1 - sqrt(sum(w d²) / sum(w))`` (1 when every weight is 0):
+1.0 for a cluster that matches the target exactly, lower the further it is, so a one-feature
+target (``{"gpu_memory": 49152}``) ranks by how near each cluster's value is. Every feature is
+non-negative, so scores are in [0, 1] unless the target is negative (then down to -1).
 The answer is the documents, each a copy with ``"similarity"`` (float) added, by score descending,
 ties by cluster ``id`` ascending. Without a ``target`` the order is ``reputation`` descending, then
 ``id``, and ``similarity`` is the reputation. The caller keeps the first ``return`` K.
@@ -36,7 +40,6 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import numpy as np
-import numpy.typing as npt
 
 from apportion.errors import InvalidRequest
 
@@ -122,14 +125,6 @@ def _cluster_id(doc: Document) -> str:
     return str(doc.get("id", ""))
 
 
-def _unit_rows(rows: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """Each row divided by its length (zero rows stay zero); rescaled first, so no overflow."""
-    peak = np.abs(rows).max(axis=1, keepdims=True)
-    rows = rows / np.where(peak > 0, peak, 1.0)
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    return rows / np.where(norms > 0, norms, 1.0)
-
-
 def rank(
     docs: list[Document], target: dict[str, float] | None, weights: dict[str, float]
 ) -> list[dict[str, Any]]:
@@ -142,15 +137,17 @@ def rank(
             [[FEATURES[n](d, d.get("cluster_metrics")) for n in names] for d in docs],
             dtype=np.float64,
         ).reshape(len(docs), len(names))
-        scale = np.abs(matrix).max(axis=0) if docs else np.ones(len(names))
+        goal = np.array([target[n] for n in names], dtype=np.float64)
+        scale = np.maximum(np.abs(matrix).max(axis=0, initial=0.0), np.abs(goal))
         scale[scale == 0] = 1.0
-        root_w = np.sqrt(np.array([weights.get(n, 1.0) for n in names], dtype=np.float64))
-        vectors = _unit_rows(matrix / scale * root_w)
-        # target / scale, computed as a positive multiple that cannot overflow (cosine ignores it)
-        raw = np.array([target[n] for n in names], dtype=np.float64)
-        peak = float(np.abs(raw).max())
-        goal = raw / (peak or 1.0) * (scale.min() / scale) * root_w
-        scores = np.clip(vectors @ _unit_rows(goal[np.newaxis, :])[0], -1.0, 1.0).tolist()
+        weight = np.array([weights.get(n, 1.0) for n in names], dtype=np.float64)
+        weight /= max(
+            float(weight.max()), 1e-300
+        )  # the same ratios, and a sum that cannot overflow
+        total = float(weight.sum())
+        distance = matrix / scale - goal / scale  # each term within [-1, 1]: no overflow
+        mean_square = (distance**2 @ weight) / total if total > 0 else np.zeros(len(docs))
+        scores = (1.0 - np.sqrt(mean_square)).tolist()
     order = sorted(range(len(docs)), key=lambda i: (-scores[i], _cluster_id(docs[i])))
     return [{**docs[i], "similarity": float(scores[i])} for i in order]
 
