@@ -138,3 +138,27 @@ async def test_bad_uploads_are_refused_with_the_reason(running: Running) -> None
         response.status == 400
         and (await response.json())["error"]["details"]["path"] == "record.version"
     )
+
+
+async def policy_events(running: Running) -> list[dict[str, Any]]:
+    async with running.http.get(f"{running.url}/events?type=policy_updated") as response:
+        assert response.status == 200
+        events: list[dict[str, Any]] = (await response.json())["data"]
+    return [{k: e[k] for k in ("policy_rule_uri", "change")} for e in events]
+
+
+async def test_uploads_and_deletions_emit_policy_updated(running: Running) -> None:
+    # the dashboard listens for policy_updated; before, nothing ever emitted it
+    response = await upload(running, RECORD, tar_gz(SEED_POLICY), "policy.tar.gz")
+    assert response.status == 201, await response.text()
+    assert await policy_events(running) == [
+        {"policy_rule_uri": "seed-first-fit:1.0-beta", "change": "created"}
+    ]
+    refused = await upload(running, RECORD, tar_gz(SEED_POLICY), "policy.tar.gz")
+    assert refused.status == 409  # nothing changed, nothing emitted
+    async with running.http.delete(f"{running.url}/policies/seed-first-fit:1.0-beta") as r:
+        assert r.status == 200
+    assert await policy_events(running) == [
+        {"policy_rule_uri": "seed-first-fit:1.0-beta", "change": "created"},
+        {"policy_rule_uri": "seed-first-fit:1.0-beta", "change": "deleted"},
+    ]

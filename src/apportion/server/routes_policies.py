@@ -3,6 +3,10 @@
 ``POST /policies`` takes ``multipart/form-data``: a part ``record`` (JSON) and
 a part ``code`` (an archive or a single ``.py`` file). Uploading and deleting
 need ``admin``; management actions need ``admin``; reading needs ``read``.
+
+A successful upload or deletion is recorded as the event ``policy_updated``
+``{"policy_rule_uri", "change": "created" | "deleted"}`` (the shape of ``cluster_updated``),
+through the server's event log, so the dashboard's policy list refreshes.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from apportion.errors import InvalidRequest
 from apportion.policies.uri import PolicyURI
 from apportion.server.auth import Scope
 from apportion.server.http_common import ctx, json_body, json_response, ok, principal
+from apportion.server.routes_status import STATUS
 
 routes = web.RouteTableDef()
 
@@ -80,7 +85,14 @@ async def upload_policy(request: web.Request) -> web.Response:
     except Exception:
         await context.policies.delete(entry.uri)
         raise
+    await _policy_updated(request, entry.uri, "created")
     return json_response(entry.public(), status=201)
+
+
+async def _policy_updated(request: web.Request, uri: str, change: str) -> None:
+    await request.app[STATUS].events.append(
+        "policy_updated", {"policy_rule_uri": uri, "change": change}
+    )
 
 
 @routes.get("/policies/{uri}")
@@ -97,6 +109,7 @@ async def delete_policy(request: web.Request) -> web.Response:
     principal(request, Scope.ADMIN)
     uri = str(PolicyURI.parse(request.match_info["uri"], path="uri"))
     await ctx(request).policies.delete(uri)
+    await _policy_updated(request, uri, "deleted")
     return json_response({"success": True})
 
 
