@@ -24,7 +24,7 @@ from apportion.server.auth import Scope, auth_middleware
 from apportion.server.events import EventLog
 from apportion.server.http_common import error_middleware
 from apportion.server.keys import KeyStore
-from apportion.server.routes_status import STATUS, StatusContext, routes
+from apportion.server.routes_status import STATUS, StatusContext, api
 from apportion.server.socketio_server import SocketIOBroadcaster, attach, create_socketio
 from apportion.server.telemetry import Telemetry
 from apportion.store.db import Database
@@ -72,7 +72,7 @@ async def harness(tmp_path: Path, *, auth_enabled: bool = True) -> AsyncIterator
     app[STATUS] = StatusContext(
         events=log, telemetry=telemetry, sio=sio, started_at=1_700_000_000.0, data_dir=tmp_path
     )
-    app.add_routes(routes)
+    app.add_routes(api.routes)
     attach(sio, app)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

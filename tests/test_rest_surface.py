@@ -1,14 +1,24 @@
-"""The REST surface's one source of truth: statuses from the error classes."""
+"""The REST surface's one source of truth: statuses from the error classes, the OpenAPI
+document from the route declarations, and query strings checked like bodies."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
+from openapi_spec_validator import validate
+from pydantic import TypeAdapter
 
 from apportion import errors
+from apportion.app import PUBLIC_PATHS
 from apportion.errors import ApportionError, ErrorCode
+from apportion.server.openapi import openapi_path
+from apportion.server.routing import declared_specs
 from tests.conftest import Running, allocation
+from tests.jobs_helpers import exiting, submit, wait_for
 
 # every class that defines a wire code (InvalidDocument keeps InvalidRequest's code)
 CODE_CLASSES = [
@@ -42,3 +52,192 @@ async def test_post_allocate_answers_the_status_of_the_error_class(
     async with running.http.post(f"{running.url}/allocate", json=allocation()) as response:
         body = await response.json()
         assert (response.status, body["error"]["code"]) == (cls.http_status, cls.code.value)
+
+
+# ---------------------------------------------------------------- the OpenAPI document
+async def served_document(running: Running) -> dict[str, Any]:
+    async with running.http.get(f"{running.url}/openapi.json") as response:
+        assert response.status == 200
+        document: dict[str, Any] = await response.json()
+    return document
+
+
+def app_of(running: Running) -> web.Application:
+    assert running.server.http_app is not None
+    return running.server.http_app
+
+
+async def test_every_registered_route_is_in_the_document_with_its_methods(
+    running: Running,
+) -> None:
+    registered: dict[str, set[str]] = {}
+    for route in app_of(running).router.routes():
+        info = route.resource.get_info() if route.resource is not None else {}
+        path = info.get("formatter") or info.get("path") or ""
+        if route.method == "HEAD" or path.startswith("/socket.io"):
+            continue  # HEAD is aiohttp's twin of each GET; Socket.IO has its own protocol
+        registered.setdefault(openapi_path(path), set()).add(route.method.lower())
+    document = await served_document(running)
+    documented = {path: set(ops) for path, ops in document["paths"].items()}
+    assert documented == registered
+    assert {"/jobs", "/jobs/{job_id}", "/static/{path}", "/openapi.json"} <= set(documented)
+
+
+async def test_the_document_is_valid_openapi_3_1(running: Running) -> None:
+    document = await served_document(running)
+    validate(document)  # openapi-spec-validator's structural check, offline
+    operations = [op for ops in document["paths"].values() for op in ops.values()]
+    ids = [op["operationId"] for op in operations]
+    assert len(ids) == len(set(ids)), "operation ids are unique (client generators need it)"
+    for path, ops in document["paths"].items():
+        for method, op in ops.items():
+            declared = set(re.findall(r"\{(\w+)\}", path))
+            in_path = {p["name"] for p in op["parameters"] if p["in"] == "path"}
+            assert in_path == declared, (method, path)
+            assert any(code.startswith("2") for code in op["responses"]), (method, path)
+            assert "400" in op["responses"], (method, path)  # the query string is checked
+
+
+async def test_public_routes_say_security_empty_and_are_what_the_middleware_lets_through(
+    running: Running,
+) -> None:
+    document = await served_document(running)
+    public = {
+        path
+        for path, ops in document["paths"].items()
+        for op in ops.values()
+        if op.get("security") == []
+    }
+    assert public == {
+        "/",
+        "/healthz",
+        "/metrics",
+        "/openapi.json",
+        "/auth/one-time",
+        "/static/{path}",
+    }
+    assert public - {"/static/{path}"} == set(PUBLIC_PATHS)
+    async with aiohttp.ClientSession() as anonymous:
+        for path in sorted(public - {"/auth/one-time", "/static/{path}"}):
+            async with anonymous.get(f"{running.url}{path}") as response:
+                assert response.status != 401, path
+        async with anonymous.get(f"{running.url}/jobs") as response:
+            assert response.status == 401
+    secured = document["paths"]["/jobs/submit"]["post"]
+    assert "security" not in secured and document["security"] == [{"bearer": []}]
+    assert secured["x-apportion-scope"] == "submit"
+    assert {"201", "400", "401", "403", "404", "413"} <= set(secured["responses"])
+
+
+async def test_statuses_of_declared_errors_are_in_the_document(running: Running) -> None:
+    document = await served_document(running)
+    for spec in declared_specs(app_of(running)):
+        responses = document["paths"][openapi_path(spec.path)][spec.method.lower()]["responses"]
+        for cls in spec.error_classes:
+            assert str(cls.http_status) in responses, (spec.path, cls.__name__)
+            assert cls.code.value in responses[str(cls.http_status)]["description"]
+        for status in spec.success:
+            assert str(status) in responses
+    jobs = document["paths"]["/jobs"]["get"]
+    assert [p["name"] for p in jobs["parameters"]] == ["status", "queue", "limit", "offset"]
+    assert document["paths"]["/jobs/{job_id}"]["delete"]["responses"]["202"]
+    assert "422" in document["paths"]["/clusters"]["post"]["responses"]  # InvalidDocument
+    assert "409" in document["paths"]["/jobs/{job_id}/priority"]["post"]["responses"]
+
+
+async def test_each_declared_body_model_is_the_one_the_route_validates_with(
+    running: Running,
+) -> None:
+    # an unknown field and nothing else: the answer names the unknown field and every field
+    # the declared model requires, so the model that validated is the declared one
+    specs = [s for s in declared_specs(app_of(running)) if s.body is not None]
+    assert {s.path for s in specs} >= {"/jobs/submit", "/keys", "/queues"}
+    for spec in specs:
+        assert spec.body is not None
+        path = spec.path.replace("{job_id}", "no-such-job").replace("{uri}", "binpack:1.0-stable")
+        async with running.http.request(
+            spec.method, f"{running.url}{path}", json={"zz_not_a_field": 1}
+        ) as response:
+            body = await response.json()
+            assert response.status == 400, (spec.path, body)
+        errors = {e["path"]: e["message"] for e in body["error"]["details"]["errors"]}
+        assert "not a known field" in errors.pop("body.zz_not_a_field"), spec.path
+        required = {f"body.{n}" for n, f in spec.body.model_fields.items() if f.is_required()}
+        assert set(errors) == required, spec.path
+        assert all(message == "is required" for message in errors.values())
+
+
+async def test_answers_match_their_declared_response_types(running: Running, fleet: Any) -> None:
+    submitted = await submit(running, {"command": exiting(0)})
+    await wait_for(running, submitted, "completed")
+    metrics_url = f"{running.url}/clusters/{fleet[0]['id']}/metrics"
+    async with running.http.put(metrics_url, json={"nodes": []}) as response:
+        assert response.status == 200
+    checked = []
+    for spec in declared_specs(app_of(running)):
+        if spec.method != "GET" or spec.response is None:
+            continue
+        path = spec.path.replace("{job_id}", submitted).replace("{cluster_id}", fleet[0]["id"])
+        path = path.replace("{uri}", "binpack:1.0-stable").replace("{queue_id}", "default")
+        if "{" in path:
+            continue  # an allocation id or a key id: no such thing here
+        async with running.http.get(f"{running.url}{path}") as response:
+            assert response.status in spec.success, (path, await response.text())
+            TypeAdapter(spec.response).validate_python(await response.json())
+        checked.append(spec.path)
+    assert {"/jobs", "/jobs/{job_id}", "/jobs/{job_id}/statuses", "/events", "/keys"} <= set(
+        checked
+    )
+
+
+# ---------------------------------------------------------------- unknown query parameters
+@pytest.mark.parametrize(
+    ("request_line", "accepted"),
+    [
+        ("GET /jobs?filter_exp=status%3Dqueued", "status, queue, limit, offset"),
+        ("GET /events?sinse=3", "since, limit, type"),
+        ("GET /dashboard/jobs?finshed=1", "finished"),
+        ("GET /clusters?status=live", "none"),
+        ("GET /healthz?verbose=1", "none"),
+        ("POST /jobs/j-1/cancel?force=1", "none"),
+        ("DELETE /policies/binpack:1.0-stable?force=1", "none"),
+    ],
+)
+async def test_unknown_query_parameters_are_refused_naming_them(
+    running: Running, request_line: str, accepted: str
+) -> None:
+    # before, GET /jobs?filter_exp=… answered every job: a script that filtered then
+    # cancelled would have hit them all
+    method, target = request_line.split(" ")
+    name = target.split("?")[1].split("=")[0]
+    async with running.http.request(method, f"{running.url}{target}") as response:
+        body = await response.json()
+        assert response.status == 400, body
+    assert body["error"]["code"] == "InvalidRequest"
+    assert body["error"]["details"]["path"] == f"query.{name}"
+    assert f"unknown query parameter {name!r}" in body["message"]
+    assert body["message"].endswith(f"this route accepts: {accepted}")
+
+
+async def test_known_query_parameters_keep_working_and_bad_values_name_them(
+    running: Running, fleet: Any
+) -> None:
+    submitted = await submit(running, {"command": exiting(0)})
+    await wait_for(running, submitted, "completed")
+    async with running.http.get(f"{running.url}/jobs?status=completed&limit=5") as response:
+        assert response.status == 200
+        assert [j["job_id"] for j in await response.json()] == [submitted]
+    async with running.http.get(f"{running.url}/jobs?status=queued") as response:
+        assert await response.json() == []
+    bad = {
+        "status=done": ("status", "one of queued, scheduled, running"),
+        "limit=0": ("limit", "an integer from 1 to 10000"),
+        "offset=-1": ("offset", "an integer from 0 to 1000000000"),
+        "status=queued&status=running": ("status", "given 2 times"),
+    }
+    for query, (name, words) in bad.items():
+        async with running.http.get(f"{running.url}/jobs?{query}") as response:
+            body = await response.json()
+            assert response.status == 400, query
+        assert body["error"]["details"]["path"] == f"query.{name}"
+        assert words in body["message"], body["message"]

@@ -76,6 +76,7 @@ class Server:
         self.context: ServerContext | None = None
         self._http_port = 0
         self._ws: AllocationWebSocket | None = None
+        self.http_app: web.Application | None = None  # once started: the REST/Socket.IO app
 
     # ---------------------------------------------------------------- ports
     @property
@@ -212,12 +213,13 @@ class Server:
         app[CONTEXT] = context
         app[STATUS] = status
         attach(status.sio, app)
-        app.add_routes(routes_core.routes)
-        app.add_routes(routes_jobs.routes)
-        app.add_routes(routes_status.routes)
-        app.add_routes(routes_registry.routes)
-        app.add_routes(routes_policies.routes)
-        app.add_routes(dashboard.routes)
+        app.add_routes(routes_core.api.routes)
+        app.add_routes(routes_jobs.api.routes)
+        app.add_routes(routes_status.api.routes)
+        app.add_routes(routes_registry.api.routes)
+        app.add_routes(routes_policies.api.routes)
+        app.add_routes(dashboard.api.routes)
+        self.http_app = app
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         self._stack.push_async_callback(runner.cleanup)

@@ -1,6 +1,6 @@
 """The web dashboard on the HTTP port: its page, static files, sign-in and the fleet read API.
 
-Wiring (``app.py``): ``app.add_routes(dashboard.routes)``; the auth middleware treats
+Wiring (``app.py``): ``app.add_routes(dashboard.api.routes)``; the auth middleware treats
 :data:`PUBLIC_PATHS` and :data:`PUBLIC_PREFIXES` as public (the page and its files carry no data;
 everything with data needs a key); ``serve`` prints :func:`issue_one_time_link` at start.
 
@@ -27,11 +27,19 @@ from typing import Any
 
 from aiohttp import web
 
-from apportion.errors import InvalidRequest, NotFound, Unauthorized
+from apportion.errors import NotFound, Unauthorized
 from apportion.server.auth import Principal, Scope, principal_of
 from apportion.server.events import iso_utc
-from apportion.server.http_common import ctx, json_body, json_response, principal
+from apportion.server.http_common import ctx, json_response
 from apportion.server.keys import KeyStore
+from apportion.server.routing import ApiRoutes, body_of, query_of
+from apportion.server.schemas import (
+    DashboardJobs,
+    DashboardJobsQuery,
+    IssuedKey,
+    OneTimeToken,
+    Whoami,
+)
 
 STATIC_DIR = Path(__file__).parent / "static"
 VENDOR_FILES = ("socket.io.min.js", "uPlot.iife.min.js", "uPlot.min.css")
@@ -40,7 +48,6 @@ PUBLIC_PREFIXES = ("/static/",)
 ONE_TIME_TTL_SECONDS = 600.0
 BUSY_UTIL_PERCENT = 50.0
 SESSION_KEY_NAME = "dashboard session"
-MAX_FINISHED = 5000
 GPU_FIELDS = ("index", "model", "memory_mb", "state", "util", "free_mb", "holder")
 
 _CONTENT_TYPES = {
@@ -53,7 +60,7 @@ _CONTENT_TYPES = {
     ".LICENSE": "text/plain",
 }
 
-routes = web.RouteTableDef()
+api = ApiRoutes("dashboard")
 
 
 class OneTimeTokens:
@@ -139,7 +146,13 @@ def _missing_vendor_page(missing: list[str]) -> web.Response:
     return web.Response(text=body, status=500, content_type="text/html")
 
 
-@routes.get("/")
+@api.get(
+    "/",
+    scope=None,
+    public=True,
+    response_media="text/html",
+    success={200: "the page", 500: "a page saying which vendored files are missing"},
+)
 async def index(request: web.Request) -> web.StreamResponse:
     """The dashboard page (no key needed: it signs in from the browser)."""
     missing = missing_vendor_files()
@@ -148,7 +161,13 @@ async def index(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
 
-@routes.get("/static/{path:.+}")
+@api.get(
+    "/static/{path:.+}",
+    scope=None,
+    public=True,
+    response_media="application/octet-stream",
+    errors=(NotFound,),
+)
 async def static_file(request: web.Request) -> web.StreamResponse:
     """A file of the dashboard (our HTML, JS, CSS and the vendored libraries)."""
     relative = request.match_info["path"]
@@ -166,18 +185,25 @@ async def static_file(request: web.Request) -> web.StreamResponse:
 
 
 # ---------------------------------------------------------------- sign-in
-@routes.post("/auth/one-time")
+@api.post(
+    "/auth/one-time",
+    scope=None,
+    public=True,
+    body=OneTimeToken,
+    response=IssuedKey,
+    status=201,
+    errors=(Unauthorized,),
+)
 async def one_time_sign_in(request: web.Request) -> web.Response:
     """Exchange a one-time sign-in token for a new admin session key (shown once)."""
-    body = await json_body(request)
-    token = body.get("token")
+    token = body_of(request, OneTimeToken).token
     result = await exchange_one_time_token(
         ctx(request).keys, token if isinstance(token, str) else "", ONE_TIME_TOKENS
     )
     return json_response(result, status=201)
 
 
-@routes.get("/auth/whoami")
+@api.get("/auth/whoami", scope=None, response=Whoami)
 async def whoami(request: web.Request) -> web.Response:
     """The calling key: {key_id, name, scope, auth_enabled}."""
     who = principal_of(request)
@@ -266,10 +292,9 @@ def fleet_snapshot(context: Any) -> dict[str, Any]:
     }
 
 
-@routes.get("/fleet")
+@api.get("/fleet", scope=Scope.READ, response=dict[str, Any])
 async def fleet(request: web.Request) -> web.Response:
     """Every cluster, node and GPU with its state (free, held, job, busy, stale) for the dashboard."""
-    principal(request, Scope.READ)
     return json_response(fleet_snapshot(ctx(request)))
 
 
@@ -296,18 +321,13 @@ def dashboard_jobs(jobs: Any, who: Principal, *, finished: int) -> list[dict[str
     return out
 
 
-@routes.get("/dashboard/jobs")
+@api.get("/dashboard/jobs", scope=Scope.READ, query=DashboardJobsQuery, response=DashboardJobs)
 async def jobs_overview(request: web.Request) -> web.Response:
     """Unfinished jobs and the newest finished ones (?finished=200), light records."""
-    who = principal(request, Scope.READ)
-    raw = request.query.get("finished", "200")
-    if not raw.isdigit() or int(raw) > MAX_FINISHED:
-        raise InvalidRequest(
-            f"query parameter finished must be an integer from 0 to {MAX_FINISHED}",
-            path="query.finished",
-        )
+    who = principal_of(request)
+    finished = query_of(request, DashboardJobsQuery).finished
     service = ctx(request).jobs
-    records = [] if service is None else dashboard_jobs(service, who, finished=int(raw))
+    records = [] if service is None else dashboard_jobs(service, who, finished=finished)
     return json_response({"jobs": records})
 
 

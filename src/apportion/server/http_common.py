@@ -1,4 +1,8 @@
-"""Helpers every REST route uses: JSON bodies, envelopes, errors, scopes."""
+"""Helpers every REST route uses: JSON bodies, envelopes and the error middleware.
+
+Scopes, query strings and declared bodies are checked by the route wrapper of
+:mod:`apportion.server.routing`; the error middleware answers every error with the status of
+its class (:attr:`~apportion.errors.ApportionError.http_status`)."""
 
 from __future__ import annotations
 
@@ -11,7 +15,6 @@ from aiohttp import web
 
 from apportion import jsonutil
 from apportion.errors import ApportionError, Internal, InvalidRequest, MessageTooLarge, NotFound
-from apportion.server.auth import Principal, Scope, principal_of, require
 from apportion.server.context import CONTEXT, ServerContext
 
 log = logging.getLogger(__name__)
@@ -21,13 +24,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def ctx(request: web.Request) -> ServerContext:
     return request.app[CONTEXT]
-
-
-def principal(request: web.Request, needed: Scope) -> Principal:
-    """The caller, checked for ``needed`` (:class:`Forbidden` otherwise)."""
-    who = principal_of(request)
-    require(who, needed)
-    return who
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:
@@ -99,24 +95,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                 details={"incident": incident},
             )
         )
-
-
-def int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    """An integer query parameter in ``[low, high]``; :class:`InvalidRequest` naming it otherwise."""
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = low - 1
-    if not low <= value <= high:
-        bounds = f"≥ {low}" if high >= 2**62 else f"from {low} to {high}"
-        raise InvalidRequest(
-            f"query parameter {name!r} must be an integer {bounds}, not {raw!r}",
-            path=f"query.{name}",
-        )
-    return value
 
 
 def ok(data: Any, status: int = 200) -> web.Response:

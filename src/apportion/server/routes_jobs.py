@@ -7,15 +7,29 @@ need ``submit`` (and a non-admin key acts on its own jobs only); queues and pool
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
-from apportion.errors import InvalidRequest, NotFound
+from apportion.errors import Conflict, InvalidRequest, NotFound, UnknownPolicy
+from apportion.jobs.models import PriorityRequest, QueueConfig, SubmitRequest
 from apportion.jobs.records import Job
 from apportion.jobs.service import JobService
-from apportion.server.auth import Principal, Scope
-from apportion.server.http_common import ctx, int_query, json_body, json_response, principal
+from apportion.server.auth import Principal, Scope, principal_of
+from apportion.server.http_common import ctx, json_body, json_response
+from apportion.server.routing import ApiRoutes, query_of, raw_body_of
+from apportion.server.schemas import (
+    Ack,
+    JobRecord,
+    JobsQuery,
+    LimitsAnswer,
+    PoolLimits,
+    QueueRecord,
+    StatusEntry,
+    SubmitAnswer,
+)
 
-routes = web.RouteTableDef()
+api = ApiRoutes("jobs")
 
 
 def _jobs(request: web.Request) -> JobService:
@@ -30,64 +44,64 @@ def _own(job: Job, who: Principal) -> Job:
     return job
 
 
-@routes.post("/jobs/submit")
+@api.post(
+    "/jobs/submit",
+    scope=Scope.SUBMIT,
+    body=SubmitRequest,
+    response=SubmitAnswer,
+    status=201,
+    errors=(NotFound, UnknownPolicy),
+)
 async def submit_job(request: web.Request) -> web.Response:
     """Submit a job: {"config": {...}, "priority": 0} → {"job_id", "status": "queued"}."""
-    who = principal(request, Scope.SUBMIT)
-    job = await _jobs(request).submit(await json_body(request), who.key_id)
+    who = principal_of(request)
+    job = await _jobs(request).submit(raw_body_of(request), who.key_id)
     return json_response(
         {"job_id": job.job_id, "status": job.status.value, "queue_position": job.queue_position},
         status=201,
     )
 
 
-@routes.get("/jobs")
+@api.get("/jobs", scope=Scope.READ, query=JobsQuery, response=list[JobRecord])
 async def list_jobs(request: web.Request) -> web.Response:
     """Jobs, oldest first; ?status=&queue=&limit=&offset=."""
-    who = principal(request, Scope.READ)
-    limit = int_query(request, "limit", 100, 1, 10_000)
-    offset = int_query(request, "offset", 0, 0, 10**9)
-    status = request.query.get("status")
-    if status is not None and status not in {
-        "queued",
-        "scheduled",
-        "running",
-        "completed",
-        "failed",
-        "cancelled",
-    }:
-        raise InvalidRequest(
-            f"status {status!r} is not a job state; use queued, scheduled, running, completed, failed or cancelled",
-            path="status",
-        )
-    jobs = _jobs(request).select(
-        status=status, queue=request.query.get("queue"), limit=10**9, offset=0
-    )
+    who = principal_of(request)
+    query = query_of(request, JobsQuery)
+    status = None if query.status is None else query.status.value
+    jobs = _jobs(request).select(status=status, queue=query.queue, limit=10**9, offset=0)
     if who.scope is not Scope.ADMIN:
         jobs = [j for j in jobs if j.owner in (None, who.key_id)]
-    return json_response([j.public() for j in jobs[offset : offset + limit]])
+    return json_response([j.public() for j in jobs[query.offset : query.offset + query.limit]])
 
 
-@routes.get("/jobs/{job_id}")
+@api.get("/jobs/{job_id}", scope=Scope.READ, response=JobRecord, errors=(NotFound,))
 async def read_job(request: web.Request) -> web.Response:
     """One job record, with reason, queue position, allocation and resource usage."""
-    who = principal(request, Scope.READ)
+    who = principal_of(request)
     return json_response(_own(_jobs(request).jobs.get(request.match_info["job_id"]), who).public())
 
 
-@routes.get("/jobs/{job_id}/statuses")
+@api.get(
+    "/jobs/{job_id}/statuses", scope=Scope.READ, response=list[StatusEntry], errors=(NotFound,)
+)
 async def job_statuses(request: web.Request) -> web.Response:
     """The job's status history [{status, time, reason}] (seed 003)."""
-    who = principal(request, Scope.READ)
+    who = principal_of(request)
     service = _jobs(request)
     _own(service.jobs.get(request.match_info["job_id"]), who)
     return json_response(await service.jobs.history(request.match_info["job_id"]))
 
 
-@routes.get("/jobs/{job_id}/logs")
+@api.get(
+    "/jobs/{job_id}/logs",
+    scope=Scope.READ,
+    response_media="text/plain",
+    success={200: "the output from the start", 206: "the output from the Range's start"},
+    errors=(NotFound,),
+)
 async def job_logs(request: web.Request) -> web.Response:
     """The job's output; supports HTTP Range (bytes=N-)."""
-    who = principal(request, Scope.READ)
+    who = principal_of(request)
     service = _jobs(request)
     job = _own(service.jobs.get(request.match_info["job_id"]), who)
     offset = 0
@@ -106,89 +120,95 @@ async def job_logs(request: web.Request) -> web.Response:
     return web.Response(text=chunk.text, status=206 if range_header else 200, headers=headers)
 
 
-@routes.post("/jobs/{job_id}/cancel")
+@api.post("/jobs/{job_id}/cancel", scope=Scope.SUBMIT, response=Ack, errors=(NotFound,))
 async def cancel_job(request: web.Request) -> web.Response:
     """Cancel a job (queued: at once; running: SIGTERM/scancel)."""
-    who = principal(request, Scope.SUBMIT)
+    who = principal_of(request)
     service = _jobs(request)
     _own(service.jobs.get(request.match_info["job_id"]), who)
     await service.cancel(request.match_info["job_id"])
     return json_response({"success": True})
 
 
-@routes.post("/jobs/{job_id}/priority")
+@api.post(
+    "/jobs/{job_id}/priority",
+    scope=Scope.SUBMIT,
+    body=PriorityRequest,
+    response=Ack,
+    errors=(NotFound, Conflict),
+)
 async def set_priority(request: web.Request) -> web.Response:
     """Change a queued job's priority (409 once it has left the queue)."""
-    who = principal(request, Scope.SUBMIT)
+    who = principal_of(request)
     service = _jobs(request)
     _own(service.jobs.get(request.match_info["job_id"]), who)
-    await service.set_priority(request.match_info["job_id"], await json_body(request))
+    await service.set_priority(request.match_info["job_id"], raw_body_of(request))
     return json_response({"success": True})
 
 
-@routes.delete("/jobs/{job_id}")
+@api.delete("/jobs/{job_id}", scope=Scope.SUBMIT, response=Ack, status=202, errors=(NotFound,))
 async def delete_job(request: web.Request) -> web.Response:
     """Delete a job, cancelling it first if it runs (202)."""
-    who = principal(request, Scope.SUBMIT)
+    who = principal_of(request)
     service = _jobs(request)
     _own(service.jobs.get(request.match_info["job_id"]), who)
     await service.delete(request.match_info["job_id"])
     return json_response({"success": True}, status=202)
 
 
-@routes.get("/queue")
+@api.get("/queue", scope=Scope.READ, response=dict[str, Any])
 async def queue_statistics(request: web.Request) -> web.Response:
     """Queue statistics (seed 001): total_queued, running_jobs, per queue and per priority."""
-    principal(request, Scope.READ)
     return json_response(_jobs(request).statistics())
 
 
-@routes.put("/pool/limits")
+@api.put("/pool/limits", scope=Scope.ADMIN, body_doc=PoolLimits, response=LimitsAnswer)
 async def pool_limits(request: web.Request) -> web.Response:
     """Set {"max_concurrent_jobs": 1..100}; emits limits_updated."""
-    principal(request, Scope.ADMIN)
     limits = await _jobs(request).set_limits(await json_body(request))
     return json_response({"success": True, "limits": limits})
 
 
-@routes.get("/queues")
+@api.get("/queues", scope=Scope.READ, response=list[QueueRecord])
 async def list_queues(request: web.Request) -> web.Response:
     """Every queue."""
-    principal(request, Scope.READ)
     service = _jobs(request)
     return json_response([service.queues.public(name) for name in service.queues.names()])
 
 
-@routes.post("/queues")
+@api.post(
+    "/queues",
+    scope=Scope.ADMIN,
+    body=QueueConfig,
+    response=QueueRecord,
+    status=201,
+    errors=(Conflict,),
+)
 async def create_queue(request: web.Request) -> web.Response:
     """Create a queue (seed 000's fields, plus policy_rule_uri and clusters)."""
-    principal(request, Scope.ADMIN)
-    return json_response(await _jobs(request).queues.create(await json_body(request)), status=201)
+    return json_response(await _jobs(request).queues.create(raw_body_of(request)), status=201)
 
 
-@routes.put("/queues")
+@api.put("/queues", scope=Scope.ADMIN, body=QueueConfig, response=QueueRecord, errors=(NotFound,))
 async def update_queue(request: web.Request) -> web.Response:
     """Replace a queue, found by name."""
-    principal(request, Scope.ADMIN)
     service = _jobs(request)
-    queue = await service.queues.update(await json_body(request))
+    queue = await service.queues.update(raw_body_of(request))
     service.wake()
     return json_response(queue)
 
 
-@routes.get("/queues/{queue_id}")
+@api.get("/queues/{queue_id}", scope=Scope.READ, response=QueueRecord, errors=(NotFound,))
 async def read_queue(request: web.Request) -> web.Response:
     """One queue, by id or name."""
-    principal(request, Scope.READ)
     service = _jobs(request)
     _, config = service.queues.by_id_or_name(request.match_info["queue_id"])
     return json_response(service.queues.public(config.name))
 
 
-@routes.delete("/queues/{queue_id}")
+@api.delete("/queues/{queue_id}", scope=Scope.ADMIN, response=Ack, errors=(NotFound, Conflict))
 async def delete_queue(request: web.Request) -> web.Response:
     """Delete a queue with no waiting or running jobs."""
-    principal(request, Scope.ADMIN)
     service = _jobs(request)
     _, config = service.queues.by_id_or_name(request.match_info["queue_id"])
     in_use = any(
@@ -198,10 +218,9 @@ async def delete_queue(request: web.Request) -> web.Response:
     return json_response({"success": True})
 
 
-@routes.get("/scheduler/partitions")
+@api.get("/scheduler/partitions", scope=Scope.READ, response=list[dict[str, Any]])
 async def partitions(request: web.Request) -> web.Response:
     """Partitions of every scheduler adapter (Slurm's included)."""
-    principal(request, Scope.READ)
     out = []
     for name, adapter in sorted(_jobs(request).dispatcher.adapters.items()):
         try:

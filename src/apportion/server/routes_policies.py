@@ -16,21 +16,29 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 
 from apportion import jsonutil
-from apportion.errors import InvalidRequest
+from apportion.errors import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    PolicyError,
+    PolicyTimeout,
+    UnknownPolicy,
+)
 from apportion.policies.uri import PolicyURI
 from apportion.server.auth import Scope
-from apportion.server.http_common import ctx, json_body, json_response, ok, principal
+from apportion.server.http_common import ctx, json_response, ok
 from apportion.server.routes_status import STATUS
+from apportion.server.routing import ApiRoutes, body_of
+from apportion.server.schemas import Ack, DataAnswer, ManagementCall, PolicyUploadForm, StoredPolicy
 
-routes = web.RouteTableDef()
+api = ApiRoutes("policies")
 
 MAX_CODE_BYTES = 20 * 2**20
 
 
-@routes.get("/policies")
+@api.get("/policies", scope=Scope.READ, response=list[StoredPolicy])
 async def list_policies(request: web.Request) -> web.Response:
     """Every policy record, built-ins included, with its URI and source."""
-    principal(request, Scope.READ)
     return json_response([entry.public() for entry in ctx(request).policies.list()])
 
 
@@ -73,10 +81,17 @@ async def _read_upload(request: web.Request) -> tuple[Any, bytes, str]:
     return record, code, filename
 
 
-@routes.post("/policies")
+@api.post(
+    "/policies",
+    scope=Scope.ADMIN,
+    body_doc=PolicyUploadForm,
+    body_media="multipart/form-data",
+    response=StoredPolicy,
+    status=201,
+    errors=(Conflict, PolicyError, PolicyTimeout),
+)
 async def upload_policy(request: web.Request) -> web.Response:
     """Store a new policy version; versions are immutable."""
-    principal(request, Scope.ADMIN)
     record, code, filename = await _read_upload(request)
     context = ctx(request)
     entry = await context.policies.upload(record, code, filename)
@@ -95,34 +110,33 @@ async def _policy_updated(request: web.Request, uri: str, change: str) -> None:
     )
 
 
-@routes.get("/policies/{uri}")
+@api.get("/policies/{uri}", scope=Scope.READ, response=StoredPolicy, errors=(UnknownPolicy,))
 async def read_policy(request: web.Request) -> web.Response:
     """One policy record."""
-    principal(request, Scope.READ)
     uri = str(PolicyURI.parse(request.match_info["uri"], path="uri"))
     return json_response(ctx(request).policies.get(uri).public())
 
 
-@routes.delete("/policies/{uri}")
+@api.delete("/policies/{uri}", scope=Scope.ADMIN, response=Ack, errors=(UnknownPolicy, Forbidden))
 async def delete_policy(request: web.Request) -> web.Response:
     """Delete an uploaded policy version (built-ins and policy-dir policies cannot be deleted)."""
-    principal(request, Scope.ADMIN)
     uri = str(PolicyURI.parse(request.match_info["uri"], path="uri"))
     await ctx(request).policies.delete(uri)
     await _policy_updated(request, uri, "deleted")
     return json_response({"success": True})
 
 
-@routes.post("/policies/{uri}/management")
+@api.post(
+    "/policies/{uri}/management",
+    scope=Scope.ADMIN,
+    body=ManagementCall,
+    response=DataAnswer,
+    errors=(UnknownPolicy, PolicyError, PolicyTimeout),
+)
 async def manage_policy(request: web.Request) -> web.Response:
     """Call the policy's ``management(action, data)``."""
-    principal(request, Scope.ADMIN)
-    body = await json_body(request)
-    action = body.get("action")
-    if not isinstance(action, str) or not action:
-        raise InvalidRequest("body.action must be a non-empty string", path="body.action")
-    data = body.get("data", {})
-    if not isinstance(data, dict):
-        raise InvalidRequest("body.data must be an object", path="body.data")
-    answer = await ctx(request).allocations.management(request.match_info["uri"], action, data)
+    body = body_of(request, ManagementCall)
+    answer = await ctx(request).allocations.management(
+        request.match_info["uri"], body.action, body.data
+    )
     return ok(answer["data"])

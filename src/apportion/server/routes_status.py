@@ -21,14 +21,15 @@ from aiohttp import web
 
 from apportion import __version__
 from apportion.server.auth import Scope
-from apportion.server.events import MAX_LIMIT, EventLog, iso_utc
-from apportion.server.http_common import int_query, json_response, principal
+from apportion.server.events import EventLog, iso_utc
+from apportion.server.http_common import json_response
+from apportion.server.routing import ApiRoutes, query_of
+from apportion.server.schemas import EventsPage, EventsQuery, SystemStatus
 from apportion.server.socketio_server import connected_clients
 from apportion.server.telemetry import Telemetry
 
 MB = 1024 * 1024
 CPU_SAMPLE_SECONDS = 0.1
-MAX_SEQ = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -45,17 +46,16 @@ class StatusContext:
 
 STATUS: web.AppKey[StatusContext] = web.AppKey("apportion_status", StatusContext)
 
-routes = web.RouteTableDef()
+api = ApiRoutes("status")
 
 
-@routes.get("/events")
+@api.get("/events", scope=Scope.READ, query=EventsQuery, response=EventsPage)
 async def list_events(request: web.Request) -> web.Response:
     """Events after ``since`` (what a client missed), oldest first; ``limit``, ``type`` filter."""
-    principal(request, Scope.READ)
     status = request.app[STATUS]
-    since = int_query(request, "since", 0, 0, MAX_SEQ)
-    limit = int_query(request, "limit", 1000, 1, MAX_LIMIT)
-    types = {t for raw in request.query.getall("type", []) for t in raw.split(",") if t}
+    query = query_of(request, EventsQuery)
+    since, limit = query.since, query.limit
+    types = {t for raw in query.type for t in raw.split(",") if t}
     latest = await status.events.latest_seq()
     data = await status.events.since(since, limit=limit, types=types or None)
     last = data[-1]["seq"] if data else since
@@ -71,7 +71,7 @@ async def list_events(request: web.Request) -> web.Response:
     )
 
 
-@routes.get("/metrics")
+@api.get("/metrics", scope=None, public=True, response_media="text/plain")
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus metrics in the text exposition format (no key needed)."""
     body, content_type = request.app[STATUS].telemetry.render()
@@ -105,18 +105,16 @@ def host_resources(data_dir: Path) -> dict[str, Any]:
     }
 
 
-@routes.get("/resources")
+@api.get("/resources", scope=Scope.READ, response=dict[str, Any])
 async def resources(request: web.Request) -> web.Response:
     """Host telemetry: CPU, memory and data-dir disk (MB), load average (seed 001)."""
-    principal(request, Scope.READ)
     data_dir = request.app[STATUS].data_dir
     return json_response(await asyncio.to_thread(host_resources, data_dir))
 
 
-@routes.get("/system/status")
+@api.get("/system/status", scope=Scope.READ, response=SystemStatus)
 async def system_status(request: web.Request) -> web.Response:
     """Server status: version, uptime, connected Socket.IO clients, newest event seq."""
-    principal(request, Scope.READ)
     status = request.app[STATUS]
     return json_response(
         {

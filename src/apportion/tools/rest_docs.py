@@ -1,9 +1,10 @@
 """Write ``docs/rest-api.md`` from the served OpenAPI document.
 
 Run ``python -m apportion.tools.rest_docs docs/rest-api.md``: it starts a throwaway server on
-127.0.0.1:0 with a temporary data dir, reads ``GET /openapi.json`` (which lists every route
-with its handler's docstring), and renders one table per top-level resource. A test checks
-that the committed file is what this produces, so the reference never drifts from the code.
+127.0.0.1:0 with a temporary data dir, reads ``GET /openapi.json`` (built from the route
+declarations: scopes, query parameters, bodies, statuses) and renders one table per top-level
+resource. A test checks that the committed file is what this produces, so the reference never
+drifts from the code.
 """
 
 from __future__ import annotations
@@ -24,27 +25,45 @@ HEADER = """# REST API reference
 
 Generated from the served OpenAPI document (`GET /openapi.json`) by
 `python -m apportion.tools.rest_docs docs/rest-api.md`; do not edit by hand.
-Every route needs `Authorization: Bearer <key>` except `/healthz`, `/metrics`, `/openapi.json`
-and the dashboard's static files; errors are `{"success": false, "message", "error": {"code",
-"details"}}` (see docs/allocation-protocol.md for the codes and statuses).
+Every route needs `Authorization: Bearer <key>` except those whose key column says `public`;
+a key's scope must be the one shown or higher (`read` < `submit` < `admin`; `any` is any valid
+key). Errors are `{"success": false, "message", "error": {"code", "details"}}` (see
+docs/allocation-protocol.md for the codes); the statuses column lists every status a route
+answers, success first. Unknown query parameters and body fields are refused with 400 naming
+them. The document itself has the schemas of every query, body and answer.
 """
+
+
+def _key(operation: dict[str, Any]) -> str:
+    if operation.get("security") == []:
+        return "public"
+    return str(operation.get("x-apportion-scope", "any"))
+
+
+def _query(operation: dict[str, Any]) -> str:
+    names = [p["name"] for p in operation.get("parameters", []) if p["in"] == "query"]
+    return ", ".join(f"`{n}`" for n in names)
 
 
 def render(document: dict[str, Any]) -> str:
     """The Markdown reference for an OpenAPI document."""
-    groups: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
+    groups: dict[str, list[tuple[str, str, dict[str, Any]]]] = defaultdict(list)
     for path, operations in sorted(document["paths"].items()):
         group = path.strip("/").split("/", 1)[0] or "(root)"
         for method, operation in sorted(operations.items()):
-            groups[group].append((method.upper(), path, operation.get("summary", "")))
+            groups[group].append((method.upper(), path, operation))
     lines = [HEADER]
     for group in sorted(groups):
         lines.append(f"## `/{group}`\n" if group != "(root)" else "## `/`\n")
-        lines.append("| method | path | what it does |")
-        lines.append("|---|---|---|")
-        for method, path, summary in groups[group]:
-            cell = summary.replace("|", r"\|")
-            lines.append(f"| {method} | `{path}` | {cell} |")
+        lines.append("| method | path | key | what it does | query | statuses |")
+        lines.append("|---|---|---|---|---|---|")
+        for method, path, operation in groups[group]:
+            cell = operation.get("summary", "").replace("|", r"\|")
+            statuses = ", ".join(operation.get("responses", {}))
+            lines.append(
+                f"| {method} | `{path}` | {_key(operation)} | {cell} | {_query(operation)} "
+                f"| {statuses} |"
+            )
         lines.append("")
     return "\n".join(lines)
 

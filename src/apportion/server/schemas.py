@@ -1,0 +1,295 @@
+"""The REST surface's own models: query strings, the bodies the routes validate themselves,
+and the shapes of their answers (CONTRACTS §2–§7).
+
+Route modules name these in their declarations (:mod:`apportion.server.routing`); the wrapper
+validates queries and bodies with them and ``GET /openapi.json`` describes them. Bodies that a
+service validates are declared with the service's own model (``SubmitRequest``,
+``QueueConfig``, …), not a copy. Answer models list the fields the contract promises and allow
+more (``extra="allow"``): a document carries extensions, and a client must tolerate new fields.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel, StrictStr
+
+from apportion.errors import ErrorCode
+from apportion.jobs.models import JobStatus, QueueConfig
+from apportion.policies.records import PolicyRecord
+from apportion.server.auth import Scope
+from apportion.server.events import MAX_LIMIT
+
+MAX_SEQ = 2**63 - 1
+MAX_FINISHED = 5000
+
+
+class _Query(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+# ---------------------------------------------------------------- query strings
+class JobsQuery(_Query):
+    """``GET /jobs``: filters and a page."""
+
+    status: JobStatus | None = None
+    queue: str | None = None
+    limit: int = Field(100, ge=1, le=10_000)
+    offset: int = Field(0, ge=0, le=10**9)
+
+
+class EventsQuery(_Query):
+    """``GET /events``: what a client missed after ``since``; ``type`` repeats or takes a
+    comma-separated list."""
+
+    since: int = Field(0, ge=0, le=MAX_SEQ)
+    limit: int = Field(1000, ge=1, le=MAX_LIMIT)
+    type: list[str] = Field(default_factory=list)
+
+
+class DashboardJobsQuery(_Query):
+    """``GET /dashboard/jobs``: how many finished jobs to include."""
+
+    finished: int = Field(200, ge=0, le=MAX_FINISHED)
+
+
+# ---------------------------------------------------------------- bodies the routes validate
+class KeyCreate(_Body):
+    """``POST /keys``."""
+
+    name: StrictStr = Field(min_length=1, max_length=200)
+    scope: Scope = Scope.SUBMIT
+
+
+class ManagementCall(_Body):
+    """``POST /policies/{uri}/management``: the policy's ``management(action, data)``."""
+
+    action: StrictStr = Field(min_length=1)
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class OneTimeToken(BaseModel):
+    """``POST /auth/one-time``: the token from the sign-in link (checked by the token store;
+    anything but the string of a live token is refused with 401)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    token: Any = Field(None, json_schema_extra={"type": ["string", "null"]})
+
+
+# ---------------------------------------------------------------- bodies validated elsewhere
+class PoolLimits(BaseModel):
+    """``PUT /pool/limits`` (validated by :class:`~apportion.jobs.pool_limits.PoolLimits`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_concurrent_jobs: int = Field(ge=1, le=100)
+
+
+class Document(RootModel[dict[str, Any]]):
+    """A JSON object checked by the registry's document rules (docs/registry.md)."""
+
+
+class FilterQuery(BaseModel):
+    """``POST /clusters/query``: a filter (CONTRACTS §5)."""
+
+    query: dict[str, Any]
+
+
+class PolicyUploadForm(BaseModel):
+    """``POST /policies`` form parts: ``record`` (JSON) and ``code`` (an archive or ``.py``)."""
+
+    record: PolicyRecord
+    code: bytes = Field(json_schema_extra={"contentMediaType": "application/octet-stream"})
+
+
+# ---------------------------------------------------------------- answers
+class ErrorBody(BaseModel):
+    code: ErrorCode
+    details: dict[str, Any]
+
+
+class ErrorEnvelope(BaseModel):
+    """Every error: ``{"success": false, "message", "error": {"code", "details"}}``."""
+
+    success: Literal[False]
+    message: str
+    error: ErrorBody
+    request_id: str | None = None
+
+
+class Ack(_Answer):
+    success: Literal[True]
+
+
+class Healthz(_Answer):
+    status: Literal["ok"]
+    version: str
+    clusters: int
+
+
+class AllocationAnswer(_Answer):
+    """The allocation protocol's answer (CONTRACTS §2), success or failure."""
+
+    success: bool
+    data: Any = None
+    request_id: str | None = None
+    allocation_id: str | None = None
+    explain: dict[str, Any] | None = None
+    message: str | None = None
+    error: ErrorBody | None = None
+
+
+class Hold(_Answer):
+    allocation_id: str
+    policy_rule_uri: str
+    request_id: str | None
+    placements: list[dict[str, Any]]
+    kind: str
+    created_at: float
+    expires_at: float
+
+
+class Holds(_Answer):
+    success: Literal[True]
+    data: list[Hold]
+
+
+class OneHold(_Answer):
+    success: Literal[True]
+    data: Hold
+
+
+class KeyInfo(_Answer):
+    key_id: str
+    name: str
+    scope: Scope
+    created_at: str | None
+    last_used_at: str | None
+    revoked_at: str | None
+    revoked: bool
+
+
+class Keys(_Answer):
+    success: Literal[True]
+    data: list[KeyInfo]
+
+
+class IssuedKey(_Answer):
+    key_id: str
+    name: str
+    scope: Scope
+    api_key: str
+
+
+class KeyIssued(_Answer):
+    success: Literal[True]
+    data: IssuedKey
+
+
+class SubmitAnswer(_Answer):
+    job_id: str
+    status: JobStatus
+    queue_position: int | None
+
+
+class WaitReason(_Answer):
+    code: str | None
+    message: str
+
+
+class JobRecord(_Answer):
+    """A job as ``GET /jobs/{id}`` shows it (CONTRACTS §6)."""
+
+    job_id: str
+    name: str
+    queue: str
+    status: JobStatus
+    priority: int
+    queue_position: int | None
+    reason: WaitReason | None
+    allocation: Any
+    scheduler_job_id: str | None
+    created_at: str | None
+    start_time: str | None
+    end_time: str | None
+    return_code: int | None
+    failed_reason: str | None
+    resource_usage: dict[str, Any] | None
+
+
+class StatusEntry(_Answer):
+    status: JobStatus
+    time: str | None
+    reason: str | None
+
+
+class QueueRecord(QueueConfig):
+    """A queue as stored, with its id."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: int | str
+
+
+class LimitsAnswer(_Answer):
+    success: Literal[True]
+    limits: dict[str, Any]
+
+
+class StoredPolicy(_Answer):
+    """A policy record as the store answers it: the record, its URI and source."""
+
+    policy_rule_uri: str
+    name: str
+    version: str
+    release_tag: str
+    source: str
+
+
+class DataAnswer(_Answer):
+    """The seed's ``{"success": true, "data": …}``."""
+
+    success: Literal[True]
+    data: Any
+
+
+class Event(_Answer):
+    type: str
+    seq: int
+    ts: str
+
+
+class EventsPage(_Answer):
+    success: Literal[True]
+    data: list[Event]
+    latest_seq: int
+    next_since: int
+
+
+class SystemStatus(_Answer):
+    status: Literal["ok"]
+    version: str
+    started_at: str
+    uptime_seconds: float
+    socketio_clients: int
+    latest_event_seq: int
+
+
+class Whoami(_Answer):
+    key_id: str
+    name: str
+    scope: Scope
+    auth_enabled: bool
+
+
+class DashboardJobs(_Answer):
+    jobs: list[dict[str, Any]]
