@@ -27,6 +27,7 @@ from apportion.allocation.hold import Hold
 from apportion.allocation.hold_journal import HoldJournal
 from apportion.engine.validate import placement_gpu_keys
 from apportion.errors import Conflict, Forbidden, UnknownAllocation
+from apportion.ownership import may_act_on
 from apportion.registry.fleet import FleetView
 from apportion.registry.fleet_structure import GpuKey
 from apportion.store import schema
@@ -164,10 +165,10 @@ class HoldManager:
             raise
 
     def _check_owner(self, hold: Hold, owner: str | None, is_admin: bool) -> None:
-        if not is_admin and hold.owner is not None and owner != hold.owner:
+        if not may_act_on(hold.owner, key_id=owner, is_admin=is_admin):
             raise Forbidden(
                 f"allocation {hold.allocation_id} belongs to another key; only its owner or an "
-                "admin key may change it",
+                "admin key may change it (an allocation without an owner: admin keys only)",
                 details={"allocation_id": hold.allocation_id},
             )
 

@@ -47,6 +47,10 @@ class Principal:
     name: str
     scope: Scope
 
+    @property
+    def is_admin(self) -> bool:
+        return self.scope is Scope.ADMIN
+
 
 ANONYMOUS_ADMIN = Principal(key_id="anonymous", name="anonymous (auth disabled)", scope=Scope.ADMIN)
 PRINCIPAL = web.RequestKey("principal", Principal)

@@ -28,6 +28,7 @@ from typing import Any
 from aiohttp import web
 
 from apportion.errors import NotFound, Unauthorized
+from apportion.ownership import may_act_on
 from apportion.server.auth import Principal, Scope, principal_of
 from apportion.server.events import iso_utc
 from apportion.server.http_common import ctx, json_response
@@ -302,11 +303,11 @@ async def fleet(request: web.Request) -> web.Response:
 def dashboard_jobs(jobs: Any, who: Principal, *, finished: int) -> list[dict[str, Any]]:
     """Every unfinished job and the newest ``finished`` finished ones, oldest first, without
     their config and decision record (the detail page reads those from ``GET /jobs/{id}``).
-    A non-admin key sees its own jobs only, as in ``GET /jobs``."""
+    A non-admin key sees its own jobs only, as in ``GET /jobs`` (:mod:`apportion.ownership`)."""
     mine = [
         j
         for j in sorted(jobs.jobs.jobs.values(), key=lambda j: j.seq)
-        if who.scope is Scope.ADMIN or j.owner in (None, who.key_id)
+        if may_act_on(j.owner, key_id=who.key_id, is_admin=who.is_admin)
     ]
     done = [j for j in mine if j.status.finished]
     keep = {j.job_id for j in done[max(0, len(done) - finished) :]} if finished else set()

@@ -27,6 +27,7 @@ from apportion.errors import (
     UnknownPolicy,
     http_status_of,
 )
+from apportion.ownership import may_act_on
 from apportion.server.auth import Scope, principal_of
 from apportion.server.dispatch import answer, caller_of
 from apportion.server.http_common import ctx, json_body, json_response, ok
@@ -89,12 +90,11 @@ async def allocate(request: web.Request) -> web.Response:
 
 @api.get("/allocations", scope=Scope.READ, response=Holds)
 async def list_allocations(request: web.Request) -> web.Response:
-    """Active holds (an admin sees all; others see their own)."""
+    """Active holds (an admin sees all; others their own: apportion.ownership)."""
     who = principal_of(request)
     holds = ctx(request).holds.active()
-    if who.scope is not Scope.ADMIN:
-        holds = [h for h in holds if h.owner == who.key_id]
-    return ok([h.public() for h in holds])
+    mine = [h for h in holds if may_act_on(h.owner, key_id=who.key_id, is_admin=who.is_admin)]
+    return ok([h.public() for h in mine])
 
 
 @api.get(
@@ -107,7 +107,7 @@ async def read_allocation(request: web.Request) -> web.Response:
     """One active hold."""
     who = principal_of(request)
     hold = ctx(request).holds.get(request.match_info["allocation_id"])
-    if who.scope is not Scope.ADMIN and hold.owner != who.key_id:
+    if not may_act_on(hold.owner, key_id=who.key_id, is_admin=who.is_admin):
         raise NotFound(f"no active allocation {hold.allocation_id!r} of this key")
     return ok(hold.public())
 

@@ -1,8 +1,8 @@
 """REST routes of queues and jobs (CONTRACTS §6, seeds 000, 001, 002, 003).
 
 Scopes: reading needs ``read``; submitting, cancelling, re-prioritising and deleting a job
-need ``submit`` (and a non-admin key acts on its own jobs only); queues and pool limits need
-``admin``.
+need ``submit``; queues and pool limits need ``admin``. A non-admin key sees and acts on its
+own jobs only, and a job without an owner is an admin's (:mod:`apportion.ownership`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from apportion.errors import Conflict, InvalidRequest, NotFound, UnknownPolicy
 from apportion.jobs.models import PriorityRequest, QueueConfig, SubmitRequest
 from apportion.jobs.records import Job
 from apportion.jobs.service import JobService
+from apportion.ownership import may_act_on
 from apportion.server.auth import Principal, Scope, principal_of
 from apportion.server.http_common import ctx, json_body, json_response
 from apportion.server.routing import ApiRoutes, query_of, raw_body_of
@@ -39,7 +40,9 @@ def _jobs(request: web.Request) -> JobService:
 
 
 def _own(job: Job, who: Principal) -> Job:
-    if who.scope is not Scope.ADMIN and job.owner not in (None, who.key_id):
+    """The job, if ``who`` may act on it (:func:`~apportion.ownership.may_act_on`); a job of
+    another key is :class:`NotFound`, so its existence does not leak."""
+    if not may_act_on(job.owner, key_id=who.key_id, is_admin=who.is_admin):
         raise NotFound(f"no job {job.job_id!r} of this key", details={"job_id": job.job_id})
     return job
 
@@ -69,8 +72,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     query = query_of(request, JobsQuery)
     status = None if query.status is None else query.status.value
     jobs = _jobs(request).select(status=status, queue=query.queue, limit=10**9, offset=0)
-    if who.scope is not Scope.ADMIN:
-        jobs = [j for j in jobs if j.owner in (None, who.key_id)]
+    jobs = [j for j in jobs if may_act_on(j.owner, key_id=who.key_id, is_admin=who.is_admin)]
     return json_response([j.public() for j in jobs[query.offset : query.offset + query.limit]])
 
 
