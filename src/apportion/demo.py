@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from apportion.registry.fleet import FleetView
+from apportion.timefmt import iso_utc
 
 # (cluster id, region, nodes, model, GPU memory MB, NVLink domains, vcpus, memory MB)
 FLEET_SPEC: tuple[tuple[str, str, int, str, int, list[list[int]], int, int], ...] = (
@@ -129,7 +130,7 @@ class SyntheticMetrics:
             )
         return {
             "clusterId": cluster["id"],
-            "timestamp": datetime.now(UTC).isoformat(),
+            "timestamp": iso_utc(time.time()),
             "nodes": nodes,
         }
 

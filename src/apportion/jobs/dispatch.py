@@ -41,8 +41,9 @@ from apportion.allocation.holds import HoldManager
 from apportion.errors import UnknownAllocation
 from apportion.event_sink import EventSink
 from apportion.jobs.models import JobStatus
-from apportion.jobs.records import Job, JobBook, iso
+from apportion.jobs.records import Job, JobBook
 from apportion.registry.service import Registry
+from apportion.timefmt import iso_utc
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +294,7 @@ class Dispatcher:
             "job_started",
             {
                 "job_id": job.job_id,
-                "start_time": iso(job.start_time),
+                "start_time": iso_utc(job.start_time),
                 "resources": {
                     "allocation": job.allocation,
                     "per_worker": job.config.resources.model_dump(exclude_none=True),

@@ -12,7 +12,6 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
@@ -23,10 +22,7 @@ from apportion.jobs.models import JobConfig, JobStatus, QueueConfig, parse_model
 from apportion.jobs.writer import JobWriter
 from apportion.store import schema
 from apportion.store.db import Database
-
-
-def iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
+from apportion.timefmt import iso_utc
 
 
 @dataclass
@@ -117,9 +113,9 @@ class Job:
             "allocation": self.allocation,
             "scheduler_job_id": self.scheduler_job_id,
             "adapter": self.adapter,
-            "created_at": iso(self.created_at),
-            "start_time": iso(self.start_time),
-            "end_time": iso(self.end_time),
+            "created_at": iso_utc(self.created_at),
+            "start_time": iso_utc(self.start_time),
+            "end_time": iso_utc(self.end_time),
             "return_code": self.return_code,
             "failed_reason": self.failed_reason,
             "resource_usage": self.resource_usage,
@@ -212,7 +208,7 @@ class JobBook:
                     .order_by(schema.job_statuses.c.id)
                 )
             ).all()
-        return [{"status": r.status, "time": iso(r.time), "reason": r.reason} for r in rows]
+        return [{"status": r.status, "time": iso_utc(r.time), "reason": r.reason} for r in rows]
 
     async def remove(self, job_id: str) -> None:
         async with self._db.write() as conn:

@@ -31,9 +31,10 @@ from apportion.jobs.models import (
     parse_model,
 )
 from apportion.jobs.pool_limits import PoolLimits
-from apportion.jobs.records import Job, JobBook, QueueBook, iso
+from apportion.jobs.records import Job, JobBook, QueueBook
 from apportion.registry.service import Registry
 from apportion.store.db import Database
+from apportion.timefmt import iso_utc
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +316,7 @@ class JobService:
                 "status": status.value,
                 "queue": job.queue,
                 "adapter": job.adapter,
-                "end_time": iso(job.end_time),
+                "end_time": iso_utc(job.end_time),
                 "return_code": return_code,
                 "reason": reason,
             },

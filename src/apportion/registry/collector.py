@@ -14,13 +14,15 @@ import logging
 import os
 import re
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psutil  # type: ignore[import-untyped, unused-ignore]  # no stubs installed
 
 from apportion.registry.documents.cluster import validate_cluster_document
-from apportion.registry.metrics import utc_now_iso, validate_metrics_document
+from apportion.registry.metrics import validate_metrics_document
+from apportion.timefmt import iso_utc
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +161,7 @@ def local_metrics_document(cluster_id: str = "local", node_id: str | None = None
     node = local_node_metrics(node_id or default_node_id())
     doc = {
         "clusterId": cluster_id,
-        "timestamp": utc_now_iso(),
+        "timestamp": iso_utc(time.time(), zulu_ms=True),
         "cluster": {"memory": dict(node["memory"]), "vcpu": dict(node["vcpu"]), "gpu": node["gpu"]},
         "nodes": [node],
     }

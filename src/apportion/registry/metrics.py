@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from apportion.errors import InvalidRequest
 from apportion.registry.fields import FieldErrors, amount, count, kind_of, obj, text
+from apportion.timefmt import iso_utc
 
 _PERCENT = 100.0
 # field -> upper bound (None: no upper bound); all are ≥ 0
@@ -56,11 +58,6 @@ _AGG_FROM = {
 }
 
 
-def utc_now_iso() -> str:
-    """The current time as an ISO-8601 UTC string, e.g. ``2026-05-09T07:35:25.123Z``."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def validate_metrics_document(doc: Any, *, cluster_id: str, path: str = "body") -> dict[str, Any]:
     """Validate a pushed metrics document for ``cluster_id``; return it normalised (a new dict).
 
@@ -89,7 +86,7 @@ def validate_metrics_document(doc: Any, *, cluster_id: str, path: str = "body") 
             f"{cluster_id!r}; make them equal or leave clusterId out",
         )
     if "timestamp" not in out:
-        out["timestamp"] = utc_now_iso()
+        out["timestamp"] = iso_utc(time.time(), zulu_ms=True)
     elif text(out["timestamp"], f"{path}.timestamp", errs) is not None:
         try:
             datetime.fromisoformat(out["timestamp"])

@@ -30,7 +30,6 @@ from aiohttp import web
 from apportion.errors import NotFound, Unauthorized
 from apportion.ownership import may_act_on
 from apportion.server.auth import Principal, Scope, principal_of
-from apportion.server.events import iso_utc
 from apportion.server.http_common import ctx, json_response
 from apportion.server.keys import KeyStore
 from apportion.server.routing import ApiRoutes, body_of, query_of
@@ -41,6 +40,7 @@ from apportion.server.schemas import (
     OneTimeToken,
     Whoami,
 )
+from apportion.timefmt import iso_utc
 
 STATIC_DIR = Path(__file__).parent / "static"
 VENDOR_FILES = ("socket.io.min.js", "uPlot.iife.min.js", "uPlot.min.css")

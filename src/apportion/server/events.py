@@ -17,7 +17,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, select
@@ -25,6 +24,7 @@ from sqlalchemy import Connection, delete, func, select
 from apportion import jsonutil
 from apportion.store.db import Database
 from apportion.store.schema import events
+from apportion.timefmt import iso_utc
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +34,6 @@ Sink = Callable[[Event], Awaitable[None]]
 RESERVED_KEYS = frozenset({"type", "seq", "ts"})
 MAX_TYPE_LENGTH = 100
 MAX_LIMIT = 10_000
-
-
-def iso_utc(ts: float) -> str:
-    """UNIX seconds → ISO-8601 UTC string (the wire form of ``ts``)."""
-    return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
 def _event(seq: int, type_: str, ts: float, payload: dict[str, Any]) -> Event:

@@ -24,7 +24,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select, update
@@ -33,6 +32,7 @@ from sqlalchemy.exc import IntegrityError
 from apportion.server.auth import Principal, Scope
 from apportion.store.db import Database, row_dict
 from apportion.store.schema import api_keys
+from apportion.timefmt import iso_utc
 
 KEY_PREFIX = "apn_"
 ID_LENGTH = 10
@@ -78,10 +78,6 @@ def _lookup_prefixes(secret: str) -> list[str]:
         if sep and len(key_id) == ID_LENGTH:
             prefixes.append(key_id)
     return prefixes
-
-
-def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
 
 
 class KeyStore:
@@ -209,9 +205,9 @@ class KeyStore:
                 "key_id": r["id"],
                 "name": r["name"],
                 "scope": r["scopes"],
-                "created_at": _iso(r["created_at"]),
-                "last_used_at": _iso(r["last_used_at"]),
-                "revoked_at": _iso(r["revoked_at"]),
+                "created_at": iso_utc(r["created_at"]),
+                "last_used_at": iso_utc(r["last_used_at"]),
+                "revoked_at": iso_utc(r["revoked_at"]),
                 "revoked": r["revoked_at"] is not None,
             }
             for r in rows

@@ -21,12 +21,13 @@ from aiohttp import web
 
 from apportion import __version__
 from apportion.server.auth import Scope
-from apportion.server.events import EventLog, iso_utc
+from apportion.server.events import EventLog
 from apportion.server.http_common import json_response
 from apportion.server.routing import ApiRoutes, query_of
 from apportion.server.schemas import EventsPage, EventsQuery, SystemStatus
 from apportion.server.socketio_server import connected_clients
 from apportion.server.telemetry import Telemetry
+from apportion.timefmt import iso_utc
 
 MB = 1024 * 1024
 CPU_SAMPLE_SECONDS = 0.1

@@ -10,14 +10,15 @@ restarted server — still answers with the last sample.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psutil  # type: ignore[import-untyped, unused-ignore]  # no stubs installed
 
 from apportion.adapters.local import supervisor as sv
+from apportion.timefmt import iso_utc
 
 _MB = 1024.0 * 1024.0
 
@@ -66,7 +67,7 @@ def job_usage(
         "maxTotalMemory": max(float(record.get("max_mem", 0.0)), mem_mb, max_final),
         "processIO": io,
         "processIOWaiting": iowait,
-        "timeInstant": _now_iso(),
+        "timeInstant": iso_utc(time.time()),
     }
     record = {
         "cpu": cpu,
@@ -79,10 +80,6 @@ def job_usage(
     return dict(sample), record
 
 
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat()
-
-
 def _empty_sample() -> dict[str, Any]:
     """Seed 002's fields before any live sample was taken (missing values are None)."""
     return {
@@ -92,7 +89,7 @@ def _empty_sample() -> dict[str, Any]:
         "maxTotalMemory": None,
         "processIO": 0.0,
         "processIOWaiting": None,
-        "timeInstant": _now_iso(),
+        "timeInstant": iso_utc(time.time()),
     }
 
 

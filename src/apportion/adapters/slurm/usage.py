@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from apportion.adapters.slurm.adapter import SlurmAdapter
 from apportion.adapters.slurm.parse_nodes import SlurmNode, parse_gpu_gres
 from apportion.registry.service import Registry
+from apportion.timefmt import iso_utc
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def usage_document(cluster: dict[str, Any], nodes: Sequence[SlurmNode]) -> dict[
         entries.append(entry)
     return {
         "clusterId": cluster["id"],
-        "timestamp": datetime.now(UTC).isoformat(),
+        "timestamp": iso_utc(time.time()),
         "source": "slurm",
         "nodes": entries,
     }
