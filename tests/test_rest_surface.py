@@ -54,6 +54,15 @@ async def test_post_allocate_answers_the_status_of_the_error_class(
         assert (response.status, body["error"]["code"]) == (cls.http_status, cls.code.value)
 
 
+async def test_a_wrong_method_is_405_from_its_class(running: Running) -> None:
+    async with running.http.delete(f"{running.url}/healthz") as response:
+        body = await response.json()
+        assert response.status == errors.MethodNotAllowed.http_status == 405
+    assert body["error"]["code"] == "InvalidRequest"
+    assert "GET" in body["error"]["details"]["allowed"]
+    assert body["message"].startswith("DELETE is not allowed on /healthz")
+
+
 # ---------------------------------------------------------------- the OpenAPI document
 async def served_document(running: Running) -> dict[str, Any]:
     async with running.http.get(f"{running.url}/openapi.json") as response:

@@ -111,6 +111,13 @@ class InvalidDocument(InvalidRequest):
     http_status = 422
 
 
+class MethodNotAllowed(InvalidRequest):
+    """A route exists at the path but not for the method: 405, with the same code as
+    :class:`InvalidRequest`; ``details["allowed"]`` lists the methods it has."""
+
+    http_status = 405
+
+
 class Unauthorized(ApportionError):
     code = ErrorCode.UNAUTHORIZED
     http_status = 401

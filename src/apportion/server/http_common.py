@@ -14,7 +14,15 @@ from typing import Any
 from aiohttp import web
 
 from apportion import jsonutil
-from apportion.errors import ApportionError, Internal, InvalidRequest, MessageTooLarge, NotFound
+from apportion.errors import (
+    ApportionError,
+    Internal,
+    InvalidRequest,
+    MessageTooLarge,
+    MethodNotAllowed,
+    NotFound,
+    Unauthorized,
+)
 from apportion.server.context import CONTEXT, ServerContext
 
 log = logging.getLogger(__name__)
@@ -31,9 +39,11 @@ def json_response(body: Any, status: int = 200) -> web.Response:
 
 
 def error_response(exc: ApportionError, request_id: str | None = None) -> web.Response:
+    """The envelope of ``exc`` with the status of its class (and ``WWW-Authenticate`` on a
+    401); the error middleware and the auth middleware answer every error through this."""
     response = json_response(exc.envelope(request_id), status=exc.http_status)
-    if exc.http_status == 401:
-        response.headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, Unauthorized):
+        response.headers["WWW-Authenticate"] = 'Bearer realm="apportion"'
     return response
 
 
@@ -68,17 +78,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             NotFound(f"no route {request.method} {request.path}; see GET /openapi.json")
         )
     except web.HTTPMethodNotAllowed as exc:
-        return json_response(
-            {
-                "success": False,
-                "message": f"{request.method} is not allowed on {request.path}; "
-                f"allowed: {', '.join(sorted(exc.allowed_methods))}",
-                "error": {
-                    "code": "InvalidRequest",
-                    "details": {"allowed": sorted(exc.allowed_methods)},
-                },
-            },
-            status=405,
+        allowed = sorted(exc.allowed_methods)
+        return error_response(
+            MethodNotAllowed(
+                f"{request.method} is not allowed on {request.path}; allowed: {', '.join(allowed)}",
+                details={"allowed": allowed},
+            )
         )
     except web.HTTPRequestEntityTooLarge as exc:
         return error_response(MessageTooLarge(f"the body is too large: {exc.text}"))

@@ -58,11 +58,7 @@ def create_socketio(
 
     async def subscribe(sid: str, data: Any = None) -> dict[str, Any]:
         if events is None:
-            return {
-                "success": False,
-                "message": "this server keeps no event log to replay from",
-                "error": {"code": "InvalidRequest", "details": {}},
-            }
+            return InvalidRequest("this server keeps no event log to replay from").envelope()
         try:
             since, limit = _subscribe_args(data)
             missed = await events.since(since, limit=limit + 1)
