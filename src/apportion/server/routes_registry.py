@@ -11,10 +11,10 @@ from typing import Any
 from aiohttp import web
 
 from apportion.adapters.discovery import complete_from_scheduler
-from apportion.errors import Conflict, InvalidDocument, InvalidRequest, NotFound
+from apportion.errors import Conflict, InvalidDocument, NotFound
 from apportion.server.auth import Scope
 from apportion.server.http_common import ctx, json_body, json_response, ok
-from apportion.server.routing import ApiRoutes
+from apportion.server.routing import ApiRoutes, body_of
 from apportion.server.schemas import Ack, DataAnswer, Document, FilterQuery
 
 api = ApiRoutes("registry")
@@ -49,13 +49,11 @@ async def create_cluster(request: web.Request) -> web.Response:
     return json_response(doc, status=201)
 
 
-@api.post("/clusters/query", scope=Scope.READ, body_doc=FilterQuery, response=list[Document])
+@api.post("/clusters/query", scope=Scope.READ, body=FilterQuery, response=list[Document])
 async def query_clusters(request: web.Request) -> web.Response:
     """Cluster documents matching ``{"query": <filter>}`` (a bare JSON array)."""
-    body = await json_body(request)
-    if "query" not in body:
-        raise InvalidRequest('the body must be {"query": <filter>}', path="body.query")
-    return json_response(ctx(request).registry.query_clusters(body["query"], path="body.query"))
+    query = body_of(request, FilterQuery).query
+    return json_response(ctx(request).registry.query_clusters(query, path="body.query"))
 
 
 @api.get("/clusters/{cluster_id}", scope=Scope.READ, response=Document, errors=(NotFound,))

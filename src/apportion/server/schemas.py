@@ -98,10 +98,11 @@ class Document(RootModel[dict[str, Any]]):
     """A JSON object checked by the registry's document rules (docs/registry.md)."""
 
 
-class FilterQuery(BaseModel):
-    """``POST /clusters/query``: a filter (CONTRACTS §5)."""
+class FilterQuery(_Body):
+    """``POST /clusters/query``: ``query`` is a filter (CONTRACTS §5), checked by the filter
+    parser, which names the offending path."""
 
-    query: dict[str, Any]
+    query: Any = Field(json_schema_extra={"type": "object"})
 
 
 class PolicyUploadForm(BaseModel):
