@@ -35,12 +35,16 @@ class _Components:
 
     def schema(self, annotation: Any) -> dict[str, Any]:
         """The JSON Schema of a type; a model becomes a ``$ref`` to its component."""
-        schema = TypeAdapter(annotation).json_schema(ref_template=_REF)
-        for name, definition in schema.pop("$defs", {}).items():
-            self._add(name, definition)
+        schema = self.inline(TypeAdapter(annotation).json_schema(ref_template=_REF))
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             self._add(annotation.__name__, schema)
             return {"$ref": _REF.format(model=annotation.__name__)}
+        return schema
+
+    def inline(self, schema: dict[str, Any]) -> dict[str, Any]:
+        """``schema`` without its ``$defs``, which move to the components."""
+        for name, definition in schema.pop("$defs", {}).items():
+            self._add(name, definition)
         return schema
 
     def _add(self, name: str, definition: dict[str, Any]) -> None:
@@ -59,7 +63,8 @@ def _parameters(spec: RouteSpec, components: _Components) -> list[dict[str, Any]
         {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
         for name in _PATH_PARAM.findall(spec.path)
     ]
-    properties = spec.query.model_json_schema(ref_template=_REF).get("properties", {})
+    query_schema = components.inline(spec.query.model_json_schema(ref_template=_REF))
+    properties = query_schema.get("properties", {})
     for name, info in spec.query.model_fields.items():
         parameter: dict[str, Any] = {
             "name": name,
@@ -72,7 +77,6 @@ def _parameters(spec: RouteSpec, components: _Components) -> list[dict[str, Any]
         if properties[name].get("type") == "array":
             parameter["style"], parameter["explode"] = "form", True
         out.append(parameter)
-    components.schema(spec.query)  # keeps enums the query refers to
     return out
 
 
