@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 
+from apportion.server.schemas import Ack, StoredPolicy
 from tests.conftest import Running, allocation, ask
 
 SEED_POLICY = Path(__file__).parent / "policies" / "seed_style"
@@ -151,6 +152,7 @@ async def test_uploads_and_deletions_emit_policy_updated(running: Running) -> No
     # the dashboard listens for policy_updated; before, nothing ever emitted it
     response = await upload(running, RECORD, tar_gz(SEED_POLICY), "policy.tar.gz")
     assert response.status == 201, await response.text()
+    StoredPolicy.model_validate(await response.json())  # the answer the OpenAPI document names
     assert await policy_events(running) == [
         {"policy_rule_uri": "seed-first-fit:1.0-beta", "change": "created"}
     ]
@@ -158,6 +160,7 @@ async def test_uploads_and_deletions_emit_policy_updated(running: Running) -> No
     assert refused.status == 409  # nothing changed, nothing emitted
     async with running.http.delete(f"{running.url}/policies/seed-first-fit:1.0-beta") as r:
         assert r.status == 200
+        Ack.model_validate(await r.json())
     assert await policy_events(running) == [
         {"policy_rule_uri": "seed-first-fit:1.0-beta", "change": "created"},
         {"policy_rule_uri": "seed-first-fit:1.0-beta", "change": "deleted"},
