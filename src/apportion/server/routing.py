@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import types
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from functools import wraps
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
@@ -89,7 +89,7 @@ class RouteSpec:
     response_media: str
     success: Mapping[int, str]
     errors: tuple[type[ApportionError], ...]
-    tag: str = field(default="")
+    tag: str
 
     @property
     def error_classes(self) -> tuple[type[ApportionError], ...]:
@@ -131,7 +131,10 @@ class ApiRoutes:
         success: Mapping[int, str] | None = None,
         errors: tuple[type[ApportionError], ...] = (),
     ) -> Callable[[H], H]:
-        """Declare a route. ``scope=None`` on a non-public route means any valid key."""
+        """Declare a route (module level, at import). ``scope=None`` on a non-public route
+        means any valid key; ``status`` is the success status unless ``success`` lists
+        several. Registers the checking wrapper in :attr:`routes` and returns the handler
+        itself, unchanged."""
         if public and scope is not None:
             raise ValueError(f"{method} {path}: a public route needs no scope")
 
@@ -163,15 +166,19 @@ class ApiRoutes:
         return declare
 
     def get(self, path: str, **options: Any) -> Callable[[H], H]:
+        """:meth:`route` with method GET."""
         return self.route("GET", path, **options)
 
     def post(self, path: str, **options: Any) -> Callable[[H], H]:
+        """:meth:`route` with method POST."""
         return self.route("POST", path, **options)
 
     def put(self, path: str, **options: Any) -> Callable[[H], H]:
+        """:meth:`route` with method PUT."""
         return self.route("PUT", path, **options)
 
     def delete(self, path: str, **options: Any) -> Callable[[H], H]:
+        """:meth:`route` with method DELETE."""
         return self.route("DELETE", path, **options)
 
 
