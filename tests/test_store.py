@@ -7,13 +7,16 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Connection, func, select
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from apportion.store.committer import GroupCommitter
 from apportion.store.db import Database
-from apportion.store.schema import events
+from apportion.store.schema import clusters, events, pool_limits
+from apportion.store.upsert import upsert
 
 
 @pytest.fixture
@@ -216,3 +219,34 @@ async def test_after_commit_runs_before_the_callers_resume(db: Database) -> None
     )
     assert await committer.submit(["a"]) == ["A"]
     assert seen == [(["a"], ["A"])]
+
+
+# ---------------------------------------------------------------- the one upsert
+
+
+async def test_upsert_inserts_then_replaces_only_the_update_columns(db: Database) -> None:
+    def put(document: str, now: float) -> Any:
+        return upsert(
+            sqlite.dialect(),
+            clusters,
+            {"id": "c1", "document": document, "created_at": now, "updated_at": now},
+            key=["id"],
+            update=["document", "updated_at"],
+        )
+
+    async with db.write() as conn:
+        await conn.execute(put("{}", 1.0))
+    async with db.write() as conn:
+        await conn.execute(put('{"v":2}', 2.0))
+    async with db.read() as conn:
+        rows = (await conn.execute(select(clusters))).all()
+    assert [(r.document, r.created_at, r.updated_at) for r in rows] == [('{"v":2}', 1.0, 2.0)]
+
+
+def test_upsert_speaks_each_dialect_and_refuses_others() -> None:
+    values = {"name": "max_concurrent_jobs", "value": "4"}
+    statement = upsert(postgresql.dialect(), pool_limits, values, key=["name"], update=["value"])
+    sql = str(statement.compile(dialect=postgresql.dialect()))
+    assert "ON CONFLICT (name) DO UPDATE SET value = excluded.value" in sql
+    with pytest.raises(ValueError, match="mysql"):
+        upsert(mysql.dialect(), pool_limits, values, key=["name"], update=["value"])

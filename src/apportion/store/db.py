@@ -13,8 +13,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine.interfaces import DBAPIConnection
@@ -24,11 +23,6 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from apportion.store.migrations import migrate
 
 T = TypeVar("T")
-
-
-def sqlite_url(path: Path) -> str:
-    """The SQLAlchemy URL of a SQLite file."""
-    return f"sqlite+aiosqlite:///{path}"
 
 
 def normalise_url(url: str) -> str:
@@ -116,8 +110,3 @@ class Database:
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self._writer, self._sync_engine.dispose)
             self._writer.shutdown(wait=True)
-
-
-def row_dict(row: Any) -> dict[str, Any]:
-    """A result row as a plain dict."""
-    return dict(row._mapping)
