@@ -140,26 +140,31 @@ class EventLog:
         older_than = None if max_age_seconds is None else self._clock() - max_age_seconds
         return await self._repo.prune(keep=keep, older_than=older_than)
 
+    async def prune_to(self, retention: Retention) -> int:
+        """Prune to ``retention`` once; returns how many events went (the server calls this at
+        start, before it serves, then :meth:`prune_forever` does it periodically)."""
+        removed = await self.prune(
+            keep=retention.max_events, max_age_seconds=retention.max_age_seconds
+        )
+        if removed:
+            log.info("pruned %d old event(s)", removed)
+        return removed
+
     async def prune_forever(
         self,
         retention: Retention,
         *,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        """The server's prune loop (started by :mod:`apportion.app`, cancelled at stop): prune
-        to ``retention`` now, then every ``retention.interval_seconds``. A prune that fails is
+        """The server's prune loop (started by :mod:`apportion.app`, cancelled at stop): every
+        ``retention.interval_seconds``, :meth:`prune_to` ``retention``. A prune that fails is
         logged and tried again at the next interval; the loop ends only by cancellation."""
         while True:
+            await sleep(retention.interval_seconds)
             try:
-                removed = await self.prune(
-                    keep=retention.max_events, max_age_seconds=retention.max_age_seconds
-                )
+                await self.prune_to(retention)
             except Exception:
                 log.exception("pruning the event log failed; trying again later")
-            else:
-                if removed:
-                    log.info("pruned %d old event(s)", removed)
-            await sleep(retention.interval_seconds)
 
     async def close(self) -> None:
         """Refuse new events and wait for those already appended to be stored and emitted
