@@ -31,7 +31,7 @@ def decode_placements(text: str) -> list[dict[str, Any]]:
     return placements
 
 
-def stored_hold(hold: Hold) -> HoldRow:
+def _row(hold: Hold) -> HoldRow:
     """The ``holds`` row of a hold as it is now."""
     return HoldRow(
         hold.allocation_id,
@@ -62,7 +62,7 @@ class HoldJournal:
 
     def insert(self, hold: Hold) -> Awaitable[list[None]]:
         """Record a new hold (resolves once it is committed)."""
-        change = HoldChange("insert", hold.allocation_id, stored_hold(hold), tuple(hold.gpu_keys))
+        change = HoldChange("insert", hold.allocation_id, _row(hold), tuple(hold.gpu_keys))
         return self._committer.submit([change])
 
     def delete(self, allocation_ids: list[str]) -> Awaitable[list[None]]:
