@@ -10,7 +10,7 @@ cancelled, a failed batch failing all its callers and writing nothing.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import asyncio
 from typing import Any
 
 from apportion import jsonutil
@@ -60,15 +60,15 @@ class HoldJournal:
         """Refuse new changes and wait for those handed over."""
         await self._committer.close()
 
-    def insert(self, hold: Hold) -> Awaitable[list[None]]:
+    def insert(self, hold: Hold) -> asyncio.Future[list[None]]:
         """Record a new hold (resolves once it is committed)."""
         change = HoldChange("insert", hold.allocation_id, _row(hold), tuple(hold.gpu_keys))
         return self._committer.submit([change])
 
-    def delete(self, allocation_ids: list[str]) -> Awaitable[list[None]]:
+    def delete(self, allocation_ids: list[str]) -> asyncio.Future[list[None]]:
         """Record that holds ended (resolves once committed)."""
         return self._committer.submit([HoldChange("delete", aid) for aid in allocation_ids])
 
-    def renew(self, allocation_id: str, expires_at: float) -> Awaitable[list[None]]:
+    def renew(self, allocation_id: str, expires_at: float) -> asyncio.Future[list[None]]:
         """Record a hold's new lease end (resolves once committed)."""
         return self._committer.submit([HoldChange("renew", allocation_id, expires_at=expires_at)])

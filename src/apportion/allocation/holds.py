@@ -161,9 +161,7 @@ class HoldManager:
         except asyncio.CancelledError:
             self._undo(hold)
             with contextlib.suppress(RuntimeError):  # a closed journal: the server is stopping
-                asyncio.ensure_future(self._journal.delete([hold.allocation_id])).add_done_callback(
-                    _log_failure
-                )
+                self._journal.delete([hold.allocation_id]).add_done_callback(_log_failure)
             raise
         except BaseException:
             self._undo(hold)

@@ -35,7 +35,7 @@ class JobWriter:
         failed. A cancelled caller's change is still written. A job's first change must be
         ``new`` and awaited before its next one is handed over."""
         job_id = change.row.job_id
-        done = asyncio.ensure_future(self._committer.submit([change]))
+        done = self._committer.submit([change])
         self._pending.setdefault(job_id, set()).add(done)
         done.add_done_callback(lambda _: self._settle(job_id, done))
         await asyncio.shield(done)  # a cancelled caller leaves ``done`` pending until committed
