@@ -45,8 +45,8 @@ def iso_utc(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
-def _event(seq: int, type_: str, ts: float, payload: dict[str, Any]) -> Event:
-    return {"type": type_, "seq": seq, "ts": iso_utc(ts), **payload}
+def _event(seq: int, type_: str, ts_iso: str, payload: dict[str, Any]) -> Event:
+    return {"type": type_, "seq": seq, "ts": ts_iso, **payload}
 
 
 @dataclass(frozen=True)
@@ -98,13 +98,14 @@ class EventLog:
             raise ValueError(
                 f"event payload keys {clash} are reserved (the log sets type, seq and ts)"
             )
-        item = _Appended(type, jsonutil.dumps_str(payload), self._clock(), payload)
+        ts = self._clock()
+        item = _Appended(type, jsonutil.dumps_str(payload), ts, payload, iso_utc(ts))
         [seq] = await self._committer.submit([item])
-        return _event(seq, item.type, item.ts, payload)
+        return _event(seq, item.type, item.ts_iso, payload)
 
     async def _emit_batch(self, batch: Sequence[_Appended], seqs: Sequence[int]) -> None:
         for item, seq in zip(batch, seqs, strict=True):
-            event = _event(seq, item.type, item.ts, item.fields)
+            event = _event(seq, item.type, item.ts_iso, item.fields)
             for sink in self._sinks:
                 try:
                     await sink(event)
@@ -124,7 +125,7 @@ class EventLog:
         if types is not None and not types:
             return []
         rows = await self._repo.since(seq, limit=limit, types=types)
-        return [_event(r.seq, r.type, r.ts, jsonutil.loads(r.payload)) for r in rows]
+        return [_event(r.seq, r.type, iso_utc(r.ts), jsonutil.loads(r.payload)) for r in rows]
 
     async def latest_seq(self) -> int:
         """The newest stored ``seq``; 0 when the log is empty."""
@@ -174,6 +175,8 @@ class EventLog:
 
 @dataclass(frozen=True)
 class _Appended(NewEvent):
-    """An event handed to the committer, with its payload as given (for the emitted event)."""
+    """An event handed to the committer, with its payload as given and its time as the wire
+    shows it (both for the emitted event)."""
 
     fields: dict[str, Any]
+    ts_iso: str
