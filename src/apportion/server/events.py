@@ -131,7 +131,7 @@ class EventLog:
         """The newest stored ``seq``; 0 when the log is empty."""
         return await self._repo.latest_seq()
 
-    async def prune(self, *, keep: int = 100_000, max_age_seconds: float | None = None) -> int:
+    async def prune(self, *, keep: int, max_age_seconds: float | None = None) -> int:
         """Delete the oldest events beyond the newest ``keep`` and, with ``max_age_seconds``,
         those older than that (by this log's clock); returns how many went. The newest event
         is always kept, so :meth:`latest_seq` never goes backwards; ``keep`` must be at least 1.

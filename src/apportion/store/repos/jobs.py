@@ -4,7 +4,7 @@ committer."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, func, select, update
@@ -67,14 +67,22 @@ class JobChange:
     new: bool = False
 
 
+def _values(row: JobRow) -> dict[str, Any]:
+    return {name: getattr(row, name) for name in _COLUMNS}
+
+
 def write_changes(conn: Connection, changes: Sequence[JobChange]) -> list[None]:
     """Write a batch of job changes with the effect of writing them one by one: first rows are
     inserted first (a job's first change is awaited before its next is handed over), then the
     newest row of every other job wins (each row is the job's full state, taken in order), then
     the history entries, in order."""
-    inserts = [asdict(c.row) for c in changes if c.new]
+    inserts = [_values(c.row) for c in changes if c.new]
     newest = {c.row.job_id: c.row for c in changes if not c.new}  # later rows win
-    history = [asdict(c.history) for c in changes if c.history is not None]
+    history = [
+        {"job_id": h.job_id, "status": h.status, "time": h.time, "reason": h.reason}
+        for c in changes
+        if (h := c.history) is not None
+    ]
     if inserts:
         conn.execute(schema.jobs.insert(), inserts)
     if newest:
