@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from apportion.store.committer import GroupCommitter
 from apportion.store.db import Database
+from apportion.store.repos.events import EventRepo, NewEvent, write_events
 from apportion.store.schema import clusters, events, pool_limits
 from apportion.store.upsert import upsert
 
@@ -250,3 +252,40 @@ def test_upsert_speaks_each_dialect_and_refuses_others() -> None:
     assert "ON CONFLICT (name) DO UPDATE SET value = excluded.value" in sql
     with pytest.raises(ValueError, match="mysql"):
         upsert(mysql.dialect(), pool_limits, values, key=["name"], update=["value"])
+
+
+# ---------------------------------------------------------------- pruning the event log
+
+
+async def test_pruning_deletes_in_chunks_of_their_own_transaction(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = EventRepo(db)
+    await db.write_batch(lambda conn: write_events(conn, [NewEvent("x", "{}", 0.0)] * 10))
+    deletes: list[int] = []
+    write = db.write
+
+    @asynccontextmanager
+    async def counting() -> AsyncIterator[Any]:
+        async with write() as conn:
+            deletes.append(1)
+            yield conn
+
+    monkeypatch.setattr(db, "write", counting)
+    # keep 2 of seqs 1..10: 8 go, at most 3 a transaction: 1-3, 4-6, 7-8, then one that finds
+    # nothing older than the cut
+    assert await repo.prune(keep=2, chunk=3) == 8
+    assert len(deletes) == 4
+    assert [e.seq for e in await repo.since(0, limit=100)] == [9, 10]
+
+
+async def test_pruning_by_age_cuts_at_the_first_young_event_and_keeps_the_newest(
+    db: Database,
+) -> None:
+    repo = EventRepo(db)
+    batch = [NewEvent("x", "{}", ts) for ts in (1.0, 2.0, 3.0, 4.0)]
+    await db.write_batch(lambda conn: write_events(conn, batch))
+    assert await repo.prune(keep=100, older_than=2.5) == 2  # ts 1 and 2 go
+    assert [e.ts for e in await repo.since(0, limit=100)] == [3.0, 4.0]
+    assert await repo.prune(keep=100, older_than=99.0) == 1  # all old: the newest stays
+    assert [e.seq for e in await repo.since(0, limit=100)] == [4]

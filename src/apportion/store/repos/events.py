@@ -48,6 +48,10 @@ def write_events(conn: Connection, batch: Sequence[NewEvent]) -> list[int]:
     return seqs
 
 
+PRUNE_CHUNK = 10_000
+"""Events deleted per transaction when pruning."""
+
+
 class EventRepo:
     """Reads and pruning of the event log (:class:`~apportion.server.events.EventLog`'s)."""
 
@@ -72,18 +76,37 @@ class EventRepo:
             value = (await conn.execute(select(func.max(events.c.seq)))).scalar()
         return int(value or 0)
 
-    async def prune(self, *, keep: int, older_than: float | None = None) -> int:
-        """Delete every event but the newest ``keep`` (≥ 1) and, when ``older_than`` is given,
-        every event stored before that time but the newest one; returns how many went. The
-        newest event is always kept: it anchors ``seq``."""
-        cutoff_query = select(events.c.seq).order_by(events.c.seq.desc()).offset(keep - 1).limit(1)
-        async with self._db.write() as conn:
+    async def prune(
+        self, *, keep: int, older_than: float | None = None, chunk: int = PRUNE_CHUNK
+    ) -> int:
+        """Delete every event whose ``seq`` is ``keep`` (≥ 1) or more below the newest (seqs
+        are consecutive but for pruned prefixes, so the newest ``keep`` stay) and, when
+        ``older_than`` is given, every event before the first one stored at or after that time
+        (in ``seq`` order; ``ts`` grows with it but for clock steps) — never the newest, which
+        anchors ``seq``. Returns how many went. Deleted ``chunk`` at a time, each in its own
+        transaction, so commits of new events, holds and jobs wait for one chunk at most;
+        finding the cut reads only the rows it deletes."""
+        async with self._db.read() as conn:
             newest = (await conn.execute(select(func.max(events.c.seq)))).scalar()
             if newest is None:
                 return 0
-            by_count = (await conn.execute(cutoff_query)).scalar()
-            condition = events.c.seq < (by_count if by_count is not None else 0)
+            cut = int(newest) - keep + 1
             if older_than is not None:
-                condition = condition | ((events.c.ts < older_than) & (events.c.seq < newest))
-            result = await conn.execute(delete(events).where(condition))
-        return int(result.rowcount)
+                first_young = (
+                    await conn.execute(
+                        select(events.c.seq)
+                        .where(events.c.ts >= older_than)
+                        .order_by(events.c.seq)
+                        .limit(1)
+                    )
+                ).scalar()
+                cut = max(cut, int(newest) if first_young is None else int(first_young))
+        removed = 0
+        while True:
+            async with self._db.write() as conn:
+                oldest = (await conn.execute(select(func.min(events.c.seq)))).scalar()
+                if oldest is None or oldest >= cut:
+                    return removed
+                upto = min(cut, int(oldest) + chunk)
+                result = await conn.execute(delete(events).where(events.c.seq < upto))
+            removed += int(result.rowcount)
