@@ -4,6 +4,7 @@ writer thread, serialised by one lock, and the group committer over the batches.
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -14,6 +15,7 @@ import pytest
 from sqlalchemy import Connection, func, select
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
+import apportion
 from apportion.store.committer import GroupCommitter
 from apportion.store.db import Database
 from apportion.store.repos.events import EventRepo, NewEvent, write_events
@@ -289,3 +291,14 @@ async def test_pruning_by_age_cuts_at_the_first_young_event_and_keeps_the_newest
     assert [e.ts for e in await repo.since(0, limit=100)] == [3.0, 4.0]
     assert await repo.prune(keep=100, older_than=99.0) == 1  # all old: the newest stays
     assert [e.seq for e in await repo.since(0, limit=100)] == [4]
+
+
+def test_no_module_outside_the_store_speaks_sql() -> None:
+    package = Path(apportion.__file__).parent
+    offenders = [
+        str(path.relative_to(package))
+        for path in sorted(package.rglob("*.py"))
+        if "store" not in path.relative_to(package).parts[:1]
+        and re.search(r"^\s*(from|import) sqlalchemy\b", path.read_text(), re.MULTILINE)
+    ]
+    assert offenders == []
