@@ -50,7 +50,8 @@ ChangeT = TypeVar("ChangeT")
 ResultT = TypeVar("ResultT")
 
 MAX_BATCH = 512
-"""Changes per transaction at most: a burst is written as several batches, in order."""
+"""Changes per transaction at most: a burst is written as several batches, in order (one
+hand-over is never split: a larger one is a batch of its own)."""
 
 BatchWriter = Callable[[Connection, Sequence[ChangeT]], Sequence[ResultT]]
 """Writes a batch on the writer thread and returns one result per change, in order."""
