@@ -26,7 +26,7 @@ from apportion.server.auth import (
     require,
 )
 from apportion.server.keys import KeyStore
-from apportion.store.db import Database, row_dict
+from apportion.store.db import Database
 from apportion.store.schema import api_keys
 
 KEY_SHAPE = re.compile(r"^apn_([a-z0-9]{10})_[A-Za-z0-9_-]{43}$")  # token_urlsafe(32): 43 chars
@@ -50,7 +50,7 @@ class FakeClock:
 
 async def _rows(db: Database) -> list[dict[str, object]]:
     async with db.read() as conn:
-        return [row_dict(r) for r in await conn.execute(select(api_keys))]
+        return [dict(r._mapping) for r in await conn.execute(select(api_keys))]
 
 
 # --- keys ------------------------------------------------------------------------------------

@@ -19,9 +19,11 @@ import socketio
 from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
+from apportion.config import Settings
 from apportion.server.auth import Scope, auth_middleware
-from apportion.server.events import EventLog
+from apportion.server.events import EventLog, Retention
 from apportion.server.http_common import error_middleware
 from apportion.server.keys import KeyStore
 from apportion.server.routes_status import STATUS, StatusContext, api
@@ -176,23 +178,23 @@ async def test_concurrent_appends_are_emitted_in_seq_order(tmp_path: Path) -> No
         assert [e["seq"] for e in got] == seqs
 
 
-async def test_concurrent_appends_share_transactions(tmp_path: Path) -> None:
+async def test_concurrent_appends_share_transactions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     db = await Database.open(f"sqlite:///{tmp_path}/t.db")
     transactions: list[int] = []
-    real_write = db.write
+    write_batch = db.write_batch
 
-    @asynccontextmanager
-    async def counting_write() -> AsyncIterator[Any]:
+    async def counting(fn: Any) -> Any:
         transactions.append(1)
-        async with real_write() as conn:
-            yield conn
+        return await write_batch(fn)
 
-    db.write = counting_write  # type: ignore[method-assign]
+    monkeypatch.setattr(db, "write_batch", counting)
     try:
         log = EventLog(db)
         results = await asyncio.gather(*(log.append("x", {"n": i}) for i in range(40)))
-        # 40 appends queued before the first commit ran: far fewer than 40 commits
-        assert len(transactions) < 40
+        # 40 appends handed over before the first commit ran: one transaction
+        assert len(transactions) == 1
         assert [r["seq"] for r in results] == list(range(1, 41))
         assert [e["n"] for e in await log.since(0)] == list(range(40))
     finally:
@@ -295,6 +297,107 @@ async def test_a_failing_sink_is_logged_and_the_others_still_hear(
         assert await log.since(0) == [event]
     finally:
         await db.close()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_prune_by_age_and_count_keeps_the_newest_event(tmp_path: Path) -> None:
+    db = await Database.open(f"sqlite:///{tmp_path}/t.db")
+    clock = Clock()
+    log = EventLog(db, clock=clock)
+    try:
+        for n in range(6):  # seqs 1..6 at t = 0, 10, …, 50 (relative)
+            await log.append("x", {"n": n})
+            clock.now += 10
+        # now = start + 60; older than 25 s: seqs 1..4 (ages 60..30) go; 5, 6 (20, 10) stay
+        assert await log.prune(keep=100, max_age_seconds=25) == 4
+        assert [e["seq"] for e in await log.since(0)] == [5, 6]
+        # by count, the newest 1 stays
+        assert await log.prune(keep=1) == 1
+        clock.now += 3600  # everything is old now, but the newest event anchors seq
+        assert await log.prune(keep=100, max_age_seconds=25) == 0
+        assert [e["seq"] for e in await log.since(0)] == [6]
+        assert (await log.append("x", {"n": 6}))["seq"] == 7
+    finally:
+        await db.close()
+
+
+async def test_since_older_than_what_is_kept_answers_from_the_oldest_kept(
+    tmp_path: Path,
+) -> None:
+    db = await Database.open(f"sqlite:///{tmp_path}/t.db")
+    log = EventLog(db)
+    try:
+        for n in range(10):
+            await log.append("x", {"n": n})
+        await log.prune(keep=3)  # 8, 9, 10 stay
+        # a client that saw up to seq 2 gets what is kept; the jump from 2 to 8 shows the gap
+        assert [e["seq"] for e in await log.since(2)] == [8, 9, 10]
+        assert [e["seq"] for e in await log.since(8)] == [9, 10]  # kept events as before
+        assert await log.latest_seq() == 10
+    finally:
+        await db.close()
+
+
+async def test_the_prune_loop_prunes_every_interval_and_survives_a_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = await Database.open(f"sqlite:///{tmp_path}/t.db")
+    log = EventLog(db)
+    ticks: asyncio.Queue[asyncio.Future[None]] = asyncio.Queue()
+    slept: list[float] = []
+
+    async def gated_sleep(seconds: float) -> None:
+        """Each sleep waits until the test lets it end: one prune per tick."""
+        slept.append(seconds)
+        tick: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await ticks.put(tick)
+        await tick
+
+    retention = Retention(max_age_seconds=86400, max_events=2, interval_seconds=600)
+    loop = asyncio.create_task(log.prune_forever(retention, sleep=gated_sleep))
+    try:
+        for n in range(5):
+            await log.append("x", {"n": n})
+        (await ticks.get()).set_result(None)  # first interval ends: prune to 2 events
+        tick = await ticks.get()  # the loop sleeps again: the prune is done
+        assert [e["seq"] for e in await log.since(0)] == [4, 5]
+
+        real_prune = log.prune
+
+        async def failing(**kwargs: Any) -> int:
+            raise OSError("disk I/O error")
+
+        monkeypatch.setattr(log, "prune", failing)
+        tick.set_result(None)  # this prune fails, is logged, and the loop sleeps again
+        tick = await ticks.get()
+        monkeypatch.setattr(log, "prune", real_prune)
+        await log.append("x", {"n": 5})
+        tick.set_result(None)
+        await ticks.get()
+        assert [e["seq"] for e in await log.since(0)] == [5, 6]
+        assert slept == [600, 600, 600, 600]
+    finally:
+        loop.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await loop
+        await db.close()
+
+
+def test_retention_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("APPORTION_EVENT_RETENTION_DAYS", "1.5")
+    monkeypatch.setenv("APPORTION_EVENT_RETENTION_COUNT", "500")
+    settings = Settings()
+    assert (settings.event_retention_days, settings.event_retention_count) == (1.5, 500)
+    monkeypatch.setenv("APPORTION_EVENT_RETENTION_COUNT", "0")  # the newest must stay
+    with pytest.raises(ValidationError):
+        Settings()
 
 
 async def test_seq_survives_restart_and_prune(tmp_path: Path) -> None:

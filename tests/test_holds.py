@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
@@ -253,3 +254,23 @@ async def test_a_job_hold_keeps_its_kind_across_a_restart(tmp_path: Path) -> Non
     finally:
         await again.close()
         await db.close()
+
+
+async def test_a_hold_whose_caller_was_cancelled_is_undone_in_memory_and_in_the_store(
+    tmp_path: Path,
+) -> None:
+    # The insert is committed although its caller was cancelled (the journal's rule); nobody
+    # learnt the hold's id, so the manager must release it: its GPUs free in the fleet now,
+    # and no row left that a restart would load and hold until the lease ended.
+    async with open_holds(tmp_path) as (holds, db):
+        hold = holds.reserve(
+            placements({0, 1}), lease_seconds=600, owner=None, request_id="r", policy_uri="p:1-x"
+        )
+        committing = asyncio.create_task(holds.commit(hold))
+        await asyncio.sleep(0)  # handed over to the journal
+        committing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await committing
+        assert holds.held_keys() == set()
+        await holds.close()  # drains the journal
+        assert await count(db, schema.holds) == 0 and await count(db, schema.hold_gpus) == 0

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
+from sqlalchemy import Connection
 
 from apportion.jobs.models import JobConfig, JobStatus
 from apportion.jobs.records import JobBook
 from apportion.store.db import Database
+
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -33,13 +37,13 @@ async def test_concurrent_saves_share_one_commit_and_keep_their_order(
     a = await book.create(config("a"), 0, None, "submitted")
     b = await book.create(config("b"), 0, None, "submitted")
     commits: list[int] = []
-    commit = book._writer._commit
+    write_batch = db.write_batch
 
-    async def counting(batch):  # type: ignore[no-untyped-def]
-        commits.append(len(batch))
-        await commit(batch)
+    async def counting(fn: Callable[[Connection], T]) -> T:
+        commits.append(1)
+        return await write_batch(fn)
 
-    monkeypatch.setattr(book._writer, "_commit", counting)
+    monkeypatch.setattr(db, "write_batch", counting)
     # five changes handed over before the writer runs: one transaction
     await asyncio.gather(
         book.save(a, status=JobStatus.SCHEDULED, reason="placed"),
@@ -48,7 +52,7 @@ async def test_concurrent_saves_share_one_commit_and_keep_their_order(
         book.save(b, status=JobStatus.CANCELLED, reason="cancelled"),
         book.save(a, status=JobStatus.COMPLETED, reason="exit 0"),
     )
-    assert commits == [5]
+    assert commits == [1]
     fresh = JobBook(db)
     await fresh.load()
     # the newest row of each job won; the history kept the order of the changes
@@ -71,10 +75,10 @@ async def test_a_failed_commit_reaches_every_caller_of_its_batch(
     book = JobBook(db)
     job = await book.create(config("a"), 0, None, "submitted")
 
-    async def broken(batch):  # type: ignore[no-untyped-def]
+    async def broken(fn: Callable[[Connection], T]) -> T:
         raise OSError("disk full")
 
-    monkeypatch.setattr(book._writer, "_commit", broken)
+    monkeypatch.setattr(db, "write_batch", broken)
     results = await asyncio.gather(
         book.save(job, status=JobStatus.SCHEDULED), book.save(job), return_exceptions=True
     )
@@ -110,8 +114,20 @@ async def test_a_replaced_decision_is_encoded_anew(db: Database) -> None:
     book = JobBook(db)
     job = await book.create(config("a"), 0, None, "submitted")
     job.decision = {"policy_rule_uri": "binpack:1.0-stable", "feasible_nodes": 3}
-    first = job.row()["decision"]
+    first = job.row().decision
     assert first is not None and '"feasible_nodes":3' in first
-    assert job.row()["decision"] is first  # kept while the same object is set
+    assert job.row().decision is first  # kept while the same object is set
     job.decision = {"policy_rule_uri": "spread:1.0-stable", "feasible_nodes": 1}
-    assert '"spread:1.0-stable"' in job.row()["decision"]
+    assert '"spread:1.0-stable"' in (job.row().decision or "")
+
+
+async def test_the_history_waits_for_the_change_of_a_cancelled_caller(db: Database) -> None:
+    book = JobBook(db)
+    job = await book.create(config("a"), 0, None, "submitted")
+    saving = asyncio.create_task(book.save(job, status=JobStatus.RUNNING, reason="started"))
+    await asyncio.sleep(0)  # handed over
+    saving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await saving
+    # the change is still pending or committed: either way the history includes it
+    assert [e["status"] for e in await book.history(job.job_id)] == ["queued", "running"]

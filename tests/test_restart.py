@@ -104,3 +104,24 @@ async def test_answered_hold_survives_sigkill(tmp_path: Path) -> None:
                 ws, allocation(clusters=["mixed-lab"], inputs={"gpus": 1, "node_filter": PIN})
             )
         assert blocked["error"]["code"] == "NoFeasiblePlacement"
+
+
+async def test_events_beyond_the_retention_are_pruned_when_the_server_starts(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    async with running_server(data) as live:
+        await live.load_demo_fleet()  # a cluster_updated event per cluster
+        async with live.http.get(f"{live.url}/events") as response:
+            first_run = await response.json()
+    seqs = [e["seq"] for e in first_run["data"]]
+    assert len(seqs) >= 2
+    async with (
+        running_server(data, event_retention_count=1) as live,
+        live.http.get(f"{live.url}/events", params={"since": "0"}) as response,
+    ):
+        kept = await response.json()
+    # only the newest event of the first run is left, and seq goes on from it
+    assert [e["seq"] for e in kept["data"]][:1] == [seqs[-1]]
+    assert all(e["seq"] >= seqs[-1] for e in kept["data"])
+    assert kept["latest_seq"] >= seqs[-1]

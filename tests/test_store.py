@@ -1,17 +1,26 @@
-"""The store's two write paths against a real SQLite file: async transactions and batches on the
-writer thread, serialised by one lock."""
+"""The store's write paths against a real SQLite file: async transactions and batches on the
+writer thread, serialised by one lock, and the group committer over the batches."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import re
+import threading
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Connection, func, select
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 
+import apportion
+from apportion.store.committer import GroupCommitter
 from apportion.store.db import Database
-from apportion.store.schema import events
+from apportion.store.repos.events import EventRepo, NewEvent, write_events
+from apportion.store.schema import clusters, events, pool_limits
+from apportion.store.upsert import upsert
 
 
 @pytest.fixture
@@ -73,3 +82,223 @@ async def test_close_twice_is_harmless(tmp_path: Path) -> None:
         assert await count(reopened) == 1  # committed before the close
     finally:
         await reopened.close()
+
+
+# ---------------------------------------------------------------- the group committer
+# The batch function below appends each change (a string) as an event of that type and returns
+# the change upper-cased; a change "boom" makes its whole batch fail.
+
+
+def append_types(conn: Connection, changes: Sequence[str]) -> list[str]:
+    conn.execute(events.insert(), [insert(kind) for kind in changes])
+    if "boom" in changes:
+        raise OSError("disk full")
+    return [kind.upper() for kind in changes]
+
+
+async def stored_types(db: Database) -> list[str]:
+    async with db.read() as conn:
+        return list((await conn.execute(select(events.c.type).order_by(events.c.seq))).scalars())
+
+
+class Gate:
+    """A batch function that holds the writer until opened, so a test decides what is
+    handed over while a commit is under way."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.batches: list[list[str]] = []
+
+    def __call__(self, conn: Connection, changes: Sequence[str]) -> list[str]:
+        self.batches.append(list(changes))
+        self.entered.set()
+        if not self.release.wait(timeout=30):
+            raise TimeoutError("the test never opened the gate")
+        return append_types(conn, changes)
+
+    async def wait_entered(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.entered.wait, 30)
+        self.entered.clear()
+
+
+async def test_changes_handed_over_during_a_commit_share_the_next_one_in_order(
+    db: Database,
+) -> None:
+    gate = Gate()
+    committer: GroupCommitter[str, str] = GroupCommitter(db, gate, name="test")
+    first = asyncio.ensure_future(committer.submit(["a"]))
+    await gate.wait_entered()  # "a" is being written; the next three wait for one commit
+    rest = [asyncio.ensure_future(committer.submit(list(kinds))) for kinds in ("b", "cd", "e")]
+    gate.release.set()
+    assert await first == ["A"]
+    assert [await r for r in rest] == [["B"], ["C", "D"], ["E"]]
+    assert gate.batches == [["a"], ["b", "c", "d", "e"]]
+    assert await stored_types(db) == ["a", "b", "c", "d", "e"]
+
+
+async def test_a_failed_batch_fails_all_its_callers_writes_nothing_and_the_next_goes_on(
+    db: Database,
+) -> None:
+    gate = Gate()
+    committer: GroupCommitter[str, str] = GroupCommitter(db, gate, name="test")
+    first = asyncio.ensure_future(committer.submit(["a"]))
+    await gate.wait_entered()
+    doomed = [asyncio.ensure_future(committer.submit([k])) for k in ("b", "boom")]
+    gate.release.set()
+    await first
+    results = await asyncio.gather(*doomed, return_exceptions=True)
+    assert [type(r) for r in results] == [OSError, OSError]
+    assert await committer.submit(["c"]) == ["C"]
+    assert await stored_types(db) == ["a", "c"]  # "b" was rolled back with "boom"
+
+
+async def test_a_cancelled_caller_still_has_its_change_committed(db: Database) -> None:
+    gate = Gate()
+    committer: GroupCommitter[str, str] = GroupCommitter(db, gate, name="test")
+
+    async def caller() -> list[str]:
+        return await committer.submit(["a"])
+
+    task = asyncio.create_task(caller())
+    await gate.wait_entered()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    gate.release.set()
+    await committer.close()
+    assert await stored_types(db) == ["a"]
+
+
+async def test_close_waits_for_pending_work_then_refuses_new_changes(db: Database) -> None:
+    gate = Gate()
+    committer: GroupCommitter[str, str] = GroupCommitter(db, gate, name="test")
+    handed = [asyncio.ensure_future(committer.submit([k])) for k in ("a", "b")]
+    await gate.wait_entered()
+    closing = asyncio.create_task(committer.close())
+    await asyncio.sleep(0)  # close has started waiting
+    with pytest.raises(RuntimeError, match="stopping"):
+        committer.submit(["late"])
+    gate.release.set()
+    await closing
+    assert all(h.done() for h in handed)
+    assert [await h for h in handed] == [["A"], ["B"]]
+    assert await stored_types(db) == ["a", "b"]
+
+
+async def test_a_burst_is_cut_into_batches_of_at_most_max_batch_changes(db: Database) -> None:
+    gate = Gate()
+    gate.release.set()
+    committer: GroupCommitter[str, str] = GroupCommitter(db, gate, name="test", max_batch=3)
+    # one hand-over is never split, so 2 + 2 > 3 makes two batches
+    results = await asyncio.gather(
+        *(committer.submit(list(kinds)) for kinds in ("ab", "cd", "e", "f", "ghij"))
+    )
+    assert results == [["A", "B"], ["C", "D"], ["E"], ["F"], ["G", "H", "I", "J"]]
+    assert gate.batches == [["a", "b"], ["c", "d", "e"], ["f"], ["g", "h", "i", "j"]]
+
+
+async def test_a_cancelled_flusher_fails_everything_it_had_not_committed(db: Database) -> None:
+    gate = Gate()
+    committer: GroupCommitter[str, str] = GroupCommitter(db, gate, name="test")
+    handed = [asyncio.ensure_future(committer.submit([k])) for k in ("a", "b")]
+    await gate.wait_entered()
+    later = asyncio.ensure_future(committer.submit(["c"]))
+    flusher = committer._flusher
+    assert flusher is not None
+    flusher.cancel()
+    results = await asyncio.gather(*handed, later, return_exceptions=True)
+    assert [type(r) for r in results] == [RuntimeError] * 3
+    gate.release.set()  # let the writer thread finish before the database closes
+
+
+async def test_after_commit_runs_before_the_callers_resume(db: Database) -> None:
+    seen: list[tuple[list[str], list[str]]] = []
+
+    async def after(changes: Sequence[str], results: Sequence[str]) -> None:
+        seen.append((list(changes), list(results)))
+
+    committer: GroupCommitter[str, str] = GroupCommitter(
+        db, append_types, name="test", after_commit=after
+    )
+    assert await committer.submit(["a"]) == ["A"]
+    assert seen == [(["a"], ["A"])]
+
+
+# ---------------------------------------------------------------- the one upsert
+
+
+async def test_upsert_inserts_then_replaces_only_the_update_columns(db: Database) -> None:
+    def put(document: str, now: float) -> Any:
+        return upsert(
+            sqlite.dialect(),
+            clusters,
+            {"id": "c1", "document": document, "created_at": now, "updated_at": now},
+            key=["id"],
+            update=["document", "updated_at"],
+        )
+
+    async with db.write() as conn:
+        await conn.execute(put("{}", 1.0))
+    async with db.write() as conn:
+        await conn.execute(put('{"v":2}', 2.0))
+    async with db.read() as conn:
+        rows = (await conn.execute(select(clusters))).all()
+    assert [(r.document, r.created_at, r.updated_at) for r in rows] == [('{"v":2}', 1.0, 2.0)]
+
+
+def test_upsert_speaks_each_dialect_and_refuses_others() -> None:
+    values = {"name": "max_concurrent_jobs", "value": "4"}
+    statement = upsert(postgresql.dialect(), pool_limits, values, key=["name"], update=["value"])
+    sql = str(statement.compile(dialect=postgresql.dialect()))
+    assert "ON CONFLICT (name) DO UPDATE SET value = excluded.value" in sql
+    with pytest.raises(ValueError, match="mysql"):
+        upsert(mysql.dialect(), pool_limits, values, key=["name"], update=["value"])
+
+
+# ---------------------------------------------------------------- pruning the event log
+
+
+async def test_pruning_deletes_in_chunks_of_their_own_transaction(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = EventRepo(db)
+    await db.write_batch(lambda conn: write_events(conn, [NewEvent("x", "{}", 0.0)] * 10))
+    deletes: list[int] = []
+    write = db.write
+
+    @asynccontextmanager
+    async def counting() -> AsyncIterator[Any]:
+        async with write() as conn:
+            deletes.append(1)
+            yield conn
+
+    monkeypatch.setattr(db, "write", counting)
+    # keep 2 of seqs 1..10: 8 go, at most 3 a transaction: 1-3, 4-6, 7-8, then one that finds
+    # nothing older than the cut
+    assert await repo.prune(keep=2, chunk=3) == 8
+    assert len(deletes) == 4
+    assert [e.seq for e in await repo.since(0, limit=100)] == [9, 10]
+
+
+async def test_pruning_by_age_cuts_at_the_first_young_event_and_keeps_the_newest(
+    db: Database,
+) -> None:
+    repo = EventRepo(db)
+    batch = [NewEvent("x", "{}", ts) for ts in (1.0, 2.0, 3.0, 4.0)]
+    await db.write_batch(lambda conn: write_events(conn, batch))
+    assert await repo.prune(keep=100, older_than=2.5) == 2  # ts 1 and 2 go
+    assert [e.ts for e in await repo.since(0, limit=100)] == [3.0, 4.0]
+    assert await repo.prune(keep=100, older_than=99.0) == 1  # all old: the newest stays
+    assert [e.seq for e in await repo.since(0, limit=100)] == [4]
+
+
+def test_no_module_outside_the_store_speaks_sql() -> None:
+    package = Path(apportion.__file__).parent
+    offenders = [
+        str(path.relative_to(package))
+        for path in sorted(package.rglob("*.py"))
+        if "store" not in path.relative_to(package).parts[:1]
+        and re.search(r"^\s*(from|import) sqlalchemy\b", path.read_text(), re.MULTILINE)
+    ]
+    assert offenders == []

@@ -47,7 +47,7 @@ from apportion.server import (
 from apportion.server.auth import ANONYMOUS_ADMIN, auth_middleware, check_bind_allowed
 from apportion.server.bootstrap import BootstrapKey, ensure_admin_key
 from apportion.server.context import CONTEXT, ServerContext
-from apportion.server.events import EventLog
+from apportion.server.events import EventLog, Retention
 from apportion.server.http_common import error_middleware
 from apportion.server.keys import KeyStore
 from apportion.server.routes_status import STATUS, StatusContext
@@ -112,6 +112,11 @@ class Server:
         keys = KeyStore(db)
         events = EventLog(db)
         self._stack.push_async_callback(events.close)
+        retention = Retention(
+            max_age_seconds=settings.event_retention_days * 86400,
+            max_events=settings.event_retention_count,
+        )
+        await events.prune_to(retention)
         telemetry = Telemetry()
         events.add_sink(telemetry.observe_event)
         registry = Registry(db, metrics_ttl=settings.metrics_ttl)
@@ -194,6 +199,7 @@ class Server:
         self._spawn(dispatcher.watch(interval=0.25), "dispatch-watch")
         self._spawn(self._lease_loop(holds, events), "leases")
         self._spawn(self._staleness_loop(registry), "staleness")
+        self._spawn(events.prune_forever(retention), "event-prune")
 
     async def _start_http(self, context: ServerContext, status: StatusContext) -> None:
         settings = self.settings

@@ -2,36 +2,40 @@
 
 Rules this module keeps:
 
-* **No GPU in two holds.** :meth:`HoldManager.hold` checks and marks the GPUs in
-  the fleet view synchronously on the event loop (no ``await`` between the check
+* **No GPU in two holds.** :meth:`HoldManager.reserve` checks and marks the GPUs
+  in the fleet view synchronously on the event loop (no ``await`` between the check
   and the mark), and the ``hold_gpus`` table has a unique constraint on
   ``(cluster_id, node_id, gpu_id)`` as a second line of defence.
-* **Acknowledged means durable.** ``hold`` returns only after the hold is
-  committed (group commit through :class:`~apportion.allocation.hold_journal.HoldJournal`);
-  a hold that was answered survives a crash until its lease ends.
+* **Acknowledged means durable.** :meth:`HoldManager.commit` returns only after the
+  hold is committed (group commit through
+  :class:`~apportion.allocation.hold_journal.HoldJournal`); a hold that was answered
+  survives a crash until its lease ends. A hold whose commit failed, or whose caller
+  was cancelled, is undone in memory and in the store.
 * **Leases end.** An expired hold is released by :meth:`expire_due` (called by
   the server's background loop) and its GPUs return to the fleet.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import delete, select
-
-from apportion import jsonutil
 from apportion.allocation.hold import Hold
-from apportion.allocation.hold_journal import HoldJournal
+from apportion.allocation.hold_journal import HoldJournal, decode_placements
 from apportion.engine.validate import placement_gpu_keys
 from apportion.errors import Conflict, Forbidden, UnknownAllocation
 from apportion.ownership import may_act_on
 from apportion.registry.fleet import FleetView
 from apportion.registry.fleet_structure import GpuKey
-from apportion.store import schema
 from apportion.store.db import Database
+from apportion.store.repos.holds import HoldRepo
+
+log = logging.getLogger(__name__)
 
 
 class HoldManager:
@@ -44,9 +48,9 @@ class HoldManager:
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._db = db
         self._fleet = fleet
         self._clock = clock
+        self._repo = HoldRepo(db)
         self._journal = HoldJournal(db)
         self._holds: dict[str, Hold] = {}
 
@@ -54,14 +58,12 @@ class HoldManager:
     async def start(self) -> list[str]:
         """Load unexpired holds into the fleet, drop expired ones; return the dropped ids."""
         now = self._clock()
-        async with self._db.read() as conn:
-            rows = (await conn.execute(select(schema.holds))).all()
         expired = []
-        for row in rows:
+        for row in await self._repo.all():
             if row.expires_at <= now:
                 expired.append(row.allocation_id)
                 continue
-            placements = jsonutil.loads(row.placements)
+            placements = decode_placements(row.placements)
             hold = Hold(
                 row.allocation_id,
                 row.owner,
@@ -76,17 +78,12 @@ class HoldManager:
             self._holds[hold.allocation_id] = hold
             self._fleet.set_held(hold.gpu_keys, True)
         if expired:
-            async with self._db.write() as conn:
-                await conn.execute(
-                    delete(schema.hold_gpus).where(schema.hold_gpus.c.allocation_id.in_(expired))
-                )
-                await conn.execute(
-                    delete(schema.holds).where(schema.holds.c.allocation_id.in_(expired))
-                )
-        self._journal.start()
+            await self._repo.delete(expired)
         return expired
 
     async def close(self) -> None:
+        """Refuse new changes and wait for the journal's pending commits (before the database
+        closes)."""
         await self._journal.close()
 
     # ---------------------------------------------------------------- queries
@@ -156,13 +153,24 @@ class HoldManager:
         return hold
 
     async def commit(self, hold: Hold) -> None:
-        """Make a reserved hold durable; on failure the reservation is undone and the error raised."""
+        """Make a reserved hold durable; on failure the reservation is undone and the error
+        raised. If the caller is cancelled while it waits, the insert is committed all the same
+        (the journal's rule), so the hold is undone by a delete handed over after it: nobody
+        learnt its id, and its GPUs must not stay held in the store until its lease ends."""
         try:
             await self._journal.insert(hold)
-        except BaseException:
-            self._holds.pop(hold.allocation_id, None)
-            self._fleet.set_held(hold.gpu_keys, False)
+        except asyncio.CancelledError:
+            self._undo(hold)
+            with contextlib.suppress(RuntimeError):  # a closed journal: the server is stopping
+                self._journal.delete([hold.allocation_id]).add_done_callback(_log_failure)
             raise
+        except BaseException:
+            self._undo(hold)
+            raise
+
+    def _undo(self, hold: Hold) -> None:
+        self._holds.pop(hold.allocation_id, None)
+        self._fleet.set_held(hold.gpu_keys, False)
 
     def _check_owner(self, hold: Hold, owner: str | None, is_admin: bool) -> None:
         if not may_act_on(hold.owner, key_id=owner, is_admin=is_admin):
@@ -213,3 +221,8 @@ class HoldManager:
             self._fleet.set_held(hold.gpu_keys, False)
 
         await self._journal.delete(ids)
+
+
+def _log_failure(done: asyncio.Future[list[None]]) -> None:
+    if not done.cancelled() and done.exception() is not None:
+        log.error("undoing a cancelled hold failed", exc_info=done.exception())

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
 from apportion import jsonutil
 from apportion.errors import InvalidRequest
-from apportion.store import schema
 from apportion.store.db import Database
+from apportion.store.repos.pool_limits import PoolLimitRepo
 
 LIMIT_RANGE = (1, 100)  # max_concurrent_jobs, as seed 001 validated it
 
@@ -24,14 +21,13 @@ class PoolLimits:
     """The limits in memory and in the ``pool_limits`` table."""
 
     def __init__(self, db: Database) -> None:
-        self._db = db
+        self._repo = PoolLimitRepo(db)
         self._values: dict[str, Any] = {"max_concurrent_jobs": None}
 
     async def load(self) -> None:
         """Read the stored limits (call once at start)."""
-        async with self._db.read() as conn:
-            for row in (await conn.execute(select(schema.pool_limits))).all():
-                self._values[row.name] = jsonutil.loads(row.value)
+        for name, value in (await self._repo.all()).items():
+            self._values[name] = jsonutil.loads(value)
 
     def get(self, name: str) -> Any:
         """A limit's value; None when unset (unlimited) or unknown."""
@@ -60,14 +56,6 @@ class PoolLimits:
                 path="body.max_concurrent_jobs",
             )
         old = self.as_dict()
-        async with self._db.write() as conn:
-            stmt = sqlite_insert(schema.pool_limits).values(
-                name="max_concurrent_jobs", value=jsonutil.dumps_str(value)
-            )
-            await conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=[schema.pool_limits.c.name], set_={"value": stmt.excluded.value}
-                )
-            )
+        await self._repo.put("max_concurrent_jobs", jsonutil.dumps_str(value))
         self._values["max_concurrent_jobs"] = value
         return old, self.as_dict()

@@ -14,14 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
-
 from apportion import jsonutil
 from apportion.errors import Conflict, InvalidRequest, NotFound
 from apportion.jobs.models import JobConfig, JobStatus, QueueConfig, parse_model
 from apportion.jobs.writer import JobWriter
-from apportion.store import schema
 from apportion.store.db import Database
+from apportion.store.repos.jobs import JobChange, JobRepo, JobRow, StatusEntry
+from apportion.store.repos.queues import QueueRepo, QueueRow
 from apportion.timefmt import iso_utc
 
 
@@ -62,9 +61,10 @@ class Job:
     def workers(self) -> int:
         return self.config.replica_count
 
-    def row(self) -> dict[str, Any]:
-        """The ``jobs`` row of this record (every field but ``queue_position``). Called on
-        every save: the encoded config and decision are kept, as they do not change once set."""
+    def row(self) -> JobRow:
+        """The ``jobs`` row of this record (every field but ``queue_position``), a snapshot.
+        Called on every save: the encoded config and decision are kept, as they do not change
+        once set."""
         out = {name: getattr(self, name) for name in _ROW_FIELDS}
         out["config"] = self._encoded("config", self.config.model_dump)
         out["decision"] = (
@@ -75,7 +75,7 @@ class Job:
             out[name] = None if value is None else jsonutil.dumps_str(value)
         out["status"] = self.status.value
         out["cancel_requested"] = int(self.cancel_requested)
-        return out
+        return JobRow(**out)
 
     def _encoded(self, name: str, value: Callable[[], Any]) -> str:
         """The JSON text of a write-once field, computed on first use (keyed by the object, so
@@ -88,14 +88,15 @@ class Job:
         return cached[1]
 
     @classmethod
-    def from_row(cls, row: Any) -> Job:
-        data = dict(row._mapping)
-        data["config"] = JobConfig.model_validate(jsonutil.loads(data["config"]))
-        data["status"] = JobStatus(data["status"])
+    def from_row(cls, row: JobRow) -> Job:
+        """The record of a stored row (the inverse of :meth:`row`)."""
+        data: dict[str, Any] = {name: getattr(row, name) for name in _ROW_FIELDS}
+        data["config"] = JobConfig.model_validate(jsonutil.loads(row.config))
+        data["status"] = JobStatus(row.status)
         for key in ("allocation", "resource_usage", "decision"):
             if data[key] is not None:
                 data[key] = jsonutil.loads(data[key])
-        data["cancel_requested"] = bool(data["cancel_requested"])
+        data["cancel_requested"] = bool(row.cancel_requested)
         return cls(**data)
 
     def public(self) -> dict[str, Any]:
@@ -133,18 +134,17 @@ class JobBook:
     """Every job, in memory and in the store."""
 
     def __init__(self, db: Database) -> None:
-        self._db = db
+        self._repo = JobRepo(db)
         self._writer = JobWriter(db)
         self.jobs: dict[str, Job] = {}
         self._next_seq = 1
 
     async def load(self) -> None:
-        async with self._db.read() as conn:
-            for row in (await conn.execute(select(schema.jobs))).all():
-                job = Job.from_row(row)
-                self.jobs[job.job_id] = job
-            top = (await conn.execute(select(func.max(schema.jobs.c.seq)))).scalar()
-        self._next_seq = (top or 0) + 1
+        """Read every stored job (call once at start)."""
+        for row in await self._repo.all():
+            job = Job.from_row(row)
+            self.jobs[job.job_id] = job
+        self._next_seq = await self._repo.max_seq() + 1
 
     def get(self, job_id: str) -> Job:
         job = self.jobs.get(job_id)
@@ -169,10 +169,8 @@ class JobBook:
             created_at=now,
         )
         self._next_seq += 1
-        row = job.row()
-        row.pop("job_id")
-        history = {"job_id": job.job_id, "status": job.status.value, "time": now, "reason": reason}
-        await self._writer.write(job.job_id, row, history, new=True)
+        history = StatusEntry(job.job_id, job.status.value, now, reason)
+        await self._writer.write(JobChange(job.row(), history, new=True))
         self.jobs[job.job_id] = job
         return job
 
@@ -180,16 +178,15 @@ class JobBook:
         self, job: Job, *, status: JobStatus | None = None, reason: str | None = None
     ) -> None:
         """Write the job's fields; with ``status``, also change it and append to its history.
-        Returns once committed (group-committed with other jobs' changes, :mod:`job_writer`)."""
+        Returns once committed (group-committed with other jobs' changes,
+        :mod:`apportion.jobs.writer`); a cancelled caller's change is still written."""
         now = time.time()
         if status is not None:
             job.status = status
-        row = job.row()
-        row.pop("job_id")
         history = None
         if status is not None:
-            history = {"job_id": job.job_id, "status": status.value, "time": now, "reason": reason}
-        await self._writer.write(job.job_id, row, history)
+            history = StatusEntry(job.job_id, status.value, now, reason)
+        await self._writer.write(JobChange(job.row(), history))
 
     async def close(self) -> None:
         """Wait for changes handed to the writer (call before the database closes)."""
@@ -200,22 +197,14 @@ class JobBook:
         record already shows (it waits for that job's pending commits)."""
         self.get(job_id)
         await self._writer.settled(job_id)
-        async with self._db.read() as conn:
-            rows = (
-                await conn.execute(
-                    select(schema.job_statuses)
-                    .where(schema.job_statuses.c.job_id == job_id)
-                    .order_by(schema.job_statuses.c.id)
-                )
-            ).all()
-        return [{"status": r.status, "time": iso_utc(r.time), "reason": r.reason} for r in rows]
+        return [
+            {"status": e.status, "time": iso_utc(e.time), "reason": e.reason}
+            for e in await self._repo.history(job_id)
+        ]
 
     async def remove(self, job_id: str) -> None:
-        async with self._db.write() as conn:
-            await conn.execute(
-                delete(schema.job_statuses).where(schema.job_statuses.c.job_id == job_id)
-            )
-            await conn.execute(delete(schema.jobs).where(schema.jobs.c.job_id == job_id))
+        """Delete the job and its history from the store, then from memory."""
+        await self._repo.remove(job_id)
         self.jobs.pop(job_id, None)
 
 
@@ -226,16 +215,16 @@ class QueueBook:
     """Queues by name, in memory and in the store; a ``default`` queue always exists."""
 
     def __init__(self, db: Database) -> None:
-        self._db = db
+        self._repo = QueueRepo(db)
         self._queues: dict[str, tuple[str, QueueConfig]] = {}
 
     async def load(self) -> None:
-        async with self._db.read() as conn:
-            for row in (await conn.execute(select(schema.queues))).all():
-                self._queues[row.name] = (
-                    row.id,
-                    QueueConfig.model_validate(jsonutil.loads(row.document)),
-                )
+        """Read every stored queue and create ``default`` if missing (call once at start)."""
+        for row in await self._repo.all():
+            self._queues[row.name] = (
+                row.id,
+                QueueConfig.model_validate(jsonutil.loads(row.document)),
+            )
         if DEFAULT_QUEUE not in self._queues:
             await self.create(
                 {"name": DEFAULT_QUEUE, "description": "the queue jobs go to when they name none"}
@@ -288,24 +277,14 @@ class QueueBook:
                 f"queue {config.name!r} has waiting or running jobs; cancel them first",
                 details={"queue": config.name},
             )
-        async with self._db.write() as conn:
-            await conn.execute(delete(schema.queues).where(schema.queues.c.id == qid))
+        await self._repo.delete(qid)
         del self._queues[config.name]
 
     async def _write(self, qid: str, config: QueueConfig, *, created: bool) -> None:
         now = time.time()
         document = jsonutil.dumps_str(config.model_dump())
-        async with self._db.write() as conn:
-            if created:
-                await conn.execute(
-                    schema.queues.insert().values(
-                        id=qid, name=config.name, document=document, created_at=now, updated_at=now
-                    )
-                )
-            else:
-                await conn.execute(
-                    update(schema.queues)
-                    .where(schema.queues.c.id == qid)
-                    .values(document=document, updated_at=now)
-                )
+        if created:
+            await self._repo.insert(QueueRow(qid, config.name, document), now)
+        else:
+            await self._repo.replace_document(qid, document, now)
         self._queues[config.name] = (qid, config)

@@ -30,16 +30,13 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
 from apportion import jsonutil
 from apportion.errors import ApportionError, PolicyError, PolicyTimeout
 from apportion.policies.clients import ClusterClient, ClusterMetricsClient, RegistryServices
 from apportion.policies.sandbox.pool import SandboxCall, SandboxPool
 from apportion.policies.store import PolicyEntry
-from apportion.store import schema
 from apportion.store.db import Database
+from apportion.store.repos.policies import PolicyRepo
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +68,7 @@ class PolicyRuntime:
         *,
         timeout_seconds: float,
     ) -> None:
-        self._db = db
+        self._repo = PolicyRepo(db)
         self._services = services
         self._sandbox = sandbox
         self.timeout_seconds = timeout_seconds
@@ -90,15 +87,8 @@ class PolicyRuntime:
         """The policy's persistent context (loaded from the store on first use)."""
         context = self._contexts.get(uri)
         if context is None:
-            async with self._db.read() as conn:
-                row = (
-                    await conn.execute(
-                        select(schema.policy_contexts.c.context).where(
-                            schema.policy_contexts.c.uri == uri
-                        )
-                    )
-                ).first()
-            raw = row.context.encode() if row else b"{}"
+            stored = await self._repo.context(uri)
+            raw = b"{}" if stored is None else stored.encode()
             context = jsonutil.loads(raw)
             self._contexts[uri] = context
             self._context_json[uri] = raw
@@ -117,15 +107,7 @@ class PolicyRuntime:
         if raw == self._context_json.get(uri):
             return
         self._context_json[uri] = raw
-        stmt = sqlite_insert(schema.policy_contexts).values(
-            uri=uri, context=raw.decode(), updated_at=time.time()
-        )
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[schema.policy_contexts.c.uri],
-            set_={"context": stmt.excluded.context, "updated_at": stmt.excluded.updated_at},
-        )
-        async with self._db.write() as conn:
-            await conn.execute(stmt)
+        await self._repo.put_context(uri, raw.decode(), time.time())
 
     async def check(self, entry: PolicyEntry) -> None:
         """Load an uploaded policy in a sandbox worker and check the seed contract's

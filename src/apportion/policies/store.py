@@ -23,15 +23,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import delete, select
-
 from apportion import jsonutil
 from apportion.errors import Conflict, Forbidden, InvalidRequest, UnknownPolicy
 from apportion.policies.archive import sha256_hex, unpack_policy_code
 from apportion.policies.records import PolicyRecord
 from apportion.policies.uri import PolicyURI
-from apportion.store import schema
 from apportion.store.db import Database
+from apportion.store.repos.policies import PolicyRepo, PolicyRow
 
 Source = Literal["builtin", "policy_dir", "upload"]
 
@@ -71,7 +69,7 @@ class PolicyStore:
     """Lookup, upload and deletion of policies. Runs on the event loop."""
 
     def __init__(self, db: Database, data_dir: Path) -> None:
-        self._db = db
+        self._repo = PolicyRepo(db)
         self._code_root = data_dir / "policies"
         self._entries: dict[str, PolicyEntry] = {}
         self._listeners: list[Callable[[str, str], None]] = []
@@ -88,14 +86,13 @@ class PolicyStore:
         """Register the built-ins, then read the uploaded policies from the database."""
         for uri, (record, cls) in builtins.items():
             self._entries[uri] = PolicyEntry(record, "builtin", policy_class=cls)
-        async with self._db.read() as conn:
-            rows = (await conn.execute(select(schema.policies))).all()
-        for row in rows:
+        for row in await self._repo.all():
             stored = jsonutil.loads(row.record)
             warnings = tuple(stored.pop("_warnings", ()))
             record = PolicyRecord.model_validate(stored)
+            code_dir = None if row.code_path is None else Path(row.code_path)
             self._entries[row.uri] = PolicyEntry(
-                record, "upload", code_dir=Path(row.code_path), warnings=warnings
+                record, "upload", code_dir=code_dir, warnings=warnings
             )
 
     def get(self, uri: str) -> PolicyEntry:
@@ -137,20 +134,19 @@ class PolicyStore:
             )
         entry = PolicyEntry(record, "upload", code_dir=code_dir, warnings=tuple(warnings))
         stored = record.model_dump(by_alias=True) | {"_warnings": warnings}
-        async with self._db.write() as conn:
-            await conn.execute(
-                schema.policies.insert().values(
-                    uri=uri,
-                    name=record.name,
-                    version=record.version,
-                    release_tag=record.release_tag,
-                    record=jsonutil.dumps_str(stored),
-                    code_path=str(code_dir),
-                    code_sha256=digest,
-                    source="upload",
-                    created_at=time.time(),
-                )
+        await self._repo.insert(
+            PolicyRow(
+                uri=uri,
+                name=record.name,
+                version=record.version,
+                release_tag=record.release_tag,
+                record=jsonutil.dumps_str(stored),
+                code_path=str(code_dir),
+                code_sha256=digest,
+                source="upload",
+                created_at=time.time(),
             )
+        )
         self._entries[uri] = entry
         self._changed(uri, "created")
         return entry
@@ -162,11 +158,7 @@ class PolicyStore:
                 f"policy {uri} is a {entry.source} policy and cannot be deleted through the API",
                 details={"policy_rule_uri": uri, "source": entry.source},
             )
-        async with self._db.write() as conn:
-            await conn.execute(delete(schema.policies).where(schema.policies.c.uri == uri))
-            await conn.execute(
-                delete(schema.policy_contexts).where(schema.policy_contexts.c.uri == uri)
-            )
+        await self._repo.delete(uri)
         del self._entries[uri]
         self._changed(uri, "deleted")
 

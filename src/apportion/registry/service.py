@@ -18,17 +18,14 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, select
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
 from apportion import jsonutil
 from apportion.errors import Conflict, InvalidDocument, InvalidRequest, NotFound
 from apportion.registry.documents.cluster import validate_cluster_document
 from apportion.registry.filters import compile_filter, parse_cluster_filter
 from apportion.registry.fleet import FleetView
 from apportion.registry.metrics import mark_staleness, validate_metrics_document
-from apportion.store import schema
 from apportion.store.db import Database
+from apportion.store.repos.registry import ClusterRow, MetricsRow, RegistryRepo
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +51,7 @@ class Registry:
     """Clusters and metrics, in memory and in the store, mirrored into a fleet view."""
 
     def __init__(self, db: Database, *, metrics_ttl: float = 60.0) -> None:
-        self._db = db
+        self._repo = RegistryRepo(db)
         self.metrics_ttl = metrics_ttl
         self._clusters: dict[str, dict[str, Any]] = {}
         self._metrics: dict[str, StoredMetrics] = {}
@@ -67,16 +64,16 @@ class Registry:
     # ---------------------------------------------------------------- lifecycle
     async def load(self) -> None:
         """Read every stored cluster and metrics document (at start-up)."""
-        async with self._db.read() as conn:
-            for row in (await conn.execute(select(schema.clusters))).all():
-                doc = jsonutil.loads(row.document)
-                self._clusters[row.id] = doc
-                self._live = None
-                self.fleet.set_cluster(doc)
-            for row in (await conn.execute(select(schema.cluster_metrics))).all():
-                if row.cluster_id in self._clusters:
-                    stored = StoredMetrics(jsonutil.loads(row.document), row.received_at)
-                    self._metrics[row.cluster_id] = stored
+        clusters, metrics = await self._repo.load()
+        for cluster in clusters:
+            doc = jsonutil.loads(cluster.document)
+            self._clusters[cluster.id] = doc
+            self._live = None
+            self.fleet.set_cluster(doc)
+        for row in metrics:
+            if row.cluster_id in self._clusters:
+                stored = StoredMetrics(jsonutil.loads(row.document), row.received_at)
+                self._metrics[row.cluster_id] = stored
         self.refresh_staleness()
         self.version += 1
 
@@ -169,16 +166,7 @@ class Registry:
         return doc
 
     async def _save_cluster(self, doc: dict[str, Any], *, created: bool) -> None:
-        now = time.time()
-        stmt = sqlite_insert(schema.clusters).values(
-            id=doc["id"], document=jsonutil.dumps_str(doc), created_at=now, updated_at=now
-        )
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[schema.clusters.c.id],
-            set_={"document": stmt.excluded.document, "updated_at": now},
-        )
-        async with self._db.write() as conn:
-            await conn.execute(stmt)
+        await self._repo.put_cluster(ClusterRow(doc["id"], jsonutil.dumps_str(doc)), time.time())
         self._clusters[doc["id"]] = doc
         self._live = None
         self.fleet.set_cluster(doc)
@@ -191,13 +179,7 @@ class Registry:
 
     async def delete_cluster(self, cluster_id: str) -> None:
         self.get_cluster(cluster_id)
-        async with self._db.write() as conn:
-            await conn.execute(delete(schema.clusters).where(schema.clusters.c.id == cluster_id))
-            await conn.execute(
-                delete(schema.cluster_metrics).where(
-                    schema.cluster_metrics.c.cluster_id == cluster_id
-                )
-            )
+        await self._repo.delete_cluster(cluster_id)
         del self._clusters[cluster_id]
         self._live = None
         self._metrics.pop(cluster_id, None)
@@ -212,15 +194,7 @@ class Registry:
         self.get_cluster(cluster_id)
         doc = validate_metrics_document(body, cluster_id=cluster_id)
         now = time.time()
-        stmt = sqlite_insert(schema.cluster_metrics).values(
-            cluster_id=cluster_id, document=jsonutil.dumps_str(doc), received_at=now
-        )
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[schema.cluster_metrics.c.cluster_id],
-            set_={"document": stmt.excluded.document, "received_at": now},
-        )
-        async with self._db.write() as conn:
-            await conn.execute(stmt)
+        await self._repo.put_metrics(MetricsRow(cluster_id, jsonutil.dumps_str(doc), now))
         self._metrics[cluster_id] = StoredMetrics(doc, now)
         self._stale.discard(cluster_id)
         self._apply_metrics_to_fleet(cluster_id)

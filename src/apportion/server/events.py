@@ -3,27 +3,31 @@
 CONTRACTS §7: events carry ``seq`` (monotonic per database) and ``ts`` (ISO-8601 UTC), are stored
 before they are emitted, and ``GET /events?since=<seq>`` returns what a client missed.
 
-:class:`EventLog` group-commits: concurrent :meth:`EventLog.append` calls queue their event and
-one flusher task writes everything queued in one transaction (one fsync for many events), then
-hands each event to the sinks in ``seq`` order. The flusher exists only while there is work, so
-the log needs no start/stop; :meth:`EventLog.close` waits for a flush in progress.
+:class:`EventLog` group-commits through a :class:`~apportion.store.committer.GroupCommitter`:
+concurrent :meth:`EventLog.append` calls hand their event over and the committer writes
+everything handed over in one transaction (one fsync for many events), then hands each event to
+the sinks in ``seq`` order before the appenders resume. The committer's flusher exists only
+while there is work, so the log needs no start; :meth:`EventLog.close` drains it.
+
+Old events are pruned (:meth:`EventLog.prune_forever`, started by the server) to the
+:class:`Retention` of the settings; the newest event is always kept, so ``seq`` never goes
+back. A ``since`` older than the oldest kept event answers from the oldest kept one: the gap in
+``seq`` tells the client that what it missed was pruned.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, select
-
 from apportion import jsonutil
+from apportion.store.committer import GroupCommitter
 from apportion.store.db import Database
-from apportion.store.schema import events
+from apportion.store.repos.events import EventRepo, NewEvent, write_events
 from apportion.timefmt import iso_utc
 
 log = logging.getLogger(__name__)
@@ -36,23 +40,18 @@ MAX_TYPE_LENGTH = 100
 MAX_LIMIT = 10_000
 
 
-def _event(seq: int, type_: str, ts: float, payload: dict[str, Any]) -> Event:
-    return {"type": type_, "seq": seq, "ts": iso_utc(ts), **payload}
+def _event(seq: int, type_: str, ts_iso: str, payload: dict[str, Any]) -> Event:
+    return {"type": type_, "seq": seq, "ts": ts_iso, **payload}
 
 
-@dataclass
-class _Pending:
-    type: str
-    payload: dict[str, Any]
-    encoded: bytes
-    ts: float
-    done: asyncio.Future[Event]
+@dataclass(frozen=True)
+class Retention:
+    """How much of the event log is kept: events younger than ``max_age_seconds``, at most
+    ``max_events`` of them (the newest always), pruned every ``interval_seconds``."""
 
-
-def _fail(batch: list[_Pending], exc: BaseException) -> None:
-    for item in batch:
-        if not item.done.done():
-            item.done.set_exception(exc)
+    max_age_seconds: float
+    max_events: int
+    interval_seconds: float = 600.0
 
 
 class EventLog:
@@ -64,11 +63,12 @@ class EventLog:
     """
 
     def __init__(self, db: Database, *, clock: Callable[[], float] = time.time) -> None:
-        self._db = db
+        self._repo = EventRepo(db)
         self._clock = clock
         self._sinks: list[Sink] = []
-        self._queue: list[_Pending] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._committer: GroupCommitter[_Appended, int] = GroupCommitter(
+            db, write_events, name="event-outbox", after_commit=self._emit_batch
+        )
 
     def add_sink(self, sink: Sink) -> None:
         """Register a coroutine called with every event after it is committed (e.g. the
@@ -81,9 +81,10 @@ class EventLog:
 
         Raises ``ValueError`` for an empty or over-long ``type`` or a payload that uses a
         reserved key (``type``, ``seq``, ``ts``), ``TypeError`` for a payload JSON cannot hold,
-        and the database's error when the commit fails (the event was then neither stored nor
-        emitted). Events appended by one process are emitted in ``seq`` order even when this is
-        called concurrently. If the caller is cancelled the event is still stored and emitted.
+        ``RuntimeError`` once the log is closed, and the database's error when the commit fails
+        (the event was then neither stored nor emitted). Events appended by one process are
+        emitted in ``seq`` order even when this is called concurrently. If the caller is
+        cancelled the event is still stored and emitted.
         """
         if not type or len(type) > MAX_TYPE_LENGTH:
             raise ValueError(f"an event type must be 1 to {MAX_TYPE_LENGTH} characters: {type!r}")
@@ -92,58 +93,19 @@ class EventLog:
             raise ValueError(
                 f"event payload keys {clash} are reserved (the log sets type, seq and ts)"
             )
-        encoded = jsonutil.dumps(payload)
-        done: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(type, payload, encoded, self._clock(), done))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush(), name="event-outbox")
-        return await asyncio.shield(done)
+        ts = self._clock()
+        item = _Appended(type, jsonutil.dumps_str(payload), ts, payload, iso_utc(ts))
+        [seq] = await self._committer.submit([item])
+        return _event(seq, item.type, item.ts_iso, payload)
 
-    async def _flush(self) -> None:
-        """Write and emit batches until the queue is empty (one transaction per batch)."""
-        while self._queue:
-            batch, self._queue = self._queue, []
-            try:
-                stored = await self._store(batch)
-            except asyncio.CancelledError:
-                # shutting down mid-commit: nobody may wait forever on a future
-                batch, self._queue = batch + self._queue, []
-                _fail(batch, RuntimeError("the event log was shut down before the commit"))
-                raise
-            except Exception as exc:
-                log.exception("could not store %d event(s); they were not emitted", len(batch))
-                _fail(batch, exc)
-                continue
-            for item, event in zip(batch, stored, strict=True):
-                await self._emit(event)
-                if not item.done.done():
-                    item.done.set_result(event)
-
-    async def _store(self, batch: list[_Pending]) -> list[Event]:
-        # One compiled INSERT for the whole batch (executemany) with the seqs assigned here:
-        # under the write lock, in the same transaction as the read of the newest seq, so they
-        # are exactly the ones SQLite's AUTOINCREMENT would have given.
-        rows = [
-            {"type": item.type, "payload": item.encoded.decode(), "ts": item.ts} for item in batch
-        ]
-
-        def store(conn: Connection) -> int:
-            newest = conn.execute(select(func.max(events.c.seq))).scalar()
-            first = int(newest or 0) + 1
-            for i, row in enumerate(rows):
-                row["seq"] = first + i
-            conn.execute(events.insert(), rows)
-            return first
-
-        first = await self._db.write_batch(store)
-        return [_event(first + i, item.type, item.ts, item.payload) for i, item in enumerate(batch)]
-
-    async def _emit(self, event: Event) -> None:
-        for sink in self._sinks:
-            try:
-                await sink(event)
-            except Exception:
-                log.exception("event sink %r failed on %s #%s", sink, event["type"], event["seq"])
+    async def _emit_batch(self, batch: Sequence[_Appended], seqs: Sequence[int]) -> None:
+        for item, seq in zip(batch, seqs, strict=True):
+            event = _event(seq, item.type, item.ts_iso, item.fields)
+            for sink in self._sinks:
+                try:
+                    await sink(event)
+                except Exception:
+                    log.exception("event sink %r failed on %s #%s", sink, item.type, seq)
 
     async def since(
         self, seq: int, *, limit: int = 1000, types: Collection[str] | None = None
@@ -157,36 +119,59 @@ class EventLog:
             raise ValueError(f"limit must be between 1 and {MAX_LIMIT}, not {limit}")
         if types is not None and not types:
             return []
-        query = select(events).where(events.c.seq > seq).order_by(events.c.seq).limit(limit)
-        if types is not None:
-            query = query.where(events.c.type.in_(sorted(set(types))))
-        async with self._db.read() as conn:
-            rows = (await conn.execute(query)).all()
-        return [_event(int(r.seq), r.type, float(r.ts), jsonutil.loads(r.payload)) for r in rows]
+        rows = await self._repo.since(seq, limit=limit, types=types)
+        return [_event(r.seq, r.type, iso_utc(r.ts), jsonutil.loads(r.payload)) for r in rows]
 
     async def latest_seq(self) -> int:
         """The newest stored ``seq``; 0 when the log is empty."""
-        async with self._db.read() as conn:
-            value = (await conn.execute(select(func.max(events.c.seq)))).scalar()
-        return int(value or 0)
+        return await self._repo.latest_seq()
 
-    async def prune(self, *, keep: int = 100_000) -> int:
-        """Delete the oldest events beyond the newest ``keep``; returns how many went.
-        ``keep`` must be at least 1 so that :meth:`latest_seq` never goes backwards."""
+    async def prune(self, *, keep: int, max_age_seconds: float | None = None) -> int:
+        """Delete the oldest events beyond the newest ``keep`` and, with ``max_age_seconds``,
+        those older than that (by this log's clock); returns how many went. The newest event
+        is always kept, so :meth:`latest_seq` never goes backwards; ``keep`` must be at least 1.
+        """
         if keep < 1:
             raise ValueError(f"keep must be at least 1 (the newest event anchors seq), not {keep}")
-        cutoff_query = select(events.c.seq).order_by(events.c.seq.desc()).offset(keep - 1).limit(1)
-        async with self._db.write() as conn:
-            cutoff = (await conn.execute(cutoff_query)).scalar()
-            if cutoff is None:
-                return 0
-            result = await conn.execute(delete(events).where(events.c.seq < cutoff))
-        return int(result.rowcount)
+        older_than = None if max_age_seconds is None else self._clock() - max_age_seconds
+        return await self._repo.prune(keep=keep, older_than=older_than)
+
+    async def prune_to(self, retention: Retention) -> int:
+        """Prune to ``retention`` once; returns how many events went (the server calls this at
+        start, before it serves, then :meth:`prune_forever` does it periodically)."""
+        removed = await self.prune(
+            keep=retention.max_events, max_age_seconds=retention.max_age_seconds
+        )
+        if removed:
+            log.info("pruned %d old event(s)", removed)
+        return removed
+
+    async def prune_forever(
+        self,
+        retention: Retention,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        """The server's prune loop (started by :mod:`apportion.app`, cancelled at stop): every
+        ``retention.interval_seconds``, :meth:`prune_to` ``retention``. A prune that fails is
+        logged and tried again at the next interval; the loop ends only by cancellation."""
+        while True:
+            await sleep(retention.interval_seconds)
+            try:
+                await self.prune_to(retention)
+            except Exception:
+                log.exception("pruning the event log failed; trying again later")
 
     async def close(self) -> None:
-        """Wait for events already appended to be stored and emitted (call before the
-        database closes)."""
-        flusher = self._flusher
-        if flusher is not None and not flusher.done():
-            with contextlib.suppress(Exception):
-                await flusher
+        """Refuse new events and wait for those already appended to be stored and emitted
+        (call before the database closes)."""
+        await self._committer.close()
+
+
+@dataclass(frozen=True)
+class _Appended(NewEvent):
+    """An event handed to the committer, with its payload as given and its time as the wire
+    shows it (both for the emitted event)."""
+
+    fields: dict[str, Any]
+    ts_iso: str

@@ -26,12 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
-
 from apportion.server.auth import Principal, Scope
-from apportion.store.db import Database, row_dict
-from apportion.store.schema import api_keys
+from apportion.store.db import Database
+from apportion.store.repos.api_keys import KeyRepo, KeyRow
 from apportion.timefmt import iso_utc
 
 KEY_PREFIX = "apn_"
@@ -96,7 +93,7 @@ class KeyStore:
         cache_size: int = 1024,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._db = db
+        self._repo = KeyRepo(db)
         self._ttl = cache_ttl
         self._size = cache_size
         self._clock = clock
@@ -107,18 +104,15 @@ class KeyStore:
             key_id = "".join(secrets.choice(_ID_ALPHABET) for _ in range(ID_LENGTH))
             secret = secret_for(key_id)
             prefix = key_id if secret.startswith(f"{KEY_PREFIX}{key_id}_") else _tag(secret)
-            row = {
-                "id": key_id,
-                "name": name,
-                "prefix": prefix,
-                "hash": _hash(secret, secrets.token_bytes(16)),
-                "scopes": scope.value,
-                "created_at": time.time(),
-            }
-            try:
-                async with self._db.write() as conn:
-                    await conn.execute(api_keys.insert().values(**row))
-            except IntegrityError:  # an id collision (1 in 36**10); draw again
+            row = KeyRow(
+                id=key_id,
+                name=name,
+                prefix=prefix,
+                hash=_hash(secret, secrets.token_bytes(16)),
+                scopes=scope.value,
+                created_at=time.time(),
+            )
+            if not await self._repo.insert(row):  # an id collision (1 in 36**10); draw again
                 continue
             return IssuedKey(key_id=key_id, name=name, scope=scope, secret=secret)
         raise RuntimeError("could not draw a free API key id in 5 attempts")
@@ -130,17 +124,11 @@ class KeyStore:
         token = secrets.token_urlsafe(32)
         return await self._insert(name, scope, lambda key_id: f"{KEY_PREFIX}{key_id}_{token}")
 
-    async def _find(self, secret: str) -> dict[str, Any] | None:
-        """The active row whose hash matches ``secret`` (lowest id on a tie), or None."""
-        query = (
-            select(api_keys)
-            .where(api_keys.c.prefix.in_(_lookup_prefixes(secret)))
-            .where(api_keys.c.revoked_at.is_(None))
-            .order_by(api_keys.c.id)
-        )
-        async with self._db.read() as conn:
-            rows = [row_dict(r) for r in await conn.execute(query)]
-        return next((r for r in rows if _matches(secret, r["hash"])), None)
+    async def _find(self, secret: str, *, active_only: bool) -> KeyRow | None:
+        """The row whose hash matches ``secret`` (lowest id on a tie; only unrevoked ones with
+        ``active_only``), or None."""
+        rows = await self._repo.by_prefix(_lookup_prefixes(secret), active_only=active_only)
+        return next((r for r in rows if _matches(secret, r.hash)), None)
 
     async def ensure_key(self, secret: str, *, name: str, scope: Scope) -> str:
         """Make an operator-given ``secret`` (``--admin-key`` / ``APPORTION_ADMIN_KEY``) a valid
@@ -155,20 +143,12 @@ class KeyStore:
             )
         if not all(c in string.printable and not c.isspace() for c in secret):
             raise ValueError("the admin key may hold only printable ASCII without spaces")
-        query = select(api_keys).where(api_keys.c.prefix.in_(_lookup_prefixes(secret)))
-        async with self._db.read() as conn:
-            rows = [row_dict(r) for r in await conn.execute(query.order_by(api_keys.c.id))]
-        found = next((r for r in rows if _matches(secret, r["hash"])), None)
+        found = await self._find(secret, active_only=False)
         if found is None:
             return (await self._insert(name, scope, lambda _key_id: secret)).key_id
-        async with self._db.write() as conn:
-            await conn.execute(
-                update(api_keys)
-                .where(api_keys.c.id == found["id"])
-                .values(scopes=scope.value, revoked_at=None)
-            )
-        self._forget(found["id"])
-        return str(found["id"])
+        await self._repo.reactivate(found.id, scope.value)
+        self._forget(found.id)
+        return found.id
 
     async def verify(self, secret: str) -> Principal | None:
         """The principal of a valid, unrevoked key; None for anything else. Cheap: a cache
@@ -183,13 +163,11 @@ class KeyStore:
             self._cache.move_to_end(cache_key)
             return hit[0]
         self._cache.pop(cache_key, None)
-        row = await self._find(secret)
+        row = await self._find(secret, active_only=True)
         if row is None:
             return None
-        principal = Principal(key_id=row["id"], name=row["name"], scope=Scope(row["scopes"]))
-        async with self._db.write() as conn:
-            stamp = update(api_keys).where(api_keys.c.id == row["id"])
-            await conn.execute(stamp.values(last_used_at=time.time()))
+        principal = Principal(key_id=row.id, name=row.name, scope=Scope(row.scopes))
+        await self._repo.touch(row.id, time.time())
         self._cache[cache_key] = (principal, now + self._ttl)
         while len(self._cache) > self._size:
             self._cache.popitem(last=False)
@@ -197,44 +175,28 @@ class KeyStore:
 
     async def list(self) -> list[dict[str, Any]]:
         """Every key, oldest first, without hashes or secrets (``apportion keys list``)."""
-        query = select(api_keys).order_by(api_keys.c.created_at, api_keys.c.id)
-        async with self._db.read() as conn:
-            rows = [row_dict(r) for r in await conn.execute(query)]
         return [
             {
-                "key_id": r["id"],
-                "name": r["name"],
-                "scope": r["scopes"],
-                "created_at": iso_utc(r["created_at"]),
-                "last_used_at": iso_utc(r["last_used_at"]),
-                "revoked_at": iso_utc(r["revoked_at"]),
-                "revoked": r["revoked_at"] is not None,
+                "key_id": r.id,
+                "name": r.name,
+                "scope": r.scopes,
+                "created_at": iso_utc(r.created_at),
+                "last_used_at": iso_utc(r.last_used_at),
+                "revoked_at": iso_utc(r.revoked_at),
+                "revoked": r.revoked_at is not None,
             }
-            for r in rows
+            for r in await self._repo.all()
         ]
 
     async def revoke(self, key_id: str) -> bool:
         """Revoke a key now; False when no active key has that id."""
-        async with self._db.write() as conn:
-            result = await conn.execute(
-                update(api_keys)
-                .where(api_keys.c.id == key_id)
-                .where(api_keys.c.revoked_at.is_(None))
-                .values(revoked_at=time.time())
-            )
+        revoked = await self._repo.revoke(key_id, time.time())
         self._forget(key_id)
-        return bool(result.rowcount)
+        return revoked
 
     async def has_admin(self) -> bool:
         """True when an active admin key exists (the first start generates one otherwise)."""
-        query = (
-            select(api_keys.c.id)
-            .where(api_keys.c.scopes == Scope.ADMIN.value)
-            .where(api_keys.c.revoked_at.is_(None))
-            .limit(1)
-        )
-        async with self._db.read() as conn:
-            return (await conn.execute(query)).first() is not None
+        return await self._repo.has_active(Scope.ADMIN.value)
 
     def _forget(self, key_id: str) -> None:
         for cache_key in [k for k, (p, _) in self._cache.items() if p.key_id == key_id]:

@@ -2,9 +2,9 @@
 
 ``Database.open(url)`` returns a ready store: WAL journal, ``synchronous=FULL``
 (a hold or job that was acknowledged survives a power cut), foreign keys on,
-schema migrated. Writes go through :meth:`Database.write`, which serialises
-writers inside this process so SQLite never answers "database is locked" to
-ourselves.
+schema migrated. Writes go through :meth:`Database.write` or
+:meth:`Database.write_batch`, which serialise writers inside this process so SQLite
+never answers "database is locked" to ourselves.
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine.interfaces import DBAPIConnection
@@ -24,11 +23,6 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from apportion.store.migrations import migrate
 
 T = TypeVar("T")
-
-
-def sqlite_url(path: Path) -> str:
-    """The SQLAlchemy URL of a SQLite file."""
-    return f"sqlite+aiosqlite:///{path}"
 
 
 def normalise_url(url: str) -> str:
@@ -58,8 +52,10 @@ class Database:
     Two ways to write, serialised by one lock: :meth:`write` (an async transaction; every
     statement is a hand-off to aiosqlite's thread and back) for occasional changes, and
     :meth:`write_batch` (a synchronous function run on the writer thread inside one
-    transaction: one hand-off for the whole batch) for the group-committing writers — the
-    hold journal, the job writer and the event outbox — whose latency bounds throughput.
+    transaction: one hand-off for the whole batch) for the
+    :class:`~apportion.store.committer.GroupCommitter` of the hold journal, the job writer and
+    the event outbox, whose latency bounds throughput. Only the repositories under
+    :mod:`apportion.store.repos` use either.
     """
 
     def __init__(self, engine: AsyncEngine, sync_engine: Engine) -> None:
@@ -116,8 +112,3 @@ class Database:
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self._writer, self._sync_engine.dispose)
             self._writer.shutdown(wait=True)
-
-
-def row_dict(row: Any) -> dict[str, Any]:
-    """A result row as a plain dict."""
-    return dict(row._mapping)

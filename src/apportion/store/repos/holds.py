@@ -1,0 +1,150 @@
+"""Holds and their GPUs (``holds``, ``hold_gpus``), written by the hold journal's committer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from sqlalchemy import Connection, bindparam, delete, select, update
+
+from apportion.store import schema
+from apportion.store.db import Database
+
+GpuTriple = tuple[str, str, str]  # (cluster_id, node_id, gpu_id)
+
+
+@dataclass(frozen=True)
+class HoldRow:
+    """A ``holds`` row; ``placements`` is the JSON text the journal encoded."""
+
+    allocation_id: str
+    owner: str | None
+    request_id: str | None
+    policy_uri: str
+    placements: str
+    created_at: float
+    expires_at: float
+    kind: str
+
+
+@dataclass(frozen=True)
+class HoldChange:
+    """One change handed to the committer: a new hold (``row`` and its ``gpus``), the end of
+    a hold, or a hold's new lease end (``expires_at``)."""
+
+    kind: Literal["insert", "delete", "renew"]
+    allocation_id: str
+    row: HoldRow | None = None
+    gpus: tuple[GpuTriple, ...] = ()
+    expires_at: float = 0.0
+
+
+@dataclass
+class _Net:
+    """A batch by its net effect: a hold made and released within the batch is not written, a
+    renewal of a hold inserted in the batch changes the inserted row."""
+
+    inserts: dict[str, HoldChange] = field(default_factory=dict)
+    deletes: set[str] = field(default_factory=set)
+    renews: dict[str, float] = field(default_factory=dict)
+    expiry_override: dict[str, float] = field(default_factory=dict)
+
+    def add(self, change: HoldChange) -> None:
+        aid = change.allocation_id
+        if change.kind == "insert":
+            self.inserts[aid] = change
+        elif change.kind == "delete":
+            self.renews.pop(aid, None)
+            self.expiry_override.pop(aid, None)
+            if self.inserts.pop(aid, None) is None:
+                self.deletes.add(aid)
+        elif aid in self.inserts:
+            self.expiry_override[aid] = change.expires_at
+        else:
+            self.renews[aid] = change.expires_at
+
+
+def write_changes(conn: Connection, changes: Sequence[HoldChange]) -> list[None]:
+    """Write a batch of hold changes (in the order they were made) by their net effect, in a
+    few multi-row statements: releases first (one ``DELETE … IN``), then new holds (one
+    ``executemany`` per table), then renewals. Releasing first is safe because a GPU can only
+    be held again after the engine released it in memory, so its old row is deleted in this
+    batch or an earlier one."""
+    net = _Net()
+    for change in changes:
+        net.add(change)
+    if net.deletes:
+        ids = sorted(net.deletes)
+        conn.execute(delete(schema.hold_gpus).where(schema.hold_gpus.c.allocation_id.in_(ids)))
+        conn.execute(delete(schema.holds).where(schema.holds.c.allocation_id.in_(ids)))
+    if net.inserts:
+        # executemany with one compiled statement per table (SQLAlchemy caches it; a
+        # multi-row VALUES of varying length would compile anew for every batch size)
+        rows = [change.row for change in net.inserts.values() if change.row is not None]
+        conn.execute(
+            schema.holds.insert(),
+            [
+                {
+                    "allocation_id": r.allocation_id,
+                    "owner": r.owner,
+                    "request_id": r.request_id,
+                    "policy_uri": r.policy_uri,
+                    "placements": r.placements,
+                    "created_at": r.created_at,
+                    "expires_at": net.expiry_override.get(r.allocation_id, r.expires_at),
+                    "kind": r.kind,
+                }
+                for r in rows
+            ],
+        )
+        gpu_rows = [
+            {"allocation_id": aid, "cluster_id": c, "node_id": n, "gpu_id": g}
+            for aid, change in net.inserts.items()
+            for c, n, g in change.gpus
+        ]
+        if gpu_rows:  # a hold of no GPUs (a job of CPU workers) has none
+            conn.execute(schema.hold_gpus.insert(), gpu_rows)
+    if net.renews:
+        conn.execute(
+            update(schema.holds)
+            .where(schema.holds.c.allocation_id == bindparam("aid"))
+            .values(expires_at=bindparam("exp")),
+            [{"aid": aid, "exp": exp} for aid, exp in net.renews.items()],
+        )
+    return [None] * len(changes)
+
+
+class HoldRepo:
+    """Reads of the hold tables at start, and the deletion of holds that expired while the
+    server was down (the hold manager's; every other change goes through the journal)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def all(self) -> list[HoldRow]:
+        """Every stored hold, expired or not."""
+        async with self._db.read() as conn:
+            rows = (await conn.execute(select(schema.holds))).all()
+        return [
+            HoldRow(
+                r.allocation_id,
+                r.owner,
+                r.request_id,
+                r.policy_uri,
+                r.placements,
+                float(r.created_at),
+                float(r.expires_at),
+                r.kind,
+            )
+            for r in rows
+        ]
+
+    async def delete(self, allocation_ids: Sequence[str]) -> None:
+        """Delete these holds and their GPU rows in one transaction."""
+        ids = list(allocation_ids)
+        async with self._db.write() as conn:
+            await conn.execute(
+                delete(schema.hold_gpus).where(schema.hold_gpus.c.allocation_id.in_(ids))
+            )
+            await conn.execute(delete(schema.holds).where(schema.holds.c.allocation_id.in_(ids)))

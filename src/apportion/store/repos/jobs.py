@@ -1,0 +1,143 @@
+"""Jobs and their status histories (``jobs``, ``job_statuses``), written by the job writer's
+committer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, delete, func, select, update
+
+from apportion.store import schema
+from apportion.store.db import Database
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """A ``jobs`` row; ``config``, ``allocation``, ``resource_usage`` and ``decision`` are JSON
+    text, ``status`` the status's value, ``cancel_requested`` 0 or 1."""
+
+    job_id: str
+    seq: int
+    queue: str
+    name: str
+    status: str
+    priority: int
+    config: str
+    owner: str | None
+    created_at: float
+    allocation: str | None
+    allocation_id: str | None
+    adapter: str | None
+    dispatch_token: str | None
+    scheduler_job_id: str | None
+    reason_code: str | None
+    reason: str | None
+    bypassed: int
+    start_time: float | None
+    end_time: float | None
+    return_code: int | None
+    failed_reason: str | None
+    resource_usage: str | None
+    decision: str | None
+    cancel_requested: int
+
+
+_COLUMNS = tuple(f.name for f in fields(JobRow))
+
+
+@dataclass(frozen=True)
+class StatusEntry:
+    """One entry of a job's status history (a ``job_statuses`` row)."""
+
+    job_id: str
+    status: str
+    time: float
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class JobChange:
+    """One change handed to the committer: the job's whole row as it was when the change was
+    made (``new``: its first row, an INSERT) and, for a status change, its history entry."""
+
+    row: JobRow
+    history: StatusEntry | None = None
+    new: bool = False
+
+
+def _values(row: JobRow) -> dict[str, Any]:
+    return {name: getattr(row, name) for name in _COLUMNS}
+
+
+def write_changes(conn: Connection, changes: Sequence[JobChange]) -> list[None]:
+    """Write a batch of job changes with the effect of writing them one by one: first rows are
+    inserted first (a job's first change is awaited before its next is handed over), then the
+    newest row of every other job wins (each row is the job's full state, taken in order), then
+    the history entries, in order."""
+    inserts = [_values(c.row) for c in changes if c.new]
+    newest = {c.row.job_id: c.row for c in changes if not c.new}  # later rows win
+    history = [
+        {"job_id": h.job_id, "status": h.status, "time": h.time, "reason": h.reason}
+        for c in changes
+        if (h := c.history) is not None
+    ]
+    if inserts:
+        conn.execute(schema.jobs.insert(), inserts)
+    if newest:
+        # bind names may not be column names in an UPDATE's SET: prefix them
+        columns = [name for name in _COLUMNS if name != "job_id"]
+        statement = (
+            update(schema.jobs)
+            .where(schema.jobs.c.job_id == bindparam("b_job_id"))
+            .values({name: bindparam(f"v_{name}") for name in columns})
+        )
+        params: list[dict[str, Any]] = [
+            {"b_job_id": row.job_id, **{f"v_{name}": getattr(row, name) for name in columns}}
+            for row in newest.values()
+        ]
+        conn.execute(statement, params)
+    if history:
+        conn.execute(schema.job_statuses.insert(), history)
+    return [None] * len(changes)
+
+
+class JobRepo:
+    """Reads of the job tables and the deletion of a job (the job book's; every other change
+    goes through the job writer)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def all(self) -> list[JobRow]:
+        """Every stored job, in no particular order."""
+        async with self._db.read() as conn:
+            rows = (await conn.execute(select(schema.jobs))).all()
+        return [JobRow(**{name: getattr(r, name) for name in _COLUMNS}) for r in rows]
+
+    async def max_seq(self) -> int:
+        """The highest submission ``seq`` stored; 0 without jobs."""
+        async with self._db.read() as conn:
+            top = (await conn.execute(select(func.max(schema.jobs.c.seq)))).scalar()
+        return int(top or 0)
+
+    async def history(self, job_id: str) -> list[StatusEntry]:
+        """The job's status history, oldest first (as committed: the job writer's
+        ``settled`` first if pending changes must be included)."""
+        query = (
+            select(schema.job_statuses)
+            .where(schema.job_statuses.c.job_id == job_id)
+            .order_by(schema.job_statuses.c.id)
+        )
+        async with self._db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        return [StatusEntry(r.job_id, r.status, float(r.time), r.reason) for r in rows]
+
+    async def remove(self, job_id: str) -> None:
+        """Delete the job and its history in one transaction."""
+        async with self._db.write() as conn:
+            await conn.execute(
+                delete(schema.job_statuses).where(schema.job_statuses.c.job_id == job_id)
+            )
+            await conn.execute(delete(schema.jobs).where(schema.jobs.c.job_id == job_id))

@@ -1,0 +1,51 @@
+"""Queues (``queues``): one JSON document per queue, by id and unique name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import delete, select, update
+
+from apportion.store import schema
+from apportion.store.db import Database
+
+
+@dataclass(frozen=True)
+class QueueRow:
+    """A ``queues`` row; ``document`` is the queue's configuration as JSON text."""
+
+    id: str
+    name: str
+    document: str
+
+
+class QueueRepo:
+    """The queue book's storage; each write is one transaction."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def all(self) -> list[QueueRow]:
+        async with self._db.read() as conn:
+            rows = (await conn.execute(select(schema.queues))).all()
+        return [QueueRow(r.id, r.name, r.document) for r in rows]
+
+    async def insert(self, row: QueueRow, now: float) -> None:
+        async with self._db.write() as conn:
+            await conn.execute(
+                schema.queues.insert().values(
+                    id=row.id, name=row.name, document=row.document, created_at=now, updated_at=now
+                )
+            )
+
+    async def replace_document(self, queue_id: str, document: str, now: float) -> None:
+        async with self._db.write() as conn:
+            await conn.execute(
+                update(schema.queues)
+                .where(schema.queues.c.id == queue_id)
+                .values(document=document, updated_at=now)
+            )
+
+    async def delete(self, queue_id: str) -> None:
+        async with self._db.write() as conn:
+            await conn.execute(delete(schema.queues).where(schema.queues.c.id == queue_id))
