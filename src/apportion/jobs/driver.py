@@ -29,7 +29,7 @@ from apportion.adapters.base import (
     JobSpec,
     WorkerSpec,
 )
-from apportion.jobs.records import Job
+from apportion.jobs.records import Job, ResourceUsage
 from apportion.registry.service import Registry
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class Observation:
     reported some (while it runs and once it ended)."""
 
     status: BackendStatus
-    usage: dict[str, Any] | None = None
+    usage: ResourceUsage | None = None
 
 
 def _cluster_of(placements: Sequence[Mapping[str, Any]]) -> str:
@@ -182,7 +182,7 @@ class BackendDriver:
         usage = None
         if status.state is BackendState.RUNNING or status.state.finished:
             try:
-                usage = await adapter.usage(spec, job.scheduler_job_id)
+                usage = ResourceUsage.of(await adapter.usage(spec, job.scheduler_job_id))
             except AdapterError as exc:
                 log.debug("no usage for job %s: %s", job.job_id, exc.message)
         return Observation(status, usage)
