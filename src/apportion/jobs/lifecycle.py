@@ -271,7 +271,7 @@ class JobLifecycle:
             {
                 "job_id": job.job_id,
                 "scheduler_job_id": scheduler_job_id,
-                "allocation": job.allocation,
+                "allocation": job.allocation_document(),
                 "adapter": job.adapter,
                 "queue": job.queue,
             },
@@ -358,7 +358,7 @@ class JobLifecycle:
                 "job_id": job.job_id,
                 "start_time": iso(job.start_time),
                 "resources": {
-                    "allocation": job.allocation,
+                    "allocation": job.allocation_document(),
                     "per_worker": job.config.resources.model_dump(exclude_none=True),
                     "workers": job.workers,
                 },

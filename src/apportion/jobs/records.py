@@ -116,6 +116,11 @@ class Job:
     def workers(self) -> int:
         return self.config.replica_count
 
+    def allocation_document(self) -> list[dict[str, Any]] | None:
+        """The placements of the job's workers as documents (``GET /jobs/{id}``, the job
+        events): the one place that turns them into JSON-ready values."""
+        return self.allocation
+
     def row(self) -> dict[str, Any]:
         """The ``jobs`` row of this record (every field but ``queue_position``). Called on
         every save: the encoded config and decision are kept, as they do not change once set."""
@@ -167,7 +172,7 @@ class Job:
             "reason": None
             if self.reason is None
             else {"code": self.reason_code, "message": self.reason},
-            "allocation": self.allocation,
+            "allocation": self.allocation_document(),
             "scheduler_job_id": self.scheduler_job_id,
             "adapter": self.adapter,
             "created_at": iso(self.created_at),

@@ -78,6 +78,8 @@ class JobService:
 
     # ---------------------------------------------------------------- API
     async def submit(self, body: Any, owner: str | None) -> Job:
+        """``POST /jobs/submit``: validate the body against its queue (:class:`InvalidRequest`
+        naming the field), commit the job queued, announce it and wake the cycle; return it."""
         request = parse_model(SubmitRequest, body)
         config = request.config
         queue = self.queues.get(config.queue) if config.queue in self.queues.names() else None
