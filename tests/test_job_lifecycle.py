@@ -141,6 +141,71 @@ async def test_a_stop_waits_for_an_in_flight_dispatch_and_leaves_no_task(tmp_pat
     assert marker.read_text() == "ran\n"
 
 
+GATED_POLICY = """
+import os, time
+
+class AIOSv1PolicyRule:
+    def __init__(self, rule_id, settings, parameters):
+        pass
+
+    def eval(self, parameters, input_data, context):
+        with open({evals!r}, "a") as f:
+            f.write("eval\\n")
+        end = time.monotonic() + 60
+        while not os.path.exists({gate!r}) and time.monotonic() < end:
+            time.sleep(0.01)
+        return [{{"cluster_id": "mixed-lab", "node_id": "mixed-lab-n03", "gpus": ["0"]}}]
+"""
+
+
+async def test_a_stop_lets_an_admission_cycle_under_way_finish(tmp_path: Path) -> None:
+    data, evals, gate = tmp_path / "data", tmp_path / "evals.txt", tmp_path / "gate"
+    marker = tmp_path / "ran.txt"
+    code = tmp_path / "policies" / "gated" / "code"
+    code.mkdir(parents=True)
+    (code / "function.py").write_text(GATED_POLICY.format(evals=str(evals), gate=str(gate)))
+    policies = tmp_path / "policies"
+    async with running_server(data) as live:
+        await live.load_demo_fleet()
+    server = Server(server_settings(data, policy_dir=policies))
+    await server.start()
+    stopping: asyncio.Task[None] | None = None
+    try:
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as http:
+            command = [PY, "-c", f"open({str(marker)!r}, 'a').write('ran\\n')"]
+            body = {"config": {"command": command, "policy_rule_uri": "gated:0.0-dev"}}
+            async with http.post(f"{server.url}/jobs/submit", json=body) as response:
+                assert response.status == 201
+                job_id = (await response.json())["job_id"]
+        for _ in range(600):  # the cycle is inside the policy (a deadline, not a timing claim)
+            if await asyncio.to_thread(evals.exists):
+                break
+            await asyncio.sleep(0.05)
+        loops = [t for t in server.background.tasks() if t.get_name() != "admission-cycle"]
+        stopping = asyncio.create_task(server.stop())
+        await asyncio.wait(loops)  # every loop ended, the admission loop too …
+        assert [t.get_name() for t in server.background.tasks()] == ["admission-cycle"]
+        assert not stopping.done()  # … and the stop waits for the cycle
+        gate.touch()
+        await stopping
+    finally:
+        gate.touch()
+        if stopping is None:
+            await server.stop()
+    assert server.background.tasks() == []
+    # the cycle admitted and dispatched the job before the store closed: the next start
+    # adopts it, and its placement is not decided a second time
+    async with running_server(data, policy_dir=policies) as live:
+        record = await wait_for(live, job_id, "completed", "failed")
+        history = await statuses(live, job_id)
+        async with live.http.get(f"{live.url}/fleet") as response:
+            held = (await response.json())["totals"]["held"]
+    assert record["status"] == "completed", record
+    assert history == ["queued", "scheduled", "running", "completed"]
+    assert evals.read_text() == "eval\n", "the placement was decided again after the restart"
+    assert marker.read_text() == "ran\n" and held == 0
+
+
 async def test_a_failing_task_is_logged_and_the_others_go_on(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -183,12 +248,12 @@ async def test_work_that_outlasts_the_grace_is_cancelled_and_named(
             cancelled.append("stuck")
             raise
 
-    with caplog.at_level(logging.ERROR, logger="apportion.background"):
+    with caplog.at_level(logging.WARNING, logger="apportion.background"):
         background.spawn(stuck(), "stuck")
         await background.stop(grace=0.05)
         assert "background task stuck did not end within 0.05 s; cancelled" in caplog.text
         assert cancelled == ["stuck"] and background.tasks() == []
         # once stopped, new work is refused (its coroutine closed, never left pending)
         background.spawn(stuck(), "late")
-        assert "background task late not started: the server is stopping" in caplog.text
+        assert "background task late not started: the server is not running" in caplog.text
     assert background.tasks() == []

@@ -5,7 +5,8 @@ Two kinds of task run in it:
 * **loops** (:meth:`Background.loop`): the admission loop, the dispatch watch, lease expiry,
   the collectors… They run until the server stops, which cancels them.
 * **work** (:meth:`Background.spawn`): a piece of work that must not be cut short, such as the
-  dispatch of one job to its backend. A stop lets it finish.
+  dispatch of one job to its backend, or an admission cycle under way. A stop lets it finish,
+  and work that work under way spawns (the dispatches of the jobs that cycle admitted).
 
 :meth:`Background.stop` cancels the loops, waits for every task of the group to end (bounded:
 after ``grace`` seconds what is left is cancelled, and waited for once more, as long), and
@@ -17,14 +18,16 @@ logged, and the others go on (a bare TaskGroup would cancel them all).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 log = logging.getLogger(__name__)
 
-Spawn = Callable[[Coroutine[Any, Any, None], str], None]
-"""How a component starts work under the server's task group: ``spawn(coroutine, name)``."""
+Spawn = Callable[[Coroutine[Any, Any, None], str], asyncio.Task[None] | None]
+"""How a component starts work under the server's task group: ``spawn(coroutine, name)``
+gives the task, or ``None`` when the group refused it (see :meth:`Background.spawn`)."""
 
 
 class Background:
@@ -45,32 +48,45 @@ class Background:
         await ready
 
     async def _hold(self, ready: asyncio.Future[None]) -> None:
-        async with asyncio.TaskGroup() as group:
-            self._group = group
-            ready.set_result(None)
-            await self._closing.wait()
-        # leaving the block waited for every task of the group
+        try:
+            async with asyncio.TaskGroup() as group:
+                self._group = group
+                ready.set_result(None)
+                await self._closing.wait()
+            # leaving the block waited for every task of the group
+        finally:
+            self._group = None
 
     def loop(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        """Run ``coro`` until the server stops (then it is cancelled)."""
-        task = self._create(coro, name)
+        """Run ``coro`` until the server stops (then it is cancelled). Refused once the server
+        is stopping."""
+        task = self._create(coro, name, refuse=self._closing.is_set())
         if task is not None:
             self._loops.add(task)
             task.add_done_callback(self._loops.discard)
 
-    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        """Run ``coro`` to its end; a stop waits for it (up to its grace period). Refused,
-        with an error in the log, once the group is shutting down: the caller's intent must
-        already be durable (a dispatch left undone is redone by the next start's reconcile)."""
-        self._create(coro, name)
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None] | None:
+        """Run ``coro`` to its end; a stop waits for it (up to its grace period), also when it
+        was spawned by other work while the stop waits. Refused, with a warning in the log,
+        once the group has ended or its grace ran out: the caller's intent must already be
+        durable (a dispatch left undone is redone by the next start's reconcile). Returns the
+        task (await it with ``asyncio.wait``, which does not cancel it), or ``None``."""
+        return self._create(coro, name, refuse=False)
 
-    def _create(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None] | None:
-        group = self._group
-        if group is None or self._closing.is_set():
+    def _create(
+        self, coro: Coroutine[Any, Any, None], name: str, *, refuse: bool
+    ) -> asyncio.Task[None] | None:
+        group, guarded = self._group, _guarded(coro, name)
+        task = None
+        if group is not None and not refuse:
+            # the group refuses once it has finished, or while it cancels what is left
+            with contextlib.suppress(RuntimeError):
+                task = group.create_task(guarded, name=name)
+        if task is None:
+            guarded.close()
             coro.close()
-            log.error("background task %s not started: the server is stopping", name)
+            log.warning("background task %s not started: the server is not running", name)
             return None
-        task = group.create_task(_guarded(coro, name), name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         # a task cancelled before its first step never awaited ``coro``: close it quietly

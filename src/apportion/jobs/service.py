@@ -61,6 +61,7 @@ class JobService:
         self.queues = QueueBook(db)
         self.limits = PoolLimits(db)
         self._wake = asyncio.Event()
+        self._spawn = spawn
         self.lifecycle = JobLifecycle(
             self.jobs, allocations, holds, driver, emit, spawn, wake=self.wake
         )
@@ -152,7 +153,11 @@ class JobService:
 
     # ---------------------------------------------------------------- admission
     async def run(self, *, interval: float = 1.0) -> None:
-        """The admission loop: a cycle when woken, and at least every ``interval`` seconds."""
+        """The admission loop: a cycle when woken, and at least every ``interval`` seconds.
+
+        Each cycle runs as work of the server's task group: a stop cancels this loop between
+        cycles or while it waits for one, and lets a cycle under way finish (its holds, records
+        and dispatches are never cut in half)."""
         while True:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
             # that arrives as the event is set, and this loop would then never stop
@@ -160,10 +165,15 @@ class JobService:
                 async with asyncio.timeout(interval):
                     await self._wake.wait()
             self._wake.clear()
-            try:
-                await self.cycle()
-            except Exception:
-                log.exception("admission cycle failed; retrying at the next one")
+            cycle = self._spawn(self._logged_cycle(), "admission-cycle")
+            if cycle is not None:
+                await asyncio.wait([cycle])  # cancelling the loop here leaves the cycle be
+
+    async def _logged_cycle(self) -> None:
+        try:
+            await self.cycle()
+        except Exception:
+            log.exception("admission cycle failed; retrying at the next one")
 
     async def cycle(self) -> list[Job]:
         """One admission pass over the queued jobs; return the jobs it started.
