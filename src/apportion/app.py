@@ -3,15 +3,15 @@
 ``Server(settings)`` is the whole process: ``await server.start()`` opens the
 store, loads the registry, the policies and the holds, binds both ports and
 starts the background loops under one task group (:class:`~apportion.background.Background`,
-which also runs every in-flight dispatch); ``await server.stop()`` ends the loops, waits for
-the dispatches, then closes the rest in reverse order. Tests run it on ``127.0.0.1:0``.
+which also runs every admission cycle and every dispatch); ``await server.stop()`` ends the
+loops, waits for the cycle and the dispatches under way, then closes the rest in reverse order.
+Tests run it on ``127.0.0.1:0``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import shutil
 import sys
@@ -58,8 +58,6 @@ from apportion.server.socketio_server import SocketIOBroadcaster, attach, create
 from apportion.server.telemetry import Telemetry
 from apportion.server.ws import AllocationWebSocket
 from apportion.store.db import Database
-
-log = logging.getLogger(__name__)
 
 STOP_GRACE_SECONDS = 10.0
 
@@ -262,8 +260,9 @@ class Server:
 
     # ---------------------------------------------------------------- stop
     async def stop(self) -> None:
-        """End the background loops, wait for the in-flight dispatches (each bounded by
-        ``STOP_GRACE_SECONDS``), then close the ports, the services and the store."""
+        """End the background loops, wait for the admission cycle and the dispatches under way
+        (up to ``STOP_GRACE_SECONDS``, then what is left is cancelled), then close the ports,
+        the services and the store."""
         await self.background.stop(STOP_GRACE_SECONDS)
         await self._stack.aclose()
 
