@@ -50,20 +50,19 @@ from apportion.jobs.records import Job, JobBook, iso
 
 log = logging.getLogger(__name__)
 
-S = JobStatus
 TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = MappingProxyType(
     {
         # admitted (placed, hold committed) | cancelled while it waited
-        S.QUEUED: frozenset({S.SCHEDULED, S.CANCELLED}),
+        JobStatus.QUEUED: frozenset({JobStatus.SCHEDULED, JobStatus.CANCELLED}),
         # a poll saw it start (or already end) | dispatch failed, or the backend lost it |
         # cancelled before it reached the backend
-        S.SCHEDULED: frozenset({S.RUNNING, S.FAILED, S.CANCELLED}),
+        JobStatus.SCHEDULED: frozenset({JobStatus.RUNNING, JobStatus.FAILED, JobStatus.CANCELLED}),
         # a poll saw it end: exit 0 | non-zero exit, or the backend lost it | cancelled
-        S.RUNNING: frozenset({S.COMPLETED, S.FAILED, S.CANCELLED}),
+        JobStatus.RUNNING: frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED}),
         # an end is final
-        S.COMPLETED: frozenset(),
-        S.FAILED: frozenset(),
-        S.CANCELLED: frozenset(),
+        JobStatus.COMPLETED: frozenset(),
+        JobStatus.FAILED: frozenset(),
+        JobStatus.CANCELLED: frozenset(),
     }
 )
 """The allowed status changes of a job: ``from → {to, …}`` (seed 001's states)."""
@@ -241,7 +240,13 @@ class JobLifecycle:
         except BaseException:
             self._in_flight.discard(job.job_id)
             raise
-        self._spawn(self._dispatch(job), f"dispatch-{job.job_id}")
+        self._launch(job)
+
+    def _launch(self, job: Job) -> None:
+        """Start the dispatch of a job committed ``scheduled`` (marked in flight)."""
+        self._in_flight.add(job.job_id)
+        if self._spawn(self._dispatch(job), f"dispatch-{job.job_id}") is None:
+            self._in_flight.discard(job.job_id)  # the server stops: the next start's reconcile
 
     async def abandon(self, hold: Hold) -> None:
         """Give back the GPUs of a placement whose job ended before it could start."""
@@ -296,8 +301,7 @@ class JobLifecycle:
                 await self._adopt(job, found)
             else:
                 log.info("job %s never reached its backend; dispatching it again", job.job_id)
-                self._in_flight.add(job.job_id)
-                self._spawn(self._dispatch(job), f"dispatch-{job.job_id}")
+                self._launch(job)
 
     # ---------------------------------------------------------------- watching
     async def watch(self, *, interval: float = 0.5) -> None:
