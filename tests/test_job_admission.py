@@ -192,6 +192,26 @@ def test_a_start_passes_over_the_jobs_that_waited_before_it() -> None:
     assert (j1.bypassed, j2.bypassed) == (1, 0)
 
 
+def test_seed_000s_backfill_a_smaller_job_passes_one_that_does_not_fit() -> None:
+    # cap 10, 7 workers run: the 4-worker job waits (7 + 4 = 11 > 10), the 3-worker job behind
+    # it starts (7 + 3 = 10) and passes it over once; then the queue is full (10 + 1 > 10)
+    queue = queue_config(cap=10)
+    seven, four, three, one = (
+        record(1, status=RUNNING, workers=7),
+        record(2, workers=4),
+        record(3, workers=3),
+        record(4, workers=1),
+    )
+    state = state_of([seven, four, three, one], q=queue)
+    assert state.blocker(four, queue) is not None
+    state.waited(four)
+    assert state.blocker(three, queue) is None
+    assert state.started(three, queue) == {"j2": 1}
+    assert state.blocker(one, queue) == Blocked(
+        Reason.WORKER_CAP, "needs 1 worker instance(s), queue 'q' has 0 free (cap 10, 10 running)"
+    )
+
+
 def test_starts_in_another_queue_pass_nobody_over() -> None:
     a, b = queue_config("a", max_bypass=1), queue_config("b", max_bypass=1)
     waiting, other = record(1, queue="a"), record(2, queue="b")
