@@ -1,4 +1,5 @@
-"""Helpers for job tests: submit through REST, wait for states, small job commands."""
+"""Helpers for job tests: submit through REST, wait for states, small job commands, and
+builders of job records and queues for the pure admission tests."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from apportion.jobs.models import JobConfig, JobStatus, QueueConfig
+from apportion.jobs.records import Job
 from tests.conftest import Running
 
 PY = sys.executable
@@ -69,3 +72,36 @@ async def statuses(running: Running, job_id: str) -> list[str]:
 async def create_queue(running: Running, **fields: Any) -> None:
     async with running.http.post(f"{running.url}/queues", json=fields) as response:
         assert response.status == 201, await response.text()
+
+
+def record(
+    seq: int,
+    *,
+    queue: str = "q",
+    status: JobStatus = JobStatus.QUEUED,
+    priority: int = 0,
+    workers: int = 1,
+    bypassed: int = 0,
+) -> Job:
+    """A job record built in memory (for the pure admission decisions): id ``j<seq>``."""
+    return Job(
+        job_id=f"j{seq}",
+        seq=seq,
+        queue=queue,
+        name=f"j{seq}",
+        status=status,
+        priority=priority,
+        config=JobConfig(command=["true"], queue=queue, replica_count=workers),
+        owner=None,
+        created_at=0.0,
+        bypassed=bypassed,
+    )
+
+
+def queue_config(
+    name: str = "q", *, cap: int = -1, max_bypass: int = 10, **fields: Any
+) -> QueueConfig:
+    """A queue: ``cap`` is ``maximum_allowed_worker_instances`` (-1: unlimited)."""
+    return QueueConfig(
+        name=name, maximum_allowed_worker_instances=cap, max_bypass=max_bypass, **fields
+    )

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import Running
+from tests.conftest import Running, running_server
 from tests.jobs_helpers import (
     PY,
     create_queue,
@@ -217,6 +217,26 @@ async def test_queue_statistics(running: Running, fleet: Any, tmp_path: Path) ->
     assert stats["priorities"] == {"3": 1}
     assert stats["queues"]["default"]["queued"] == 1
     gate.touch()
+
+
+async def test_a_jobs_usage_is_seed_002s_document_and_survives_a_restart(tmp_path: Path) -> None:
+    usage_keys = {
+        "cpuSeconds",
+        "memoryCpuSeconds",
+        "instantTotalMemory",
+        "maxTotalMemory",
+        "processIO",
+        "processIOWaiting",
+        "timeInstant",
+    }
+    async with running_server(tmp_path / "data") as live:
+        await live.load_demo_fleet()
+        job_id = await submit(live, {"command": sleeper(0)})
+        usage = (await wait_for(live, job_id, "completed"))["resource_usage"]
+    assert set(usage) == usage_keys, usage
+    assert isinstance(usage["cpuSeconds"], float) and usage["cpuSeconds"] >= 0
+    async with running_server(tmp_path / "data") as live:
+        assert (await job(live, job_id))["resource_usage"] == usage
 
 
 async def _until_reason(running: Running, job_id: str, code: str, message: str = "") -> None:

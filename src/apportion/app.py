@@ -2,19 +2,21 @@
 
 ``Server(settings)`` is the whole process: ``await server.start()`` opens the
 store, loads the registry, the policies and the holds, binds both ports and
-starts the background loops under one task group; ``await server.stop()``
-ends them in reverse order. Tests run it on ``127.0.0.1:0``.
+starts the background loops under one task group (:class:`~apportion.background.Background`,
+which also runs every admission cycle and every dispatch); ``await server.stop()`` ends the
+loops, waits for the cycle and the dispatches under way, then closes the rest in reverse order.
+Tests run it on ``127.0.0.1:0``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import shutil
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -25,8 +27,9 @@ from apportion.adapters.slurm.adapter import SlurmAdapter
 from apportion.adapters.slurm.usage import SlurmUsageCollector
 from apportion.allocation.holds import HoldManager
 from apportion.allocation.service import AllocationService
+from apportion.background import Background
 from apportion.config import Settings
-from apportion.jobs.dispatch import Dispatcher
+from apportion.jobs.driver import BackendDriver
 from apportion.jobs.service import JobService
 from apportion.policies.catalog import builtin_catalog
 from apportion.policies.clients import RegistryServices
@@ -56,8 +59,6 @@ from apportion.server.telemetry import Telemetry
 from apportion.server.ws import AllocationWebSocket
 from apportion.store.db import Database
 
-log = logging.getLogger(__name__)
-
 STOP_GRACE_SECONDS = 10.0
 
 PUBLIC_PATHS = frozenset(
@@ -66,13 +67,17 @@ PUBLIC_PATHS = frozenset(
 
 
 class Server:
-    """One Apportion server process."""
+    """One Apportion server process. ``adapters`` replaces the scheduler adapters this machine
+    offers (``local``, and ``slurm`` where its tools exist): tests pass their own."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, *, adapters: Mapping[str, Adapter] | None = None
+    ) -> None:
         self.settings = settings
         self.bootstrap_key: BootstrapKey | None = None
         self._stack = contextlib.AsyncExitStack()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._adapters = adapters
+        self.background = Background()
         self.context: ServerContext | None = None
         self._http_port = 0
         self._ws: AllocationWebSocket | None = None
@@ -153,8 +158,12 @@ class Server:
             observe=telemetry.observe_allocation,
             emit=events.append,
         )
-        dispatcher = Dispatcher(holds, registry, _adapters(), settings.data_dir, events.append)
-        jobs = JobService(db, registry, allocations, dispatcher, events.append)
+        adapters = _adapters() if self._adapters is None else self._adapters
+        driver = BackendDriver(registry, adapters, settings.data_dir)
+        background = self.background
+        jobs = JobService(
+            db, registry, allocations, holds, driver, events.append, spawn=background.spawn
+        )
         self._stack.push_async_callback(jobs.jobs.close)  # its pending writes, before the db
         await jobs.load()
         self.context = ServerContext(
@@ -182,24 +191,27 @@ class Server:
         self.bootstrap_key = await ensure_admin_key(
             settings, keys, url=self.url, ws_url=self.ws_url
         )
+        await background.start()
         if settings.local_cluster:
             await registry.upsert_cluster(local_cluster_document())
-            self._spawn(LocalCollector(registry.put_metrics, cluster_id="local").run(), "collector")
+            background.loop(
+                LocalCollector(registry.put_metrics, cluster_id="local").run(), "collector"
+            )
         if settings.policy_dir is not None:
             watcher = PolicyDirWatcher(
                 settings.policy_dir, policies, interval=settings.policy_dir_poll_seconds
             )
             watcher.scan()
-            self._spawn(watcher.run(), "policy-dir")
-        slurm = dispatcher.adapters.get("slurm")
+            background.loop(watcher.run(), "policy-dir")
+        slurm = driver.adapters.get("slurm")
         if isinstance(slurm, SlurmAdapter):
-            self._spawn(SlurmUsageCollector(registry, slurm).run(), "slurm-usage")
-        await dispatcher.reconcile()
-        self._spawn(jobs.run(interval=1.0), "admission")
-        self._spawn(dispatcher.watch(interval=0.25), "dispatch-watch")
-        self._spawn(self._lease_loop(holds, events), "leases")
-        self._spawn(self._staleness_loop(registry), "staleness")
-        self._spawn(events.prune_forever(retention), "event-prune")
+            background.loop(SlurmUsageCollector(registry, slurm).run(), "slurm-usage")
+        await jobs.lifecycle.reconcile()
+        background.loop(jobs.run(interval=1.0), "admission")
+        background.loop(jobs.lifecycle.watch(interval=0.25), "dispatch-watch")
+        background.loop(self._lease_loop(holds, events), "leases")
+        background.loop(self._staleness_loop(registry), "staleness")
+        background.loop(events.prune_forever(retention), "event-prune")
 
     async def _start_http(self, context: ServerContext, status: StatusContext) -> None:
         settings = self.settings
@@ -238,17 +250,6 @@ class Server:
         self._http_port = int(sockets[0].getsockname()[1])
 
     # ---------------------------------------------------------------- background
-    def _spawn(self, coro: Any, name: str) -> None:
-        task = asyncio.create_task(coro, name=name)
-        task.add_done_callback(self._report_end)
-        self._tasks.append(task)
-
-    @staticmethod
-    def _report_end(task: asyncio.Task[None]) -> None:
-        """One error boundary per background loop: a loop that dies is logged, never silent."""
-        if not task.cancelled() and task.exception() is not None:
-            log.error("background task %s failed", task.get_name(), exc_info=task.exception())
-
     @staticmethod
     async def _lease_loop(holds: HoldManager, events: EventLog) -> None:
         while True:
@@ -267,17 +268,10 @@ class Server:
 
     # ---------------------------------------------------------------- stop
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        if self._tasks:
-            _, stuck = await asyncio.wait(self._tasks, timeout=STOP_GRACE_SECONDS)
-            for task in stuck:  # never hang a shutdown on a loop that ignores its cancellation
-                log.error(
-                    "background task %s did not stop within %g s",
-                    task.get_name(),
-                    STOP_GRACE_SECONDS,
-                )
-        self._tasks.clear()
+        """End the background loops, wait for the admission cycle and the dispatches under way
+        (up to ``STOP_GRACE_SECONDS``, then what is left is cancelled), then close the ports,
+        the services and the store."""
+        await self.background.stop(STOP_GRACE_SECONDS)
         await self._stack.aclose()
 
 

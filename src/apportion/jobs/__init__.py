@@ -1,1 +1,1 @@
-"""Jobs and queues: models, records, admission, dispatch to the adapters, read-only views."""
+"""Jobs and queues: models, records, admission, the lifecycle, the backend driver, read-only views."""

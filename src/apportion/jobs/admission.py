@@ -1,4 +1,4 @@
-"""Admission: which queued jobs start now, and why the others wait.
+"""Admission: which queued jobs may be tried now, and why the others wait — pure decisions.
 
 Rules (CONTRACTS §6, seeds 000 and 001):
 
@@ -10,29 +10,41 @@ Rules (CONTRACTS §6, seeds 000 and 001):
   bypassed ``max_bypass`` times (a queue setting, default 10). From then on no later job of its
   queue starts before it: starvation is bounded by ``max_bypass`` admissions.
 
-:func:`plan_cycle` is pure bookkeeping over the job records; placing each candidate is the
-caller's (it needs the policy and the fleet).
+Nothing here does I/O or changes a job record: :class:`CycleState` counts what one cycle has
+started and returns the bypass counts that grew; the admission cycle
+(:meth:`JobService.cycle <apportion.jobs.service.JobService.cycle>`) places each job that may be
+tried and has :class:`~apportion.jobs.lifecycle.JobLifecycle` record the results.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from apportion.jobs.models import JobStatus, QueueConfig
 from apportion.jobs.records import Job
 
 
-class Reason:
-    """Codes of ``reason`` (why a job waits), each with words built where it is decided."""
+class Reason(StrEnum):
+    """Codes of a waiting job's ``reason``, each with words built where it is decided. A failed
+    placement other than "no room" is recorded under the error's own code (``UnknownPolicy``,
+    ``PolicyError``, …)."""
 
     POOL_LIMIT = "PoolLimit"
     WORKER_CAP = "QueueWorkerCap"
     WAITS_BEHIND = "WaitsBehindStarvingJob"
     NO_RESOURCES = "NoFeasiblePlacement"
-    POLICY_ERROR = "PolicyError"
     QUEUED = "Queued"
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """Why a job waits this cycle: a reason code and its words."""
+
+    code: str
+    words: str
 
 
 def waiting_order(jobs: Iterable[Job]) -> list[Job]:
@@ -44,33 +56,51 @@ def waiting_order(jobs: Iterable[Job]) -> list[Job]:
 
 @dataclass
 class CycleState:
-    """What one admission cycle counts as it goes."""
+    """What one admission cycle counts as it goes (built by :meth:`of` at the start of a cycle,
+    then told of every job that waits or starts, in waiting order)."""
 
     max_concurrent_jobs: int | None
     active_jobs: int
     workers_by_queue: dict[str, int]
+    bypassed: dict[str, int]  # job id → times passed over, as this cycle has counted them
     starving: dict[str, str] = field(default_factory=dict)  # queue → job id that must go first
-    skipped: dict[str, list[Job]] = field(default_factory=lambda: defaultdict(list))
+    skipped: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
 
     @classmethod
-    def of(cls, jobs: Iterable[Job], max_concurrent_jobs: int | None) -> CycleState:
-        active = [j for j in jobs if j.status.active]
+    def of(
+        cls,
+        jobs: Iterable[Job],
+        waiting: Sequence[Job],
+        max_concurrent_jobs: int | None,
+        queues: Mapping[str, QueueConfig],
+    ) -> CycleState:
+        """The state at the start of a cycle over ``jobs``, whose queued ones are ``waiting``
+        (in :func:`waiting_order`): the active jobs and their workers and, per queue, the first
+        waiting job already passed over ``max_bypass`` times — it goes first."""
         workers: dict[str, int] = defaultdict(int)
-        for job in active:
-            workers[job.queue] += job.workers
-        return cls(max_concurrent_jobs, len(active), workers)
+        active = 0
+        for job in jobs:
+            if job.status.active:
+                active += 1
+                workers[job.queue] += job.workers
+        state = cls(max_concurrent_jobs, active, workers, {j.job_id: j.bypassed for j in waiting})
+        for job in waiting:
+            queue = queues.get(job.queue)
+            if queue is not None and job.bypassed >= queue.max_bypass:
+                state.starving.setdefault(job.queue, job.job_id)
+        return state
 
-    def blocker(self, job: Job, queue: QueueConfig) -> tuple[str, str] | None:
-        """Why ``job`` cannot be tried now, as (code, words); ``None`` if it may be placed."""
+    def blocker(self, job: Job, queue: QueueConfig) -> Blocked | None:
+        """Why ``job`` cannot be tried now; ``None`` if it may be placed."""
         limit = self.max_concurrent_jobs
         if limit is not None and self.active_jobs >= limit:
-            return (
+            return Blocked(
                 Reason.POOL_LIMIT,
                 f"the pool runs {self.active_jobs} job(s) and max_concurrent_jobs is {limit}",
             )
         first = self.starving.get(job.queue)
         if first is not None and first != job.job_id:
-            return (
+            return Blocked(
                 Reason.WAITS_BEHIND,
                 f"queue {job.queue!r} holds back later jobs until job {first} starts "
                 f"(it was passed over {queue.max_bypass} times)",
@@ -79,7 +109,7 @@ class CycleState:
         used = self.workers_by_queue.get(job.queue, 0)
         if cap is not None and used + job.workers > cap:
             free = max(cap - used, 0)
-            return (
+            return Blocked(
                 Reason.WORKER_CAP,
                 f"needs {job.workers} worker instance(s), queue {job.queue!r} has {free} free "
                 f"(cap {cap}, {used} running)",
@@ -88,22 +118,18 @@ class CycleState:
 
     def waited(self, job: Job) -> None:
         """``job`` stays queued this cycle; later starts in its queue pass it over."""
-        self.skipped[job.queue].append(job)
+        self.skipped[job.queue].append(job.job_id)
 
-    def started(self, job: Job, queue: QueueConfig) -> list[Job]:
-        """Count ``job`` as started; return the jobs it passed over (their ``bypassed`` grew)."""
+    def started(self, job: Job, queue: QueueConfig) -> dict[str, int]:
+        """Count ``job`` as started; return the new bypass counts of the jobs it passed over
+        (``{job id: count}``, for the caller to record). The first of them to reach
+        ``max_bypass`` holds back the rest of its queue from then on."""
         self.active_jobs += 1
         self.workers_by_queue[job.queue] = self.workers_by_queue.get(job.queue, 0) + job.workers
-        passed = list(self.skipped[job.queue])
-        for earlier in passed:
-            earlier.bypassed += 1
-            if earlier.bypassed >= queue.max_bypass and job.queue not in self.starving:
-                self.starving[job.queue] = earlier.job_id
-        return passed
-
-    def note_starving(self, jobs: Iterable[Job], queues: dict[str, QueueConfig]) -> None:
-        """At the start of a cycle: a queued job already passed over ``max_bypass`` times goes first."""
-        for job in jobs:
-            queue = queues.get(job.queue)
-            if queue is not None and job.bypassed >= queue.max_bypass:
-                self.starving.setdefault(job.queue, job.job_id)
+        grown: dict[str, int] = {}
+        for earlier in self.skipped[job.queue]:
+            count = self.bypassed.get(earlier, 0) + 1
+            self.bypassed[earlier] = grown[earlier] = count
+            if count >= queue.max_bypass and job.queue not in self.starving:
+                self.starving[job.queue] = earlier
+        return grown

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -24,9 +24,59 @@ from apportion.store.repos.queues import QueueRepo, QueueRow
 from apportion.timefmt import iso_utc
 
 
+@dataclass(frozen=True)
+class ResourceUsage:
+    """A job's resource usage in seed 002's fields (CONTRACTS §6); an unknown value is None.
+
+    Built by the backend driver from what the adapter reports (:meth:`of`); shown and stored
+    as :meth:`public`, under seed 002's names."""
+
+    cpu_seconds: float | None = None
+    memory_cpu_seconds: float | None = None  # GB × CPU-seconds
+    instant_total_memory: float | None = None  # MB
+    max_total_memory: float | None = None  # MB
+    process_io: float | None = None  # bytes
+    process_io_waiting: float | None = None  # seconds
+    time_instant: str | float | None = None  # of the sample: ISO-8601, or UNIX seconds (Slurm)
+
+    @classmethod
+    def of(cls, document: Mapping[str, object]) -> ResourceUsage:
+        """From seed 002's keys (``cpuSeconds``, …); a missing or non-numeric value is None."""
+
+        def number(key: str) -> float | None:
+            value = document.get(key)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                return None
+            return float(value)
+
+        instant = document.get("timeInstant")
+        return cls(
+            cpu_seconds=number("cpuSeconds"),
+            memory_cpu_seconds=number("memoryCpuSeconds"),
+            instant_total_memory=number("instantTotalMemory"),
+            max_total_memory=number("maxTotalMemory"),
+            process_io=number("processIO"),
+            process_io_waiting=number("processIOWaiting"),
+            time_instant=instant if isinstance(instant, str | float | int) else None,
+        )
+
+    def public(self) -> dict[str, float | str | None]:
+        """Seed 002's document: ``{"cpuSeconds": …, …, "timeInstant": …}``."""
+        return {
+            "cpuSeconds": self.cpu_seconds,
+            "memoryCpuSeconds": self.memory_cpu_seconds,
+            "instantTotalMemory": self.instant_total_memory,
+            "maxTotalMemory": self.max_total_memory,
+            "processIO": self.process_io,
+            "processIOWaiting": self.process_io_waiting,
+            "timeInstant": self.time_instant,
+        }
+
+
 @dataclass
 class Job:
-    """One job's record (the ``jobs`` row, decoded)."""
+    """One job's record (the ``jobs`` row, decoded). Read by anyone; changed only by
+    :class:`~apportion.jobs.lifecycle.JobLifecycle` (and created by :class:`JobBook`)."""
 
     job_id: str
     seq: int
@@ -49,17 +99,22 @@ class Job:
     end_time: float | None = None
     return_code: int | None = None
     failed_reason: str | None = None
-    resource_usage: dict[str, Any] | None = None
+    resource_usage: ResourceUsage | None = None
     decision: dict[str, Any] | None = None  # the placement's decision record
     cancel_requested: bool = False
     queue_position: int | None = field(default=None, compare=False)
-    _encoded_cache: dict[str, tuple[Any, str]] = field(
+    _encoded_cache: dict[str, tuple[object, str]] = field(
         default_factory=dict, compare=False, repr=False
     )
 
     @property
     def workers(self) -> int:
         return self.config.replica_count
+
+    def allocation_document(self) -> list[dict[str, Any]] | None:
+        """The placements of the job's workers as documents (``GET /jobs/{id}``, the job
+        events): the one place that turns them into JSON-ready values."""
+        return self.allocation
 
     def row(self) -> JobRow:
         """The ``jobs`` row of this record (every field but ``queue_position``), a snapshot.
@@ -70,9 +125,10 @@ class Job:
         out["decision"] = (
             None if self.decision is None else self._encoded("decision", lambda: self.decision)
         )
-        for name in ("allocation", "resource_usage"):
-            value = out[name]
-            out[name] = None if value is None else jsonutil.dumps_str(value)
+        if self.allocation is not None:
+            out["allocation"] = jsonutil.dumps_str(self.allocation)
+        if self.resource_usage is not None:
+            out["resource_usage"] = jsonutil.dumps_str(self.resource_usage.public())
         out["status"] = self.status.value
         out["cancel_requested"] = int(self.cancel_requested)
         return JobRow(**out)
@@ -93,9 +149,11 @@ class Job:
         data: dict[str, Any] = {name: getattr(row, name) for name in _ROW_FIELDS}
         data["config"] = JobConfig.model_validate(jsonutil.loads(row.config))
         data["status"] = JobStatus(row.status)
-        for key in ("allocation", "resource_usage", "decision"):
+        for key in ("allocation", "decision"):
             if data[key] is not None:
                 data[key] = jsonutil.loads(data[key])
+        if data["resource_usage"] is not None:
+            data["resource_usage"] = ResourceUsage.of(jsonutil.loads(data["resource_usage"]))
         data["cancel_requested"] = bool(row.cancel_requested)
         return cls(**data)
 
@@ -111,7 +169,7 @@ class Job:
             "reason": None
             if self.reason is None
             else {"code": self.reason_code, "message": self.reason},
-            "allocation": self.allocation,
+            "allocation": self.allocation_document(),
             "scheduler_job_id": self.scheduler_job_id,
             "adapter": self.adapter,
             "created_at": iso_utc(self.created_at),
@@ -119,7 +177,7 @@ class Job:
             "end_time": iso_utc(self.end_time),
             "return_code": self.return_code,
             "failed_reason": self.failed_reason,
-            "resource_usage": self.resource_usage,
+            "resource_usage": None if self.resource_usage is None else self.resource_usage.public(),
             "decision": self.decision,
             "config": self.config.model_dump(),
         }

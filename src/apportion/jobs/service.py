@@ -1,9 +1,9 @@
 """The job service: submit, cancel, re-prioritise, delete, limits — and the admission cycle.
 
-Runs on the event loop. Every state change is committed (``JobBook``) before it is
-acknowledged or announced, and every announcement goes through ``emit`` (the event log,
-stored before it is sent to Socket.IO clients). Dispatch to the scheduler adapters and
-watching what they run is :class:`~apportion.jobs.dispatch.Dispatcher`'s job.
+Runs on the event loop. The REST routes call it; it validates what users send against the
+queues and limits, decides admissions (:mod:`~apportion.jobs.admission`'s pure bookkeeping, one
+cycle after another) and has :class:`~apportion.jobs.lifecycle.JobLifecycle` — the one writer
+of job records and owner of their holds — carry out every change.
 """
 
 from __future__ import annotations
@@ -11,17 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable
 from typing import Any
 
-from apportion.allocation.hold import Hold
+from apportion.allocation.holds import HoldManager
 from apportion.allocation.service import AllocationService
-from apportion.errors import ApportionError, Conflict, InvalidRequest
+from apportion.background import Spawn
+from apportion.errors import InvalidRequest
 from apportion.event_sink import EventSink
 from apportion.jobs import views as job_views
-from apportion.jobs.admission import CycleState, Reason, waiting_order
-from apportion.jobs.dispatch import Dispatcher
+from apportion.jobs.admission import Blocked, CycleState, Reason, waiting_order
+from apportion.jobs.driver import BackendDriver
+from apportion.jobs.lifecycle import JobLifecycle, Placed
 from apportion.jobs.models import (
     JobConfig,
     JobStatus,
@@ -34,9 +35,10 @@ from apportion.jobs.pool_limits import PoolLimits
 from apportion.jobs.records import Job, JobBook, QueueBook
 from apportion.registry.service import Registry
 from apportion.store.db import Database
-from apportion.timefmt import iso_utc
 
 log = logging.getLogger(__name__)
+
+DELETE_WAIT_SECONDS = 10.0  # how long DELETE /jobs/{id} waits for a cancelled job to end
 
 
 class JobService:
@@ -47,25 +49,29 @@ class JobService:
         db: Database,
         registry: Registry,
         allocations: AllocationService,
-        dispatcher: Dispatcher,
+        holds: HoldManager,
+        driver: BackendDriver,
         emit: EventSink,
+        spawn: Spawn,
     ) -> None:
         self._registry = registry
-        self._allocations = allocations
-        self.dispatcher = dispatcher
+        self.driver = driver
         self._emit = emit
-        self.jobs = JobBook(db)
+        self.jobs = JobBook(db)  # read by the routes; written by the lifecycle only
         self.queues = QueueBook(db)
         self.limits = PoolLimits(db)
         self._wake = asyncio.Event()
-        self.admissions = 0
-        dispatcher.bind(self.jobs, self.finish)
+        self._spawn = spawn
+        self.lifecycle = JobLifecycle(
+            self.jobs, allocations, holds, driver, emit, spawn, wake=self.wake
+        )
 
     async def load(self) -> None:
+        """Read the jobs, queues and limits (once, at start)."""
         await self.jobs.load()
         await self.queues.load()
         await self.limits.load()
-        self._number_positions()
+        self.lifecycle.renumber()
 
     def wake(self) -> None:
         """Ask for an admission cycle soon (after a submit, an end, a limit change…)."""
@@ -73,6 +79,8 @@ class JobService:
 
     # ---------------------------------------------------------------- API
     async def submit(self, body: Any, owner: str | None) -> Job:
+        """``POST /jobs/submit``: validate the body against its queue (:class:`InvalidRequest`
+        naming the field), commit the job queued, announce it and wake the cycle; return it."""
         request = parse_model(SubmitRequest, body)
         config = request.config
         queue = self.queues.get(config.queue) if config.queue in self.queues.names() else None
@@ -82,19 +90,7 @@ class JobService:
                 path="body.config.queue",
             )
         self._check_against_queue(config, queue)
-        job = await self.jobs.create(config, request.priority, owner, "submitted")
-        self._number_positions()
-        job.reason_code, job.reason = Reason.QUEUED, "waiting for the next admission cycle"
-        await self._emit(
-            "job_queued",
-            {
-                "job_id": job.job_id,
-                "priority": job.priority,
-                "queue_position": job.queue_position,
-                "queue": job.queue,
-                "name": job.name,
-            },
-        )
+        job = await self.lifecycle.submit(config, request.priority, owner)
         self.wake()
         return job
 
@@ -109,40 +105,27 @@ class JobService:
             )
 
     async def cancel(self, job_id: str) -> Job:
+        """``POST /jobs/{id}/cancel``: see :meth:`JobLifecycle.cancel`; return the job."""
         job = self.jobs.get(job_id)
-        if job.status.finished:
-            return job
-        if job.status is JobStatus.QUEUED:
-            await self.finish(job, JobStatus.CANCELLED, reason="cancelled while queued")
-            return job
-        job.cancel_requested = True
-        await self.jobs.save(job)
-        await self.dispatcher.cancel(job)
+        await self.lifecycle.cancel(job)
         return job
 
     async def set_priority(self, job_id: str, body: Any) -> Job:
+        """``POST /jobs/{id}/priority``: a queued job's new priority (409 otherwise)."""
         priority = parse_model(PriorityRequest, body).priority
         job = self.jobs.get(job_id)
-        if job.status is not JobStatus.QUEUED:
-            raise Conflict(
-                f"job {job_id} is {job.status.value}; only a queued job's priority can change",
-                details={"job_id": job_id, "status": job.status.value},
-            )
-        job.priority = priority
-        await self.jobs.save(job)
-        self._number_positions()
+        await self.lifecycle.reprioritise(job, priority)
         self.wake()
         return job
 
     async def delete(self, job_id: str) -> None:
+        """``DELETE /jobs/{id}``: cancel the job if it has not ended, wait (bounded) for its
+        backend to confirm, then delete its record."""
         job = self.jobs.get(job_id)
         if not job.status.finished:
-            await self.cancel(job_id)
-            for _ in range(200):  # wait (bounded) for the backend to confirm
-                if job.status.finished:
-                    break
-                await asyncio.sleep(0.05)
-        await self.jobs.remove(job_id)
+            await self.lifecycle.cancel(job)
+            await self.lifecycle.until_ended(job, within=DELETE_WAIT_SECONDS)
+        await self.lifecycle.remove(job)
 
     async def set_limits(self, body: Any) -> dict[str, Any]:
         """``PUT /pool/limits``: validate and commit, announce ``limits_updated``, wake the
@@ -169,16 +152,12 @@ class JobService:
         return job_views.statistics(self.jobs.jobs.values(), self.queues, self.limits.as_dict())
 
     # ---------------------------------------------------------------- admission
-    def _number_positions(self) -> None:
-        position: dict[str, int] = {}
-        for job in self.jobs.jobs.values():
-            job.queue_position = None
-        for job in waiting_order(self.jobs.jobs.values()):
-            position[job.queue] = position.get(job.queue, 0) + 1
-            job.queue_position = position[job.queue]
-
     async def run(self, *, interval: float = 1.0) -> None:
-        """The admission loop: a cycle when woken, and at least every ``interval`` seconds."""
+        """The admission loop: a cycle when woken, and at least every ``interval`` seconds.
+
+        Each cycle runs as work of the server's task group: a stop cancels this loop between
+        cycles or while it waits for one, and lets a cycle under way finish (its holds, records
+        and dispatches are never cut in half)."""
         while True:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
             # that arrives as the event is set, and this loop would then never stop
@@ -186,22 +165,28 @@ class JobService:
                 async with asyncio.timeout(interval):
                     await self._wake.wait()
             self._wake.clear()
-            try:
-                await self.cycle()
-            except Exception:
-                log.exception("admission cycle failed; retrying at the next one")
+            cycle = self._spawn(self._logged_cycle(), "admission-cycle")
+            if cycle is not None:
+                await asyncio.wait([cycle])  # cancelling the loop here leaves the cycle be
+
+    async def _logged_cycle(self) -> None:
+        try:
+            await self.cycle()
+        except Exception:
+            log.exception("admission cycle failed; retrying at the next one")
 
     async def cycle(self) -> list[Job]:
         """One admission pass over the queued jobs; return the jobs it started.
 
-        Decisions are taken one job after another (each sees the GPUs the previous ones
-        reserved); making them durable — the holds, the ``scheduled`` records, the bypass
-        counts — is started per job and awaited together at the end, so the jobs admitted in
-        one cycle share their commits."""
-        waiting = waiting_order(self.jobs.jobs.values())
-        state = CycleState.of(self.jobs.jobs.values(), self.limits.get("max_concurrent_jobs"))
+        1. snapshot: the waiting order, the queues, what runs; 2. decide, job after job in
+        that order (each sees the GPUs the previous ones reserved): wait, or place and admit;
+        3. make it durable: the holds, the ``scheduled`` records and the bypass counts of one
+        cycle are committed together, awaited at the end."""
+        every = self.jobs.jobs.values()
+        waiting = waiting_order(every)
         queues = {name: self.queues.get(name) for name in self.queues.names()}
-        state.note_starving(waiting, queues)
+        state = CycleState.of(every, waiting, self.limits.get("max_concurrent_jobs"), queues)
+        life = self.lifecycle
         started: list[Job] = []
         durable: list[Awaitable[None]] = []
         for job in waiting:
@@ -209,75 +194,30 @@ class JobService:
                 continue
             queue = queues.get(job.queue)
             if queue is None:
-                await self._wait(job, Reason.NO_RESOURCES, f"queue {job.queue!r} was removed")
+                await life.wait(
+                    job, Blocked(Reason.NO_RESOURCES, f"queue {job.queue!r} was removed")
+                )
                 continue
-            blocked = state.blocker(job, queue)
-            placed = None
-            if blocked is None:
-                placed, blocked = await self._place(job, queue)
+            outcome: Placed | Blocked | None = state.blocker(job, queue)
+            if outcome is None:
+                policy = job.config.policy_rule_uri or queue.policy_rule_uri
+                outcome = await life.place(job, policy, self._candidates(queue))
             if job.status.finished:  # cancelled while it was being placed
-                if placed is not None:
-                    durable.append(self.dispatcher.abandon(placed[0]))
+                if isinstance(outcome, Placed):
+                    durable.append(life.abandon(outcome.hold))
                 continue
-            if blocked is not None:
+            if isinstance(outcome, Blocked):
                 state.waited(job)
-                await self._wait(job, *blocked)
+                await life.wait(job, outcome)
                 continue
-            assert placed is not None  # _place gives a placement or a reason
-            durable.append(self._start(job, *placed))
-            durable.extend(self.jobs.save(passed) for passed in state.started(job, queue))
+            durable.append(life.admit(job, outcome))
+            durable.extend(life.count_bypasses(state.started(job, queue)))
             started.append(job)
-            self.admissions += 1
         for failure in await asyncio.gather(*durable, return_exceptions=True):
             if isinstance(failure, BaseException):
                 log.error("admission: recording a start failed: %r", failure)
-        self._number_positions()
+        life.renumber()
         return started
-
-    async def _wait(self, job: Job, code: str, words: str) -> None:
-        if (job.reason_code, job.reason) != (code, words):
-            job.reason_code, job.reason = code, words
-            await self.jobs.save(job)
-
-    async def _place(
-        self, job: Job, queue: QueueConfig
-    ) -> tuple[tuple[Hold, dict[str, Any]] | None, tuple[str, str] | None]:
-        """Place the job's workers through its policy and reserve their GPUs: ``(hold and
-        decision record, None)``, or ``(None, (reason code, words))`` when it cannot start."""
-        request = job.config.resources.as_request()
-        try:
-            placed = await self._allocations.reserve_for_job(
-                policy_uri=job.config.policy_rule_uri or queue.policy_rule_uri,
-                candidates=self._candidates(queue),
-                inputs={"requests": [request] * job.workers},
-                parameters=job.config.parameters,
-                owner=job.owner,
-                job_id=job.job_id,
-            )
-        except ApportionError as exc:
-            code = (
-                Reason.NO_RESOURCES if exc.code.value == "NoFeasiblePlacement" else exc.code.value
-            )
-            return None, (code, exc.message)
-        return placed, None
-
-    async def _start(self, job: Job, hold: Hold, decision: dict[str, Any]) -> None:
-        """Make the hold durable and hand the job to the dispatcher — unless it was cancelled
-        meanwhile (the hold is given back). A hold that cannot be recorded leaves the job
-        queued, with the reason, for the next cycle."""
-        try:
-            await self._allocations.commit_hold(hold)
-        except Exception as exc:
-            await self._wait(
-                job, Reason.QUEUED, f"its GPUs could not be recorded ({exc}); retrying"
-            )
-            return
-        if job.status is not JobStatus.QUEUED:
-            await self.dispatcher.abandon(hold)
-            return
-        job.reason_code = job.reason = None
-        job.decision = decision
-        await self.dispatcher.start(job, hold)
 
     def _candidates(self, queue: QueueConfig) -> list[str]:
         if isinstance(queue.clusters, dict):
@@ -288,37 +228,3 @@ class JobService:
         if queue.clusters:
             return [c for c in queue.clusters if self._registry.has_cluster(c)]
         return self._registry.live_cluster_ids()
-
-    async def finish(
-        self,
-        job: Job,
-        status: JobStatus,
-        *,
-        reason: str,
-        return_code: int | None = None,
-        ended_at: float | None = None,
-    ) -> None:
-        """Record the end of a job, release its GPUs and announce it (idempotent)."""
-        if job.status.finished:
-            return
-        job.end_time = ended_at or time.time()
-        job.return_code = return_code
-        if status is JobStatus.FAILED:
-            job.failed_reason = reason
-        job.reason_code = job.reason = None
-        await self.jobs.save(job, status=status, reason=reason)
-        await self.dispatcher.release(job)
-        self._number_positions()
-        await self._emit(
-            "job_completed",
-            {
-                "job_id": job.job_id,
-                "status": status.value,
-                "queue": job.queue,
-                "adapter": job.adapter,
-                "end_time": iso_utc(job.end_time),
-                "return_code": return_code,
-                "reason": reason,
-            },
-        )
-        self.wake()

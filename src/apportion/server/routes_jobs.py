@@ -114,9 +114,9 @@ async def job_logs(request: web.Request) -> web.Response:
         offset = int(range_header[6:].split("-")[0])
     if job.scheduler_job_id is None:
         return web.Response(text="", headers={"X-Log-Complete": str(job.status.finished).lower()})
-    dispatcher = service.dispatcher
-    chunk = await dispatcher.adapter_for(job).logs(
-        dispatcher.spec(job), job.scheduler_job_id, offset=offset, limit=1 << 20
+    driver = service.driver
+    chunk = await driver.adapter_for(job).logs(
+        driver.spec(job), job.scheduler_job_id, offset=offset, limit=1 << 20
     )
     headers = {"X-Log-Offset": str(chunk.offset), "X-Log-Complete": str(chunk.complete).lower()}
     return web.Response(text=chunk.text, status=206 if range_header else 200, headers=headers)
@@ -224,7 +224,7 @@ async def delete_queue(request: web.Request) -> web.Response:
 async def partitions(request: web.Request) -> web.Response:
     """Partitions of every scheduler adapter (Slurm's included)."""
     out = []
-    for name, adapter in sorted(_jobs(request).dispatcher.adapters.items()):
+    for name, adapter in sorted(_jobs(request).driver.adapters.items()):
         try:
             for partition in await adapter.partitions():
                 out.append({"adapter": name, **partition})

@@ -25,7 +25,7 @@ async def _discovered(request: web.Request, body: Any) -> Any:
     jobs = ctx(request).jobs
     if jobs is None:
         return body
-    return await complete_from_scheduler(body, jobs.dispatcher.adapters)
+    return await complete_from_scheduler(body, jobs.driver.adapters)
 
 
 @api.get("/clusters", scope=Scope.READ, response=list[Document])

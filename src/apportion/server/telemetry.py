@@ -3,8 +3,9 @@
 Each :class:`Telemetry` has its own ``CollectorRegistry`` (never prometheus_client's global one),
 so several servers can run in one process — as they do in the tests. The app builds one per
 server and hands it to whoever counts: the allocation service (``allocations``,
-``policy_latency``), the admission loop (``queue_depth``, ``jobs_running``, ``admissions``), the
-dispatcher (``dispatches``) and the event log (:meth:`Telemetry.observe_event` as a sink).
+``policy_latency``) and the event log (:meth:`Telemetry.observe_event` as a sink: ``events``,
+and ``admissions`` and ``dispatches`` from the job events). The GPU and queue gauges are read
+from their sources at every render.
 ``GET /metrics`` serves :meth:`Telemetry.render`.
 """
 

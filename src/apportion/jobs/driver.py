@@ -1,0 +1,193 @@
+"""The backend driver: what a job's scheduler adapter is asked, and what it answered.
+
+:class:`BackendDriver` turns a job record into the adapter's :class:`JobSpec`, calls the adapter
+(``submit``, ``find``, ``poll``, ``cancel``, ``usage``) and returns what it saw as a value. It
+never writes a job record, never touches a hold and calls nothing back: applying what it saw is
+:class:`~apportion.jobs.lifecycle.JobLifecycle`'s job. It is also the one reader of a job's
+placements (cluster, nodes and GPUs of each worker): :func:`target` and :meth:`BackendDriver.spec`.
+
+``APPORTION_TEST_CRASH_AT=before_submit|after_submit`` makes the process SIGKILL itself around
+the adapter's ``submit``; the crash tests use it, nothing else should.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from apportion.adapters.base import (
+    Adapter,
+    AdapterError,
+    BackendState,
+    BackendStatus,
+    JobSpec,
+    WorkerSpec,
+)
+from apportion.jobs.records import Job, ResourceUsage
+from apportion.registry.service import Registry
+
+log = logging.getLogger(__name__)
+
+
+def crash_point(step: str) -> None:
+    """Die here, like a power cut, when the crash tests ask for it."""
+    if os.environ.get("APPORTION_TEST_CRASH_AT") == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a placed job runs: its cluster, that cluster's adapter and its nodes, in words."""
+
+    cluster_id: str
+    adapter: str
+    nodes: str  # "n1, n2": the nodes of its workers, sorted
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """The adapter accepted the job under this backend id."""
+
+    scheduler_job_id: str
+
+
+@dataclass(frozen=True)
+class SubmitFailed:
+    """The adapter refused or failed; ``reason`` goes into the job's history."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One poll of a dispatched job: the backend's status, and its usage when the backend
+    reported some (while it runs and once it ended)."""
+
+    status: BackendStatus
+    usage: ResourceUsage | None = None
+
+
+def _cluster_of(placements: Sequence[Mapping[str, Any]]) -> str:
+    return str(placements[0]["cluster_id"]) if placements else ""
+
+
+class BackendDriver:
+    """Asks a job's adapter and reports the answer. Called by the job lifecycle only (and by
+    the log route, through :meth:`adapter_for` and :meth:`spec`)."""
+
+    def __init__(self, registry: Registry, adapters: Mapping[str, Adapter], data_dir: Path) -> None:
+        self._registry = registry
+        self.adapters = adapters
+        self._jobs_dir = data_dir / "jobs"
+        self._specs: dict[str, JobSpec] = {}
+
+    # ---------------------------------------------------------------- placements
+    def _scheduler_of(self, cluster_id: str) -> dict[str, Any] | None:
+        if not self._registry.has_cluster(cluster_id):
+            return None
+        scheduler = self._registry.get_cluster(cluster_id).get("config", {}).get("scheduler")
+        return dict(scheduler) if scheduler else None
+
+    def target(self, placements: Sequence[Mapping[str, Any]]) -> Target:
+        """The cluster, adapter and nodes of a job's placements (one cluster per job)."""
+        cluster_id = _cluster_of(placements)
+        scheduler = self._scheduler_of(cluster_id) or {}
+        nodes = ", ".join(sorted({str(p.get("node_id")) for p in placements}))
+        return Target(cluster_id, str(scheduler.get("type", "local")), nodes)
+
+    def spec(self, job: Job) -> JobSpec:
+        """The adapter's view of a job (cached until :meth:`forget`; derived from the record)."""
+        cached = self._specs.get(job.job_id)
+        if cached is not None:
+            return cached
+        placements = job.allocation or []
+        cluster_id = _cluster_of(placements)
+        scheduler = self._scheduler_of(cluster_id) or {"type": job.adapter or "local"}
+        resources = job.config.resources
+        spec = JobSpec(
+            job_id=job.job_id,
+            name=job.name,
+            command=tuple(job.config.command),
+            cluster_id=cluster_id,
+            scheduler=scheduler,
+            workers=tuple(
+                WorkerSpec(
+                    index=i,
+                    node_id=str(p.get("node_id", "")),
+                    gpus=tuple(str(g) for g in p.get("gpus", [])),
+                    vcpus=resources.vcpus,
+                    memory_mb=resources.memory_mb,
+                )
+                for i, p in enumerate(placements)
+            ),
+            output_dir=self._jobs_dir / job.job_id,
+            env=dict(job.config.env),
+            working_dir=job.config.working_dir,
+            walltime_seconds=job.config.walltime,
+            labels=dict(job.config.labels),
+        )
+        self._specs[job.job_id] = spec
+        return spec
+
+    def forget(self, job_id: str) -> None:
+        """Drop what is cached for a job that ended."""
+        self._specs.pop(job_id, None)
+
+    def adapter_for(self, job: Job) -> Adapter:
+        """The job's adapter; :class:`AdapterError` if this server has none of that name."""
+        name = job.adapter or "local"
+        adapter = self.adapters.get(name)
+        if adapter is None:
+            raise AdapterError(
+                f"no {name!r} scheduler adapter is configured on this server "
+                f"(available: {', '.join(sorted(self.adapters))})"
+            )
+        return adapter
+
+    # ---------------------------------------------------------------- calls
+    async def submit(self, job: Job) -> Submitted | SubmitFailed:
+        """Hand the job to its adapter (tagged with its id, so :meth:`find` can tell after a
+        crash whether it got there). Never raises but for cancellation: a failure is a value."""
+        spec = self.spec(job)
+        try:
+            adapter = self.adapter_for(job)
+            await asyncio.to_thread(spec.output_dir.mkdir, parents=True, exist_ok=True)
+            crash_point("before_submit")
+            scheduler_job_id = await adapter.submit(spec)
+            crash_point("after_submit")
+        except AdapterError as exc:
+            return SubmitFailed(f"dispatch failed: {exc.message}")
+        except Exception as exc:
+            log.exception("dispatch of job %s failed", job.job_id)
+            return SubmitFailed(f"dispatch failed: {exc}")
+        return Submitted(scheduler_job_id)
+
+    async def find(self, job: Job) -> str | None:
+        """The backend's id of the job if it reached its backend, else ``None``; raises
+        :class:`AdapterError` when the backend cannot tell."""
+        return await self.adapter_for(job).find(self.spec(job))
+
+    async def poll(self, job: Job) -> Observation:
+        """The backend's status of a dispatched job, with its usage while it runs and once it
+        ended (a backend that has no usage to give is logged, not an error)."""
+        assert job.scheduler_job_id is not None, "poll needs a dispatched job"
+        adapter, spec = self.adapter_for(job), self.spec(job)
+        status = await adapter.poll(spec, job.scheduler_job_id)
+        usage = None
+        if status.state is BackendState.RUNNING or status.state.finished:
+            try:
+                usage = ResourceUsage.of(await adapter.usage(spec, job.scheduler_job_id))
+            except AdapterError as exc:
+                log.debug("no usage for job %s: %s", job.job_id, exc.message)
+        return Observation(status, usage)
+
+    async def cancel(self, job: Job) -> None:
+        """Ask the backend to stop a dispatched job (idempotent); the end is seen by a poll."""
+        assert job.scheduler_job_id is not None, "cancel needs a dispatched job"
+        await self.adapter_for(job).cancel(self.spec(job), job.scheduler_job_id)

@@ -1,0 +1,455 @@
+"""The life of a job: the one writer of job records and the one owner of their holds.
+
+Every change to a :class:`~apportion.jobs.records.Job` — its status, times, reason, priority,
+bypass count, allocation, backend id, usage — and every reserve, commit and release of its GPUs
+is made here, by :class:`JobLifecycle`. A status changes only along :data:`TRANSITIONS`; any
+other change is refused with :class:`IllegalTransition` (logged, never applied). What the
+backend does is asked by :class:`~apportion.jobs.driver.BackendDriver`, which only reports;
+this module applies what it reports.
+
+Intent is written before it is acted on:
+
+1. :meth:`JobLifecycle.admit` commits the hold, then the job as ``scheduled`` with its
+   allocation and a dispatch token, and only then starts the dispatch;
+2. the dispatch has the adapter submit the job, tagged with the Apportion job id;
+3. the backend's id is committed and ``job_scheduled`` announced.
+
+A crash between 1 and 3 is healed by :meth:`JobLifecycle.reconcile` at the next start: the
+adapter is asked whether it has the tagged job — if so it is adopted (never submitted twice), if
+not it is submitted again. :meth:`JobLifecycle.watch` polls every dispatched job and records
+``running`` and the end (``completed``/``failed``/``cancelled``, with the return code).
+
+Every change is committed (``JobBook``) before it is announced, and every announcement goes
+through ``emit`` (the event log, stored before it is sent). Runs on the event loop; dispatches
+run under the server's task group (``spawn``), so a stop waits for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from apportion.adapters.base import AdapterError, BackendState, BackendStatus
+from apportion.allocation.hold import Hold
+from apportion.allocation.holds import HoldManager
+from apportion.allocation.service import AllocationService
+from apportion.background import Spawn
+from apportion.errors import ApportionError, Conflict, UnknownAllocation
+from apportion.event_sink import EventSink
+from apportion.jobs.admission import Blocked, Reason, waiting_order
+from apportion.jobs.driver import BackendDriver, SubmitFailed
+from apportion.jobs.models import JobConfig, JobStatus
+from apportion.jobs.records import Job, JobBook
+from apportion.timefmt import iso_utc
+
+log = logging.getLogger(__name__)
+
+TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = MappingProxyType(
+    {
+        # admitted (placed, hold committed) | cancelled while it waited
+        JobStatus.QUEUED: frozenset({JobStatus.SCHEDULED, JobStatus.CANCELLED}),
+        # a poll saw it start (or already end) | dispatch failed, or the backend lost it |
+        # cancelled before it reached the backend
+        JobStatus.SCHEDULED: frozenset({JobStatus.RUNNING, JobStatus.FAILED, JobStatus.CANCELLED}),
+        # a poll saw it end: exit 0 | non-zero exit, or the backend lost it | cancelled
+        JobStatus.RUNNING: frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED}),
+        # an end is final
+        JobStatus.COMPLETED: frozenset(),
+        JobStatus.FAILED: frozenset(),
+        JobStatus.CANCELLED: frozenset(),
+    }
+)
+"""The allowed status changes of a job: ``from → {to, …}`` (seed 001's states)."""
+
+POLL_CONCURRENCY = 32  # jobs the watch polls at once
+
+_END_STATES = {
+    BackendState.COMPLETED: JobStatus.COMPLETED,
+    BackendState.FAILED: JobStatus.FAILED,
+    BackendState.CANCELLED: JobStatus.CANCELLED,
+}
+
+
+class IllegalTransition(Exception):
+    """A status change that :data:`TRANSITIONS` does not allow: a defect, never applied."""
+
+    def __init__(self, job_id: str, current: JobStatus, target: JobStatus) -> None:
+        super().__init__(f"job {job_id}: {current.value} → {target.value} is not a transition")
+        self.job_id, self.current, self.target = job_id, current, target
+
+
+@dataclass(frozen=True)
+class Placed:
+    """A job's workers placed and their GPUs reserved (not yet durable): the hold and the
+    decision record."""
+
+    hold: Hold
+    decision: dict[str, Any]
+
+
+class JobLifecycle:
+    """Moves jobs through their states and holds their GPUs (see the module's docstring).
+
+    Called by :class:`~apportion.jobs.service.JobService` (the API and the admission cycle)
+    and run by the server (:meth:`reconcile` once at start, :meth:`watch` as a loop)."""
+
+    def __init__(
+        self,
+        book: JobBook,
+        allocations: AllocationService,
+        holds: HoldManager,
+        driver: BackendDriver,
+        emit: EventSink,
+        spawn: Spawn,
+        wake: Callable[[], None],
+    ) -> None:
+        """``wake()`` asks for an admission cycle (called when a job ends)."""
+        self._book = book
+        self._allocations = allocations
+        self._holds = holds
+        self._driver = driver
+        self._emit = emit
+        self._spawn = spawn
+        self._wake = wake
+        self._in_flight: set[str] = set()  # jobs whose dispatch task is under way
+        self._poll_locks: dict[str, asyncio.Lock] = {}  # one poll of a job at a time
+        self._ended: dict[str, asyncio.Event] = {}  # jobs someone waits to see end
+
+    # ---------------------------------------------------------------- the table
+    @staticmethod
+    def _check(job: Job, target: JobStatus) -> None:
+        """Raise :class:`IllegalTransition` (logged) unless ``job`` may go to ``target``."""
+        if target not in TRANSITIONS[job.status]:
+            error = IllegalTransition(job.job_id, job.status, target)
+            log.error("%s", error)
+            raise error
+
+    async def _move(self, job: Job, target: JobStatus, reason: str) -> None:
+        """Change ``job``'s status along :data:`TRANSITIONS` and commit it with its history
+        entry; :class:`IllegalTransition` (logged, nothing written) otherwise."""
+        self._check(job, target)
+        await self._book.save(job, status=target, reason=reason)
+
+    # ---------------------------------------------------------------- while it waits
+    async def submit(self, config: JobConfig, priority: int, owner: str | None) -> Job:
+        """Commit a new queued job and announce ``job_queued``; return it."""
+        job = await self._book.create(config, priority, owner, "submitted")
+        self.renumber()
+        job.reason_code, job.reason = Reason.QUEUED, "waiting for the next admission cycle"
+        await self._emit(
+            "job_queued",
+            {
+                "job_id": job.job_id,
+                "priority": job.priority,
+                "queue_position": job.queue_position,
+                "queue": job.queue,
+                "name": job.name,
+            },
+        )
+        return job
+
+    async def reprioritise(self, job: Job, priority: int) -> None:
+        """Change a queued job's priority (:class:`Conflict` for any other status)."""
+        if job.status is not JobStatus.QUEUED:
+            raise Conflict(
+                f"job {job.job_id} is {job.status.value}; only a queued job's priority can change",
+                details={"job_id": job.job_id, "status": job.status.value},
+            )
+        job.priority = priority
+        await self._book.save(job)
+        self.renumber()
+
+    async def wait(self, job: Job, blocked: Blocked) -> None:
+        """Record why a queued job waits (written only when it changed)."""
+        if (job.reason_code, job.reason) != (blocked.code, blocked.words):
+            job.reason_code, job.reason = blocked.code, blocked.words
+            await self._book.save(job)
+
+    def count_bypasses(self, counts: Mapping[str, int]) -> list[Coroutine[Any, Any, None]]:
+        """Set the bypass counts an admission decision grew (``{job id: count}``, from
+        :meth:`CycleState.started <apportion.jobs.admission.CycleState.started>`); return
+        the commits to await."""
+        saves = []
+        for job_id, count in counts.items():
+            job = self._book.jobs.get(job_id)
+            if job is not None:
+                job.bypassed = count
+                saves.append(self._book.save(job))
+        return saves
+
+    def renumber(self) -> None:
+        """Number the queued jobs of each queue, 1-based, in waiting order."""
+        position: dict[str, int] = {}
+        for job in self._book.jobs.values():
+            job.queue_position = None
+        for job in waiting_order(self._book.jobs.values()):
+            position[job.queue] = position.get(job.queue, 0) + 1
+            job.queue_position = position[job.queue]
+
+    # ---------------------------------------------------------------- admission
+    async def place(self, job: Job, policy_uri: str, candidates: list[str]) -> Placed | Blocked:
+        """Place the job's workers through ``policy_uri`` over ``candidates`` and reserve their
+        GPUs (in memory; :meth:`admit` makes the hold durable), or say why it cannot start."""
+        request = job.config.resources.as_request()
+        try:
+            hold, decision = await self._allocations.reserve_for_job(
+                policy_uri=policy_uri,
+                candidates=candidates,
+                inputs={"requests": [request] * job.workers},
+                parameters=job.config.parameters,
+                owner=job.owner,
+                job_id=job.job_id,
+            )
+        except ApportionError as exc:
+            return Blocked(exc.code.value, exc.message)
+        return Placed(hold, decision)
+
+    async def admit(self, job: Job, placed: Placed) -> None:
+        """Make the hold durable, commit the job ``scheduled`` and start its dispatch — unless
+        it was cancelled meanwhile (the hold is given back). A hold that cannot be recorded
+        leaves the job queued, with the reason, for the next cycle."""
+        hold = placed.hold
+        try:
+            await self._allocations.commit_hold(hold)
+        except Exception as exc:
+            await self.wait(
+                job, Blocked(Reason.QUEUED, f"its GPUs could not be recorded ({exc}); retrying")
+            )
+            return
+        if job.status is not JobStatus.QUEUED:
+            await self.abandon(hold)
+            return
+        target = self._driver.target(hold.placements)
+        job.reason_code = job.reason = None
+        job.decision = placed.decision
+        job.allocation = hold.placements
+        job.allocation_id = hold.allocation_id
+        job.adapter = target.adapter
+        job.dispatch_token = uuid.uuid4().hex
+        self._in_flight.add(job.job_id)  # from here a cancel leaves the end to the dispatch
+        try:
+            await self._move(
+                job, JobStatus.SCHEDULED, f"placed on {target.cluster_id}: {target.nodes}"
+            )
+        except BaseException:
+            self._in_flight.discard(job.job_id)
+            raise
+        self._launch(job)
+
+    def _launch(self, job: Job) -> None:
+        """Start the dispatch of a job committed ``scheduled`` (marked in flight)."""
+        self._in_flight.add(job.job_id)
+        if self._spawn(self._dispatch(job), f"dispatch-{job.job_id}") is None:
+            self._in_flight.discard(job.job_id)  # the server stops: the next start's reconcile
+
+    async def abandon(self, hold: Hold) -> None:
+        """Give back the GPUs of a placement whose job ended before it could start."""
+        with contextlib.suppress(UnknownAllocation):
+            await self._holds.release(hold.allocation_id)
+
+    # ---------------------------------------------------------------- dispatch
+    async def _dispatch(self, job: Job) -> None:
+        """One job to its backend (a task of the server's group; ``_in_flight`` until done)."""
+        try:
+            if job.cancel_requested:
+                await self.end(job, JobStatus.CANCELLED, reason="cancelled before dispatch")
+                return
+            outcome = await self._driver.submit(job)
+            if isinstance(outcome, SubmitFailed):
+                await self.end(job, JobStatus.FAILED, reason=outcome.reason)
+                return
+            await self._adopt(job, outcome.scheduler_job_id)
+        finally:
+            self._in_flight.discard(job.job_id)
+
+    async def _adopt(self, job: Job, scheduler_job_id: str) -> None:
+        job.scheduler_job_id = scheduler_job_id
+        await self._book.save(job)
+        await self._emit(
+            "job_scheduled",
+            {
+                "job_id": job.job_id,
+                "scheduler_job_id": scheduler_job_id,
+                "allocation": job.allocation_document(),
+                "adapter": job.adapter,
+                "queue": job.queue,
+            },
+        )
+        if job.cancel_requested:
+            await self._stop_dispatched(job)
+
+    async def reconcile(self) -> None:
+        """At start: adopt what reached the backend, dispatch again what did not."""
+        for job in list(self._book.jobs.values()):
+            if not job.status.active or job.scheduler_job_id is not None:
+                continue
+            try:
+                found = await self._driver.find(job)
+            except AdapterError as exc:
+                log.error("reconciling job %s: %s", job.job_id, exc.message)
+                continue
+            if found is not None:
+                log.info(
+                    "job %s reached its backend before a restart; adopted as %s", job.job_id, found
+                )
+                await self._adopt(job, found)
+            else:
+                log.info("job %s never reached its backend; dispatching it again", job.job_id)
+                self._launch(job)
+
+    # ---------------------------------------------------------------- watching
+    async def watch(self, *, interval: float = 0.5) -> None:
+        """Poll every dispatched job until cancelled: a sweep every ``interval`` seconds, up to
+        :data:`POLL_CONCURRENCY` jobs at once (one job's slow backend call or commit does not
+        hold up the others, and their commits share fsyncs)."""
+        slots = asyncio.Semaphore(POLL_CONCURRENCY)
+
+        async def poll_one(job: Job) -> None:
+            async with slots:
+                try:
+                    await self.poll(job)
+                except Exception:
+                    log.exception("polling job %s failed", job.job_id)
+
+        while True:
+            await asyncio.sleep(interval)
+            active = [j for j in self._book.jobs.values() if j.status.active and j.scheduler_job_id]
+            await asyncio.gather(*(poll_one(job) for job in active))
+
+    async def poll(self, job: Job) -> None:
+        """Bring one job's record up to date with its backend (one poll of a job at a time:
+        the watch and a cancel never both record its start or end)."""
+        lock = self._poll_locks.setdefault(job.job_id, asyncio.Lock())
+        async with lock:
+            if job.status.active:
+                await self._apply(job)
+
+    async def _apply(self, job: Job) -> None:
+        seen = await self._driver.poll(job)
+        status = seen.status
+        if seen.usage is not None:
+            job.resource_usage = seen.usage
+        if (
+            status.state in (BackendState.RUNNING, *_END_STATES)
+            and job.status is JobStatus.SCHEDULED
+        ):
+            await self._started(job, status)
+        if status.state.finished:
+            await self.end(
+                job,
+                JobStatus.CANCELLED if job.cancel_requested else _END_STATES[status.state],
+                reason=status.reason or status.state.value,
+                return_code=status.return_code,
+                ended_at=status.ended_at,
+            )
+        elif status.state is BackendState.UNKNOWN:
+            await self.end(
+                job, JobStatus.FAILED, reason="the scheduler has no record of the job anymore"
+            )
+
+    async def _started(self, job: Job, status: BackendStatus) -> None:
+        job.start_time = status.started_at or time.time()
+        await self._move(job, JobStatus.RUNNING, "started")
+        await self._emit(
+            "job_started",
+            {
+                "job_id": job.job_id,
+                "start_time": iso_utc(job.start_time),
+                "resources": {
+                    "allocation": job.allocation_document(),
+                    "per_worker": job.config.resources.model_dump(exclude_none=True),
+                    "workers": job.workers,
+                },
+            },
+        )
+
+    # ---------------------------------------------------------------- ends
+    async def cancel(self, job: Job) -> None:
+        """Cancel a job: a queued one ends now; a dispatched one is stopped by its backend and
+        ends at the poll that sees it; one being dispatched is ended by its dispatch (before
+        or just after the backend took it). A finished job is left as it is."""
+        if job.status.finished:
+            return
+        if job.status is JobStatus.QUEUED:
+            await self.end(job, JobStatus.CANCELLED, reason="cancelled while queued")
+            return
+        job.cancel_requested = True
+        await self._book.save(job)
+        if job.scheduler_job_id is not None:
+            await self._stop_dispatched(job)
+        elif job.job_id not in self._in_flight:
+            await self.end(job, JobStatus.CANCELLED, reason="cancelled before dispatch")
+
+    async def _stop_dispatched(self, job: Job) -> None:
+        await self._driver.cancel(job)
+        await self.poll(job)
+
+    async def end(
+        self,
+        job: Job,
+        status: JobStatus,
+        *,
+        reason: str,
+        return_code: int | None = None,
+        ended_at: float | None = None,
+    ) -> None:
+        """Record the end of a job, release its GPUs and announce ``job_completed``. A job
+        that already ended is left as it is (an end is reported once, whoever sees it first)."""
+        if job.status.finished:
+            return
+        assert status.finished, f"end() takes a final status, not {status.value}"
+        self._check(job, status)
+        job.end_time = ended_at or time.time()
+        job.return_code = return_code
+        if status is JobStatus.FAILED:
+            job.failed_reason = reason
+        job.reason_code = job.reason = None
+        await self._move(job, status, reason)
+        await self._release(job)
+        self.renumber()
+        await self._emit(
+            "job_completed",
+            {
+                "job_id": job.job_id,
+                "status": status.value,
+                "queue": job.queue,
+                "adapter": job.adapter,
+                "end_time": iso_utc(job.end_time),
+                "return_code": return_code,
+                "reason": reason,
+            },
+        )
+        ended = self._ended.pop(job.job_id, None)
+        if ended is not None:
+            ended.set()
+        self._wake()
+
+    async def _release(self, job: Job) -> None:
+        self._driver.forget(job.job_id)
+        self._poll_locks.pop(job.job_id, None)
+        if job.allocation_id is None:
+            return
+        with contextlib.suppress(UnknownAllocation):
+            await self._holds.release(job.allocation_id)
+
+    async def until_ended(self, job: Job, *, within: float) -> bool:
+        """Wait up to ``within`` seconds for ``job`` to end; whether it did."""
+        if job.status.finished:
+            return True
+        ended = self._ended.setdefault(job.job_id, asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                await ended.wait()
+        return job.status.finished
+
+    async def remove(self, job: Job) -> None:
+        """Delete a job's record and history (its GPUs are released when it ends)."""
+        await self._book.remove(job.job_id)
+        self._ended.pop(job.job_id, None)
