@@ -22,6 +22,7 @@ from sqlalchemy import Connection, bindparam, delete, update
 
 from apportion import jsonutil
 from apportion.allocation.hold import Hold
+from apportion.engine.decisions import placements_json
 from apportion.store import schema
 from apportion.store.db import Database
 
@@ -150,7 +151,7 @@ def _write(conn: Connection, net: _Net) -> None:
                     "owner": h.owner,
                     "request_id": h.request_id,
                     "policy_uri": h.policy_uri,
-                    "placements": jsonutil.dumps_str(h.placements),
+                    "placements": jsonutil.dumps_str(placements_json(h.placements)),
                     "created_at": h.created_at,
                     "expires_at": net.expiry_override.get(h.allocation_id, h.expires_at),
                     "kind": h.kind,

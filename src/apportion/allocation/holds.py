@@ -18,14 +18,13 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from sqlalchemy import delete, select
 
 from apportion import jsonutil
 from apportion.allocation.hold import Hold
 from apportion.allocation.hold_journal import HoldJournal
-from apportion.engine.validate import placement_gpu_keys
+from apportion.engine.decisions import Placement, gpu_keys_of
 from apportion.errors import Conflict, Forbidden, UnknownAllocation
 from apportion.registry.fleet import FleetView
 from apportion.registry.fleet_structure import GpuKey
@@ -60,14 +59,14 @@ class HoldManager:
             if row.expires_at <= now:
                 expired.append(row.allocation_id)
                 continue
-            placements = jsonutil.loads(row.placements)
+            placements = tuple(Placement.from_json(p) for p in jsonutil.loads(row.placements))
             hold = Hold(
                 row.allocation_id,
                 row.owner,
                 row.request_id,
                 row.policy_uri,
                 placements,
-                placement_gpu_keys(placements),
+                gpu_keys_of(placements),
                 row.created_at,
                 row.expires_at,
                 row.kind,
@@ -127,7 +126,7 @@ class HoldManager:
 
     def reserve(
         self,
-        placements: list[dict[str, Any]],
+        placements: tuple[Placement, ...],
         *,
         lease_seconds: float,
         owner: str | None,
@@ -137,7 +136,7 @@ class HoldManager:
     ) -> Hold:
         """Mark the placements' GPUs held, now (synchronous: nothing else runs in between);
         :class:`Conflict` if any is taken. Follow with :meth:`commit` before answering."""
-        keys = placement_gpu_keys(placements)
+        keys = gpu_keys_of(placements)
         self._reserve(keys)
         now = self._clock()
         hold = Hold(

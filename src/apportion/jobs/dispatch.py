@@ -38,6 +38,7 @@ from apportion.adapters.base import (
 )
 from apportion.allocation.hold import Hold
 from apportion.allocation.holds import HoldManager
+from apportion.engine.decisions import placements_json
 from apportion.errors import UnknownAllocation
 from apportion.event_sink import EventSink
 from apportion.jobs.models import JobStatus
@@ -158,15 +159,15 @@ class Dispatcher:
     # ---------------------------------------------------------------- dispatch
     async def start(self, job: Job, hold: Hold) -> None:
         """Record the intent (``scheduled``) and dispatch in the background."""
-        cluster_id = hold.placements[0]["cluster_id"]
+        cluster_id = hold.placements[0].cluster_id
         cluster = (
             self._registry.get_cluster(cluster_id) if self._registry.has_cluster(cluster_id) else {}
         )
-        job.allocation = hold.placements
+        job.allocation = placements_json(hold.placements)
         job.allocation_id = hold.allocation_id
         job.adapter = str(cluster.get("config", {}).get("scheduler", {}).get("type", "local"))
         job.dispatch_token = uuid.uuid4().hex
-        nodes = ", ".join(sorted({str(p.get("node_id")) for p in hold.placements}))
+        nodes = ", ".join(sorted({str(p.node_id) for p in hold.placements}))
         await self.book.save(
             job, status=JobStatus.SCHEDULED, reason=f"placed on {cluster_id}: {nodes}"
         )

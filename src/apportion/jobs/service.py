@@ -17,6 +17,7 @@ from typing import Any
 
 from apportion.allocation.hold import Hold
 from apportion.allocation.service import AllocationService
+from apportion.engine.decisions import Decision
 from apportion.errors import ApportionError, Conflict, InvalidRequest
 from apportion.event_sink import EventSink
 from apportion.jobs import views as job_views
@@ -240,7 +241,7 @@ class JobService:
 
     async def _place(
         self, job: Job, queue: QueueConfig
-    ) -> tuple[tuple[Hold, dict[str, Any]] | None, tuple[str, str] | None]:
+    ) -> tuple[tuple[Hold, Decision] | None, tuple[str, str] | None]:
         """Place the job's workers through its policy and reserve their GPUs: ``(hold and
         decision record, None)``, or ``(None, (reason code, words))`` when it cannot start."""
         request = job.config.resources.as_request()
@@ -260,7 +261,7 @@ class JobService:
             return None, (code, exc.message)
         return placed, None
 
-    async def _start(self, job: Job, hold: Hold, decision: dict[str, Any]) -> None:
+    async def _start(self, job: Job, hold: Hold, decision: Decision) -> None:
         """Make the hold durable and hand the job to the dispatcher — unless it was cancelled
         meanwhile (the hold is given back). A hold that cannot be recorded leaves the job
         queued, with the reason, for the next cycle."""
@@ -275,7 +276,7 @@ class JobService:
             await self.dispatcher.abandon(hold)
             return
         job.reason_code = job.reason = None
-        job.decision = decision
+        job.decision = decision.to_json()
         await self.dispatcher.start(job, hold)
 
     def _candidates(self, queue: QueueConfig) -> list[str]:
