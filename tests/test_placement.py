@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 
-from apportion.engine.decisions import Outcome, Placed, Score, Unplaceable
+from apportion.engine.decisions import Outcome, Placed, Reason, Score, Unplaceable
 from apportion.engine.explain import Evidence
 from apportion.engine.placement import place
 from apportion.engine.requests import GpuRequest, parse_inputs
@@ -306,6 +306,17 @@ def test_free_memory_counts_in_rejection_text() -> None:
     assert ev(out).rejections()[0].reasons == (
         "only 0 of 4 GPUs available (1 held, 1 unavailable, 2 below free-memory need), 2 needed",
     )
+
+
+def test_rejections_are_read_from_what_the_decision_recorded() -> None:
+    # the explanation is rendered later (explain, errors) from the steps' masks, so a hold
+    # taken after the decision does not leak into it
+    f = b.fleet_of(b.make_cluster("c1", 1, 4))
+    hold(f, "c1", "n0", 0)
+    out = run(f, {"gpus": 4, "gpu_memory_mb": 1})  # a memory need: the GPU-mask path
+    hold(f, "c1", "n0", 1)
+    assert ev(out).rejections()[0].reasons == ("only 3 of 4 GPUs available (1 held), 4 needed",)
+    assert ev(out).summary() == {Reason.INSUFFICIENT_GPUS: 1}
 
 
 # ------------------------------------------------------------------ invariants (hypothesis)

@@ -1,8 +1,10 @@
-"""Answering allocation requests: snapshot → candidates → policy → validated placement → hold.
+"""Answering allocation requests: candidates → policy → outcome → validated placements → hold.
 
-``AllocationService`` is what the WebSocket and ``POST /allocate`` call. It
-never blocks the event loop (policies run on a worker thread or in a sandbox
-process) and it numbers and times its phases for the ``explain`` record.
+``AllocationService`` is what the WebSocket and ``POST /allocate`` call (through
+``server/dispatch.py``, which renders its typed answer as JSON), and what the job service calls
+to place a job. It never blocks the event loop for long (built-ins are bounded vectorised work
+run inline; other policies run on a worker thread or in a sandbox process) and it numbers and
+times its phases for the decision record.
 """
 
 from __future__ import annotations
