@@ -72,7 +72,7 @@ class Phases:
         return {name: round(seconds * 1000, 3) for name, seconds in self._seconds.items()}
 
 
-@dataclass
+@dataclass(frozen=True)
 class Allocated:
     """A successful allocation: one placement per request, whether the inputs were a gang (the
     wire ``data`` is then a list), the hold when the request held, and the decision record
@@ -189,7 +189,10 @@ class AllocationService:
         if hold is not None:
             await self._holds.commit(hold)
             phases.mark("hold")
-        answer = Allocated(outcome.placements, is_gang, hold)
+        decision = None
+        if request.explain:
+            decision = Decision.of(entry.uri, len(candidates), phases.timings, outcome)
+        answer = Allocated(outcome.placements, is_gang, hold, decision)
         if hold is not None and self._emit is not None:  # adhoc answers change nothing
             await self._emit(
                 "allocation_decided",
@@ -200,8 +203,6 @@ class AllocationService:
                     "allocation_id": hold.allocation_id,
                 },
             )
-        if request.explain:
-            answer.decision = Decision.of(entry.uri, len(candidates), phases.timings, outcome)
         return answer
 
     async def _decide(

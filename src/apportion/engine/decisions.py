@@ -188,11 +188,11 @@ class Decision:
 
     @classmethod
     def of(
-        cls, uri: str, candidates: int, timings_ms: Mapping[str, float], outcome: Outcome | None
+        cls, uri: str, candidates: int, timings_ms: Mapping[str, float], outcome: Outcome
     ) -> Decision:
         """The record of a decision over ``candidates`` clusters, with the kernel's findings
         when ``outcome`` has them."""
-        evidence = None if outcome is None else outcome.evidence
+        evidence = outcome.evidence
         if evidence is None:
             return cls(uri, candidates, timings_ms)
         return cls(

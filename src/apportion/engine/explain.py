@@ -11,7 +11,7 @@ Pure: never changes the fleet.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -33,11 +33,11 @@ _PHRASES = {
 }
 
 
-@dataclass(frozen=True)
-class Evidence:
+class Evidence(NamedTuple):
     """What the kernel saw in one placement call: the candidate node count, the requests, the
     stage of the first request (feasible nodes, top scores) and ``stage``, the failed request's
-    (or the first's) whose steps say why each rejected candidate said no."""
+    (or the first's) whose steps say why each rejected candidate said no. Immutable (a tuple:
+    every placement call makes one)."""
 
     candidate_nodes: int
     requests: tuple[GpuRequest, ...]

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -39,12 +39,11 @@ class Strategy(StrEnum):
     TOPOLOGY = "topology"
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
+class Step(NamedTuple):
     """One filter step of the kernel: why it rejects, and the rows that passed it — node rows,
     or GPU rows for the GPU-level steps ``GPU_MODEL`` (the model matches) and ``GPU_MEMORY``
     (model and registry memory meet the request). Masks are kept by reference: recording a step
-    costs no array work."""
+    costs no array work (a tuple: the kernel's hot path makes several per request)."""
 
     reason: Reason
     passed: BOOL
