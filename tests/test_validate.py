@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from apportion.engine.decisions import Placement, gpu_keys_of
+from apportion.engine.decisions import Decision, Placed, Placement, gpu_keys_of
 from apportion.engine.validate import validate_output, validate_placements
 from apportion.errors import InvalidPolicyOutput
 from apportion.registry.fleet import FleetView
@@ -123,3 +123,29 @@ def test_typed_placements_are_checked_against_the_registry_too(fleet: FleetView)
     assert err.value.details["output"] == repr(
         [{"cluster_id": "c1", "node_id": "n1", "gpus": ["3"]}]
     )
+
+
+def test_placements_keep_their_wire_shape_through_the_journal(fleet: FleetView) -> None:
+    # what a policy returned is what the hold journal stores and reloads, key for key
+    outputs = [
+        {"cluster_id": "c1"},
+        {"cluster_id": "c1", "gpus": []},
+        {"cluster_id": "c1", "node_id": "n0"},
+        {"cluster_id": "c1", "node_id": "n0", "gpus": [1], "note": {"why": ["x"]}},
+    ]
+    for output in outputs:
+        (placement,) = typed(fleet, output)
+        wire = placement.to_json()
+        expected = {**output, "gpus": ["1"]} if output.get("gpus") else output  # ids normalised
+        assert wire == expected
+        assert Placement.from_json(wire) == placement
+
+
+def test_a_seed_policys_decision_record_has_no_kernel_findings() -> None:
+    placed = Placed((Placement("c1", "n0", ("0",)),))
+    record = Decision.of("custom:1.0-stable", 2, {"evaluate": 0.1}, placed).to_json()
+    assert record == {
+        "policy_rule_uri": "custom:1.0-stable",
+        "candidate_clusters": 2,
+        "timings_ms": {"evaluate": 0.1},
+    }
