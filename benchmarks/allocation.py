@@ -16,8 +16,9 @@ What runs where (all on 127.0.0.1, every process started here is ended here by P
   is answered, so occupancy stays at most C × W GPUs; and, where the fleet has GPUs enough
   for the whole run, holds kept (never released: the hold rate alone);
 * in this process: the bare numpy kernel (the least numpy work for one binpack decision over
-  the same fleet arrays) and the built-in binpack policy (constructed and ``eval``-ed per
-  decision as the server does, over a :class:`FleetView` of the same documents).
+  the same fleet arrays) and the built-in binpack policy (its inputs parsed and its
+  internal-protocol ``place`` called per decision as the server does, over a
+  :class:`FleetView` of the same documents).
 
 Each measurement: a warm-up, then ``--reps`` back-to-back windows; the median window is
 reported. No assertion on any timing: the targets are reported MET / NOT MET (``report.py``).
@@ -44,6 +45,7 @@ from report import LOAD_BEFORE, Kernel, Load, Timing, document, markdown, others
 from synthetic_fleet import fleet_documents
 from websockets.asyncio.client import connect
 
+from apportion.engine.requests import parse_inputs
 from apportion.policies.builtins import BUILTIN_POLICIES
 from apportion.registry.documents.cluster import validate_cluster_document
 from apportion.registry.fleet import FleetView
@@ -151,17 +153,12 @@ def in_process(nodes: int, reps: int) -> tuple[float, float]:
         picked: list[int] = np.flatnonzero(local)[:gpus].tolist()
         return picked
 
-    policy_class = BUILTIN_POLICIES[URI]
-    cluster_data: dict[str, dict[str, Any]] = {d["id"]: {} for d in docs}  # keys only are read
-    outcomes: list[object] = []
+    placer = BUILTIN_POLICIES[URI].placement
+    candidates = [d["id"] for d in docs]
 
     def policy() -> object:
-        settings = {"fleet": fleet, "outcome_sink": outcomes.append}
-        result = policy_class(URI, settings, {}).eval(
-            {}, {"cluster_data": cluster_data, "inputs": {"gpus": 1}}, {}
-        )
-        outcomes.clear()
-        return result
+        requests, _ = parse_inputs({"gpus": 1})
+        return placer.place(fleet, candidates, requests, frozenset())
 
     return per_call_us(kernel, reps), per_call_us(policy, reps)
 

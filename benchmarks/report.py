@@ -193,9 +193,9 @@ def document(table: str, args: argparse.Namespace, t: Timing, command: str) -> s
         "- server CPU / client CPU: CPU seconds per wall second of each process while measuring "
         "(1.00 = one core; the machine has "
         f"{os.cpu_count()})\n"
-        "- policy evaluation: judged in-process (the built-in class constructed and `eval`-ed "
+        "- policy evaluation: judged in-process (the built-in's inputs parsed and its `place` called "
         "per decision over a `FleetView` of the same documents, as the server calls it); the "
-        "server's own `explain.timings_ms.evaluate` (which adds the settings merge and the lazy cluster data) is shown "
+        "server's own `explain.timings_ms.evaluate` (the same work through the runtime, timed in the server) is shown "
         "beside it\n\n"
         f"{table}"
     )

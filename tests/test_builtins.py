@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
 
-from apportion.engine.placement import PlacementOutcome
+from apportion.engine.decisions import Placed, Placement
 from apportion.engine.requests import GpuRequest, parse_inputs
 from apportion.errors import InvalidRequest, NoFeasiblePlacement
 from apportion.policies.builtins import (
+    BINPACK,
     BUILTIN_POLICIES,
     BinpackPolicy,
     SpreadPolicy,
     TopologyPolicy,
 )
+from apportion.policies.catalog import builtin_catalog
 from tests import builders as b
 
 # ------------------------------------------------------------------ parse_inputs
@@ -112,38 +113,25 @@ def test_gang_answers_with_a_list() -> None:
     ]
 
 
-class LazyKeys(Mapping[str, Any]):
-    """A cluster_data whose values must never be read (the engine's lazy mapping)."""
-
-    def __init__(self, ids: list[str]) -> None:
-        self.ids = ids
-
-    def __getitem__(self, key: str) -> Any:
-        raise AssertionError(f"value of {key} was read")
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.ids)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
-def test_injected_fleet_unavailable_and_outcome_sink() -> None:
+def test_the_internal_protocol_takes_engine_state_as_arguments() -> None:
     data = fleet_data()
     fleet = b.fleet_of(*(v["data"] for v in data.values()))
     fleet.set_held([("c1", "b", "0")], True)
-    seen: list[PlacementOutcome] = []
-    settings = {
-        "fleet": fleet,
-        "unavailable": {("c2", "n0", "0")},
-        "outcome_sink": seen.append,
-    }
-    out = BinpackPolicy("r", settings, {}).eval(
-        {}, {"cluster_data": LazyKeys(["c2"]), "inputs": {"gpus": 1}}, {}
-    )
+    rs, _ = parse_inputs({"gpus": 1})
+    out = BINPACK.place(fleet, ["c2"], rs, frozenset({("c2", "n0", "0")}))
     # only c2 is a candidate; its GPU 0 is unavailable -> GPU 1
-    assert out == {"cluster_id": "c2", "node_id": "n0", "gpus": ["1"]}
-    assert len(seen) == 1 and seen[0].candidate_nodes == 1
+    assert isinstance(out, Placed)
+    assert out.placements == (Placement("c2", "n0", ("1",)),)
+    assert out.evidence is not None and out.evidence.candidate_nodes == 1
+
+
+def test_the_seed_face_reads_no_engine_state_from_settings() -> None:
+    # engine-looking settings are the user's own: they change nothing
+    inputs = {"cluster_data": fleet_data(), "inputs": {"gpus": 2}}
+    settings = {"fleet": "not a fleet", "unavailable": [["c1", "b", "0"]], "outcome_sink": 1}
+    plain = BinpackPolicy("r", {}, {}).eval({}, inputs, {})
+    assert BinpackPolicy("r", settings, {}).eval({}, inputs, {}) == plain
+    assert plain == {"cluster_id": "c1", "node_id": "b", "gpus": ["0", "1"]}
 
 
 def test_infeasible_raises_with_reasons() -> None:
@@ -188,3 +176,7 @@ def test_management_and_registry() -> None:
         "spread:1.0-stable": SpreadPolicy,
         "topology:1.0-stable": TopologyPolicy,
     } == BUILTIN_POLICIES
+    catalog = builtin_catalog()
+    for uri, cls in BUILTIN_POLICIES.items():  # the store calls the protocol, not eval
+        assert catalog[uri].placer is cls.placement and catalog[uri].policy_class is cls
+    assert catalog["similarity:1.0-stable"].placer is None

@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 
 from apportion.allocation.hold import Hold
 from apportion.allocation.holds import HoldManager
+from apportion.engine.decisions import Placement
 from apportion.errors import Conflict
 from apportion.registry.documents.cluster import validate_cluster_document
 from apportion.registry.fleet import FleetView
@@ -41,15 +42,15 @@ ops = st.lists(
 )
 
 
-def placements(indices: set[int]) -> list[dict[str, Any]]:
+def placements(indices: set[int]) -> tuple[Placement, ...]:
     by_node: dict[str, list[str]] = {}
     for i in sorted(indices):
         _, node, gpu = GPUS[i]
         by_node.setdefault(node, []).append(gpu)
-    return [{"cluster_id": "c1", "node_id": n, "gpus": g} for n, g in sorted(by_node.items())]
+    return tuple(Placement("c1", n, tuple(g)) for n, g in sorted(by_node.items()))
 
 
-async def hold_now(holds: HoldManager, placements: list[dict[str, Any]], **fields: Any) -> Hold:
+async def hold_now(holds: HoldManager, placements: tuple[Placement, ...], **fields: Any) -> Hold:
     """Reserve then commit, as the allocation service does for a hold."""
     hold = holds.reserve(placements, **fields)
     await holds.commit(hold)
@@ -219,7 +220,7 @@ async def test_a_hold_of_no_gpus_is_recorded(tmp_path: Path) -> None:
     async with open_holds(tmp_path) as (holds, db):
         hold = await hold_now(
             holds,
-            [{"cluster_id": "c1", "node_id": "n0", "gpus": []}],
+            (Placement("c1", "n0", ()),),
             lease_seconds=60,
             owner=None,
             request_id=None,

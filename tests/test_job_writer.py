@@ -10,6 +10,7 @@ from typing import TypeVar
 import pytest
 from sqlalchemy import Connection
 
+from apportion.engine.decisions import Decision, Placement, Reason, Rejection, Score
 from apportion.jobs.models import JobConfig, JobStatus
 from apportion.jobs.records import JobBook
 from apportion.store.db import Database
@@ -113,12 +114,38 @@ async def test_the_history_includes_a_change_still_being_committed(db: Database)
 async def test_a_replaced_decision_is_encoded_anew(db: Database) -> None:
     book = JobBook(db)
     job = await book.create(config("a"), 0, None, "submitted")
-    job.decision = {"policy_rule_uri": "binpack:1.0-stable", "feasible_nodes": 3}
+    job.decision = Decision("binpack:1.0-stable", 1, {}, candidate_nodes=4, feasible_nodes=3)
     first = job.row().decision
     assert first is not None and '"feasible_nodes":3' in first
     assert job.row().decision is first  # kept while the same object is set
-    job.decision = {"policy_rule_uri": "spread:1.0-stable", "feasible_nodes": 1}
+    job.decision = Decision("spread:1.0-stable", 1, {}, candidate_nodes=4, feasible_nodes=1)
     assert '"spread:1.0-stable"' in (job.row().decision or "")
+
+
+async def test_a_job_s_placements_and_decision_come_back_from_the_store_as_they_were(
+    db: Database,
+) -> None:
+    book = JobBook(db)
+    job = await book.create(config("a"), 0, None, "submitted")
+    job.allocation = (Placement("c1", "n0", ("0", "1")), Placement("c1", "n1", ("3",)))
+    job.decision = Decision(
+        "binpack:1.0-stable",
+        2,
+        {"evaluate": 0.25},
+        candidate_nodes=3,
+        feasible_nodes=2,
+        rejected=(Rejection("c2", "m0", (Reason.GPU_MODEL,), ("no GPU of model H100",)),),
+        rejection_summary={Reason.GPU_MODEL: 1},
+        top_scores=(Score("c1", "n0", 2),),
+    )
+    await book.save(job, status=JobStatus.SCHEDULED, reason="placed")
+    await book.close()
+    reread = JobBook(db)
+    await reread.load()
+    again = reread.get(job.job_id)
+    assert again.allocation == job.allocation
+    assert again.decision == job.decision  # reason kinds included, not only their texts
+    assert again.public()["decision"] == job.decision.to_json()
 
 
 async def test_the_history_waits_for_the_change_of_a_cancelled_caller(db: Database) -> None:

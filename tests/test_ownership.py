@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from apportion.allocation.hold import Hold
+from apportion.engine.decisions import Placement
 from apportion.errors import Forbidden
 from apportion.ownership import may_act_on
 from apportion.server.context import ServerContext
@@ -89,7 +90,7 @@ async def owner_less_hold(running: Running, fleet: list[dict[str, Any]]) -> Hold
     holds = context_of(running).holds
     node = fleet[0]["nodes"]["nodeData"][0]["id"]
     hold = holds.reserve(
-        [{"cluster_id": fleet[0]["id"], "node_id": node, "gpus": ["0"]}],
+        (Placement(fleet[0]["id"], node, ("0",)),),
         lease_seconds=600,
         owner=None,
         request_id=None,

@@ -10,7 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 
-from apportion.engine.placement import PlacementOutcome, place
+from apportion.engine.decisions import Outcome, Placed, Reason, Score, Unplaceable
+from apportion.engine.explain import Evidence
+from apportion.engine.placement import place
 from apportion.engine.requests import GpuRequest, parse_inputs
 from apportion.engine.stage import Strategy
 from apportion.registry.fleet import FleetView
@@ -30,13 +32,19 @@ def hold(fleet: FleetView, cid: str, nid: str, *indices: int) -> None:
 
 def run(
     fleet: FleetView, inputs: Any, strategy: Strategy = BINPACK, cands: Any = None, **kw: Any
-) -> PlacementOutcome:
+) -> Outcome:
     return place(fleet, cands or fleet.cluster_ids(), reqs(inputs), strategy, **kw)
 
 
-def where(outcome: PlacementOutcome) -> list[tuple[str, str, list[str]]]:
-    assert outcome.placements is not None, outcome.rejections()
-    return [(p["cluster_id"], p["node_id"], p["gpus"]) for p in outcome.placements]
+def ev(outcome: Outcome) -> Evidence:
+    """What the kernel recorded (it always records)."""
+    assert outcome.evidence is not None
+    return outcome.evidence
+
+
+def where(outcome: Outcome) -> list[tuple[str, str | None, list[str]]]:
+    assert isinstance(outcome, Placed), ev(outcome).rejections()
+    return [(p.cluster_id, p.node_id, list(p.gpus or ())) for p in outcome.placements]
 
 
 @pytest.fixture
@@ -64,8 +72,8 @@ def test_binpack_and_spread_choose_by_gpus_left(
 ) -> None:
     out = run(three_nodes, {"gpus": gpus}, strategy)
     assert where(out)[0][:2] == ("c1", node)
-    assert out.top_scores[0] == {"cluster_id": "c1", "node_id": node, "score": score}
-    assert out.candidate_nodes == 3
+    assert ev(out).top_scores()[0] == Score("c1", node, score)
+    assert ev(out).candidate_nodes == 3
 
 
 def test_lowest_index_available_gpus_are_taken(three_nodes: FleetView) -> None:
@@ -79,8 +87,8 @@ def test_lowest_index_available_gpus_are_taken(three_nodes: FleetView) -> None:
 def test_top_scores_are_sorted_best_first(three_nodes: FleetView) -> None:
     out = run(three_nodes, {"gpus": 1})
     # left: n0 2-1=1, n1 5-1=4, n2 8-1=7
-    assert [(t["node_id"], t["score"]) for t in out.top_scores] == [("n0", 1), ("n1", 4), ("n2", 7)]
-    assert out.feasible_nodes == 3
+    assert [(t.node_id, t.score) for t in ev(out).top_scores()] == [("n0", 1), ("n1", 4), ("n2", 7)]
+    assert ev(out).feasible_nodes == 3
 
 
 @pytest.mark.parametrize("strategy", [BINPACK, SPREAD, TOPOLOGY])
@@ -93,7 +101,7 @@ def test_ties_break_by_cluster_then_node_even_when_rows_are_out_of_order(
     f = b.fleet_of(cb, ca)  # rows: cb/a, ca/z, ca/b; all score the same
     out = run(f, {"gpus": 2}, strategy)
     assert where(out)[0] == ("ca", "b", ["0", "1"])
-    assert [(t["cluster_id"], t["node_id"]) for t in out.top_scores] == [
+    assert [(t.cluster_id, t.node_id) for t in ev(out).top_scores()] == [
         ("ca", "b"),
         ("ca", "z"),
         ("cb", "a"),
@@ -113,7 +121,7 @@ def test_metrics_free_memory_rule() -> None:
     # without gpu_memory_mb the metric does not matter: n0 and n1 tie at 8 -> n0, GPUs 0-2
     assert where(run(f, {"gpus": 3}))[0] == ("c1", "n0", ["0", "1", "2"])
     # registry memory is a qualification: 81920 MB GPUs cannot serve 90000
-    assert run(f, {"gpus": 1, "gpu_memory_mb": 90000}).placements is None
+    assert isinstance(run(f, {"gpus": 1, "gpu_memory_mb": 90000}), Unplaceable)
 
 
 @pytest.mark.parametrize(
@@ -137,7 +145,10 @@ def test_model_globs(model: Any, expected: Any) -> None:
         )
     )
     out = run(f, {"gpus": 2, "gpu_model": model})
-    assert (where(out)[0] if expected else out.placements) == expected
+    if expected:
+        assert where(out)[0] == expected
+    else:
+        assert isinstance(out, Unplaceable)
 
 
 def test_vcpus_memory_and_node_filter() -> None:
@@ -156,15 +167,17 @@ def test_vcpus_memory_and_node_filter() -> None:
     flt = {"variable": "labels.rack", "operator": "==", "value": "r2"}
     assert where(run(f, {"gpus": 1, "node_filter": flt}))[0][1] == "big"
     out = run(f, {"gpus": 1, "vcpus": 200})
-    assert out.placements is None and out.rejection_summary() == {"vcpus": 2}
+    assert isinstance(out, Unplaceable) and ev(out).summary() == {"vcpus": 2}
 
 
 def test_candidates_limit_the_clusters() -> None:
     f = b.fleet_of(b.make_cluster("c1", 1, 2), b.make_cluster("c2", 1, 8))
     out = run(f, {"gpus": 1}, cands=["c2", "unknown"])
-    assert where(out)[0][0] == "c2" and out.candidate_nodes == 1
+    assert where(out)[0][0] == "c2" and ev(out).candidate_nodes == 1
     out = run(f, {"gpus": 1}, cands=["unknown"])
-    assert out.placements is None and out.candidate_nodes == 0 and out.rejections() == []
+    assert (
+        isinstance(out, Unplaceable) and ev(out).candidate_nodes == 0 and ev(out).rejections() == []
+    )
 
 
 @pytest.fixture
@@ -200,8 +213,8 @@ def test_topology_chooses_the_tightest_domain(
 ) -> None:
     out = run(nvlink_fleet, {"gpus": gpus}, TOPOLOGY)
     assert where(out)[0] == expected
-    assert out.top_scores[0]["score"] == score
-    assert "flat" not in {t["node_id"] for t in out.top_scores}
+    assert ev(out).top_scores()[0].score == score
+    assert "flat" not in {t.node_id for t in ev(out).top_scores()}
 
 
 def test_nvlink_excludes_nodes_without_topology(nvlink_fleet: FleetView) -> None:
@@ -212,14 +225,14 @@ def test_nvlink_excludes_nodes_without_topology(nvlink_fleet: FleetView) -> None
     assert where(out)[0] == ("c1", "b", ["6", "7"])
     # 5 GPUs cannot sit in one 4-GPU domain anywhere
     out = run(nvlink_fleet, {"gpus": 5, "nvlink": True})
-    assert out.placements is None
-    reasons = {r.node_id: r.reasons for r in out.rejections()}
+    assert isinstance(out, Unplaceable)
+    reasons = {r.node_id: r.reasons for r in ev(out).rejections()}
     assert reasons["a"] == ("no NVLink domain with 5 available GPUs (the largest has 4)",)
     assert reasons["flat"] == (
         "only 2 of 8 GPUs available (6 held), 5 needed",
         "node has no NVLink topology",
     )
-    assert out.rejection_summary() == {"nvlink": 3, "insufficient_gpus": 1}
+    assert ev(out).summary() == {"nvlink": 3, "insufficient_gpus": 1}
 
 
 def test_gang_places_without_overlap() -> None:
@@ -246,10 +259,10 @@ def test_gang_is_all_or_nothing() -> None:
     f = b.fleet_of(b.make_cluster("c1", 2, 8))
     hold(f, "c1", "n1", 0)  # n0 8 free, n1 7 free
     out = run(f, {"requests": [{"gpus": 8}, {"gpus": 8}]})
-    assert out.placements is None
+    assert isinstance(out, Unplaceable)
     assert out.failed_request == 1
-    assert out.feasible_nodes == 0
-    assert [(r.node_id, r.reasons) for r in out.rejections()] == [
+    assert ev(out).feasible_nodes == 0
+    assert [(r.node_id, r.reasons) for r in ev(out).rejections()] == [
         ("n0", ("only 0 of 8 GPUs available (8 taken by earlier requests), 8 needed",)),
         ("n1", ("only 7 of 8 GPUs available (1 held), 8 needed",)),
     ]
@@ -267,19 +280,21 @@ def test_rejection_texts_for_model_and_memory() -> None:
         )
     )
     out = run(f, {"gpus": 1, "gpu_model": "H*", "gpu_memory_mb": 90000})
-    assert [(r.node_id, r.kinds, r.reasons) for r in out.rejections()] == [
+    assert [(r.node_id, r.kinds, r.reasons) for r in ev(out).rejections()] == [
         ("a100", ("gpu_model",), ("no GPU of model H*; node has A100",)),
         ("mix", ("gpu_memory",), ("GPUs have 81920 MB, 90000 needed",)),
         ("none", ("gpu_model",), ("no GPU of model H*; node has no GPUs",)),
     ]
-    assert out.rejection_summary() == {"gpu_model": 2, "gpu_memory": 1}
+    assert ev(out).summary() == {"gpu_model": 2, "gpu_memory": 1}
     out = run(f, {"gpus": 2, "gpu_memory_mb": 20000})
-    mix = {r.node_id: r.reasons for r in out.rejections()}["mix"]
+    mix = {r.node_id: r.reasons for r in ev(out).rejections()}["mix"]
     assert mix == ("only 1 of 2 GPUs available (1 not of the model or memory), 2 needed",)
     flt = {"variable": "id", "operator": "==", "value": "nobody"}
     out = run(f, {"gpus": 1, "node_filter": flt})
-    assert out.rejection_summary() == {"node_filter": 2, "insufficient_gpus": 1}
-    assert out.rejections(limit=1)[0].reasons == ("node does not match the request's node_filter",)
+    assert ev(out).summary() == {"node_filter": 2, "insufficient_gpus": 1}
+    assert ev(out).rejections(limit=1)[0].reasons == (
+        "node does not match the request's node_filter",
+    )
 
 
 def test_free_memory_counts_in_rejection_text() -> None:
@@ -288,9 +303,20 @@ def test_free_memory_counts_in_rejection_text() -> None:
     f.apply_metrics("c1", b.metrics("c1", {("n0", 1): 10.0, ("n0", 2): 10.0}))
     out = run(f, {"gpus": 2, "gpu_memory_mb": 1000}, unavailable={("c1", "n0", "3")})
     # 4 GPUs: 0 held, 1-2 below free-memory need, 3 unavailable -> 0 available
-    assert out.rejections()[0].reasons == (
+    assert ev(out).rejections()[0].reasons == (
         "only 0 of 4 GPUs available (1 held, 1 unavailable, 2 below free-memory need), 2 needed",
     )
+
+
+def test_rejections_are_read_from_what_the_decision_recorded() -> None:
+    # the explanation is rendered later (explain, errors) from the steps' masks, so a hold
+    # taken after the decision does not leak into it
+    f = b.fleet_of(b.make_cluster("c1", 1, 4))
+    hold(f, "c1", "n0", 0)
+    out = run(f, {"gpus": 4, "gpu_memory_mb": 1})  # a memory need: the GPU-mask path
+    hold(f, "c1", "n0", 1)
+    assert ev(out).rejections()[0].reasons == ("only 3 of 4 GPUs available (1 held), 4 needed",)
+    assert ev(out).summary() == {Reason.INSUFFICIENT_GPUS: 1}
 
 
 # ------------------------------------------------------------------ invariants (hypothesis)
@@ -368,21 +394,21 @@ def test_placement_invariants(
     f, unavailable, cands = fx
     rs = reqs({"requests": inputs})
     out = place(f, cands, rs, strategy, unavailable=unavailable)
-    stage = out.stage
+    stage = ev(out).stage
     assert stage is not None
-    rejected = out.rejections(limit=10**6)
+    rejected = ev(out).rejections(limit=10**6)
     # every rejected candidate node has a reason, and rejected + feasible = candidates
     assert all(r.reasons and len(r.reasons) == len(r.kinds) for r in rejected)
-    assert len(rejected) + int(stage.ok.sum()) == out.candidate_nodes
-    assert sum(out.rejection_summary().values()) >= len(rejected)
+    assert len(rejected) + int(stage.ok.sum()) == ev(out).candidate_nodes
+    assert sum(ev(out).summary().values()) >= len(rejected)
     assert all(r.cluster_id in cands for r in rejected)
-    if out.placements is None:
+    if isinstance(out, Unplaceable):
         assert out.failed_request is not None
         return
     used: set[GpuKey] = set()
     for p, r in zip(out.placements, rs, strict=True):
-        assert p["cluster_id"] in cands
-        keys = [(p["cluster_id"], p["node_id"], g) for g in p["gpus"]]
+        assert p.cluster_id in cands
+        keys = list(p.gpu_keys)
         assert len(keys) == r.gpus
         assert not used & set(keys), "a GPU in two placements of a gang"
         used |= set(keys)
@@ -435,8 +461,8 @@ def test_single_request_matches_a_reference(
     r = reqs(inp)[0]
     out = place(f, cands, [r], strategy)
     feasible, expected = _reference(f, cands, r, strategy)
-    assert out.feasible_nodes == feasible
-    got = where(out)[0] if out.placements else None
+    assert ev(out).feasible_nodes == feasible
+    got = where(out)[0] if isinstance(out, Placed) else None
     assert got == expected
 
 
@@ -452,7 +478,7 @@ def test_the_fast_choice_is_the_keyed_choice(
     # Stage.choose skips the packed keys for simple stages; it must pick what argmin(keys) picks
     f, unavailable, cands = fx
     out = place(f, cands, reqs({"requests": inputs}), strategy, unavailable=unavailable)
-    for st in {id(s): s for s in (out.first, out.stage) if s is not None}.values():
+    for st in {id(s): s for s in (ev(out).first, ev(out).stage) if s is not None}.values():
         keyed = None if st.feasible.size == 0 else int(st.feasible[int(np.argmin(st.keys))])
         everyone = bool(st.cand.all())
         assert st.choose(everyone) == keyed

@@ -8,7 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
+from apportion.engine.decisions import Outcome
+from apportion.engine.requests import parse_inputs
+from apportion.errors import PolicyError
+from apportion.policies.records import PolicyRecord
+from apportion.policies.runtime import PolicyRuntime
+from apportion.policies.store import PolicyEntry
+from apportion.registry.fleet import FleetView
 from tests.conftest import Running, allocation, ask, running_server
 
 TEMPLATE = """
@@ -133,3 +141,23 @@ async def test_rate_limit_answers_rate_limited(tmp_path: Path) -> None:
     assert "RateLimited" in codes
     limited = next(a for a in answers if a.get("error", {}).get("code") == "RateLimited")
     assert limited["request_id"] is not None
+
+
+class _BrokenPlacement:
+    """An internal-protocol policy with a bug."""
+
+    name = "broken"
+
+    def place(self, *args: Any) -> Outcome:
+        raise ZeroDivisionError("a bug in the kernel")
+
+
+def test_a_builtin_that_raises_is_a_policy_error_naming_it() -> None:
+    # "no" is an outcome; raising through the internal protocol is "broken", named
+    record = PolicyRecord(name="broken", version="1.0", release_tag="stable")
+    entry = PolicyEntry(record, "builtin", placer=_BrokenPlacement())
+    with pytest.raises(PolicyError) as err:
+        PolicyRuntime.place(entry, FleetView(), [], parse_inputs({})[0])
+    assert err.value.details["policy_rule_uri"] == "broken:1.0-stable"
+    assert err.value.details["exception_type"] == "ZeroDivisionError"
+    assert "policy broken:1.0-stable raised ZeroDivisionError: a bug" in err.value.message

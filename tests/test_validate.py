@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from apportion.engine.validate import placement_gpu_keys, validate_output
+from apportion.engine.decisions import Decision, Placed, Placement, gpu_keys_of
+from apportion.engine.validate import validate_output, validate_placements
 from apportion.errors import InvalidPolicyOutput
 from apportion.registry.fleet import FleetView
 from tests import builders as b
@@ -21,7 +22,7 @@ def fleet() -> FleetView:
     return f
 
 
-def check(fleet: FleetView, output: Any, **kw: Any) -> list[dict[str, Any]]:
+def typed(fleet: FleetView, output: Any, **kw: Any) -> tuple[Placement, ...]:
     args: dict[str, Any] = {
         "expected": None,
         "is_gang": False,
@@ -32,6 +33,11 @@ def check(fleet: FleetView, output: Any, **kw: Any) -> list[dict[str, Any]]:
     }
     args.update(kw)
     return validate_output(output, **args)
+
+
+def check(fleet: FleetView, output: Any, **kw: Any) -> list[dict[str, Any]]:
+    """The validated placements in their wire form."""
+    return [p.to_json() for p in typed(fleet, output, **kw)]
 
 
 def test_a_single_placement_is_returned_as_a_list_with_ids_normalised(fleet: FleetView) -> None:
@@ -50,7 +56,8 @@ def test_a_gang_is_a_list_of_the_expected_length(fleet: FleetView) -> None:
         {"cluster_id": "c1", "node_id": "n0", "gpus": ["1"]},
     ]
     assert check(fleet, gang, is_gang=True, expected=2) == gang
-    assert placement_gpu_keys(gang) == [("c1", "n0", "0"), ("c1", "n0", "1")]
+    placements = typed(fleet, gang, is_gang=True, expected=2)
+    assert gpu_keys_of(placements) == [("c1", "n0", "0"), ("c1", "n0", "1")]
 
 
 def test_held_gpus_pass_when_freedom_is_not_required(fleet: FleetView) -> None:
@@ -105,3 +112,40 @@ def test_the_output_in_details_is_truncated(fleet: FleetView) -> None:
     with pytest.raises(InvalidPolicyOutput) as err:
         check(fleet, {"cluster_id": "nope", "junk": "x" * 5000})
     assert len(err.value.details["output"]) <= 501
+
+
+def test_typed_placements_are_checked_against_the_registry_too(fleet: FleetView) -> None:
+    args: dict[str, Any] = {"candidates": {"c1"}, "fleet": fleet, "policy_uri": URI}
+    validate_placements([Placement("c1", "n0", ("0", "1"))], require_free=True, **args)
+    with pytest.raises(InvalidPolicyOutput) as err:
+        validate_placements([Placement("c1", "n1", ("3",))], require_free=True, **args)
+    assert err.value.details["problem"] == 'GPU "3" of node "n1" is already held'
+    assert err.value.details["output"] == repr(
+        [{"cluster_id": "c1", "node_id": "n1", "gpus": ["3"]}]
+    )
+
+
+def test_placements_keep_their_wire_shape_through_the_journal(fleet: FleetView) -> None:
+    # what a policy returned is what the hold journal stores and reloads, key for key
+    outputs = [
+        {"cluster_id": "c1"},
+        {"cluster_id": "c1", "gpus": []},
+        {"cluster_id": "c1", "node_id": "n0"},
+        {"cluster_id": "c1", "node_id": "n0", "gpus": [1], "note": {"why": ["x"]}},
+    ]
+    for output in outputs:
+        (placement,) = typed(fleet, output)
+        wire = placement.to_json()
+        expected = {**output, "gpus": ["1"]} if output.get("gpus") else output  # ids normalised
+        assert wire == expected
+        assert Placement.from_json(wire) == placement
+
+
+def test_a_seed_policys_decision_record_has_no_kernel_findings() -> None:
+    placed = Placed((Placement("c1", "n0", ("0",)),))
+    record = Decision.of("custom:1.0-stable", 2, {"evaluate": 0.1}, placed).to_json()
+    assert record == {
+        "policy_rule_uri": "custom:1.0-stable",
+        "candidate_clusters": 2,
+        "timings_ms": {"evaluate": 0.1},
+    }

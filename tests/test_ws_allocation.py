@@ -137,6 +137,31 @@ async def test_expired_lease_frees_its_gpus(running: Running, fleet: Any) -> Non
         assert renew["error"]["code"] == "UnknownAllocation"
 
 
+async def test_user_settings_never_reach_engine_state(running: Running, fleet: Any) -> None:
+    # the keys the engine once injected into a built-in's settings are the user's own now:
+    # "unavailable" used to reach the placement kernel (PolicyError for a list of lists), and
+    # "fleet" / "outcome_sink" to stand in for the engine's view and its explain record
+    plain = allocation(inputs={"gpus": 2, "gpu_model": "A100"}, explain=True)
+    settings = {
+        "unavailable": [["a100-west", "a100-west-n00", "0"]],
+        "fleet": {},
+        "outcome_sink": 1,
+    }
+    async with running.ws() as ws:
+        expected = await ask(ws, plain)
+        answer = await ask(ws, {**plain, "settings": settings})
+    assert expected["success"] is True, expected
+    assert answer["success"] is True, answer
+    # GPU 0 of the first A100 node is still the choice: nothing the user sent was unavailable
+    assert answer["data"] == expected["data"]
+    assert answer["data"] == {
+        "cluster_id": "a100-west",
+        "node_id": "a100-west-n00",
+        "gpus": ["0", "1"],
+    }
+    assert answer["explain"]["feasible_nodes"] == expected["explain"]["feasible_nodes"] > 0
+
+
 async def test_explain_lists_rejected_nodes_with_reasons(running: Running, fleet: Any) -> None:
     async with running.ws() as ws:
         answer = await ask(

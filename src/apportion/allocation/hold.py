@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from apportion.engine.decisions import Placement, placements_json
 from apportion.registry.fleet_structure import GpuKey
 
 
@@ -14,7 +15,7 @@ class Hold:
     owner: str | None
     request_id: str | None
     policy_uri: str
-    placements: list[dict[str, Any]]
+    placements: tuple[Placement, ...]
     gpu_keys: list[GpuKey]
     created_at: float
     expires_at: float
@@ -25,7 +26,7 @@ class Hold:
             "allocation_id": self.allocation_id,
             "policy_rule_uri": self.policy_uri,
             "request_id": self.request_id,
-            "placements": self.placements,
+            "placements": placements_json(self.placements),
             "kind": self.kind,
             "created_at": self.created_at,
             "expires_at": self.expires_at,

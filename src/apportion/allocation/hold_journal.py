@@ -11,24 +11,24 @@ cancelled, a failed batch failing all its callers and writing nothing.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Sequence
 
 from apportion import jsonutil
 from apportion.allocation.hold import Hold
+from apportion.engine.decisions import Placement, placements_json
 from apportion.store.committer import GroupCommitter
 from apportion.store.db import Database
 from apportion.store.repos.holds import HoldChange, HoldRow, write_changes
 
 
-def encode_placements(placements: list[dict[str, Any]]) -> str:
+def encode_placements(placements: Sequence[Placement]) -> str:
     """A hold's placements as the JSON text of its ``holds`` row."""
-    return jsonutil.dumps_str(placements)
+    return jsonutil.dumps_str(placements_json(placements))
 
 
-def decode_placements(text: str) -> list[dict[str, Any]]:
+def decode_placements(text: str) -> tuple[Placement, ...]:
     """A ``holds`` row's placements, as :func:`encode_placements` wrote them."""
-    placements: list[dict[str, Any]] = jsonutil.loads(text)
-    return placements
+    return tuple(Placement.from_json(p) for p in jsonutil.loads(text))
 
 
 def _row(hold: Hold) -> HoldRow:

@@ -23,11 +23,10 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from apportion.allocation.hold import Hold
 from apportion.allocation.hold_journal import HoldJournal, decode_placements
-from apportion.engine.validate import placement_gpu_keys
+from apportion.engine.decisions import Placement, gpu_keys_of
 from apportion.errors import Conflict, Forbidden, UnknownAllocation
 from apportion.ownership import may_act_on
 from apportion.registry.fleet import FleetView
@@ -70,7 +69,7 @@ class HoldManager:
                 row.request_id,
                 row.policy_uri,
                 placements,
-                placement_gpu_keys(placements),
+                gpu_keys_of(placements),
                 row.created_at,
                 row.expires_at,
                 row.kind,
@@ -125,7 +124,7 @@ class HoldManager:
 
     def reserve(
         self,
-        placements: list[dict[str, Any]],
+        placements: tuple[Placement, ...],
         *,
         lease_seconds: float,
         owner: str | None,
@@ -135,7 +134,7 @@ class HoldManager:
     ) -> Hold:
         """Mark the placements' GPUs held, now (synchronous: nothing else runs in between);
         :class:`Conflict` if any is taken. Follow with :meth:`commit` before answering."""
-        keys = placement_gpu_keys(placements)
+        keys = gpu_keys_of(placements)
         self._reserve(keys)
         now = self._clock()
         hold = Hold(

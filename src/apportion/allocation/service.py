@@ -1,8 +1,10 @@
-"""Answering allocation requests: snapshot → candidates → policy → validated placement → hold.
+"""Answering allocation requests: candidates → policy → outcome → validated placements → hold.
 
-``AllocationService`` is what the WebSocket and ``POST /allocate`` call. It
-never blocks the event loop (policies run on a worker thread or in a sandbox
-process) and it numbers and times its phases for the ``explain`` record.
+``AllocationService`` is what the WebSocket and ``POST /allocate`` call (through
+``server/dispatch.py``, which renders its typed answer as JSON), and what the job service calls
+to place a job. It never blocks the event loop for long (built-ins are bounded vectorised work
+run inline; other policies run on a worker thread or in a sandbox process) and it numbers and
+times its phases for the decision record.
 """
 
 from __future__ import annotations
@@ -18,11 +20,21 @@ from apportion.allocation.candidates import CandidateFinder
 from apportion.allocation.hold import Hold
 from apportion.allocation.holds import HoldManager
 from apportion.allocation.messages import AllocationRequest
-from apportion.engine.placement import PlacementOutcome
-from apportion.engine.validate import validate_output
+from apportion.engine.decisions import (
+    Decision,
+    JsonValue,
+    Outcome,
+    Placed,
+    Placement,
+    Unplaceable,
+    placements_json,
+)
+from apportion.engine.requests import gang_items, parse_inputs
+from apportion.engine.validate import validate_placements
 from apportion.errors import ApportionError, InvalidRequest, NoFeasiblePlacement
 from apportion.event_sink import EventSink
 from apportion.policies.inputs import LazyClusterData
+from apportion.policies.protocol import refused, seed_outcome
 from apportion.policies.runtime import PolicyRuntime
 from apportion.policies.store import PolicyEntry, PolicyStore
 from apportion.policies.uri import PolicyURI
@@ -60,11 +72,31 @@ class Phases:
         return {name: round(seconds * 1000, 3) for name, seconds in self._seconds.items()}
 
 
-def _expected_count(inputs: dict[str, Any]) -> tuple[int | None, bool]:
-    requests = inputs.get("requests")
-    if isinstance(requests, list):
-        return len(requests), True
-    return None, False
+@dataclass(frozen=True)
+class Allocated:
+    """A successful allocation: one placement per request, whether the inputs were a gang (the
+    wire ``data`` is then a list), the hold when the request held, and the decision record
+    when it asked for ``explain``."""
+
+    placements: tuple[Placement, ...]
+    is_gang: bool
+    hold: Hold | None = None
+    decision: Decision | None = None
+
+    def data_json(self) -> JsonValue:
+        """The answer's ``data``: the placements as the policy's output shape."""
+        data = placements_json(self.placements)
+        return data if self.is_gang else data[0]
+
+    def to_json(self) -> dict[str, JsonValue]:
+        """The success envelope (CONTRACTS §2), without ``request_id``."""
+        body: dict[str, JsonValue] = {"success": True, "data": self.data_json()}
+        if self.hold is not None:
+            body["allocation_id"] = self.hold.allocation_id
+            body["expires_at"] = self.hold.expires_at
+        if self.decision is not None:
+            body["explain"] = self.decision.to_json()
+        return body
 
 
 class AllocationService:
@@ -104,9 +136,10 @@ class AllocationService:
         return value
 
     # ---------------------------------------------------------------- allocate
-    async def allocate(self, request: AllocationRequest, caller: Caller) -> dict[str, Any]:
-        """Answer one request with the success envelope (without ``request_id``); raise on failure.
-        Every outcome is reported to the observer (the server's Prometheus metrics)."""
+    async def allocate(self, request: AllocationRequest, caller: Caller) -> Allocated:
+        """Answer one request (the edge renders it with :meth:`Allocated.to_json`); raise on
+        failure — ``NoFeasiblePlacement`` rendered from the policy's "no", once. Every outcome
+        is reported to the observer (the server's Prometheus metrics)."""
         started = time.perf_counter()
         outcome = "success"
         try:
@@ -118,7 +151,7 @@ class AllocationService:
             if self._observe is not None:
                 self._observe(request.policy_rule_uri, outcome, time.perf_counter() - started)
 
-    async def _allocate(self, request: AllocationRequest, caller: Caller) -> dict[str, Any]:
+    async def _allocate(self, request: AllocationRequest, caller: Caller) -> Allocated:
         """:meth:`allocate` without the bookkeeping.
 
         A request that holds (``adhoc: false``) evaluates and reserves under one lock, so two
@@ -130,24 +163,24 @@ class AllocationService:
         lease = None if request.adhoc else self.lease(request.lease_seconds)
         candidates = await self._candidates.for_request(request)
         phases.mark("candidates")
-        outcomes: list[PlacementOutcome] = []
         hold = None
         # only a hold takes the lock: deciding and reserving must not interleave with another hold
         guard = self._hold_lock if lease is not None else contextlib.nullcontext()
         async with guard:
-            placements, is_gang = await self._decide(
+            outcome, is_gang = await self._decide(
                 entry,
                 request.inputs,
                 request.parameters,
                 request.settings,
                 candidates,
-                outcomes,
                 phases,
                 require_free=lease is not None,
             )
+            if isinstance(outcome, Unplaceable):
+                raise outcome.error()
             if lease is not None:
                 hold = self._holds.reserve(
-                    placements,
+                    outcome.placements,
                     lease_seconds=lease,
                     owner=caller.key_id,
                     request_id=request.request_id,
@@ -156,22 +189,20 @@ class AllocationService:
         if hold is not None:
             await self._holds.commit(hold)
             phases.mark("hold")
-        answer: dict[str, Any] = {"success": True, "data": placements if is_gang else placements[0]}
-        if hold is not None:
-            answer["allocation_id"] = hold.allocation_id
-            answer["expires_at"] = hold.expires_at
-            if self._emit is not None:  # adhoc answers are not events: they change nothing
-                await self._emit(
-                    "allocation_decided",
-                    {
-                        "request_id": request.request_id,
-                        "policy_rule_uri": entry.uri,
-                        "data": answer["data"],
-                        "allocation_id": hold.allocation_id,
-                    },
-                )
+        decision = None
         if request.explain:
-            answer["explain"] = self._explain(entry.uri, candidates, outcomes, phases)
+            decision = Decision.of(entry.uri, len(candidates), phases.timings, outcome)
+        answer = Allocated(outcome.placements, is_gang, hold, decision)
+        if hold is not None and self._emit is not None:  # adhoc answers change nothing
+            await self._emit(
+                "allocation_decided",
+                {
+                    "request_id": request.request_id,
+                    "policy_rule_uri": entry.uri,
+                    "data": answer.data_json(),
+                    "allocation_id": hold.allocation_id,
+                },
+            )
         return answer
 
     async def _decide(
@@ -181,42 +212,58 @@ class AllocationService:
         parameters: dict[str, Any],
         settings: dict[str, Any],
         candidates: list[str],
-        outcomes: list[PlacementOutcome],
         phases: Phases,
         *,
         require_free: bool,
-    ) -> tuple[list[dict[str, Any]], bool]:
-        """Evaluate the policy over the candidates and validate what it returned."""
-        expected, is_gang = _expected_count(inputs)
+    ) -> tuple[Outcome, bool]:
+        """The policy's outcome over the candidates, its placements validated, and whether the
+        inputs were a gang (the answer is then a list).
+
+        A built-in gets the parsed requests and the fleet view through the internal protocol
+        (``settings`` and ``parameters`` reach no engine state); a seed-contract policy gets
+        ``input_data`` (CONTRACTS §3) and its output is made an outcome by the adapter
+        (:func:`~apportion.policies.protocol.seed_outcome`)."""
+        fleet = self._registry.fleet
+        outcome: Outcome
+        if entry.placer is not None:
+            requests, is_gang = parse_inputs(inputs)
+            outcome = self._runtime.place(entry, fleet, candidates, requests)
+            phases.mark("evaluate")
+            if isinstance(outcome, Placed):
+                validate_placements(
+                    outcome.placements,
+                    candidates=set(candidates),
+                    fleet=fleet,
+                    require_free=require_free,
+                    policy_uri=entry.uri,
+                )
+            phases.mark("validate")
+            return outcome, is_gang
+        is_gang = gang_items(inputs) is not None
         cluster_data = LazyClusterData(self._registry, candidates)
-        evaluation = await self._runtime.evaluate(
-            entry,
-            input_data={"cluster_data": cluster_data, "inputs": inputs},
-            json_input={"cluster_data": cluster_data.materialise(), "inputs": inputs}
-            if entry.sandboxed
-            else None,
-            parameters=parameters,
-            settings=settings,
-            engine_settings={"fleet": self._registry.fleet, "outcome_sink": outcomes.append},
-        )
-        phases.mark("evaluate")
-        output = evaluation.output
-        if output in (None, {}, []):
-            raise NoFeasiblePlacement(
-                f"policy {entry.uri} found no placement among {len(candidates)} candidate cluster(s)",
-                details={"policy_rule_uri": entry.uri, "candidates": len(candidates)},
+        try:
+            evaluation = await self._runtime.evaluate(
+                entry,
+                input_data={"cluster_data": cluster_data, "inputs": inputs},
+                json_input={"cluster_data": cluster_data.materialise(), "inputs": inputs}
+                if entry.sandboxed
+                else None,
+                parameters=parameters,
+                settings=settings,
             )
-        placements = validate_output(
-            output,
-            expected=expected,
-            is_gang=is_gang,
-            candidates=set(candidates),
-            fleet=self._registry.fleet,
-            require_free=require_free,
+        except NoFeasiblePlacement as exc:
+            return refused(exc), is_gang
+        phases.mark("evaluate")
+        outcome = seed_outcome(
+            evaluation.output,
             policy_uri=entry.uri,
+            inputs=inputs,
+            candidates=candidates,
+            fleet=fleet,
+            require_free=require_free,
         )
         phases.mark("validate")
-        return placements, is_gang
+        return outcome, is_gang
 
     async def reserve_for_job(
         self,
@@ -227,40 +274,40 @@ class AllocationService:
         parameters: dict[str, Any],
         owner: str | None,
         job_id: str,
-    ) -> tuple[Hold, dict[str, Any]]:
+    ) -> tuple[Hold, Decision] | Unplaceable:
         """Place a job's workers as one gang, in one cluster, and reserve their GPUs (in memory:
         no other decision can take them); return the hold and the decision record (as
-        ``explain`` gives it). Follow with :meth:`commit_hold` to make the hold durable.
+        ``explain`` gives it), or the "no". Follow with :meth:`commit_hold` to make the hold
+        durable. A broken or unknown policy raises (``PolicyError``, ``UnknownPolicy``…).
 
         The policy sees every candidate. A "no" over all of them is final (no subset does
         better); an answer that spans several clusters (a job runs under one scheduler) is
-        retried with each candidate cluster alone, in id order."""
+        retried with each candidate cluster alone, in id order, skipping those that say no."""
         entry = self._policies.get(str(PolicyURI.parse(policy_uri, path="policy_rule_uri")))
         attempts = [candidates] + [[c] for c in sorted(candidates)]
         for index, attempt in enumerate(attempts):
-            phases, outcomes = Phases(), list[PlacementOutcome]()
+            phases = Phases()
             async with self._hold_lock:
-                try:
-                    placements, _ = await self._decide(
-                        entry, inputs, parameters, {}, attempt, outcomes, phases, require_free=True
-                    )
-                except NoFeasiblePlacement:
+                outcome, _ = await self._decide(
+                    entry, inputs, parameters, {}, attempt, phases, require_free=True
+                )
+                if isinstance(outcome, Unplaceable):
                     if index == 0:
-                        raise
+                        return outcome
                     continue
-                if len({p["cluster_id"] for p in placements}) > 1:
+                if len({p.cluster_id for p in outcome.placements}) > 1:
                     continue
                 hold = self._holds.reserve(
-                    placements,
+                    outcome.placements,
                     lease_seconds=JOB_LEASE_SECONDS,
                     owner=owner,
                     request_id=job_id,
                     policy_uri=entry.uri,
                     kind="job",
                 )
-            return hold, self._explain(entry.uri, attempt, outcomes, phases)
-        raise NoFeasiblePlacement(
-            "no single cluster can take every worker of the job",
+            return hold, Decision.of(entry.uri, len(attempt), phases.timings, outcome)
+        return Unplaceable(
+            message="no single cluster can take every worker of the job",
             details={"candidates": len(candidates)},
         )
 
@@ -268,32 +315,6 @@ class AllocationService:
         """Make a reserved hold durable (group-committed with others); on failure the
         reservation is undone and the error raised."""
         await self._holds.commit(hold)
-
-    @staticmethod
-    def _explain(
-        uri: str,
-        candidates: list[str],
-        outcomes: list[PlacementOutcome],
-        phases: Phases,
-    ) -> dict[str, Any]:
-        record: dict[str, Any] = {
-            "policy_rule_uri": uri,
-            "candidate_clusters": len(candidates),
-            "timings_ms": phases.timings,
-        }
-        if outcomes:
-            outcome = outcomes[-1]
-            record.update(
-                candidate_nodes=outcome.candidate_nodes,
-                feasible_nodes=outcome.feasible_nodes,
-                rejected=[
-                    {"cluster_id": r.cluster_id, "node_id": r.node_id, "reasons": list(r.reasons)}
-                    for r in outcome.rejections()
-                ],
-                rejection_summary=outcome.rejection_summary(),
-                top_scores=outcome.top_scores,
-            )
-        return record
 
     # ---------------------------------------------------------------- holds
     async def release(self, allocation_id: str, caller: Caller) -> dict[str, Any]:

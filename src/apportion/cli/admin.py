@@ -110,13 +110,10 @@ def policies_test(
         print_json(result.as_json())
         return
     typer.echo(f"Policy {result.policy_rule_uri}: placement")
-    rows = [
-        [p.get("cluster_id"), p.get("node_id"), ",".join(p.get("gpus") or [])]
-        for p in result.placements
-    ]
+    rows = [[p.cluster_id, p.node_id, ",".join(p.gpus or ())] for p in result.placements]
     print_table(rows, ["CLUSTER", "NODE", "GPUS"])
     typer.echo("Decision record:")
-    print_json(result.decision)
+    print_json(result.decision.to_json())
 
 
 @policies_app.command("manage")

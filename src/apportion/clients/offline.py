@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from apportion.allocation.holds import HoldManager
 from apportion.allocation.messages import AllocationRequest, parse_message
 from apportion.allocation.service import AllocationService, Caller
+from apportion.engine.decisions import Decision, JsonValue, Placement, placements_json
 from apportion.errors import InvalidRequest
 from apportion.policies.catalog import builtin_catalog
 from apportion.policies.clients import RegistryServices
@@ -34,22 +35,23 @@ from apportion.registry.service import Registry
 from apportion.store.db import Database
 
 
-@dataclass
+@dataclass(frozen=True)
 class OfflineResult:
     """What the policy decided: the validated placements (one per request), whether the
     inputs were a gang, and the decision record (candidates, rejections, scores, timings)."""
 
     policy_rule_uri: str
-    placements: list[dict[str, Any]]
+    placements: tuple[Placement, ...]
     is_gang: bool
-    decision: dict[str, Any] = field(default_factory=dict)
+    decision: Decision
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, JsonValue]:
         """The result as the allocation answer's ``data`` plus the decision record."""
+        data = placements_json(self.placements)
         return {
             "policy_rule_uri": self.policy_rule_uri,
-            "data": self.placements if self.is_gang else self.placements[0],
-            "explain": self.decision,
+            "data": data if self.is_gang else data[0],
+            "explain": self.decision.to_json(),
         }
 
 
@@ -152,11 +154,10 @@ async def run_offline(
             if runtime is not None:
                 await runtime.close()
             await db.close()
-    data = answer["data"]
-    is_gang = isinstance(data, list)
+    assert answer.decision is not None  # asked for with explain
     return OfflineResult(
         policy_rule_uri=uri,
-        placements=list(data) if is_gang else [data],
-        is_gang=is_gang,
-        decision=answer.get("explain") or {},
+        placements=answer.placements,
+        is_gang=answer.is_gang,
+        decision=answer.decision,
     )

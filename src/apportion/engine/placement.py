@@ -1,8 +1,9 @@
 """The vectorised placement kernels behind the built-in policies (CONTRACTS §3).
 
-Called by :mod:`apportion.policies.builtins` (and by the scheduling layer for jobs) with the
-fleet view, the candidate cluster ids and parsed requests. Pure decision logic: reads the fleet
-under ``fleet.lock`` and never changes it. Each request costs a handful of O(nodes) numpy
+Called by the built-in policies (:mod:`apportion.policies.builtins`, for allocations and jobs)
+with the fleet view, the candidate cluster ids and parsed requests; answers with an
+:data:`~apportion.engine.decisions.Outcome`. Pure decision logic: reads the fleet under
+``fleet.lock`` and never changes it. Each request costs a handful of O(nodes) numpy
 passes; requests without a model or memory constraint use the fleet's per-node counters of
 GPUs not held and never touch the 80k GPU rows.
 
@@ -15,14 +16,13 @@ GPU index, so ties break by ``(cluster_id, node_id, gpu index)``.
 from __future__ import annotations
 
 from collections.abc import Sequence, Set
-from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from apportion.engine.rejections import Rejection, explain_rows, summarise
+from apportion.engine.decisions import Outcome, Placed, Placement, Reason, Unplaceable
+from apportion.engine.explain import Evidence
 from apportion.engine.requests import GpuRequest
 from apportion.engine.stage import (
     BOOL,
@@ -30,47 +30,15 @@ from apportion.engine.stage import (
     INF,
     M,
     Stage,
+    Step,
     Strategy,
+    model_mask,
     per_node,
     qualification,
     remember,
 )
 from apportion.registry.fleet import FleetView
 from apportion.registry.fleet_structure import GpuKey, Structure
-
-
-@dataclass
-class PlacementOutcome:
-    """The result of :func:`place`. ``placements`` is None when infeasible. Rejections are
-    computed only when asked (explain records, failures)."""
-
-    placements: list[dict[str, Any]] | None
-    candidate_nodes: int
-    failed_request: int | None
-    stage: Stage | None = field(default=None, repr=False)  # first, or failed, request
-    first: Stage | None = field(default=None, repr=False)
-
-    @cached_property
-    def feasible_nodes(self) -> int:
-        """Feasible candidate nodes of the first request (0 when the placement failed)."""
-        if self.placements is None or self.first is None:
-            return 0
-        return int(self.first.feasible.size)
-
-    @cached_property
-    def top_scores(self) -> list[dict[str, Any]]:
-        """Up to 5 best feasible nodes of the first request, best first:
-        ``{"cluster_id", "node_id", "score"}`` with score = available GPUs left after
-        placement (on the node; in the chosen domain for topology). Computed on first use."""
-        return [] if self.first is None else _top(self.first)
-
-    def rejections(self, limit: int = 50) -> list[Rejection]:
-        """Rejected candidate nodes of the first (or failed) request, in (cluster, node) order."""
-        return [] if self.stage is None else explain_rows(self.stage, limit)
-
-    def rejection_summary(self) -> dict[str, int]:
-        """Reason kind → number of rejected candidate nodes with that reason."""
-        return {} if self.stage is None else summarise(self.stage)
 
 
 def _evaluate(
@@ -83,28 +51,44 @@ def _evaluate(
     taken: set[int],
     taken_res: dict[int, tuple[int, int]],
 ) -> Stage:
+    """One request over every node row. Each filter step appends its :class:`Step` (reason and
+    the rows that passed) as it narrows ``ok``: the explanation of a rejection is read from
+    these steps, never worked out again."""
+    steps: list[Step] = []
     excl = np.fromiter(excluded, dtype=np.int64, count=len(excluded)) if excluded else _NO_ROWS
     qual = qualification(s, r)
-    gmask: BOOL | None = None
-    if qual is None and r.gpu_memory_mb is None:
+    gmask = free = metric_low = None
+    if qual is None:  # no model or memory condition: the fleet's per-node counters
         avail = fleet.node_free.copy()
         free_excl = excl[~fleet.held[excl]]  # excluded rows the counters still count as free
         if free_excl.size:
             np.subtract.at(avail, s.gpu_node[free_excl], 1)
     else:
-        gmask = ~fleet.held if qual is None else qual & ~fleet.held
+        if r.gpu_model is not None:
+            steps.append(Step(Reason.GPU_MODEL, model_mask(s, r.gpu_model)))  # cached
         if r.gpu_memory_mb is not None:
-            gmask &= ~(fleet.metric_free_mb < r.gpu_memory_mb)  # NaN: no live metric, ok
+            steps.append(Step(Reason.GPU_MEMORY, qual))
+        free = ~fleet.held
+        gmask = qual & free
+        if r.gpu_memory_mb is not None:
+            metric_low = fleet.metric_free_mb < r.gpu_memory_mb  # NaN: no live metric, ok
+            gmask &= ~metric_low
         gmask[excl] = False
         avail = per_node(s, gmask)
-    ok = cand & (avail >= r.gpus)
+    enough = avail >= r.gpus
+    steps.append(Step(Reason.INSUFFICIENT_GPUS, enough))
+    ok = cand & enough
     vcpus_left = memory_left = None
     if r.vcpus is not None:
         vcpus_left = _left(s.node_vcpus, taken_res, 0)
-        ok &= vcpus_left >= r.vcpus
+        fits = vcpus_left >= r.vcpus
+        steps.append(Step(Reason.VCPUS, fits))
+        ok &= fits
     if r.memory_mb is not None:
         memory_left = _left(s.node_memory_mb, taken_res, 1)
-        ok &= memory_left >= r.memory_mb
+        fits = memory_left >= r.memory_mb
+        steps.append(Step(Reason.MEMORY, fits))
+        ok &= fits
     nvlink = r.gpus > 0 and (r.nvlink or strategy is Strategy.TOPOLOGY)
     dom_avail = node_dkey = None
     if nvlink:
@@ -116,32 +100,25 @@ def _evaluate(
         else:
             dom_avail = s.domain_counter(gmask)
         node_dkey = _best_domains(s, dom_avail, r.gpus)
-        ok &= node_dkey != INF
-    filter_failed = _no_node(s)
+        fits = node_dkey != INF
+        steps.append(Step(Reason.NVLINK, fits))
+        ok &= fits
     if r.node_filter is not None:
-        filter_failed = np.zeros(s.n_nodes, dtype=bool)
+        matches = np.ones(s.n_nodes, dtype=bool)
         for row in np.flatnonzero(ok).tolist():
             cid = s.cluster_ids[int(s.node_cluster[row])]
             label = f'node "{s.node_ids[row]}" of cluster "{cid}"'
             if not r.node_filter(s.node_docs[row], label=label):
-                filter_failed[row] = True
-        ok &= ~filter_failed
+                matches[row] = False
+        steps.append(Step(Reason.NODE_FILTER, matches))
+        ok &= matches
     return Stage(
         fleet, s, r, strategy, cand, avail, gmask, vcpus_left, memory_left, nvlink,
-        dom_avail, node_dkey, filter_failed, ok, frozenset(excluded), frozenset(taken),
+        dom_avail, node_dkey, steps, ok, frozenset(excluded), frozenset(taken), free, metric_low,
     )  # fmt: skip
 
 
 _NO_ROWS = np.zeros(0, dtype=np.int64)
-
-
-def _no_node(s: Structure) -> BOOL:
-    """An all-false node mask, shared through the structure's cache (never mutate)."""
-    hit = s.cache.get("no-node")
-    if hit is None:
-        hit = np.zeros(s.n_nodes, dtype=bool)
-        remember(s, "no-node", hit)
-    return hit
 
 
 def _left(capacity: npt.NDArray[Any], taken: dict[int, tuple[int, int]], which: int) -> I64:
@@ -187,24 +164,6 @@ def _pick_gpus(st: Stage, row: int) -> list[int]:
     return picked
 
 
-def _top(st: Stage, k: int = 5) -> list[dict[str, Any]]:
-    feasible, keys = st.feasible, st.keys
-    if feasible.size > k:
-        part = np.argpartition(keys, k - 1)[:k]
-        feasible, keys = feasible[part], keys[part]
-    order = np.argsort(keys, kind="stable")
-    scores = st.score(keys)
-    s = st.s
-    return [
-        {
-            "cluster_id": s.cluster_ids[int(s.node_cluster[feasible[i]])],
-            "node_id": s.node_ids[int(feasible[i])],
-            "score": int(scores[i]),
-        }
-        for i in order
-    ]
-
-
 def _candidate_mask(s: Structure, candidates: Sequence[str]) -> tuple[BOOL, int]:
     """Node rows of the candidate clusters (cached per candidate list; never mutate)."""
     key = ("candidates", tuple(candidates))
@@ -225,7 +184,7 @@ def place(
     strategy: Strategy,
     *,
     unavailable: Set[GpuKey] = frozenset(),
-) -> PlacementOutcome:
+) -> Outcome:
     """Place ``requests`` one after another in list order without overlap (a gang: all or
     nothing) on nodes of the ``candidates`` clusters (unknown ids are ignored).
 
@@ -236,7 +195,9 @@ def place(
     binpack: the feasible node with the fewest available GPUs left; spread: the most;
     topology: the tightest NVLink domain. ``nvlink: true`` (or topology) keeps a request inside
     one domain. Lowest-index GPUs are taken; ties by ``(cluster_id, node_id, gpu index)``.
-    Returns a :class:`PlacementOutcome`; never raises for an infeasible request.
+    Returns :class:`Placed` (one placement per request), or :class:`Unplaceable` naming the
+    request that found no node; both carry the :class:`Evidence` (what the filter steps
+    recorded), rendered only when read. Never raises for an infeasible request.
     """
     with fleet.lock:
         s = fleet.structure
@@ -246,7 +207,7 @@ def place(
         excluded = {r for r in rows if r is not None}
         taken: set[int] = set()
         taken_res: dict[int, tuple[int, int]] = {}
-        placements: list[dict[str, Any]] = []
+        placements: list[Placement] = []
         first: Stage | None = None
         for i, r in enumerate(requests):
             st = _evaluate(fleet, s, cand, r, strategy, excluded, taken, taken_res)
@@ -254,17 +215,19 @@ def place(
                 first = st
             row = st.choose(all_candidates)
             if row is None:
-                return PlacementOutcome(None, candidate_nodes, i, st, first)
+                return Unplaceable(i, Evidence(candidate_nodes, tuple(requests), st, first, False))
             gpu_rows = _pick_gpus(st, row)
             excluded.update(gpu_rows)
             taken.update(gpu_rows)
             vc, mem = taken_res.get(row, (0, 0))
             taken_res[row] = (vc + (r.vcpus or 0), mem + (r.memory_mb or 0))
             placements.append(
-                {
-                    "cluster_id": s.cluster_ids[int(s.node_cluster[row])],
-                    "node_id": s.node_ids[row],
-                    "gpus": [str(int(s.gpu_index[g])) for g in gpu_rows],
-                }
+                Placement(
+                    s.cluster_ids[int(s.node_cluster[row])],
+                    s.node_ids[row],
+                    tuple([str(int(s.gpu_index[g])) for g in gpu_rows]),
+                )
             )
-        return PlacementOutcome(placements, candidate_nodes, None, first, first)
+        return Placed(
+            tuple(placements), Evidence(candidate_nodes, tuple(requests), first, first, True)
+        )

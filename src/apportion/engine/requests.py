@@ -1,7 +1,8 @@
 """The ``inputs`` of the built-in placement policies (CONTRACTS §3), parsed and checked.
 
-Called by the built-in policies (:mod:`apportion.policies.builtins`) on every evaluation, and
-by the scheduling layer when it turns a job's per-worker ``resources`` into requests. Pure:
+Called by the built-in policies (:mod:`apportion.policies.builtins`) on every evaluation (a
+job's workers arrive as the gang form), and by the allocation service for the shape of a
+seed-contract policy's expected output (:func:`gang_items`). Pure:
 no I/O. Every error is :class:`~apportion.errors.InvalidRequest` naming the field path.
 """
 
@@ -124,6 +125,18 @@ def parse_request(req: Any, *, path: str) -> GpuRequest:
     )
 
 
+def gang_items(inputs: Any) -> list[Any] | None:
+    """The request objects of the gang form ``{"requests": [...]}``; None for any other shape.
+
+    The one reading of a gang's shape: :func:`parse_inputs` parses each item for the built-ins;
+    for seed-contract policies it says that the output is a list of ``len(items)`` placements."""
+    if isinstance(inputs, Mapping):
+        items = inputs.get("requests")
+        if isinstance(items, list):
+            return items
+    return None
+
+
 def parse_inputs(inputs: Any, *, path: str = "inputs") -> tuple[list[GpuRequest], bool]:
     """Parse a built-in policy's ``inputs``: one request object, or
     ``{"requests": [request, ...]}`` (non-empty, at most 256; a gang placed all or nothing).
@@ -141,8 +154,8 @@ def parse_inputs(inputs: Any, *, path: str = "inputs") -> tuple[list[GpuRequest]
                 f"{path}.{extra[0]} cannot sit beside {path}.requests; put it inside each request",
                 path=f"{path}.{extra[0]}",
             )
-        items = inputs["requests"]
-        if not isinstance(items, list) or not items or len(items) > MAX_REQUESTS:
+        items = gang_items(inputs)
+        if not items or len(items) > MAX_REQUESTS:
             raise InvalidRequest(
                 f"{path}.requests must be a non-empty list of at most {MAX_REQUESTS} requests",
                 path=f"{path}.requests",

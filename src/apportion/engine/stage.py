@@ -1,10 +1,12 @@
-"""One request evaluated over every node row: the :class:`Stage` record and the GPU masks it uses.
+"""One request evaluated over every node row: the :class:`Stage` record, its filter
+:class:`Step` records and the GPU masks it uses.
 
 Who uses it: :func:`apportion.engine.placement.place` builds one :class:`Stage` per request and
-picks from it; :mod:`apportion.engine.rejections` reads the same stage afterwards to say why each
-rejected candidate node said no. The cached per-GPU masks (:func:`model_mask`,
-:func:`qualification`) live with the fleet structure's cache, shared by both. Pure: no I/O, never
-changes the fleet.
+picks from it; each filter step of the kernel appends a :class:`Step` (its reason and the rows
+that passed it) as it narrows the feasible set, and :mod:`apportion.engine.explain` renders why
+each rejected candidate node said no from those steps alone. The cached per-GPU masks
+(:func:`model_mask`, :func:`qualification`) live with the fleet structure's cache. Pure: no I/O,
+never changes the fleet.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
+from apportion.engine.decisions import Reason
 from apportion.engine.requests import GpuRequest
 from apportion.registry.fleet import FleetView
 from apportion.registry.fleet_structure import Structure
@@ -36,9 +39,24 @@ class Strategy(StrEnum):
     TOPOLOGY = "topology"
 
 
+class Step(NamedTuple):
+    """One filter step of the kernel: why it rejects, and the rows that passed it — node rows,
+    or GPU rows for the GPU-level steps ``GPU_MODEL`` (the model matches) and ``GPU_MEMORY``
+    (model and registry memory meet the request). Masks are kept by reference: recording a step
+    costs no array work (a tuple: the kernel's hot path makes several per request)."""
+
+    reason: Reason
+    passed: BOOL
+
+
 @dataclass
 class Stage:
-    """One request evaluated over every node row (fresh arrays, a snapshot of the decision)."""
+    """One request evaluated over every node row (fresh arrays, a snapshot of the decision).
+
+    ``steps`` are the filter steps in the order they ran; ``ok`` is the candidates that passed
+    every node-level one. ``free`` (GPU rows not held) and ``metric_low`` (GPU rows whose live
+    free memory is below the request's) are the GPU-level masks of the mask path, kept for the
+    texts (None on the counter path)."""
 
     fleet: FleetView
     s: Structure
@@ -52,12 +70,21 @@ class Stage:
     nvlink: bool  # the request needs one NVLink domain
     dom_avail: npt.NDArray[np.int32] | None
     node_dkey: I64 | None  # best domain key per node (INF: no domain fits)
-    filter_failed: BOOL
+    steps: list[Step]
     ok: BOOL
     excluded: frozenset[int]
     taken: frozenset[int]
+    free: BOOL | None = None
+    metric_low: BOOL | None = None
     _feasible: npt.NDArray[np.intp] | None = field(default=None, repr=False)
     _keys: I64 | None = field(default=None, repr=False)
+
+    def passed(self, reason: Reason) -> BOOL | None:
+        """The rows that passed the step of ``reason`` (None: the step did not run)."""
+        for step in self.steps:
+            if step.reason is reason:
+                return step.passed
+        return None
 
     @property
     def simple(self) -> bool:

@@ -29,6 +29,7 @@ from apportion.adapters.base import (
     JobSpec,
     WorkerSpec,
 )
+from apportion.engine.decisions import Placement
 from apportion.jobs.records import Job, ResourceUsage
 from apportion.registry.service import Registry
 
@@ -73,8 +74,8 @@ class Observation:
     usage: ResourceUsage | None = None
 
 
-def _cluster_of(placements: Sequence[Mapping[str, Any]]) -> str:
-    return str(placements[0]["cluster_id"]) if placements else ""
+def _cluster_of(placements: Sequence[Placement]) -> str:
+    return placements[0].cluster_id if placements else ""
 
 
 class BackendDriver:
@@ -94,11 +95,11 @@ class BackendDriver:
         scheduler = self._registry.get_cluster(cluster_id).get("config", {}).get("scheduler")
         return dict(scheduler) if scheduler else None
 
-    def target(self, placements: Sequence[Mapping[str, Any]]) -> Target:
+    def target(self, placements: Sequence[Placement]) -> Target:
         """The cluster, adapter and nodes of a job's placements (one cluster per job)."""
         cluster_id = _cluster_of(placements)
         scheduler = self._scheduler_of(cluster_id) or {}
-        nodes = ", ".join(sorted({str(p.get("node_id")) for p in placements}))
+        nodes = ", ".join(sorted({str(p.node_id) for p in placements}))
         return Target(cluster_id, str(scheduler.get("type", "local")), nodes)
 
     def spec(self, job: Job) -> JobSpec:
@@ -106,7 +107,7 @@ class BackendDriver:
         cached = self._specs.get(job.job_id)
         if cached is not None:
             return cached
-        placements = job.allocation or []
+        placements = job.allocation or ()
         cluster_id = _cluster_of(placements)
         scheduler = self._scheduler_of(cluster_id) or {"type": job.adapter or "local"}
         resources = job.config.resources
@@ -119,8 +120,8 @@ class BackendDriver:
             workers=tuple(
                 WorkerSpec(
                     index=i,
-                    node_id=str(p.get("node_id", "")),
-                    gpus=tuple(str(g) for g in p.get("gpus", [])),
+                    node_id=p.node_id or "",
+                    gpus=p.gpus or (),
                     vcpus=resources.vcpus,
                     memory_mb=resources.memory_mb,
                 )

@@ -41,6 +41,7 @@ from apportion.allocation.hold import Hold
 from apportion.allocation.holds import HoldManager
 from apportion.allocation.service import AllocationService
 from apportion.background import Spawn
+from apportion.engine.decisions import Decision, Unplaceable
 from apportion.errors import ApportionError, Conflict, UnknownAllocation
 from apportion.event_sink import EventSink
 from apportion.jobs.admission import Blocked, Reason, waiting_order
@@ -91,7 +92,7 @@ class Placed:
     decision record."""
 
     hold: Hold
-    decision: dict[str, Any]
+    decision: Decision
 
 
 class JobLifecycle:
@@ -199,7 +200,7 @@ class JobLifecycle:
         GPUs (in memory; :meth:`admit` makes the hold durable), or say why it cannot start."""
         request = job.config.resources.as_request()
         try:
-            hold, decision = await self._allocations.reserve_for_job(
+            reserved = await self._allocations.reserve_for_job(
                 policy_uri=policy_uri,
                 candidates=candidates,
                 inputs={"requests": [request] * job.workers},
@@ -207,9 +208,11 @@ class JobLifecycle:
                 owner=job.owner,
                 job_id=job.job_id,
             )
-        except ApportionError as exc:
+        except ApportionError as exc:  # a broken policy, an unknown one…: the job waits
             return Blocked(exc.code.value, exc.message)
-        return Placed(hold, decision)
+        if isinstance(reserved, Unplaceable):
+            return Blocked(Reason.NO_RESOURCES, reserved.error().message)
+        return Placed(*reserved)
 
     async def admit(self, job: Job, placed: Placed) -> None:
         """Make the hold durable, commit the job ``scheduled`` and start its dispatch — unless

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from apportion import jsonutil
+from apportion.engine.decisions import Decision, JsonValue, Placement, placements_json
 from apportion.errors import Conflict, InvalidRequest, NotFound
 from apportion.jobs.models import JobConfig, JobStatus, QueueConfig, parse_model
 from apportion.jobs.writer import JobWriter
@@ -87,7 +88,7 @@ class Job:
     config: JobConfig
     owner: str | None
     created_at: float
-    allocation: list[dict[str, Any]] | None = None
+    allocation: tuple[Placement, ...] | None = None  # one placement per worker, in order
     allocation_id: str | None = None
     adapter: str | None = None
     dispatch_token: str | None = None
@@ -100,7 +101,7 @@ class Job:
     return_code: int | None = None
     failed_reason: str | None = None
     resource_usage: ResourceUsage | None = None
-    decision: dict[str, Any] | None = None  # the placement's decision record
+    decision: Decision | None = None  # the placement's decision record
     cancel_requested: bool = False
     queue_position: int | None = field(default=None, compare=False)
     _encoded_cache: dict[str, tuple[object, str]] = field(
@@ -111,10 +112,10 @@ class Job:
     def workers(self) -> int:
         return self.config.replica_count
 
-    def allocation_document(self) -> list[dict[str, Any]] | None:
+    def allocation_document(self) -> list[dict[str, JsonValue]] | None:
         """The placements of the job's workers as documents (``GET /jobs/{id}``, the job
         events): the one place that turns them into JSON-ready values."""
-        return self.allocation
+        return None if self.allocation is None else placements_json(self.allocation)
 
     def row(self) -> JobRow:
         """The ``jobs`` row of this record (every field but ``queue_position``), a snapshot.
@@ -122,11 +123,12 @@ class Job:
         once set."""
         out = {name: getattr(self, name) for name in _ROW_FIELDS}
         out["config"] = self._encoded("config", self.config.model_dump)
+        decision = self.decision
         out["decision"] = (
-            None if self.decision is None else self._encoded("decision", lambda: self.decision)
+            None if decision is None else self._encoded("decision", decision.to_record)
         )
         if self.allocation is not None:
-            out["allocation"] = jsonutil.dumps_str(self.allocation)
+            out["allocation"] = jsonutil.dumps_str(placements_json(self.allocation))
         if self.resource_usage is not None:
             out["resource_usage"] = jsonutil.dumps_str(self.resource_usage.public())
         out["status"] = self.status.value
@@ -149,9 +151,12 @@ class Job:
         data: dict[str, Any] = {name: getattr(row, name) for name in _ROW_FIELDS}
         data["config"] = JobConfig.model_validate(jsonutil.loads(row.config))
         data["status"] = JobStatus(row.status)
-        for key in ("allocation", "decision"):
-            if data[key] is not None:
-                data[key] = jsonutil.loads(data[key])
+        if row.allocation is not None:
+            data["allocation"] = tuple(
+                Placement.from_json(p) for p in jsonutil.loads(row.allocation)
+            )
+        if row.decision is not None:
+            data["decision"] = Decision.from_record(jsonutil.loads(row.decision))
         if data["resource_usage"] is not None:
             data["resource_usage"] = ResourceUsage.of(jsonutil.loads(data["resource_usage"]))
         data["cancel_requested"] = bool(row.cancel_requested)
@@ -178,7 +183,7 @@ class Job:
             "return_code": self.return_code,
             "failed_reason": self.failed_reason,
             "resource_usage": None if self.resource_usage is None else self.resource_usage.public(),
-            "decision": self.decision,
+            "decision": None if self.decision is None else self.decision.to_json(),
             "config": self.config.model_dump(),
         }
 

@@ -1,4 +1,6 @@
-"""The built-in policies, each with its store record: one registry, duplicate names refused."""
+"""The built-in policies, each with its store record: one registry, duplicate names refused.
+
+Called once at start (``app.py``, the offline runner) to fill the policy store."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ from typing import Any
 
 from apportion.policies.builtins import BUILTIN_POLICIES
 from apportion.policies.records import PolicyRecord
+from apportion.policies.store import PolicyEntry
 from apportion.registry.similarity import SimilarityPolicy
 
 _GPU_REQUEST_SCHEMA: dict[str, Any] = {
@@ -54,47 +57,44 @@ _DESCRIPTIONS = {
 }
 
 
-def builtin_catalog() -> dict[str, tuple[PolicyRecord, type]]:
-    """``{uri: (record, class)}`` for every built-in policy."""
-    catalog: dict[str, tuple[PolicyRecord, type]] = {}
+def builtin_catalog() -> dict[str, PolicyEntry]:
+    """``{uri: entry}`` for every built-in policy: the placement policies with their internal
+    protocol object (``placer``, what allocations and jobs call) and seed-contract class (for
+    ``management``), and the ``similarity`` ranking policy (seed contract only)."""
+    catalog: dict[str, PolicyEntry] = {}
 
-    def add(record: PolicyRecord, cls: type) -> None:
-        uri = str(record.uri)
-        if uri in catalog:
-            raise ValueError(f"built-in policy {uri} registered twice")
-        catalog[uri] = (record, cls)
+    def add(entry: PolicyEntry) -> None:
+        if entry.uri in catalog:
+            raise ValueError(f"built-in policy {entry.uri} registered twice")
+        catalog[entry.uri] = entry
 
-    for uri, cls in BUILTIN_POLICIES.items():
-        name = uri.split(":", 1)[0]
-        add(
-            PolicyRecord(
-                name=name,
-                version="1.0",
-                release_tag="stable",
-                description=f"Built-in: {_DESCRIPTIONS.get(name, name)}.",
-                tags=["builtin", "placement"],
-                policy_input_schema=_INPUT_SCHEMA,
-                policy_output_schema=_OUTPUT_SCHEMA,
-            ),
-            cls,
+    for cls in BUILTIN_POLICIES.values():
+        placement = cls.placement
+        record = PolicyRecord(
+            name=placement.name,
+            version=placement.version,
+            release_tag=placement.release_tag,
+            description=f"Built-in: {_DESCRIPTIONS.get(placement.name, placement.name)}.",
+            tags=["builtin", "placement"],
+            policy_input_schema=_INPUT_SCHEMA,
+            policy_output_schema=_OUTPUT_SCHEMA,
         )
-    add(
-        PolicyRecord(
-            name="similarity",
-            version="1.0",
-            release_tag="stable",
-            description="Built-in ranking policy for search: clusters by the closeness of their "
-            "features to parameters.target.",
-            tags=["builtin", "ranking"],
-            policy_parameters_schema={
-                "type": "object",
-                "properties": {
-                    "target": {"type": "object"},
-                    "weights": {"type": "object"},
-                    "return": {"type": "integer", "minimum": 1},
-                },
+        add(PolicyEntry(record, "builtin", policy_class=cls, placer=placement))
+    similarity = PolicyRecord(
+        name="similarity",
+        version="1.0",
+        release_tag="stable",
+        description="Built-in ranking policy for search: clusters by the closeness of their "
+        "features to parameters.target.",
+        tags=["builtin", "ranking"],
+        policy_parameters_schema={
+            "type": "object",
+            "properties": {
+                "target": {"type": "object"},
+                "weights": {"type": "object"},
+                "return": {"type": "integer", "minimum": 1},
             },
-        ),
-        SimilarityPolicy,
+        },
     )
+    add(PolicyEntry(similarity, "builtin", policy_class=SimilarityPolicy))
     return catalog

@@ -1,8 +1,9 @@
 """``input_data["cluster_data"]`` built lazily.
 
-A policy gets ``{cluster_id: {"data": doc, "cluster_metrics": metrics}}`` for
-every candidate. Built-ins never read the values (they use the fleet view), so
-the mapping builds an entry only when a policy asks for it.
+A seed-contract policy gets ``{cluster_id: {"data": doc, "cluster_metrics":
+metrics}}`` for every candidate (CONTRACTS §3); many read only a few entries, so
+the mapping builds an entry only when the policy asks for it. (The built-ins get
+the fleet view through the internal protocol instead.)
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ class LazyClusterData(Mapping[str, dict[str, Any]]):
     def __init__(self, registry: Registry, candidates: Sequence[str]) -> None:
         self._registry = registry
         self._ids = list(candidates)
-        self._index: set[str] | None = None  # built on the first lookup (built-ins never look)
+        self._index: set[str] | None = None  # built on the first lookup
         self._built: dict[str, dict[str, Any]] = {}
 
     def __getitem__(self, cluster_id: str) -> dict[str, Any]:

@@ -1,7 +1,10 @@
 """Running policies: in-process for trusted code, in sandbox workers for uploads.
 
-``PolicyRuntime.evaluate`` is the one way the server calls a policy's ``eval``;
-``management`` the one way it calls ``management``. Both:
+``PolicyRuntime.place`` is the one way the server calls a built-in placement policy (the
+internal protocol, :mod:`apportion.policies.protocol`): inline, with the server's fleet view and
+nothing from the user's ``settings``. ``PolicyRuntime.evaluate`` is the one way it calls a
+seed-contract policy's ``eval`` (uploaded, ``--policy-dir`` and the ``similarity`` built-in);
+``management`` the one way it calls ``management``. The last two:
 
 * merge parameters and settings the seed's documented way: the stored
   ``policy_parameters`` / ``policy_settings`` are defaults, the request's values
@@ -10,9 +13,9 @@
 * pass the policy's persistent ``context`` (never ``None``) and keep what the
   policy left in it, in memory and in the ``policy_contexts`` table;
 * keep "no" apart from "broken": a policy raising
-  :class:`~apportion.errors.NoFeasiblePlacement` (the built-ins do) is a
-  rejection; any other exception is :class:`~apportion.errors.PolicyError`
-  naming the policy.
+  :class:`~apportion.errors.NoFeasiblePlacement` (the seed's way of saying no)
+  is a rejection; any other exception is :class:`~apportion.errors.PolicyError`
+  naming the policy (and so is a built-in's ``place`` raising).
 
 In-process policies run on a worker thread with the same wall-clock timeout as
 the sandbox; a trusted policy past it is answered ``PolicyTimeout`` but its
@@ -27,14 +30,19 @@ import json
 import logging
 import time
 import traceback
+from collections.abc import Sequence, Set
 from dataclasses import dataclass
 from typing import Any
 
 from apportion import jsonutil
+from apportion.engine.decisions import Outcome
+from apportion.engine.requests import GpuRequest
 from apportion.errors import ApportionError, PolicyError, PolicyTimeout
 from apportion.policies.clients import ClusterClient, ClusterMetricsClient, RegistryServices
 from apportion.policies.sandbox.pool import SandboxCall, SandboxPool
 from apportion.policies.store import PolicyEntry
+from apportion.registry.fleet import FleetView
+from apportion.registry.fleet_structure import GpuKey
 from apportion.store.db import Database
 from apportion.store.repos.policies import PolicyRepo
 
@@ -128,6 +136,27 @@ class PolicyRuntime:
         settings["cluster_client"] = ClusterClient(self._services)
         settings["cluster_metrics_client"] = ClusterMetricsClient(self._services)
 
+    # ---------------------------------------------------------------- place
+    @staticmethod
+    def place(
+        entry: PolicyEntry,
+        fleet: FleetView,
+        candidates: Sequence[str],
+        requests: Sequence[GpuRequest],
+        unavailable: Set[GpuKey] = frozenset(),
+    ) -> Outcome:
+        """Run a built-in placement policy (``entry.placer``) on the event loop. Built-ins are
+        bounded, vectorised work (about 0.1 ms at 10,000 nodes, docs/performance.md): the
+        hand-off to a thread would cost more than the policy. A policy that raises is
+        :class:`PolicyError` naming it."""
+        assert entry.placer is not None
+        try:
+            return entry.placer.place(fleet, candidates, requests, unavailable)
+        except ApportionError:
+            raise
+        except Exception as exc:
+            raise _policy_error(entry, exc) from None
+
     # ---------------------------------------------------------------- eval
     async def evaluate(
         self,
@@ -136,11 +165,10 @@ class PolicyRuntime:
         input_data: Any,
         parameters: dict[str, Any],
         settings: dict[str, Any],
-        engine_settings: dict[str, Any] | None = None,
         json_input: Any = None,
     ) -> Evaluation:
-        """Run ``eval``. ``engine_settings`` (fleet view, sinks) reach in-process policies only;
-        ``json_input`` is what a sandboxed policy gets instead of ``input_data`` when given."""
+        """Run a seed-contract policy's ``eval``; ``json_input`` is what a sandboxed policy gets
+        instead of ``input_data`` when given."""
         started = time.perf_counter()
         merged_parameters, merged_settings = self._merged(entry, parameters, settings)
         uses_context = entry.source != "builtin"
@@ -161,7 +189,7 @@ class PolicyRuntime:
             )
             output, context = result.output, result.context
         else:
-            policy = self._instance(entry, merged_settings, merged_parameters, engine_settings)
+            policy = self._instance(entry, merged_settings, merged_parameters)
             if entry.source == "builtin":
                 output = self._inline(entry, policy.eval, merged_parameters, input_data, context)
             else:
@@ -173,23 +201,18 @@ class PolicyRuntime:
         return Evaluation(output, (time.perf_counter() - started) * 1000)
 
     def _instance(
-        self,
-        entry: PolicyEntry,
-        settings: dict[str, Any],
-        parameters: dict[str, Any],
-        engine_settings: dict[str, Any] | None = None,
+        self, entry: PolicyEntry, settings: dict[str, Any], parameters: dict[str, Any]
     ) -> Any:
-        """The policy object for these construction arguments.
+        """The seed-contract object for these construction arguments.
 
-        Built-ins are built per call (they are stateless and get the engine's fleet view).
-        Operator policies keep one object per (URI, settings, parameters), as the sandbox
-        worker does, so state a ``management`` action leaves on the object is seen by later
-        ``eval`` calls with the same arguments (the seed's long-lived object)."""
+        Built-ins are built per call (stateless; they read neither the clients nor any
+        engine state). Operator policies keep one object per (URI, settings, parameters) — the
+        one policy instance cache of the server, as the sandbox worker keeps its own — so
+        state a ``management`` action leaves on the object is seen by later ``eval`` calls
+        with the same arguments (the seed's long-lived object)."""
         assert entry.policy_class is not None
-        if entry.source == "builtin":  # ours: they read the fleet view, never the clients
-            return entry.policy_class(
-                entry.uri, {**settings, **(engine_settings or {})}, parameters
-            )
+        if entry.source == "builtin":
+            return entry.policy_class(entry.uri, settings, parameters)
         self._inject_clients(settings)
         key = (
             entry.uri,
@@ -207,8 +230,7 @@ class PolicyRuntime:
 
     @staticmethod
     def _inline(entry: PolicyEntry, fn: Any, *args: Any) -> Any:
-        """Run a built-in on the event loop. Built-ins are bounded, vectorised work (about 0.1 ms
-        at 10,000 nodes, docs/performance.md): the hand-off to a thread cost more than the policy."""
+        """Run a built-in seed-contract call on the event loop (as :meth:`place`)."""
         try:
             return fn(*args)
         except ApportionError:

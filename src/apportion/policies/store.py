@@ -17,7 +17,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -26,6 +26,7 @@ from typing import Any, Literal
 from apportion import jsonutil
 from apportion.errors import Conflict, Forbidden, InvalidRequest, UnknownPolicy
 from apportion.policies.archive import sha256_hex, unpack_policy_code
+from apportion.policies.protocol import PlacementPolicy
 from apportion.policies.records import PolicyRecord
 from apportion.policies.uri import PolicyURI
 from apportion.store.db import Database
@@ -40,7 +41,8 @@ class PolicyEntry:
 
     record: PolicyRecord
     source: Source
-    policy_class: type | None = None  # in-process policies (builtin, policy_dir)
+    policy_class: type | None = None  # in-process seed-contract classes (builtin, policy_dir)
+    placer: PlacementPolicy | None = None  # built-in placement policies: the internal protocol
     code_dir: Path | None = None  # uploaded policies (sandboxed)
     warnings: tuple[str, ...] = field(default_factory=tuple)
 
@@ -72,20 +74,11 @@ class PolicyStore:
         self._repo = PolicyRepo(db)
         self._code_root = data_dir / "policies"
         self._entries: dict[str, PolicyEntry] = {}
-        self._listeners: list[Callable[[str, str], None]] = []
 
-    def on_change(self, listener: Callable[[str, str], None]) -> None:
-        """``listener(uri, change)`` after a policy is added, replaced or removed."""
-        self._listeners.append(listener)
-
-    def _changed(self, uri: str, change: str) -> None:
-        for listener in self._listeners:
-            listener(uri, change)
-
-    async def load(self, builtins: Mapping[str, tuple[PolicyRecord, type]]) -> None:
-        """Register the built-ins, then read the uploaded policies from the database."""
-        for uri, (record, cls) in builtins.items():
-            self._entries[uri] = PolicyEntry(record, "builtin", policy_class=cls)
+    async def load(self, builtins: Mapping[str, PolicyEntry]) -> None:
+        """Register the built-ins (``policies.catalog``), then read the uploaded policies from
+        the database."""
+        self._entries.update(builtins)
         for row in await self._repo.all():
             stored = jsonutil.loads(row.record)
             warnings = tuple(stored.pop("_warnings", ()))
@@ -148,7 +141,6 @@ class PolicyStore:
             )
         )
         self._entries[uri] = entry
-        self._changed(uri, "created")
         return entry
 
     async def delete(self, uri: str) -> None:
@@ -160,14 +152,12 @@ class PolicyStore:
             )
         await self._repo.delete(uri)
         del self._entries[uri]
-        self._changed(uri, "deleted")
 
     def set_local(self, entries: Mapping[str, PolicyEntry]) -> None:
         """Replace the ``policy_dir`` policies with ``entries`` (hot reload); never shadows others."""
         for uri in [u for u, e in self._entries.items() if e.source == "policy_dir"]:
             if uri not in entries:
                 del self._entries[uri]
-                self._changed(uri, "deleted")
         for uri, entry in entries.items():
             existing = self._entries.get(uri)
             if existing is not None and existing.source != "policy_dir":
@@ -178,4 +168,3 @@ class PolicyStore:
                 )
             if existing is not entry:
                 self._entries[uri] = entry
-                self._changed(uri, "replaced" if existing else "created")

@@ -39,7 +39,7 @@ async def answer(service: AllocationService, raw: Any, principal: Principal) -> 
         caller = caller_of(principal)
         if isinstance(message, AllocationRequest):
             require(principal, Scope.READ if message.adhoc else Scope.SUBMIT)
-            body = await service.allocate(message, caller)
+            body = (await service.allocate(message, caller)).to_json()
         elif isinstance(message, ReleaseMessage):
             require(principal, Scope.SUBMIT)
             body = await service.release(message.allocation_id, caller)
