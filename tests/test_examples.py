@@ -140,3 +140,54 @@ async def test_policy_dir_hot_reload(tmp_path: Path) -> None:
                 if not answer["success"]:
                     break
             assert answer["error"]["code"] == "InvalidPolicyOutput", answer
+
+
+async def test_policy_dir_changes_are_announced_as_policy_updated(tmp_path: Path) -> None:
+    """A folder added, changed and removed under --policy-dir is announced like an upload."""
+    policy_dir = tmp_path / "policies"
+
+    def write(name: str, node: str) -> None:
+        (policy_dir / name / "code").mkdir(parents=True, exist_ok=True)
+        (policy_dir / name / "code" / "function.py").write_text(
+            "class AIOSv1PolicyRule:\n"
+            "    def __init__(self, rule_id, settings, parameters):\n        pass\n"
+            "    def eval(self, parameters, input_data, context):\n"
+            f"        return {{'cluster_id': 'mixed-lab', 'node_id': '{node}', 'gpus': ['0']}}\n"
+        )
+
+    write("kept", "mixed-lab-n03")
+    async with running_server(
+        tmp_path / "d", policy_dir=policy_dir, policy_dir_poll_seconds=0.1
+    ) as live:
+
+        async def announced() -> list[tuple[str, str]]:
+            async with live.http.get(f"{live.url}/events", params={"since": "0"}) as response:
+                assert response.status == 200
+                events = (await response.json())["data"]
+            return [
+                (e["policy_rule_uri"], e["change"]) for e in events if e["type"] == "policy_updated"
+            ]
+
+        async def until(expected: list[tuple[str, str]]) -> None:
+            for _ in range(300):  # 30 s: a generous deadline for a 0.1 s rescan
+                if await announced() == expected:
+                    return
+                await asyncio.sleep(0.1)
+            assert await announced() == expected
+
+        assert await announced() == []  # the start-up scan announces nothing
+        write("added", "mixed-lab-n04")
+        await until([("added:0.0-dev", "created")])
+        write("kept", "mixed-lab-n05")
+        await until([("added:0.0-dev", "created"), ("kept:0.0-dev", "replaced")])
+        for file in (policy_dir / "added" / "code").iterdir():
+            file.unlink()
+        (policy_dir / "added" / "code").rmdir()
+        (policy_dir / "added").rmdir()
+        await until(
+            [
+                ("added:0.0-dev", "created"),
+                ("kept:0.0-dev", "replaced"),
+                ("added:0.0-dev", "deleted"),
+            ]
+        )

@@ -199,7 +199,10 @@ class Server:
             )
         if settings.policy_dir is not None:
             watcher = PolicyDirWatcher(
-                settings.policy_dir, policies, interval=settings.policy_dir_poll_seconds
+                settings.policy_dir,
+                policies,
+                events.append,
+                interval=settings.policy_dir_poll_seconds,
             )
             watcher.scan()
             background.loop(watcher.run(), "policy-dir")

@@ -18,12 +18,14 @@ import hashlib
 import itertools
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from apportion.errors import ApportionError
+from apportion.event_sink import EventSink
 from apportion.policies.loader import check_policy_class, load_policy_class
 from apportion.policies.records import PolicyRecord
-from apportion.policies.store import PolicyEntry, PolicyStore
+from apportion.policies.store import PolicyChange, PolicyEntry, PolicyStore
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +63,19 @@ def load_policy_folder(folder: Path) -> PolicyEntry:
 class PolicyDirWatcher:
     """Keeps the store's ``policy_dir`` policies equal to what the directory holds."""
 
-    def __init__(self, directory: Path, store: PolicyStore, *, interval: float = 2.0) -> None:
+    def __init__(
+        self, directory: Path, store: PolicyStore, emit: EventSink, *, interval: float = 2.0
+    ) -> None:
+        """``emit`` announces each change a rescan makes as ``policy_updated``."""
         self.directory = directory
         self._store = store
+        self._emit = emit
         self._interval = interval
         self._seen: dict[Path, tuple[str, PolicyEntry | None]] = {}
 
     def scan(self) -> None:
-        """Load new and changed folders, forget removed ones, and update the store."""
+        """Load new and changed folders, forget removed ones, and update the store (at start:
+        nothing is announced, as nobody has seen the policies yet)."""
         self._apply(self._collect())
 
     def _collect(self) -> dict[str, PolicyEntry] | None:
@@ -97,17 +104,20 @@ class PolicyDirWatcher:
         self._seen = current
         return {e.uri: e for _, e in current.values() if e is not None}
 
-    def _apply(self, entries: dict[str, PolicyEntry] | None) -> None:
-        """Update the store (on the event loop)."""
+    def _apply(self, entries: dict[str, PolicyEntry] | None) -> Sequence[tuple[str, PolicyChange]]:
+        """Update the store (on the event loop); return what changed."""
         if entries is None:
-            return
+            return []
         try:
-            self._store.set_local(entries)
+            return self._store.set_local(entries)
         except ApportionError as exc:
             log.error("policy dir: %s", exc.message)
+            return []
 
     async def run(self) -> None:
-        """Scan every ``interval`` seconds until cancelled."""
+        """Scan every ``interval`` seconds until cancelled; announce every change as
+        ``policy_updated`` ``{"policy_rule_uri", "change"}``, as an upload or a deletion is."""
         while True:
             await asyncio.sleep(self._interval)
-            self._apply(await asyncio.to_thread(self._collect))
+            for uri, change in self._apply(await asyncio.to_thread(self._collect)):
+                await self._emit("policy_updated", {"policy_rule_uri": uri, "change": change})

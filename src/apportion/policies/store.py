@@ -17,7 +17,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -33,6 +33,8 @@ from apportion.store.db import Database
 from apportion.store.repos.policies import PolicyRepo, PolicyRow
 
 Source = Literal["builtin", "policy_dir", "upload"]
+PolicyChange = Literal["created", "replaced", "deleted"]
+"""What happened to a policy (the ``change`` of the ``policy_updated`` event)."""
 
 
 @dataclass(frozen=True)
@@ -153,12 +155,12 @@ class PolicyStore:
         await self._repo.delete(uri)
         del self._entries[uri]
 
-    def set_local(self, entries: Mapping[str, PolicyEntry]) -> None:
-        """Replace the ``policy_dir`` policies with ``entries`` (hot reload); never shadows others."""
-        for uri in [u for u, e in self._entries.items() if e.source == "policy_dir"]:
-            if uri not in entries:
-                del self._entries[uri]
-        for uri, entry in entries.items():
+    def set_local(self, entries: Mapping[str, PolicyEntry]) -> Sequence[tuple[str, PolicyChange]]:
+        """Replace the ``policy_dir`` policies with ``entries`` (hot reload) and return what
+        changed, ``(uri, "created" | "replaced" | "deleted")`` in URI order. Never shadows
+        another source's policy: an entry with the URI of a built-in or uploaded policy is
+        refused (``InvalidRequest``) and nothing is changed."""
+        for uri in entries:
             existing = self._entries.get(uri)
             if existing is not None and existing.source != "policy_dir":
                 raise InvalidRequest(
@@ -166,5 +168,14 @@ class PolicyStore:
                     "give it another name or version",
                     path="policy_dir",
                 )
+        changes: list[tuple[str, PolicyChange]] = []
+        for uri in [u for u, e in self._entries.items() if e.source == "policy_dir"]:
+            if uri not in entries:
+                del self._entries[uri]
+                changes.append((uri, "deleted"))
+        for uri, entry in entries.items():
+            existing = self._entries.get(uri)
             if existing is not entry:
                 self._entries[uri] = entry
+                changes.append((uri, "created" if existing is None else "replaced"))
+        return sorted(changes)

@@ -6,7 +6,8 @@ need ``admin``; management actions need ``admin``; reading needs ``read``.
 
 A successful upload or deletion is recorded as the event ``policy_updated``
 ``{"policy_rule_uri", "change": "created" | "deleted"}`` (the shape of ``cluster_updated``),
-through the server's event log, so the dashboard's policy list refreshes.
+through the server's event log, so the dashboard's policy list refreshes (the policy-dir
+watcher announces its hot reloads the same way, with ``"replaced"`` too).
 """
 
 from __future__ import annotations
