@@ -87,7 +87,7 @@ class IllegalTransition(Exception):
 
 
 @dataclass(frozen=True)
-class Placed:
+class Reserved:
     """A job's workers placed and their GPUs reserved (not yet durable): the hold and the
     decision record."""
 
@@ -195,7 +195,7 @@ class JobLifecycle:
             job.queue_position = position[job.queue]
 
     # ---------------------------------------------------------------- admission
-    async def place(self, job: Job, policy_uri: str, candidates: list[str]) -> Placed | Blocked:
+    async def place(self, job: Job, policy_uri: str, candidates: list[str]) -> Reserved | Blocked:
         """Place the job's workers through ``policy_uri`` over ``candidates`` and reserve their
         GPUs (in memory; :meth:`admit` makes the hold durable), or say why it cannot start."""
         request = job.config.resources.as_request()
@@ -212,13 +212,13 @@ class JobLifecycle:
             return Blocked(exc.code.value, exc.message)
         if isinstance(reserved, Unplaceable):
             return Blocked(Reason.NO_RESOURCES, reserved.error().message)
-        return Placed(*reserved)
+        return Reserved(*reserved)
 
-    async def admit(self, job: Job, placed: Placed) -> None:
+    async def admit(self, job: Job, reserved: Reserved) -> None:
         """Make the hold durable, commit the job ``scheduled`` and start its dispatch — unless
         it was cancelled meanwhile (the hold is given back). A hold that cannot be recorded
         leaves the job queued, with the reason, for the next cycle."""
-        hold = placed.hold
+        hold = reserved.hold
         try:
             await self._allocations.commit_hold(hold)
         except Exception as exc:
@@ -231,7 +231,7 @@ class JobLifecycle:
             return
         target = self._driver.target(hold.placements)
         job.reason_code = job.reason = None
-        job.decision = placed.decision
+        job.decision = reserved.decision
         job.allocation = hold.placements
         job.allocation_id = hold.allocation_id
         job.adapter = target.adapter

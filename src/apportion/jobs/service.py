@@ -22,7 +22,7 @@ from apportion.event_sink import EventSink
 from apportion.jobs import views as job_views
 from apportion.jobs.admission import Blocked, CycleState, Reason, waiting_order
 from apportion.jobs.driver import BackendDriver
-from apportion.jobs.lifecycle import JobLifecycle, Placed
+from apportion.jobs.lifecycle import JobLifecycle, Reserved
 from apportion.jobs.models import (
     JobConfig,
     JobStatus,
@@ -198,12 +198,12 @@ class JobService:
                     job, Blocked(Reason.NO_RESOURCES, f"queue {job.queue!r} was removed")
                 )
                 continue
-            outcome: Placed | Blocked | None = state.blocker(job, queue)
+            outcome: Reserved | Blocked | None = state.blocker(job, queue)
             if outcome is None:
                 policy = job.config.policy_rule_uri or queue.policy_rule_uri
                 outcome = await life.place(job, policy, self._candidates(queue))
             if job.status.finished:  # cancelled while it was being placed
-                if isinstance(outcome, Placed):
+                if isinstance(outcome, Reserved):
                     durable.append(life.abandon(outcome.hold))
                 continue
             if isinstance(outcome, Blocked):
