@@ -1,0 +1,74 @@
+"""The server under test for ``allocation.py``, in its own process.
+
+Builds :class:`~apportion.config.Settings` (loopback, ephemeral ports, the given admin key,
+a temporary data dir, every other option at its default), starts
+:class:`~apportion.app.Server`, registers the synthetic fleet in-process
+(``registry.upsert_cluster``), prints ``{"url", "ws_url", "nodes", "gpus", "clusters"}`` on
+one line and serves until SIGTERM/SIGINT, then stops the server cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+import orjson
+from synthetic_fleet import GPUS_PER_NODE, fleet_documents
+
+from apportion.app import Server
+from apportion.config import Settings
+
+
+async def serve(nodes: int, per_cluster: int, admin_key: str, data_dir: Path) -> None:
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    settings = Settings(
+        host="127.0.0.1",
+        port=0,
+        ws_port=0,
+        data_dir=data_dir,
+        admin_key=admin_key,
+        write_credentials=False,
+    )
+    server = Server(settings)
+    await server.start()
+    try:
+        assert server.context is not None
+        docs = fleet_documents(nodes, per_cluster)
+        for doc in docs:
+            await server.context.registry.upsert_cluster(doc)
+        import gc
+        gc.collect()
+        gc.freeze()
+        ready = {
+            "url": server.url,
+            "ws_url": server.ws_url,
+            "nodes": nodes,
+            "gpus": nodes * GPUS_PER_NODE,
+            "clusters": len(docs),
+        }
+        sys.stdout.write(orjson.dumps(ready).decode() + "\n")
+        sys.stdout.flush()
+        await stop.wait()
+    finally:
+        await server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, required=True)
+    parser.add_argument("--per-cluster", type=int, default=100)
+    parser.add_argument("--admin-key", required=True)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="apportion-bench-") as tmp:
+        asyncio.run(serve(args.nodes, args.per_cluster, args.admin_key, Path(tmp) / "data"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
