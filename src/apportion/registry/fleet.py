@@ -2,9 +2,9 @@
 
 Who uses it: the registry service keeps one :class:`FleetView` in step with its documents
 (``set_cluster`` / ``remove_cluster`` on document changes, ``apply_metrics`` on metrics
-pushes); the scheduling layer marks GPUs ``held`` when an allocation or job takes them; the
-placement kernels (:mod:`apportion.engine.placement`) read it to score every node in one
-vectorised pass.
+pushes); the hold manager (``allocation/holds.py``) marks GPUs ``held`` when an allocation or
+job takes them; the placement kernels (:mod:`apportion.engine.placement`) read it to score
+every node in one vectorised pass.
 
 Layout (built by :mod:`apportion.registry.fleet_structure`). Each cluster document is turned
 once into a *segment* (its own small arrays). The global, GPU-major arrays are the concatenation

@@ -57,7 +57,7 @@ class Retention:
 class EventLog:
     """Events are stored before they are emitted (CONTRACTS §7). ``seq`` is monotonic per database.
 
-    Built once by the app on the server's :class:`Database`; the scheduling loop, the allocation
+    Built once by the app on the server's :class:`Database`; the job lifecycle, the allocation
     service, the registry and the limits route call :meth:`append`; ``GET /events`` and the
     Socket.IO ``subscribe`` handler call :meth:`since`.
     """
