@@ -264,7 +264,7 @@ class Server:
         listener = await asyncio.get_running_loop().create_server(
             self.http_gate.wrap(runner.server), settings.host, settings.port
         )
-        self._stack.callback(listener.close)  # first at stop: no new connections
+        self._stack.callback(listener.close)  # at stop, before runner.cleanup: no new connections
         self._http_port = int(listener.sockets[0].getsockname()[1])
 
     # ---------------------------------------------------------------- background
