@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from sqlalchemy import select
 
-from apportion.errors import Forbidden, Unauthorized
+from apportion.errors import Conflict, Forbidden, Unauthorized
 from apportion.server.auth import (
     Principal,
     Scope,
@@ -210,7 +210,7 @@ async def test_has_admin_follows_admin_keys(db: Database) -> None:
     assert await keys.has_admin() is False
     admin = await keys.create("root", Scope.ADMIN)
     assert await keys.has_admin() is True
-    await keys.revoke(admin.key_id)
+    await keys.revoke(admin.key_id, allow_last_admin=True)
     assert await keys.has_admin() is False
 
 
@@ -363,7 +363,7 @@ async def test_middleware_on_a_real_server(db: Database) -> None:
         allowed = {"Authorization": f"Bearer {admin.secret}"}
         async with http.post(server.make_url("/admin"), headers=allowed) as resp:
             assert resp.status == 200 and await resp.json() == {"done": True}
-        await keys.revoke(admin.key_id)
+        await keys.revoke(admin.key_id, allow_last_admin=True)
         async with http.post(server.make_url("/admin"), headers=allowed) as resp:
             assert resp.status == 401
 
@@ -379,3 +379,45 @@ async def test_middleware_disabled_makes_an_anonymous_admin(db: Database) -> Non
             assert await resp.json() == {"key_id": "anonymous", "scope": "admin"}
         async with http.post(server.make_url("/admin")) as resp:
             assert resp.status == 200
+
+
+# --- revoking the last admin key, or one's own key, takes an explicit flag --------------------
+
+
+async def test_revoking_ones_own_or_the_last_admin_key_needs_its_flag(db: Database) -> None:
+    keys = KeyStore(db)
+    first = await keys.create("first admin", Scope.ADMIN)
+    second = await keys.create("second admin", Scope.ADMIN)
+    with pytest.raises(Conflict) as own:
+        await keys.revoke(first.key_id, by=first.key_id)
+    assert own.value.details["flag"] == "allow_self" and "allow_self" in own.value.message
+    assert await keys.revoke(second.key_id, by=first.key_id) is True  # another, not the last
+    with pytest.raises(Conflict) as last:
+        await keys.revoke(first.key_id, by="someone-else")
+    assert last.value.details["flag"] == "allow_last_admin"
+    assert "--allow-last-admin" in last.value.message
+    assert await keys.has_admin() is True  # refused: nothing was revoked
+    assert await keys.revoke(first.key_id, by=first.key_id, allow_self=True, allow_last_admin=True)
+    assert await keys.has_admin() is False
+
+
+async def test_the_rest_route_takes_the_flags_as_query_fields(tmp_path: Path) -> None:
+    from tests.conftest import running_server
+
+    async with running_server(tmp_path / "data") as live:
+        async with live.http.get(f"{live.url}/auth/whoami") as response:
+            own_id = (await response.json())["key_id"]
+        url = f"{live.url}/keys/{own_id}"
+        async with live.http.delete(url) as response:
+            body = await response.json()
+            assert response.status == 409, body
+        assert body["error"]["details"]["flag"] == "allow_self"
+        async with live.http.delete(url, params={"allow_self": "true"}) as response:
+            body = await response.json()
+            assert response.status == 409, body  # it is also the last active admin key
+        assert body["error"]["details"]["flag"] == "allow_last_admin"
+        flags = {"allow_self": "true", "allow_last_admin": "true"}
+        async with live.http.delete(url, params=flags) as response:
+            assert response.status == 200, await response.text()
+        async with live.http.get(f"{live.url}/keys") as response:
+            assert response.status == 401  # the key revoked itself, as it asked

@@ -363,3 +363,66 @@ async def test_events_history_and_follow(
     finally:
         process.terminate()
         await process.wait()
+
+
+async def test_keys_revoke_needs_a_flag_for_the_calling_key(running: Running) -> None:
+    whoami = await running.http.get(f"{running.url}/auth/whoami")
+    own_id = (await whoami.json())["key_id"]
+    whoami.release()
+    refused = await cli(running, "keys", "revoke", own_id)
+    assert refused.exit_code == 1 and "[Conflict]" in refused.stderr
+    assert "--allow-self" in refused.stderr
+    last = await cli(running, "keys", "revoke", own_id, "--allow-self")
+    assert last.exit_code == 1 and "--allow-last-admin" in last.stderr
+    ok(await cli(running, "keys", "revoke", own_id, "--allow-self", "--allow-last-admin"))
+
+
+def _gone(pid: int) -> bool:
+    """True when ``pid`` has exited (absent, or a zombie nobody has reaped yet)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status
+
+
+async def test_policies_test_exits_after_a_policy_timeout_and_kills_what_it_started(
+    tmp_path: Path,
+) -> None:
+    # before: a looping policy-dir policy kept its thread spinning at 100 % CPU after the
+    # PolicyTimeout was printed, and the interpreter waited for that thread forever
+    from apportion.demo import demo_clusters
+
+    snapshot = tmp_path / "snap.json"
+    snapshot.write_text(json.dumps({"clusters": demo_clusters(), "metrics": {}}))
+    pidfile = tmp_path / "child.pid"
+    policy = Path(__file__).parent / "policies" / "misbehave"
+    command = [
+        sys.executable,
+        "-c",
+        "from apportion.cli.app import main; main()",
+        "policies",
+        "test",
+        str(policy),
+        "--snapshot",
+        str(snapshot),
+        "--inputs",
+        '{"gpus": 1}',
+        "--parameters",
+        json.dumps({"mode": "spawn", "pidfile": str(pidfile)}),  # starts `sleep 60`, then loops
+        "--timeout",
+        "1",
+    ]
+    env = {**os.environ, "APPORTION_CREDENTIALS": str(tmp_path / "none")}
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
+    )
+    try:
+        _out, err = await asyncio.wait_for(process.communicate(), 120)  # the guard is the failure
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 1, err
+    assert b"[PolicyTimeout]" in err
+    assert _gone(int(pidfile.read_text()))  # the policy's own child went with it

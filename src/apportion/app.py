@@ -29,6 +29,7 @@ from apportion.allocation.holds import HoldManager
 from apportion.allocation.service import AllocationService
 from apportion.background import Background
 from apportion.config import Settings
+from apportion.errors import ApportionError
 from apportion.jobs.driver import BackendDriver
 from apportion.jobs.service import JobService
 from apportion.policies.catalog import builtin_catalog
@@ -53,6 +54,7 @@ from apportion.server.context import CONTEXT, ServerContext
 from apportion.server.events import EventLog, Retention
 from apportion.server.http_common import error_middleware
 from apportion.server.keys import KeyStore
+from apportion.server.limits import ConnectionGate, accept_error_handler
 from apportion.server.routes_status import STATUS, StatusContext
 from apportion.server.socketio_server import SocketIOBroadcaster, attach, create_socketio
 from apportion.server.telemetry import Telemetry
@@ -82,6 +84,7 @@ class Server:
         self._http_port = 0
         self._ws: AllocationWebSocket | None = None
         self.http_app: web.Application | None = None  # once started: the REST/Socket.IO app
+        self.http_gate: ConnectionGate | None = None  # once started: the HTTP port's cap
 
     # ---------------------------------------------------------------- ports
     @property
@@ -110,6 +113,10 @@ class Server:
     async def start(self) -> None:
         settings = self.settings
         check_bind_allowed(settings.host, auth_enabled=settings.auth)
+        loop = asyncio.get_running_loop()
+        previous_handler = loop.get_exception_handler()
+        loop.set_exception_handler(accept_error_handler(previous_handler))
+        self._stack.callback(loop.set_exception_handler, previous_handler)
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         db = await Database.open(settings.database_url)
         self._stack.push_async_callback(db.close)
@@ -169,6 +176,7 @@ class Server:
         self.context = ServerContext(
             settings, registry, policies, runtime, holds, allocations, keys, jobs
         )
+        telemetry.set_known_policy(lambda uri: _in_store(policies, uri))
         telemetry.set_gpu_source(lambda: _gpu_counts(registry))
         telemetry.set_queue_source(jobs.queue_counts)
         sio = create_socketio(keys, auth_enabled=settings.auth, events=events)
@@ -184,6 +192,8 @@ class Server:
             max_in_flight=settings.max_in_flight_per_connection,
             rate_per_second=settings.rate_limit_per_second,
             anonymous=ANONYMOUS_ADMIN,
+            gate=ConnectionGate("WebSocket", settings.max_connections),
+            header_timeout=settings.header_timeout_seconds,
         )
         await self._ws.start(settings.host, settings.ws_port)
         self._stack.push_async_callback(self._ws.close)
@@ -241,16 +251,21 @@ class Server:
         app.add_routes(routes_policies.api.routes)
         app.add_routes(dashboard.api.routes)
         self.http_app = app
-        runner = web.AppRunner(app, access_log=None)
+        # keepalive_timeout: aiohttp closes a connection with no request under way this long
+        # after it connected or was last answered, so it also cuts a request head that trickles
+        runner = web.AppRunner(
+            app, access_log=None, keepalive_timeout=settings.idle_timeout_seconds
+        )
         await runner.setup()
         self._stack.push_async_callback(runner.cleanup)
         self._stack.push_async_callback(dashboard.disconnect_socketio_clients, status.sio)
-        site = web.TCPSite(runner, settings.host, settings.port)
-        await site.start()
-        server = site._server
-        assert server is not None
-        sockets: Any = getattr(server, "sockets", None)
-        self._http_port = int(sockets[0].getsockname()[1])
+        assert runner.server is not None
+        self.http_gate = ConnectionGate("HTTP", settings.max_connections)
+        listener = await asyncio.get_running_loop().create_server(
+            self.http_gate.wrap(runner.server), settings.host, settings.port
+        )
+        self._stack.callback(listener.close)  # at stop, before runner.cleanup: no new connections
+        self._http_port = int(listener.sockets[0].getsockname()[1])
 
     # ---------------------------------------------------------------- background
     @staticmethod
@@ -284,6 +299,15 @@ def _adapters() -> dict[str, Adapter]:
     if shutil.which("sbatch") is not None:
         adapters["slurm"] = SlurmAdapter()
     return adapters
+
+
+def _in_store(policies: PolicyStore, uri: str) -> bool:
+    """Whether the policy store holds ``uri`` (the /metrics label filter)."""
+    try:
+        policies.get(uri)
+    except ApportionError:
+        return False
+    return True
 
 
 def _gpu_counts(registry: Registry) -> tuple[int, int, int]:

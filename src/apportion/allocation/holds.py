@@ -37,6 +37,16 @@ from apportion.store.repos.holds import HoldRepo
 log = logging.getLogger(__name__)
 
 
+def unknown_allocation(allocation_id: str) -> UnknownAllocation:
+    """The answer for an id with no active hold; REST answers it for another key's hold too,
+    so that an answer never tells whether someone else holds that id."""
+    return UnknownAllocation(
+        f"no active allocation {allocation_id!r}: it was released, its lease ended, "
+        "or it never existed",
+        details={"allocation_id": allocation_id},
+    )
+
+
 class HoldManager:
     """Owns every hold; mirrors held GPUs into the fleet view."""
 
@@ -89,11 +99,7 @@ class HoldManager:
     def get(self, allocation_id: str) -> Hold:
         hold = self._holds.get(allocation_id)
         if hold is None or hold.expires_at <= self._clock():
-            raise UnknownAllocation(
-                f"no active allocation {allocation_id!r}: it was released, its lease ended, "
-                "or it never existed",
-                details={"allocation_id": allocation_id},
-            )
+            raise unknown_allocation(allocation_id)
         return hold
 
     def active(self) -> list[Hold]:

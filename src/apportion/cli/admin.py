@@ -3,7 +3,6 @@ create|list|revoke`` and ``config show``."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -77,7 +76,7 @@ def policies_test(
     output: OutputOpt = Output.TABLE,
 ) -> None:
     """Run a policy offline against a snapshot, as the server would; no server needed."""
-    from apportion.clients.offline import run_offline
+    from apportion.clients.offline import run_offline_in_child
 
     if not snapshot.is_file():
         fail(
@@ -90,16 +89,14 @@ def policies_test(
         fail("--inputs must be a JSON object, e.g. '{\"gpus\": 2}'", code=2)
     source: str | Path = Path(policy) if Path(policy).exists() else policy
     try:
-        result = asyncio.run(
-            run_offline(
-                source,
-                snap,
-                inputs_json,
-                parameters=read_json(parameters, "--parameters") if parameters else None,
-                settings=read_json(settings, "--settings") if settings else None,
-                clusters=cluster,
-                timeout_seconds=timeout,
-            )
+        result = run_offline_in_child(
+            source,
+            snap,
+            inputs_json,
+            parameters=read_json(parameters, "--parameters") if parameters else None,
+            settings=read_json(settings, "--settings") if settings else None,
+            clusters=cluster,
+            timeout_seconds=timeout,
         )
     except ApportionError as exc:
         typer.echo(f"apportion: {describe(exc)}", err=True)
@@ -166,9 +163,24 @@ def keys_list(ctx: typer.Context, output: OutputOpt = Output.TABLE) -> None:
 
 
 @keys_app.command("revoke")
-def keys_revoke(ctx: typer.Context, key_id: str) -> None:
-    """Revoke a key now."""
-    run(ctx, lambda client: client.revoke_key(key_id))
+def keys_revoke(
+    ctx: typer.Context,
+    key_id: str,
+    allow_self: Annotated[
+        bool, typer.Option("--allow-self", help="Allow revoking the key this command uses.")
+    ] = False,
+    allow_last_admin: Annotated[
+        bool,
+        typer.Option("--allow-last-admin", help="Allow revoking the last active admin key."),
+    ] = False,
+) -> None:
+    """Revoke a key now (your own key and the last admin key need their flag)."""
+    run(
+        ctx,
+        lambda client: client.revoke_key(
+            key_id, allow_self=allow_self, allow_last_admin=allow_last_admin
+        ),
+    )
     typer.echo(f"Revoked key {key_id}")
 
 

@@ -10,13 +10,24 @@ throw-away SQLite file; the policy folder is loaded with the server's loader
 ``AllocationService`` — same candidates, same parameter and settings merging, same injected
 ``cluster_client``/``cluster_metrics_client``, same timeout, same output validation
 (``validate_output``) and the same decision record (``explain``).
+
+The command runs it through :func:`run_offline_in_child`: a child process in its own process
+group, stopped with everything it started once it has answered or its deadline has passed. A
+trusted (policy-dir) policy runs on a thread that cannot be stopped, so a policy that loops past
+its timeout would otherwise keep the command's CPU busy and its interpreter from ever exiting.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import signal
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +35,7 @@ from apportion.allocation.holds import HoldManager
 from apportion.allocation.messages import AllocationRequest, parse_message
 from apportion.allocation.service import AllocationService, Caller
 from apportion.engine.decisions import Decision, JsonValue, Placement, placements_json
-from apportion.errors import InvalidRequest
+from apportion.errors import ApportionError, InvalidRequest, PolicyError, PolicyTimeout
 from apportion.policies.catalog import builtin_catalog
 from apportion.policies.clients import RegistryServices
 from apportion.policies.policy_dir import load_policy_folder
@@ -113,6 +124,7 @@ async def run_offline(
     with tempfile.TemporaryDirectory(prefix="apportion-offline-") as tmp:
         db = await Database.open(f"sqlite:///{tmp}/offline.db")
         runtime: PolicyRuntime | None = None
+        sandbox: SandboxPool | None = None
         holds: HoldManager | None = None
         try:
             registry = Registry(db)
@@ -126,8 +138,9 @@ async def run_offline(
                 uri = entry.uri
             else:
                 uri = str(policy)
+            sandbox = SandboxPool(size=1)
             runtime = PolicyRuntime(
-                db, RegistryServices(registry), SandboxPool(size=1), timeout_seconds=timeout_seconds
+                db, RegistryServices(registry), sandbox, timeout_seconds=timeout_seconds
             )
             holds = HoldManager(db, registry.fleet)
             await holds.start()
@@ -153,6 +166,8 @@ async def run_offline(
                 await holds.close()
             if runtime is not None:
                 await runtime.close()
+            if sandbox is not None:
+                await sandbox.close()
             await db.close()
     assert answer.decision is not None  # asked for with explain
     return OfflineResult(
@@ -161,3 +176,90 @@ async def run_offline(
         is_gang=answer.is_gang,
         decision=answer.decision,
     )
+
+
+CHILD_GRACE_SECONDS = 30.0
+"""How long past the policy timeout the child may take to start, load and answer."""
+
+
+def run_offline_in_child(
+    policy: str | Path,
+    snapshot: Any,
+    inputs: Mapping[str, Any],
+    *,
+    parameters: Mapping[str, Any] | None = None,
+    settings: Mapping[str, Any] | None = None,
+    clusters: Sequence[str] | None = None,
+    timeout_seconds: float = 10.0,
+) -> OfflineResult:
+    """:func:`run_offline` in a child process (``apportion policies test``). The child leads
+    its own process group; once it has answered — or ``timeout_seconds`` plus
+    :data:`CHILD_GRACE_SECONDS` have passed — that group is killed (the child, a policy thread
+    still spinning in it, any process a policy started), so the caller always returns.
+    Returns the result or raises the child's typed error; :class:`PolicyTimeout` when the
+    child gave no answer by the deadline."""
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    arguments = {
+        "policy": policy,
+        "snapshot": snapshot,
+        "inputs": dict(inputs),
+        "parameters": dict(parameters) if parameters is not None else None,
+        "settings": dict(settings) if settings is not None else None,
+        "clusters": list(clusters) if clusters is not None else None,
+        "timeout_seconds": timeout_seconds,
+    }
+    child = context.Process(target=_child_main, args=(sender, arguments), daemon=True)
+    child.start()
+    sender.close()
+    deadline = timeout_seconds + CHILD_GRACE_SECONDS
+    try:
+        answered = receiver.poll(deadline)
+        outcome: OfflineResult | ApportionError | None = None
+        if answered:
+            try:
+                outcome = receiver.recv()
+            except EOFError:  # the child died without answering (killed, crashed)
+                outcome = None
+    finally:
+        _kill_group(child)
+        receiver.close()
+    if isinstance(outcome, OfflineResult):
+        return outcome
+    if isinstance(outcome, ApportionError):
+        raise outcome
+    if answered:
+        raise PolicyError(
+            f"the offline run of {policy} ended without an answer (exit code {child.exitcode})",
+            details={"exit_code": child.exitcode},
+        )
+    raise PolicyTimeout(
+        f"the offline run of {policy} gave no answer within {deadline:g} s "
+        f"(--timeout {timeout_seconds:g} plus {CHILD_GRACE_SECONDS:g} s to start); it was stopped",
+        details={"timeout_seconds": timeout_seconds},
+    )
+
+
+def _child_main(sender: Connection, arguments: dict[str, Any]) -> None:
+    """The child of :func:`run_offline_in_child`: lead a new process group, run, send back
+    the result or the typed error (anything else propagates and ends the child non-zero)."""
+    os.setpgid(0, 0)
+    outcome: OfflineResult | ApportionError
+    try:
+        outcome = asyncio.run(run_offline(**arguments))
+    except ApportionError as exc:
+        outcome = exc
+    sender.send(outcome)
+    sender.close()
+    os._exit(0)  # a policy thread past its timeout may still spin; do not wait for it
+
+
+def _kill_group(child: multiprocessing.process.BaseProcess) -> None:
+    """Kill the child's process group (its pgid is its PID, see :func:`_child_main`), then
+    the child itself should it not have reached ``setpgid`` yet, and reap it."""
+    pid = child.pid
+    assert pid is not None
+    with contextlib.suppress(ProcessLookupError):  # not yet (or no longer) a group leader
+        os.killpg(pid, signal.SIGKILL)
+    child.kill()
+    child.join()

@@ -125,6 +125,12 @@ class RegistryAPI:
         result: list[dict[str, Any]] = await self._rest.data("GET", "/keys")
         return result
 
-    async def revoke_key(self, key_id: str) -> None:
-        """Revoke a key now (admin); :class:`NotFoundError` for an unknown id."""
-        await self._rest.call("DELETE", f"/keys/{key_id}")
+    async def revoke_key(
+        self, key_id: str, *, allow_self: bool = False, allow_last_admin: bool = False
+    ) -> None:
+        """Revoke a key now (admin); :class:`NotFoundError` for an unknown id. The server
+        refuses (Conflict) to revoke the calling key without ``allow_self`` and the last active
+        admin key without ``allow_last_admin``."""
+        flags = {"allow_self": allow_self, "allow_last_admin": allow_last_admin}
+        params = {name: "true" for name, given in flags.items() if given}
+        await self._rest.call("DELETE", f"/keys/{key_id}", params=params)

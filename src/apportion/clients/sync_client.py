@@ -257,9 +257,15 @@ class Apportion:
         """Every key, without secrets (admin)."""
         return self._run(self._client.keys())
 
-    def revoke_key(self, key_id: str) -> None:
-        """Revoke a key (admin)."""
-        self._run(self._client.revoke_key(key_id))
+    def revoke_key(
+        self, key_id: str, *, allow_self: bool = False, allow_last_admin: bool = False
+    ) -> None:
+        """Revoke a key (admin); the flags as in the async client's ``revoke_key``."""
+        self._run(
+            self._client.revoke_key(
+                key_id, allow_self=allow_self, allow_last_admin=allow_last_admin
+            )
+        )
 
     def events(
         self, since: int | None = None, *, types: Collection[str] | None = None

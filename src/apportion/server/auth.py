@@ -8,6 +8,7 @@ scope checks, the bind check and the aiohttp middleware. Scopes are ordered ``re
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -65,6 +66,20 @@ def parse_authorization(header: str | None) -> str | None:
         return None
     credential = parts[1].strip()
     return None if not credential or any(c.isspace() for c in credential) else credential
+
+
+def one_authorization(values: Sequence[str]) -> str | None:
+    """The request's one ``Authorization`` header value, None when it has none (the REST
+    middleware and the WebSocket handshake pass every value they received). Raises
+    :class:`~apportion.errors.Unauthorized` for two or more: which key would act is
+    ambiguous, so none does."""
+    if len(values) > 1:
+        raise Unauthorized(
+            f"this request carries {len(values)} Authorization headers; send exactly one: "
+            f"{HOW_TO_AUTH}",
+            details={"header": "Authorization", "count": len(values)},
+        )
+    return values[0] if values else None
 
 
 async def authenticate(keys: KeyStore, header: str | None) -> Principal:
@@ -160,7 +175,8 @@ def auth_middleware(
             principal = None
         else:
             try:
-                principal = await authenticate(keys, request.headers.get("Authorization"))
+                header = one_authorization(request.headers.getall("Authorization", []))
+                principal = await authenticate(keys, header)
             except Unauthorized as exc:
                 return _error_response(exc)
         if principal is not None:

@@ -88,7 +88,8 @@ class OneTimeTokens:
         """True exactly once for a token issued here and not yet expired; False otherwise."""
         with self._lock:
             self._purge()
-            match = next((t for t in self._expiry if hmac.compare_digest(t, token)), None)
+            given = token.encode("utf-8", "surrogatepass")  # bytes: any text compares, no 500
+            match = next((t for t in self._expiry if hmac.compare_digest(t.encode(), given)), None)
             if match is None:
                 return False
             del self._expiry[match]
@@ -172,6 +173,8 @@ async def index(request: web.Request) -> web.StreamResponse:
 async def static_file(request: web.Request) -> web.StreamResponse:
     """A file of the dashboard (our HTML, JS, CSS and the vendored libraries)."""
     relative = request.match_info["path"]
+    if "\0" in relative:  # no file name holds a NUL; the OS would refuse it
+        raise NotFound(f"no dashboard file {relative!r}")
     root = STATIC_DIR.resolve()
     target = (root / relative).resolve()
     if not target.is_relative_to(root) or not target.is_file() or target.name.startswith("."):

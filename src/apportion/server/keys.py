@@ -16,6 +16,7 @@ expires. Scopes and principals are defined in :mod:`apportion.server.auth`.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from apportion.errors import Conflict
 from apportion.server.auth import Principal, Scope
 from apportion.store.db import Database
 from apportion.store.repos.api_keys import KeyRepo, KeyRow
@@ -98,6 +100,7 @@ class KeyStore:
         self._size = cache_size
         self._clock = clock
         self._cache: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
+        self._revoke_lock = asyncio.Lock()
 
     async def _insert(self, name: str, scope: Scope, secret_for: Callable[[str], str]) -> IssuedKey:
         for _attempt in range(5):
@@ -188,11 +191,41 @@ class KeyStore:
             for r in await self._repo.all()
         ]
 
-    async def revoke(self, key_id: str) -> bool:
-        """Revoke a key now; False when no active key has that id."""
-        revoked = await self._repo.revoke(key_id, time.time())
-        self._forget(key_id)
-        return revoked
+    async def revoke(
+        self,
+        key_id: str,
+        *,
+        by: str | None = None,
+        allow_self: bool = False,
+        allow_last_admin: bool = False,
+    ) -> bool:
+        """Revoke a key now (``DELETE /keys/{key_id}``, ``apportion keys revoke``); False when
+        no active key has that id. ``by`` is the key id of the caller. Raises
+        :class:`~apportion.errors.Conflict` naming the flag when ``key_id`` is the caller's own
+        key (unless ``allow_self``) or the last active admin key (unless ``allow_last_admin``):
+        either would lock the caller, or every admin, out. Revokes run one at a time, so two
+        concurrent revokes cannot each remove "one of two" admins."""
+        async with self._revoke_lock:
+            if key_id == by and not allow_self:
+                raise Conflict(
+                    f"key {key_id!r} is the key making this request; revoking it ends your own "
+                    "access: pass allow_self=true (`apportion keys revoke --allow-self`)",
+                    details={"key_id": key_id, "flag": "allow_self"},
+                )
+            rows = await self._repo.all()
+            active_admins = {
+                r.id for r in rows if r.revoked_at is None and r.scopes == Scope.ADMIN.value
+            }
+            if active_admins == {key_id} and not allow_last_admin:
+                raise Conflict(
+                    f"key {key_id!r} is the last active admin key; without it nobody can manage "
+                    "keys: create another admin key first, or pass allow_last_admin=true "
+                    "(`apportion keys revoke --allow-last-admin`)",
+                    details={"key_id": key_id, "flag": "allow_last_admin"},
+                )
+            revoked = await self._repo.revoke(key_id, time.time())
+            self._forget(key_id)
+            return revoked
 
     async def has_admin(self) -> bool:
         """True when an active admin key exists (the first start generates one otherwise)."""

@@ -7,6 +7,8 @@ from typing import Any
 from aiohttp import web
 
 from apportion import __version__
+from apportion.allocation.hold import Hold
+from apportion.allocation.holds import unknown_allocation
 from apportion.allocation.messages import (
     AllocationRequest,
     ManagementMessage,
@@ -32,7 +34,7 @@ from apportion.server.auth import Scope, principal_of
 from apportion.server.dispatch import answer, caller_of
 from apportion.server.http_common import ctx, json_body, json_response, ok
 from apportion.server.openapi import openapi_document
-from apportion.server.routing import ApiRoutes, body_of, declared_specs
+from apportion.server.routing import ApiRoutes, body_of, declared_specs, query_of
 from apportion.server.schemas import (
     Ack,
     AllocationAnswer,
@@ -40,6 +42,7 @@ from apportion.server.schemas import (
     Holds,
     KeyCreate,
     KeyIssued,
+    KeyRevokeQuery,
     Keys,
     OneHold,
 )
@@ -101,15 +104,11 @@ async def list_allocations(request: web.Request) -> web.Response:
     "/allocations/{allocation_id}",
     scope=Scope.READ,
     response=OneHold,
-    errors=(NotFound, UnknownAllocation),
+    errors=(UnknownAllocation,),
 )
 async def read_allocation(request: web.Request) -> web.Response:
-    """One active hold."""
-    who = principal_of(request)
-    hold = ctx(request).holds.get(request.match_info["allocation_id"])
-    if not may_act_on(hold.owner, key_id=who.key_id, is_admin=who.is_admin):
-        raise NotFound(f"no active allocation {hold.allocation_id!r} of this key")
-    return ok(hold.public())
+    """One active hold. Another key's hold answers exactly as an unknown id does."""
+    return ok(_visible_hold(request).public())
 
 
 @api.delete(
@@ -119,11 +118,23 @@ async def read_allocation(request: web.Request) -> web.Response:
     errors=(UnknownAllocation,),
 )
 async def release_allocation(request: web.Request) -> web.Response:
-    """Release a hold now."""
-    who = principal_of(request)
+    """Release a hold now. Another key's hold answers exactly as an unknown id does."""
+    hold = _visible_hold(request)
     return json_response(
-        await ctx(request).allocations.release(request.match_info["allocation_id"], caller_of(who))
+        await ctx(request).allocations.release(hold.allocation_id, caller_of(principal_of(request)))
     )
+
+
+def _visible_hold(request: web.Request) -> Hold:
+    """The active hold the path names, if the calling key may see it (apportion.ownership);
+    otherwise the one ``UnknownAllocation`` answer, whether the id is unknown or another key's,
+    so these routes are no oracle of who holds what."""
+    who = principal_of(request)
+    allocation_id = request.match_info["allocation_id"]
+    hold = ctx(request).holds.get(allocation_id)
+    if not may_act_on(hold.owner, key_id=who.key_id, is_admin=who.is_admin):
+        raise unknown_allocation(allocation_id)
+    return hold
 
 
 @api.get("/keys", scope=Scope.ADMIN, response=Keys)
@@ -148,10 +159,24 @@ async def create_key(request: web.Request) -> web.Response:
     )
 
 
-@api.delete("/keys/{key_id}", scope=Scope.ADMIN, response=Ack, errors=(NotFound,))
+@api.delete(
+    "/keys/{key_id}",
+    scope=Scope.ADMIN,
+    query=KeyRevokeQuery,
+    response=Ack,
+    errors=(NotFound, Conflict),
+)
 async def revoke_key(request: web.Request) -> web.Response:
-    """Revoke a key; it stops working at once."""
-    if not await ctx(request).keys.revoke(request.match_info["key_id"]):
+    """Revoke a key; it stops working at once. Revoking the calling key needs
+    ``allow_self=true``, the last active admin key ``allow_last_admin=true`` (else 409)."""
+    flags = query_of(request, KeyRevokeQuery)
+    revoked = await ctx(request).keys.revoke(
+        request.match_info["key_id"],
+        by=principal_of(request).key_id,
+        allow_self=flags.allow_self,
+        allow_last_admin=flags.allow_last_admin,
+    )
+    if not revoked:
         raise NotFound(f"no key {request.match_info['key_id']!r}; list keys with GET /keys")
     return json_response({"success": True})
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import BadHttpMessage
 
 from apportion import jsonutil
 from apportion.errors import (
@@ -50,6 +51,17 @@ async def _read_upload(request: web.Request) -> tuple[Any, bytes, str]:
             "(.zip, .tar.gz, .tar.xz or .py)",
             path="body",
         )
+    try:
+        return await _read_parts(request)
+    except BadHttpMessage as exc:  # a malformed part header (a NUL, a bad line): the client's
+        raise InvalidRequest(
+            f"the multipart body is malformed ({exc.message}); send a form with parts "
+            "'record' and 'code'",
+            path="body",
+        ) from None
+
+
+async def _read_parts(request: web.Request) -> tuple[Any, bytes, str]:
     record: Any = None
     code: bytes | None = None
     filename = ""

@@ -75,7 +75,9 @@ async def list_events(request: web.Request) -> web.Response:
 @api.get("/metrics", scope=None, public=True, response_media="text/plain")
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus metrics in the text exposition format (no key needed)."""
-    body, content_type = request.app[STATUS].telemetry.render()
+    telemetry = request.app[STATUS].telemetry  # gauges read here, the text made in a thread
+    telemetry.refresh()
+    body, content_type = await asyncio.to_thread(telemetry.exposition)
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 

@@ -55,6 +55,13 @@ class EventsQuery(_Query):
     type: list[str] = Field(default_factory=list)
 
 
+class KeyRevokeQuery(_Query):
+    """``DELETE /keys/{key_id}``: the explicit flags a dangerous revoke needs (``true``)."""
+
+    allow_last_admin: bool = False  # revoke the last active admin key (no admin is left)
+    allow_self: bool = False  # revoke the key making this request
+
+
 class DashboardJobsQuery(_Query):
     """``GET /dashboard/jobs``: how many finished jobs to include."""
 

@@ -6,7 +6,13 @@ server and hands it to whoever counts: the allocation service (``allocations``,
 ``policy_latency``) and the event log (:meth:`Telemetry.observe_event` as a sink: ``events``,
 and ``admissions`` and ``dispatches`` from the job events). The GPU and queue gauges are read
 from their sources at every render.
-``GET /metrics`` serves :meth:`Telemetry.render`.
+``GET /metrics`` reads the sources on the event loop (:meth:`Telemetry.refresh`), then renders
+the text (:meth:`Telemetry.exposition`) in a thread, so a scrape never stalls an allocation.
+
+Label values are bounded: an allocation's ``policy`` label is the URI only when the app's
+``known`` predicate (the policy store) knows it, else ``unknown`` (:data:`UNKNOWN_POLICY`), so a
+client sending made-up policy names cannot grow the exposition; ``outcome`` is ``success`` or an
+error code of :mod:`apportion.errors`.
 """
 
 from __future__ import annotations
@@ -22,6 +28,10 @@ log = logging.getLogger(__name__)
 
 GpuSource = Callable[[], tuple[int, int, int]]
 QueueSource = Callable[[], dict[str, tuple[int, int]]]
+KnownPolicy = Callable[[str], bool]
+
+UNKNOWN_POLICY = "unknown"
+"""The ``policy`` label of every allocation that names a URI the policy store does not hold."""
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 """Policy evaluations: a built-in answers in about a millisecond, the default timeout is 10 s."""
@@ -33,8 +43,9 @@ class Telemetry:
     ==================================  =========  ==========================================
     metric                              kind       labels
     ==================================  =========  ==========================================
-    apportion_allocations_total         Counter    policy, outcome (``success`` or error code)
-    apportion_policy_latency_seconds    Histogram  policy
+    apportion_allocations_total         Counter    policy (a known URI or ``unknown``), outcome
+                                                   (``success`` or error code)
+    apportion_policy_latency_seconds    Histogram  policy (a known URI or ``unknown``)
     apportion_queue_depth               Gauge      queue (queued jobs)
     apportion_jobs_running              Gauge      queue
     apportion_admissions_total          Counter    queue
@@ -83,6 +94,7 @@ class Telemetry:
         )
         self._gpu_source: GpuSource | None = None
         self._queue_source: QueueSource | None = None
+        self._known_policy: KnownPolicy = lambda _uri: False
         self._allocation_children: dict[tuple[str, str], Any] = {}
         self._latency_children: dict[str, Any] = {}
 
@@ -96,9 +108,17 @@ class Telemetry:
         """``fn() -> {queue: (queued, running)}``, read at every render like the GPU source."""
         self._queue_source = fn
 
+    def set_known_policy(self, fn: KnownPolicy) -> None:
+        """Called once by the app: ``fn(uri)`` is True when the policy store holds ``uri``.
+        Until then every allocation is counted under ``unknown``."""
+        self._known_policy = fn
+
     def observe_allocation(self, policy: str, outcome: str, seconds: float) -> None:
         """Called by the allocation service after every decision (outcome: success or a code).
-        The labelled children are looked up once per (policy, outcome): this runs per request."""
+        The labelled children are looked up once per (policy, outcome): this runs per request.
+        A URI the policy store does not know is counted as ``unknown``."""
+        if not self._known_policy(policy):
+            policy = UNKNOWN_POLICY
         counter = self._allocation_children.get((policy, outcome))
         if counter is None:
             counter = self.allocations.labels(policy=policy, outcome=outcome)
@@ -121,7 +141,18 @@ class Telemetry:
             self.dispatches.labels(adapter=str(event.get("adapter", "")), outcome="failure").inc()
 
     def render(self) -> tuple[bytes, str]:
-        """The Prometheus text exposition and its content type (``GET /metrics``)."""
+        """:meth:`refresh` then :meth:`exposition`, in the caller's thread (tests, tools)."""
+        self.refresh()
+        return self.exposition()
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The Prometheus text exposition and its content type. Touches only prometheus_client's
+        (thread-safe) metric objects, so ``GET /metrics`` runs it in a worker thread."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def refresh(self) -> None:
+        """Read the GPU and queue sources into their gauges. Called on the event loop (the
+        sources read the fleet view and the job service, which live there)."""
         if self._gpu_source is not None:
             try:
                 held, free, total = self._gpu_source()
@@ -140,4 +171,3 @@ class Telemetry:
                 for queue, (queued, running) in queues.items():
                     self.queue_depth.labels(queue=queue).set(queued)
                     self.jobs_running.labels(queue=queue).set(running)
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -9,6 +9,10 @@
   library enforces it before the message is buffered); every other bad message
   gets an error answer and the connection stays open.
 * A token bucket per connection answers ``RateLimited`` beyond the rate.
+* At most ``gate.limit`` connections are open (:class:`~apportion.server.limits.ConnectionGate`):
+  one past it is aborted when accepted, unread. The handshake, key included, must be complete
+  within ``header_timeout`` seconds of the accept (``open_timeout``), so a connection without a
+  key, idle or trickling its request head, is closed then.
 """
 
 from __future__ import annotations
@@ -28,9 +32,10 @@ from apportion import jsonutil
 from apportion.allocation.messages import request_id_of
 from apportion.allocation.service import AllocationService
 from apportion.errors import ApportionError, RateLimited
-from apportion.server.auth import Principal, authenticate
+from apportion.server.auth import Principal, authenticate, one_authorization
 from apportion.server.dispatch import answer
 from apportion.server.keys import KeyStore
+from apportion.server.limits import ConnectionGate
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +59,29 @@ class TokenBucket:
         return False
 
 
+def _gated_connection(gate: ConnectionGate) -> type[ServerConnection]:
+    """The connection class of one server: each passes ``gate`` when accepted (or is aborted
+    before it is read) and leaves it when lost."""
+
+    class GatedConnection(ServerConnection):
+        admitted = False
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.admitted = gate.admit()
+            if not self.admitted:
+                assert isinstance(transport, asyncio.Transport)
+                transport.abort()
+                return
+            super().connection_made(transport)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.admitted:
+                gate.release()
+                super().connection_lost(exc)
+
+    return GatedConnection
+
+
 class AllocationWebSocket:
     """Serves :class:`AllocationService` over a WebSocket. ``start`` binds; ``close`` stops."""
 
@@ -67,6 +95,8 @@ class AllocationWebSocket:
         max_in_flight: int,
         rate_per_second: float,
         anonymous: Principal,
+        gate: ConnectionGate,
+        header_timeout: float,
     ) -> None:
         self._service = service
         self._keys = keys
@@ -75,6 +105,8 @@ class AllocationWebSocket:
         self._max_in_flight = max_in_flight
         self._rate = rate_per_second
         self._anonymous = anonymous
+        self.gate = gate
+        self._header_timeout = header_timeout
         self._principals: weakref.WeakKeyDictionary[ServerConnection, Principal] = (
             weakref.WeakKeyDictionary()
         )
@@ -95,6 +127,8 @@ class AllocationWebSocket:
             max_queue=self._max_in_flight,
             compression=None,
             server_header="Apportion",
+            open_timeout=self._header_timeout,
+            create_connection=_gated_connection(self.gate),
         )
 
     async def close(self) -> None:
@@ -109,7 +143,8 @@ class AllocationWebSocket:
             self._principals[connection] = self._anonymous
             return None
         try:
-            principal = await authenticate(self._keys, request.headers.get("Authorization"))
+            header = one_authorization(request.headers.get_all("Authorization"))
+            principal = await authenticate(self._keys, header)
         except ApportionError as exc:
             response = connection.respond(HTTPStatus.UNAUTHORIZED, exc.message + "\n")
             response.headers["WWW-Authenticate"] = "Bearer"
