@@ -133,6 +133,8 @@ class Server:
             limits=SandboxLimits(
                 memory_mb=settings.sandbox_memory_mb, timeout_seconds=settings.policy_timeout
             ),
+            code_roots=(settings.data_dir / "policies",),
+            unsandboxed=settings.unsandboxed_policies,
         )
         await sandbox.start()
         self._stack.push_async_callback(sandbox.close)

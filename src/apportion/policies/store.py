@@ -4,16 +4,19 @@ Three sources, one namespace of URIs:
 
 * ``builtin`` — ``binpack``, ``spread``, ``topology``, ``similarity``; always present, never replaced.
 * ``policy_dir`` — operator-trusted policies from ``--policy-dir``, run in-process, hot-reloaded.
-* ``upload`` — ``POST /policies``; code unpacked into ``<data dir>/policies/<sha256>/`` and run
-  only in sandbox workers.
+* ``upload`` — ``POST /policies``; code unpacked into ``<data dir>/policies/<sha256>/`` (the
+  directory named by the sha256 of its tree, made read-only, the digest checked again when the
+  store loads it) and run only in sandbox workers.
 
 Versions are immutable: a URI that exists is never overwritten (``Conflict``);
-a new version is a new URI. Records live in the ``policies`` table; the
-in-memory index answers every lookup.
+a new version is a new URI. A deleted URI stays a tombstone (its row, ``source`` ``"deleted"``),
+so a URI once used never names other code: uploading it again is a ``Conflict`` too. Records
+live in the ``policies`` table; the in-memory index answers every lookup.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 import time
@@ -25,12 +28,14 @@ from typing import Any, Literal
 
 from apportion import jsonutil
 from apportion.errors import Conflict, Forbidden, InvalidRequest, UnknownPolicy
-from apportion.policies.archive import sha256_hex, unpack_policy_code
+from apportion.policies.archive import seal, tree_sha256, unpack_policy_code
 from apportion.policies.protocol import PlacementPolicy
 from apportion.policies.records import PolicyRecord
 from apportion.policies.uri import PolicyURI
 from apportion.store.db import Database
-from apportion.store.repos.policies import PolicyRepo, PolicyRow
+from apportion.store.repos.policies import DELETED, PolicyRepo, PolicyRow
+
+log = logging.getLogger(__name__)
 
 Source = Literal["builtin", "policy_dir", "upload"]
 PolicyChange = Literal["created", "replaced", "deleted"]
@@ -61,6 +66,18 @@ class PolicyEntry:
         return self.record.public(source=self.source, warnings=list(self.warnings))
 
 
+def _intact(row: PolicyRow) -> bool:
+    """Whether an uploaded policy's code directory is named by, and still has, its digest."""
+    if row.code_path is None:
+        return True
+    code_dir = Path(row.code_path)
+    return (
+        code_dir.is_dir()
+        and code_dir.name == row.code_sha256
+        and tree_sha256(code_dir) == row.code_sha256
+    )
+
+
 def _unknown(uri: str) -> UnknownPolicy:
     return UnknownPolicy(
         f"no policy {uri!r} in the store; list them with GET /policies "
@@ -76,12 +93,25 @@ class PolicyStore:
         self._repo = PolicyRepo(db)
         self._code_root = data_dir / "policies"
         self._entries: dict[str, PolicyEntry] = {}
+        self._tombstones: set[str] = set()
 
     async def load(self, builtins: Mapping[str, PolicyEntry]) -> None:
         """Register the built-ins (``policies.catalog``), then read the uploaded policies from
         the database."""
         self._entries.update(builtins)
         for row in await self._repo.all():
+            if row.source == DELETED:
+                self._tombstones.add(row.uri)
+                continue
+            if not _intact(row):
+                log.error(
+                    "policy %s is left out: its stored code %s does not match its sha256 %s "
+                    "(changed on disk); upload the code again as a new version",
+                    row.uri,
+                    row.code_path,
+                    row.code_sha256,
+                )
+                continue
             stored = jsonutil.loads(row.record)
             warnings = tuple(stored.pop("_warnings", ()))
             record = PolicyRecord.model_validate(stored)
@@ -110,16 +140,23 @@ class PolicyStore:
                 f"policy {uri} exists and versions are immutable; upload it as a new version",
                 details={"policy_rule_uri": uri},
             )
-        digest = sha256_hex(code)
-        code_dir = self._code_root / digest
-        if not code_dir.exists():
-            self._code_root.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=".upload-", dir=self._code_root))
-            try:
-                root = unpack_policy_code(code, filename, staging)
+        if uri in self._tombstones:
+            raise Conflict(
+                f"policy {uri} was deleted, and a URI once used never names other code; "
+                "upload it as a new version (another version or release tag)",
+                details={"policy_rule_uri": uri, "deleted": True},
+            )
+        self._code_root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".upload-", dir=self._code_root))
+        try:
+            root = unpack_policy_code(code, filename, staging)
+            digest = tree_sha256(root)
+            code_dir = self._code_root / digest
+            if not code_dir.exists():
                 shutil.move(str(root), code_dir)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
+                seal(code_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         warnings = []
         requirements = code_dir / "code" / "requirements.txt"
         if requirements.is_file() and requirements.read_text(errors="replace").strip():
@@ -154,6 +191,7 @@ class PolicyStore:
             )
         await self._repo.delete(uri)
         del self._entries[uri]
+        self._tombstones.add(uri)
 
     def set_local(self, entries: Mapping[str, PolicyEntry]) -> Sequence[tuple[str, PolicyChange]]:
         """Replace the ``policy_dir`` policies with ``entries`` (hot reload) and return what

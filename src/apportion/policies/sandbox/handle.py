@@ -31,9 +31,11 @@ from typing import TYPE_CHECKING, Any
 
 from apportion import jsonutil
 from apportion.errors import Internal
+from apportion.policies.sandbox.jail import JAIL_TMP
 from apportion.policies.sandbox.worker import HEADER
 
 if TYPE_CHECKING:
+    from apportion.policies.sandbox.jail import Jail
     from apportion.policies.sandbox.pool import SandboxLimits, SandboxServices
 
 # The pool's documented logger name: worker stderr is logged under it.
@@ -71,9 +73,12 @@ def encode_frame(obj: Any) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
-def _describe(returncode: int | None, limits: SandboxLimits) -> str:
+def _describe(returncode: int | None, limits: SandboxLimits, jailed: bool) -> str:
+    """How the worker ended; a jail (``bwrap``) reports a signal as exit code 128 + signal."""
     if returncode is None:
         return "did not exit"
+    if jailed and 128 < returncode < 128 + 65:
+        returncode = 128 - returncode
     if returncode >= 0:
         return f"exited with code {returncode}"
     try:
@@ -95,13 +100,19 @@ class WorkerHandle:
     the worker reported ready and raises :class:`Internal` if it could not start or did not.
     """
 
-    def __init__(self, limits: SandboxLimits) -> None:
+    def __init__(self, limits: SandboxLimits, jail: Jail | None) -> None:
         self.limits = limits
+        self.jailed = jail is not None
         self.cwd = tempfile.mkdtemp(prefix="apportion-sandbox-")
         argv = [sys.executable, "-I", "-B", "-m", WORKER_MODULE]
         argv += ["--memory-mb", str(limits.memory_mb), "--cpu-seconds", str(limits.cpu_seconds)]
         argv += ["--max-message-bytes", str(limits.max_message_bytes)]
         env = dict(_ENV, HOME=self.cwd, TMPDIR=self.cwd)
+        if jail is not None:  # the worker's cwd is the jail's private tmpfs, not self.cwd
+            argv += ["--uid", str(jail.uid), "--gid", str(jail.gid)]
+            argv += ["--max-processes", str(limits.max_processes)]
+            argv = jail.argv(argv, tmp_mb=limits.tmp_mb)
+            env = dict(_ENV, HOME=JAIL_TMP, TMPDIR=JAIL_TMP)
         try:
             self.proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
                 argv,
@@ -207,7 +218,7 @@ class WorkerHandle:
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
             shutil.rmtree(self.cwd, ignore_errors=True)
-            return _describe(self.proc.returncode, self.limits)
+            return _describe(self.proc.returncode, self.limits, self.jailed)
 
     def close(self) -> str:
         """Kill, then close the protocol pipes; only from the thread that owns the worker."""
