@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from apportion import jsonutil
 from apportion.errors import Internal
-from apportion.policies.sandbox.jail import JAIL_TMP
+from apportion.policies.sandbox.jail import JAIL_TMP, WorkerCgroups
 from apportion.policies.sandbox.worker import HEADER
 
 if TYPE_CHECKING:
@@ -108,10 +108,14 @@ class WorkerHandle:
         argv += ["--memory-mb", str(limits.memory_mb), "--cpu-seconds", str(limits.cpu_seconds)]
         argv += ["--max-message-bytes", str(limits.max_message_bytes)]
         env = dict(_ENV, HOME=self.cwd, TMPDIR=self.cwd)
+        self.cgroups: WorkerCgroups | None = None
         if jail is not None:  # the worker's cwd is the jail's private tmpfs, not self.cwd
             argv += ["--uid", str(jail.uid), "--gid", str(jail.gid)]
             argv += ["--max-processes", str(limits.max_processes)]
-            argv = jail.argv(argv, tmp_mb=limits.tmp_mb)
+            if jail.cgroups:
+                self.cgroups = WorkerCgroups(limits.memory_mb * 2**20, limits.max_processes)
+                argv.append("--join-cgroups")
+            argv = jail.argv(argv, tmp_mb=limits.tmp_mb, cgroups=self.cgroups)
             env = dict(_ENV, HOME=JAIL_TMP, TMPDIR=JAIL_TMP)
         try:
             self.proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
@@ -126,6 +130,8 @@ class WorkerHandle:
             )
         except OSError as exc:
             shutil.rmtree(self.cwd, ignore_errors=True)
+            if self.cgroups is not None:
+                self.cgroups.remove()
             raise Internal(f"a sandbox worker could not be started: {exc}") from None
         assert self.proc.stdin and self.proc.stdout and self.proc.stderr
         self.wfd, self.rfd = self.proc.stdin.fileno(), self.proc.stdout.fileno()
@@ -218,6 +224,8 @@ class WorkerHandle:
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
             shutil.rmtree(self.cwd, ignore_errors=True)
+            if self.cgroups is not None:
+                self.cgroups.remove()
             return _describe(self.proc.returncode, self.limits, self.jailed)
 
     def close(self) -> str:

@@ -22,6 +22,10 @@ What a jailed worker gets (docs/security.md, "Policy sandbox"):
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import logging
+import os
 import pwd
 import shutil
 import subprocess
@@ -32,6 +36,8 @@ from pathlib import Path
 
 import apportion
 
+logger = logging.getLogger("apportion.policies.sandbox.pool")
+
 SANDBOX_USER = "apportion-sandbox"
 INSTALL_HINT = (
     "install Debian's bubblewrap and create the sandbox user: run `bash scripts/sandbox_up.sh` "
@@ -39,6 +45,13 @@ INSTALL_HINT = (
     "APPORTION_UNSANDBOXED_POLICIES=true to run non-built-in policies without a sandbox"
 )
 _PROBE_SECONDS = 30.0
+CGROUP_V1 = Path("/sys/fs/cgroup")
+CGROUP_PARENT = "apportion-sandbox"
+# Inside the jail: the worker writes "0" here (itself) before it drops root, so it and every
+# process it or its policy starts count against its cgroups' limits.
+JAIL_CGROUP_PROCS = {"memory": "/run/cgroup-memory.procs", "pids": "/run/cgroup-pids.procs"}
+_CGROUP_NAMES = itertools.count()
+_stale: list[Path] = []  # cgroups whose processes were still exiting when the worker was reaped
 JAIL_TMP = "/tmp"  # noqa: S108 - inside the jail: its own private tmpfs, nobody else's
 
 
@@ -46,18 +59,91 @@ class JailUnavailable(Exception):
     """No sandbox can be built here; the message says why and what to install."""
 
 
+class WorkerCgroups:
+    """A worker's own cgroup v1 ``memory`` and ``pids`` groups: the memory and process caps of
+    its whole process tree (rlimits are per process; these are not).
+
+    Made by :class:`~apportion.policies.sandbox.handle.WorkerHandle` before it starts a jailed
+    worker, :meth:`remove` d after it reaped it. Under ``/sys/fs/cgroup/{memory,pids}/
+    apportion-sandbox/``; a group whose last processes were still exiting is removed later.
+    """
+
+    def __init__(self, memory_bytes: int, max_processes: int) -> None:
+        name = f"{os.getpid()}-{next(_CGROUP_NAMES)}"
+        self.memory = CGROUP_V1 / "memory" / CGROUP_PARENT / name
+        self.pids = CGROUP_V1 / "pids" / CGROUP_PARENT / name
+        _remove_stale()
+        self.memory.mkdir(parents=True)
+        self.pids.mkdir(parents=True)
+        (self.memory / "memory.limit_in_bytes").write_text(str(memory_bytes))
+        swap = self.memory / "memory.memsw.limit_in_bytes"  # no swapping past the limit either
+        if swap.exists():
+            swap.write_text(str(memory_bytes))
+        (self.pids / "pids.max").write_text(str(max_processes))
+
+    def binds(self) -> list[str]:
+        """The ``bwrap`` arguments that let the worker enter both groups."""
+        return [
+            *("--bind", str(self.memory / "cgroup.procs"), JAIL_CGROUP_PROCS["memory"]),
+            *("--bind", str(self.pids / "cgroup.procs"), JAIL_CGROUP_PROCS["pids"]),
+        ]
+
+    def remove(self) -> None:
+        """Remove both groups (later, if processes in them are still exiting)."""
+        for group in (self.memory, self.pids):
+            try:
+                group.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError:  # EBUSY: the PID namespace is still being torn down
+                _stale.append(group)
+
+
+def _remove_stale() -> None:
+    """Remove this server's groups left busy earlier, and those of servers that have ended."""
+    for group in list(_stale):
+        with contextlib.suppress(OSError):
+            group.rmdir()
+            _stale.remove(group)
+    for controller in ("memory", "pids"):
+        parent = CGROUP_V1 / controller / CGROUP_PARENT
+        with contextlib.suppress(OSError):
+            for group in parent.iterdir():
+                owner = group.name.partition("-")[0]
+                if group.is_dir() and owner.isdigit() and not Path(f"/proc/{owner}").exists():
+                    with contextlib.suppress(OSError):
+                        group.rmdir()
+
+
+def cgroups_available() -> bool:
+    """Whether this process may make cgroup v1 ``memory`` and ``pids`` groups (root, v1)."""
+    for controller in ("memory", "pids"):
+        parent = CGROUP_V1 / controller / CGROUP_PARENT
+        try:
+            parent.mkdir(exist_ok=True)
+        except OSError:
+            return False
+        if not (parent / "cgroup.procs").exists():
+            return False
+    return True
+
+
 @dataclass(frozen=True)
 class Jail:
-    """How to start a jailed worker: ``bwrap``, the sandbox uid/gid and what it may read."""
+    """How to start a jailed worker: ``bwrap``, the sandbox uid/gid, what it may read, and
+    whether each worker gets its own cgroups (else only rlimits cap it)."""
 
     bwrap: str
     uid: int
     gid: int
     read_only: tuple[Path, ...]
+    cgroups: bool
 
-    def argv(self, command: list[str], *, tmp_mb: int) -> list[str]:
+    def argv(
+        self, command: list[str], *, tmp_mb: int, cgroups: WorkerCgroups | None = None
+    ) -> list[str]:
         """``command`` wrapped in ``bwrap`` (an argv list; the command's paths must be inside
-        :attr:`read_only`)."""
+        :attr:`read_only`), with ``cgroups``' files bound in when given."""
         argv = [self.bwrap, "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts"]
         argv += ["--unshare-cgroup-try", "--die-with-parent", "--new-session"]
         argv += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
@@ -76,6 +162,8 @@ class Jail:
                     made.add(parent)
                     argv += ["--perms", "0755", "--dir", str(parent)]
             argv += ["--ro-bind", str(path), str(path)]
+        if cgroups is not None:
+            argv += cgroups.binds()
         return [*argv, "--chdir", JAIL_TMP, "--", *command]
 
 
@@ -117,7 +205,8 @@ def find_jail(code_roots: tuple[Path, ...]) -> Jail:
     for root in code_roots:
         root.mkdir(parents=True, exist_ok=True)
     roots = [root.resolve() for root in code_roots]
-    jail = Jail(bwrap, user.pw_uid, user.pw_gid, _outermost([*runtime_paths(), *roots]))
+    read_only = _outermost([*runtime_paths(), *roots])
+    jail = Jail(bwrap, user.pw_uid, user.pw_gid, read_only, cgroups_available())
     command = [sys.executable, "-I", "-B", "-c", "pass"]
     try:
         probe = subprocess.run(  # noqa: S603 - fixed argv, no shell
@@ -134,5 +223,11 @@ def find_jail(code_roots: tuple[Path, ...]) -> Jail:
         raise JailUnavailable(
             f"bwrap cannot create a sandbox here (exit {probe.returncode}: {said}); it needs to "
             f"run as root with namespaces allowed; {INSTALL_HINT}"
+        )
+    if not jail.cgroups:
+        logger.warning(
+            "cgroup v1 memory/pids groups cannot be made here: each sandbox worker's memory is "
+            "capped per process (RLIMIT_AS) and its processes by RLIMIT_NPROC of %s only",
+            SANDBOX_USER,
         )
     return jail

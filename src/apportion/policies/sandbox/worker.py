@@ -80,6 +80,18 @@ def _limit(which: int, value: int, hard: int | None = None) -> None:
     resource.setrlimit(which, (min(value, hard), hard))
 
 
+# Where a jail binds this worker's cgroups' ``cgroup.procs`` (jail.JAIL_CGROUP_PROCS; the worker
+# imports only the standard library and the loader, so the paths are repeated here).
+CGROUP_PROCS = ("/run/cgroup-memory.procs", "/run/cgroup-pids.procs")
+
+
+def join_cgroups() -> None:
+    """Move this process into its own memory and pids cgroups (still root: before dropping)."""
+    for procs in CGROUP_PROCS:
+        with open(procs, "w") as out:
+            out.write("0")
+
+
 def drop_privileges(uid: int, gid: int) -> None:
     """Become ``uid``/``gid`` for good (real, effective and saved; no supplementary groups).
 
@@ -298,8 +310,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--uid", type=int, help="jailed: the sandbox user to become")
     parser.add_argument("--gid", type=int, help="jailed: the sandbox group to become")
     parser.add_argument("--max-processes", type=int, help="jailed: RLIMIT_NPROC")
+    parser.add_argument("--join-cgroups", action="store_true", help="jailed: enter cgroups")
     args = parser.parse_args(argv)
     jailed = args.uid is not None and args.gid is not None
+    if jailed and args.join_cgroups:
+        join_cgroups()
     if jailed:
         drop_privileges(args.uid, args.gid)
     apply_limits(args.memory_mb, args.cpu_seconds, args.max_processes if jailed else None)
