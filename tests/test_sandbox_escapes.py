@@ -214,6 +214,8 @@ async def test_a_slow_policy_cannot_take_every_worker() -> None:
             )  # type: ignore[arg-type]
             for _ in range(2)
         ]
+        for _ in range(3):  # yield: both slow calls ask for a worker before the quick one
+            await asyncio.sleep(0)
         quick = await pool.evaluate(call("quick:1", "misbehave", None), None)  # type: ignore[arg-type]
         assert quick.output["mode"] is None
         assert not any(task.done() for task in slow)  # answered while both slow calls waited
