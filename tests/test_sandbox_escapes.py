@@ -222,3 +222,19 @@ async def test_a_slow_policy_cannot_take_every_worker() -> None:
         await asyncio.gather(*slow)
     finally:
         await pool.close()
+
+
+async def test_policy_dir_code_runs_only_in_the_sandbox(tmp_path: Path) -> None:
+    marker = tmp_path / "imported-in-the-server"
+    code = tmp_path / "policies" / "operator" / "code"
+    code.mkdir(parents=True)
+    escape = (POLICIES / "escape" / "code" / "function.py").read_text()
+    top_level = f"try:\n    open({str(marker)!r}, 'w').close()\nexcept OSError:\n    pass\n"
+    (code / "function.py").write_text(top_level + escape)
+    async with running_server(tmp_path / "data", policy_dir=tmp_path / "policies") as live:
+        url = f"{live.url}/policies/operator:0.0-dev/management"
+        async with live.http.post(url, json={"action": "whoami", "data": {}}) as response:
+            assert response.status == 200, await response.text()
+            answer = (await response.json())["data"]
+    assert answer["uid"] == pwd.getpwnam(SANDBOX_USER).pw_uid
+    assert not marker.exists()  # neither the scan nor the check imported it in the server

@@ -14,6 +14,7 @@ throw-away SQLite file; the policy folder is loaded with the server's loader
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from apportion.policies.catalog import builtin_catalog
 from apportion.policies.clients import RegistryServices
 from apportion.policies.policy_dir import load_policy_folder
 from apportion.policies.runtime import PolicyRuntime
-from apportion.policies.sandbox.pool import SandboxPool
+from apportion.policies.sandbox.pool import SandboxLimits, SandboxPool
 from apportion.policies.store import PolicyStore
 from apportion.registry.service import Registry
 from apportion.store.db import Database
@@ -96,12 +97,14 @@ async def run_offline(
     clusters: Sequence[str] | None = None,
     filter: Mapping[str, Any] | None = None,
     timeout_seconds: float = 10.0,
+    unsandboxed: bool = False,
 ) -> OfflineResult:
     """Evaluate ``policy`` (a policy folder, or a built-in URI like ``binpack:1.0-stable``) on
     ``snapshot`` for ``inputs``. Raises the server's typed errors
     (:mod:`apportion.errors`): ``InvalidRequest`` for a bad snapshot, folder or request,
     ``NoFeasiblePlacement`` with per-candidate reasons, ``PolicyError`` when the policy raises,
-    ``PolicyTimeout``, ``InvalidPolicyOutput`` when its answer does not validate."""
+    ``PolicyTimeout``, ``InvalidPolicyOutput`` when its answer does not validate. A policy
+    folder runs in the sandbox (docs/security.md) unless ``unsandboxed`` says otherwise."""
     catalog = builtin_catalog()
     folder = Path(policy) if not isinstance(policy, str) or policy not in catalog else None
     if folder is not None and not folder.is_dir():
@@ -112,7 +115,7 @@ async def run_offline(
         )
     with tempfile.TemporaryDirectory(prefix="apportion-offline-") as tmp:
         db = await Database.open(f"sqlite:///{tmp}/offline.db")
-        runtime: PolicyRuntime | None = None
+        sandbox: SandboxPool | None = None
         holds: HoldManager | None = None
         try:
             registry = Registry(db)
@@ -120,15 +123,20 @@ async def run_offline(
             await _load_registry(registry, snapshot)
             store = PolicyStore(db, Path(tmp))
             await store.load(catalog)
+            sandbox = SandboxPool(
+                size=1,
+                limits=SandboxLimits(timeout_seconds=timeout_seconds),
+                code_roots=(Path(tmp) / "policies",),
+                unsandboxed=unsandboxed,
+            )
+            runtime = PolicyRuntime(db, RegistryServices(registry), sandbox)
             if folder is not None:
-                entry = load_policy_folder(folder.resolve())
+                entry = await asyncio.to_thread(load_policy_folder, folder.resolve(), store)
+                await runtime.check(entry)
                 store.set_local({entry.uri: entry})
                 uri = entry.uri
             else:
                 uri = str(policy)
-            runtime = PolicyRuntime(
-                db, RegistryServices(registry), SandboxPool(size=1), timeout_seconds=timeout_seconds
-            )
             holds = HoldManager(db, registry.fleet)
             await holds.start()
             service = AllocationService(
@@ -151,8 +159,8 @@ async def run_offline(
         finally:
             if holds is not None:
                 await holds.close()
-            if runtime is not None:
-                await runtime.close()
+            if sandbox is not None:
+                await sandbox.close()
             await db.close()
     assert answer.decision is not None  # asked for with explain
     return OfflineResult(

@@ -3,7 +3,8 @@
 Three sources, one namespace of URIs:
 
 * ``builtin`` — ``binpack``, ``spread``, ``topology``, ``similarity``; always present, never replaced.
-* ``policy_dir`` — operator-trusted policies from ``--policy-dir``, run in-process, hot-reloaded.
+* ``policy_dir`` — operator policies from ``--policy-dir``, hot-reloaded; each version's code is
+  copied into the code store (as an upload's is) and run only in sandbox workers.
 * ``upload`` — ``POST /policies``; code unpacked into ``<data dir>/policies/<sha256>/`` (the
   directory named by the sha256 of its tree, made read-only, the digest checked again when the
   store loads it) and run only in sandbox workers.
@@ -20,7 +21,7 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -48,9 +49,9 @@ class PolicyEntry:
 
     record: PolicyRecord
     source: Source
-    policy_class: type | None = None  # in-process seed-contract classes (builtin, policy_dir)
+    policy_class: type | None = None  # built-in seed-contract classes (run in-process)
     placer: PlacementPolicy | None = None  # built-in placement policies: the internal protocol
-    code_dir: Path | None = None  # uploaded policies (sandboxed)
+    code_dir: Path | None = None  # uploaded and policy-dir policies (sandboxed): stored code
     warnings: tuple[str, ...] = field(default_factory=tuple)
 
     @cached_property
@@ -60,7 +61,8 @@ class PolicyEntry:
 
     @property
     def sandboxed(self) -> bool:
-        return self.source == "upload"
+        """Whether it runs in the sandbox: every policy that is not a built-in."""
+        return self.source != "builtin"
 
     def public(self) -> dict[str, Any]:
         return self.record.public(source=self.source, warnings=list(self.warnings))
@@ -146,17 +148,8 @@ class PolicyStore:
                 "upload it as a new version (another version or release tag)",
                 details={"policy_rule_uri": uri, "deleted": True},
             )
-        self._code_root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".upload-", dir=self._code_root))
-        try:
-            root = unpack_policy_code(code, filename, staging)
-            digest = tree_sha256(root)
-            code_dir = self._code_root / digest
-            if not code_dir.exists():
-                shutil.move(str(root), code_dir)
-                seal(code_dir)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        code_dir = self._keep(lambda staging: unpack_policy_code(code, filename, staging))
+        digest = code_dir.name
         warnings = []
         requirements = code_dir / "code" / "requirements.txt"
         if requirements.is_file() and requirements.read_text(errors="replace").strip():
@@ -181,6 +174,42 @@ class PolicyStore:
         )
         self._entries[uri] = entry
         return entry
+
+    def _keep(self, fill: Callable[[Path], Path]) -> Path:
+        """Store a code tree under ``<code root>/<tree sha256>/``, read-only; return that path.
+
+        ``fill`` writes the tree into an empty staging directory (inside the code root) and
+        answers its root; a tree already stored is kept once."""
+        self._code_root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self._code_root))
+        try:
+            root = fill(staging)
+            code_dir = self._code_root / tree_sha256(root)
+            if not code_dir.exists():
+                shutil.move(str(root), code_dir)
+                seal(code_dir)
+            return code_dir
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def keep_folder(self, folder: Path) -> Path:
+        """Copy a ``--policy-dir`` folder's files (not ``__pycache__``, not links) into the code
+        store and return the stored, read-only copy (file I/O: may run on a worker thread)."""
+
+        def skipped(directory: str, names: list[str]) -> list[str]:
+            return [
+                name
+                for name in names
+                if name == "__pycache__"
+                or name.startswith(".")
+                or Path(directory, name).is_symlink()
+            ]
+
+        def fill(staging: Path) -> Path:
+            shutil.copytree(folder, staging / "tree", ignore=skipped)
+            return staging / "tree"
+
+        return self._keep(fill)
 
     async def delete(self, uri: str) -> None:
         entry = self.get(uri)
