@@ -202,8 +202,11 @@ def find_jail(code_roots: tuple[Path, ...]) -> Jail:
         user = pwd.getpwnam(SANDBOX_USER)
     except KeyError:
         raise JailUnavailable(f"the user {SANDBOX_USER} does not exist; {INSTALL_HINT}") from None
-    for root in code_roots:
+    for root in code_roots:  # the sandbox user must be able to enter (never to write) them
         root.mkdir(parents=True, exist_ok=True)
+        mode = root.stat().st_mode
+        if mode & 0o555 != 0o555:
+            root.chmod(mode | 0o555)
     roots = [root.resolve() for root in code_roots]
     read_only = _outermost([*runtime_paths(), *roots])
     jail = Jail(bwrap, user.pw_uid, user.pw_gid, read_only, cgroups_available())
