@@ -466,3 +466,37 @@ def test_an_orphaned_worker_exits_and_removes_its_cwd(tmp_path: Path) -> None:
     assert worker.wait(timeout=10) == 0
     worker.stdout.close()
     assert not cwd.exists()
+
+
+async def test_without_bwrap_non_builtin_policies_are_refused_naming_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no bwrap on it
+    sandbox = SandboxPool(code_roots=(POLICIES,), size=1)
+    assert "bwrap" in caplog.text and "refused" in caplog.text
+    await sandbox.start()  # starts nothing
+    try:
+        with pytest.raises(PolicyError) as caught:
+            await sandbox.evaluate(misbehave(None), Services())
+        assert MISBEHAVE in caught.value.message
+        assert "bubblewrap" in caught.value.message
+        assert "scripts/sandbox_up.sh" in caught.value.message
+        assert "APPORTION_UNSANDBOXED_POLICIES" in caught.value.message
+        with pytest.raises(InvalidRequest) as refused:
+            await sandbox.validate("c:1", POLICIES / "clients")
+        assert "bubblewrap" in refused.value.message
+    finally:
+        await sandbox.close()
+
+
+async def test_the_unsandboxed_opt_in_runs_them_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    sandbox = SandboxPool(code_roots=(POLICIES,), size=1, unsandboxed=True)
+    assert "WITHOUT a sandbox" in caplog.text
+    try:
+        result = await sandbox.evaluate(misbehave(None), Services())
+        assert result.output["mode"] is None
+    finally:
+        await sandbox.close()
