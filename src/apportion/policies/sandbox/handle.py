@@ -2,8 +2,10 @@
 
 Used by :class:`apportion.policies.sandbox.slot.Slot`, from one exchange thread at a time. The
 worker (``worker.py``) is spawned with an argv list, a clean minimal environment (nothing
-of the server's, no ``APPORTION_*``), a private temporary cwd and its own session (so a kill takes
-its children too). Its stdin and stdout carry the private protocol (length-prefixed JSON frames);
+of the server's, no ``APPORTION_*``) and its own session (so a kill takes its children too):
+inside a ``bwrap`` jail with its own cgroups when the pool has a jail (``jail.py``; killing the
+jail's outer process ends its PID namespace and everything in it), else with a private
+temporary cwd (the ``unsandboxed_policies`` opt-in). Its stdin and stdout carry the private protocol (length-prefixed JSON frames);
 its stderr is drained by a thread into the logger ``apportion.policies.sandbox.pool`` (DEBUG), so a
 chatty policy can never block it. While an exchange is in progress, the worker's client calls are
 answered from the given :class:`~apportion.policies.sandbox.pool.SandboxServices`.

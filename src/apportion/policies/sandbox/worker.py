@@ -1,13 +1,17 @@
 """The sandbox worker process: evaluates untrusted seed-format policies (run by ``sandbox.py``).
 
 Started as ``python -I -B -m apportion.policies.sandbox.worker --memory-mb N --cpu-seconds N
---max-message-bytes N`` with a clean environment, a private cwd and its own session. Before any
+--max-message-bytes N`` with a clean environment. In a jail (``jail.py``) it also gets ``--uid``,
+``--gid``, ``--max-processes`` and ``--join-cgroups``: still root (holding only CAP_SETUID and
+CAP_SETGID), it enters its own cgroups, then drops to the sandbox user for good. Before any
 policy code is loaded it sets resource limits (address space, CPU seconds, open files, file
-size, no core dumps), moves the protocol off stdin/stdout onto private descriptors and points
-fd 1 and ``sys.stdout`` at stderr, so a policy's ``print`` cannot corrupt the protocol.
+size, no core dumps, and in a jail RLIMIT_NPROC), moves the protocol off stdin/stdout onto
+private descriptors and points fd 1 and ``sys.stdout`` at stderr, so a policy's ``print`` cannot
+corrupt the protocol. In a jail, an answer says ``"spawned": true`` when a process the policy
+started is still alive in the worker's PID namespace, and the parent then replaces the worker.
 
-``RLIMIT_NPROC`` is not set: it counts every process of the *user*, not of this worker, so a
-limit low enough to matter would also stop the server (and other workers) from forking.
+Unjailed (the ``unsandboxed_policies`` opt-in) ``RLIMIT_NPROC`` is not set: it would count every
+process of the server's user, so a limit low enough to matter would also stop the server.
 
 Protocol: frames of a 4-byte big-endian length and a UTF-8 JSON object, both ways. It imports
 only the standard library and the small ``loader`` module, so it starts fast.
