@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit slurm chromium web bench clean
+.PHONY: demo test lint typecheck unit slurm chromium sandbox web bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP) web
 	$(BIN)/apportion demo
 
-test: lint typecheck slurm chromium web unit
+test: lint typecheck slurm chromium sandbox web unit
 
 # A real single-host Slurm for the Slurm adapter's tests (scripts/slurm_up.sh installs it with
 # apt where it can). Without it the Slurm tests skip and say why — except under CI=true, where
@@ -51,6 +51,16 @@ chromium:
 		|| { [ "$$CI" != "true" ] || exit 1; echo "Chromium could not be installed; the browser tests will skip"; }; \
 	elif [ "$$CI" = "true" ]; then echo "CI=true: /usr/bin/chromium is missing and this is not root"; exit 1; \
 	else echo "not root: the dashboard's browser tests will skip unless /usr/bin/chromium exists"; fi
+
+# The policy sandbox: Debian's bubblewrap and the user apportion-sandbox (scripts/sandbox_up.sh).
+# Without them the sandbox tests skip and say why, and the server tests run policies with
+# unsandboxed_policies (tests/sandbox_env.py) — except under CI=true, where this step and those tests fail.
+sandbox:
+	@if command -v bwrap >/dev/null && getent passwd apportion-sandbox >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		bash scripts/sandbox_up.sh || { [ "$$CI" != "true" ] || exit 1; echo "the policy sandbox could not be set up; its tests will skip"; }; \
+	elif [ "$$CI" = "true" ]; then echo "CI=true: bwrap or the user apportion-sandbox is missing and this is not root"; exit 1; \
+	else echo "not root: the policy sandbox tests will skip unless scripts/sandbox_up.sh ran"; fi
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/allocation.py

@@ -43,6 +43,7 @@ async def serve(nodes: int, per_cluster: int, admin_key: str, data_dir: Path) ->
         for doc in docs:
             await server.context.registry.upsert_cluster(doc)
         import gc
+
         gc.collect()
         gc.freeze()
         ready = {

@@ -15,6 +15,7 @@ from apportion import jsonutil
 from apportion.app import Server
 from apportion.config import Settings
 from apportion.demo import demo_clusters
+from tests.sandbox_env import unsandboxed_unless_jailed
 
 ADMIN_KEY = "test-admin-key-0123456789abcdef"
 
@@ -30,6 +31,7 @@ def server_settings(data_dir: Path, **overrides: Any) -> Settings:
         "write_credentials": False,
         "sandbox_workers": 1,
         "policy_timeout": 5.0,
+        "unsandboxed_policies": unsandboxed_unless_jailed(),
     }
     values.update(overrides)
     return Settings(**values)

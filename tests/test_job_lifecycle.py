@@ -167,7 +167,9 @@ async def test_a_stop_lets_an_admission_cycle_under_way_finish(tmp_path: Path) -
     policies = tmp_path / "policies"
     async with running_server(data) as live:
         await live.load_demo_fleet()
-    server = Server(server_settings(data, policy_dir=policies))
+    # the policy talks to the test through files in tmp_path: it needs no jail (this is about
+    # the admission cycle), so it runs unsandboxed
+    server = Server(server_settings(data, policy_dir=policies, unsandboxed_policies=True))
     await server.start()
     stopping: asyncio.Task[None] | None = None
     try:
@@ -195,7 +197,7 @@ async def test_a_stop_lets_an_admission_cycle_under_way_finish(tmp_path: Path) -
     assert server.background.tasks() == []
     # the cycle admitted and dispatched the job before the store closed: the next start
     # adopts it, and its placement is not decided a second time
-    async with running_server(data, policy_dir=policies) as live:
+    async with running_server(data, policy_dir=policies, unsandboxed_policies=True) as live:
         record = await wait_for(live, job_id, "completed", "failed")
         history = await statuses(live, job_id)
         async with live.http.get(f"{live.url}/fleet") as response:

@@ -49,7 +49,12 @@ async def test_a_job_cancelled_while_it_is_placed_never_runs(tmp_path: Path) -> 
     code = tmp_path / "policies" / "gated" / "code"
     code.mkdir(parents=True)
     (code / "function.py").write_text(POLICY.format(started=str(started), gate=str(gate)))
-    async with running_server(tmp_path / "d", policy_dir=tmp_path / "policies") as live:
+    # the policy talks to the test through files in tmp_path: it needs no jail (this is about
+    # the admission cycle), so it runs unsandboxed
+    policies = tmp_path / "policies"
+    async with running_server(
+        tmp_path / "d", policy_dir=policies, unsandboxed_policies=True
+    ) as live:
         await live.load_demo_fleet()
         command = [PY, "-c", f"open({str(marker)!r}, 'a').write('ran')"]
         slow = await submit(live, {"command": command, "policy_rule_uri": "gated:0.0-dev"})

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from apportion.errors import InvalidRequest
-from apportion.policies.archive import sha256_hex, unpack_policy_code
+from apportion.policies.archive import seal, tree_sha256, unpack_policy_code
 
 POLICY = b"class AIOSv1PolicyRule:\n    pass\n"
 
@@ -207,9 +207,17 @@ def test_a_non_empty_destination_is_a_caller_bug(tmp_path: Path) -> None:
         unpack_policy_code(POLICY, "p.py", tmp_path)
 
 
-def test_sha256_hex_matches_the_fips_180_vector() -> None:
-    expected = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-    assert sha256_hex(b"abc") == expected
+def test_tree_sha256_names_the_paths_and_bytes_and_seal_makes_the_tree_read_only(
+    tmp_path: Path,
+) -> None:
+    root = unpack_policy_code(POLICY, "p.py", tmp_path / "a")
+    same = unpack_policy_code(POLICY, "p.py", tmp_path / "b")
+    assert tree_sha256(root) == tree_sha256(same)
+    (same / "code" / "helper.py").write_text("")
+    assert tree_sha256(root) != tree_sha256(same)  # a new file, even an empty one, counts
+    seal(root)
+    assert (root / "code").stat().st_mode & 0o777 == 0o555
+    assert (root / "code" / "function.py").stat().st_mode & 0o777 == 0o444
 
 
 SEGMENTS = st.sampled_from(["code", "..", ".", "", "a", "function.py", "x.py", "/"])

@@ -6,7 +6,6 @@ import asyncio
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,8 +16,10 @@ import pytest
 
 from apportion.errors import InvalidRequest, MessageTooLarge, PolicyError, PolicyTimeout
 from apportion.policies.sandbox.pool import SandboxCall, SandboxLimits, SandboxPool
+from tests.sandbox_env import jailed  # noqa: F401 - a fixture
 
 POLICIES = Path(__file__).parent / "policies"
+pytestmark = pytest.mark.usefixtures("jailed")
 MISBEHAVE = "misbehave:1.0-test"
 
 
@@ -75,16 +76,22 @@ def clients_call(context: dict[str, Any]) -> SandboxCall:
 
 @pytest.fixture
 async def pool() -> AsyncIterator[SandboxPool]:
-    sandbox = SandboxPool(size=1, limits=SandboxLimits(timeout_seconds=5.0))
+    sandbox = SandboxPool(code_roots=(POLICIES,), size=1, limits=SandboxLimits(timeout_seconds=5.0))
     await sandbox.start()
     yield sandbox
     await sandbox.close()
 
 
 async def worker_pid(sandbox: SandboxPool) -> int:
+    """The PID (outside its jail) of the worker of a one-worker pool, after a call on it."""
     result = await sandbox.evaluate(misbehave(None), Services())
     assert result.output["mode"] is None
-    return int(result.output["pid"])
+    return outer_pids(sandbox)[0]
+
+
+def outer_pids(sandbox: SandboxPool) -> list[int]:
+    """The PIDs, as the server sees them, of the pool's live workers (the jails)."""
+    return [s.worker.proc.pid for s in sandbox._slots if s.worker is not None]
 
 
 async def test_seed_clients_are_answered_by_the_services(pool: SandboxPool) -> None:
@@ -129,7 +136,7 @@ async def test_policy_exception_is_a_policy_error_and_the_worker_survives(
 
 
 async def test_endless_loop_times_out_and_the_next_call_succeeds() -> None:
-    sandbox = SandboxPool(size=1, limits=SandboxLimits(timeout_seconds=1.0))
+    sandbox = SandboxPool(code_roots=(POLICIES,), size=1, limits=SandboxLimits(timeout_seconds=1.0))
     await sandbox.start()
     try:
         before = await worker_pid(sandbox)
@@ -173,7 +180,9 @@ async def test_a_dying_worker_is_named_and_replaced(
 
 async def test_cpu_limit_kills_with_sigxcpu() -> None:
     # the wall-clock limit is far away: on a loaded machine 1 s of CPU can take many seconds
-    sandbox = SandboxPool(size=1, limits=SandboxLimits(cpu_seconds=1, timeout_seconds=60.0))
+    sandbox = SandboxPool(
+        code_roots=(POLICIES,), size=1, limits=SandboxLimits(cpu_seconds=1, timeout_seconds=60.0)
+    )
     try:
         with pytest.raises(PolicyError) as caught:
             await sandbox.evaluate(misbehave("loop"), Services())
@@ -199,12 +208,14 @@ async def test_a_flood_on_stderr_cannot_block_the_worker(pool: SandboxPool) -> N
 
 async def test_a_worker_is_recycled_before_its_cpu_budget_runs_out() -> None:
     # the wall-clock limit is far away: on a loaded machine 1.6 s of CPU can take many seconds
-    sandbox = SandboxPool(size=1, limits=SandboxLimits(cpu_seconds=2, timeout_seconds=60.0))
+    sandbox = SandboxPool(
+        code_roots=(POLICIES,), size=1, limits=SandboxLimits(cpu_seconds=2, timeout_seconds=60.0)
+    )
     try:
         before = await worker_pid(sandbox)
         # 1.6 s of CPU > 0.75 × 2 s: the answer arrives, then the worker is replaced
         spun = await sandbox.evaluate(misbehave("spin", seconds=1.6), Services())
-        assert spun.output == {"pid": before, "mode": "spin"}
+        assert spun.output["mode"] == "spin"
         assert not psutil.pid_exists(before)
         assert await worker_pid(sandbox) != before
     finally:
@@ -212,7 +223,9 @@ async def test_a_worker_is_recycled_before_its_cpu_budget_runs_out() -> None:
 
 
 async def test_close_during_an_evaluation_stops_it_cleanly() -> None:
-    sandbox = SandboxPool(size=1, limits=SandboxLimits(timeout_seconds=60.0))
+    sandbox = SandboxPool(
+        code_roots=(POLICIES,), size=1, limits=SandboxLimits(timeout_seconds=60.0)
+    )
     pid = await worker_pid(sandbox)
     task = asyncio.create_task(sandbox.evaluate(misbehave("sleep", seconds=30), Services()))
     await asyncio.sleep(0.2)
@@ -227,7 +240,7 @@ async def test_close_during_an_evaluation_stops_it_cleanly() -> None:
 
 async def test_huge_output_is_refused_and_the_next_call_succeeds() -> None:
     limits = SandboxLimits(max_message_bytes=2**20, timeout_seconds=5.0)
-    sandbox = SandboxPool(size=1, limits=limits)
+    sandbox = SandboxPool(code_roots=(POLICIES,), size=1, limits=limits)
     try:
         with pytest.raises(PolicyError) as caught:
             await sandbox.evaluate(misbehave("huge", size=2 * 2**20), Services())
@@ -249,7 +262,7 @@ async def test_output_that_is_not_json_is_a_policy_error(pool: SandboxPool) -> N
 async def test_worker_environment_is_clean(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("APPORTION_ADMIN_KEY", "top-secret-admin-key")
     monkeypatch.setenv("SOME_SERVER_SETTING", "server-only")
-    sandbox = SandboxPool(size=1)
+    sandbox = SandboxPool(code_roots=(POLICIES,), size=1)
     await sandbox.start()
     try:
         output = (await sandbox.evaluate(misbehave("env"), Services())).output
@@ -261,10 +274,8 @@ async def test_worker_environment_is_clean(monkeypatch: pytest.MonkeyPatch) -> N
     assert not any(key.startswith("APPORTION") for key in env)
     assert "top-secret-admin-key" not in str(env)
     assert "PATH" in env
-    assert output["cwd"] != os.getcwd()
-    assert Path(output["cwd"]).is_relative_to(tempfile.gettempdir())
-    # the private cwd is removed with the worker
-    assert not await asyncio.to_thread(Path(output["cwd"]).exists)
+    # the cwd and HOME are the jail's private tmpfs
+    assert output["cwd"] == "/tmp" == env["HOME"] == env["TMPDIR"]
 
 
 async def test_management_call(pool: SandboxPool) -> None:
@@ -297,7 +308,9 @@ async def test_unloadable_policy_is_a_policy_error(pool: SandboxPool) -> None:
 
 
 async def test_concurrent_evaluations_on_a_pool_of_two() -> None:
-    sandbox = SandboxPool(size=2, limits=SandboxLimits(timeout_seconds=10.0))
+    sandbox = SandboxPool(
+        code_roots=(POLICIES,), size=2, per_policy=2, limits=SandboxLimits(timeout_seconds=10.0)
+    )
     await sandbox.start()
     ticks: list[float] = []  # wall-clock times, comparable with the policy's time.time()
 
@@ -307,6 +320,7 @@ async def test_concurrent_evaluations_on_a_pool_of_two() -> None:
             ticks.append(time.time())
 
     tick_task = asyncio.create_task(ticker())
+    pids = outer_pids(sandbox)
     try:
         started = time.monotonic()
         calls = [sandbox.evaluate(misbehave("sleep", seconds=0.6), Services()) for _ in range(3)]
@@ -315,10 +329,10 @@ async def test_concurrent_evaluations_on_a_pool_of_two() -> None:
     finally:
         tick_task.cancel()
         await sandbox.close()
-    pids = {r.output["pid"] for r in results}
+    workers = {r.output["worker"] for r in results}
     # 3 calls of 0.6 s on 2 workers: the first two run together, the third waits for one of them
     first, second, third = sorted((r.output for r in results), key=lambda out: out["started"])
-    assert len(pids) == 2
+    assert len(workers) == 2
     assert second["started"] < first["ended"]
     assert third["started"] >= min(first["ended"], second["ended"])
     assert elapsed >= 1.2
@@ -348,10 +362,11 @@ def gone(pid: int) -> bool:
 
 
 async def test_close_leaves_no_children() -> None:
-    sandbox = SandboxPool(size=2)
+    sandbox = SandboxPool(code_roots=(POLICIES,), size=2)
     await sandbox.start()
     calls = [sandbox.evaluate(misbehave("sleep", seconds=0.3), Services()) for _ in range(2)]
-    pids = {r.output["pid"] for r in await asyncio.gather(*calls)}
+    assert len({r.output["worker"] for r in await asyncio.gather(*calls)}) == 2
+    pids = outer_pids(sandbox)
     assert len(pids) == 2
     assert all(psutil.Process(pid).ppid() == os.getpid() for pid in pids)
     await sandbox.close()
@@ -360,25 +375,34 @@ async def test_close_leaves_no_children() -> None:
         await sandbox.evaluate(misbehave(None), Services())
 
 
-async def test_a_timeout_kills_the_policys_children_too(tmp_path: Path) -> None:
-    sandbox = SandboxPool(size=1, limits=SandboxLimits(timeout_seconds=1.5))
-    pidfile = tmp_path / "child.pid"
+def sleepers(seconds: str) -> list[psutil.Process]:
+    """Live ``sleep <seconds>`` processes (a policy's children; ``seconds`` marks the test)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if proc.info["cmdline"] == ["sleep", seconds] and not gone(proc.pid):
+            found.append(proc)
+    return found
+
+
+async def until_no_sleepers(seconds: str) -> list[psutil.Process]:
+    """Wait (SIGKILL is prompt; the PID namespace is torn down after it) until no ``sleep
+    <seconds>`` lives, at most 30 s; answer those still alive."""
+    _, alive = await asyncio.to_thread(psutil.wait_procs, sleepers(seconds), 30)
+    return list(alive)
+
+
+async def test_a_timeout_kills_the_policys_children_too() -> None:
+    sandbox = SandboxPool(code_roots=(POLICIES,), size=1, limits=SandboxLimits(timeout_seconds=1.5))
     try:
         with pytest.raises(PolicyTimeout):
-            await sandbox.evaluate(misbehave("spawn", pidfile=str(pidfile)), Services())
-        child = int(await asyncio.to_thread(pidfile.read_text))
-        deadline = time.monotonic() + 30  # SIGKILL is prompt; allow the reparenting
-        while time.monotonic() < deadline:
-            if gone(child):
-                break
-            await asyncio.sleep(0.02)
-        assert gone(child)
+            await sandbox.evaluate(misbehave("spawn", seconds="61.5", hang=True), Services())
+        assert await until_no_sleepers("61.5") == []
     finally:
         await sandbox.close()
 
 
 async def test_management_reaches_every_worker_of_the_pool() -> None:
-    sandbox = SandboxPool(size=2)
+    sandbox = SandboxPool(code_roots=(POLICIES,), size=2)
     call = SandboxCall(
         uri="stateful:1.0-test",
         code_dir=POLICIES / "stateful",
@@ -394,7 +418,7 @@ async def test_management_reaches_every_worker_of_the_pool() -> None:
         assert answer == {"status": "success", "threshold": 7}
         # two overlapping evaluations land on the two different workers; both saw the update
         results = await asyncio.gather(*(sandbox.evaluate(call, Services()) for _ in range(2)))
-        assert len({r.output["pid"] for r in results}) == 2
+        assert len({r.output["worker"] for r in results}) == 2
         assert [r.output["threshold"] for r in results] == [7, 7]
         # a management call waits for busy workers instead of skipping them
         busy = asyncio.create_task(sandbox.evaluate(slow, Services()))
@@ -408,7 +432,9 @@ async def test_management_reaches_every_worker_of_the_pool() -> None:
 
 
 async def test_worker_limits_are_set_before_policy_code_runs() -> None:
-    sandbox = SandboxPool(size=1, limits=SandboxLimits(memory_mb=900, cpu_seconds=30))
+    sandbox = SandboxPool(
+        code_roots=(POLICIES,), size=1, limits=SandboxLimits(memory_mb=900, cpu_seconds=30)
+    )
     try:
         output = (await sandbox.evaluate(misbehave("limits"), Services())).output
     finally:
@@ -440,3 +466,37 @@ def test_an_orphaned_worker_exits_and_removes_its_cwd(tmp_path: Path) -> None:
     assert worker.wait(timeout=10) == 0
     worker.stdout.close()
     assert not cwd.exists()
+
+
+async def test_without_bwrap_non_builtin_policies_are_refused_naming_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no bwrap on it
+    sandbox = SandboxPool(code_roots=(POLICIES,), size=1)
+    assert "bwrap" in caplog.text and "refused" in caplog.text
+    await sandbox.start()  # starts nothing
+    try:
+        with pytest.raises(PolicyError) as caught:
+            await sandbox.evaluate(misbehave(None), Services())
+        assert MISBEHAVE in caught.value.message
+        assert "bubblewrap" in caught.value.message
+        assert "scripts/sandbox_up.sh" in caught.value.message
+        assert "APPORTION_UNSANDBOXED_POLICIES" in caught.value.message
+        with pytest.raises(InvalidRequest) as refused:
+            await sandbox.validate("c:1", POLICIES / "clients")
+        assert "bubblewrap" in refused.value.message
+    finally:
+        await sandbox.close()
+
+
+async def test_the_unsandboxed_opt_in_runs_them_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    sandbox = SandboxPool(code_roots=(POLICIES,), size=1, unsandboxed=True)
+    assert "WITHOUT a sandbox" in caplog.text
+    try:
+        result = await sandbox.evaluate(misbehave(None), Services())
+        assert result.output["mode"] is None
+    finally:
+        await sandbox.close()

@@ -140,16 +140,15 @@ class Server:
             limits=SandboxLimits(
                 memory_mb=settings.sandbox_memory_mb, timeout_seconds=settings.policy_timeout
             ),
+            code_roots=(settings.data_dir / "policies",),
+            unsandboxed=settings.unsandboxed_policies,
         )
         await sandbox.start()
         self._stack.push_async_callback(sandbox.close)
 
         policies = PolicyStore(db, settings.data_dir)
         await policies.load(builtin_catalog())
-        runtime = PolicyRuntime(
-            db, RegistryServices(registry), sandbox, timeout_seconds=settings.policy_timeout
-        )
-        self._stack.push_async_callback(runtime.close)
+        runtime = PolicyRuntime(db, RegistryServices(registry), sandbox)
 
         holds = HoldManager(db, registry.fleet)
         await holds.start()
@@ -211,10 +210,11 @@ class Server:
             watcher = PolicyDirWatcher(
                 settings.policy_dir,
                 policies,
+                runtime.check,
                 events.append,
                 interval=settings.policy_dir_poll_seconds,
             )
-            watcher.scan()
+            await watcher.scan()
             background.loop(watcher.run(), "policy-dir")
         slurm = driver.adapters.get("slurm")
         if isinstance(slurm, SlurmAdapter):

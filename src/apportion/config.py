@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     max_lease_seconds: float = Field(7 * 86400.0, gt=0)
     sandbox_workers: int = Field(2, ge=1, le=64)
     sandbox_memory_mb: int = Field(1024, ge=64)
+    # run uploaded and --policy-dir policies without the bwrap jail (docs/security.md)
+    unsandboxed_policies: bool = False
     event_retention_days: float = Field(7.0, gt=0)  # events older than this are pruned
     event_retention_count: int = Field(1_000_000, ge=1)  # and beyond the newest this many
     local_cluster: bool = False  # register this machine as cluster "local" and collect its metrics

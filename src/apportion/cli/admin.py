@@ -73,6 +73,13 @@ def policies_test(
     settings: Annotated[str | None, typer.Option(help="Settings (JSON).")] = None,
     cluster: Annotated[list[str] | None, typer.Option(help="Candidate cluster (repeat).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds the policy may run.")] = 10.0,
+    unsandboxed: Annotated[
+        bool,
+        typer.Option(
+            envvar="APPORTION_UNSANDBOXED_POLICIES",
+            help="Run a policy folder without the bwrap jail (docs/security.md).",
+        ),
+    ] = False,
     output: OutputOpt = Output.TABLE,
 ) -> None:
     """Run a policy offline against a snapshot, as the server would; no server needed."""
@@ -97,6 +104,7 @@ def policies_test(
             settings=read_json(settings, "--settings") if settings else None,
             clusters=cluster,
             timeout_seconds=timeout,
+            unsandboxed=unsandboxed,
         )
     except ApportionError as exc:
         typer.echo(f"apportion: {describe(exc)}", err=True)

@@ -13,8 +13,9 @@ throw-away SQLite file; the policy folder is loaded with the server's loader
 
 The command runs it through :func:`run_offline_in_child`: a child process in its own process
 group, stopped with everything it started once it has answered or its deadline has passed. A
-trusted (policy-dir) policy runs on a thread that cannot be stopped, so a policy that loops past
-its timeout would otherwise keep the command's CPU busy and its interpreter from ever exiting.
+policy folder runs in the sandbox (whose worker is killed at its timeout) — but with
+``--unsandboxed`` it runs on a thread that cannot be stopped, and a policy that loops past its
+timeout would then keep the command's CPU busy and its interpreter from ever exiting.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from apportion.policies.catalog import builtin_catalog
 from apportion.policies.clients import RegistryServices
 from apportion.policies.policy_dir import load_policy_folder
 from apportion.policies.runtime import PolicyRuntime
-from apportion.policies.sandbox.pool import SandboxPool
+from apportion.policies.sandbox.pool import SandboxLimits, SandboxPool
 from apportion.policies.store import PolicyStore
 from apportion.registry.service import Registry
 from apportion.store.db import Database
@@ -107,12 +108,14 @@ async def run_offline(
     clusters: Sequence[str] | None = None,
     filter: Mapping[str, Any] | None = None,
     timeout_seconds: float = 10.0,
+    unsandboxed: bool = False,
 ) -> OfflineResult:
     """Evaluate ``policy`` (a policy folder, or a built-in URI like ``binpack:1.0-stable``) on
     ``snapshot`` for ``inputs``. Raises the server's typed errors
     (:mod:`apportion.errors`): ``InvalidRequest`` for a bad snapshot, folder or request,
     ``NoFeasiblePlacement`` with per-candidate reasons, ``PolicyError`` when the policy raises,
-    ``PolicyTimeout``, ``InvalidPolicyOutput`` when its answer does not validate."""
+    ``PolicyTimeout``, ``InvalidPolicyOutput`` when its answer does not validate. A policy
+    folder runs in the sandbox (docs/security.md) unless ``unsandboxed`` says otherwise."""
     catalog = builtin_catalog()
     folder = Path(policy) if not isinstance(policy, str) or policy not in catalog else None
     if folder is not None and not folder.is_dir():
@@ -123,7 +126,6 @@ async def run_offline(
         )
     with tempfile.TemporaryDirectory(prefix="apportion-offline-") as tmp:
         db = await Database.open(f"sqlite:///{tmp}/offline.db")
-        runtime: PolicyRuntime | None = None
         sandbox: SandboxPool | None = None
         holds: HoldManager | None = None
         try:
@@ -132,16 +134,20 @@ async def run_offline(
             await _load_registry(registry, snapshot)
             store = PolicyStore(db, Path(tmp))
             await store.load(catalog)
+            sandbox = SandboxPool(
+                size=1,
+                limits=SandboxLimits(timeout_seconds=timeout_seconds),
+                code_roots=(Path(tmp) / "policies",),
+                unsandboxed=unsandboxed,
+            )
+            runtime = PolicyRuntime(db, RegistryServices(registry), sandbox)
             if folder is not None:
-                entry = load_policy_folder(folder.resolve())
+                entry = await asyncio.to_thread(load_policy_folder, folder.resolve(), store)
+                await runtime.check(entry)
                 store.set_local({entry.uri: entry})
                 uri = entry.uri
             else:
                 uri = str(policy)
-            sandbox = SandboxPool(size=1)
-            runtime = PolicyRuntime(
-                db, RegistryServices(registry), sandbox, timeout_seconds=timeout_seconds
-            )
             holds = HoldManager(db, registry.fleet)
             await holds.start()
             service = AllocationService(
@@ -164,8 +170,6 @@ async def run_offline(
         finally:
             if holds is not None:
                 await holds.close()
-            if runtime is not None:
-                await runtime.close()
             if sandbox is not None:
                 await sandbox.close()
             await db.close()
@@ -191,6 +195,7 @@ def run_offline_in_child(
     settings: Mapping[str, Any] | None = None,
     clusters: Sequence[str] | None = None,
     timeout_seconds: float = 10.0,
+    unsandboxed: bool = False,
 ) -> OfflineResult:
     """:func:`run_offline` in a child process (``apportion policies test``). The child leads
     its own process group; once it has answered — or ``timeout_seconds`` plus
@@ -208,6 +213,7 @@ def run_offline_in_child(
         "settings": dict(settings) if settings is not None else None,
         "clusters": list(clusters) if clusters is not None else None,
         "timeout_seconds": timeout_seconds,
+        "unsandboxed": unsandboxed,
     }
     child = context.Process(target=_child_main, args=(sender, arguments), daemon=True)
     child.start()

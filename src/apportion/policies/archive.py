@@ -32,11 +32,6 @@ _CHUNK = 1 << 16
 _IGNORED_TOP = "__MACOSX"
 
 
-def sha256_hex(data: bytes) -> str:
-    """The SHA-256 of ``data`` as lowercase hex (the store records it with the upload)."""
-    return hashlib.sha256(data).hexdigest()
-
-
 def _refuse(reason: str) -> InvalidRequest:
     return InvalidRequest(f"policy code refused: {reason}; upload {ACCEPTED}", path="code")
 
@@ -212,3 +207,28 @@ def unpack_policy_code(
     except Exception as exc:  # BadZipFile, TarError, EOFError, zlib.error, LZMAError, OSError
         _clear(dest)
         raise _refuse(f"the file is not a readable {kind} archive ({exc})") from None
+
+
+def tree_sha256(root: Path) -> str:
+    """The sha256 of a code tree: every regular file's relative path and bytes, in path order.
+
+    Called by the policy store: uploaded code is stored under ``<code root>/<tree_sha256>/``,
+    and the digest is checked again when the store loads it. Directories without files and
+    ``__pycache__`` do not count (the jail never writes bytecode; they would only be noise)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if "__pycache__" not in p.parts):
+        if path.is_file() and not path.is_symlink():
+            name = path.relative_to(root).as_posix().encode()
+            digest.update(len(name).to_bytes(4, "big") + name)
+            data = path.read_bytes()
+            digest.update(len(data).to_bytes(8, "big") + data)
+    return digest.hexdigest()
+
+
+def seal(root: Path) -> None:
+    """Make a stored code tree read-only for everybody (files 0444, directories 0555), so the
+    sandbox user (a stranger to these files) may read it and nobody writes it by accident."""
+    for path in sorted(root.rglob("*"), reverse=True):
+        if not path.is_symlink():
+            path.chmod(0o555 if path.is_dir() else 0o444)
+    root.chmod(0o555)

@@ -1,4 +1,4 @@
-"""Running policies: in-process for trusted code, in sandbox workers for uploads.
+"""Running policies: built-ins in the server, every other policy in the sandbox.
 
 ``PolicyRuntime.place`` is the one way the server calls a built-in placement policy (the
 internal protocol, :mod:`apportion.policies.protocol`): inline, with the server's fleet view and
@@ -9,7 +9,8 @@ seed-contract policy's ``eval`` (uploaded, ``--policy-dir`` and the ``similarity
 * merge parameters and settings the seed's documented way: the stored
   ``policy_parameters`` / ``policy_settings`` are defaults, the request's values
   override them key by key;
-* inject ``cluster_client`` and ``cluster_metrics_client`` into ``settings``;
+* run uploaded and ``--policy-dir`` policies only in the sandbox pool (whose workers inject
+  ``cluster_client`` and ``cluster_metrics_client``, answered over the worker's pipe);
 * pass the policy's persistent ``context`` (never ``None``) and keep what the
   policy left in it, in memory and in the ``policy_contexts`` table;
 * keep "no" apart from "broken": a policy raising
@@ -17,16 +18,12 @@ seed-contract policy's ``eval`` (uploaded, ``--policy-dir`` and the ``similarity
   is a rejection; any other exception is :class:`~apportion.errors.PolicyError`
   naming the policy (and so is a built-in's ``place`` raising).
 
-In-process policies run on a worker thread with the same wall-clock timeout as
-the sandbox; a trusted policy past it is answered ``PolicyTimeout`` but its
-thread cannot be stopped (operator-trusted code only, see docs/policies.md).
+Built-ins run inline on the event loop: they are bounded, vectorised work shipped with the
+server. The sandbox bounds every other policy's wall clock (``SandboxLimits.timeout_seconds``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import json
 import logging
 import time
 import traceback
@@ -37,8 +34,8 @@ from typing import Any
 from apportion import jsonutil
 from apportion.engine.decisions import Outcome
 from apportion.engine.requests import GpuRequest
-from apportion.errors import ApportionError, PolicyError, PolicyTimeout
-from apportion.policies.clients import ClusterClient, ClusterMetricsClient, RegistryServices
+from apportion.errors import ApportionError, PolicyError
+from apportion.policies.clients import RegistryServices
 from apportion.policies.sandbox.pool import SandboxCall, SandboxPool
 from apportion.policies.store import PolicyEntry
 from apportion.registry.fleet import FleetView
@@ -47,16 +44,6 @@ from apportion.store.db import Database
 from apportion.store.repos.policies import PolicyRepo
 
 log = logging.getLogger(__name__)
-
-MAX_INSTANCES = 64  # in-process operator policy objects kept (least recently built dropped)
-_INJECTED = ("cluster_client", "cluster_metrics_client")
-
-
-def _stable_json(value: Any) -> str:
-    try:
-        return json.dumps(value, sort_keys=True, default=repr)
-    except (TypeError, ValueError):
-        return repr(value)
 
 
 @dataclass(frozen=True)
@@ -68,27 +55,12 @@ class Evaluation:
 class PolicyRuntime:
     """Evaluates policies with merged parameters/settings, persistent context and limits."""
 
-    def __init__(
-        self,
-        db: Database,
-        services: RegistryServices,
-        sandbox: SandboxPool,
-        *,
-        timeout_seconds: float,
-    ) -> None:
+    def __init__(self, db: Database, services: RegistryServices, sandbox: SandboxPool) -> None:
         self._repo = PolicyRepo(db)
         self._services = services
         self._sandbox = sandbox
-        self.timeout_seconds = timeout_seconds
         self._contexts: dict[str, dict[str, Any]] = {}
         self._context_json: dict[str, bytes] = {}
-        self._instances: dict[tuple[str, int, str, str], Any] = {}
-        self._threads = concurrent.futures.ThreadPoolExecutor(
-            max_workers=4, thread_name_prefix="policy"
-        )
-
-    async def close(self) -> None:
-        self._threads.shutdown(wait=False, cancel_futures=True)
 
     # ---------------------------------------------------------------- context
     async def context_for(self, uri: str) -> dict[str, Any]:
@@ -118,8 +90,9 @@ class PolicyRuntime:
         await self._repo.put_context(uri, raw.decode(), time.time())
 
     async def check(self, entry: PolicyEntry) -> None:
-        """Load an uploaded policy in a sandbox worker and check the seed contract's
-        signatures (at upload, not halfway through a request)."""
+        """Load an uploaded or ``--policy-dir`` policy in a sandbox worker and check the seed
+        contract's signatures (at upload or reload, not halfway through a request); raises
+        InvalidRequest (``path="code"``) naming what is wrong."""
         if entry.sandboxed:
             assert entry.code_dir is not None
             await self._sandbox.validate(entry.uri, entry.code_dir)
@@ -131,10 +104,6 @@ class PolicyRuntime:
         merged_parameters = {**entry.record.policy_parameters, **parameters}
         merged_settings = {**entry.record.policy_settings, **settings}
         return merged_parameters, merged_settings
-
-    def _inject_clients(self, settings: dict[str, Any]) -> None:
-        settings["cluster_client"] = ClusterClient(self._services)
-        settings["cluster_metrics_client"] = ClusterMetricsClient(self._services)
 
     # ---------------------------------------------------------------- place
     @staticmethod
@@ -189,67 +158,24 @@ class PolicyRuntime:
             )
             output, context = result.output, result.context
         else:
-            policy = self._instance(entry, merged_settings, merged_parameters)
-            if entry.source == "builtin":
-                output = self._inline(entry, policy.eval, merged_parameters, input_data, context)
-            else:
-                output = await self._in_thread(
-                    entry, policy.eval, merged_parameters, input_data, context
-                )
+            policy = self._builtin(entry, merged_settings, merged_parameters)
+            output = self._inline(entry, policy.eval, merged_parameters, input_data, context)
         if uses_context:
             await self._save_context(entry.uri, context)
         return Evaluation(output, (time.perf_counter() - started) * 1000)
 
-    def _instance(
-        self, entry: PolicyEntry, settings: dict[str, Any], parameters: dict[str, Any]
-    ) -> Any:
-        """The seed-contract object for these construction arguments.
-
-        Built-ins are built per call (stateless; they read neither the clients nor any
-        engine state). Operator policies keep one object per (URI, settings, parameters) — the
-        one policy instance cache of the server, as the sandbox worker keeps its own — so
-        state a ``management`` action leaves on the object is seen by later ``eval`` calls
-        with the same arguments (the seed's long-lived object)."""
-        assert entry.policy_class is not None
-        if entry.source == "builtin":
-            return entry.policy_class(entry.uri, settings, parameters)
-        self._inject_clients(settings)
-        key = (
-            entry.uri,
-            id(entry.policy_class),
-            _stable_json({k: v for k, v in settings.items() if k not in _INJECTED}),
-            _stable_json(parameters),
-        )
-        policy = self._instances.get(key)
-        if policy is None:
-            policy = entry.policy_class(entry.uri, settings, parameters)
-            self._instances[key] = policy
-            while len(self._instances) > MAX_INSTANCES:
-                self._instances.pop(next(iter(self._instances)))
-        return policy
+    @staticmethod
+    def _builtin(entry: PolicyEntry, settings: dict[str, Any], parameters: dict[str, Any]) -> Any:
+        """A built-in's seed-contract object, built per call (built-ins are stateless; they read
+        neither the clients nor any engine state)."""
+        assert entry.policy_class is not None and entry.source == "builtin"
+        return entry.policy_class(entry.uri, settings, parameters)
 
     @staticmethod
     def _inline(entry: PolicyEntry, fn: Any, *args: Any) -> Any:
         """Run a built-in seed-contract call on the event loop (as :meth:`place`)."""
         try:
             return fn(*args)
-        except ApportionError:
-            raise
-        except Exception as exc:
-            raise _policy_error(entry, exc) from None
-
-    async def _in_thread(self, entry: PolicyEntry, fn: Any, *args: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._threads, fn, *args)
-        try:
-            async with asyncio.timeout(self.timeout_seconds):
-                return await future
-        except TimeoutError:
-            raise PolicyTimeout(
-                f"policy {entry.uri} did not answer within {self.timeout_seconds:g} s "
-                "(--policy-timeout); make it faster or raise the limit",
-                details={"policy_rule_uri": entry.uri, "timeout_seconds": self.timeout_seconds},
-            ) from None
         except ApportionError:
             raise
         except Exception as exc:
@@ -271,14 +197,14 @@ class PolicyRuntime:
                 context=await self.context_for(entry.uri),
             )
             return await self._sandbox.management(call, action, data)
-        policy = self._instance(entry, settings, parameters)
+        policy = self._builtin(entry, settings, parameters)
         manage = getattr(policy, "management", None)
         if manage is None:
             raise PolicyError(
                 f"policy {entry.uri} has no management method",
                 details={"policy_rule_uri": entry.uri, "action": action},
             )
-        return await self._in_thread(entry, manage, action, data)
+        return self._inline(entry, manage, action, data)
 
 
 def _policy_error(entry: PolicyEntry, exc: Exception) -> PolicyError:

@@ -3,21 +3,25 @@
 Three sources, one namespace of URIs:
 
 * ``builtin`` — ``binpack``, ``spread``, ``topology``, ``similarity``; always present, never replaced.
-* ``policy_dir`` — operator-trusted policies from ``--policy-dir``, run in-process, hot-reloaded.
-* ``upload`` — ``POST /policies``; code unpacked into ``<data dir>/policies/<sha256>/`` and run
-  only in sandbox workers.
+* ``policy_dir`` — operator policies from ``--policy-dir``, hot-reloaded; each version's code is
+  copied into the code store (as an upload's is) and run only in sandbox workers.
+* ``upload`` — ``POST /policies``; code unpacked into ``<data dir>/policies/<sha256>/`` (the
+  directory named by the sha256 of its tree, made read-only, the digest checked again when the
+  store loads it) and run only in sandbox workers.
 
 Versions are immutable: a URI that exists is never overwritten (``Conflict``);
-a new version is a new URI. Records live in the ``policies`` table; the
-in-memory index answers every lookup.
+a new version is a new URI. A deleted URI stays a tombstone (its row, ``source`` ``"deleted"``),
+so a URI once used never names other code: uploading it again is a ``Conflict`` too. Records
+live in the ``policies`` table; the in-memory index answers every lookup.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -25,12 +29,14 @@ from typing import Any, Literal
 
 from apportion import jsonutil
 from apportion.errors import Conflict, Forbidden, InvalidRequest, UnknownPolicy
-from apportion.policies.archive import sha256_hex, unpack_policy_code
+from apportion.policies.archive import seal, tree_sha256, unpack_policy_code
 from apportion.policies.protocol import PlacementPolicy
 from apportion.policies.records import PolicyRecord
 from apportion.policies.uri import PolicyURI
 from apportion.store.db import Database
-from apportion.store.repos.policies import PolicyRepo, PolicyRow
+from apportion.store.repos.policies import DELETED, PolicyRepo, PolicyRow
+
+log = logging.getLogger(__name__)
 
 Source = Literal["builtin", "policy_dir", "upload"]
 PolicyChange = Literal["created", "replaced", "deleted"]
@@ -43,9 +49,9 @@ class PolicyEntry:
 
     record: PolicyRecord
     source: Source
-    policy_class: type | None = None  # in-process seed-contract classes (builtin, policy_dir)
+    policy_class: type | None = None  # built-in seed-contract classes (run in-process)
     placer: PlacementPolicy | None = None  # built-in placement policies: the internal protocol
-    code_dir: Path | None = None  # uploaded policies (sandboxed)
+    code_dir: Path | None = None  # uploaded and policy-dir policies (sandboxed): stored code
     warnings: tuple[str, ...] = field(default_factory=tuple)
 
     @cached_property
@@ -55,10 +61,23 @@ class PolicyEntry:
 
     @property
     def sandboxed(self) -> bool:
-        return self.source == "upload"
+        """Whether it runs in the sandbox: every policy that is not a built-in."""
+        return self.source != "builtin"
 
     def public(self) -> dict[str, Any]:
         return self.record.public(source=self.source, warnings=list(self.warnings))
+
+
+def _intact(row: PolicyRow) -> bool:
+    """Whether an uploaded policy's code directory is named by, and still has, its digest."""
+    if row.code_path is None:
+        return True
+    code_dir = Path(row.code_path)
+    return (
+        code_dir.is_dir()
+        and code_dir.name == row.code_sha256
+        and tree_sha256(code_dir) == row.code_sha256
+    )
 
 
 def _unknown(uri: str) -> UnknownPolicy:
@@ -76,12 +95,25 @@ class PolicyStore:
         self._repo = PolicyRepo(db)
         self._code_root = data_dir / "policies"
         self._entries: dict[str, PolicyEntry] = {}
+        self._tombstones: set[str] = set()
 
     async def load(self, builtins: Mapping[str, PolicyEntry]) -> None:
         """Register the built-ins (``policies.catalog``), then read the uploaded policies from
         the database."""
         self._entries.update(builtins)
         for row in await self._repo.all():
+            if row.source == DELETED:
+                self._tombstones.add(row.uri)
+                continue
+            if not _intact(row):
+                log.error(
+                    "policy %s is left out: its stored code %s does not match its sha256 %s "
+                    "(changed on disk); upload the code again as a new version",
+                    row.uri,
+                    row.code_path,
+                    row.code_sha256,
+                )
+                continue
             stored = jsonutil.loads(row.record)
             warnings = tuple(stored.pop("_warnings", ()))
             record = PolicyRecord.model_validate(stored)
@@ -110,16 +142,14 @@ class PolicyStore:
                 f"policy {uri} exists and versions are immutable; upload it as a new version",
                 details={"policy_rule_uri": uri},
             )
-        digest = sha256_hex(code)
-        code_dir = self._code_root / digest
-        if not code_dir.exists():
-            self._code_root.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=".upload-", dir=self._code_root))
-            try:
-                root = unpack_policy_code(code, filename, staging)
-                shutil.move(str(root), code_dir)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
+        if uri in self._tombstones:
+            raise Conflict(
+                f"policy {uri} was deleted, and a URI once used never names other code; "
+                "upload it as a new version (another version or release tag)",
+                details={"policy_rule_uri": uri, "deleted": True},
+            )
+        code_dir = self._keep(lambda staging: unpack_policy_code(code, filename, staging))
+        digest = code_dir.name
         warnings = []
         requirements = code_dir / "code" / "requirements.txt"
         if requirements.is_file() and requirements.read_text(errors="replace").strip():
@@ -145,6 +175,42 @@ class PolicyStore:
         self._entries[uri] = entry
         return entry
 
+    def _keep(self, fill: Callable[[Path], Path]) -> Path:
+        """Store a code tree under ``<code root>/<tree sha256>/``, read-only; return that path.
+
+        ``fill`` writes the tree into an empty staging directory (inside the code root) and
+        answers its root; a tree already stored is kept once."""
+        self._code_root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self._code_root))
+        try:
+            root = fill(staging)
+            code_dir = self._code_root / tree_sha256(root)
+            if not code_dir.exists():
+                shutil.move(str(root), code_dir)
+                seal(code_dir)
+            return code_dir
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def keep_folder(self, folder: Path) -> Path:
+        """Copy a ``--policy-dir`` folder's files (not ``__pycache__``, not links) into the code
+        store and return the stored, read-only copy (file I/O: may run on a worker thread)."""
+
+        def skipped(directory: str, names: list[str]) -> list[str]:
+            return [
+                name
+                for name in names
+                if name == "__pycache__"
+                or name.startswith(".")
+                or Path(directory, name).is_symlink()
+            ]
+
+        def fill(staging: Path) -> Path:
+            shutil.copytree(folder, staging / "tree", ignore=skipped)
+            return staging / "tree"
+
+        return self._keep(fill)
+
     async def delete(self, uri: str) -> None:
         entry = self.get(uri)
         if entry.source != "upload":
@@ -154,6 +220,7 @@ class PolicyStore:
             )
         await self._repo.delete(uri)
         del self._entries[uri]
+        self._tombstones.add(uri)
 
     def set_local(self, entries: Mapping[str, PolicyEntry]) -> Sequence[tuple[str, PolicyChange]]:
         """Replace the ``policy_dir`` policies with ``entries`` (hot reload) and return what

@@ -2,8 +2,10 @@
 
 Used by :class:`apportion.policies.sandbox.slot.Slot`, from one exchange thread at a time. The
 worker (``worker.py``) is spawned with an argv list, a clean minimal environment (nothing
-of the server's, no ``APPORTION_*``), a private temporary cwd and its own session (so a kill takes
-its children too). Its stdin and stdout carry the private protocol (length-prefixed JSON frames);
+of the server's, no ``APPORTION_*``) and its own session (so a kill takes its children too):
+inside a ``bwrap`` jail with its own cgroups when the pool has a jail (``jail.py``; killing the
+jail's outer process ends its PID namespace and everything in it), else with a private
+temporary cwd (the ``unsandboxed_policies`` opt-in). Its stdin and stdout carry the private protocol (length-prefixed JSON frames);
 its stderr is drained by a thread into the logger ``apportion.policies.sandbox.pool`` (DEBUG), so a
 chatty policy can never block it. While an exchange is in progress, the worker's client calls are
 answered from the given :class:`~apportion.policies.sandbox.pool.SandboxServices`.
@@ -31,9 +33,11 @@ from typing import TYPE_CHECKING, Any
 
 from apportion import jsonutil
 from apportion.errors import Internal
+from apportion.policies.sandbox.jail import JAIL_TMP, WorkerCgroups
 from apportion.policies.sandbox.worker import HEADER
 
 if TYPE_CHECKING:
+    from apportion.policies.sandbox.jail import Jail
     from apportion.policies.sandbox.pool import SandboxLimits, SandboxServices
 
 # The pool's documented logger name: worker stderr is logged under it.
@@ -71,9 +75,12 @@ def encode_frame(obj: Any) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
-def _describe(returncode: int | None, limits: SandboxLimits) -> str:
+def _describe(returncode: int | None, limits: SandboxLimits, jailed: bool) -> str:
+    """How the worker ended; a jail (``bwrap``) reports a signal as exit code 128 + signal."""
     if returncode is None:
         return "did not exit"
+    if jailed and 128 < returncode < 128 + 65:
+        returncode = 128 - returncode
     if returncode >= 0:
         return f"exited with code {returncode}"
     try:
@@ -95,13 +102,23 @@ class WorkerHandle:
     the worker reported ready and raises :class:`Internal` if it could not start or did not.
     """
 
-    def __init__(self, limits: SandboxLimits) -> None:
+    def __init__(self, limits: SandboxLimits, jail: Jail | None) -> None:
         self.limits = limits
+        self.jailed = jail is not None
         self.cwd = tempfile.mkdtemp(prefix="apportion-sandbox-")
         argv = [sys.executable, "-I", "-B", "-m", WORKER_MODULE]
         argv += ["--memory-mb", str(limits.memory_mb), "--cpu-seconds", str(limits.cpu_seconds)]
         argv += ["--max-message-bytes", str(limits.max_message_bytes)]
         env = dict(_ENV, HOME=self.cwd, TMPDIR=self.cwd)
+        self.cgroups: WorkerCgroups | None = None
+        if jail is not None:  # the worker's cwd is the jail's private tmpfs, not self.cwd
+            argv += ["--uid", str(jail.uid), "--gid", str(jail.gid)]
+            argv += ["--max-processes", str(limits.max_processes)]
+            if jail.cgroups:
+                self.cgroups = WorkerCgroups(limits.memory_mb * 2**20, limits.max_processes)
+                argv.append("--join-cgroups")
+            argv = jail.argv(argv, tmp_mb=limits.tmp_mb, cgroups=self.cgroups)
+            env = dict(_ENV, HOME=JAIL_TMP, TMPDIR=JAIL_TMP)
         try:
             self.proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
                 argv,
@@ -115,6 +132,8 @@ class WorkerHandle:
             )
         except OSError as exc:
             shutil.rmtree(self.cwd, ignore_errors=True)
+            if self.cgroups is not None:
+                self.cgroups.remove()
             raise Internal(f"a sandbox worker could not be started: {exc}") from None
         assert self.proc.stdin and self.proc.stdout and self.proc.stderr
         self.wfd, self.rfd = self.proc.stdin.fileno(), self.proc.stdout.fileno()
@@ -207,7 +226,9 @@ class WorkerHandle:
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
             shutil.rmtree(self.cwd, ignore_errors=True)
-            return _describe(self.proc.returncode, self.limits)
+            if self.cgroups is not None:
+                self.cgroups.remove()
+            return _describe(self.proc.returncode, self.limits, self.jailed)
 
     def close(self) -> str:
         """Kill, then close the protocol pipes; only from the thread that owns the worker."""

@@ -1,29 +1,35 @@
 """A pool of sandbox worker processes that evaluate untrusted seed-format policies.
 
-The engine calls :meth:`SandboxPool.evaluate` for every uploaded policy; uploaded code never runs
-in the server. Each worker (``worker.py``) is spawned with an argv list, a clean minimal
-environment (nothing of the server's, no ``APPORTION_*``), a private temporary cwd, its own
-session (so a kill takes its children too), and resource limits it sets on itself. Its stdin and
-stdout carry the private protocol; its stderr is drained by a thread into the logger
-``apportion.policies.sandbox.pool`` (DEBUG), so a chatty policy can never block it. The parent's
-handle on one worker process is in ``handle.py``, the slot that replaces a failed
-worker in ``slot.py``; this module is the pool API.
+The engine calls :meth:`SandboxPool.evaluate` for every non-built-in policy; that code never runs
+in the server. Each worker (``worker.py``) is started inside a ``bwrap`` jail (``jail.py``): its
+own unprivileged uid/gid (the ``apportion-sandbox`` user), new PID/network/IPC/UTS namespaces,
+read-only code and runtime, a size-limited private tmpfs as its only writable place, and
+resource limits it sets on itself. Its stdin and stdout carry the private protocol; its stderr
+is drained by a thread into the logger ``apportion.policies.sandbox.pool`` (DEBUG), so a chatty
+policy can never block it. The parent's handle on one worker process is in ``handle.py``, the
+slot that replaces a failed worker in ``slot.py``; this module is the pool API.
+
+When no jail can be built (``bwrap`` or the user missing, namespaces forbidden) the pool refuses
+every call with :class:`PolicyError` naming what to install, unless it was built with
+``unsandboxed=True`` (``APPORTION_UNSANDBOXED_POLICIES``): then workers run as the server's
+user with only a clean environment and rlimits, which is containment, not a security boundary.
 
 Each exchange runs in a thread (``asyncio.to_thread``) over non-blocking pipes with a wall-clock
 deadline, so the event loop never blocks. :class:`SandboxServices` methods are called from that
 thread, never from the event loop: they must be thread-safe and must not touch the loop (answer
-from a snapshot). A timeout kills the worker's process group and raises :class:`PolicyTimeout`; a
-dead worker raises :class:`PolicyError` saying how it ended; either way the worker is reaped and
-replaced at once. A policy exception is a :class:`PolicyError` and the worker lives on.
+from a snapshot). A timeout kills the worker (and its PID namespace) and raises
+:class:`PolicyTimeout`; a dead worker raises :class:`PolicyError` saying how it ended; either way
+the worker is reaped and replaced at once. A policy exception is a :class:`PolicyError` and the
+worker lives on. A call that leaves a process behind costs its worker: it is replaced after it.
 
-This is containment, not a security boundary: workers run as the server's user, may read what it
-may read and may use the network. Run the server as a dedicated user or in a container when
-untrusted authors can upload policies.
+At most ``per_policy`` calls of one policy URI are in a worker at a time (default: all workers
+but one), so a slow policy cannot take every worker; its further calls wait for their turn.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +37,10 @@ from typing import Any, Protocol
 
 from apportion.errors import InvalidRequest, PolicyError
 from apportion.policies.loader import PolicySignature
+from apportion.policies.sandbox.jail import Jail, JailUnavailable, find_jail
 from apportion.policies.sandbox.slot import Slot
+
+logger = logging.getLogger(__name__)
 
 
 class SandboxServices(Protocol):
@@ -45,12 +54,16 @@ class SandboxServices(Protocol):
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    """Per-worker limits: address space, CPU seconds per worker life, wall clock per call."""
+    """Per-worker limits: address space per process, CPU seconds per worker life, wall clock per
+    call, the largest frame; jailed workers also: the private tmpfs (MB) and the process cap
+    (RLIMIT_NPROC of the sandbox user, all jailed workers together)."""
 
     memory_mb: int = 1024
     cpu_seconds: int = 60
     timeout_seconds: float = 10.0
     max_message_bytes: int = 64 * 2**20
+    tmp_mb: int = 64
+    max_processes: int = 32
 
 
 @dataclass(frozen=True)
@@ -113,11 +126,40 @@ class SandboxPool:
     are busy. Every exchange runs in a thread with the wall-clock limit ``timeout_seconds``.
     """
 
-    def __init__(self, *, size: int = 2, limits: SandboxLimits = SandboxLimits()) -> None:
+    def __init__(
+        self,
+        *,
+        size: int = 2,
+        limits: SandboxLimits = SandboxLimits(),
+        code_roots: tuple[Path, ...] = (),
+        unsandboxed: bool = False,
+        per_policy: int | None = None,
+    ) -> None:
+        """``code_roots``: the directories that hold every policy's code (mounted read-only in
+        each jail). ``unsandboxed``: the operator's explicit opt-in to run workers without a
+        jail. ``per_policy``: calls of one URI in workers at once (default ``max(1, size-1)``).
+        Probes ``bwrap`` here (a fraction of a second) and logs what it found."""
         if size < 1:
             raise ValueError("a sandbox pool needs at least one worker")
+        if per_policy is not None and per_policy < 1:
+            raise ValueError("per_policy must be at least 1")
         self.limits = limits
-        self._slots = [Slot(limits) for _ in range(size)]
+        self.per_policy = per_policy or max(1, size - 1)
+        self.jail: Jail | None = None
+        self.refusal: str | None = None  # why every call is refused (no jail, no opt-in)
+        if unsandboxed:
+            logger.warning(
+                "APPORTION_UNSANDBOXED_POLICIES is set: uploaded and --policy-dir policies run "
+                "WITHOUT a sandbox, as the server's user, with network and file access"
+            )
+        else:
+            try:
+                self.jail = find_jail(code_roots)
+            except JailUnavailable as exc:
+                self.refusal = str(exc)
+                logger.error("non-built-in policies will be refused: %s", exc)
+        self._slots = [Slot(limits, self.jail) for _ in range(size)]
+        self._turns: dict[str, asyncio.Semaphore] = {}
         self._idle: asyncio.Queue[Slot] | None = None
         self._closed = False
         self._broadcast: asyncio.Lock | None = None
@@ -130,8 +172,11 @@ class SandboxPool:
         return self._idle
 
     async def start(self) -> None:
-        """Spawn every worker now (in threads); raises Internal if one cannot start."""
+        """Spawn every worker now (in threads); raises Internal if one cannot start. Without
+        a jail and without the opt-in there is nothing to start."""
         self._queue()
+        if self.refusal is not None:
+            return
         await asyncio.gather(*(asyncio.to_thread(slot.warm) for slot in self._slots))
 
     async def close(self) -> None:
@@ -142,13 +187,30 @@ class SandboxPool:
     async def _run(
         self, uri: str, request: dict[str, Any], services: SandboxServices | None
     ) -> tuple[dict[str, Any], float]:
-        if self._closed:
-            raise RuntimeError("the sandbox pool is closed")
+        self._check(uri)
         idle = self._queue()
-        slot = await idle.get()
-        answer, elapsed_ms = await self._on(slot, uri, dict(request), services)
+        async with self._turn(uri):
+            slot = await idle.get()
+            answer, elapsed_ms = await self._on(slot, uri, dict(request), services)
         _raise_for(uri, answer, self.limits.memory_mb)
         return answer, elapsed_ms
+
+    def _check(self, uri: str) -> None:
+        if self._closed:
+            raise RuntimeError("the sandbox pool is closed")
+        if self.refusal is not None:
+            raise PolicyError(
+                f"policy {uri} was not run: non-built-in policies run only in the sandbox, and "
+                f"there is none: {self.refusal}",
+                details={"policy_rule_uri": uri, "sandbox": "unavailable"},
+            )
+
+    def _turn(self, uri: str) -> asyncio.Semaphore:
+        """The semaphore that admits ``per_policy`` calls of ``uri`` at a time."""
+        turn = self._turns.get(uri)
+        if turn is None:
+            turn = self._turns[uri] = asyncio.Semaphore(self.per_policy)
+        return turn
 
     def _on(
         self, slot: Slot, uri: str, request: dict[str, Any], services: SandboxServices | None
@@ -170,8 +232,7 @@ class SandboxPool:
         self, uri: str, request: dict[str, Any], services: SandboxServices | None
     ) -> dict[str, Any]:
         """Run ``request`` on every worker (all of them, once each); return the first answer."""
-        if self._closed:
-            raise RuntimeError("the sandbox pool is closed")
+        self._check(uri)
         if self._broadcast is None:
             self._broadcast = asyncio.Lock()
         idle = self._queue()

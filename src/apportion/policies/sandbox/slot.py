@@ -28,6 +28,7 @@ from apportion.policies.sandbox.handle import (
 from apportion.policies.sandbox.worker import HEADER
 
 if TYPE_CHECKING:
+    from apportion.policies.sandbox.jail import Jail
     from apportion.policies.sandbox.pool import SandboxLimits, SandboxServices
 
 # The pool's documented logger name: worker restarts are logged under it.
@@ -46,8 +47,9 @@ class Slot:
     MessageTooLarge, and returns the worker's ``result`` or ``error`` frame with the wall time.
     """
 
-    def __init__(self, limits: SandboxLimits) -> None:
+    def __init__(self, limits: SandboxLimits, jail: Jail | None) -> None:
         self.limits = limits
+        self.jail = jail
         self.worker: WorkerHandle | None = None
         self.closed = False
         self.busy = False  # an exchange thread owns the worker (its pipes) right now
@@ -56,7 +58,7 @@ class Slot:
     def warm(self) -> None:
         with self.lock:
             if not self.closed and self.worker is None:
-                self.worker = WorkerHandle(self.limits)
+                self.worker = WorkerHandle(self.limits, self.jail)
 
     def stop(self) -> None:
         with self.lock:
@@ -145,7 +147,9 @@ class Slot:
             ) from None
         elapsed_ms = (time.monotonic() - started) * 1000.0
         worn = worker.cpu > CPU_RECYCLE_FRACTION * self.limits.cpu_seconds
-        # validate ran freshly uploaded top-level code: do not let it share a worker afterwards
-        if worn or answer.get("type") == "MemoryError" or request["op"] == "validate":
+        # validate ran freshly uploaded top-level code: do not let it share a worker afterwards;
+        # a call that left a process behind ends with its worker's whole PID namespace
+        spawned = bool(answer.get("spawned"))
+        if worn or spawned or answer.get("type") == "MemoryError" or request["op"] == "validate":
             self._replace(worker)
         return answer, elapsed_ms

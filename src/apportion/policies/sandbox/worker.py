@@ -1,13 +1,17 @@
 """The sandbox worker process: evaluates untrusted seed-format policies (run by ``sandbox.py``).
 
 Started as ``python -I -B -m apportion.policies.sandbox.worker --memory-mb N --cpu-seconds N
---max-message-bytes N`` with a clean environment, a private cwd and its own session. Before any
+--max-message-bytes N`` with a clean environment. In a jail (``jail.py``) it also gets ``--uid``,
+``--gid``, ``--max-processes`` and ``--join-cgroups``: still root (holding only CAP_SETUID and
+CAP_SETGID), it enters its own cgroups, then drops to the sandbox user for good. Before any
 policy code is loaded it sets resource limits (address space, CPU seconds, open files, file
-size, no core dumps), moves the protocol off stdin/stdout onto private descriptors and points
-fd 1 and ``sys.stdout`` at stderr, so a policy's ``print`` cannot corrupt the protocol.
+size, no core dumps, and in a jail RLIMIT_NPROC), moves the protocol off stdin/stdout onto
+private descriptors and points fd 1 and ``sys.stdout`` at stderr, so a policy's ``print`` cannot
+corrupt the protocol. In a jail, an answer says ``"spawned": true`` when a process the policy
+started is still alive in the worker's PID namespace, and the parent then replaces the worker.
 
-``RLIMIT_NPROC`` is not set: it counts every process of the *user*, not of this worker, so a
-limit low enough to matter would also stop the server (and other workers) from forking.
+Unjailed (the ``unsandboxed_policies`` opt-in) ``RLIMIT_NPROC`` is not set: it would count every
+process of the server's user, so a limit low enough to matter would also stop the server.
 
 Protocol: frames of a 4-byte big-endian length and a UTF-8 JSON object, both ways. It imports
 only the standard library and the small ``loader`` module, so it starts fast.
@@ -80,8 +84,37 @@ def _limit(which: int, value: int, hard: int | None = None) -> None:
     resource.setrlimit(which, (min(value, hard), hard))
 
 
-def apply_limits(memory_mb: int, cpu_seconds: int) -> None:
-    """Lower this process's limits (hard limits too, so the policy cannot raise them)."""
+# Where a jail binds this worker's cgroups' ``cgroup.procs`` (jail.JAIL_CGROUP_PROCS; the worker
+# imports only the standard library and the loader, so the paths are repeated here).
+CGROUP_PROCS = ("/run/cgroup-memory.procs", "/run/cgroup-pids.procs")
+
+
+def join_cgroups() -> None:
+    """Move this process into its own memory and pids cgroups (still root: before dropping)."""
+    for procs in CGROUP_PROCS:
+        with open(procs, "w") as out:
+            out.write("0")
+
+
+def drop_privileges(uid: int, gid: int) -> None:
+    """Become ``uid``/``gid`` for good (real, effective and saved; no supplementary groups).
+
+    Called first thing in a jailed worker, which ``bwrap`` starts as root holding only
+    CAP_SETUID/CAP_SETGID: changing every uid away from 0 clears the capabilities too."""
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid):
+        raise SystemExit(f"the sandbox worker could not become uid {uid} gid {gid}")
+
+
+def apply_limits(memory_mb: int, cpu_seconds: int, max_processes: int | None = None) -> None:
+    """Lower this process's limits (hard limits too, so the policy cannot raise them).
+
+    ``max_processes`` (jailed workers only) is RLIMIT_NPROC: it counts the tasks of the sandbox
+    user, so it caps the processes and threads of all jailed workers together."""
+    if max_processes is not None:
+        _limit(resource.RLIMIT_NPROC, max_processes)
     _limit(resource.RLIMIT_AS, memory_mb * 2**20)
     _limit(resource.RLIMIT_CPU, cpu_seconds, cpu_seconds + 2)  # SIGXCPU, then SIGKILL
     _limit(resource.RLIMIT_NOFILE, 64)
@@ -241,6 +274,14 @@ def handle(policies: Policies, msg: dict[str, Any]) -> dict[str, Any]:
         return _error(msg_id, phase, exc)
 
 
+def others_alive() -> bool:
+    """Whether a process other than this one and the jail's init (PID 1) lives in this PID
+    namespace: a policy started one, so the parent replaces this worker after the call (and
+    with it the namespace and everything in it)."""
+    me = os.getpid()
+    return any(name.isdigit() and int(name) not in (1, me) for name in os.listdir("/proc"))
+
+
 def _frame(answer: dict[str, Any], max_bytes: int) -> bytes:
     answer["cpu"] = time.process_time()
     try:
@@ -270,8 +311,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-mb", type=int, default=1024)
     parser.add_argument("--cpu-seconds", type=int, default=60)
     parser.add_argument("--max-message-bytes", type=int, default=64 * 2**20)
+    parser.add_argument("--uid", type=int, help="jailed: the sandbox user to become")
+    parser.add_argument("--gid", type=int, help="jailed: the sandbox group to become")
+    parser.add_argument("--max-processes", type=int, help="jailed: RLIMIT_NPROC")
+    parser.add_argument("--join-cgroups", action="store_true", help="jailed: enter cgroups")
     args = parser.parse_args(argv)
-    apply_limits(args.memory_mb, args.cpu_seconds)
+    jailed = args.uid is not None and args.gid is not None
+    if jailed and args.join_cgroups:
+        join_cgroups()
+    if jailed:
+        drop_privileges(args.uid, args.gid)
+    apply_limits(args.memory_mb, args.cpu_seconds, args.max_processes if jailed else None)
     sys.dont_write_bytecode = True
     proto_in, proto_out = _isolate_stdio()
     channel = Channel(proto_in, proto_out, args.max_message_bytes)
@@ -285,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(Path.cwd(), ignore_errors=True)
             return 0
         answer = handle(policies, msg)
+        if jailed and others_alive():
+            answer["spawned"] = True
         with channel.lock:
             write_all(proto_out, _frame(answer, args.max_message_bytes))
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 
 from apportion.store import schema
 from apportion.store.db import Database
 from apportion.store.upsert import upsert
+
+DELETED = "deleted"  # the ``source`` of a deleted policy's tombstone row
 
 
 @dataclass(frozen=True)
@@ -56,9 +58,14 @@ class PolicyRepo:
             )
 
     async def delete(self, uri: str) -> None:
-        """Delete the policy and its context in one transaction."""
+        """Turn the policy into a tombstone (``source`` ``"deleted"``, no code path: its URI
+        stays taken for good) and delete its context, in one transaction."""
         async with self._db.write() as conn:
-            await conn.execute(delete(schema.policies).where(schema.policies.c.uri == uri))
+            await conn.execute(
+                update(schema.policies)
+                .where(schema.policies.c.uri == uri)
+                .values(source=DELETED, code_path=None)
+            )
             await conn.execute(
                 delete(schema.policy_contexts).where(schema.policy_contexts.c.uri == uri)
             )

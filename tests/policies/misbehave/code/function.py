@@ -5,6 +5,10 @@ import os
 import resource
 import subprocess
 import time
+import uuid
+
+# which worker answered: jailed workers all have PID 2 in their own PID namespace
+WORKER = uuid.uuid4().hex
 
 
 class AIOSv1PolicyRule:
@@ -35,12 +39,12 @@ class AIOSv1PolicyRule:
         if mode == "limits":
             names = ["RLIMIT_AS", "RLIMIT_CPU", "RLIMIT_NOFILE", "RLIMIT_FSIZE", "RLIMIT_CORE"]
             return {name: resource.getrlimit(getattr(resource, name)) for name in names}
-        if mode == "spawn":
-            child = subprocess.Popen(["sleep", "60"])
-            with open(parameters["pidfile"], "w") as out:
-                out.write(str(child.pid))
-            while True:
-                pass
+        if mode == "spawn":  # a child that would outlive the call; then return or hang
+            subprocess.Popen(["sleep", str(parameters["seconds"])])
+            if parameters.get("hang"):
+                while True:
+                    pass
+            return {"spawned": True}
         if mode == "spin":
             until = time.process_time() + parameters["seconds"]
             while time.process_time() < until:
@@ -54,5 +58,5 @@ class AIOSv1PolicyRule:
         if mode == "sleep":
             started = time.time()
             time.sleep(parameters["seconds"])
-            return {"pid": os.getpid(), "mode": mode, "started": started, "ended": time.time()}
-        return {"pid": os.getpid(), "mode": mode}
+            return {"worker": WORKER, "mode": mode, "started": started, "ended": time.time()}
+        return {"worker": WORKER, "mode": mode}

@@ -1,7 +1,9 @@
 """A policy whose object holds state that management changes (the seed's long-lived object)."""
 
-import os
 import time
+import uuid
+
+WORKER = uuid.uuid4().hex  # which worker answered
 
 
 class AIOSv1PolicyRule:
@@ -10,7 +12,7 @@ class AIOSv1PolicyRule:
 
     def eval(self, parameters, input_data, context):
         time.sleep(parameters.get("sleep", 0))
-        return {"threshold": self.threshold, "pid": os.getpid()}
+        return {"threshold": self.threshold, "worker": WORKER}
 
     def management(self, action, data):
         if action == "update_thresholds":
