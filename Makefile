@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit slurm chromium web bench clean
+.PHONY: demo test lint typecheck unit slurm chromium web tenant-user bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP) web
 	$(BIN)/apportion demo
 
-test: lint typecheck slurm chromium web unit
+test: lint typecheck tenant-user slurm chromium web unit
 
 # A real single-host Slurm for the Slurm adapter's tests (scripts/slurm_up.sh installs it with
 # apt where it can). Without it the Slurm tests skip and say why — except under CI=true, where
@@ -26,6 +26,15 @@ slurm:
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		bash scripts/slurm_up.sh || echo "Slurm could not be started; its tests will skip"; \
 	else echo "not root: Slurm tests will skip unless Slurm runs (scripts/slurm_up.sh)"; fi
+
+# The unprivileged OS user that jobs run as when the server is root (docs/security.md). The
+# job-isolation tests need it as root; without it they skip and say why — except under CI=true,
+# where this step and those tests fail instead.
+tenant-user:
+	@if [ "$$(id -u)" = 0 ]; then bash scripts/tenant_user.sh \
+		|| { [ "$$CI" != "true" ] || exit 1; echo "the job user could not be created; job tests will skip"; }; \
+	elif [ "$$CI" = "true" ]; then echo "CI=true: not root, cannot create the job user"; exit 1; \
+	else echo "not root: jobs run as this user only with allow_jobs_as_server_user"; fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check

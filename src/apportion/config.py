@@ -57,8 +57,14 @@ class Settings(BaseSettings):
     event_retention_days: float = Field(7.0, gt=0)  # events older than this are pruned
     event_retention_count: int = Field(1_000_000, ge=1)  # and beyond the newest this many
     local_cluster: bool = False  # register this machine as cluster "local" and collect its metrics
+    # Jobs and the data dir (docs/security.md): as root, every job runs as job_user; its default
+    # working directory is <jobs_root>/<job id>, owned by that user. A server that is not root
+    # refuses local jobs unless allow_jobs_as_server_user is set.
+    job_user: str = Field("apportion-jobs", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
+    jobs_root: Path | None = None  # default: <data dir>-jobs, beside the data dir
+    allow_jobs_as_server_user: bool = False
 
-    @field_validator("data_dir", "policy_dir", "config", "credentials_file")
+    @field_validator("data_dir", "policy_dir", "config", "credentials_file", "jobs_root")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None
@@ -67,6 +73,13 @@ class Settings(BaseSettings):
     def database_url(self) -> str:
         """``--db`` or ``sqlite:///<data dir>/apportion.db``."""
         return self.db or f"sqlite:///{self.data_dir / 'apportion.db'}"
+
+    @property
+    def jobs_root_dir(self) -> Path:
+        """``--jobs-root``, or ``<data dir>-jobs`` beside the data dir (never inside it: the
+        data dir is the server's alone)."""
+        root = self.jobs_root or self.data_dir.with_name(self.data_dir.name + "-jobs")
+        return root.absolute()
 
     @classmethod
     def settings_customise_sources(

@@ -59,6 +59,14 @@ def stderr_path(job_dir: Path, index: int) -> Path:
     return job_dir / f"worker-{index}.err"
 
 
+def open_private(path: Path) -> int:
+    """``path`` opened for appending, created 0600: a job's files are the server's alone (the
+    command writes its output through the descriptors it inherits, not by name)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
+
+
 def write_json_atomic(path: Path, value: dict[str, Any]) -> None:
     """Write ``value`` to ``path`` so readers see the old or the new file, never half of one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -132,9 +140,21 @@ class _Supervisor:
         return 0
 
     def _start(self) -> subprocess.Popen[bytes]:
+        """Start the command. With ``run_as`` in the launch file (the server is root), the
+        child changes to the working directory, then sets its groups, gid and uid — in that
+        order, before exec (``subprocess``'s own sequence) — so the command never runs as
+        root; the stdout and stderr files stay the server's, open on its descriptors."""
+        run_as = self.launch.get("run_as")
+        identity: dict[str, Any] = {}
+        if run_as is not None:
+            identity = {
+                "user": int(run_as["uid"]),
+                "group": int(run_as["gid"]),
+                "extra_groups": [int(g) for g in run_as["groups"]],
+            }
         with (
-            open(self.launch["stdout"], "ab") as out,
-            open(self.launch["stderr"], "ab") as err,
+            os.fdopen(open_private(Path(self.launch["stdout"])), "ab") as out,
+            os.fdopen(open_private(Path(self.launch["stderr"])), "ab") as err,
         ):
             return subprocess.Popen(  # noqa: S603 - argv list, never a shell
                 self.launch["command"],
@@ -144,6 +164,7 @@ class _Supervisor:
                 stdout=out,
                 stderr=err,
                 start_new_session=True,
+                **identity,
             )
 
     def _on_signal(self, signum: int, _frame: object) -> None:
