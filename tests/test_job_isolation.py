@@ -9,6 +9,7 @@ that need the switch skip and say why — except under ``CI=true``, where they f
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pwd
@@ -21,6 +22,8 @@ from typing import Any
 
 import pytest
 
+from apportion.adapters.base import BackendState, JobSpec, RunAs, WorkerSpec
+from apportion.adapters.local.adapter import LocalAdapter
 from apportion.errors import Conflict, InvalidRequest
 from apportion.jobs.boundary import JobBoundary
 from apportion.jobs.identity import JobIdentity
@@ -319,3 +322,52 @@ def test_a_queue_root_that_holds_a_private_directory_is_no_root(tmp_path: Path) 
             JobConfig.model_validate({"command": ["true"], "working_dir": "/"}),
             QueueConfig(name="q", working_dir="/"),
         )
+
+
+# ---------------------------------------------------------------- the working directory, at start
+
+
+def _job_user() -> RunAs:
+    entry = pwd.getpwnam(JOB_USER)
+    groups = tuple(os.getgrouplist(JOB_USER, entry.pw_gid))
+    return RunAs(JOB_USER, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir)
+
+
+async def test_a_working_dir_swapped_for_a_symlink_after_submit_is_not_entered(
+    tmp_path: Path, job_tmp: Path
+) -> None:
+    """The job user swaps a directory it owns, already accepted at submit, for a symlink to a
+    directory behind a 0700 root directory before dispatch. The command enters its working directory as the job
+    user, so it cannot get in — before, root entered it and then dropped privileges, and the
+    command read what was there by relative name."""
+    needs_job_user()
+    closed = tmp_path / "closed"  # like root's home: 0700, with a directory open to others
+    closed.mkdir(mode=0o700)
+    private = closed / "open"
+    private.mkdir(mode=0o755)
+    private.chmod(0o755)
+    (private / "note").write_text("secret")
+    (private / "note").chmod(0o644)
+    (job_tmp / "d").symlink_to(private)
+    spec = JobSpec(
+        job_id="swapped",
+        name="swapped",
+        command=(PY, "-c", "print(open('note').read())"),
+        cluster_id="local",
+        scheduler={"type": "local"},
+        workers=(WorkerSpec(0, "localhost", ()),),
+        output_dir=tmp_path / "out",
+        working_dir=str(job_tmp / "d"),
+        run_as=_job_user(),
+    )
+    adapter = LocalAdapter(grace_seconds=0.5)
+    sid = await adapter.submit(spec)
+    status = await adapter.poll(spec, sid)
+    for _ in range(600):  # a deadline for a broken test, not a timing claim
+        if status.state.finished:
+            break
+        await asyncio.sleep(0.05)
+        status = await adapter.poll(spec, sid)
+    assert status.state is BackendState.FAILED and status.return_code == 126, status
+    assert "cannot enter its working directory" in (status.reason or ""), status
+    assert (await adapter.logs(spec, sid)).text == ""

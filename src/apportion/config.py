@@ -27,6 +27,10 @@ def default_data_dir() -> Path:
     return Path(base) / "apportion"
 
 
+ROOT_JOBS_ROOT = Path("/var/lib/apportion/jobs")
+"""The default jobs root of a server that runs as root (docs/security.md)."""
+
+
 class Settings(BaseSettings):
     """Every option of ``apportion serve`` (CONTRACTS §1)."""
 
@@ -61,7 +65,7 @@ class Settings(BaseSettings):
     # working directory is <jobs_root>/<job id>, owned by that user. A server that is not root
     # refuses local jobs unless allow_jobs_as_server_user is set.
     job_user: str = Field("apportion-jobs", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
-    jobs_root: Path | None = None  # default: <data dir>-jobs, beside the data dir
+    jobs_root: Path | None = None  # default: /var/lib/apportion/jobs as root, else <data dir>-jobs
     allow_jobs_as_server_user: bool = False
 
     @field_validator("data_dir", "policy_dir", "config", "credentials_file", "jobs_root")
@@ -76,10 +80,15 @@ class Settings(BaseSettings):
 
     @property
     def jobs_root_dir(self) -> Path:
-        """``--jobs-root``, or ``<data dir>-jobs`` beside the data dir (never inside it: the
-        data dir is the server's alone)."""
-        root = self.jobs_root or self.data_dir.with_name(self.data_dir.name + "-jobs")
-        return root.absolute()
+        """``jobs_root``; by default :data:`ROOT_JOBS_ROOT` for a root server (its jobs enter
+        their directories as the job user, so every directory above must be open to others:
+        a root's home is not), else ``<data dir>-jobs`` beside the data dir. Never inside the
+        data dir: it is the server's alone."""
+        if self.jobs_root is not None:
+            return self.jobs_root.absolute()
+        if os.geteuid() == 0:
+            return ROOT_JOBS_ROOT
+        return self.data_dir.with_name(self.data_dir.name + "-jobs").absolute()
 
     @classmethod
     def settings_customise_sources(

@@ -39,7 +39,7 @@ Identity: with ``spec.run_as`` (the server is root), each supervisor — itself 
 starts the command as that user (groups, gid, uid set before exec, ``HOME``/``USER``/``LOGNAME``
 in its environment). The job's directory is 0700 and its files 0600, the server's alone: the
 command gets its stdout and stderr as open descriptors, and its working directory is
-``spec.working_dir`` (entered before the switch of user).
+``spec.working_dir``, entered as that user after the switch.
 
 Logs (:meth:`LocalAdapter.logs`) are read by ``logs.py``; usage samples
 (:meth:`LocalAdapter.usage`) are taken by ``usage.py``. Starting the workers is
