@@ -13,8 +13,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP) web
-	$(BIN)/apportion demo
+# As root, the demo's jobs run as the job user (tenant-user); otherwise as you, by explicit opt-in.
+demo: $(STAMP) web tenant-user
+	@if [ "$$(id -u)" = 0 ]; then $(BIN)/apportion demo; \
+	else APPORTION_ALLOW_JOBS_AS_SERVER_USER=true $(BIN)/apportion demo; fi
 
 test: lint typecheck tenant-user slurm chromium web unit
 
