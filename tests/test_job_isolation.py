@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from apportion.adapters.base import BackendState, JobSpec, RunAs, WorkerSpec
 from apportion.adapters.local.adapter import LocalAdapter
 from apportion.errors import Conflict, InvalidRequest
 from apportion.jobs.boundary import JobBoundary
 from apportion.jobs.identity import JobIdentity
-from apportion.jobs.models import JobConfig, QueueConfig
+from apportion.jobs.models import STORED, JobConfig, QueueConfig
 from apportion.server.credentials import Profile, write_profile
 from tests.conftest import ADMIN_KEY, Running, running_server
 from tests.jobs_helpers import PY, create_queue, submit, wait_for
@@ -371,3 +372,16 @@ async def test_a_working_dir_swapped_for_a_symlink_after_submit_is_not_entered(
     assert status.state is BackendState.FAILED and status.return_code == 126, status
     assert "cannot enter its working directory" in (status.reason or ""), status
     assert (await adapter.logs(spec, sid)).text == ""
+
+
+def test_records_accepted_before_the_rules_still_load() -> None:
+    """A job stored before env names and working dirs were checked is read back as it was
+    (a server with such a record still starts); a submit with the same body is refused."""
+    body = {"command": ["true"], "env": {"A=B": "x"}, "working_dir": "relative"}
+    assert JobConfig.model_validate(body, context=STORED).env == {"A=B": "x"}
+    with pytest.raises(ValidationError):
+        JobConfig.model_validate(body)
+    queue = {"name": "q", "env": {"A=B": "x"}, "allowed_env": ["not a name"]}
+    assert QueueConfig.model_validate(queue, context=STORED).allowed_env == ["not a name"]
+    with pytest.raises(ValidationError):
+        QueueConfig.model_validate(queue)

@@ -17,6 +17,7 @@ from pydantic import (
     StrictBool,
     StrictInt,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 
@@ -59,7 +60,19 @@ def is_injection_variable(name: str) -> bool:
     return name in INJECTION_NAMES or name.startswith(INJECTION_PREFIXES)
 
 
-def _check_env(env: dict[str, str]) -> dict[str, str]:
+STORED = {"stored": True}
+"""Validation context of a record read back from the store: the rules below apply to what is
+sent, not to what was accepted before they existed (such a record still loads; its job fails
+at dispatch, as it did then)."""
+
+
+def _stored(info: ValidationInfo) -> bool:
+    return isinstance(info.context, dict) and info.context.get("stored") is True
+
+
+def _check_env(env: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+    if _stored(info):
+        return env
     for key, value in env.items():
         if not ENV_NAME_RE.fullmatch(key):
             raise ValueError(
@@ -71,8 +84,12 @@ def _check_env(env: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def _check_dir(value: str | None) -> str | None:
-    if value is not None and (not value.startswith("/") or "\0" in value or "\n" in value):
+def _check_dir(value: str | None, info: ValidationInfo) -> str | None:
+    if (
+        value is not None
+        and not _stored(info)
+        and (not value.startswith("/") or "\0" in value or "\n" in value)
+    ):
         raise ValueError(
             f"working_dir {value!r} must be an absolute path (starting with '/') without NUL"
             " or newline"
@@ -176,8 +193,8 @@ class QueueConfig(BaseModel):
 
     @field_validator("allowed_env")
     @classmethod
-    def _allowed_env(cls, names: list[str]) -> list[str]:
-        for name in names:
+    def _allowed_env(cls, names: list[str], info: ValidationInfo) -> list[str]:
+        for name in [] if _stored(info) else names:
             if not ENV_NAME_RE.fullmatch(name):
                 raise ValueError(f"allowed_env entry {name!r} is not a POSIX variable name")
         return names
