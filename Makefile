@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit slurm chromium sandbox web bench clean
+.PHONY: demo test lint typecheck unit slurm chromium sandbox web tenant-user bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,10 +13,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP) web
-	$(BIN)/apportion demo
+# As root, the demo's jobs run as the job user (tenant-user); otherwise as you, by explicit opt-in.
+demo: $(STAMP) web tenant-user
+	@if [ "$$(id -u)" = 0 ]; then $(BIN)/apportion demo; \
+	else APPORTION_ALLOW_JOBS_AS_SERVER_USER=true $(BIN)/apportion demo; fi
 
-test: lint typecheck slurm chromium sandbox web unit
+test: lint typecheck tenant-user slurm chromium sandbox web unit
 
 # A real single-host Slurm for the Slurm adapter's tests (scripts/slurm_up.sh installs it with
 # apt where it can). Without it the Slurm tests skip and say why — except under CI=true, where
@@ -26,6 +28,15 @@ slurm:
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		bash scripts/slurm_up.sh || echo "Slurm could not be started; its tests will skip"; \
 	else echo "not root: Slurm tests will skip unless Slurm runs (scripts/slurm_up.sh)"; fi
+
+# The unprivileged OS user that jobs run as when the server is root (docs/security.md). The
+# job-isolation tests need it as root; without it they skip and say why — except under CI=true,
+# where this step and those tests fail instead.
+tenant-user:
+	@if [ "$$(id -u)" = 0 ]; then bash scripts/tenant_user.sh \
+		|| { [ "$$CI" != "true" ] || exit 1; echo "the job user could not be created; job tests will skip"; }; \
+	elif [ "$$CI" = "true" ]; then echo "CI=true: not root, cannot create the job user"; exit 1; \
+	else echo "not root: jobs run as this user only with allow_jobs_as_server_user"; fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check

@@ -26,7 +26,7 @@ async def main() -> int:
         # Remember where the event log is now, so no event of our job can be missed.
         since = (await client.system_status())["latest_event_seq"]
         job_id = await client.submit(
-            [sys.executable, "-c", WORKER], gpus=1, workers=2, name="two-workers"
+            ["python3", "-c", WORKER], gpus=1, workers=2, name="two-workers"
         )
         print(f"submitted {job_id}")
         async with client.events(since=since, types=JOB_EVENTS) as events:

@@ -4,7 +4,6 @@ Usage:
     APPORTION_URL=http://127.0.0.1:8080 APPORTION_API_KEY=... python examples/sync_quickstart.py
 """
 
-import sys
 import time
 
 from apportion.clients import Apportion
@@ -19,7 +18,7 @@ with client.hold({"gpus": 1}, lease_seconds=30) as hold:
     print("holding", hold.allocation_id, "on", hold.result.placement.node_id)
 
 # Submit a job and wait until it is finished, as seed 001's example does.
-job_id = client.submit([sys.executable, "-c", "print('hello from a job')"], name="quickstart")
+job_id = client.submit(["python3", "-c", "print('hello from a job')"], name="quickstart")
 print("Submitted", job_id)
 while client.job(job_id).status not in {"completed", "failed", "cancelled"}:
     time.sleep(0.2)

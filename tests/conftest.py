@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -32,9 +35,28 @@ def server_settings(data_dir: Path, **overrides: Any) -> Settings:
         "sandbox_workers": 1,
         "policy_timeout": 5.0,
         "unsandboxed_policies": unsandboxed_unless_jailed(),
+        # as root, jobs run as the job user (scripts/tenant_user.sh); otherwise as this user
+        "allow_jobs_as_server_user": os.geteuid() != 0,
     }
     values.update(overrides)
     return Settings(**values)
+
+
+@pytest.fixture
+def job_tmp() -> Iterator[Path]:
+    """A directory a job may read and write by absolute path (markers, gates), which
+    ``tmp_path`` is not when the job runs as the job user: ``tmp_path`` is under root's 0700
+    ``/tmp/pytest-of-root``. A 0711 directory in ``/tmp`` holding one owned by the job user."""
+    outer = Path(tempfile.mkdtemp(prefix="apportion-job-tmp-"))
+    try:
+        outer.chmod(0o711)
+        inner = outer / "job"
+        inner.mkdir(mode=0o700)
+        if os.geteuid() == 0:
+            shutil.chown(inner, "apportion-jobs", "apportion-jobs")
+        yield inner
+    finally:
+        shutil.rmtree(outer, ignore_errors=True)
 
 
 class Running:

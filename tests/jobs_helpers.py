@@ -4,15 +4,15 @@ builders of job records and queues for the pure admission tests."""
 from __future__ import annotations
 
 import asyncio
-import sys
 from pathlib import Path
 from typing import Any
 
+from apportion.jobs.identity import python_for_jobs
 from apportion.jobs.models import JobConfig, JobStatus, QueueConfig
 from apportion.jobs.records import Job
 from tests.conftest import Running
 
-PY = sys.executable
+PY = python_for_jobs()  # an interpreter the job user can run (docs/security.md)
 
 
 def sleeper(seconds: float) -> list[str]:

@@ -6,7 +6,11 @@ Each test submits real batch jobs through :class:`SlurmAdapter` and reads what t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import pwd
+import stat
 import time
 import uuid
 from dataclasses import replace
@@ -19,10 +23,11 @@ from apportion.adapters.base import (
     BackendState,
     BackendStatus,
     JobSpec,
+    RunAs,
     WorkerSpec,
 )
 from apportion.adapters.slurm.adapter import SlurmAdapter
-from apportion.adapters.slurm.script import job_layout
+from apportion.adapters.slurm.script import job_layout, write_script
 from apportion.registry.documents.cluster import validate_cluster_document
 from tests import slurm_env
 from tests.slurm_env import SlurmCluster
@@ -360,3 +365,33 @@ async def test_a_hanging_slurm_command_times_out(tmp_path: Path) -> None:
     with pytest.raises(AdapterError, match=r"did not answer within 0\.5 s") as err:
         await adapter.poll(spec, "1")
     assert err.value.retryable and time.monotonic() - started < 15  # stopped, not the 30 s
+
+
+def test_a_job_with_a_user_is_submitted_as_that_user_and_its_files_are_theirs(
+    tmp_path: Path,
+) -> None:
+    """Root submits with --uid/--gid (Slurm 22.05, root only); the launch file — read by the
+    launcher as that user — and the script are 0600 and the user's. Before, sbatch ran the job
+    as the server (root) and both files were world-readable."""
+    uid, gid = os.getuid(), os.getgid()
+    if uid == 0:  # root: a real other user, so the chown is seen
+        with contextlib.suppress(KeyError):
+            entry = pwd.getpwnam("apportion-jobs")
+            uid, gid = entry.pw_uid, entry.pw_gid
+    me = RunAs("someone", uid, gid, (gid,), "/nonexistent")
+    spec = make_spec(tmp_path, ("true",), (WorkerSpec(0, "n1", ()),), run_as=me)
+    adapter = SlurmAdapter()
+    layout = job_layout(spec)
+    args = adapter._sbatch_args(spec, layout)
+    assert f"--uid={me.uid}" in args and f"--gid={me.gid}" in args
+    script = write_script(spec, layout, "python3")
+    for path in (script, spec.output_dir / "slurm-launch.json"):
+        info = path.stat()
+        assert stat.S_IMODE(info.st_mode) == 0o600 and (info.st_uid, info.st_gid) == (
+            me.uid,
+            me.gid,
+        )
+    without = make_spec(tmp_path, ("true",), (WorkerSpec(0, "n1", ()),))
+    assert not [
+        a for a in adapter._sbatch_args(without, layout) if a.startswith(("--uid", "--gid"))
+    ]

@@ -21,9 +21,10 @@ from typer.testing import CliRunner, Result
 
 from apportion import __version__
 from apportion.cli.app import app
+from apportion.jobs.identity import python_for_jobs
 from tests.conftest import ADMIN_KEY, Running
 
-PY = sys.executable
+PY = python_for_jobs()  # an interpreter the job user can run (docs/security.md)
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 runner = CliRunner()
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +23,10 @@ from apportion.clients import (
     WaitTimeoutError,
     resolve_config,
 )
+from apportion.jobs.identity import python_for_jobs
 from tests.conftest import ADMIN_KEY, Running
 
-PY = sys.executable
+PY = python_for_jobs()  # an interpreter the job user can run (docs/security.md)
 
 
 def client_for(running: Running, key: str | None = ADMIN_KEY) -> AsyncApportion:

@@ -312,9 +312,9 @@ async def test_sign_in_with_the_one_time_link(demo: Running, browser: Any) -> No
 
 
 async def test_a_job_appears_runs_and_completes_live_and_its_detail_shows_logs(
-    demo: Running, browser: Any, tmp_path: Path
+    demo: Running, browser: Any, job_tmp: Path
 ) -> None:
-    gate = tmp_path / "talk-now"  # the job runs until the page has shown it running
+    gate = job_tmp / "talk-now"  # the job runs until the page has shown it running
     page, errors = await new_page(browser)
     await sign_in(page, demo.url, ADMIN_KEY)
     await page.goto(demo.url + "/#jobs")

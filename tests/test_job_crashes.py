@@ -52,9 +52,9 @@ async def start_crashing_server(
 
 @pytest.mark.parametrize("crash_at", ["before_submit", "after_submit"])
 async def test_sigkill_during_dispatch_runs_the_job_exactly_once(
-    tmp_path: Path, crash_at: str
+    tmp_path: Path, job_tmp: Path, crash_at: str
 ) -> None:
-    data, marker = tmp_path / "data", tmp_path / "ran.txt"
+    data, marker = tmp_path / "data", job_tmp / "ran.txt"
     async with running_server(data) as live:
         await live.load_demo_fleet()
     process, url = await start_crashing_server(data, crash_at)
@@ -80,8 +80,10 @@ async def test_sigkill_during_dispatch_runs_the_job_exactly_once(
     assert history[0] == "queued" and history[-1] == "completed"
 
 
-async def test_sigkill_while_a_job_runs_is_adopted_after_restart(tmp_path: Path) -> None:
-    data, marker = tmp_path / "data", tmp_path / "ran.txt"
+async def test_sigkill_while_a_job_runs_is_adopted_after_restart(
+    tmp_path: Path, job_tmp: Path
+) -> None:
+    data, marker = tmp_path / "data", job_tmp / "ran.txt"
     async with running_server(data) as live:
         await live.load_demo_fleet()
     process, url = await start_crashing_server(data, None)

@@ -93,8 +93,10 @@ class GatedAdapter(LocalAdapter):
         return scheduler_job_id
 
 
-async def test_a_stop_waits_for_an_in_flight_dispatch_and_leaves_no_task(tmp_path: Path) -> None:
-    data, marker = tmp_path / "data", tmp_path / "ran.txt"
+async def test_a_stop_waits_for_an_in_flight_dispatch_and_leaves_no_task(
+    tmp_path: Path, job_tmp: Path
+) -> None:
+    data, marker = tmp_path / "data", job_tmp / "ran.txt"
     async with running_server(data) as live:
         await live.load_demo_fleet()
     adapter = GatedAdapter()
@@ -158,9 +160,11 @@ class AIOSv1PolicyRule:
 """
 
 
-async def test_a_stop_lets_an_admission_cycle_under_way_finish(tmp_path: Path) -> None:
+async def test_a_stop_lets_an_admission_cycle_under_way_finish(
+    tmp_path: Path, job_tmp: Path
+) -> None:
     data, evals, gate = tmp_path / "data", tmp_path / "evals.txt", tmp_path / "gate"
-    marker = tmp_path / "ran.txt"
+    marker = job_tmp / "ran.txt"
     code = tmp_path / "policies" / "gated" / "code"
     code.mkdir(parents=True)
     (code / "function.py").write_text(GATED_POLICY.format(evals=str(evals), gate=str(gate)))

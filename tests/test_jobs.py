@@ -65,10 +65,10 @@ async def test_a_failing_command_is_failed_with_its_return_code(
     assert "3" in record["failed_reason"]
 
 
-async def test_priority_first_then_fifo(running: Running, fleet: Any, tmp_path: Path) -> None:
+async def test_priority_first_then_fifo(running: Running, fleet: Any, job_tmp: Path) -> None:
     async with running.http.put(f"{running.url}/pool/limits", json={"max_concurrent_jobs": 1}) as r:
         assert r.status == 200
-    gate = tmp_path / "blocker-may-end"  # the blocker runs until all four jobs wait behind it
+    gate = job_tmp / "blocker-may-end"  # the blocker runs until all four jobs wait behind it
     blocker = await submit(running, {"name": "blocker", "command": gated(gate)})
     await wait_for(running, blocker, "running")
     low_a = await submit(running, {"name": "low-a", "command": sleeper(0)}, priority=0)
@@ -89,10 +89,10 @@ async def test_priority_first_then_fifo(running: Running, fleet: Any, tmp_path: 
 
 
 async def test_seed_000_worker_cap_all_or_nothing(
-    running: Running, fleet: Any, tmp_path: Path
+    running: Running, fleet: Any, job_tmp: Path
 ) -> None:
     await create_queue(running, name="capped", maximum_allowed_worker_instances=10)
-    gate = tmp_path / "ten-may-end"  # the 10 workers run until the 8-worker job was refused
+    gate = job_tmp / "ten-may-end"  # the 10 workers run until the 8-worker job was refused
     ten = await submit(running, {"queue": "capped", "command": gated(gate), "replica_count": 10})
     await wait_for(running, ten, "running")
     eight = await submit(running, {"queue": "capped", "command": sleeper(0), "replica_count": 8})
@@ -106,10 +106,10 @@ async def test_seed_000_worker_cap_all_or_nothing(
 
 
 async def test_a_job_that_does_not_fit_lets_a_smaller_one_pass(
-    running: Running, fleet: Any, tmp_path: Path
+    running: Running, fleet: Any, job_tmp: Path
 ) -> None:
     await create_queue(running, name="q", maximum_allowed_worker_instances=10)
-    gate = tmp_path / "seven-may-end"  # the 7 workers hold their slots until the test looked
+    gate = job_tmp / "seven-may-end"  # the 7 workers hold their slots until the test looked
     seven = await submit(running, {"queue": "q", "command": gated(gate), "replica_count": 7})
     await wait_for(running, seven, "running")
     four = await submit(running, {"queue": "q", "command": sleeper(0), "replica_count": 4})
@@ -128,11 +128,11 @@ async def test_a_job_that_does_not_fit_lets_a_smaller_one_pass(
 
 
 async def test_starvation_is_bounded_by_max_bypass(
-    running: Running, fleet: Any, tmp_path: Path
+    running: Running, fleet: Any, job_tmp: Path
 ) -> None:
     # cap 4, a 3-worker job runs; a 2-worker job waits; 1-worker jobs may pass it only twice
     await create_queue(running, name="fair", maximum_allowed_worker_instances=4, max_bypass=2)
-    gate = tmp_path / "big-may-end"  # the 3-worker job runs until the third small job waits
+    gate = job_tmp / "big-may-end"  # the 3-worker job runs until the third small job waits
     big = await submit(running, {"queue": "fair", "command": gated(gate), "replica_count": 3})
     await wait_for(running, big, "running")
     pair = await submit(running, {"queue": "fair", "command": sleeper(0), "replica_count": 2})
@@ -151,7 +151,7 @@ async def test_starvation_is_bounded_by_max_bypass(
     assert pair_done["start_time"] <= later["start_time"]
 
 
-async def test_cancel_queued_and_running(running: Running, fleet: Any, tmp_path: Path) -> None:
+async def test_cancel_queued_and_running(running: Running, fleet: Any, job_tmp: Path) -> None:
     long = await submit(running, {"command": sleeper(60)})
     await wait_for(running, long, "running")
     async with running.http.post(f"{running.url}/jobs/{long}/cancel") as r:
@@ -160,7 +160,7 @@ async def test_cancel_queued_and_running(running: Running, fleet: Any, tmp_path:
     assert record["end_time"] is not None
     async with running.http.put(f"{running.url}/pool/limits", json={"max_concurrent_jobs": 1}) as r:
         assert r.status == 200
-    gate = tmp_path / "first-may-end"  # the first job holds the only slot until second is gone
+    gate = job_tmp / "first-may-end"  # the first job holds the only slot until second is gone
     first = await submit(running, {"command": gated(gate)})
     second = await submit(running, {"command": sleeper(1)})
     async with running.http.post(f"{running.url}/jobs/{second}/cancel") as r:
@@ -204,10 +204,10 @@ async def test_seed_001_errors(running: Running, fleet: Any) -> None:
         assert r.status == 404
 
 
-async def test_queue_statistics(running: Running, fleet: Any, tmp_path: Path) -> None:
+async def test_queue_statistics(running: Running, fleet: Any, job_tmp: Path) -> None:
     async with running.http.put(f"{running.url}/pool/limits", json={"max_concurrent_jobs": 1}) as r:
         assert r.status == 200
-    gate = tmp_path / "first-may-end"  # runs until the statistics were read
+    gate = job_tmp / "first-may-end"  # runs until the statistics were read
     first = await submit(running, {"command": gated(gate)})
     await wait_for(running, first, "running")
     await submit(running, {"command": sleeper(0)}, priority=3)

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,27 @@ from tests.conftest import ADMIN_KEY, Running, running_server
 from tests.jobs_helpers import PY, create_queue, exiting, sleeper, submit, wait_for
 
 slurm = slurm_env.slurm
+
+
+@pytest.fixture
+def jobs_root(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A jobs root the job user can reach (``slurmstepd`` opens the log and enters the working
+    directory as that user; ``tmp_path`` is inside root's 0700 directory), for every server of
+    the test — in this process and in the crash tests' subprocess (``APPORTION_JOBS_ROOT``)."""
+    root = Path(tempfile.mkdtemp(prefix="apportion-slurm-jobs-"))
+    os.chmod(root, 0o711)
+    monkeypatch.setenv("APPORTION_JOBS_ROOT", str(root))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+async def running(tmp_path: Path, jobs_root: Path) -> AsyncIterator[Running]:
+    async with running_server(tmp_path / "data") as live:
+        yield live
+
 
 SHOW_ENV = [
     PY,
@@ -65,6 +90,25 @@ async def test_discovery_and_a_two_gpu_job_on_the_chosen_node(
     assert record["scheduler_job_id"].isdigit()
 
 
+async def test_a_slurm_job_runs_as_the_job_user(
+    running: Running, slurm: slurm_env.SlurmCluster
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the server is not root: Slurm runs its jobs as this user")
+    await register_slurm(running, slurm)
+    who = [
+        PY,
+        "-c",
+        "import json, os, pwd; print(json.dumps({'user': pwd.getpwuid(os.geteuid())"
+        ".pw_name, 'groups': os.getgroups()}))",
+    ]
+    job_id = await submit(running, {"queue": "hpc", "command": who})
+    record = await wait_for(running, job_id, "completed", "failed", within=60)
+    assert record["status"] == "completed", record
+    [seen] = await logs(running, job_id)
+    assert seen["user"] == "apportion-jobs" and 0 not in seen["groups"], seen
+
+
 async def test_a_gang_of_two_workers_on_two_nodes(
     running: Running, slurm: slurm_env.SlurmCluster
 ) -> None:
@@ -101,11 +145,11 @@ async def test_exit_code_and_cancel(running: Running, slurm: slurm_env.SlurmClus
 
 @pytest.mark.parametrize("crash_at", ["before_submit", "after_submit"])
 async def test_reconciliation_after_sigkill(
-    tmp_path: Path, slurm: slurm_env.SlurmCluster, crash_at: str
+    tmp_path: Path, job_tmp: Path, jobs_root: Path, slurm: slurm_env.SlurmCluster, crash_at: str
 ) -> None:
     from tests.test_job_crashes import marker_command, start_crashing_server
 
-    data, marker = tmp_path / "data", tmp_path / "ran.txt"
+    data, marker = tmp_path / "data", job_tmp / "ran.txt"
     async with running_server(data) as live:
         await register_slurm(live, slurm)
     process, url = await start_crashing_server(data, crash_at)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import sys
@@ -30,7 +31,9 @@ from apportion.allocation.service import AllocationService
 from apportion.background import Background
 from apportion.config import Settings
 from apportion.errors import ApportionError
+from apportion.jobs.boundary import JobBoundary
 from apportion.jobs.driver import BackendDriver
+from apportion.jobs.identity import JobIdentity
 from apportion.jobs.service import JobService
 from apportion.policies.catalog import builtin_catalog
 from apportion.policies.clients import RegistryServices
@@ -51,6 +54,7 @@ from apportion.server import (
 from apportion.server.auth import ANONYMOUS_ADMIN, auth_middleware, check_bind_allowed
 from apportion.server.bootstrap import BootstrapKey, ensure_admin_key
 from apportion.server.context import CONTEXT, ServerContext
+from apportion.server.credentials import default_credentials_path
 from apportion.server.events import EventLog, Retention
 from apportion.server.http_common import error_middleware
 from apportion.server.keys import KeyStore
@@ -60,6 +64,8 @@ from apportion.server.socketio_server import SocketIOBroadcaster, attach, create
 from apportion.server.telemetry import Telemetry
 from apportion.server.ws import AllocationWebSocket
 from apportion.store.db import Database
+
+log = logging.getLogger(__name__)
 
 STOP_GRACE_SECONDS = 10.0
 
@@ -85,6 +91,7 @@ class Server:
         self._ws: AllocationWebSocket | None = None
         self.http_app: web.Application | None = None  # once started: the REST/Socket.IO app
         self.http_gate: ConnectionGate | None = None  # once started: the HTTP port's cap
+        self.jobs_identity = ""  # once started: as whom jobs run, in words (docs/security.md)
 
     # ---------------------------------------------------------------- ports
     @property
@@ -118,6 +125,7 @@ class Server:
         loop.set_exception_handler(accept_error_handler(previous_handler))
         self._stack.callback(loop.set_exception_handler, previous_handler)
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(settings.data_dir, 0o700)  # the server's alone, also when it existed before
         db = await Database.open(settings.database_url)
         self._stack.push_async_callback(db.close)
 
@@ -165,10 +173,27 @@ class Server:
             emit=events.append,
         )
         adapters = _adapters() if self._adapters is None else self._adapters
-        driver = BackendDriver(registry, adapters, settings.data_dir)
+        identity = JobIdentity.of_this_process(
+            settings.job_user, allow_as_server=settings.allow_jobs_as_server_user
+        )
+        self.jobs_identity = identity.describe()
+        (log.info if identity.refusal() is None else log.warning)("%s", self.jobs_identity)
+        jobs_root = settings.jobs_root_dir
+        driver = BackendDriver(
+            registry, adapters, settings.data_dir, identity=identity, jobs_root=jobs_root
+        )
+        credentials = settings.credentials_file or default_credentials_path()
+        boundary = JobBoundary(identity, jobs_root, (settings.data_dir, credentials.parent))
         background = self.background
         jobs = JobService(
-            db, registry, allocations, holds, driver, events.append, spawn=background.spawn
+            db,
+            registry,
+            allocations,
+            holds,
+            driver,
+            events.append,
+            spawn=background.spawn,
+            boundary=boundary,
         )
         self._stack.push_async_callback(jobs.jobs.close)  # its pending writes, before the db
         await jobs.load()
@@ -325,6 +350,7 @@ async def serve_forever(settings: Settings, *, on_ready: Any = None) -> None:
         print(f"apportion: REST, Socket.IO and dashboard on {server.url}", file=sys.stderr)
         print(f"apportion: allocation WebSocket on {server.ws_url}", file=sys.stderr)
         print(f"apportion: data in {settings.data_dir} (pid {os.getpid()})", file=sys.stderr)
+        print(f"apportion: {server.jobs_identity}", file=sys.stderr)
         if settings.auth:
             link = dashboard.issue_one_time_link(server.url)
             print(f"apportion: dashboard sign-in link (one use, 10 min): {link}", file=sys.stderr)

@@ -27,6 +27,10 @@ def default_data_dir() -> Path:
     return Path(base) / "apportion"
 
 
+ROOT_JOBS_ROOT = Path("/var/lib/apportion/jobs")
+"""The default jobs root of a server that runs as root (docs/security.md)."""
+
+
 class Settings(BaseSettings):
     """Every option of ``apportion serve`` (CONTRACTS §1)."""
 
@@ -62,8 +66,14 @@ class Settings(BaseSettings):
     event_retention_days: float = Field(7.0, gt=0)  # events older than this are pruned
     event_retention_count: int = Field(1_000_000, ge=1)  # and beyond the newest this many
     local_cluster: bool = False  # register this machine as cluster "local" and collect its metrics
+    # Jobs and the data dir (docs/security.md): as root, every job runs as job_user; its default
+    # working directory is <jobs_root>/<job id>, owned by that user. A server that is not root
+    # refuses local jobs unless allow_jobs_as_server_user is set.
+    job_user: str = Field("apportion-jobs", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
+    jobs_root: Path | None = None  # default: /var/lib/apportion/jobs as root, else <data dir>-jobs
+    allow_jobs_as_server_user: bool = False
 
-    @field_validator("data_dir", "policy_dir", "config", "credentials_file")
+    @field_validator("data_dir", "policy_dir", "config", "credentials_file", "jobs_root")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None
@@ -72,6 +82,18 @@ class Settings(BaseSettings):
     def database_url(self) -> str:
         """``--db`` or ``sqlite:///<data dir>/apportion.db``."""
         return self.db or f"sqlite:///{self.data_dir / 'apportion.db'}"
+
+    @property
+    def jobs_root_dir(self) -> Path:
+        """``jobs_root``; by default :data:`ROOT_JOBS_ROOT` for a root server (its jobs enter
+        their directories as the job user, so every directory above must be open to others:
+        a root's home is not), else ``<data dir>-jobs`` beside the data dir. Never inside the
+        data dir: it is the server's alone."""
+        if self.jobs_root is not None:
+            return self.jobs_root.absolute()
+        if os.geteuid() == 0:
+            return ROOT_JOBS_ROOT
+        return self.data_dir.with_name(self.data_dir.name + "-jobs").absolute()
 
     @classmethod
     def settings_customise_sources(

@@ -60,6 +60,18 @@ class WorkerSpec:
 
 
 @dataclass(frozen=True)
+class RunAs:
+    """The OS identity a job's processes run as (resolved by
+    :class:`~apportion.jobs.identity.JobIdentity`; never the server's when it is root)."""
+
+    user: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]  # every group of the user (``getgrouplist``), primary included
+    home: str
+
+
+@dataclass(frozen=True)
 class JobSpec:
     """Everything an adapter needs to run a job. Built by the engine from the job record."""
 
@@ -74,6 +86,7 @@ class JobSpec:
     working_dir: str | None = None
     walltime_seconds: float | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    run_as: RunAs | None = None  # None: as the server itself (only when the operator opted in)
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from apportion.cli import jobs as cli_jobs
 from apportion.cli.common import GlobalOptions
 from apportion.config import Settings
 from apportion.demo import DEMO_QUEUES, DemoJobs, SyntheticMetrics, demo_clusters
+from apportion.jobs.identity import python_for_jobs
 from apportion.server.dashboard import issue_one_time_link
 
 app = typer.Typer(
@@ -183,7 +184,7 @@ async def _demo(settings: Settings, duration: float) -> None:
         for queue in DEMO_QUEUES:
             if queue["name"] not in jobs.queues.names():
                 await jobs.queues.create(queue)
-        stream = DemoJobs(lambda body: jobs.submit(body, None), python=sys.executable)
+        stream = DemoJobs(lambda body: jobs.submit(body, None), python=python_for_jobs())
         tasks = [
             asyncio.create_task(metrics.run(), name="demo-metrics"),
             asyncio.create_task(stream.run(), name="demo-jobs"),

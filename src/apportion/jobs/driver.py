@@ -27,9 +27,11 @@ from apportion.adapters.base import (
     BackendState,
     BackendStatus,
     JobSpec,
+    RunAs,
     WorkerSpec,
 )
 from apportion.engine.decisions import Placement
+from apportion.jobs.identity import JobIdentity
 from apportion.jobs.records import Job, ResourceUsage
 from apportion.registry.service import Registry
 
@@ -82,10 +84,20 @@ class BackendDriver:
     """Asks a job's adapter and reports the answer. Called by the job lifecycle only (and by
     the log route, through :meth:`adapter_for` and :meth:`spec`)."""
 
-    def __init__(self, registry: Registry, adapters: Mapping[str, Adapter], data_dir: Path) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        adapters: Mapping[str, Adapter],
+        data_dir: Path,
+        *,
+        identity: JobIdentity,
+        jobs_root: Path,
+    ) -> None:
         self._registry = registry
         self.adapters = adapters
-        self._jobs_dir = data_dir / "jobs"
+        self._jobs_dir = data_dir / "jobs"  # the adapters' own files: the server's alone
+        self.identity = identity
+        self.jobs_root = jobs_root  # each job's default working directory, as its user
         self._specs: dict[str, JobSpec] = {}
 
     # ---------------------------------------------------------------- placements
@@ -111,6 +123,11 @@ class BackendDriver:
         cluster_id = _cluster_of(placements)
         scheduler = self._scheduler_of(cluster_id) or {"type": job.adapter or "local"}
         resources = job.config.resources
+        try:
+            run_as = self.identity.run_as(job)
+        except AdapterError:
+            run_as = None  # submit refuses it (see submit); poll and cancel need no identity
+        adapter = job.adapter or str(scheduler.get("type", "local"))
         spec = JobSpec(
             job_id=job.job_id,
             name=job.name,
@@ -127,14 +144,23 @@ class BackendDriver:
                 )
                 for i, p in enumerate(placements)
             ),
-            output_dir=self._jobs_dir / job.job_id,
+            output_dir=self._output_dir(job.job_id, adapter),
             env=dict(job.config.env),
-            working_dir=job.config.working_dir,
+            working_dir=job.config.working_dir or str(self.jobs_root / job.job_id),
             walltime_seconds=job.config.walltime,
             labels=dict(job.config.labels),
+            run_as=run_as,
         )
         self._specs[job.job_id] = spec
         return spec
+
+    def _output_dir(self, job_id: str, adapter: str) -> Path:
+        """Where the adapter keeps a job's files: in the data dir for ``local`` (its supervisor
+        runs as the server); for Slurm, whose ``slurmstepd`` opens the log and the launcher
+        reads its file as the job's user, under the jobs root (``.slurm/<job id>``)."""
+        if adapter == "slurm":
+            return self.jobs_root / ".slurm" / job_id
+        return self._jobs_dir / job_id
 
     def forget(self, job_id: str) -> None:
         """Drop what is cached for a job that ended."""
@@ -158,7 +184,8 @@ class BackendDriver:
         spec = self.spec(job)
         try:
             adapter = self.adapter_for(job)
-            await asyncio.to_thread(spec.output_dir.mkdir, parents=True, exist_ok=True)
+            run_as = self.identity.run_as(job)  # refused here too, not only at submit
+            await asyncio.to_thread(self._prepare_dirs, spec, run_as, job.config.working_dir)
             crash_point("before_submit")
             scheduler_job_id = await adapter.submit(spec)
             crash_point("after_submit")
@@ -168,6 +195,28 @@ class BackendDriver:
             log.exception("dispatch of job %s failed", job.job_id)
             return SubmitFailed(f"dispatch failed: {exc}")
         return Submitted(scheduler_job_id)
+
+    def _prepare_dirs(self, spec: JobSpec, run_as: RunAs | None, asked: str | None) -> None:
+        """Create a job's directories before its adapter starts it. Its output directory is
+        0700: the server's in the data dir (``local``), the job user's under the jobs root
+        (Slurm). When the job named no working directory, its default one,
+        ``<jobs root>/<job id>``, is created 0700 and owned by its user. The jobs root and its
+        ``.slurm`` are 0711: each user reaches its own directory and lists no other."""
+        self._jobs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self._jobs_dir, 0o700)
+        slurm_dir = self.jobs_root / ".slurm"
+        for shared in (self.jobs_root, slurm_dir):
+            shared.mkdir(parents=True, exist_ok=True)
+            os.chmod(shared, 0o711)  # noqa: S103 - traverse only, no listing
+        spec.output_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(spec.output_dir, 0o700)
+        theirs = [spec.output_dir] if spec.output_dir.parent == slurm_dir else []
+        if asked is None and spec.working_dir is not None:
+            Path(spec.working_dir).mkdir(exist_ok=True, mode=0o700)
+            theirs.append(Path(spec.working_dir))
+        if run_as is not None:
+            for path in theirs:
+                os.chown(path, run_as.uid, run_as.gid)
 
     async def find(self, job: Job) -> str | None:
         """The backend's id of the job if it reached its backend, else ``None``; raises

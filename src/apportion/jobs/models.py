@@ -10,12 +10,91 @@ import re
 from enum import StrEnum
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from apportion.validation import invalid_from_pydantic
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 NAME_RE = re.compile(NAME_PATTERN)
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,255}")
+"""A POSIX environment variable name (letters, digits, ``_``; not starting with a digit)."""
+
+INJECTION_PREFIXES = (
+    "LD_",  # the dynamic loader: LD_PRELOAD, LD_LIBRARY_PATH, LD_AUDIT, ...
+    "DYLD_",
+    "PYTHON",  # PYTHONPATH, PYTHONSTARTUP, PYTHONHOME, PYTHONINSPECT, ...
+    "PERL5",  # PERL5LIB, PERL5OPT, PERL5DB
+    "PERLLIB",
+    "RUBY",  # RUBYLIB, RUBYOPT
+    "NODE_",  # NODE_OPTIONS, NODE_PATH
+    "BASH_FUNC_",  # exported shell functions
+    "JAVA_TOOL_OPTIONS",
+    "_JAVA_OPTIONS",
+    "JDK_JAVA_OPTIONS",
+    "LUA_INIT",
+    "LUA_PATH",
+    "LUA_CPATH",
+    "MALLOC_",
+    "GLIBC_TUNABLES",
+)
+INJECTION_NAMES = frozenset(
+    {"BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "PS4", "IFS", "CDPATH", "GCONV_PATH"}
+    | {"LOCPATH", "NLSPATH", "HOSTALIASES", "RESOLV_HOST_CONF", "TCLLIBPATH", "GEM_PATH"}
+    | {"GEM_HOME", "PHPRC", "PHP_INI_SCAN_DIR"}
+)
+"""Variables that make a loader or an interpreter run code the command did not name
+(docs/security.md): refused in a job's ``env`` unless its queue's ``allowed_env`` names them."""
+
+
+def is_injection_variable(name: str) -> bool:
+    """Whether ``name`` is a loader or interpreter injection variable (see above)."""
+    return name in INJECTION_NAMES or name.startswith(INJECTION_PREFIXES)
+
+
+STORED = {"stored": True}
+"""Validation context of a record read back from the store: the rules below apply to what is
+sent, not to what was accepted before they existed (such a record still loads; its job fails
+at dispatch, as it did then)."""
+
+
+def _stored(info: ValidationInfo) -> bool:
+    return isinstance(info.context, dict) and info.context.get("stored") is True
+
+
+def _check_env(env: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+    if _stored(info):
+        return env
+    for key, value in env.items():
+        if not ENV_NAME_RE.fullmatch(key):
+            raise ValueError(
+                f"environment variable name {key!r} is not a POSIX name: use letters, digits"
+                " and '_', not starting with a digit (no '=', spaces or NUL)"
+            )
+        if "\0" in value:
+            raise ValueError(f"the value of environment variable {key} may not contain NUL")
+    return env
+
+
+def _check_dir(value: str | None, info: ValidationInfo) -> str | None:
+    if (
+        value is not None
+        and not _stored(info)
+        and (not value.startswith("/") or "\0" in value or "\n" in value)
+    ):
+        raise ValueError(
+            f"working_dir {value!r} must be an absolute path (starting with '/') without NUL"
+            " or newline"
+        )
+    return value
 
 
 class JobStatus(StrEnum):
@@ -75,6 +154,9 @@ class JobConfig(_Strict):
     policy_rule_uri: str | None = Field(None, max_length=400)
     parameters: dict[str, Any] = Field(default_factory=dict)
 
+    _env = field_validator("env")(_check_env)
+    _working_dir = field_validator("working_dir")(_check_dir)
+
 
 class SubmitRequest(_Strict):
     config: JobConfig
@@ -101,9 +183,21 @@ class QueueConfig(BaseModel):
     attributes: dict[str, Any] = Field(default_factory=dict)
     storages: list[Any] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
+    allowed_env: list[str] = Field(default_factory=list)  # injection variables its jobs may set
     policy_rule_uri: str = "binpack:1.0-stable"
     clusters: list[str] | dict[str, Any] = Field(default_factory=list)  # ids, or a filter
     max_bypass: StrictInt = Field(10, ge=0)  # starvation bound, docs/jobs.md
+
+    _env = field_validator("env")(_check_env)
+    _working_dir = field_validator("working_dir")(_check_dir)
+
+    @field_validator("allowed_env")
+    @classmethod
+    def _allowed_env(cls, names: list[str], info: ValidationInfo) -> list[str]:
+        for name in [] if _stored(info) else names:
+            if not ENV_NAME_RE.fullmatch(name):
+                raise ValueError(f"allowed_env entry {name!r} is not a POSIX variable name")
+        return names
 
     @property
     def worker_cap(self) -> int | None:

@@ -17,7 +17,7 @@ from typing import Any
 from apportion import jsonutil
 from apportion.engine.decisions import Decision, JsonValue, Placement, placements_json
 from apportion.errors import Conflict, InvalidRequest, NotFound
-from apportion.jobs.models import JobConfig, JobStatus, QueueConfig, parse_model
+from apportion.jobs.models import STORED, JobConfig, JobStatus, QueueConfig, parse_model
 from apportion.jobs.writer import JobWriter
 from apportion.store.db import Database
 from apportion.store.repos.jobs import JobChange, JobRepo, JobRow, StatusEntry
@@ -149,7 +149,7 @@ class Job:
     def from_row(cls, row: JobRow) -> Job:
         """The record of a stored row (the inverse of :meth:`row`)."""
         data: dict[str, Any] = {name: getattr(row, name) for name in _ROW_FIELDS}
-        data["config"] = JobConfig.model_validate(jsonutil.loads(row.config))
+        data["config"] = JobConfig.model_validate(jsonutil.loads(row.config), context=STORED)
         data["status"] = JobStatus(row.status)
         if row.allocation is not None:
             data["allocation"] = tuple(
@@ -286,7 +286,7 @@ class QueueBook:
         for row in await self._repo.all():
             self._queues[row.name] = (
                 row.id,
-                QueueConfig.model_validate(jsonutil.loads(row.document)),
+                QueueConfig.model_validate(jsonutil.loads(row.document), context=STORED),
             )
         if DEFAULT_QUEUE not in self._queues:
             await self.create(

@@ -21,6 +21,7 @@ from apportion.errors import InvalidRequest
 from apportion.event_sink import EventSink
 from apportion.jobs import views as job_views
 from apportion.jobs.admission import Blocked, CycleState, Reason, waiting_order
+from apportion.jobs.boundary import JobBoundary
 from apportion.jobs.driver import BackendDriver
 from apportion.jobs.lifecycle import JobLifecycle, Reserved
 from apportion.jobs.models import (
@@ -53,8 +54,11 @@ class JobService:
         driver: BackendDriver,
         emit: EventSink,
         spawn: Spawn,
+        *,
+        boundary: JobBoundary,
     ) -> None:
         self._registry = registry
+        self._boundary = boundary
         self.driver = driver
         self._emit = emit
         self.jobs = JobBook(db)  # read by the routes; written by the lifecycle only
@@ -79,8 +83,9 @@ class JobService:
 
     # ---------------------------------------------------------------- API
     async def submit(self, body: Any, owner: str | None) -> Job:
-        """``POST /jobs/submit``: validate the body against its queue (:class:`InvalidRequest`
-        naming the field), commit the job queued, announce it and wake the cycle; return it."""
+        """``POST /jobs/submit``: validate the body against its queue and the server's job
+        boundary (:class:`InvalidRequest` naming the field; :class:`Conflict` when this server
+        runs no jobs), commit the job queued, announce it and wake the cycle; return it."""
         request = parse_model(SubmitRequest, body)
         config = request.config
         queue = self.queues.get(config.queue) if config.queue in self.queues.names() else None
@@ -90,6 +95,7 @@ class JobService:
                 path="body.config.queue",
             )
         self._check_against_queue(config, queue)
+        self._boundary.check(config, queue)
         job = await self.lifecycle.submit(config, request.priority, owner)
         self.wake()
         return job

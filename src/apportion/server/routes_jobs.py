@@ -53,7 +53,7 @@ def _own(job: Job, who: Principal) -> Job:
     body=SubmitRequest,
     response=SubmitAnswer,
     status=201,
-    errors=(NotFound, UnknownPolicy),
+    errors=(NotFound, UnknownPolicy, Conflict),
 )
 async def submit_job(request: web.Request) -> web.Response:
     """Submit a job: {"config": {...}, "priority": 0} → {"job_id", "status": "queued"}."""

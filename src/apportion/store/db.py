@@ -10,6 +10,7 @@ never answers "database is locked" to ourselves.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -35,6 +36,27 @@ def normalise_url(url: str) -> str:
         f"unsupported database URL {url!r}: use sqlite:///path/to/apportion.db "
         "(PostgreSQL support is planned)"
     )
+
+
+SQLITE_SUFFIXES = ("", "-wal", "-shm", "-journal")
+
+
+def sqlite_path(async_url: str) -> str | None:
+    """The database file of a ``sqlite+aiosqlite:///`` URL; None for an in-memory database."""
+    path = async_url[len("sqlite+aiosqlite:///") :].split("?", 1)[0]
+    return None if path in ("", ":memory:") else path
+
+
+def make_private(path: str) -> None:
+    """Create the database file 0600 if it is missing, and set 0600 on it and on its -wal,
+    -shm and -journal files: the database is the server's alone. SQLite creates the -wal and
+    -shm files with the database file's mode, so they stay 0600 afterwards."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for suffix in SQLITE_SUFFIXES:
+        try:
+            os.chmod(path + suffix, 0o600)
+        except FileNotFoundError:
+            continue
 
 
 def _sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
@@ -67,8 +89,12 @@ class Database:
 
     @classmethod
     async def open(cls, url: str) -> Database:
-        """Connect, set pragmas, and migrate the schema to the latest version."""
+        """Make the database file private (0600, see :func:`make_private`), connect, set
+        pragmas, and migrate the schema to the latest version."""
         async_url = normalise_url(url)
+        path = sqlite_path(async_url)
+        if path is not None:
+            await asyncio.to_thread(make_private, path)
         engine = create_async_engine(async_url)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         sync_engine = create_engine("sqlite://" + async_url[len("sqlite+aiosqlite://") :])

@@ -9,7 +9,7 @@ files in ``spec.output_dir``:
 ``job.json``                 the tag (``spec.job_id``), written atomically before anything starts
 ``worker-<i>.launch.json``   what the supervisor runs (argv, cwd, environment; mode 0600)
 ``worker-<i>.state.json``    pid, pgid, started_at, ended_at, return_code, signal, reason, …
-``worker-<i>.out`` / ``.err`` the command's stdout and stderr
+``worker-<i>.out`` / ``.err`` the command's stdout and stderr (0600, like every file here)
 ``cancel.json``              a cancellation was requested (so a restart reports ``cancelled``)
 ``gang.json``                a worker failed; its siblings are being stopped
 ``usage.json``               the last resource-usage sample
@@ -34,6 +34,12 @@ not start its command, so a re-dispatch after a crash cannot run a worker twice 
 window is a supervisor that read the old token in the instant before the new one was written).
 Supervisors this server started are reaped on every call; after a crash their parent is gone and
 the system's init reaps them.
+
+Identity: with ``spec.run_as`` (the server is root), each supervisor — itself the server's user —
+starts the command as that user (groups, gid, uid set before exec, ``HOME``/``USER``/``LOGNAME``
+in its environment). The job's directory is 0700 and its files 0600, the server's alone: the
+command gets its stdout and stderr as open descriptors, and its working directory is
+``spec.working_dir``, entered as that user after the switch.
 
 Logs (:meth:`LocalAdapter.logs`) are read by ``logs.py``; usage samples
 (:meth:`LocalAdapter.usage`) are taken by ``usage.py``. Starting the workers is
@@ -161,7 +167,8 @@ class LocalAdapter:
             return existing
         job_dir = Path(spec.output_dir)
         try:
-            job_dir.mkdir(parents=True, exist_ok=True)
+            job_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(job_dir, 0o700)  # the server's alone: the job writes through descriptors
         except OSError as exc:
             raise AdapterError(f"cannot create the output directory {job_dir}: {exc}") from None
         attempt = uuid.uuid4().hex

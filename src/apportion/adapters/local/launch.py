@@ -36,9 +36,12 @@ def base_environment() -> dict[str, str]:
 
 
 def worker_environment(spec: JobSpec, worker: WorkerSpec) -> dict[str, str]:
-    """Base + ``spec.env`` + the GPU and ``APPORTION_*`` variables (which win over ``spec.env``)."""
+    """Base + ``spec.env`` + the job user's ``HOME``, ``USER`` and ``LOGNAME`` (when it runs as
+    one) + the GPU and ``APPORTION_*`` variables (these win over ``spec.env``)."""
     env = base_environment()
     env.update(spec.env)
+    if spec.run_as is not None:
+        env.update(HOME=spec.run_as.home, USER=spec.run_as.user, LOGNAME=spec.run_as.user)
     env["CUDA_VISIBLE_DEVICES"] = ",".join(worker.gpus)
     env["APPORTION_JOB_ID"] = spec.job_id
     env["APPORTION_WORKER_INDEX"] = str(worker.index)
@@ -86,10 +89,14 @@ def start_supervisor(
         "stderr": str(sv.stderr_path(job_dir, worker.index).resolve()),
         "walltime": spec.walltime_seconds,
         "grace": grace_seconds,
+        "run_as": None
+        if spec.run_as is None
+        else {"uid": spec.run_as.uid, "gid": spec.run_as.gid, "groups": list(spec.run_as.groups)},
     }
     path = sv.launch_path(job_dir, worker.index)
     sv.write_json_atomic(path, launch)
-    with (job_dir / f"worker-{worker.index}.supervisor.log").open("ab") as log:
+    log_path = job_dir / f"worker-{worker.index}.supervisor.log"
+    with os.fdopen(sv.open_private(log_path), "ab") as log:
         return subprocess.Popen(  # noqa: S603 - argv list, never a shell
             [sys.executable, *SUPERVISOR_FLAGS, SUPERVISOR_SCRIPT, str(path.resolve())],
             cwd=job_dir,

@@ -26,6 +26,7 @@ non-zero (or is stopped by its walltime) writes ``gang.json`` so its siblings st
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import select
@@ -57,6 +58,14 @@ def stdout_path(job_dir: Path, index: int) -> Path:
 
 def stderr_path(job_dir: Path, index: int) -> Path:
     return job_dir / f"worker-{index}.err"
+
+
+def open_private(path: Path) -> int:
+    """``path`` opened for appending, created 0600: a job's files are the server's alone (the
+    command writes its output through the descriptors it inherits, not by name)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
 
 
 def write_json_atomic(path: Path, value: dict[str, Any]) -> None:
@@ -132,19 +141,40 @@ class _Supervisor:
         return 0
 
     def _start(self) -> subprocess.Popen[bytes]:
+        """Start the command. With ``run_as`` in the launch file (the server is root), the
+        child sets its groups, gid and uid — in that order, before exec (``subprocess``'s own
+        sequence) — and only then enters the working directory, as that user: a directory (or
+        a symlink swapped in after submit) the user may not reach is refused, never entered by
+        root on its behalf. The stdout and stderr files stay the server's, open on the
+        descriptors the command inherits. Raises OSError when the command cannot start."""
+        run_as = self.launch.get("run_as")
+        cwd = self.launch["cwd"]
+        identity: dict[str, Any] = {"cwd": cwd}
+        if run_as is not None:
+            identity = {
+                "user": int(run_as["uid"]),
+                "group": int(run_as["gid"]),
+                "extra_groups": [int(g) for g in run_as["groups"]],
+                "preexec_fn": functools.partial(os.chdir, cwd),  # this process has one thread
+            }
         with (
-            open(self.launch["stdout"], "ab") as out,
-            open(self.launch["stderr"], "ab") as err,
+            os.fdopen(open_private(Path(self.launch["stdout"])), "ab") as out,
+            os.fdopen(open_private(Path(self.launch["stderr"])), "ab") as err,
         ):
-            return subprocess.Popen(  # noqa: S603 - argv list, never a shell
-                self.launch["command"],
-                cwd=self.launch["cwd"],
-                env=self.launch["env"],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                start_new_session=True,
-            )
+            try:
+                return subprocess.Popen(  # noqa: S603 - argv list; this process has one thread
+                    self.launch["command"],
+                    env=self.launch["env"],
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    start_new_session=True,
+                    **identity,
+                )
+            except subprocess.SubprocessError:  # the chdir in the child, as the job's user
+                raise PermissionError(
+                    f"the job's user cannot enter its working directory {cwd}"
+                ) from None
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.signalled = True

@@ -8,7 +8,10 @@ The batch script and the launcher that runs the user's argv verbatim (no shell) 
 
 Names that reach Slurm (job id tag, job name, partition, account, qos, node names) must match
 :data:`~apportion.adapters.slurm.script.NAME_PATTERN` (no newline, no spaces);
-anything else is refused with :class:`AdapterError` before any command runs. The tag ``apportion:<job_id>`` is the ``--comment`` and starts the
+anything else is refused with :class:`AdapterError` before any command runs. With ``spec.run_as``
+(the server is root) the job is submitted with ``sbatch --uid --gid`` (Slurm 22.05: root only),
+so ``slurmstepd`` runs it — and Slurm's accounting and limits see it — as the job's user; its log
+and launch file are then in ``spec.output_dir`` under the jobs root, owned by that user. The tag ``apportion:<job_id>`` is the ``--comment`` and starts the
 ``--job-name`` (``apportion:<job_id>:<name>``), so :meth:`find` works after a restart.
 """
 
@@ -196,6 +199,8 @@ class SlurmAdapter:
             f"--ntasks-per-node={layout.per_node}",
             f"--nodelist={','.join(layout.nodes)}",
         ]
+        if spec.run_as is not None:  # root submits as the job's user: Slurm runs it as them
+            args += [f"--uid={spec.run_as.uid}", f"--gid={spec.run_as.gid}"]
         for key in ("partition", "account", "qos"):
             value = spec.scheduler.get(key)
             if value is not None:

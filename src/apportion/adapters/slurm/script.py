@@ -17,6 +17,7 @@ Names that reach Slurm must match :data:`NAME_PATTERN` (:func:`check_name`).
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 from dataclasses import dataclass
@@ -126,7 +127,7 @@ def write_script(spec: JobSpec, layout: Layout, python: str) -> Path:
         "gpus_per_worker": layout.gpus,
     }
     launch_path = out_dir / LAUNCH_FILE
-    launch_path.write_text(json.dumps(launch, indent=1))
+    _write_private(launch_path, json.dumps(launch, indent=1), spec)
     run = [python, "-c", LAUNCHER, str(launch_path)]
     if len(spec.workers) > 1:
         run = [
@@ -145,5 +146,16 @@ def write_script(spec: JobSpec, layout: Layout, python: str) -> Path:
         f"exec {shlex.join(run)}\n"
     )
     script_path = out_dir / SCRIPT_FILE
-    script_path.write_text(script)
+    _write_private(script_path, script, spec)
     return script_path
+
+
+def _write_private(path: Path, text: str, spec: JobSpec) -> None:
+    """Write ``path`` 0600, owned by the job's user when it has one (its launcher reads the
+    launch file as that user); nobody else may read a job's argv and environment."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        os.fchmod(fh.fileno(), 0o600)
+        if spec.run_as is not None:
+            os.fchown(fh.fileno(), spec.run_as.uid, spec.run_as.gid)
+        fh.write(text)
