@@ -17,12 +17,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from typer.testing import CliRunner, Result
 
 from apportion import __version__
 from apportion.cli.app import app
 from apportion.jobs.identity import python_for_jobs
 from tests.conftest import ADMIN_KEY, Running
+from tests.sandbox_env import jailed  # noqa: F401 (a fixture)
 
 PY = python_for_jobs()  # an interpreter the job user can run (docs/security.md)
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -390,13 +392,39 @@ def _gone(pid: int) -> bool:
 async def test_policies_test_exits_after_a_policy_timeout_and_kills_what_it_started(
     tmp_path: Path,
 ) -> None:
-    # before: a looping policy-dir policy kept its thread spinning at 100 % CPU after the
-    # PolicyTimeout was printed, and the interpreter waited for that thread forever
+    """Unsandboxed, the policy runs on a thread nothing can stop: the command must still exit,
+    and kill the process the policy started (the child process group)."""
     from apportion.demo import demo_clusters
 
     snapshot = tmp_path / "snap.json"
     snapshot.write_text(json.dumps({"clusters": demo_clusters(), "metrics": {}}))
     pidfile = tmp_path / "child.pid"
+    err = await _policies_test(
+        tmp_path,
+        snapshot,
+        {"mode": "orphan", "pidfile": str(pidfile)},  # starts `sleep 60`, then loops
+        "--unsandboxed",
+    )
+    assert b"[PolicyTimeout]" in err
+    assert _gone(int(pidfile.read_text()))  # the policy's own child went with it
+
+
+@pytest.mark.usefixtures("jailed")
+async def test_policies_test_exits_after_a_sandboxed_policy_timeout(tmp_path: Path) -> None:
+    """In the sandbox (the default), a policy that loops is stopped at its timeout."""
+    from apportion.demo import demo_clusters
+
+    snapshot = tmp_path / "snap.json"
+    snapshot.write_text(json.dumps({"clusters": demo_clusters(), "metrics": {}}))
+    err = await _policies_test(tmp_path, snapshot, {"mode": "loop"})
+    assert b"[PolicyTimeout]" in err
+
+
+async def _policies_test(
+    tmp_path: Path, snapshot: Path, parameters: dict[str, object], *flags: str
+) -> bytes:
+    """Run ``apportion policies test`` on the misbehave policy with ``--timeout 1``; it must
+    exit 1 (the guard of 120 s is the failure); return its stderr."""
     policy = Path(__file__).parent / "policies" / "misbehave"
     command = [
         sys.executable,
@@ -410,20 +438,20 @@ async def test_policies_test_exits_after_a_policy_timeout_and_kills_what_it_star
         "--inputs",
         '{"gpus": 1}',
         "--parameters",
-        json.dumps({"mode": "spawn", "pidfile": str(pidfile)}),  # starts `sleep 60`, then loops
+        json.dumps(parameters),
         "--timeout",
         "1",
+        *flags,
     ]
     env = {**os.environ, "APPORTION_CREDENTIALS": str(tmp_path / "none")}
     process = await asyncio.create_subprocess_exec(
         *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
     )
     try:
-        _out, err = await asyncio.wait_for(process.communicate(), 120)  # the guard is the failure
+        _out, err = await asyncio.wait_for(process.communicate(), 120)
     finally:
         if process.returncode is None:
             process.kill()
             await process.wait()
     assert process.returncode == 1, err
-    assert b"[PolicyTimeout]" in err
-    assert _gone(int(pidfile.read_text()))  # the policy's own child went with it
+    return err

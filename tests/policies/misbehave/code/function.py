@@ -45,6 +45,12 @@ class AIOSv1PolicyRule:
                 while True:
                     pass
             return {"spawned": True}
+        if mode == "orphan":  # unsandboxed runs only: a child in the host's PID space, then hang
+            child = subprocess.Popen(["sleep", "60"])
+            with open(parameters["pidfile"], "w") as out:
+                out.write(str(child.pid))
+            while True:
+                pass
         if mode == "spin":
             until = time.process_time() + parameters["seconds"]
             while time.process_time() < until:
