@@ -43,11 +43,12 @@ def server_settings(data_dir: Path, **overrides: Any) -> Settings:
 
 
 @pytest.fixture(autouse=True)
-def _jobs_root(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def jobs_root(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Every server of a test — in this process or a subprocess (``APPORTION_JOBS_ROOT``) — keeps
     its jobs' directories in a fresh 0711 directory in ``/tmp`` (the job user enters them; root's
     ``tmp_path`` is closed to it), removed afterwards, instead of the machine's default
-    ``/var/lib/apportion/jobs``. A test that names its own ``jobs_root`` overrides it."""
+    ``/var/lib/apportion/jobs``. A test that names its own ``jobs_root`` setting overrides it;
+    one that needs the directory (the Slurm tests) asks for this fixture by name."""
     root = Path(tempfile.mkdtemp(prefix="apportion-test-jobs-"))
     root.chmod(0o711)
     monkeypatch.setenv("APPORTION_JOBS_ROOT", str(root))

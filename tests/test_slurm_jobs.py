@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +21,6 @@ from tests.conftest import ADMIN_KEY, Running, running_server
 from tests.jobs_helpers import PY, create_queue, exiting, sleeper, submit, wait_for
 
 slurm = slurm_env.slurm
-
-
-@pytest.fixture
-def jobs_root(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A jobs root the job user can reach (``slurmstepd`` opens the log and enters the working
-    directory as that user; ``tmp_path`` is inside root's 0700 directory), for every server of
-    the test — in this process and in the crash tests' subprocess (``APPORTION_JOBS_ROOT``)."""
-    root = Path(tempfile.mkdtemp(prefix="apportion-slurm-jobs-"))
-    os.chmod(root, 0o711)
-    monkeypatch.setenv("APPORTION_JOBS_ROOT", str(root))
-    try:
-        yield root
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
