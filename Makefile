@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit slurm chromium sandbox web tenant-user bench clean
+.PHONY: demo test lint typecheck unit slurm chromium sandbox web tenant-user tenant-users bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ demo: $(STAMP) web tenant-user
 	@if [ "$$(id -u)" = 0 ]; then $(BIN)/apportion demo; \
 	else APPORTION_ALLOW_JOBS_AS_SERVER_USER=true $(BIN)/apportion demo; fi
 
-test: lint typecheck tenant-user slurm chromium sandbox web unit
+test: lint typecheck tenant-users slurm chromium sandbox web unit
 
 # A real single-host Slurm for the Slurm adapter's tests (scripts/slurm_up.sh installs it with
 # apt where it can). Without it the Slurm tests skip and say why — except under CI=true, where
@@ -37,6 +37,12 @@ tenant-user:
 		|| { [ "$$CI" != "true" ] || exit 1; echo "the job user could not be created; job tests will skip"; }; \
 	elif [ "$$CI" = "true" ]; then echo "CI=true: not root, cannot create the job user"; exit 1; \
 	else echo "not root: jobs run as this user only with allow_jobs_as_server_user"; fi
+
+# The tests' second tenant: an account mapped to its own OS user (tests/test_accounts.py).
+tenant-users: tenant-user
+	@if [ "$$(id -u)" = 0 ]; then JOB_USER=apportion-tenant-b bash scripts/tenant_user.sh \
+		|| { [ "$$CI" != "true" ] || exit 1; echo "the second tenant user could not be created; its tests will skip"; }; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check

@@ -10,6 +10,7 @@ from typing import Any
 from apportion.jobs.identity import python_for_jobs
 from apportion.jobs.models import JobConfig, JobStatus, QueueConfig
 from apportion.jobs.records import Job
+from apportion.ownership import DEFAULT_ACCOUNT, Owner
 from tests.conftest import Running
 
 PY = python_for_jobs()  # an interpreter the job user can run (docs/security.md)
@@ -92,7 +93,7 @@ def record(
         status=status,
         priority=priority,
         config=JobConfig(command=["true"], queue=queue, replica_count=workers),
-        owner=None,
+        owner=Owner(DEFAULT_ACCOUNT, "tester", None),
         created_at=0.0,
         bypassed=bypassed,
     )

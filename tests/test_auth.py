@@ -56,15 +56,21 @@ async def _rows(db: Database) -> list[dict[str, object]]:
 # --- keys ------------------------------------------------------------------------------------
 
 
+def principal(key_id: str, name: str, scope: Scope) -> Principal:
+    """A key of the default account whose user is its name (what a key is by default)."""
+    return Principal(key_id, name, scope, "default", name)
+
+
 @pytest.mark.parametrize("scope", list(Scope))
 async def test_create_then_verify_gives_the_scope(db: Database, scope: Scope) -> None:
     keys = KeyStore(db)
-    issued = await keys.create("ci-runner", scope)
+    issued = await keys.create("ci-runner", scope, account="team-a", user="ci")
     match = KEY_SHAPE.match(issued.secret)
     assert match is not None and match.group(1) == issued.key_id
-    assert await keys.verify(issued.secret) == Principal(issued.key_id, "ci-runner", scope)
+    expected = Principal(issued.key_id, "ci-runner", scope, "team-a", "ci")
+    assert await keys.verify(issued.secret) == expected
     # A fresh store (no cache) agrees: the answer comes from the database.
-    assert await KeyStore(db).verify(issued.secret) == Principal(issued.key_id, "ci-runner", scope)
+    assert await KeyStore(db).verify(issued.secret) == expected
 
 
 async def test_wrong_secret_and_tampered_id_are_refused(db: Database) -> None:
@@ -81,7 +87,9 @@ async def test_wrong_secret_and_tampered_id_are_refused(db: Database) -> None:
     assert await keys.verify("") is None
     assert await keys.verify("x" * 10_000) is None
     # The real keys still work after the failed attempts.
-    assert (await keys.verify(two.secret)) == Principal(two.key_id, "two", Scope.READ)
+    assert (await keys.verify(two.secret)) == Principal(
+        two.key_id, "two", Scope.READ, "default", "two"
+    )
 
 
 async def test_revoked_key_is_refused_even_when_cached(db: Database) -> None:
@@ -131,7 +139,7 @@ async def test_ensure_key_is_idempotent_across_restarts(db: Database, tmp_path: 
         again = KeyStore(reopened)
         assert await again.ensure_key(GIVEN, name="admin (flag)", scope=Scope.ADMIN) == first
         assert len(await _rows(reopened)) == 1
-        assert await again.verify(GIVEN) == Principal(first, "admin (flag)", Scope.ADMIN)
+        assert await again.verify(GIVEN) == principal(first, "admin (flag)", Scope.ADMIN)
         assert await again.verify(GIVEN + "x") is None
     finally:
         await reopened.close()
@@ -140,10 +148,10 @@ async def test_ensure_key_is_idempotent_across_restarts(db: Database, tmp_path: 
 async def test_ensure_key_reactivates_and_rescopes(db: Database) -> None:
     keys = KeyStore(db)
     key_id = await keys.ensure_key(GIVEN, name="auto", scope=Scope.READ)
-    assert (await keys.verify(GIVEN)) == Principal(key_id, "auto", Scope.READ)
+    assert (await keys.verify(GIVEN)) == principal(key_id, "auto", Scope.READ)
     await keys.revoke(key_id)
     assert await keys.ensure_key(GIVEN, name="auto", scope=Scope.ADMIN) == key_id
-    assert (await keys.verify(GIVEN)) == Principal(key_id, "auto", Scope.ADMIN)
+    assert (await keys.verify(GIVEN)) == principal(key_id, "auto", Scope.ADMIN)
 
 
 async def test_ensure_key_accepts_an_issued_key_without_a_second_row(db: Database) -> None:
@@ -151,7 +159,7 @@ async def test_ensure_key_accepts_an_issued_key_without_a_second_row(db: Databas
     issued = await keys.create("made by cli", Scope.READ)
     assert await keys.ensure_key(issued.secret, name="flag", scope=Scope.ADMIN) == issued.key_id
     assert len(await _rows(db)) == 1
-    assert (await keys.verify(issued.secret)) == Principal(
+    assert (await keys.verify(issued.secret)) == principal(
         issued.key_id, "made by cli", Scope.ADMIN
     )
 
@@ -217,23 +225,21 @@ async def test_has_admin_follows_admin_keys(db: Database) -> None:
 # --- scopes, headers, authenticate, require ----------------------------------------------------
 
 # read < submit < admin: a key allows what is at or below its rank (3 x 3 = 9 pairs).
-SCOPE_TABLE = [
-    (Scope.READ, Scope.READ, True),
-    (Scope.READ, Scope.SUBMIT, False),
-    (Scope.READ, Scope.ADMIN, False),
-    (Scope.SUBMIT, Scope.READ, True),
-    (Scope.SUBMIT, Scope.SUBMIT, True),
-    (Scope.SUBMIT, Scope.ADMIN, False),
-    (Scope.ADMIN, Scope.READ, True),
-    (Scope.ADMIN, Scope.SUBMIT, True),
-    (Scope.ADMIN, Scope.ADMIN, True),
-]
+# Every scope reads; submit, policies and operator each add one thing; admin does everything.
+_ALLOWED = {
+    Scope.READ: {Scope.READ},
+    Scope.SUBMIT: {Scope.READ, Scope.SUBMIT},
+    Scope.POLICIES: {Scope.READ, Scope.POLICIES},
+    Scope.OPERATOR: {Scope.READ, Scope.OPERATOR},
+    Scope.ADMIN: set(Scope),
+}
+SCOPE_TABLE = [(have, needed, needed in _ALLOWED[have]) for have in Scope for needed in Scope]
 
 
 @pytest.mark.parametrize(("have", "needed", "allowed"), SCOPE_TABLE)
-def test_scope_ordering(have: Scope, needed: Scope, allowed: bool) -> None:
+def test_what_each_scope_allows(have: Scope, needed: Scope, allowed: bool) -> None:
     assert have.allows(needed) is allowed
-    principal = Principal("k1", "someone", have)
+    principal = Principal("k1", "someone", have, "default", "someone")
     if allowed:
         require(principal, needed)
     else:

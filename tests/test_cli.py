@@ -316,6 +316,35 @@ async def test_keys_create_list_revoke_and_bad_key(running: Running) -> None:
     assert wrong.exit_code == 1 and "unknown, revoked or mistyped" in wrong.stderr
 
 
+async def test_accounts_create_and_list_and_a_key_of_an_account(running: Running) -> None:
+    made = ok(await cli(running, "accounts", "create", "vision-lab", "--description", "GPUs"))
+    assert made.strip() == "Created account vision-lab (its jobs run as the server's job_user)"
+    listed = as_json(await cli(running, "accounts", "list", "-o", "json"))
+    assert [(a["name"], a["description"]) for a in listed] == [
+        ("default", "every key and job made before accounts existed"),
+        ("vision-lab", "GPUs"),
+    ]
+    created = as_json(
+        await cli(
+            running, "keys", "create", "alice-laptop", "--account", "vision-lab", "--user",
+            "alice", "-o", "json",
+        )
+    )  # fmt: skip
+    assert (created["account"], created["user"], created["scope"]) == (
+        "vision-lab",
+        "alice",
+        "submit",
+    )
+    table = ok(await cli(running, "keys", "list"))
+    assert "ACCOUNT" in table and "vision-lab" in table
+    unknown = await cli(running, "keys", "create", "bob", "--account", "nowhere")
+    assert unknown.exit_code == 1 and "nowhere" in unknown.stderr
+    twice = await cli(running, "accounts", "create", "vision-lab")
+    assert twice.exit_code == 1 and "exists already" in twice.stderr
+    denied = await cli(running, "accounts", "list", key=created["api_key"])
+    assert denied.exit_code == 1 and "[Forbidden]" in denied.stderr
+
+
 async def test_unreachable_server_names_the_url(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

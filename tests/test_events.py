@@ -513,3 +513,49 @@ async def test_events_are_counted_by_telemetry(tmp_path: Path) -> None:
         events = h.telemetry.events
         assert events.labels(type="job_queued")._value.get() == 3
         assert events.labels(type="job_completed")._value.get() == 1
+
+
+async def test_each_key_gets_only_the_fleets_events_and_its_own_accounts(
+    tmp_path: Path,
+) -> None:
+    # Before accounts, Socket.IO and GET /events gave every key every tenant's job names and
+    # allocations, while REST hid them.
+    async with harness(tmp_path) as h:
+        secrets = {
+            "a": (await h.keys.create("alice", Scope.READ, account="team-a")).secret,
+            "b": (await h.keys.create("bob", Scope.SUBMIT, account="team-b")).secret,
+            "operator": (await h.keys.create("ops", Scope.OPERATOR, account="team-b")).secret,
+        }
+        async with (
+            listener(h.url, {"token": secrets["a"]}) as seen_by_a,
+            listener(h.url, {"token": secrets["b"]}) as seen_by_b,
+            listener(h.url, {"token": secrets["operator"]}) as seen_by_operator,
+        ):
+            a = await h.events.append("job_queued", {"name": "a-secret"}, account="team-a")
+            b = await h.events.append("job_queued", {"name": "b-secret"}, account="team-b")
+            fleet = await h.events.append("cluster_updated", {"cluster_id": "c1"})
+            assert (a["account"], b["account"], "account" in fleet) == ("team-a", "team-b", False)
+            # events are emitted in seq order: once the fleet's arrived, the others had
+            assert await seen_by_a.wait_for(2) == [a, fleet]
+            assert await seen_by_b.wait_for(2) == [b, fleet]
+            assert await seen_by_operator.wait_for(3) == [a, b, fleet]
+            assert len(seen_by_a.received) == len(seen_by_b.received) == 2
+
+            ack = await seen_by_a.client.call("subscribe", {"since": 0}, timeout=WAIT)
+            assert ack == {"success": True, "count": 2, "more": False}
+            (replay,) = await seen_by_a.wait_for(1, "events_replay")
+            assert replay["events"] == [a, fleet]
+
+        for who, expected in [("a", [a, fleet]), ("b", [b, fleet]), ("operator", [a, b, fleet])]:
+            headers = {"Authorization": f"Bearer {secrets[who]}"}
+            async with h.http.get(f"{h.url}/events?since=0", headers=headers) as response:
+                page = await response.json()
+            assert page["data"] == expected, who
+            assert page["next_since"] == fleet["seq"]
+
+
+async def test_account_is_a_reserved_payload_key(tmp_path: Path) -> None:
+    async with harness(tmp_path) as h:
+        with pytest.raises(ValueError, match="account"):
+            await h.events.append("job_queued", {"account": "team-b"}, account="team-a")
+        assert await h.events.since(0) == []

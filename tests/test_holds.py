@@ -22,11 +22,14 @@ from apportion.allocation.hold import Hold
 from apportion.allocation.holds import HoldManager
 from apportion.engine.decisions import Placement
 from apportion.errors import Conflict
+from apportion.ownership import Owner
 from apportion.registry.documents.cluster import validate_cluster_document
 from apportion.registry.fleet import FleetView
 from apportion.store import schema
 from apportion.store.db import Database
 from tests import builders
+
+ALICE = Owner("team-a", "alice", "k")
 
 GPUS = [("c1", f"n{n}", str(g)) for n in range(2) for g in range(4)]  # 2 nodes × 4 GPUs
 
@@ -156,10 +159,15 @@ async def test_holds_survive_reopening_and_expired_ones_are_dropped(tmp_path: Pa
     holds = HoldManager(db, fleet, clock=clock)
     await holds.start()
     long = await hold_now(
-        holds, placements({0, 1}), lease_seconds=100, owner="k", request_id="r", policy_uri="p:1-x"
+        holds,
+        placements({0, 1}),
+        lease_seconds=100,
+        owner=ALICE,
+        request_id="r",
+        policy_uri="p:1-x",
     )
     await hold_now(
-        holds, placements({2}), lease_seconds=5, owner="k", request_id="s", policy_uri="p:1-x"
+        holds, placements({2}), lease_seconds=5, owner=ALICE, request_id="s", policy_uri="p:1-x"
     )
     await holds.close()
     await db.close()
@@ -173,6 +181,7 @@ async def test_holds_survive_reopening_and_expired_ones_are_dropped(tmp_path: Pa
     try:
         assert len(dropped) == 1
         assert [h.allocation_id for h in again.active()] == [long.allocation_id]
+        assert again.active()[0].owner == ALICE  # whose it is survives too
         assert again.held_keys() == {GPUS[0], GPUS[1]}
         assert fresh.is_held(GPUS[0]) and not fresh.is_held(GPUS[2])
     finally:

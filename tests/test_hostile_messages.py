@@ -94,8 +94,10 @@ async def test_another_keys_allocation_answers_exactly_as_an_unknown_one(
     running: Running, fleet: Any
 ) -> None:
     # before: GET answered 404 NotFound "… of this key" and DELETE 403 Forbidden: an oracle
+    async with running.http.post(f"{running.url}/accounts", json={"name": "elsewhere"}) as r:
+        assert r.status == 201
     async with running.http.post(
-        f"{running.url}/keys", json={"name": "mallory", "scope": "submit"}
+        f"{running.url}/keys", json={"name": "mallory", "scope": "submit", "account": "elsewhere"}
     ) as response:
         other = (await response.json())["data"]["api_key"]
     async with running.ws() as ws:

@@ -128,7 +128,7 @@ async def test_a_local_job_runs_as_the_job_user_in_its_own_directory(
 async def test_the_server_says_as_whom_jobs_run(server: Running) -> None:
     needs_job_user()
     assert server.server.jobs_identity == (
-        f"jobs run as OS user {JOB_USER!r}, never as the server (root)"
+        f"jobs run as their account's OS user, else as {JOB_USER!r}; never as the server (root)"
     )
 
 
@@ -292,10 +292,10 @@ def test_a_server_that_is_not_root_refuses_jobs_unless_the_operator_opted_in(
     queue = QueueConfig(name="default")
     refusing = JobIdentity(JOB_USER, server_is_root=False, allow_as_server=False)
     with pytest.raises(Conflict, match="allow_jobs_as_server_user"):
-        _boundary(refusing, tmp_path).check(config, queue)
+        _boundary(refusing, tmp_path).check(config, queue, "default")
     assert refusing.describe().startswith("local jobs are refused: this server is not root")
     opted_in = JobIdentity(JOB_USER, server_is_root=False, allow_as_server=True)
-    _boundary(opted_in, tmp_path).check(config, queue)
+    _boundary(opted_in, tmp_path).check(config, queue, "default")
     assert "allow_jobs_as_server_user is set" in opted_in.describe()
 
 
@@ -305,10 +305,10 @@ def test_a_root_server_without_its_job_user_refuses_jobs_naming_the_set_up_scrip
     config = JobConfig.model_validate({"command": ["true"]})
     missing = JobIdentity("no-such-user-xyz", server_is_root=True, allow_as_server=True)
     with pytest.raises(Conflict, match=r"scripts/tenant_user\.sh"):
-        _boundary(missing, tmp_path).check(config, QueueConfig(name="default"))
+        _boundary(missing, tmp_path).check(config, QueueConfig(name="default"), "default")
     as_root = JobIdentity("root", server_is_root=True, allow_as_server=True)
     with pytest.raises(Conflict, match="is root"):
-        _boundary(as_root, tmp_path).check(config, QueueConfig(name="default"))
+        _boundary(as_root, tmp_path).check(config, QueueConfig(name="default"), "default")
 
 
 def test_a_queue_root_that_holds_a_private_directory_is_no_root(tmp_path: Path) -> None:
@@ -316,12 +316,13 @@ def test_a_queue_root_that_holds_a_private_directory_is_no_root(tmp_path: Path) 
     config = JobConfig.model_validate({"command": ["true"], "working_dir": str(tmp_path / "x")})
     with pytest.raises(InvalidRequest, match="outside the allowed roots"):
         _boundary(identity, tmp_path).check(
-            config, QueueConfig(name="q", working_dir=str(tmp_path))
+            config, QueueConfig(name="q", working_dir=str(tmp_path)), "default"
         )
     with pytest.raises(InvalidRequest, match="the root directory"):
         _boundary(identity, tmp_path).check(
             JobConfig.model_validate({"command": ["true"], "working_dir": "/"}),
             QueueConfig(name="q", working_dir="/"),
+            "default",
         )
 
 

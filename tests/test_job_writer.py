@@ -13,9 +13,11 @@ from sqlalchemy import Connection
 from apportion.engine.decisions import Decision, Placement, Reason, Rejection, Score
 from apportion.jobs.models import JobConfig, JobStatus
 from apportion.jobs.records import JobBook
+from apportion.ownership import Owner
 from apportion.store.db import Database
 
 T = TypeVar("T")
+OWNER = Owner("team-a", "alice", "k1")
 
 
 @pytest.fixture
@@ -35,8 +37,8 @@ async def test_concurrent_saves_share_one_commit_and_keep_their_order(
     db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     book = JobBook(db)
-    a = await book.create(config("a"), 0, None, "submitted")
-    b = await book.create(config("b"), 0, None, "submitted")
+    a = await book.create(config("a"), 0, OWNER, "submitted")
+    b = await book.create(config("b"), 0, OWNER, "submitted")
     commits: list[int] = []
     write_batch = db.write_batch
 
@@ -74,7 +76,7 @@ async def test_a_failed_commit_reaches_every_caller_of_its_batch(
     db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     book = JobBook(db)
-    job = await book.create(config("a"), 0, None, "submitted")
+    job = await book.create(config("a"), 0, OWNER, "submitted")
 
     async def broken(fn: Callable[[Connection], T]) -> T:
         raise OSError("disk full")
@@ -91,7 +93,7 @@ async def test_a_failed_commit_reaches_every_caller_of_its_batch(
 
 async def test_a_cancelled_caller_still_has_its_change_written(db: Database) -> None:
     book = JobBook(db)
-    job = await book.create(config("a"), 0, None, "submitted")
+    job = await book.create(config("a"), 0, OWNER, "submitted")
     task = asyncio.create_task(book.save(job, status=JobStatus.SCHEDULED, reason="placed"))
     await asyncio.sleep(0)  # handed over
     task.cancel()
@@ -103,7 +105,7 @@ async def test_a_cancelled_caller_still_has_its_change_written(db: Database) -> 
 
 async def test_the_history_includes_a_change_still_being_committed(db: Database) -> None:
     book = JobBook(db)
-    job = await book.create(config("a"), 0, None, "submitted")
+    job = await book.create(config("a"), 0, OWNER, "submitted")
     saving = asyncio.create_task(book.save(job, status=JobStatus.RUNNING, reason="started"))
     await asyncio.sleep(0)  # handed over: the record already says running, the store not yet
     assert job.status is JobStatus.RUNNING
@@ -113,7 +115,7 @@ async def test_the_history_includes_a_change_still_being_committed(db: Database)
 
 async def test_a_replaced_decision_is_encoded_anew(db: Database) -> None:
     book = JobBook(db)
-    job = await book.create(config("a"), 0, None, "submitted")
+    job = await book.create(config("a"), 0, OWNER, "submitted")
     job.decision = Decision("binpack:1.0-stable", 1, {}, candidate_nodes=4, feasible_nodes=3)
     first = job.row().decision
     assert first is not None and '"feasible_nodes":3' in first
@@ -126,7 +128,7 @@ async def test_a_job_s_placements_and_decision_come_back_from_the_store_as_they_
     db: Database,
 ) -> None:
     book = JobBook(db)
-    job = await book.create(config("a"), 0, None, "submitted")
+    job = await book.create(config("a"), 0, OWNER, "submitted")
     job.allocation = (Placement("c1", "n0", ("0", "1")), Placement("c1", "n1", ("3",)))
     job.decision = Decision(
         "binpack:1.0-stable",
@@ -146,11 +148,12 @@ async def test_a_job_s_placements_and_decision_come_back_from_the_store_as_they_
     assert again.allocation == job.allocation
     assert again.decision == job.decision  # reason kinds included, not only their texts
     assert again.public()["decision"] == job.decision.to_json()
+    assert again.owner == OWNER  # whose it is, too
 
 
 async def test_the_history_waits_for_the_change_of_a_cancelled_caller(db: Database) -> None:
     book = JobBook(db)
-    job = await book.create(config("a"), 0, None, "submitted")
+    job = await book.create(config("a"), 0, OWNER, "submitted")
     saving = asyncio.create_task(book.save(job, status=JobStatus.RUNNING, reason="started"))
     await asyncio.sleep(0)  # handed over
     saving.cancel()

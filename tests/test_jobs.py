@@ -209,14 +209,17 @@ async def test_queue_statistics(running: Running, fleet: Any, job_tmp: Path) -> 
         assert r.status == 200
     gate = job_tmp / "first-may-end"  # runs until the statistics were read
     first = await submit(running, {"command": gated(gate)})
-    await wait_for(running, first, "running")
-    await submit(running, {"command": sleeper(0)}, priority=3)
-    async with running.http.get(f"{running.url}/queue") as r:
-        stats = await r.json()
-    assert stats["total_queued"] == 1 and stats["running_jobs"] == 1
-    assert stats["priorities"] == {"3": 1}
-    assert stats["queues"]["default"]["queued"] == 1
-    gate.touch()
+    try:
+        await wait_for(running, first, "running")
+        await submit(running, {"command": sleeper(0)}, priority=3)
+        async with running.http.get(f"{running.url}/queue") as r:
+            stats = await r.json()
+        assert stats["total_queued"] == 1 and stats["running_jobs"] == 1
+        assert stats["priorities"] == {"3": 1}
+        assert stats["queues"]["default"]["queued"] == 1
+    finally:
+        gate.touch()  # the job ends (and with it its process) whatever was asserted
+        await wait_for(running, first, "completed")
 
 
 async def test_a_jobs_usage_is_seed_002s_document_and_survives_a_restart(tmp_path: Path) -> None:

@@ -279,7 +279,10 @@ async def test_changing_routes_answer_their_declared_types_and_statuses(
     await call("PUT", "/queues", "/queues", json={"name": "batch", "description": "nightly"})
     await call("DELETE", "/queues/{queue_id}", "/queues/batch")
     await call("PUT", "/pool/limits", "/pool/limits", json={"max_concurrent_jobs": 4})
-    key = await call("POST", "/keys", "/keys", json={"name": "ci", "scope": "read"})
+    await call("POST", "/accounts", "/accounts", json={"name": "ci-team"})
+    key = await call(
+        "POST", "/keys", "/keys", json={"name": "ci", "scope": "read", "account": "ci-team"}
+    )
     await call("DELETE", "/keys/{key_id}", f"/keys/{key['data']['key_id']}")
     await call("PUT", "/clusters/{cluster_id}/metrics", f"/clusters/{cluster}/metrics", json={"nodes": []})  # fmt: skip
     await call("POST", "/cluster/query", "/cluster/query", json={"query": {}})

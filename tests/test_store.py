@@ -263,7 +263,7 @@ async def test_pruning_deletes_in_chunks_of_their_own_transaction(
     db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     repo = EventRepo(db)
-    await db.write_batch(lambda conn: write_events(conn, [NewEvent("x", "{}", 0.0)] * 10))
+    await db.write_batch(lambda conn: write_events(conn, [NewEvent("x", "{}", 0.0, None)] * 10))
     deletes: list[int] = []
     write = db.write
 
@@ -285,7 +285,7 @@ async def test_pruning_by_age_cuts_at_the_first_young_event_and_keeps_the_newest
     db: Database,
 ) -> None:
     repo = EventRepo(db)
-    batch = [NewEvent("x", "{}", ts) for ts in (1.0, 2.0, 3.0, 4.0)]
+    batch = [NewEvent("x", "{}", ts, None) for ts in (1.0, 2.0, 3.0, 4.0)]
     await db.write_batch(lambda conn: write_events(conn, batch))
     assert await repo.prune(keep=100, older_than=2.5) == 2  # ts 1 and 2 go
     assert [e.ts for e in await repo.since(0, limit=100)] == [3.0, 4.0]

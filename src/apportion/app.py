@@ -22,6 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
+from apportion.accounts import AccountBook
 from apportion.adapters.base import Adapter
 from apportion.adapters.local.adapter import LocalAdapter
 from apportion.adapters.slurm.adapter import SlurmAdapter
@@ -130,6 +131,8 @@ class Server:
         self._stack.push_async_callback(db.close)
 
         keys = KeyStore(db)
+        accounts = AccountBook(db)
+        await accounts.load()
         events = EventLog(db)
         self._stack.push_async_callback(events.close)
         retention = Retention(
@@ -174,7 +177,9 @@ class Server:
         )
         adapters = _adapters() if self._adapters is None else self._adapters
         identity = JobIdentity.of_this_process(
-            settings.job_user, allow_as_server=settings.allow_jobs_as_server_user
+            settings.job_user,
+            allow_as_server=settings.allow_jobs_as_server_user,
+            os_user_of=accounts.os_user_of,
         )
         self.jobs_identity = identity.describe()
         (log.info if identity.refusal() is None else log.warning)("%s", self.jobs_identity)
@@ -198,7 +203,7 @@ class Server:
         self._stack.push_async_callback(jobs.jobs.close)  # its pending writes, before the db
         await jobs.load()
         self.context = ServerContext(
-            settings, registry, policies, runtime, holds, allocations, keys, jobs
+            settings, registry, policies, runtime, holds, allocations, keys, accounts, jobs
         )
         telemetry.set_known_policy(lambda uri: _in_store(policies, uri))
         telemetry.set_gpu_source(lambda: _gpu_counts(registry))

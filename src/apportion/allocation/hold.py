@@ -6,13 +6,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from apportion.engine.decisions import Placement, placements_json
+from apportion.ownership import Owner
 from apportion.registry.fleet_structure import GpuKey
 
 
 @dataclass
 class Hold:
+    """GPUs held for ``owner`` (None: for the server itself) until ``expires_at``."""
+
     allocation_id: str
-    owner: str | None
+    owner: Owner | None
     request_id: str | None
     policy_uri: str
     placements: tuple[Placement, ...]
@@ -28,6 +31,8 @@ class Hold:
             "request_id": self.request_id,
             "placements": placements_json(self.placements),
             "kind": self.kind,
+            "account": None if self.owner is None else self.owner.account,
+            "user": None if self.owner is None else self.owner.user,
             "created_at": self.created_at,
             "expires_at": self.expires_at,
         }

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from apportion import jsonutil
 from apportion.allocation.hold import Hold
 from apportion.engine.decisions import Placement, placements_json
+from apportion.ownership import DEFAULT_ACCOUNT
 from apportion.store.committer import GroupCommitter
 from apportion.store.db import Database
 from apportion.store.repos.holds import HoldChange, HoldRow, write_changes
@@ -32,16 +33,20 @@ def decode_placements(text: str) -> tuple[Placement, ...]:
 
 
 def _row(hold: Hold) -> HoldRow:
-    """The ``holds`` row of a hold as it is now."""
+    """The ``holds`` row of a hold as it is now (a hold without an owner is the server's, in
+    the default account with no user)."""
+    owner = hold.owner
     return HoldRow(
         hold.allocation_id,
-        hold.owner,
+        None if owner is None else owner.key_id,
         hold.request_id,
         hold.policy_uri,
         encode_placements(hold.placements),
         hold.created_at,
         hold.expires_at,
         hold.kind,
+        DEFAULT_ACCOUNT if owner is None else owner.account,
+        None if owner is None else owner.user,
     )
 
 

@@ -28,7 +28,7 @@ from apportion.allocation.hold import Hold
 from apportion.allocation.hold_journal import HoldJournal, decode_placements
 from apportion.engine.decisions import Placement, gpu_keys_of
 from apportion.errors import Conflict, Forbidden, UnknownAllocation
-from apportion.ownership import may_act_on
+from apportion.ownership import Actor, Owner
 from apportion.registry.fleet import FleetView
 from apportion.registry.fleet_structure import GpuKey
 from apportion.store.db import Database
@@ -75,7 +75,7 @@ class HoldManager:
             placements = decode_placements(row.placements)
             hold = Hold(
                 row.allocation_id,
-                row.owner,
+                Owner(row.account, row.user_name, row.owner),
                 row.request_id,
                 row.policy_uri,
                 placements,
@@ -133,7 +133,7 @@ class HoldManager:
         placements: tuple[Placement, ...],
         *,
         lease_seconds: float,
-        owner: str | None,
+        owner: Owner | None,
         request_id: str | None,
         policy_uri: str,
         kind: str = "allocation",
@@ -177,34 +177,34 @@ class HoldManager:
         self._holds.pop(hold.allocation_id, None)
         self._fleet.set_held(hold.gpu_keys, False)
 
-    def _check_owner(self, hold: Hold, owner: str | None, is_admin: bool) -> None:
-        if not may_act_on(hold.owner, key_id=owner, is_admin=is_admin):
-            raise Forbidden(
-                f"allocation {hold.allocation_id} belongs to another key; only its owner or an "
-                "admin key may change it (an allocation without an owner: admin keys only)",
-                details={"allocation_id": hold.allocation_id},
-            )
-
-    async def release(
-        self, allocation_id: str, *, owner: str | None = None, is_admin: bool = True
-    ) -> Hold:
-        """End a hold now and free its GPUs."""
+    def _visible_and_changeable(self, allocation_id: str, actor: Actor | None) -> Hold:
+        """The active hold ``allocation_id`` if ``actor`` (None: the server) may change it.
+        A hold ``actor`` may not see answers as an unknown id (no oracle of who holds what);
+        one it sees but may not change (another user's of its account) is
+        :class:`Forbidden`."""
         hold = self.get(allocation_id)
-        self._check_owner(hold, owner, is_admin)
+        if actor is None or actor.may_change(hold.owner):
+            return hold
+        if not actor.may_see(hold.owner):
+            raise unknown_allocation(allocation_id)
+        raise Forbidden(
+            f"allocation {hold.allocation_id} was made by another user of account "
+            f"{actor.account!r}; only that user or an admin key may change it",
+            details={"allocation_id": hold.allocation_id},
+        )
+
+    async def release(self, allocation_id: str, *, actor: Actor | None = None) -> Hold:
+        """End a hold now and free its GPUs (``actor`` None: the server does it)."""
+        hold = self._visible_and_changeable(allocation_id, actor)
         await self._forget([hold])
         return hold
 
     async def renew(
-        self,
-        allocation_id: str,
-        lease_seconds: float,
-        *,
-        owner: str | None = None,
-        is_admin: bool = True,
+        self, allocation_id: str, lease_seconds: float, *, actor: Actor | None = None
     ) -> Hold:
-        """Extend a hold's lease to ``lease_seconds`` from now."""
-        hold = self.get(allocation_id)
-        self._check_owner(hold, owner, is_admin)
+        """Extend a hold's lease to ``lease_seconds`` from now (``actor`` None: the
+        server)."""
+        hold = self._visible_and_changeable(allocation_id, actor)
         expires_at = self._clock() + lease_seconds
 
         await self._journal.renew(allocation_id, expires_at)

@@ -33,6 +33,7 @@ from apportion.engine.requests import gang_items, parse_inputs
 from apportion.engine.validate import validate_placements
 from apportion.errors import ApportionError, InvalidRequest, NoFeasiblePlacement
 from apportion.event_sink import EventSink
+from apportion.ownership import Actor, Owner
 from apportion.policies.inputs import LazyClusterData
 from apportion.policies.protocol import refused, seed_outcome
 from apportion.policies.runtime import PolicyRuntime
@@ -44,14 +45,6 @@ JOB_LEASE_SECONDS = 10 * 365 * 86400.0  # a job's hold lasts until the job ends 
 
 Observer = Callable[[str, str, float], None]
 """``observe(policy_uri, outcome, seconds)`` after every allocation decision."""
-
-
-@dataclass
-class Caller:
-    """Who sent the request: the key id (owner of holds) and whether it is an admin."""
-
-    key_id: str | None
-    is_admin: bool
 
 
 @dataclass
@@ -136,14 +129,14 @@ class AllocationService:
         return value
 
     # ---------------------------------------------------------------- allocate
-    async def allocate(self, request: AllocationRequest, caller: Caller) -> Allocated:
+    async def allocate(self, request: AllocationRequest, actor: Actor) -> Allocated:
         """Answer one request (the edge renders it with :meth:`Allocated.to_json`); raise on
         failure — ``NoFeasiblePlacement`` rendered from the policy's "no", once. Every outcome
         is reported to the observer (the server's Prometheus metrics)."""
         started = time.perf_counter()
         outcome = "success"
         try:
-            return await self._allocate(request, caller)
+            return await self._allocate(request, actor)
         except ApportionError as exc:
             outcome = exc.code.value
             raise
@@ -151,7 +144,7 @@ class AllocationService:
             if self._observe is not None:
                 self._observe(request.policy_rule_uri, outcome, time.perf_counter() - started)
 
-    async def _allocate(self, request: AllocationRequest, caller: Caller) -> Allocated:
+    async def _allocate(self, request: AllocationRequest, actor: Actor) -> Allocated:
         """:meth:`allocate` without the bookkeeping.
 
         A request that holds (``adhoc: false``) evaluates and reserves under one lock, so two
@@ -182,7 +175,7 @@ class AllocationService:
                 hold = self._holds.reserve(
                     outcome.placements,
                     lease_seconds=lease,
-                    owner=caller.key_id,
+                    owner=actor.owner,
                     request_id=request.request_id,
                     policy_uri=entry.uri,
                 )
@@ -202,6 +195,7 @@ class AllocationService:
                     "data": answer.data_json(),
                     "allocation_id": hold.allocation_id,
                 },
+                account=actor.account,
             )
         return answer
 
@@ -272,7 +266,7 @@ class AllocationService:
         candidates: list[str],
         inputs: dict[str, Any],
         parameters: dict[str, Any],
-        owner: str | None,
+        owner: Owner | None,
         job_id: str,
     ) -> tuple[Hold, Decision] | Unplaceable:
         """Place a job's workers as one gang, in one cluster, and reserve their GPUs (in memory:
@@ -317,23 +311,21 @@ class AllocationService:
         await self._holds.commit(hold)
 
     # ---------------------------------------------------------------- holds
-    async def release(self, allocation_id: str, caller: Caller) -> dict[str, Any]:
-        hold = await self._holds.release(
-            allocation_id, owner=caller.key_id, is_admin=caller.is_admin
-        )
+    async def release(self, allocation_id: str, actor: Actor) -> dict[str, Any]:
+        hold = await self._holds.release(allocation_id, actor=actor)
         if self._emit is not None:
             await self._emit(
-                "allocation_released", {"allocation_id": allocation_id, "reason": "released"}
+                "allocation_released",
+                {"allocation_id": allocation_id, "reason": "released"},
+                account=None if hold.owner is None else hold.owner.account,
             )
         return {"success": True, "data": {"allocation_id": hold.allocation_id, "released": True}}
 
     async def renew(
-        self, allocation_id: str, lease_seconds: float | None, caller: Caller
+        self, allocation_id: str, lease_seconds: float | None, actor: Actor
     ) -> dict[str, Any]:
         lease = self.lease(lease_seconds)
-        hold = await self._holds.renew(
-            allocation_id, lease, owner=caller.key_id, is_admin=caller.is_admin
-        )
+        hold = await self._holds.renew(allocation_id, lease, actor=actor)
         return {
             "success": True,
             "data": {"allocation_id": hold.allocation_id, "expires_at": hold.expires_at},

@@ -1,5 +1,5 @@
-"""Admin commands of ``apportion``: ``policies list|push|test|manage``, ``keys
-create|list|revoke`` and ``config show``."""
+"""Admin commands of ``apportion``: ``policies list|push|test|manage``, ``accounts
+list|create``, ``keys create|list|revoke`` and ``config show``."""
 
 from __future__ import annotations
 
@@ -26,6 +26,10 @@ from apportion.errors import ApportionError
 
 policies_app = typer.Typer(help="The policy store; offline policy tests.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys (admin).", no_args_is_help=True)
+accounts_app = typer.Typer(
+    help="Accounts: the teams keys and jobs belong to (list: operator; create: admin).",
+    no_args_is_help=True,
+)
 config_app = typer.Typer(help="Client configuration.", no_args_is_help=True)
 
 
@@ -139,15 +143,24 @@ def policies_manage(
 def keys_create(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Who or what uses the key.")],
-    scope: Annotated[str, typer.Option(help="read, submit or admin.")] = "submit",
+    scope: Annotated[
+        str, typer.Option(help="read, submit, policies, operator or admin.")
+    ] = "submit",
+    account: Annotated[
+        str | None, typer.Option(help="The account it acts for (default: default).")
+    ] = None,
+    user: Annotated[str | None, typer.Option(help="The user it names (default: NAME).")] = None,
     output: OutputOpt = Output.TABLE,
 ) -> None:
     """Create a key; its secret is printed this once."""
-    created = run(ctx, lambda client: client.create_key(name, scope))
+    created = run(ctx, lambda client: client.create_key(name, scope, account=account, user=user))
     if output is Output.JSON:
         print_json(created)
         return
-    typer.echo(f"Created key {created['key_id']} ({created['name']}, scope {created['scope']})")
+    typer.echo(
+        f"Created key {created['key_id']} ({created['name']}, scope {created['scope']},"
+        f" account {created['account']}, user {created['user']})"
+    )
     typer.echo(f"API key (shown once): {created['api_key']}")
 
 
@@ -158,16 +171,53 @@ def keys_list(ctx: typer.Context, output: OutputOpt = Output.TABLE) -> None:
     listing(
         output,
         found,
-        ["KEY_ID", "NAME", "SCOPE", "CREATED", "LAST USED", "REVOKED"],
+        ["KEY_ID", "NAME", "SCOPE", "ACCOUNT", "USER", "CREATED", "LAST USED", "REVOKED"],
         lambda k: [
             k["key_id"],
             k["name"],
             k["scope"],
+            k["account"],
+            k["user"],
             k["created_at"],
             k["last_used_at"],
             k["revoked_at"],
         ],
     )
+
+
+@accounts_app.command("list")
+def accounts_list(ctx: typer.Context, output: OutputOpt = Output.TABLE) -> None:
+    """Every account and the OS user its jobs run as."""
+    found = run(ctx, lambda client: client.accounts())
+    listing(
+        output,
+        found,
+        ["ACCOUNT", "OS USER", "DESCRIPTION", "CREATED"],
+        lambda a: [a["name"], a["os_user"] or "(job_user)", a["description"], a["created_at"]],
+    )
+
+
+@accounts_app.command("create")
+def accounts_create(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The account's name: a team, e.g. vision-lab.")],
+    os_user: Annotated[
+        str | None,
+        typer.Option(help="The OS user its jobs run as (default: the server's job_user)."),
+    ] = None,
+    description: Annotated[str, typer.Option(help="What the account is for.")] = "",
+    output: OutputOpt = Output.TABLE,
+) -> None:
+    """Create an account; then give its users keys with `apportion keys create --account`."""
+    created = run(
+        ctx,
+        lambda client: client.create_account(name, os_user=os_user, description=description),
+    )
+    if output is Output.JSON:
+        print_json(created)
+        return
+    runs_as = created["os_user"] or "the server's job_user"
+    typer.echo(f"Created account {created['name']} (its jobs run as {runs_as})")
 
 
 @keys_app.command("revoke")
@@ -208,5 +258,6 @@ def config_show(ctx: typer.Context, output: OutputOpt = Output.TABLE) -> None:
 def register(app: typer.Typer) -> None:
     """Add the admin command groups to ``app``."""
     app.add_typer(policies_app, name="policies")
+    app.add_typer(accounts_app, name="accounts")
     app.add_typer(keys_app, name="keys")
     app.add_typer(config_app, name="config")

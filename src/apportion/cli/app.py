@@ -33,6 +33,7 @@ from apportion.cli.common import GlobalOptions
 from apportion.config import Settings
 from apportion.demo import DEMO_QUEUES, DemoJobs, SyntheticMetrics, demo_clusters
 from apportion.jobs.identity import python_for_jobs
+from apportion.ownership import DEFAULT_ACCOUNT, Owner
 from apportion.server.dashboard import issue_one_time_link
 
 app = typer.Typer(
@@ -184,7 +185,8 @@ async def _demo(settings: Settings, duration: float) -> None:
         for queue in DEMO_QUEUES:
             if queue["name"] not in jobs.queues.names():
                 await jobs.queues.create(queue)
-        stream = DemoJobs(lambda body: jobs.submit(body, None), python=python_for_jobs())
+        demo_owner = Owner(DEFAULT_ACCOUNT, None, None)  # the server's own: admins change them
+        stream = DemoJobs(lambda body: jobs.submit(body, demo_owner), python=python_for_jobs())
         tasks = [
             asyncio.create_task(metrics.run(), name="demo-metrics"),
             asyncio.create_task(stream.run(), name="demo-jobs"),

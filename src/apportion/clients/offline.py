@@ -34,9 +34,10 @@ from typing import Any
 
 from apportion.allocation.holds import HoldManager
 from apportion.allocation.messages import AllocationRequest, parse_message
-from apportion.allocation.service import AllocationService, Caller
+from apportion.allocation.service import AllocationService
 from apportion.engine.decisions import Decision, JsonValue, Placement, placements_json
 from apportion.errors import ApportionError, InvalidRequest, PolicyError, PolicyTimeout
+from apportion.ownership import DEFAULT_ACCOUNT, Actor
 from apportion.policies.catalog import builtin_catalog
 from apportion.policies.clients import RegistryServices
 from apportion.policies.policy_dir import load_policy_folder
@@ -45,6 +46,11 @@ from apportion.policies.sandbox.pool import SandboxLimits, SandboxPool
 from apportion.policies.store import PolicyStore
 from apportion.registry.service import Registry
 from apportion.store.db import Database
+
+OFFLINE_ACTOR = Actor(
+    key_id="offline", account=DEFAULT_ACCOUNT, user="offline", sees_all=True, is_admin=True
+)
+"""Who asks in an offline evaluation: the one user of a private, in-memory server."""
 
 
 @dataclass(frozen=True)
@@ -166,7 +172,7 @@ async def run_offline(
                 }
             )
             assert isinstance(message, AllocationRequest)
-            answer = await service.allocate(message, Caller(key_id=None, is_admin=True))
+            answer = await service.allocate(message, OFFLINE_ACTOR)
         finally:
             if holds is not None:
                 await holds.close()

@@ -1,4 +1,4 @@
-"""The registry, policy-store and key calls of :class:`AsyncApportion` over REST.
+"""The registry, policy-store, account and key calls of :class:`AsyncApportion` over REST.
 A mixin: it needs ``self._rest`` (a :class:`RestTransport`)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from apportion.clients.rest import RestTransport
 
 
 class RegistryAPI:
-    """Clusters, metrics, policies and keys; mixed into
+    """Clusters, metrics, policies, accounts and keys; mixed into
     :class:`~apportion.clients.AsyncApportion`."""
 
     _rest: RestTransport
@@ -114,15 +114,44 @@ class RegistryAPI:
         return await self._rest.data("POST", f"/policies/{uri}/management", json=body)
 
     # ------------------------------------------------------------------ keys
-    async def create_key(self, name: str, scope: str = "submit") -> dict[str, Any]:
-        """Create an API key (admin); the answer's ``api_key`` is shown this once."""
-        body = {"name": name, "scope": scope}
+    async def create_key(
+        self,
+        name: str,
+        scope: str = "submit",
+        *,
+        account: str | None = None,
+        user: str | None = None,
+    ) -> dict[str, Any]:
+        """Create an API key (admin) acting for ``account`` (default: ``default``) and naming
+        ``user`` (default: ``name``); the answer's ``api_key`` is shown this once."""
+        body: dict[str, Any] = {"name": name, "scope": scope}
+        if account is not None:
+            body["account"] = account
+        if user is not None:
+            body["user"] = user
         result: dict[str, Any] = await self._rest.data("POST", "/keys", json=body)
         return result
 
     async def keys(self) -> list[dict[str, Any]]:
         """Every key, without secrets (admin)."""
         result: list[dict[str, Any]] = await self._rest.data("GET", "/keys")
+        return result
+
+    # ------------------------------------------------------------------ accounts
+    async def accounts(self) -> list[dict[str, Any]]:
+        """Every account (an operator or admin key)."""
+        result: list[dict[str, Any]] = await self._rest.data("GET", "/accounts")
+        return result
+
+    async def create_account(
+        self, name: str, *, os_user: str | None = None, description: str = ""
+    ) -> dict[str, Any]:
+        """Create an account (admin) whose jobs run as ``os_user`` (default: the server's
+        ``job_user``); :class:`ConflictError` when the name is taken."""
+        body: dict[str, Any] = {"name": name, "description": description}
+        if os_user is not None:
+            body["os_user"] = os_user
+        result: dict[str, Any] = await self._rest.data("POST", "/accounts", json=body)
         return result
 
     async def revoke_key(

@@ -249,9 +249,28 @@ class Apportion:
         return self._run(self._client.explain(job_id))
 
     # ------------------------------------------------------------------ keys and events
-    def create_key(self, name: str, scope: str = "submit") -> dict[str, Any]:
-        """Create an API key (admin)."""
-        return self._run(self._client.create_key(name, scope))
+    def create_key(
+        self,
+        name: str,
+        scope: str = "submit",
+        *,
+        account: str | None = None,
+        user: str | None = None,
+    ) -> dict[str, Any]:
+        """Create an API key (admin) of ``account`` naming ``user``."""
+        return self._run(self._client.create_key(name, scope, account=account, user=user))
+
+    def accounts(self) -> list[dict[str, Any]]:
+        """Every account (an operator or admin key)."""
+        return self._run(self._client.accounts())
+
+    def create_account(
+        self, name: str, *, os_user: str | None = None, description: str = ""
+    ) -> dict[str, Any]:
+        """Create an account (admin) whose jobs run as ``os_user``."""
+        return self._run(
+            self._client.create_account(name, os_user=os_user, description=description)
+        )
 
     def keys(self) -> list[dict[str, Any]]:
         """Every key, without secrets (admin)."""

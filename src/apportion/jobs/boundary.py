@@ -5,7 +5,8 @@ before it is committed, so a job that could escape its tenant is refused with a 
 field (or a 409 when this server cannot run jobs at all), never started (docs/security.md):
 
 1. **Identity.** :class:`~apportion.jobs.identity.JobIdentity` must be able to say as whom the
-   job runs (a root server with its job user, or a non-root one that opted in).
+   job runs (a root server with its account's user or the job user, or a non-root one that
+   opted in).
 2. **Working directory.** After resolving symlinks and ``..``, ``config.working_dir`` must lie
    under an allowed root — the queue's ``working_dir``, or the jobs root — and never at or
    under ``/proc``, the data dir or the credentials directory, nor be ``/``. A root that is one
@@ -40,12 +41,14 @@ class JobBoundary:
     jobs_root: Path
     private_dirs: tuple[Path, ...]  # the data dir, the credentials directory
 
-    def check(self, config: JobConfig, queue: QueueConfig) -> None:
-        """Refuse ``config`` in ``queue`` unless it stays inside the boundary (module docstring).
+    def check(self, config: JobConfig, queue: QueueConfig, account: str) -> None:
+        """Refuse ``config`` of ``account`` in ``queue`` unless it stays inside the boundary
+        (module docstring).
 
-        Raises :class:`Conflict` when this server runs no jobs, :class:`InvalidRequest` naming
-        ``body.config.working_dir`` or ``body.config.env`` otherwise."""
-        refusal = self.identity.refusal()
+        Raises :class:`Conflict` when this server runs no jobs (of ``account``),
+        :class:`InvalidRequest` naming ``body.config.working_dir`` or ``body.config.env``
+        otherwise."""
+        refusal = self.identity.refusal(account)
         if refusal is not None:
             raise Conflict(f"this job cannot run: {refusal}")
         if config.working_dir is not None:

@@ -1,15 +1,14 @@
 """As which OS user a job runs: the one place that answers it (docs/security.md).
 
-Built once by :mod:`apportion.app` from the settings; asked by
+Built once by :mod:`apportion.app` from the settings and the accounts; asked by
 :meth:`~apportion.jobs.service.JobService.submit` (may this job run at all?) and by
 :meth:`~apportion.jobs.driver.BackendDriver.spec` (the :class:`RunAs` the adapter switches to).
-Today every job runs as the one configured ``job_user``; per-account users replace
-:meth:`JobIdentity.run_as` and nothing else.
 
 The three modes, fixed at start:
 
-* the server is root: every job runs as ``job_user`` (its uid, its groups, its home); a
-  missing user refuses jobs at submit, naming the set-up script that creates it;
+* the server is root: a job runs as its account's ``os_user`` (``POST /accounts``), or as
+  ``job_user`` when its account names none (its uid, its groups, its home); a missing user
+  refuses the account's jobs at submit, naming the set-up script that creates it;
 * the server is not root and ``allow_jobs_as_server_user`` is set: jobs run as the server's
   own user (``run_as`` is ``None``), and the server says so at start;
 * the server is not root and did not opt in: local jobs are refused at submit.
@@ -22,13 +21,23 @@ import pwd
 import shutil
 import stat
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from apportion.accounts import check_os_user
 from apportion.adapters.base import AdapterError, RunAs
 from apportion.jobs.records import Job
 
-SETUP_HINT = "create it with scripts/tenant_user.sh (as root), or set job_user to an existing user"
+
+def _no_account_users(_account: str) -> str | None:
+    return None
+
+
+SETUP_HINT = (
+    "create it with scripts/tenant_user.sh (as root), or set job_user (or the account's"
+    " os_user) to an existing user"
+)
 
 
 @dataclass(frozen=True)
@@ -38,16 +47,25 @@ class JobIdentity:
     job_user: str
     server_is_root: bool
     allow_as_server: bool
+    os_user_of: Callable[[str], str | None] = _no_account_users
+    """An account's own OS user, None when it has none (then ``job_user``)."""
 
     @classmethod
-    def of_this_process(cls, job_user: str, *, allow_as_server: bool) -> JobIdentity:
-        return cls(job_user, os.geteuid() == 0, allow_as_server)
+    def of_this_process(
+        cls,
+        job_user: str,
+        *,
+        allow_as_server: bool,
+        os_user_of: Callable[[str], str | None] = _no_account_users,
+    ) -> JobIdentity:
+        return cls(job_user, os.geteuid() == 0, allow_as_server, os_user_of)
 
-    def refusal(self) -> str | None:
-        """Why no local job can run on this server now, in words for the submitter; or None."""
+    def refusal(self, account: str | None = None) -> str | None:
+        """Why no local job (of ``account``; None: of an account without its own OS user) can
+        run on this server now, in words for the submitter; or None."""
         if self.server_is_root:
             try:
-                self._resolve()
+                self._resolve(self._user_of(account))
             except AdapterError as exc:
                 return exc.message
             return None
@@ -60,34 +78,26 @@ class JobIdentity:
         )
 
     def run_as(self, job: Job) -> RunAs | None:
-        """The OS user ``job`` runs as (``None``: as the server, only when the operator opted in
-        and the server is not root). Raises :class:`AdapterError` when ``job_user`` is missing,
-        is root, or may not run jobs. Every job gets ``job_user`` today; accounts will answer
-        from ``job.owner`` here."""
-        del job  # one user for every job until accounts exist
-        return self._resolve()
+        """The OS user ``job`` runs as: its account's ``os_user``, else ``job_user``
+        (``None``: as the server, only when the operator opted in and the server is not root).
+        Raises :class:`AdapterError` when that user is missing, is root, or may not run
+        jobs."""
+        return self._resolve(self._user_of(job.owner.account))
 
-    def _resolve(self) -> RunAs | None:
+    def _user_of(self, account: str | None) -> str:
+        own = None if account is None else self.os_user_of(account)
+        return own or self.job_user
+
+    def _resolve(self, user: str) -> RunAs | None:
         if not self.server_is_root:
             if self.allow_as_server:
                 return None
             raise AdapterError(self.refusal() or "local jobs are refused on this server")
         try:
-            entry = pwd.getpwnam(self.job_user)
-        except KeyError:
-            raise AdapterError(
-                f"job_user {self.job_user!r} does not exist on this host: {SETUP_HINT}"
-            ) from None
-        if entry.pw_uid == 0 or entry.pw_gid == 0:
-            raise AdapterError(
-                f"job_user {self.job_user!r} is root or in group root; jobs never run as the"
-                f" server: {SETUP_HINT}"
-            )
+            entry = check_os_user(user)
+        except ValueError as exc:
+            raise AdapterError(f"jobs cannot run as {user!r}: {exc}: {SETUP_HINT}") from None
         groups = tuple(os.getgrouplist(entry.pw_name, entry.pw_gid))
-        if 0 in groups:
-            raise AdapterError(
-                f"job_user {self.job_user!r} is a member of group root: {SETUP_HINT}"
-            )
         return RunAs(entry.pw_name, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir)
 
     def describe(self) -> str:
@@ -96,7 +106,10 @@ class JobIdentity:
             refusal = self.refusal()
             if refusal is not None:
                 return f"local jobs are refused: {refusal}"
-            return f"jobs run as OS user {self.job_user!r}, never as the server (root)"
+            return (
+                f"jobs run as their account's OS user, else as {self.job_user!r}; never as the"
+                " server (root)"
+            )
         if self.allow_as_server:
             user = pwd.getpwuid(os.geteuid()).pw_name
             return (

@@ -48,6 +48,7 @@ from apportion.jobs.admission import Blocked, Reason, waiting_order
 from apportion.jobs.driver import BackendDriver, SubmitFailed
 from apportion.jobs.models import JobConfig, JobStatus
 from apportion.jobs.records import Job, JobBook
+from apportion.ownership import Owner
 from apportion.timefmt import iso_utc
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ class JobLifecycle:
         await self._book.save(job, status=target, reason=reason)
 
     # ---------------------------------------------------------------- while it waits
-    async def submit(self, config: JobConfig, priority: int, owner: str | None) -> Job:
+    async def submit(self, config: JobConfig, priority: int, owner: Owner) -> Job:
         """Commit a new queued job and announce ``job_queued``; return it."""
         job = await self._book.create(config, priority, owner, "submitted")
         self.renumber()
@@ -153,6 +154,7 @@ class JobLifecycle:
                 "queue": job.queue,
                 "name": job.name,
             },
+            account=job.owner.account,
         )
         return job
 
@@ -284,6 +286,7 @@ class JobLifecycle:
                 "adapter": job.adapter,
                 "queue": job.queue,
             },
+            account=job.owner.account,
         )
         if job.cancel_requested:
             await self._stop_dispatched(job)
@@ -371,6 +374,7 @@ class JobLifecycle:
                     "workers": job.workers,
                 },
             },
+            account=job.owner.account,
         )
 
     # ---------------------------------------------------------------- ends
@@ -428,6 +432,7 @@ class JobLifecycle:
                 "return_code": return_code,
                 "reason": reason,
             },
+            account=job.owner.account,
         )
         ended = self._ended.pop(job.job_id, None)
         if ended is not None:

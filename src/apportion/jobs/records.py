@@ -19,6 +19,7 @@ from apportion.engine.decisions import Decision, JsonValue, Placement, placement
 from apportion.errors import Conflict, InvalidRequest, NotFound
 from apportion.jobs.models import STORED, JobConfig, JobStatus, QueueConfig, parse_model
 from apportion.jobs.writer import JobWriter
+from apportion.ownership import Owner
 from apportion.store.db import Database
 from apportion.store.repos.jobs import JobChange, JobRepo, JobRow, StatusEntry
 from apportion.store.repos.queues import QueueRepo, QueueRow
@@ -86,7 +87,7 @@ class Job:
     status: JobStatus
     priority: int
     config: JobConfig
-    owner: str | None
+    owner: Owner  # its account and user; key_id None when the server submitted it
     created_at: float
     allocation: tuple[Placement, ...] | None = None  # one placement per worker, in order
     allocation_id: str | None = None
@@ -122,6 +123,9 @@ class Job:
         Called on every save: the encoded config and decision are kept, as they do not change
         once set."""
         out = {name: getattr(self, name) for name in _ROW_FIELDS}
+        out["owner"] = self.owner.key_id
+        out["account"] = self.owner.account
+        out["user_name"] = self.owner.user
         out["config"] = self._encoded("config", self.config.model_dump)
         decision = self.decision
         out["decision"] = (
@@ -149,6 +153,7 @@ class Job:
     def from_row(cls, row: JobRow) -> Job:
         """The record of a stored row (the inverse of :meth:`row`)."""
         data: dict[str, Any] = {name: getattr(row, name) for name in _ROW_FIELDS}
+        data["owner"] = Owner(row.account, row.user_name, row.owner)
         data["config"] = JobConfig.model_validate(jsonutil.loads(row.config), context=STORED)
         data["status"] = JobStatus(row.status)
         if row.allocation is not None:
@@ -167,6 +172,8 @@ class Job:
         return {
             "job_id": self.job_id,
             "name": self.name,
+            "account": self.owner.account,
+            "user": self.owner.user,
             "queue": self.queue,
             "status": self.status.value,
             "priority": self.priority,
@@ -189,7 +196,7 @@ class Job:
 
 
 _ROW_FIELDS = tuple(
-    f.name for f in fields(Job) if f.name not in ("queue_position", "_encoded_cache")
+    f.name for f in fields(Job) if f.name not in ("owner", "queue_position", "_encoded_cache")
 )
 
 
@@ -217,7 +224,7 @@ class JobBook:
             )
         return job
 
-    async def create(self, config: JobConfig, priority: int, owner: str | None, reason: str) -> Job:
+    async def create(self, config: JobConfig, priority: int, owner: Owner, reason: str) -> Job:
         """Commit a new queued job (with its first history entry) and return it."""
         now = time.time()
         job = Job(

@@ -34,6 +34,7 @@ from apportion.jobs.models import (
 )
 from apportion.jobs.pool_limits import PoolLimits
 from apportion.jobs.records import Job, JobBook, QueueBook
+from apportion.ownership import Owner
 from apportion.registry.service import Registry
 from apportion.store.db import Database
 
@@ -82,7 +83,7 @@ class JobService:
         self._wake.set()
 
     # ---------------------------------------------------------------- API
-    async def submit(self, body: Any, owner: str | None) -> Job:
+    async def submit(self, body: Any, owner: Owner) -> Job:
         """``POST /jobs/submit``: validate the body against its queue and the server's job
         boundary (:class:`InvalidRequest` naming the field; :class:`Conflict` when this server
         runs no jobs), commit the job queued, announce it and wake the cycle; return it."""
@@ -95,7 +96,7 @@ class JobService:
                 path="body.config.queue",
             )
         self._check_against_queue(config, queue)
-        self._boundary.check(config, queue)
+        self._boundary.check(config, queue, owner.account)
         job = await self.lifecycle.submit(config, request.priority, owner)
         self.wake()
         return job

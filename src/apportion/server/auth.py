@@ -18,6 +18,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from apportion import jsonutil
 from apportion.errors import ApportionError, Forbidden, Unauthorized
+from apportion.ownership import DEFAULT_ACCOUNT, Actor
 
 if TYPE_CHECKING:
     from apportion.server.keys import KeyStore
@@ -26,34 +27,75 @@ HOW_TO_AUTH = "send Authorization: Bearer <key>; create a key with `apportion ke
 
 
 class Scope(StrEnum):
-    """What a key may do; each scope includes the ones below it."""
+    """What a key may do (docs/security.md):
+
+    * ``read``: read the fleet, policies and its own account's jobs, holds and events;
+      adhoc allocations;
+    * ``submit``: ``read``, and submit jobs and hold GPUs in its account;
+    * ``policies``: ``read``, and upload, delete and manage policies (a policy author);
+    * ``operator``: ``read`` across every account (monitoring, dashboards);
+    * ``admin``: everything.
+    """
 
     READ = "read"
     SUBMIT = "submit"
+    POLICIES = "policies"
+    OPERATOR = "operator"
     ADMIN = "admin"
 
     def allows(self, needed: Scope) -> bool:
         """True when a key of this scope may do what ``needed`` guards."""
-        return _RANK[self] >= _RANK[needed]
+        return needed in _ALLOWS[self]
+
+    @property
+    def sees_all_accounts(self) -> bool:
+        """True for the scopes that read every account's work."""
+        return self in (Scope.OPERATOR, Scope.ADMIN)
 
 
-_RANK = {Scope.READ: 0, Scope.SUBMIT: 1, Scope.ADMIN: 2}
+_ALLOWS: dict[Scope, frozenset[Scope]] = {
+    Scope.READ: frozenset({Scope.READ}),
+    Scope.SUBMIT: frozenset({Scope.READ, Scope.SUBMIT}),
+    Scope.POLICIES: frozenset({Scope.READ, Scope.POLICIES}),
+    Scope.OPERATOR: frozenset({Scope.READ, Scope.OPERATOR}),
+    Scope.ADMIN: frozenset(Scope),
+}
 
 
 @dataclass(frozen=True)
 class Principal:
-    """Who made a request: the verified key's id, name and scope."""
+    """Who made a request: the verified key's id, name and scope, the account it acts for and
+    the user it names."""
 
     key_id: str
     name: str
     scope: Scope
+    account: str
+    user: str
 
     @property
     def is_admin(self) -> bool:
         return self.scope is Scope.ADMIN
 
+    @property
+    def actor(self) -> Actor:
+        """The principal as :mod:`apportion.ownership`'s rule sees it."""
+        return Actor(
+            key_id=self.key_id,
+            account=self.account,
+            user=self.user,
+            sees_all=self.scope.sees_all_accounts,
+            is_admin=self.is_admin,
+        )
 
-ANONYMOUS_ADMIN = Principal(key_id="anonymous", name="anonymous (auth disabled)", scope=Scope.ADMIN)
+
+ANONYMOUS_ADMIN = Principal(
+    key_id="anonymous",
+    name="anonymous (auth disabled)",
+    scope=Scope.ADMIN,
+    account=DEFAULT_ACCOUNT,
+    user="anonymous",
+)
 PRINCIPAL = web.RequestKey("principal", Principal)
 
 
@@ -102,7 +144,7 @@ def require(principal: Principal, needed: Scope) -> None:
     needed scope and the key's scope when the key may not do this."""
     if not principal.scope.allows(needed):
         raise Forbidden(
-            f"this needs a key with scope '{needed}' or higher; key {principal.key_id!r} "
+            f"this needs a key with scope '{needed}' (or admin); key {principal.key_id!r} "
             f"({principal.name}) has scope '{principal.scope}'; "
             f"create one with `apportion keys create --scope {needed}`",
             details={"needed": needed.value, "scope": principal.scope.value},

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from apportion.accounts import AccountBook
 from apportion.allocation.holds import HoldManager
 from apportion.allocation.service import AllocationService
 from apportion.config import Settings
@@ -25,6 +26,7 @@ class ServerContext:
     holds: HoldManager
     allocations: AllocationService
     keys: KeyStore
+    accounts: AccountBook
     jobs: JobService | None = None
 
 

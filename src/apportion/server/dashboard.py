@@ -28,7 +28,6 @@ from typing import Any
 from aiohttp import web
 
 from apportion.errors import NotFound, Unauthorized
-from apportion.ownership import may_act_on
 from apportion.server.auth import Principal, Scope, principal_of
 from apportion.server.http_common import ctx, json_response
 from apportion.server.keys import KeyStore
@@ -209,13 +208,15 @@ async def one_time_sign_in(request: web.Request) -> web.Response:
 
 @api.get("/auth/whoami", scope=None, response=Whoami)
 async def whoami(request: web.Request) -> web.Response:
-    """The calling key: {key_id, name, scope, auth_enabled}."""
+    """The calling key: {key_id, name, scope, account, user, auth_enabled}."""
     who = principal_of(request)
     return json_response(
         {
             "key_id": who.key_id,
             "name": who.name,
             "scope": who.scope.value,
+            "account": who.account,
+            "user": who.actor.user,
             "auth_enabled": ctx(request).settings.auth,
         }
     )
@@ -306,11 +307,11 @@ async def fleet(request: web.Request) -> web.Response:
 def dashboard_jobs(jobs: Any, who: Principal, *, finished: int) -> list[dict[str, Any]]:
     """Every unfinished job and the newest ``finished`` finished ones, oldest first, without
     their config and decision record (the detail page reads those from ``GET /jobs/{id}``).
-    A non-admin key sees its own jobs only, as in ``GET /jobs`` (:mod:`apportion.ownership`)."""
+    A key sees its own account's jobs, an operator or admin key every account's, as in
+    ``GET /jobs`` (:mod:`apportion.ownership`)."""
+    actor = who.actor
     mine = [
-        j
-        for j in sorted(jobs.jobs.jobs.values(), key=lambda j: j.seq)
-        if may_act_on(j.owner, key_id=who.key_id, is_admin=who.is_admin)
+        j for j in sorted(jobs.jobs.jobs.values(), key=lambda j: j.seq) if actor.may_see(j.owner)
     ]
     done = [j for j in mine if j.status.finished]
     keep = {j.job_id for j in done[max(0, len(done) - finished) :]} if finished else set()

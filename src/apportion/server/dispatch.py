@@ -2,7 +2,7 @@
 
 Scopes: an adhoc allocation only reads (``read``); holding, releasing and
 renewing change state (``submit``); ``management`` reaches into a policy
-(``admin``). Every failure becomes the error envelope with its code; an
+(``admin``: it changes the policy for every account). Every failure becomes the error envelope with its code; an
 unexpected exception is logged with an id and answered ``Internal``.
 """
 
@@ -20,15 +20,11 @@ from apportion.allocation.messages import (
     parse_message,
     request_id_of,
 )
-from apportion.allocation.service import AllocationService, Caller
+from apportion.allocation.service import AllocationService
 from apportion.errors import ApportionError, Internal
 from apportion.server.auth import Principal, Scope, require
 
 log = logging.getLogger(__name__)
-
-
-def caller_of(principal: Principal) -> Caller:
-    return Caller(key_id=principal.key_id, is_admin=principal.scope is Scope.ADMIN)
 
 
 async def answer(service: AllocationService, raw: Any, principal: Principal) -> dict[str, Any]:
@@ -36,7 +32,7 @@ async def answer(service: AllocationService, raw: Any, principal: Principal) -> 
     request_id = request_id_of(raw)
     try:
         message = parse_message(raw)
-        caller = caller_of(principal)
+        caller = principal.actor
         if isinstance(message, AllocationRequest):
             require(principal, Scope.READ if message.adhoc else Scope.SUBMIT)
             body = (await service.allocate(message, caller)).to_json()

@@ -35,13 +35,26 @@ log = logging.getLogger(__name__)
 Event = dict[str, Any]
 Sink = Callable[[Event], Awaitable[None]]
 
-RESERVED_KEYS = frozenset({"type", "seq", "ts"})
+RESERVED_KEYS = frozenset({"type", "seq", "ts", "account"})
 MAX_TYPE_LENGTH = 100
 MAX_LIMIT = 10_000
 
 
-def _event(seq: int, type_: str, ts_iso: str, payload: dict[str, Any]) -> Event:
-    return {"type": type_, "seq": seq, "ts": ts_iso, **payload}
+def _event(
+    seq: int, type_: str, ts_iso: str, account: str | None, payload: dict[str, Any]
+) -> Event:
+    """The event as sinks and readers get it; ``account`` only on an account's event."""
+    head: Event = {"type": type_, "seq": seq, "ts": ts_iso}
+    if account is not None:
+        head["account"] = account
+    return {**head, **payload}
+
+
+def audience_of(event: Event) -> str | None:
+    """The account whose keys (with operators and admins) may see ``event``; None for a
+    fleet-wide event, which every key sees."""
+    account = event.get("account")
+    return account if isinstance(account, str) else None
 
 
 @dataclass(frozen=True)
@@ -76,11 +89,16 @@ class EventLog:
         exception in a sink is logged and never reaches the appender."""
         self._sinks.append(sink)
 
-    async def append(self, type: str, payload: dict[str, Any]) -> Event:
-        """Store one event, then emit it; returns ``{"type", "seq", "ts", **payload}``.
+    async def append(
+        self, type: str, payload: dict[str, Any], *, account: str | None = None
+    ) -> Event:
+        """Store one event, then emit it; returns ``{"type", "seq", "ts", "account"?,
+        **payload}``. ``account`` is the account whose work the event is about (a job's, a
+        hold's): only that account's keys, operators and admins see it; None (a cluster's
+        update, a policy upload) is the fleet's, for every key.
 
         Raises ``ValueError`` for an empty or over-long ``type`` or a payload that uses a
-        reserved key (``type``, ``seq``, ``ts``), ``TypeError`` for a payload JSON cannot hold,
+        reserved key (``type``, ``seq``, ``ts``, ``account``), ``TypeError`` for a payload JSON cannot hold,
         ``RuntimeError`` once the log is closed, and the database's error when the commit fails
         (the event was then neither stored nor emitted). Events appended by one process are
         emitted in ``seq`` order even when this is called concurrently. If the caller is
@@ -94,13 +112,13 @@ class EventLog:
                 f"event payload keys {clash} are reserved (the log sets type, seq and ts)"
             )
         ts = self._clock()
-        item = _Appended(type, jsonutil.dumps_str(payload), ts, payload, iso_utc(ts))
+        item = _Appended(type, jsonutil.dumps_str(payload), ts, account, payload, iso_utc(ts))
         [seq] = await self._committer.submit([item])
-        return _event(seq, item.type, item.ts_iso, payload)
+        return _event(seq, item.type, item.ts_iso, account, payload)
 
     async def _emit_batch(self, batch: Sequence[_Appended], seqs: Sequence[int]) -> None:
         for item, seq in zip(batch, seqs, strict=True):
-            event = _event(seq, item.type, item.ts_iso, item.fields)
+            event = _event(seq, item.type, item.ts_iso, item.account, item.fields)
             for sink in self._sinks:
                 try:
                     await sink(event)
@@ -108,19 +126,28 @@ class EventLog:
                     log.exception("event sink %r failed on %s #%s", sink, item.type, seq)
 
     async def since(
-        self, seq: int, *, limit: int = 1000, types: Collection[str] | None = None
+        self,
+        seq: int,
+        *,
+        limit: int = 1000,
+        types: Collection[str] | None = None,
+        only_account: str | None = None,
     ) -> list[Event]:
         """Events with ``seq`` greater than ``seq``, oldest first, at most ``limit`` of them,
-        only of ``types`` when given (an empty collection matches nothing). Raises
-        ``ValueError`` for a negative ``seq`` or a ``limit`` outside 1..10000."""
+        only of ``types`` when given (an empty collection matches nothing), and with
+        ``only_account`` only the fleet's and that account's (what a key of that account may
+        see; None for operators and admins). Raises ``ValueError`` for a negative ``seq`` or a
+        ``limit`` outside 1..10000."""
         if seq < 0:
             raise ValueError(f"since must be 0 or a positive seq, not {seq}")
         if not 1 <= limit <= MAX_LIMIT:
             raise ValueError(f"limit must be between 1 and {MAX_LIMIT}, not {limit}")
         if types is not None and not types:
             return []
-        rows = await self._repo.since(seq, limit=limit, types=types)
-        return [_event(r.seq, r.type, iso_utc(r.ts), jsonutil.loads(r.payload)) for r in rows]
+        rows = await self._repo.since(seq, limit=limit, types=types, only_account=only_account)
+        return [
+            _event(r.seq, r.type, iso_utc(r.ts), r.account, jsonutil.loads(r.payload)) for r in rows
+        ]
 
     async def latest_seq(self) -> int:
         """The newest stored ``seq``; 0 when the log is empty."""

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from apportion.errors import Conflict
+from apportion.ownership import DEFAULT_ACCOUNT
 from apportion.server.auth import Principal, Scope
 from apportion.store.db import Database
 from apportion.store.repos.api_keys import KeyRepo, KeyRow
@@ -48,6 +49,8 @@ class IssuedKey:
     key_id: str
     name: str
     scope: Scope
+    account: str
+    user: str
     secret: str
 
 
@@ -102,7 +105,15 @@ class KeyStore:
         self._cache: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
         self._revoke_lock = asyncio.Lock()
 
-    async def _insert(self, name: str, scope: Scope, secret_for: Callable[[str], str]) -> IssuedKey:
+    async def _insert(
+        self,
+        name: str,
+        scope: Scope,
+        secret_for: Callable[[str], str],
+        *,
+        account: str = DEFAULT_ACCOUNT,
+        user: str | None = None,
+    ) -> IssuedKey:
         for _attempt in range(5):
             key_id = "".join(secrets.choice(_ID_ALPHABET) for _ in range(ID_LENGTH))
             secret = secret_for(key_id)
@@ -114,18 +125,35 @@ class KeyStore:
                 hash=_hash(secret, secrets.token_bytes(16)),
                 scopes=scope.value,
                 created_at=time.time(),
+                account=account,
+                user_name=user or name,
             )
             if not await self._repo.insert(row):  # an id collision (1 in 36**10); draw again
                 continue
-            return IssuedKey(key_id=key_id, name=name, scope=scope, secret=secret)
+            return IssuedKey(key_id, name, scope, row.account, row.user_name, secret)
         raise RuntimeError("could not draw a free API key id in 5 attempts")
 
-    async def create(self, name: str, scope: Scope) -> IssuedKey:
-        """Issue a new random key (``apportion keys create``, ``POST /keys``, first start)."""
+    async def create(
+        self,
+        name: str,
+        scope: Scope,
+        *,
+        account: str = DEFAULT_ACCOUNT,
+        user: str | None = None,
+    ) -> IssuedKey:
+        """Issue a new random key (``apportion keys create``, ``POST /keys``, first start)
+        acting for ``account`` (which the caller has checked exists) and naming ``user``
+        (default: the key's name)."""
         if not name.strip():
             raise ValueError("a key needs a non-empty name saying who or what uses it")
         token = secrets.token_urlsafe(32)
-        return await self._insert(name, scope, lambda key_id: f"{KEY_PREFIX}{key_id}_{token}")
+        return await self._insert(
+            name,
+            scope,
+            lambda key_id: f"{KEY_PREFIX}{key_id}_{token}",
+            account=account,
+            user=user,
+        )
 
     async def _find(self, secret: str, *, active_only: bool) -> KeyRow | None:
         """The row whose hash matches ``secret`` (lowest id on a tie; only unrevoked ones with
@@ -169,7 +197,13 @@ class KeyStore:
         row = await self._find(secret, active_only=True)
         if row is None:
             return None
-        principal = Principal(key_id=row.id, name=row.name, scope=Scope(row.scopes))
+        principal = Principal(
+            key_id=row.id,
+            name=row.name,
+            scope=Scope(row.scopes),
+            account=row.account,
+            user=row.user_name,
+        )
         await self._repo.touch(row.id, time.time())
         self._cache[cache_key] = (principal, now + self._ttl)
         while len(self._cache) > self._size:
@@ -183,6 +217,8 @@ class KeyStore:
                 "key_id": r.id,
                 "name": r.name,
                 "scope": r.scopes,
+                "account": r.account,
+                "user": r.user_name,
                 "created_at": iso_utc(r.created_at),
                 "last_used_at": iso_utc(r.last_used_at),
                 "revoked_at": iso_utc(r.revoked_at),

@@ -115,7 +115,7 @@ def _operation(spec: RouteSpec, components: _Components) -> dict[str, Any]:
     elif spec.scope is None:
         needs = "Needs any valid API key."
     else:
-        needs = f"Needs a key with scope `{spec.scope.value}` or higher."
+        needs = f"Needs a key with scope `{spec.scope.value}` (or `admin`)."
     operation: dict[str, Any] = {
         "operationId": spec.handler.__name__,
         "summary": spec.summary,

@@ -1,4 +1,5 @@
-"""REST routes: the allocation mirror, allocations, API keys, health and the OpenAPI document."""
+"""REST routes: the allocation mirror, allocations, accounts, API keys, health and the OpenAPI
+document."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from apportion import __version__
+from apportion.accounts import check_account_name, unknown_account
 from apportion.allocation.hold import Hold
 from apportion.allocation.holds import unknown_allocation
 from apportion.allocation.messages import (
@@ -19,6 +21,7 @@ from apportion.errors import (
     Conflict,
     Forbidden,
     InvalidPolicyOutput,
+    InvalidRequest,
     MessageTooLarge,
     NoFeasiblePlacement,
     NotFound,
@@ -29,13 +32,14 @@ from apportion.errors import (
     UnknownPolicy,
     http_status_of,
 )
-from apportion.ownership import may_act_on
 from apportion.server.auth import Scope, principal_of
-from apportion.server.dispatch import answer, caller_of
+from apportion.server.dispatch import answer
 from apportion.server.http_common import ctx, json_body, json_response, ok
 from apportion.server.openapi import openapi_document
 from apportion.server.routing import ApiRoutes, body_of, declared_specs, query_of
 from apportion.server.schemas import (
+    AccountCreate,
+    Accounts,
     Ack,
     AllocationAnswer,
     Healthz,
@@ -44,6 +48,7 @@ from apportion.server.schemas import (
     KeyIssued,
     KeyRevokeQuery,
     Keys,
+    OneAccount,
     OneHold,
 )
 
@@ -93,11 +98,11 @@ async def allocate(request: web.Request) -> web.Response:
 
 @api.get("/allocations", scope=Scope.READ, response=Holds)
 async def list_allocations(request: web.Request) -> web.Response:
-    """Active holds (an admin sees all; others their own: apportion.ownership)."""
-    who = principal_of(request)
+    """Active holds of the key's account (an operator or admin key: of every account;
+    apportion.ownership)."""
+    who = principal_of(request).actor
     holds = ctx(request).holds.active()
-    mine = [h for h in holds if may_act_on(h.owner, key_id=who.key_id, is_admin=who.is_admin)]
-    return ok([h.public() for h in mine])
+    return ok([h.public() for h in holds if who.may_see(h.owner)])
 
 
 @api.get(
@@ -118,23 +123,57 @@ async def read_allocation(request: web.Request) -> web.Response:
     errors=(UnknownAllocation,),
 )
 async def release_allocation(request: web.Request) -> web.Response:
-    """Release a hold now. Another key's hold answers exactly as an unknown id does."""
+    """Release a hold now. Another account's hold answers exactly as an unknown id does."""
     hold = _visible_hold(request)
     return json_response(
-        await ctx(request).allocations.release(hold.allocation_id, caller_of(principal_of(request)))
+        await ctx(request).allocations.release(hold.allocation_id, principal_of(request).actor)
     )
 
 
 def _visible_hold(request: web.Request) -> Hold:
     """The active hold the path names, if the calling key may see it (apportion.ownership);
-    otherwise the one ``UnknownAllocation`` answer, whether the id is unknown or another key's,
-    so these routes are no oracle of who holds what."""
-    who = principal_of(request)
+    otherwise the one ``UnknownAllocation`` answer, whether the id is unknown or another
+    account's, so these routes are no oracle of who holds what."""
+    who = principal_of(request).actor
     allocation_id = request.match_info["allocation_id"]
     hold = ctx(request).holds.get(allocation_id)
-    if not may_act_on(hold.owner, key_id=who.key_id, is_admin=who.is_admin):
+    if not who.may_see(hold.owner):
         raise unknown_allocation(allocation_id)
     return hold
+
+
+@api.get("/accounts", scope=Scope.OPERATOR, response=Accounts)
+async def list_accounts(request: web.Request) -> web.Response:
+    """Every account, by name."""
+    return ok([a.public() for a in ctx(request).accounts.all()])
+
+
+@api.post(
+    "/accounts",
+    scope=Scope.ADMIN,
+    body=AccountCreate,
+    response=OneAccount,
+    status=201,
+    errors=(Conflict,),
+)
+async def create_account(request: web.Request) -> web.Response:
+    """Create an account; its jobs run as ``os_user`` (default: the server's ``job_user``),
+    which must exist on this host and must not be root."""
+    body = body_of(request, AccountCreate)
+    account = await ctx(request).accounts.create(
+        body.name, os_user=body.os_user, description=body.description
+    )
+    return ok(account.public(), status=201)
+
+
+@api.get("/accounts/{name}", scope=Scope.READ, response=OneAccount, errors=(NotFound,))
+async def read_account(request: web.Request) -> web.Response:
+    """One account: any key's own; every account for an operator or admin key (another
+    account answers as an unknown one)."""
+    name = request.match_info["name"]
+    if not principal_of(request).actor.may_see_account(name):
+        raise unknown_account(name)
+    return ok(ctx(request).accounts.get(name).public())
 
 
 @api.get("/keys", scope=Scope.ADMIN, response=Keys)
@@ -145,14 +184,25 @@ async def list_keys(request: web.Request) -> web.Response:
 
 @api.post("/keys", scope=Scope.ADMIN, body=KeyCreate, response=KeyIssued, status=201)
 async def create_key(request: web.Request) -> web.Response:
-    """Create a key; its secret is in this answer and nowhere else."""
+    """Create a key acting for ``account`` (default ``default``) and naming ``user`` (default:
+    its name); its secret is in this answer and nowhere else."""
     body = body_of(request, KeyCreate)
-    issued = await ctx(request).keys.create(body.name, body.scope)
+    check_account_name(body.account, field="body.account")
+    if not ctx(request).accounts.exists(body.account):
+        raise InvalidRequest(
+            f"body.account {body.account!r} does not exist; create it first with POST /accounts",
+            path="body.account",
+        )
+    issued = await ctx(request).keys.create(
+        body.name, body.scope, account=body.account, user=body.user
+    )
     return ok(
         {
             "key_id": issued.key_id,
             "name": issued.name,
             "scope": issued.scope.value,
+            "account": issued.account,
+            "user": issued.user,
             "api_key": issued.secret,
         },
         status=201,

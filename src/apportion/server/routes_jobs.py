@@ -1,8 +1,10 @@
 """REST routes of queues and jobs (CONTRACTS §6, seeds 000, 001, 002, 003).
 
 Scopes: reading needs ``read``; submitting, cancelling, re-prioritising and deleting a job
-need ``submit``; queues and pool limits need ``admin``. A non-admin key sees and acts on its
-own jobs only, and a job without an owner is an admin's (:mod:`apportion.ownership`).
+need ``submit``; queues and pool limits need ``admin``. A key sees its own account's jobs (an
+operator or admin key: every account's) and changes those its own user submitted (an admin
+key: every job); :mod:`apportion.ownership` is the rule. A job the key may not see answers as
+an unknown id.
 """
 
 from __future__ import annotations
@@ -11,12 +13,12 @@ from typing import Any
 
 from aiohttp import web
 
-from apportion.errors import Conflict, InvalidRequest, NotFound, UnknownPolicy
+from apportion.errors import Conflict, Forbidden, InvalidRequest, NotFound, UnknownPolicy
 from apportion.jobs.models import PriorityRequest, QueueConfig, SubmitRequest
 from apportion.jobs.records import Job
 from apportion.jobs.service import JobService
-from apportion.ownership import may_act_on
-from apportion.server.auth import Principal, Scope, principal_of
+from apportion.ownership import Actor
+from apportion.server.auth import Scope, principal_of
 from apportion.server.http_common import ctx, json_body, json_response
 from apportion.server.routing import ApiRoutes, query_of, raw_body_of
 from apportion.server.schemas import (
@@ -39,11 +41,27 @@ def _jobs(request: web.Request) -> JobService:
     return service
 
 
-def _own(job: Job, who: Principal) -> Job:
-    """The job, if ``who`` may act on it (:func:`~apportion.ownership.may_act_on`); a job of
-    another key is :class:`NotFound`, so its existence does not leak."""
-    if not may_act_on(job.owner, key_id=who.key_id, is_admin=who.is_admin):
-        raise NotFound(f"no job {job.job_id!r} of this key", details={"job_id": job.job_id})
+def _visible(request: web.Request) -> Job:
+    """The job the path names, if the calling key may see it; a job of another account is
+    :class:`NotFound` exactly as an unknown id, so its existence does not leak."""
+    job_id = request.match_info["job_id"]
+    job = _jobs(request).jobs.get(job_id)
+    if not principal_of(request).actor.may_see(job.owner):
+        raise NotFound(f"no job {job_id!r}; list jobs with GET /jobs", details={"job_id": job_id})
+    return job
+
+
+def _changeable(request: web.Request) -> Job:
+    """The job the path names, if the calling key may change it (:func:`_visible` first);
+    :class:`Forbidden` for a job another user of the key's account submitted."""
+    job = _visible(request)
+    who: Actor = principal_of(request).actor
+    if not who.may_change(job.owner):
+        raise Forbidden(
+            f"job {job.job_id} was submitted by user {job.owner.user!r} of account "
+            f"{job.owner.account!r}; only that user or an admin key may change it",
+            details={"job_id": job.job_id, "user": job.owner.user},
+        )
     return job
 
 
@@ -57,8 +75,8 @@ def _own(job: Job, who: Principal) -> Job:
 )
 async def submit_job(request: web.Request) -> web.Response:
     """Submit a job: {"config": {...}, "priority": 0} → {"job_id", "status": "queued"}."""
-    who = principal_of(request)
-    job = await _jobs(request).submit(raw_body_of(request), who.key_id)
+    who = principal_of(request).actor
+    job = await _jobs(request).submit(raw_body_of(request), who.owner)
     return json_response(
         {"job_id": job.job_id, "status": job.status.value, "queue_position": job.queue_position},
         status=201,
@@ -67,20 +85,19 @@ async def submit_job(request: web.Request) -> web.Response:
 
 @api.get("/jobs", scope=Scope.READ, query=JobsQuery, response=list[JobRecord])
 async def list_jobs(request: web.Request) -> web.Response:
-    """Jobs, oldest first; ?status=&queue=&limit=&offset=."""
-    who = principal_of(request)
+    """Jobs the key may see, oldest first; ?status=&queue=&limit=&offset=."""
+    who = principal_of(request).actor
     query = query_of(request, JobsQuery)
     status = None if query.status is None else query.status.value
     jobs = _jobs(request).select(status=status, queue=query.queue, limit=10**9, offset=0)
-    jobs = [j for j in jobs if may_act_on(j.owner, key_id=who.key_id, is_admin=who.is_admin)]
+    jobs = [j for j in jobs if who.may_see(j.owner)]
     return json_response([j.public() for j in jobs[query.offset : query.offset + query.limit]])
 
 
 @api.get("/jobs/{job_id}", scope=Scope.READ, response=JobRecord, errors=(NotFound,))
 async def read_job(request: web.Request) -> web.Response:
     """One job record, with reason, queue position, allocation and resource usage."""
-    who = principal_of(request)
-    return json_response(_own(_jobs(request).jobs.get(request.match_info["job_id"]), who).public())
+    return json_response(_visible(request).public())
 
 
 @api.get(
@@ -88,10 +105,8 @@ async def read_job(request: web.Request) -> web.Response:
 )
 async def job_statuses(request: web.Request) -> web.Response:
     """The job's status history [{status, time, reason}] (seed 003)."""
-    who = principal_of(request)
-    service = _jobs(request)
-    _own(service.jobs.get(request.match_info["job_id"]), who)
-    return json_response(await service.jobs.history(request.match_info["job_id"]))
+    job = _visible(request)
+    return json_response(await _jobs(request).jobs.history(job.job_id))
 
 
 @api.get(
@@ -103,9 +118,8 @@ async def job_statuses(request: web.Request) -> web.Response:
 )
 async def job_logs(request: web.Request) -> web.Response:
     """The job's output; supports HTTP Range (bytes=N-)."""
-    who = principal_of(request)
     service = _jobs(request)
-    job = _own(service.jobs.get(request.match_info["job_id"]), who)
+    job = _visible(request)
     offset = 0
     range_header = request.headers.get("Range")
     if range_header:
@@ -122,13 +136,11 @@ async def job_logs(request: web.Request) -> web.Response:
     return web.Response(text=chunk.text, status=206 if range_header else 200, headers=headers)
 
 
-@api.post("/jobs/{job_id}/cancel", scope=Scope.SUBMIT, response=Ack, errors=(NotFound,))
+@api.post("/jobs/{job_id}/cancel", scope=Scope.SUBMIT, response=Ack, errors=(NotFound, Forbidden))
 async def cancel_job(request: web.Request) -> web.Response:
     """Cancel a job (queued: at once; running: SIGTERM/scancel)."""
-    who = principal_of(request)
-    service = _jobs(request)
-    _own(service.jobs.get(request.match_info["job_id"]), who)
-    await service.cancel(request.match_info["job_id"])
+    job = _changeable(request)
+    await _jobs(request).cancel(job.job_id)
     return json_response({"success": True})
 
 
@@ -137,24 +149,26 @@ async def cancel_job(request: web.Request) -> web.Response:
     scope=Scope.SUBMIT,
     body=PriorityRequest,
     response=Ack,
-    errors=(NotFound, Conflict),
+    errors=(NotFound, Forbidden, Conflict),
 )
 async def set_priority(request: web.Request) -> web.Response:
     """Change a queued job's priority (409 once it has left the queue)."""
-    who = principal_of(request)
-    service = _jobs(request)
-    _own(service.jobs.get(request.match_info["job_id"]), who)
-    await service.set_priority(request.match_info["job_id"], raw_body_of(request))
+    job = _changeable(request)
+    await _jobs(request).set_priority(job.job_id, raw_body_of(request))
     return json_response({"success": True})
 
 
-@api.delete("/jobs/{job_id}", scope=Scope.SUBMIT, response=Ack, status=202, errors=(NotFound,))
+@api.delete(
+    "/jobs/{job_id}",
+    scope=Scope.SUBMIT,
+    response=Ack,
+    status=202,
+    errors=(NotFound, Forbidden),
+)
 async def delete_job(request: web.Request) -> web.Response:
     """Delete a job, cancelling it first if it runs (202)."""
-    who = principal_of(request)
-    service = _jobs(request)
-    _own(service.jobs.get(request.match_info["job_id"]), who)
-    await service.delete(request.match_info["job_id"])
+    job = _changeable(request)
+    await _jobs(request).delete(job.job_id)
     return json_response({"success": True}, status=202)
 
 

@@ -96,7 +96,7 @@ async def _read_parts(request: web.Request) -> tuple[Any, bytes, str]:
 
 @api.post(
     "/policies",
-    scope=Scope.ADMIN,
+    scope=Scope.POLICIES,
     body_doc=PolicyUploadForm,
     body_media="multipart/form-data",
     response=StoredPolicy,
@@ -104,7 +104,7 @@ async def _read_parts(request: web.Request) -> tuple[Any, bytes, str]:
     errors=(Conflict, PolicyError, PolicyTimeout),
 )
 async def upload_policy(request: web.Request) -> web.Response:
-    """Store a new policy version; versions are immutable."""
+    """Store a new policy version (a ``policies`` or admin key); versions are immutable."""
     record, code, filename = await _read_upload(request)
     context = ctx(request)
     entry = await context.policies.upload(record, code, filename)

@@ -20,7 +20,7 @@ import socketio
 from aiohttp import web
 
 from apportion import __version__
-from apportion.server.auth import Scope
+from apportion.server.auth import Scope, principal_of
 from apportion.server.events import EventLog
 from apportion.server.http_common import json_response
 from apportion.server.routing import ApiRoutes, query_of
@@ -52,13 +52,16 @@ api = ApiRoutes("status")
 
 @api.get("/events", scope=Scope.READ, query=EventsQuery, response=EventsPage)
 async def list_events(request: web.Request) -> web.Response:
-    """Events after ``since`` (what a client missed), oldest first; ``limit``, ``type`` filter."""
+    """Events after ``since`` that the key may see (apportion.ownership), oldest first."""
     status = request.app[STATUS]
+    who = principal_of(request).actor
     query = query_of(request, EventsQuery)
     since, limit = query.since, query.limit
     types = {t for raw in query.type for t in raw.split(",") if t}
     latest = await status.events.latest_seq()
-    data = await status.events.since(since, limit=limit, types=types or None)
+    data = await status.events.since(
+        since, limit=limit, types=types or None, only_account=who.only_account
+    )
     last = data[-1]["seq"] if data else since
     # Everything up to ``latest`` was scanned unless the page filled up.
     next_since = last if len(data) == limit else max(last, latest)

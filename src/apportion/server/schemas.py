@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, StrictStr
 
 from apportion.errors import ErrorCode
 from apportion.jobs.models import JobStatus, QueueConfig
+from apportion.ownership import DEFAULT_ACCOUNT
 from apportion.policies.records import PolicyRecord
 from apportion.server.auth import Scope
 from apportion.server.events import MAX_LIMIT
@@ -70,10 +71,22 @@ class DashboardJobsQuery(_Query):
 
 # ---------------------------------------------------------------- bodies the routes validate
 class KeyCreate(_Body):
-    """``POST /keys``."""
+    """``POST /keys``: ``account`` must exist (``POST /accounts``); ``user`` defaults to
+    ``name``."""
 
     name: StrictStr = Field(min_length=1, max_length=200)
     scope: Scope = Scope.SUBMIT
+    account: StrictStr = Field(DEFAULT_ACCOUNT, min_length=1, max_length=64)
+    user: StrictStr | None = Field(None, min_length=1, max_length=200)
+
+
+class AccountCreate(_Body):
+    """``POST /accounts``: ``os_user`` None runs the account's jobs as the server's
+    ``job_user``."""
+
+    name: StrictStr = Field(min_length=1, max_length=64)
+    os_user: StrictStr | None = Field(None, min_length=1, max_length=64)
+    description: StrictStr = Field("", max_length=1000)
 
 
 class ManagementCall(_Body):
@@ -180,6 +193,8 @@ class KeyInfo(_Answer):
     key_id: str
     name: str
     scope: Scope
+    account: str
+    user: str
     created_at: str | None
     last_used_at: str | None
     revoked_at: str | None
@@ -195,7 +210,26 @@ class IssuedKey(_Answer):
     key_id: str
     name: str
     scope: Scope
+    account: str
+    user: str
     api_key: str
+
+
+class AccountInfo(_Answer):
+    name: str
+    os_user: str | None
+    description: str
+    created_at: str | None
+
+
+class Accounts(_Answer):
+    success: Literal[True]
+    data: list[AccountInfo]
+
+
+class OneAccount(_Answer):
+    success: Literal[True]
+    data: AccountInfo
 
 
 class KeyIssued(_Answer):
@@ -219,6 +253,8 @@ class JobRecord(_Answer):
 
     job_id: str
     name: str
+    account: str
+    user: str | None
     queue: str
     status: JobStatus
     priority: int

@@ -7,6 +7,11 @@ CONTRACTS §1: clients pass ``auth={"token": key}``; a missing or wrong key is r
 emit ``{"events": [...], "latest_seq": n, "more": bool}``; with ``more`` true it asks again
 from the last replayed ``seq``. Live events may arrive before the replay or repeat one of it,
 so a client keeps the highest ``seq`` it has handled and drops anything at or below it.
+
+Each event reaches only the keys allowed to see it (:mod:`apportion.ownership`): at
+``connect`` a client joins the room of its key's account (an operator or admin key: the room
+of every account); an account's event is emitted to that account's room and the every-account
+room, a fleet-wide event (no account) to every client. A replay is filtered the same way.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from aiohttp import web
 
 from apportion.errors import ApportionError, InvalidRequest, Unauthorized
 from apportion.server.auth import ANONYMOUS_ADMIN, HOW_TO_AUTH, Principal, authenticate
-from apportion.server.events import EventLog
+from apportion.server.events import EventLog, audience_of
 from apportion.server.keys import KeyStore
 
 log = logging.getLogger(__name__)
@@ -28,6 +33,12 @@ log = logging.getLogger(__name__)
 SOCKETIO_PATH = "socket.io"
 REPLAY_EVENT = "events_replay"
 REPLAY_LIMIT = 1000
+EVERY_ACCOUNT_ROOM = "accounts:*"
+
+
+def account_room(account: str) -> str:
+    """The Socket.IO room of the clients whose keys act for ``account``."""
+    return f"account:{account}"
 
 
 def create_socketio(
@@ -54,6 +65,8 @@ def create_socketio(
         else:
             who = ANONYMOUS_ADMIN
         await sio.save_session(sid, {"principal": who})
+        only = who.actor.only_account
+        await sio.enter_room(sid, EVERY_ACCOUNT_ROOM if only is None else account_room(only))
         log.debug("socket.io client %s connected as %s", sid, who.key_id)
 
     async def subscribe(sid: str, data: Any = None) -> dict[str, Any]:
@@ -61,7 +74,8 @@ def create_socketio(
             return InvalidRequest("this server keeps no event log to replay from").envelope()
         try:
             since, limit = _subscribe_args(data)
-            missed = await events.since(since, limit=limit + 1)
+            who: Principal = (await sio.get_session(sid))["principal"]
+            missed = await events.since(since, limit=limit + 1, only_account=who.actor.only_account)
             latest = await events.latest_seq()
         except ApportionError as exc:
             return exc.envelope()
@@ -122,14 +136,20 @@ def _subscribe_args(data: Any) -> tuple[int, int]:
 
 
 class SocketIOBroadcaster:
-    """An :class:`EventLog` sink: emits each event under its type name to every connected
-    client (``events.add_sink(SocketIOBroadcaster(sio))``)."""
+    """An :class:`EventLog` sink: emits each event under its type name to the clients allowed
+    to see it (``events.add_sink(SocketIOBroadcaster(sio))``; the module docstring)."""
 
     def __init__(self, sio: socketio.AsyncServer) -> None:
         self._sio = sio
 
     async def __call__(self, event: dict[str, Any]) -> None:
-        await self._sio.emit(event["type"], event)
+        account = audience_of(event)
+        if account is None:
+            await self._sio.emit(event["type"], event)
+        else:
+            await self._sio.emit(
+                event["type"], event, to=[account_room(account), EVERY_ACCOUNT_ROOM]
+            )
 
 
 def connected_clients(sio: socketio.AsyncServer) -> int:

@@ -12,8 +12,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Table, inspect, select, text, update
+from sqlalchemy.schema import CreateColumn
 
+from apportion.ownership import DEFAULT_ACCOUNT
 from apportion.store import schema
 
 
@@ -47,9 +49,53 @@ def _queues_and_jobs(conn: Connection) -> None:
     )
 
 
+def _add_missing_columns(conn: Connection, table: Table, names: tuple[str, ...]) -> None:
+    """Add the columns ``names`` of ``table`` (as :mod:`~apportion.store.schema` declares
+    them) that the database's table lacks; a table created by this code has them all."""
+    present = {column["name"] for column in inspect(conn).get_columns(table.name)}
+    for name in names:
+        if name not in present:
+            column = CreateColumn(table.c[name]).compile(dialect=conn.dialect)
+            conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column}"))
+
+
+def _accounts(conn: Connection) -> None:
+    """Accounts: every existing key, job and hold moves into the ``default`` account; a key's
+    user is its name, a job's and a hold's user is the name of the key that made it."""
+    schema.metadata.create_all(conn, tables=[schema.accounts])
+    _add_missing_columns(conn, schema.api_keys, ("account", "user_name"))
+    _add_missing_columns(conn, schema.jobs, ("account", "user_name"))
+    _add_missing_columns(conn, schema.holds, ("account", "user_name"))
+    _add_missing_columns(conn, schema.events, ("account",))
+    schema.metadata.create_all(conn, tables=[schema.jobs])  # its new index, where missing
+    has_default = conn.execute(
+        select(schema.accounts.c.name).where(schema.accounts.c.name == DEFAULT_ACCOUNT)
+    ).first()
+    if has_default is None:
+        conn.execute(
+            schema.accounts.insert().values(
+                name=DEFAULT_ACCOUNT,
+                os_user=None,
+                description="every key and job made before accounts existed",
+                created_at=time.time(),
+            )
+        )
+    keys = schema.api_keys
+    conn.execute(update(keys).where(keys.c.user_name.is_(None)).values(user_name=keys.c.name))
+    for table, owner in ((schema.jobs, schema.jobs.c.owner), (schema.holds, schema.holds.c.owner)):
+        key_name = select(keys.c.name).where(keys.c.id == owner).scalar_subquery()
+        conn.execute(
+            update(table)
+            .where(table.c.user_name.is_(None))
+            .where(owner.is_not(None))
+            .values(user_name=key_name)
+        )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _initial),
     Migration(2, "queues, jobs, status histories, pool limits", _queues_and_jobs),
+    Migration(3, "accounts; the account and user of keys, jobs, holds and events", _accounts),
 )
 
 

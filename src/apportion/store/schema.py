@@ -4,8 +4,10 @@ Documents are stored as JSON text (``Text`` columns holding orjson output) so
 that what a user sent is what they read back. Times are UNIX seconds (float)
 in the database and ISO-8601 strings on the wire.
 
-Changing a table means adding a migration in :mod:`apportion.store.migrations`;
-never edit what an existing migration creates.
+Changing a table means adding a migration in :mod:`apportion.store.migrations`.
+Migrations create tables from these definitions, so a column added later is declared
+here with its table (marked with its version) and its migration adds it only where the
+table lacks it: a database created by this code already has it.
 """
 
 from __future__ import annotations
@@ -83,6 +85,9 @@ holds = Table(
     Column("created_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False),
     Column("kind", String(20), nullable=False, server_default="allocation"),
+    # version 3: the account the hold belongs to and the user who made it
+    Column("account", String(64), nullable=False, server_default="default"),
+    Column("user_name", String(200), nullable=True),
 )
 
 # One row per held GPU; the unique constraint makes "no GPU in two holds" a
@@ -113,6 +118,9 @@ api_keys = Table(
     Column("created_at", Float, nullable=False),
     Column("revoked_at", Float, nullable=True),
     Column("last_used_at", Float, nullable=True),
+    # version 3: the account the key acts for and the user it names
+    Column("account", String(64), nullable=False, server_default="default"),
+    Column("user_name", String(200), nullable=True),
 )
 
 events = Table(
@@ -122,6 +130,8 @@ events = Table(
     Column("type", String(100), nullable=False),
     Column("payload", Text, nullable=False),
     Column("ts", Float, nullable=False),
+    # version 3: the account the event is about; NULL for fleet-wide events (seen by every key)
+    Column("account", String(64), nullable=True),
     sqlite_autoincrement=True,
 )
 
@@ -163,6 +173,9 @@ jobs = Table(
     Column("resource_usage", Text, nullable=True),
     Column("decision", Text, nullable=True),  # the placement's decision record
     Column("cancel_requested", Integer, nullable=False, server_default="0"),
+    # version 3: the account the job belongs to and the user who submitted it
+    Column("account", String(64), nullable=False, server_default="default"),
+    Column("user_name", String(200), nullable=True),
 )
 
 job_statuses = Table(
@@ -182,8 +195,19 @@ pool_limits = Table(
     Column("value", Text, nullable=False),
 )
 
+# ---------------------------------------------------------------- version 3: accounts
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("os_user", String(64), nullable=True),  # NULL: the server's job_user
+    Column("description", Text, nullable=False, server_default=""),
+    Column("created_at", Float, nullable=False),
+)
+
 Index("ix_jobs_status", jobs.c.status)
 Index("ix_job_statuses_job", job_statuses.c.job_id)
 Index("ix_holds_expires_at", holds.c.expires_at)
 Index("ix_api_keys_prefix", api_keys.c.prefix)
 Index("ix_events_type", events.c.type)
+Index("ix_jobs_account", jobs.c.account)

@@ -26,8 +26,8 @@ HEADER = """# REST API reference
 Generated from the served OpenAPI document (`GET /openapi.json`) by
 `python -m apportion.tools.rest_docs docs/rest-api.md`; do not edit by hand.
 Every route needs `Authorization: Bearer <key>` except those whose key column says `public`;
-a key's scope must be the one shown or higher (`read` < `submit` < `admin`; `any` is any valid
-key). Errors are `{"success": false, "message", "error": {"code", "details"}}` (see
+a key's scope must be the one shown, or `admin` (every scope may `read`; `any` is any valid
+key; docs/security.md says what each scope may do and see). Errors are `{"success": false, "message", "error": {"code", "details"}}` (see
 docs/allocation-protocol.md for the codes); the statuses column lists every status a route
 answers, success first. Unknown query parameters and body fields are refused with 400 naming
 them. The document itself has the schemas of every query, body and answer.

@@ -5,7 +5,7 @@ const KEY_STORAGE = "apportion.apiKey";
 
 export const session = {
   key: sessionStorage.getItem(KEY_STORAGE) || "",
-  who: null, // {key_id, name, scope, auth_enabled} from GET /auth/whoami
+  who: null, // {key_id, name, scope, account, user, auth_enabled} from GET /auth/whoami
 };
 
 export function setKey(key) {
@@ -14,11 +14,27 @@ export function setKey(key) {
   else sessionStorage.removeItem(KEY_STORAGE);
 }
 
-const RANK = { read: 0, submit: 1, admin: 2 };
+// What each scope allows, as the server's Scope (server/auth.py) says.
+const ALLOWS = {
+  read: ["read"],
+  submit: ["read", "submit"],
+  policies: ["read", "policies"],
+  operator: ["read", "operator"],
+  admin: ["read", "submit", "policies", "operator", "admin"],
+};
 
-/** True when the signed-in key's scope includes `needed` (read < submit < admin). */
+/** True when the signed-in key's scope allows `needed`. */
 export function can(needed) {
-  return !!session.who && RANK[session.who.scope] >= RANK[needed];
+  return !!session.who && (ALLOWS[session.who.scope] || []).includes(needed);
+}
+
+/** True when the signed-in key may change a job or hold ({account, user}): its own user's in its
+ * own account, or anyone's for an admin key (the server's rule, apportion/ownership.py). */
+export function mayChange(record) {
+  const who = session.who;
+  if (!who) return false;
+  if (who.scope === "admin") return true;
+  return can("submit") && record.account === who.account && record.user === who.user;
 }
 
 export class ApiError extends Error {

@@ -1,5 +1,5 @@
 // Queues and jobs (sortable, filterable, paged) and the job detail page with its live log tail.
-import { $, api, can, debounce, errorText, esc, fmtTime, on, pretty, say } from "./core.js";
+import { $, api, debounce, errorText, esc, fmtTime, mayChange, on, pretty, say } from "./core.js";
 
 const PAGE_SIZE = 25;
 const POLL_MS = 5000;
@@ -150,7 +150,7 @@ function fields(target, pairs) {
 function renderDetail(job, history) {
   $("#job-title").innerHTML = `${esc(job.name || job.job_id)} <span class="badge st-${esc(job.status)}" id="job-status">${esc(job.status)}</span>`;
   fields("#job-fields", [
-    ["job id", job.job_id], ["queue", job.queue], ["priority", job.priority], ["position in queue", job.queue_position],
+    ["job id", job.job_id], ["account", job.account], ["user", job.user], ["queue", job.queue], ["priority", job.priority], ["position in queue", job.queue_position],
     ["why it waits", reasonText(job)], ["scheduler job id", job.scheduler_job_id], ["adapter", job.adapter],
     ["submitted", fmtTime(job.created_at)], ["started", fmtTime(job.start_time)], ["ended", fmtTime(job.end_time)],
     ["return code", job.return_code], ["failed because", job.failed_reason],
@@ -164,8 +164,8 @@ function renderDetail(job, history) {
   $("#job-timeline").innerHTML = history.map((h) => `<li data-status="${esc(h.status)}"><b>${esc(h.status)}</b> <time>${esc(fmtTime(h.time))}</time>${h.reason ? ` — ${esc(h.reason)}` : ""}</li>`).join("");
   $("#job-decision").innerHTML = decisionHtml(job.decision);
   const active = !["completed", "failed", "cancelled"].includes(job.status);
-  $("#job-cancel").hidden = !(can("submit") && active);
-  $("#job-priority-box").hidden = !(can("submit") && job.status === "queued");
+  $("#job-cancel").hidden = !(mayChange(job) && active);
+  $("#job-priority-box").hidden = !(mayChange(job) && job.status === "queued");
   if (document.activeElement !== $("#job-priority")) $("#job-priority").value = job.priority;
   if (!detail.logTimer && !detail.logDone) pollLogs();
 }

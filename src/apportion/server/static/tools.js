@@ -1,5 +1,5 @@
 // Allocation playground, policies, and the live event stream.
-import { $, api, can, debounce, errorText, esc, fmtTime, on, parseJsonField, pretty, say } from "./core.js";
+import { $, api, can, debounce, errorText, esc, fmtTime, mayChange, on, parseJsonField, pretty, say } from "./core.js";
 import { decisionHtml } from "./jobs.js";
 
 const MAX_EVENT_ROWS = 1000;
@@ -74,8 +74,7 @@ async function refreshHolds() {
     return;
   }
   const mine = holds.filter((h) => h.kind !== "job");
-  const release = can("submit");
-  const rows = mine.map((h) => `<tr data-allocation="${esc(h.allocation_id)}"><td><code>${esc(h.allocation_id)}</code></td><td>${esc(h.policy_rule_uri)}</td><td>${esc(h.placements.map((p) => `${p.cluster_id}/${p.node_id || ""} [${(p.gpus || []).join(",")}]`).join("; "))}</td><td>${esc(fmtTime(new Date(h.expires_at * 1000).toISOString()))}</td><td>${release ? `<button type="button" data-release="${esc(h.allocation_id)}">Release</button>` : ""}</td></tr>`);
+  const rows = mine.map((h) => `<tr data-allocation="${esc(h.allocation_id)}"><td><code>${esc(h.allocation_id)}</code></td><td>${esc(h.policy_rule_uri)}</td><td>${esc(h.placements.map((p) => `${p.cluster_id}/${p.node_id || ""} [${(p.gpus || []).join(",")}]`).join("; "))}</td><td>${esc(fmtTime(new Date(h.expires_at * 1000).toISOString()))}</td><td>${mayChange(h) ? `<button type="button" data-release="${esc(h.allocation_id)}">Release</button>` : ""}</td></tr>`);
   $("#pg-holds").innerHTML = `<thead><tr><th>allocation</th><th>policy</th><th>placements</th><th>lease ends</th><th></th></tr></thead><tbody>${rows.join("") || '<tr><td colspan="5" class="hint">none</td></tr>'}</tbody>`;
 }
 
@@ -129,7 +128,8 @@ async function refreshPolicies() {
 }
 
 function startPolicies() {
-  $("#policy-admin").hidden = !can("admin");
+  $("#policy-admin").hidden = !can("policies");
+  $("#policy-manage").hidden = !can("admin"); // a policy's management changes it for everyone
   $("#policy-upload").addEventListener("submit", async (e) => {
     e.preventDefault();
     const file = $("#policy-code").files[0];

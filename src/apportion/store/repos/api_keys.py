@@ -15,7 +15,8 @@ from apportion.store.schema import api_keys
 
 @dataclass(frozen=True)
 class KeyRow:
-    """An ``api_keys`` row; ``scopes`` holds the scope's name, ``hash`` the salted digest."""
+    """An ``api_keys`` row; ``scopes`` holds the scope's name, ``hash`` the salted digest,
+    ``account`` the account the key acts for and ``user_name`` the user it names."""
 
     id: str
     name: str
@@ -23,6 +24,8 @@ class KeyRow:
     hash: str
     scopes: str
     created_at: float
+    account: str
+    user_name: str
     revoked_at: float | None = None
     last_used_at: float | None = None
 
@@ -50,6 +53,8 @@ class KeyRepo:
                         hash=row.hash,
                         scopes=row.scopes,
                         created_at=row.created_at,
+                        account=row.account,
+                        user_name=row.user_name,
                         revoked_at=row.revoked_at,
                         last_used_at=row.last_used_at,
                     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, delete, func, select
+from sqlalchemy import Connection, delete, func, or_, select
 
 from apportion.store.db import Database
 from apportion.store.schema import events
@@ -14,11 +14,13 @@ from apportion.store.schema import events
 
 @dataclass(frozen=True)
 class NewEvent:
-    """An event handed to the committer; ``payload`` is its JSON text."""
+    """An event handed to the committer; ``payload`` is its JSON text, ``account`` the account
+    whose work it is about (None: the fleet's)."""
 
     type: str
     payload: str
     ts: float
+    account: str | None
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class EventRow:
     type: str
     payload: str
     ts: float
+    account: str | None
 
 
 def write_events(conn: Connection, batch: Sequence[NewEvent]) -> list[int]:
@@ -40,7 +43,7 @@ def write_events(conn: Connection, batch: Sequence[NewEvent]) -> list[int]:
     first = int(newest or 0) + 1
     seqs = [first + i for i in range(len(batch))]
     rows = [
-        {"seq": seq, "type": e.type, "payload": e.payload, "ts": e.ts}
+        {"seq": seq, "type": e.type, "payload": e.payload, "ts": e.ts, "account": e.account}
         for seq, e in zip(seqs, batch, strict=True)
     ]
     if rows:
@@ -59,16 +62,24 @@ class EventRepo:
         self._db = db
 
     async def since(
-        self, seq: int, *, limit: int, types: Collection[str] | None = None
+        self,
+        seq: int,
+        *,
+        limit: int,
+        types: Collection[str] | None = None,
+        only_account: str | None = None,
     ) -> list[EventRow]:
         """Events with ``seq`` greater than ``seq``, oldest first, at most ``limit``, only of
-        ``types`` when given."""
+        ``types`` when given; with ``only_account``, only the fleet's events (no account) and
+        that account's."""
         query = select(events).where(events.c.seq > seq).order_by(events.c.seq).limit(limit)
         if types is not None:
             query = query.where(events.c.type.in_(sorted(set(types))))
+        if only_account is not None:
+            query = query.where(or_(events.c.account.is_(None), events.c.account == only_account))
         async with self._db.read() as conn:
             rows = (await conn.execute(query)).all()
-        return [EventRow(int(r.seq), r.type, r.payload, float(r.ts)) for r in rows]
+        return [EventRow(int(r.seq), r.type, r.payload, float(r.ts), r.account) for r in rows]
 
     async def latest_seq(self) -> int:
         """The newest stored ``seq``; 0 when the log is empty."""

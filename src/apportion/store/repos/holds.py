@@ -16,7 +16,8 @@ GpuTriple = tuple[str, str, str]  # (cluster_id, node_id, gpu_id)
 
 @dataclass(frozen=True)
 class HoldRow:
-    """A ``holds`` row; ``placements`` is the JSON text the journal encoded."""
+    """A ``holds`` row; ``placements`` is the JSON text the journal encoded, ``owner`` the id of
+    the key that made it, ``account`` and ``user_name`` whose it is."""
 
     allocation_id: str
     owner: str | None
@@ -26,6 +27,8 @@ class HoldRow:
     created_at: float
     expires_at: float
     kind: str
+    account: str
+    user_name: str | None
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,8 @@ def write_changes(conn: Connection, changes: Sequence[HoldChange]) -> list[None]
                     "created_at": r.created_at,
                     "expires_at": net.expiry_override.get(r.allocation_id, r.expires_at),
                     "kind": r.kind,
+                    "account": r.account,
+                    "user_name": r.user_name,
                 }
                 for r in rows
             ],
@@ -136,6 +141,8 @@ class HoldRepo:
                 float(r.created_at),
                 float(r.expires_at),
                 r.kind,
+                r.account,
+                r.user_name,
             )
             for r in rows
         ]

@@ -16,7 +16,8 @@ from apportion.store.db import Database
 @dataclass(frozen=True)
 class JobRow:
     """A ``jobs`` row; ``config``, ``allocation``, ``resource_usage`` and ``decision`` are JSON
-    text, ``status`` the status's value, ``cancel_requested`` 0 or 1."""
+    text, ``status`` the status's value, ``cancel_requested`` 0 or 1; ``owner`` is the id of
+    the key that submitted it, ``account`` and ``user_name`` whose it is."""
 
     job_id: str
     seq: int
@@ -42,6 +43,8 @@ class JobRow:
     resource_usage: str | None
     decision: str | None
     cancel_requested: int
+    account: str
+    user_name: str | None
 
 
 _COLUMNS = tuple(f.name for f in fields(JobRow))
