@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import secrets
 import select
 import statistics
@@ -57,10 +58,16 @@ KEEP_RATE_BOUND = 4000  # holds/s a "keep" run is sized for (above any rate meas
 
 
 # --------------------------------------------------------------------------- processes
-def start(script: str, *args: str, timeout: float = 120.0) -> tuple[subprocess.Popen[bytes], Any]:
-    """Start ``benchmarks/<script>`` and read the JSON line it prints when ready."""
+def start(
+    script: str, *args: str, timeout: float = 120.0, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], Any]:
+    """Start ``benchmarks/<script>`` (with ``env`` added to this process's environment) and
+    read the JSON line it prints when ready."""
     proc = subprocess.Popen(
-        [sys.executable, str(HERE / script), *args], stdout=subprocess.PIPE, stderr=None
+        [sys.executable, str(HERE / script), *args],
+        stdout=subprocess.PIPE,
+        stderr=None,
+        env={**os.environ, **(env or {})},
     )
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], timeout)
@@ -195,7 +202,9 @@ def measure(args: argparse.Namespace, t: Timing) -> tuple[list[Load], list[Kerne
         stop(echo)
     for nodes in args.nodes:
         kernel_us, policy_us = in_process(nodes, t.reps)
-        server, ready = start("serve_fleet.py", "--nodes", str(nodes), "--admin-key", ADMIN_KEY)
+        server, ready = start(
+            "serve_fleet.py", "--nodes", str(nodes), env={"APPORTION_ADMIN_KEY": ADMIN_KEY}
+        )
         try:
             p50, p99 = asyncio.run(explain_probe(ready["ws_url"], 300))
             kernels.append(Kernel(nodes, kernel_us, policy_us, p50, p99))

@@ -61,7 +61,9 @@ DEADLINE = 900.0  # s a single pass may take before the benchmark gives up
 @contextmanager
 def server(nodes: int) -> Iterator[str]:
     """A fresh server with ``nodes`` × 8 local GPUs, in its own process; its URL."""
-    proc, ready = start("serve_fleet.py", "--nodes", str(nodes), "--admin-key", ADMIN_KEY)
+    proc, ready = start(
+        "serve_fleet.py", "--nodes", str(nodes), env={"APPORTION_ADMIN_KEY": ADMIN_KEY}
+    )
     try:
         yield str(ready["url"])
     finally:

@@ -23,7 +23,7 @@ from apportion.app import Server
 from apportion.config import Settings
 
 
-async def serve(nodes: int, per_cluster: int, admin_key: str, data_dir: Path) -> None:
+async def serve(nodes: int, per_cluster: int, data_dir: Path) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
@@ -31,8 +31,7 @@ async def serve(nodes: int, per_cluster: int, admin_key: str, data_dir: Path) ->
         host="127.0.0.1",
         port=0,
         ws_port=0,
-        data_dir=data_dir,
-        admin_key=admin_key,
+        data_dir=data_dir,  # the admin key: APPORTION_ADMIN_KEY, never argv
         write_credentials=False,
     )
     server = Server(settings)
@@ -60,10 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, required=True)
     parser.add_argument("--per-cluster", type=int, default=100)
-    parser.add_argument("--admin-key", required=True)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="apportion-bench-") as tmp:
-        asyncio.run(serve(args.nodes, args.per_cluster, args.admin_key, Path(tmp) / "data"))
+        asyncio.run(serve(args.nodes, args.per_cluster, Path(tmp) / "data"))
     return 0
 
 

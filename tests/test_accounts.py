@@ -59,8 +59,8 @@ async def test_the_default_account_exists_and_keys_name_their_account_and_user(
     async with running.http.get(f"{running.url}/keys") as response:
         listed = {k["name"]: k for k in (await response.json())["data"]}
     assert (listed["laptop"]["account"], listed["laptop"]["user"]) == ("team-a", "alice")
-    admin = listed["admin (--admin-key)"]
-    assert (admin["account"], admin["user"]) == (DEFAULT_ACCOUNT, "admin (--admin-key)")
+    admin = listed["admin (given at start)"]
+    assert (admin["account"], admin["user"]) == (DEFAULT_ACCOUNT, "admin (given at start)")
     async with await key_session(running, name="bob", account="team-a") as bob:
         async with bob.get(f"{running.url}/auth/whoami") as response:
             whoami = await response.json()
@@ -270,4 +270,4 @@ async def test_jobs_submitted_by_helpers_belong_to_the_admins_account(
 ) -> None:
     job_id = await submit(running, {"command": [PY, "-c", "pass"]})
     record = await wait_for(running, job_id, "completed", "failed")
-    assert (record["account"], record["user"]) == (DEFAULT_ACCOUNT, "admin (--admin-key)")
+    assert (record["account"], record["user"]) == (DEFAULT_ACCOUNT, "admin (given at start)")

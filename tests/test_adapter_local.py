@@ -143,6 +143,9 @@ async def test_environment_is_minimal_with_gpus_and_apportion_vars(
 ) -> None:
     monkeypatch.setenv("APPORTION_ADMIN_KEY", "secret-admin-key")
     monkeypatch.setenv("SOME_SERVER_SECRET", "s3cret")
+    # the server's own PATH may start under its home (pyenv's shims under /root), which a job's
+    # user cannot run: before, jobs got it, and `python` failed with "Permission denied"
+    monkeypatch.setenv("PATH", f"/root/.pyenv/shims:{os.environ['PATH']}")
     dump = "import json, os; print(json.dumps(dict(os.environ)))"
     spec = make_spec(tmp_path, dump, gpus=(("0", "1"), ()), env={"MY_VAR": "hello world"})
     sid = await adapter.submit(spec)
@@ -156,9 +159,17 @@ async def test_environment_is_minimal_with_gpus_and_apportion_vars(
         assert env["APPORTION_WORKER_INDEX"] == str(index)
         assert env["APPORTION_NUM_WORKERS"] == "2"
         assert env["MY_VAR"] == "hello world"
-        assert env["PATH"] == os.environ["PATH"]
+        assert env["PATH"] == "/usr/local/bin:/usr/bin:/bin"
     assert envs[0]["CUDA_VISIBLE_DEVICES"] == "0,1"
     assert envs[1]["CUDA_VISIBLE_DEVICES"] == ""
+
+
+async def test_a_jobs_own_path_wins(adapter: LocalAdapter, tmp_path: Path) -> None:
+    dump = "import os; print(os.environ['PATH'])"
+    spec = make_spec(tmp_path, dump, env={"PATH": "/opt/tools/bin:/usr/bin"})
+    sid = await adapter.submit(spec)
+    assert (await wait_finished(adapter, spec, sid)).state is BackendState.COMPLETED
+    assert sv.stdout_path(spec.output_dir, 0).read_text().strip() == "/opt/tools/bin:/usr/bin"
 
 
 async def test_argv_reaches_the_command_verbatim(adapter: LocalAdapter, tmp_path: Path) -> None:

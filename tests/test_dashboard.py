@@ -85,10 +85,10 @@ async def test_page_and_files_are_public_and_data_needs_a_key(demo: Running) -> 
     async with demo.http.get(f"{demo.url}/auth/whoami") as response:
         assert await response.json() == {
             "key_id": (await response.json())["key_id"],
-            "name": "admin (--admin-key)",
+            "name": "admin (given at start)",
             "scope": "admin",
             "account": "default",
-            "user": "admin (--admin-key)",
+            "user": "admin (given at start)",
             "auth_enabled": True,
         }
 

@@ -7,8 +7,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from pydantic import ValidationError
+from typer.testing import CliRunner
 
 from apportion.app import Server
+from apportion.cli.app import app
 from apportion.config import Settings
 from apportion.server.credentials import read_profile
 
@@ -70,3 +73,64 @@ def test_flag_beats_environment_beats_config_file(
 def test_a_missing_config_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         Settings(config=tmp_path / "nope.toml")
+
+
+def test_serve_refuses_an_admin_key_on_the_command_line(tmp_path: Path) -> None:
+    # Before, `serve --admin-key K` left K in /proc/<pid>/cmdline, which any local user (a
+    # submit key's job among them) could read and use to make itself an admin key.
+    env = {"APPORTION_DATA_DIR": str(tmp_path / "d"), "APPORTION_CREDENTIALS": str(tmp_path / "c")}
+    result = CliRunner().invoke(
+        app, ["serve", "--port", "0", "--admin-key", "a-key-on-the-command-line-123"], env=env
+    )
+    assert result.exit_code == 2, result.output
+    assert "--admin-key is refused" in result.stderr
+    assert "APPORTION_ADMIN_KEY" in result.stderr and "--admin-key-file" in result.stderr
+    assert not (tmp_path / "d").exists()  # refused before anything started
+
+
+def test_the_admin_key_comes_from_a_file_the_owner_alone_may_read(tmp_path: Path) -> None:
+    key_file = tmp_path / "admin.key"
+    key_file.write_text("a-key-from-a-private-file-456\n")
+    key_file.chmod(0o600)
+    settings = Settings(data_dir=tmp_path / "d", admin_key_file=key_file)
+    assert settings.admin_key == "a-key-from-a-private-file-456"
+
+    key_file.chmod(0o640)
+    with pytest.raises(ValidationError, match="chmod 600"):
+        Settings(data_dir=tmp_path / "d", admin_key_file=key_file)
+    key_file.chmod(0o600)
+    with pytest.raises(ValidationError, match="give one"):
+        Settings(data_dir=tmp_path / "d", admin_key_file=key_file, admin_key="x" * 20)
+    key_file.write_text("short\n")
+    with pytest.raises(ValidationError, match="at least 16 characters"):
+        Settings(data_dir=tmp_path / "d", admin_key_file=key_file)
+    with pytest.raises(ValidationError, match="cannot be read"):
+        Settings(data_dir=tmp_path / "d", admin_key_file=tmp_path / "missing")
+
+
+async def test_serve_with_an_admin_key_file_makes_that_key_an_admin(tmp_path: Path) -> None:
+    key_file = tmp_path / "admin.key"
+    key_file.write_text("a-key-from-a-private-file-789\n")
+    key_file.chmod(0o600)
+    server = Server(
+        Settings(
+            host="127.0.0.1",
+            port=0,
+            ws_port=0,
+            data_dir=tmp_path / "d",
+            admin_key_file=key_file,
+            write_credentials=False,
+            sandbox_workers=1,
+        )
+    )
+    await server.start()
+    try:
+        assert server.bootstrap_key is None  # the given key is the admin: none was generated
+        headers = {"Authorization": "Bearer a-key-from-a-private-file-789"}
+        async with (
+            aiohttp.ClientSession(headers=headers) as http,
+            http.get(f"{server.url}/keys") as response,
+        ):
+            assert response.status == 200
+    finally:
+        await server.stop()

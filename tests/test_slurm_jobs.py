@@ -74,7 +74,7 @@ async def test_discovery_and_a_two_gpu_job_on_the_chosen_node(
     assert record["scheduler_job_id"].isdigit()
 
 
-async def test_a_slurm_job_runs_as_the_job_user(
+async def test_a_slurm_job_runs_as_its_accounts_user(
     running: Running, slurm: slurm_env.SlurmCluster
 ) -> None:
     if os.geteuid() != 0:
@@ -91,6 +91,27 @@ async def test_a_slurm_job_runs_as_the_job_user(
     assert record["status"] == "completed", record
     [seen] = await logs(running, job_id)
     assert seen["user"] == "apportion-jobs" and 0 not in seen["groups"], seen
+
+    # an account with its own OS user: sbatch --uid makes Slurm run (and account) it as that user
+    async with running.http.post(
+        f"{running.url}/accounts", json={"name": "team-b", "os_user": "apportion-tenant-b"}
+    ) as response:
+        assert response.status == 201, await response.text()
+    async with running.http.post(
+        f"{running.url}/keys", json={"name": "bob", "account": "team-b"}
+    ) as response:
+        secret = (await response.json())["data"]["api_key"]
+    body = {"config": {"queue": "hpc", "command": who}}
+    async with (
+        aiohttp.ClientSession(headers={"Authorization": f"Bearer {secret}"}) as bob,
+        bob.post(f"{running.url}/jobs/submit", json=body) as response,
+    ):
+        assert response.status == 201, await response.text()
+        job_id = (await response.json())["job_id"]
+    record = await wait_for(running, job_id, "completed", "failed", within=60)
+    assert record["status"] == "completed", record
+    [seen] = await logs(running, job_id)
+    assert seen["user"] == "apportion-tenant-b" and 0 not in seen["groups"], seen
 
 
 async def test_a_gang_of_two_workers_on_two_nodes(

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -45,7 +45,8 @@ class Settings(BaseSettings):
     policy_dir: Path | None = None
     policy_dir_poll_seconds: float = Field(2.0, gt=0)
     policy_timeout: float = Field(10.0, gt=0, le=3600)
-    admin_key: str | None = Field(None, min_length=16)
+    admin_key: str | None = Field(None, min_length=16)  # from the environment or a file, never argv
+    admin_key_file: Path | None = None  # a file (0600 or stricter) holding the admin key
     auth: bool = True
     credentials_file: Path | None = None
     write_credentials: bool = True
@@ -73,10 +74,42 @@ class Settings(BaseSettings):
     jobs_root: Path | None = None  # default: /var/lib/apportion/jobs as root, else <data dir>-jobs
     allow_jobs_as_server_user: bool = False
 
-    @field_validator("data_dir", "policy_dir", "config", "credentials_file", "jobs_root")
+    @field_validator(
+        "data_dir", "policy_dir", "config", "credentials_file", "jobs_root", "admin_key_file"
+    )
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None
+
+    @model_validator(mode="after")
+    def _admin_key_from_file(self) -> Settings:
+        """``admin_key_file`` → ``admin_key``: the file's one line. Refused (``ValueError``)
+        when the key is also given another way, when the file is missing, or when others than
+        its owner may read it."""
+        path = self.admin_key_file
+        if path is None:
+            return self
+        if self.admin_key is not None:
+            raise ValueError(
+                "admin_key_file and admin_key (APPORTION_ADMIN_KEY) are both given; give one"
+            )
+        try:
+            mode = path.stat().st_mode
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"admin_key_file {path} cannot be read: {exc.strerror}") from None
+        if mode & 0o077:
+            raise ValueError(
+                f"admin_key_file {path} may be read by others (mode {mode & 0o777:o}); "
+                f"make it the owner's alone: chmod 600 {path}"
+            )
+        key = text.strip()
+        if len(key) < 16 or "\n" in key:
+            raise ValueError(
+                f"admin_key_file {path} must hold one key of at least 16 characters on one line"
+            )
+        self.admin_key = key
+        return self
 
     @property
     def database_url(self) -> str:

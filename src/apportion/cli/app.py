@@ -68,7 +68,13 @@ def _settings(**given: Any) -> Settings:
     except ValidationError as exc:
         for error in exc.errors(include_url=False):
             where = ".".join(str(p) for p in error["loc"])
-            typer.echo(f"apportion: invalid option {where}: {error['msg']}", err=True)
+            message = error["msg"].removeprefix("Value error, ")
+            typer.echo(
+                f"apportion: invalid option {where}: {message}"
+                if where
+                else f"apportion: {message}",
+                err=True,
+            )
         raise typer.Exit(2) from None
     except FileNotFoundError as exc:
         typer.echo(f"apportion: {exc}", err=True)
@@ -121,8 +127,14 @@ def serve(
     policy_timeout: Annotated[
         float | None, typer.Option(help="Seconds a policy may run (default 10).")
     ] = None,
+    admin_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="A file (chmod 600) whose one line becomes an admin key; or APPORTION_ADMIN_KEY."
+        ),
+    ] = None,
     admin_key: Annotated[
-        str | None, typer.Option(help="Make this key an admin key (or APPORTION_ADMIN_KEY).")
+        str | None, typer.Option(hidden=True, help="Refused: it would show the key in ps.")
     ] = None,
     auth: Annotated[
         bool | None, typer.Option("--auth/--no-auth", help="Require API keys (default on).")
@@ -133,6 +145,14 @@ def serve(
     ] = None,
 ) -> None:
     """Run the Apportion server."""
+    if admin_key is not None:
+        typer.echo(
+            "apportion: --admin-key is refused: a key on the command line can be read by every"
+            " local user (ps, /proc/<pid>/cmdline); give it as APPORTION_ADMIN_KEY or in a file"
+            " with --admin-key-file FILE (chmod 600 FILE)",
+            err=True,
+        )
+        raise typer.Exit(2)
     settings = _settings(
         host=host,
         port=port,
@@ -142,7 +162,7 @@ def serve(
         config=config,
         policy_dir=policy_dir,
         policy_timeout=policy_timeout,
-        admin_key=admin_key,
+        admin_key_file=admin_key_file,
         auth=auth,
         local_cluster=local_cluster,
     )

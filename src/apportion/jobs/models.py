@@ -19,8 +19,10 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
+from apportion.engine.requests import MAX_REQUESTS
 from apportion.validation import invalid_from_pydantic
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -70,6 +72,18 @@ def _stored(info: ValidationInfo) -> bool:
     return isinstance(info.context, dict) and info.context.get("stored") is True
 
 
+MAX_ARG_BYTES = 128 * 1024
+"""The longest argument or environment value a job may have: Linux's ``MAX_ARG_STRLEN``
+(``execve`` refuses a longer string with E2BIG)."""
+MAX_EXEC_BYTES = 1024 * 1024
+"""The most a job's command and environment may hold together (each string with its NUL):
+well under the kernel's limit of a quarter of the stack rlimit, so ``execve`` takes them."""
+
+
+def _utf8_size(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
 def _check_env(env: dict[str, str], info: ValidationInfo) -> dict[str, str]:
     if _stored(info):
         return env
@@ -81,7 +95,28 @@ def _check_env(env: dict[str, str], info: ValidationInfo) -> dict[str, str]:
             )
         if "\0" in value:
             raise ValueError(f"the value of environment variable {key} may not contain NUL")
+        if _utf8_size(value) > MAX_ARG_BYTES:
+            raise ValueError(
+                f"the value of environment variable {key} is longer than {MAX_ARG_BYTES} bytes,"
+                " which no program can be started with; pass large data in a file"
+            )
     return env
+
+
+def _check_command(command: list[str], info: ValidationInfo) -> list[str]:
+    if _stored(info):
+        return command
+    if not command[0]:
+        raise ValueError("the program (the command's first word) is empty; name a program")
+    for index, arg in enumerate(command):
+        if "\0" in arg:
+            raise ValueError(f"argument {index} contains NUL, which no program can be given")
+        if _utf8_size(arg) > MAX_ARG_BYTES:
+            raise ValueError(
+                f"argument {index} is longer than {MAX_ARG_BYTES} bytes, which no program can"
+                " be started with; pass large data in a file"
+            )
+    return command
 
 
 def _check_dir(value: str | None, info: ValidationInfo) -> str | None:
@@ -148,14 +183,29 @@ class JobConfig(_Strict):
     env: dict[str, str] = Field(default_factory=dict)
     working_dir: str | None = Field(None, max_length=4096)
     resources: WorkerResources = Field(default_factory=WorkerResources)
-    replica_count: StrictInt = Field(1, ge=1, le=4096)
+    replica_count: StrictInt = Field(1, ge=1, le=MAX_REQUESTS)  # a gang is placed as one decision
     walltime: float | None = Field(None, gt=0, le=30 * 86400)
     labels: dict[str, str] = Field(default_factory=dict)
     policy_rule_uri: str | None = Field(None, max_length=400)
     parameters: dict[str, Any] = Field(default_factory=dict)
 
     _env = field_validator("env")(_check_env)
+    _command = field_validator("command")(_check_command)
     _working_dir = field_validator("working_dir")(_check_dir)
+
+    @model_validator(mode="after")
+    def _fits_execve(self, info: ValidationInfo) -> JobConfig:
+        if _stored(info):
+            return self
+        size = sum(_utf8_size(a) + 1 for a in self.command) + sum(
+            _utf8_size(k) + _utf8_size(v) + 2 for k, v in self.env.items()
+        )
+        if size > MAX_EXEC_BYTES:
+            raise ValueError(
+                f"command and env hold {size} bytes together, over the {MAX_EXEC_BYTES} a job"
+                " may start with; pass large data in a file"
+            )
+        return self
 
 
 class SubmitRequest(_Strict):

@@ -1,4 +1,5 @@
-"""The first admin key: the operator's (``--admin-key``), or one generated on first start.
+"""The first admin key: the operator's (``APPORTION_ADMIN_KEY``, ``--admin-key-file``), or one
+generated on first start.
 
 Called once by :meth:`apportion.app.Server.start` after the HTTP and WebSocket ports are bound
 (the credentials profile records both URLs). With auth off nothing happens; an operator's key is
@@ -33,7 +34,7 @@ async def ensure_admin_key(
     if not settings.auth:
         return None
     if settings.admin_key:
-        await keys.ensure_key(settings.admin_key, name="admin (--admin-key)", scope=Scope.ADMIN)
+        await keys.ensure_key(settings.admin_key, name="admin (given at start)", scope=Scope.ADMIN)
         return None
     if await keys.has_admin():
         return None

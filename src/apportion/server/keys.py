@@ -6,8 +6,8 @@ row in O(1) through the indexed ``prefix`` column, ``secret`` is ``secrets.token
 random salt, compared with :func:`hmac.compare_digest`. A slow KDF (scrypt, PBKDF2) would buy
 nothing: it protects guessable passwords, and a 256-bit random key cannot be guessed however
 fast the hash is, while every handshake pays the hash. Keys given by an operator
-(``--admin-key``) must be at least 16 printable characters; they are found through a
-domain-separated hash tag in ``prefix`` and should be just as random.
+(``APPORTION_ADMIN_KEY``, ``--admin-key-file``) must be at least 16 printable characters; they
+are found through a domain-separated hash tag in ``prefix`` and should be just as random.
 
 Successful verifications are cached in memory (default 60 s, bounded LRU) and dropped on
 :meth:`KeyStore.revoke`; a revoke made by another process takes effect here when the entry
@@ -162,8 +162,8 @@ class KeyStore:
         return next((r for r in rows if _matches(secret, r.hash)), None)
 
     async def ensure_key(self, secret: str, *, name: str, scope: Scope) -> str:
-        """Make an operator-given ``secret`` (``--admin-key`` / ``APPORTION_ADMIN_KEY``) a valid
-        key of ``scope``; called at every start, so the same secret keeps its row. A revoked
+        """Make an operator-given ``secret`` (``APPORTION_ADMIN_KEY``, ``--admin-key-file``) a
+        valid key of ``scope``; called at every start, so the same secret keeps its row. A revoked
         row with this secret is re-activated: the flag states the operator's intent.
         Raises ``ValueError`` for a secret under 16 characters or with spaces/controls."""
         if len(secret) < MIN_GIVEN_KEY_LENGTH or len(secret) > MAX_KEY_LENGTH:

@@ -3,7 +3,7 @@ its supervisor process, and the wait until every supervisor reports its command 
 
 Called by :meth:`LocalAdapter.submit <apportion.adapters.local.adapter.LocalAdapter.submit>`
 (the files and processes in a worker thread, the wait on the event loop). Every process gets an argv list, never a shell
-string, and an environment built from :data:`BASE_ENV_KEYS` only — never the server's whole
+string, and an environment built from :data:`JOB_PATH` and :data:`BASE_ENV_KEYS` only — never the server's whole
 environment (it holds the admin key). Raises :class:`AdapterError`.
 """
 
@@ -19,7 +19,11 @@ from pathlib import Path
 from apportion.adapters.base import AdapterError, JobSpec, WorkerSpec
 from apportion.adapters.local import supervisor as sv
 
-BASE_ENV_KEYS = ("PATH", "HOME", "LANG")  # never the server's whole environment (admin key)
+BASE_ENV_KEYS = ("HOME", "LANG")  # never the server's whole environment (admin key)
+JOB_PATH = "/usr/local/bin:/usr/bin:/bin"
+"""A job's ``PATH`` unless its ``env`` sets one: the system's directories, never the server's
+``PATH`` (whose first entries may be the server user's own, e.g. pyenv's shims under ``/root``,
+which the job's user cannot run)."""
 # The supervisor is one standard-library file, run as a script: isolated (-I: no user site,
 # no PYTHON* variables, no cwd on sys.path) and without site-packages (-S), which it does not
 # need and which would cost every job's start-up their .pth processing.
@@ -29,9 +33,10 @@ START_TIMEOUT = 15.0  # seconds for every supervisor to report its command start
 
 
 def base_environment() -> dict[str, str]:
-    """The server's minimal safe environment for jobs: PATH, HOME and LANG only."""
+    """The minimal safe environment for jobs: :data:`JOB_PATH`, and the server's HOME and LANG
+    only."""
     env = {key: os.environ[key] for key in BASE_ENV_KEYS if key in os.environ}
-    env.setdefault("PATH", os.defpath)
+    env["PATH"] = JOB_PATH
     return env
 
 
