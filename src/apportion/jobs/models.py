@@ -23,6 +23,8 @@ from pydantic import (
 )
 
 from apportion.engine.requests import MAX_REQUESTS
+from apportion.errors import InvalidRequest
+from apportion.registry.filters import parse_cluster_filter
 from apportion.validation import invalid_from_pydantic
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -240,6 +242,23 @@ class QueueConfig(BaseModel):
 
     _env = field_validator("env")(_check_env)
     _working_dir = field_validator("working_dir")(_check_dir)
+
+    @field_validator("clusters")
+    @classmethod
+    def _clusters_filter(
+        cls, clusters: list[str] | dict[str, Any], info: ValidationInfo
+    ) -> list[str] | dict[str, Any]:
+        """A filter is compiled when the queue is written, not at each admission cycle: a
+        malformed one is refused here, naming where in it the mistake is."""
+        if isinstance(clusters, dict) and not _stored(info):
+            try:
+                parse_cluster_filter(clusters, path="clusters")
+            except InvalidRequest as exc:
+                raise ValueError(
+                    f"{exc.message}; clusters is a list of cluster ids or a cluster filter"
+                    " (docs/registry.md)"
+                ) from None
+        return clusters
 
     @field_validator("allowed_env")
     @classmethod

@@ -17,7 +17,7 @@ from typing import Any
 from apportion.allocation.holds import HoldManager
 from apportion.allocation.service import AllocationService
 from apportion.background import Spawn
-from apportion.errors import InvalidRequest
+from apportion.errors import ApportionError, InvalidRequest
 from apportion.event_sink import EventSink
 from apportion.jobs import views as job_views
 from apportion.jobs.admission import Blocked, CycleState, Reason, waiting_order
@@ -188,7 +188,13 @@ class JobService:
         1. snapshot: the waiting order, the queues, what runs; 2. decide, job after job in
         that order (each sees the GPUs the previous ones reserved): wait, or place and admit;
         3. make it durable: the holds, the ``scheduled`` records and the bypass counts of one
-        cycle are committed together, awaited at the end."""
+        cycle are committed together, awaited at the end.
+
+        One job's failure stops only that job: an error while placing it (a queue filter that
+        matches no document's shape, stored before filters were checked when a queue is
+        written) leaves it waiting with the error as its reason, and the cycle goes on. Every
+        reservation made is committed or given back, whatever happens after it: the commits
+        are awaited even when the cycle ends by an exception."""
         every = self.jobs.jobs.values()
         waiting = waiting_order(every)
         queues = {name: self.queues.get(name) for name in self.queues.names()}
@@ -196,37 +202,52 @@ class JobService:
         life = self.lifecycle
         started: list[Job] = []
         durable: list[Awaitable[None]] = []
-        for job in waiting:
-            if job.status is not JobStatus.QUEUED:  # cancelled since the cycle began
-                continue
-            queue = queues.get(job.queue)
-            if queue is None:
-                await life.wait(
-                    job, Blocked(Reason.NO_RESOURCES, f"queue {job.queue!r} was removed")
-                )
-                continue
-            outcome: Reserved | Blocked | None = state.blocker(job, queue)
-            if outcome is None:
-                policy = job.config.policy_rule_uri or queue.policy_rule_uri
-                outcome = await life.place(job, policy, self._candidates(queue))
-            if job.status.finished:  # cancelled while it was being placed
-                if isinstance(outcome, Reserved):
-                    durable.append(life.abandon(outcome.hold))
-                continue
-            if isinstance(outcome, Blocked):
-                state.waited(job)
-                await life.wait(job, outcome)
-                continue
-            durable.append(life.admit(job, outcome))
-            durable.extend(life.count_bypasses(state.started(job, queue)))
-            started.append(job)
-        for failure in await asyncio.gather(*durable, return_exceptions=True):
-            if isinstance(failure, BaseException):
-                log.error("admission: recording a start failed: %r", failure)
-        life.renumber()
+        try:
+            for job in waiting:
+                if job.status is not JobStatus.QUEUED:  # cancelled since the cycle began
+                    continue
+                queue = queues.get(job.queue)
+                if queue is None:
+                    await life.wait(
+                        job, Blocked(Reason.NO_RESOURCES, f"queue {job.queue!r} was removed")
+                    )
+                    continue
+                try:
+                    outcome = await self._decide(job, queue, state)
+                except Exception as exc:
+                    log.exception("admission: placing job %s failed", job.job_id)
+                    code = exc.code.value if isinstance(exc, ApportionError) else "Internal"
+                    outcome = Blocked(code, f"it could not be placed: {_words(exc)}")
+                if job.status.finished:  # cancelled while it was being placed
+                    if isinstance(outcome, Reserved):
+                        durable.append(life.abandon(outcome.hold))
+                    continue
+                if isinstance(outcome, Blocked):
+                    state.waited(job)
+                    await life.wait(job, outcome)
+                    continue
+                durable.append(life.admit(job, outcome))
+                durable.extend(life.count_bypasses(state.started(job, queue)))
+                started.append(job)
+        finally:
+            for failure in await asyncio.gather(*durable, return_exceptions=True):
+                if isinstance(failure, BaseException):
+                    log.error("admission: recording a start failed: %r", failure)
+            life.renumber()
         return started
 
+    async def _decide(self, job: Job, queue: QueueConfig, state: CycleState) -> Reserved | Blocked:
+        """Why ``job`` waits this cycle, or its placement reserved (raises what placing it
+        raised that is no "no": see :meth:`cycle`)."""
+        blocked = state.blocker(job, queue)
+        if blocked is not None:
+            return blocked
+        policy = job.config.policy_rule_uri or queue.policy_rule_uri
+        return await self.lifecycle.place(job, policy, self._candidates(queue))
+
     def _candidates(self, queue: QueueConfig) -> list[str]:
+        """The clusters ``queue`` places on (:class:`InvalidRequest` for a filter that cannot
+        be evaluated)."""
         if isinstance(queue.clusters, dict):
             ids = self._registry.filter_cluster_ids(
                 queue.clusters, path=f"queue {queue.name}.clusters"
@@ -235,3 +256,11 @@ class JobService:
         if queue.clusters:
             return [c for c in queue.clusters if self._registry.has_cluster(c)]
         return self._registry.live_cluster_ids()
+
+
+def _words(exc: Exception) -> str:
+    """An error as a waiting job's reason: an :class:`ApportionError`'s message, else its
+    type (the log has the traceback)."""
+    if isinstance(exc, ApportionError):
+        return exc.message
+    return f"an internal error ({type(exc).__name__}); the server log has the details"
