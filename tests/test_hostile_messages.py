@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,35 @@ async def test_a_nul_in_a_multipart_part_header_is_a_400(running: Running) -> No
     ).encode()
     answer = await _raw_http(running.server.http_port, head + body)
     assert answer.startswith(b"HTTP/1.1 400 "), answer
+
+
+async def test_a_multipart_upload_without_a_boundary_is_a_400(running: Running) -> None:
+    # aiohttp's reader raised ValueError("boundary missed"): a 500 (issue 21, item 8)
+    headers = {"Content-Type": "multipart/form-data"}
+    async with running.http.post(f"{running.url}/policies", data=b"--x--", headers=headers) as r:
+        body = await r.json()
+        assert r.status == 400, body
+    assert body["error"]["details"]["path"] == "body" and "boundary" in body["message"]
+
+
+async def test_the_websocket_port_logs_no_line_per_connection(
+    running: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    # before, each connection (refused or not) was an INFO line of the websockets library: an
+    # anonymous flood of handshakes became a flood of the log (issue 21, item 8)
+    caplog.set_level(logging.INFO)
+    request = (
+        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        b"Authorization: Bearer not-a-key-0123456789\r\n\r\n"
+    )
+    for _ in range(20):
+        answer = await _raw_http(running.server.ws_port, request)
+        assert answer.startswith(b"HTTP/1.1 401 "), answer
+    async with running.ws() as ws:  # and an accepted one
+        assert (await ask(ws, allocation()))["error"]["code"] == "NoFeasiblePlacement"
+    lines = [r for r in caplog.records if r.name.startswith(("websockets", "apportion.server.ws"))]
+    assert lines == [], [r.getMessage() for r in lines]
 
 
 async def test_a_nul_in_a_static_path_is_a_404(running: Running) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,32 @@ async def test_failing_policies_get_their_codes_and_others_are_served(tmp_path: 
 
             # after all that, the server still answers
             assert (await ask(ws, allocation()))["success"]
+
+
+async def test_a_policys_traceback_is_for_its_author_and_the_log_only(
+    running: Running, fleet: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # before, any read key's request got the policy's traceback (its code and paths)
+    caplog.set_level(logging.INFO, logger="apportion.server.dispatch")
+    uri = await upload(running, "raises")
+    keys = {}
+    for scope in ("read", "policies"):
+        async with running.http.post(
+            f"{running.url}/keys", json={"name": f"a {scope} key", "scope": scope}
+        ) as response:
+            keys[scope] = (await response.json())["data"]["api_key"]
+    seen = {}
+    for who, key in (("read", keys["read"]), ("policies", keys["policies"]), ("admin", None)):
+        async with running.ws(key) if key else running.ws() as ws:
+            seen[who] = await ask(ws, allocation(policy_rule_uri=uri))
+    for answer in seen.values():
+        assert answer["error"]["code"] == "PolicyError" and "broken on purpose" in answer["message"]
+    assert "traceback" not in seen["read"]["error"]["details"]
+    assert seen["read"]["error"]["details"]["exception_type"] == "ValueError"
+    for author in ("policies", "admin"):
+        assert "broken on purpose" in seen[author]["error"]["details"]["traceback"]
+    assert any("broken on purpose" in r.getMessage() and "Traceback" in r.getMessage()
+               for r in caplog.records)  # fmt: skip
 
 
 async def test_search_with_the_similarity_policy(running: Running, fleet: Any) -> None:

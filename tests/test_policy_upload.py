@@ -121,9 +121,12 @@ async def test_bad_uploads_are_refused_with_the_reason(running: Running) -> None
     assert response.status == 400
     body = await response.json()
     assert body["error"]["details"]["path"] == "code" and "__init__" in body["message"]
-    # the refused version is not left in the store
+    # the refused version is not left in the store, and its URI is free: before, a refused
+    # upload made it a tombstone (409 "was deleted" for the corrected code; issue 21, item 8)
     async with running.http.get(f"{running.url}/policies/seed-first-fit:2.0-beta") as r:
         assert r.status == 404
+    fixed = await upload(running, RECORD | {"version": "2.0"}, tar_gz(SEED_POLICY), "p.tar.gz")
+    assert fixed.status == 201, await fixed.text()
 
     evil = io.BytesIO()
     with tarfile.open(fileobj=evil, mode="w:gz") as archive:

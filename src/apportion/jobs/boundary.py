@@ -7,10 +7,14 @@ field (or a 409 when this server cannot run jobs at all), never started (docs/se
 1. **Identity.** :class:`~apportion.jobs.identity.JobIdentity` must be able to say as whom the
    job runs (a root server with its account's user or the job user, or a non-root one that
    opted in).
-2. **Working directory.** After resolving symlinks and ``..``, ``config.working_dir`` must lie
-   under an allowed root — the queue's ``working_dir``, or the jobs root — and never at or
-   under ``/proc``, the data dir or the credentials directory, nor be ``/``. A root that is one
-   of those is no root. Without ``working_dir`` the job gets ``<jobs root>/<job id>``.
+2. **Working directory.** ``config.working_dir`` must not name ``/proc``, ``/sys`` or ``/dev``
+   (before anything is resolved: ``/proc/<pid>/cwd`` would resolve to another process's
+   directory) and, after resolving symlinks and ``..``, must lie under an allowed root — the
+   queue's ``working_dir``, or the jobs root — and never at or under the data dir or the
+   credentials directory, nor be ``/``. A root that is one of those is no root. A refusal says
+   what was asked and the allowed roots, never what the path resolved to (that would tell a
+   tenant about directories it cannot read). Without ``working_dir`` the job gets
+   ``<jobs root>/<job id>``.
 3. **Environment.** Names are POSIX names (checked by the model); loader and interpreter
    injection variables (:func:`~apportion.jobs.models.is_injection_variable`) need the queue's
    ``allowed_env``.
@@ -78,26 +82,32 @@ class JobBoundary:
         return roots
 
     def _check_working_dir(self, asked: str, queue: QueueConfig) -> None:
-        real = _real(asked)
         roots = self._roots(queue)
-        where = (
-            ", ".join(str(r) for r in roots) or "none: ask an admin to set the queue's working_dir"
-        )
-        problem = None
-        if real == Path("/"):
-            problem = "is the root directory"
-        elif any(_within(real, f) for f in self._forbidden()):
-            problem = "is a private directory of the server, or inside one"
-        elif not any(_within(real, r) for r in roots):
-            problem = "is outside the allowed roots"
-        if problem is not None:
-            shown = asked if str(real) == asked else f"{asked} (resolves to {real})"
+        lexical = Path(os.path.normpath(asked))
+        try:
+            real = None if _under_system_dir(lexical) else _real(asked)
+        except OSError:  # a path the server cannot resolve (e.g. another process's /proc entry)
+            real = None
+        if (
+            real is None
+            or real == Path("/")
+            or any(_within(real, f) for f in self._forbidden())
+            or not any(_within(real, r) for r in roots)
+        ):
+            where = (
+                ", ".join(str(r) for r in roots)
+                or "none: ask an admin to set the queue's working_dir"
+            )
             raise InvalidRequest(
-                f"config.working_dir {shown} {problem}; use a directory under an allowed"
-                f" root of queue {queue.name!r} ({where}), or leave it out for the job's own"
+                f"config.working_dir {asked} is not a directory under an allowed root of queue"
+                f" {queue.name!r} ({where}); use one, or leave working_dir out for the job's own"
                 " directory under the jobs root",
                 path="body.config.working_dir",
             )
+
+
+def _under_system_dir(path: Path) -> bool:
+    return any(_within(path, system) for system in ALWAYS_REFUSED)
 
 
 def _within(path: Path, root: Path) -> bool:

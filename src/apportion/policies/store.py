@@ -21,7 +21,7 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -96,6 +96,7 @@ class PolicyStore:
         self._code_root = data_dir / "policies"
         self._entries: dict[str, PolicyEntry] = {}
         self._tombstones: set[str] = set()
+        self._uploading: set[str] = set()  # URIs whose upload is being checked
 
     async def load(self, builtins: Mapping[str, PolicyEntry]) -> None:
         """Register the built-ins (``policies.catalog``), then read the uploaded policies from
@@ -133,10 +134,31 @@ class PolicyStore:
     def list(self) -> list[PolicyEntry]:
         return [self._entries[uri] for uri in sorted(self._entries)]
 
-    async def upload(self, record_body: Any, code: bytes, filename: str) -> PolicyEntry:
-        """Store a new policy version: validate, unpack safely, persist. ``Conflict`` if the URI exists."""
+    async def upload(
+        self,
+        record_body: Any,
+        code: bytes,
+        filename: str,
+        *,
+        check: Callable[[PolicyEntry], Awaitable[None]],
+    ) -> PolicyEntry:
+        """Store a new policy version: validate the record, unpack the code safely, ``check``
+        it (the sandbox loads it), then persist. ``Conflict`` if the URI exists, was deleted or
+        is being uploaded now. A version that ``check`` refuses (it raises) is not stored: its
+        URI stays free (only a stored policy's URI becomes a tombstone when deleted)."""
         record = PolicyRecord.parse(record_body)
         uri = str(record.uri)
+        self._check_new(uri)
+        self._uploading.add(uri)
+        try:
+            entry = self._prepare(record, code, filename)
+            await check(entry)
+            await self._persist(entry)
+        finally:
+            self._uploading.discard(uri)
+        return entry
+
+    def _check_new(self, uri: str) -> None:
         if uri in self._entries:
             raise Conflict(
                 f"policy {uri} exists and versions are immutable; upload it as a new version",
@@ -148,8 +170,16 @@ class PolicyStore:
                 "upload it as a new version (another version or release tag)",
                 details={"policy_rule_uri": uri, "deleted": True},
             )
+        if uri in self._uploading:
+            raise Conflict(
+                f"policy {uri} is being uploaded by another request; retry to see its outcome",
+                details={"policy_rule_uri": uri},
+            )
+
+    def _prepare(self, record: PolicyRecord, code: bytes, filename: str) -> PolicyEntry:
+        """The entry of a new version, its code unpacked into the code store (not yet a
+        policy of this store)."""
         code_dir = self._keep(lambda staging: unpack_policy_code(code, filename, staging))
-        digest = code_dir.name
         warnings = []
         requirements = code_dir / "code" / "requirements.txt"
         if requirements.is_file() and requirements.read_text(errors="replace").strip():
@@ -157,23 +187,26 @@ class PolicyStore:
                 "code/requirements.txt is not installed: the server never pip-installs at request "
                 "time; install what the policy needs into the server's environment"
             )
-        entry = PolicyEntry(record, "upload", code_dir=code_dir, warnings=tuple(warnings))
-        stored = record.model_dump(by_alias=True) | {"_warnings": warnings}
+        return PolicyEntry(record, "upload", code_dir=code_dir, warnings=tuple(warnings))
+
+    async def _persist(self, entry: PolicyEntry) -> None:
+        record, code_dir = entry.record, entry.code_dir
+        assert code_dir is not None
+        stored = record.model_dump(by_alias=True) | {"_warnings": list(entry.warnings)}
         await self._repo.insert(
             PolicyRow(
-                uri=uri,
+                uri=entry.uri,
                 name=record.name,
                 version=record.version,
                 release_tag=record.release_tag,
                 record=jsonutil.dumps_str(stored),
                 code_path=str(code_dir),
-                code_sha256=digest,
+                code_sha256=code_dir.name,
                 source="upload",
                 created_at=time.time(),
             )
         )
-        self._entries[uri] = entry
-        return entry
+        self._entries[entry.uri] = entry
 
     def _keep(self, fill: Callable[[Path], Path]) -> Path:
         """Store a code tree under ``<code root>/<tree sha256>/``, read-only; return that path.

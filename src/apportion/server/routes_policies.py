@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import BodyPartReader, web
+from aiohttp.helpers import parse_mimetype
 from aiohttp.http_exceptions import BadHttpMessage
 
 from apportion import jsonutil
@@ -45,10 +46,11 @@ async def list_policies(request: web.Request) -> web.Response:
 
 
 async def _read_upload(request: web.Request) -> tuple[Any, bytes, str]:
-    if not request.content_type.startswith("multipart/"):
+    mimetype = parse_mimetype(request.headers.get("Content-Type", ""))
+    if mimetype.type != "multipart" or not mimetype.parameters.get("boundary"):
         raise InvalidRequest(
-            "POST /policies takes multipart/form-data with a part 'record' (JSON) and a part 'code' "
-            "(.zip, .tar.gz, .tar.xz or .py)",
+            "POST /policies takes multipart/form-data (with its boundary parameter) with a part"
+            " 'record' (JSON) and a part 'code' (.zip, .tar.gz, .tar.xz or .py)",
             path="body",
         )
     try:
@@ -107,12 +109,7 @@ async def upload_policy(request: web.Request) -> web.Response:
     """Store a new policy version (a ``policies`` or admin key); versions are immutable."""
     record, code, filename = await _read_upload(request)
     context = ctx(request)
-    entry = await context.policies.upload(record, code, filename)
-    try:
-        await context.runtime.check(entry)
-    except Exception:
-        await context.policies.delete(entry.uri)
-        raise
+    entry = await context.policies.upload(record, code, filename, check=context.runtime.check)
     await _policy_updated(request, entry.uri, "created")
     return json_response(entry.public(), status=201)
 

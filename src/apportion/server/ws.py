@@ -38,6 +38,11 @@ from apportion.server.keys import KeyStore
 from apportion.server.limits import ConnectionGate
 
 log = logging.getLogger(__name__)
+CONNECTION_LOG = logging.getLogger(f"{__name__}.connections")
+"""The websockets library's per-connection lines (open, closed, a refused handshake): at INFO
+one line per connection, which an anonymous flood would turn into a log flood; kept to warnings
+and errors (set this logger to DEBUG to see them)."""
+CONNECTION_LOG.setLevel(logging.WARNING)
 
 
 class TokenBucket:
@@ -129,6 +134,7 @@ class AllocationWebSocket:
             server_header="Apportion",
             open_timeout=self._header_timeout,
             create_connection=_gated_connection(self.gate),
+            logger=CONNECTION_LOG,
         )
 
     async def close(self) -> None:
