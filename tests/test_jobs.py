@@ -253,3 +253,18 @@ async def _until_reason(running: Running, job_id: str, code: str, message: str =
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"job {job_id} never waited for {code}: {record}")
+
+
+async def test_a_job_that_cannot_start_never_ran_and_has_no_start_time(
+    running: Running, fleet: Any
+) -> None:
+    # before: "running" at the poll that saw it fail, with a start_time after its end_time
+    job_id = await submit(running, {"command": ["/nonexistent/program"]})
+    record = await wait_for(running, job_id, "completed", "failed")
+    assert record["status"] == "failed" and "could not start" in record["failed_reason"]
+    assert record["start_time"] is None and record["end_time"] is not None
+    assert await statuses(running, job_id) == ["queued", "scheduled", "failed"]
+    ran = await submit(running, {"command": exiting(3)})
+    record = await wait_for(running, ran, "completed", "failed")
+    assert record["start_time"] is not None and record["start_time"] <= record["end_time"]
+    assert await statuses(running, ran) == ["queued", "scheduled", "running", "failed"]

@@ -134,3 +134,38 @@ async def test_serve_with_an_admin_key_file_makes_that_key_an_admin(tmp_path: Pa
             assert response.status == 200
     finally:
         await server.stop()
+
+
+async def test_a_second_server_adds_its_own_profile_and_keeps_the_first(tmp_path: Path) -> None:
+    # before, a second server with another data dir overwrote [default]: the first server's
+    # admin key was lost (issue 21, item 13)
+    credentials = tmp_path / "config" / "credentials"
+    secrets = []
+    for data in ("first", "second", "third"):
+        server = Server(
+            Settings(
+                host="127.0.0.1",
+                port=0,
+                ws_port=0,
+                data_dir=tmp_path / data,
+                credentials_file=credentials,
+                sandbox_workers=1,
+            )
+        )
+        await server.start()
+        try:
+            assert server.bootstrap_key is not None
+            secrets.append((server.url, server.bootstrap_key.secret))
+        finally:
+            await server.stop()
+    (first_url, first_key), (second_url, second_key), (third_url, third_key) = secrets
+    first = read_profile("default", credentials)
+    assert first is not None and (first.url, first.api_key) == (first_url, first_key)
+    host_port = second_url.removeprefix("http://").replace(":", "-")
+    second = read_profile(host_port, credentials)
+    assert second is not None and (second.url, second.api_key) == (second_url, second_key)
+    third_name = third_url.removeprefix("http://").replace(":", "-")
+    if third_name == host_port:  # the same port again: a numbered name, still no overwrite
+        third_name += "-2"
+    third = read_profile(third_name, credentials)
+    assert third is not None and third.api_key == third_key

@@ -96,6 +96,7 @@ class BackendStatus:
     reason: str | None = None  # words for the history ("exit code 3 on worker 1")
     started_at: float | None = None  # UNIX seconds
     ended_at: float | None = None
+    never_started: bool = False  # it ended without its command ever running (could not start)
 
 
 @dataclass(frozen=True)

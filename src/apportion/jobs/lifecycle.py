@@ -345,6 +345,7 @@ class JobLifecycle:
         if (
             status.state in (BackendState.RUNNING, *_END_STATES)
             and job.status is JobStatus.SCHEDULED
+            and not status.never_started  # it could not start: scheduled → failed, no start
         ):
             await self._started(job, status)
         if status.state.finished:
@@ -361,7 +362,10 @@ class JobLifecycle:
             )
 
     async def _started(self, job: Job, status: BackendStatus) -> None:
-        job.start_time = status.started_at or time.time()
+        started = status.started_at or time.time()
+        if status.ended_at is not None:  # seen only once it ended: it started no later
+            started = min(started, status.ended_at)
+        job.start_time = started
         await self._move(job, JobStatus.RUNNING, "started")
         await self._emit(
             "job_started",

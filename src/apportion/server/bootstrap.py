@@ -5,7 +5,8 @@ Called once by :meth:`apportion.app.Server.start` after the HTTP and WebSocket p
 (the credentials profile records both URLs). With auth off nothing happens; an operator's key is
 stored (idempotently) under the admin scope; otherwise, if no admin key exists yet, one is
 created, shown once on stderr and — unless ``write_credentials`` is off — saved to the
-credentials file (mode 0600) as profile ``default``.
+credentials file (mode 0600) as profile ``default``, or, when the file has that profile already
+(another server's), as a new profile named after this server's address — never replacing one.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 
 from apportion.config import Settings
 from apportion.server.auth import Scope
-from apportion.server.credentials import Profile, default_credentials_path, write_profile
+from apportion.server.credentials import Profile, add_profile, default_credentials_path
 from apportion.server.keys import KeyStore
 
 
@@ -40,13 +41,16 @@ async def ensure_admin_key(
         return None
     issued = await keys.create("bootstrap admin", Scope.ADMIN)
     path = None
+    saved = ""
     if settings.write_credentials:
         target = settings.credentials_file or default_credentials_path()
         profile = Profile(url=url, ws_url=ws_url, api_key=issued.secret)
-        path = str(write_profile("default", profile, target))
+        name, written = add_profile(profile, target)
+        path = str(written)
+        use = "" if name == "default" else f"; use it with `apportion --profile {name} …`"
+        saved = f"\napportion: saved to {path} (profile '{name}', mode 0600){use}"
     print(
-        f"apportion: generated the first admin key (shown once): {issued.secret}"
-        + (f"\napportion: saved to {path} (profile 'default', mode 0600)" if path else ""),
+        f"apportion: generated the first admin key (shown once): {issued.secret}{saved}",
         file=sys.stderr,
     )
     return BootstrapKey(issued.secret, path)

@@ -7,8 +7,9 @@
     ws_url = ws://127.0.0.1:8765
     api_key = apn_…
 
-``apportion serve`` writes the ``[default]`` profile when it generates the first admin key;
-the CLI and the Python client read it. Rescale's own names (``apibaseurl``, ``apikey``) are
+``apportion serve`` adds a profile when it generates the first admin key — ``[default]`` if the
+file has none, else one named after the server's address (``[127.0.0.1-8081]``), never
+replacing a profile that exists (:func:`add_profile`); the CLI and the Python client read it. Rescale's own names (``apibaseurl``, ``apikey``) are
 read as ``url`` and ``api_key`` when ours are absent. The file is written atomically with
 mode 0600 in a 0700 directory, and a rewrite replaces only its own profile's section: other
 sections, comments included, are kept byte for byte.
@@ -161,6 +162,24 @@ def write_profile(name: str, profile: Profile, path: Path | None = None) -> Path
         raise
     _fsync_dir(target.parent)
     return target
+
+
+def add_profile(profile: Profile, path: Path | None = None) -> tuple[str, Path]:
+    """Store ``profile`` under a name the file does not use yet and return ``(name, path)``:
+    ``default``, else ``<host>-<port>`` of ``profile.url``, else that with ``-2``, ``-3``, …
+    (``apportion serve`` on a first start: a second server never takes the first one's
+    profile, and its key is not lost)."""
+    target = path or default_credentials_path()
+    try:
+        text = target.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        text = ""
+    taken = {m.group(1).strip() for m in map(_HEADER.match, text.splitlines()) if m}
+    address = re.sub(r"[^A-Za-z0-9_.@-]+", "-", re.sub(r"^[a-z]+://", "", profile.url or ""))
+    stem = address.strip("-")[:56] or "server"
+    candidates = ["default", stem, *(f"{stem}-{n}" for n in range(2, 10_000))]
+    name = next(c for c in candidates if c not in taken)
+    return name, write_profile(name, profile, target)
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -73,4 +73,5 @@ def job_status(
         reason=primary.failure,
         started_at=started_at,
         ended_at=ended_at,
+        never_started=started_at is None,  # no worker's command ever ran
     )
