@@ -109,3 +109,33 @@ async def test_sigkill_while_a_job_runs_is_adopted_after_restart(
         record = await wait_for(live, job_id, "completed", "failed")
     assert record["status"] == "completed" and record["return_code"] == 0
     assert marker.read_text() == "ran\n"
+
+
+async def test_a_crash_between_a_jobs_end_and_its_release_leaves_no_hold(
+    tmp_path: Path, job_tmp: Path
+) -> None:
+    # before, the hold stayed active after the restart with its 10-year lease: its GPUs were
+    # lost to every later job and allocation (issue 21, item 11)
+    data, marker = tmp_path / "data", job_tmp / "ran.txt"
+    async with running_server(data) as live:
+        await live.load_demo_fleet()
+    process, url = await start_crashing_server(data, "after_end")
+    try:
+        headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        async with aiohttp.ClientSession(headers=headers) as http:
+            body = {"config": {"command": marker_command(marker), "resources": {"gpus": 2}}}
+            async with http.post(f"{url}/jobs/submit", json=body) as response:
+                job_id = (await response.json())["job_id"]
+        assert await asyncio.wait_for(process.wait(), 30) == -9  # killed after the end's commit
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    async with running_server(data) as live:
+        record = await wait_for(live, job_id, "completed", "failed")
+        assert record["status"] == "completed", record
+        context = live.server.context
+        assert context is not None
+        assert context.holds.active() == []
+        assert not context.registry.fleet.held.any()
+    assert marker.read_text() == "ran\n"

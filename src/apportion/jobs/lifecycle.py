@@ -45,7 +45,7 @@ from apportion.engine.decisions import Decision, Unplaceable
 from apportion.errors import ApportionError, Conflict, UnknownAllocation
 from apportion.event_sink import EventSink
 from apportion.jobs.admission import Blocked, Reason, waiting_order
-from apportion.jobs.driver import BackendDriver, SubmitFailed
+from apportion.jobs.driver import BackendDriver, SubmitFailed, crash_point
 from apportion.jobs.models import JobConfig, JobStatus
 from apportion.jobs.records import Job, JobBook
 from apportion.ownership import Owner
@@ -292,7 +292,23 @@ class JobLifecycle:
             await self._stop_dispatched(job)
 
     async def reconcile(self) -> None:
-        """At start: adopt what reached the backend, dispatch again what did not."""
+        """At start: give back the GPUs of job holds whose job no longer holds them (it ended,
+        or was deleted, or its admission was not recorded, before a crash let the release or
+        the record be written); then adopt what reached the backend and dispatch again what
+        did not."""
+        for hold in self._holds.active():
+            if hold.kind != "job":
+                continue
+            job = self._book.jobs.get(hold.request_id or "")
+            if job is None or not job.status.active or job.allocation_id != hold.allocation_id:
+                log.warning(
+                    "releasing hold %s of job %s: the job %s; its release was cut short",
+                    hold.allocation_id,
+                    hold.request_id,
+                    "is gone" if job is None else f"is {job.status.value}",
+                )
+                with contextlib.suppress(UnknownAllocation):
+                    await self._holds.release(hold.allocation_id)
         for job in list(self._book.jobs.values()):
             if not job.status.active or job.scheduler_job_id is not None:
                 continue
@@ -423,6 +439,7 @@ class JobLifecycle:
             job.failed_reason = reason
         job.reason_code = job.reason = None
         await self._move(job, status, reason)
+        crash_point("after_end")  # the end is durable, the release not yet: reconcile frees it
         await self._release(job)
         self.renumber()
         await self._emit(
