@@ -253,6 +253,34 @@ async def test_huge_output_is_refused_and_the_next_call_succeeds() -> None:
         await sandbox.close()
 
 
+async def test_answers_and_contexts_over_their_limits_are_refused_before_they_are_read() -> None:
+    # before, a 60 MB answer was parsed before it was validated (the server grew to 1.9 GB and
+    # its loop stalled 2.1 s) and a 15 MB context was stored and re-sent with every call
+    limits = SandboxLimits(max_answer_bytes=2**16, max_context_bytes=2**12, timeout_seconds=5.0)
+    sandbox = SandboxPool(code_roots=(POLICIES,), size=1, limits=limits)
+    try:
+        with pytest.raises(PolicyError) as caught:
+            await sandbox.evaluate(misbehave("huge", size=2**17), Services())
+        assert "its answer is" in caught.value.message
+        assert f"over the limit of {2**16} bytes" in caught.value.message
+        assert "policy_answer_max_bytes" in caught.value.message
+        with pytest.raises(PolicyError) as caught:
+            await sandbox.evaluate(misbehave("big_context", size=2**13), Services())
+        assert "its context is" in caught.value.message and "policy_context_max_bytes" in (
+            caught.value.message
+        )
+        # a policy that takes over its worker, whose answer then claims 60 MB: refused at the
+        # frame's header (not read, not parsed, no timeout), and the worker is replaced
+        pid = await worker_pid(sandbox)
+        with pytest.raises(PolicyError) as caught:  # not PolicyTimeout: it was not waited for
+            await sandbox.evaluate(misbehave("forge_frame", claimed=60 * 2**20), Services())
+        assert f"a frame of {60 * 2**20} bytes is over the limit" in caught.value.message
+        assert await worker_pid(sandbox) != pid
+        assert (await sandbox.evaluate(misbehave(None), Services())).output["mode"] is None
+    finally:
+        await sandbox.close()
+
+
 async def test_output_that_is_not_json_is_a_policy_error(pool: SandboxPool) -> None:
     with pytest.raises(PolicyError) as caught:
         await pool.evaluate(misbehave("nonjson"), Services())

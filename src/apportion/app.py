@@ -149,7 +149,10 @@ class Server:
         sandbox = SandboxPool(
             size=settings.sandbox_workers,
             limits=SandboxLimits(
-                memory_mb=settings.sandbox_memory_mb, timeout_seconds=settings.policy_timeout
+                memory_mb=settings.sandbox_memory_mb,
+                timeout_seconds=settings.policy_timeout,
+                max_answer_bytes=settings.policy_answer_max_bytes,
+                max_context_bytes=settings.policy_context_max_bytes,
             ),
             code_roots=(settings.data_dir / "policies",),
             unsandboxed=settings.unsandboxed_policies,

@@ -83,6 +83,13 @@ class PolicyRuntime:
                 "keep only JSON values (dicts, lists, strings, numbers) in context",
                 details={"policy_rule_uri": uri},
             ) from None
+        limit = self._sandbox.limits.max_context_bytes
+        if len(raw) > limit:  # a worker enforces it too; this holds if the policy broke its worker
+            raise PolicyError(
+                f"policy {uri} left a context of {len(raw)} bytes, over the limit of {limit}"
+                " bytes (the server's policy_context_max_bytes); it was not stored",
+                details={"policy_rule_uri": uri, "bytes": len(raw), "limit": limit},
+            )
         self._contexts[uri] = context
         if raw == self._context_json.get(uri):
             return

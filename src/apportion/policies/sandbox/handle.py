@@ -109,6 +109,8 @@ class WorkerHandle:
         argv = [sys.executable, "-I", "-B", "-m", WORKER_MODULE]
         argv += ["--memory-mb", str(limits.memory_mb), "--cpu-seconds", str(limits.cpu_seconds)]
         argv += ["--max-message-bytes", str(limits.max_message_bytes)]
+        argv += ["--max-answer-bytes", str(limits.max_answer_bytes)]
+        argv += ["--max-context-bytes", str(limits.max_context_bytes)]
         env = dict(_ENV, HOME=self.cwd, TMPDIR=self.cwd)
         self.cgroups: WorkerCgroups | None = None
         if jail is not None:  # the worker's cwd is the jail's private tmpfs, not self.cwd
@@ -193,8 +195,8 @@ class WorkerHandle:
         while True:
             if len(self.buffer) >= HEADER.size:
                 (size,) = HEADER.unpack_from(self.buffer)
-                if size > self.limits.max_message_bytes:
-                    limit = self.limits.max_message_bytes
+                if size > self.limits.max_reply_frame:  # refused before it is read or parsed
+                    limit = self.limits.max_reply_frame
                     raise WorkerGarbled(f"a frame of {size} bytes is over the limit of {limit}")
                 end = HEADER.size + size
                 if len(self.buffer) >= end:

@@ -55,15 +55,25 @@ class SandboxServices(Protocol):
 @dataclass(frozen=True)
 class SandboxLimits:
     """Per-worker limits: address space per process, CPU seconds per worker life, wall clock per
-    call, the largest frame; jailed workers also: the private tmpfs (MB) and the process cap
-    (RLIMIT_NPROC of the sandbox user, all jailed workers together)."""
+    call, the largest input frame, the largest answer (a policy's output) and the largest
+    context a policy may leave; jailed workers also: the private tmpfs (MB) and the process cap
+    (the worker's own ``pids`` cgroup; without cgroups, RLIMIT_NPROC of the sandbox user)."""
 
     memory_mb: int = 1024
     cpu_seconds: int = 60
     timeout_seconds: float = 10.0
     max_message_bytes: int = 64 * 2**20
+    max_answer_bytes: int = 2**20
+    max_context_bytes: int = 256 * 2**10
     tmp_mb: int = 64
     max_processes: int = 32
+
+    @property
+    def max_reply_frame(self) -> int:
+        """The largest frame a worker may send: an answer and a context at their limits, with
+        room for the frame's own fields (an error's traceback). A bigger one is refused at its
+        header, before a byte of it is read."""
+        return self.max_answer_bytes + self.max_context_bytes + 64 * 2**10
 
 
 @dataclass(frozen=True)

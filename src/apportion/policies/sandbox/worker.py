@@ -1,7 +1,7 @@
 """The sandbox worker process: evaluates untrusted seed-format policies (run by ``sandbox.py``).
 
 Started as ``python -I -B -m apportion.policies.sandbox.worker --memory-mb N --cpu-seconds N
---max-message-bytes N`` with a clean environment. In a jail (``jail.py``) it also gets ``--uid``,
+--max-message-bytes N --max-answer-bytes N --max-context-bytes N`` with a clean environment. In a jail (``jail.py``) it also gets ``--uid``,
 ``--gid``, ``--max-processes`` and ``--join-cgroups``: still root (holding only CAP_SETUID and
 CAP_SETGID), it enters its own cgroups, then drops to the sandbox user for good. Before any
 policy code is loaded it sets resource limits (address space, CPU seconds, open files, file
@@ -282,15 +282,29 @@ def others_alive() -> bool:
     return any(name.isdigit() and int(name) not in (1, me) for name in os.listdir("/proc"))
 
 
-def _frame(answer: dict[str, Any], max_bytes: int) -> bytes:
+def _frame(answer: dict[str, Any], max_answer: int, max_context: int) -> bytes:
+    """The answer as a frame; a ``size`` error instead when its output is over ``max_answer``
+    bytes or its context over ``max_context`` (the parent refuses a larger frame unread)."""
     answer["cpu"] = time.process_time()
     try:
+        sizes: dict[str, int] = {
+            part: len(encode(answer[part]))
+            for part in ("output", "context")
+            if answer.get("op") == "result" and part in answer
+        }
         data = encode(answer)
     except (TypeError, ValueError, RecursionError, MemoryError) as exc:
-        data = encode(_error(answer.get("id"), "serialize", exc) | {"cpu": answer["cpu"]})
-    if len(data) - HEADER.size > max_bytes:
-        too_big = ValueError(f"the answer is {len(data)} bytes, over the limit of {max_bytes}")
-        data = encode(_error(answer.get("id"), "size", too_big) | {"cpu": answer["cpu"]})
+        return encode(_error(answer.get("id"), "serialize", exc) | {"cpu": answer["cpu"]})
+    for part, limit, setting in (
+        ("output", max_answer, "policy_answer_max_bytes"),
+        ("context", max_context, "policy_context_max_bytes"),
+    ):
+        if sizes.get(part, 0) > limit:
+            too_big = ValueError(
+                f"its {'answer' if part == 'output' else 'context'} is {sizes[part]} bytes,"
+                f" over the limit of {limit} bytes (the server's {setting})"
+            )
+            return encode(_error(answer.get("id"), "size", too_big) | {"cpu": answer["cpu"]})
     return data
 
 
@@ -311,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-mb", type=int, default=1024)
     parser.add_argument("--cpu-seconds", type=int, default=60)
     parser.add_argument("--max-message-bytes", type=int, default=64 * 2**20)
+    parser.add_argument("--max-answer-bytes", type=int, default=2**20)
+    parser.add_argument("--max-context-bytes", type=int, default=256 * 2**10)
     parser.add_argument("--uid", type=int, help="jailed: the sandbox user to become")
     parser.add_argument("--gid", type=int, help="jailed: the sandbox group to become")
     parser.add_argument("--max-processes", type=int, help="jailed: RLIMIT_NPROC")
@@ -338,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         if jailed and others_alive():
             answer["spawned"] = True
         with channel.lock:
-            write_all(proto_out, _frame(answer, args.max_message_bytes))
+            write_all(proto_out, _frame(answer, args.max_answer_bytes, args.max_context_bytes))
 
 
 if __name__ == "__main__":

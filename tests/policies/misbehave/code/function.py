@@ -57,6 +57,16 @@ class AIOSv1PolicyRule:
                 pass
         if mode == "huge":
             return {"blob": "x" * parameters["size"]}
+        if mode == "big_context":
+            context["blob"] = "x" * parameters["size"]
+            return {"worker": WORKER, "mode": mode}
+        if mode == "forge_frame":  # take over the worker: its next frame claims a huge size
+            import sys
+
+            worker = sys.modules["__main__"]
+            claimed = parameters["claimed"]
+            worker._frame = lambda answer, *limits: worker.HEADER.pack(claimed) + b"{}"
+            return {"worker": WORKER, "mode": mode}
         if mode == "nonjson":
             return {"value": object()}
         if mode == "env":
