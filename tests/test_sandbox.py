@@ -281,6 +281,25 @@ async def test_answers_and_contexts_over_their_limits_are_refused_before_they_ar
         await sandbox.close()
 
 
+@pytest.mark.parametrize("hide", [False, True], ids=["seen-by-the-worker", "hidden-from-it"])
+async def test_a_thread_left_running_costs_the_worker(hide: bool) -> None:
+    # before, three threads started in one call kept a core busy after the answer until
+    # RLIMIT_CPU killed the worker, and the next caller got an error (issue 21, item 3). A
+    # policy that also patches the worker's own check is caught by the task count of the
+    # worker's pids cgroup, read from the server.
+    sandbox = SandboxPool(code_roots=(POLICIES,), size=1, limits=SandboxLimits())
+    try:
+        pid = await worker_pid(sandbox)
+        jail = sandbox.jail
+        if hide and (jail is None or not jail.cgroups):
+            pytest.skip("no per-worker cgroups here: only the worker's own check can see it")
+        await sandbox.evaluate(misbehave("threads", seconds=30, hide=hide), Services())
+        assert await worker_pid(sandbox) != pid  # replaced after the call, threads and all
+        assert not psutil.pid_exists(pid)
+    finally:
+        await sandbox.close()
+
+
 async def test_output_that_is_not_json_is_a_policy_error(pool: SandboxPool) -> None:
     with pytest.raises(PolicyError) as caught:
         await pool.evaluate(misbehave("nonjson"), Services())

@@ -115,10 +115,11 @@ class WorkerHandle:
         self.cgroups: WorkerCgroups | None = None
         if jail is not None:  # the worker's cwd is the jail's private tmpfs, not self.cwd
             argv += ["--uid", str(jail.uid), "--gid", str(jail.gid)]
-            argv += ["--max-processes", str(limits.max_processes)]
-            if jail.cgroups:
+            if jail.cgroups:  # the worker's own pids group caps its tree: no shared NPROC
                 self.cgroups = WorkerCgroups(limits.memory_mb * 2**20, limits.max_processes)
                 argv.append("--join-cgroups")
+            else:  # the last resort: RLIMIT_NPROC counts every process of the sandbox user
+                argv += ["--max-processes", str(limits.max_processes)]
             argv = jail.argv(argv, tmp_mb=limits.tmp_mb, cgroups=self.cgroups)
             env = dict(_ENV, HOME=JAIL_TMP, TMPDIR=JAIL_TMP)
         try:
@@ -157,6 +158,12 @@ class WorkerHandle:
         if not (isinstance(ready, dict) and ready.get("op") == "ready"):
             self.kill()
             raise Internal(f"a sandbox worker sent {ready!r} instead of ready")
+
+    def left_running(self) -> bool:
+        """Whether the worker's ``pids`` group holds more than the worker's one task after an
+        answer: a thread or process of the call still runs (the worker cannot hide it from
+        here). False without cgroups (the worker's own check is what there is)."""
+        return self.cgroups is not None and self.cgroups.tasks() > 1
 
     def _drain(self) -> None:
         """Copy the worker's stderr to the log, line by line, cutting long lines."""

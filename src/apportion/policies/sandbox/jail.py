@@ -81,6 +81,13 @@ class WorkerCgroups:
             swap.write_text(str(memory_bytes))
         (self.pids / "pids.max").write_text(str(max_processes))
 
+    def tasks(self) -> int:
+        """How many tasks (processes and threads) are in the worker's ``pids`` group now."""
+        try:
+            return int((self.pids / "pids.current").read_text())
+        except (OSError, ValueError):
+            return 0
+
     def binds(self) -> list[str]:
         """The ``bwrap`` arguments that let the worker enter both groups."""
         return [

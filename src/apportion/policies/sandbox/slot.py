@@ -148,8 +148,8 @@ class Slot:
         elapsed_ms = (time.monotonic() - started) * 1000.0
         worn = worker.cpu > CPU_RECYCLE_FRACTION * self.limits.cpu_seconds
         # validate ran freshly uploaded top-level code: do not let it share a worker afterwards;
-        # a call that left a process behind ends with its worker's whole PID namespace
-        spawned = bool(answer.get("spawned"))
+        # a call that left a process or thread behind ends with its worker (and PID namespace)
+        spawned = bool(answer.get("spawned")) or worker.left_running()
         if worn or spawned or answer.get("type") == "MemoryError" or request["op"] == "validate":
             self._replace(worker)
         return answer, elapsed_ms

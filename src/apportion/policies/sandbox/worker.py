@@ -1,14 +1,15 @@
 """The sandbox worker process: evaluates untrusted seed-format policies (run by ``sandbox.py``).
 
 Started as ``python -I -B -m apportion.policies.sandbox.worker --memory-mb N --cpu-seconds N
---max-message-bytes N --max-answer-bytes N --max-context-bytes N`` with a clean environment. In a jail (``jail.py``) it also gets ``--uid``,
-``--gid``, ``--max-processes`` and ``--join-cgroups``: still root (holding only CAP_SETUID and
-CAP_SETGID), it enters its own cgroups, then drops to the sandbox user for good. Before any
-policy code is loaded it sets resource limits (address space, CPU seconds, open files, file
-size, no core dumps, and in a jail RLIMIT_NPROC), moves the protocol off stdin/stdout onto
-private descriptors and points fd 1 and ``sys.stdout`` at stderr, so a policy's ``print`` cannot
-corrupt the protocol. In a jail, an answer says ``"spawned": true`` when a process the policy
-started is still alive in the worker's PID namespace, and the parent then replaces the worker.
+--max-message-bytes N --max-answer-bytes N --max-context-bytes N`` with a clean environment.
+In a jail (``jail.py``) it also gets ``--uid``, ``--gid`` and ``--join-cgroups`` (or, without
+cgroups, ``--max-processes``): still root (holding only CAP_SETUID and CAP_SETGID), it enters
+its own cgroups, then drops to the sandbox user for good. Before any policy code is loaded it
+sets resource limits (address space, CPU seconds, open files, file size, no core dumps, and
+without cgroups RLIMIT_NPROC), moves the protocol off stdin/stdout onto private descriptors and
+points fd 1 and ``sys.stdout`` at stderr, so a policy's ``print`` cannot corrupt the protocol.
+An answer says ``"spawned": true`` when a thread the policy started, or in a jail a process, is
+still alive after the call, and the parent then replaces the worker.
 
 Unjailed (the ``unsandboxed_policies`` opt-in) ``RLIMIT_NPROC`` is not set: it would count every
 process of the server's user, so a limit low enough to matter would also stop the server.
@@ -274,12 +275,18 @@ def handle(policies: Policies, msg: dict[str, Any]) -> dict[str, Any]:
         return _error(msg_id, phase, exc)
 
 
-def others_alive() -> bool:
-    """Whether a process other than this one and the jail's init (PID 1) lives in this PID
-    namespace: a policy started one, so the parent replaces this worker after the call (and
-    with it the namespace and everything in it)."""
+def left_running(jailed: bool) -> bool:
+    """Whether anything the call started still runs: a thread of this process besides its own
+    (``/proc/self/task``), or, in a jail, a process other than this one and the jail's init
+    (PID 1) in this PID namespace. The parent then replaces this worker after the call (and
+    with it the namespace and everything in it). The parent also counts the worker's tasks in
+    its ``pids`` cgroup, which a policy that took over this process cannot hide."""
+    if len(os.listdir("/proc/self/task")) > 1:
+        return True
     me = os.getpid()
-    return any(name.isdigit() and int(name) not in (1, me) for name in os.listdir("/proc"))
+    return jailed and any(
+        name.isdigit() and int(name) not in (1, me) for name in os.listdir("/proc")
+    )
 
 
 def _frame(answer: dict[str, Any], max_answer: int, max_context: int) -> bytes:
@@ -351,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(Path.cwd(), ignore_errors=True)
             return 0
         answer = handle(policies, msg)
-        if jailed and others_alive():
+        if left_running(jailed):
             answer["spawned"] = True
         with channel.lock:
             write_all(proto_out, _frame(answer, args.max_answer_bytes, args.max_context_bytes))

@@ -60,6 +60,20 @@ class AIOSv1PolicyRule:
         if mode == "big_context":
             context["blob"] = "x" * parameters["size"]
             return {"worker": WORKER, "mode": mode}
+        if mode == "threads":  # threads that outlive the call, hidden from the worker if asked
+            import sys
+            import threading
+
+            def spin():
+                end = time.monotonic() + parameters["seconds"]
+                while time.monotonic() < end:
+                    time.sleep(0.01)
+
+            for _ in range(3):
+                threading.Thread(target=spin, daemon=True).start()
+            if parameters.get("hide"):
+                sys.modules["__main__"].left_running = lambda jailed: False
+            return {"worker": WORKER, "mode": mode}
         if mode == "forge_frame":  # take over the worker: its next frame claims a huge size
             import sys
 
