@@ -300,6 +300,54 @@ async def test_a_thread_left_running_costs_the_worker(hide: bool) -> None:
         await sandbox.close()
 
 
+def of(uri: str, mode: str | None, **parameters: Any) -> SandboxCall:
+    """A call of the misbehave code under the policy URI ``uri``."""
+    return SandboxCall(**{**misbehave(mode, **parameters).__dict__, "uri": uri})
+
+
+async def test_one_policy_never_shares_a_worker_with_another() -> None:
+    # before, every non-built-in policy ran in the same few workers: a policy called with a
+    # read key replaced the worker's handler and from then on read every other policy's
+    # inputs and rewrote their answers; its globals and /tmp files outlived its call
+    sandbox = SandboxPool(code_roots=(POLICIES,), size=1)  # one place: the policies alternate
+    try:
+        await sandbox.evaluate(of("mallory:1.0-x", "hijack", mark="mallory"), Services())
+        # what a policy can still see of its own earlier calls: its worker, as it left it
+        own = await sandbox.evaluate(of("mallory:1.0-x", "peek"), Services())
+        assert own.output == {"hijacked_by": "mallory", "saw": "mallory:1.0-x"}
+        # another policy gets a fresh worker: no handler, global or file of mallory's
+        alice = (await sandbox.evaluate(of("alice:1.0-x", "peek"), Services())).output
+        assert alice["mode"] == "peek" and alice["hijacked"] is None
+        assert not any(name.startswith("left-by-") for name in alice["files"]), alice
+        # and mallory, called again, starts over too: its worker was given to alice
+        again = (await sandbox.evaluate(of("mallory:1.0-x", "peek"), Services())).output
+        assert again["hijacked"] is None and again["worker"] != alice["worker"]
+    finally:
+        await sandbox.close()
+
+
+async def test_a_quick_policy_is_answered_while_two_slow_ones_run() -> None:
+    # before, two slow URIs (same code, two names) held both workers of a pool of two and a
+    # quick policy waited 9.8 s: the pool grows on demand, up to max_size
+    sandbox = SandboxPool(code_roots=(POLICIES,), size=2, max_size=4)
+    await sandbox.start()
+    try:
+        slow = [
+            asyncio.create_task(sandbox.evaluate(of(uri, "sleep", seconds=2), Services()))
+            for uri in ("slow-a:1.0-x", "slow-b:1.0-x", "slow-a:1.0-x", "slow-b:1.0-x")
+        ]
+        for _ in range(5):  # yield: every slow call asks for a place before the quick one
+            await asyncio.sleep(0)
+        quick = await sandbox.evaluate(of("quick:1.0-x", None), Services())
+        assert quick.output["mode"] is None
+        assert not any(task.done() for task in slow)  # answered while the slow ones ran
+        outputs = [(await task).output for task in slow]
+        assert len({out["worker"] for out in outputs}) >= 2
+        assert len(sandbox._slots) <= 4  # never past max_size
+    finally:
+        await sandbox.close()
+
+
 async def test_output_that_is_not_json_is_a_policy_error(pool: SandboxPool) -> None:
     with pytest.raises(PolicyError) as caught:
         await pool.evaluate(misbehave("nonjson"), Services())
@@ -355,8 +403,8 @@ async def test_unloadable_policy_is_a_policy_error(pool: SandboxPool) -> None:
 
 
 async def test_concurrent_evaluations_on_a_pool_of_two() -> None:
-    sandbox = SandboxPool(
-        code_roots=(POLICIES,), size=2, per_policy=2, limits=SandboxLimits(timeout_seconds=10.0)
+    sandbox = SandboxPool(  # room for a third: one policy leaves it to the others
+        code_roots=(POLICIES,), size=2, max_size=3, limits=SandboxLimits(timeout_seconds=10.0)
     )
     await sandbox.start()
     ticks: list[float] = []  # wall-clock times, comparable with the policy's time.time()
@@ -409,7 +457,7 @@ def gone(pid: int) -> bool:
 
 
 async def test_close_leaves_no_children() -> None:
-    sandbox = SandboxPool(code_roots=(POLICIES,), size=2)
+    sandbox = SandboxPool(code_roots=(POLICIES,), size=2, max_size=3)
     await sandbox.start()
     calls = [sandbox.evaluate(misbehave("sleep", seconds=0.3), Services()) for _ in range(2)]
     assert len({r.output["worker"] for r in await asyncio.gather(*calls)}) == 2
@@ -448,32 +496,34 @@ async def test_a_timeout_kills_the_policys_children_too() -> None:
         await sandbox.close()
 
 
-async def test_management_reaches_every_worker_of_the_pool() -> None:
-    sandbox = SandboxPool(code_roots=(POLICIES,), size=2)
+async def test_management_reaches_every_worker_of_the_policy() -> None:
+    sandbox = SandboxPool(code_roots=(POLICIES,), size=2, max_size=3)
     call = SandboxCall(
         uri="stateful:1.0-test",
         code_dir=POLICIES / "stateful",
         rule_id="r",
         settings={},
-        parameters={"threshold": 1},
+        parameters={"threshold": 1, "sleep": 0.3},
         input_data=None,
         context={},
     )
-    slow = SandboxCall(**{**call.__dict__, "parameters": {"threshold": 1, "sleep": 0.3}})
     try:
+        # two overlapping evaluations: the policy gets two workers
+        results = await asyncio.gather(*(sandbox.evaluate(call, Services()) for _ in range(2)))
+        assert len({r.output["worker"] for r in results}) == 2
         answer = await sandbox.management(call, "update_thresholds", {"threshold": 7})
         assert answer == {"status": "success", "threshold": 7}
-        # two overlapping evaluations land on the two different workers; both saw the update
+        # both of its workers saw the update
         results = await asyncio.gather(*(sandbox.evaluate(call, Services()) for _ in range(2)))
         assert len({r.output["worker"] for r in results}) == 2
         assert [r.output["threshold"] for r in results] == [7, 7]
-        # a management call waits for busy workers instead of skipping them
-        busy = asyncio.create_task(sandbox.evaluate(slow, Services()))
+        # a management call waits for a busy worker instead of skipping it
+        busy = asyncio.create_task(sandbox.evaluate(call, Services()))
         await asyncio.sleep(0.05)
-        await sandbox.management(slow, "update_thresholds", {"threshold": 9})
+        await sandbox.management(call, "update_thresholds", {"threshold": 9})
         assert busy.done()
-        assert (await busy).output["threshold"] == 1
-        assert (await sandbox.evaluate(slow, Services())).output["threshold"] == 9
+        assert (await busy).output["threshold"] == 7
+        assert (await sandbox.evaluate(call, Services())).output["threshold"] == 9
     finally:
         await sandbox.close()
 

@@ -148,6 +148,7 @@ class Server:
 
         sandbox = SandboxPool(
             size=settings.sandbox_workers,
+            max_size=max(settings.sandbox_workers, settings.sandbox_max_workers),
             limits=SandboxLimits(
                 memory_mb=settings.sandbox_memory_mb,
                 timeout_seconds=settings.policy_timeout,

@@ -60,7 +60,8 @@ class Settings(BaseSettings):
     rate_limit_per_second: float = Field(5000.0, gt=0)
     default_lease_seconds: float = Field(60.0, gt=0)
     max_lease_seconds: float = Field(7 * 86400.0, gt=0)
-    sandbox_workers: int = Field(2, ge=1, le=64)
+    sandbox_workers: int = Field(2, ge=1, le=64)  # started at start
+    sandbox_max_workers: int = Field(8, ge=1, le=256)  # when several policies' calls overlap
     policy_answer_max_bytes: int = Field(2**20, ge=1024)  # a sandboxed policy's output
     policy_context_max_bytes: int = Field(256 * 2**10, ge=1024)  # the context it may keep
     sandbox_memory_mb: int = Field(1024, ge=64)

@@ -22,8 +22,16 @@ from a snapshot). A timeout kills the worker (and its PID namespace) and raises
 the worker is reaped and replaced at once. A policy exception is a :class:`PolicyError` and the
 worker lives on. A call that leaves a process behind costs its worker: it is replaced after it.
 
-At most ``per_policy`` calls of one policy URI are in a worker at a time (default: all workers
-but one), so a slow policy cannot take every worker; its further calls wait for their turn.
+**One policy per worker.** A worker serves one policy URI for its whole life: a call of another
+policy gets another worker (a new one, up to ``max_size``; else an idle worker of another
+policy is replaced by a fresh one first). So a policy's globals, its patched worker and the
+files in its private ``/tmp`` are seen by later calls of that policy only, never by another's.
+
+**Fairness.** A call of a policy that has no call running may take any free place; a policy
+that already has one may take another only while a place stays free for the others, and at
+most ``per_policy`` at once. So one slow policy, or several, cannot keep a quick one waiting
+while the pool has room to grow; with ``max_size`` places, ``max_size - 1`` slow policies run
+while another is answered.
 """
 
 from __future__ import annotations
@@ -140,21 +148,26 @@ class SandboxPool:
         self,
         *,
         size: int = 2,
+        max_size: int | None = None,
         limits: SandboxLimits = SandboxLimits(),
         code_roots: tuple[Path, ...] = (),
         unsandboxed: bool = False,
         per_policy: int | None = None,
     ) -> None:
-        """``code_roots``: the directories that hold every policy's code (mounted read-only in
-        each jail). ``unsandboxed``: the operator's explicit opt-in to run workers without a
-        jail. ``per_policy``: calls of one URI in workers at once (default ``max(1, size-1)``).
-        Probes ``bwrap`` here (a fraction of a second) and logs what it found."""
-        if size < 1:
-            raise ValueError("a sandbox pool needs at least one worker")
+        """``size``: workers started by :meth:`start`; ``max_size``: how many there may be when
+        calls of several policies overlap (default ``size``). ``code_roots``: the directories
+        that hold every policy's code (mounted read-only in each jail). ``unsandboxed``: the
+        operator's explicit opt-in to run workers without a jail. ``per_policy``: calls of one
+        URI in workers at once (default ``max(1, max_size - 1)``). Probes ``bwrap`` here (a
+        fraction of a second) and logs what it found."""
+        max_size = size if max_size is None else max_size
+        if size < 1 or max_size < size:
+            raise ValueError("a sandbox pool needs at least one worker, and max_size >= size")
         if per_policy is not None and per_policy < 1:
             raise ValueError("per_policy must be at least 1")
         self.limits = limits
-        self.per_policy = per_policy or max(1, size - 1)
+        self.max_size = max_size
+        self.per_policy = per_policy or max(1, max_size - 1)
         self.jail: Jail | None = None
         self.refusal: str | None = None  # why every call is refused (no jail, no opt-in)
         if unsandboxed:
@@ -169,41 +182,88 @@ class SandboxPool:
                 self.refusal = str(exc)
                 logger.error("non-built-in policies will be refused: %s", exc)
         self._slots = [Slot(limits, self.jail) for _ in range(size)]
-        self._turns: dict[str, asyncio.Semaphore] = {}
-        self._idle: asyncio.Queue[Slot] | None = None
+        self._busy: set[Slot] = set()
+        self._releasing: set[asyncio.Future[None]] = set()  # release tasks under way
+        self._used: dict[Slot, int] = {}  # when each slot was last handed out (a counter)
+        self._handouts = 0
+        self._changed: asyncio.Condition | None = None
         self._closed = False
-        self._broadcast: asyncio.Lock | None = None
 
-    def _queue(self) -> asyncio.Queue[Slot]:
-        if self._idle is None:
-            self._idle = asyncio.Queue()
-            for slot in self._slots:
-                self._idle.put_nowait(slot)
-        return self._idle
+    def _condition(self) -> asyncio.Condition:
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+        return self._changed
 
     async def start(self) -> None:
-        """Spawn every worker now (in threads); raises Internal if one cannot start. Without
-        a jail and without the opt-in there is nothing to start."""
-        self._queue()
+        """Spawn ``size`` workers now (in threads; each is bound to the first policy it serves);
+        raises Internal if one cannot start. Without a jail and without the opt-in there is
+        nothing to start."""
         if self.refusal is not None:
             return
         await asyncio.gather(*(asyncio.to_thread(slot.warm) for slot in self._slots))
 
     async def close(self) -> None:
-        """Kill every worker's process group by PID and reap it; later calls raise RuntimeError."""
+        """Kill every worker's process group by PID and reap it; later calls raise RuntimeError
+        (and those waiting for a place)."""
         self._closed = True
-        await asyncio.gather(*(asyncio.to_thread(slot.stop) for slot in self._slots))
+        await asyncio.gather(*(asyncio.to_thread(slot.stop) for slot in list(self._slots)))
+        changed = self._condition()
+        async with changed:
+            changed.notify_all()
 
     async def _run(
         self, uri: str, request: dict[str, Any], services: SandboxServices | None
     ) -> tuple[dict[str, Any], float]:
         self._check(uri)
-        idle = self._queue()
-        async with self._turn(uri):
-            slot = await idle.get()
-            answer, elapsed_ms = await self._on(slot, uri, dict(request), services)
+        slot = await self._acquire(uri)
+        answer, elapsed_ms = await self._on(slot, uri, dict(request), services)
         _raise_for(uri, answer, self.limits.memory_mb)
         return answer, elapsed_ms
+
+    async def _acquire(self, uri: str, *, only: Slot | None = None) -> Slot:
+        """A place for a call of ``uri`` (``only``: that place, once it is free), marked busy;
+        waits while :meth:`_pick` finds none (the module docstring's rules)."""
+        changed = self._condition()
+        async with changed:
+            while True:
+                if self._closed:
+                    raise RuntimeError("the sandbox pool is closed")
+                slot = self._pick(uri) if only is None else (None if only in self._busy else only)
+                if slot is not None:
+                    slot.policy = uri  # bound now: the next pick sees it
+                    self._busy.add(slot)
+                    self._handouts += 1
+                    self._used[slot] = self._handouts
+                    return slot
+                await changed.wait()
+
+    def _pick(self, uri: str) -> Slot | None:
+        """The place a call of ``uri`` may take now, or None: its own idle worker; else an idle
+        place no policy has used (a worker started by :meth:`start`); else a new place (under
+        ``max_size``); else the idle place used longest ago (its worker is replaced before the
+        call)."""
+        running = sum(1 for slot in self._busy if slot.policy == uri)
+        free = len(self._slots) - len(self._busy) + (self.max_size - len(self._slots))
+        if running >= self.per_policy or (running and free <= 1):
+            return None
+        idle = [slot for slot in self._slots if slot not in self._busy]
+        own = [slot for slot in idle if slot.policy == uri]
+        if own:
+            return own[0]
+        unused = [slot for slot in idle if slot.policy is None]
+        if unused:
+            return unused[0]
+        if len(self._slots) < self.max_size:
+            slot = Slot(self.limits, self.jail)
+            self._slots.append(slot)
+            return slot
+        return min(idle, key=lambda slot: self._used.get(slot, 0)) if idle else None
+
+    async def _release(self, slot: Slot) -> None:
+        changed = self._condition()
+        async with changed:
+            self._busy.discard(slot)
+            changed.notify_all()
 
     def _check(self, uri: str) -> None:
         if self._closed:
@@ -215,25 +275,18 @@ class SandboxPool:
                 details={"policy_rule_uri": uri, "sandbox": "unavailable"},
             )
 
-    def _turn(self, uri: str) -> asyncio.Semaphore:
-        """The semaphore that admits ``per_policy`` calls of ``uri`` at a time."""
-        turn = self._turns.get(uri)
-        if turn is None:
-            turn = self._turns[uri] = asyncio.Semaphore(self.per_policy)
-        return turn
-
     def _on(
         self, slot: Slot, uri: str, request: dict[str, Any], services: SandboxServices | None
     ) -> asyncio.Future[tuple[dict[str, Any], float]]:
-        """Run on ``slot`` in a thread; the slot goes back to the idle queue only when that
-        thread is done, even if the awaiting task is cancelled meanwhile."""
-        idle = self._queue()
+        """Run on ``slot`` (acquired for ``uri``) in a thread; the slot is released only when
+        that thread is done, even if the awaiting task is cancelled meanwhile."""
         job = asyncio.ensure_future(asyncio.to_thread(slot.run, uri, request, services))
 
         def release(done: asyncio.Future[tuple[dict[str, Any], float]]) -> None:
             if not done.cancelled():
                 done.exception()  # mark retrieved; the awaiting task re-raises it
-            idle.put_nowait(slot)
+            self._releasing.add(task := asyncio.ensure_future(self._release(slot)))
+            task.add_done_callback(self._releasing.discard)
 
         job.add_done_callback(release)
         return asyncio.shield(job)
@@ -241,29 +294,17 @@ class SandboxPool:
     async def _run_everywhere(
         self, uri: str, request: dict[str, Any], services: SandboxServices | None
     ) -> dict[str, Any]:
-        """Run ``request`` on every worker (all of them, once each); return the first answer."""
+        """Run ``request`` on every worker of ``uri``, one after the other, each once it is
+        free (on one new worker when it has none); return the first answer."""
         self._check(uri)
-        if self._broadcast is None:
-            self._broadcast = asyncio.Lock()
-        idle = self._queue()
-        async with self._broadcast:  # two broadcasts never hold half the slots each
-            slots: list[Slot] = []
-            try:
-                while len(slots) < len(self._slots):
-                    slots.append(await idle.get())
-            except asyncio.CancelledError:
-                for slot in slots:
-                    idle.put_nowait(slot)
-                raise
-            jobs = [self._on(slot, uri, dict(request), services) for slot in slots]
-            outcomes = await asyncio.gather(*jobs, return_exceptions=True)
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
-            _raise_for(uri, outcome[0], self.limits.memory_mb)
-        first = outcomes[0]
-        assert not isinstance(first, BaseException)
-        return first[0]
+        targets: list[Slot | None] = [slot for slot in self._slots if slot.policy == uri]
+        answers = []
+        for only in targets or [None]:
+            slot = await self._acquire(uri, only=only)
+            answer, _ = await self._on(slot, uri, dict(request), services)
+            _raise_for(uri, answer, self.limits.memory_mb)
+            answers.append(answer)
+        return answers[0]
 
     async def evaluate(self, call: SandboxCall, services: SandboxServices) -> SandboxResult:
         """Run ``eval(parameters, input_data, context)`` of ``call``'s policy in a worker.

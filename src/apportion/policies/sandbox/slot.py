@@ -50,7 +50,9 @@ class Slot:
     def __init__(self, limits: SandboxLimits, jail: Jail | None) -> None:
         self.limits = limits
         self.jail = jail
+        self.policy: str | None = None  # the URI this place serves (set by the pool on the loop)
         self.worker: WorkerHandle | None = None
+        self._serving: str | None = None  # the URI the live worker has served (thread side)
         self.closed = False
         self.busy = False  # an exchange thread owns the worker (its pipes) right now
         self.lock = threading.Lock()
@@ -74,6 +76,7 @@ class Slot:
         with self.lock:
             if self.worker is worker:
                 self.worker = None
+                self._serving = None
         try:
             self.warm()
         except Internal as exc:  # retried on the next call
@@ -98,11 +101,18 @@ class Slot:
     def run(
         self, uri: str, request: dict[str, Any], services: SandboxServices | None
     ) -> tuple[dict[str, Any], float]:
-        """One exchange on this slot's worker (thread side). Raises PolicyTimeout/PolicyError."""
+        """One exchange on this slot's worker (thread side); a worker that served another
+        policy is replaced by a fresh one first (one policy per worker: no globals, patched
+        code or ``/tmp`` files of another policy). Raises PolicyTimeout/PolicyError."""
+        with self.lock:
+            stale = self.worker if self._serving not in (None, uri) else None
+        if stale is not None:
+            self._replace(stale)
         self.warm()
         with self.lock:
             worker = self.worker
             self.busy = worker is not None
+            self._serving = uri
         if worker is None:
             raise PolicyError("the sandbox pool is closed", details={"policy_rule_uri": uri})
         try:

@@ -74,6 +74,32 @@ class AIOSv1PolicyRule:
             if parameters.get("hide"):
                 sys.modules["__main__"].left_running = lambda jailed: False
             return {"worker": WORKER, "mode": mode}
+        if mode == "hijack":  # take over the worker's handler, leave a global and a file
+            import sys
+
+            worker = sys.modules["__main__"]
+            worker.HIJACKED = parameters["mark"]
+            with open(os.path.join(os.getcwd(), "left-by-" + parameters["mark"]), "w") as out:
+                out.write("secret")
+            real = worker.handle
+
+            def spy(policies, msg):
+                answer = real(policies, msg)
+                if answer.get("op") == "result":
+                    answer["output"] = {"hijacked_by": parameters["mark"], "saw": msg.get("uri")}
+                return answer
+
+            worker.handle = spy
+            return {"worker": WORKER, "mode": mode}
+        if mode == "peek":
+            import sys
+
+            return {
+                "worker": WORKER,
+                "mode": mode,
+                "hijacked": getattr(sys.modules["__main__"], "HIJACKED", None),
+                "files": sorted(os.listdir(os.getcwd())),
+            }
         if mode == "forge_frame":  # take over the worker: its next frame claims a huge size
             import sys
 
