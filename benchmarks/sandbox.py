@@ -1,4 +1,5 @@
-"""Sandboxed policy latency: the bwrap jail against unjailed workers, in the same run (issue 9).
+"""Sandboxed policy latency: the bwrap jail against unjailed workers, and the cost of one policy
+per worker, in the same run (issues 9 and 21).
 
     .venv/bin/python benchmarks/sandbox.py           # 500 calls per mode, 3 repetitions
     .venv/bin/python benchmarks/sandbox.py --quick   # 100 calls, one repetition
@@ -7,9 +8,12 @@ Both modes use one :class:`~apportion.policies.sandbox.pool.SandboxPool` worker 
 tiny seed-contract policy (it reads one cluster through the injected ``cluster_client``, so each
 call also makes one client round trip over the worker's pipe). *unjailed* is the worker as it
 was before the jail (``unsandboxed=True``: the server's user, a clean environment, rlimits);
-*jailed* is the default (``bwrap``, the sandbox user, its own cgroups). Reported: the time to
-start a worker (``start()``), and per-call latency of ``evaluate`` (median, p95, p99) after 20
-warm-up calls. Needs root, ``bwrap`` and the user ``apportion-sandbox`` (scripts/sandbox_up.sh).
+*jailed* is the default (``bwrap``, the sandbox user, its own cgroups). Then, jailed, two policies
+called in turn: with a worker each (``max_size=2``: the cost of one policy per worker is the
+second worker), and sharing one place (``max_size=1``: every call gets a fresh worker, the worst
+case of a full pool). Reported: the time to start a worker (``start()``), and per-call latency of
+``evaluate`` (median, p95, p99) after 20 warm-up calls. Needs root, ``bwrap`` and the user
+``apportion-sandbox`` (scripts/sandbox_up.sh).
 """
 
 from __future__ import annotations
@@ -52,19 +56,23 @@ class Services:
         return []
 
 
-async def measure(root: Path, *, jailed: bool, calls: int) -> tuple[float, list[float]]:
-    """Start a one-worker pool; answer its start time and ``calls`` latencies (ms)."""
-    pool = SandboxPool(size=1, code_roots=(root,), unsandboxed=not jailed)
+async def measure(
+    root: Path, *, jailed: bool, calls: int, policies: int = 1, max_size: int = 1
+) -> tuple[float, list[float]]:
+    """Start a pool of one worker (growing to ``max_size``); call ``policies`` policy URIs in
+    turn; answer the start time and ``calls`` latencies (ms)."""
+    pool = SandboxPool(size=1, max_size=max_size, code_roots=(root,), unsandboxed=not jailed)
     if jailed and pool.jail is None:
         sys.exit(f"no sandbox here: {pool.refusal}")
     started = time.perf_counter()
     await pool.start()
     start_ms = (time.perf_counter() - started) * 1000
-    call = SandboxCall("bench:1.0-x", root / "bench", "r", {}, {}, {"inputs": {}}, {})
+    uris = [f"bench-{n}:1.0-x" for n in range(policies)]
     services = Services()
     latencies = []
     try:
         for n in range(20 + calls):
+            call = SandboxCall(uris[n % policies], root / "bench", "r", {}, {}, {"inputs": {}}, {})
             before = time.perf_counter()
             await pool.evaluate(call, services)
             if n >= 20:
@@ -94,14 +102,21 @@ async def main() -> None:
         write_policy(root)
         print("| mode | worker start ms | median ms | p95 ms | p99 ms | calls |")
         print("|---|---|---|---|---|---|")
-        for jailed in (False, True):
+        modes = [
+            ("unjailed (before)", False, 1, 1),
+            ("jailed (bwrap)", True, 1, 1),
+            ("jailed, 2 policies in turn, a worker each", True, 2, 2),
+            ("jailed, 2 policies in turn, one place (a fresh worker per call)", True, 2, 1),
+        ]
+        for name, jailed, policies, max_size in modes:
             starts: list[float] = []
             latencies: list[float] = []
             for _ in range(repetitions):
-                start_ms, got = await measure(root, jailed=jailed, calls=calls)
+                start_ms, got = await measure(
+                    root, jailed=jailed, calls=calls, policies=policies, max_size=max_size
+                )
                 starts.append(start_ms)
                 latencies += got
-            name = "jailed (bwrap)" if jailed else "unjailed (before)"
             print(
                 f"| {name} | {statistics.median(starts):.0f} | {statistics.median(latencies):.2f}"
                 f" | {quantile(latencies, 0.95):.2f} | {quantile(latencies, 0.99):.2f}"
