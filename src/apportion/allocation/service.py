@@ -9,8 +9,6 @@ times its phases for the decision record.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +29,7 @@ from apportion.engine.decisions import (
 )
 from apportion.engine.requests import gang_items, parse_inputs
 from apportion.engine.validate import validate_placements
-from apportion.errors import ApportionError, InvalidRequest, NoFeasiblePlacement
+from apportion.errors import ApportionError, Conflict, InvalidRequest, NoFeasiblePlacement
 from apportion.event_sink import EventSink
 from apportion.ownership import Actor, Owner
 from apportion.policies.inputs import LazyClusterData
@@ -42,6 +40,7 @@ from apportion.policies.uri import PolicyURI
 from apportion.registry.service import Registry
 
 JOB_LEASE_SECONDS = 10 * 365 * 86400.0  # a job's hold lasts until the job ends and releases it
+RESERVE_ATTEMPTS = 3  # decisions of one request whose GPUs were held meanwhile, before Conflict
 
 Observer = Callable[[str, str, float], None]
 """``observe(policy_uri, outcome, seconds)`` after every allocation decision."""
@@ -113,7 +112,6 @@ class AllocationService:
         self._holds = holds
         self.default_lease_seconds = default_lease_seconds
         self.max_lease_seconds = max_lease_seconds
-        self._hold_lock = asyncio.Lock()
         self._candidates = CandidateFinder(registry, policies, runtime)
         self._observe = observe
         self._emit = emit
@@ -147,9 +145,10 @@ class AllocationService:
     async def _allocate(self, request: AllocationRequest, actor: Actor) -> Allocated:
         """:meth:`allocate` without the bookkeeping.
 
-        A request that holds (``adhoc: false``) evaluates and reserves under one lock, so two
-        holds never race for the same GPUs; the durable commit happens outside it, batched with
-        other holds. Adhoc requests never take the lock.
+        A request that holds (``adhoc: false``) decides over the fleet as it is, then reserves
+        the placement with :meth:`_reserve_decided` (see there: no lock is held while a policy
+        runs, and two holds never get the same GPU); the durable commit follows, batched with
+        other holds.
         """
         phases = Phases()
         entry = self._policies.get(str(PolicyURI.parse(request.policy_rule_uri)))
@@ -157,9 +156,8 @@ class AllocationService:
         candidates = await self._candidates.for_request(request)
         phases.mark("candidates")
         hold = None
-        # only a hold takes the lock: deciding and reserving must not interleave with another hold
-        guard = self._hold_lock if lease is not None else contextlib.nullcontext()
-        async with guard:
+        placed: Placed | None = None
+        for attempt in range(1, RESERVE_ATTEMPTS + 1):
             outcome, is_gang = await self._decide(
                 entry,
                 request.inputs,
@@ -171,21 +169,27 @@ class AllocationService:
             )
             if isinstance(outcome, Unplaceable):
                 raise outcome.error()
-            if lease is not None:
-                hold = self._holds.reserve(
-                    outcome.placements,
-                    lease_seconds=lease,
-                    owner=actor.owner,
-                    request_id=request.request_id,
-                    policy_uri=entry.uri,
-                )
+            placed = outcome
+            if lease is None:
+                break
+            hold = self._reserve_decided(
+                placed,
+                attempt,
+                lease_seconds=lease,
+                owner=actor.owner,
+                request_id=request.request_id,
+                policy_uri=entry.uri,
+            )
+            if hold is not None:
+                break
+        assert placed is not None  # a refusal raised; the last attempt reserved or raised
         if hold is not None:
             await self._holds.commit(hold)
             phases.mark("hold")
         decision = None
         if request.explain:
-            decision = Decision.of(entry.uri, len(candidates), phases.timings, outcome)
-        answer = Allocated(outcome.placements, is_gang, hold, decision)
+            decision = Decision.of(entry.uri, len(candidates), phases.timings, placed)
+        answer = Allocated(placed.placements, is_gang, hold, decision)
         if hold is not None and self._emit is not None:  # adhoc answers change nothing
             await self._emit(
                 "allocation_decided",
@@ -198,6 +202,40 @@ class AllocationService:
                 account=actor.account,
             )
         return answer
+
+    def _reserve_decided(
+        self,
+        outcome: Placed,
+        attempt: int,
+        *,
+        lease_seconds: float,
+        owner: Owner | None,
+        request_id: str | None,
+        policy_uri: str,
+        kind: str = "allocation",
+    ) -> Hold | None:
+        """Reserve a placement decided over an earlier view of the fleet; None when one of its
+        GPUs was held meanwhile and ``attempt`` may be retried (decide again over the fleet as
+        it is now), :class:`Conflict` on the last attempt.
+
+        Why no lock: a built-in decides without an ``await`` (the decision and this reserve run
+        in one step of the event loop, so nothing can come in between), and a sandboxed policy
+        must not hold every other hold and job placement while it runs. :meth:`HoldManager.reserve`
+        checks and marks the GPUs synchronously, so of two decisions that chose one GPU, the
+        second to reserve finds it held."""
+        try:
+            return self._holds.reserve(
+                outcome.placements,
+                lease_seconds=lease_seconds,
+                owner=owner,
+                request_id=request_id,
+                policy_uri=policy_uri,
+                kind=kind,
+            )
+        except Conflict:
+            if attempt >= RESERVE_ATTEMPTS:
+                raise
+            return None
 
     async def _decide(
         self,
@@ -280,26 +318,28 @@ class AllocationService:
         entry = self._policies.get(str(PolicyURI.parse(policy_uri, path="policy_rule_uri")))
         attempts = [candidates] + [[c] for c in sorted(candidates)]
         for index, attempt in enumerate(attempts):
-            phases = Phases()
-            async with self._hold_lock:
+            for tries in range(1, RESERVE_ATTEMPTS + 1):  # again when raced (_reserve_decided)
+                phases = Phases()
                 outcome, _ = await self._decide(
                     entry, inputs, parameters, {}, attempt, phases, require_free=True
                 )
                 if isinstance(outcome, Unplaceable):
                     if index == 0:
                         return outcome
-                    continue
+                    break
                 if len({p.cluster_id for p in outcome.placements}) > 1:
-                    continue
-                hold = self._holds.reserve(
-                    outcome.placements,
+                    break
+                hold = self._reserve_decided(
+                    outcome,
+                    tries,
                     lease_seconds=JOB_LEASE_SECONDS,
                     owner=owner,
                     request_id=job_id,
                     policy_uri=entry.uri,
                     kind="job",
                 )
-            return hold, Decision.of(entry.uri, len(attempt), phases.timings, outcome)
+                if hold is not None:
+                    return hold, Decision.of(entry.uri, len(attempt), phases.timings, outcome)
         return Unplaceable(
             message="no single cluster can take every worker of the job",
             details={"candidates": len(candidates)},
