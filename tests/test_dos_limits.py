@@ -22,7 +22,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import apportion.server.telemetry as telemetry_module
-from tests.conftest import Running, allocation, ask, running_server
+from tests.conftest import ADMIN_KEY, Running, allocation, ask, running_server
 
 GUARD_SECONDS = 30.0
 """A bound on waits that must end on their own: reaching it is the failure, never the pass."""
@@ -176,3 +176,59 @@ def test_accept_errors_are_logged_at_a_bounded_rate(caplog: pytest.LogCaptureFix
     assert len(lines) == 2, lines
     assert "Too many" in lines[0] and "999 more like this" in lines[1]
     assert others == [{"message": "something else"}]  # other errors go to the previous handler
+
+
+async def _send_slowly(writer: asyncio.StreamWriter, cut: asyncio.Task[bytes]) -> None:
+    """Trickle a body a byte every 0.05 s until the server has answered and closed (bounded)."""
+    for _byte in range(int(GUARD_SECONDS / 0.05)):
+        if cut.done():
+            return
+        try:
+            writer.write(b"x")
+            await writer.drain()
+        except ConnectionError:
+            return
+        await asyncio.sleep(0.05)
+
+
+async def test_a_trickled_body_is_cut_off_with_408(tmp_path: Path) -> None:
+    # before: 1,030 connections sending 100 KB bodies a byte every few seconds held the
+    # connection cap for 45 s; a body now has a deadline (its base plus its size at a rate)
+    async with running_server(
+        tmp_path / "data", body_timeout_seconds=0.5, body_min_bytes_per_second=1_000_000
+    ) as live:
+        reader, writer = await asyncio.open_connection("127.0.0.1", live.server.http_port)
+        head = (
+            "POST /clusters/query HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {ADMIN_KEY}\r\nContent-Type: application/json\r\n"
+            "Content-Length: 100000\r\n\r\n"
+        )
+        writer.write(head.encode())
+        cut = asyncio.create_task(_closed_by_server(reader))
+        try:
+            await _send_slowly(writer, cut)
+            answer = await cut
+        finally:
+            writer.close()
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+        assert b'"RequestTimeout"' in answer and b"did not arrive within" in answer
+
+
+async def test_a_refused_request_is_answered_without_waiting_for_its_body(
+    running: Running,
+) -> None:
+    # the public sign-in with no link outstanding, and a request with a wrong key: each is
+    # refused (and its connection closed) before a byte of its 100 KB body is read
+    for path, key in (("/auth/one-time", None), ("/clusters/query", "not-a-key-0123456789")):
+        reader, writer = await asyncio.open_connection("127.0.0.1", running.server.http_port)
+        auth = f"Authorization: Bearer {key}\r\n" if key else ""
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}"
+            "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+        )
+        writer.write(head.encode())
+        try:
+            answer = await _closed_by_server(reader)  # no body sent: a wait would hang here
+        finally:
+            writer.close()
+        assert answer.startswith(b"HTTP/1.1 401 "), (path, answer[:200])

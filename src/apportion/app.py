@@ -57,7 +57,7 @@ from apportion.server.bootstrap import BootstrapKey, ensure_admin_key
 from apportion.server.context import CONTEXT, ServerContext
 from apportion.server.credentials import default_credentials_path
 from apportion.server.events import EventLog, Retention
-from apportion.server.http_common import error_middleware
+from apportion.server.http_common import BODY_DEADLINE, BodyDeadline, error_middleware
 from apportion.server.keys import KeyStore
 from apportion.server.limits import ConnectionGate, accept_error_handler
 from apportion.server.routes_status import STATUS, StatusContext
@@ -276,6 +276,9 @@ class Server:
             client_max_size=max(settings.max_message_bytes, routes_policies.MAX_CODE_BYTES + 2**20),
         )
         app[CONTEXT] = context
+        app[BODY_DEADLINE] = BodyDeadline(
+            settings.body_timeout_seconds, settings.body_min_bytes_per_second
+        )
         app[STATUS] = status
         attach(status.sio, app)
         app.add_routes(routes_core.api.routes)
@@ -286,9 +289,14 @@ class Server:
         app.add_routes(dashboard.api.routes)
         self.http_app = app
         # keepalive_timeout: aiohttp closes a connection with no request under way this long
-        # after it connected or was last answered, so it also cuts a request head that trickles
+        # after it connected or was last answered, so it also cuts a request head that trickles.
+        # lingering_time 0: a request answered before its body was read to the end (a refusal,
+        # a 408) is closed after the answer instead of reading a slow client's rest for 10 s
         runner = web.AppRunner(
-            app, access_log=None, keepalive_timeout=settings.idle_timeout_seconds
+            app,
+            access_log=None,
+            keepalive_timeout=settings.idle_timeout_seconds,
+            lingering_time=0,
         )
         await runner.setup()
         self._stack.push_async_callback(runner.cleanup)

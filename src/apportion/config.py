@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     max_connections: int = Field(1024, ge=1, le=1_000_000)  # open connections per port
     header_timeout_seconds: float = Field(10.0, gt=0, le=3600)  # WebSocket handshake deadline
     idle_timeout_seconds: float = Field(15.0, gt=0, le=86400)  # HTTP: no request under way
+    body_timeout_seconds: float = Field(10.0, gt=0, le=3600)  # a request body, plus its size at
+    body_min_bytes_per_second: float = Field(64 * 1024, gt=0)  # this rate (docs/security.md)
     max_in_flight_per_connection: int = Field(64, ge=1)
     rate_limit_per_second: float = Field(5000.0, gt=0)
     default_lease_seconds: float = Field(60.0, gt=0)

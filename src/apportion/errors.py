@@ -36,6 +36,7 @@ class ErrorCode(StrEnum):
     UNKNOWN_ALLOCATION = "UnknownAllocation"
     MESSAGE_TOO_LARGE = "MessageTooLarge"
     RATE_LIMITED = "RateLimited"
+    REQUEST_TIMEOUT = "RequestTimeout"
     INTERNAL = "Internal"
 
 
@@ -180,6 +181,13 @@ class MessageTooLarge(ApportionError):
 class RateLimited(ApportionError):
     code = ErrorCode.RATE_LIMITED
     http_status = 429
+
+
+class RequestTimeout(ApportionError):
+    """A request's body did not arrive in time (a slow client holding a connection)."""
+
+    code = ErrorCode.REQUEST_TIMEOUT
+    http_status = 408
 
 
 class Internal(ApportionError):

@@ -94,6 +94,12 @@ class OneTimeTokens:
             del self._expiry[match]
             return True
 
+    def outstanding(self) -> bool:
+        """Whether a token is live now (else every sign-in is refused, unread)."""
+        with self._lock:
+            self._purge()
+            return bool(self._expiry)
+
     def _purge(self) -> None:
         now = self._clock()
         for token in [t for t, expiry in self._expiry.items() if expiry <= now]:
@@ -108,6 +114,16 @@ def issue_one_time_link(base_url: str, tokens: OneTimeTokens = ONE_TIME_TOKENS) 
     """Called by ``serve`` at start (and by tests): ``http://host:port/#login=<token>``, a link
     that signs one browser in once within 10 minutes. Print it; never log it to a file."""
     return f"{base_url.rstrip('/')}/#login={tokens.issue()}"
+
+
+def _any_token_outstanding() -> None:
+    """Refuse a sign-in before its body is read when no token is live: the public route then
+    costs an anonymous client nothing to hold (a slow body would otherwise keep a connection)."""
+    if not ONE_TIME_TOKENS.outstanding():
+        raise Unauthorized(
+            "no sign-in link is outstanding (links work once, for 10 minutes); restart"
+            " `apportion serve` for a new one, or paste an API key"
+        )
 
 
 async def exchange_one_time_token(
@@ -196,6 +212,7 @@ async def static_file(request: web.Request) -> web.StreamResponse:
     response=IssuedKey,
     status=201,
     errors=(Unauthorized,),
+    before_body=lambda request: _any_token_outstanding(),
 )
 async def one_time_sign_in(request: web.Request) -> web.Response:
     """Exchange a one-time sign-in token for a new admin session key (shown once)."""

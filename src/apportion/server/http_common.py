@@ -2,14 +2,21 @@
 
 Scopes, query strings and declared bodies are checked by the route wrapper of
 :mod:`apportion.server.routing`; the error middleware answers every error with the status of
-its class (:attr:`~apportion.errors.ApportionError.http_status`)."""
+its class (:attr:`~apportion.errors.ApportionError.http_status`).
+
+A body must arrive in time (:class:`BodyDeadline`): a client that trickles it is answered 408
+``RequestTimeout`` and its connection closed, so slow bodies cannot hold the connection cap. An
+answer given before a request's body was read to its end (an error, a refusal) closes the
+connection instead of reading the rest (the app's runner has no lingering time)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -21,6 +28,7 @@ from apportion.errors import (
     MessageTooLarge,
     MethodNotAllowed,
     NotFound,
+    RequestTimeout,
     Unauthorized,
 )
 from apportion.server.context import CONTEXT, ServerContext
@@ -28,6 +36,7 @@ from apportion.server.context import CONTEXT, ServerContext
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+T = TypeVar("T")
 
 
 def ctx(request: web.Request) -> ServerContext:
@@ -47,10 +56,46 @@ def error_response(exc: ApportionError, request_id: str | None = None) -> web.Re
     return response
 
 
-async def json_body(request: web.Request, *, kind: type = dict) -> Any:
-    """The request's JSON body; :class:`InvalidJSON` / :class:`InvalidRequest` when unusable."""
+@dataclass(frozen=True)
+class BodyDeadline:
+    """How long a request body may take: ``base_seconds``, plus one second per
+    ``min_bytes_per_second`` of its declared length (of the largest body the app takes when it
+    declares none)."""
+
+    base_seconds: float = 10.0
+    min_bytes_per_second: float = 64 * 1024
+
+    def seconds_for(self, request: web.Request) -> float:
+        length = request.content_length
+        if length is None:
+            length = request.app._client_max_size
+        return self.base_seconds + length / self.min_bytes_per_second
+
+
+BODY_DEADLINE: web.AppKey[BodyDeadline] = web.AppKey("apportion_body_deadline", BodyDeadline)
+
+
+async def within_body_deadline(request: web.Request, read: Awaitable[T]) -> T:
+    """``await read`` (reading the request's body), but at most as long as the app's
+    :class:`BodyDeadline` allows; :class:`RequestTimeout` otherwise."""
+    deadline = request.app.get(BODY_DEADLINE, BodyDeadline())
+    seconds = deadline.seconds_for(request)
     try:
-        raw = await request.read()
+        async with asyncio.timeout(seconds):
+            return await read
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the request body did not arrive within {seconds:.0f} s; send it at once (at"
+            f" least {deadline.min_bytes_per_second / 1024:.0f} KiB/s)",
+            details={"seconds": round(seconds, 1)},
+        ) from None
+
+
+async def json_body(request: web.Request, *, kind: type = dict) -> Any:
+    """The request's JSON body, read within the body deadline; :class:`InvalidJSON` /
+    :class:`InvalidRequest` when unusable, :class:`RequestTimeout` when too slow."""
+    try:
+        raw = await within_body_deadline(request, request.read())
     except web.HTTPRequestEntityTooLarge:
         limit = request.app._client_max_size
         raise MessageTooLarge(

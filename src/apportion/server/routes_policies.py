@@ -29,7 +29,7 @@ from apportion.errors import (
 )
 from apportion.policies.uri import PolicyURI
 from apportion.server.auth import Scope
-from apportion.server.http_common import ctx, json_response, ok
+from apportion.server.http_common import ctx, json_response, ok, within_body_deadline
 from apportion.server.routes_status import STATUS
 from apportion.server.routing import ApiRoutes, body_of
 from apportion.server.schemas import Ack, DataAnswer, ManagementCall, PolicyUploadForm, StoredPolicy
@@ -54,7 +54,7 @@ async def _read_upload(request: web.Request) -> tuple[Any, bytes, str]:
             path="body",
         )
     try:
-        return await _read_parts(request)
+        return await within_body_deadline(request, _read_parts(request))
     except BadHttpMessage as exc:  # a malformed part header (a NUL, a bad line): the client's
         raise InvalidRequest(
             f"the multipart body is malformed ({exc.message}); send a form with parts "

@@ -90,6 +90,7 @@ class RouteSpec:
     success: Mapping[int, str]
     errors: tuple[type[ApportionError], ...]
     tag: str
+    before_body: Callable[[web.Request], None] | None = None
 
     @property
     def error_classes(self) -> tuple[type[ApportionError], ...]:
@@ -130,10 +131,13 @@ class ApiRoutes:
         status: int = 200,
         success: Mapping[int, str] | None = None,
         errors: tuple[type[ApportionError], ...] = (),
+        before_body: Callable[[web.Request], None] | None = None,
     ) -> Callable[[H], H]:
         """Declare a route (module level, at import). ``scope=None`` on a non-public route
         means any valid key; ``status`` is the success status unless ``success`` lists
-        several. Registers the checking wrapper in :attr:`routes` and returns the handler
+        several. ``before_body`` may refuse the request (raise) before its body is read: a
+        route that can tell it will refuse does not wait for a body (the connection is then
+        closed). Registers the checking wrapper in :attr:`routes` and returns the handler
         itself, unchanged."""
         if public and scope is not None:
             raise ValueError(f"{method} {path}: a public route needs no scope")
@@ -156,6 +160,7 @@ class ApiRoutes:
                 success=success or {status: "success"},
                 errors=errors,
                 tag=self.tag,
+                before_body=before_body,
             )
             self.specs.append(spec)
             checked = _checked(spec)
@@ -204,6 +209,8 @@ def _checked(spec: RouteSpec) -> Handler:
         if spec.scope is not None:
             require(principal_of(request), spec.scope)
         request[_QUERY] = parse_query(spec.query, request.query)
+        if spec.before_body is not None:
+            spec.before_body(request)
         if spec.body is not None:
             raw = await json_body(request)
             request[_RAW_BODY] = raw
