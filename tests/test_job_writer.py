@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy import Connection
@@ -15,6 +15,8 @@ from apportion.jobs.models import JobConfig, JobStatus
 from apportion.jobs.records import JobBook
 from apportion.ownership import Owner
 from apportion.store.db import Database
+from apportion.store.repos.holds import HoldChange, HoldRepo, HoldRow
+from apportion.store.repos.holds import write_changes as write_hold_changes
 
 T = TypeVar("T")
 OWNER = Owner("team-a", "alice", "k1")
@@ -161,3 +163,50 @@ async def test_the_history_waits_for_the_change_of_a_cancelled_caller(db: Databa
         await saving
     # the change is still pending or committed: either way the history includes it
     assert [e["status"] for e in await book.history(job.job_id)] == ["queued", "running"]
+
+
+async def test_a_jobs_end_and_the_release_of_its_hold_are_one_transaction(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # before, the end and the release were two commits of two writers: a crash between them
+    # left the hold for 10 years (issue 21, item 11)
+    book = JobBook(db)
+    job = await book.create(config("a"), 0, OWNER, "submitted")
+    await db.write_batch(
+        lambda conn: write_hold_changes(
+            conn,
+            [
+                HoldChange(
+                    "insert",
+                    "h1",
+                    HoldRow(
+                        "h1",
+                        "k1",
+                        job.job_id,
+                        "binpack:1.0-stable",
+                        "[]",
+                        0.0,
+                        9e9,
+                        "job",
+                        "team-a",
+                        "alice",
+                    ),
+                    gpus=(("c1", "n0", "0"),),
+                )
+            ],
+        )
+    )
+    commits: list[Callable[[Connection], Any]] = []
+    write_batch = db.write_batch
+
+    async def counting(fn: Callable[[Connection], T]) -> T:
+        commits.append(fn)
+        return await write_batch(fn)
+
+    monkeypatch.setattr(db, "write_batch", counting)
+    await book.save(job, status=JobStatus.COMPLETED, reason="exit 0", release_hold="h1")
+    assert len(commits) == 1  # the end and the release: one transaction
+    assert await HoldRepo(db).all() == []
+    fresh = JobBook(db)
+    await fresh.load()
+    assert fresh.get(job.job_id).status is JobStatus.COMPLETED

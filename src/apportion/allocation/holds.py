@@ -211,6 +211,14 @@ class HoldManager:
         hold.expires_at = expires_at
         return hold
 
+    def forget_released(self, allocation_id: str) -> None:
+        """Drop a hold whose rows another writer deleted (a job's end deletes its hold in the
+        job's own transaction) and give its GPUs back; nothing is written. An unknown id is
+        ignored (already released)."""
+        hold = self._holds.pop(allocation_id, None)
+        if hold is not None:
+            self._fleet.set_held(hold.gpu_keys, False)
+
     async def expire_due(self) -> list[Hold]:
         """Release every hold whose lease has ended; return them."""
         now = self._clock()

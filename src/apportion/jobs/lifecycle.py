@@ -133,11 +133,14 @@ class JobLifecycle:
             log.error("%s", error)
             raise error
 
-    async def _move(self, job: Job, target: JobStatus, reason: str) -> None:
+    async def _move(
+        self, job: Job, target: JobStatus, reason: str, *, release_hold: str | None = None
+    ) -> None:
         """Change ``job``'s status along :data:`TRANSITIONS` and commit it with its history
-        entry; :class:`IllegalTransition` (logged, nothing written) otherwise."""
+        entry (and the deletion of ``release_hold``'s rows); :class:`IllegalTransition`
+        (logged, nothing written) otherwise."""
         self._check(job, target)
-        await self._book.save(job, status=target, reason=reason)
+        await self._book.save(job, status=target, reason=reason, release_hold=release_hold)
 
     # ---------------------------------------------------------------- while it waits
     async def submit(self, config: JobConfig, priority: int, owner: Owner) -> Job:
@@ -438,9 +441,9 @@ class JobLifecycle:
         if status is JobStatus.FAILED:
             job.failed_reason = reason
         job.reason_code = job.reason = None
-        await self._move(job, status, reason)
-        crash_point("after_end")  # the end is durable, the release not yet: reconcile frees it
-        await self._release(job)
+        await self._move(job, status, reason, release_hold=job.allocation_id)  # one transaction
+        crash_point("after_end")  # end and release durable; the GPUs are still marked in memory
+        self._release(job)
         self.renumber()
         await self._emit(
             "job_completed",
@@ -460,13 +463,12 @@ class JobLifecycle:
             ended.set()
         self._wake()
 
-    async def _release(self, job: Job) -> None:
+    def _release(self, job: Job) -> None:
+        """Forget what an ended job held, in memory: its hold's rows went with its end."""
         self._driver.forget(job.job_id)
         self._poll_locks.pop(job.job_id, None)
-        if job.allocation_id is None:
-            return
-        with contextlib.suppress(UnknownAllocation):
-            await self._holds.release(job.allocation_id)
+        if job.allocation_id is not None:
+            self._holds.forget_released(job.allocation_id)
 
     async def until_ended(self, job: Job, *, within: float) -> bool:
         """Wait up to ``within`` seconds for ``job`` to end; whether it did."""

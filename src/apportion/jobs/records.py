@@ -245,9 +245,15 @@ class JobBook:
         return job
 
     async def save(
-        self, job: Job, *, status: JobStatus | None = None, reason: str | None = None
+        self,
+        job: Job,
+        *,
+        status: JobStatus | None = None,
+        reason: str | None = None,
+        release_hold: str | None = None,
     ) -> None:
-        """Write the job's fields; with ``status``, also change it and append to its history.
+        """Write the job's fields; with ``status``, also change it and append to its history;
+        with ``release_hold``, delete that hold's rows in the same transaction (a job's end).
         Returns once committed (group-committed with other jobs' changes,
         :mod:`apportion.jobs.writer`); a cancelled caller's change is still written."""
         now = time.time()
@@ -256,7 +262,8 @@ class JobBook:
         history = None
         if status is not None:
             history = StatusEntry(job.job_id, status.value, now, reason)
-        await self._writer.write(JobChange(job.row(), history))
+        released = () if release_hold is None else (release_hold,)
+        await self._writer.write(JobChange(job.row(), history, released_holds=released))
 
     async def close(self) -> None:
         """Wait for changes handed to the writer (call before the database closes)."""

@@ -63,11 +63,13 @@ class StatusEntry:
 @dataclass(frozen=True)
 class JobChange:
     """One change handed to the committer: the job's whole row as it was when the change was
-    made (``new``: its first row, an INSERT) and, for a status change, its history entry."""
+    made (``new``: its first row, an INSERT), for a status change its history entry, and the
+    holds its end releases (deleted in the same transaction as the end)."""
 
     row: JobRow
     history: StatusEntry | None = None
     new: bool = False
+    released_holds: tuple[str, ...] = ()
 
 
 def _values(row: JobRow) -> dict[str, Any]:
@@ -78,7 +80,8 @@ def write_changes(conn: Connection, changes: Sequence[JobChange]) -> list[None]:
     """Write a batch of job changes with the effect of writing them one by one: first rows are
     inserted first (a job's first change is awaited before its next is handed over), then the
     newest row of every other job wins (each row is the job's full state, taken in order), then
-    the history entries, in order."""
+    the history entries, in order, and the holds the changes release (a job's end and the
+    release of its GPUs are one transaction: no crash can leave one without the other)."""
     inserts = [_values(c.row) for c in changes if c.new]
     newest = {c.row.job_id: c.row for c in changes if not c.new}  # later rows win
     history = [
@@ -103,6 +106,11 @@ def write_changes(conn: Connection, changes: Sequence[JobChange]) -> list[None]:
         conn.execute(statement, params)
     if history:
         conn.execute(schema.job_statuses.insert(), history)
+    released = sorted({aid for c in changes for aid in c.released_holds})
+    if released:
+        gpus, holds = schema.hold_gpus, schema.holds
+        conn.execute(delete(gpus).where(gpus.c.allocation_id.in_(released)))
+        conn.execute(delete(holds).where(holds.c.allocation_id.in_(released)))
     return [None] * len(changes)
 
 
