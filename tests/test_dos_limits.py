@@ -135,16 +135,24 @@ async def test_connections_past_the_cap_are_refused_and_a_client_is_still_answer
     # before: 20,000 idle connections without a key exhausted the server's file descriptors
     await tight.load_demo_fleet()
     async with tight.ws() as ws:  # one of 3 on the WebSocket port, authenticated
-        async with tight.http.get(f"{tight.url}/healthz") as response:  # one of 3 on HTTP
-            assert response.status == 200
+        async with tight.http.get(f"{tight.url}/system/status") as response:  # one of 3 on HTTP
+            assert response.status == 200  # with the key: its connection keeps its place
         opened = []
-        for number in (tight.server.ws_port, tight.server.http_port):
-            for _index in range(2):  # fills the port up to its cap
-                opened.append(await asyncio.open_connection("127.0.0.1", number))
-            reader, writer = await asyncio.open_connection("127.0.0.1", number)
-            assert await _closed_by_server(reader) == b""  # the 4th: refused unread
-            writer.close()
-        assert tight.server.http_gate is not None and tight.server.http_gate.refused == 1
+        for _index in range(2):  # fills the WebSocket port up to its cap
+            opened.append(await asyncio.open_connection("127.0.0.1", tight.server.ws_port))
+        reader, writer = await asyncio.open_connection("127.0.0.1", tight.server.ws_port)
+        assert await _closed_by_server(reader) == b""  # the 4th: refused unread
+        writer.close()
+        # on the HTTP port a newcomer takes the place of the oldest connection that never
+        # authenticated: the anonymous ones cannot keep a client with a key out
+        anonymous = [
+            await asyncio.open_connection("127.0.0.1", tight.server.http_port) for _ in range(2)
+        ]
+        newcomer = await asyncio.open_connection("127.0.0.1", tight.server.http_port)
+        assert await _closed_by_server(anonymous[0][0]) == b""  # the oldest: closed unread
+        opened += [anonymous[1], newcomer]
+        gate = tight.server.http_gate
+        assert gate is not None and (gate.refused, gate.evicted) == (0, 1)
         answer = await ask(ws, allocation(request_id="still-answered"))
         assert answer["success"] is True and answer["request_id"] == "still-answered"
         async with tight.http.get(f"{tight.url}/system/status") as response:

@@ -59,7 +59,7 @@ from apportion.server.credentials import default_credentials_path
 from apportion.server.events import EventLog, Retention
 from apportion.server.http_common import BODY_DEADLINE, BodyDeadline, error_middleware
 from apportion.server.keys import KeyStore
-from apportion.server.limits import ConnectionGate, accept_error_handler
+from apportion.server.limits import HTTP_GATE, ConnectionGate, accept_error_handler
 from apportion.server.routes_status import STATUS, StatusContext
 from apportion.server.socketio_server import SocketIOBroadcaster, attach, create_socketio
 from apportion.server.telemetry import Telemetry
@@ -280,6 +280,8 @@ class Server:
             settings.body_timeout_seconds, settings.body_min_bytes_per_second
         )
         app[STATUS] = status
+        self.http_gate = ConnectionGate("HTTP", settings.max_connections)
+        app[HTTP_GATE] = self.http_gate
         attach(status.sio, app)
         app.add_routes(routes_core.api.routes)
         app.add_routes(routes_jobs.api.routes)
@@ -302,7 +304,6 @@ class Server:
         self._stack.push_async_callback(runner.cleanup)
         self._stack.push_async_callback(dashboard.disconnect_socketio_clients, status.sio)
         assert runner.server is not None
-        self.http_gate = ConnectionGate("HTTP", settings.max_connections)
         listener = await asyncio.get_running_loop().create_server(
             self.http_gate.wrap(runner.server), settings.host, settings.port
         )

@@ -19,6 +19,7 @@ from aiohttp.typedefs import Handler, Middleware
 from apportion import jsonutil
 from apportion.errors import ApportionError, Forbidden, Unauthorized
 from apportion.ownership import DEFAULT_ACCOUNT, Actor
+from apportion.server.limits import mark_authenticated
 
 if TYPE_CHECKING:
     from apportion.server.keys import KeyStore
@@ -219,6 +220,7 @@ def auth_middleware(
             try:
                 header = one_authorization(request.headers.getall("Authorization", []))
                 principal = await authenticate(keys, header)
+                mark_authenticated(request)  # its connection keeps its place (limits.py)
             except Unauthorized as exc:
                 return _error_response(exc)
         if principal is not None:

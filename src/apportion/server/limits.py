@@ -17,8 +17,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
+
+from aiohttp import web
 
 log = logging.getLogger(__name__)
 
@@ -61,19 +64,41 @@ class BoundedLog:
 
 class ConnectionGate:
     """The open connections of one port, at most ``limit``. ``name`` says which port in the
-    log ("HTTP", "WebSocket"). Used on the event loop only."""
+    log ("HTTP", "WebSocket"). Used on the event loop only.
+
+    A share of the cap for the clients that authenticate: connections admitted with their
+    transport (the HTTP port's) count as anonymous until :meth:`authenticated` says one made a
+    request with a valid key. When the cap is reached, a new connection closes the oldest
+    anonymous one instead of being refused: connections that hold the cap without ever
+    authenticating (a flood of slow requests) cannot keep a client with a key out. Only when
+    every open connection has authenticated is a new one refused."""
 
     def __init__(self, name: str, limit: int) -> None:
         self.name = name
         self.limit = limit
         self.open = 0
         self.refused = 0
+        self.evicted = 0
+        self._anonymous: OrderedDict[asyncio.Transport, None] = OrderedDict()
         self._log = BoundedLog(log)
+        self._evictions = BoundedLog(log)
 
-    def admit(self) -> bool:
+    def admit(self, transport: asyncio.Transport | None = None) -> bool:
         """Count a new connection in and return True, or return False (and count and log it,
-        at a bounded rate) when ``limit`` are open; the caller then closes it."""
-        if self.open >= self.limit:
+        at a bounded rate) when ``limit`` are open and none of them is an anonymous one to
+        close for it (see the class docstring); the caller then closes it."""
+        if self.open >= self.limit and transport is not None and self._anonymous:
+            oldest, _ = self._anonymous.popitem(last=False)
+            oldest.abort()  # its connection_lost counts it out
+            self.evicted += 1
+            self._evictions.warning(
+                "%s port: %d connections are open (max_connections); closed the oldest one"
+                " that never authenticated to let a new one in (%d so far)",
+                self.name,
+                self.open,
+                self.evicted,
+            )
+        elif self.open >= self.limit:
             self.refused += 1
             self._log.warning(
                 "%s port: %d connections are open (max_connections); refusing new ones "
@@ -84,11 +109,21 @@ class ConnectionGate:
             )
             return False
         self.open += 1
+        if transport is not None:
+            self._anonymous[transport] = None
         return True
 
-    def release(self) -> None:
+    def authenticated(self, transport: asyncio.Transport | None) -> None:
+        """The connection of ``transport`` made a request with a valid key: it is no longer
+        one to close for a newcomer."""
+        if transport is not None:
+            self._anonymous.pop(transport, None)
+
+    def release(self, transport: asyncio.Transport | None = None) -> None:
         """Count an admitted connection out (called once, when it is lost)."""
         self.open -= 1
+        if transport is not None:
+            self._anonymous.pop(transport, None)
 
     def wrap(self, factory: Callable[[], asyncio.BaseProtocol]) -> Callable[[], asyncio.Protocol]:
         """A protocol factory for ``loop.create_server`` whose connections pass this gate."""
@@ -103,18 +138,20 @@ class _GatedProtocol(asyncio.Protocol):
         self._inner: Any = inner  # an aiohttp RequestHandler: a stream protocol
         self._gate = gate
         self._admitted = False
+        self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._admitted = self._gate.admit()
+        assert isinstance(transport, asyncio.Transport)
+        self._admitted = self._gate.admit(transport)
         if not self._admitted:
-            assert isinstance(transport, asyncio.Transport)
             transport.abort()
             return
+        self._transport = transport
         self._inner.connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._admitted:
-            self._gate.release()
+            self._gate.release(self._transport)
             self._inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -134,6 +171,19 @@ class _GatedProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self._admitted:
             self._inner.resume_writing()
+
+
+HTTP_GATE: web.AppKey[ConnectionGate] = web.AppKey("apportion_http_gate", ConnectionGate)
+"""The HTTP port's gate, on its app: the auth middleware and Socket.IO's ``connect`` tell it
+which connections authenticated (:func:`mark_authenticated`)."""
+
+
+def mark_authenticated(request: web.Request) -> None:
+    """Tell the HTTP port's gate that ``request``'s connection authenticated (no-op on an app
+    without a gate, e.g. a test harness)."""
+    gate = request.app.get(HTTP_GATE)
+    if gate is not None:
+        gate.authenticated(request.transport)
 
 
 ACCEPT_ERROR_MESSAGE = "socket.accept() out of system resource"

@@ -27,6 +27,7 @@ from apportion.errors import ApportionError, InvalidRequest, Unauthorized
 from apportion.server.auth import ANONYMOUS_ADMIN, HOW_TO_AUTH, Principal, authenticate
 from apportion.server.events import EventLog, audience_of
 from apportion.server.keys import KeyStore
+from apportion.server.limits import mark_authenticated
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,9 @@ def create_socketio(
     async def connect(sid: str, environ: Mapping[str, Any], auth: Any = None) -> None:
         if auth_enabled:
             who = await _authenticate(keys, environ, auth)
+            request = environ.get("aiohttp.request")
+            if isinstance(request, web.Request):
+                mark_authenticated(request)  # its connection keeps its place (limits.py)
         else:
             who = ANONYMOUS_ADMIN
         await sio.save_session(sid, {"principal": who})
