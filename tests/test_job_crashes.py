@@ -6,6 +6,7 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -50,6 +51,26 @@ async def start_crashing_server(
     return process, url
 
 
+async def submit_until_the_crash(data: Path, crash_at: str, config: dict[str, Any]) -> str:
+    """Start a server over ``data`` that kills itself at ``crash_at``, submit a job of
+    ``config`` to it, wait for the SIGKILL; return the job's id."""
+    process, url = await start_crashing_server(data, crash_at)
+    try:
+        headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        async with (
+            aiohttp.ClientSession(headers=headers) as http,
+            http.post(f"{url}/jobs/submit", json={"config": config}) as response,
+        ):
+            assert response.status == 201
+            job_id: str = (await response.json())["job_id"]
+        assert await asyncio.wait_for(process.wait(), 30) == -9  # it killed itself there
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    return job_id
+
+
 @pytest.mark.parametrize("crash_at", ["before_submit", "after_submit"])
 async def test_sigkill_during_dispatch_runs_the_job_exactly_once(
     tmp_path: Path, job_tmp: Path, crash_at: str
@@ -57,20 +78,8 @@ async def test_sigkill_during_dispatch_runs_the_job_exactly_once(
     data, marker = tmp_path / "data", job_tmp / "ran.txt"
     async with running_server(data) as live:
         await live.load_demo_fleet()
-    process, url = await start_crashing_server(data, crash_at)
-    try:
-        headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
-        async with aiohttp.ClientSession(headers=headers) as http:
-            body = {"config": {"name": "once", "command": marker_command(marker)}}
-            async with http.post(f"{url}/jobs/submit", json=body) as response:
-                assert response.status == 201
-                job_id = (await response.json())["job_id"]
-        # the server kills itself at the crash point of the dispatch
-        assert await asyncio.wait_for(process.wait(), 30) == -9
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+    config = {"name": "once", "command": marker_command(marker)}
+    job_id = await submit_until_the_crash(data, crash_at, config)  # at the dispatch's crash point
     async with running_server(data) as live:
         record = await wait_for(live, job_id, "completed", "failed")
         assert record["status"] == "completed", record
@@ -119,18 +128,8 @@ async def test_a_crash_between_a_jobs_end_and_its_release_leaves_no_hold(
     data, marker = tmp_path / "data", job_tmp / "ran.txt"
     async with running_server(data) as live:
         await live.load_demo_fleet()
-    process, url = await start_crashing_server(data, "after_end")
-    try:
-        headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
-        async with aiohttp.ClientSession(headers=headers) as http:
-            body = {"config": {"command": marker_command(marker), "resources": {"gpus": 2}}}
-            async with http.post(f"{url}/jobs/submit", json=body) as response:
-                job_id = (await response.json())["job_id"]
-        assert await asyncio.wait_for(process.wait(), 30) == -9  # killed after the end's commit
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+    config = {"command": marker_command(marker), "resources": {"gpus": 2}}
+    job_id = await submit_until_the_crash(data, "after_end", config)  # after the end's commit
     async with running_server(data) as live:
         record = await wait_for(live, job_id, "completed", "failed")
         assert record["status"] == "completed", record
