@@ -230,6 +230,14 @@ class Server:
         )
         await self._ws.start(settings.host, settings.ws_port)
         self._stack.push_async_callback(self._ws.close)
+        missing = dashboard.missing_vendor_files()
+        if missing:  # a package built without them: say so now, not as a 500 at GET /
+            log.warning(
+                "the dashboard's browser files are missing (%s): %s/ answers a page saying so;"
+                " reinstall Apportion from a wheel built with Node.js and npm (setup.py)",
+                ", ".join(missing),
+                self.url,
+            )
 
         self.bootstrap_key = await ensure_admin_key(
             settings, keys, url=self.url, ws_url=self.ws_url
