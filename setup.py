@@ -43,8 +43,9 @@ class BuildPyWithDashboard(build_py):
                     " (web/package-lock.json): install them (Debian: apt-get install nodejs npm)"
                     " and build again"
                 )
-            subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=WEB, check=True)
-            subprocess.run([node, "copy-vendor.mjs"], cwd=WEB, check=True)
+            # fixed argv lists, no shell
+            subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=WEB, check=True)  # noqa: S603
+            subprocess.run([node, "copy-vendor.mjs"], cwd=WEB, check=True)  # noqa: S603
         super().run()
 
 

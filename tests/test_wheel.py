@@ -80,13 +80,19 @@ async def test_serve_from_the_installed_wheel_and_use_its_dashboard(
         "APPORTION_UNSANDBOXED_POLICIES": "false",
     }
     env.pop("PYTHONPATH", None)
-    server = subprocess.Popen(  # from the install, in a directory without the sources
-        [venv / "bin" / "apportion", "serve", "--port", str(port), "--ws-port", str(ws_port),
-         "--data-dir", tmp_path / "data"],  # fmt: skip
+    server = await asyncio.create_subprocess_exec(  # the install's, away from the sources
+        venv / "bin" / "apportion",
+        "serve",
+        "--port",
+        str(port),
+        "--ws-port",
+        str(ws_port),
+        "--data-dir",
+        tmp_path / "data",
         cwd=tmp_path,
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -98,8 +104,10 @@ async def test_serve_from_the_installed_wheel_and_use_its_dashboard(
                             break
                 except aiohttp.ClientConnectionError:
                     pass
-                assert server.poll() is None, server.stderr.read() if server.stderr else ""
+                assert server.returncode is None, "the server ended before it answered"
                 await asyncio.sleep(0.1)
+            else:
+                pytest.fail("the server installed from the wheel did not answer within 60 s")
             async with http.get(f"{url}/static/vendor/socket.io.min.js") as response:
                 assert response.status == 200
         async with chromium() as browser:
@@ -108,11 +116,10 @@ async def test_serve_from_the_installed_wheel_and_use_its_dashboard(
             assert "admin" in await page.locator("#whoami").inner_text()
             assert errors.errors == []
     finally:
-        server.terminate()
+        if server.returncode is None:
+            server.terminate()
         try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
+            await asyncio.wait_for(server.wait(), 30)
+        except TimeoutError:
             server.kill()
-            server.wait()
-        if server.stderr is not None:
-            server.stderr.close()
+            await server.wait()
