@@ -116,14 +116,20 @@ def issue_one_time_link(base_url: str, tokens: OneTimeTokens = ONE_TIME_TOKENS) 
     return f"{base_url.rstrip('/')}/#login={tokens.issue()}"
 
 
+def _link_refused() -> Unauthorized:
+    """The one answer to a sign-in link that does not work, whatever the reason (none is
+    outstanding, it was used, it expired, it is wrong): no oracle of which."""
+    return Unauthorized(
+        "this sign-in link was already used or has expired (links work once, for 10 "
+        "minutes); restart `apportion serve` for a new one, or paste an API key"
+    )
+
+
 def _any_token_outstanding() -> None:
     """Refuse a sign-in before its body is read when no token is live: the public route then
     costs an anonymous client nothing to hold (a slow body would otherwise keep a connection)."""
     if not ONE_TIME_TOKENS.outstanding():
-        raise Unauthorized(
-            "no sign-in link is outstanding (links work once, for 10 minutes); restart"
-            " `apportion serve` for a new one, or paste an API key"
-        )
+        raise _link_refused()
 
 
 async def exchange_one_time_token(
@@ -131,10 +137,7 @@ async def exchange_one_time_token(
 ) -> dict[str, Any]:
     """A fresh ``admin`` session key for a valid token; :class:`Unauthorized` otherwise."""
     if not token or not tokens.consume(token):
-        raise Unauthorized(
-            "this sign-in link was already used or has expired (links work once, for 10 "
-            "minutes); restart `apportion serve` for a new one, or paste an API key"
-        )
+        raise _link_refused()
     issued = await keys.create(SESSION_KEY_NAME, Scope.ADMIN)
     return {
         "api_key": issued.secret,
