@@ -131,6 +131,18 @@ async def test_clusters_nodes_export_load(
     assert (await cli(running, "clusters", "load", str(bad))).exit_code == 2
 
 
+async def test_a_failing_jobs_traceback_is_in_its_logs(
+    running: Running, fleet: list[dict[str, Any]]
+) -> None:
+    # before, logs showed stdout only: a failing Python job's traceback was invisible
+    code = "print('working', flush=True); raise RuntimeError('the traceback you need')"
+    out = (await cli(running, "submit", "--wait", "--", PY, "-c", code)).stdout
+    job_id = out.splitlines()[0].split()[-1]
+    logs = ok(await cli(running, "logs", job_id))
+    assert "working" in logs and "RuntimeError: the traceback you need" in logs
+    assert logs.index("working") < logs.index("Traceback")  # in the order written
+
+
 async def test_submit_wait_status_logs_and_listing(
     running: Running, fleet: list[dict[str, Any]]
 ) -> None:

@@ -186,7 +186,7 @@ async def test_the_data_dir_the_database_and_a_jobs_files_are_the_servers_alone(
     assert stat.S_IMODE((data / "jobs").stat().st_mode) == 0o700
     assert stat.S_IMODE(job_dir.stat().st_mode) == 0o700
     files = list(job_dir.iterdir())
-    assert {"worker-0.out", "worker-0.err", "worker-0.state.json"} <= {p.name for p in files}
+    assert {"worker-0.out", "worker-0.state.json"} <= {p.name for p in files}
     for path in files:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
 

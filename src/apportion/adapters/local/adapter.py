@@ -9,7 +9,7 @@ files in ``spec.output_dir``:
 ``job.json``                 the tag (``spec.job_id``), written atomically before anything starts
 ``worker-<i>.launch.json``   what the supervisor runs (argv, cwd, environment; mode 0600)
 ``worker-<i>.state.json``    pid, pgid, started_at, ended_at, return_code, signal, reason, …
-``worker-<i>.out`` / ``.err`` the command's stdout and stderr (0600, like every file here)
+``worker-<i>.out``           the command's stdout and stderr in the order written (0600, as all)
 ``cancel.json``              a cancellation was requested (so a restart reports ``cancelled``)
 ``gang.json``                a worker failed; its siblings are being stopped
 ``usage.json``               the last resource-usage sample
@@ -132,7 +132,8 @@ class LocalAdapter:
     async def logs(
         self, spec: JobSpec, scheduler_job_id: str, *, offset: int = 0, limit: int = 65536
     ) -> LogChunk:
-        """Up to ``limit`` bytes of the job's stdout stream from ``offset`` (see ``local_logs``)."""
+        """Up to ``limit`` bytes of the job's output stream (stdout and stderr) from ``offset``
+        (see :mod:`apportion.adapters.local.logs`)."""
         if offset < 0 or limit < 1:
             raise AdapterError(f"logs needs offset >= 0 and limit >= 1 (got {offset}, {limit})")
         return await asyncio.to_thread(self._logs, spec, offset, limit)

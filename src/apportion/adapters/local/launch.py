@@ -90,8 +90,7 @@ def start_supervisor(
         "command": list(spec.command),
         "cwd": str(cwd),
         "env": worker_environment(spec, worker),
-        "stdout": str(sv.stdout_path(job_dir, worker.index).resolve()),
-        "stderr": str(sv.stderr_path(job_dir, worker.index).resolve()),
+        "stdout": str(sv.stdout_path(job_dir, worker.index).resolve()),  # and its stderr
         "walltime": spec.walltime_seconds,
         "grace": grace_seconds,
         "run_as": None

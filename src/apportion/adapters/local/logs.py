@@ -1,11 +1,12 @@
-"""Reading a local job's stdout as one byte stream, for :meth:`LocalAdapter.logs`.
+"""Reading a local job's output as one byte stream, for :meth:`LocalAdapter.logs`.
 
 This module's one job is to turn the ``worker-<i>.out`` files in ``spec.output_dir`` into a
-:class:`~apportion.adapters.base.LogChunk`. With one worker, the stream is its stdout as
-is. With several, it is one append-only stream: ``==> worker N <==`` and worker N's stdout, in
+:class:`~apportion.adapters.base.LogChunk`. With one worker, the stream is its output as
+is. With several, it is one append-only stream: ``==> worker N <==`` and worker N's output, in
 worker order, where worker N's section is followed only once it has ended — so byte offsets stay
 valid while the job runs (a later worker's output shows up when the earlier ones have ended).
-stderr stays in the ``.err`` files. ``offset`` and ``limit`` count bytes of that stream; a chunk
+A worker's output is its stdout and stderr together (one file, in the order written).
+``offset`` and ``limit`` count bytes of that stream; a chunk
 never ends inside a UTF-8 character unless the stream itself ends there.
 """
 

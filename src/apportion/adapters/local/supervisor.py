@@ -56,10 +56,6 @@ def stdout_path(job_dir: Path, index: int) -> Path:
     return job_dir / f"worker-{index}.out"
 
 
-def stderr_path(job_dir: Path, index: int) -> Path:
-    return job_dir / f"worker-{index}.err"
-
-
 def open_private(path: Path) -> int:
     """``path`` opened for appending, created 0600: a job's files are the server's alone (the
     command writes its output through the descriptors it inherits, not by name)."""
@@ -145,8 +141,10 @@ class _Supervisor:
         child sets its groups, gid and uid — in that order, before exec (``subprocess``'s own
         sequence) — and only then enters the working directory, as that user: a directory (or
         a symlink swapped in after submit) the user may not reach is refused, never entered by
-        root on its behalf. The stdout and stderr files stay the server's, open on the
-        descriptors the command inherits. Raises OSError when the command cannot start."""
+        root on its behalf. The command's stdout and stderr both go to its one output file
+        (in the order written, as Slurm's default output file), which stays the server's,
+        open on the descriptors the command inherits. Raises OSError when the command cannot
+        start."""
         run_as = self.launch.get("run_as")
         cwd = self.launch["cwd"]
         identity: dict[str, Any] = {"cwd": cwd}
@@ -157,17 +155,14 @@ class _Supervisor:
                 "extra_groups": [int(g) for g in run_as["groups"]],
                 "preexec_fn": functools.partial(os.chdir, cwd),  # this process has one thread
             }
-        with (
-            os.fdopen(open_private(Path(self.launch["stdout"])), "ab") as out,
-            os.fdopen(open_private(Path(self.launch["stderr"])), "ab") as err,
-        ):
+        with os.fdopen(open_private(Path(self.launch["stdout"])), "ab") as out:
             try:
                 return subprocess.Popen(  # noqa: S603 - argv list; this process has one thread
                     self.launch["command"],
                     env=self.launch["env"],
                     stdin=subprocess.DEVNULL,
                     stdout=out,
-                    stderr=err,
+                    stderr=out,
                     start_new_session=True,
                     **identity,
                 )
