@@ -22,8 +22,11 @@ from typer.testing import CliRunner, Result
 
 from apportion import __version__
 from apportion.cli.app import app
+from apportion.errors import InvalidRequest, NotFound
 from apportion.jobs.identity import python_for_jobs
+from apportion.jobs.records import Job, resolve_job
 from tests.conftest import ADMIN_KEY, Running
+from tests.jobs_helpers import record
 from tests.sandbox_env import jailed  # noqa: F401 (a fixture)
 
 PY = python_for_jobs()  # an interpreter the job user can run (docs/security.md)
@@ -131,6 +134,51 @@ async def test_clusters_nodes_export_load(
     assert (await cli(running, "clusters", "load", str(bad))).exit_code == 2
 
 
+async def test_short_ids_in_the_table_and_any_unique_prefix_names_a_job(
+    running: Running,
+) -> None:
+    # before, the table printed 32 hex characters (cut at 80 columns) and no prefix worked
+    ids = [
+        (await cli(running, "submit", "--", PY, "-c", "pass")).stdout.split()[-1] for _ in range(3)
+    ]  # queued: no fleet to run on
+    table = ok(await cli(running, "jobs"))
+    for job_id in ids:
+        assert job_id[:12] in table and job_id not in table
+    target = ids[0]
+    unique = next(  # the shortest prefix (4 at least) that no other job shares
+        target[:n] for n in range(4, 33) if not any(o.startswith(target[:n]) for o in ids[1:])
+    )
+    status = as_json(await cli(running, "status", unique, "-o", "json"))
+    assert status["job_id"] == target
+    assert "Cancelled" in ok(await cli(running, "cancel", target[:12]))
+    async with running.http.get(f"{running.url}/jobs/{target[:12]}") as response:
+        assert (await response.json())["status"] == "cancelled"
+    too_short = await cli(running, "status", target[:3])
+    assert too_short.exit_code == 1 and "[NotFound]" in too_short.stderr
+
+
+def test_a_prefix_several_jobs_share_is_refused_naming_how_many() -> None:
+    jobs = {}
+    for seq, job_id in enumerate(("abcd1111", "abcd2222", "ffff0000"), start=1):
+        job = record(seq)
+        job.job_id = job_id
+        jobs[job_id] = job
+
+    def everyone(job: Job) -> bool:
+        return True
+
+    def not_bobs(job: Job) -> bool:
+        return job.job_id != "abcd2222"
+
+    assert resolve_job(jobs, "abcd1", visible=everyone).job_id == "abcd1111"
+    with pytest.raises(InvalidRequest, match="matches 2 jobs"):
+        resolve_job(jobs, "abcd", visible=everyone)
+    # a job the asker may not see is never matched: no oracle through prefixes
+    assert resolve_job(jobs, "abcd", visible=not_bobs).job_id == "abcd1111"
+    with pytest.raises(NotFound):
+        resolve_job(jobs, "abcd2222", visible=not_bobs)
+
+
 async def test_a_failing_jobs_traceback_is_in_its_logs(
     running: Running, fleet: list[dict[str, Any]]
 ) -> None:
@@ -178,7 +226,8 @@ async def test_submit_wait_status_logs_and_listing(
     sleeper = parsable.strip()
     assert len(parsable.splitlines()) == 1 and len(sleeper) >= 8
     active = ok(await cli(running, "jobs"))
-    assert sleeper in active and "REASON" in active and job_id not in active  # finished: hidden
+    assert sleeper[:12] in active and "REASON" in active  # the table's short ids
+    assert job_id[:12] not in active  # finished: hidden
     everything = as_json(await cli(running, "jobs", "--all", "-o", "json"))
     assert {job_id, sleeper} <= {j["job_id"] for j in everything}
     completed = as_json(await cli(running, "jobs", "--state", "completed", "-o", "json"))

@@ -13,6 +13,9 @@ from apportion.clients.async_client import AsyncApportion
 from apportion.clients.errors import ApportionClientError
 from apportion.clients.models import Job
 
+SHORT_ID = 12
+"""How much of a job id the table shows; every command takes any unique prefix of 4 or more."""
+
 ACTIVE = ("queued", "scheduled", "running")
 
 
@@ -102,7 +105,7 @@ def jobs(
         found,
         ["JOBID", "NAME", "QUEUE", "STATE", "PRIO", "WORKERS", "POS", "REASON/NODES"],
         lambda j: [
-            j.job_id,
+            j.job_id[:SHORT_ID],
             j.name,
             j.queue,
             j.status,

@@ -200,6 +200,32 @@ _ROW_FIELDS = tuple(
 )
 
 
+MIN_ID_PREFIX = 4
+"""The shortest prefix of a job id that names a job (``apportion cancel 3f9a``)."""
+
+
+def resolve_job(jobs: Mapping[str, Job], given: str, *, visible: Callable[[Job], bool]) -> Job:
+    """The job ``given`` names among the ``jobs`` (by id) that ``visible`` says the asker may
+    see: its whole id, or (like git and docker) a prefix of at least :data:`MIN_ID_PREFIX`
+    characters that only one of them starts with. :class:`NotFound` — the same answer for a
+    job the asker may not see, which no prefix matches either — or :class:`InvalidRequest` for
+    a prefix several jobs share."""
+    job = jobs.get(given)
+    if job is not None and visible(job):
+        return job
+    if len(given) >= MIN_ID_PREFIX:
+        found = [j for j in jobs.values() if j.job_id.startswith(given) and visible(j)]
+        if len(found) == 1:
+            return found[0]
+        if found:
+            raise InvalidRequest(
+                f"job id prefix {given!r} matches {len(found)} jobs; give more of the id",
+                path="job_id",
+                details={"matches": len(found)},
+            )
+    raise NotFound(f"no job {given!r}; list jobs with GET /jobs", details={"job_id": given})
+
+
 class JobBook:
     """Every job, in memory and in the store."""
 
@@ -223,6 +249,10 @@ class JobBook:
                 f"no job {job_id!r}; list jobs with GET /jobs", details={"job_id": job_id}
             )
         return job
+
+    def resolve(self, given: str, *, visible: Callable[[Job], bool]) -> Job:
+        """:func:`resolve_job` over this book's jobs."""
+        return resolve_job(self.jobs, given, visible=visible)
 
     async def create(self, config: JobConfig, priority: int, owner: Owner, reason: str) -> Job:
         """Commit a new queued job (with its first history entry) and return it."""

@@ -42,13 +42,13 @@ def _jobs(request: web.Request) -> JobService:
 
 
 def _visible(request: web.Request) -> Job:
-    """The job the path names, if the calling key may see it; a job of another account is
-    :class:`NotFound` exactly as an unknown id, so its existence does not leak."""
-    job_id = request.match_info["job_id"]
-    job = _jobs(request).jobs.get(job_id)
-    if not principal_of(request).actor.may_see(job.owner):
-        raise NotFound(f"no job {job_id!r}; list jobs with GET /jobs", details={"job_id": job_id})
-    return job
+    """The job the path names — its id, or a prefix of it only one visible job has — if the
+    calling key may see it; a job of another account is :class:`NotFound` exactly as an
+    unknown id (and never matches a prefix), so its existence does not leak."""
+    who = principal_of(request).actor
+    return _jobs(request).jobs.resolve(
+        request.match_info["job_id"], visible=lambda job: who.may_see(job.owner)
+    )
 
 
 def _changeable(request: web.Request) -> Job:
