@@ -22,6 +22,7 @@ from typer.testing import CliRunner, Result
 
 from apportion import __version__
 from apportion.cli.app import app
+from apportion.cli.common import parse_duration
 from apportion.errors import InvalidRequest, NotFound
 from apportion.jobs.identity import python_for_jobs
 from apportion.jobs.records import Job, resolve_job
@@ -177,6 +178,56 @@ def test_a_prefix_several_jobs_share_is_refused_naming_how_many() -> None:
     assert resolve_job(jobs, "abcd", visible=not_bobs).job_id == "abcd1111"
     with pytest.raises(NotFound):
         resolve_job(jobs, "abcd2222", visible=not_bobs)
+
+
+@pytest.mark.parametrize(
+    ("given", "seconds"),
+    [
+        ("90", 90.0),
+        ("90s", 90.0),
+        ("30m", 1800.0),
+        ("2h", 7200.0),
+        ("1d", 86400.0),
+        ("1:30", 90.0),  # MM:SS
+        ("1:00:00", 3600.0),  # HH:MM:SS, as Slurm users type it
+        ("2-12", 216000.0),  # D-HH
+        ("2-12:30", 217800.0),  # D-HH:MM
+        ("1-00:00:01", 86401.0),
+    ],
+)
+def test_walltime_takes_what_sbatch_users_type(given: str, seconds: float) -> None:
+    assert parse_duration(given, flag="--walltime") == seconds
+
+
+@pytest.mark.parametrize("given", ["", "1m30", "1:xx", "1:60", "5x", "0", "nan", "1:2:3:4"])
+def test_a_walltime_that_is_no_duration_is_a_usage_error_naming_the_flag(given: str) -> None:
+    # before, --walltime 1m was a usage error and 1:00:00 could not be typed at all
+    result = runner.invoke(app, ["submit", "--walltime", given, "--", "true"])
+    assert result.exit_code == 2, result.output
+    assert "--walltime" in result.stderr and "1:00:00" in result.stderr
+
+
+def test_a_profile_named_but_missing_is_an_error_not_a_silent_default(tmp_path: Path) -> None:
+    credentials = tmp_path / "credentials"
+    credentials.write_text("[default]\nurl = http://127.0.0.1:1\n")
+    env = {"APPORTION_CREDENTIALS": str(credentials)}
+    for args, named in ((["--profile", "nosuch"], "nosuch"), ([], None)):
+        result = runner.invoke(app, [*args, "config", "show", "-o", "json"], env=env)
+        if named is None:
+            assert result.exit_code == 0, result.output  # no name given: the default profile
+            continue
+        assert result.exit_code == 2, result.output
+        assert "'nosuch' is not in the credentials file" in result.stderr
+        assert "its profiles: default" in result.stderr
+    by_env = runner.invoke(app, ["config", "show"], env=env | {"APPORTION_PROFILE": "other"})
+    assert by_env.exit_code == 2 and "'other'" in by_env.stderr
+
+
+def test_version_and_short_help() -> None:
+    assert runner.invoke(app, ["--version"]).stdout.strip() == __version__
+    short = runner.invoke(app, ["-h"])
+    assert short.exit_code == 0 and "Usage: apportion" in short.stdout
+    assert runner.invoke(app, ["submit", "-h"]).exit_code == 0
 
 
 async def test_a_failing_jobs_traceback_is_in_its_logs(

@@ -41,7 +41,14 @@ app = typer.Typer(
     help="Apportion: a policy-driven GPU allocation engine.",
     no_args_is_help=True,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit()
 
 
 @app.callback()
@@ -57,6 +64,12 @@ def _global_options(
     profile: Annotated[
         str | None, typer.Option(help="Credentials-file profile (default 'default').")
     ] = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
     """Apportion: a policy-driven GPU allocation engine."""
     ctx.obj = GlobalOptions(url=url, ws_url=ws_url, api_key=api_key, profile=profile)

@@ -153,3 +153,39 @@ def listing(
         print_json([as_json(i) if as_json else i for i in items])
     else:
         print_table([row(i) for i in items], columns)
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str, *, flag: str) -> float:
+    """Seconds of a duration as Slurm users and people type it: ``90`` (seconds), ``90s``,
+    ``30m``, ``2h``, ``1d``, ``MM:SS``, ``HH:MM:SS``, ``D-HH``, ``D-HH:MM`` or ``D-HH:MM:SS``
+    (``sbatch --time``'s forms, a bare number here being seconds). Exits with a usage error
+    naming ``flag`` for anything else."""
+    value = text.strip().lower()
+    try:
+        if value and value[-1] in _DURATION_UNITS:
+            seconds = float(value[:-1]) * _DURATION_UNITS[value[-1]]
+        elif ":" in value or "-" in value:
+            days, _, clock = value.rpartition("-")
+            parts = [int(p) for p in clock.split(":")]
+            if "-" in value:  # D-HH[:MM[:SS]]: the clock starts with hours
+                parts += [0] * (3 - len(parts))
+            elif len(parts) == 2:  # MM:SS
+                parts = [0, *parts]
+            if len(parts) != 3 or any(p < 0 for p in parts) or not all(p < 60 for p in parts[1:]):
+                raise ValueError(text)
+            hours, minutes, secs = parts
+            seconds = (int(days or 0) * 24 + hours) * 3600 + minutes * 60 + secs
+        else:
+            seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0 or seconds != seconds:  # also NaN
+        fail(
+            f"{flag} {text!r} is not a duration: give seconds (3600), a unit (90m, 2h, 1d) or"
+            " a clock as sbatch --time takes it (1:00:00, 2-12:00:00)",
+            code=2,
+        )
+    return seconds

@@ -8,7 +8,16 @@ from typing import Annotated, Any
 
 import typer
 
-from apportion.cli.common import Output, OutputOpt, fail, listing, print_json, print_table, run
+from apportion.cli.common import (
+    Output,
+    OutputOpt,
+    fail,
+    listing,
+    parse_duration,
+    print_json,
+    print_table,
+    run,
+)
 from apportion.clients.async_client import AsyncApportion
 from apportion.clients.errors import ApportionClientError
 from apportion.clients.models import Job
@@ -48,7 +57,10 @@ def submit(
     queue: Annotated[str | None, typer.Option(help="Queue (default: 'default').")] = None,
     priority: Annotated[int, typer.Option(help="Higher runs first.")] = 0,
     name: Annotated[str | None, typer.Option(help="Job name.")] = None,
-    walltime: Annotated[float | None, typer.Option(help="Seconds before it is stopped.")] = None,
+    walltime: Annotated[
+        str | None,
+        typer.Option(help="How long it may run: 3600, 90m, 2h or 1:00:00 (as sbatch --time)."),
+    ] = None,
     env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE (repeatable).")] = None,
     gpu_model: Annotated[str | None, typer.Option(help="GPU model glob, e.g. 'H100*'.")] = None,
     wait: Annotated[
@@ -58,6 +70,7 @@ def submit(
 ) -> None:
     """Submit a job: apportion submit --gpus 1 -- python train.py"""
     resources: dict[str, Any] = {"gpu_model": gpu_model} if gpu_model else {}
+    seconds = None if walltime is None else parse_duration(walltime, flag="--walltime")
 
     async def work(client: AsyncApportion) -> str | None:
         job_id = await client.submit(
@@ -67,7 +80,7 @@ def submit(
             queue=queue,
             priority=priority,
             name=name,
-            walltime=walltime,
+            walltime=seconds,
             env=_env(env or []),
             resources=resources,
         )

@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from apportion.clients.errors import InvalidRequestError
-from apportion.server.credentials import default_credentials_path, read_profile
+from apportion.server.credentials import default_credentials_path, profile_names, read_profile
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_WS_PORT = 8765
@@ -74,11 +74,20 @@ def resolve_config(
     """Resolve the configuration (the CLI's global options and the clients' constructors call
     this). Raises :class:`InvalidRequestError` for a malformed URL or credentials file."""
     env = os.environ if environ is None else environ
-    name = profile or env.get(ENV_PROFILE) or "default"
+    chosen = profile or env.get(ENV_PROFILE)
+    name = chosen or "default"
+    path = credentials_path or default_credentials_path()
     try:
-        stored = read_profile(name, credentials_path or default_credentials_path())
+        stored = read_profile(name, path)
     except ValueError as exc:
         raise InvalidRequestError(str(exc), code="InvalidRequest") from None
+    if chosen and stored is None:  # a profile asked for by name must exist: no silent default
+        known = ", ".join(profile_names(path)) or "none"
+        raise InvalidRequestError(
+            f"profile {chosen!r} is not in the credentials file {path} (its profiles: {known})",
+            code="InvalidRequest",
+            details={"path": "profile", "profiles": profile_names(path)},
+        )
     values: dict[str, str | None] = {}
     sources: dict[str, str] = {}
     for field, given, env_name in (

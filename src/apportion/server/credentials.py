@@ -58,6 +58,15 @@ def _check_name(name: str) -> None:
         )
 
 
+def profile_names(path: Path | None = None) -> list[str]:
+    """The profiles the credentials file holds, in file order ([] when there is no file)."""
+    try:
+        text = (path or default_credentials_path()).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    return [m.group(1).strip() for m in map(_HEADER.match, text.splitlines()) if m]
+
+
 def read_profile(name: str = "default", path: Path | None = None) -> Profile | None:
     """The named profile, or None when the file or the section does not exist (the CLI and
     client then fall back to flags and environment). Raises ``ValueError`` for a file that
