@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -27,7 +28,7 @@ from apportion.errors import InvalidRequest, NotFound
 from apportion.jobs.identity import python_for_jobs
 from apportion.jobs.records import Job, resolve_job
 from tests.conftest import ADMIN_KEY, Running
-from tests.jobs_helpers import record
+from tests.jobs_helpers import record, wait_for
 from tests.sandbox_env import jailed  # noqa: F401 (a fixture)
 
 PY = python_for_jobs()  # an interpreter the job user can run (docs/security.md)
@@ -230,6 +231,70 @@ def test_version_and_short_help() -> None:
     assert runner.invoke(app, ["submit", "-h"]).exit_code == 0
 
 
+async def test_submit_wait_says_why_it_waits_and_streams_the_output(
+    running: Running, fleet: list[dict[str, Any]]
+) -> None:
+    # before, --wait showed no reason while the job waited and no output once it ran
+    waiting = asyncio.create_task(cli(running, "submit", "--wait", "--gpus", "99", "--", "true"))
+    job_id = None
+    for _ in range(600):  # until the job is recorded as waiting, 30 s at most
+        async with running.http.get(f"{running.url}/jobs") as response:
+            queued = [j for j in await response.json() if j["reason"] and j["reason"]["code"]]
+        if queued and queued[0]["reason"]["code"] == "NoFeasiblePlacement":
+            job_id = queued[0]["job_id"]
+            break
+        await asyncio.sleep(0.05)
+    assert job_id is not None
+    async with running.http.post(f"{running.url}/jobs/{job_id}/cancel") as response:
+        assert response.status == 200
+    result = await waiting
+    assert f"{job_id}: queued (waiting: " in result.stdout
+    assert f"{job_id}: cancelled" in result.stdout and result.exit_code == 1
+    ran = await cli(
+        running, "submit", "--wait", "--", PY, "-c", "print('line one'); print('line two')"
+    )
+    assert ran.exit_code == 0, ran.output
+    lines = ran.stdout.splitlines()
+    assert lines.index("line one") < lines.index("line two")
+    assert lines[-1].endswith(": completed (exit code 0)")
+
+
+async def test_ctrl_c_on_submit_wait_cancels_the_job_and_says_so(
+    running: Running, fleet: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    # before, Ctrl-C left the job running without a word
+    script = Path(sys.executable).parent / "apportion"
+    process = await asyncio.create_subprocess_exec(
+        str(script),
+        "submit",
+        "--wait",
+        "--",
+        PY,
+        "-c",
+        "import time; print('started', flush=True); time.sleep(300)",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **cli_env(running, ADMIN_KEY, tmp_path)},
+    )
+    try:
+        assert process.stdout is not None and process.stderr is not None
+        job_id = (await asyncio.wait_for(process.stdout.readline(), 30)).decode().split()[-1]
+        for _ in range(20):  # until the job's output is streamed: it runs
+            line = await asyncio.wait_for(process.stdout.readline(), 30)
+            if line.strip() == b"started":
+                break
+        process.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(process.wait(), 30) == 130
+        said = (await process.stderr.read()).decode()
+        assert f"cancelled job {job_id}" in said
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    record = await wait_for(running, job_id, "cancelled", "completed", "failed")
+    assert record["status"] == "cancelled"
+
+
 async def test_a_failing_jobs_traceback_is_in_its_logs(
     running: Running, fleet: list[dict[str, Any]]
 ) -> None:
@@ -270,7 +335,8 @@ async def test_submit_wait_status_logs_and_listing(
     assert [s["status"] for s in status["statuses"]][-1] == "completed"
     assert "completed" in ok(await cli(running, "status", job_id))
     failed = await cli(running, "submit", "--wait", "--", PY, "-c", "raise SystemExit(3)")
-    assert failed.exit_code == 1 and ": failed" in failed.stdout
+    # the job's own exit code, as srun gives it (before: 1 for every failure)
+    assert failed.exit_code == 3 and ": failed (exit code 3)" in failed.stdout
     parsable = ok(
         await cli(running, "submit", "--parsable", "--", PY, "-c", "import time; time.sleep(300)")
     )

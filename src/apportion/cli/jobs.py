@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from typing import Annotated, Any
 
@@ -64,7 +65,11 @@ def submit(
     env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE (repeatable).")] = None,
     gpu_model: Annotated[str | None, typer.Option(help="GPU model glob, e.g. 'H100*'.")] = None,
     wait: Annotated[
-        bool, typer.Option(help="Stream status changes; exit 0 if completed, 1 otherwise.")
+        bool,
+        typer.Option(
+            help="Like srun: show why it waits, stream its output, exit with its exit code;"
+            " Ctrl-C cancels it."
+        ),
     ] = False,
     parsable: Annotated[bool, typer.Option(help="Print only the job id.")] = False,
 ) -> None:
@@ -72,7 +77,7 @@ def submit(
     resources: dict[str, Any] = {"gpu_model": gpu_model} if gpu_model else {}
     seconds = None if walltime is None else parse_duration(walltime, flag="--walltime")
 
-    async def work(client: AsyncApportion) -> str | None:
+    async def work(client: AsyncApportion) -> Job | None:
         job_id = await client.submit(
             command,
             gpus=gpus,
@@ -87,16 +92,40 @@ def submit(
         typer.echo(job_id if parsable else f"Submitted job {job_id}")
         if not wait:
             return None
-        last = None
-        async for entry in client.watch(job_id):
-            reason = f" ({entry.reason})" if entry.reason else ""
-            typer.echo(f"{job_id}: {entry.status}{reason}", err=parsable)
-            last = entry.status
-        return last
+        try:
+            return await _follow(client, job_id, notes_to_stderr=parsable)
+        except asyncio.CancelledError:  # Ctrl-C: as srun does, the job goes with the command
+            await client.cancel(job_id)
+            typer.echo(f"apportion: interrupted: cancelled job {job_id}", err=True)
+            raise
 
     final = run(ctx, work)
-    if wait and final != "completed":
-        raise typer.Exit(1)
+    if final is not None and final.status != "completed":
+        code = final.return_code
+        raise typer.Exit(code if code is not None and 0 < code < 256 else 1)
+
+
+async def _follow(client: AsyncApportion, job_id: str, *, notes_to_stderr: bool) -> Job:
+    """``submit --wait``: say each status, and why the job waits whenever that changes; once it
+    runs, stream its output to stdout until it ends; answer its final record."""
+    said = None
+    while True:
+        job = await client.job(job_id)
+        why = job.reason.message if job.status == "queued" and job.reason else None
+        if (job.status, why) != said:
+            note = f" (waiting: {why})" if why else ""
+            typer.echo(f"{job_id}: {job.status}{note}", err=notes_to_stderr)
+            said = (job.status, why)
+        if job.status == "running" or job.finished:
+            break
+        await asyncio.sleep(0.3)
+    async for chunk in client.logs(job_id, follow=True):
+        sys.stdout.write(chunk)
+        sys.stdout.flush()
+    job = await client.wait(job_id)
+    code = "" if job.return_code is None else f" (exit code {job.return_code})"
+    typer.echo(f"{job_id}: {job.status}{code}", err=notes_to_stderr)
+    return job
 
 
 def jobs(
