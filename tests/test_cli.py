@@ -295,6 +295,28 @@ async def test_ctrl_c_on_submit_wait_cancels_the_job_and_says_so(
     assert record["status"] == "cancelled"
 
 
+async def test_chdir_runs_the_job_there_and_a_refusal_names_the_flag(
+    running: Running, fleet: list[dict[str, Any]], job_tmp: Path
+) -> None:
+    # before, the CLI had no --chdir: `submit -- python train.py` ran in the job's own dir
+    async with running.http.post(
+        f"{running.url}/queues", json={"name": "shared", "working_dir": str(job_tmp)}
+    ) as response:
+        assert response.status == 201
+    code = "import os; print(os.getcwd())"
+    ran = await cli(
+        running, "submit", "--wait", "--queue", "shared", "-D", str(job_tmp), "--", PY, "-c", code
+    )
+    assert ran.exit_code == 0, ran.output
+    assert str(job_tmp) in ran.stdout.splitlines()
+    refused = await cli(running, "submit", "--chdir", "/", "--", PY, "-c", code)
+    assert refused.exit_code == 1
+    assert refused.stderr.startswith("apportion: --chdir: config.working_dir / is not")
+    assert "body." not in refused.stderr  # the flag, not the REST field
+    bad_env = await cli(running, "submit", "--env", "LD_PRELOAD=x", "--", PY, "-c", code)
+    assert bad_env.exit_code == 1 and bad_env.stderr.startswith("apportion: --env: ")
+
+
 async def test_a_failing_jobs_traceback_is_in_its_logs(
     running: Running, fleet: list[dict[str, Any]]
 ) -> None:

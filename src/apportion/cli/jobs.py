@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from typing import Annotated, Any
 
@@ -20,7 +21,7 @@ from apportion.cli.common import (
     run,
 )
 from apportion.clients.async_client import AsyncApportion
-from apportion.clients.errors import ApportionClientError
+from apportion.clients.errors import ApportionClientError, InvalidRequestError
 from apportion.clients.models import Job
 
 SHORT_ID = 12
@@ -64,6 +65,15 @@ def submit(
     ] = None,
     env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE (repeatable).")] = None,
     gpu_model: Annotated[str | None, typer.Option(help="GPU model glob, e.g. 'H100*'.")] = None,
+    chdir: Annotated[
+        str | None,
+        typer.Option(
+            "--chdir",
+            "-D",
+            help="Working directory on the server's host, as sbatch -D ('.': this one); it must"
+            " be under an allowed root. Default: the job's own directory.",
+        ),
+    ] = None,
     wait: Annotated[
         bool,
         typer.Option(
@@ -76,19 +86,27 @@ def submit(
     """Submit a job: apportion submit --gpus 1 -- python train.py"""
     resources: dict[str, Any] = {"gpu_model": gpu_model} if gpu_model else {}
     seconds = None if walltime is None else parse_duration(walltime, flag="--walltime")
+    where = {} if chdir is None else {"working_dir": os.path.abspath(chdir)}
 
     async def work(client: AsyncApportion) -> Job | None:
-        job_id = await client.submit(
-            command,
-            gpus=gpus,
-            workers=workers,
-            queue=queue,
-            priority=priority,
-            name=name,
-            walltime=seconds,
-            env=_env(env or []),
-            resources=resources,
-        )
+        try:
+            job_id = await client.submit(
+                command,
+                gpus=gpus,
+                workers=workers,
+                queue=queue,
+                priority=priority,
+                name=name,
+                walltime=seconds,
+                env=_env(env or []),
+                resources=resources,
+                **where,
+            )
+        except InvalidRequestError as exc:
+            flag = _flag_of(str(exc.details.get("path") or ""))
+            if flag is None:
+                raise
+            fail(f"{flag}: {exc.message} [{exc.code}]")
         typer.echo(job_id if parsable else f"Submitted job {job_id}")
         if not wait:
             return None
@@ -103,6 +121,29 @@ def submit(
     if final is not None and final.status != "completed":
         code = final.return_code
         raise typer.Exit(code if code is not None and 0 < code < 256 else 1)
+
+
+_FLAGS = {
+    "body.config.working_dir": "--chdir",
+    "body.config.walltime": "--walltime",
+    "body.config.replica_count": "--workers",
+    "body.config.resources.gpus": "--gpus",
+    "body.config.resources.gpu_model": "--gpu-model",
+    "body.config.queue": "--queue",
+    "body.config.name": "--name",
+    "body.config.env": "--env",
+    "body.config.command": "the command after --",
+    "body.priority": "--priority",
+}
+
+
+def _flag_of(path: str) -> str | None:
+    """The ``submit`` flag a refused field of the submitted body came from (``body.config.env.X``
+    is ``--env``), so the error names what the user typed; None when no flag sets it."""
+    for prefix, flag in _FLAGS.items():
+        if path == prefix or path.startswith(prefix + "."):
+            return flag
+    return None
 
 
 async def _follow(client: AsyncApportion, job_id: str, *, notes_to_stderr: bool) -> Job:
