@@ -4,17 +4,23 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+RUNTIME := $(VENV)/.installed-runtime
 
 .PHONY: demo test lint typecheck unit slurm chromium sandbox web tenant-user tenant-users bench clean
 
-$(STAMP): pyproject.toml
+# The demo needs Apportion only; the tests add the dev tools (ruff, mypy, pytest, Playwright, …).
+$(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(RUNTIME)
+
+$(STAMP): $(RUNTIME)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 # As root, the demo's jobs run as the job user (tenant-user); otherwise as you, by explicit opt-in.
-demo: $(STAMP) web tenant-user
+demo: $(RUNTIME) web tenant-user
 	@if [ "$$(id -u)" = 0 ]; then $(BIN)/apportion demo; \
 	else APPORTION_ALLOW_JOBS_AS_SERVER_USER=true $(BIN)/apportion demo; fi
 

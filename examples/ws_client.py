@@ -4,7 +4,8 @@ Usage:
     APPORTION_API_KEY=... python examples/ws_client.py [ws://127.0.0.1:8765] [policy_rule_uri]
 
 The key comes from APPORTION_API_KEY, else from the credentials file that
-`apportion serve` writes (~/.config/apportion/credentials, profile "default").
+`apportion serve` and `apportion demo` write (~/.config/apportion/credentials), profile
+$APPORTION_PROFILE or "default".
 """
 
 import asyncio
@@ -29,7 +30,7 @@ def api_key() -> str:
     ).expanduser()
     config = configparser.ConfigParser()
     config.read(path)
-    return config.get("default", "api_key", fallback="")
+    return config.get(os.environ.get("APPORTION_PROFILE", "default"), "api_key", fallback="")
 
 
 async def send_resource_allocation_request(uri: str, policy_rule_uri: str) -> dict:

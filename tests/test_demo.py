@@ -11,6 +11,8 @@ from pathlib import Path
 
 import aiohttp
 
+from apportion.server.credentials import read_profile
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -47,6 +49,13 @@ async def test_demo_prints_its_urls_and_runs_jobs(tmp_path: Path) -> None:
         assert re.search(r"dashboard\s+http://127\.0\.0\.1:\d+/#login=\S+", text)
         answer = json.loads(text.split("answer", 1)[1].strip().splitlines()[0])
         assert answer["success"] is True and answer["data"]["cluster_id"] == "dgx-east"
+        # the key is saved as the profile "demo": one export survives every restart of the demo
+        assert "export APPORTION_PROFILE=demo" in text
+        profile = read_profile("demo", tmp_path / ".config" / "apportion" / "credentials")
+        assert profile is not None and (profile.url, profile.api_key) == (
+            url.group(1),
+            key.group(1),
+        )
         headers = {"Authorization": f"Bearer {key.group(1)}"}
         completed: list[dict[str, object]] = []
         async with aiohttp.ClientSession(headers=headers) as http:

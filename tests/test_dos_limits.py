@@ -22,6 +22,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import apportion.server.telemetry as telemetry_module
+from apportion.server import dashboard
+from apportion.server.dashboard import OneTimeTokens
 from tests.conftest import ADMIN_KEY, Running, allocation, ask, running_server
 
 GUARD_SECONDS = 30.0
@@ -223,10 +225,11 @@ async def test_a_trickled_body_is_cut_off_with_408(tmp_path: Path) -> None:
 
 
 async def test_a_refused_request_is_answered_without_waiting_for_its_body(
-    running: Running,
+    running: Running, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # the public sign-in with no link outstanding, and a request with a wrong key: each is
     # refused (and its connection closed) before a byte of its 100 KB body is read
+    monkeypatch.setattr(dashboard, "ONE_TIME_TOKENS", OneTimeTokens())  # none outstanding
     for path, key in (("/auth/one-time", None), ("/clusters/query", "not-a-key-0123456789")):
         reader, writer = await asyncio.open_connection("127.0.0.1", running.server.http_port)
         auth = f"Authorization: Bearer {key}\r\n" if key else ""

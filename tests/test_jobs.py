@@ -268,3 +268,20 @@ async def test_a_job_that_cannot_start_never_ran_and_has_no_start_time(
     record = await wait_for(running, ran, "completed", "failed")
     assert record["start_time"] is not None and record["start_time"] <= record["end_time"]
     assert await statuses(running, ran) == ["queued", "scheduled", "running", "failed"]
+
+
+async def test_a_page_of_jobs_says_how_many_there_are_and_where_the_next_page_is(
+    running: Running,
+) -> None:
+    # before, GET /jobs answered the oldest 100 with no hint that there were more
+    ids = [await submit(running, {"command": sleeper(0)}) for _ in range(5)]  # queued: no fleet
+    async with running.http.get(f"{running.url}/jobs", params={"limit": "2"}) as r:
+        first = [j["job_id"] for j in await r.json()]
+        assert r.headers["X-Total-Count"] == "5"
+        link = r.headers["Link"]
+    assert first == ids[:2] and link.endswith('>; rel="next"') and "offset=2" in link
+    async with running.http.get(link[1 : link.index(">")]) as r:
+        assert [j["job_id"] for j in await r.json()] == ids[2:4]
+    async with running.http.get(f"{running.url}/jobs", params={"offset": "4"}) as r:
+        assert [j["job_id"] for j in await r.json()] == ids[4:]
+        assert "Link" not in r.headers  # the last page

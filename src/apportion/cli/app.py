@@ -34,6 +34,7 @@ from apportion.config import Settings
 from apportion.demo import DEMO_QUEUES, DemoJobs, SyntheticMetrics, demo_clusters
 from apportion.jobs.identity import python_for_jobs
 from apportion.ownership import DEFAULT_ACCOUNT, Owner
+from apportion.server.credentials import Profile, write_profile
 from apportion.server.dashboard import issue_one_time_link
 
 app = typer.Typer(
@@ -203,6 +204,10 @@ def demo(
         _run(_demo(settings, duration))
 
 
+DEMO_PROFILE = "demo"
+"""The credentials-file profile ``apportion demo`` writes its URLs and key to, each run."""
+
+
 async def _demo(settings: Settings, duration: float) -> None:
     server = Server(settings)
     await server.start()
@@ -225,6 +230,9 @@ async def _demo(settings: Settings, duration: float) -> None:
             asyncio.create_task(stream.run(), name="demo-jobs"),
         ]
         key = server.bootstrap_key.secret
+        saved = write_profile(  # the demo's own profile, rewritten by each run: exports last
+            DEMO_PROFILE, Profile(url=server.url, ws_url=server.ws_url, api_key=key)
+        )
         gpus = sum(n["gpus"]["count"] for c in clusters for n in c["nodes"]["nodeData"])
         nodes = sum(len(c["nodes"]["nodeData"]) for c in clusters)
         print(
@@ -236,6 +244,10 @@ async def _demo(settings: Settings, duration: float) -> None:
         print(f"  dashboard           {issue_one_time_link(server.url)}   (one-time sign-in link)")
         print(f"  allocation socket   {server.ws_url}")
         print(f"  admin key           {key}")
+        print(
+            f"  CLI and client      export APPORTION_PROFILE={DEMO_PROFILE}   (saved to {saved};"
+            " then: .venv/bin/apportion jobs)"
+        )
         print(f"  data dir            {settings.data_dir}")
         print("  demo jobs           a new one every 2 s in queues 'training' and 'inference'")
         print(

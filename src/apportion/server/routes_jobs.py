@@ -85,13 +85,20 @@ async def submit_job(request: web.Request) -> web.Response:
 
 @api.get("/jobs", scope=Scope.READ, query=JobsQuery, response=list[JobRecord])
 async def list_jobs(request: web.Request) -> web.Response:
-    """Jobs the key may see, oldest first; ?status=&queue=&limit=&offset=."""
+    """Jobs the key may see, oldest first; ?status=&queue=&limit=&offset= (Link: next page)."""
     who = principal_of(request).actor
     query = query_of(request, JobsQuery)
     status = None if query.status is None else query.status.value
     jobs = _jobs(request).select(status=status, queue=query.queue, limit=10**9, offset=0)
     jobs = [j for j in jobs if who.may_see(j.owner)]
-    return json_response([j.public() for j in jobs[query.offset : query.offset + query.limit]])
+    page = jobs[query.offset : query.offset + query.limit]
+    response = json_response([j.public() for j in page])
+    # paging, as GitHub's API does it: the total, and the next page's URL while there is one
+    response.headers["X-Total-Count"] = str(len(jobs))
+    if query.offset + len(page) < len(jobs):
+        following = request.url.update_query(offset=query.offset + len(page))
+        response.headers["Link"] = f'<{following}>; rel="next"'
+    return response
 
 
 @api.get("/jobs/{job_id}", scope=Scope.READ, response=JobRecord, errors=(NotFound,))
