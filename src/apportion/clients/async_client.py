@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Collection, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apportion.clients.allocation_socket import AllocationSocket
 from apportion.clients.config import ClientConfig, resolve_config
 from apportion.clients.errors import NotFoundError
-from apportion.clients.events import EventStream
 from apportion.clients.jobs_api import JobsAPI
 from apportion.clients.models import AllocationResult, Event
 from apportion.clients.registry_api import RegistryAPI
 from apportion.clients.rest import DEFAULT_TIMEOUT, RestTransport
+
+if TYPE_CHECKING:  # python-socketio is imported when events are asked for, not at every start
+    from apportion.clients.events import EventStream
 
 DEFAULT_POLICY = "binpack:1.0-stable"
 
@@ -290,6 +292,8 @@ class AsyncApportion(JobsAPI, RegistryAPI):
         came after ``seq`` N; ``None`` starts with the next new event. The stream reconnects
         by itself (first after ``backoff`` seconds, doubling up to 5 s) and resumes after the
         last ``seq`` it received; close it with ``aclose()``."""
+        from apportion.clients.events import EventStream
+
         return EventStream(
             self.config.url,
             self.config.api_key,
