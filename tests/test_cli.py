@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -315,6 +317,34 @@ async def test_chdir_runs_the_job_there_and_a_refusal_names_the_flag(
     assert "body." not in refused.stderr  # the flag, not the REST field
     bad_env = await cli(running, "submit", "--env", "LD_PRELOAD=x", "--", PY, "-c", code)
     assert bad_env.exit_code == 1 and bad_env.stderr.startswith("apportion: --env: ")
+
+
+async def test_the_jobs_table_shows_user_time_and_gpus_and_queues_say_unlimited(
+    running: Running, fleet: list[dict[str, Any]]
+) -> None:
+    # before: no USER, TIME or GPUS column, and -1 for a queue without a worker cap
+    alice = as_json(await cli(running, "keys", "create", "alice", "-o", "json"))["api_key"]
+    done = await cli(
+        running, "submit", "--wait", "--gpus", "2", "--workers", "2", "--", "true", key=alice
+    )
+    job_id = done.stdout.split()[2]
+    table = ok(await cli(running, "jobs", "--all", key=alice))
+    header, *rows = table.splitlines()
+    assert header.split()[:8] == ["JOBID", "NAME", "USER", "QUEUE", "STATE", "TIME", "WORKERS",
+                                  "GPUS"]  # fmt: skip
+    (row,) = [r for r in rows if r.startswith(job_id[:12])]
+    cells = row.split()
+    assert cells[2] == "alice" and cells[4] == "completed"  # the key's user
+    assert re.fullmatch(r"\d+:\d\d", cells[5]) and cells[6:8] == ["2", "4"]  # 2 workers × 2
+    queues = ok(await cli(running, "queues"))
+    assert "unlimited" in queues and " -1 " not in queues
+
+
+def test_python_dash_m_apportion_is_the_command() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "apportion", "--version"], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == __version__
 
 
 async def test_a_failing_jobs_traceback_is_in_its_logs(

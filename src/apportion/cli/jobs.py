@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
@@ -39,6 +40,27 @@ def _reason(job: Job) -> str:
         return job.failed_reason
     nodes = sorted({f"{p.get('cluster_id')}/{p.get('node_id')}" for p in job.allocation or []})
     return ",".join(nodes) if nodes else "-"
+
+
+def _elapsed(job: Job) -> str:
+    """How long the job has run, as squeue's TIME (``M:SS``, ``H:MM:SS``, ``D-HH:MM:SS``)."""
+    if job.start_time is None:
+        return "0:00"
+    started = datetime.fromisoformat(job.start_time)
+    ended = datetime.fromisoformat(job.end_time) if job.end_time else datetime.now(UTC)
+    seconds = max(0, int((ended - started).total_seconds()))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}-{hours:02d}:{minutes:02d}:{secs:02d}"
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _gpus(job: Job) -> int:
+    """GPUs of the whole job: per worker times workers."""
+    per_worker = (job.config.get("resources") or {}).get("gpus") or 0
+    return int(per_worker) * int(job.config.get("replica_count", 1))
 
 
 def _env(pairs: list[str]) -> dict[str, str]:
@@ -186,14 +208,29 @@ def jobs(
     listing(
         output,
         found,
-        ["JOBID", "NAME", "QUEUE", "STATE", "PRIO", "WORKERS", "POS", "REASON/NODES"],
+        [
+            "JOBID",
+            "NAME",
+            "USER",
+            "QUEUE",
+            "STATE",
+            "TIME",
+            "WORKERS",
+            "GPUS",
+            "PRIO",
+            "POS",
+            "REASON/NODES",
+        ],
         lambda j: [
             j.job_id[:SHORT_ID],
             j.name,
+            j.user or "-",
             j.queue,
             j.status,
-            j.priority,
+            _elapsed(j),
             j.config.get("replica_count", 1),
+            _gpus(j),
+            j.priority,
             j.queue_position,
             _reason(j),
         ],
@@ -296,13 +333,18 @@ def queues(ctx: typer.Context, output: OutputOpt = Output.TABLE) -> None:
             q.name,
             q.plugin,
             q.policy_rule_uri,
-            (q.model_extra or {}).get("maximum_allowed_worker_instances"),
+            _cap((q.model_extra or {}).get("maximum_allowed_worker_instances")),
             counts(q.name, "queued"),
             counts(q.name, "running"),
             q.description,
         ],
         as_json=lambda q: q.model_dump(),
     )
+
+
+def _cap(value: Any) -> Any:
+    """A queue's worker cap as people read it: -1 (the API's "no cap") is "unlimited"."""
+    return "unlimited" if value in (None, -1) else value
 
 
 def register(app: typer.Typer) -> None:

@@ -70,6 +70,8 @@ class Job(_Loose):
 
     job_id: str
     name: str = "job"
+    account: str | None = None
+    user: str | None = None
     queue: str = "default"
     status: str
     priority: int = 0

@@ -1,0 +1,5 @@
+"""``python -m apportion``: the ``apportion`` command, for when its script is not on PATH."""
+
+from apportion.cli.app import main
+
+main()
