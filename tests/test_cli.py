@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -345,6 +346,29 @@ def test_python_dash_m_apportion_is_the_command() -> None:
         [sys.executable, "-m", "apportion", "--version"], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == __version__
+
+
+async def test_hold_allocations_and_release_as_salloc_does(
+    running: Running, fleet: list[dict[str, Any]]
+) -> None:
+    # before, holding GPUs took the Python client or a raw WebSocket message
+    held = as_json(await cli(running, "hold", "--gpus", "2", "--lease", "10m", "-o", "json"))
+    allocation_id = held["allocation_id"]
+    assert len(held["placements"][0]["gpus"]) == 2
+    assert held["expires_at"] - time.time() > 500  # a lease of ten minutes, not the default
+    table = ok(await cli(running, "hold", "--gpus", "1"))
+    assert table.startswith("Holding allocation ") and "CLUSTER" in table
+    second = table.split()[2]
+    listed = ok(await cli(running, "allocations"))
+    assert allocation_id in listed and second in listed
+    assert f"Released allocation {allocation_id}" in ok(
+        await cli(running, "release", allocation_id, second)
+    )
+    assert as_json(await cli(running, "allocations", "-o", "json")) == []
+    gone = await cli(running, "release", allocation_id)
+    assert gone.exit_code == 1 and "[UnknownAllocation]" in gone.stderr
+    bad = await cli(running, "hold", "--lease", "soon")
+    assert bad.exit_code == 2 and "--lease" in bad.stderr
 
 
 async def test_a_failing_jobs_traceback_is_in_its_logs(

@@ -1,9 +1,10 @@
-"""Fleet commands of ``apportion``: ``allocate``, ``clusters list|show|load|export``,
-``nodes`` and ``events``."""
+"""Fleet commands of ``apportion``: ``allocate``, ``hold``, ``release``, ``allocations``,
+``clusters list|show|load|export``, ``nodes`` and ``events``."""
 
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,6 +15,7 @@ from apportion.cli.common import (
     OutputOpt,
     fail,
     listing,
+    parse_duration,
     print_json,
     print_table,
     read_json,
@@ -50,13 +52,7 @@ def allocate(
         explain = bool(body.get("explain", explain))
         extra = {k: body[k] for k in ("filter", "search", "parameters", "settings") if body.get(k)}
     else:
-        inputs = {"gpus": 1 if gpus is None else gpus}
-        if gpu_model:
-            inputs["gpu_model"] = gpu_model
-        if gpu_memory_mb:
-            inputs["gpu_memory_mb"] = gpu_memory_mb
-        if nvlink:
-            inputs["nvlink"] = True
+        inputs = _inputs(gpus, gpu_model, gpu_memory_mb, nvlink)
         extra = {}
 
     async def work(client: AsyncApportion) -> AllocationResult:
@@ -72,6 +68,92 @@ def allocate(
     print_table(rows, ["CLUSTER", "NODE", "GPUS"])
     if result.explain:
         print_json(result.explain)
+
+
+def _inputs(
+    gpus: int | None, gpu_model: str | None, gpu_memory_mb: int | None, nvlink: bool
+) -> dict[str, Any]:
+    """A request's ``inputs`` from the flags ``allocate`` and ``hold`` share."""
+    inputs: dict[str, Any] = {"gpus": 1 if gpus is None else gpus}
+    if gpu_model:
+        inputs["gpu_model"] = gpu_model
+    if gpu_memory_mb:
+        inputs["gpu_memory_mb"] = gpu_memory_mb
+    if nvlink:
+        inputs["nvlink"] = True
+    return inputs
+
+
+def hold(
+    ctx: typer.Context,
+    gpus: Annotated[int | None, typer.Option(help="GPUs to hold.")] = None,
+    gpu_model: Annotated[str | None, typer.Option(help="GPU model glob, e.g. 'H100'.")] = None,
+    gpu_memory_mb: Annotated[int | None, typer.Option(help="Minimum memory per GPU.")] = None,
+    nvlink: Annotated[bool, typer.Option(help="Inside one NVLink domain.")] = False,
+    policy: Annotated[str, typer.Option(help="Policy URI.")] = DEFAULT_POLICY,
+    cluster: Annotated[list[str] | None, typer.Option(help="Candidate cluster (repeat).")] = None,
+    lease: Annotated[
+        str | None, typer.Option(help="How long to hold them: 600, 30m, 2h, 1:00:00.")
+    ] = None,
+    output: OutputOpt = Output.TABLE,
+) -> None:
+    """Hold GPUs under a lease, as salloc does; they stay held after this command ends, until
+    `apportion release ID` or the lease's end."""
+    inputs = _inputs(gpus, gpu_model, gpu_memory_mb, nvlink)
+    seconds = None if lease is None else parse_duration(lease, flag="--lease")
+
+    async def work(client: AsyncApportion) -> AllocationResult:
+        return await client.reserve(inputs, policy=policy, clusters=cluster, lease_seconds=seconds)
+
+    result = run(ctx, work)
+    if output is Output.JSON:
+        print_json(result.model_dump(exclude_none=True))
+        return
+    until = _when(result.expires_at)
+    typer.echo(f"Holding allocation {result.allocation_id} until {until}")
+    rows = [[p.cluster_id, p.node_id, ",".join(p.gpus)] for p in result.placements]
+    print_table(rows, ["CLUSTER", "NODE", "GPUS"])
+
+
+def release(
+    ctx: typer.Context,
+    allocation_ids: Annotated[list[str], typer.Argument(help="Allocation ids.")],
+) -> None:
+    """Release held GPUs now."""
+
+    async def work(client: AsyncApportion) -> None:
+        for allocation_id in allocation_ids:
+            await client.release(allocation_id)
+            typer.echo(f"Released allocation {allocation_id}")
+
+    run(ctx, work)
+
+
+def allocations(ctx: typer.Context, output: OutputOpt = Output.TABLE) -> None:
+    """Held GPUs (yours and your account's; an operator or admin key: everyone's)."""
+    found = run(ctx, lambda client: client.allocations())
+    listing(
+        output,
+        found,
+        ["ALLOCATION", "USER", "KIND", "PLACEMENTS", "UNTIL"],
+        lambda h: [
+            h["allocation_id"],
+            h.get("user") or "-",
+            h.get("kind"),
+            "; ".join(
+                f"{p.get('cluster_id')}/{p.get('node_id')} [{','.join(p.get('gpus') or [])}]"
+                for p in h.get("placements") or []
+            ),
+            _when(h.get("expires_at")),
+        ],
+    )
+
+
+def _when(epoch: float | None) -> str:
+    """A lease's end as local time (``-`` when unknown)."""
+    if epoch is None:
+        return "-"
+    return datetime.fromtimestamp(epoch).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
 @clusters_app.command("list")
@@ -217,6 +299,9 @@ def events(
 def register(app: typer.Typer) -> None:
     """Add the fleet commands to ``app``."""
     app.command()(allocate)
+    app.command()(hold)
+    app.command()(release)
+    app.command()(allocations)
     app.add_typer(clusters_app, name="clusters")
     app.command()(nodes)
     app.command()(events)
