@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 import stat
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -169,3 +173,35 @@ async def test_a_second_server_adds_its_own_profile_and_keeps_the_first(tmp_path
         third_name += "-2"
     third = read_profile(third_name, credentials)
     assert third is not None and third.api_key == third_key
+
+
+async def test_serve_logs_json_lines_when_asked(tmp_path: Path) -> None:
+    # before, the log was text only, and its level fixed at INFO
+    apportion = Path(sys.executable).parent / "apportion"
+    env = {
+        **os.environ,
+        "APPORTION_ADMIN_KEY": "a-key-for-the-json-log-test",
+        "APPORTION_LOG_FORMAT": "json",
+        "APPORTION_CREDENTIALS": str(tmp_path / "credentials"),
+    }
+    process = await asyncio.create_subprocess_exec(
+        str(apportion), "serve", "--port", "0", "--ws-port", "0", "--data-dir",
+        str(tmp_path / "data"), "--log-level", "info",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    try:
+        assert process.stderr is not None
+        entries = []
+        for _ in range(200):  # until the server says as whom jobs run (it logs that at start)
+            line = (await asyncio.wait_for(process.stderr.readline(), 30)).decode()
+            assert line, "the server ended before it logged"
+            if line.startswith("{"):
+                entries.append(json.loads(line))
+                if entries[-1]["logger"] == "apportion.app":
+                    break
+        entry = entries[-1]
+        assert set(entry) >= {"ts", "level", "logger", "message"}
+        assert entry["ts"].endswith("+00:00") and entry["level"] in ("INFO", "WARNING")
+    finally:
+        process.terminate()
+        assert await asyncio.wait_for(process.wait(), 30) == 0

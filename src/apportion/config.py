@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     event_retention_days: float = Field(7.0, gt=0)  # events older than this are pruned
     event_retention_count: int = Field(1_000_000, ge=1)  # and beyond the newest this many
     local_cluster: bool = False  # register this machine as cluster "local" and collect its metrics
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"  # json: one object per line, for collectors
     # Jobs and the data dir (docs/security.md): as root, every job runs as job_user; its default
     # working directory is <jobs_root>/<job id>, owned by that user. A server that is not root
     # refuses local jobs unless allow_jobs_as_server_user is set.

@@ -104,6 +104,12 @@ def serve(
         bool | None,
         typer.Option("--local-cluster", help="Register this machine as cluster 'local'."),
     ] = None,
+    log_level: Annotated[
+        str | None, typer.Option(help="DEBUG, INFO (default), WARNING or ERROR.")
+    ] = None,
+    log_format: Annotated[
+        str | None, typer.Option(help="text (default) or json: one object per line.")
+    ] = None,
 ) -> None:
     """Run the Apportion server."""
     if admin_key is not None:
@@ -128,6 +134,8 @@ def serve(
         admin_key_file=admin_key_file,
         auth=auth,
         local_cluster=local_cluster,
+        log_level=log_level.upper() if log_level else None,
+        log_format=log_format,
     )
     running.run_server(settings)
 

@@ -24,6 +24,7 @@ from apportion.jobs.identity import python_for_jobs
 from apportion.ownership import DEFAULT_ACCOUNT, Owner
 from apportion.server.credentials import Profile, write_profile
 from apportion.server.dashboard import issue_one_time_link
+from apportion.timefmt import iso_utc
 
 
 def settings_of(**given: Any) -> Settings:
@@ -56,10 +57,34 @@ async def _until_terminated(coro: Any) -> None:
         await coro
 
 
-def _run(coro: Any) -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: ``ts`` (ISO-8601 UTC), ``level``, ``logger``, ``message`` and,
+    for an exception, ``exc`` (``log_format = "json"``, for log collectors)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": iso_utc(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return jsonutil.dumps_str(entry)
+
+
+def configure_logging(settings: Settings) -> None:
+    """The server's log on stderr at ``settings.log_level``, as text or JSON lines."""
+    handler = logging.StreamHandler()
+    if settings.log_format == "json":
+        handler.setFormatter(JsonLogFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=settings.log_level, handlers=[handler], force=True)
+
+
+def _run(settings: Settings, coro: Any) -> None:
+    configure_logging(settings)
     try:
         asyncio.run(_until_terminated(coro))
     except KeyboardInterrupt:
@@ -71,13 +96,13 @@ def _run(coro: Any) -> None:
 
 def run_server(settings: Settings) -> None:
     """``apportion serve``: run until SIGTERM or Ctrl-C."""
-    _run(serve_forever(settings))
+    _run(settings, serve_forever(settings))
 
 
 def run_demo(settings: Settings, duration: float) -> None:
     """``apportion demo``: a server with the demo fleet, for ``duration`` seconds (0: until
     SIGTERM or Ctrl-C)."""
-    _run(_demo(settings, duration))
+    _run(settings, _demo(settings, duration))
 
 
 DEMO_PROFILE = "demo"
