@@ -239,3 +239,28 @@ async def test_a_hold_made_over_the_websocket_belongs_to_the_keys_account_and_us
     hold = context_of(running).holds.get(answer["allocation_id"])
     assert hold.owner is not None
     assert (hold.owner.account, hold.owner.user) == ("team-a", "alice")
+
+
+async def test_the_fleet_view_shows_every_gpu_taken_but_only_ones_own_holders(
+    running: Running, fleet: list[dict[str, Any]], keys: Keys
+) -> None:
+    # the dashboard's GET /fleet named every holder (job ids, allocation ids) to every key
+    hold = await server_hold(running, fleet, Owner("team-a", "alice", None))
+    node = fleet[0]["nodes"]["nodeData"][0]["id"]
+
+    async def gpu0(session: aiohttp.ClientSession) -> list[Any]:
+        async with session.get(f"{running.url}/fleet") as response:
+            snapshot = await response.json()
+        (cluster,) = [c for c in snapshot["clusters"] if c["id"] == fleet[0]["id"]]
+        (row,) = [n for n in cluster["nodes"] if n["id"] == node]
+        gpu: list[Any] = row["gpus"][0]
+        return gpu
+
+    fields = ("index", "model", "memory_mb", "state", "util", "free_mb", "holder")
+    for session, holder in (
+        (keys.alice, hold.allocation_id),  # her account's
+        (keys.operator, hold.allocation_id),  # an operator reads every account
+        (keys.carol, None),  # another account: taken, by whom is not said
+    ):
+        seen = dict(zip(fields, await gpu0(session), strict=True))
+        assert (seen["state"], seen["holder"]) == ("held", holder)

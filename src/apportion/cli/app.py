@@ -29,7 +29,7 @@ app = typer.Typer(
     name="apportion",
     help="Apportion: a policy-driven GPU allocation engine.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish)
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 

@@ -28,6 +28,7 @@ from typing import Any
 from aiohttp import web
 
 from apportion.errors import NotFound, Unauthorized
+from apportion.ownership import Actor
 from apportion.server.auth import Principal, Scope, principal_of
 from apportion.server.http_common import ctx, json_response
 from apportion.server.keys import KeyStore
@@ -247,26 +248,30 @@ def _number(value: float) -> float | None:
     return None if math.isnan(value) else round(value, 1)
 
 
-def fleet_snapshot(context: Any) -> dict[str, Any]:
-    """Every cluster, node and GPU with its state, for ``GET /fleet`` (a ServerContext).
+def fleet_snapshot(context: Any, who: Actor) -> dict[str, Any]:
+    """Every cluster, node and GPU with its state, for ``GET /fleet`` (a ServerContext) as
+    ``who`` may see it.
 
     A GPU's state, first match wins: ``job`` (held by a running job's hold), ``held`` (held by
     an allocation), ``stale`` (its cluster's metrics are past the TTL), ``busy`` (metrics say
     cudaUtilization ≥ 50), else ``free``. GPUs are rows ``[index, model, memory_mb, state,
-    util, free_mb, holder]`` (``gpu_fields``); ``holder`` is the job id or allocation id."""
+    util, free_mb, holder]`` (``gpu_fields``); ``holder`` is the job id or allocation id when
+    ``who`` may see that hold (apportion.ownership), else None: every key sees that a GPU is
+    taken, only the account's keys (and operators) see by what."""
     registry, holds = context.registry, context.holds
     job_of: dict[str, str] = {}
     if context.jobs is not None:
         for job in context.jobs.jobs.jobs.values():
             if job.allocation_id is not None and not job.status.finished:
                 job_of[job.allocation_id] = job.job_id
-    holder: dict[tuple[str, str, str], tuple[str, str]] = {}
+    holder: dict[tuple[str, str, str], tuple[str, str | None]] = {}
     for hold in holds.active():
         # a job's hold: by kind, or by the job record (HoldManager.reserve drops ``kind``)
         is_job = hold.kind == "job" or hold.allocation_id in job_of
-        who = job_of.get(hold.allocation_id, hold.allocation_id) if is_job else hold.allocation_id
+        name = job_of.get(hold.allocation_id, hold.allocation_id) if is_job else hold.allocation_id
+        shown = name if who.may_see(hold.owner) else None
         for key in hold.gpu_keys:
-            holder[key] = ("job" if is_job else "held", who)
+            holder[key] = ("job" if is_job else "held", shown)
     fleet = registry.fleet
     with fleet.lock:
         s = fleet.structure
@@ -298,11 +303,11 @@ def fleet_snapshot(context: Any) -> dict[str, Any]:
         gpus = []
         for g in range(starts[row], starts[row] + counts[row]):
             index = g - starts[row]
-            state, who = holder.get((cluster["id"], node_id, str(index)), ("", None))
+            state, by = holder.get((cluster["id"], node_id, str(index)), ("", None))
             u = util[g]
             if not state:
                 state = "stale" if stale else "busy" if u >= BUSY_UTIL_PERCENT else "free"
-            gpus.append([index, models[gpu_model[g]], gpu_mem[g], state, _number(u), _number(free[g]), who])  # fmt: skip
+            gpus.append([index, models[gpu_model[g]], gpu_mem[g], state, _number(u), _number(free[g]), by])  # fmt: skip
             for bucket in (cluster["counts"], totals):
                 bucket["gpus"] += 1
                 bucket[state] += 1
@@ -320,7 +325,7 @@ def fleet_snapshot(context: Any) -> dict[str, Any]:
 @api.get("/fleet", scope=Scope.READ, response=dict[str, Any])
 async def fleet(request: web.Request) -> web.Response:
     """Every cluster, node and GPU with its state (free, held, job, busy, stale) for the dashboard."""
-    return json_response(fleet_snapshot(ctx(request)))
+    return json_response(fleet_snapshot(ctx(request), principal_of(request).actor))
 
 
 # ---------------------------------------------------------------- jobs
