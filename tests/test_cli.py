@@ -122,6 +122,13 @@ async def test_clusters_nodes_export_load(
     assert missing.exit_code == 1 and "nowhere" in missing.stderr and "[NotFound]" in missing.stderr
     rows = as_json(await cli(running, "nodes", "-o", "json"))
     assert len(rows) == sum(len(c["nodes"]["nodeData"]) for c in fleet)
+    assert {r["state"] for r in rows} == {"idle"} and all(r["free"] == r["gpus"] for r in rows)
+    # states as sinfo names them: a node with some GPUs held is mix, with all of them alloc
+    (first,) = [r for r in rows if r["node_id"] == fleet[0]["nodes"]["nodeData"][0]["id"]]
+    ok(await cli(running, "hold", "--gpus", "2", "--cluster", fleet[0]["id"]))
+    ok(await cli(running, "hold", "--gpus", str(first["gpus"]), "--cluster", fleet[0]["id"]))
+    states = {r["state"] for r in as_json(await cli(running, "nodes", "-o", "json"))}
+    assert states == {"idle", "mix", "alloc"}
     one = as_json(await cli(running, "nodes", "--cluster", fleet[0]["id"], "-o", "json"))
     assert {r["cluster_id"] for r in one} == {fleet[0]["id"]}
     snapshot = tmp_path / "snap.json"

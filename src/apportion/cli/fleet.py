@@ -234,18 +234,25 @@ def nodes(
 ) -> None:
     """Every node with its GPUs."""
 
-    async def work(client: AsyncApportion) -> list[Cluster]:
-        return [await client.cluster(cluster)] if cluster else await client.clusters()
+    async def work(client: AsyncApportion) -> tuple[list[Cluster], dict[str, Any]]:
+        docs = [await client.cluster(cluster)] if cluster else await client.clusters()
+        return docs, await client.fleet()
 
+    docs, snapshot = run(ctx, work)
+    taken = _taken_gpus(snapshot)
     rows: list[dict[str, Any]] = []
-    for doc in run(ctx, work):
+    for doc in docs:
         for node in doc.node_list():
             node_gpus = node.get("gpus") or {}
+            count = int(node_gpus.get("count", 0))
+            used = taken.get((doc.id, str(node.get("id"))), 0)
             rows.append(
                 {
                     "cluster_id": doc.id,
                     "node_id": node.get("id"),
-                    "gpus": node_gpus.get("count", 0),
+                    "state": _node_state(doc.status, used, count),
+                    "gpus": count,
+                    "free": count - used,
                     "models": ",".join(node_gpus.get("modelNames") or []) or None,
                     "vcpus": (node.get("vcpus") or {}).get("count"),
                     "memory_mb": node.get("memory"),
@@ -254,9 +261,29 @@ def nodes(
     listing(
         output,
         rows,
-        ["CLUSTER", "NODE", "GPUS", "MODELS", "VCPUS", "MEMORY_MB"],
+        ["CLUSTER", "NODE", "STATE", "GPUS", "FREE", "MODELS", "VCPUS", "MEMORY_MB"],
         lambda r: list(r.values()),
     )
+
+
+def _taken_gpus(snapshot: dict[str, Any]) -> dict[tuple[str, str], int]:
+    """GPUs held by an allocation or a job, per ``(cluster, node)``, from ``GET /fleet``."""
+    state = snapshot["gpu_fields"].index("state")
+    return {
+        (cluster["id"], node["id"]): sum(1 for g in node["gpus"] if g[state] in ("held", "job"))
+        for cluster in snapshot["clusters"]
+        for node in cluster["nodes"]
+    }
+
+
+def _node_state(cluster_status: str | None, taken: int, gpus: int) -> str:
+    """A node's state as sinfo names it: ``drain`` (its cluster is not live), ``idle``
+    (nothing held), ``alloc`` (every GPU held), else ``mix``."""
+    if cluster_status not in (None, "live"):
+        return "drain"
+    if taken == 0:
+        return "idle"
+    return "alloc" if taken >= gpus else "mix"
 
 
 def events(

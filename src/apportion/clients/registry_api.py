@@ -28,6 +28,12 @@ class RegistryAPI:
         """Every cluster document."""
         return [Cluster.model_validate(c) for c in await self._rest.call("GET", "/clusters")]
 
+    async def fleet(self) -> dict[str, Any]:
+        """Every cluster, node and GPU with its state (``GET /fleet``: ``free``, ``held``,
+        ``job``, ``busy``, ``stale``; GPUs as rows of ``gpu_fields``)."""
+        result: dict[str, Any] = await self._rest.call("GET", "/fleet")
+        return result
+
     async def cluster(self, cluster_id: str) -> Cluster:
         """One cluster document; :class:`NotFoundError` when unknown."""
         return Cluster.model_validate(await self._rest.call("GET", f"/clusters/{cluster_id}"))
