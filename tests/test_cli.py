@@ -440,6 +440,22 @@ async def test_submit_wait_status_logs_and_listing(
     assert partly.exit_code == 1 and "[NotFound]" in partly.stderr
 
 
+async def test_allocate_explain_prints_a_summary_and_json_has_the_record(
+    running: Running, fleet: list[dict[str, Any]]
+) -> None:
+    # before, --explain printed some 250 lines of raw JSON under the table
+    text = ok(await cli(running, "allocate", "--gpus", "2", "--gpu-model", "A100", "--explain"))
+    lines = text.splitlines()
+    assert len(lines) < 20, text
+    assert "Decided by binpack:1.0-stable over 3 cluster(s)" in text
+    assert "16 of 44 candidate nodes could take it" in text  # 44 nodes, 16 of them A100
+    assert "refused because of gpu_model: 28" in text and "… and 25 more (-o json for all)" in text
+    assert "best:" in text and "time:" in text
+    record = as_json(await cli(running, "allocate", "--gpus", "2", "--gpu-model", "A100",
+                               "--explain", "-o", "json"))["explain"]  # fmt: skip
+    assert len(record["rejected"]) == 28
+
+
 async def test_queues_and_explain_a_waiting_job(
     running: Running, fleet: list[dict[str, Any]]
 ) -> None:

@@ -67,7 +67,41 @@ def allocate(
     rows = [[p.cluster_id, p.node_id, ",".join(p.gpus)] for p in result.placements]
     print_table(rows, ["CLUSTER", "NODE", "GPUS"])
     if result.explain:
-        print_json(result.explain)
+        typer.echo(explain_summary(result.explain))
+
+
+def explain_summary(record: dict[str, Any], *, examples: int = 3) -> str:
+    """A decision record (``explain``) in a few lines: how many candidates, why the others
+    were refused (counted by reason, with a few examples), the best scores and the time spent.
+    The whole record is ``-o json``'s."""
+    policy, clusters = record.get("policy_rule_uri"), record.get("candidate_clusters")
+    lines = [f"Decided by {policy} over {clusters} cluster(s)"]
+    if record.get("candidate_nodes") is not None:
+        lines.append(
+            f"  {record.get('feasible_nodes')} of {record['candidate_nodes']} candidate nodes"
+            " could take it"
+        )
+        summary = record.get("rejection_summary") or {}
+        if summary:
+            counted = ", ".join(f"{reason}: {n}" for reason, n in summary.items())
+            lines.append(f"  refused because of {counted}")
+        for rejected in (record.get("rejected") or [])[:examples]:
+            reasons = "; ".join(rejected.get("reasons") or [])
+            lines.append(f"    {rejected.get('cluster_id')}/{rejected.get('node_id')}: {reasons}")
+        more = len(record.get("rejected") or []) - examples
+        if more > 0:
+            lines.append(f"    … and {more} more (-o json for all)")
+        scores = record.get("top_scores") or []
+        if scores:
+            best = ", ".join(
+                f"{s.get('cluster_id')}/{s.get('node_id')} ({s.get('score')})" for s in scores[:3]
+            )
+            lines.append(f"  best: {best}")
+    timings = record.get("timings_ms") or {}
+    if timings:
+        spent = ", ".join(f"{phase} {ms:.2f} ms" for phase, ms in timings.items())
+        lines.append(f"  time: {spent}")
+    return "\n".join(lines)
 
 
 def _inputs(
