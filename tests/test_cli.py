@@ -456,6 +456,27 @@ async def test_allocate_explain_prints_a_summary_and_json_has_the_record(
     assert len(record["rejected"]) == 28
 
 
+async def test_history_as_sacct_with_since_user_state_and_format(
+    running: Running, fleet: list[dict[str, Any]]
+) -> None:
+    # before, there was no history view: `jobs --all` only, with no filters
+    bob = as_json(await cli(running, "keys", "create", "bob", "-o", "json"))["api_key"]
+    ok(await cli(running, "submit", "--wait", "--", PY, "-c", "pass"))
+    failed = await cli(running, "submit", "--wait", "--", PY, "-c", "raise SystemExit(4)", key=bob)
+    bobs = failed.stdout.split()[2]
+    rows = as_json(await cli(running, "history", "--user", "bob", "-o", "json"))
+    assert [r["job_id"] for r in rows] == [bobs]
+    table = ok(
+        await cli(running, "history", "--state", "failed", "--format", "jobid,user,exitcode")
+    )
+    assert table.splitlines()[0].split() == ["JOBID", "USER", "EXITCODE"]
+    assert any(line.split() == [bobs, "bob", "4"] for line in table.splitlines())
+    assert len(as_json(await cli(running, "history", "--since", "1h", "-o", "json"))) == 2
+    assert as_json(await cli(running, "history", "--since", "2999-01-01", "-o", "json")) == []
+    bad = await cli(running, "history", "--format", "jobid,colour")
+    assert bad.exit_code == 2 and "colour" in bad.stderr and "exitcode" in bad.stderr
+
+
 async def test_queues_and_explain_a_waiting_job(
     running: Running, fleet: list[dict[str, Any]]
 ) -> None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import typer
@@ -347,10 +348,82 @@ def _cap(value: Any) -> Any:
     return "unlimited" if value in (None, -1) else value
 
 
+HISTORY_FIELDS: dict[str, Callable[[Job], Any]] = {
+    "jobid": lambda j: j.job_id,
+    "name": lambda j: j.name,
+    "account": lambda j: j.account,
+    "user": lambda j: j.user,
+    "queue": lambda j: j.queue,
+    "state": lambda j: j.status,
+    "submit": lambda j: j.created_at,
+    "start": lambda j: j.start_time,
+    "end": lambda j: j.end_time,
+    "elapsed": lambda j: _elapsed(j) if j.start_time else None,
+    "workers": lambda j: j.config.get("replica_count", 1),
+    "gpus": lambda j: _gpus(j),
+    "exitcode": lambda j: j.return_code,
+    "reason": lambda j: j.failed_reason,
+}
+"""What ``history --format`` can show (sacct's field names where it has one)."""
+
+
+def history(
+    ctx: typer.Context,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Submitted since: a date (2026-12-01), a time, or an age (2h, 1d)."),
+    ] = None,
+    user: Annotated[str | None, typer.Option(help="Only this user's jobs.")] = None,
+    state: Annotated[str | None, typer.Option(help="Only jobs in this state.")] = None,
+    format_: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help=f"Comma-separated fields, from: {', '.join(HISTORY_FIELDS)}.",
+        ),
+    ] = "jobid,name,user,state,elapsed,gpus,exitcode",
+    output: OutputOpt = Output.TABLE,
+) -> None:
+    """Finished and running jobs, as sacct shows them (every state unless --state)."""
+    fields = [f.strip().lower() for f in format_.split(",") if f.strip()]
+    unknown = [f for f in fields if f not in HISTORY_FIELDS]
+    if unknown or not fields:
+        fail(
+            f"--format {format_!r}: unknown field(s) {', '.join(unknown) or '(none given)'};"
+            f" choose from {', '.join(HISTORY_FIELDS)}",
+            code=2,
+        )
+    cutoff = None if since is None else _since(since)
+    found = run(ctx, lambda client: client.list_jobs(status=state))
+    chosen = [
+        j
+        for j in found
+        if (user is None or j.user == user)
+        and (cutoff is None or (j.created_at and datetime.fromisoformat(j.created_at) >= cutoff))
+    ]
+    listing(
+        output,
+        chosen,
+        [f.upper() for f in fields],
+        lambda j: [HISTORY_FIELDS[f](j) for f in fields],
+        as_json=lambda j: j.model_dump(),
+    )
+
+
+def _since(text: str) -> datetime:
+    """``--since``: an ISO date or time (local time when it names no zone), or an age."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return datetime.now(UTC) - timedelta(seconds=parse_duration(text, flag="--since"))
+    return moment if moment.tzinfo is not None else moment.astimezone()
+
+
 def register(app: typer.Typer) -> None:
     """Add the job commands to ``app``."""
     app.command(context_settings={"allow_interspersed_args": False})(submit)
     app.command()(jobs)
+    app.command()(history)
     app.command()(status)
     app.command()(cancel)
     app.command()(explain)
