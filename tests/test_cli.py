@@ -477,6 +477,29 @@ async def test_history_as_sacct_with_since_user_state_and_format(
     assert bad.exit_code == 2 and "colour" in bad.stderr and "exitcode" in bad.stderr
 
 
+async def test_jobs_watch_redraws_until_interrupted(running: Running, tmp_path: Path) -> None:
+    # before, there was no --watch: `watch apportion jobs` paid the CLI's start every time
+    script = Path(sys.executable).parent / "apportion"
+    process = await asyncio.create_subprocess_exec(
+        str(script), "jobs", "--watch",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        env={**os.environ, **cli_env(running, ADMIN_KEY, tmp_path)},
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        headers = 0
+        while headers < 2:  # two redraws, each with the table's header
+            line = await asyncio.wait_for(process.stdout.readline(), 30)
+            assert line, "jobs --watch ended by itself"
+            headers += b"JOBID" in line
+        process.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(process.wait(), 30) in (0, 130)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
 async def test_queues_and_explain_a_waiting_job(
     running: Running, fleet: list[dict[str, Any]]
 ) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -197,6 +198,9 @@ def jobs(
     state: Annotated[str | None, typer.Option(help="Only jobs in this state.")] = None,
     queue: Annotated[str | None, typer.Option(help="Only jobs of this queue.")] = None,
     all_: Annotated[bool, typer.Option("--all", "-a", help="Finished jobs too.")] = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", "-w", help="Redraw every 2 s until Ctrl-C.")
+    ] = False,
     output: OutputOpt = Output.TABLE,
 ) -> None:
     """List jobs like squeue (active ones unless --all or --state)."""
@@ -205,7 +209,24 @@ def jobs(
         found = await client.list_jobs(status=state, queue=queue)
         return found if all_ or state else [j for j in found if j.status in ACTIVE]
 
-    found = run(ctx, work)
+    while True:
+        found = run(ctx, work)
+        if watch:  # as `watch squeue`: the screen redrawn every interval until Ctrl-C
+            typer.echo("\033[H\033[2J", nl=False)
+            typer.echo(f"Every {WATCH_SECONDS:g} s: apportion jobs    {time.strftime('%c')}")
+        _jobs_table(output, found)
+        if not watch:
+            return
+        try:
+            time.sleep(WATCH_SECONDS)
+        except KeyboardInterrupt:
+            raise typer.Exit(0) from None
+
+
+WATCH_SECONDS = 2.0
+
+
+def _jobs_table(output: Output, found: list[Job]) -> None:
     listing(
         output,
         found,
