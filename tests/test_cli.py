@@ -31,7 +31,7 @@ from apportion.errors import InvalidRequest, NotFound
 from apportion.jobs.identity import python_for_jobs
 from apportion.jobs.records import Job, resolve_job
 from tests.conftest import ADMIN_KEY, Running
-from tests.jobs_helpers import record, wait_for
+from tests.jobs_helpers import job, record, wait_for
 from tests.sandbox_env import jailed  # noqa: F401 (a fixture)
 
 PY = python_for_jobs()  # an interpreter the job user can run (docs/security.md)
@@ -498,6 +498,46 @@ async def test_jobs_watch_redraws_until_interrupted(running: Running, tmp_path: 
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_logs_follow_of_a_gang_shows_every_worker_live(
+    running: Running, fleet: list[dict[str, Any]], tmp_path: Path, job_tmp: Path
+) -> None:
+    # before, `logs -f` of a gang showed worker 0 live and the others only once it had ended
+    gate = job_tmp / "gate"
+    code = (
+        "import os, time\n"
+        "print('worker', os.environ['APPORTION_WORKER_INDEX'], 'is live', flush=True)\n"
+        f"end = time.monotonic() + 120\n"
+        f"while not os.path.exists({str(gate)!r}) and time.monotonic() < end:\n"
+        "    time.sleep(0.05)\n"
+    )
+    job_id = (await cli(running, "submit", "--workers", "2", "--", PY, "-c", code)).stdout.split()[
+        -1
+    ]
+    script = Path(sys.executable).parent / "apportion"
+    process = await asyncio.create_subprocess_exec(
+        str(script), "logs", "-f", job_id,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **cli_env(running, ADMIN_KEY, tmp_path)},
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        seen: set[str] = set()
+        while len(seen) < 2:  # both workers' lines while both still run
+            line = (await asyncio.wait_for(process.stdout.readline(), 30)).decode().strip()
+            assert line, "logs -f ended before both workers were seen"
+            seen.add(line)
+        assert seen == {"[0] worker 0 is live", "[1] worker 1 is live"}
+        assert (await job(running, job_id))["status"] == "running"  # still running, both
+        gate.touch()
+        assert await asyncio.wait_for(process.wait(), 30) == 0  # ends with the job
+    finally:
+        gate.touch()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    await wait_for(running, job_id, "completed", "failed")
 
 
 async def test_queues_and_explain_a_waiting_job(

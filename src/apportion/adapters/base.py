@@ -126,8 +126,19 @@ class Adapter(Protocol):
         ...
 
     async def logs(
-        self, spec: JobSpec, scheduler_job_id: str, *, offset: int = 0, limit: int = 65536
-    ) -> LogChunk: ...
+        self,
+        spec: JobSpec,
+        scheduler_job_id: str,
+        *,
+        offset: int = 0,
+        limit: int = 65536,
+        worker: int | None = None,
+    ) -> LogChunk:
+        """The job's output from byte ``offset``: every worker's (``worker`` None), or one
+        worker's own stream, which follows live while the others run too. An adapter whose
+        backend keeps one stream for the whole job raises :class:`AdapterError` for
+        ``worker``."""
+        ...
 
     async def usage(self, spec: JobSpec, scheduler_job_id: str) -> dict[str, Any]:
         """Seed 002's fields: cpuSeconds, memoryCpuSeconds, instantTotalMemory, maxTotalMemory,

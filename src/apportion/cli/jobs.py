@@ -324,14 +324,33 @@ def logs(
     job_id: str,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Until the job ends.")] = False,
 ) -> None:
-    """Print a job's output."""
+    """Print a job's output (stdout and stderr together); -f follows it, a gang's every worker
+    at once, each line marked with its worker's number."""
 
     async def work(client: AsyncApportion) -> None:
-        async for chunk in client.logs(job_id, follow=follow):
+        job = await client.job(job_id)
+        workers = int(job.config.get("replica_count", 1))
+        if follow and workers > 1 and job.adapter != "slurm":  # Slurm: one file for the job
+            await asyncio.gather(*(_follow_worker(client, job.job_id, n) for n in range(workers)))
+            return
+        async for chunk in client.logs(job.job_id, follow=follow):
             sys.stdout.write(chunk)
             sys.stdout.flush()
 
     run(ctx, work)
+
+
+async def _follow_worker(client: AsyncApportion, job_id: str, worker: int) -> None:
+    """Print one worker's output as it comes, whole lines only, each marked ``[N] ``."""
+    pending = ""
+    async for chunk in client.logs(job_id, follow=True, worker=worker):
+        *lines, pending = (pending + chunk).split("\n")
+        for line in lines:
+            sys.stdout.write(f"[{worker}] {line}\n")
+        sys.stdout.flush()
+    if pending:
+        sys.stdout.write(f"[{worker}] {pending}\n")
+        sys.stdout.flush()
 
 
 def queues(ctx: typer.Context, output: OutputOpt = Output.TABLE) -> None:

@@ -159,13 +159,25 @@ class JobsAPI:
             await asyncio.sleep(poll)
 
     async def logs(
-        self, job_id: str, *, follow: bool = False, offset: int = 0, poll: float = 0.2
+        self,
+        job_id: str,
+        *,
+        follow: bool = False,
+        offset: int = 0,
+        poll: float = 0.2,
+        worker: int | None = None,
     ) -> AsyncIterator[str]:
-        """The job's output in chunks, read with HTTP Range from ``offset``. With ``follow``
-        it keeps reading until the job has finished and the log is complete."""
+        """The job's output (stdout and stderr together) in chunks, read with HTTP Range from
+        ``offset``: every worker's, a gang's one after the other, or with ``worker`` that
+        worker's own, live while the others run. With ``follow`` it keeps reading until the
+        job has finished and the log is complete."""
+        params = {} if worker is None else {"worker": str(worker)}
         while True:
             response = await self._rest.send(
-                "GET", f"/jobs/{job_id}/logs", headers={"Range": f"bytes={offset}-"}
+                "GET",
+                f"/jobs/{job_id}/logs",
+                headers={"Range": f"bytes={offset}-"},
+                params=params,
             )
             if response.body:
                 yield response.text

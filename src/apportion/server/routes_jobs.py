@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from apportion.adapters.base import AdapterError
 from apportion.errors import Conflict, Forbidden, InvalidRequest, NotFound, UnknownPolicy
 from apportion.jobs.models import PriorityRequest, QueueConfig, SubmitRequest
 from apportion.jobs.records import Job
@@ -26,6 +27,7 @@ from apportion.server.schemas import (
     JobRecord,
     JobsQuery,
     LimitsAnswer,
+    LogsQuery,
     PoolLimits,
     QueueRecord,
     StatusEntry,
@@ -119,14 +121,16 @@ async def job_statuses(request: web.Request) -> web.Response:
 @api.get(
     "/jobs/{job_id}/logs",
     scope=Scope.READ,
+    query=LogsQuery,
     response_media="text/plain",
     success={200: "the output from the start", 206: "the output from the Range's start"},
     errors=(NotFound,),
 )
 async def job_logs(request: web.Request) -> web.Response:
-    """The job's output; supports HTTP Range (bytes=N-)."""
+    """The job's output (?worker=N: that worker's own); supports HTTP Range (bytes=N-)."""
     service = _jobs(request)
     job = _visible(request)
+    worker = query_of(request, LogsQuery).worker
     offset = 0
     range_header = request.headers.get("Range")
     if range_header:
@@ -136,9 +140,14 @@ async def job_logs(request: web.Request) -> web.Response:
     if job.scheduler_job_id is None:
         return web.Response(text="", headers={"X-Log-Complete": str(job.status.finished).lower()})
     driver = service.driver
-    chunk = await driver.adapter_for(job).logs(
-        driver.spec(job), job.scheduler_job_id, offset=offset, limit=1 << 20
-    )
+    try:
+        chunk = await driver.adapter_for(job).logs(
+            driver.spec(job), job.scheduler_job_id, offset=offset, limit=1 << 20, worker=worker
+        )
+    except AdapterError as exc:
+        if worker is None:
+            raise
+        raise InvalidRequest(exc.message, path="query.worker") from None
     headers = {"X-Log-Offset": str(chunk.offset), "X-Log-Complete": str(chunk.complete).lower()}
     return web.Response(text=chunk.text, status=206 if range_header else 200, headers=headers)
 

@@ -47,6 +47,12 @@ class JobsQuery(_Query):
     offset: int = Field(0, ge=0, le=10**9)
 
 
+class LogsQuery(_Query):
+    """``GET /jobs/{id}/logs``: one worker's own stream (a gang's workers each have one)."""
+
+    worker: int | None = Field(None, ge=0, le=4096)
+
+
 class EventsQuery(_Query):
     """``GET /events``: what a client missed after ``since``; ``type`` repeats or takes a
     comma-separated list."""

@@ -130,13 +130,21 @@ class LocalAdapter:
         await asyncio.to_thread(self._cancel, spec, scheduler_job_id)
 
     async def logs(
-        self, spec: JobSpec, scheduler_job_id: str, *, offset: int = 0, limit: int = 65536
+        self,
+        spec: JobSpec,
+        scheduler_job_id: str,
+        *,
+        offset: int = 0,
+        limit: int = 65536,
+        worker: int | None = None,
     ) -> LogChunk:
         """Up to ``limit`` bytes of the job's output stream (stdout and stderr) from ``offset``
         (see :mod:`apportion.adapters.local.logs`)."""
         if offset < 0 or limit < 1:
             raise AdapterError(f"logs needs offset >= 0 and limit >= 1 (got {offset}, {limit})")
-        return await asyncio.to_thread(self._logs, spec, offset, limit)
+        if worker is not None and not 0 <= worker < len(spec.workers):
+            raise AdapterError(f"the job has workers 0 to {len(spec.workers) - 1}, not {worker}")
+        return await asyncio.to_thread(self._logs, spec, offset, limit, worker)
 
     async def usage(self, spec: JobSpec, scheduler_job_id: str) -> dict[str, Any]:
         """A psutil sample over the workers' process trees (finished jobs: the last sample)."""
@@ -255,8 +263,10 @@ class LocalAdapter:
 
     # ---- logs / usage ---------------------------------------------------------------------
 
-    def _logs(self, spec: JobSpec, offset: int, limit: int) -> LogChunk:
+    def _logs(self, spec: JobSpec, offset: int, limit: int, worker: int | None) -> LogChunk:
         workers = [(w.index, w.kind in ("running", "missing")) for w in self._workers(spec)]
+        if worker is not None:  # that worker's own stream (no header)
+            workers = [w for w in workers if w[0] == worker]
         return local_logs.read_stream(Path(spec.output_dir), workers, offset, limit)
 
     def _usage(self, spec: JobSpec) -> dict[str, Any]:

@@ -258,9 +258,20 @@ class SlurmAdapter:
             await asyncio.sleep(0.2)
 
     async def logs(
-        self, spec: JobSpec, scheduler_job_id: str, *, offset: int = 0, limit: int = 65536
+        self,
+        spec: JobSpec,
+        scheduler_job_id: str,
+        *,
+        offset: int = 0,
+        limit: int = 65536,
+        worker: int | None = None,
     ) -> LogChunk:
-        """Text of the job's output file (stdout and stderr together) from byte ``offset``."""
+        """Text of the job's output file (stdout and stderr together, every worker's) from byte
+        ``offset``; Slurm keeps one file per job, so ``worker`` is refused."""
+        if worker is not None:
+            raise AdapterError(
+                "a Slurm job's output is one file for all its workers; read it without a worker"
+            )
         job_id = _check_id(scheduler_job_id)
         finished = (await self.poll(spec, job_id)).state.finished  # before reading: no lost tail
         data, size = await asyncio.to_thread(_read_from, spec.output_dir / LOG_FILE, offset, limit)
