@@ -540,6 +540,26 @@ async def test_logs_follow_of_a_gang_shows_every_worker_live(
     await wait_for(running, job_id, "completed", "failed")
 
 
+async def test_cli_errors_speak_cli_not_rest(running: Running, tmp_path: Path) -> None:
+    # before: "list jobs with GET /jobs", "send Authorization: Bearer <key>"
+    unknown = await cli(running, "status", "ffffffffffff")
+    assert unknown.exit_code == 1 and "`apportion jobs --all`" in unknown.stderr
+    assert "GET /" not in unknown.stderr
+    no_key = await cli(running, "jobs", key=None, tmp=tmp_path)
+    assert no_key.exit_code == 1 and "--api-key" in no_key.stderr
+    assert "Authorization: Bearer" not in no_key.stderr
+    no_account = await cli(running, "keys", "create", "k", "--account", "nowhere")
+    assert "`apportion accounts create`" in no_account.stderr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"APPORTION_URL": f"http://127.0.0.1:{port}", "APPORTION_API_KEY": ADMIN_KEY}
+    away = await asyncio.to_thread(
+        runner.invoke, app, ["jobs"], env=env | {"APPORTION_CREDENTIALS": str(tmp_path / "x")}
+    )
+    assert away.exit_code == 1 and "check --url" in away.stderr
+
+
 async def test_queues_and_explain_a_waiting_job(
     running: Running, fleet: list[dict[str, Any]]
 ) -> None:

@@ -80,12 +80,41 @@ def fail(message: str, *, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+CLI_WORDS = (
+    ("list jobs with GET /jobs", "list them with `apportion jobs --all`"),
+    ("list queues with GET /queues", "list them with `apportion queues`"),
+    ("list clusters with GET /clusters", "list them with `apportion clusters list`"),
+    ("list them with GET /policies", "list them with `apportion policies list`"),
+    (
+        "list accounts with GET /accounts (`apportion accounts list`)",
+        "list them with `apportion accounts list`",
+    ),
+    ("list keys with GET /keys", "list them with `apportion keys list`"),
+    ("create it first with POST /accounts", "create it first with `apportion accounts create`"),
+    (
+        "send Authorization: Bearer <key>",
+        "give a key with --api-key, APPORTION_API_KEY or a credentials profile",
+    ),
+    ("check the server URL you gave", "check --url"),
+)
+"""The server's and the client's hints, as a user of this command line says them."""
+
+
 def describe(exc: ApportionClientError | ApportionError) -> str:
-    """The server's message, with the field path and the code."""
+    """The server's message in the command line's words (:data:`CLI_WORDS`), with the field
+    path and the code."""
     code = exc.code if isinstance(exc, ApportionClientError) else exc.code.value
     path = exc.details.get("path")
     where = f" (at {path})" if path else ""
-    return f"{exc.message}{where} [{code}]"
+    return f"{in_cli_words(exc.message)}{where} [{code}]"
+
+
+def in_cli_words(message: str) -> str:
+    """``message`` with the server's and the client's hints said as this CLI's
+    (:data:`CLI_WORDS`)."""
+    for said, meant in CLI_WORDS:
+        message = message.replace(said, meant)
+    return message
 
 
 def run(ctx: typer.Context, work: Callable[[AsyncApportion], Awaitable[T]]) -> T:
@@ -100,7 +129,7 @@ def run(ctx: typer.Context, work: Callable[[AsyncApportion], Awaitable[T]]) -> T
     try:
         return asyncio.run(main())
     except ServerUnreachableError as exc:
-        fail(exc.message)
+        fail(in_cli_words(exc.message))
     except ApportionClientError as exc:
         fail(describe(exc))
     except KeyboardInterrupt:

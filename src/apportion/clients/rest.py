@@ -91,7 +91,8 @@ class RestTransport:
             reason = str(exc) or type(exc).__name__
             raise ServerUnreachableError(
                 f"cannot reach the Apportion server at {self.base_url}: {reason}; "
-                "is it running? (apportion serve; check --url or APPORTION_URL)",
+                "is it running (apportion serve)? check the server URL you gave, or"
+                " APPORTION_URL, or the credentials profile",
                 code="Unreachable",
                 details={"url": self.base_url},
             ) from None
