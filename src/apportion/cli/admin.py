@@ -4,7 +4,7 @@ list|create``, ``keys create|list|revoke`` and ``config show``."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -20,9 +20,11 @@ from apportion.cli.common import (
     read_json,
     run,
 )
-from apportion.clients.async_client import AsyncApportion
-from apportion.clients.models import Policy
 from apportion.errors import ApportionError
+
+if TYPE_CHECKING:
+    from apportion.clients.async_client import AsyncApportion
+    from apportion.clients.models import Policy
 
 policies_app = typer.Typer(help="The policy store; offline policy tests.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys (admin).", no_args_is_help=True)

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import orjson
 import typer
@@ -21,10 +21,12 @@ from rich.console import Console
 from rich.table import Table
 
 from apportion import jsonutil
-from apportion.clients.async_client import AsyncApportion
 from apportion.clients.config import ClientConfig, resolve_config
 from apportion.clients.errors import ApportionClientError, ServerUnreachableError
 from apportion.errors import ApportionError
+
+if TYPE_CHECKING:  # the client (aiohttp, pydantic) is imported when a command calls a server
+    from apportion.clients.async_client import AsyncApportion
 
 T = TypeVar("T")
 
@@ -120,6 +122,8 @@ def in_cli_words(message: str) -> str:
 def run(ctx: typer.Context, work: Callable[[AsyncApportion], Awaitable[T]]) -> T:
     """Run ``work(client)`` in a fresh event loop; every client error becomes a message on
     stderr and exit code 1 (the one error boundary of the client commands)."""
+    from apportion.clients.async_client import AsyncApportion
+
     config = options(ctx).config()
 
     async def main() -> T:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -21,8 +21,11 @@ from apportion.cli.common import (
     read_json,
     run,
 )
-from apportion.clients.async_client import DEFAULT_POLICY, AsyncApportion
-from apportion.clients.models import AllocationResult, Cluster, Event
+from apportion.clients.config import DEFAULT_POLICY
+
+if TYPE_CHECKING:
+    from apportion.clients.async_client import AsyncApportion
+    from apportion.clients.models import AllocationResult, Cluster, Event
 
 clusters_app = typer.Typer(help="Clusters of the registry.", no_args_is_help=True)
 

@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -23,9 +23,11 @@ from apportion.cli.common import (
     print_table,
     run,
 )
-from apportion.clients.async_client import AsyncApportion
 from apportion.clients.errors import ApportionClientError, InvalidRequestError
-from apportion.clients.models import Job
+
+if TYPE_CHECKING:
+    from apportion.clients.async_client import AsyncApportion
+    from apportion.clients.models import Job
 
 SHORT_ID = 12
 """How much of a job id the table shows; every command takes any unique prefix of 4 or more."""

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
 from apportion.clients.allocation_socket import AllocationSocket
-from apportion.clients.config import ClientConfig, resolve_config
+from apportion.clients.config import DEFAULT_POLICY, ClientConfig, resolve_config
 from apportion.clients.errors import NotFoundError
 from apportion.clients.jobs_api import JobsAPI
 from apportion.clients.models import AllocationResult, Event
@@ -23,8 +23,6 @@ from apportion.clients.rest import DEFAULT_TIMEOUT, RestTransport
 
 if TYPE_CHECKING:  # python-socketio is imported when events are asked for, not at every start
     from apportion.clients.events import EventStream
-
-DEFAULT_POLICY = "binpack:1.0-stable"
 
 
 class Hold:

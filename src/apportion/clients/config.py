@@ -25,6 +25,8 @@ ENV_URL = "APPORTION_URL"
 ENV_WS_URL = "APPORTION_WS_URL"
 ENV_API_KEY = "APPORTION_API_KEY"
 ENV_PROFILE = "APPORTION_PROFILE"
+DEFAULT_POLICY = "binpack:1.0-stable"
+"""The policy a request names when it names none."""
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Iter
 from pathlib import Path
 from typing import Any, TypeVar
 
-from apportion.clients.async_client import DEFAULT_POLICY, AsyncApportion, Hold
-from apportion.clients.config import ClientConfig
+from apportion.clients.async_client import AsyncApportion, Hold
+from apportion.clients.config import DEFAULT_POLICY, ClientConfig
 from apportion.clients.errors import ApportionClientError
 from apportion.clients.models import (
     AllocationResult,
