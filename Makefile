@@ -12,7 +12,7 @@ RUNTIME := $(VENV)/.installed-runtime
 $(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet -e '.[server]'
 	touch $(RUNTIME)
 
 $(STAMP): $(RUNTIME)

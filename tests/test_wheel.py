@@ -71,7 +71,9 @@ async def test_serve_from_the_installed_wheel_and_use_its_dashboard(
     wheel, _ = built
     venv = tmp_path / "venv"
     run(sys.executable, "-m", "venv", venv, cwd=tmp_path)
-    run(venv / "bin" / "python", "-m", "pip", "install", "--quiet", wheel, cwd=tmp_path)
+    run(
+        venv / "bin" / "python", "-m", "pip", "install", "--quiet", f"{wheel}[server]", cwd=tmp_path
+    )
     port, ws_port = free_port(), free_port()
     env = {
         **os.environ,
@@ -123,3 +125,29 @@ async def test_serve_from_the_installed_wheel_and_use_its_dashboard(
         except TimeoutError:
             server.kill()
             await server.wait()
+
+
+def test_a_client_only_install_has_the_cli_and_no_server_dependencies(
+    built: tuple[Path, Path], tmp_path: Path
+) -> None:
+    # before, every install pulled the server's dependencies (numpy, SQLAlchemy, …)
+    wheel, _ = built
+    venv = tmp_path / "client"
+    run(sys.executable, "-m", "venv", venv, cwd=tmp_path)
+    run(venv / "bin" / "python", "-m", "pip", "install", "--quiet", wheel, cwd=tmp_path)
+    python, apportion = venv / "bin" / "python", venv / "bin" / "apportion"
+    for module in ("numpy", "sqlalchemy", "aiosqlite", "psutil"):
+        found = subprocess.run(
+            [python, "-c", f"import importlib.util as u; print(u.find_spec({module!r}))"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        assert found.stdout.strip() == "None", module
+    version = subprocess.run([apportion, "--version"], capture_output=True, text=True, check=True)
+    assert version.stdout.strip()
+    client = subprocess.run(
+        [python, "-c", "from apportion.clients import Apportion, AsyncApportion; print('ok')"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert client.stdout.strip() == "ok"
+    serve = subprocess.run([apportion, "serve"], capture_output=True, text=True, cwd=tmp_path)
+    assert serve.returncode == 2 and "pip install 'apportion[server]'" in serve.stderr

@@ -19,6 +19,7 @@ from apportion.cli.common import (
     print_table,
     read_json,
     run,
+    server_modules,
 )
 from apportion.errors import ApportionError
 
@@ -89,6 +90,7 @@ def policies_test(
     output: OutputOpt = Output.TABLE,
 ) -> None:
     """Run a policy offline against a snapshot, as the server would; no server needed."""
+    server_modules("policies test")  # it runs the policy as the server would
     from apportion.clients.offline import run_offline_in_child
 
     if not snapshot.is_file():

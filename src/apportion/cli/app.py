@@ -23,7 +23,7 @@ from apportion import __version__
 from apportion.cli import admin as cli_admin
 from apportion.cli import fleet as cli_fleet
 from apportion.cli import jobs as cli_jobs
-from apportion.cli.common import GlobalOptions
+from apportion.cli.common import GlobalOptions, server_modules
 
 app = typer.Typer(
     name="apportion",
@@ -120,6 +120,7 @@ def serve(
             err=True,
         )
         raise typer.Exit(2)
+    server_modules("serve")
     from apportion.cli import running  # the server's modules, only for the commands that run one
 
     settings = running.settings_of(
@@ -152,6 +153,7 @@ def demo(
     ] = 0.0,
 ) -> None:
     """Run a server with a demo fleet (3 clusters, 44 nodes × 8 GPUs) and live synthetic metrics."""
+    server_modules("demo")
     from apportion.cli import running  # the server's modules, only for the commands that run one
 
     with contextlib.ExitStack() as stack:

@@ -8,6 +8,7 @@ reached (the message names the URL); 2 usage errors (typer's, and bad local inpu
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -222,3 +223,22 @@ def parse_duration(text: str, *, flag: str) -> float:
             code=2,
         )
     return seconds
+
+
+def server_modules(command: str) -> None:
+    """Exit with what to install when the server's dependencies are missing (a client-only
+    ``pip install apportion``); ``command`` is the one that needs them."""
+    needed = (
+        "numpy",
+        "sqlalchemy",
+        "aiosqlite",
+        "pydantic_settings",
+        "psutil",
+        "prometheus_client",
+    )
+    if not all(importlib.util.find_spec(name) for name in needed):
+        fail(
+            f"`apportion {command}` needs the server's dependencies, which this install lacks:"
+            " pip install 'apportion[server]'",
+            code=2,
+        )
