@@ -1,5 +1,5 @@
-"""The one formatter of times on the wire: UNIX seconds → ISO-8601 UTC (CONTRACTS: times are
-ISO-8601 UTC strings in documents).
+"""The one formatter of times: on the wire, UNIX seconds → ISO-8601 UTC (CONTRACTS: times are
+ISO-8601 UTC strings in documents); for people, the command line's local time (:func:`local_time`).
 
 Two spellings exist on the wire and stay as clients know them:
 
@@ -31,3 +31,9 @@ def iso_utc(ts: float | None, *, zulu_ms: bool = False) -> str | None:
     if zulu_ms:
         return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
     return moment.isoformat()
+
+
+def local_time(ts: float) -> str:
+    """``ts`` (UNIX seconds) as the command line shows a moment to a person: their local time,
+    ``2026-12-06 14:03:09 CET`` (never on the wire)."""
+    return datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -22,6 +21,7 @@ from apportion.cli.common import (
     run,
 )
 from apportion.clients.config import DEFAULT_POLICY
+from apportion.timefmt import local_time
 
 if TYPE_CHECKING:
     from apportion.clients.async_client import AsyncApportion
@@ -188,9 +188,7 @@ def allocations(ctx: typer.Context, output: OutputOpt = Output.TABLE) -> None:
 
 def _when(epoch: float | None) -> str:
     """A lease's end as local time (``-`` when unknown)."""
-    if epoch is None:
-        return "-"
-    return datetime.fromtimestamp(epoch).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+    return "-" if epoch is None else local_time(epoch)
 
 
 @clusters_app.command("list")

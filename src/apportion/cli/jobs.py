@@ -24,6 +24,7 @@ from apportion.cli.common import (
     run,
 )
 from apportion.clients.errors import ApportionClientError, InvalidRequestError
+from apportion.timefmt import local_time
 
 if TYPE_CHECKING:
     from apportion.clients.async_client import AsyncApportion
@@ -215,7 +216,7 @@ def jobs(
         found = run(ctx, work)
         if watch:  # as `watch squeue`: the screen redrawn every interval until Ctrl-C
             typer.echo("\033[H\033[2J", nl=False)
-            typer.echo(f"Every {WATCH_SECONDS:g} s: apportion jobs    {time.strftime('%c')}")
+            typer.echo(f"Every {WATCH_SECONDS:g} s: apportion jobs    {local_time(time.time())}")
         _jobs_table(output, found)
         if not watch:
             return
