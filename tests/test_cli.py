@@ -560,6 +560,47 @@ async def test_cli_errors_speak_cli_not_rest(running: Running, tmp_path: Path) -
     assert away.exit_code == 1 and "check --url" in away.stderr
 
 
+async def test_submit_a_toml_job_file_and_a_script_with_directives(
+    running: Running, fleet: list[dict[str, Any]], job_tmp: Path
+) -> None:
+    # before, every job was flags on the command line; sbatch users keep #SBATCH lines
+    spec = job_tmp / "job.toml"
+    spec.write_text(
+        'name = "from-file"\nworkers = 2\ngpus = 1\nwalltime = "10m"\n'
+        f'command = ["{PY}", "-c", "print(\'from a file\')"]\n'
+        '[env]\nSTAGE = "test"\n'
+    )
+    ran = await cli(running, "submit", "--wait", str(spec))
+    assert ran.exit_code == 0, ran.output
+    job_id = ran.stdout.split()[2]
+    shown = as_json(await cli(running, "status", job_id, "-o", "json"))
+    config = shown["config"]
+    assert (shown["name"], config["replica_count"], config["resources"]["gpus"]) == (
+        "from-file",
+        2,
+        1,
+    )
+    assert config["walltime"] == 600 and config["env"] == {"STAGE": "test"}
+    table = ok(await cli(running, "status", job_id))
+    assert "gpus per worker" in table and "walltime" in table and "from a file" in table
+    script = job_tmp / "train.sh"
+    script.write_text(
+        f"#!{PY}\n#APPORTION --gpus 2 --name scripted\n#APPORTION --walltime 1:00:00\n"
+        "import sys\nprint('args', sys.argv[1:])\n"
+    )
+    script.chmod(0o755)
+    flagged = await cli(running, "submit", "--wait", "--name", "flag-wins", str(script), "x")
+    assert flagged.exit_code == 0, flagged.output
+    assert "args ['x']" in flagged.stdout
+    shown = as_json(await cli(running, "status", flagged.stdout.split()[2], "-o", "json"))
+    assert shown["name"] == "flag-wins"  # a flag on the command line beats the file
+    assert shown["config"]["resources"]["gpus"] == 2 and shown["config"]["walltime"] == 3600
+    bad = job_tmp / "bad.toml"
+    bad.write_text('command = ["true"]\ncolour = "red"\n')
+    refused = await cli(running, "submit", str(bad))
+    assert refused.exit_code == 2 and "unknown key 'colour'" in refused.stderr
+
+
 async def test_queues_and_explain_a_waiting_job(
     running: Running, fleet: list[dict[str, Any]]
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from apportion.cli.common import (
     print_table,
     run,
 )
+from apportion.cli.jobspec import read_job_file
 from apportion.clients.errors import ApportionClientError, InvalidRequestError
 from apportion.timefmt import local_time
 
@@ -110,10 +112,26 @@ def submit(
     ] = False,
     parsable: Annotated[bool, typer.Option(help="Print only the job id.")] = False,
 ) -> None:
-    """Submit a job: apportion submit --gpus 1 -- python train.py"""
+    """Submit a job: apportion submit --gpus 1 -- python train.py; or a job file:
+    apportion submit job.toml, apportion submit train.sh (with #APPORTION lines)."""
+    spec = read_job_file(command)
+    if spec is not None:  # a flag given on the command line beats the file
+        file = spec.values
+        command = spec.command
+        gpus = gpus or int(file.get("gpus", 0))
+        workers = workers if workers != 1 else int(file.get("workers", 1))
+        queue = queue or file.get("queue")
+        priority = priority or int(file.get("priority", 0))
+        name = name or file.get("name")
+        walltime = walltime or (str(file["walltime"]) if "walltime" in file else None)
+        env = [*(f"{k}={v}" for k, v in (file.get("env") or {}).items()), *(env or [])]
+        gpu_model = gpu_model or file.get("gpu_model")
+        chdir = chdir or file.get("working_dir")
     resources: dict[str, Any] = {"gpu_model": gpu_model} if gpu_model else {}
     seconds = None if walltime is None else parse_duration(walltime, flag="--walltime")
-    where = {} if chdir is None else {"working_dir": os.path.abspath(chdir)}
+    where: dict[str, Any] = {} if chdir is None else {"working_dir": os.path.abspath(chdir)}
+    if spec is not None and spec.values.get("labels"):
+        where["labels"] = {str(k): str(v) for k, v in spec.values["labels"].items()}
 
     async def work(client: AsyncApportion) -> Job | None:
         try:
@@ -273,10 +291,18 @@ def status(ctx: typer.Context, job_id: str, output: OutputOpt = Output.TABLE) ->
     if output is Output.JSON:
         print_json({**job.model_dump(), "statuses": [h.model_dump() for h in history]})
         return
-    fields = ["job_id", "name", "queue", "status", "priority", "queue_position"]
-    fields += ["scheduler_job_id", "created_at", "start_time", "end_time", "return_code"]
+    fields = ["job_id", "name", "account", "user", "queue", "status", "priority"]
+    fields += ["queue_position", "scheduler_job_id", "created_at", "start_time", "end_time"]
+    fields += ["return_code"]
     rows: list[list[Any]] = [[f, getattr(job, f)] for f in fields]
     rows.append(["reason", _reason(job)])
+    config = job.config  # what was asked for: flags, a job file's keys or #APPORTION lines
+    rows.append(["command", shlex.join(config.get("command") or [])])
+    rows.append(["workers", config.get("replica_count", 1)])
+    rows.append(["gpus per worker", (config.get("resources") or {}).get("gpus", 0)])
+    for key in ("walltime", "working_dir", "env", "labels"):
+        if config.get(key):
+            rows.append([key, config[key]])
     print_table(rows, ["FIELD", "VALUE"])
     print_table([[h.time, h.status, h.reason] for h in history], ["TIME", "STATUS", "REASON"])
 
