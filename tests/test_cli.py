@@ -238,7 +238,13 @@ def test_version_and_short_help() -> None:
     assert runner.invoke(app, ["--version"]).stdout.strip() == __version__
     short = runner.invoke(app, ["-h"])
     assert short.exit_code == 0 and "Usage: apportion" in short.stdout
-    assert runner.invoke(app, ["submit", "-h"]).exit_code == 0
+    submit_help = runner.invoke(app, ["submit", "-h"])
+    assert submit_help.exit_code == 0
+    # an on/off flag takes no value: typer's rich help showed `--wait / --no-wait <bool>`
+    assert "--wait / --no-wait" in submit_help.stdout and "<bool>" not in submit_help.stdout
+    for group in ("policies", "keys", "accounts", "config", "clusters"):
+        group_help = runner.invoke(app, [group, "-h"])
+        assert group_help.exit_code == 0 and "<bool>" not in group_help.stdout, group
 
 
 async def test_submit_wait_says_why_it_waits_and_streams_the_output(

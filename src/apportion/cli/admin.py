@@ -11,6 +11,7 @@ import typer
 from apportion.cli.common import (
     Output,
     OutputOpt,
+    command_group,
     describe,
     fail,
     listing,
@@ -27,13 +28,12 @@ if TYPE_CHECKING:
     from apportion.clients.async_client import AsyncApportion
     from apportion.clients.models import Policy
 
-policies_app = typer.Typer(help="The policy store; offline policy tests.", no_args_is_help=True)
-keys_app = typer.Typer(help="API keys (admin).", no_args_is_help=True)
-accounts_app = typer.Typer(
-    help="Accounts: the teams keys and jobs belong to (list: operator; create: admin).",
-    no_args_is_help=True,
+policies_app = command_group("The policy store; offline policy tests.")
+keys_app = command_group("API keys (admin).")
+accounts_app = command_group(
+    "Accounts: the teams keys and jobs belong to (list: operator; create: admin)."
 )
-config_app = typer.Typer(help="Client configuration.", no_args_is_help=True)
+config_app = command_group("Client configuration.")
 
 
 @policies_app.command("list")

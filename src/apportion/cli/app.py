@@ -23,14 +23,12 @@ from apportion import __version__
 from apportion.cli import admin as cli_admin
 from apportion.cli import fleet as cli_fleet
 from apportion.cli import jobs as cli_jobs
-from apportion.cli.common import GlobalOptions, server_modules
+from apportion.cli.common import GlobalOptions, command_group, server_modules
 
-app = typer.Typer(
+app = command_group(
+    "Apportion: a policy-driven GPU allocation engine.",
     name="apportion",
-    help="Apportion: a policy-driven GPU allocation engine.",
-    no_args_is_help=True,
     add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish)
-    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 

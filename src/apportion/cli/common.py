@@ -32,6 +32,21 @@ if TYPE_CHECKING:  # the client (aiohttp, pydantic) is imported when a command c
 T = TypeVar("T")
 
 
+def command_group(help_text: str, **settings: Any) -> typer.Typer:
+    """A typer app (the root or a group of subcommands) as all of ``apportion``'s are made.
+
+    Help is click's plain layout, as sbatch's and git's: typer's rich layout shows a ``<bool>``
+    value after every on/off flag (typer 0.29), which a flag does not take. ``-h`` is ``--help``.
+    """
+    return typer.Typer(
+        help=help_text,
+        no_args_is_help=True,
+        rich_markup_mode=None,
+        context_settings={"help_option_names": ["-h", "--help"]},
+        **settings,
+    )
+
+
 class Output(StrEnum):
     """How listings print: a rich table, or JSON (for scripts)."""
 

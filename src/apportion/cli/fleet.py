@@ -12,6 +12,7 @@ import typer
 from apportion.cli.common import (
     Output,
     OutputOpt,
+    command_group,
     fail,
     listing,
     parse_duration,
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from apportion.clients.async_client import AsyncApportion
     from apportion.clients.models import AllocationResult, Cluster, Event
 
-clusters_app = typer.Typer(help="Clusters of the registry.", no_args_is_help=True)
+clusters_app = command_group("Clusters of the registry.")
 
 
 def allocate(

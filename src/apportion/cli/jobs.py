@@ -82,7 +82,9 @@ def _env(pairs: list[str]) -> dict[str, str]:
 
 def submit(
     ctx: typer.Context,
-    command: Annotated[list[str], typer.Argument(help="The job's argv, after --.")],
+    command: Annotated[
+        list[str], typer.Argument(metavar="COMMAND", help="The job's argv, after --.")
+    ],
     gpus: Annotated[int, typer.Option(help="GPUs per worker.")] = 0,
     workers: Annotated[int, typer.Option(help="Workers, placed all at once.")] = 1,
     queue: Annotated[str | None, typer.Option(help="Queue (default: 'default').")] = None,
