@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from apportion.jobs.identity import python_for_jobs
-from apportion.jobs.models import JobConfig, JobStatus, QueueConfig
+from apportion.jobs.models import JobConfig, JobStatus, QueueConfig, WorkerResources
 from apportion.jobs.records import Job
 from apportion.ownership import DEFAULT_ACCOUNT, Owner
 from tests.conftest import Running
@@ -65,6 +65,17 @@ async def wait_for(
     raise AssertionError(f"job {job_id} never reached {states}: {record}")
 
 
+async def until_reason(running: Running, job_id: str, code: str, message: str = "") -> None:
+    """Poll until the job waits for ``code`` with a message that starts with ``message``."""
+    for _ in range(600):  # 30 s at least: a generous deadline, not a timing assertion
+        record = await job(running, job_id)
+        reason = record.get("reason") or {}
+        if reason.get("code") == code and str(reason.get("message")).startswith(message):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"job {job_id} never waited for {code}: {record}")
+
+
 async def statuses(running: Running, job_id: str) -> list[str]:
     async with running.http.get(f"{running.url}/jobs/{job_id}/statuses") as response:
         return [entry["status"] for entry in await response.json()]
@@ -83,8 +94,10 @@ def record(
     priority: int = 0,
     workers: int = 1,
     bypassed: int = 0,
+    gpus: int = 0,
 ) -> Job:
-    """A job record built in memory (for the pure admission decisions): id ``j<seq>``."""
+    """A job record built in memory (for the pure admission decisions): id ``j<seq>``, each of
+    its ``workers`` with ``gpus`` GPUs."""
     return Job(
         job_id=f"j{seq}",
         seq=seq,
@@ -92,7 +105,12 @@ def record(
         name=f"j{seq}",
         status=status,
         priority=priority,
-        config=JobConfig(command=["true"], queue=queue, replica_count=workers),
+        config=JobConfig(
+            command=["true"],
+            queue=queue,
+            replica_count=workers,
+            resources=WorkerResources(gpus=gpus),
+        ),
         owner=Owner(DEFAULT_ACCOUNT, "tester", None),
         created_at=0.0,
         bypassed=bypassed,

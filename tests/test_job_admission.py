@@ -131,6 +131,32 @@ BLOCKERS = [
         queue_config(cap=10),
     ),
     Row(
+        "maximum_allowed_resources gpus 3 (issue 10: 2 × 2 GPUs ran at once): 2 held + 2 > 3",
+        [record(1, status=RUNNING, gpus=2)],
+        record(2, gpus=2),
+        queue_config(maximum_allowed_resources={"gpus": 3}),
+        expected=Blocked(
+            Reason.QUEUE_RESOURCES,
+            "needs 2 gpus, queue 'q' has 1 free of its maximum_allowed_resources.gpus 3 (2 held)",
+        ),
+    ),
+    Row(
+        "a gang counts every worker at once: 0 held + 2 workers × 2 GPUs = 4 > 3",
+        [],
+        record(2, workers=2, gpus=2),
+        queue_config(maximum_allowed_resources={"gpus": 3}),
+        expected=Blocked(
+            Reason.QUEUE_RESOURCES,
+            "needs 4 gpus, queue 'q' has 3 free of its maximum_allowed_resources.gpus 3 (0 held)",
+        ),
+    ),
+    Row(
+        "scheduled jobs hold too, other queues' do not: 1 + 2 = 3 <= 3",
+        [record(1, status=SCHEDULED, gpus=1), record(3, queue="other", status=RUNNING, gpus=8)],
+        record(2, gpus=2),
+        queue_config(maximum_allowed_resources={"gpus": 3}),
+    ),
+    Row(
         "the pool limit is checked before the cap: 1 >= 1 although 1 + 1 > 1 too",
         [record(1, status=RUNNING, workers=1)],
         record(2, workers=1),
@@ -295,3 +321,16 @@ def test_no_job_is_passed_over_more_than_max_bypass_times(
             job.status, free, ends[job.job_id] = RUNNING, free - job.workers, now + runs[job.job_id]
         assert {j.job_id: j.bypassed for j in jobs if j.bypassed} == passed_over
     assert all(j.status is JobStatus.COMPLETED for j in jobs), "the workload did not drain"
+
+
+def test_a_start_holds_its_resources_for_the_rest_of_the_cycle() -> None:
+    # 2 GPUs started this cycle + 2 asked = 4 > 3: the second waits although nothing ran before
+    queue = queue_config(maximum_allowed_resources={"gpus": 3})
+    first, second = record(1, gpus=2), record(2, gpus=2)
+    state = state_of([first, second], q=queue)
+    assert state.blocker(first, queue) is None
+    state.started(first, queue)
+    assert state.blocker(second, queue) == Blocked(
+        Reason.QUEUE_RESOURCES,
+        "needs 2 gpus, queue 'q' has 1 free of its maximum_allowed_resources.gpus 3 (2 held)",
+    )

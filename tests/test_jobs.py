@@ -16,6 +16,7 @@ from tests.jobs_helpers import (
     sleeper,
     statuses,
     submit,
+    until_reason,
     wait_for,
 )
 
@@ -75,7 +76,7 @@ async def test_priority_first_then_fifo(running: Running, fleet: Any, job_tmp: P
     high = await submit(running, {"name": "high", "command": sleeper(0)}, priority=5)
     low_b = await submit(running, {"name": "low-b", "command": sleeper(0)}, priority=0)
     negative = await submit(running, {"name": "negative", "command": sleeper(0)}, priority=-1)
-    await _until_reason(running, low_a, "PoolLimit")  # set by the next admission cycle
+    await until_reason(running, low_a, "PoolLimit")  # set by the next admission cycle
     waiting = await job(running, low_a)
     assert (
         waiting["reason"]["code"] == "PoolLimit"
@@ -97,7 +98,7 @@ async def test_seed_000_worker_cap_all_or_nothing(
     await wait_for(running, ten, "running")
     eight = await submit(running, {"queue": "capped", "command": sleeper(0), "replica_count": 8})
     record = await wait_for(running, eight, "queued")
-    await _until_reason(running, eight, "QueueWorkerCap")
+    await until_reason(running, eight, "QueueWorkerCap")
     record = await job(running, eight)
     assert "needs 8 worker instance(s), queue 'capped' has 0 free" in record["reason"]["message"]
     gate.touch()
@@ -118,7 +119,7 @@ async def test_a_job_that_does_not_fit_lets_a_smaller_one_pass(
     await wait_for(running, three, "completed")
     # the reason is refreshed every cycle ("0 free" while the 3 workers ran): wait for the
     # cycle after their end, when 3 are free again and the 4-worker job still cannot start
-    await _until_reason(
+    await until_reason(
         running, four, "QueueWorkerCap", "needs 4 worker instance(s), queue 'q' has 3 free"
     )
     record = await job(running, four)
@@ -142,7 +143,7 @@ async def test_starvation_is_bounded_by_max_bypass(
     ]
     await wait_for(running, smalls[0], "running", "completed")
     await wait_for(running, smalls[1], "running", "completed")
-    await _until_reason(running, smalls[2], "WaitsBehindStarvingJob")
+    await until_reason(running, smalls[2], "WaitsBehindStarvingJob")
     blocked = await job(running, smalls[2])
     assert pair in blocked["reason"]["message"]
     gate.touch()
@@ -240,19 +241,6 @@ async def test_a_jobs_usage_is_seed_002s_document_and_survives_a_restart(tmp_pat
     assert isinstance(usage["cpuSeconds"], float) and usage["cpuSeconds"] >= 0
     async with running_server(tmp_path / "data") as live:
         assert (await job(live, job_id))["resource_usage"] == usage
-
-
-async def _until_reason(running: Running, job_id: str, code: str, message: str = "") -> None:
-    """Poll until the job waits for ``code`` with a message that starts with ``message``."""
-    import asyncio
-
-    for _ in range(600):  # 30 s at least: a generous deadline, not a timing assertion
-        record = await job(running, job_id)
-        reason = record.get("reason") or {}
-        if reason.get("code") == code and str(reason.get("message")).startswith(message):
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"job {job_id} never waited for {code}: {record}")
 
 
 async def test_a_job_that_cannot_start_never_ran_and_has_no_start_time(

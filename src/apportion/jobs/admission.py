@@ -6,6 +6,8 @@ Rules (CONTRACTS §6, seeds 000 and 001):
 * ``max_concurrent_jobs`` caps scheduled + running jobs across the pool.
 * A queue's ``maximum_allowed_worker_instances`` counts every running worker of the queue;
   a job is admitted only when **all** its workers fit (all-or-nothing).
+* A queue's ``maximum_allowed_resources`` (GPUs, vCPUs, memory) caps the total its scheduled
+  and running jobs hold, all workers of a job counted at once.
 * A job that cannot start does not block smaller ones behind it (backfill) — until it has been
   bypassed ``max_bypass`` times (a queue setting, default 10). From then on no later job of its
   queue starts before it: starvation is bounded by ``max_bypass`` admissions.
@@ -23,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from apportion.jobs.models import JobStatus, QueueConfig
+from apportion.jobs.models import JobStatus, QueueConfig, worker_amounts
 from apportion.jobs.records import Job
 
 
@@ -34,6 +36,7 @@ class Reason(StrEnum):
 
     POOL_LIMIT = "PoolLimit"
     WORKER_CAP = "QueueWorkerCap"
+    QUEUE_RESOURCES = "QueueResourceLimit"
     WAITS_BEHIND = "WaitsBehindStarvingJob"
     NO_RESOURCES = "NoFeasiblePlacement"
     QUEUED = "Queued"
@@ -54,6 +57,12 @@ def waiting_order(jobs: Iterable[Job]) -> list[Job]:
     )
 
 
+def job_amounts(job: Job) -> dict[str, int]:
+    """What all of ``job``'s workers hold together (GPUs, vCPUs, MiB of memory; unset ones
+    left out)."""
+    return {k: v * job.workers for k, v in worker_amounts(job.config.resources).items()}
+
+
 @dataclass
 class CycleState:
     """What one admission cycle counts as it goes (built by :meth:`of` at the start of a cycle,
@@ -63,6 +72,7 @@ class CycleState:
     active_jobs: int
     workers_by_queue: dict[str, int]
     bypassed: dict[str, int]  # job id → times passed over, as this cycle has counted them
+    held_by_queue: dict[str, dict[str, int]] = field(default_factory=dict)  # GPUs, vCPUs, MiB
     starving: dict[str, str] = field(default_factory=dict)  # queue → job id that must go first
     skipped: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
 
@@ -76,14 +86,16 @@ class CycleState:
     ) -> CycleState:
         """The state at the start of a cycle over ``jobs``, whose queued ones are ``waiting``
         (in :func:`waiting_order`): the active jobs and their workers and, per queue, the first
-        waiting job already passed over ``max_bypass`` times — it goes first."""
-        workers: dict[str, int] = defaultdict(int)
-        active = 0
+        waiting job already passed over ``max_bypass`` times — it goes first; and what each
+        queue's active jobs hold."""
+        state = cls(
+            max_concurrent_jobs, 0, defaultdict(int), {j.job_id: j.bypassed for j in waiting}
+        )
         for job in jobs:
             if job.status.active:
-                active += 1
-                workers[job.queue] += job.workers
-        state = cls(max_concurrent_jobs, active, workers, {j.job_id: j.bypassed for j in waiting})
+                state.active_jobs += 1
+                state.workers_by_queue[job.queue] += job.workers
+                state._hold(job)
         for job in waiting:
             queue = queues.get(job.queue)
             if queue is not None and job.bypassed >= queue.max_bypass:
@@ -114,7 +126,22 @@ class CycleState:
                 f"needs {job.workers} worker instance(s), queue {job.queue!r} has {free} free "
                 f"(cap {cap}, {used} running)",
             )
+        held = self.held_by_queue.get(job.queue, {})
+        for name, total in queue.maximum_allowed_resources.amounts().items():
+            asks = job_amounts(job).get(name, 0)
+            if held.get(name, 0) + asks > total:
+                free = max(total - held.get(name, 0), 0)
+                return Blocked(
+                    Reason.QUEUE_RESOURCES,
+                    f"needs {asks} {name}, queue {job.queue!r} has {free} free of its "
+                    f"maximum_allowed_resources.{name} {total} ({held.get(name, 0)} held)",
+                )
         return None
+
+    def _hold(self, job: Job) -> None:
+        held = self.held_by_queue.setdefault(job.queue, defaultdict(int))
+        for name, amount in job_amounts(job).items():
+            held[name] += amount
 
     def waited(self, job: Job) -> None:
         """``job`` stays queued this cycle; later starts in its queue pass it over."""
@@ -126,6 +153,7 @@ class CycleState:
         ``max_bypass`` holds back the rest of its queue from then on."""
         self.active_jobs += 1
         self.workers_by_queue[job.queue] = self.workers_by_queue.get(job.queue, 0) + job.workers
+        self._hold(job)
         grown: dict[str, int] = {}
         for earlier in self.skipped[job.queue]:
             count = self.bypassed.get(earlier, 0) + 1

@@ -14,11 +14,13 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     StrictBool,
     StrictInt,
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -161,10 +163,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+MAX_WORKER_GPUS = 1024
+"""The most GPUs one worker of a job may ask for."""
+
+
 class WorkerResources(_Strict):
     """Resources of one worker (CONTRACTS §6); they become a built-in policy request."""
 
-    gpus: StrictInt = Field(0, ge=0, le=1024)
+    gpus: StrictInt = Field(0, ge=0, le=MAX_WORKER_GPUS)
     vcpus: StrictInt | None = Field(None, ge=1)
     memory_mb: StrictInt | None = Field(None, ge=1)
     gpu_memory_mb: StrictInt | None = Field(None, ge=1)
@@ -219,6 +225,47 @@ class PriorityRequest(_Strict):
     priority: StrictInt = Field(ge=-1_000_000, le=1_000_000)
 
 
+SEED_RESOURCE_NAMES = {"cpu": "vcpus", "memory_gb": "memory_mb (in MiB)"}
+"""Seed 000's names for a queue's resources, refused with the name Apportion uses."""
+
+
+class ResourceAmounts(_Strict):
+    """Amounts of a queue's ``default_resources`` and ``maximum_resources`` (per worker of a
+    job) and ``maximum_allowed_resources`` (the total of the queue's running jobs), in the
+    job's ``config.resources`` names (docs/jobs.md, "Queue limits"). An unset amount is no
+    default, or no limit."""
+
+    gpus: StrictInt | None = Field(None, ge=0)
+    vcpus: StrictInt | None = Field(None, ge=1)
+    memory_mb: StrictInt | None = Field(None, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _names(cls, data: Any, info: ValidationInfo) -> Any:
+        if not isinstance(data, dict):
+            return data
+        if _stored(info):  # accepted before these names were checked: unknown ones are ignored
+            return {k: v for k, v in data.items() if k in cls.model_fields}
+        for seed_name, name in SEED_RESOURCE_NAMES.items():
+            if seed_name in data:
+                raise ValueError(f"{seed_name!r} is seed 000's name; Apportion's is {name}")
+        return data
+
+    @model_serializer(mode="wrap")
+    def _set_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+    def amounts(self) -> dict[str, int]:
+        """The amounts that are set, by name."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+def worker_amounts(resources: WorkerResources) -> dict[str, int]:
+    """What one worker asks for, in :class:`ResourceAmounts`' names (unset ones left out)."""
+    asked = {"gpus": resources.gpus, "vcpus": resources.vcpus, "memory_mb": resources.memory_mb}
+    return {k: v for k, v in asked.items() if v is not None}
+
+
 class QueueConfig(BaseModel):
     """A queue (seed 000's fields, plus placement)."""
 
@@ -228,10 +275,10 @@ class QueueConfig(BaseModel):
     description: str = ""
     plugin: Literal["local", "slurm"] | None = None  # adapter; default: the chosen cluster's
     working_dir: str | None = None
-    default_resources: dict[str, Any] = Field(default_factory=dict)
-    maximum_resources: dict[str, Any] = Field(default_factory=dict)
+    default_resources: ResourceAmounts = Field(default_factory=ResourceAmounts)
+    maximum_resources: ResourceAmounts = Field(default_factory=ResourceAmounts)
     maximum_allowed_worker_instances: StrictInt = Field(-1, ge=-1)
-    maximum_allowed_resources: dict[str, Any] = Field(default_factory=dict)
+    maximum_allowed_resources: ResourceAmounts = Field(default_factory=ResourceAmounts)
     attributes: dict[str, Any] = Field(default_factory=dict)
     storages: list[Any] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
@@ -267,6 +314,27 @@ class QueueConfig(BaseModel):
             if not ENV_NAME_RE.fullmatch(name):
                 raise ValueError(f"allowed_env entry {name!r} is not a POSIX variable name")
         return names
+
+    @model_validator(mode="after")
+    def _worker_sized(self, info: ValidationInfo) -> QueueConfig:
+        """Per-worker amounts a worker may have (a default above the maximum would be refused
+        to every job that takes it)."""
+        if _stored(info):
+            return self
+        for field in ("default_resources", "maximum_resources"):
+            gpus = getattr(self, field).gpus
+            if gpus is not None and gpus > MAX_WORKER_GPUS:
+                raise ValueError(
+                    f"{field}.gpus {gpus} is more than a worker may have ({MAX_WORKER_GPUS})"
+                )
+        default, maximum = self.default_resources.amounts(), self.maximum_resources.amounts()
+        for name, amount in default.items():
+            if name in maximum and amount > maximum[name]:
+                raise ValueError(
+                    f"default_resources.{name} {amount} is more than maximum_resources.{name}"
+                    f" {maximum[name]}"
+                )
+        return self
 
     @property
     def worker_cap(self) -> int | None:

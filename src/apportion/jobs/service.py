@@ -31,6 +31,7 @@ from apportion.jobs.models import (
     QueueConfig,
     SubmitRequest,
     parse_model,
+    worker_amounts,
 )
 from apportion.jobs.pool_limits import PoolLimits
 from apportion.jobs.records import Job, JobBook, QueueBook
@@ -95,14 +96,19 @@ class JobService:
                 f"config.queue {config.queue!r} does not exist; list queues with GET /queues",
                 path="body.config.queue",
             )
-        self._check_against_queue(config, queue)
+        config = self._fit_to_queue(config, queue)
         self._boundary.check(config, queue, owner.account)
         job = await self.lifecycle.submit(config, request.priority, owner)
         self.wake()
         return job
 
     @staticmethod
-    def _check_against_queue(config: JobConfig, queue: QueueConfig) -> None:
+    def _fit_to_queue(config: JobConfig, queue: QueueConfig) -> JobConfig:
+        """``config`` with its queue's limits applied (docs/jobs.md, "Queue limits"): an amount
+        the job leaves unset is the queue's default, else its per-worker maximum (seed 000's
+        order); :class:`InvalidRequest` naming the field when the job asks more than a worker
+        may have, or more than the queue's total, or more workers than its cap: it could
+        never start."""
         cap = queue.worker_cap
         if cap is not None and config.replica_count > cap:
             raise InvalidRequest(
@@ -110,6 +116,40 @@ class JobService:
                 f"{queue.name!r}: its cap is {cap} worker instances",
                 path="body.config.replica_count",
             )
+        resources = config.resources
+        unset = {
+            name: amount
+            for source in (queue.maximum_resources, queue.default_resources)
+            for name, amount in source.amounts().items()
+            if name not in resources.model_fields_set
+        }  # the default is written last, so it wins over the maximum
+        if unset:
+            resources = resources.model_copy(update=unset)
+            config = config.model_copy(update={"resources": resources})
+        asked = worker_amounts(resources)
+        for name, most in queue.maximum_resources.amounts().items():
+            if asked.get(name, 0) > most:
+                raise InvalidRequest(
+                    f"config.resources.{name} {asked[name]} is more than queue {queue.name!r}"
+                    f" allows a worker (maximum_resources.{name} {most}); ask for at most {most}",
+                    path=f"body.config.resources.{name}",
+                )
+        for name, total in queue.maximum_allowed_resources.amounts().items():
+            if name not in asked:
+                raise InvalidRequest(
+                    f"queue {queue.name!r} limits the {name} of its running jobs to {total}"
+                    f" (maximum_allowed_resources.{name}); set config.resources.{name}",
+                    path=f"body.config.resources.{name}",
+                )
+            whole = asked[name] * config.replica_count
+            if whole > total:
+                raise InvalidRequest(
+                    f"the job asks for {whole} {name} ({asked[name]} per worker ×"
+                    f" {config.replica_count}) and can never run in queue {queue.name!r}: its"
+                    f" running jobs may hold {total} (maximum_allowed_resources.{name})",
+                    path=f"body.config.resources.{name}",
+                )
+        return config
 
     async def cancel(self, job_id: str) -> Job:
         """``POST /jobs/{id}/cancel``: see :meth:`JobLifecycle.cancel`; return the job."""

@@ -1,0 +1,121 @@
+"""A queue's resource limits are applied, or refused where they are written (issue 10, item 1).
+
+Before, as a user found: a queue with ``maximum_resources {"gpus": 2}`` ran a 4-GPU job,
+``maximum_allowed_resources {"gpus": 3}`` ran 2 × 2 GPUs at once, and ``default_resources
+{"gpus": 1}`` gave a job no GPU. Jobs run on the real local adapter over the demo fleet.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Running
+from tests.jobs_helpers import create_queue, gated, job, sleeper, submit, until_reason, wait_for
+
+LIMITED = {
+    "name": "limited",
+    "default_resources": {"gpus": 1},
+    "maximum_resources": {"gpus": 2},
+    "maximum_allowed_resources": {"gpus": 3},
+}
+
+
+async def refused(running: Running, config: dict[str, Any]) -> dict[str, Any]:
+    async with running.http.post(f"{running.url}/jobs/submit", json={"config": config}) as r:
+        answer: dict[str, Any] = await r.json()
+        assert r.status == 400, answer
+    return answer
+
+
+async def test_a_job_without_gpus_gets_the_queues_default(running: Running, fleet: Any) -> None:
+    await create_queue(running, **LIMITED)
+    job_id = await submit(running, {"queue": "limited", "command": sleeper(0)})
+    record = await wait_for(running, job_id, "completed")
+    assert record["config"]["resources"]["gpus"] == 1
+    assert len(record["allocation"][0]["gpus"]) == 1  # it was placed with the GPU
+    # a job that says 0 keeps 0: only what it left unset takes the default
+    none = await submit(running, {"queue": "limited", "command": sleeper(0), "resources": {}})
+    zero = {"queue": "limited", "command": sleeper(0), "resources": {"gpus": 0}}
+    explicit = await submit(running, zero)
+    assert (await wait_for(running, none, "completed"))["config"]["resources"]["gpus"] == 1
+    assert (await wait_for(running, explicit, "completed"))["allocation"][0]["gpus"] == []
+
+
+async def test_more_than_a_worker_may_have_is_refused_at_submit(
+    running: Running, fleet: Any
+) -> None:
+    await create_queue(running, **LIMITED)
+    answer = await refused(
+        running, {"queue": "limited", "command": ["true"], "resources": {"gpus": 4}}
+    )
+    assert answer["error"]["details"]["path"] == "body.config.resources.gpus"
+    assert "maximum_resources.gpus 2" in answer["message"], answer
+    # 2 workers × 2 GPUs = 4 > the queue's total of 3: it could never start
+    gang = {"queue": "limited", "command": ["true"], "replica_count": 2, "resources": {"gpus": 2}}
+    answer = await refused(running, gang)
+    assert "asks for 4 gpus (2 per worker × 2)" in answer["message"], answer
+    assert "maximum_allowed_resources.gpus" in answer["message"]
+    async with running.http.get(f"{running.url}/jobs") as r:
+        assert await r.json() == []  # nothing was stored
+
+
+async def test_a_total_unset_on_the_job_is_refused_naming_the_field(running: Running) -> None:
+    await create_queue(running, name="cpus", maximum_allowed_resources={"vcpus": 8})
+    answer = await refused(running, {"queue": "cpus", "command": ["true"]})
+    assert answer["error"]["details"]["path"] == "body.config.resources.vcpus"
+    assert "set config.resources.vcpus" in answer["message"]
+
+
+async def test_the_queues_total_holds_the_second_job_until_the_first_ends(
+    running: Running, fleet: Any, job_tmp: Path
+) -> None:
+    await create_queue(running, **LIMITED)
+    gate = job_tmp / "first-may-end"
+    first = {"queue": "limited", "command": gated(gate), "resources": {"gpus": 2}}
+    first_id = await submit(running, first)
+    await wait_for(running, first_id, "running")
+    second = await submit(
+        running, {"queue": "limited", "command": sleeper(0), "resources": {"gpus": 2}}
+    )
+    await until_reason(running, second, "QueueResourceLimit", "needs 2 gpus")
+    record = await job(running, second)
+    assert record["status"] == "queued"
+    assert (
+        "has 1 free of its maximum_allowed_resources.gpus 3 (2 held)"
+        in (record["reason"]["message"])
+    )
+    gate.touch()
+    await wait_for(running, first_id, "completed")
+    await wait_for(running, second, "completed")
+
+
+@pytest.mark.parametrize(
+    ("fields", "path", "words"),
+    [
+        ({"default_resources": {"cpu": 2}}, "body.default_resources", "Apportion's is vcpus"),
+        (
+            {"maximum_resources": {"memory_gb": 8}},
+            "body.maximum_resources",
+            "Apportion's is memory_mb",
+        ),
+        ({"maximum_allowed_resources": {"gpu": 2}}, "body.maximum_allowed_resources.gpu", ""),
+        ({"maximum_resources": {"gpus": -1}}, "body.maximum_resources.gpus", ""),
+        (
+            {"default_resources": {"gpus": 4}, "maximum_resources": {"gpus": 2}},
+            "body",
+            "default_resources.gpus 4 is more than maximum_resources.gpus 2",
+        ),
+    ],
+    ids=["seed-cpu", "seed-memory-gb", "unknown", "negative", "default-above-maximum"],
+)
+async def test_a_queue_limit_that_cannot_be_applied_is_refused(
+    running: Running, fields: dict[str, Any], path: str, words: str
+) -> None:
+    async with running.http.post(f"{running.url}/queues", json={"name": "bad", **fields}) as r:
+        answer = await r.json()
+        assert r.status == 400, answer
+    assert answer["error"]["details"]["path"] == path, answer
+    assert words in answer["message"], answer
