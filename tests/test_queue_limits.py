@@ -13,7 +13,16 @@ from typing import Any
 import pytest
 
 from tests.conftest import Running
-from tests.jobs_helpers import create_queue, gated, job, sleeper, submit, until_reason, wait_for
+from tests.jobs_helpers import (
+    PY,
+    create_queue,
+    gated,
+    job,
+    sleeper,
+    submit,
+    until_reason,
+    wait_for,
+)
 
 LIMITED = {
     "name": "limited",
@@ -119,3 +128,53 @@ async def test_a_queue_limit_that_cannot_be_applied_is_refused(
         assert r.status == 400, answer
     assert answer["error"]["details"]["path"] == path, answer
     assert words in answer["message"], answer
+
+
+async def test_a_queues_plugin_chooses_the_scheduler(running: Running, fleet: Any) -> None:
+    # the test fleet's clusters name no scheduler: they run jobs locally, so a queue whose
+    # plugin is slurm has nowhere to place (before, its job ran locally)
+    await create_queue(running, name="on-slurm", plugin="slurm")
+    waiting = await submit(running, {"queue": "on-slurm", "command": ["true"]})
+    await until_reason(
+        running, waiting, "NoFeasiblePlacement", "queue 'on-slurm' runs its jobs with the slurm"
+    )
+    record = await job(running, waiting)
+    assert record["status"] == "queued" and record["scheduler_job_id"] is None
+    await create_queue(running, name="on-local", plugin="local")
+    local = await submit(running, {"queue": "on-local", "command": ["true"]})
+    assert (await wait_for(running, local, "completed"))["adapter"] == "local"
+
+
+async def test_a_queues_env_reaches_its_jobs(running: Running, fleet: Any) -> None:
+    env = {"TEAM": "vision", "SHARED": "from-queue", "PYTHONPATH": "/opt/team"}
+    await create_queue(running, name="team", env=env)
+    show = "import os; print(os.environ['TEAM'], os.environ['SHARED'], os.environ['PYTHONPATH'])"
+    config = {"queue": "team", "command": [PY, "-c", show], "env": {"SHARED": "from-job"}}
+    job_id = await submit(running, config)
+    record = await wait_for(running, job_id, "completed", "failed")
+    # the job's own variable wins; the admin's PYTHONPATH is not held to the jobs' env rule
+    assert record["config"]["env"] == {**env, "SHARED": "from-job"}
+    async with running.http.get(f"{running.url}/jobs/{job_id}/logs") as r:
+        assert (await r.text()).strip() == "vision from-job /opt/team"
+
+
+async def test_the_pool_limit_goes_back_to_unlimited(
+    running: Running, fleet: Any, job_tmp: Path
+) -> None:
+    # before, PUT /pool/limits took only 1-100: once set, the pool could never be unlimited
+    url = f"{running.url}/pool/limits"
+    async with running.http.put(url, json={"max_concurrent_jobs": 1}) as r:
+        assert r.status == 200
+    async with running.http.put(url, json={"max_concurrent_jobs": None}) as r:
+        assert r.status == 200, await r.text()
+    async with running.http.get(f"{running.url}/queue") as r:
+        assert (await r.json())["limits"] == {"max_concurrent_jobs": None}
+    # two jobs run at once again: the second ends while the first holds its slot
+    gate = job_tmp / "first-may-end"
+    first = await submit(running, {"command": gated(gate)})
+    await wait_for(running, first, "running")
+    second = await submit(running, {"command": sleeper(0)})
+    await wait_for(running, second, "completed")
+    assert (await job(running, first))["status"] == "running"
+    gate.touch()
+    await wait_for(running, first, "completed")

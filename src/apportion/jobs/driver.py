@@ -107,12 +107,16 @@ class BackendDriver:
         scheduler = self._registry.get_cluster(cluster_id).get("config", {}).get("scheduler")
         return dict(scheduler) if scheduler else None
 
+    def scheduler_type(self, cluster_id: str) -> str:
+        """The adapter a job placed on ``cluster_id`` is dispatched to: its scheduler's
+        ``type`` (``local`` when the cluster names none)."""
+        return str((self._scheduler_of(cluster_id) or {}).get("type", "local"))
+
     def target(self, placements: Sequence[Placement]) -> Target:
         """The cluster, adapter and nodes of a job's placements (one cluster per job)."""
         cluster_id = _cluster_of(placements)
-        scheduler = self._scheduler_of(cluster_id) or {}
         nodes = ", ".join(sorted({str(p.node_id) for p in placements}))
-        return Target(cluster_id, str(scheduler.get("type", "local")), nodes)
+        return Target(cluster_id, self.scheduler_type(cluster_id), nodes)
 
     def spec(self, job: Job) -> JobSpec:
         """The adapter's view of a job (cached until :meth:`forget`; derived from the record)."""

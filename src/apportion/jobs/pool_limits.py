@@ -38,8 +38,9 @@ class PoolLimits:
         return dict(self._values)
 
     async def set(self, body: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Validate ``{"max_concurrent_jobs": n}`` (an integer from 1 to 100), commit it and
-        return ``(old limits, new limits)``. Raises :class:`InvalidRequest` naming the field."""
+        """Validate ``{"max_concurrent_jobs": n}`` (an integer from 1 to 100, or ``null``: back
+        to unlimited), commit it and return ``(old limits, new limits)``. Raises
+        :class:`InvalidRequest` naming the field."""
         if not isinstance(body, dict) or not body:
             raise InvalidRequest('the body must be {"max_concurrent_jobs": n}', path="body")
         unknown = sorted(set(body) - set(self._values))
@@ -48,11 +49,14 @@ class PoolLimits:
                 f"unknown limit(s) {unknown}; known: {sorted(self._values)}",
                 path=f"body.{unknown[0]}",
             )
-        value = body.get("max_concurrent_jobs", None)
+        value = body["max_concurrent_jobs"]
         low, high = LIMIT_RANGE
-        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high
+        ):
             raise InvalidRequest(
-                f"max_concurrent_jobs must be an integer from {low} to {high}, not {value!r}",
+                f"max_concurrent_jobs must be an integer from {low} to {high}, or null for"
+                f" unlimited, not {value!r}",
                 path="body.max_concurrent_jobs",
             )
         old = self.as_dict()

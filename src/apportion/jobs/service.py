@@ -87,7 +87,8 @@ class JobService:
     async def submit(self, body: Any, owner: Owner) -> Job:
         """``POST /jobs/submit``: validate the body against its queue and the server's job
         boundary (:class:`InvalidRequest` naming the field; :class:`Conflict` when this server
-        runs no jobs), commit the job queued, announce it and wake the cycle; return it."""
+        runs no jobs), apply the queue's limits and ``env`` (the job's own variables win),
+        commit the job queued, announce it and wake the cycle; return it."""
         request = parse_model(SubmitRequest, body)
         config = request.config
         queue = self.queues.get(config.queue) if config.queue in self.queues.names() else None
@@ -98,6 +99,9 @@ class JobService:
             )
         config = self._fit_to_queue(config, queue)
         self._boundary.check(config, queue, owner.account)
+        if queue.env:  # set by an admin (who writes queues): not held to the env rule of jobs
+            merged = {**config.model_dump(), "env": {**queue.env, **config.env}}
+            config = parse_model(JobConfig, merged, prefix="body.config")
         job = await self.lifecycle.submit(config, request.priority, owner)
         self.wake()
         return job
@@ -283,19 +287,33 @@ class JobService:
         if blocked is not None:
             return blocked
         policy = job.config.policy_rule_uri or queue.policy_rule_uri
-        return await self.lifecycle.place(job, policy, self._candidates(queue))
+        candidates = self._candidates(queue)
+        if not candidates and queue.plugin is not None:
+            return Blocked(
+                Reason.NO_RESOURCES,
+                f"queue {queue.name!r} runs its jobs with the {queue.plugin} adapter (its"
+                f" plugin) and none of its clusters has a {queue.plugin} scheduler",
+            )
+        return await self.lifecycle.place(job, policy, candidates)
 
     def _candidates(self, queue: QueueConfig) -> list[str]:
-        """The clusters ``queue`` places on (:class:`InvalidRequest` for a filter that cannot
-        be evaluated)."""
+        """The clusters ``queue`` places on: its ``clusters`` (ids or a filter; all live ones
+        if unset) whose scheduler is the queue's ``plugin``, when it names one
+        (:class:`InvalidRequest` for a filter that cannot be evaluated)."""
+        ids: list[str] | None
         if isinstance(queue.clusters, dict):
             ids = self._registry.filter_cluster_ids(
                 queue.clusters, path=f"queue {queue.name}.clusters"
             )
-            return ids if ids is not None else self._registry.live_cluster_ids()
-        if queue.clusters:
-            return [c for c in queue.clusters if self._registry.has_cluster(c)]
-        return self._registry.live_cluster_ids()
+        elif queue.clusters:
+            ids = [c for c in queue.clusters if self._registry.has_cluster(c)]
+        else:
+            ids = None
+        if ids is None:
+            ids = self._registry.live_cluster_ids()
+        if queue.plugin is None:
+            return ids
+        return [c for c in ids if self.driver.scheduler_type(c) == queue.plugin]
 
 
 def _words(exc: Exception) -> str:

@@ -196,7 +196,7 @@ async def queue_statistics(request: web.Request) -> web.Response:
 
 @api.put("/pool/limits", scope=Scope.ADMIN, body_doc=PoolLimits, response=LimitsAnswer)
 async def pool_limits(request: web.Request) -> web.Response:
-    """Set {"max_concurrent_jobs": 1..100}; emits limits_updated."""
+    """Set {"max_concurrent_jobs": 1..100, or null for unlimited}; emits limits_updated."""
     limits = await _jobs(request).set_limits(await json_body(request))
     return json_response({"success": True, "limits": limits})
 
