@@ -251,7 +251,13 @@ async def test_submit_wait_says_why_it_waits_and_streams_the_output(
     running: Running, fleet: list[dict[str, Any]]
 ) -> None:
     # before, --wait showed no reason while the job waited and no output once it ran
-    waiting = asyncio.create_task(cli(running, "submit", "--wait", "--gpus", "99", "--", "true"))
+    async with running.http.post(
+        f"{running.url}/queues", json={"name": "later", "clusters": ["not-registered-yet"]}
+    ) as response:
+        assert response.status == 201  # its job is accepted and waits: no cluster to place on
+    waiting = asyncio.create_task(
+        cli(running, "submit", "--wait", "--queue", "later", "--", "true")
+    )
     job_id = None
     for _ in range(600):  # until the job is recorded as waiting, 30 s at most
         async with running.http.get(f"{running.url}/jobs") as response:
@@ -275,6 +281,13 @@ async def test_submit_wait_says_why_it_waits_and_streams_the_output(
     assert lines[-1].endswith(": completed (exit code 0)")
 
 
+def ctrl_c_as_in_a_terminal() -> None:
+    """In the child, before exec: SIGINT as a terminal's foreground command has it. A shell
+    without job control starts a background command (`.ci/run &`) with SIGINT ignored, and
+    every process of the tests would inherit that: the CLI would never see the Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def test_ctrl_c_on_submit_wait_cancels_the_job_and_says_so(
     running: Running, fleet: list[dict[str, Any]], tmp_path: Path
 ) -> None:
@@ -291,6 +304,7 @@ async def test_ctrl_c_on_submit_wait_cancels_the_job_and_says_so(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, **cli_env(running, ADMIN_KEY, tmp_path)},
+        preexec_fn=ctrl_c_as_in_a_terminal,
     )
     try:
         assert process.stdout is not None and process.stderr is not None
@@ -490,6 +504,7 @@ async def test_jobs_watch_redraws_until_interrupted(running: Running, tmp_path: 
         str(script), "jobs", "--watch",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
         env={**os.environ, **cli_env(running, ADMIN_KEY, tmp_path)},
+        preexec_fn=ctrl_c_as_in_a_terminal,
     )  # fmt: skip
     try:
         assert process.stdout is not None
@@ -912,3 +927,29 @@ async def _policies_test(
             await process.wait()
     assert process.returncode == 1, err
     return err
+
+
+async def test_a_job_that_could_never_start_names_the_flags(
+    running: Running, fleet: list[dict[str, Any]]
+) -> None:
+    # as sbatch says "Requested node configuration is not available" (issue 10, item 1)
+    refused = await cli(running, "submit", "--gpus", "2", "--gpu-model", "B200", "--", "true")
+    assert refused.exit_code == 1
+    assert refused.stderr.startswith("apportion: --gpus, --gpu-model, --workers: the job can")
+    assert "2 GPUs of model B200" in refused.stderr and "body." not in refused.stderr
+
+
+async def test_submit_without_gpus_takes_the_queues_default(
+    running: Running, fleet: list[dict[str, Any]]
+) -> None:
+    # --gpus left out is the queue's default_resources, --gpus 0 is 0 (issue 10, item 1)
+    async with running.http.post(
+        f"{running.url}/queues", json={"name": "one-gpu", "default_resources": {"gpus": 1}}
+    ) as response:
+        assert response.status == 201
+    for flags, gpus in (([], 1), (["--gpus", "0"], 0)):
+        ran = await cli(running, "submit", "--wait", "--queue", "one-gpu", *flags, "--", "true")
+        assert ran.exit_code == 0, ran.output
+        job_id = ran.stdout.split()[2]  # "Submitted job <id>"
+        async with running.http.get(f"{running.url}/jobs/{job_id}") as response:
+            assert (await response.json())["config"]["resources"]["gpus"] == gpus

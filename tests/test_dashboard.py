@@ -233,14 +233,15 @@ async def test_dashboard_jobs_keeps_unfinished_and_the_newest_finished(demo: Run
     done = [await submit(demo, {"name": f"done-{i}", "command": sleeper(0)}) for i in range(3)]
     for job_id in done:
         await wait_for(demo, job_id, "completed")
-    waiting = await submit(
-        demo,
-        {"name": "too-big", "command": sleeper(0), "resources": {"gpus": 8, "gpu_model": "nope"}},
-    )
+    async with demo.http.post(
+        f"{demo.url}/queues", json={"name": "later", "clusters": ["not-registered-yet"]}
+    ) as response:
+        assert response.status == 201  # its jobs wait: none of its clusters is registered
+    waiting = await submit(demo, {"name": "waits", "queue": "later", "command": sleeper(0)})
     async with demo.http.get(f"{demo.url}/dashboard/jobs?finished=2") as response:
         names = [j["name"] for j in (await response.json())["jobs"]]
     # 3 finished, keep the newest 2, plus the 1 that waits: oldest first
-    assert names == ["done-1", "done-2", "too-big"]
+    assert names == ["done-1", "done-2", "waits"]
     async with demo.http.get(f"{demo.url}/dashboard/jobs?finished=x") as response:
         assert response.status == 400
     async with demo.http.post(f"{demo.url}/jobs/{waiting}/cancel") as response:

@@ -20,7 +20,7 @@ from apportion.jobs.records import JobBook
 from apportion.jobs.service import JobService
 from apportion.store.db import Database
 from tests.conftest import ADMIN_KEY, Running, running_server, server_settings
-from tests.jobs_helpers import PY, statuses, submit, wait_for
+from tests.jobs_helpers import PY, create_queue, statuses, submit, wait_for
 
 
 def service_of(running: Running) -> JobService:
@@ -47,8 +47,9 @@ def test_the_table_is_seed_001s_life() -> None:
 async def test_a_transition_not_in_the_table_is_refused_and_logged(
     running: Running, fleet: object, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # 99 GPUs fit on no node of the demo fleet: the job stays queued
-    job_id = await submit(running, {"command": [PY, "-c", "pass"], "resources": {"gpus": 99}})
+    # the queue's cluster is not registered: the job stays queued
+    await create_queue(running, name="later", clusters=["not-registered-yet"])
+    job_id = await submit(running, {"queue": "later", "command": [PY, "-c", "pass"]})
     service = service_of(running)
     job = service.jobs.get(job_id)
     with (

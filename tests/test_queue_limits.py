@@ -178,3 +178,34 @@ async def test_the_pool_limit_goes_back_to_unlimited(
     assert (await job(running, first))["status"] == "running"
     gate.touch()
     await wait_for(running, first, "completed")
+
+
+@pytest.mark.parametrize(
+    ("resources", "workers", "words"),
+    [
+        ({"gpus": 1, "gpu_model": "B200"}, 1, "none has a node that could hold one"),
+        ({"gpus": 9}, 1, "none has a node that could hold one"),  # the nodes have 8 GPUs
+        # 100 × 8 = 800 GPUs on a fleet of 352: the largest cluster holds 16 such workers
+        ({"gpus": 8}, 100, "the most any could hold is 16 (a100-west)"),
+    ],
+    ids=["no-such-model", "more-than-a-node", "more-than-a-cluster"],
+)
+async def test_a_job_no_cluster_could_ever_hold_is_refused_at_submit(
+    running: Running, fleet: Any, resources: dict[str, Any], workers: int, words: str
+) -> None:
+    config = {"command": ["true"], "resources": resources, "replica_count": workers}
+    answer = await refused(running, config)
+    assert answer["error"]["details"]["path"] == "body.config.resources", answer
+    assert "can never start in queue 'default'" in answer["message"]
+    assert words in answer["message"], answer["message"]
+
+
+async def test_a_job_that_fills_a_cluster_or_has_no_cluster_yet_is_accepted(
+    running: Running, fleet: Any
+) -> None:
+    whole = {"command": ["true"], "replica_count": 16, "resources": {"gpus": 8}}
+    assert (await wait_for(running, await submit(running, whole), "completed"))["allocation"]
+    # a queue whose clusters are not registered (yet): the job is accepted and waits
+    await create_queue(running, name="later", clusters=["not-yet"])
+    waiting = await submit(running, {"queue": "later", "command": ["true"]})
+    await until_reason(running, waiting, "NoFeasiblePlacement")

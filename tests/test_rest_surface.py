@@ -282,8 +282,9 @@ async def test_changing_routes_answer_their_declared_types_and_statuses(
     job_id = (await call("POST", "/jobs/submit", "/jobs/submit", json={"config": {"command": exiting(0)}}))["job_id"]  # fmt: skip
     await wait_for(running, job_id, "completed")
     await call("DELETE", "/jobs/{job_id}", f"/jobs/{job_id}")
-    too_big = {"config": {"command": exiting(0), "resources": {"gpus": 1000}}}
-    waiting = (await call("POST", "/jobs/submit", "/jobs/submit", json=too_big))["job_id"]
+    await call("POST", "/queues", "/queues", json={"name": "later", "clusters": ["not-yet"]})
+    waits = {"config": {"command": exiting(0), "queue": "later"}}  # no cluster: it waits
+    waiting = (await call("POST", "/jobs/submit", "/jobs/submit", json=waits))["job_id"]
     await call("POST", "/jobs/{job_id}/priority", f"/jobs/{waiting}/priority", json={"priority": 3})
     await call("POST", "/jobs/{job_id}/cancel", f"/jobs/{waiting}/cancel")
     await call("POST", "/queues", "/queues", json={"name": "batch"})

@@ -85,7 +85,9 @@ def submit(
     command: Annotated[
         list[str], typer.Argument(metavar="COMMAND", help="The job's argv, after --.")
     ],
-    gpus: Annotated[int, typer.Option(help="GPUs per worker.")] = 0,
+    gpus: Annotated[
+        int | None, typer.Option(help="GPUs per worker (default: the queue's, else 0).")
+    ] = None,
     workers: Annotated[int, typer.Option(help="Workers, placed all at once.")] = 1,
     queue: Annotated[str | None, typer.Option(help="Queue (default: 'default').")] = None,
     priority: Annotated[int, typer.Option(help="Higher runs first.")] = 0,
@@ -120,7 +122,7 @@ def submit(
     if spec is not None:  # a flag given on the command line beats the file
         file = spec.values
         command = spec.command
-        gpus = gpus or int(file.get("gpus", 0))
+        gpus = gpus if gpus is not None else file.get("gpus")
         workers = workers if workers != 1 else int(file.get("workers", 1))
         queue = queue or file.get("queue")
         priority = priority or int(file.get("priority", 0))
@@ -176,6 +178,7 @@ _FLAGS = {
     "body.config.replica_count": "--workers",
     "body.config.resources.gpus": "--gpus",
     "body.config.resources.gpu_model": "--gpu-model",
+    "body.config.resources": "--gpus, --gpu-model, --workers",  # all a job asks for per worker
     "body.config.queue": "--queue",
     "body.config.name": "--name",
     "body.config.env": "--env",

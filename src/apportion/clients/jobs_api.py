@@ -51,7 +51,7 @@ class JobsAPI:
         self,
         command: Sequence[str],
         *,
-        gpus: int = 0,
+        gpus: int | None = None,
         workers: int = 1,
         queue: str | None = None,
         priority: int = 0,
@@ -62,13 +62,14 @@ class JobsAPI:
         **config: Any,
     ) -> str:
         """Submit a job and return its id. ``command`` is the argv (never a shell string);
-        ``gpus`` per worker (merged into ``resources``); other ``config`` keys of CONTRACTS §6
+        ``gpus`` per worker (merged into ``resources``; unset: the queue's default, else 0);
+        other ``config`` keys of CONTRACTS §6
         (``working_dir``, ``labels``, ``policy_rule_uri``, ``parameters``) pass through.
         Raises :class:`InvalidRequestError` naming a bad field."""
         body: dict[str, Any] = {
             "command": list(command),
             "replica_count": workers,
-            "resources": {**(resources or {}), **({"gpus": gpus} if gpus else {})},
+            "resources": {**(resources or {}), **({} if gpus is None else {"gpus": gpus})},
             **config,
         }
         for key, value in (("queue", queue), ("name", name), ("walltime", walltime)):

@@ -164,7 +164,7 @@ def _pick_gpus(st: Stage, row: int) -> list[int]:
     return picked
 
 
-def _candidate_mask(s: Structure, candidates: Sequence[str]) -> tuple[BOOL, int]:
+def candidate_mask(s: Structure, candidates: Sequence[str]) -> tuple[BOOL, int]:
     """Node rows of the candidate clusters (cached per candidate list; never mutate)."""
     key = ("candidates", tuple(candidates))
     hit = s.cache.get(key)
@@ -201,7 +201,7 @@ def place(
     """
     with fleet.lock:
         s = fleet.structure
-        cand, candidate_nodes = _candidate_mask(s, candidates)
+        cand, candidate_nodes = candidate_mask(s, candidates)
         all_candidates = candidate_nodes == s.n_nodes
         rows = (s.gpu_row(k) for k in unavailable)
         excluded = {r for r in rows if r is not None}

@@ -17,6 +17,8 @@ from typing import Any
 from apportion.allocation.holds import HoldManager
 from apportion.allocation.service import AllocationService
 from apportion.background import Spawn
+from apportion.engine.capacity import gang_capacity
+from apportion.engine.requests import parse_request
 from apportion.errors import ApportionError, InvalidRequest
 from apportion.event_sink import EventSink
 from apportion.jobs import views as job_views
@@ -102,6 +104,7 @@ class JobService:
         if queue.env:  # set by an admin (who writes queues): not held to the env rule of jobs
             merged = {**config.model_dump(), "env": {**queue.env, **config.env}}
             config = parse_model(JobConfig, merged, prefix="body.config")
+        self._check_could_start(config, queue)
         job = await self.lifecycle.submit(config, request.priority, owner)
         self.wake()
         return job
@@ -154,6 +157,37 @@ class JobService:
                     path=f"body.config.resources.{name}",
                 )
         return config
+
+    def _check_could_start(self, config: JobConfig, queue: QueueConfig) -> None:
+        """:class:`InvalidRequest` when no cluster of ``queue`` could ever hold all the job's
+        workers, with every GPU free (a GPU model none has, more GPUs than one cluster
+        holds). Without a cluster to compare with (none registered yet, a queue filter that
+        fails now) the job is accepted and waits, saying why."""
+        try:
+            candidates = self._candidates(queue)
+        except InvalidRequest:
+            return
+        if not candidates:
+            return
+        request = parse_request(config.resources.as_request(), path="body.config.resources")
+        fleet = self._registry.fleet
+        with fleet.lock:
+            capacity = gang_capacity(fleet.structure, candidates, request, config.replica_count)
+        if capacity.workers >= config.replica_count:
+            return
+        workers = config.replica_count
+        best = (
+            f"the most any could hold is {capacity.workers} ({capacity.cluster_id})"
+            if capacity.cluster_id is not None
+            else "none has a node that could hold one"
+        )
+        raise InvalidRequest(
+            f"the job can never start in queue {queue.name!r}: its {workers} worker(s) of"
+            f" {request.describe()} each must run in one cluster, and of its"
+            f" {len(candidates)} cluster(s), with every GPU free, {best}; ask for less, or"
+            " another GPU model",
+            path="body.config.resources",
+        )
 
     async def cancel(self, job_id: str) -> Job:
         """``POST /jobs/{id}/cancel``: see :meth:`JobLifecycle.cancel`; return the job."""
