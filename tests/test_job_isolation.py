@@ -252,6 +252,10 @@ async def test_a_working_dir_under_an_allowed_root_is_accepted(
         server, "import os; print(os.getcwd())", queue="shared", working_dir=str(job_tmp / "sub")
     )
     assert out.strip() == str(job_tmp / "sub")
+    # a job that names no working_dir runs in its queue's (issue 10: it was ignored)
+    assert (await _run(server, "import os; print(os.getcwd())", queue="shared")).strip() == str(
+        job_tmp
+    )
 
 
 async def test_injection_variables_are_refused_unless_the_queue_allows_them(
@@ -330,7 +334,7 @@ def test_a_queue_root_that_holds_a_private_directory_is_no_root(tmp_path: Path) 
         _boundary(identity, tmp_path).check(
             config, QueueConfig(name="q", working_dir=str(tmp_path)), "default"
         )
-    with pytest.raises(InvalidRequest, match="not a directory under an allowed root"):
+    with pytest.raises(InvalidRequest, match="runs its jobs in its working_dir /, which is no"):
         _boundary(identity, tmp_path).check(
             JobConfig.model_validate({"command": ["true"], "working_dir": "/"}),
             QueueConfig(name="q", working_dir="/"),

@@ -94,14 +94,21 @@ class JobBoundary:
             or any(_within(real, f) for f in self._forbidden())
             or not any(_within(real, r) for r in roots)
         ):
+            if asked == queue.working_dir:  # the queue's own, given to a job that named none
+                raise InvalidRequest(
+                    f"queue {queue.name!r} runs its jobs in its working_dir {asked}, which is"
+                    " no allowed root (a system or private directory, or one holding it); ask"
+                    " an admin to change it, or give config.working_dir under the jobs root",
+                    path="body.config.working_dir",
+                )
             where = (
                 ", ".join(str(r) for r in roots)
                 or "none: ask an admin to set the queue's working_dir"
             )
+            instead = "the queue's working_dir" if queue.working_dir else "the job's own directory"
             raise InvalidRequest(
                 f"config.working_dir {asked} is not a directory under an allowed root of queue"
-                f" {queue.name!r} ({where}); use one, or leave working_dir out for the job's own"
-                " directory under the jobs root",
+                f" {queue.name!r} ({where}); use one, or leave working_dir out for {instead}",
                 path="body.config.working_dir",
             )
 

@@ -111,9 +111,9 @@ class JobService:
 
     @staticmethod
     def _fit_to_queue(config: JobConfig, queue: QueueConfig) -> JobConfig:
-        """``config`` with its queue's limits applied (docs/jobs.md, "Queue limits"): an amount
-        the job leaves unset is the queue's default, else its per-worker maximum (seed 000's
-        order); :class:`InvalidRequest` naming the field when the job asks more than a worker
+        """``config`` with its queue's settings applied (docs/jobs.md, "Queue limits"): without
+        a ``working_dir`` of its own the job runs in the queue's; an amount the job leaves
+        unset is the queue's default, else its per-worker maximum (seed 000's order); :class:`InvalidRequest` naming the field when the job asks more than a worker
         may have, or more than the queue's total, or more workers than its cap: it could
         never start."""
         cap = queue.worker_cap
@@ -123,6 +123,8 @@ class JobService:
                 f"{queue.name!r}: its cap is {cap} worker instances",
                 path="body.config.replica_count",
             )
+        if config.working_dir is None and queue.working_dir is not None:
+            config = config.model_copy(update={"working_dir": queue.working_dir})
         resources = config.resources
         unset = {
             name: amount
