@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from apportion.jobs.models import STORED, QueueConfig
 from tests.conftest import Running
 from tests.jobs_helpers import (
     PY,
@@ -209,3 +210,11 @@ async def test_a_job_that_fills_a_cluster_or_has_no_cluster_yet_is_accepted(
     await create_queue(running, name="later", clusters=["not-yet"])
     waiting = await submit(running, {"queue": "later", "command": ["true"]})
     await until_reason(running, waiting, "NoFeasiblePlacement")
+
+
+def test_a_queue_stored_before_the_names_were_checked_still_loads() -> None:
+    # seed 000's names were accepted (and ignored) before: such a stored queue loads, without them
+    stored = {"name": "old", "default_resources": {"cpu": 2, "gpus": 1}, "maximum_resources": {}}
+    queue = QueueConfig.model_validate(stored, context=STORED)
+    assert queue.default_resources.amounts() == {"gpus": 1}
+    assert queue.model_dump()["default_resources"] == {"gpus": 1}
