@@ -1,8 +1,8 @@
 """Every ``apportion`` client command against a real server on 127.0.0.1:0.
 
-The server runs in the test's event loop, so the CLI runs in a thread (``CliRunner`` in
-``asyncio.to_thread``) with ``APPORTION_URL``/``APPORTION_WS_URL``/``APPORTION_API_KEY`` in its
-environment; ``events --follow`` runs as a real subprocess of the console script. ``serve``
+The CLI runs in a thread against a server in the test's event loop (tests/cli_helpers.py);
+``events --follow``, ``logs -f`` and the Ctrl-C tests run a real subprocess of the console
+script. ``serve``
 and ``demo`` are driven by tests/test_demo.py and tests/test_serve_config.py.
 """
 
@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner, Result
 
 from apportion import __version__
 from apportion.cli.app import app
@@ -30,38 +29,13 @@ from apportion.cli.common import parse_duration
 from apportion.errors import InvalidRequest, NotFound
 from apportion.jobs.identity import python_for_jobs
 from apportion.jobs.records import Job, resolve_job
+from tests.cli_helpers import as_json, cli, cli_env, ok, runner
 from tests.conftest import ADMIN_KEY, Running
 from tests.jobs_helpers import job, record, wait_for
 from tests.sandbox_env import jailed  # noqa: F401 (a fixture)
 
 PY = python_for_jobs()  # an interpreter the job user can run (docs/security.md)
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-runner = CliRunner()
-
-
-def cli_env(running: Running | None, key: str | None, tmp: Path) -> dict[str, str]:
-    env = {"APPORTION_CREDENTIALS": str(tmp / "no-credentials")}
-    if running is not None:
-        env |= {"APPORTION_URL": running.url, "APPORTION_WS_URL": running.ws_url}
-    if key is not None:
-        env["APPORTION_API_KEY"] = key
-    return env
-
-
-async def cli(
-    running: Running | None, *args: str, key: str | None = ADMIN_KEY, tmp: Path = Path("/tmp")
-) -> Result:
-    env = cli_env(running, key, tmp)
-    return await asyncio.to_thread(runner.invoke, app, list(args), env=env)
-
-
-def ok(result: Result) -> str:
-    assert result.exit_code == 0, (result.exit_code, result.stdout, result.stderr)
-    return result.stdout
-
-
-def as_json(result: Result) -> Any:
-    return json.loads(ok(result))
 
 
 async def test_version_and_config_show(running: Running, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from apportion.jobs.models import STORED, QueueConfig
+from tests.cli_helpers import cli
 from tests.conftest import Running
 from tests.jobs_helpers import (
     PY,
@@ -97,6 +98,13 @@ async def test_the_queues_total_holds_the_second_job_until_the_first_ends(
         "has 1 free of its maximum_allowed_resources.gpus 3 (2 held)"
         in (record["reason"]["message"])
     )
+    async with running.http.get(f"{running.url}/queue") as r:
+        held = (await r.json())["queues"]["limited"]["resources_held"]
+    assert held == {"gpus": 2, "vcpus": 0, "memory_mb": 0}  # the running job's 1 × 2 GPUs
+    table = await cli(running, "queues")
+    assert table.exit_code == 0, table.output
+    (row,) = [line for line in table.stdout.splitlines() if line.startswith("limited ")]
+    assert "2 / 3" in row  # GPUS HELD of maximum_allowed_resources.gpus
     gate.touch()
     await wait_for(running, first_id, "completed")
     await wait_for(running, second, "completed")

@@ -403,18 +403,36 @@ def queues(ctx: typer.Context, output: OutputOpt = Output.TABLE) -> None:
     listing(
         output,
         found,
-        ["NAME", "PLUGIN", "POLICY", "MAX WORKERS", "QUEUED", "RUNNING", "DESCRIPTION"],
+        [
+            "NAME",
+            "PLUGIN",
+            "POLICY",
+            "MAX WORKERS",
+            "GPUS HELD",
+            "QUEUED",
+            "RUNNING",
+            "DESCRIPTION",
+        ],
         lambda q: [
             q.name,
             q.plugin,
             q.policy_rule_uri,
             _cap((q.model_extra or {}).get("maximum_allowed_worker_instances")),
+            _held_of_total(
+                (counts(q.name, "resources_held") or {}).get("gpus", 0),
+                ((q.model_extra or {}).get("maximum_allowed_resources") or {}).get("gpus"),
+            ),
             counts(q.name, "queued"),
             counts(q.name, "running"),
             q.description,
         ],
         as_json=lambda q: q.model_dump(),
     )
+
+
+def _held_of_total(held: int, total: int | None) -> str:
+    """``2 / 3``: GPUs the queue's jobs hold, of its maximum_allowed_resources (or unlimited)."""
+    return f"{held} / {'unlimited' if total is None else total}"
 
 
 def _cap(value: Any) -> Any:

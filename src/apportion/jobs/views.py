@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from apportion.jobs.admission import job_amounts
 from apportion.jobs.models import JobStatus
 from apportion.jobs.records import Job, QueueBook
 
@@ -38,15 +39,21 @@ def statistics(jobs: Iterable[Job], queues: QueueBook, limits: dict[str, Any]) -
     """``GET /queue`` (seed 001): totals, per queue and per priority, and the limits."""
     every = list(jobs)
     queued = [j for j in every if j.status is JobStatus.QUEUED]
-    per_queue: dict[str, dict[str, int]] = {}
+    per_queue: dict[str, dict[str, Any]] = {}
     for name in queues.names():
         mine = [j for j in every if j.queue == name]
         cap = queues.get(name).worker_cap
+        held = {"gpus": 0, "vcpus": 0, "memory_mb": 0}
+        for job in mine:
+            if job.status.active:
+                for amount, value in job_amounts(job).items():
+                    held[amount] += value
         per_queue[name] = {
             "queued": sum(j.status is JobStatus.QUEUED for j in mine),
             "running": sum(j.status.active for j in mine),
             "workers_running": sum(j.workers for j in mine if j.status.active),
             "worker_cap": -1 if cap is None else cap,
+            "resources_held": held,  # against the queue's maximum_allowed_resources
         }
     per_priority: dict[str, int] = {}
     for job in queued:
