@@ -13,7 +13,6 @@ import contextlib
 from collections.abc import AsyncIterator, Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
-from apportion.clients.allocation_socket import AllocationSocket
 from apportion.clients.config import DEFAULT_POLICY, ClientConfig, resolve_config
 from apportion.clients.errors import NotFoundError
 from apportion.clients.jobs_api import JobsAPI
@@ -21,7 +20,8 @@ from apportion.clients.models import AllocationResult, Event
 from apportion.clients.registry_api import RegistryAPI
 from apportion.clients.rest import DEFAULT_TIMEOUT, RestTransport
 
-if TYPE_CHECKING:  # python-socketio is imported when events are asked for, not at every start
+if TYPE_CHECKING:  # websockets and python-socketio are imported when first needed
+    from apportion.clients.allocation_socket import AllocationSocket
     from apportion.clients.events import EventStream
 
 
@@ -91,7 +91,17 @@ class AsyncApportion(JobsAPI, RegistryAPI):
             url=url, ws_url=ws_url, api_key=api_key, profile=profile
         )
         self._rest = RestTransport(self.config.url, self.config.api_key, timeout=timeout)
-        self._socket = AllocationSocket(self.config.ws_url, self.config.api_key)
+        self._allocation_socket: AllocationSocket | None = None
+
+    @property
+    def _socket(self) -> AllocationSocket:
+        """The allocation WebSocket, made on first use (a REST-only command never imports
+        websockets: the command line starts sooner)."""
+        if self._allocation_socket is None:
+            from apportion.clients.allocation_socket import AllocationSocket
+
+            self._allocation_socket = AllocationSocket(self.config.ws_url, self.config.api_key)
+        return self._allocation_socket
 
     async def __aenter__(self) -> AsyncApportion:
         return self
@@ -101,7 +111,8 @@ class AsyncApportion(JobsAPI, RegistryAPI):
 
     async def close(self) -> None:
         """Close the WebSocket and the HTTP session."""
-        await self._socket.close()
+        if self._allocation_socket is not None:
+            await self._allocation_socket.close()
         await self._rest.close()
 
     # ------------------------------------------------------------------ allocation
