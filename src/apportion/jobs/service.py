@@ -113,9 +113,10 @@ class JobService:
     def _fit_to_queue(config: JobConfig, queue: QueueConfig) -> JobConfig:
         """``config`` with its queue's settings applied (docs/jobs.md, "Queue limits"): without
         a ``working_dir`` of its own the job runs in the queue's; an amount the job leaves
-        unset is the queue's default, else its per-worker maximum (seed 000's order); :class:`InvalidRequest` naming the field when the job asks more than a worker
-        may have, or more than the queue's total, or more workers than its cap: it could
-        never start."""
+        unset is the queue's default, else its per-worker maximum (seed 000's order).
+        :class:`InvalidRequest` naming the field when the job asks more than a worker may
+        have, more than the queue's total, or more workers than its cap: it could never
+        start."""
         cap = queue.worker_cap
         if cap is not None and config.replica_count > cap:
             raise InvalidRequest(
