@@ -197,7 +197,8 @@ def accounts_list(ctx: typer.Context, output: OutputOpt = Output.TABLE) -> None:
         output,
         found,
         ["ACCOUNT", "OS USER", "DESCRIPTION", "CREATED"],
-        lambda a: [a["name"], a["os_user"] or "(job_user)", a["description"], a["created_at"]],
+        lambda a: [a.name, a.os_user or "(job_user)", a.description, a.created_at],
+        as_json=lambda a: a.model_dump(),
     )
 
 
@@ -218,10 +219,10 @@ def accounts_create(
         lambda client: client.create_account(name, os_user=os_user, description=description),
     )
     if output is Output.JSON:
-        print_json(created)
+        print_json(created.model_dump())
         return
-    runs_as = created["os_user"] or "the server's job_user"
-    typer.echo(f"Created account {created['name']} (its jobs run as {runs_as})")
+    runs_as = created.os_user or "the server's job_user"
+    typer.echo(f"Created account {created.name} (its jobs run as {runs_as})")
 
 
 @keys_app.command("revoke")

@@ -127,6 +127,16 @@ class Cluster(_Loose):
         return list(data) if isinstance(data, list) else []
 
 
+class Account(_Loose):
+    """An account: a team its keys and jobs belong to, and the OS user its jobs run as
+    (``None``: the server's ``job_user``)."""
+
+    name: str
+    os_user: str | None = None
+    description: str = ""
+    created_at: str | None = None
+
+
 class Policy(_Loose):
     """A policy store record with its URI and source (``builtin``, ``policy-dir``, ``upload``)."""
 

@@ -12,7 +12,7 @@ import aiohttp
 
 from apportion import jsonutil
 from apportion.clients.errors import NotFoundError
-from apportion.clients.models import Cluster, Policy
+from apportion.clients.models import Account, Cluster, Policy
 from apportion.clients.policy_pack import prepare_upload
 from apportion.clients.rest import RestTransport
 
@@ -144,21 +144,19 @@ class RegistryAPI:
         return result
 
     # ------------------------------------------------------------------ accounts
-    async def accounts(self) -> list[dict[str, Any]]:
+    async def accounts(self) -> list[Account]:
         """Every account (an operator or admin key)."""
-        result: list[dict[str, Any]] = await self._rest.data("GET", "/accounts")
-        return result
+        return [Account.model_validate(a) for a in await self._rest.data("GET", "/accounts")]
 
     async def create_account(
         self, name: str, *, os_user: str | None = None, description: str = ""
-    ) -> dict[str, Any]:
+    ) -> Account:
         """Create an account (admin) whose jobs run as ``os_user`` (default: the server's
         ``job_user``); :class:`ConflictError` when the name is taken."""
         body: dict[str, Any] = {"name": name, "description": description}
         if os_user is not None:
             body["os_user"] = os_user
-        result: dict[str, Any] = await self._rest.data("POST", "/accounts", json=body)
-        return result
+        return Account.model_validate(await self._rest.data("POST", "/accounts", json=body))
 
     async def revoke_key(
         self, key_id: str, *, allow_self: bool = False, allow_last_admin: bool = False

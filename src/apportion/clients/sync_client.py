@@ -21,6 +21,7 @@ from apportion.clients.async_client import AsyncApportion, Hold
 from apportion.clients.config import DEFAULT_POLICY, ClientConfig
 from apportion.clients.errors import ApportionClientError
 from apportion.clients.models import (
+    Account,
     AllocationResult,
     Cluster,
     Event,
@@ -260,13 +261,13 @@ class Apportion:
         """Create an API key (admin) of ``account`` naming ``user``."""
         return self._run(self._client.create_key(name, scope, account=account, user=user))
 
-    def accounts(self) -> list[dict[str, Any]]:
+    def accounts(self) -> list[Account]:
         """Every account (an operator or admin key)."""
         return self._run(self._client.accounts())
 
     def create_account(
         self, name: str, *, os_user: str | None = None, description: str = ""
-    ) -> dict[str, Any]:
+    ) -> Account:
         """Create an account (admin) whose jobs run as ``os_user``."""
         return self._run(
             self._client.create_account(name, os_user=os_user, description=description)

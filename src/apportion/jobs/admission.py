@@ -126,9 +126,9 @@ class CycleState:
                 f"needs {job.workers} worker instance(s), queue {job.queue!r} has {free} free "
                 f"(cap {cap}, {used} running)",
             )
-        held = self.held_by_queue.get(job.queue, {})
+        held, asked = self.held_by_queue.get(job.queue, {}), job_amounts(job)
         for name, total in queue.maximum_allowed_resources.amounts().items():
-            asks = job_amounts(job).get(name, 0)
+            asks = asked.get(name, 0)
             if held.get(name, 0) + asks > total:
                 free = max(total - held.get(name, 0), 0)
                 return Blocked(
