@@ -281,6 +281,7 @@ async def test_changing_routes_answer_their_declared_types_and_statuses(
     cluster = fleet[0]["id"]
     job_id = (await call("POST", "/jobs/submit", "/jobs/submit", json={"config": {"command": exiting(0)}}))["job_id"]  # fmt: skip
     await wait_for(running, job_id, "completed")
+    await call("POST", "/jobs/plan", "/jobs/plan", json={"config": {"command": exiting(0)}})
     await call("DELETE", "/jobs/{job_id}", f"/jobs/{job_id}")
     await call("POST", "/queues", "/queues", json={"name": "later", "clusters": ["not-yet"]})
     waits = {"config": {"command": exiting(0), "queue": "later"}}  # no cluster: it waits

@@ -315,6 +315,42 @@ class AllocationService:
         The policy sees every candidate. A "no" over all of them is final (no subset does
         better); an answer that spans several clusters (a job runs under one scheduler) is
         retried with each candidate cluster alone, in id order, skipping those that say no."""
+        placed = await self._place_job(
+            policy_uri, candidates, inputs, parameters, reserve_as=(owner, job_id)
+        )
+        if isinstance(placed, Unplaceable):
+            return placed
+        _, decision, hold = placed
+        assert hold is not None  # reserve_as was given
+        return hold, decision
+
+    async def plan_for_job(
+        self,
+        *,
+        policy_uri: str,
+        candidates: list[str],
+        inputs: dict[str, Any],
+        parameters: dict[str, Any],
+    ) -> tuple[Placed, Decision] | Unplaceable:
+        """Where :meth:`reserve_for_job` would place the job now, over the free GPUs, without
+        reserving anything (a dry run): the placement and its decision record, or the "no"."""
+        placed = await self._place_job(policy_uri, candidates, inputs, parameters, reserve_as=None)
+        if isinstance(placed, Unplaceable):
+            return placed
+        outcome, decision, _ = placed
+        return outcome, decision
+
+    async def _place_job(
+        self,
+        policy_uri: str,
+        candidates: list[str],
+        inputs: dict[str, Any],
+        parameters: dict[str, Any],
+        *,
+        reserve_as: tuple[Owner | None, str] | None,
+    ) -> tuple[Placed, Decision, Hold | None] | Unplaceable:
+        """The decisions of :meth:`reserve_for_job` (see there); with ``reserve_as`` (the
+        owner and job id of the hold) the placement is reserved, without it only decided."""
         entry = self._policies.get(str(PolicyURI.parse(policy_uri, path="policy_rule_uri")))
         attempts = [candidates] + [[c] for c in sorted(candidates)]
         for index, attempt in enumerate(attempts):
@@ -329,6 +365,10 @@ class AllocationService:
                     break
                 if len({p.cluster_id for p in outcome.placements}) > 1:
                     break
+                decision = Decision.of(entry.uri, len(attempt), phases.timings, outcome)
+                if reserve_as is None:
+                    return outcome, decision, None
+                owner, job_id = reserve_as
                 hold = self._reserve_decided(
                     outcome,
                     tries,
@@ -339,7 +379,7 @@ class AllocationService:
                     kind="job",
                 )
                 if hold is not None:
-                    return hold, Decision.of(entry.uri, len(attempt), phases.timings, outcome)
+                    return outcome, decision, hold
         return Unplaceable(
             message="no single cluster can take every worker of the job",
             details={"candidates": len(candidates)},

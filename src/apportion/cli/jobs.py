@@ -30,7 +30,7 @@ from apportion.timefmt import local_time
 
 if TYPE_CHECKING:
     from apportion.clients.async_client import AsyncApportion
-    from apportion.clients.models import Job
+    from apportion.clients.models import Job, JobPlan
 
 SHORT_ID = 12
 """How much of a job id the table shows; every command takes any unique prefix of 4 or more."""
@@ -115,6 +115,13 @@ def submit(
         ),
     ] = False,
     parsable: Annotated[bool, typer.Option(help="Print only the job id.")] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            help="Submit nothing: say where the job would start now, or why it would wait"
+            " (as sbatch --test-only)."
+        ),
+    ] = False,
 ) -> None:
     """Submit a job: apportion submit --gpus 1 -- python train.py; or a job file:
     apportion submit job.toml, apportion submit train.sh (with #APPORTION lines)."""
@@ -137,20 +144,24 @@ def submit(
     if spec is not None and spec.values.get("labels"):
         where["labels"] = {str(k): str(v) for k, v in spec.values["labels"].items()}
 
+    options: dict[str, Any] = {
+        "gpus": gpus,
+        "workers": workers,
+        "queue": queue,
+        "priority": priority,
+        "name": name,
+        "walltime": seconds,
+        "env": _env(env or []),
+        "resources": resources,
+        **where,
+    }
+
     async def work(client: AsyncApportion) -> Job | None:
         try:
-            job_id = await client.submit(
-                command,
-                gpus=gpus,
-                workers=workers,
-                queue=queue,
-                priority=priority,
-                name=name,
-                walltime=seconds,
-                env=_env(env or []),
-                resources=resources,
-                **where,
-            )
+            if dry_run:
+                _print_plan(await client.plan(command, **options))
+                return None
+            job_id = await client.submit(command, **options)
         except InvalidRequestError as exc:
             flag = _flag_of(str(exc.details.get("path") or ""))
             if flag is None:
@@ -170,6 +181,19 @@ def submit(
     if final is not None and final.status != "completed":
         code = final.return_code
         raise typer.Exit(code if code is not None and 0 < code < 256 else 1)
+
+
+def _print_plan(plan: JobPlan) -> None:
+    """``submit --dry-run``: where the job would start, worker by worker, or why it waits."""
+    where = f"queue {plan.queue}, position {plan.queue_position}"
+    if plan.would_start:
+        typer.echo(f"The job {plan.reason.message}")
+        for index, placement in enumerate(plan.allocation or []):
+            gpus = ",".join(placement.get("gpus") or []) or "none"
+            typer.echo(f"  worker {index}: {placement.get('node_id')} GPUs {gpus}")
+    else:
+        typer.echo(f"The job would wait ({where}): {plan.reason.message} [{plan.reason.code}]")
+    typer.echo(f"Nothing was submitted (--dry-run; {where}).")
 
 
 _FLAGS = {

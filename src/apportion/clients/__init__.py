@@ -28,10 +28,12 @@ if TYPE_CHECKING:  # what type checkers see; at run time each name is imported o
     )
     from apportion.clients.events import EventStream
     from apportion.clients.models import (
+        Account,
         AllocationResult,
         Cluster,
         Event,
         Job,
+        JobPlan,
         JobReason,
         JobStatusEntry,
         Placement,
@@ -49,8 +51,8 @@ _HOME = {
     "Apportion": "sync_client",
     **dict.fromkeys(
         (
-            "AllocationResult", "Cluster", "Event", "Job", "JobReason", "JobStatusEntry",
-            "Placement", "Policy", "Queue",
+            "Account", "AllocationResult", "Cluster", "Event", "Job", "JobPlan", "JobReason",
+            "JobStatusEntry", "Placement", "Policy", "Queue",
         ),
         "models",
     ),
@@ -81,6 +83,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "Account",
     "AllocationResult",
     "Apportion",
     "ApportionClientError",
@@ -95,6 +98,7 @@ __all__ = [
     "Hold",
     "InvalidRequestError",
     "Job",
+    "JobPlan",
     "JobReason",
     "JobStatusEntry",
     "NoFeasiblePlacementError",

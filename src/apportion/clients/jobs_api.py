@@ -9,10 +9,39 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from apportion.clients.errors import WaitTimeoutError
-from apportion.clients.models import Job, JobStatusEntry, Queue
+from apportion.clients.models import Job, JobPlan, JobStatusEntry, Queue
 from apportion.clients.rest import RestTransport
 
 PAGE_SIZE = 100
+
+
+def submission(
+    command: Sequence[str],
+    *,
+    gpus: int | None = None,
+    workers: int = 1,
+    queue: str | None = None,
+    priority: int = 0,
+    name: str | None = None,
+    walltime: float | None = None,
+    env: Mapping[str, str] | None = None,
+    resources: Mapping[str, Any] | None = None,
+    **config: Any,
+) -> dict[str, Any]:
+    """The body of ``POST /jobs/submit`` (and ``/jobs/plan``) for :meth:`JobsAPI.submit`'s
+    arguments (see there)."""
+    body: dict[str, Any] = {
+        "command": list(command),
+        "replica_count": workers,
+        "resources": {**(resources or {}), **({} if gpus is None else {"gpus": gpus})},
+        **config,
+    }
+    for key, value in (("queue", queue), ("name", name), ("walltime", walltime)):
+        if value is not None:
+            body[key] = value
+    if env:
+        body["env"] = dict(env)
+    return {"config": body, "priority": priority}
 
 
 class JobsAPI:
@@ -66,21 +95,27 @@ class JobsAPI:
         other ``config`` keys of CONTRACTS §6
         (``working_dir``, ``labels``, ``policy_rule_uri``, ``parameters``) pass through.
         Raises :class:`InvalidRequestError` naming a bad field."""
-        body: dict[str, Any] = {
-            "command": list(command),
-            "replica_count": workers,
-            "resources": {**(resources or {}), **({} if gpus is None else {"gpus": gpus})},
+        body = submission(
+            command,
+            gpus=gpus,
+            workers=workers,
+            queue=queue,
+            priority=priority,
+            name=name,
+            walltime=walltime,
+            env=env,
+            resources=resources,
             **config,
-        }
-        for key, value in (("queue", queue), ("name", name), ("walltime", walltime)):
-            if value is not None:
-                body[key] = value
-        if env:
-            body["env"] = dict(env)
-        answer = await self._rest.call(
-            "POST", "/jobs/submit", json={"config": body, "priority": priority}
         )
+        answer = await self._rest.call("POST", "/jobs/submit", json=body)
         return str(answer["job_id"])
+
+    async def plan(self, command: Sequence[str], **options: Any) -> JobPlan:
+        """What :meth:`submit` with the same arguments would do now, without submitting (a dry
+        run; ``POST /jobs/plan``): where the job would start, or why it would wait. Refuses
+        what submit refuses, with the same errors."""
+        answer = await self._rest.call("POST", "/jobs/plan", json=submission(command, **options))
+        return JobPlan.model_validate(answer)
 
     async def job(self, job_id: str) -> Job:
         """One job record; :class:`NotFoundError` for an unknown id."""

@@ -94,6 +94,22 @@ class Job(_Loose):
         return self.status in FINISHED_STATES
 
 
+class JobPlan(_Loose):
+    """What submitting a job would do now (``plan()``, ``submit --dry-run``): whether the next
+    admission cycle would start it, where (``allocation``, one placement per worker) or why it
+    would wait (``reason``), its place in its queue and its config as it would be stored (the
+    queue's defaults applied)."""
+
+    would_start: bool
+    queue: str
+    priority: int = 0
+    queue_position: int
+    reason: JobReason
+    allocation: list[dict[str, Any]] | None = None
+    decision: dict[str, Any] | None = None
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
 class JobStatusEntry(_Loose):
     """One step of a job's status history (seed 003)."""
 

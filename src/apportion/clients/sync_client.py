@@ -26,6 +26,7 @@ from apportion.clients.models import (
     Cluster,
     Event,
     Job,
+    JobPlan,
     JobStatusEntry,
     Policy,
     Queue,
@@ -220,6 +221,10 @@ class Apportion:
     def submit(self, command: list[str], **options: Any) -> str:
         """Submit a job; returns its id (see :meth:`AsyncApportion.submit`)."""
         return self._run(self._client.submit(command, **options))
+
+    def plan(self, command: list[str], **options: Any) -> JobPlan:
+        """What submitting would do now, without submitting (see :meth:`AsyncApportion.plan`)."""
+        return self._run(self._client.plan(command, **options))
 
     def job(self, job_id: str) -> Job:
         """One job record."""

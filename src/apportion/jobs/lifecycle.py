@@ -41,7 +41,7 @@ from apportion.allocation.hold import Hold
 from apportion.allocation.holds import HoldManager
 from apportion.allocation.service import AllocationService
 from apportion.background import Spawn
-from apportion.engine.decisions import Decision, Unplaceable
+from apportion.engine.decisions import Decision, Placement, Unplaceable
 from apportion.errors import ApportionError, Conflict, UnknownAllocation
 from apportion.event_sink import EventSink
 from apportion.jobs.admission import Blocked, Reason, waiting_order
@@ -94,6 +94,20 @@ class Reserved:
 
     hold: Hold
     decision: Decision
+
+
+@dataclass(frozen=True)
+class Planned:
+    """Where a job's workers would go now (a dry run): one placement per worker and the
+    decision record; nothing reserved."""
+
+    placements: tuple[Placement, ...]
+    decision: Decision
+
+
+def _gang_inputs(job: Job) -> dict[str, Any]:
+    """A job's workers as the policy's inputs: one request per worker, placed as one gang."""
+    return {"requests": [job.config.resources.as_request()] * job.workers}
 
 
 class JobLifecycle:
@@ -203,12 +217,11 @@ class JobLifecycle:
     async def place(self, job: Job, policy_uri: str, candidates: list[str]) -> Reserved | Blocked:
         """Place the job's workers through ``policy_uri`` over ``candidates`` and reserve their
         GPUs (in memory; :meth:`admit` makes the hold durable), or say why it cannot start."""
-        request = job.config.resources.as_request()
         try:
             reserved = await self._allocations.reserve_for_job(
                 policy_uri=policy_uri,
                 candidates=candidates,
-                inputs={"requests": [request] * job.workers},
+                inputs=_gang_inputs(job),
                 parameters=job.config.parameters,
                 owner=job.owner,
                 job_id=job.job_id,
@@ -218,6 +231,23 @@ class JobLifecycle:
         if isinstance(reserved, Unplaceable):
             return Blocked(Reason.NO_RESOURCES, reserved.error().message)
         return Reserved(*reserved)
+
+    async def plan(self, job: Job, policy_uri: str, candidates: list[str]) -> Planned | Blocked:
+        """Where :meth:`place` would put the job's workers now, reserving nothing (a dry run;
+        ``job`` need not be stored), or why it could not start."""
+        try:
+            planned = await self._allocations.plan_for_job(
+                policy_uri=policy_uri,
+                candidates=candidates,
+                inputs=_gang_inputs(job),
+                parameters=job.config.parameters,
+            )
+        except ApportionError as exc:
+            return Blocked(exc.code.value, exc.message)
+        if isinstance(planned, Unplaceable):
+            return Blocked(Reason.NO_RESOURCES, planned.error().message)
+        placed, decision = planned
+        return Planned(placed.placements, decision)
 
     async def admit(self, job: Job, reserved: Reserved) -> None:
         """Make the hold durable, commit the job ``scheduled`` and start its dispatch — unless

@@ -256,8 +256,17 @@ class JobBook:
 
     async def create(self, config: JobConfig, priority: int, owner: Owner, reason: str) -> Job:
         """Commit a new queued job (with its first history entry) and return it."""
-        now = time.time()
-        job = Job(
+        job = self.draft(config, priority, owner)
+        self._next_seq += 1
+        history = StatusEntry(job.job_id, job.status.value, job.created_at, reason)
+        await self._writer.write(JobChange(job.row(), history, new=True))
+        self.jobs[job.job_id] = job
+        return job
+
+    def draft(self, config: JobConfig, priority: int, owner: Owner) -> Job:
+        """The queued job :meth:`create` would commit now, neither stored nor numbered among
+        the others (a plan's, ``POST /jobs/plan``)."""
+        return Job(
             job_id=uuid.uuid4().hex,
             seq=self._next_seq,
             queue=config.queue,
@@ -266,13 +275,8 @@ class JobBook:
             priority=priority,
             config=config,
             owner=owner,
-            created_at=now,
+            created_at=time.time(),
         )
-        self._next_seq += 1
-        history = StatusEntry(job.job_id, job.status.value, now, reason)
-        await self._writer.write(JobChange(job.row(), history, new=True))
-        self.jobs[job.job_id] = job
-        return job
 
     async def save(
         self,

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, NamedTuple
 
 from apportion.allocation.holds import HoldManager
 from apportion.allocation.service import AllocationService
@@ -35,6 +35,7 @@ from apportion.jobs.models import (
     parse_model,
     worker_amounts,
 )
+from apportion.jobs.plan import JobPlan
 from apportion.jobs.pool_limits import PoolLimits
 from apportion.jobs.records import Job, JobBook, QueueBook
 from apportion.ownership import Owner
@@ -91,6 +92,45 @@ class JobService:
         boundary (:class:`InvalidRequest` naming the field; :class:`Conflict` when this server
         runs no jobs), apply the queue's limits and ``env`` (the job's own variables win),
         commit the job queued, announce it and wake the cycle; return it."""
+        config, priority, _ = self._accept(body, owner)
+        job = await self.lifecycle.submit(config, priority, owner)
+        self.wake()
+        return job
+
+    async def plan(self, body: Any, owner: Owner) -> JobPlan:
+        """``POST /jobs/plan`` (``submit --dry-run``): what :meth:`submit` of ``body`` would do
+        now, nothing stored, reserved or announced. The same checks refuse what a submit would
+        refuse; then the job is put in its place in the waiting order and decided as the next
+        admission cycle would decide it, the jobs ahead of it being where they are (they waited
+        at the last cycle) and the fleet as it is: where its workers would go, or why it would
+        wait."""
+        config, priority, queue = self._accept(body, owner)
+        draft = self.jobs.draft(config, priority, owner)
+        every = [*self.jobs.jobs.values(), draft]
+        waiting = waiting_order(every)
+        state = CycleState.of(
+            every, waiting, self.limits.get("max_concurrent_jobs"), self._queues()
+        )
+        ahead = waiting[: next(i for i, job in enumerate(waiting) if job is draft)]
+        position = 1 + sum(1 for job in ahead if job.queue == draft.queue)
+        try:
+            route = self._route(draft, queue, state)
+            outcome = route if isinstance(route, Blocked) else await self.lifecycle.plan(*route)
+        except Exception as exc:
+            log.exception("plan: placing a draft of queue %s failed", queue.name)
+            outcome = _failed(exc)
+        if isinstance(outcome, Blocked):
+            return JobPlan(config, priority, position, None, None, outcome.code, outcome.words)
+        target = self.driver.target(outcome.placements)
+        words = f"would start now on {target.cluster_id} ({target.adapter}): {target.nodes}"
+        return JobPlan(
+            config, priority, position, outcome.placements, outcome.decision, None, words
+        )
+
+    def _accept(self, body: Any, owner: Owner) -> tuple[JobConfig, int, QueueConfig]:
+        """A submitted body as the job it would be: its config (the queue's settings applied),
+        its priority and its queue — or :class:`InvalidRequest` naming the field (see
+        :meth:`submit`)."""
         request = parse_model(SubmitRequest, body)
         config = request.config
         queue = self.queues.get(config.queue) if config.queue in self.queues.names() else None
@@ -105,9 +145,7 @@ class JobService:
             merged = {**config.model_dump(), "env": {**queue.env, **config.env}}
             config = parse_model(JobConfig, merged, prefix="body.config")
         self._check_could_start(config, queue)
-        job = await self.lifecycle.submit(config, request.priority, owner)
-        self.wake()
-        return job
+        return config, request.priority, queue
 
     @staticmethod
     def _fit_to_queue(config: JobConfig, queue: QueueConfig) -> JobConfig:
@@ -278,7 +316,7 @@ class JobService:
         are awaited even when the cycle ends by an exception."""
         every = self.jobs.jobs.values()
         waiting = waiting_order(every)
-        queues = {name: self.queues.get(name) for name in self.queues.names()}
+        queues = self._queues()
         state = CycleState.of(every, waiting, self.limits.get("max_concurrent_jobs"), queues)
         life = self.lifecycle
         started: list[Job] = []
@@ -293,12 +331,13 @@ class JobService:
                         job, Blocked(Reason.NO_RESOURCES, f"queue {job.queue!r} was removed")
                     )
                     continue
+                outcome: Reserved | Blocked
                 try:
-                    outcome = await self._decide(job, queue, state)
+                    route = self._route(job, queue, state)
+                    outcome = route if isinstance(route, Blocked) else await life.place(*route)
                 except Exception as exc:
                     log.exception("admission: placing job %s failed", job.job_id)
-                    code = exc.code.value if isinstance(exc, ApportionError) else "Internal"
-                    outcome = Blocked(code, f"it could not be placed: {_words(exc)}")
+                    outcome = _failed(exc)
                 if job.status.finished:  # cancelled while it was being placed
                     if isinstance(outcome, Reserved):
                         durable.append(life.abandon(outcome.hold))
@@ -317,9 +356,12 @@ class JobService:
             life.renumber()
         return started
 
-    async def _decide(self, job: Job, queue: QueueConfig, state: CycleState) -> Reserved | Blocked:
-        """Why ``job`` waits this cycle, or its placement reserved (raises what placing it
-        raised that is no "no": see :meth:`cycle`)."""
+    def _queues(self) -> dict[str, QueueConfig]:
+        return {name: self.queues.get(name) for name in self.queues.names()}
+
+    def _route(self, job: Job, queue: QueueConfig, state: CycleState) -> Route | Blocked:
+        """Why ``job`` waits this cycle, or what to place it with (raises what finding its
+        clusters raised: see :meth:`cycle`)."""
         blocked = state.blocker(job, queue)
         if blocked is not None:
             return blocked
@@ -331,7 +373,7 @@ class JobService:
                 f"queue {queue.name!r} runs its jobs with the {queue.plugin} adapter (its"
                 f" plugin) and none of its clusters has a {queue.plugin} scheduler",
             )
-        return await self.lifecycle.place(job, policy, candidates)
+        return Route(job, policy, candidates)
 
     def _candidates(self, queue: QueueConfig) -> list[str]:
         """The clusters ``queue`` places on: its ``clusters`` (ids or a filter; all live ones
@@ -351,6 +393,20 @@ class JobService:
         if queue.plugin is None:
             return ids
         return [c for c in ids if self.driver.scheduler_type(c) == queue.plugin]
+
+
+class Route(NamedTuple):
+    """What to place a job with: the job, its policy and its candidate clusters."""
+
+    job: Job
+    policy_uri: str
+    candidates: list[str]
+
+
+def _failed(exc: Exception) -> Blocked:
+    """Why a job waits when placing it raised (its code, or ``Internal``)."""
+    code = exc.code.value if isinstance(exc, ApportionError) else "Internal"
+    return Blocked(code, f"it could not be placed: {_words(exc)}")
 
 
 def _words(exc: Exception) -> str:

@@ -24,6 +24,7 @@ from apportion.server.http_common import ctx, json_body, json_response
 from apportion.server.routing import ApiRoutes, query_of, raw_body_of
 from apportion.server.schemas import (
     Ack,
+    JobPlanAnswer,
     JobRecord,
     JobsQuery,
     LimitsAnswer,
@@ -83,6 +84,22 @@ async def submit_job(request: web.Request) -> web.Response:
         {"job_id": job.job_id, "status": job.status.value, "queue_position": job.queue_position},
         status=201,
     )
+
+
+@api.post(
+    "/jobs/plan",
+    scope=Scope.SUBMIT,
+    body=SubmitRequest,
+    response=JobPlanAnswer,
+    errors=(NotFound, Conflict),
+)
+async def plan_job(request: web.Request) -> web.Response:
+    """Dry-run a submit: where the job would start now, or why it would wait; nothing stored.
+
+    As nomad job plan and sbatch --test-only: the body and the refusals of POST /jobs/submit."""
+    who = principal_of(request).actor
+    plan = await _jobs(request).plan(raw_body_of(request), who.owner)
+    return json_response(plan.public())
 
 
 @api.get("/jobs", scope=Scope.READ, query=JobsQuery, response=list[JobRecord])

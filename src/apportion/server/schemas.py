@@ -276,6 +276,19 @@ class JobRecord(_Answer):
     resource_usage: dict[str, Any] | None
 
 
+class JobPlanAnswer(_Answer):
+    """What submitting the job would do now (``POST /jobs/plan``; nothing is stored)."""
+
+    would_start: bool
+    queue: str
+    priority: int
+    queue_position: int
+    reason: WaitReason
+    allocation: Any
+    decision: dict[str, Any] | None
+    config: dict[str, Any]
+
+
 class StatusEntry(_Answer):
     status: JobStatus
     time: str | None
