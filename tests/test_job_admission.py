@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from apportion.jobs.admission import Blocked, CycleState, Reason, waiting_order
 from apportion.jobs.models import JobStatus, QueueConfig
+from apportion.jobs.quota import Usage, job_usage
 from apportion.jobs.records import Job
 from tests.jobs_helpers import queue_config, record
 
@@ -22,7 +23,14 @@ RUNNING, SCHEDULED, QUEUED = JobStatus.RUNNING, JobStatus.SCHEDULED, JobStatus.Q
 
 
 def state_of(jobs: list[Job], limit: int | None = None, **queues: QueueConfig) -> CycleState:
-    return CycleState.of(jobs, waiting_order(jobs), limit, queues or {"q": queue_config()})
+    return CycleState.of(
+        jobs, waiting_order(jobs), limit, queues or {"q": queue_config()}, held=asked
+    )
+
+
+def asked(job: Job) -> Usage:
+    """What a job holds of quota resources here: what it asked for, its GPUs of no model."""
+    return job_usage(job.config.resources, job.workers, None)
 
 
 # ---------------------------------------------------------------------------- order
@@ -211,7 +219,7 @@ def test_a_start_passes_over_the_jobs_that_waited_before_it() -> None:
     state = state_of([j1, j2, j3, j4], q=queue)
     state.waited(j1)
     state.waited(j2)
-    assert state.started(j3, queue) == {"j1": 2, "j2": 1}
+    assert state.started(j3, queue, asked(j3)) == {"j1": 2, "j2": 1}
     assert state.starving == {"q": "j1"}
     assert state.blocker(j4, queue) is not None  # nothing later passes j1 in this cycle
     # the records themselves are not changed: recording the counts is the lifecycle's
@@ -232,7 +240,7 @@ def test_seed_000s_backfill_a_smaller_job_passes_one_that_does_not_fit() -> None
     assert state.blocker(four, queue) is not None
     state.waited(four)
     assert state.blocker(three, queue) is None
-    assert state.started(three, queue) == {"j2": 1}
+    assert state.started(three, queue, asked(three)) == {"j2": 1}
     assert state.blocker(one, queue) == Blocked(
         Reason.WORKER_CAP, "needs 1 worker instance(s), queue 'q' has 0 free (cap 10, 10 running)"
     )
@@ -243,7 +251,7 @@ def test_starts_in_another_queue_pass_nobody_over() -> None:
     waiting, other = record(1, queue="a"), record(2, queue="b")
     state = state_of([waiting, other], a=a, b=b)
     state.waited(waiting)
-    assert state.started(other, b) == {}
+    assert state.started(other, b, asked(other)) == {}
     assert state.starving == {}
 
 
@@ -297,7 +305,7 @@ def test_no_job_is_passed_over_more_than_max_bypass_times(
         runs = {job.job_id: cycles for _, job, cycles in arrivals}
         free = slots - sum(j.workers for j in jobs if j.status is RUNNING)
         waiting = waiting_order(jobs)
-        state = CycleState.of(jobs, waiting, limit, queues)
+        state = CycleState.of(jobs, waiting, limit, queues, held=asked)
         for job in waiting:
             queue = queues[job.queue]
             blocked = state.blocker(job, queue)
@@ -316,7 +324,9 @@ def test_no_job_is_passed_over_more_than_max_bypass_times(
             for w in ahead:
                 passed_over[w.job_id] = passed_over.get(w.job_id, 0) + 1
                 assert passed_over[w.job_id] <= queue.max_bypass, (w, job)
-            for job_id, count in state.started(job, queue).items():  # what the lifecycle records
+            for job_id, count in state.started(
+                job, queue, asked(job)
+            ).items():  # what the lifecycle records
                 next(j for j in jobs if j.job_id == job_id).bypassed = count
             job.status, free, ends[job.job_id] = RUNNING, free - job.workers, now + runs[job.job_id]
         assert {j.job_id: j.bypassed for j in jobs if j.bypassed} == passed_over
@@ -329,7 +339,7 @@ def test_a_start_holds_its_resources_for_the_rest_of_the_cycle() -> None:
     first, second = record(1, gpus=2), record(2, gpus=2)
     state = state_of([first, second], q=queue)
     assert state.blocker(first, queue) is None
-    state.started(first, queue)
+    state.started(first, queue, asked(first))
     assert state.blocker(second, queue) == Blocked(
         Reason.QUEUE_RESOURCES,
         "needs 2 gpus, queue 'q' has 1 free of its maximum_allowed_resources.gpus 3 (2 held)",

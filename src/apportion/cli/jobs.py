@@ -433,6 +433,7 @@ def queues(ctx: typer.Context, output: OutputOpt = Output.TABLE) -> None:
             "POLICY",
             "MAX WORKERS",
             "GPUS HELD",
+            "QUOTA USED",
             "QUEUED",
             "RUNNING",
             "DESCRIPTION",
@@ -446,6 +447,7 @@ def queues(ctx: typer.Context, output: OutputOpt = Output.TABLE) -> None:
                 (counts(q.name, "resources_held") or {}).get("gpus", 0),
                 ((q.model_extra or {}).get("maximum_allowed_resources") or {}).get("gpus"),
             ),
+            _quota_used(counts(q.name, "quota")),
             counts(q.name, "queued"),
             counts(q.name, "running"),
             q.description,
@@ -457,6 +459,20 @@ def queues(ctx: typer.Context, output: OutputOpt = Output.TABLE) -> None:
 def _held_of_total(held: int, total: int | None) -> str:
     """``2 / 3``: GPUs the queue's jobs hold, of its maximum_allowed_resources (or unlimited)."""
     return f"{held} / {'unlimited' if total is None else total}"
+
+
+def _quota_used(quota: Any) -> str:
+    """``H100 6/4, vcpus 8/64``: what the queue's jobs use of each quota, of its nominal
+    (more than nominal is borrowed from its cohort); ``-`` without a quota."""
+    if not isinstance(quota, dict):
+        return "-"
+    parts = [f"{model} {q['used']}/{q['nominal']}" for model, q in quota.get("gpus", {}).items()]
+    parts += [
+        f"{n} {quota[n]['used']}/{quota[n]['nominal']}"
+        for n in ("vcpus", "memory_mb")
+        if n in quota
+    ]
+    return ", ".join(parts) or "-"
 
 
 def _cap(value: Any) -> Any:

@@ -8,6 +8,9 @@ Rules (CONTRACTS §6, seeds 000 and 001):
   a job is admitted only when **all** its workers fit (all-or-nothing).
 * A queue's ``maximum_allowed_resources`` (GPUs, vCPUs, memory) caps the total its scheduled
   and running jobs hold, all workers of a job counted at once.
+* A queue's ``quota`` (GPUs per model, vCPUs, memory), lent and borrowed within its
+  ``cohort``: :mod:`~apportion.jobs.quota` keeps the books, and a job tries the GPU models of
+  its queue's quota in order until one has room.
 * A job that cannot start does not block smaller ones behind it (backfill) — until it has been
   bypassed ``max_bypass`` times (a queue setting, default 10). From then on no later job of its
   queue starts before it: starvation is bounded by ``max_bypass`` admissions.
@@ -21,11 +24,12 @@ tried and has :class:`~apportion.jobs.lifecycle.JobLifecycle` record the results
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from apportion.jobs.models import JobStatus, QueueConfig, worker_amounts
+from apportion.jobs.quota import QuotaLedger, Usage
 from apportion.jobs.records import Job
 
 
@@ -37,6 +41,7 @@ class Reason(StrEnum):
     POOL_LIMIT = "PoolLimit"
     WORKER_CAP = "QueueWorkerCap"
     QUEUE_RESOURCES = "QueueResourceLimit"
+    QUOTA = "QueueQuota"
     WAITS_BEHIND = "WaitsBehindStarvingJob"
     NO_RESOURCES = "NoFeasiblePlacement"
     QUEUED = "Queued"
@@ -72,6 +77,7 @@ class CycleState:
     active_jobs: int
     workers_by_queue: dict[str, int]
     bypassed: dict[str, int]  # job id → times passed over, as this cycle has counted them
+    quota: QuotaLedger  # what each queue uses of its quotas
     held_by_queue: dict[str, dict[str, int]] = field(default_factory=dict)  # GPUs, vCPUs, MiB
     starving: dict[str, str] = field(default_factory=dict)  # queue → job id that must go first
     skipped: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
@@ -83,19 +89,26 @@ class CycleState:
         waiting: Sequence[Job],
         max_concurrent_jobs: int | None,
         queues: Mapping[str, QueueConfig],
+        *,
+        held: Callable[[Job], Usage],
     ) -> CycleState:
         """The state at the start of a cycle over ``jobs``, whose queued ones are ``waiting``
         (in :func:`waiting_order`): the active jobs and their workers and, per queue, the first
         waiting job already passed over ``max_bypass`` times — it goes first; and what each
-        queue's active jobs hold."""
+        queue's active jobs hold (``held(job)``: of its quota resources, GPUs by model)."""
         state = cls(
-            max_concurrent_jobs, 0, defaultdict(int), {j.job_id: j.bypassed for j in waiting}
+            max_concurrent_jobs,
+            0,
+            defaultdict(int),
+            {j.job_id: j.bypassed for j in waiting},
+            QuotaLedger(queues),
         )
         for job in jobs:
             if job.status.active:
                 state.active_jobs += 1
                 state.workers_by_queue[job.queue] += job.workers
                 state._hold(job)
+                state.quota.charge(job.queue, held(job))
         for job in waiting:
             queue = queues.get(job.queue)
             if queue is not None and job.bypassed >= queue.max_bypass:
@@ -147,13 +160,15 @@ class CycleState:
         """``job`` stays queued this cycle; later starts in its queue pass it over."""
         self.skipped[job.queue].append(job.job_id)
 
-    def started(self, job: Job, queue: QueueConfig) -> dict[str, int]:
-        """Count ``job`` as started; return the new bypass counts of the jobs it passed over
-        (``{job id: count}``, for the caller to record). The first of them to reach
-        ``max_bypass`` holds back the rest of its queue from then on."""
+    def started(self, job: Job, queue: QueueConfig, usage: Usage) -> dict[str, int]:
+        """Count ``job`` as started, holding ``usage`` of its queue's quotas; return the new
+        bypass counts of the jobs it passed over (``{job id: count}``, for the caller to
+        record). The first of them to reach ``max_bypass`` holds back the rest of its queue
+        from then on."""
         self.active_jobs += 1
         self.workers_by_queue[job.queue] = self.workers_by_queue.get(job.queue, 0) + job.workers
         self._hold(job)
+        self.quota.charge(job.queue, usage)
         grown: dict[str, int] = {}
         for earlier in self.skipped[job.queue]:
             count = self.bypassed.get(earlier, 0) + 1

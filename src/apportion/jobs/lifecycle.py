@@ -105,9 +105,13 @@ class Planned:
     decision: Decision
 
 
-def _gang_inputs(job: Job) -> dict[str, Any]:
-    """A job's workers as the policy's inputs: one request per worker, placed as one gang."""
-    return {"requests": [job.config.resources.as_request()] * job.workers}
+def _gang_inputs(job: Job, gpu_model: str | None) -> dict[str, Any]:
+    """A job's workers as the policy's inputs: one request per worker, placed as one gang
+    (on GPUs of ``gpu_model`` when set, instead of the models the job named)."""
+    request = job.config.resources.as_request()
+    if gpu_model is not None:
+        request["gpu_model"] = gpu_model
+    return {"requests": [request] * job.workers}
 
 
 class JobLifecycle:
@@ -214,14 +218,18 @@ class JobLifecycle:
             job.queue_position = position[job.queue]
 
     # ---------------------------------------------------------------- admission
-    async def place(self, job: Job, policy_uri: str, candidates: list[str]) -> Reserved | Blocked:
-        """Place the job's workers through ``policy_uri`` over ``candidates`` and reserve their
-        GPUs (in memory; :meth:`admit` makes the hold durable), or say why it cannot start."""
+    async def place(
+        self, job: Job, policy_uri: str, candidates: list[str], gpu_model: str | None
+    ) -> Reserved | Blocked:
+        """Place the job's workers through ``policy_uri`` over ``candidates`` (on GPUs of
+        ``gpu_model`` when set: the model its queue's quota counts them under) and reserve
+        their GPUs (in memory; :meth:`admit` makes the hold durable), or say why it cannot
+        start."""
         try:
             reserved = await self._allocations.reserve_for_job(
                 policy_uri=policy_uri,
                 candidates=candidates,
-                inputs=_gang_inputs(job),
+                inputs=_gang_inputs(job, gpu_model),
                 parameters=job.config.parameters,
                 owner=job.owner,
                 job_id=job.job_id,
@@ -232,14 +240,16 @@ class JobLifecycle:
             return Blocked(Reason.NO_RESOURCES, reserved.error().message)
         return Reserved(*reserved)
 
-    async def plan(self, job: Job, policy_uri: str, candidates: list[str]) -> Planned | Blocked:
+    async def plan(
+        self, job: Job, policy_uri: str, candidates: list[str], gpu_model: str | None
+    ) -> Planned | Blocked:
         """Where :meth:`place` would put the job's workers now, reserving nothing (a dry run;
         ``job`` need not be stored), or why it could not start."""
         try:
             planned = await self._allocations.plan_for_job(
                 policy_uri=policy_uri,
                 candidates=candidates,
-                inputs=_gang_inputs(job),
+                inputs=_gang_inputs(job, gpu_model),
                 parameters=job.config.parameters,
             )
         except ApportionError as exc:

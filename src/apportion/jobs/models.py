@@ -260,6 +260,59 @@ class ResourceAmounts(_Strict):
         return {k: v for k, v in self.model_dump().items() if v is not None}
 
 
+class ResourceQuota(_Strict):
+    """A queue's quota of one resource (Kueue's ``nominalQuota``, ``borrowingLimit`` and
+    ``lendingLimit``): ``nominal`` is its own; in a cohort it may use up to
+    ``borrowing_limit`` more of what the others leave unused (unset: as much as they lend), and
+    lends up to ``lending_limit`` of its own unused nominal (unset: all of it)."""
+
+    nominal: StrictInt = Field(ge=0)
+    borrowing_limit: StrictInt | None = Field(None, ge=0)
+    lending_limit: StrictInt | None = Field(None, ge=0)
+
+    @model_serializer(mode="wrap")
+    def _set_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+    @model_validator(mode="after")
+    def _lends_what_it_has(self) -> ResourceQuota:
+        if self.lending_limit is not None and self.lending_limit > self.nominal:
+            raise ValueError(
+                f"lending_limit {self.lending_limit} is more than nominal {self.nominal}: a"
+                " queue lends only its own quota"
+            )
+        return self
+
+
+GPU_MODEL_GLOB_CHARS = frozenset("*?[]")
+
+
+class QueueQuota(_Strict):
+    """A queue's quotas (docs/scheduling.md): GPUs per GPU model (each key a model name as the
+    registry has it, e.g. ``"H100"``), vCPUs and memory (MiB) of its scheduled and running
+    jobs. A GPU model that is not a key cannot be used by the queue's jobs; an unset vCPU or
+    memory quota does not limit."""
+
+    gpus: dict[str, ResourceQuota] = Field(default_factory=dict)
+    vcpus: ResourceQuota | None = None
+    memory_mb: ResourceQuota | None = None
+
+    @model_serializer(mode="wrap")
+    def _set_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+    @field_validator("gpus")
+    @classmethod
+    def _model_names(cls, gpus: dict[str, ResourceQuota]) -> dict[str, ResourceQuota]:
+        for model in gpus:
+            if not model or GPU_MODEL_GLOB_CHARS & set(model):
+                raise ValueError(
+                    f"GPU model {model!r} is not a model name: name each model as the registry"
+                    " has it (apportion nodes shows them), without wildcards"
+                )
+        return gpus
+
+
 def worker_amounts(resources: WorkerResources) -> dict[str, int]:
     """What one worker asks for, in :class:`ResourceAmounts`' names (unset ones left out)."""
     asked = {"gpus": resources.gpus, "vcpus": resources.vcpus, "memory_mb": resources.memory_mb}
@@ -286,6 +339,8 @@ class QueueConfig(BaseModel):
     policy_rule_uri: str = "binpack:1.0-stable"
     clusters: list[str] | dict[str, Any] = Field(default_factory=list)  # ids, or a filter
     max_bypass: StrictInt = Field(10, ge=0)  # starvation bound, docs/jobs.md
+    quota: QueueQuota | None = None  # docs/scheduling.md; unset: no quota
+    cohort: str | None = Field(None, pattern=NAME_PATTERN)  # queues that lend to each other
 
     _env = field_validator("env")(_check_env)
     _working_dir = field_validator("working_dir")(_check_dir)
@@ -334,6 +389,32 @@ class QueueConfig(BaseModel):
                     f"default_resources.{name} {amount} is more than maximum_resources.{name}"
                     f" {maximum[name]}"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _cohort_has_quota(self, info: ValidationInfo) -> QueueConfig:
+        """A cohort lends and borrows quota: a queue in one needs a quota, and a borrowing or
+        lending limit needs a cohort to mean something."""
+        if _stored(info):
+            return self
+        if self.cohort is not None and self.quota is None:
+            raise ValueError(
+                f"cohort {self.cohort!r} needs a quota: queues of a cohort lend and borrow"
+                " their quotas; set quota"
+            )
+        if self.cohort is None and self.quota is not None:
+            limits: list[tuple[str, ResourceQuota | None]] = [
+                ("gpus." + m, q) for m, q in self.quota.gpus.items()
+            ]
+            limits += [("vcpus", self.quota.vcpus), ("memory_mb", self.quota.memory_mb)]
+            for name, quota in limits:
+                if quota is not None and (
+                    quota.borrowing_limit is not None or quota.lending_limit is not None
+                ):
+                    raise ValueError(
+                        f"quota.{name} has a borrowing or lending limit but the queue is in no"
+                        " cohort; set cohort, or remove the limit"
+                    )
         return self
 
     @property

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable
-from typing import Any, NamedTuple
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 from apportion.allocation.holds import HoldManager
 from apportion.allocation.service import AllocationService
@@ -25,7 +25,7 @@ from apportion.jobs import views as job_views
 from apportion.jobs.admission import Blocked, CycleState, Reason, waiting_order
 from apportion.jobs.boundary import JobBoundary
 from apportion.jobs.driver import BackendDriver
-from apportion.jobs.lifecycle import JobLifecycle, Reserved
+from apportion.jobs.lifecycle import JobLifecycle, Planned, Reserved
 from apportion.jobs.models import (
     JobConfig,
     JobStatus,
@@ -37,12 +37,15 @@ from apportion.jobs.models import (
 )
 from apportion.jobs.plan import JobPlan
 from apportion.jobs.pool_limits import PoolLimits
+from apportion.jobs.quota import Usage, beyond_reach, gpu_flavors, held_usage, job_usage
 from apportion.jobs.records import Job, JobBook, QueueBook
 from apportion.ownership import Owner
 from apportion.registry.service import Registry
 from apportion.store.db import Database
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 DELETE_WAIT_SECONDS = 10.0  # how long DELETE /jobs/{id} waits for a cancelled job to end
 
@@ -108,23 +111,22 @@ class JobService:
         draft = self.jobs.draft(config, priority, owner)
         every = [*self.jobs.jobs.values(), draft]
         waiting = waiting_order(every)
-        state = CycleState.of(
-            every, waiting, self.limits.get("max_concurrent_jobs"), self._queues()
-        )
+        state = self._cycle_state(every, waiting)
         ahead = waiting[: next(i for i, job in enumerate(waiting) if job is draft)]
         position = 1 + sum(1 for job in ahead if job.queue == draft.queue)
+        decided: tuple[Planned, Usage] | Blocked
         try:
-            route = self._route(draft, queue, state)
-            outcome = route if isinstance(route, Blocked) else await self.lifecycle.plan(*route)
+            decided = await self._decide(draft, queue, state, self.lifecycle.plan)
         except Exception as exc:
             log.exception("plan: placing a draft of queue %s failed", queue.name)
-            outcome = _failed(exc)
-        if isinstance(outcome, Blocked):
-            return JobPlan(config, priority, position, None, None, outcome.code, outcome.words)
-        target = self.driver.target(outcome.placements)
+            decided = _failed(exc)
+        if isinstance(decided, Blocked):
+            return JobPlan(config, priority, position, None, None, decided.code, decided.words)
+        planned, _ = decided
+        target = self.driver.target(planned.placements)
         words = f"would start now on {target.cluster_id} ({target.adapter}): {target.nodes}"
         return JobPlan(
-            config, priority, position, outcome.placements, outcome.decision, None, words
+            config, priority, position, planned.placements, planned.decision, None, words
         )
 
     def _accept(self, body: Any, owner: Owner) -> tuple[JobConfig, int, QueueConfig]:
@@ -153,8 +155,8 @@ class JobService:
         a ``working_dir`` of its own the job runs in the queue's; an amount the job leaves
         unset is the queue's default, else its per-worker maximum (seed 000's order).
         :class:`InvalidRequest` naming the field when the job asks more than a worker may
-        have, more than the queue's total, or more workers than its cap: it could never
-        start."""
+        have, more than the queue's total or its quota allows, or more workers than its cap:
+        it could never start."""
         cap = queue.worker_cap
         if cap is not None and config.replica_count > cap:
             raise InvalidRequest(
@@ -197,6 +199,7 @@ class JobService:
                     f" running jobs may hold {total} (maximum_allowed_resources.{name})",
                     path=f"body.config.resources.{name}",
                 )
+        _check_quota(config, queue)
         return config
 
     def _check_could_start(self, config: JobConfig, queue: QueueConfig) -> None:
@@ -275,7 +278,9 @@ class JobService:
 
     def statistics(self) -> dict[str, Any]:
         """``GET /queue`` (seed 001): totals, per queue and per priority."""
-        return job_views.statistics(self.jobs.jobs.values(), self.queues, self.limits.as_dict())
+        every = list(self.jobs.jobs.values())
+        quota = self._cycle_state(every, []).quota
+        return job_views.statistics(every, self.queues, self.limits.as_dict(), quota)
 
     # ---------------------------------------------------------------- admission
     async def run(self, *, interval: float = 1.0) -> None:
@@ -314,10 +319,10 @@ class JobService:
         written) leaves it waiting with the error as its reason, and the cycle goes on. Every
         reservation made is committed or given back, whatever happens after it: the commits
         are awaited even when the cycle ends by an exception."""
-        every = self.jobs.jobs.values()
+        every = list(self.jobs.jobs.values())
         waiting = waiting_order(every)
         queues = self._queues()
-        state = CycleState.of(every, waiting, self.limits.get("max_concurrent_jobs"), queues)
+        state = self._cycle_state(every, waiting, queues)
         life = self.lifecycle
         started: list[Job] = []
         durable: list[Awaitable[None]] = []
@@ -331,23 +336,23 @@ class JobService:
                         job, Blocked(Reason.NO_RESOURCES, f"queue {job.queue!r} was removed")
                     )
                     continue
-                outcome: Reserved | Blocked
+                decided: tuple[Reserved, Usage] | Blocked
                 try:
-                    route = self._route(job, queue, state)
-                    outcome = route if isinstance(route, Blocked) else await life.place(*route)
+                    decided = await self._decide(job, queue, state, life.place)
                 except Exception as exc:
                     log.exception("admission: placing job %s failed", job.job_id)
-                    outcome = _failed(exc)
+                    decided = _failed(exc)
                 if job.status.finished:  # cancelled while it was being placed
-                    if isinstance(outcome, Reserved):
-                        durable.append(life.abandon(outcome.hold))
+                    if not isinstance(decided, Blocked):
+                        durable.append(life.abandon(decided[0].hold))
                     continue
-                if isinstance(outcome, Blocked):
+                if isinstance(decided, Blocked):
                     state.waited(job)
-                    await life.wait(job, outcome)
+                    await life.wait(job, decided)
                     continue
-                durable.append(life.admit(job, outcome))
-                durable.extend(life.count_bypasses(state.started(job, queue)))
+                reserved, usage = decided
+                durable.append(life.admit(job, reserved))
+                durable.extend(life.count_bypasses(state.started(job, queue, usage)))
                 started.append(job)
         finally:
             for failure in await asyncio.gather(*durable, return_exceptions=True):
@@ -359,9 +364,43 @@ class JobService:
     def _queues(self) -> dict[str, QueueConfig]:
         return {name: self.queues.get(name) for name in self.queues.names()}
 
-    def _route(self, job: Job, queue: QueueConfig, state: CycleState) -> Route | Blocked:
-        """Why ``job`` waits this cycle, or what to place it with (raises what finding its
-        clusters raised: see :meth:`cycle`)."""
+    def _cycle_state(
+        self, jobs: list[Job], waiting: list[Job], queues: dict[str, QueueConfig] | None = None
+    ) -> CycleState:
+        """The admission state over ``jobs`` (``waiting`` their queued ones in order): the
+        active jobs counted, each holding its GPUs under their models as the fleet has them."""
+        usage = self._held_usage(j for j in jobs if j.status.active)
+        limit = self.limits.get("max_concurrent_jobs")
+        queues = self._queues() if queues is None else queues
+        return CycleState.of(jobs, waiting, limit, queues, held=lambda job: usage[job.job_id])
+
+    def _held_usage(self, active: Iterable[Job]) -> dict[str, Usage]:
+        """What each of the ``active`` jobs holds of quota resources, by job id: its GPUs under
+        their models (looked up in the fleet), its vCPUs and memory as asked."""
+        fleet = self._registry.fleet
+        usage: dict[str, Usage] = {}
+        with fleet.lock:
+            structure = fleet.structure
+            for job in active:
+                models: list[str | None] = []
+                for key in (k for p in job.allocation or () for k in p.gpu_keys):
+                    row = structure.gpu_row(key)
+                    model = None if row is None else structure.gpu_model_name(row)
+                    models.append(model)
+                usage[job.job_id] = held_usage(job.config.resources, job.workers, models)
+        return usage
+
+    async def _decide(
+        self,
+        job: Job,
+        queue: QueueConfig,
+        state: CycleState,
+        place: Callable[[Job, str, list[str], str | None], Awaitable[T | Blocked]],
+    ) -> tuple[T, Usage] | Blocked:
+        """Why ``job`` waits this cycle, or its placement by ``place`` (reserved, or planned)
+        and what it will hold of its queue's quotas. The GPU models of the queue's quota are
+        tried in order (Kueue's flavors): the first with room in the quota where the policy
+        places every worker wins. Raises what finding its clusters raised: see :meth:`cycle`."""
         blocked = state.blocker(job, queue)
         if blocked is not None:
             return blocked
@@ -373,7 +412,29 @@ class JobService:
                 f"queue {queue.name!r} runs its jobs with the {queue.plugin} adapter (its"
                 f" plugin) and none of its clusters has a {queue.plugin} scheduler",
             )
-        return Route(job, policy, candidates)
+        resources = job.config.resources
+        waits: list[tuple[str | None, Blocked]] = []
+        for model in gpu_flavors(queue, resources):
+            usage = job_usage(resources, job.workers, model)
+            refusal = state.quota.refusal(queue, usage)
+            if refusal is not None:
+                waits.append((model, Blocked(Reason.QUOTA, refusal)))
+                continue
+            outcome = await place(job, policy, candidates, model)
+            if not isinstance(outcome, Blocked):
+                return outcome, usage
+            waits.append((model, outcome))
+        if not waits:
+            models = ", ".join(queue.quota.gpus) if queue.quota is not None else ""
+            return Blocked(
+                Reason.QUOTA,
+                f"queue {queue.name!r} has a quota of GPUs of models {models} only, and the job"
+                " asks for none of them",
+            )
+        if len(waits) == 1:
+            return waits[0][1]
+        words = "; ".join(f"on {model}: {blocked.words}" for model, blocked in waits)
+        return Blocked(waits[0][1].code, words)
 
     def _candidates(self, queue: QueueConfig) -> list[str]:
         """The clusters ``queue`` places on: its ``clusters`` (ids or a filter; all live ones
@@ -395,12 +456,37 @@ class JobService:
         return [c for c in ids if self.driver.scheduler_type(c) == queue.plugin]
 
 
-class Route(NamedTuple):
-    """What to place a job with: the job, its policy and its candidate clusters."""
-
-    job: Job
-    policy_uri: str
-    candidates: list[str]
+def _check_quota(config: JobConfig, queue: QueueConfig) -> None:
+    """:class:`InvalidRequest` naming the field when ``queue``'s quota could never let the job
+    (its config with the queue's defaults applied) start: an amount the quota counts left
+    unset, GPUs of no model the quota has, or more than any of its models allows
+    (docs/scheduling.md)."""
+    quota = queue.quota
+    if quota is None:
+        return
+    resources = config.resources
+    asked = worker_amounts(resources)
+    for name, limits in (("vcpus", quota.vcpus), ("memory_mb", quota.memory_mb)):
+        if limits is not None and name not in asked:
+            raise InvalidRequest(
+                f"queue {queue.name!r} has a quota of the {name} of its jobs"
+                f" (quota.{name}); set config.resources.{name}",
+                path=f"body.config.resources.{name}",
+            )
+    flavors = gpu_flavors(queue, resources)
+    if not flavors:
+        raise InvalidRequest(
+            f"queue {queue.name!r} has a quota of GPUs of models {', '.join(quota.gpus)}"
+            f" only; ask for one of them (config.resources.gpu_model)",
+            path="body.config.resources.gpu_model",
+        )
+    reach = [beyond_reach(queue, job_usage(resources, config.replica_count, m)) for m in flavors]
+    if all(words is not None for words in reach):
+        raise InvalidRequest(
+            f"the job can never run in queue {queue.name!r}: {'; '.join(map(str, reach))};"
+            " ask for less",
+            path="body.config.resources",
+        )
 
 
 def _failed(exc: Exception) -> Blocked:

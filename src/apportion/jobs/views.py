@@ -11,6 +11,7 @@ from typing import Any
 
 from apportion.jobs.admission import job_amounts
 from apportion.jobs.models import JobStatus
+from apportion.jobs.quota import QuotaLedger
 from apportion.jobs.records import Job, QueueBook
 
 
@@ -35,14 +36,18 @@ def queue_counts(jobs: Iterable[Job], queues: QueueBook) -> dict[str, tuple[int,
     return {name: (q, r) for name, (q, r) in counts.items()}
 
 
-def statistics(jobs: Iterable[Job], queues: QueueBook, limits: dict[str, Any]) -> dict[str, Any]:
-    """``GET /queue`` (seed 001): totals, per queue and per priority, and the limits."""
+def statistics(
+    jobs: Iterable[Job], queues: QueueBook, limits: dict[str, Any], quota: QuotaLedger
+) -> dict[str, Any]:
+    """``GET /queue`` (seed 001): totals, per queue and per priority, and the limits; per
+    queue also its cohort and its use of its quotas (``quota`` counts the active jobs)."""
     every = list(jobs)
     queued = [j for j in every if j.status is JobStatus.QUEUED]
     per_queue: dict[str, dict[str, Any]] = {}
     for name in queues.names():
         mine = [j for j in every if j.queue == name]
-        cap = queues.get(name).worker_cap
+        queue = queues.get(name)
+        cap = queue.worker_cap
         held = {"gpus": 0, "vcpus": 0, "memory_mb": 0}
         for job in mine:
             if job.status.active:
@@ -54,6 +59,8 @@ def statistics(jobs: Iterable[Job], queues: QueueBook, limits: dict[str, Any]) -
             "workers_running": sum(j.workers for j in mine if j.status.active),
             "worker_cap": -1 if cap is None else cap,
             "resources_held": held,  # against the queue's maximum_allowed_resources
+            "cohort": queue.cohort,
+            "quota": quota.status(queue),
         }
     per_priority: dict[str, int] = {}
     for job in queued:

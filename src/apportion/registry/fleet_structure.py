@@ -254,6 +254,10 @@ class Structure:
         idx = int(gid)
         return int(self.node_gpu_start[row]) + idx if idx < self.node_gpu_count[row] else None
 
+    def gpu_model_name(self, row: int) -> str:
+        """The model of the GPU at ``row``, as its cluster document names it."""
+        return self.model_names[int(self.gpu_model[row])]
+
     def gpu_key(self, row: int) -> GpuKey:
         node = int(self.gpu_node[row])
         cid = self.cluster_ids[int(self.node_cluster[node])]
