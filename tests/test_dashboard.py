@@ -31,7 +31,7 @@ from tests.dashboard_helpers import (
     sign_in,
     wait_live,
 )
-from tests.jobs_helpers import PY, sleeper, submit, wait_for
+from tests.jobs_helpers import PY, gated, sleeper, submit, wait_for
 
 DEMO_GPUS = 352  # 16 + 16 + 12 nodes × 8 GPUs
 STATEFUL_POLICY = Path(__file__).parent / "policies" / "stateful" / "code" / "function.py"
@@ -378,6 +378,29 @@ async def test_cancel_a_queued_job_from_the_page(demo: Running, browser: Any) ->
     assert (await wait_for(demo, queued, "cancelled"))["status"] == "cancelled"
     async with demo.http.post(f"{demo.url}/jobs/{blocker}/cancel") as response:
         assert response.status == 200
+    assert errors.errors == []
+
+
+async def test_the_queue_table_shows_quota_use(demo: Running, browser: Any, job_tmp: Path) -> None:
+    quota = {"gpus": {"H100": {"nominal": 2}}}
+    for name in ("lab-a", "lab-b"):
+        body = {"name": name, "cohort": "lab", "quota": quota}
+        async with demo.http.post(f"{demo.url}/queues", json=body) as response:
+            assert response.status == 201
+    gate = job_tmp / "may-end"
+    borrower = await submit(
+        demo, {"queue": "lab-a", "command": gated(gate), "resources": {"gpus": 3}}
+    )
+    await wait_for(demo, borrower, "running")
+    page, errors = await new_page(browser)
+    await sign_in(page, demo.url, ADMIN_KEY)
+    await page.goto(demo.url + "/#jobs")
+    row = page.locator('#queues-table tr[data-queue="lab-a"]')
+    await row.locator("td.quota:has-text('H100 3 / 2 (1 borrowed) · cohort lab')").wait_for()
+    assert await row.locator("td").nth(4).inner_text() == "3"  # GPUs held
+    assert "H100 0 / 2" in await page.locator('#queues-table tr[data-queue="lab-b"]').inner_text()
+    gate.touch()
+    await wait_for(demo, borrower, "completed")
     assert errors.errors == []
 
 

@@ -52,15 +52,25 @@ export function startJobs() {
   setInterval(refreshList, POLL_MS);
 }
 
+// "H100 6 / 4 (2 borrowed), vcpus 8 / 64 · cohort lab": a queue's use of its quotas (docs/scheduling.md)
+function quotaText(q) {
+  if (!q.quota) return "";
+  const used = (label, u) => `${label} ${u.used} / ${u.nominal}${u.borrowed ? ` (${u.borrowed} borrowed)` : ""}`;
+  const parts = Object.entries(q.quota.gpus || {}).map(([model, u]) => used(model, u));
+  for (const name of ["vcpus", "memory_mb"]) if (q.quota[name]) parts.push(used(name, q.quota[name]));
+  return parts.join(", ") + (q.cohort ? ` · cohort ${q.cohort}` : "");
+}
+
 function renderQueues() {
   const stats = list.stats;
   if (!stats) return;
   const rows = Object.entries(stats.queues).map(([name, q]) => {
     const cap = q.worker_cap < 0 ? "unlimited" : q.worker_cap;
-    return `<tr data-queue="${esc(name)}"><td>${esc(name)}</td><td>${q.queued}</td><td>${q.running}</td><td>${q.workers_running} / ${cap}</td></tr>`;
+    const gpus = q.resources_held ? q.resources_held.gpus : 0;
+    return `<tr data-queue="${esc(name)}"><td>${esc(name)}</td><td>${q.queued}</td><td>${q.running}</td><td>${q.workers_running} / ${cap}</td><td>${gpus}</td><td class="quota">${esc(quotaText(q))}</td></tr>`;
   });
   const limit = stats.limits && stats.limits.max_concurrent_jobs;
-  $("#queues-table").innerHTML = `<caption>${stats.total_queued} waiting, ${stats.running_jobs} running${limit ? ` · pool limit ${limit} concurrent jobs` : ""}</caption><thead><tr><th>queue</th><th>waiting</th><th>running</th><th>workers used / cap</th></tr></thead><tbody>${rows.join("")}</tbody>`;
+  $("#queues-table").innerHTML = `<caption>${stats.total_queued} waiting, ${stats.running_jobs} running${limit ? ` · pool limit ${limit} concurrent jobs` : ""}</caption><thead><tr><th>queue</th><th>waiting</th><th>running</th><th>workers used / cap</th><th>GPUs held</th><th>quota used / nominal</th></tr></thead><tbody>${rows.join("")}</tbody>`;
   const select = $("#jobs-queue");
   const names = ["", ...Object.keys(stats.queues)];
   if (Array.from(select.options).map((o) => o.value).join() !== names.join()) {
