@@ -14,8 +14,10 @@ from apportion.adapters.base import JobSpec
 from apportion.adapters.local.adapter import LocalAdapter
 from apportion.app import Server
 from apportion.background import Background
+from apportion.jobs.fairshare import UsageBook
 from apportion.jobs.lifecycle import TRANSITIONS, IllegalTransition
 from apportion.jobs.models import JobStatus
+from apportion.jobs.priority import WEEK
 from apportion.jobs.records import JobBook
 from apportion.jobs.service import JobService
 from apportion.store.db import Database
@@ -133,7 +135,7 @@ async def test_a_stop_waits_for_an_in_flight_dispatch_and_leaves_no_task(
     # the dispatch finished before the store closed: the backend id was committed
     db = await Database.open(server.settings.database_url)
     try:
-        book = JobBook(db)
+        book = JobBook(db, usage=UsageBook(WEEK))
         await book.load()
         assert book.get(job_id).scheduler_job_id == adapter.submitted[0]
     finally:

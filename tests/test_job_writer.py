@@ -11,7 +11,9 @@ import pytest
 from sqlalchemy import Connection
 
 from apportion.engine.decisions import Decision, Placement, Reason, Rejection, Score
+from apportion.jobs.fairshare import UsageBook
 from apportion.jobs.models import JobConfig, JobStatus
+from apportion.jobs.priority import WEEK
 from apportion.jobs.records import JobBook
 from apportion.ownership import Owner
 from apportion.store.db import Database
@@ -38,7 +40,7 @@ def config(name: str) -> JobConfig:
 async def test_concurrent_saves_share_one_commit_and_keep_their_order(
     db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    book = JobBook(db)
+    book = JobBook(db, usage=UsageBook(WEEK))
     a = await book.create(config("a"), 0, OWNER, "submitted")
     b = await book.create(config("b"), 0, OWNER, "submitted")
     commits: list[int] = []
@@ -58,7 +60,7 @@ async def test_concurrent_saves_share_one_commit_and_keep_their_order(
         book.save(a, status=JobStatus.COMPLETED, reason="exit 0"),
     )
     assert commits == [1]
-    fresh = JobBook(db)
+    fresh = JobBook(db, usage=UsageBook(WEEK))
     await fresh.load()
     # the newest row of each job won; the history kept the order of the changes
     assert (fresh.get(a.job_id).status, fresh.get(b.job_id).status) == (
@@ -77,7 +79,7 @@ async def test_concurrent_saves_share_one_commit_and_keep_their_order(
 async def test_a_failed_commit_reaches_every_caller_of_its_batch(
     db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    book = JobBook(db)
+    book = JobBook(db, usage=UsageBook(WEEK))
     job = await book.create(config("a"), 0, OWNER, "submitted")
 
     async def broken(fn: Callable[[Connection], T]) -> T:
@@ -94,7 +96,7 @@ async def test_a_failed_commit_reaches_every_caller_of_its_batch(
 
 
 async def test_a_cancelled_caller_still_has_its_change_written(db: Database) -> None:
-    book = JobBook(db)
+    book = JobBook(db, usage=UsageBook(WEEK))
     job = await book.create(config("a"), 0, OWNER, "submitted")
     task = asyncio.create_task(book.save(job, status=JobStatus.SCHEDULED, reason="placed"))
     await asyncio.sleep(0)  # handed over
@@ -106,7 +108,7 @@ async def test_a_cancelled_caller_still_has_its_change_written(db: Database) -> 
 
 
 async def test_the_history_includes_a_change_still_being_committed(db: Database) -> None:
-    book = JobBook(db)
+    book = JobBook(db, usage=UsageBook(WEEK))
     job = await book.create(config("a"), 0, OWNER, "submitted")
     saving = asyncio.create_task(book.save(job, status=JobStatus.RUNNING, reason="started"))
     await asyncio.sleep(0)  # handed over: the record already says running, the store not yet
@@ -116,7 +118,7 @@ async def test_the_history_includes_a_change_still_being_committed(db: Database)
 
 
 async def test_a_replaced_decision_is_encoded_anew(db: Database) -> None:
-    book = JobBook(db)
+    book = JobBook(db, usage=UsageBook(WEEK))
     job = await book.create(config("a"), 0, OWNER, "submitted")
     job.decision = Decision("binpack:1.0-stable", 1, {}, candidate_nodes=4, feasible_nodes=3)
     first = job.row().decision
@@ -129,7 +131,7 @@ async def test_a_replaced_decision_is_encoded_anew(db: Database) -> None:
 async def test_a_job_s_placements_and_decision_come_back_from_the_store_as_they_were(
     db: Database,
 ) -> None:
-    book = JobBook(db)
+    book = JobBook(db, usage=UsageBook(WEEK))
     job = await book.create(config("a"), 0, OWNER, "submitted")
     job.allocation = (Placement("c1", "n0", ("0", "1")), Placement("c1", "n1", ("3",)))
     job.decision = Decision(
@@ -144,7 +146,7 @@ async def test_a_job_s_placements_and_decision_come_back_from_the_store_as_they_
     )
     await book.save(job, status=JobStatus.SCHEDULED, reason="placed")
     await book.close()
-    reread = JobBook(db)
+    reread = JobBook(db, usage=UsageBook(WEEK))
     await reread.load()
     again = reread.get(job.job_id)
     assert again.allocation == job.allocation
@@ -154,7 +156,7 @@ async def test_a_job_s_placements_and_decision_come_back_from_the_store_as_they_
 
 
 async def test_the_history_waits_for_the_change_of_a_cancelled_caller(db: Database) -> None:
-    book = JobBook(db)
+    book = JobBook(db, usage=UsageBook(WEEK))
     job = await book.create(config("a"), 0, OWNER, "submitted")
     saving = asyncio.create_task(book.save(job, status=JobStatus.RUNNING, reason="started"))
     await asyncio.sleep(0)  # handed over
@@ -170,7 +172,7 @@ async def test_a_jobs_end_and_the_release_of_its_hold_are_one_transaction(
 ) -> None:
     # before, the end and the release were two commits of two writers: a crash between them
     # left the hold for 10 years (issue 21, item 11)
-    book = JobBook(db)
+    book = JobBook(db, usage=UsageBook(WEEK))
     job = await book.create(config("a"), 0, OWNER, "submitted")
     await db.write_batch(
         lambda conn: write_hold_changes(
@@ -207,6 +209,6 @@ async def test_a_jobs_end_and_the_release_of_its_hold_are_one_transaction(
     await book.save(job, status=JobStatus.COMPLETED, reason="exit 0", release_hold="h1")
     assert len(commits) == 1  # the end and the release: one transaction
     assert await HoldRepo(db).all() == []
-    fresh = JobBook(db)
+    fresh = JobBook(db, usage=UsageBook(WEEK))
     await fresh.load()
     assert fresh.get(job.job_id).status is JobStatus.COMPLETED

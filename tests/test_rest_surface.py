@@ -175,6 +175,7 @@ async def _check_body_models(running: Running, specs: list[Any]) -> None:
     for spec in specs:
         assert spec.body is not None
         path = spec.path.replace("{job_id}", "no-such-job").replace("{uri}", "binpack:1.0-stable")
+        path = path.replace("{name}", "default")
         async with running.http.request(
             spec.method, f"{running.url}{path}", json={"zz_not_a_field": 1}
         ) as response:
@@ -293,6 +294,7 @@ async def test_changing_routes_answer_their_declared_types_and_statuses(
     await call("DELETE", "/queues/{queue_id}", "/queues/batch")
     await call("PUT", "/pool/limits", "/pool/limits", json={"max_concurrent_jobs": 4})
     await call("POST", "/accounts", "/accounts", json={"name": "ci-team"})
+    await call("PATCH", "/accounts/{name}", "/accounts/ci-team", json={"shares": 3})
     key = await call(
         "POST", "/keys", "/keys", json={"name": "ci", "scope": "read", "account": "ci-team"}
     )

@@ -1,7 +1,7 @@
 """Accounts: the teams that keys, jobs, holds and events belong to (docs/security.md).
 
 An account has a name, an optional OS user its local jobs run as (``None``: the server's
-``job_user``) and a description. Every key acts for one account and names a user; what a key
+``job_user``), a description and its fair-share shares (docs/scheduling.md). Every key acts for one account and names a user; what a key
 may see and change follows from its account (:mod:`apportion.ownership`). The ``default``
 account always exists: keys and jobs made before accounts existed were moved into it.
 
@@ -12,6 +12,7 @@ and writes through to the ``accounts`` table. Built once by the app; written by 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pwd
 import re
@@ -35,6 +36,7 @@ class Account:
     os_user: str | None
     description: str
     created_at: float
+    shares: int = 1  # its fair-share weight (docs/scheduling.md)
 
     def public(self) -> dict[str, object]:
         """The account as ``GET /accounts`` shows it."""
@@ -43,6 +45,7 @@ class Account:
             "os_user": self.os_user,
             "description": self.description,
             "created_at": iso_utc(self.created_at),
+            "shares": self.shares,
         }
 
 
@@ -89,7 +92,7 @@ class AccountBook:
     async def load(self) -> None:
         """Read every account (once, at start; the migration made ``default``)."""
         self._accounts = {
-            r.name: Account(r.name, r.os_user, r.description, r.created_at)
+            r.name: Account(r.name, r.os_user, r.description, r.created_at, r.shares)
             for r in await self._repo.all()
         }
 
@@ -113,7 +116,20 @@ class AccountBook:
         account = self._accounts.get(name)
         return None if account is None else account.os_user
 
-    async def create(self, name: str, *, os_user: str | None, description: str) -> Account:
+    def shares(self) -> dict[str, int]:
+        """Every account's fair-share shares, by name."""
+        return {name: account.shares for name, account in self._accounts.items()}
+
+    async def set_shares(self, name: str, shares: int) -> Account:
+        """Change an account's fair-share shares (``PATCH /accounts/{name}``); return it."""
+        account = dataclasses.replace(self.get(name), shares=shares)
+        await self._repo.set_shares(name, shares)
+        self._accounts[name] = account
+        return account
+
+    async def create(
+        self, name: str, *, os_user: str | None, description: str, shares: int = 1
+    ) -> Account:
         """Create an account (``POST /accounts``). Raises :class:`InvalidRequest` naming the
         field for a bad name or an ``os_user`` jobs cannot run as, :class:`Conflict` when the
         name is taken."""
@@ -127,9 +143,9 @@ class AccountBook:
                     " or leave os_user out to run this account's jobs as the server's job_user",
                     path="body.os_user",
                 ) from None
-        account = Account(name, os_user, description, time.time())
+        account = Account(name, os_user, description, time.time(), shares)
         if name in self._accounts or not await self._repo.insert(
-            AccountRow(name, os_user, description, account.created_at)
+            AccountRow(name, os_user, description, account.created_at, shares)
         ):
             raise Conflict(f"account {name!r} exists already", details={"account": name})
         self._accounts[name] = account

@@ -203,6 +203,8 @@ class Server:
             events.append,
             spawn=background.spawn,
             boundary=boundary,
+            scheduling=settings.scheduling,
+            shares=accounts.shares,
         )
         self._stack.push_async_callback(jobs.jobs.close)  # its pending writes, before the db
         await jobs.load()

@@ -20,6 +20,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from apportion.jobs.priority import SchedulingConfig
+
 
 def default_data_dir() -> Path:
     """``$XDG_DATA_HOME/apportion`` or ``~/.local/share/apportion``."""
@@ -80,6 +82,8 @@ class Settings(BaseSettings):
     job_user: str = Field("apportion-jobs", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
     jobs_root: Path | None = None  # default: /var/lib/apportion/jobs as root, else <data dir>-jobs
     allow_jobs_as_server_user: bool = False
+    # the order of waiting jobs and fair share (docs/scheduling.md): the [scheduling] table
+    scheduling: SchedulingConfig = Field(default_factory=SchedulingConfig)
 
     @field_validator(
         "data_dir", "policy_dir", "config", "credentials_file", "jobs_root", "admin_key_file"

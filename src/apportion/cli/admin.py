@@ -196,8 +196,8 @@ def accounts_list(ctx: typer.Context, output: OutputOpt = Output.TABLE) -> None:
     listing(
         output,
         found,
-        ["ACCOUNT", "OS USER", "DESCRIPTION", "CREATED"],
-        lambda a: [a.name, a.os_user or "(job_user)", a.description, a.created_at],
+        ["ACCOUNT", "OS USER", "SHARES", "DESCRIPTION", "CREATED"],
+        lambda a: [a.name, a.os_user or "(job_user)", a.shares, a.description, a.created_at],
         as_json=lambda a: a.model_dump(),
     )
 
@@ -211,18 +211,34 @@ def accounts_create(
         typer.Option(help="The OS user its jobs run as (default: the server's job_user)."),
     ] = None,
     description: Annotated[str, typer.Option(help="What the account is for.")] = "",
+    shares: Annotated[
+        int, typer.Option(min=1, help="Its fair-share weight (as sacctmgr's Fairshare=).")
+    ] = 1,
     output: OutputOpt = Output.TABLE,
 ) -> None:
     """Create an account; then give its users keys with `apportion keys create --account`."""
     created = run(
         ctx,
-        lambda client: client.create_account(name, os_user=os_user, description=description),
+        lambda client: client.create_account(
+            name, os_user=os_user, description=description, shares=shares
+        ),
     )
     if output is Output.JSON:
         print_json(created.model_dump())
         return
     runs_as = created.os_user or "the server's job_user"
     typer.echo(f"Created account {created.name} (its jobs run as {runs_as})")
+
+
+@accounts_app.command("set-shares")
+def accounts_set_shares(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The account.")],
+    shares: Annotated[int, typer.Argument(min=1, help="Its new fair-share weight.")],
+) -> None:
+    """Change an account's fair-share weight (as sacctmgr modify account set Fairshare=)."""
+    changed = run(ctx, lambda client: client.set_shares(name, shares))
+    typer.echo(f"Account {changed.name} now has {changed.shares} share(s)")
 
 
 @keys_app.command("revoke")

@@ -456,6 +456,30 @@ def queues(ctx: typer.Context, output: OutputOpt = Output.TABLE) -> None:
     )
 
 
+SHARE_COLUMNS = ["ACCOUNT", "RAW SHARES", "NORM SHARES", "GPU-SECONDS", "CPU-SECONDS"]
+SHARE_COLUMNS += ["EFFECTV USAGE", "FAIRSHARE"]  # sshare's headings
+
+
+def share(ctx: typer.Context, output: OutputOpt = Output.TABLE) -> None:
+    """Each account's shares, decayed usage and fair-share factor (as sshare)."""
+    found = run(ctx, lambda client: client.fair_share())
+    listing(
+        output,
+        found,
+        SHARE_COLUMNS,
+        lambda a: [
+            a.account,
+            a.raw_shares,
+            f"{a.norm_shares:.6f}",
+            f"{a.gpu_seconds:.0f}",
+            f"{a.cpu_seconds:.0f}",
+            f"{a.effective_usage:.6f}",
+            f"{a.fair_share:.6f}",
+        ],
+        as_json=lambda a: a.model_dump(),
+    )
+
+
 def _held_of_total(held: int, total: int | None) -> str:
     """``2 / 3``: GPUs the queue's jobs hold, of its maximum_allowed_resources (or unlimited)."""
     return f"{held} / {'unlimited' if total is None else total}"
@@ -561,3 +585,4 @@ def register(app: typer.Typer) -> None:
     app.command()(explain)
     app.command()(logs)
     app.command()(queues)
+    app.command()(share)

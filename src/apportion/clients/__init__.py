@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time each name is imported o
     from apportion.clients.events import EventStream
     from apportion.clients.models import (
         Account,
+        AccountShare,
         AllocationResult,
         Cluster,
         Event,
@@ -51,7 +52,7 @@ _HOME = {
     "Apportion": "sync_client",
     **dict.fromkeys(
         (
-            "Account", "AllocationResult", "Cluster", "Event", "Job", "JobPlan", "JobReason",
+            "Account", "AccountShare", "AllocationResult", "Cluster", "Event", "Job", "JobPlan", "JobReason",
             "JobStatusEntry", "Placement", "Policy", "Queue",
         ),
         "models",
@@ -84,6 +85,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "Account",
+    "AccountShare",
     "AllocationResult",
     "Apportion",
     "ApportionClientError",

@@ -151,6 +151,21 @@ class Account(_Loose):
     os_user: str | None = None
     description: str = ""
     created_at: str | None = None
+    shares: int = 1
+
+
+class AccountShare(_Loose):
+    """One account's fair share (``fair_share()``, ``apportion share``; Slurm's ``sshare``):
+    its shares (raw, and of all), its usage decayed with the server's half-life (GPU- and
+    CPU-seconds), its part of all usage and its factor ``2^(-effective_usage/norm_shares)``."""
+
+    account: str
+    raw_shares: int
+    norm_shares: float
+    gpu_seconds: float
+    cpu_seconds: float
+    effective_usage: float
+    fair_share: float
 
 
 class Policy(_Loose):

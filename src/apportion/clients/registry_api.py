@@ -12,7 +12,7 @@ import aiohttp
 
 from apportion import jsonutil
 from apportion.clients.errors import NotFoundError
-from apportion.clients.models import Account, Cluster, Policy
+from apportion.clients.models import Account, AccountShare, Cluster, Policy
 from apportion.clients.policy_pack import prepare_upload
 from apportion.clients.rest import RestTransport
 
@@ -149,14 +149,25 @@ class RegistryAPI:
         return [Account.model_validate(a) for a in await self._rest.data("GET", "/accounts")]
 
     async def create_account(
-        self, name: str, *, os_user: str | None = None, description: str = ""
+        self, name: str, *, os_user: str | None = None, description: str = "", shares: int = 1
     ) -> Account:
         """Create an account (admin) whose jobs run as ``os_user`` (default: the server's
-        ``job_user``); :class:`ConflictError` when the name is taken."""
-        body: dict[str, Any] = {"name": name, "description": description}
+        ``job_user``), with ``shares`` of the fleet (its fair-share weight);
+        :class:`ConflictError` when the name is taken."""
+        body: dict[str, Any] = {"name": name, "description": description, "shares": shares}
         if os_user is not None:
             body["os_user"] = os_user
         return Account.model_validate(await self._rest.data("POST", "/accounts", json=body))
+
+    async def set_shares(self, account: str, shares: int) -> Account:
+        """Change an account's fair-share shares (admin)."""
+        answer = await self._rest.data("PATCH", f"/accounts/{account}", json={"shares": shares})
+        return Account.model_validate(answer)
+
+    async def fair_share(self) -> list[AccountShare]:
+        """Each account's shares, decayed usage and fair-share factor (``sshare``); a key
+        sees its own account's, an operator or admin key every account's."""
+        return [AccountShare.model_validate(a) for a in await self._rest.call("GET", "/share")]
 
     async def revoke_key(
         self, key_id: str, *, allow_self: bool = False, allow_last_admin: bool = False

@@ -22,6 +22,7 @@ from apportion.clients.config import DEFAULT_POLICY, ClientConfig
 from apportion.clients.errors import ApportionClientError
 from apportion.clients.models import (
     Account,
+    AccountShare,
     AllocationResult,
     Cluster,
     Event,
@@ -271,12 +272,22 @@ class Apportion:
         return self._run(self._client.accounts())
 
     def create_account(
-        self, name: str, *, os_user: str | None = None, description: str = ""
+        self, name: str, *, os_user: str | None = None, description: str = "", shares: int = 1
     ) -> Account:
-        """Create an account (admin) whose jobs run as ``os_user``."""
+        """Create an account (admin) whose jobs run as ``os_user``, with ``shares``."""
         return self._run(
-            self._client.create_account(name, os_user=os_user, description=description)
+            self._client.create_account(
+                name, os_user=os_user, description=description, shares=shares
+            )
         )
+
+    def set_shares(self, account: str, shares: int) -> Account:
+        """Change an account's fair-share shares (admin)."""
+        return self._run(self._client.set_shares(account, shares))
+
+    def fair_share(self) -> list[AccountShare]:
+        """Each account's fair share (see :meth:`AsyncApportion.fair_share`)."""
+        return self._run(self._client.fair_share())
 
     def keys(self) -> list[dict[str, Any]]:
         """Every key, without secrets (admin)."""

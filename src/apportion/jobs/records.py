@@ -17,11 +17,12 @@ from typing import Any
 from apportion import jsonutil
 from apportion.engine.decisions import Decision, JsonValue, Placement, placements_json
 from apportion.errors import Conflict, InvalidRequest, NotFound
+from apportion.jobs.fairshare import Decayed, UsageBook
 from apportion.jobs.models import STORED, JobConfig, JobStatus, QueueConfig, parse_model
 from apportion.jobs.writer import JobWriter
 from apportion.ownership import Owner
 from apportion.store.db import Database
-from apportion.store.repos.jobs import JobChange, JobRepo, JobRow, StatusEntry
+from apportion.store.repos.jobs import JobChange, JobRepo, JobRow, StatusEntry, UsageRow
 from apportion.store.repos.queues import QueueRepo, QueueRow
 from apportion.timefmt import iso_utc
 
@@ -229,18 +230,25 @@ def resolve_job(jobs: Mapping[str, Job], given: str, *, visible: Callable[[Job],
 class JobBook:
     """Every job, in memory and in the store."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, usage: UsageBook) -> None:
+        """``usage``: the accounts' fair-share usage, charged here with each job's run when
+        its end is recorded (in the same transaction)."""
         self._repo = JobRepo(db)
         self._writer = JobWriter(db)
         self.jobs: dict[str, Job] = {}
+        self.usage = usage
         self._next_seq = 1
 
     async def load(self) -> None:
-        """Read every stored job (call once at start)."""
+        """Read every stored job and the accounts' usage (call once at start)."""
         for row in await self._repo.all():
             job = Job.from_row(row)
             self.jobs[job.job_id] = job
         self._next_seq = await self._repo.max_seq() + 1
+        self.usage.load(
+            Decayed(r.account, r.gpu_seconds, r.cpu_seconds, r.as_of)
+            for r in await self._repo.usage()
+        )
 
     def get(self, job_id: str) -> Job:
         job = self.jobs.get(job_id)
@@ -288,16 +296,23 @@ class JobBook:
     ) -> None:
         """Write the job's fields; with ``status``, also change it and append to its history;
         with ``release_hold``, delete that hold's rows in the same transaction (a job's end).
+        A job's end also charges its run to its account's usage, in that transaction.
         Returns once committed (group-committed with other jobs' changes,
         :mod:`apportion.jobs.writer`); a cancelled caller's change is still written."""
         now = time.time()
+        history = usage = None
         if status is not None:
+            if status.finished and not job.status.finished:
+                charged = self.usage.charge(job, job.end_time or now)
+                if charged is not None:
+                    usage = UsageRow(
+                        charged.account, charged.gpu_seconds, charged.cpu_seconds, charged.as_of
+                    )
             job.status = status
-        history = None
-        if status is not None:
             history = StatusEntry(job.job_id, status.value, now, reason)
         released = () if release_hold is None else (release_hold,)
-        await self._writer.write(JobChange(job.row(), history, released_holds=released))
+        change = JobChange(job.row(), history, released_holds=released, account_usage=usage)
+        await self._writer.write(change)
 
     async def close(self) -> None:
         """Wait for changes handed to the writer (call before the database closes)."""

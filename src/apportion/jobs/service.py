@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from apportion.allocation.holds import HoldManager
@@ -25,6 +26,7 @@ from apportion.jobs import views as job_views
 from apportion.jobs.admission import Blocked, CycleState, Reason, waiting_order
 from apportion.jobs.boundary import JobBoundary
 from apportion.jobs.driver import BackendDriver
+from apportion.jobs.fairshare import AccountShare, UsageBook, account_shares
 from apportion.jobs.lifecycle import JobLifecycle, Planned, Reserved
 from apportion.jobs.models import (
     JobConfig,
@@ -37,6 +39,7 @@ from apportion.jobs.models import (
 )
 from apportion.jobs.plan import JobPlan
 from apportion.jobs.pool_limits import PoolLimits
+from apportion.jobs.priority import SchedulingConfig
 from apportion.jobs.quota import Usage, beyond_reach, gpu_flavors, held_usage, job_usage
 from apportion.jobs.records import Job, JobBook, QueueBook
 from apportion.ownership import Owner
@@ -64,12 +67,19 @@ class JobService:
         spawn: Spawn,
         *,
         boundary: JobBoundary,
+        scheduling: SchedulingConfig,
+        shares: Callable[[], Mapping[str, int]],
     ) -> None:
+        """``scheduling``: the priority weights and the fair-share half-life; ``shares()``:
+        every account's fair-share shares, by name."""
         self._registry = registry
         self._boundary = boundary
         self.driver = driver
         self._emit = emit
-        self.jobs = JobBook(db)  # read by the routes; written by the lifecycle only
+        self.scheduling = scheduling
+        self._shares = shares
+        usage = UsageBook(scheduling.fair_share_half_life_seconds)
+        self.jobs = JobBook(db, usage=usage)  # read by the routes; written by the lifecycle only
         self.queues = QueueBook(db)
         self.limits = PoolLimits(db)
         self._wake = asyncio.Event()
@@ -271,6 +281,13 @@ class JobService:
         return job_views.select_jobs(
             self.jobs.jobs.values(), status=status, queue=queue, limit=limit, offset=offset
         )
+
+    def fair_shares(self) -> dict[str, AccountShare]:
+        """Every account's shares, decayed usage and fair-share factor now (``GET /share``)."""
+        running = (j for j in self.jobs.jobs.values() if j.status is JobStatus.RUNNING)
+        usage = self.jobs.usage.usage(time.time(), running)
+        weight = self.scheduling.cpu_seconds_weight
+        return account_shares(self._shares(), usage, cpu_seconds_weight=weight)
 
     def queue_counts(self) -> dict[str, tuple[int, int]]:
         """``{queue: (queued, running)}`` for the Prometheus gauges."""

@@ -38,6 +38,7 @@ from apportion.server.http_common import ctx, json_body, json_response, ok
 from apportion.server.openapi import openapi_document
 from apportion.server.routing import ApiRoutes, body_of, declared_specs, query_of
 from apportion.server.schemas import (
+    AccountChange,
     AccountCreate,
     Accounts,
     Ack,
@@ -161,9 +162,23 @@ async def create_account(request: web.Request) -> web.Response:
     which must exist on this host and must not be root."""
     body = body_of(request, AccountCreate)
     account = await ctx(request).accounts.create(
-        body.name, os_user=body.os_user, description=body.description
+        body.name, os_user=body.os_user, description=body.description, shares=body.shares
     )
     return ok(account.public(), status=201)
+
+
+@api.patch(
+    "/accounts/{name}",
+    scope=Scope.ADMIN,
+    body=AccountChange,
+    response=OneAccount,
+    errors=(NotFound,),
+)
+async def change_account(request: web.Request) -> web.Response:
+    """Change an account's fair-share ``shares`` (docs/scheduling.md)."""
+    body = body_of(request, AccountChange)
+    account = await ctx(request).accounts.set_shares(request.match_info["name"], body.shares)
+    return ok(account.public())
 
 
 @api.get("/accounts/{name}", scope=Scope.READ, response=OneAccount, errors=(NotFound,))

@@ -23,6 +23,7 @@ from apportion.server.auth import Scope, principal_of
 from apportion.server.http_common import ctx, json_body, json_response
 from apportion.server.routing import ApiRoutes, query_of, raw_body_of
 from apportion.server.schemas import (
+    AccountShareLine,
     Ack,
     JobPlanAnswer,
     JobRecord,
@@ -100,6 +101,16 @@ async def plan_job(request: web.Request) -> web.Response:
     who = principal_of(request).actor
     plan = await _jobs(request).plan(raw_body_of(request), who.owner)
     return json_response(plan.public())
+
+
+@api.get("/share", scope=Scope.READ, response=list[AccountShareLine])
+async def fair_share(request: web.Request) -> web.Response:
+    """Each account's shares, decayed usage and fair-share factor, as sshare (docs/scheduling.md).
+
+    A key sees its own account's line; an operator or admin key every account's."""
+    who = principal_of(request).actor
+    lines = _jobs(request).fair_shares().values()
+    return json_response([line.public() for line in lines if who.may_see_account(line.account)])
 
 
 @api.get("/jobs", scope=Scope.READ, query=JobsQuery, response=list[JobRecord])

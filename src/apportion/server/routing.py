@@ -51,7 +51,7 @@ from apportion.server.http_common import Handler, json_body
 
 M = TypeVar("M", bound=BaseModel)
 H = TypeVar("H", bound=Handler)
-Method = Literal["GET", "POST", "PUT", "DELETE"]
+Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 _QUERY = web.RequestKey("apportion_query", BaseModel)
 _BODY = web.RequestKey("apportion_body", BaseModel)
@@ -181,6 +181,10 @@ class ApiRoutes:
     def put(self, path: str, **options: Any) -> Callable[[H], H]:
         """:meth:`route` with method PUT."""
         return self.route("PUT", path, **options)
+
+    def patch(self, path: str, **options: Any) -> Callable[[H], H]:
+        """:meth:`route` with method PATCH."""
+        return self.route("PATCH", path, **options)
 
     def delete(self, path: str, **options: Any) -> Callable[[H], H]:
         """:meth:`route` with method DELETE."""

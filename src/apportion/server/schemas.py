@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, RootModel, StrictInt, StrictStr
 
 from apportion.errors import ErrorCode
 from apportion.jobs.models import JobStatus, QueueConfig
@@ -93,6 +93,13 @@ class AccountCreate(_Body):
     name: StrictStr = Field(min_length=1, max_length=64)
     os_user: StrictStr | None = Field(None, min_length=1, max_length=64)
     description: StrictStr = Field("", max_length=1000)
+    shares: StrictInt = Field(1, ge=1, le=1_000_000)  # its fair-share weight
+
+
+class AccountChange(_Body):
+    """``PATCH /accounts/{name}``: what changes (today: its fair-share shares)."""
+
+    shares: StrictInt = Field(ge=1, le=1_000_000)
 
 
 class ManagementCall(_Body):
@@ -226,6 +233,7 @@ class AccountInfo(_Answer):
     os_user: str | None
     description: str
     created_at: str | None
+    shares: int
 
 
 class Accounts(_Answer):
@@ -287,6 +295,18 @@ class JobPlanAnswer(_Answer):
     allocation: Any
     decision: dict[str, Any] | None
     config: dict[str, Any]
+
+
+class AccountShareLine(_Answer):
+    """One account's fair share (``GET /share``, as Slurm's ``sshare``)."""
+
+    account: str
+    raw_shares: int
+    norm_shares: float
+    gpu_seconds: float
+    cpu_seconds: float
+    effective_usage: float
+    fair_share: float
 
 
 class StatusEntry(_Answer):

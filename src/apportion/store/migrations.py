@@ -92,10 +92,17 @@ def _accounts(conn: Connection) -> None:
         )
 
 
+def _fair_share(conn: Connection) -> None:
+    """Fair share: each account's shares (1 for those that exist) and its decayed usage."""
+    _add_missing_columns(conn, schema.accounts, ("shares",))
+    schema.metadata.create_all(conn, tables=[schema.account_usage])
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _initial),
     Migration(2, "queues, jobs, status histories, pool limits", _queues_and_jobs),
     Migration(3, "accounts; the account and user of keys, jobs, holds and events", _accounts),
+    Migration(4, "fair share: account shares and decayed usage", _fair_share),
 )
 
 

@@ -203,6 +203,18 @@ accounts = Table(
     Column("os_user", String(64), nullable=True),  # NULL: the server's job_user
     Column("description", Text, nullable=False, server_default=""),
     Column("created_at", Float, nullable=False),
+    # version 4: its fair-share weight (Slurm's RawShares)
+    Column("shares", Integer, nullable=False, server_default="1"),
+)
+
+# ---------------------------------------------------------------- version 4: fair share
+account_usage = Table(
+    "account_usage",
+    metadata,
+    Column("account", String(64), primary_key=True),
+    Column("gpu_seconds", Float, nullable=False),  # of ended jobs, decayed to as_of
+    Column("cpu_seconds", Float, nullable=False),
+    Column("as_of", Float, nullable=False),
 )
 
 Index("ix_jobs_status", jobs.c.status)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from apportion.store import schema
@@ -19,6 +19,7 @@ class AccountRow:
     os_user: str | None
     description: str
     created_at: float
+    shares: int = 1
 
 
 class AccountRepo:
@@ -33,7 +34,10 @@ class AccountRepo:
         query = select(schema.accounts).order_by(schema.accounts.c.name)
         async with self._db.read() as conn:
             rows = (await conn.execute(query)).all()
-        return [AccountRow(r.name, r.os_user, r.description, float(r.created_at)) for r in rows]
+        return [
+            AccountRow(r.name, r.os_user, r.description, float(r.created_at), int(r.shares))
+            for r in rows
+        ]
 
     async def insert(self, row: AccountRow) -> bool:
         """Store a new account; False (nothing written) when the name is taken."""
@@ -45,8 +49,17 @@ class AccountRepo:
                         os_user=row.os_user,
                         description=row.description,
                         created_at=row.created_at,
+                        shares=row.shares,
                     )
                 )
         except IntegrityError:
             return False
         return True
+
+    async def set_shares(self, name: str, shares: int) -> None:
+        """Change an account's fair-share shares."""
+        accounts = schema.accounts
+        async with self._db.write() as conn:
+            await conn.execute(
+                update(accounts).where(accounts.c.name == name).values(shares=shares)
+            )

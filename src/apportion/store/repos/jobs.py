@@ -11,6 +11,7 @@ from sqlalchemy import Connection, bindparam, delete, func, select, update
 
 from apportion.store import schema
 from apportion.store.db import Database
+from apportion.store.upsert import upsert
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,17 @@ class JobChange:
     history: StatusEntry | None = None
     new: bool = False
     released_holds: tuple[str, ...] = ()
+    account_usage: UsageRow | None = None  # the account's usage with the job's run (its end)
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    """An ``account_usage`` row: the account's ended jobs' usage, decayed to ``as_of``."""
+
+    account: str
+    gpu_seconds: float
+    cpu_seconds: float
+    as_of: float
 
 
 def _values(row: JobRow) -> dict[str, Any]:
@@ -80,8 +92,9 @@ def write_changes(conn: Connection, changes: Sequence[JobChange]) -> list[None]:
     """Write a batch of job changes with the effect of writing them one by one: first rows are
     inserted first (a job's first change is awaited before its next is handed over), then the
     newest row of every other job wins (each row is the job's full state, taken in order), then
-    the history entries, in order, and the holds the changes release (a job's end and the
-    release of its GPUs are one transaction: no crash can leave one without the other)."""
+    the history entries, in order, the accounts' usage (the newest row of each) and the holds
+    the changes release (a job's end, its account's usage and the release of its GPUs are one
+    transaction: no crash can leave one without the others)."""
     inserts = [_values(c.row) for c in changes if c.new]
     newest = {c.row.job_id: c.row for c in changes if not c.new}  # later rows win
     history = [
@@ -106,6 +119,23 @@ def write_changes(conn: Connection, changes: Sequence[JobChange]) -> list[None]:
         conn.execute(statement, params)
     if history:
         conn.execute(schema.job_statuses.insert(), history)
+    usage = {c.account_usage.account: c.account_usage for c in changes if c.account_usage}
+    for row in usage.values():  # the newest row of each account wins
+        values = {
+            "account": row.account,
+            "gpu_seconds": row.gpu_seconds,
+            "cpu_seconds": row.cpu_seconds,
+            "as_of": row.as_of,
+        }
+        conn.execute(
+            upsert(
+                conn.dialect,
+                schema.account_usage,
+                values,
+                key=("account",),
+                update=("gpu_seconds", "cpu_seconds", "as_of"),
+            )
+        )
     released = sorted({aid for c in changes for aid in c.released_holds})
     if released:
         gpus, holds = schema.hold_gpus, schema.holds
@@ -126,6 +156,12 @@ class JobRepo:
         async with self._db.read() as conn:
             rows = (await conn.execute(select(schema.jobs))).all()
         return [JobRow(**{name: getattr(r, name) for name in _COLUMNS}) for r in rows]
+
+    async def usage(self) -> list[UsageRow]:
+        """Every account's stored usage (``account_usage``)."""
+        async with self._db.read() as conn:
+            rows = (await conn.execute(select(schema.account_usage))).all()
+        return [UsageRow(r.account, r.gpu_seconds, r.cpu_seconds, r.as_of) for r in rows]
 
     async def max_seq(self) -> int:
         """The highest submission ``seq`` stored; 0 without jobs."""

@@ -1,0 +1,121 @@
+"""The order of waiting jobs: a multifactor priority, as Slurm's ``priority/multifactor``.
+
+A waiting job's priority is a weighted sum of factors, each between 0 and 1 except the job's
+own priority, which is taken as it is (any integer; seed 001's):
+
+    priority = w_job · job.priority
+             + w_age · min(waited / max_age_seconds, 1)
+             + w_fair_share · 2^(-U/S)           (its account's, jobs/fairshare.py)
+             + w_job_size · GPUs / fleet GPUs     (1 − that with favor_small)
+             + w_queue · queue.priority_factor / the largest of all queues
+
+and jobs wait in descending priority, then in submission order. With the default weights (only
+``w_job`` = 1) that is seed 001's order: priority first, first come first served within one.
+The factors of each waiting job are shown by ``GET /priority`` (``apportion priority``, as
+``sprio``); the weights are the server's ``[scheduling]`` settings (docs/scheduling.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from apportion.jobs.records import Job
+
+WEEK = 7 * 86400.0
+
+
+class PriorityWeights(BaseModel):
+    """The weight of each priority factor (Slurm's ``PriorityWeight*``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job: float = Field(1.0, ge=0)  # the job's own priority, taken as it is
+    age: float = Field(0.0, ge=0)
+    fair_share: float = Field(0.0, ge=0)
+    job_size: float = Field(0.0, ge=0)
+    queue: float = Field(0.0, ge=0)
+
+
+class SchedulingConfig(BaseModel):
+    """How waiting jobs are ordered and usage is counted (the ``[scheduling]`` table of the
+    server's config file; docs/scheduling.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weights: PriorityWeights = Field(default_factory=PriorityWeights)
+    fair_share_half_life_seconds: float = Field(WEEK, gt=0)  # Slurm's PriorityDecayHalfLife
+    cpu_seconds_weight: float = Field(0.0, ge=0)  # a CPU-second's weight in fair-share usage
+    max_age_seconds: float = Field(WEEK, gt=0)  # the wait at which the age factor reaches 1
+    favor_small: bool = False  # the size factor favours small jobs (Slurm's PriorityFavorSmall)
+
+
+@dataclass(frozen=True)
+class PriorityFactors:
+    """One waiting job's factors (each 0–1, but ``job``: its own priority) and their
+    weighted sum, ``priority``."""
+
+    job: int
+    age: float
+    fair_share: float
+    job_size: float
+    queue: float
+    priority: float
+
+    def public(self) -> dict[str, float | int]:
+        """The factors as ``GET /priority`` shows them."""
+        return {
+            "priority": round(self.priority, 6),
+            "job": self.job,
+            "age": round(self.age, 6),
+            "fair_share": round(self.fair_share, 6),
+            "job_size": round(self.job_size, 6),
+            "queue": round(self.queue, 6),
+        }
+
+
+class Multifactor:
+    """The priority of waiting jobs at one moment: the weights, the time, the fleet's size,
+    each account's fair-share factor and each queue's priority factor."""
+
+    def __init__(
+        self,
+        config: SchedulingConfig,
+        *,
+        now: float,
+        fleet_gpus: int,
+        fair_share: Mapping[str, float],
+        queue_factors: Mapping[str, int],
+    ) -> None:
+        self._config = config
+        self._now = now
+        self._fleet_gpus = max(fleet_gpus, 1)
+        self._fair_share = fair_share
+        top = max(queue_factors.values(), default=0)
+        self._queue = {name: (f / top if top > 0 else 0.0) for name, f in queue_factors.items()}
+
+    def factors(self, job: Job) -> PriorityFactors:
+        """``job``'s factors and priority (the module's docstring)."""
+        config, weights = self._config, self._config.weights
+        age = min(max(self._now - job.created_at, 0.0) / config.max_age_seconds, 1.0)
+        fair = self._fair_share.get(job.owner.account, 1.0)
+        size = min(job.config.resources.gpus * job.workers / self._fleet_gpus, 1.0)
+        if config.favor_small:
+            size = 1.0 - size
+        queue = self._queue.get(job.queue, 0.0)
+        total = (
+            weights.job * job.priority
+            + weights.age * age
+            + weights.fair_share * fair
+            + weights.job_size * size
+            + weights.queue * queue
+        )
+        return PriorityFactors(job.priority, age, fair, size, queue, total)
+
+    def order(self, waiting: Iterable[Job]) -> list[Job]:
+        """``waiting`` in the order they are considered: priority desc, then submission."""
+        return sorted(waiting, key=lambda j: (-self.factors(j).priority, j.seq))
