@@ -456,6 +456,28 @@ def queues(ctx: typer.Context, output: OutputOpt = Output.TABLE) -> None:
     )
 
 
+def priority(ctx: typer.Context, output: OutputOpt = Output.TABLE) -> None:
+    """Waiting jobs in the order they are considered, with their weighted priority factors
+    (as sprio)."""
+    found = run(ctx, lambda client: client.priorities())
+    listing(
+        output,
+        found,
+        ["JOBID", "ACCOUNT", "QUEUE", "PRIORITY", "JOB", "AGE", "FAIRSHARE", "JOBSIZE", "QUEUEF"],
+        lambda p: [
+            p.job_id[:SHORT_ID],
+            p.account,
+            p.queue,
+            f"{p.priority:g}",
+            *(
+                f"{p.weighted.get(k, 0.0):g}"
+                for k in ("job", "age", "fair_share", "job_size", "queue")
+            ),
+        ],
+        as_json=lambda p: p.model_dump(),
+    )
+
+
 SHARE_COLUMNS = ["ACCOUNT", "RAW SHARES", "NORM SHARES", "GPU-SECONDS", "CPU-SECONDS"]
 SHARE_COLUMNS += ["EFFECTV USAGE", "FAIRSHARE"]  # sshare's headings
 
@@ -586,3 +608,4 @@ def register(app: typer.Typer) -> None:
     app.command()(logs)
     app.command()(queues)
     app.command()(share)
+    app.command()(priority)

@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time each name is imported o
         Event,
         Job,
         JobPlan,
+        JobPriority,
         JobReason,
         JobStatusEntry,
         Placement,
@@ -52,7 +53,8 @@ _HOME = {
     "Apportion": "sync_client",
     **dict.fromkeys(
         (
-            "Account", "AccountShare", "AllocationResult", "Cluster", "Event", "Job", "JobPlan", "JobReason",
+            "Account", "AccountShare", "AllocationResult", "Cluster", "Event", "Job", "JobPlan", "JobPriority",
+            "JobReason",
             "JobStatusEntry", "Placement", "Policy", "Queue",
         ),
         "models",
@@ -101,6 +103,7 @@ __all__ = [
     "InvalidRequestError",
     "Job",
     "JobPlan",
+    "JobPriority",
     "JobReason",
     "JobStatusEntry",
     "NoFeasiblePlacementError",

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from apportion.clients.errors import WaitTimeoutError
-from apportion.clients.models import Job, JobPlan, JobStatusEntry, Queue
+from apportion.clients.models import Job, JobPlan, JobPriority, JobStatusEntry, Queue
 from apportion.clients.rest import RestTransport
 
 PAGE_SIZE = 100
@@ -116,6 +116,11 @@ class JobsAPI:
         what submit refuses, with the same errors."""
         answer = await self._rest.call("POST", "/jobs/plan", json=submission(command, **options))
         return JobPlan.model_validate(answer)
+
+    async def priorities(self) -> list[JobPriority]:
+        """Waiting jobs in the order they are considered, with their priority factors
+        (``GET /priority``, as ``sprio``); those of the key's account (an operator: all)."""
+        return [JobPriority.model_validate(p) for p in await self._rest.call("GET", "/priority")]
 
     async def job(self, job_id: str) -> Job:
         """One job record; :class:`NotFoundError` for an unknown id."""

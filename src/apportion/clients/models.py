@@ -110,6 +110,22 @@ class JobPlan(_Loose):
     config: dict[str, Any] = Field(default_factory=dict)
 
 
+class JobPriority(_Loose):
+    """A waiting job's priority and its factors (``priorities()``, ``apportion priority``;
+    Slurm's ``sprio``): ``weighted`` is each factor times its weight, ``factors`` the factors
+    themselves (0–1, but ``job``: the job's own priority)."""
+
+    job_id: str
+    name: str = "job"
+    account: str | None = None
+    user: str | None = None
+    queue: str = "default"
+    position: int
+    priority: float
+    weighted: dict[str, float] = Field(default_factory=dict)
+    factors: dict[str, float] = Field(default_factory=dict)
+
+
 class JobStatusEntry(_Loose):
     """One step of a job's status history (seed 003)."""
 

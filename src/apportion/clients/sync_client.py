@@ -28,6 +28,7 @@ from apportion.clients.models import (
     Event,
     Job,
     JobPlan,
+    JobPriority,
     JobStatusEntry,
     Policy,
     Queue,
@@ -222,6 +223,10 @@ class Apportion:
     def submit(self, command: list[str], **options: Any) -> str:
         """Submit a job; returns its id (see :meth:`AsyncApportion.submit`)."""
         return self._run(self._client.submit(command, **options))
+
+    def priorities(self) -> list[JobPriority]:
+        """Waiting jobs with their priority factors (see :meth:`AsyncApportion.priorities`)."""
+        return self._run(self._client.priorities())
 
     def plan(self, command: list[str], **options: Any) -> JobPlan:
         """What submitting would do now, without submitting (see :meth:`AsyncApportion.plan`)."""

@@ -2,7 +2,9 @@
 
 Rules (CONTRACTS §6, seeds 000 and 001):
 
-* Higher ``priority`` first (any integer; negative is lower than zero), FIFO within a priority.
+* Higher priority first, FIFO within a priority: the job's own ``priority`` (any integer;
+  negative is lower than zero), or the multifactor priority of :mod:`~apportion.jobs.priority`
+  when the server's weights give other factors weight.
 * ``max_concurrent_jobs`` caps scheduled + running jobs across the pool.
 * A queue's ``maximum_allowed_worker_instances`` counts every running worker of the queue;
   a job is admitted only when **all** its workers fit (all-or-nothing).
@@ -55,10 +57,19 @@ class Blocked:
     words: str
 
 
-def waiting_order(jobs: Iterable[Job]) -> list[Job]:
-    """Queued jobs in the order they are considered: priority desc, then submission (seq) asc."""
+def seed_priority(job: Job) -> float:
+    """Seed 001's priority: the job's own (what the default multifactor weights give too)."""
+    return job.priority
+
+
+def waiting_order(
+    jobs: Iterable[Job], priority: Callable[[Job], float] = seed_priority
+) -> list[Job]:
+    """Queued jobs in the order they are considered: ``priority`` desc (the multifactor
+    priority of :mod:`~apportion.jobs.priority`; by default the job's own), then submission
+    (seq) asc."""
     return sorted(
-        (j for j in jobs if j.status is JobStatus.QUEUED), key=lambda j: (-j.priority, j.seq)
+        (j for j in jobs if j.status is JobStatus.QUEUED), key=lambda j: (-priority(j), j.seq)
     )
 
 

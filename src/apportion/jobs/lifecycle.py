@@ -31,7 +31,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -44,7 +44,7 @@ from apportion.background import Spawn
 from apportion.engine.decisions import Decision, Placement, Unplaceable
 from apportion.errors import ApportionError, Conflict, UnknownAllocation
 from apportion.event_sink import EventSink
-from apportion.jobs.admission import Blocked, Reason, waiting_order
+from apportion.jobs.admission import Blocked, Reason
 from apportion.jobs.driver import BackendDriver, SubmitFailed, crash_point
 from apportion.jobs.models import JobConfig, JobStatus
 from apportion.jobs.records import Job, JobBook
@@ -129,8 +129,10 @@ class JobLifecycle:
         emit: EventSink,
         spawn: Spawn,
         wake: Callable[[], None],
+        order: Callable[[Iterable[Job]], list[Job]],
     ) -> None:
-        """``wake()`` asks for an admission cycle (called when a job ends)."""
+        """``wake()`` asks for an admission cycle (called when a job ends); ``order(jobs)``
+        gives the queued ones of ``jobs`` in the order they wait (their queue positions)."""
         self._book = book
         self._allocations = allocations
         self._holds = holds
@@ -138,6 +140,7 @@ class JobLifecycle:
         self._emit = emit
         self._spawn = spawn
         self._wake = wake
+        self._order = order
         self._in_flight: set[str] = set()  # jobs whose dispatch task is under way
         self._poll_locks: dict[str, asyncio.Lock] = {}  # one poll of a job at a time
         self._ended: dict[str, asyncio.Event] = {}  # jobs someone waits to see end
@@ -213,7 +216,7 @@ class JobLifecycle:
         position: dict[str, int] = {}
         for job in self._book.jobs.values():
             job.queue_position = None
-        for job in waiting_order(self._book.jobs.values()):
+        for job in self._order(self._book.jobs.values()):
             position[job.queue] = position.get(job.queue, 0) + 1
             job.queue_position = position[job.queue]
 

@@ -339,6 +339,7 @@ class QueueConfig(BaseModel):
     policy_rule_uri: str = "binpack:1.0-stable"
     clusters: list[str] | dict[str, Any] = Field(default_factory=list)  # ids, or a filter
     max_bypass: StrictInt = Field(10, ge=0)  # starvation bound, docs/jobs.md
+    priority_factor: StrictInt = Field(0, ge=0, le=1_000_000)  # the queue factor's weight
     quota: QueueQuota | None = None  # docs/scheduling.md; unset: no quota
     cohort: str | None = Field(None, pattern=NAME_PATTERN)  # queues that lend to each other
 

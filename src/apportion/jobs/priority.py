@@ -17,7 +17,7 @@ The factors of each waiting job are shown by ``GET /priority`` (``apportion prio
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -56,25 +56,47 @@ class SchedulingConfig(BaseModel):
 
 @dataclass(frozen=True)
 class PriorityFactors:
-    """One waiting job's factors (each 0–1, but ``job``: its own priority) and their
-    weighted sum, ``priority``."""
+    """One waiting job's factors (each 0–1, but ``job``: its own priority), the weights they
+    were taken with and their weighted sum, ``priority``."""
 
     job: int
     age: float
     fair_share: float
     job_size: float
     queue: float
-    priority: float
+    weights: PriorityWeights
 
-    def public(self) -> dict[str, float | int]:
-        """The factors as ``GET /priority`` shows them."""
+    @property
+    def weighted(self) -> dict[str, float]:
+        """Each factor times its weight (what ``sprio`` shows)."""
+        w = self.weights
+        return {
+            "job": w.job * self.job,
+            "age": w.age * self.age,
+            "fair_share": w.fair_share * self.fair_share,
+            "job_size": w.job_size * self.job_size,
+            "queue": w.queue * self.queue,
+        }
+
+    @property
+    def priority(self) -> float:
+        """The job's priority: its weighted factors' sum."""
+        return sum(self.weighted.values())
+
+    def public(self) -> dict[str, object]:
+        """The factors as ``GET /priority`` shows them: the priority, the weighted factors
+        and the factors themselves."""
+        factors = {
+            "job": self.job,
+            "age": self.age,
+            "fair_share": self.fair_share,
+            "job_size": self.job_size,
+            "queue": self.queue,
+        }
         return {
             "priority": round(self.priority, 6),
-            "job": self.job,
-            "age": round(self.age, 6),
-            "fair_share": round(self.fair_share, 6),
-            "job_size": round(self.job_size, 6),
-            "queue": round(self.queue, 6),
+            "weighted": {name: round(value, 6) for name, value in self.weighted.items()},
+            "factors": {name: round(value, 6) for name, value in factors.items()},
         }
 
 
@@ -100,22 +122,15 @@ class Multifactor:
 
     def factors(self, job: Job) -> PriorityFactors:
         """``job``'s factors and priority (the module's docstring)."""
-        config, weights = self._config, self._config.weights
+        config = self._config
         age = min(max(self._now - job.created_at, 0.0) / config.max_age_seconds, 1.0)
         fair = self._fair_share.get(job.owner.account, 1.0)
         size = min(job.config.resources.gpus * job.workers / self._fleet_gpus, 1.0)
         if config.favor_small:
             size = 1.0 - size
         queue = self._queue.get(job.queue, 0.0)
-        total = (
-            weights.job * job.priority
-            + weights.age * age
-            + weights.fair_share * fair
-            + weights.job_size * size
-            + weights.queue * queue
-        )
-        return PriorityFactors(job.priority, age, fair, size, queue, total)
+        return PriorityFactors(job.priority, age, fair, size, queue, config.weights)
 
-    def order(self, waiting: Iterable[Job]) -> list[Job]:
-        """``waiting`` in the order they are considered: priority desc, then submission."""
-        return sorted(waiting, key=lambda j: (-self.factors(j).priority, j.seq))
+    def priority(self, job: Job) -> float:
+        """``job``'s priority (the weighted sum of its factors)."""
+        return self.factors(job).priority

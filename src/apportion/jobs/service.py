@@ -39,7 +39,7 @@ from apportion.jobs.models import (
 )
 from apportion.jobs.plan import JobPlan
 from apportion.jobs.pool_limits import PoolLimits
-from apportion.jobs.priority import SchedulingConfig
+from apportion.jobs.priority import Multifactor, SchedulingConfig
 from apportion.jobs.quota import Usage, beyond_reach, gpu_flavors, held_usage, job_usage
 from apportion.jobs.records import Job, JobBook, QueueBook
 from apportion.ownership import Owner
@@ -85,7 +85,7 @@ class JobService:
         self._wake = asyncio.Event()
         self._spawn = spawn
         self.lifecycle = JobLifecycle(
-            self.jobs, allocations, holds, driver, emit, spawn, wake=self.wake
+            self.jobs, allocations, holds, driver, emit, spawn, wake=self.wake, order=self.waiting
         )
 
     async def load(self) -> None:
@@ -120,7 +120,7 @@ class JobService:
         config, priority, queue = self._accept(body, owner)
         draft = self.jobs.draft(config, priority, owner)
         every = [*self.jobs.jobs.values(), draft]
-        waiting = waiting_order(every)
+        waiting = self.waiting(every)
         state = self._cycle_state(every, waiting)
         ahead = waiting[: next(i for i, job in enumerate(waiting) if job is draft)]
         position = 1 + sum(1 for job in ahead if job.queue == draft.queue)
@@ -289,6 +289,28 @@ class JobService:
         weight = self.scheduling.cpu_seconds_weight
         return account_shares(self._shares(), usage, cpu_seconds_weight=weight)
 
+    def multifactor(self) -> Multifactor:
+        """The priority of waiting jobs now (jobs/priority.py): the server's weights, each
+        account's fair-share factor (computed only when it has weight), each queue's factor."""
+        config = self.scheduling
+        fair_share: dict[str, float] = {}
+        if config.weights.fair_share > 0:
+            fair_share = {name: line.fair_share for name, line in self.fair_shares().items()}
+        fleet = self._registry.fleet
+        with fleet.lock:
+            fleet_gpus = fleet.structure.n_gpus
+        return Multifactor(
+            config,
+            now=time.time(),
+            fleet_gpus=fleet_gpus,
+            fair_share=fair_share,
+            queue_factors={name: q.priority_factor for name, q in self._queues().items()},
+        )
+
+    def waiting(self, jobs: Iterable[Job]) -> list[Job]:
+        """The queued ones of ``jobs`` in the order admission considers them."""
+        return waiting_order(jobs, self.multifactor().priority)
+
     def queue_counts(self) -> dict[str, tuple[int, int]]:
         """``{queue: (queued, running)}`` for the Prometheus gauges."""
         return job_views.queue_counts(self.jobs.jobs.values(), self.queues)
@@ -337,7 +359,7 @@ class JobService:
         reservation made is committed or given back, whatever happens after it: the commits
         are awaited even when the cycle ends by an exception."""
         every = list(self.jobs.jobs.values())
-        waiting = waiting_order(every)
+        waiting = self.waiting(every)
         queues = self._queues()
         state = self._cycle_state(every, waiting, queues)
         life = self.lifecycle

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from apportion.adapters.base import AdapterError
 from apportion.errors import Conflict, Forbidden, InvalidRequest, NotFound, UnknownPolicy
+from apportion.jobs.admission import waiting_order
 from apportion.jobs.models import PriorityRequest, QueueConfig, SubmitRequest
 from apportion.jobs.records import Job
 from apportion.jobs.service import JobService
@@ -31,6 +32,7 @@ from apportion.server.schemas import (
     LimitsAnswer,
     LogsQuery,
     PoolLimits,
+    PriorityLine,
     QueueRecord,
     StatusEntry,
     SubmitAnswer,
@@ -101,6 +103,30 @@ async def plan_job(request: web.Request) -> web.Response:
     who = principal_of(request).actor
     plan = await _jobs(request).plan(raw_body_of(request), who.owner)
     return json_response(plan.public())
+
+
+@api.get("/priority", scope=Scope.READ, response=list[PriorityLine])
+async def job_priorities(request: web.Request) -> web.Response:
+    """Waiting jobs in the order they are considered, with their priority factors (as sprio).
+
+    ``position`` counts every waiting job, those the key may not see too; docs/scheduling.md."""
+    who = principal_of(request).actor
+    service = _jobs(request)
+    multifactor = service.multifactor()
+    lines = []
+    waiting = waiting_order(service.jobs.jobs.values(), multifactor.priority)
+    for position, job in enumerate(waiting, start=1):
+        if who.may_see(job.owner):
+            line = {
+                "job_id": job.job_id,
+                "name": job.name,
+                "account": job.owner.account,
+                "user": job.owner.user,
+                "queue": job.queue,
+                "position": position,
+            }
+            lines.append(line | multifactor.factors(job).public())
+    return json_response(lines)
 
 
 @api.get("/share", scope=Scope.READ, response=list[AccountShareLine])

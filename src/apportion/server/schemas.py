@@ -309,6 +309,20 @@ class AccountShareLine(_Answer):
     fair_share: float
 
 
+class PriorityLine(_Answer):
+    """One waiting job's priority and its factors (``GET /priority``, as Slurm's ``sprio``)."""
+
+    job_id: str
+    name: str
+    account: str
+    user: str | None
+    queue: str
+    position: int
+    priority: float
+    weighted: dict[str, float]
+    factors: dict[str, float]
+
+
 class StatusEntry(_Answer):
     status: JobStatus
     time: str | None
