@@ -332,12 +332,13 @@ async def test_the_jobs_table_shows_user_time_and_gpus_and_queues_say_unlimited(
     job_id = done.stdout.split()[2]
     table = ok(await cli(running, "jobs", "--all", key=alice))
     header, *rows = table.splitlines()
-    assert header.split()[:8] == ["JOBID", "NAME", "USER", "QUEUE", "STATE", "TIME", "WORKERS",
-                                  "GPUS"]  # fmt: skip
+    assert header.split()[:9] == ["JOBID", "NAME", "USER", "QUEUE", "STATE", "START", "TIME",
+                                  "WORKERS", "GPUS"]  # fmt: skip
     (row,) = [r for r in rows if r.startswith(job_id[:12])]
     cells = row.split()
     assert cells[2] == "alice" and cells[4] == "completed"  # the key's user
-    assert re.fullmatch(r"\d+:\d\d", cells[5]) and cells[6:8] == ["2", "4"]  # 2 workers × 2
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", cells[5])  # when it started
+    assert re.fullmatch(r"\d+:\d\d", cells[6]) and cells[7:9] == ["2", "4"]  # 2 workers × 2
     queues = ok(await cli(running, "queues"))
     assert "unlimited" in queues and " -1 " not in queues
 

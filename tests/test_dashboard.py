@@ -20,6 +20,7 @@ from apportion.server import dashboard
 from apportion.server.dashboard import OneTimeTokens, issue_one_time_link
 from apportion.server.events import EventLog
 from apportion.store.db import Database
+from tests import builders as b
 from tests.conftest import ADMIN_KEY, Running, running_server, server_settings
 from tests.dashboard_helpers import (
     PHONE,
@@ -401,6 +402,34 @@ async def test_the_queue_table_shows_quota_use(demo: Running, browser: Any, job_
     assert "H100 0 / 2" in await page.locator('#queues-table tr[data-queue="lab-b"]').inner_text()
     gate.touch()
     await wait_for(demo, borrower, "completed")
+    assert errors.errors == []
+
+
+async def test_a_waiting_job_shows_its_estimated_start(
+    demo: Running, browser: Any, job_tmp: Path
+) -> None:
+    small = b.cluster("small", [b.node("s0", gpus=2)])
+    async with demo.http.post(f"{demo.url}/clusters", json=small) as response:
+        assert response.status in (200, 201)
+    async with demo.http.post(
+        f"{demo.url}/queues", json={"name": "on-small", "clusters": ["small"]}
+    ) as response:
+        assert response.status == 201
+    gate = job_tmp / "may-end"
+    config = {"queue": "on-small", "resources": {"gpus": 2}, "walltime": 600}
+    holder = await submit(demo, {**config, "command": gated(gate)})
+    await wait_for(demo, holder, "running")
+    waiting = await submit(demo, {**config, "command": sleeper(0)})
+    page, errors = await new_page(browser)
+    await sign_in(page, demo.url, ADMIN_KEY)
+    await page.goto(f"{demo.url}/#job={waiting}")
+    shown = page.locator('#job-fields dd[data-field="estimated start"]')
+    await shown.wait_for()
+    assert await shown.inner_text() != ""
+    async with demo.http.post(f"{demo.url}/jobs/{waiting}/cancel") as response:
+        assert response.status == 200
+    gate.touch()
+    await wait_for(demo, holder, "completed")
     assert errors.errors == []
 
 

@@ -226,3 +226,18 @@ def test_a_queue_stored_before_the_names_were_checked_still_loads() -> None:
     queue = QueueConfig.model_validate(stored, context=STORED)
     assert queue.default_resources.amounts() == {"gpus": 1}
     assert queue.model_dump()["default_resources"] == {"gpus": 1}
+
+
+async def test_a_queues_walltimes_apply(running: Running, fleet: Any) -> None:
+    await create_queue(running, name="timed", default_walltime=600, maximum_walltime=3600)
+    job_id = await submit(running, {"queue": "timed", "command": ["true"]})
+    assert (await job(running, job_id))["config"]["walltime"] == 600  # the queue's default
+    answer = await refused(running, {"queue": "timed", "command": ["true"], "walltime": 7200})
+    assert answer["error"]["details"]["path"] == "body.config.walltime"
+    assert "must be at most 3600 s in queue 'timed' (its maximum_walltime)" in answer["message"]
+    await wait_for(running, job_id, "completed")
+    body = {"name": "bad", "default_walltime": 7200, "maximum_walltime": 3600}
+    async with running.http.post(f"{running.url}/queues", json=body) as r:
+        answer = await r.json()
+        assert r.status == 400
+    assert "default_walltime 7200 is more than maximum_walltime 3600" in answer["message"]

@@ -37,3 +37,9 @@ def local_time(ts: float) -> str:
     """``ts`` (UNIX seconds) as the command line shows a moment to a person: their local time,
     ``2026-12-06 14:03:09 CET`` (never on the wire)."""
     return datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def local_moment(ts: float) -> str:
+    """``ts`` as a column of the command line shows it, as ``squeue`` does: the person's local
+    time, to the second, without spaces (``2026-12-06T14:03:09``)."""
+    return datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%dT%H:%M:%S")

@@ -173,6 +173,11 @@ class HoldManager:
             self._undo(hold)
             raise
 
+    def unreserve(self, hold: Hold) -> None:
+        """Give back the GPUs of a reservation that was never committed (nothing is stored:
+        synchronous, so no other decision sees them held in between)."""
+        self._undo(hold)
+
     def _undo(self, hold: Hold) -> None:
         self._holds.pop(hold.allocation_id, None)
         self._fleet.set_held(hold.gpu_keys, False)

@@ -26,7 +26,7 @@ from apportion.cli.common import (
 )
 from apportion.cli.jobspec import read_job_file
 from apportion.clients.errors import ApportionClientError, InvalidRequestError
-from apportion.timefmt import local_time
+from apportion.timefmt import local_moment, local_time
 
 if TYPE_CHECKING:
     from apportion.clients.async_client import AsyncApportion
@@ -62,6 +62,16 @@ def _elapsed(job: Job) -> str:
     if days:
         return f"{days}-{hours:02d}:{minutes:02d}:{secs:02d}"
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _start(job: Job) -> str:
+    """squeue --start's START_TIME: when a waiting job is expected to start (``N/A`` without
+    an estimate), when another started; in the user's local time, as squeue writes it
+    (``2026-12-06T14:03:09``)."""
+    moment = job.estimated_start if job.status == "queued" else job.start_time
+    if moment is None:
+        return "N/A" if job.status == "queued" else "-"
+    return local_moment(datetime.fromisoformat(moment).timestamp())
 
 
 def _gpus(job: Job) -> int:
@@ -193,6 +203,9 @@ def _print_plan(plan: JobPlan) -> None:
             typer.echo(f"  worker {index}: {placement.get('node_id')} GPUs {gpus}")
     else:
         typer.echo(f"The job would wait ({where}): {plan.reason.message} [{plan.reason.code}]")
+        if plan.estimated_start is not None:
+            moment = datetime.fromisoformat(plan.estimated_start).timestamp()
+            typer.echo(f"It is estimated to start at {local_time(moment)}.")
     typer.echo(f"Nothing was submitted (--dry-run; {where}).")
 
 
@@ -286,6 +299,7 @@ def _jobs_table(output: Output, found: list[Job]) -> None:
             "USER",
             "QUEUE",
             "STATE",
+            "START",
             "TIME",
             "WORKERS",
             "GPUS",
@@ -299,6 +313,7 @@ def _jobs_table(output: Output, found: list[Job]) -> None:
             j.user or "-",
             j.queue,
             j.status,
+            _start(j),
             _elapsed(j),
             j.config.get("replica_count", 1),
             _gpus(j),

@@ -76,6 +76,7 @@ class Job(_Loose):
     status: str
     priority: int = 0
     queue_position: int | None = None
+    estimated_start: str | None = None  # while it waits: when it is expected to start
     reason: JobReason | None = None
     allocation: list[dict[str, Any]] | None = None
     scheduler_job_id: str | None = None
@@ -104,6 +105,7 @@ class JobPlan(_Loose):
     queue: str
     priority: int = 0
     queue_position: int
+    estimated_start: str | None = None
     reason: JobReason
     allocation: list[dict[str, Any]] | None = None
     decision: dict[str, Any] | None = None

@@ -44,6 +44,7 @@ class Reason(StrEnum):
     WORKER_CAP = "QueueWorkerCap"
     QUEUE_RESOURCES = "QueueResourceLimit"
     QUOTA = "QueueQuota"
+    RESERVED = "WaitsForReservation"
     WAITS_BEHIND = "WaitsBehindStarvingJob"
     NO_RESOURCES = "NoFeasiblePlacement"
     QUEUED = "Queued"

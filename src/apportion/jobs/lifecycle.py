@@ -211,6 +211,12 @@ class JobLifecycle:
                 saves.append(self._book.save(job))
         return saves
 
+    def estimate(self, starts: Mapping[str, float | None]) -> None:
+        """Set each waiting job's estimated start (``{job id: start}``, of this cycle); a
+        job that is not waiting has none."""
+        for job in self._book.jobs.values():
+            job.estimated_start = starts.get(job.job_id) if job.status is JobStatus.QUEUED else None
+
     def renumber(self) -> None:
         """Number the queued jobs of each queue, 1-based, in waiting order."""
         position: dict[str, int] = {}
@@ -299,6 +305,11 @@ class JobLifecycle:
         self._in_flight.add(job.job_id)
         if self._spawn(self._dispatch(job), f"dispatch-{job.job_id}") is None:
             self._in_flight.discard(job.job_id)  # the server stops: the next start's reconcile
+
+    def unreserve(self, reserved: Reserved) -> None:
+        """Give back at once the GPUs of a placement reserved in this cycle and not admitted
+        (it would delay the job first in line)."""
+        self._holds.unreserve(reserved.hold)
 
     async def abandon(self, hold: Hold) -> None:
         """Give back the GPUs of a placement whose job ended before it could start."""

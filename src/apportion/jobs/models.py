@@ -166,6 +166,9 @@ class _Strict(BaseModel):
 MAX_WORKER_GPUS = 1024
 """The most GPUs one worker of a job may ask for."""
 
+MAX_WALLTIME = 30 * 86400.0
+"""The longest walltime a job or a queue may name (seconds)."""
+
 
 class WorkerResources(_Strict):
     """Resources of one worker (CONTRACTS §6); they become a built-in policy request."""
@@ -192,7 +195,7 @@ class JobConfig(_Strict):
     working_dir: str | None = Field(None, max_length=4096)
     resources: WorkerResources = Field(default_factory=WorkerResources)
     replica_count: StrictInt = Field(1, ge=1, le=MAX_REQUESTS)  # a gang is placed as one decision
-    walltime: float | None = Field(None, gt=0, le=30 * 86400)
+    walltime: float | None = Field(None, gt=0, le=MAX_WALLTIME)  # seconds; stopped after it
     labels: dict[str, str] = Field(default_factory=dict)
     policy_rule_uri: str | None = Field(None, max_length=400)
     parameters: dict[str, Any] = Field(default_factory=dict)
@@ -339,6 +342,8 @@ class QueueConfig(BaseModel):
     policy_rule_uri: str = "binpack:1.0-stable"
     clusters: list[str] | dict[str, Any] = Field(default_factory=list)  # ids, or a filter
     max_bypass: StrictInt = Field(10, ge=0)  # starvation bound, docs/jobs.md
+    default_walltime: float | None = Field(None, gt=0, le=MAX_WALLTIME)  # for jobs naming none
+    maximum_walltime: float | None = Field(None, gt=0, le=MAX_WALLTIME)  # the most one may ask
     priority_factor: StrictInt = Field(0, ge=0, le=1_000_000)  # the queue factor's weight
     quota: QueueQuota | None = None  # docs/scheduling.md; unset: no quota
     cohort: str | None = Field(None, pattern=NAME_PATTERN)  # queues that lend to each other
@@ -383,6 +388,15 @@ class QueueConfig(BaseModel):
                 raise ValueError(
                     f"{field}.gpus {gpus} is more than a worker may have ({MAX_WORKER_GPUS})"
                 )
+        if (
+            self.default_walltime is not None
+            and self.maximum_walltime is not None
+            and self.default_walltime > self.maximum_walltime
+        ):
+            raise ValueError(
+                f"default_walltime {self.default_walltime:g} is more than maximum_walltime"
+                f" {self.maximum_walltime:g}"
+            )
         default, maximum = self.default_resources.amounts(), self.maximum_resources.amounts()
         for name, amount in default.items():
             if name in maximum and amount > maximum[name]:

@@ -13,6 +13,7 @@ from typing import Any
 
 from apportion.engine.decisions import Decision, Placement, placements_json
 from apportion.jobs.models import JobConfig
+from apportion.timefmt import iso_utc
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class JobPlan:
     decision: Decision | None
     reason_code: str | None  # why it would wait (an admission reason code); None: it starts
     reason: str  # the same in words, or where it would start
+    estimated_start: float | None  # now when it would start; None: no estimate (see backfill)
 
     @property
     def would_start(self) -> bool:
@@ -40,6 +42,7 @@ class JobPlan:
             "queue": self.config.queue,
             "priority": self.priority,
             "queue_position": self.queue_position,
+            "estimated_start": iso_utc(self.estimated_start),
             "reason": {"code": self.reason_code, "message": self.reason},
             "allocation": None if self.placements is None else placements_json(self.placements),
             "decision": None if self.decision is None else self.decision.to_json(),

@@ -52,6 +52,8 @@ class SchedulingConfig(BaseModel):
     cpu_seconds_weight: float = Field(0.0, ge=0)  # a CPU-second's weight in fair-share usage
     max_age_seconds: float = Field(WEEK, gt=0)  # the wait at which the age factor reaches 1
     favor_small: bool = False  # the size factor favours small jobs (Slurm's PriorityFavorSmall)
+    # start estimates are made again this often (and when a job joins the head of the line)
+    estimate_interval_seconds: float = Field(5.0, ge=0)
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,7 @@ class Job:
     decision: Decision | None = None  # the placement's decision record
     cancel_requested: bool = False
     queue_position: int | None = field(default=None, compare=False)
+    estimated_start: float | None = field(default=None, compare=False)  # while it waits
     _encoded_cache: dict[str, tuple[object, str]] = field(
         default_factory=dict, compare=False, repr=False
     )
@@ -120,7 +121,8 @@ class Job:
         return None if self.allocation is None else placements_json(self.allocation)
 
     def row(self) -> JobRow:
-        """The ``jobs`` row of this record (every field but ``queue_position``), a snapshot.
+        """The ``jobs`` row of this record (every field but ``queue_position`` and
+        ``estimated_start``, which are recomputed), a snapshot.
         Called on every save: the encoded config and decision are kept, as they do not change
         once set."""
         out = {name: getattr(self, name) for name in _ROW_FIELDS}
@@ -179,6 +181,7 @@ class Job:
             "status": self.status.value,
             "priority": self.priority,
             "queue_position": self.queue_position,
+            "estimated_start": iso_utc(self.estimated_start),
             "reason": None
             if self.reason is None
             else {"code": self.reason_code, "message": self.reason},
@@ -197,7 +200,9 @@ class Job:
 
 
 _ROW_FIELDS = tuple(
-    f.name for f in fields(Job) if f.name not in ("owner", "queue_position", "_encoded_cache")
+    f.name
+    for f in fields(Job)
+    if f.name not in ("owner", "queue_position", "estimated_start", "_encoded_cache")
 )
 
 

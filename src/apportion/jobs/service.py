@@ -12,18 +12,28 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
+from apportion.allocation.hold import Hold
 from apportion.allocation.holds import HoldManager
 from apportion.allocation.service import AllocationService
 from apportion.background import Spawn
 from apportion.engine.capacity import gang_capacity
+from apportion.engine.decisions import Placement
 from apportion.engine.requests import parse_request
 from apportion.errors import ApportionError, InvalidRequest
 from apportion.event_sink import EventSink
 from apportion.jobs import views as job_views
 from apportion.jobs.admission import Blocked, CycleState, Reason, waiting_order
+from apportion.jobs.backfill import (
+    ESTIMATED_JOBS,
+    NEVER,
+    Gang,
+    Reservation,
+    Timeline,
+    estimate_starts,
+)
 from apportion.jobs.boundary import JobBoundary
 from apportion.jobs.driver import BackendDriver
 from apportion.jobs.fairshare import AccountShare, UsageBook, account_shares
@@ -45,6 +55,7 @@ from apportion.jobs.records import Job, JobBook, QueueBook
 from apportion.ownership import Owner
 from apportion.registry.service import Registry
 from apportion.store.db import Database
+from apportion.timefmt import iso_utc
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +84,14 @@ class JobService:
         """``scheduling``: the priority weights and the fair-share half-life; ``shares()``:
         every account's fair-share shares, by name."""
         self._registry = registry
+        self._holds = holds
         self._boundary = boundary
         self.driver = driver
         self._emit = emit
         self.scheduling = scheduling
         self._shares = shares
+        self._estimated_at = -NEVER  # when start estimates were last made, and for which jobs
+        self._estimated_ids: set[str] = set()
         usage = UsageBook(scheduling.fair_share_half_life_seconds)
         self.jobs = JobBook(db, usage=usage)  # read by the routes; written by the lifecycle only
         self.queues = QueueBook(db)
@@ -124,19 +138,40 @@ class JobService:
         state = self._cycle_state(every, waiting)
         ahead = waiting[: next(i for i, job in enumerate(waiting) if job is draft)]
         position = 1 + sum(1 for job in ahead if job.queue == draft.queue)
+        queues = self._queues()
+        timeline = self._timeline(time.time())
         decided: tuple[Planned, Usage] | Blocked
         try:
             decided = await self._decide(draft, queue, state, self.lifecycle.plan)
         except Exception as exc:
             log.exception("plan: placing a draft of queue %s failed", queue.name)
             decided = _failed(exc)
+        if not isinstance(decided, Blocked):  # it must not delay the first in line for GPUs
+            head = next((j for j in ahead if j.reason_code == Reason.NO_RESOURCES), None)
+            head_queue = None if head is None else queues.get(head.queue)
+            if head is not None and head_queue is not None:
+                reserved, _ = self._reserve(head, head_queue, timeline, Blocked("", ""))
+                rows = self._rows(decided[0].placements)
+                decided = _delayed(reserved, timeline, draft, rows) or decided
         if isinstance(decided, Blocked):
-            return JobPlan(config, priority, position, None, None, decided.code, decided.words)
+            gangs = self._gangs([*ahead, draft], queues)
+            starts = await asyncio.to_thread(estimate_starts, timeline, gangs)
+            start = starts.get(draft.job_id)
+            return JobPlan(
+                config, priority, position, None, None, decided.code, decided.words, start
+            )
         planned, _ = decided
         target = self.driver.target(planned.placements)
         words = f"would start now on {target.cluster_id} ({target.adapter}): {target.nodes}"
         return JobPlan(
-            config, priority, position, planned.placements, planned.decision, None, words
+            config,
+            priority,
+            position,
+            planned.placements,
+            planned.decision,
+            None,
+            words,
+            timeline.now,
         )
 
     def _accept(self, body: Any, owner: Owner) -> tuple[JobConfig, int, QueueConfig]:
@@ -162,7 +197,8 @@ class JobService:
     @staticmethod
     def _fit_to_queue(config: JobConfig, queue: QueueConfig) -> JobConfig:
         """``config`` with its queue's settings applied (docs/jobs.md, "Queue limits"): without
-        a ``working_dir`` of its own the job runs in the queue's; an amount the job leaves
+        a ``working_dir`` of its own the job runs in the queue's, without a walltime it gets
+        the queue's ``default_walltime``; an amount the job leaves
         unset is the queue's default, else its per-worker maximum (seed 000's order).
         :class:`InvalidRequest` naming the field when the job asks more than a worker may
         have, more than the queue's total or its quota allows, or more workers than its cap:
@@ -176,6 +212,16 @@ class JobService:
             )
         if config.working_dir is None and queue.working_dir is not None:
             config = config.model_copy(update={"working_dir": queue.working_dir})
+        if config.walltime is None and queue.default_walltime is not None:
+            config = config.model_copy(update={"walltime": queue.default_walltime})
+        most = queue.maximum_walltime
+        if most is not None and (config.walltime is None or config.walltime > most):
+            given = "none" if config.walltime is None else f"{config.walltime:g} s"
+            raise InvalidRequest(
+                f"config.walltime ({given}) must be at most {most:g} s in queue {queue.name!r}"
+                f" (its maximum_walltime); ask for at most {most:g} s",
+                path="body.config.walltime",
+            )
         resources = config.resources
         unset = {
             name: amount
@@ -362,6 +408,8 @@ class JobService:
         waiting = self.waiting(every)
         queues = self._queues()
         state = self._cycle_state(every, waiting, queues)
+        timeline = self._timeline(time.time())
+        reservation: Reservation | None = None  # EASY's: the first job that waits for GPUs
         life = self.lifecycle
         started: list[Job] = []
         durable: list[Awaitable[None]] = []
@@ -386,19 +434,118 @@ class JobService:
                         durable.append(life.abandon(decided[0].hold))
                     continue
                 if isinstance(decided, Blocked):
+                    if decided.code == Reason.NO_RESOURCES and reservation is None:
+                        reservation, decided = self._reserve(job, queue, timeline, decided)
                     state.waited(job)
                     await life.wait(job, decided)
                     continue
                 reserved, usage = decided
+                rows = self._rows(reserved.hold.placements)
+                delayed = _delayed(reservation, timeline, job, rows)
+                if delayed is not None:
+                    life.unreserve(reserved)
+                    state.waited(job)
+                    await life.wait(job, delayed)
+                    continue
+                timeline.occupy(rows, timeline.now + _length(job))
                 durable.append(life.admit(job, reserved))
                 durable.extend(life.count_bypasses(state.started(job, queue, usage)))
                 started.append(job)
+            await self._estimate(timeline, waiting, queues)
         finally:
             for failure in await asyncio.gather(*durable, return_exceptions=True):
                 if isinstance(failure, BaseException):
                     log.error("admission: recording a start failed: %r", failure)
             life.renumber()
         return started
+
+    # ---------------------------------------------------------------- backfill
+    def _timeline(self, now: float) -> Timeline:
+        """The fleet's GPUs over time from ``now``: each hold's free at its expected end (a
+        job's at its start plus its walltime, never without one; an allocation's at the end
+        of its lease)."""
+        fleet = self._registry.fleet
+        with fleet.lock:
+            structure = fleet.structure
+            held = fleet.held.copy()
+            releases = [
+                (
+                    [r for r in map(structure.gpu_row, hold.gpu_keys) if r is not None],
+                    self._expected_end(hold, now),
+                )
+                for hold in self._holds.active()
+            ]
+        return Timeline.of(structure, now, held, releases)
+
+    def _expected_end(self, hold: Hold, now: float) -> float:
+        if hold.kind != "job":
+            return hold.expires_at
+        job = self.jobs.jobs.get(hold.request_id or "")
+        if job is None or job.config.walltime is None:
+            return NEVER
+        return (job.start_time or now) + job.config.walltime
+
+    def _rows(self, placements: Iterable[Placement]) -> list[int]:
+        """The fleet's GPU rows of ``placements``."""
+        fleet = self._registry.fleet
+        with fleet.lock:
+            structure = fleet.structure
+            keys = (k for p in placements for k in p.gpu_keys)
+            return [r for r in map(structure.gpu_row, keys) if r is not None]
+
+    def _gang(self, job: Job, queue: QueueConfig) -> Gang | None:
+        """What ``job`` needs, for the timeline (None when its queue's clusters cannot be
+        found: a filter that fails)."""
+        try:
+            candidates = tuple(self._candidates(queue))
+        except InvalidRequest:
+            return None
+        request = parse_request(job.config.resources.as_request(), path="config.resources")
+        return Gang(job.job_id, candidates, request, job.workers, job.config.walltime)
+
+    def _reserve(
+        self, job: Job, queue: QueueConfig, timeline: Timeline, blocked: Blocked
+    ) -> tuple[Reservation | None, Blocked]:
+        """The reservation of ``job``, the first of the cycle that waits for GPUs, at its
+        estimated start, and its reason saying so (none when it has no estimate)."""
+        gang = self._gang(job, queue)
+        fit = None if gang is None else timeline.earliest(gang)
+        if gang is None or fit is None:
+            return None, blocked
+        words = (
+            f"{blocked.words}; it is first in line for GPUs: later jobs may start before it only"
+            " if they do not delay its estimated start"
+        )
+        return Reservation(gang, fit.start), Blocked(blocked.code, words)
+
+    def _gangs(self, jobs: list[Job], queues: Mapping[str, QueueConfig]) -> list[Gang]:
+        """What each of ``jobs`` still waiting needs, in order, for the timeline."""
+        gangs = []
+        for job in jobs:
+            queue = queues.get(job.queue)
+            gang = None if queue is None else self._gang(job, queue)
+            if job.status is JobStatus.QUEUED and gang is not None:
+                gangs.append(gang)
+        return gangs
+
+    async def _estimate(
+        self, timeline: Timeline, waiting: list[Job], queues: Mapping[str, QueueConfig]
+    ) -> None:
+        """Set the estimated start of the jobs still waiting (jobs/backfill.py) when a job
+        joined the head of the line since the last estimates, or ``estimate_interval_seconds``
+        passed; computed on a worker thread (a long line takes a fraction of a second)."""
+        gangs = self._gangs(waiting, queues)
+        ids = {gang.job_id for gang in gangs[:ESTIMATED_JOBS]}
+        interval = self.scheduling.estimate_interval_seconds
+        if not ids - self._estimated_ids and timeline.now - self._estimated_at < interval:
+            return
+        self._estimated_at, self._estimated_ids = timeline.now, ids
+        try:
+            starts = await asyncio.to_thread(estimate_starts, timeline, gangs)
+        except Exception:
+            log.exception("admission: estimating start times failed")
+            return
+        self.lifecycle.estimate(starts)
 
     def _queues(self) -> dict[str, QueueConfig]:
         return {name: self.queues.get(name) for name in self.queues.names()}
@@ -526,6 +673,27 @@ def _check_quota(config: JobConfig, queue: QueueConfig) -> None:
             " ask for less",
             path="body.config.resources",
         )
+
+
+def _length(job: Job) -> float:
+    """How long ``job`` holds its GPUs, as far as is known: its walltime, or for ever."""
+    return NEVER if job.config.walltime is None else job.config.walltime
+
+
+def _delayed(
+    reservation: Reservation | None, timeline: Timeline, job: Job, rows: Sequence[int]
+) -> Blocked | None:
+    """Why ``job``, placed on the GPU ``rows`` now, must wait for the reserved job (EASY
+    backfill: it would still run at the reserved start and take GPUs that job needs)."""
+    if reservation is None or not reservation.delays(timeline, job.config.walltime, rows):
+        return None
+    walltime = "no walltime" if job.config.walltime is None else "its walltime"
+    return Blocked(
+        Reason.RESERVED,
+        f"it would delay job {reservation.gang.job_id}, first in line for GPUs, which is"
+        f" estimated to start at {iso_utc(reservation.start)}: by {walltime} it would still"
+        " run then, on GPUs that job needs",
+    )
 
 
 def _failed(exc: Exception) -> Blocked:

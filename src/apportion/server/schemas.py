@@ -273,6 +273,7 @@ class JobRecord(_Answer):
     status: JobStatus
     priority: int
     queue_position: int | None
+    estimated_start: str | None
     reason: WaitReason | None
     allocation: Any
     scheduler_job_id: str | None
@@ -291,6 +292,7 @@ class JobPlanAnswer(_Answer):
     queue: str
     priority: int
     queue_position: int
+    estimated_start: str | None
     reason: WaitReason
     allocation: Any
     decision: dict[str, Any] | None

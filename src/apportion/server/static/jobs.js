@@ -161,7 +161,7 @@ function renderDetail(job, history) {
   $("#job-title").innerHTML = `${esc(job.name || job.job_id)} <span class="badge st-${esc(job.status)}" id="job-status">${esc(job.status)}</span>`;
   fields("#job-fields", [
     ["job id", job.job_id], ["account", job.account], ["user", job.user], ["queue", job.queue], ["priority", job.priority], ["position in queue", job.queue_position],
-    ["why it waits", reasonText(job)], ["scheduler job id", job.scheduler_job_id], ["adapter", job.adapter],
+    ["why it waits", reasonText(job)], ["estimated start", fmtTime(job.estimated_start)], ["scheduler job id", job.scheduler_job_id], ["adapter", job.adapter],
     ["submitted", fmtTime(job.created_at)], ["started", fmtTime(job.start_time)], ["ended", fmtTime(job.end_time)],
     ["return code", job.return_code], ["failed because", job.failed_reason],
     ["command", job.config ? job.config.command.join(" ") : ""],
