@@ -68,6 +68,8 @@ from apportion.store.db import Database
 
 log = logging.getLogger(__name__)
 
+LINGERING_SECONDS = 1.0  # see the AppRunner below
+
 STOP_GRACE_SECONDS = 10.0
 
 PUBLIC_PATHS = frozenset(
@@ -302,13 +304,16 @@ class Server:
         self.http_app = app
         # keepalive_timeout: aiohttp closes a connection with no request under way this long
         # after it connected or was last answered, so it also cuts a request head that trickles.
-        # lingering_time 0: a request answered before its body was read to the end (a refusal,
-        # a 408) is closed after the answer instead of reading a slow client's rest for 10 s
+        # lingering_time: a request answered before its body was read to the end (a refusal,
+        # a 408) has the rest of its body read and dropped for at most this long, then its
+        # connection is closed. Not 10 s (aiohttp's default: a slow client would hold the
+        # connection), not 0: a socket closed with unread bytes is reset, and a reset can
+        # destroy the answer before the client has read it (seen as a flaky 408 test)
         runner = web.AppRunner(
             app,
             access_log=None,
             keepalive_timeout=settings.idle_timeout_seconds,
-            lingering_time=0,
+            lingering_time=LINGERING_SECONDS,
         )
         await runner.setup()
         self._stack.push_async_callback(runner.cleanup)
