@@ -130,7 +130,10 @@ def _as_version_2(path: Path) -> None:
     none of the account and user columns."""
     with sqlite3.connect(path) as conn:
         conn.execute("DROP TABLE account_usage")  # version 4's
-        conn.execute("DELETE FROM schema_migrations WHERE version = 4")
+        conn.execute("ALTER TABLE accounts DROP COLUMN shares")
+        conn.execute("ALTER TABLE jobs DROP COLUMN runs")  # version 5's
+        conn.execute("ALTER TABLE jobs DROP COLUMN preempted_by")
+        conn.execute("DELETE FROM schema_migrations WHERE version >= 4")
         conn.execute("DROP TABLE accounts")
         conn.execute("DROP INDEX ix_jobs_account")
         for table, columns in {
@@ -184,7 +187,7 @@ async def test_keys_jobs_and_holds_of_version_2_move_into_the_default_account(
             (DEFAULT_ACCOUNT, "alice")
         ]
         versions = conn.execute("SELECT version FROM schema_migrations ORDER BY 1").fetchall()
-    assert versions == [(1,), (2,), (3,), (4,)]
+    assert versions == [(1,), (2,), (3,), (4,), (5,)]
 
 
 # ---------------------------------------------------------------- as whom an account's jobs run

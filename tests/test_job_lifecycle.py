@@ -34,12 +34,12 @@ def service_of(running: Running) -> JobService:
 # ---------------------------------------------------------------------------- transitions
 
 
-def test_the_table_is_seed_001s_life() -> None:
+def test_the_table_is_seed_001s_life_with_requeue() -> None:
     s = JobStatus
     assert dict(TRANSITIONS) == {
         s.QUEUED: {s.SCHEDULED, s.CANCELLED},
-        s.SCHEDULED: {s.RUNNING, s.FAILED, s.CANCELLED},
-        s.RUNNING: {s.COMPLETED, s.FAILED, s.CANCELLED},
+        s.SCHEDULED: {s.RUNNING, s.FAILED, s.CANCELLED, s.QUEUED},  # queued: preempted
+        s.RUNNING: {s.COMPLETED, s.FAILED, s.CANCELLED, s.QUEUED},
         s.COMPLETED: set(),
         s.FAILED: set(),
         s.CANCELLED: set(),

@@ -87,6 +87,13 @@ class JobSpec:
     walltime_seconds: float | None = None
     labels: dict[str, str] = field(default_factory=dict)
     run_as: RunAs | None = None  # None: as the server itself (only when the operator opted in)
+    run: int = 0  # how often the job was requeued (preempted) before this run
+
+    @property
+    def run_id(self) -> str:
+        """The name the backend knows this run by, and is tagged with: the job's id, with
+        ``.N`` for its run after the N-th requeue (each run is a backend job of its own)."""
+        return self.job_id if self.run == 0 else f"{self.job_id}.{self.run}"
 
 
 @dataclass(frozen=True)
@@ -112,7 +119,7 @@ class Adapter(Protocol):
     name: str
 
     async def submit(self, spec: JobSpec) -> str:
-        """Start the job; return the backend's job id. Tags the job with ``spec.job_id``."""
+        """Start the job; return the backend's job id. Tags the job with ``spec.run_id``."""
         ...
 
     async def find(self, spec: JobSpec) -> str | None:

@@ -86,6 +86,7 @@ class Job(_Loose):
     end_time: str | None = None
     return_code: int | None = None
     failed_reason: str | None = None
+    runs: int = 0  # how often it was preempted and requeued
     resource_usage: dict[str, Any] | None = None
     config: dict[str, Any] = Field(default_factory=dict)
 

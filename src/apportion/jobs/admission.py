@@ -45,6 +45,7 @@ class Reason(StrEnum):
     QUEUE_RESOURCES = "QueueResourceLimit"
     QUOTA = "QueueQuota"
     RESERVED = "WaitsForReservation"
+    PREEMPTED = "Preempted"
     WAITS_BEHIND = "WaitsBehindStarvingJob"
     NO_RESOURCES = "NoFeasiblePlacement"
     QUEUED = "Queued"

@@ -83,6 +83,16 @@ class Timeline:
                 busy[np.asarray(rows, dtype=np.int64)] = max(end, now)
         return cls(s, busy, now)
 
+    @property
+    def structure(self) -> Structure:
+        """The fleet's structure the timeline is over."""
+        return self._s
+
+    def free_now(self) -> BOOL:
+        """Per GPU row: free now (a new array)."""
+        free: BOOL = self._busy_until <= self.now
+        return free
+
     def copy(self) -> Timeline:
         """An independent copy (to book estimates on)."""
         twin = Timeline(self._s, self._busy_until.copy(), self.now)

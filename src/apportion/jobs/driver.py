@@ -148,23 +148,27 @@ class BackendDriver:
                 )
                 for i, p in enumerate(placements)
             ),
-            output_dir=self._output_dir(job.job_id, adapter),
+            output_dir=self._output_dir(
+                job.job_id if job.runs == 0 else f"{job.job_id}.{job.runs}", adapter
+            ),
             env=dict(job.config.env),
             working_dir=job.config.working_dir or str(self.jobs_root / job.job_id),
             walltime_seconds=job.config.walltime,
             labels=dict(job.config.labels),
             run_as=run_as,
+            run=job.runs,
         )
         self._specs[job.job_id] = spec
         return spec
 
-    def _output_dir(self, job_id: str, adapter: str) -> Path:
-        """Where the adapter keeps a job's files: in the data dir for ``local`` (its supervisor
+    def _output_dir(self, run_id: str, adapter: str) -> Path:
+        """Where the adapter keeps a job run's files (``run_id``: the job's id, ``.N`` after
+        its N-th requeue): in the data dir for ``local`` (its supervisor
         runs as the server); for Slurm, whose ``slurmstepd`` opens the log and the launcher
         reads its file as the job's user, under the jobs root (``.slurm/<job id>``)."""
         if adapter == "slurm":
-            return self.jobs_root / ".slurm" / job_id
-        return self._jobs_dir / job_id
+            return self.jobs_root / ".slurm" / run_id
+        return self._jobs_dir / run_id
 
     def forget(self, job_id: str) -> None:
         """Drop what is cached for a job that ended."""

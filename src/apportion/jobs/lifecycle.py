@@ -58,10 +58,15 @@ TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = MappingProxyType(
         # admitted (placed, hold committed) | cancelled while it waited
         JobStatus.QUEUED: frozenset({JobStatus.SCHEDULED, JobStatus.CANCELLED}),
         # a poll saw it start (or already end) | dispatch failed, or the backend lost it |
-        # cancelled before it reached the backend
-        JobStatus.SCHEDULED: frozenset({JobStatus.RUNNING, JobStatus.FAILED, JobStatus.CANCELLED}),
-        # a poll saw it end: exit 0 | non-zero exit, or the backend lost it | cancelled
-        JobStatus.RUNNING: frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED}),
+        # cancelled before it reached the backend | preempted, stopped and requeued
+        JobStatus.SCHEDULED: frozenset(
+            {JobStatus.RUNNING, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.QUEUED}
+        ),
+        # a poll saw it end: exit 0 | non-zero exit, or the backend lost it | cancelled |
+        # preempted, stopped and requeued
+        JobStatus.RUNNING: frozenset(
+            {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.QUEUED}
+        ),
         # an end is final
         JobStatus.COMPLETED: frozenset(),
         JobStatus.FAILED: frozenset(),
@@ -345,7 +350,7 @@ class JobLifecycle:
             },
             account=job.owner.account,
         )
-        if job.cancel_requested:
+        if job.cancel_requested or job.preempted_by is not None:
             await self._stop_dispatched(job)
 
     async def reconcile(self) -> None:
@@ -421,7 +426,9 @@ class JobLifecycle:
             and not status.never_started  # it could not start: scheduled → failed, no start
         ):
             await self._started(job, status)
-        if status.state.finished:
+        if status.state.finished and job.preempted_by is not None and not job.cancel_requested:
+            await self._requeue(job, ended_at=status.ended_at)
+        elif status.state.finished:
             await self.end(
                 job,
                 JobStatus.CANCELLED if job.cancel_requested else _END_STATES[status.state],
@@ -517,12 +524,67 @@ class JobLifecycle:
             ended.set()
         self._wake()
 
+    # ---------------------------------------------------------------- preemption
+    async def preempt(self, victim: Job, by: Job, why: str) -> None:
+        """Stop ``victim`` to make room for ``by``: record who preempts it and why, announce
+        ``job_preempted``, and have its backend stop it (SIGTERM and a grace period locally,
+        ``scancel`` on Slurm) in the background. The poll that sees it stopped requeues it
+        (:meth:`_requeue`). A job already being preempted, cancelled or ended is left as it
+        is."""
+        if not victim.status.active or victim.preempted_by is not None or victim.cancel_requested:
+            return
+        victim.preempted_by = by.job_id
+        await self._book.save(victim)
+        await self._emit(
+            "job_preempted",
+            {
+                "job_id": victim.job_id,
+                "queue": victim.queue,
+                "preempted_by": by.job_id,
+                "reason": why,
+            },
+            account=victim.owner.account,
+        )
+        if victim.scheduler_job_id is not None:
+            self._spawn(self._stop_dispatched(victim), f"preempt-{victim.job_id}")
+        # else its dispatch is under way: _adopt stops it once the backend has it
+
+    async def _requeue(self, job: Job, *, ended_at: float | None) -> None:
+        """A preempted job's backend stopped it: charge its run to its account, give back its
+        GPUs and put it back in line (``queued``, one more run), all in one transaction."""
+        self._check(job, JobStatus.QUEUED)
+        ended = ended_at or time.time()
+        charged = self._book.charge_run(job, ended)
+        reason = (
+            f"preempted by job {job.preempted_by}, of higher priority, which needed its GPUs;"
+            " requeued"
+        )
+        hold = job.allocation_id
+        job.allocation = job.allocation_id = job.adapter = job.decision = None
+        job.dispatch_token = job.scheduler_job_id = None
+        job.start_time = job.end_time = job.return_code = None
+        job.resource_usage = None
+        job.runs += 1
+        job.preempted_by = None
+        job.reason_code, job.reason = Reason.PREEMPTED, reason
+        await self._book.save(
+            job, status=JobStatus.QUEUED, reason=reason, release_hold=hold, charged=charged
+        )
+        self._forget_run(job.job_id, hold)  # in memory, once the store has it
+        self.renumber()
+        self._wake()
+
     def _release(self, job: Job) -> None:
         """Forget what an ended job held, in memory: its hold's rows went with its end."""
-        self._driver.forget(job.job_id)
-        self._poll_locks.pop(job.job_id, None)
-        if job.allocation_id is not None:
-            self._holds.forget_released(job.allocation_id)
+        self._forget_run(job.job_id, job.allocation_id)
+
+    def _forget_run(self, job_id: str, hold: str | None) -> None:
+        """Forget, in memory, a job's run that ended: its adapter view, its poll lock and the
+        GPUs of its hold (whose rows went with the end)."""
+        self._driver.forget(job_id)
+        self._poll_locks.pop(job_id, None)
+        if hold is not None:
+            self._holds.forget_released(hold)
 
     async def until_ended(self, job: Job, *, within: float) -> bool:
         """Wait up to ``within`` seconds for ``job`` to end; whether it did."""

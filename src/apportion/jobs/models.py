@@ -345,6 +345,8 @@ class QueueConfig(BaseModel):
     default_walltime: float | None = Field(None, gt=0, le=MAX_WALLTIME)  # for jobs naming none
     maximum_walltime: float | None = Field(None, gt=0, le=MAX_WALLTIME)  # the most one may ask
     priority_factor: StrictInt = Field(0, ge=0, le=1_000_000)  # the queue factor's weight
+    # a waiting job may stop running jobs of lower priority of this queue (docs/scheduling.md)
+    preempt_lower_priority: StrictBool = False
     quota: QueueQuota | None = None  # docs/scheduling.md; unset: no quota
     cohort: str | None = Field(None, pattern=NAME_PATTERN)  # queues that lend to each other
 

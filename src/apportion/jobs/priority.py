@@ -54,6 +54,10 @@ class SchedulingConfig(BaseModel):
     favor_small: bool = False  # the size factor favours small jobs (Slurm's PriorityFavorSmall)
     # start estimates are made again this often (and when a job joins the head of the line)
     estimate_interval_seconds: float = Field(5.0, ge=0)
+    # preemption: a job runs this long before it may be preempted, and a queue's jobs
+    # preempt at most once in this long
+    preemption_min_run_seconds: float = Field(60.0, ge=0)
+    preemption_interval_seconds: float = Field(10.0, ge=0)
 
 
 @dataclass(frozen=True)

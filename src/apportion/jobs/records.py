@@ -105,6 +105,8 @@ class Job:
     resource_usage: ResourceUsage | None = None
     decision: Decision | None = None  # the placement's decision record
     cancel_requested: bool = False
+    runs: int = 0  # how often it was preempted and requeued: its backend run is ``.runs``
+    preempted_by: str | None = None  # the preemption under way: the preemptor's job id
     queue_position: int | None = field(default=None, compare=False)
     estimated_start: float | None = field(default=None, compare=False)  # while it waits
     _encoded_cache: dict[str, tuple[object, str]] = field(
@@ -193,6 +195,7 @@ class Job:
             "end_time": iso_utc(self.end_time),
             "return_code": self.return_code,
             "failed_reason": self.failed_reason,
+            "runs": self.runs,
             "resource_usage": None if self.resource_usage is None else self.resource_usage.public(),
             "decision": None if self.decision is None else self.decision.to_json(),
             "config": self.config.model_dump(),
@@ -298,26 +301,33 @@ class JobBook:
         status: JobStatus | None = None,
         reason: str | None = None,
         release_hold: str | None = None,
+        charged: UsageRow | None = None,
     ) -> None:
         """Write the job's fields; with ``status``, also change it and append to its history;
         with ``release_hold``, delete that hold's rows in the same transaction (a job's end).
-        A job's end also charges its run to its account's usage, in that transaction.
+        A job's end also charges its run to its account's usage, in that transaction (a
+        requeue passes the run it charged, ``charged``: :meth:`charge_run`).
         Returns once committed (group-committed with other jobs' changes,
         :mod:`apportion.jobs.writer`); a cancelled caller's change is still written."""
         now = time.time()
-        history = usage = None
+        history = None
+        usage = charged
         if status is not None:
-            if status.finished and not job.status.finished:
-                charged = self.usage.charge(job, job.end_time or now)
-                if charged is not None:
-                    usage = UsageRow(
-                        charged.account, charged.gpu_seconds, charged.cpu_seconds, charged.as_of
-                    )
+            if status.finished and not job.status.finished and usage is None:
+                usage = self.charge_run(job, job.end_time or now)
             job.status = status
             history = StatusEntry(job.job_id, status.value, now, reason)
         released = () if release_hold is None else (release_hold,)
         change = JobChange(job.row(), history, released_holds=released, account_usage=usage)
         await self._writer.write(change)
+
+    def charge_run(self, job: Job, end: float) -> UsageRow | None:
+        """Charge ``job``'s run, ended at ``end``, to its account's usage (in memory); the
+        account's row to store with the change that records the end (None: it never ran)."""
+        charged = self.usage.charge(job, end)
+        if charged is None:
+            return None
+        return UsageRow(charged.account, charged.gpu_seconds, charged.cpu_seconds, charged.as_of)
 
     async def close(self) -> None:
         """Wait for changes handed to the writer (call before the database closes)."""

@@ -49,6 +49,7 @@ from apportion.jobs.models import (
 )
 from apportion.jobs.plan import JobPlan
 from apportion.jobs.pool_limits import PoolLimits
+from apportion.jobs.preemption import Candidate, choose_victims, rows_array
 from apportion.jobs.priority import Multifactor, SchedulingConfig
 from apportion.jobs.quota import Usage, beyond_reach, gpu_flavors, held_usage, job_usage
 from apportion.jobs.records import Job, JobBook, QueueBook
@@ -92,6 +93,8 @@ class JobService:
         self._shares = shares
         self._estimated_at = -NEVER  # when start estimates were last made, and for which jobs
         self._estimated_ids: set[str] = set()
+        self._preempted_at: dict[str, float] = {}  # queue → when its jobs last preempted
+        self._preempted_for: dict[str, str] = {}  # victim → its last preemptor (this process)
         usage = UsageBook(scheduling.fair_share_half_life_seconds)
         self.jobs = JobBook(db, usage=usage)  # read by the routes; written by the lifecycle only
         self.queues = QueueBook(db)
@@ -436,6 +439,8 @@ class JobService:
                 if isinstance(decided, Blocked):
                     if decided.code == Reason.NO_RESOURCES and reservation is None:
                         reservation, decided = self._reserve(job, queue, timeline, decided)
+                        if queue.preempt_lower_priority:
+                            decided = await self._preempt_for(job, queue, timeline, decided)
                     state.waited(job)
                     await life.wait(job, decided)
                     continue
@@ -517,6 +522,55 @@ class JobService:
             " if they do not delay its estimated start"
         )
         return Reservation(gang, fit.start), Blocked(blocked.code, words)
+
+    # ---------------------------------------------------------------- preemption
+    async def _preempt_for(
+        self, job: Job, queue: QueueConfig, timeline: Timeline, blocked: Blocked
+    ) -> Blocked:
+        """Stop running jobs of lower priority of ``job``'s queue so that it can start, when
+        the rules of jobs/preemption.py allow (at most once per queue in
+        ``preemption_interval_seconds``, never while its earlier victims are still stopping);
+        return its reason, saying whom it preempts."""
+        config, now = self.scheduling, timeline.now
+        if any(j.preempted_by == job.job_id for j in self.jobs.jobs.values()):
+            return blocked  # its victims are still stopping
+        if now - self._preempted_at.get(queue.name, -NEVER) < config.preemption_interval_seconds:
+            return blocked
+        gang = self._gang(job, queue)
+        if gang is None:
+            return blocked
+        waiting_preemptors = {
+            j.job_id for j in self.jobs.jobs.values() if j.status is JobStatus.QUEUED
+        }
+        candidates = [
+            Candidate(other.job_id, other.priority, other.start_time, rows_array(rows))
+            for other in self.jobs.jobs.values()
+            if other.queue == job.queue
+            and other.status is JobStatus.RUNNING
+            and other.priority < job.priority
+            and other.start_time is not None
+            and now - other.start_time >= config.preemption_min_run_seconds
+            and other.preempted_by is None
+            and not other.cancel_requested
+            and self._preempted_for.get(other.job_id) not in waiting_preemptors
+            and (rows := self._rows(other.allocation or ()))
+        ]
+        victims = choose_victims(timeline, gang, candidates)
+        if not victims:
+            return blocked
+        self._preempted_at[queue.name] = now
+        why = (
+            f"job {job.job_id} of priority {job.priority} needs its GPUs, and queue"
+            f" {queue.name!r} lets higher-priority jobs preempt"
+        )
+        for victim in victims:
+            self._preempted_for[victim.job_id] = job.job_id
+            await self.lifecycle.preempt(self.jobs.jobs[victim.job_id], job, why)
+        names = ", ".join(v.job_id for v in victims)
+        return Blocked(
+            blocked.code,
+            f"{blocked.words}; preempting {len(victims)} job(s) of lower priority: {names}",
+        )
 
     def _gangs(self, jobs: list[Job], queues: Mapping[str, QueueConfig]) -> list[Gang]:
         """What each of ``jobs`` still waiting needs, in order, for the timeline."""

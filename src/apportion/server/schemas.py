@@ -282,6 +282,7 @@ class JobRecord(_Answer):
     end_time: str | None
     return_code: int | None
     failed_reason: str | None
+    runs: int
     resource_usage: dict[str, Any] | None
 
 

@@ -98,11 +98,17 @@ def _fair_share(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=[schema.account_usage])
 
 
+def _preemption(conn: Connection) -> None:
+    """Preemption: a job's count of requeued runs and the preemption under way."""
+    _add_missing_columns(conn, schema.jobs, ("runs", "preempted_by"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _initial),
     Migration(2, "queues, jobs, status histories, pool limits", _queues_and_jobs),
     Migration(3, "accounts; the account and user of keys, jobs, holds and events", _accounts),
     Migration(4, "fair share: account shares and decayed usage", _fair_share),
+    Migration(5, "preemption: a job's requeued runs and its preemptor", _preemption),
 )
 
 

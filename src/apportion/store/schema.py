@@ -176,6 +176,9 @@ jobs = Table(
     # version 3: the account the job belongs to and the user who submitted it
     Column("account", String(64), nullable=False, server_default="default"),
     Column("user_name", String(200), nullable=True),
+    # version 5: preemption — how often it was requeued, and which job is preempting it now
+    Column("runs", Integer, nullable=False, server_default="0"),
+    Column("preempted_by", Text, nullable=True),
 )
 
 job_statuses = Table(

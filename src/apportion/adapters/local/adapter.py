@@ -6,7 +6,7 @@ its own session, so a job keeps running — and its exit code is recorded — wh
 killed; a restarted server builds a new :class:`LocalAdapter` and finds everything again from the
 files in ``spec.output_dir``:
 
-``job.json``                 the tag (``spec.job_id``), written atomically before anything starts
+``job.json``                 the tag (``spec.run_id``), written atomically before anything starts
 ``worker-<i>.launch.json``   what the supervisor runs (argv, cwd, environment; mode 0600)
 ``worker-<i>.state.json``    pid, pgid, started_at, ended_at, return_code, signal, reason, …
 ``worker-<i>.out``           the command's stdout and stderr in the order written (0600, as all)
@@ -95,7 +95,7 @@ class LocalAdapter:
 
     @staticmethod
     def scheduler_id(spec: JobSpec) -> str:
-        return f"local-{spec.job_id}"
+        return f"local-{spec.run_id}"
 
     # ---- protocol -------------------------------------------------------------------------
 
@@ -112,7 +112,7 @@ class LocalAdapter:
         try:
             await await_started(spec, started)
         finally:
-            self._submitting.discard(spec.job_id)
+            self._submitting.discard(spec.run_id)
         return self.scheduler_id(spec)
 
     async def find(self, spec: JobSpec) -> str | None:
@@ -162,7 +162,7 @@ class LocalAdapter:
 
     def _find(self, spec: JobSpec) -> str | None:
         tag = sv.read_json(Path(spec.output_dir) / sv.TAG_FILE)
-        if tag is None or tag.get("job_id") != spec.job_id:
+        if tag is None or tag.get("job_id") != spec.run_id:
             return None
         started = any(sv.state_path(spec.output_dir, w.index).exists() for w in spec.workers)
         return self.scheduler_id(spec) if started else None
@@ -181,7 +181,7 @@ class LocalAdapter:
         except OSError as exc:
             raise AdapterError(f"cannot create the output directory {job_dir}: {exc}") from None
         attempt = uuid.uuid4().hex
-        self._submitting.add(spec.job_id)
+        self._submitting.add(spec.run_id)
         try:
             stale = [sv.CANCEL_FILE, sv.GANG_FILE, sv.USAGE_FILE]  # of an attempt that never ran
             stale += [sv.state_path(job_dir, w.index).name for w in spec.workers]
@@ -190,7 +190,7 @@ class LocalAdapter:
             sv.write_json_atomic(
                 job_dir / sv.TAG_FILE,
                 {
-                    "job_id": spec.job_id,
+                    "job_id": spec.run_id,
                     "scheduler_job_id": self.scheduler_id(spec),
                     "num_workers": len(spec.workers),
                     "attempt": attempt,
@@ -201,12 +201,12 @@ class LocalAdapter:
                 start_supervisor(spec, w, cwd, attempt, self.grace_seconds) for w in spec.workers
             ]
             with self._lock:
-                self._supervisors[spec.job_id] = procs
+                self._supervisors[spec.run_id] = procs
         except OSError as exc:
-            self._submitting.discard(spec.job_id)
+            self._submitting.discard(spec.run_id)
             raise AdapterError(f"could not start job {spec.job_id}: {exc}") from None
         except BaseException:
-            self._submitting.discard(spec.job_id)
+            self._submitting.discard(spec.run_id)
             raise
         return procs
 
@@ -271,11 +271,11 @@ class LocalAdapter:
 
     def _usage(self, spec: JobSpec) -> dict[str, Any]:
         usage_file = Path(spec.output_dir) / sv.USAGE_FILE
-        record = self._samples.get(spec.job_id) or sv.read_json(usage_file) or {}
+        record = self._samples.get(spec.run_id) or sv.read_json(usage_file) or {}
         workers: list[tuple[str, dict[str, Any], Any]] = []
         for w in self._workers(spec):
             state = w.state or {}
             proc = command_process(state) if w.kind == "running" else None
             workers.append((w.kind, state, proc))
-        sample, self._samples[spec.job_id] = local_usage.job_usage(usage_file, record, workers)
+        sample, self._samples[spec.run_id] = local_usage.job_usage(usage_file, record, workers)
         return sample

@@ -29,7 +29,7 @@ def job_status(
     """The job's :class:`BackendStatus`; ``submitting`` holds the job ids whose submit runs now."""
     job_dir = Path(spec.output_dir)
     if all(w.kind == "missing" for w in workers):
-        if spec.job_id in submitting:
+        if spec.run_id in submitting:
             return BackendStatus(BackendState.PENDING)
         return BackendStatus(BackendState.UNKNOWN, reason="the job never reached the backend")
     starts = [
@@ -38,7 +38,7 @@ def job_status(
     started_at = min(starts) if starts else None
     broken = [w for w in workers if w.kind in ("missing", "lost")]
     if any(w.kind == "running" for w in workers):
-        if broken and spec.job_id not in submitting:
+        if broken and spec.run_id not in submitting:
             reason = broken[0].failure
             if not (job_dir / sv.GANG_FILE).exists():
                 sv.write_json_atomic(job_dir / sv.GANG_FILE, {"worker": -1, "reason": reason})

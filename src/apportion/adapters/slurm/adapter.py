@@ -175,7 +175,7 @@ class SlurmAdapter:
         return parse_sbatch_parsable(out)
 
     def _sbatch_args(self, spec: JobSpec, layout: Layout) -> list[str]:
-        tag = f"apportion:{check_name(spec.job_id, 'job id')}"
+        tag = f"apportion:{check_name(spec.run_id, 'job id')}"
         job_name = f"{tag}:{check_name(spec.name, 'job name')}" if spec.name else tag
         log = str(spec.output_dir / LOG_FILE)
         if "%" in log or "\n" in log:
@@ -218,8 +218,8 @@ class SlurmAdapter:
         return args
 
     async def find(self, spec: JobSpec) -> str | None:
-        """Slurm's id of the job tagged ``apportion:<spec.job_id>`` (the lowest if several)."""
-        tag = f"apportion:{check_name(spec.job_id, 'job id')}"
+        """Slurm's id of the job tagged ``apportion:<spec.run_id>`` (the lowest if several)."""
+        tag = f"apportion:{check_name(spec.run_id, 'job id')}"
         jobs = await self._squeue()
         hits = [j for j in jobs if _tagged(j, tag)]
         if not hits:

@@ -46,6 +46,8 @@ class JobRow:
     cancel_requested: int
     account: str
     user_name: str | None
+    runs: int
+    preempted_by: str | None
 
 
 _COLUMNS = tuple(f.name for f in fields(JobRow))

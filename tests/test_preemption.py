@@ -1,0 +1,146 @@
+"""Preemption (issue 10, item 4): which running jobs a waiting job of higher priority stops,
+on tables with the reasoning in comments; then on a real server with the real local adapter,
+a low-priority job is stopped (SIGTERM), requeued with the reason in its history and a
+``job_preempted`` event, and runs again once the preemptor has run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from apportion.engine.requests import parse_request
+from apportion.jobs.backfill import Gang, Timeline
+from apportion.jobs.preemption import Candidate, choose_victims, rows_array
+from apportion.jobs.priority import SchedulingConfig
+from tests import builders as b
+from tests.conftest import running_server
+from tests.jobs_helpers import (
+    PY,
+    create_queue,
+    job,
+    sleeper,
+    statuses,
+    submit,
+    until_reason,
+    wait_for,
+)
+
+
+def line(busy: list[int]) -> Timeline:
+    """Two nodes of 4 GPUs (n0: rows 0-3, n1: rows 4-7); ``busy`` rows held for ever."""
+    s = b.fleet_of(b.cluster("c", [b.node("n0", gpus=4), b.node("n1", gpus=4)])).structure
+    held = np.zeros(s.n_gpus, dtype=bool)
+    held[busy] = True
+    return Timeline.of(s, 100.0, held, [])
+
+
+FOUR_ON_ONE_NODE = Gang("high", ("c",), parse_request({"gpus": 4}, path="r"), 1, None)
+
+
+def running(job_id: str, priority: int, started: float, rows: list[int]) -> Candidate:
+    return Candidate(job_id, priority, started, rows_array(rows))
+
+
+@pytest.mark.parametrize(
+    ("busy", "candidates", "victims"),
+    [
+        # lowest priority first, then the most recent: c (0, started 30), then b (0, 20);
+        # n1 is then free whole; a (priority 1) is spared
+        (
+            list(range(8)),
+            [
+                running("a", 1, 10, [0, 1, 2, 3]),
+                running("b", 0, 20, [4, 5]),
+                running("c", 0, 30, [6, 7]),
+            ],
+            ["c", "b"],
+        ),
+        # n1's 4 and 5 are free already: stopping d (6, 7) is enough, e (all of n0) is spared
+        (
+            [0, 1, 2, 3, 6, 7],
+            [running("d", 0, 40, [6, 7]), running("e", 0, 5, [0, 1, 2, 3])],
+            ["d"],
+        ),
+        # f (most recent) is taken first but alone frees too little; g then frees n0 whole, and
+        # f turns out not to be needed: it is spared (the fewest victims)
+        (
+            [0, 1, 2, 3, 4, 5, 6, 7],
+            [running("f", 0, 50, [6]), running("g", 0, 40, [0, 1, 2, 3])],
+            ["g"],
+        ),
+        # even stopping every candidate leaves no node with 4 GPUs: nobody is stopped
+        ([0, 1, 4, 5], [running("h", 0, 10, [2]), running("i", 0, 10, [6])], None),
+        # it fits already: nothing to stop
+        ([0, 1], [running("j", 0, 10, [0, 1])], []),
+    ],
+    ids=["lowest-then-newest", "enough-with-one", "spare-the-unneeded", "none-would-do", "fits"],
+)
+def test_the_victims(
+    busy: list[int], candidates: list[Candidate], victims: list[str] | None
+) -> None:
+    chosen = choose_victims(line(busy), FOUR_ON_ONE_NODE, candidates)
+    assert (None if chosen is None else [c.job_id for c in chosen]) == victims
+
+
+async def test_a_higher_priority_job_preempts_and_the_victim_runs_again(
+    tmp_path: Path, job_tmp: Path
+) -> None:
+    eager = SchedulingConfig(preemption_min_run_seconds=0, preemption_interval_seconds=0)
+    async with running_server(tmp_path / "data", scheduling=eager) as live:
+        small = b.cluster("small", [b.node("s0", gpus=2)])
+        async with live.http.post(f"{live.url}/clusters", json=small) as response:
+            assert response.status in (200, 201)
+        await create_queue(live, name="shared", clusters=["small"], preempt_lower_priority=True)
+        marker = job_tmp / "runs"
+        # the low job counts its runs in a file, then runs until it is stopped or 300 s pass
+        code = (
+            "import pathlib, time\n"
+            f"p = pathlib.Path({str(marker)!r})\n"
+            "p.write_text(str(int(p.read_text() or 0) + 1) if p.exists() else '1')\n"
+            f"end = time.monotonic() + (300 if p.read_text() == '1' else 0)\n"
+            "while time.monotonic() < end: time.sleep(0.05)\n"
+        )
+        low = await submit(
+            live, {"queue": "shared", "command": [PY, "-c", code], "resources": {"gpus": 2}}
+        )
+        await wait_for(live, low, "running")
+        high = await submit(
+            live,
+            {"queue": "shared", "command": sleeper(0.2), "resources": {"gpus": 2}},
+            priority=10,
+        )
+        done_high = await wait_for(live, high, "completed", within=60)
+        done_low = await wait_for(live, low, "completed", within=60)
+        assert marker.read_text() == "2"  # it ran twice: stopped once, then to its end
+        assert done_low["runs"] == 1
+        assert done_low["start_time"] > done_high["start_time"]  # again after the preemptor
+        history = await statuses(live, low)
+        assert history == ["queued", "scheduled", "running", "queued", "scheduled", "running",
+                           "completed"]  # fmt: skip
+        async with live.http.get(f"{live.url}/jobs/{low}/statuses") as response:
+            entries = await response.json()
+        requeued = entries[3]["reason"]
+        assert f"preempted by job {high}" in requeued and "requeued" in requeued
+        async with live.http.get(f"{live.url}/events?type=job_preempted") as response:
+            events: list[dict[str, Any]] = (await response.json())["data"]
+        assert [(e["job_id"], e["preempted_by"]) for e in events] == [(low, high)]
+        # a job of the same priority preempts nobody
+        peer = await submit(
+            live, {"queue": "shared", "command": sleeper(30), "resources": {"gpus": 2}}
+        )
+        await wait_for(live, peer, "running")
+        same = await submit(
+            live, {"queue": "shared", "command": ["true"], "resources": {"gpus": 2}}
+        )
+        await until_reason(live, same, "NoFeasiblePlacement")
+        assert (await job(live, peer))["status"] == "running"
+        async with live.http.get(f"{live.url}/events?type=job_preempted") as response:
+            assert len((await response.json())["data"]) == 1  # still only the first
+        async with live.http.post(f"{live.url}/jobs/{peer}/cancel") as response:
+            assert response.status == 200
+        await wait_for(live, same, "completed", within=60)
+        assert (await job(live, peer))["runs"] == 0
