@@ -124,3 +124,22 @@ def queue_config(
     return QueueConfig(
         name=name, maximum_allowed_worker_instances=cap, max_bypass=max_bypass, **fields
     )
+
+
+def run_counter(marker: Path) -> list[str]:
+    """A job each of whose workers counts its runs in ``<marker>.<worker index>``: its first
+    run lasts until it is stopped (or 300 s pass, so a failed test leaves nothing behind for
+    long), later runs end at once."""
+    code = (
+        "import os, pathlib, time\n"
+        f"p = pathlib.Path({str(marker)!r} + '.' + os.environ['APPORTION_WORKER_INDEX'])\n"
+        "p.write_text(str(int(p.read_text() or 0) + 1) if p.exists() else '1')\n"
+        "end = time.monotonic() + (300 if p.read_text() == '1' else 0)\n"
+        "while time.monotonic() < end: time.sleep(0.05)\n"
+    )
+    return [PY, "-c", code]
+
+
+def runs_counted(marker: Path, worker: int = 0) -> str:
+    """How many runs of a :func:`run_counter` job's ``worker`` were counted."""
+    return Path(f"{marker}.{worker}").read_text()

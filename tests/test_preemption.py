@@ -19,9 +19,10 @@ from apportion.jobs.priority import SchedulingConfig
 from tests import builders as b
 from tests.conftest import running_server
 from tests.jobs_helpers import (
-    PY,
     create_queue,
     job,
+    run_counter,
+    runs_counted,
     sleeper,
     statuses,
     submit,
@@ -96,38 +97,34 @@ async def test_a_higher_priority_job_preempts_and_the_victim_runs_again(
             assert response.status in (200, 201)
         await create_queue(live, name="shared", clusters=["small"], preempt_lower_priority=True)
         marker = job_tmp / "runs"
-        # the low job counts its runs in a file, then runs until it is stopped or 300 s pass
-        code = (
-            "import pathlib, time\n"
-            f"p = pathlib.Path({str(marker)!r})\n"
-            "p.write_text(str(int(p.read_text() or 0) + 1) if p.exists() else '1')\n"
-            f"end = time.monotonic() + (300 if p.read_text() == '1' else 0)\n"
-            "while time.monotonic() < end: time.sleep(0.05)\n"
-        )
         low = await submit(
-            live, {"queue": "shared", "command": [PY, "-c", code], "resources": {"gpus": 2}}
+            live, {"queue": "shared", "command": run_counter(marker), "resources": {"gpus": 2}}
         )
-        await wait_for(live, low, "running")
-        high = await submit(
-            live,
-            {"queue": "shared", "command": sleeper(0.2), "resources": {"gpus": 2}},
-            priority=10,
-        )
-        done_high = await wait_for(live, high, "completed", within=60)
-        done_low = await wait_for(live, low, "completed", within=60)
-        assert marker.read_text() == "2"  # it ran twice: stopped once, then to its end
-        assert done_low["runs"] == 1
-        assert done_low["start_time"] > done_high["start_time"]  # again after the preemptor
-        history = await statuses(live, low)
-        assert history == ["queued", "scheduled", "running", "queued", "scheduled", "running",
-                           "completed"]  # fmt: skip
-        async with live.http.get(f"{live.url}/jobs/{low}/statuses") as response:
-            entries = await response.json()
-        requeued = entries[3]["reason"]
-        assert f"preempted by job {high}" in requeued and "requeued" in requeued
-        async with live.http.get(f"{live.url}/events?type=job_preempted") as response:
-            events: list[dict[str, Any]] = (await response.json())["data"]
-        assert [(e["job_id"], e["preempted_by"]) for e in events] == [(low, high)]
+        try:
+            await wait_for(live, low, "running")
+            high = await submit(
+                live,
+                {"queue": "shared", "command": sleeper(0.2), "resources": {"gpus": 2}},
+                priority=10,
+            )
+            done_high = await wait_for(live, high, "completed", within=60)
+            done_low = await wait_for(live, low, "completed", within=60)
+            assert runs_counted(marker) == "2"  # it ran twice: stopped, then to its end
+            assert done_low["runs"] == 1
+            assert done_low["start_time"] > done_high["start_time"]  # again after the preemptor
+            history = await statuses(live, low)
+            assert history == ["queued", "scheduled", "running", "queued", "scheduled", "running",
+                               "completed"]  # fmt: skip
+            async with live.http.get(f"{live.url}/jobs/{low}/statuses") as response:
+                entries = await response.json()
+            requeued = entries[3]["reason"]
+            assert f"preempted by job {high}" in requeued and "requeued" in requeued
+            async with live.http.get(f"{live.url}/events?type=job_preempted") as response:
+                events: list[dict[str, Any]] = (await response.json())["data"]
+            assert [(e["job_id"], e["preempted_by"]) for e in events] == [(low, high)]
+        finally:  # a failed test leaves no job running
+            async with live.http.post(f"{live.url}/jobs/{low}/cancel") as response:
+                assert response.status == 200
         # a job of the same priority preempts nobody
         peer = await submit(
             live, {"queue": "shared", "command": sleeper(30), "resources": {"gpus": 2}}

@@ -18,7 +18,16 @@ import pytest
 
 from tests import slurm_env
 from tests.conftest import ADMIN_KEY, Running, running_server
-from tests.jobs_helpers import PY, create_queue, exiting, sleeper, submit, wait_for
+from tests.jobs_helpers import (
+    PY,
+    create_queue,
+    exiting,
+    run_counter,
+    runs_counted,
+    sleeper,
+    submit,
+    wait_for,
+)
 
 slurm = slurm_env.slurm
 
@@ -180,3 +189,50 @@ async def test_reconciliation_after_sigkill(
     assert record["status"] == "completed", record
     await asyncio.sleep(1.0)
     assert marker.read_text() == "ran\n"
+
+
+async def test_a_preempted_slurm_job_is_scancelled_and_requeued(
+    tmp_path: Path, job_tmp: Path, jobs_root: Path, slurm: slurm_env.SlurmCluster
+) -> None:
+    from apportion.jobs.priority import SchedulingConfig
+
+    eager = SchedulingConfig(preemption_min_run_seconds=0, preemption_interval_seconds=0)
+    async with running_server(tmp_path / "data", scheduling=eager) as live:
+        await register_slurm(live, slurm)
+        await create_queue(
+            live, name="urgent", clusters=["hpc"], plugin="slurm", preempt_lower_priority=True
+        )
+        marker = job_tmp / "runs"
+        workers = len(slurm.nodes)  # 4 GPUs each: every GPU of the partition
+        low = await submit(
+            live,
+            {
+                "queue": "urgent",
+                "command": run_counter(marker),
+                "replica_count": workers,
+                "resources": {"gpus": 4},
+            },
+        )
+        submitted = [low]
+        try:
+            first_run = (await wait_for(live, low, "running", within=60))["scheduler_job_id"]
+            high = await submit(
+                live,
+                {"queue": "urgent", "command": sleeper(0.5), "resources": {"gpus": 4}},
+                priority=10,
+            )
+            submitted.append(high)
+            await wait_for(live, high, "completed", within=90)
+            done = await wait_for(live, low, "completed", "failed", within=90)
+            assert done["status"] == "completed", done
+            assert done["runs"] == 1 and done["scheduler_job_id"] != first_run  # a new Slurm job
+            async with live.http.get(f"{live.url}/jobs/{low}/statuses") as response:
+                history = await response.json()
+            assert [e["status"] for e in history].count("queued") == 2
+            runs = [runs_counted(marker, index) for index in range(workers)]
+            assert runs == ["2"] * workers  # every worker ran twice: stopped, then to its end
+        finally:  # a failed test leaves no Slurm job behind
+            for job_id in submitted:
+                async with live.http.post(f"{live.url}/jobs/{job_id}/cancel") as response:
+                    assert response.status in (200, 409)
+        assert any(f"preempted by job {high}" in (e["reason"] or "") for e in history)
