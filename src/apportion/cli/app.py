@@ -23,6 +23,7 @@ from apportion import __version__
 from apportion.cli import admin as cli_admin
 from apportion.cli import fleet as cli_fleet
 from apportion.cli import jobs as cli_jobs
+from apportion.cli import simulate as cli_simulate
 from apportion.cli.common import GlobalOptions, command_group, server_modules
 
 app = command_group(
@@ -174,6 +175,7 @@ def version() -> None:
 cli_fleet.register(app)
 cli_jobs.register(app)
 cli_admin.register(app)
+cli_simulate.register(app)
 
 
 def main() -> None:

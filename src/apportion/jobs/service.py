@@ -25,7 +25,7 @@ from apportion.engine.requests import parse_request
 from apportion.errors import ApportionError, InvalidRequest
 from apportion.event_sink import EventSink
 from apportion.jobs import views as job_views
-from apportion.jobs.admission import Blocked, CycleState, Reason, waiting_order
+from apportion.jobs.admission import Blocked, CycleState, Reason
 from apportion.jobs.backfill import (
     ESTIMATED_JOBS,
     NEVER,
@@ -358,7 +358,7 @@ class JobService:
 
     def waiting(self, jobs: Iterable[Job]) -> list[Job]:
         """The queued ones of ``jobs`` in the order admission considers them."""
-        return waiting_order(jobs, self.multifactor().priority)
+        return self.multifactor().order([j for j in jobs if j.status is JobStatus.QUEUED])
 
     def queue_counts(self) -> dict[str, tuple[int, int]]:
         """``{queue: (queued, running)}`` for the Prometheus gauges."""

@@ -15,7 +15,6 @@ from aiohttp import web
 
 from apportion.adapters.base import AdapterError
 from apportion.errors import Conflict, Forbidden, InvalidRequest, NotFound, UnknownPolicy
-from apportion.jobs.admission import waiting_order
 from apportion.jobs.models import PriorityRequest, QueueConfig, SubmitRequest
 from apportion.jobs.records import Job
 from apportion.jobs.service import JobService
@@ -114,7 +113,7 @@ async def job_priorities(request: web.Request) -> web.Response:
     service = _jobs(request)
     multifactor = service.multifactor()
     lines = []
-    waiting = waiting_order(service.jobs.jobs.values(), multifactor.priority)
+    waiting = service.waiting(service.jobs.jobs.values())
     for position, job in enumerate(waiting, start=1):
         if who.may_see(job.owner):
             line = {
