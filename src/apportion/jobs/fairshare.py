@@ -84,6 +84,7 @@ class UsageBook:
     def __init__(self, half_life: float) -> None:
         self.half_life = half_life
         self._ended: dict[str, Decayed] = {}
+        self._amounts: dict[str, tuple[int, int]] = {}  # running job → its GPUs and vCPUs
 
     def load(self, rows: Iterable[Decayed]) -> None:
         """The stored usage (once, at start)."""
@@ -92,6 +93,7 @@ class UsageBook:
     def charge(self, job: Job, end: float) -> Decayed | None:
         """Add the run of ``job``, ended at ``end``, to its account's usage; return the
         account's new row to store with the end (None for a job that never started)."""
+        self._amounts.pop(job.job_id, None)
         start = job.start_time
         if start is None:
             return None
@@ -119,8 +121,8 @@ class UsageBook:
         weight = (
             self.half_life / LN2 * (1.0 - np.exp2(-np.maximum(now - starts, 0.0) / self.half_life))
         )
-        gpus = np.fromiter((job_gpus(j) for j in started), np.float64, len(started)) * weight
-        cpus = np.fromiter((job_cpus(j) for j in started), np.float64, len(started)) * weight
+        amounts = np.array([self._amounts_of(j) for j in started], dtype=np.float64)
+        gpus, cpus = amounts[:, 0] * weight, amounts[:, 1] * weight
         for job, gpu_seconds, cpu_seconds in zip(
             started, gpus.tolist(), cpus.tolist(), strict=True
         ):
@@ -130,6 +132,14 @@ class UsageBook:
                 account, row.gpu_seconds + gpu_seconds, row.cpu_seconds + cpu_seconds, now
             )
         return out
+
+    def _amounts_of(self, job: Job) -> tuple[int, int]:
+        """A running job's GPUs and vCPUs (they do not change while it runs: kept until its
+        run is charged)."""
+        known = self._amounts.get(job.job_id)
+        if known is None:
+            known = self._amounts[job.job_id] = (job_gpus(job), job_cpus(job))
+        return known
 
 
 @dataclass(frozen=True)

@@ -117,6 +117,8 @@ class Simulation:
         self.usage = UsageBook(config.scheduling.fair_share_half_life_seconds)
         self._shares_of: dict[str, int] = {}  # every account of the trace: its shares
         self._held_rows: dict[int, list[int]] = {}  # each running job's GPU rows
+        # per GPU row: when the job on it is expected to end (0: free)
+        self._busy_until = np.zeros(self.structure.n_gpus, dtype=np.float64)
 
     def run(self, trace: list[TraceJob], *, samples: int = 200) -> SimResult:
         """Replay ``trace`` (by submit time) to its end; every job that fits the fleet runs."""
@@ -202,14 +204,14 @@ class Simulation:
                 no_room.add(shape)
                 blocked = True
                 if self.config.backfill == "easy" and reservation is None:
-                    timeline = timeline or self._timeline(now, running)
+                    timeline = timeline or self._timeline(now)
                     fit = timeline.earliest(self._gang(record, request))
                     if fit is not None:
                         reservation = Reservation(self._gang(record, request), fit.start)
                 continue
             rows = self._rows(placed.placements)
             if reservation is not None:
-                timeline = timeline or self._timeline(now, running)
+                timeline = timeline or self._timeline(now)
                 if reservation.delays(timeline, record.config.walltime, rows):
                     delaying[shape] = min(length, delaying.get(shape, NEVER + 1))
                     blocked = True
@@ -217,6 +219,7 @@ class Simulation:
             self.fleet.set_held([k for p in placed.placements for k in p.gpu_keys], True)
             record.allocation, record.start_time = placed.placements, now
             self._held_rows[index] = rows
+            self._busy_until[rows] = now + (record.config.walltime or NEVER)
             record.status = JobStatus.RUNNING
             outcomes[index].start, outcomes[index].backfilled = now, blocked
             free -= need
@@ -241,6 +244,7 @@ class Simulation:
     def _finish(self, record: Job, outcome: Outcome, now: float) -> None:
         keys = [k for p in record.allocation or () for k in p.gpu_keys]
         self.fleet.set_held(keys, False)
+        self._busy_until[self._held_rows.pop(record.seq, [])] = 0.0
         record.end_time = outcome.end = now
         self.usage.charge(record, now)
         record.status = JobStatus.COMPLETED
@@ -269,16 +273,10 @@ class Simulation:
         lines = self._account_shares(now, running)
         return {name: line.effective_usage for name, line in lines.items()}
 
-    def _timeline(self, now: float, running: list[Job]) -> Timeline:
-        """The fleet's GPUs over time: each running job's free at its start plus walltime."""
-        held = self.fleet.held.copy()
-        releases = []
-        for record in running:
-            if record.start_time is not None:
-                walltime = record.config.walltime
-                end = NEVER if walltime is None else record.start_time + walltime
-                releases.append((self._held_rows[record.seq], end))
-        return Timeline.of(self.structure, now, held, releases)
+    def _timeline(self, now: float) -> Timeline:
+        """The fleet's GPUs over time: each running job's free at its start plus walltime
+        (kept up to date as jobs start and end; one due already frees its GPUs now)."""
+        return Timeline(self.structure, np.maximum(self._busy_until, now), now)
 
     def _rows(self, placements: tuple[Placement, ...]) -> list[int]:
         """The GPU rows of ``placements`` (each node looked up once)."""
