@@ -52,6 +52,8 @@ async def test_a_queue_uses_at_most_its_nominal_quota(
         "used": 4,
         "borrowed": 0,
     }
+    async with running.http.get(f"{running.url}/queues/solo") as r:  # its REST record too
+        assert (await r.json())["quota_used"]["gpus"]["H100"]["used"] == 4
     gate.touch()
     await wait_for(running, first, "completed")
     assert clusters_of(await wait_for(running, second, "completed")) == {"dgx-east"}

@@ -364,6 +364,11 @@ class JobService:
         """``{queue: (queued, running)}`` for the Prometheus gauges."""
         return job_views.queue_counts(self.jobs.jobs.values(), self.queues)
 
+    def quota_used(self) -> dict[str, dict[str, Any] | None]:
+        """Each queue's use of its quotas (None: it has none), as ``GET /queue`` shows it."""
+        ledger = self._cycle_state(list(self.jobs.jobs.values()), []).quota
+        return {name: ledger.status(queue) for name, queue in self._queues().items()}
+
     def statistics(self) -> dict[str, Any]:
         """``GET /queue`` (seed 001): totals, per queue and per priority."""
         every = list(self.jobs.jobs.values())

@@ -256,9 +256,15 @@ async def pool_limits(request: web.Request) -> web.Response:
 
 @api.get("/queues", scope=Scope.READ, response=list[QueueRecord])
 async def list_queues(request: web.Request) -> web.Response:
-    """Every queue."""
+    """Every queue, with its use of its quotas (quota_used)."""
     service = _jobs(request)
-    return json_response([service.queues.public(name) for name in service.queues.names()])
+    used = service.quota_used()
+    return json_response(
+        [
+            service.queues.public(name) | {"quota_used": used.get(name)}
+            for name in service.queues.names()
+        ]
+    )
 
 
 @api.post(
@@ -285,10 +291,11 @@ async def update_queue(request: web.Request) -> web.Response:
 
 @api.get("/queues/{queue_id}", scope=Scope.READ, response=QueueRecord, errors=(NotFound,))
 async def read_queue(request: web.Request) -> web.Response:
-    """One queue, by id or name."""
+    """One queue, by id or name, with its use of its quotas (quota_used)."""
     service = _jobs(request)
     _, config = service.queues.by_id_or_name(request.match_info["queue_id"])
-    return json_response(service.queues.public(config.name))
+    used = service.quota_used().get(config.name)
+    return json_response(service.queues.public(config.name) | {"quota_used": used})
 
 
 @api.delete("/queues/{queue_id}", scope=Scope.ADMIN, response=Ack, errors=(NotFound, Conflict))

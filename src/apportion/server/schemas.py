@@ -333,11 +333,12 @@ class StatusEntry(_Answer):
 
 
 class QueueRecord(QueueConfig):
-    """A queue as stored, with its id."""
+    """A queue as stored, with its id (and, when read, its use of its quotas)."""
 
     model_config = ConfigDict(extra="allow")
 
     id: int | str
+    quota_used: dict[str, Any] | None = None
 
 
 class LimitsAnswer(_Answer):
