@@ -122,11 +122,12 @@ class UsageBook:
             self.half_life / LN2 * (1.0 - np.exp2(-np.maximum(now - starts, 0.0) / self.half_life))
         )
         amounts = np.array([self._amounts_of(j) for j in started], dtype=np.float64)
-        gpus, cpus = amounts[:, 0] * weight, amounts[:, 1] * weight
-        for job, gpu_seconds, cpu_seconds in zip(
-            started, gpus.tolist(), cpus.tolist(), strict=True
+        names, which = np.unique([j.owner.account for j in started], return_inverse=True)
+        gpus = np.bincount(which, weights=amounts[:, 0] * weight, minlength=len(names))
+        cpus = np.bincount(which, weights=amounts[:, 1] * weight, minlength=len(names))
+        for account, gpu_seconds, cpu_seconds in zip(
+            names.tolist(), gpus.tolist(), cpus.tolist(), strict=True
         ):
-            account = job.owner.account
             row = out.get(account, Decayed(account, 0.0, 0.0, now))
             out[account] = Decayed(
                 account, row.gpu_seconds + gpu_seconds, row.cpu_seconds + cpu_seconds, now
