@@ -11,7 +11,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from apportion.engine.capacity import gang_capacity
 from apportion.engine.requests import parse_request
 from apportion.jobs.backfill import Gang, Timeline
 from apportion.jobs.preemption import Candidate, choose_victims, rows_array
@@ -141,3 +144,48 @@ async def test_a_higher_priority_job_preempts_and_the_victim_runs_again(
             assert response.status == 200
         await wait_for(live, same, "completed", within=60)
         assert (await job(live, peer))["runs"] == 0
+
+
+# ---------------------------------------------------------------------------- properties
+RUNNING_JOBS = st.lists(
+    st.tuples(
+        st.integers(0, 3),  # priority
+        st.integers(0, 100),  # started
+        st.lists(st.integers(0, 7), min_size=1, max_size=4, unique=True),  # GPU rows
+    ),
+    max_size=6,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(jobs=RUNNING_JOBS, gpus=st.integers(1, 4), order=st.randoms(use_true_random=False))
+def test_the_victims_are_few_and_do_not_depend_on_the_order_given(
+    jobs: list[tuple[int, int, list[int]]], gpus: int, order: Any
+) -> None:
+    # each running job holds its own GPUs (rows taken by an earlier one are dropped)
+    taken: set[int] = set()
+    candidates = []
+    for index, (priority, started, rows) in enumerate(jobs):
+        mine = [r for r in rows if r not in taken]
+        taken.update(mine)
+        if mine:
+            candidates.append(running(f"j{index}", priority, started, mine))
+    waiting = Gang("w", ("c",), parse_request({"gpus": gpus}, path="r"), 1, None)
+    timeline = line(sorted(taken))
+    chosen = choose_victims(timeline, waiting, candidates)
+    shuffled = list(candidates)
+    order.shuffle(shuffled)
+    again = choose_victims(timeline, waiting, shuffled)
+    assert (chosen is None) == (again is None)
+    if chosen is None or again is None:
+        return
+    assert [c.job_id for c in chosen] == [c.job_id for c in again]  # deterministic
+    free = timeline.free_now()
+    for victim in chosen:
+        free[victim.rows] = True
+    capacity = gang_capacity(timeline.structure, ("c",), waiting.request, 1, free)
+    assert capacity.workers >= 1  # with its victims stopped the waiting job fits
+    for spared in chosen:  # and none of them could have been spared
+        without = free.copy()
+        without[spared.rows] = False
+        assert gang_capacity(timeline.structure, ("c",), waiting.request, 1, without).workers < 1
