@@ -189,3 +189,47 @@ def test_the_victims_are_few_and_do_not_depend_on_the_order_given(
         without = free.copy()
         without[spared.rows] = False
         assert gang_capacity(timeline.structure, ("c",), waiting.request, 1, without).workers < 1
+
+
+async def test_a_queue_takes_back_the_quota_its_cohort_borrowed(
+    tmp_path: Path, job_tmp: Path
+) -> None:
+    eager = SchedulingConfig(preemption_min_run_seconds=0, preemption_interval_seconds=0)
+    async with running_server(tmp_path / "data", scheduling=eager) as live:
+        small = b.cluster("small", [b.node("s0", gpus=4)])  # 4 H100
+        async with live.http.post(f"{live.url}/clusters", json=small) as response:
+            assert response.status in (200, 201)
+        quota = {"gpus": {"H100": {"nominal": 2}}}
+        await create_queue(
+            live, name="owner", cohort="lab", quota=quota, reclaim_within_cohort=True
+        )
+        await create_queue(live, name="borrower", cohort="lab", quota=quota)
+        marker = job_tmp / "runs"
+        # the borrower runs on all 4: its 2 and the owner's 2, lent while the owner is idle
+        borrowed = await submit(
+            live, {"queue": "borrower", "command": run_counter(marker), "resources": {"gpus": 4}}
+        )
+        try:
+            await wait_for(live, borrowed, "running")
+            mine = await submit(
+                live, {"queue": "owner", "command": sleeper(0.2), "resources": {"gpus": 2}}
+            )
+            done_mine = await wait_for(live, mine, "completed", within=60)
+            done_borrowed = await wait_for(live, borrowed, "completed", within=60)
+            assert done_borrowed["runs"] == 1  # stopped once, then ran to its end
+            assert done_borrowed["start_time"] > done_mine["start_time"]
+            async with live.http.get(f"{live.url}/events?type=job_preempted") as response:
+                (event,) = (await response.json())["data"]
+            assert event["job_id"] == borrowed and event["preempted_by"] == mine
+            assert "takes back the quota its cohort 'lab' lent" in event["reason"]
+        finally:
+            async with live.http.post(f"{live.url}/jobs/{borrowed}/cancel") as response:
+                assert response.status == 200
+    async with (
+        running_server(tmp_path / "other") as live,
+        live.http.post(
+            f"{live.url}/queues", json={"name": "q", "reclaim_within_cohort": True}
+        ) as response,
+    ):
+        assert response.status == 400
+        assert "set cohort" in (await response.json())["message"]

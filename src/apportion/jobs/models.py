@@ -347,6 +347,8 @@ class QueueConfig(BaseModel):
     priority_factor: StrictInt = Field(0, ge=0, le=1_000_000)  # the queue factor's weight
     # a waiting job may stop running jobs of lower priority of this queue (docs/scheduling.md)
     preempt_lower_priority: StrictBool = False
+    # it may stop jobs of its cohort that borrowed the quota it lent (docs/scheduling.md)
+    reclaim_within_cohort: StrictBool = False
     quota: QueueQuota | None = None  # docs/scheduling.md; unset: no quota
     cohort: str | None = Field(None, pattern=NAME_PATTERN)  # queues that lend to each other
 
@@ -414,6 +416,11 @@ class QueueConfig(BaseModel):
         lending limit needs a cohort to mean something."""
         if _stored(info):
             return self
+        if self.reclaim_within_cohort and self.cohort is None:
+            raise ValueError(
+                "reclaim_within_cohort takes back quota lent to the queue's cohort, and the"
+                " queue is in none; set cohort (and quota)"
+            )
         if self.cohort is not None and self.quota is None:
             raise ValueError(
                 f"cohort {self.cohort!r} needs a quota: queues of a cohort lend and borrow"

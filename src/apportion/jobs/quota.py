@@ -115,8 +115,15 @@ class QuotaLedger:
             if queue.cohort is not None and queue.quota is not None:
                 self._cohorts[queue.cohort].append(queue)
 
+    def copy(self) -> QuotaLedger:
+        """An independent copy (to try what stopping some jobs would free)."""
+        twin = QuotaLedger(self._queues)
+        for queue, used in self._used.items():
+            twin._used[queue] = Counter(used)
+        return twin
+
     def charge(self, queue: str, usage: Usage) -> None:
-        """Count ``usage`` as held by ``queue``'s jobs."""
+        """Count ``usage`` as held by ``queue``'s jobs (negative amounts: given back)."""
         self._used[queue].update(usage)
 
     def used(self, queue: str, resource: QuotaResource) -> int:

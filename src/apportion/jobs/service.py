@@ -51,7 +51,14 @@ from apportion.jobs.plan import JobPlan
 from apportion.jobs.pool_limits import PoolLimits
 from apportion.jobs.preemption import Candidate, choose_victims, rows_array
 from apportion.jobs.priority import Multifactor, SchedulingConfig
-from apportion.jobs.quota import Usage, beyond_reach, gpu_flavors, held_usage, job_usage
+from apportion.jobs.quota import (
+    Usage,
+    beyond_reach,
+    gpu_flavors,
+    held_usage,
+    job_usage,
+    quota_of,
+)
 from apportion.jobs.records import Job, JobBook, QueueBook
 from apportion.ownership import Owner
 from apportion.registry.service import Registry
@@ -432,6 +439,11 @@ class JobService:
                     )
                     continue
                 decided: tuple[Reserved, Usage] | Blocked
+                behind = self._behind_preemptor(job)
+                if behind is not None:  # a victim never takes back what its preemptor needs
+                    state.waited(job)
+                    await life.wait(job, behind)
+                    continue
                 try:
                     decided = await self._decide(job, queue, state, life.place)
                 except Exception as exc:
@@ -446,6 +458,8 @@ class JobService:
                         reservation, decided = self._reserve(job, queue, timeline, decided)
                         if queue.preempt_lower_priority:
                             decided = await self._preempt_for(job, queue, timeline, decided)
+                    elif decided.code == Reason.QUOTA and queue.reclaim_within_cohort:
+                        decided = await self._reclaim_for(job, queue, state, decided)
                     state.waited(job)
                     await life.wait(job, decided)
                     continue
@@ -576,6 +590,95 @@ class JobService:
             blocked.code,
             f"{blocked.words}; preempting {len(victims)} job(s) of lower priority: {names}",
         )
+
+    def _behind_preemptor(self, job: Job) -> Blocked | None:
+        """Why a preempted job waits: the job that preempted it has not started yet (else it
+        would take back the GPUs or quota it was stopped for, and the two would loop)."""
+        preemptor = self.jobs.jobs.get(self._preempted_for.get(job.job_id, ""))
+        if preemptor is None or preemptor.status is not JobStatus.QUEUED:
+            self._preempted_for.pop(job.job_id, None)
+            return None
+        return Blocked(
+            Reason.PREEMPTED,
+            f"it was preempted by job {preemptor.job_id}, and waits until that job has started",
+        )
+
+    async def _reclaim_for(
+        self, job: Job, queue: QueueConfig, state: CycleState, blocked: Blocked
+    ) -> Blocked:
+        """Take back quota ``job``'s queue lent: when the job fits in its queue's own nominal
+        quota but its cohort lent that quota out, stop jobs of the borrowing queues, the most
+        recently started first, until the quota lets it start (Kueue's
+        ``reclaimWithinCohort``); at most once per queue in ``preemption_interval_seconds``,
+        never while earlier victims are still stopping. Its reason says whom it stops."""
+        now = time.time()
+        if any(j.preempted_by == job.job_id for j in self.jobs.jobs.values()):
+            return blocked
+        interval = self.scheduling.preemption_interval_seconds
+        if now - self._preempted_at.get(queue.name, -NEVER) < interval or queue.cohort is None:
+            return blocked
+        queues = self._queues()
+        for model in gpu_flavors(queue, job.config.resources):
+            usage = job_usage(job.config.resources, job.workers, model)
+            victims = self._borrowers_to_stop(job, queue, queues, state, usage)
+            if victims:
+                self._preempted_at[queue.name] = now
+                why = (
+                    f"queue {queue.name!r} takes back the quota its cohort {queue.cohort!r}"
+                    f" lent, for job {job.job_id}"
+                )
+                for victim in victims:
+                    self._preempted_for[victim.job_id] = job.job_id
+                    await self.lifecycle.preempt(victim, job, why)
+                names = ", ".join(v.job_id for v in victims)
+                return Blocked(
+                    blocked.code,
+                    f"{blocked.words}; taking back its lent quota: stopping {names}",
+                )
+        return blocked
+
+    def _borrowers_to_stop(
+        self,
+        job: Job,
+        queue: QueueConfig,
+        queues: Mapping[str, QueueConfig],
+        state: CycleState,
+        usage: Usage,
+    ) -> list[Job]:
+        """The running jobs of other queues of ``queue``'s cohort that borrow what ``usage``
+        needs, the most recently started first, whose end lets ``job``'s queue admit it
+        within its own nominal quota; none when it would not fit its nominal, or even
+        stopping them all would not do."""
+        ledger = state.quota
+        for resource, amount in usage.items():
+            quota = quota_of(queue, resource)
+            if quota is not None and ledger.used(queue.name, resource) + amount > quota.nominal:
+                return []  # it would borrow itself: nothing to take back
+        borrowing = [
+            other
+            for other in self.jobs.jobs.values()
+            if other.status is JobStatus.RUNNING
+            and other.queue != queue.name
+            and (theirs := queues.get(other.queue)) is not None
+            and theirs.cohort == queue.cohort
+            and other.preempted_by is None
+            and not other.cancel_requested
+            and other.start_time is not None
+            and any(
+                (q := quota_of(theirs, r)) is not None and ledger.used(other.queue, r) > q.nominal
+                for r in usage
+            )
+        ]
+        borrowing.sort(key=lambda j: (-(j.start_time or 0.0), j.job_id))
+        held = self._held_usage(borrowing)
+        trial = ledger.copy()
+        chosen: list[Job] = []
+        for other in borrowing:
+            trial.charge(other.queue, {r: -n for r, n in held[other.job_id].items()})
+            chosen.append(other)
+            if trial.refusal(queue, usage) is None:
+                return chosen
+        return []
 
     def _gangs(self, jobs: list[Job], queues: Mapping[str, QueueConfig]) -> list[Gang]:
         """What each of ``jobs`` still waiting needs, in order, for the timeline."""
