@@ -49,7 +49,7 @@ from apportion.jobs.models import (
 )
 from apportion.jobs.plan import JobPlan
 from apportion.jobs.pool_limits import PoolLimits
-from apportion.jobs.preemption import Candidate, choose_victims, rows_array
+from apportion.jobs.preempter import Preempter
 from apportion.jobs.priority import Multifactor, SchedulingConfig
 from apportion.jobs.quota import (
     Usage,
@@ -57,7 +57,6 @@ from apportion.jobs.quota import (
     gpu_flavors,
     held_usage,
     job_usage,
-    quota_of,
 )
 from apportion.jobs.records import Job, JobBook, QueueBook
 from apportion.ownership import Owner
@@ -100,8 +99,6 @@ class JobService:
         self._shares = shares
         self._estimated_at = -NEVER  # when start estimates were last made, and for which jobs
         self._estimated_ids: set[str] = set()
-        self._preempted_at: dict[str, float] = {}  # queue → when its jobs last preempted
-        self._preempted_for: dict[str, str] = {}  # victim → its last preemptor (this process)
         usage = UsageBook(scheduling.fair_share_half_life_seconds)
         self.jobs = JobBook(db, usage=usage)  # read by the routes; written by the lifecycle only
         self.queues = QueueBook(db)
@@ -110,6 +107,14 @@ class JobService:
         self._spawn = spawn
         self.lifecycle = JobLifecycle(
             self.jobs, allocations, holds, driver, emit, spawn, wake=self.wake, order=self.waiting
+        )
+        self.preempter = Preempter(
+            self.jobs,
+            self.lifecycle,
+            scheduling,
+            rows=self._rows,
+            held=self._held_usage,
+            queues=self._queues,
         )
 
     async def load(self) -> None:
@@ -439,7 +444,7 @@ class JobService:
                     )
                     continue
                 decided: tuple[Reserved, Usage] | Blocked
-                behind = self._behind_preemptor(job)
+                behind = self.preempter.behind_preemptor(job)
                 if behind is not None:  # a victim never takes back what its preemptor needs
                     state.waited(job)
                     await life.wait(job, behind)
@@ -456,10 +461,13 @@ class JobService:
                 if isinstance(decided, Blocked):
                     if decided.code == Reason.NO_RESOURCES and reservation is None:
                         reservation, decided = self._reserve(job, queue, timeline, decided)
-                        if queue.preempt_lower_priority:
-                            decided = await self._preempt_for(job, queue, timeline, decided)
+                        gang = self._gang(job, queue)
+                        if queue.preempt_lower_priority and gang is not None:
+                            decided = await self.preempter.for_priority(
+                                job, queue, timeline, gang, decided
+                            )
                     elif decided.code == Reason.QUOTA and queue.reclaim_within_cohort:
-                        decided = await self._reclaim_for(job, queue, state, decided)
+                        decided = await self.preempter.reclaim(job, queue, state.quota, decided)
                     state.waited(job)
                     await life.wait(job, decided)
                     continue
@@ -541,144 +549,6 @@ class JobService:
             " if they do not delay its estimated start"
         )
         return Reservation(gang, fit.start), Blocked(blocked.code, words)
-
-    # ---------------------------------------------------------------- preemption
-    async def _preempt_for(
-        self, job: Job, queue: QueueConfig, timeline: Timeline, blocked: Blocked
-    ) -> Blocked:
-        """Stop running jobs of lower priority of ``job``'s queue so that it can start, when
-        the rules of jobs/preemption.py allow (at most once per queue in
-        ``preemption_interval_seconds``, never while its earlier victims are still stopping);
-        return its reason, saying whom it preempts."""
-        config, now = self.scheduling, timeline.now
-        if any(j.preempted_by == job.job_id for j in self.jobs.jobs.values()):
-            return blocked  # its victims are still stopping
-        if now - self._preempted_at.get(queue.name, -NEVER) < config.preemption_interval_seconds:
-            return blocked
-        gang = self._gang(job, queue)
-        if gang is None:
-            return blocked
-        waiting_preemptors = {
-            j.job_id for j in self.jobs.jobs.values() if j.status is JobStatus.QUEUED
-        }
-        candidates = [
-            Candidate(other.job_id, other.priority, other.start_time, rows_array(rows))
-            for other in self.jobs.jobs.values()
-            if other.queue == job.queue
-            and other.status is JobStatus.RUNNING
-            and other.priority < job.priority
-            and other.start_time is not None
-            and now - other.start_time >= config.preemption_min_run_seconds
-            and other.preempted_by is None
-            and not other.cancel_requested
-            and self._preempted_for.get(other.job_id) not in waiting_preemptors
-            and (rows := self._rows(other.allocation or ()))
-        ]
-        victims = choose_victims(timeline, gang, candidates)
-        if not victims:
-            return blocked
-        self._preempted_at[queue.name] = now
-        why = (
-            f"job {job.job_id} of priority {job.priority} needs its GPUs, and queue"
-            f" {queue.name!r} lets higher-priority jobs preempt"
-        )
-        for victim in victims:
-            self._preempted_for[victim.job_id] = job.job_id
-            await self.lifecycle.preempt(self.jobs.jobs[victim.job_id], job, why)
-        names = ", ".join(v.job_id for v in victims)
-        return Blocked(
-            blocked.code,
-            f"{blocked.words}; preempting {len(victims)} job(s) of lower priority: {names}",
-        )
-
-    def _behind_preemptor(self, job: Job) -> Blocked | None:
-        """Why a preempted job waits: the job that preempted it has not started yet (else it
-        would take back the GPUs or quota it was stopped for, and the two would loop)."""
-        preemptor = self.jobs.jobs.get(self._preempted_for.get(job.job_id, ""))
-        if preemptor is None or preemptor.status is not JobStatus.QUEUED:
-            self._preempted_for.pop(job.job_id, None)
-            return None
-        return Blocked(
-            Reason.PREEMPTED,
-            f"it was preempted by job {preemptor.job_id}, and waits until that job has started",
-        )
-
-    async def _reclaim_for(
-        self, job: Job, queue: QueueConfig, state: CycleState, blocked: Blocked
-    ) -> Blocked:
-        """Take back quota ``job``'s queue lent: when the job fits in its queue's own nominal
-        quota but its cohort lent that quota out, stop jobs of the borrowing queues, the most
-        recently started first, until the quota lets it start (Kueue's
-        ``reclaimWithinCohort``); at most once per queue in ``preemption_interval_seconds``,
-        never while earlier victims are still stopping. Its reason says whom it stops."""
-        now = time.time()
-        if any(j.preempted_by == job.job_id for j in self.jobs.jobs.values()):
-            return blocked
-        interval = self.scheduling.preemption_interval_seconds
-        if now - self._preempted_at.get(queue.name, -NEVER) < interval or queue.cohort is None:
-            return blocked
-        queues = self._queues()
-        for model in gpu_flavors(queue, job.config.resources):
-            usage = job_usage(job.config.resources, job.workers, model)
-            victims = self._borrowers_to_stop(job, queue, queues, state, usage)
-            if victims:
-                self._preempted_at[queue.name] = now
-                why = (
-                    f"queue {queue.name!r} takes back the quota its cohort {queue.cohort!r}"
-                    f" lent, for job {job.job_id}"
-                )
-                for victim in victims:
-                    self._preempted_for[victim.job_id] = job.job_id
-                    await self.lifecycle.preempt(victim, job, why)
-                names = ", ".join(v.job_id for v in victims)
-                return Blocked(
-                    blocked.code,
-                    f"{blocked.words}; taking back its lent quota: stopping {names}",
-                )
-        return blocked
-
-    def _borrowers_to_stop(
-        self,
-        job: Job,
-        queue: QueueConfig,
-        queues: Mapping[str, QueueConfig],
-        state: CycleState,
-        usage: Usage,
-    ) -> list[Job]:
-        """The running jobs of other queues of ``queue``'s cohort that borrow what ``usage``
-        needs, the most recently started first, whose end lets ``job``'s queue admit it
-        within its own nominal quota; none when it would not fit its nominal, or even
-        stopping them all would not do."""
-        ledger = state.quota
-        for resource, amount in usage.items():
-            quota = quota_of(queue, resource)
-            if quota is not None and ledger.used(queue.name, resource) + amount > quota.nominal:
-                return []  # it would borrow itself: nothing to take back
-        borrowing = [
-            other
-            for other in self.jobs.jobs.values()
-            if other.status is JobStatus.RUNNING
-            and other.queue != queue.name
-            and (theirs := queues.get(other.queue)) is not None
-            and theirs.cohort == queue.cohort
-            and other.preempted_by is None
-            and not other.cancel_requested
-            and other.start_time is not None
-            and any(
-                (q := quota_of(theirs, r)) is not None and ledger.used(other.queue, r) > q.nominal
-                for r in usage
-            )
-        ]
-        borrowing.sort(key=lambda j: (-(j.start_time or 0.0), j.job_id))
-        held = self._held_usage(borrowing)
-        trial = ledger.copy()
-        chosen: list[Job] = []
-        for other in borrowing:
-            trial.charge(other.queue, {r: -n for r, n in held[other.job_id].items()})
-            chosen.append(other)
-            if trial.refusal(queue, usage) is None:
-                return chosen
-        return []
 
     def _gangs(self, jobs: list[Job], queues: Mapping[str, QueueConfig]) -> list[Gang]:
         """What each of ``jobs`` still waiting needs, in order, for the timeline."""

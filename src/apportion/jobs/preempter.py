@@ -1,0 +1,184 @@
+"""Who stops whom, and when: the admission cycle's side of preemption (the rules of
+:mod:`apportion.jobs.preemption`, which chooses the victims of a priority preemption).
+
+:class:`Preempter` keeps what one server remembers between cycles — when each queue last
+preempted, and which job preempted each victim — and asks
+:meth:`JobLifecycle.preempt <apportion.jobs.lifecycle.JobLifecycle.preempt>` to stop the victims
+(the lifecycle requeues them). Two ways to preempt (docs/scheduling.md, "Preemption"): a job of
+a queue with ``preempt_lower_priority`` stops running jobs of strictly lower priority of its
+queue; a job of a queue with ``reclaim_within_cohort`` stops the jobs of its cohort that borrow
+the quota its queue lent. A victim waits until its preemptor has started.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+
+from apportion.engine.decisions import Placement
+from apportion.jobs.admission import Blocked, Reason
+from apportion.jobs.backfill import NEVER, Gang, Timeline
+from apportion.jobs.lifecycle import JobLifecycle
+from apportion.jobs.models import JobStatus, QueueConfig
+from apportion.jobs.preemption import Candidate, choose_victims, rows_array
+from apportion.jobs.priority import SchedulingConfig
+from apportion.jobs.quota import QuotaLedger, Usage, gpu_flavors, job_usage, quota_of
+from apportion.jobs.records import Job, JobBook
+
+
+class Preempter:
+    """The service's preemptions (see the module's docstring)."""
+
+    def __init__(
+        self,
+        book: JobBook,
+        lifecycle: JobLifecycle,
+        scheduling: SchedulingConfig,
+        *,
+        rows: Callable[[Iterable[Placement]], list[int]],
+        held: Callable[[Iterable[Job]], dict[str, Usage]],
+        queues: Callable[[], dict[str, QueueConfig]],
+    ) -> None:
+        """``rows(placements)``: their GPU rows in the fleet; ``held(jobs)``: what each holds
+        of quota resources, by job id; ``queues()``: every queue, by name."""
+        self._book = book
+        self._lifecycle = lifecycle
+        self._scheduling = scheduling
+        self._rows = rows
+        self._held = held
+        self._queues = queues
+        self._preempted_at: dict[str, float] = {}  # queue → when its jobs last preempted
+        self._preempted_for: dict[str, str] = {}  # victim → its last preemptor (this process)
+
+    async def for_priority(
+        self, job: Job, queue: QueueConfig, timeline: Timeline, gang: Gang, blocked: Blocked
+    ) -> Blocked:
+        """Stop running jobs of lower priority of ``job``'s queue so that it can start, when
+        the rules of jobs/preemption.py allow (at most once per queue in
+        ``preemption_interval_seconds``, never while its earlier victims are still stopping);
+        return its reason, saying whom it preempts."""
+        config, now = self._scheduling, timeline.now
+        if any(j.preempted_by == job.job_id for j in self._book.jobs.values()):
+            return blocked  # its victims are still stopping
+        if now - self._preempted_at.get(queue.name, -NEVER) < config.preemption_interval_seconds:
+            return blocked
+        waiting_preemptors = {
+            j.job_id for j in self._book.jobs.values() if j.status is JobStatus.QUEUED
+        }
+        candidates = [
+            Candidate(other.job_id, other.priority, other.start_time, rows_array(rows))
+            for other in self._book.jobs.values()
+            if other.queue == job.queue
+            and other.status is JobStatus.RUNNING
+            and other.priority < job.priority
+            and other.start_time is not None
+            and now - other.start_time >= config.preemption_min_run_seconds
+            and other.preempted_by is None
+            and not other.cancel_requested
+            and self._preempted_for.get(other.job_id) not in waiting_preemptors
+            and (rows := self._rows(other.allocation or ()))
+        ]
+        victims = choose_victims(timeline, gang, candidates)
+        if not victims:
+            return blocked
+        self._preempted_at[queue.name] = now
+        why = (
+            f"job {job.job_id} of priority {job.priority} needs its GPUs, and queue"
+            f" {queue.name!r} lets higher-priority jobs preempt"
+        )
+        for victim in victims:
+            self._preempted_for[victim.job_id] = job.job_id
+            await self._lifecycle.preempt(self._book.jobs[victim.job_id], job, why)
+        names = ", ".join(v.job_id for v in victims)
+        return Blocked(
+            blocked.code,
+            f"{blocked.words}; preempting {len(victims)} job(s) of lower priority: {names}",
+        )
+
+    def behind_preemptor(self, job: Job) -> Blocked | None:
+        """Why a preempted job waits: the job that preempted it has not started yet (else it
+        would take back the GPUs or quota it was stopped for, and the two would loop)."""
+        preemptor = self._book.jobs.get(self._preempted_for.get(job.job_id, ""))
+        if preemptor is None or preemptor.status is not JobStatus.QUEUED:
+            self._preempted_for.pop(job.job_id, None)
+            return None
+        return Blocked(
+            Reason.PREEMPTED,
+            f"it was preempted by job {preemptor.job_id}, and waits until that job has started",
+        )
+
+    async def reclaim(
+        self, job: Job, queue: QueueConfig, ledger: QuotaLedger, blocked: Blocked
+    ) -> Blocked:
+        """Take back quota ``job``'s queue lent: when the job fits in its queue's own nominal
+        quota but its cohort lent that quota out, stop jobs of the borrowing queues, the most
+        recently started first, until the quota lets it start (Kueue's
+        ``reclaimWithinCohort``); at most once per queue in ``preemption_interval_seconds``,
+        never while earlier victims are still stopping. Its reason says whom it stops."""
+        now = time.time()
+        if any(j.preempted_by == job.job_id for j in self._book.jobs.values()):
+            return blocked
+        interval = self._scheduling.preemption_interval_seconds
+        if now - self._preempted_at.get(queue.name, -NEVER) < interval or queue.cohort is None:
+            return blocked
+        queues = self._queues()
+        for model in gpu_flavors(queue, job.config.resources):
+            usage = job_usage(job.config.resources, job.workers, model)
+            victims = self._borrowers_to_stop(job, queue, queues, ledger, usage)
+            if victims:
+                self._preempted_at[queue.name] = now
+                why = (
+                    f"queue {queue.name!r} takes back the quota its cohort {queue.cohort!r}"
+                    f" lent, for job {job.job_id}"
+                )
+                for victim in victims:
+                    self._preempted_for[victim.job_id] = job.job_id
+                    await self._lifecycle.preempt(victim, job, why)
+                names = ", ".join(v.job_id for v in victims)
+                return Blocked(
+                    blocked.code,
+                    f"{blocked.words}; taking back its lent quota: stopping {names}",
+                )
+        return blocked
+
+    def _borrowers_to_stop(
+        self,
+        job: Job,
+        queue: QueueConfig,
+        queues: Mapping[str, QueueConfig],
+        ledger: QuotaLedger,
+        usage: Usage,
+    ) -> list[Job]:
+        """The running jobs of other queues of ``queue``'s cohort that borrow what ``usage``
+        needs, the most recently started first, whose end lets ``job``'s queue admit it
+        within its own nominal quota; none when it would not fit its nominal, or even
+        stopping them all would not do."""
+        for resource, amount in usage.items():
+            quota = quota_of(queue, resource)
+            if quota is not None and ledger.used(queue.name, resource) + amount > quota.nominal:
+                return []  # it would borrow itself: nothing to take back
+        borrowing = [
+            other
+            for other in self._book.jobs.values()
+            if other.status is JobStatus.RUNNING
+            and other.queue != queue.name
+            and (theirs := queues.get(other.queue)) is not None
+            and theirs.cohort == queue.cohort
+            and other.preempted_by is None
+            and not other.cancel_requested
+            and other.start_time is not None
+            and any(
+                (q := quota_of(theirs, r)) is not None and ledger.used(other.queue, r) > q.nominal
+                for r in usage
+            )
+        ]
+        borrowing.sort(key=lambda j: (-(j.start_time or 0.0), j.job_id))
+        held = self._held(borrowing)
+        trial = ledger.copy()
+        chosen: list[Job] = []
+        for other in borrowing:
+            trial.charge(other.queue, {r: -n for r, n in held[other.job_id].items()})
+            chosen.append(other)
+            if trial.refusal(queue, usage) is None:
+                return chosen
+        return []
