@@ -566,12 +566,13 @@ class JobService:
         """Set the estimated start of the jobs still waiting (jobs/backfill.py) when a job
         joined the head of the line since the last estimates, or ``estimate_interval_seconds``
         passed; computed on a worker thread (a long line takes a fraction of a second)."""
-        gangs = self._gangs(waiting, queues)
-        ids = {gang.job_id for gang in gangs[:ESTIMATED_JOBS]}
+        still = [job for job in waiting if job.status is JobStatus.QUEUED]
+        ids = {job.job_id for job in still[:ESTIMATED_JOBS]}
         interval = self.scheduling.estimate_interval_seconds
         if not ids - self._estimated_ids and timeline.now - self._estimated_at < interval:
             return
         self._estimated_at, self._estimated_ids = timeline.now, ids
+        gangs = self._gangs(still, queues)
         try:
             starts = await asyncio.to_thread(estimate_starts, timeline, gangs)
         except Exception:
