@@ -45,6 +45,23 @@ async def submit(running: Running, config: dict[str, Any], priority: int = 0) ->
     return str(answer["job_id"])
 
 
+async def refused(running: Running, config: dict[str, Any]) -> dict[str, Any]:
+    """Submit ``config``; it must be refused (400): the error envelope."""
+    async with running.http.post(f"{running.url}/jobs/submit", json={"config": config}) as r:
+        answer: dict[str, Any] = await r.json()
+        assert r.status == 400, answer
+    return answer
+
+
+LIMITED_QUEUE: dict[str, Any] = {
+    "name": "limited",
+    "default_resources": {"gpus": 1},
+    "maximum_resources": {"gpus": 2},
+    "maximum_allowed_resources": {"gpus": 3},
+}
+"""A queue with a default, a per-worker maximum and a total of GPUs (docs/jobs.md)."""
+
+
 async def job(running: Running, job_id: str) -> dict[str, Any]:
     async with running.http.get(f"{running.url}/jobs/{job_id}") as response:
         assert response.status == 200

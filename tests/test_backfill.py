@@ -194,6 +194,7 @@ async def test_a_short_job_passes_the_first_in_line_and_a_long_one_does_not(
     assert await estimated(running, long) == pytest.approx(started + 660, abs=1.0)
     short = await submit(running, {"command": ["true"], "resources": {"gpus": 2}, "walltime": 30})
     await wait_for(running, short, "completed")  # it ends long before the reservation
+    assert (await job(running, holder))["estimated_start"] is None  # an estimate is a waiter's
     table = ok(await cli(running, "jobs"))
     (row,) = [r for r in table.splitlines() if r.startswith(head[:12])]
     assert "queued" in row and "N/A" not in row  # START: its estimate

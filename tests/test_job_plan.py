@@ -12,14 +12,14 @@ from typing import Any
 
 from tests.cli_helpers import cli, ok
 from tests.conftest import Running
-from tests.jobs_helpers import create_queue, gated, submit, until_reason, wait_for
-
-LIMITED = {
-    "name": "limited",
-    "default_resources": {"gpus": 1},
-    "maximum_resources": {"gpus": 2},
-    "maximum_allowed_resources": {"gpus": 3},
-}
+from tests.jobs_helpers import (
+    LIMITED_QUEUE,
+    create_queue,
+    gated,
+    submit,
+    until_reason,
+    wait_for,
+)
 
 
 async def plan(running: Running, config: dict[str, Any], priority: int = 0) -> dict[str, Any]:
@@ -54,7 +54,7 @@ async def test_a_plan_places_the_job_where_its_submit_then_goes(
 async def test_a_plan_says_why_the_job_would_wait_and_where(
     running: Running, fleet: Any, job_tmp: Path
 ) -> None:
-    await create_queue(running, **LIMITED)
+    await create_queue(running, **LIMITED_QUEUE)
     gate = job_tmp / "may-end"
     holder = await submit(
         running, {"queue": "limited", "command": gated(gate), "resources": {"gpus": 2}}
@@ -88,7 +88,7 @@ async def test_a_plan_says_why_the_job_would_wait_and_where(
 
 
 async def test_a_plan_refuses_what_a_submit_refuses(running: Running, fleet: Any) -> None:
-    await create_queue(running, **LIMITED)
+    await create_queue(running, **LIMITED_QUEUE)
     body = {"config": {"queue": "limited", "command": ["true"], "resources": {"gpus": 4}}}
     async with running.http.post(f"{running.url}/jobs/plan", json=body) as r:
         answer = await r.json()
@@ -123,7 +123,7 @@ async def test_submit_dry_run_prints_the_plan_and_submits_nothing(
     async with running.http.get(f"{running.url}/jobs") as r:
         assert await r.json() == []
     # a refusal names the flag, as a submit's does
-    await create_queue(running, **LIMITED)
+    await create_queue(running, **LIMITED_QUEUE)
     refused = await cli(
         running, "submit", "--dry-run", "--queue", "limited", "--gpus", "4", "--", "true"
     )

@@ -11,6 +11,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from apportion.jobs.admission import waiting_order
 from apportion.jobs.priority import Multifactor, PriorityWeights, SchedulingConfig
@@ -135,3 +137,47 @@ async def test_fair_share_puts_the_light_accounts_job_first(tmp_path: Path, job_
         done_light = await wait_for(live, second, "completed")
         done_heavy = await wait_for(live, first, "completed")
         assert done_light["start_time"] <= done_heavy["start_time"]  # light went first
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    jobs=st.lists(
+        st.tuples(
+            st.integers(-100, 100),  # own priority
+            st.floats(0, 20 * HOUR),  # created at
+            st.integers(0, 8),  # GPUs per worker
+            st.integers(1, 4),  # workers
+            st.sampled_from(["heavy", "light", "other"]),
+            st.sampled_from(["q", "urgent", "none"]),
+        ),
+        max_size=12,
+    ),
+    weights=st.fixed_dictionaries(
+        {name: st.floats(0, 1000) for name in ("job", "age", "fair_share", "job_size", "queue")}
+    ),
+    favor_small=st.booleans(),
+)
+def test_the_whole_line_at_once_agrees_with_each_job_alone(
+    jobs: list[tuple[int, float, int, int, str, str]],
+    weights: dict[str, float],
+    favor_small: bool,
+) -> None:
+    # the admission cycle orders the line with priorities(); GET /priority shows factors()
+    records = []
+    for index, (own, created, gpus, workers, account, queue) in enumerate(jobs):
+        job = record(index, priority=own, workers=workers, gpus=gpus, queue=queue)
+        job.created_at, job.owner = created, Owner(account, "u", None)
+        records.append(job)
+    config = SchedulingConfig(
+        weights=PriorityWeights(**weights), max_age_seconds=10 * HOUR, favor_small=favor_small
+    )
+    line = Multifactor(
+        config,
+        now=10 * HOUR,
+        fleet_gpus=64,
+        fair_share={"heavy": 0.25, "light": 1.0},
+        queue_factors={"q": 2, "urgent": 8},
+    )
+    assert line.priorities(records).tolist() == pytest.approx(
+        [line.factors(job).priority for job in records]
+    )

@@ -16,33 +16,21 @@ from apportion.jobs.models import STORED, QueueConfig
 from tests.cli_helpers import cli
 from tests.conftest import Running
 from tests.jobs_helpers import (
+    LIMITED_QUEUE,
     PY,
     create_queue,
     gated,
     job,
+    refused,
     sleeper,
     submit,
     until_reason,
     wait_for,
 )
 
-LIMITED = {
-    "name": "limited",
-    "default_resources": {"gpus": 1},
-    "maximum_resources": {"gpus": 2},
-    "maximum_allowed_resources": {"gpus": 3},
-}
-
-
-async def refused(running: Running, config: dict[str, Any]) -> dict[str, Any]:
-    async with running.http.post(f"{running.url}/jobs/submit", json={"config": config}) as r:
-        answer: dict[str, Any] = await r.json()
-        assert r.status == 400, answer
-    return answer
-
 
 async def test_a_job_without_gpus_gets_the_queues_default(running: Running, fleet: Any) -> None:
-    await create_queue(running, **LIMITED)
+    await create_queue(running, **LIMITED_QUEUE)
     job_id = await submit(running, {"queue": "limited", "command": sleeper(0)})
     record = await wait_for(running, job_id, "completed")
     assert record["config"]["resources"]["gpus"] == 1
@@ -58,7 +46,7 @@ async def test_a_job_without_gpus_gets_the_queues_default(running: Running, flee
 async def test_more_than_a_worker_may_have_is_refused_at_submit(
     running: Running, fleet: Any
 ) -> None:
-    await create_queue(running, **LIMITED)
+    await create_queue(running, **LIMITED_QUEUE)
     answer = await refused(
         running, {"queue": "limited", "command": ["true"], "resources": {"gpus": 4}}
     )
@@ -83,7 +71,7 @@ async def test_a_total_unset_on_the_job_is_refused_naming_the_field(running: Run
 async def test_the_queues_total_holds_the_second_job_until_the_first_ends(
     running: Running, fleet: Any, job_tmp: Path
 ) -> None:
-    await create_queue(running, **LIMITED)
+    await create_queue(running, **LIMITED_QUEUE)
     gate = job_tmp / "first-may-end"
     first = {"queue": "limited", "command": gated(gate), "resources": {"gpus": 2}}
     first_id = await submit(running, first)

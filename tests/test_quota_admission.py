@@ -13,7 +13,15 @@ from typing import Any
 
 from tests.cli_helpers import cli, ok
 from tests.conftest import Running
-from tests.jobs_helpers import create_queue, gated, job, submit, until_reason, wait_for
+from tests.jobs_helpers import (
+    create_queue,
+    gated,
+    job,
+    refused,
+    submit,
+    until_reason,
+    wait_for,
+)
 
 
 async def quota_of(running: Running, queue: str) -> dict[str, Any]:
@@ -24,13 +32,6 @@ async def quota_of(running: Running, queue: str) -> dict[str, Any]:
 
 def clusters_of(record: dict[str, Any]) -> set[str]:
     return {p["cluster_id"] for p in record["allocation"]}
-
-
-async def refused(running: Running, config: dict[str, Any]) -> dict[str, Any]:
-    async with running.http.post(f"{running.url}/jobs/submit", json={"config": config}) as r:
-        answer: dict[str, Any] = await r.json()
-        assert r.status == 400, answer
-    return answer
 
 
 async def test_a_queue_uses_at_most_its_nominal_quota(

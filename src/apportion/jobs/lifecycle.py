@@ -556,8 +556,8 @@ class JobLifecycle:
         ended = ended_at or time.time()
         charged = self._book.charge_run(job, ended)
         reason = (
-            f"preempted by job {job.preempted_by}, of higher priority, which needed its GPUs;"
-            " requeued"
+            f"preempted by job {job.preempted_by}, which needed what it held (its job_preempted"
+            " event says why); requeued"
         )
         hold = job.allocation_id
         job.allocation = job.allocation_id = job.adapter = job.decision = None

@@ -53,59 +53,30 @@ class Preempter:
     async def for_priority(
         self, job: Job, queue: QueueConfig, timeline: Timeline, gang: Gang, blocked: Blocked
     ) -> Blocked:
-        """Stop running jobs of lower priority of ``job``'s queue so that it can start, when
-        the rules of jobs/preemption.py allow (at most once per queue in
-        ``preemption_interval_seconds``, never while its earlier victims are still stopping);
-        return its reason, saying whom it preempts."""
-        config, now = self._scheduling, timeline.now
-        if any(j.preempted_by == job.job_id for j in self._book.jobs.values()):
-            return blocked  # its victims are still stopping
-        if now - self._preempted_at.get(queue.name, -NEVER) < config.preemption_interval_seconds:
+        """Stop running jobs of strictly lower priority of ``job``'s queue so that it can
+        start (the victims as :func:`~apportion.jobs.preemption.choose_victims` chooses them);
+        return its reason, saying whom it stops."""
+        now = timeline.now
+        if not self._may_preempt(job, queue, now):
             return blocked
-        waiting_preemptors = {
-            j.job_id for j in self._book.jobs.values() if j.status is JobStatus.QUEUED
-        }
         candidates = [
             Candidate(other.job_id, other.priority, other.start_time, rows_array(rows))
             for other in self._book.jobs.values()
             if other.queue == job.queue
-            and other.status is JobStatus.RUNNING
             and other.priority < job.priority
+            and self._may_stop(other, now)
             and other.start_time is not None
-            and now - other.start_time >= config.preemption_min_run_seconds
-            and other.preempted_by is None
-            and not other.cancel_requested
-            and self._preempted_for.get(other.job_id) not in waiting_preemptors
             and (rows := self._rows(other.allocation or ()))
         ]
         victims = choose_victims(timeline, gang, candidates)
         if not victims:
             return blocked
-        self._preempted_at[queue.name] = now
         why = (
             f"job {job.job_id} of priority {job.priority} needs its GPUs, and queue"
             f" {queue.name!r} lets higher-priority jobs preempt"
         )
-        for victim in victims:
-            self._preempted_for[victim.job_id] = job.job_id
-            await self._lifecycle.preempt(self._book.jobs[victim.job_id], job, why)
-        names = ", ".join(v.job_id for v in victims)
-        return Blocked(
-            blocked.code,
-            f"{blocked.words}; preempting {len(victims)} job(s) of lower priority: {names}",
-        )
-
-    def behind_preemptor(self, job: Job) -> Blocked | None:
-        """Why a preempted job waits: the job that preempted it has not started yet (else it
-        would take back the GPUs or quota it was stopped for, and the two would loop)."""
-        preemptor = self._book.jobs.get(self._preempted_for.get(job.job_id, ""))
-        if preemptor is None or preemptor.status is not JobStatus.QUEUED:
-            self._preempted_for.pop(job.job_id, None)
-            return None
-        return Blocked(
-            Reason.PREEMPTED,
-            f"it was preempted by job {preemptor.job_id}, and waits until that job has started",
-        )
+        names = await self._stop([self._book.jobs[v.job_id] for v in victims], job, queue, why)
+        return Blocked(blocked.code, f"{blocked.words}; preempting lower-priority {names}")
 
     async def reclaim(
         self, job: Job, queue: QueueConfig, ledger: QuotaLedger, blocked: Blocked
@@ -113,45 +84,84 @@ class Preempter:
         """Take back quota ``job``'s queue lent: when the job fits in its queue's own nominal
         quota but its cohort lent that quota out, stop jobs of the borrowing queues, the most
         recently started first, until the quota lets it start (Kueue's
-        ``reclaimWithinCohort``); at most once per queue in ``preemption_interval_seconds``,
-        never while earlier victims are still stopping. Its reason says whom it stops."""
+        ``reclaimWithinCohort``); return its reason, saying whom it stops."""
         now = time.time()
-        if any(j.preempted_by == job.job_id for j in self._book.jobs.values()):
-            return blocked
-        interval = self._scheduling.preemption_interval_seconds
-        if now - self._preempted_at.get(queue.name, -NEVER) < interval or queue.cohort is None:
+        if queue.cohort is None or not self._may_preempt(job, queue, now):
             return blocked
         queues = self._queues()
         for model in gpu_flavors(queue, job.config.resources):
             usage = job_usage(job.config.resources, job.workers, model)
-            victims = self._borrowers_to_stop(job, queue, queues, ledger, usage)
+            victims = self._borrowers_to_stop(queue, queues, ledger, usage, now)
             if victims:
-                self._preempted_at[queue.name] = now
                 why = (
                     f"queue {queue.name!r} takes back the quota its cohort {queue.cohort!r}"
                     f" lent, for job {job.job_id}"
                 )
-                for victim in victims:
-                    self._preempted_for[victim.job_id] = job.job_id
-                    await self._lifecycle.preempt(victim, job, why)
-                names = ", ".join(v.job_id for v in victims)
+                names = await self._stop(victims, job, queue, why)
                 return Blocked(
-                    blocked.code,
-                    f"{blocked.words}; taking back its lent quota: stopping {names}",
+                    blocked.code, f"{blocked.words}; taking back its lent quota from {names}"
                 )
         return blocked
 
+    def behind_preemptor(self, job: Job) -> Blocked | None:
+        """Why a preempted job waits: the job that preempted it has not started yet (else it
+        would take back the GPUs or quota it was stopped for, and the two would loop)."""
+        preemptor = self._waiting_preemptor(job)
+        if preemptor is None:
+            self._preempted_for.pop(job.job_id, None)
+            return None
+        return Blocked(
+            Reason.PREEMPTED,
+            f"it was preempted by job {preemptor.job_id}, and waits until that job has started",
+        )
+
+    # ---------------------------------------------------------------- the shared rules
+    def _may_preempt(self, job: Job, queue: QueueConfig, now: float) -> bool:
+        """Whether ``job`` may preempt now: its queue has not preempted within
+        ``preemption_interval_seconds``, and no earlier victim of ``job`` is still stopping."""
+        interval = self._scheduling.preemption_interval_seconds
+        if now - self._preempted_at.get(queue.name, -NEVER) < interval:
+            return False
+        return not any(j.preempted_by == job.job_id for j in self._book.jobs.values())
+
+    def _may_stop(self, other: Job, now: float) -> bool:
+        """Whether ``other`` may be preempted now: it runs, has run the minimum run time, is
+        not being stopped already, and is not waiting for an earlier preemptor of its own to
+        start (no job is preempted again before its preemptor ran)."""
+        return (
+            other.status is JobStatus.RUNNING
+            and other.start_time is not None
+            and now - other.start_time >= self._scheduling.preemption_min_run_seconds
+            and other.preempted_by is None
+            and not other.cancel_requested
+            and self._waiting_preemptor(other) is None
+        )
+
+    def _waiting_preemptor(self, job: Job) -> Job | None:
+        """The job that last preempted ``job``, while it has not started yet."""
+        preemptor = self._book.jobs.get(self._preempted_for.get(job.job_id, ""))
+        return preemptor if preemptor is not None and preemptor.status is JobStatus.QUEUED else None
+
+    async def _stop(self, victims: list[Job], job: Job, queue: QueueConfig, why: str) -> str:
+        """Have the lifecycle stop and requeue ``victims`` for ``job``, remembering who
+        preempted each and when ``queue`` last preempted; the victims' ids, in words."""
+        self._preempted_at[queue.name] = time.time()
+        for victim in victims:
+            self._preempted_for[victim.job_id] = job.job_id
+            await self._lifecycle.preempt(victim, job, why)
+        return f"job(s) {', '.join(v.job_id for v in victims)}"
+
     def _borrowers_to_stop(
         self,
-        job: Job,
         queue: QueueConfig,
         queues: Mapping[str, QueueConfig],
         ledger: QuotaLedger,
         usage: Usage,
+        now: float,
     ) -> list[Job]:
         """The running jobs of other queues of ``queue``'s cohort that borrow what ``usage``
-        needs, the most recently started first, whose end lets ``job``'s queue admit it
-        within its own nominal quota; none when it would not fit its nominal, or even
+        needs, the most recently started first, whose end lets ``queue`` admit ``usage``
+        within its own nominal quota; none when that would not fit its nominal, or even
         stopping them all would not do."""
         for resource, amount in usage.items():
             quota = quota_of(queue, resource)
@@ -160,13 +170,10 @@ class Preempter:
         borrowing = [
             other
             for other in self._book.jobs.values()
-            if other.status is JobStatus.RUNNING
-            and other.queue != queue.name
+            if other.queue != queue.name
             and (theirs := queues.get(other.queue)) is not None
             and theirs.cohort == queue.cohort
-            and other.preempted_by is None
-            and not other.cancel_requested
-            and other.start_time is not None
+            and self._may_stop(other, now)
             and any(
                 (q := quota_of(theirs, r)) is not None and ledger.used(other.queue, r) > q.nominal
                 for r in usage

@@ -316,6 +316,8 @@ class JobBook:
             if status.finished and not job.status.finished and usage is None:
                 usage = self.charge_run(job, job.end_time or now)
             job.status = status
+            if status is not JobStatus.QUEUED:
+                job.estimated_start = None  # an estimate is of a waiting job
             history = StatusEntry(job.job_id, status.value, now, reason)
         released = () if release_hold is None else (release_hold,)
         change = JobChange(job.row(), history, released_holds=released, account_usage=usage)

@@ -165,7 +165,7 @@ class JobService:
             head = next((j for j in ahead if j.reason_code == Reason.NO_RESOURCES), None)
             head_queue = None if head is None else queues.get(head.queue)
             if head is not None and head_queue is not None:
-                reserved, _ = self._reserve(head, head_queue, timeline, Blocked("", ""))
+                reserved = _reservation(self._gang(head, head_queue), timeline)
                 rows = self._rows(decided[0].placements)
                 decided = _delayed(reserved, timeline, draft, rows) or decided
         if isinstance(decided, Blocked):
@@ -426,6 +426,8 @@ class JobService:
         are awaited even when the cycle ends by an exception."""
         every = list(self.jobs.jobs.values())
         waiting = self.waiting(every)
+        if not waiting:
+            return []
         queues = self._queues()
         state = self._cycle_state(every, waiting, queues)
         timeline = self._timeline(time.time())
@@ -459,13 +461,16 @@ class JobService:
                         durable.append(life.abandon(decided[0].hold))
                     continue
                 if isinstance(decided, Blocked):
+                    gang = None
                     if decided.code == Reason.NO_RESOURCES and reservation is None:
-                        reservation, decided = self._reserve(job, queue, timeline, decided)
                         gang = self._gang(job, queue)
-                        if queue.preempt_lower_priority and gang is not None:
-                            decided = await self.preempter.for_priority(
-                                job, queue, timeline, gang, decided
-                            )
+                        reservation = _reservation(gang, timeline)
+                    if reservation is not None and gang is not None:  # it is first in line
+                        decided = Blocked(decided.code, f"{decided.words}; {FIRST_IN_LINE}")
+                    if gang is not None and queue.preempt_lower_priority:
+                        decided = await self.preempter.for_priority(
+                            job, queue, timeline, gang, decided
+                        )
                     elif decided.code == Reason.QUOTA and queue.reclaim_within_cohort:
                         decided = await self.preempter.reclaim(job, queue, state.quota, decided)
                     state.waited(job)
@@ -534,21 +539,6 @@ class JobService:
             return None
         request = parse_request(job.config.resources.as_request(), path="config.resources")
         return Gang(job.job_id, candidates, request, job.workers, job.config.walltime)
-
-    def _reserve(
-        self, job: Job, queue: QueueConfig, timeline: Timeline, blocked: Blocked
-    ) -> tuple[Reservation | None, Blocked]:
-        """The reservation of ``job``, the first of the cycle that waits for GPUs, at its
-        estimated start, and its reason saying so (none when it has no estimate)."""
-        gang = self._gang(job, queue)
-        fit = None if gang is None else timeline.earliest(gang)
-        if gang is None or fit is None:
-            return None, blocked
-        words = (
-            f"{blocked.words}; it is first in line for GPUs: later jobs may start before it only"
-            " if they do not delay its estimated start"
-        )
-        return Reservation(gang, fit.start), Blocked(blocked.code, words)
 
     def _gangs(self, jobs: list[Job], queues: Mapping[str, QueueConfig]) -> list[Gang]:
         """What each of ``jobs`` still waiting needs, in order, for the timeline."""
@@ -706,6 +696,20 @@ def _check_quota(config: JobConfig, queue: QueueConfig) -> None:
             " ask for less",
             path="body.config.resources",
         )
+
+
+FIRST_IN_LINE = (
+    "it is first in line for GPUs: later jobs may start before it only if they do not delay"
+    " its estimated start"
+)
+"""What the reason of the job holding the cycle's reservation adds (EASY backfill)."""
+
+
+def _reservation(gang: Gang | None, timeline: Timeline) -> Reservation | None:
+    """EASY's reservation for the first job of a cycle that waits for GPUs: at its estimated
+    start (none without one)."""
+    fit = None if gang is None else timeline.earliest(gang)
+    return None if gang is None or fit is None else Reservation(gang, fit.start)
 
 
 def _length(job: Job) -> float:
