@@ -65,9 +65,9 @@ def main() -> int:
     fleet = synthetic_fleet(args.nodes, 8)
     print(f"{len(jobs)} jobs on {args.nodes} nodes × 8 GPUs")
     print(
-        "| config | median s | runs | jobs | mean wait | p95 wait | slowdown | GPU util | fairness | backfilled |"
+        "| config | median s | runs | jobs | mean wait | p95 wait | slowdown | GPU util | fairness | backfilled | preempted |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in ("fifo", "backfill", "fairshare"):
         config = read_config(CONFIGS / f"{name}.toml")
         seconds = []

@@ -1,10 +1,13 @@
 """The simulator (issue 10, item 7): traces read as the formats say, small workloads whose start
-times can be worked out by hand (strict order against EASY backfill), fair share converging on
-the configured shares for a saturating workload, and ``apportion simulate`` as a user types it.
+times can be worked out by hand (strict order against EASY backfill, preemption), fair share
+converging on the configured shares for a saturating workload, preemption that never loops
+and stays bounded over any workload, and ``apportion simulate`` as a user types it.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from apportion.jobs.priority import PriorityWeights, SchedulingConfig
-from apportion.sim.engine import SimConfig, read_config, simulate, synthetic_fleet
+from apportion.sim.engine import Preemption, SimConfig, read_config, simulate, synthetic_fleet
 from apportion.sim.report import fairness, summarize
 from apportion.sim.trace import TraceError, TraceJob, read_trace
 from tests.cli_helpers import cli, ok
@@ -166,7 +169,8 @@ async def test_apportion_simulate_compares_configurations(tmp_path: Path) -> Non
     out = ok(result)
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
     assert rows["fifo"][1] == rows["backfill"][1] == "600/600"
-    assert int(rows["fifo"][-1]) == 0 and int(rows["backfill"][-1]) > 0  # BACKFILLED
+    assert int(rows["fifo"][-2]) == 0 and int(rows["backfill"][-2]) > 0  # BACKFILLED
+    assert rows["fifo"][-1] == rows["backfill"][-1] == "0"  # PREEMPTED: neither preempts
     page = report.read_text()
     assert page.count("<svg") == 3  # the waits, and each configuration's shares
     missing = await cli(None, "simulate", str(tmp_path / "none.csv"), "-c", "x.toml", key=None)
@@ -180,3 +184,93 @@ def test_the_summary_of_a_small_run() -> None:
     assert summary.mean_wait == pytest.approx(73.5)
     assert summary.utilisation == pytest.approx(2020 / (8 * 600))
     assert summary.backfilled == 0 and summary.started == 4
+
+
+def preempting(min_run: float = 0.0, interval: float = 0.0) -> SimConfig:
+    scheduling = SchedulingConfig(
+        preemption_min_run_seconds=min_run, preemption_interval_seconds=interval
+    )
+    return SimConfig(preemption=True, scheduling=scheduling)
+
+
+# one node of 8 GPUs: L (priority 0) takes all 8 from 0 for 100 s; H (priority 5) needs 4 for
+# 30 s from 10
+URGENT = [
+    TraceJob("L", 0, "x", 1, 8, 100, 200, priority=0),
+    TraceJob("H", 10, "x", 1, 4, 30, 60, priority=5),
+]
+
+
+def test_a_job_of_higher_priority_preempts_and_its_victim_starts_again() -> None:
+    result = simulate(URGENT, synthetic_fleet(1, 8), preempting())
+    low, high = result.outcomes
+    # L is stopped at 10 and H starts at once; L needs all 8 GPUs again, so it starts when H
+    # ends at 40, from the beginning: 40 + 100 = 140; 10 s of its first run were lost
+    assert (high.start, high.end) == (10, 40)
+    assert (low.start, low.end, low.preempted, low.lost) == (40, 140, 1, 10)
+    assert low.run_starts == [0, 40]
+    assert [(p.at, p.victim, p.preemptor, p.run_started) for p in result.preemptions] == [
+        (10, 0, 1, 0)
+    ]
+    summary = summarize(result)
+    # GPU-seconds: L 8 × (10 + 100), H 4 × 30 = 1000 over 8 GPUs × 140 s
+    assert summary.preempted == 1
+    assert summary.utilisation == pytest.approx(1000 / (8 * 140))
+
+
+def test_without_preemption_the_urgent_job_waits() -> None:
+    result = simulate(URGENT, synthetic_fleet(1, 8), SimConfig())
+    assert [o.start for o in result.outcomes] == [0, 100]
+    assert result.preemptions == []
+
+
+def test_the_minimum_run_time_defers_a_preemption_to_when_it_has_passed() -> None:
+    # L may be preempted once it has run 60 s: nothing arrives or ends then, but the simulator
+    # wakes up at 60 as the server's cycles would; H runs 60-90, L again from 90 to 190
+    result = simulate(URGENT, synthetic_fleet(1, 8), preempting(min_run=60))
+    low, high = result.outcomes
+    assert (high.start, low.run_starts, low.lost, low.end) == (60, [0, 90], 60, 190)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    jobs=st.lists(
+        st.tuples(
+            st.integers(0, 60),  # submit
+            st.integers(0, 3),  # priority
+            st.sampled_from([1, 2, 4, 8]),  # GPUs
+            st.integers(1, 80),  # duration
+        ),
+        min_size=1,
+        max_size=25,
+    ),
+    min_run=st.sampled_from([0.0, 20.0]),
+    interval=st.sampled_from([0.0, 15.0]),
+)
+@pytest.mark.timeout(120)
+def test_preemption_never_loops_and_is_bounded(
+    jobs: list[tuple[int, int, int, int]], min_run: float, interval: float
+) -> None:
+    trace = [
+        TraceJob(str(i), float(submit), "x", 1, gpus, float(d), float(d), priority=priority)
+        for i, (submit, priority, gpus, d) in enumerate(sorted(jobs))
+    ]
+    result = simulate(trace, synthetic_fleet(2, 8), preempting(min_run, interval))
+    outcomes = result.outcomes
+    assert all(o.end is not None for o in outcomes)  # every job ran to its end
+    by_victim: dict[int, list[Preemption]] = {}
+    for p in result.preemptions:
+        # only a job of strictly higher priority preempts, and only one that has run long enough
+        assert trace[p.preemptor].priority > trace[p.victim].priority
+        assert p.run_started in outcomes[p.victim].run_starts
+        assert p.at - p.run_started >= min_run
+        by_victim.setdefault(p.victim, []).append(p)
+    for victim, preemptions in by_victim.items():
+        assert outcomes[victim].preempted == len(preemptions)
+        # by each job of higher priority at most once per run of that job
+        for preemptor, count in Counter(p.preemptor for p in preemptions).items():
+            assert count <= len(outcomes[preemptor].run_starts)
+        for earlier, later in itertools.pairwise(preemptions):
+            # not preempted again before the job that preempted it had started
+            started = outcomes[earlier.preemptor].run_starts
+            assert any(earlier.at <= s <= later.at for s in started)

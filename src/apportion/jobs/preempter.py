@@ -1,8 +1,9 @@
 """Who stops whom, and when: the admission cycle's side of preemption (the rules of
 :mod:`apportion.jobs.preemption`, which chooses the victims of a priority preemption).
 
-:class:`Preempter` keeps what one server remembers between cycles — when each queue last
-preempted, and which job preempted each victim — and asks
+:class:`Preempter` applies the rules of :class:`~apportion.jobs.preemption.PreemptionRules`
+(which also remember, between cycles, when each queue last preempted and which job preempted
+each victim) and asks
 :meth:`JobLifecycle.preempt <apportion.jobs.lifecycle.JobLifecycle.preempt>` to stop the victims
 (the lifecycle requeues them). Two ways to preempt (docs/scheduling.md, "Preemption"): a job of
 a queue with ``preempt_lower_priority`` stops running jobs of strictly lower priority of its
@@ -17,10 +18,10 @@ from collections.abc import Callable, Iterable, Mapping
 
 from apportion.engine.decisions import Placement
 from apportion.jobs.admission import Blocked, Reason
-from apportion.jobs.backfill import NEVER, Gang, Timeline
+from apportion.jobs.backfill import Gang, Timeline
 from apportion.jobs.lifecycle import JobLifecycle
-from apportion.jobs.models import JobStatus, QueueConfig
-from apportion.jobs.preemption import Candidate, choose_victims, rows_array
+from apportion.jobs.models import QueueConfig
+from apportion.jobs.preemption import PreemptionRules, choose_victims
 from apportion.jobs.priority import SchedulingConfig
 from apportion.jobs.quota import QuotaLedger, Usage, gpu_flavors, job_usage, quota_of
 from apportion.jobs.records import Job, JobBook
@@ -43,12 +44,10 @@ class Preempter:
         of quota resources, by job id; ``queues()``: every queue, by name."""
         self._book = book
         self._lifecycle = lifecycle
-        self._scheduling = scheduling
         self._rows = rows
         self._held = held
         self._queues = queues
-        self._preempted_at: dict[str, float] = {}  # queue → when its jobs last preempted
-        self._preempted_for: dict[str, str] = {}  # victim → its last preemptor (this process)
+        self.rules = PreemptionRules(scheduling)  # what this process remembers
 
     async def for_priority(
         self, job: Job, queue: QueueConfig, timeline: Timeline, gang: Gang, blocked: Blocked
@@ -56,18 +55,10 @@ class Preempter:
         """Stop running jobs of strictly lower priority of ``job``'s queue so that it can
         start (the victims as :func:`~apportion.jobs.preemption.choose_victims` chooses them);
         return its reason, saying whom it stops."""
-        now = timeline.now
-        if not self._may_preempt(job, queue, now):
+        now, jobs = timeline.now, self._book.jobs
+        if not self.rules.may_preempt(job, queue.name, now, jobs):
             return blocked
-        candidates = [
-            Candidate(other.job_id, other.priority, other.start_time, rows_array(rows))
-            for other in self._book.jobs.values()
-            if other.queue == job.queue
-            and other.priority < job.priority
-            and self._may_stop(other, now)
-            and other.start_time is not None
-            and (rows := self._rows(other.allocation or ()))
-        ]
+        candidates = self.rules.priority_candidates(job, now, jobs, self._rows)
         victims = choose_victims(timeline, gang, candidates)
         if not victims:
             return blocked
@@ -75,7 +66,7 @@ class Preempter:
             f"job {job.job_id} of priority {job.priority} needs its GPUs, and queue"
             f" {queue.name!r} lets higher-priority jobs preempt"
         )
-        names = await self._stop([self._book.jobs[v.job_id] for v in victims], job, queue, why)
+        names = await self._stop([jobs[v.job_id] for v in victims], job, queue, why)
         return Blocked(blocked.code, f"{blocked.words}; preempting lower-priority {names}")
 
     async def reclaim(
@@ -86,7 +77,9 @@ class Preempter:
         recently started first, until the quota lets it start (Kueue's
         ``reclaimWithinCohort``); return its reason, saying whom it stops."""
         now = time.time()
-        if queue.cohort is None or not self._may_preempt(job, queue, now):
+        if queue.cohort is None or not self.rules.may_preempt(
+            job, queue.name, now, self._book.jobs
+        ):
             return blocked
         queues = self._queues()
         for model in gpu_flavors(queue, job.config.resources):
@@ -106,48 +99,19 @@ class Preempter:
     def behind_preemptor(self, job: Job) -> Blocked | None:
         """Why a preempted job waits: the job that preempted it has not started yet (else it
         would take back the GPUs or quota it was stopped for, and the two would loop)."""
-        preemptor = self._waiting_preemptor(job)
+        preemptor = self.rules.waiting_preemptor(job, self._book.jobs)
         if preemptor is None:
-            self._preempted_for.pop(job.job_id, None)
             return None
         return Blocked(
             Reason.PREEMPTED,
             f"it was preempted by job {preemptor.job_id}, and waits until that job has started",
         )
 
-    # ---------------------------------------------------------------- the shared rules
-    def _may_preempt(self, job: Job, queue: QueueConfig, now: float) -> bool:
-        """Whether ``job`` may preempt now: its queue has not preempted within
-        ``preemption_interval_seconds``, and no earlier victim of ``job`` is still stopping."""
-        interval = self._scheduling.preemption_interval_seconds
-        if now - self._preempted_at.get(queue.name, -NEVER) < interval:
-            return False
-        return not any(j.preempted_by == job.job_id for j in self._book.jobs.values())
-
-    def _may_stop(self, other: Job, now: float) -> bool:
-        """Whether ``other`` may be preempted now: it runs, has run the minimum run time, is
-        not being stopped already, and is not waiting for an earlier preemptor of its own to
-        start (no job is preempted again before its preemptor ran)."""
-        return (
-            other.status is JobStatus.RUNNING
-            and other.start_time is not None
-            and now - other.start_time >= self._scheduling.preemption_min_run_seconds
-            and other.preempted_by is None
-            and not other.cancel_requested
-            and self._waiting_preemptor(other) is None
-        )
-
-    def _waiting_preemptor(self, job: Job) -> Job | None:
-        """The job that last preempted ``job``, while it has not started yet."""
-        preemptor = self._book.jobs.get(self._preempted_for.get(job.job_id, ""))
-        return preemptor if preemptor is not None and preemptor.status is JobStatus.QUEUED else None
-
     async def _stop(self, victims: list[Job], job: Job, queue: QueueConfig, why: str) -> str:
         """Have the lifecycle stop and requeue ``victims`` for ``job``, remembering who
         preempted each and when ``queue`` last preempted; the victims' ids, in words."""
-        self._preempted_at[queue.name] = time.time()
+        self.rules.preempting([v.job_id for v in victims], job.job_id, queue.name, time.time())
         for victim in victims:
-            self._preempted_for[victim.job_id] = job.job_id
             await self._lifecycle.preempt(victim, job, why)
         return f"job(s) {', '.join(v.job_id for v in victims)}"
 
@@ -173,7 +137,7 @@ class Preempter:
             if other.queue != queue.name
             and (theirs := queues.get(other.queue)) is not None
             and theirs.cohort == queue.cohort
-            and self._may_stop(other, now)
+            and self.rules.may_stop(other, now, self._book.jobs)
             and any(
                 (q := quota_of(theirs, r)) is not None and ledger.used(other.queue, r) > q.nominal
                 for r in usage

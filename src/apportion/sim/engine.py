@@ -1,12 +1,15 @@
 """The simulator's engine: a trace replayed on a virtual clock through the server's admission
 decisions — the multifactor order (``jobs/priority.py``) with fair share
-(``jobs/fairshare.py``), EASY backfill on walltimes (``jobs/backfill.py``) and the built-in
-placement kernel (``engine/placement.py``) over a fleet view — event by event: at each arrival
-or end, one admission cycle as the server runs it.
+(``jobs/fairshare.py``), EASY backfill on walltimes (``jobs/backfill.py``), priority
+preemption (``jobs/preemption.py``) and the built-in placement kernel
+(``engine/placement.py``) over a fleet view — event by event: at each arrival or end, one
+admission cycle as the server runs it (and, when it preempted, another at once, as the
+server's next cycle places the preemptor).
 
-What it leaves out (docs/scheduling.md says so too): queue limits, quotas and preemption (the
-trace has one queue), the ``max_bypass`` backstop, live metrics, and the time a dispatch takes;
-a job runs for its trace duration, cut at its walltime.
+What it leaves out (docs/scheduling.md says so too): queue limits, quotas and the reclaim of
+lent quota (the trace has one queue), the ``max_bypass`` backstop, live metrics, and the time
+a dispatch or a preemption's grace period takes; a job runs for its trace duration, cut at its
+walltime, and a preempted job starts again from the beginning.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import heapq
 import math
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +33,7 @@ from apportion.engine.stage import Strategy
 from apportion.jobs.backfill import NEVER, Gang, Reservation, Timeline
 from apportion.jobs.fairshare import AccountShare, UsageBook, account_shares
 from apportion.jobs.models import JobConfig, JobStatus, WorkerResources
+from apportion.jobs.preemption import PreemptionRules, choose_victims
 from apportion.jobs.priority import Multifactor, SchedulingConfig
 from apportion.jobs.records import Job
 from apportion.ownership import Owner
@@ -48,6 +53,8 @@ class SimConfig(BaseModel):
     backfill: Literal["easy", "none"] = "easy"
     shares: dict[str, int] = Field(default_factory=dict)  # accounts not named have 1
     policy: Strategy = Strategy.BINPACK
+    # the trace's queue lets a job preempt jobs of lower priority (preempt_lower_priority)
+    preemption: bool = False
 
 
 def read_config(path: Path) -> SimConfig:
@@ -71,9 +78,12 @@ class Outcome:
     """What became of one job of the trace."""
 
     job: TraceJob
-    start: float | None = None
+    start: float | None = None  # of its last run
     end: float | None = None
     backfilled: bool = False  # it started while a job before it in line waited
+    preempted: int = 0  # how often
+    lost: float = 0.0  # seconds run by the runs that were preempted
+    run_starts: list[float] = field(default_factory=list)  # of every run, the last one's too
 
     @property
     def wait(self) -> float | None:
@@ -81,7 +91,19 @@ class Outcome:
 
     @property
     def ran(self) -> float:
+        """Seconds of its last run (the one that ended)."""
         return 0.0 if self.start is None or self.end is None else self.end - self.start
+
+
+@dataclass(frozen=True)
+class Preemption:
+    """At ``at``, the job of index ``victim`` (in the trace) was stopped for ``preemptor``;
+    the run it stopped had started at ``run_started``."""
+
+    at: float
+    victim: int
+    preemptor: int
+    run_started: float
 
 
 @dataclass
@@ -94,6 +116,26 @@ class SimResult:
     total_gpus: int
     never_fit: int  # jobs larger than any cluster of the fleet, left out
     share_samples: list[tuple[float, dict[str, float]]] = field(default_factory=list)
+    preemptions: list[Preemption] = field(default_factory=list)
+
+
+@dataclass
+class Cycle:
+    """One admission cycle's inputs (the waiting jobs by index in the trace, every job's
+    record, request and outcome, the GPUs free) and what it did: the jobs it started, in
+    order, and those it preempted, for whom."""
+
+    now: float
+    waiting: list[int]
+    records: list[Job]
+    requests: list[GpuRequest]
+    outcomes: list[Outcome]
+    free: int
+    running: list[Job] = field(default_factory=list)
+    started: list[int] = field(default_factory=list)
+    preempted: list[tuple[int, float]] = field(default_factory=list)  # and their runs' starts
+    preemptor: int = -1
+    wake_at: float = NEVER  # when a job that could not preempt may next
 
 
 @dataclass(order=True)
@@ -117,6 +159,9 @@ class Simulation:
         self.usage = UsageBook(config.scheduling.fair_share_half_life_seconds)
         self._shares_of: dict[str, int] = {}  # every account of the trace: its shares
         self._held_rows: dict[int, list[int]] = {}  # each running job's GPU rows
+        self._run_of: dict[int, int] = {}  # each running job's run (its end event's seq)
+        self._rules = PreemptionRules(config.scheduling)
+        self._jobs: dict[str, Job] = {}  # every job of the trace, by id (the rules' view)
         # per GPU row: when the job on it is expected to end (0: free)
         self._busy_until = np.zeros(self.structure.n_gpus, dtype=np.float64)
 
@@ -124,6 +169,7 @@ class Simulation:
         """Replay ``trace`` (by submit time) to its end; every job that fits the fleet runs."""
         outcomes = [Outcome(job) for job in trace]
         records = [self._record(i, job) for i, job in enumerate(trace)]
+        self._jobs = {record.job_id: record for record in records}
         self._shares_of = {a: self.config.shares.get(a, 1) for a in {j.account for j in trace}}
         requests = [self._request(job) for job in trace]
         fits = [self._could_ever_fit(requests[i], job.workers) for i, job in enumerate(trace)]
@@ -135,13 +181,20 @@ class Simulation:
         next_arrival, seq = 0, 0
         sample_every = max(1, len(trace) // max(samples, 1))
         result = SimResult(self.config, outcomes, self.total_gpus, never_fit)
+        wakes: list[float] = []  # when to run a cycle though nothing arrives or ends
         while next_arrival < len(trace) or ends:
             now = min(
                 trace[next_arrival].submit if next_arrival < len(trace) else NEVER,
                 ends[0].at if ends else NEVER,
+                wakes[0] if wakes else NEVER,
             )
+            while wakes and wakes[0] <= now:
+                heapq.heappop(wakes)
             while ends and ends[0].at <= now:
-                done = heapq.heappop(ends).index
+                event = heapq.heappop(ends)
+                done = event.index
+                if self._run_of.get(done) != event.seq:
+                    continue  # a run that was preempted
                 running.discard(done)
                 free += self._gpus(trace[done])
                 self._finish(records[done], outcomes[done], now)
@@ -152,37 +205,44 @@ class Simulation:
                 if fits[next_arrival]:
                     waiting.append(next_arrival)
                 next_arrival += 1
-            active = [records[i] for i in running]
-            for started in self._cycle(now, waiting, records, requests, outcomes, free, active):
-                waiting.remove(started)
-                running.add(started)
-                free -= self._gpus(trace[started])
-                job = trace[started]
-                length = min(job.duration, job.walltime or NEVER)
-                seq += 1
-                heapq.heappush(ends, _End(now + length, seq, started))
+            cycle = Cycle(now, waiting, records, requests, outcomes, free)
+            while True:
+                cycle.running = [records[i] for i in running]
+                self._cycle(cycle)
+                for started in cycle.started:
+                    waiting.remove(started)
+                    running.add(started)
+                    job = trace[started]
+                    length = min(job.duration, job.walltime or NEVER)
+                    seq += 1
+                    self._run_of[started] = seq
+                    heapq.heappush(ends, _End(now + length, seq, started))
+                for stopped, run_started in cycle.preempted:
+                    running.discard(stopped)
+                    waiting.append(stopped)
+                    result.preemptions.append(
+                        Preemption(now, stopped, cycle.preemptor, run_started)
+                    )
+                if not cycle.preempted:
+                    break
+                cycle = Cycle(now, waiting, records, requests, outcomes, cycle.free)
+            free = cycle.free
+            if cycle.wake_at < NEVER:
+                heapq.heappush(wakes, cycle.wake_at)
         return result
 
     # ---------------------------------------------------------------- one cycle
-    def _cycle(
-        self,
-        now: float,
-        waiting: list[int],
-        records: list[Job],
-        requests: list[GpuRequest],
-        outcomes: list[Outcome],
-        free: int,
-        running: list[Job],
-    ) -> list[int]:
-        """One admission cycle at ``now``: the jobs it starts, in order."""
-        if not waiting:
-            return []
-        multifactor = self._multifactor(now, running)
-        order = [int(j.seq) for j in multifactor.order([records[i] for i in waiting])]
+    def _cycle(self, cycle: Cycle) -> None:
+        """One admission cycle at ``cycle.now``: the jobs it starts (in order) and those it
+        preempts go to ``cycle``."""
+        if not cycle.waiting:
+            return
+        now, records, requests = cycle.now, cycle.records, cycle.requests
+        multifactor = self._multifactor(now, cycle.running)
+        order = [int(j.seq) for j in multifactor.order([records[i] for i in cycle.waiting])]
         timeline: Timeline | None = None
         reservation: Reservation | None = None
-        started: list[int] = []
-        blocked = False
+        blocked = first_without_room = False
         # Within one cycle the fleet only fills up: a shape (request, workers) that found no
         # room finds none later in the cycle, and one that would delay the reservation for a
         # walltime delays it for any longer one. Remembering them spares the kernel thousands
@@ -193,21 +253,30 @@ class Simulation:
             record, request = records[index], requests[index]
             if self.config.backfill == "none" and blocked:
                 break
+            if self._rules.waiting_preemptor(record, self._jobs) is not None:
+                blocked = True  # a victim waits until its preemptor has started
+                continue
             shape = (request.gpus, request.gpu_model, record.workers)  # all a trace job asks
             length = record.config.walltime or NEVER
             if shape in no_room or length >= delaying.get(shape, NEVER + 1):
                 blocked = True
                 continue
             need = request.gpus * record.workers
-            placed = self._place(request, record.workers) if need <= free else None
+            placed = self._place(request, record.workers) if need <= cycle.free else None
             if placed is None:
                 no_room.add(shape)
                 blocked = True
-                if self.config.backfill == "easy" and reservation is None:
-                    timeline = timeline or self._timeline(now)
-                    fit = timeline.earliest(self._gang(record, request))
+                if first_without_room:
+                    continue
+                first_without_room = True  # the job the server reserves for, and preempts for
+                timeline = timeline or self._timeline(now)
+                gang = self._gang(record, request)
+                if self.config.backfill == "easy":
+                    fit = timeline.earliest(gang)
                     if fit is not None:
-                        reservation = Reservation(self._gang(record, request), fit.start)
+                        reservation = Reservation(gang, fit.start)
+                if self.config.preemption and self._preempt(cycle, index, timeline, gang):
+                    return  # the next cycle, at once, places it
                 continue
             rows = self._rows(placed.placements)
             if reservation is not None:
@@ -221,12 +290,38 @@ class Simulation:
             self._held_rows[index] = rows
             self._busy_until[rows] = now + (record.config.walltime or NEVER)
             record.status = JobStatus.RUNNING
-            outcomes[index].start, outcomes[index].backfilled = now, blocked
-            free -= need
+            cycle.outcomes[index].start, cycle.outcomes[index].backfilled = now, blocked
+            cycle.outcomes[index].run_starts.append(now)
+            cycle.free -= need
             if timeline is not None:
                 timeline.occupy(rows, now + (record.config.walltime or NEVER))
-            started.append(index)
-        return started
+            cycle.started.append(index)
+
+    def _preempt(self, cycle: Cycle, index: int, timeline: Timeline, gang: Gang) -> bool:
+        """Stop the jobs of lower priority the job of ``index`` needs, as the server does
+        (``jobs/preemption.py``), and put them back in line; whether any were stopped."""
+        now, preemptor, jobs = cycle.now, cycle.records[index], self._jobs
+        victims = None
+        if self._rules.may_preempt(preemptor, preemptor.queue, now, jobs):
+            candidates = self._rules.priority_candidates(preemptor, now, jobs, self._rows)
+            victims = choose_victims(timeline, gang, candidates)
+        if not victims:  # the server's next cycles try again; here, the next chance's time
+            cycle.wake_at = self._rules.reconsider_at(preemptor, preemptor.queue, now, jobs)
+            return False
+        stopped = [(int(self._jobs[v.job_id].seq), v.started) for v in victims]
+        self._rules.preempting([v.job_id for v in victims], preemptor.job_id, "default", now)
+        for victim, _ in stopped:
+            record, outcome = cycle.records[victim], cycle.outcomes[victim]
+            self._release(record)
+            self.usage.charge(record, now)
+            outcome.preempted += 1
+            outcome.lost += now - (now if record.start_time is None else record.start_time)
+            outcome.start, outcome.backfilled = None, False
+            record.allocation = record.start_time = None
+            record.status, record.runs = JobStatus.QUEUED, record.runs + 1
+            cycle.free += self._gpus_of(record)
+        cycle.preempted, cycle.preemptor = stopped, index
+        return True
 
     def _place(self, request: GpuRequest, workers: int) -> Placed | None:
         """The policy kernel's placement of a gang, in one cluster (each alone, in id order,
@@ -242,12 +337,17 @@ class Simulation:
         return None
 
     def _finish(self, record: Job, outcome: Outcome, now: float) -> None:
-        keys = [k for p in record.allocation or () for k in p.gpu_keys]
-        self.fleet.set_held(keys, False)
-        self._busy_until[self._held_rows.pop(record.seq, [])] = 0.0
+        self._release(record)
         record.end_time = outcome.end = now
         self.usage.charge(record, now)
         record.status = JobStatus.COMPLETED
+
+    def _release(self, record: Job) -> None:
+        """Give back the GPUs of ``record``'s run."""
+        keys = [k for p in record.allocation or () for k in p.gpu_keys]
+        self.fleet.set_held(keys, False)
+        self._busy_until[self._held_rows.pop(int(record.seq), [])] = 0.0
+        self._run_of.pop(int(record.seq), None)
 
     # ---------------------------------------------------------------- the pieces
     def _multifactor(self, now: float, running: list[Job]) -> Multifactor:
@@ -278,7 +378,7 @@ class Simulation:
         (kept up to date as jobs start and end; one due already frees its GPUs now)."""
         return Timeline(self.structure, np.maximum(self._busy_until, now), now)
 
-    def _rows(self, placements: tuple[Placement, ...]) -> list[int]:
+    def _rows(self, placements: Iterable[Placement]) -> list[int]:
         """The GPU rows of ``placements`` (each node looked up once)."""
         s, rows = self.structure, list[int]()
         for p in placements:
@@ -301,6 +401,10 @@ class Simulation:
     @staticmethod
     def _gpus(job: TraceJob) -> int:
         return job.gpus * job.workers
+
+    @staticmethod
+    def _gpus_of(record: Job) -> int:
+        return record.config.resources.gpus * record.workers
 
     @staticmethod
     def _request(job: TraceJob) -> GpuRequest:

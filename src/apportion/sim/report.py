@@ -4,12 +4,14 @@ here: no plotting library for two kinds of line chart).
 
 * wait: a job's start minus its submit; mean and 95th percentile;
 * bounded slowdown: mean over jobs of ``max(1, (wait + run) / max(run, 10 s))``;
-* utilisation: GPU-seconds run over the fleet's GPUs × the span from the first submit to the
-  last end;
-* Jain's fairness index over accounts of ``used / share`` (GPU-seconds used over the run,
+* utilisation: GPU-seconds run (preempted runs included) over the fleet's GPUs × the span
+  from the first submit to the last end;
+* Jain's fairness index over accounts of ``used / share`` (GPU-seconds run, preempted runs
+  included,
   over the account's normalised shares): 1 when every account got its share, 1/n when one got
   all;
-* backfilled: jobs started while a job before them in line waited.
+* backfilled: jobs started while a job before them in line waited;
+* preempted: runs stopped by a job of higher priority (each was started again).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 
-from apportion.sim.engine import SimResult, percentile
+from apportion.sim.engine import Outcome, SimResult, percentile
 
 BOUND_SECONDS = 10.0  # bounded slowdown's floor on the run time
 
@@ -37,6 +39,7 @@ class Summary:
     utilisation: float
     fairness: float
     backfilled: int
+    preempted: int
     never_fit: int
 
 
@@ -47,7 +50,7 @@ def summarize(result: SimResult) -> Summary:
     slowdowns = [max(1.0, ((o.wait or 0.0) + o.ran) / max(o.ran, BOUND_SECONDS)) for o in ran]
     first = min((o.job.submit for o in result.outcomes), default=0.0)
     last = max((o.end for o in ran if o.end is not None), default=first)
-    used = sum(o.ran * o.job.gpus * o.job.workers for o in ran)
+    used = sum(_gpu_seconds(o) for o in ran)
     span = max(last - first, 1e-9)
     return Summary(
         name=result.config.name,
@@ -59,6 +62,7 @@ def summarize(result: SimResult) -> Summary:
         utilisation=used / (result.total_gpus * span) if result.total_gpus else 0.0,
         fairness=fairness(result),
         backfilled=sum(o.backfilled for o in ran),
+        preempted=sum(o.preempted for o in result.outcomes),
         never_fit=result.never_fit,
     )
 
@@ -67,7 +71,7 @@ def fairness(result: SimResult) -> float:
     """Jain's index over accounts of GPU-seconds used over their normalised shares."""
     used: dict[str, float] = defaultdict(float)
     for o in result.outcomes:
-        used[o.job.account] += o.ran * o.job.gpus * o.job.workers
+        used[o.job.account] += _gpu_seconds(o)
     if not used:
         return math.nan
     shares = {a: result.config.shares.get(a, 1) for a in used}
@@ -75,6 +79,11 @@ def fairness(result: SimResult) -> float:
     ratios = [used[a] / (shares[a] / total_shares) for a in used]
     squares = sum(x * x for x in ratios)
     return (sum(ratios) ** 2) / (len(ratios) * squares) if squares else 1.0
+
+
+def _gpu_seconds(outcome: Outcome) -> float:
+    """What ``outcome``'s job ran, its preempted runs included, in GPU-seconds."""
+    return (outcome.ran + outcome.lost) * outcome.job.gpus * outcome.job.workers
 
 
 COLUMNS = [
@@ -86,6 +95,7 @@ COLUMNS = [
     "GPU UTIL",
     "FAIRNESS",
     "BACKFILLED",
+    "PREEMPTED",
 ]
 
 
@@ -100,6 +110,7 @@ def table_row(summary: Summary) -> list[str]:
         f"{summary.utilisation:.1%}",
         f"{summary.fairness:.3f}",
         str(summary.backfilled),
+        str(summary.preempted),
     ]
 
 
