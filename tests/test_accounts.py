@@ -187,7 +187,7 @@ async def test_keys_jobs_and_holds_of_version_2_move_into_the_default_account(
             (DEFAULT_ACCOUNT, "alice")
         ]
         versions = conn.execute("SELECT version FROM schema_migrations ORDER BY 1").fetchall()
-    assert versions == [(1,), (2,), (3,), (4,), (5,)]
+    assert versions == [(1,), (2,), (3,), (4,), (5,), (6,)]
 
 
 # ---------------------------------------------------------------- as whom an account's jobs run

@@ -313,6 +313,10 @@ async def test_changing_routes_answer_their_declared_types_and_statuses(
     )
     await call("DELETE", "/clusters/{cluster_id}", f"/clusters/{cluster}")
     await call("POST", "/clusters", "/clusters", json=fleet[0])
+    form = aiohttp.FormData(quote_fields=False)
+    form.add_field("file", b"1,2\n", filename="in.csv")
+    stored = await call("POST", "/files", "/files", data=form)
+    await call("DELETE", "/files/{file_id}", f"/files/{stored['id']}")
     changing = {k for k, s in specs.items() if s.method != "GET" and s.response is not None}
     # uploading and deleting a policy: test_policy_upload.py; the one-time sign-in: not here
     assert changing - seen == {

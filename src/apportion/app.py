@@ -32,6 +32,7 @@ from apportion.allocation.service import AllocationService
 from apportion.background import Background
 from apportion.config import Settings
 from apportion.errors import ApportionError
+from apportion.files import FileBook
 from apportion.jobs.boundary import JobBoundary
 from apportion.jobs.driver import BackendDriver
 from apportion.jobs.identity import JobIdentity
@@ -47,6 +48,7 @@ from apportion.registry.service import Registry
 from apportion.server import (
     dashboard,
     routes_core,
+    routes_files,
     routes_jobs,
     routes_policies,
     routes_registry,
@@ -210,8 +212,10 @@ class Server:
         )
         self._stack.push_async_callback(jobs.jobs.close)  # its pending writes, before the db
         await jobs.load()
+        files = FileBook(db, settings.data_dir / "files", settings.files)
+        await files.load()
         self.context = ServerContext(
-            settings, registry, policies, runtime, holds, allocations, keys, accounts, jobs
+            settings, registry, policies, runtime, holds, allocations, keys, accounts, files, jobs
         )
         telemetry.set_known_policy(lambda uri: _in_store(policies, uri))
         telemetry.set_gpu_source(lambda: _gpu_counts(registry))
@@ -297,6 +301,7 @@ class Server:
         attach(status.sio, app)
         app.add_routes(routes_core.api.routes)
         app.add_routes(routes_jobs.api.routes)
+        app.add_routes(routes_files.api.routes)
         app.add_routes(routes_status.api.routes)
         app.add_routes(routes_registry.api.routes)
         app.add_routes(routes_policies.api.routes)

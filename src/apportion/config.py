@@ -20,6 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from apportion.files import FilesConfig
 from apportion.jobs.priority import SchedulingConfig
 
 
@@ -84,6 +85,8 @@ class Settings(BaseSettings):
     allow_jobs_as_server_user: bool = False
     # the order of waiting jobs and fair share (docs/scheduling.md): the [scheduling] table
     scheduling: SchedulingConfig = Field(default_factory=SchedulingConfig)
+    # stored files' limits (docs/files.md): the [files] table
+    files: FilesConfig = Field(default_factory=FilesConfig)
 
     @field_validator(
         "data_dir", "policy_dir", "config", "credentials_file", "jobs_root", "admin_key_file"

@@ -21,6 +21,7 @@ import typer
 
 from apportion import __version__
 from apportion.cli import admin as cli_admin
+from apportion.cli import files as cli_files
 from apportion.cli import fleet as cli_fleet
 from apportion.cli import jobs as cli_jobs
 from apportion.cli import simulate as cli_simulate
@@ -175,6 +176,7 @@ def version() -> None:
 cli_fleet.register(app)
 cli_jobs.register(app)
 cli_admin.register(app)
+cli_files.register(app)
 cli_simulate.register(app)
 
 

@@ -108,6 +108,8 @@ CLI_WORDS = (
         "list them with `apportion accounts list`",
     ),
     ("list keys with GET /keys", "list them with `apportion keys list`"),
+    ("list files with GET /files", "list them with `apportion files list`"),
+    ("(DELETE /files/{id})", "(`apportion files delete`)"),
     ("create it first with POST /accounts", "create it first with `apportion accounts create`"),
     (
         "send Authorization: Bearer <key>",

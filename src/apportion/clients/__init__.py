@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time each name is imported o
         AllocationResult,
         Cluster,
         Event,
+        FileLines,
         Job,
         JobPlan,
         JobPriority,
@@ -41,6 +42,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time each name is imported o
         Placement,
         Policy,
         Queue,
+        StoredFile,
     )
     from apportion.clients.sync_client import Apportion
 
@@ -55,7 +57,7 @@ _HOME = {
         (
             "Account", "AccountShare", "AllocationResult", "Cluster", "Event", "Job", "JobPlan", "JobPriority",
             "JobReason",
-            "JobStatusEntry", "Placement", "Policy", "Queue",
+            "JobStatusEntry", "Placement", "Policy", "Queue", "StoredFile", "FileLines",
         ),
         "models",
     ),
@@ -98,6 +100,7 @@ __all__ = [
     "ConnectionLostError",
     "Event",
     "EventStream",
+    "FileLines",
     "ForbiddenError",
     "Hold",
     "InvalidRequestError",
@@ -115,6 +118,7 @@ __all__ = [
     "RateLimitedError",
     "ServerError",
     "ServerUnreachableError",
+    "StoredFile",
     "UnauthorizedError",
     "WaitTimeoutError",
     "resolve_config",

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from apportion.clients.config import DEFAULT_POLICY, ClientConfig, resolve_config
 from apportion.clients.errors import NotFoundError
+from apportion.clients.files_api import FilesAPI
 from apportion.clients.jobs_api import JobsAPI
 from apportion.clients.models import AllocationResult, Event
 from apportion.clients.registry_api import RegistryAPI
@@ -73,7 +74,7 @@ class _HoldContext:
             await self._hold.release()
 
 
-class AsyncApportion(JobsAPI, RegistryAPI):
+class AsyncApportion(JobsAPI, FilesAPI, RegistryAPI):
     """The asyncio client. Every method raises a subclass of
     :class:`~apportion.clients.errors.ApportionClientError` carrying the server's code."""
 

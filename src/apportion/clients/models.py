@@ -7,6 +7,7 @@ Built by the clients from the server's JSON; users read them (``job.status``,
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -185,6 +186,42 @@ class AccountShare(_Loose):
     cpu_seconds: float
     effective_usage: float
     fair_share: float
+
+
+class FileType(StrEnum):
+    """What a stored file may be for (the server's own list; the client does not import the
+    server)."""
+
+    INPUT = "input"
+    TEMPLATE = "template"
+    PARAMETER = "parameter"
+    SCRIPT = "script"
+    OUTPUT = "output"
+    CASE = "case"
+    TEMPORARY = "temporary"
+
+
+class StoredFile(_Loose):
+    """A stored file (``upload_file()``, ``apportion files``): its id and name, size and
+    SHA-512, what it is for (``input``, ``output``…), whose, when, and the job it came from."""
+
+    id: str
+    name: str
+    size: int
+    sha512: str
+    type: str
+    account: str
+    user: str | None = None
+    created_at: str | None = None
+    job_id: str | None = None
+
+
+class FileLines(_Loose):
+    """Lines of a stored text file: the first's number, and the next's (None at the end)."""
+
+    lines: list[str]
+    start: int
+    next: int | None = None
 
 
 class Policy(_Loose):

@@ -6,14 +6,20 @@ Used by :class:`~apportion.clients.async_client.AsyncApportion`; not public.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from apportion import jsonutil
-from apportion.clients.errors import ServerUnreachableError, error_from_envelope
+from apportion.clients.errors import (
+    ApportionClientError,
+    ServerUnreachableError,
+    error_from_envelope,
+)
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -81,28 +87,54 @@ class RestTransport:
         extra = dict(headers or {})
         if json is not None:
             extra.setdefault("Content-Type", "application/json")
+        # a body streamed from a file may take longer than one answer: wait per chunk instead
+        options: dict[str, Any] = {}
+        if isinstance(data, aiohttp.FormData):
+            options["timeout"] = aiohttp.ClientTimeout(total=None, sock_read=self._timeout)
         try:
             async with self._open().request(
-                method, url, data=body, params=params, headers=extra
+                method, url, data=body, params=params, headers=extra, **options
             ) as response:
                 raw = await response.read()
                 status, answer_headers = response.status, dict(response.headers)
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-            reason = str(exc) or type(exc).__name__
-            raise ServerUnreachableError(
-                f"cannot reach the Apportion server at {self.base_url}: {reason}; "
-                "is it running (apportion serve)? check the server URL you gave, or"
-                " APPORTION_URL, or the credentials profile",
-                code="Unreachable",
-                details={"url": self.base_url},
-            ) from None
+            raise self._unreachable(exc) from None
         if status >= 400:
-            try:
-                decoded: Any = jsonutil.loads(raw)
-            except Exception:
-                decoded = raw.decode("utf-8", errors="replace")
-            raise error_from_envelope(decoded, status=status)
+            raise _error_from(raw, status)
         return RawResponse(status, answer_headers, raw)
+
+    def _unreachable(self, exc: BaseException) -> ServerUnreachableError:
+        reason = str(exc) or type(exc).__name__
+        return ServerUnreachableError(
+            f"cannot reach the Apportion server at {self.base_url}: {reason}; "
+            "is it running (apportion serve)? check the server URL you gave, or"
+            " APPORTION_URL, or the credentials profile",
+            code="Unreachable",
+            details={"url": self.base_url},
+        )
+
+    async def download(
+        self, path: str, destination: Path, *, headers: Mapping[str, str] | None = None
+    ) -> RawResponse:
+        """GET ``path`` and stream the answer's body into ``destination`` (written whole or
+        not at all: a partial download is removed); the answer without its body. The
+        transport's timeout is then the longest wait for the next chunk, not the total."""
+        url = self.base_url + path
+        partial = destination.with_name(destination.name + ".part")
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=self._timeout)
+        try:
+            async with self._open().get(url, headers=headers, timeout=timeout) as response:
+                if response.status >= 400:
+                    raise await _error_of(response)
+                with await asyncio.to_thread(partial.open, "wb") as out:
+                    async for chunk in response.content.iter_chunked(256 * 1024):
+                        await asyncio.to_thread(out.write, chunk)
+                await asyncio.to_thread(partial.replace, destination)
+                return RawResponse(response.status, dict(response.headers), b"")
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            raise self._unreachable(exc) from None
+        finally:
+            await asyncio.to_thread(partial.unlink, missing_ok=True)
 
     async def call(
         self,
@@ -119,3 +151,16 @@ class RestTransport:
         """:meth:`call` for routes answering ``{"success": true, "data": …}``: the ``data``."""
         answer = await self.call(method, path, json=json)
         return answer.get("data") if isinstance(answer, dict) else answer
+
+
+def _error_from(raw: bytes, status: int) -> ApportionClientError:
+    """The typed error of an answer of ``status`` ≥ 400 whose body is ``raw``."""
+    try:
+        decoded: Any = jsonutil.loads(raw)
+    except Exception:
+        decoded = raw.decode("utf-8", errors="replace")
+    return error_from_envelope(decoded, status=status)
+
+
+async def _error_of(response: aiohttp.ClientResponse) -> ApportionClientError:
+    return _error_from(await response.read(), response.status)

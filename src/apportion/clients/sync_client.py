@@ -26,12 +26,14 @@ from apportion.clients.models import (
     AllocationResult,
     Cluster,
     Event,
+    FileLines,
     Job,
     JobPlan,
     JobPriority,
     JobStatusEntry,
     Policy,
     Queue,
+    StoredFile,
 )
 
 T = TypeVar("T")
@@ -259,6 +261,35 @@ class Apportion:
     def explain(self, job_id: str) -> dict[str, Any]:
         """Why the job waits, or where it was placed."""
         return self._run(self._client.explain(job_id))
+
+    # ------------------------------------------------------------------ files
+    def upload_file(
+        self, path: str | Path, *, name: str | None = None, type: str = "input"
+    ) -> StoredFile:
+        """Store a local file (see :meth:`AsyncApportion.upload_file`)."""
+        return self._run(self._client.upload_file(path, name=name, type=type))
+
+    def files(self, *, type: str | None = None, job_id: str | None = None) -> list[StoredFile]:
+        """The files this key may see (see :meth:`AsyncApportion.files`)."""
+        return self._run(self._client.files(type=type, job_id=job_id))
+
+    def file(self, file_id: str) -> StoredFile:
+        """One file's record."""
+        return self._run(self._client.file(file_id))
+
+    def download_file(
+        self, file_id: str, destination: str | Path, *, byte_range: str | None = None
+    ) -> Path:
+        """Write a file's content (see :meth:`AsyncApportion.download_file`)."""
+        return self._run(self._client.download_file(file_id, destination, byte_range=byte_range))
+
+    def file_lines(self, file_id: str, *, start: int = 0, count: int = 100) -> FileLines:
+        """Lines of a text file (see :meth:`AsyncApportion.file_lines`)."""
+        return self._run(self._client.file_lines(file_id, start=start, count=count))
+
+    def delete_file(self, file_id: str) -> None:
+        """Delete a file."""
+        self._run(self._client.delete_file(file_id))
 
     # ------------------------------------------------------------------ keys and events
     def create_key(

@@ -10,6 +10,7 @@ from apportion.accounts import AccountBook
 from apportion.allocation.holds import HoldManager
 from apportion.allocation.service import AllocationService
 from apportion.config import Settings
+from apportion.files import FileBook
 from apportion.jobs.service import JobService
 from apportion.policies.runtime import PolicyRuntime
 from apportion.policies.store import PolicyStore
@@ -27,6 +28,7 @@ class ServerContext:
     allocations: AllocationService
     keys: KeyStore
     accounts: AccountBook
+    files: FileBook
     jobs: JobService | None = None
 
 

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StrictInt, StrictStr
 
 from apportion.errors import ErrorCode
+from apportion.files import FileType
 from apportion.jobs.models import JobStatus, QueueConfig
 from apportion.ownership import DEFAULT_ACCOUNT
 from apportion.policies.records import PolicyRecord
@@ -51,6 +52,28 @@ class LogsQuery(_Query):
     """``GET /jobs/{id}/logs``: one worker's own stream (a gang's workers each have one)."""
 
     worker: int | None = Field(None, ge=0, le=4096)
+
+
+class FilesQuery(_Query):
+    """``GET /files``: filters and a page."""
+
+    type: FileType | None = None
+    job_id: str | None = Field(None, max_length=32)
+    limit: int = Field(100, ge=1, le=10_000)
+    offset: int = Field(0, ge=0, le=10**9)
+
+
+class FileUploadQuery(_Query):
+    """``POST /files``: what the file is for."""
+
+    type: FileType = FileType.INPUT
+
+
+class FileLinesQuery(_Query):
+    """``GET /files/{id}/lines``: which lines (the first is 0)."""
+
+    start: int = Field(0, ge=0, le=10**9)
+    count: int = Field(100, ge=1, le=10_000)
 
 
 class EventsQuery(_Query):
@@ -143,6 +166,12 @@ class PolicyUploadForm(BaseModel):
 
     record: PolicyRecord
     code: bytes = Field(json_schema_extra={"contentMediaType": "application/octet-stream"})
+
+
+class FileUploadForm(BaseModel):
+    """``POST /files`` form part: ``file``, with its filename (the file's name)."""
+
+    file: bytes = Field(json_schema_extra={"contentMediaType": "application/octet-stream"})
 
 
 # ---------------------------------------------------------------- answers
@@ -260,6 +289,29 @@ class SubmitAnswer(_Answer):
 class WaitReason(_Answer):
     code: str | None
     message: str
+
+
+class StoredFile(_Answer):
+    """A file as ``GET /files/{id}`` shows it (docs/files.md)."""
+
+    id: str
+    name: str
+    size: int
+    sha512: str
+    type: FileType
+    account: str
+    user: str | None
+    created_at: str
+    job_id: str | None
+
+
+class FileLines(_Answer):
+    """``GET /files/{id}/lines``: the lines asked for (without their line ends), the first's
+    number, and the next line's number, null at the end of the file."""
+
+    lines: list[str]
+    start: int
+    next: int | None
 
 
 class JobRecord(_Answer):

@@ -103,12 +103,18 @@ def _preemption(conn: Connection) -> None:
     _add_missing_columns(conn, schema.jobs, ("runs", "preempted_by"))
 
 
+def _files(conn: Connection) -> None:
+    """Files: uploaded inputs and jobs' outputs (their content is in the data dir)."""
+    schema.metadata.create_all(conn, tables=[schema.files])
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _initial),
     Migration(2, "queues, jobs, status histories, pool limits", _queues_and_jobs),
     Migration(3, "accounts; the account and user of keys, jobs, holds and events", _accounts),
     Migration(4, "fair share: account shares and decayed usage", _fair_share),
     Migration(5, "preemption: a job's requeued runs and its preemptor", _preemption),
+    Migration(6, "files: uploaded inputs and jobs' outputs", _files),
 )
 
 

@@ -220,9 +220,26 @@ account_usage = Table(
     Column("as_of", Float, nullable=False),
 )
 
+# ---------------------------------------------------------------- version 6: files
+files = Table(
+    "files",
+    metadata,
+    Column("file_id", String(32), primary_key=True),
+    Column("account", String(64), nullable=False),
+    Column("user_name", String(64), nullable=True),
+    Column("key_id", String(64), nullable=True),
+    Column("name", Text, nullable=False),  # as uploaded; the content is stored by id
+    Column("size", Integer, nullable=False),
+    Column("sha512", String(128), nullable=False),
+    Column("type", String(16), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("job_id", String(32), nullable=True),  # the job whose output it is
+)
+
 Index("ix_jobs_status", jobs.c.status)
 Index("ix_job_statuses_job", job_statuses.c.job_id)
 Index("ix_holds_expires_at", holds.c.expires_at)
 Index("ix_api_keys_prefix", api_keys.c.prefix)
 Index("ix_events_type", events.c.type)
 Index("ix_jobs_account", jobs.c.account)
+Index("ix_files_account", files.c.account)
