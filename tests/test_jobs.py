@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import Running, running_server
 from tests.jobs_helpers import (
     PY,
@@ -273,3 +275,50 @@ async def test_a_page_of_jobs_says_how_many_there_are_and_where_the_next_page_is
     async with running.http.get(f"{running.url}/jobs", params={"offset": "4"}) as r:
         assert [j["job_id"] for j in await r.json()] == ids[4:]
         assert "Link" not in r.headers  # the last page
+
+
+OUTPUT = "".join(f"{i:04d}\n" for i in range(100))  # 500 bytes: line i at byte 5 i
+
+
+@pytest.mark.parametrize(
+    ("asked", "status", "content_range", "body"),
+    [
+        (None, 200, None, OUTPUT),
+        ("bytes=0-9", 206, "bytes 0-9/500", OUTPUT[:10]),
+        ("bytes=495-", 206, "bytes 495-499/500", OUTPUT[495:]),
+        ("bytes=-10", 206, "bytes 490-499/500", OUTPUT[-10:]),
+        ("bytes=-1000", 206, "bytes 0-499/500", OUTPUT),
+        ("bytes=500-", 206, None, ""),  # the end, as a client following the output asks
+    ],
+    ids=["whole", "first-ten", "from-495", "last-ten", "suffix-past-the-start", "at-the-end"],
+)
+async def test_a_jobs_output_is_served_by_byte_ranges(
+    running: Running,
+    fleet: Any,
+    asked: str | None,
+    status: int,
+    content_range: str | None,
+    body: str,
+) -> None:
+    job_id = await submit(running, {"command": [PY, "-c", f"print({OUTPUT[:-1]!r})"]})
+    await wait_for(running, job_id, "completed")
+    headers = {} if asked is None else {"Range": asked}
+    async with running.http.get(f"{running.url}/jobs/{job_id}/logs", headers=headers) as response:
+        assert response.status == status
+        assert response.headers.get("Content-Range") == content_range
+        assert response.headers["Accept-Ranges"] == "bytes"
+        assert await response.text() == body
+
+
+async def test_a_bad_or_unsatisfiable_log_range_is_refused(running: Running, fleet: Any) -> None:
+    job_id = await submit(running, {"command": [PY, "-c", "print('x' * 9)"]})  # 10 bytes
+    await wait_for(running, job_id, "completed")
+    url = f"{running.url}/jobs/{job_id}/logs"
+    async with running.http.get(url, headers={"Range": "bytes=11-"}) as response:
+        answer = await response.json()
+        assert response.status == 416 and answer["error"]["details"]["size"] == 10
+    for bad in ("bytes=5-2", "items=0-1", "bytes=0-1,3-4", "bytes=-", "bytes=x-"):
+        async with running.http.get(url, headers={"Range": bad}) as response:
+            answer = await response.json()
+            assert response.status == 400, bad
+            assert answer["error"]["details"]["path"] == "Range"

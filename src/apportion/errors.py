@@ -112,6 +112,13 @@ class InvalidDocument(InvalidRequest):
     http_status = 422
 
 
+class RangeNotSatisfiable(InvalidRequest):
+    """A ``Range`` that starts past the end of what is there: 416, with the same code as
+    :class:`InvalidRequest`; ``details["size"]`` is the length there is."""
+
+    http_status = 416
+
+
 class MethodNotAllowed(InvalidRequest):
     """A route exists at the path but not for the method: 405, with the same code as
     :class:`InvalidRequest`; ``details["allowed"]`` lists the methods it has."""

@@ -108,9 +108,12 @@ class BackendStatus:
 
 @dataclass(frozen=True)
 class LogChunk:
+    """A piece of a job's output stream, read from some byte offset."""
+
     text: str
     offset: int  # pass back to read on from here
     complete: bool  # the job has finished and this is the end
+    size: int  # the stream's length in bytes, so far
 
 
 class Adapter(Protocol):

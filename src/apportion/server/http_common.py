@@ -111,6 +111,46 @@ async def json_body(request: web.Request, *, kind: type = dict) -> Any:
     return body
 
 
+@dataclass(frozen=True)
+class ByteRange:
+    """One HTTP byte range: ``start``–``end`` (``end`` None: to the end), or the last
+    ``suffix`` bytes (``start`` None)."""
+
+    start: int | None
+    end: int | None = None
+    suffix: int | None = None
+
+
+def parse_byte_range(header: str | None) -> ByteRange | None:
+    """The one range of a ``Range`` header (``bytes=0-9``, ``bytes=10-``, ``bytes=-10``);
+    None without the header; :class:`InvalidRequest` naming ``Range`` for anything else (several
+    ranges, another unit, an end before the start)."""
+    if header is None:
+        return None
+    unit, _, spec = header.strip().partition("=")
+    first, dash, last = spec.strip().partition("-")
+    well_formed = (
+        unit.strip() == "bytes"
+        and dash == "-"
+        and "," not in spec
+        and (not first or (first.isascii() and first.isdigit()))
+        and (not last or (last.isascii() and last.isdigit()))
+        and bool(first or last)
+    )
+    if not well_formed:
+        raise InvalidRequest(
+            f"Range {header[:80]!r} is not one byte range; send bytes=START-END, bytes=START- or"
+            " bytes=-LENGTH (the last LENGTH bytes)",
+            path="Range",
+        )
+    if not first:
+        return ByteRange(None, suffix=int(last))
+    start, end = int(first), int(last) if last else None
+    if end is not None and end < start:
+        raise InvalidRequest(f"Range {header!r} ends before it starts", path="Range")
+    return ByteRange(start, end)
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error, ours or aiohttp's, becomes the JSON envelope."""

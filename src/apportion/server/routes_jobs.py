@@ -13,14 +13,21 @@ from typing import Any
 
 from aiohttp import web
 
-from apportion.adapters.base import AdapterError
-from apportion.errors import Conflict, Forbidden, InvalidRequest, NotFound, UnknownPolicy
+from apportion.adapters.base import AdapterError, LogChunk
+from apportion.errors import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    RangeNotSatisfiable,
+    UnknownPolicy,
+)
 from apportion.jobs.models import PriorityRequest, QueueConfig, SubmitRequest
 from apportion.jobs.records import Job
 from apportion.jobs.service import JobService
 from apportion.ownership import Actor
 from apportion.server.auth import Scope, principal_of
-from apportion.server.http_common import ctx, json_body, json_response
+from apportion.server.http_common import ctx, json_body, json_response, parse_byte_range
 from apportion.server.routing import ApiRoutes, query_of, raw_body_of
 from apportion.server.schemas import (
     AccountShareLine,
@@ -176,33 +183,61 @@ async def job_statuses(request: web.Request) -> web.Response:
     scope=Scope.READ,
     query=LogsQuery,
     response_media="text/plain",
-    success={200: "the output from the start", 206: "the output from the Range's start"},
-    errors=(NotFound,),
+    success={200: "the output from the start", 206: "the bytes the Range asked for"},
+    errors=(NotFound, RangeNotSatisfiable),
 )
 async def job_logs(request: web.Request) -> web.Response:
-    """The job's output (?worker=N: that worker's own); supports HTTP Range (bytes=N-)."""
+    """The job's output (?worker=N: that worker's own); supports HTTP Range, one range or a suffix."""
     service = _jobs(request)
     job = _visible(request)
     worker = query_of(request, LogsQuery).worker
-    offset = 0
-    range_header = request.headers.get("Range")
-    if range_header:
-        if not range_header.startswith("bytes=") or not range_header[6:].split("-")[0].isdigit():
-            raise InvalidRequest("Range must be 'bytes=<start>-'", path="Range")
-        offset = int(range_header[6:].split("-")[0])
+    asked = parse_byte_range(request.headers.get("Range"))
     if job.scheduler_job_id is None:
         return web.Response(text="", headers={"X-Log-Complete": str(job.status.finished).lower()})
     driver = service.driver
-    try:
-        chunk = await driver.adapter_for(job).logs(
-            driver.spec(job), job.scheduler_job_id, offset=offset, limit=1 << 20, worker=worker
+    adapter, spec = driver.adapter_for(job), driver.spec(job)
+
+    async def read(offset: int, limit: int) -> LogChunk:
+        try:
+            return await adapter.logs(
+                spec, job.scheduler_job_id or "", offset=offset, limit=limit, worker=worker
+            )
+        except AdapterError as exc:
+            if worker is None:
+                raise
+            raise InvalidRequest(exc.message, path="query.worker") from None
+
+    if asked is None:
+        chunk = await read(0, LOG_CHUNK_BYTES)
+        return web.Response(text=chunk.text, headers=_log_headers(chunk))
+    start = asked.start
+    if start is None:  # a suffix: the last bytes of the stream as it is now
+        start = max(0, (await read(0, 1)).size - (asked.suffix or 0))
+    limit = LOG_CHUNK_BYTES if asked.end is None else min(asked.end - start + 1, LOG_CHUNK_BYTES)
+    chunk = await read(start, limit)
+    if start > chunk.size:
+        raise RangeNotSatisfiable(
+            f"the output has {chunk.size} bytes so far; ask for a range that starts within it",
+            details={"size": chunk.size},
         )
-    except AdapterError as exc:
-        if worker is None:
-            raise
-        raise InvalidRequest(exc.message, path="query.worker") from None
-    headers = {"X-Log-Offset": str(chunk.offset), "X-Log-Complete": str(chunk.complete).lower()}
-    return web.Response(text=chunk.text, status=206 if range_header else 200, headers=headers)
+    headers = _log_headers(chunk)
+    if chunk.offset > start:  # at the stream's current end there is nothing to give yet
+        total = str(chunk.size) if job.status.finished else "*"  # it may still grow
+        headers["Content-Range"] = f"bytes {start}-{chunk.offset - 1}/{total}"
+    return web.Response(text=chunk.text, status=206, headers=headers)
+
+
+LOG_CHUNK_BYTES = 1 << 20  # the most one GET /jobs/{id}/logs answers
+
+
+def _log_headers(chunk: LogChunk) -> dict[str, str]:
+    """Where to read on from, and whether that is the end (a client following the output
+    asks again from ``X-Log-Offset`` until ``X-Log-Complete`` is true)."""
+    return {
+        "Accept-Ranges": "bytes",
+        "X-Log-Offset": str(chunk.offset),
+        "X-Log-Complete": str(chunk.complete).lower(),
+    }
 
 
 @api.post("/jobs/{job_id}/cancel", scope=Scope.SUBMIT, response=Ack, errors=(NotFound, Forbidden))

@@ -55,7 +55,7 @@ def read_stream(
     else:
         used -= pending  # the rest of that character has not been written yet
     end = offset + used
-    return LogChunk(text=text, offset=end, complete=finished and end >= total)
+    return LogChunk(text=text, offset=end, complete=finished and end >= total, size=total)
 
 
 def _last_byte(path: Path, size: int) -> bytes:

@@ -278,7 +278,7 @@ class SlurmAdapter:
         if offset + len(data) < size:  # more follows: do not split a UTF-8 character
             data = _trim_partial_utf8(data)
         end = offset + len(data)
-        return LogChunk(data.decode(errors="replace"), end, finished and end >= size)
+        return LogChunk(data.decode(errors="replace"), end, finished and end >= size, size)
 
     async def usage(self, spec: JobSpec, scheduler_job_id: str) -> dict[str, Any]:
         """Seed 002's fields. Only ``cpuSeconds`` is known, and only with accounting (slurmdbd);
