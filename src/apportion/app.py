@@ -192,8 +192,15 @@ class Server:
         self.jobs_identity = identity.describe()
         (log.info if identity.refusal() is None else log.warning)("%s", self.jobs_identity)
         jobs_root = settings.jobs_root_dir
+        files = FileBook(db, settings.data_dir / "files", settings.files)
+        await files.load()
         driver = BackendDriver(
-            registry, adapters, settings.data_dir, identity=identity, jobs_root=jobs_root
+            registry,
+            adapters,
+            settings.data_dir,
+            identity=identity,
+            jobs_root=jobs_root,
+            files=files,
         )
         credentials = settings.credentials_file or default_credentials_path()
         boundary = JobBoundary(identity, jobs_root, (settings.data_dir, credentials.parent))
@@ -212,8 +219,6 @@ class Server:
         )
         self._stack.push_async_callback(jobs.jobs.close)  # its pending writes, before the db
         await jobs.load()
-        files = FileBook(db, settings.data_dir / "files", settings.files)
-        await files.load()
         self.context = ServerContext(
             settings, registry, policies, runtime, holds, allocations, keys, accounts, files, jobs
         )

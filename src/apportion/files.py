@@ -118,7 +118,7 @@ class FileBook:
         """``root``: where contents are stored (created 0700 at :meth:`load`)."""
         self._repo = FileRepo(db)
         self._root = root
-        self._limits = limits
+        self.limits = limits
         self._files: dict[str, FileRecord] = {}
         self._arriving: dict[str, int] = {}  # account → bytes of uploads under way
 
@@ -171,7 +171,7 @@ class FileBook:
         """Store a new file of ``owner`` from ``chunks``: hashed as it arrives, refused with
         :class:`MessageTooLarge` as soon as it passes a limit (nothing is kept), its record
         committed once the content is whole."""
-        account, limits = owner.account, self._limits
+        account, limits = owner.account, self.limits
         if (
             sum(f.owner.account == account for f in self._files.values())
             >= limits.max_account_files
@@ -211,7 +211,7 @@ class FileBook:
         return record
 
     def _check_room(self, account: str, size: int) -> None:
-        limits = self._limits
+        limits = self.limits
         if size > limits.max_file_bytes:
             raise MessageTooLarge(
                 f"the file is over the limit of {limits.max_file_bytes} bytes a file may have;"

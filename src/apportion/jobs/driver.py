@@ -31,8 +31,11 @@ from apportion.adapters.base import (
     WorkerSpec,
 )
 from apportion.engine.decisions import Placement
-from apportion.jobs.identity import JobIdentity
+from apportion.errors import NotFound
+from apportion.files import FileBook
+from apportion.jobs.identity import JobIdentity, python_for_jobs
 from apportion.jobs.records import Job, ResourceUsage
+from apportion.jobs.staging import StagedInput, stage_inputs
 from apportion.registry.service import Registry
 
 log = logging.getLogger(__name__)
@@ -92,12 +95,15 @@ class BackendDriver:
         *,
         identity: JobIdentity,
         jobs_root: Path,
+        files: FileBook,
     ) -> None:
+        """``files``: the stored files a job's ``input_files`` name (staged at dispatch)."""
         self._registry = registry
         self.adapters = adapters
         self._jobs_dir = data_dir / "jobs"  # the adapters' own files: the server's alone
         self.identity = identity
         self.jobs_root = jobs_root  # each job's default working directory, as its user
+        self.files = files
         self._specs: dict[str, JobSpec] = {}
 
     # ---------------------------------------------------------------- placements
@@ -194,6 +200,7 @@ class BackendDriver:
             adapter = self.adapter_for(job)
             run_as = self.identity.run_as(job)  # refused here too, not only at submit
             await asyncio.to_thread(self._prepare_dirs, spec, run_as, job.config.working_dir)
+            await self._stage_inputs(job, spec, run_as)
             crash_point("before_submit")
             scheduler_job_id = await adapter.submit(spec)
             crash_point("after_submit")
@@ -225,6 +232,30 @@ class BackendDriver:
         if run_as is not None:
             for path in theirs:
                 os.chown(path, run_as.uid, run_as.gid)
+
+    async def _stage_inputs(self, job: Job, spec: JobSpec, run_as: RunAs | None) -> None:
+        """Write the job's ``input_files`` into its working directory, as its user
+        (:mod:`apportion.jobs.staging`); :class:`AdapterError` for a file that is gone."""
+        wanted = job.config.input_files
+        if not wanted or spec.working_dir is None:
+            return
+        inputs: list[StagedInput] = []
+        for each in wanted:
+            try:
+                record = self.files.get(each.id, visible=lambda o: o.account == job.owner.account)
+            except NotFound:
+                raise AdapterError(
+                    f"input file {each.id} was deleted after the job was submitted"
+                ) from None
+            inputs.append(StagedInput(record, each.decompress))
+        await stage_inputs(
+            inputs,
+            {i.record.file_id: self.files.content(i.record) for i in inputs},
+            Path(spec.working_dir),
+            run_as,
+            python=python_for_jobs(),
+            max_bytes=self.files.limits.max_account_bytes,
+        )
 
     async def find(self, job: Job) -> str | None:
         """The backend's id of the job if it reached its backend, else ``None``; raises

@@ -185,6 +185,18 @@ class WorkerResources(_Strict):
         return self.model_dump(exclude_none=True, exclude_defaults=False)
 
 
+class InputFile(_Strict):
+    """A stored file to put in the job's working directory before it starts (docs/files.md):
+    its id, and whether to extract it (a ``.tar``, ``.tar.gz``, ``.tgz``, ``.tar.bz2``,
+    ``.tar.xz`` or ``.zip``) instead of copying it."""
+
+    id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    decompress: StrictBool = False
+
+
+MAX_INPUT_FILES = 100
+
+
 class JobConfig(_Strict):
     """``POST /jobs/submit``'s ``config``."""
 
@@ -199,6 +211,7 @@ class JobConfig(_Strict):
     labels: dict[str, str] = Field(default_factory=dict)
     policy_rule_uri: str | None = Field(None, max_length=400)
     parameters: dict[str, Any] = Field(default_factory=dict)
+    input_files: list[InputFile] = Field(default_factory=list, max_length=MAX_INPUT_FILES)
 
     _env = field_validator("env")(_check_env)
     _command = field_validator("command")(_check_command)

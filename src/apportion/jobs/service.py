@@ -22,7 +22,7 @@ from apportion.background import Spawn
 from apportion.engine.capacity import gang_capacity
 from apportion.engine.decisions import Placement
 from apportion.engine.requests import parse_request
-from apportion.errors import ApportionError, InvalidRequest
+from apportion.errors import ApportionError, InvalidRequest, NotFound
 from apportion.event_sink import EventSink
 from apportion.jobs import views as job_views
 from apportion.jobs.admission import Blocked, CycleState, Reason
@@ -59,6 +59,7 @@ from apportion.jobs.quota import (
     job_usage,
 )
 from apportion.jobs.records import Job, JobBook, QueueBook
+from apportion.jobs.staging import ARCHIVES, archive_kind
 from apportion.ownership import Owner
 from apportion.registry.service import Registry
 from apportion.store.db import Database
@@ -207,7 +208,38 @@ class JobService:
             merged = {**config.model_dump(), "env": {**queue.env, **config.env}}
             config = parse_model(JobConfig, merged, prefix="body.config")
         self._check_could_start(config, queue)
+        self._check_inputs(config, owner)
         return config, request.priority, queue
+
+    def _check_inputs(self, config: JobConfig, owner: Owner) -> None:
+        """:class:`InvalidRequest` naming the field for an input file that is not one of the
+        job's account's files, one ``decompress`` cannot extract, or two of one name."""
+        names: set[str] = set()
+        for index, wanted in enumerate(config.input_files):
+            where = f"body.config.input_files[{index}]"
+            try:
+                record = self.driver.files.get(
+                    wanted.id, visible=lambda o: o.account == owner.account
+                )
+            except NotFound:
+                raise InvalidRequest(
+                    f"config.input_files[{index}].id {wanted.id!r} is no file of account"
+                    f" {owner.account!r}; upload it first (POST /files)",
+                    path=f"{where}.id",
+                ) from None
+            if wanted.decompress and archive_kind(record.name) is None:
+                raise InvalidRequest(
+                    f"config.input_files[{index}] ({record.name!r}) is no archive decompress"
+                    f" takes ({', '.join(ARCHIVES)}); set decompress to false to copy it",
+                    path=f"{where}.decompress",
+                )
+            if not wanted.decompress and record.name in names:
+                raise InvalidRequest(
+                    f"config.input_files[{index}] is a second file named {record.name!r}; a"
+                    " working directory holds one file of a name",
+                    path=f"{where}.id",
+                )
+            names.add(record.name)
 
     @staticmethod
     def _fit_to_queue(config: JobConfig, queue: QueueConfig) -> JobConfig:
