@@ -21,7 +21,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import Running
+from apportion.files import FilesConfig
+from tests.conftest import Running, running_server
 from tests.jobs_helpers import PY, submit, wait_for
 
 AS_ROOT = os.geteuid() == 0
@@ -191,3 +192,76 @@ async def test_inputs_that_are_not_the_accounts_or_not_archives_are_refused_at_s
             assert response.status == 400, answer
         assert answer["error"]["details"]["path"] == path
         assert words in answer["message"], answer["message"]
+
+
+WRITE_OUTPUTS = (
+    "import os\n"
+    "os.makedirs('results')\n"
+    "open('results/a.csv', 'w').write('a')\n"
+    "open('results/b.csv', 'w').write('bb')\n"
+    "open('log.txt', 'w').write('done')\n"
+    "open('scratch.bin', 'w').write('not asked for')\n"
+    "os.symlink('/etc/hostname', 'results/link.csv')\n"
+)
+
+
+async def test_outputs_are_registered_as_files_of_the_job_when_it_ends(
+    running: Running, fleet: Any
+) -> None:
+    config = {
+        "command": [PY, "-c", WRITE_OUTPUTS],
+        "output_files": ["results/*.csv", "*.txt"],
+    }
+    job_id = await submit(running, config)
+    record = await wait_for(running, job_id, "completed", "failed")
+    assert record["status"] == "completed", record
+    async with running.http.get(f"{running.url}/files?job_id={job_id}") as response:
+        outputs = {f["name"]: f for f in await response.json()}
+    # the link is not followed: a job cannot make the server read a file through it
+    assert sorted(outputs) == ["log.txt", "results/a.csv", "results/b.csv"]
+    assert {f["type"] for f in outputs.values()} == {"output"}
+    assert {f["size"] for f in outputs.values()} == {4, 1, 2}
+    async with running.http.get(
+        f"{running.url}/files/{outputs['results/b.csv']['id']}/contents"
+    ) as response:
+        assert await response.read() == b"bb"
+    async with running.http.get(f"{running.url}/jobs/{job_id}/statuses") as response:
+        history = await response.json()
+    assert "3 output file(s) registered" in history[-1]["reason"]
+    # an output is another job's input, under its own name
+    reader = await submit(
+        running,
+        {
+            "command": [PY, "-c", "print(open('b.csv').read())"],
+            "input_files": [{"id": outputs["results/b.csv"]["id"]}],
+        },
+    )
+    await wait_for(running, reader, "completed")
+    assert (await output_of(running, reader)).strip() == "bb"
+
+
+async def test_outputs_past_the_accounts_limit_are_not_kept_and_the_end_says_so(
+    tmp_path: Path,
+) -> None:
+    limits = FilesConfig(max_account_bytes=3)
+    async with running_server(tmp_path / "data", files=limits) as live:
+        await live.load_demo_fleet()
+        config = {"command": [PY, "-c", WRITE_OUTPUTS], "output_files": ["results/*.csv", "*.txt"]}
+        job_id = await submit(live, config)
+        record = await wait_for(live, job_id, "completed", "failed")
+        assert record["status"] == "completed"
+        async with live.http.get(f"{live.url}/jobs/{job_id}/statuses") as response:
+            reason = (await response.json())[-1]["reason"]
+        # a.csv (1 byte) and b.csv (2) fill the 3 bytes; log.txt (4) is refused
+        assert "2 output file(s) registered; not all:" in reason and "limit of 3 bytes" in reason
+
+
+@pytest.mark.parametrize("pattern", ["/etc/*", "../*", "a/../../b", ""])
+async def test_output_patterns_outside_the_working_directory_are_refused(
+    running: Running, fleet: Any, pattern: str
+) -> None:
+    config = {"command": [PY, "-c", "pass"], "output_files": [pattern]}
+    async with running.http.post(f"{running.url}/jobs/submit", json={"config": config}) as r:
+        answer = await r.json()
+        assert r.status == 400, answer
+    assert answer["error"]["details"]["path"].startswith("body.config.output_files")

@@ -106,6 +106,14 @@ def check_file_name(name: str, *, path: str) -> str:
     return name
 
 
+def check_output_name(name: str) -> str:
+    """``name`` if a job's output may be stored so: a relative path each of whose parts
+    :func:`check_file_name` accepts; :class:`InvalidRequest` otherwise."""
+    for part in name.split("/"):
+        check_file_name(part, path="output_files")
+    return name
+
+
 def unknown_file(file_id: str) -> NotFound:
     """The answer for a file that does not exist, or that the asking key may not see."""
     return NotFound(f"no file {file_id!r}; list files with GET /files", details={"id": file_id})
@@ -160,17 +168,29 @@ class FileBook:
         """Where ``record``'s content is."""
         return self._root / record.file_id
 
+    def output_of(self, job_id: str, name: str) -> FileRecord | None:
+        """The output of ``job_id`` stored under ``name``, if there is one."""
+        return next(
+            (f for f in self._files.values() if f.job_id == job_id and f.name == name), None
+        )
+
     def used_bytes(self, account: str) -> int:
         """What ``account``'s stored files take."""
         return sum(f.size for f in self._files.values() if f.owner.account == account)
 
     # ---------------------------------------------------------------- writing
     async def receive(
-        self, owner: Owner, name: str, kind: FileType, chunks: AsyncIterator[bytes]
+        self,
+        owner: Owner,
+        name: str,
+        kind: FileType,
+        chunks: AsyncIterator[bytes],
+        *,
+        job_id: str | None = None,
     ) -> FileRecord:
-        """Store a new file of ``owner`` from ``chunks``: hashed as it arrives, refused with
-        :class:`MessageTooLarge` as soon as it passes a limit (nothing is kept), its record
-        committed once the content is whole."""
+        """Store a new file of ``owner`` from ``chunks`` (an output of ``job_id``): hashed as it
+        arrives, refused with :class:`MessageTooLarge` as soon as it passes a limit (nothing
+        is kept), its record committed once the content is whole."""
         account, limits = owner.account, self.limits
         if (
             sum(f.owner.account == account for f in self._files.values())
@@ -201,7 +221,9 @@ class FileBook:
             self._arriving[account] -= size
             if not self._arriving[account]:
                 del self._arriving[account]
-        record = FileRecord(file_id, name, size, digest.hexdigest(), kind, owner, time.time())
+        record = FileRecord(
+            file_id, name, size, digest.hexdigest(), kind, owner, time.time(), job_id
+        )
         try:
             await self._repo.insert(_row(record))
         except BaseException:

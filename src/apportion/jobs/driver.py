@@ -34,6 +34,7 @@ from apportion.engine.decisions import Placement
 from apportion.errors import NotFound
 from apportion.files import FileBook
 from apportion.jobs.identity import JobIdentity, python_for_jobs
+from apportion.jobs.outputs import collect_outputs
 from apportion.jobs.records import Job, ResourceUsage
 from apportion.jobs.staging import StagedInput, stage_inputs
 from apportion.registry.service import Registry
@@ -256,6 +257,22 @@ class BackendDriver:
             python=python_for_jobs(),
             max_bytes=self.files.limits.max_account_bytes,
         )
+
+    async def collect_outputs(self, job: Job) -> str:
+        """Store the job's ``output_files`` (:mod:`apportion.jobs.outputs`) from its working
+        directory, as its user; what was done, in words ("" when it names none). Never raises:
+        what went wrong is in the words."""
+        spec = self.spec(job)
+        if not job.config.output_files or spec.working_dir is None:
+            return ""
+        try:
+            run_as = self.identity.run_as(job)
+            return await collect_outputs(
+                job, Path(spec.working_dir), run_as, self.files, python=python_for_jobs()
+            )
+        except (AdapterError, OSError) as exc:
+            log.warning("collecting the outputs of job %s failed: %s", job.job_id, exc)
+            return f"output files not registered: {exc}"
 
     async def find(self, job: Job) -> str | None:
         """The backend's id of the job if it reached its backend, else ``None``; raises

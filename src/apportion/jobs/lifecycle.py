@@ -429,10 +429,12 @@ class JobLifecycle:
         if status.state.finished and job.preempted_by is not None and not job.cancel_requested:
             await self._requeue(job, ended_at=status.ended_at)
         elif status.state.finished:
+            reason = status.reason or status.state.value
+            collected = await self._driver.collect_outputs(job)  # before the end is recorded
             await self.end(
                 job,
                 JobStatus.CANCELLED if job.cancel_requested else _END_STATES[status.state],
-                reason=status.reason or status.state.value,
+                reason=f"{reason}; {collected}" if collected else reason,
                 return_code=status.return_code,
                 ended_at=status.ended_at,
             )

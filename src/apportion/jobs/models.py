@@ -195,6 +195,19 @@ class InputFile(_Strict):
 
 
 MAX_INPUT_FILES = 100
+MAX_OUTPUT_PATTERNS = 100
+
+
+def _check_output_patterns(patterns: list[str]) -> list[str]:
+    """Output patterns are relative to the working directory: not absolute, no ``..``."""
+    for pattern in patterns:
+        parts = pattern.replace("\\", "/").split("/")
+        if not pattern.strip() or pattern.startswith("/") or ".." in parts or len(pattern) > 1024:
+            raise ValueError(
+                f"{pattern[:100]!r} must be a glob pattern relative to the working directory"
+                " (such as 'results/*.csv' or '**/*.log'), without '..'"
+            )
+    return patterns
 
 
 class JobConfig(_Strict):
@@ -212,10 +225,13 @@ class JobConfig(_Strict):
     policy_rule_uri: str | None = Field(None, max_length=400)
     parameters: dict[str, Any] = Field(default_factory=dict)
     input_files: list[InputFile] = Field(default_factory=list, max_length=MAX_INPUT_FILES)
+    # glob patterns relative to the working directory; matching files are stored at the end
+    output_files: list[str] = Field(default_factory=list, max_length=MAX_OUTPUT_PATTERNS)
 
     _env = field_validator("env")(_check_env)
     _command = field_validator("command")(_check_command)
     _working_dir = field_validator("working_dir")(_check_dir)
+    _output_files = field_validator("output_files")(_check_output_patterns)
 
     @model_validator(mode="after")
     def _fits_execve(self, info: ValidationInfo) -> JobConfig:

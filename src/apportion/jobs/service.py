@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from pathlib import PurePosixPath
 from typing import Any, TypeVar
 
 from apportion.allocation.hold import Hold
@@ -233,13 +234,14 @@ class JobService:
                     f" takes ({', '.join(ARCHIVES)}); set decompress to false to copy it",
                     path=f"{where}.decompress",
                 )
-            if not wanted.decompress and record.name in names:
+            name = PurePosixPath(record.name).name  # as it is staged
+            if not wanted.decompress and name in names:
                 raise InvalidRequest(
-                    f"config.input_files[{index}] is a second file named {record.name!r}; a"
+                    f"config.input_files[{index}] is a second file named {name!r}; a"
                     " working directory holds one file of a name",
                     path=f"{where}.id",
                 )
-            names.add(record.name)
+            names.add(name)
 
     @staticmethod
     def _fit_to_queue(config: JobConfig, queue: QueueConfig) -> JobConfig:

@@ -18,7 +18,7 @@ import asyncio
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from apportion.adapters.base import AdapterError, RunAs
 from apportion.files import FileRecord
@@ -120,7 +120,7 @@ async def stage_inputs(
     ``run_as`` (None: as this process, which then is the job's user); :class:`AdapterError`
     naming the file when one cannot be."""
     for each in inputs:
-        name = each.record.name
+        name = PurePosixPath(each.record.name).name  # an output's name is a relative path
         mode = (archive_kind(name) or "copy") if each.decompress else "copy"
         argv = [python, "-I", "-c", STAGE_PROGRAM, str(working_dir), name, mode, str(max_bytes)]
         with await asyncio.to_thread(content[each.record.file_id].open, "rb") as source:
