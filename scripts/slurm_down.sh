@@ -38,5 +38,7 @@ if pid_of "$STATE/slurmctld.pid" slurmctld >/dev/null; then
 fi
 for f in "$STATE"/slurmd-*.pid; do [ -e "$f" ] && stop "$f" slurmd; done
 stop "$STATE/slurmctld.pid" slurmctld
+stop "$STATE/slurmdbd.pid" slurmdbd
+stop "$STATE/mariadb/mariadbd.pid" mariadbd
 stop "$STATE/munge/munged.pid" munged
 exit 0
