@@ -22,6 +22,7 @@ import aiohttp
 import pytest
 
 from apportion.files import FilesConfig
+from tests.cli_helpers import as_json, cli, ok
 from tests.conftest import Running, running_server
 from tests.jobs_helpers import PY, submit, wait_for
 
@@ -265,3 +266,34 @@ async def test_output_patterns_outside_the_working_directory_are_refused(
         answer = await r.json()
         assert r.status == 400, answer
     assert answer["error"]["details"]["path"].startswith("body.config.output_files")
+
+
+async def test_the_command_line_gives_inputs_and_keeps_outputs(
+    running: Running, fleet: Any, tmp_path: Path
+) -> None:
+    data = await stored(running, b"7\n", "seed.txt")
+    archive = await stored(running, tar_of({"cfg/a.ini": b"x=1"}), "cfg.tgz")
+    program = "print(open('seed.txt').read().strip(), open('cfg/a.ini').read()); open('out.txt', 'w').write('42')"
+    said = ok(
+        await cli(
+            running, "submit", "--input", data, "--unpack", archive, "--output", "*.txt",
+            "--wait", "--", PY, "-c", program,
+        )
+    )  # fmt: skip
+    assert "7 x=1" in said
+    job_id = said.split("Submitted job ")[1].split()[0]
+    kept = as_json(await cli(running, "files", "list", "--job", job_id, "-o", "json"))
+    # the pattern takes what is there at the end: the staged input seed.txt matches too
+    assert [f["name"] for f in kept] == ["out.txt", "seed.txt"]
+    wrong = await cli(running, "submit", "--input", "0" * 32, "--", PY, "-c", "pass")
+    assert wrong.exit_code == 1
+    assert "--input/--unpack:" in wrong.stderr and "apportion files upload" in wrong.stderr
+    job_file = tmp_path / "job.toml"
+    job_file.write_text(
+        f"command = [\"{PY}\", \"-c\", \"open('r.txt', 'w').write(open('seed.txt').read())\"]\n"
+        f'input_files = ["{data}"]\noutput_files = ["r.txt"]\n'
+    )
+    said = ok(await cli(running, "submit", "--wait", str(job_file)))
+    from_file = said.split("Submitted job ")[1].split()[0]
+    kept = as_json(await cli(running, "files", "list", "--job", from_file, "-o", "json"))
+    assert [f["name"] for f in kept] == ["r.txt"]

@@ -110,6 +110,7 @@ CLI_WORDS = (
     ("list keys with GET /keys", "list them with `apportion keys list`"),
     ("list files with GET /files", "list them with `apportion files list`"),
     ("(DELETE /files/{id})", "(`apportion files delete`)"),
+    ("upload it first (POST /files)", "upload it first with `apportion files upload`"),
     ("create it first with POST /accounts", "create it first with `apportion accounts create`"),
     (
         "send Authorization: Bearer <key>",

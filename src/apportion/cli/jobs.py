@@ -18,6 +18,7 @@ from apportion.cli.common import (
     Output,
     OutputOpt,
     fail,
+    in_cli_words,
     listing,
     parse_duration,
     print_json,
@@ -124,6 +125,26 @@ def submit(
             " Ctrl-C cancels it."
         ),
     ] = False,
+    inputs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--input",
+            help="A stored file (its id; `apportion files upload`) to put in the working"
+            " directory first (repeatable).",
+        ),
+    ] = None,
+    unpack: Annotated[
+        list[str] | None,
+        typer.Option(help="A stored .tar(.gz|.xz|.bz2) or .zip to extract there (repeatable)."),
+    ] = None,
+    outputs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--output",
+            help="Files to keep when it ends, as a pattern in the working directory, e.g."
+            " 'results/*.csv' (repeatable; `apportion files list --job ID`).",
+        ),
+    ] = None,
     parsable: Annotated[bool, typer.Option(help="Print only the job id.")] = False,
     dry_run: Annotated[
         bool,
@@ -148,11 +169,21 @@ def submit(
         env = [*(f"{k}={v}" for k, v in (file.get("env") or {}).items()), *(env or [])]
         gpu_model = gpu_model or file.get("gpu_model")
         chdir = chdir or file.get("working_dir")
+        inputs = [*(file.get("input_files") or []), *(inputs or [])]
+        unpack = [*(file.get("unpack_files") or []), *(unpack or [])]
+        outputs = [*(file.get("output_files") or []), *(outputs or [])]
     resources: dict[str, Any] = {"gpu_model": gpu_model} if gpu_model else {}
     seconds = None if walltime is None else parse_duration(walltime, flag="--walltime")
     where: dict[str, Any] = {} if chdir is None else {"working_dir": os.path.abspath(chdir)}
     if spec is not None and spec.values.get("labels"):
         where["labels"] = {str(k): str(v) for k, v in spec.values["labels"].items()}
+    staged = [{"id": i} for i in inputs or []] + [
+        {"id": i, "decompress": True} for i in unpack or []
+    ]
+    if staged:
+        where["input_files"] = staged
+    if outputs:
+        where["output_files"] = list(outputs)
 
     options: dict[str, Any] = {
         "gpus": gpus,
@@ -176,7 +207,7 @@ def submit(
             flag = _flag_of(str(exc.details.get("path") or ""))
             if flag is None:
                 raise
-            fail(f"{flag}: {exc.message} [{exc.code}]")
+            fail(f"{flag}: {in_cli_words(exc.message)} [{exc.code}]")
         typer.echo(job_id if parsable else f"Submitted job {job_id}")
         if not wait:
             return None
@@ -220,6 +251,8 @@ _FLAGS = {
     "body.config.name": "--name",
     "body.config.env": "--env",
     "body.config.command": "the command after --",
+    "body.config.input_files": "--input/--unpack",
+    "body.config.output_files": "--output",
     "body.priority": "--priority",
 }
 
@@ -228,7 +261,7 @@ def _flag_of(path: str) -> str | None:
     """The ``submit`` flag a refused field of the submitted body came from (``body.config.env.X``
     is ``--env``), so the error names what the user typed; None when no flag sets it."""
     for prefix, flag in _FLAGS.items():
-        if path == prefix or path.startswith(prefix + "."):
+        if path == prefix or path.startswith((prefix + ".", prefix + "[")):
             return flag
     return None
 

@@ -43,6 +43,9 @@ SPEC_KEYS: dict[str, type | tuple[type, ...]] = {
     "gpus": int,
     "gpu_model": str,
     "labels": dict,
+    "input_files": list,  # stored files' ids, copied into the working directory
+    "unpack_files": list,  # stored archives' ids, extracted there
+    "output_files": list,  # patterns of the files kept when the job ends
 }
 
 
