@@ -160,3 +160,19 @@ def run_counter(marker: Path) -> list[str]:
 def runs_counted(marker: Path, worker: int = 0) -> str:
     """How many runs of a :func:`run_counter` job's ``worker`` were counted."""
     return Path(f"{marker}.{worker}").read_text()
+
+
+async def until_counted(marker: Path, workers: int = 1, *, within: float = 60.0) -> None:
+    """Wait until each of ``workers`` workers of a :func:`run_counter` job has counted its
+    first run: a job "running" may not have run its command on every worker yet, and one
+    stopped before that would count its second run as its first."""
+    for _ in range(int(within / 0.05)):
+        if all(_counted(marker, w) == "1" for w in range(workers)):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not every worker of {marker} counted its first run")
+
+
+def _counted(marker: Path, worker: int) -> str:
+    path = Path(f"{marker}.{worker}")
+    return path.read_text() if path.exists() else ""

@@ -34,9 +34,10 @@ def service_of(running: Running) -> JobService:
 # ---------------------------------------------------------------------------- transitions
 
 
-def test_the_table_is_seed_001s_life_with_requeue() -> None:
+def test_the_table_is_seed_001s_life_with_requeue_and_create_then_submit() -> None:
     s = JobStatus
     assert dict(TRANSITIONS) == {
+        s.CREATED: {s.QUEUED, s.CANCELLED},  # seed 003: created, then submitted (or cancelled)
         s.QUEUED: {s.SCHEDULED, s.CANCELLED},
         s.SCHEDULED: {s.RUNNING, s.FAILED, s.CANCELLED, s.QUEUED},  # queued: preempted
         s.RUNNING: {s.COMPLETED, s.FAILED, s.CANCELLED, s.QUEUED},

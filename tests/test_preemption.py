@@ -29,6 +29,7 @@ from tests.jobs_helpers import (
     sleeper,
     statuses,
     submit,
+    until_counted,
     until_reason,
     wait_for,
 )
@@ -105,6 +106,7 @@ async def test_a_higher_priority_job_preempts_and_the_victim_runs_again(
         )
         try:
             await wait_for(live, low, "running")
+            await until_counted(marker)
             high = await submit(
                 live,
                 {"queue": "shared", "command": sleeper(0.2), "resources": {"gpus": 2}},
@@ -211,6 +213,7 @@ async def test_a_queue_takes_back_the_quota_its_cohort_borrowed(
         )
         try:
             await wait_for(live, borrowed, "running")
+            await until_counted(marker)
             mine = await submit(
                 live, {"queue": "owner", "command": sleeper(0.2), "resources": {"gpus": 2}}
             )

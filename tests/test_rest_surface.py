@@ -251,7 +251,7 @@ async def test_known_query_parameters_keep_working_and_bad_values_name_them(
     async with running.http.get(f"{running.url}/jobs?status=queued") as response:
         assert await response.json() == []
     bad = {
-        "status=done": ("status", "one of queued, scheduled, running"),
+        "status=done": ("status", "one of created, queued, scheduled, running"),
         "limit=0": ("limit", "an integer from 1 to 10000"),
         "offset=-1": ("offset", "an integer from 0 to 1000000000"),
         "status=queued&status=running": ("status", "given 2 times"),
@@ -283,6 +283,8 @@ async def test_changing_routes_answer_their_declared_types_and_statuses(
     job_id = (await call("POST", "/jobs/submit", "/jobs/submit", json={"config": {"command": exiting(0)}}))["job_id"]  # fmt: skip
     await wait_for(running, job_id, "completed")
     await call("POST", "/jobs/plan", "/jobs/plan", json={"config": {"command": exiting(0)}})
+    held = await call("POST", "/jobs", "/jobs", json={"config": {"command": exiting(0)}})
+    await call("POST", "/jobs/{job_id}/submit", f"/jobs/{held['job_id']}/submit")
     await call("DELETE", "/jobs/{job_id}", f"/jobs/{job_id}")
     await call("POST", "/queues", "/queues", json={"name": "later", "clusters": ["not-yet"]})
     waits = {"config": {"command": exiting(0), "queue": "later"}}  # no cluster: it waits

@@ -26,6 +26,7 @@ from tests.jobs_helpers import (
     runs_counted,
     sleeper,
     submit,
+    until_counted,
     wait_for,
 )
 
@@ -216,6 +217,7 @@ async def test_a_preempted_slurm_job_is_scancelled_and_requeued(
         submitted = [low]
         try:
             first_run = (await wait_for(live, low, "running", within=60))["scheduler_job_id"]
+            await until_counted(marker, workers)  # every worker runs its command
             high = await submit(
                 live,
                 {"queue": "urgent", "command": sleeper(0.5), "resources": {"gpus": 4}},

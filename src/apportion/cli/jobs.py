@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 SHORT_ID = 12
 """How much of a job id the table shows; every command takes any unique prefix of 4 or more."""
 
-ACTIVE = ("queued", "scheduled", "running")
+ACTIVE = ("created", "queued", "scheduled", "running")
 
 
 def _reason(job: Job) -> str:
@@ -46,6 +46,8 @@ def _reason(job: Job) -> str:
         return f"{code}{words}"
     if job.status == "failed" and job.failed_reason:
         return job.failed_reason
+    if job.status == "created":
+        return "(Held) created with --hold: queue it with `apportion enqueue`"
     nodes = sorted({f"{p.get('cluster_id')}/{p.get('node_id')}" for p in job.allocation or []})
     return ",".join(nodes) if nodes else "-"
 
@@ -146,6 +148,13 @@ def submit(
         ),
     ] = None,
     parsable: Annotated[bool, typer.Option(help="Print only the job id.")] = False,
+    hold: Annotated[
+        bool,
+        typer.Option(
+            help="Store it without queueing it (as sbatch --hold); `apportion enqueue ID`"
+            " queues it."
+        ),
+    ] = False,
     dry_run: Annotated[
         bool,
         typer.Option(
@@ -156,6 +165,12 @@ def submit(
 ) -> None:
     """Submit a job: apportion submit --gpus 1 -- python train.py; or a job file:
     apportion submit job.toml, apportion submit train.sh (with #APPORTION lines)."""
+    if hold and wait:
+        fail(
+            "--hold and --wait together would wait for ever: queue it with `apportion"
+            " enqueue` first",
+            code=2,
+        )
     spec = read_job_file(command)
     if spec is not None:  # a flag given on the command line beats the file
         file = spec.values
@@ -202,13 +217,19 @@ def submit(
             if dry_run:
                 _print_plan(await client.plan(command, **options))
                 return None
-            job_id = await client.submit(command, **options)
+            if hold:
+                job_id = (await client.create_job(command, **options)).job_id
+            else:
+                job_id = await client.submit(command, **options)
         except InvalidRequestError as exc:
             flag = _flag_of(str(exc.details.get("path") or ""))
             if flag is None:
                 raise
             fail(f"{flag}: {in_cli_words(exc.message)} [{exc.code}]")
-        typer.echo(job_id if parsable else f"Submitted job {job_id}")
+        if hold:
+            typer.echo(job_id if parsable else f"Created job {job_id} (held: `apportion enqueue`)")
+        else:
+            typer.echo(job_id if parsable else f"Submitted job {job_id}")
         if not wait:
             return None
         try:
@@ -395,6 +416,27 @@ def cancel(
             try:
                 await client.cancel(job_id)
                 typer.echo(f"Cancelled job {job_id}")
+            except ApportionClientError as exc:
+                failures += 1
+                typer.echo(f"apportion: {job_id}: {exc.message} [{exc.code}]", err=True)
+        return failures
+
+    if run(ctx, work):
+        raise typer.Exit(1)
+
+
+def enqueue(
+    ctx: typer.Context, job_ids: Annotated[list[str], typer.Argument(help="Job ids.")]
+) -> None:
+    """Queue jobs made with submit --hold, as scontrol release does (all are tried; exits 1 if
+    any could not be queued)."""
+
+    async def work(client: AsyncApportion) -> int:
+        failures = 0
+        for job_id in job_ids:
+            try:
+                job = await client.submit_created(job_id)
+                typer.echo(f"Queued job {job.job_id}")
             except ApportionClientError as exc:
                 failures += 1
                 typer.echo(f"apportion: {job_id}: {exc.message} [{exc.code}]", err=True)
@@ -652,6 +694,7 @@ def register(app: typer.Typer) -> None:
     app.command()(history)
     app.command()(status)
     app.command()(cancel)
+    app.command()(enqueue)
     app.command()(explain)
     app.command()(logs)
     app.command()(queues)

@@ -110,6 +110,17 @@ class JobsAPI:
         answer = await self._rest.call("POST", "/jobs/submit", json=body)
         return str(answer["job_id"])
 
+    async def create_job(self, command: Sequence[str], **options: Any) -> Job:
+        """Store a job without queueing it (``created``; ``POST /jobs``), with :meth:`submit`'s
+        arguments and checks; :meth:`submit_created` queues it (as ``sbatch --hold`` and
+        ``scontrol release``; seed 003's create, then submit)."""
+        answer = await self._rest.call("POST", "/jobs", json=submission(command, **options))
+        return Job.model_validate(answer)
+
+    async def submit_created(self, job_id: str) -> Job:
+        """Queue a created job; :class:`ConflictError` for a job in any other status."""
+        return Job.model_validate(await self._rest.call("POST", f"/jobs/{job_id}/submit"))
+
     async def plan(self, command: Sequence[str], **options: Any) -> JobPlan:
         """What :meth:`submit` with the same arguments would do now, without submitting (a dry
         run; ``POST /jobs/plan``): where the job would start, or why it would wait. Refuses

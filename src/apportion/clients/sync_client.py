@@ -226,6 +226,14 @@ class Apportion:
         """Submit a job; returns its id (see :meth:`AsyncApportion.submit`)."""
         return self._run(self._client.submit(command, **options))
 
+    def create_job(self, command: list[str], **options: Any) -> Job:
+        """Store a job without queueing it (see :meth:`AsyncApportion.create_job`)."""
+        return self._run(self._client.create_job(command, **options))
+
+    def submit_created(self, job_id: str) -> Job:
+        """Queue a created job (see :meth:`AsyncApportion.submit_created`)."""
+        return self._run(self._client.submit_created(job_id))
+
     def priorities(self) -> list[JobPriority]:
         """Waiting jobs with their priority factors (see :meth:`AsyncApportion.priorities`)."""
         return self._run(self._client.priorities())

@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 
 TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = MappingProxyType(
     {
+        # submitted | cancelled before it was
+        JobStatus.CREATED: frozenset({JobStatus.QUEUED, JobStatus.CANCELLED}),
         # admitted (placed, hold committed) | cancelled while it waited
         JobStatus.QUEUED: frozenset({JobStatus.SCHEDULED, JobStatus.CANCELLED}),
         # a poll saw it start (or already end) | dispatch failed, or the backend lost it |
@@ -169,9 +171,30 @@ class JobLifecycle:
         await self._book.save(job, status=target, reason=reason, release_hold=release_hold)
 
     # ---------------------------------------------------------------- while it waits
+    async def create(self, config: JobConfig, priority: int, owner: Owner) -> Job:
+        """Commit a new job that waits to be submitted (``created``); return it."""
+        return await self._book.create(
+            config, priority, owner, "created; submit it to queue it", status=JobStatus.CREATED
+        )
+
+    async def submit_created(self, job: Job) -> None:
+        """Queue a ``created`` job and announce ``job_queued`` (:class:`Conflict` for a job in
+        any other status)."""
+        if job.status is not JobStatus.CREATED:
+            raise Conflict(
+                f"job {job.job_id} is {job.status.value}; only a created job can be submitted",
+                details={"job_id": job.job_id, "status": job.status.value},
+            )
+        await self._move(job, JobStatus.QUEUED, "submitted")
+        await self._queued(job)
+
     async def submit(self, config: JobConfig, priority: int, owner: Owner) -> Job:
         """Commit a new queued job and announce ``job_queued``; return it."""
         job = await self._book.create(config, priority, owner, "submitted")
+        await self._queued(job)
+        return job
+
+    async def _queued(self, job: Job) -> None:
         self.renumber()
         job.reason_code, job.reason = Reason.QUEUED, "waiting for the next admission cycle"
         await self._emit(
@@ -185,13 +208,13 @@ class JobLifecycle:
             },
             account=job.owner.account,
         )
-        return job
 
     async def reprioritise(self, job: Job, priority: int) -> None:
-        """Change a queued job's priority (:class:`Conflict` for any other status)."""
-        if job.status is not JobStatus.QUEUED:
+        """Change a queued (or created) job's priority (:class:`Conflict` for any other
+        status)."""
+        if job.status not in (JobStatus.QUEUED, JobStatus.CREATED):
             raise Conflict(
-                f"job {job.job_id} is {job.status.value}; only a queued job's priority can change",
+                f"job {job.job_id} is {job.status.value}; only a waiting job's priority can change",
                 details={"job_id": job.job_id, "status": job.status.value},
             )
         job.priority = priority
@@ -470,8 +493,8 @@ class JobLifecycle:
         or just after the backend took it). A finished job is left as it is."""
         if job.status.finished:
             return
-        if job.status is JobStatus.QUEUED:
-            await self.end(job, JobStatus.CANCELLED, reason="cancelled while queued")
+        if job.status in (JobStatus.QUEUED, JobStatus.CREATED):
+            await self.end(job, JobStatus.CANCELLED, reason=f"cancelled while {job.status.value}")
             return
         job.cancel_requested = True
         await self._book.save(job)

@@ -137,8 +137,10 @@ def _check_dir(value: str | None, info: ValidationInfo) -> str | None:
 
 
 class JobStatus(StrEnum):
-    """Seed 001's states: queued → scheduled → running → completed | failed | cancelled."""
+    """Seed 001's states: queued → scheduled → running → completed | failed | cancelled; and
+    ``created``, a job stored but not yet submitted (seed 003's create, then submit)."""
 
+    CREATED = "created"
     QUEUED = "queued"
     SCHEDULED = "scheduled"
     RUNNING = "running"

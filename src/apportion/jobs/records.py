@@ -270,9 +270,19 @@ class JobBook:
         """:func:`resolve_job` over this book's jobs."""
         return resolve_job(self.jobs, given, visible=visible)
 
-    async def create(self, config: JobConfig, priority: int, owner: Owner, reason: str) -> Job:
-        """Commit a new queued job (with its first history entry) and return it."""
+    async def create(
+        self,
+        config: JobConfig,
+        priority: int,
+        owner: Owner,
+        reason: str,
+        *,
+        status: JobStatus = JobStatus.QUEUED,
+    ) -> Job:
+        """Commit a new job, queued unless ``status`` says otherwise (with its first history
+        entry), and return it."""
         job = self.draft(config, priority, owner)
+        job.status = status
         self._next_seq += 1
         history = StatusEntry(job.job_id, job.status.value, job.created_at, reason)
         await self._writer.write(JobChange(job.row(), history, new=True))

@@ -141,6 +141,19 @@ class JobService:
         self.wake()
         return job
 
+    async def create(self, body: Any, owner: Owner) -> Job:
+        """``POST /jobs``: the checks of :meth:`submit`, then commit the job ``created``: it
+        waits for :meth:`submit_created` (seed 003's create, then submit); return it."""
+        config, priority, _ = self._accept(body, owner)
+        return await self.lifecycle.create(config, priority, owner)
+
+    async def submit_created(self, job: Job) -> Job:
+        """``POST /jobs/{id}/submit``: queue a created job (:class:`Conflict` otherwise) and
+        wake the cycle; return it."""
+        await self.lifecycle.submit_created(job)
+        self.wake()
+        return job
+
     async def plan(self, body: Any, owner: Owner) -> JobPlan:
         """``POST /jobs/plan`` (``submit --dry-run``): what :meth:`submit` of ``body`` would do
         now, nothing stored, reserved or announced. The same checks refuse what a submit would

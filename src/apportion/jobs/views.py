@@ -31,7 +31,7 @@ def queue_counts(jobs: Iterable[Job], queues: QueueBook) -> dict[str, tuple[int,
     """``{queue: (queued, running)}`` for the Prometheus gauges."""
     counts = {name: [0, 0] for name in queues.names()}
     for job in jobs:
-        if job.queue in counts and not job.status.finished:
+        if job.queue in counts and (job.status is JobStatus.QUEUED or job.status.active):
             counts[job.queue][0 if job.status is JobStatus.QUEUED else 1] += 1
     return {name: (q, r) for name, (q, r) in counts.items()}
 

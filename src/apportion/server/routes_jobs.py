@@ -163,6 +163,33 @@ async def list_jobs(request: web.Request) -> web.Response:
     return response
 
 
+@api.post(
+    "/jobs",
+    scope=Scope.SUBMIT,
+    body=SubmitRequest,
+    response=JobRecord,
+    status=201,
+    errors=(NotFound, UnknownPolicy, Conflict),
+)
+async def create_job(request: web.Request) -> web.Response:
+    """Create a job without queueing it (status created); POST /jobs/{id}/submit queues it."""
+    owner = principal_of(request).actor.owner
+    job = await _jobs(request).create(raw_body_of(request), owner)
+    return json_response(job.public(), status=201)
+
+
+@api.post(
+    "/jobs/{job_id}/submit",
+    scope=Scope.SUBMIT,
+    response=JobRecord,
+    errors=(NotFound, Forbidden, Conflict),
+)
+async def submit_created_job(request: web.Request) -> web.Response:
+    """Queue a created job (409 for a job in any other status)."""
+    job = _changeable(request)
+    return json_response((await _jobs(request).submit_created(job)).public())
+
+
 @api.get("/jobs/{job_id}", scope=Scope.READ, response=JobRecord, errors=(NotFound,))
 async def read_job(request: web.Request) -> web.Response:
     """One job record, with reason, queue position, allocation and resource usage."""
