@@ -52,6 +52,7 @@ from apportion.server import (
     routes_jobs,
     routes_policies,
     routes_registry,
+    routes_rescale,
     routes_status,
 )
 from apportion.server.auth import ANONYMOUS_ADMIN, auth_middleware, check_bind_allowed
@@ -307,6 +308,7 @@ class Server:
         app.add_routes(routes_core.api.routes)
         app.add_routes(routes_jobs.api.routes)
         app.add_routes(routes_files.api.routes)
+        app.add_routes(routes_rescale.api.routes)
         app.add_routes(routes_status.api.routes)
         app.add_routes(routes_registry.api.routes)
         app.add_routes(routes_policies.api.routes)

@@ -48,7 +48,7 @@ def _files(request: web.Request) -> FileBook:
     return ctx(request).files
 
 
-def _visible(request: web.Request) -> FileRecord:
+def visible_file(request: web.Request) -> FileRecord:
     who = principal_of(request).actor
     return _files(request).get(request.match_info["file_id"], visible=who.may_see)
 
@@ -65,22 +65,27 @@ def _visible(request: web.Request) -> FileRecord:
 )
 async def upload_file(request: web.Request) -> web.Response:
     """Store a file (multipart part ``file``; ?type=input by default); its record, with sha512."""
+    record = await receive_upload(request, query_of(request, FileUploadQuery).type)
+    return json_response(record.public(), status=201)
+
+
+async def receive_upload(request: web.Request, kind: FileType) -> FileRecord:
+    """The request's multipart form, one part ``file``, stored as a file of ``kind`` of the
+    calling key's account and user (also seed 003's ``POST /api/v2/files/contents/``)."""
     mimetype = parse_mimetype(request.headers.get("Content-Type", ""))
     if mimetype.type != "multipart" or not mimetype.parameters.get("boundary"):
         raise InvalidRequest(
-            "POST /files takes multipart/form-data (with its boundary parameter) with one part"
-            " 'file' whose filename is the file's name",
+            f"POST {request.path} takes multipart/form-data (with its boundary parameter) with"
+            " one part 'file' whose filename is the file's name",
             path="body",
         )
-    kind = query_of(request, FileUploadQuery).type
     owner = principal_of(request).actor.owner
     try:
-        record = await within_body_deadline(request, _receive(request, kind, owner))
+        return await within_body_deadline(request, _receive(request, kind, owner))
     except BadHttpMessage as exc:
         raise InvalidRequest(
             f"the multipart body is malformed ({exc.message}); send one part 'file'", path="body"
         ) from None
-    return json_response(record.public(), status=201)
 
 
 async def _receive(request: web.Request, kind: FileType, owner: Owner) -> FileRecord:
@@ -130,7 +135,7 @@ async def list_files(request: web.Request) -> web.Response:
 @api.get("/files/{file_id}", scope=Scope.READ, response=StoredFile, errors=(NotFound,))
 async def read_file_record(request: web.Request) -> web.Response:
     """One file's record: name, size, sha512, type, owner, when, the job it came from."""
-    return json_response(_visible(request).public())
+    return json_response(visible_file(request).public())
 
 
 @api.get(
@@ -142,7 +147,11 @@ async def read_file_record(request: web.Request) -> web.Response:
 )
 async def download_file(request: web.Request) -> web.StreamResponse:
     """The file's content; supports HTTP Range (one range or a suffix), 416 past its end."""
-    record = _visible(request)
+    return file_content(request, visible_file(request))
+
+
+def file_content(request: web.Request, record: FileRecord) -> web.FileResponse:
+    """``record``'s content as aiohttp serves files (ranges, 416), always as an attachment."""
     disposition = f"attachment; filename*=UTF-8''{quote(record.name, safe='')}"
     return web.FileResponse(
         _files(request).content(record),
@@ -164,14 +173,13 @@ async def download_file(request: web.Request) -> web.StreamResponse:
 )
 async def file_lines(request: web.Request) -> web.Response:
     """Lines of a text file (?start=0&count=100), decoded as UTF-8; next is null at its end."""
-    record = _visible(request)
     query = query_of(request, FileLinesQuery)
-    path = _files(request).content(record)
-    lines, following = await _read_lines(path, query.start, query.count)
+    path = _files(request).content(visible_file(request))
+    lines, following = await read_lines(path, query.start, query.count)
     return json_response({"lines": lines, "start": query.start, "next": following})
 
 
-async def _read_lines(path: Path, start: int, count: int) -> tuple[list[str], int | None]:
+async def read_lines(path: Path, start: int, count: int) -> tuple[list[str], int | None]:
     """Up to ``count`` lines from line ``start`` (at most :data:`MAX_LINES_BYTES` of them),
     and the number of the line after them, None at the end of the file."""
 
@@ -194,7 +202,7 @@ async def _read_lines(path: Path, start: int, count: int) -> tuple[list[str], in
 @api.delete("/files/{file_id}", scope=Scope.SUBMIT, response=Ack, errors=(NotFound, Forbidden))
 async def delete_file(request: web.Request) -> web.Response:
     """Delete a file (its uploader or an admin key)."""
-    record = _visible(request)
+    record = visible_file(request)
     who = principal_of(request).actor
     if not who.may_change(record.owner):
         raise Forbidden(

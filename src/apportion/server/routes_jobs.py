@@ -53,7 +53,7 @@ def _jobs(request: web.Request) -> JobService:
     return service
 
 
-def _visible(request: web.Request) -> Job:
+def visible_job(request: web.Request) -> Job:
     """The job the path names — its id, or a prefix of it only one visible job has — if the
     calling key may see it; a job of another account is :class:`NotFound` exactly as an
     unknown id (and never matches a prefix), so its existence does not leak."""
@@ -63,10 +63,10 @@ def _visible(request: web.Request) -> Job:
     )
 
 
-def _changeable(request: web.Request) -> Job:
+def changeable_job(request: web.Request) -> Job:
     """The job the path names, if the calling key may change it (:func:`_visible` first);
     :class:`Forbidden` for a job another user of the key's account submitted."""
-    job = _visible(request)
+    job = visible_job(request)
     who: Actor = principal_of(request).actor
     if not who.may_change(job.owner):
         raise Forbidden(
@@ -186,14 +186,14 @@ async def create_job(request: web.Request) -> web.Response:
 )
 async def submit_created_job(request: web.Request) -> web.Response:
     """Queue a created job (409 for a job in any other status)."""
-    job = _changeable(request)
+    job = changeable_job(request)
     return json_response((await _jobs(request).submit_created(job)).public())
 
 
 @api.get("/jobs/{job_id}", scope=Scope.READ, response=JobRecord, errors=(NotFound,))
 async def read_job(request: web.Request) -> web.Response:
     """One job record, with reason, queue position, allocation and resource usage."""
-    return json_response(_visible(request).public())
+    return json_response(visible_job(request).public())
 
 
 @api.get(
@@ -201,7 +201,7 @@ async def read_job(request: web.Request) -> web.Response:
 )
 async def job_statuses(request: web.Request) -> web.Response:
     """The job's status history [{status, time, reason}] (seed 003)."""
-    job = _visible(request)
+    job = visible_job(request)
     return json_response(await _jobs(request).jobs.history(job.job_id))
 
 
@@ -216,7 +216,7 @@ async def job_statuses(request: web.Request) -> web.Response:
 async def job_logs(request: web.Request) -> web.Response:
     """The job's output (?worker=N: that worker's own); supports HTTP Range, one range or a suffix."""
     service = _jobs(request)
-    job = _visible(request)
+    job = visible_job(request)
     worker = query_of(request, LogsQuery).worker
     asked = parse_byte_range(request.headers.get("Range"))
     if job.scheduler_job_id is None:
@@ -270,7 +270,7 @@ def _log_headers(chunk: LogChunk) -> dict[str, str]:
 @api.post("/jobs/{job_id}/cancel", scope=Scope.SUBMIT, response=Ack, errors=(NotFound, Forbidden))
 async def cancel_job(request: web.Request) -> web.Response:
     """Cancel a job (queued: at once; running: SIGTERM/scancel)."""
-    job = _changeable(request)
+    job = changeable_job(request)
     await _jobs(request).cancel(job.job_id)
     return json_response({"success": True})
 
@@ -284,7 +284,7 @@ async def cancel_job(request: web.Request) -> web.Response:
 )
 async def set_priority(request: web.Request) -> web.Response:
     """Change a queued job's priority (409 once it has left the queue)."""
-    job = _changeable(request)
+    job = changeable_job(request)
     await _jobs(request).set_priority(job.job_id, raw_body_of(request))
     return json_response({"success": True})
 
@@ -298,7 +298,7 @@ async def set_priority(request: web.Request) -> web.Response:
 )
 async def delete_job(request: web.Request) -> web.Response:
     """Delete a job, cancelling it first if it runs (202)."""
-    job = _changeable(request)
+    job = changeable_job(request)
     await _jobs(request).delete(job.job_id)
     return json_response({"success": True}, status=202)
 
