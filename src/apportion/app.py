@@ -49,6 +49,7 @@ from apportion.server import (
     dashboard,
     routes_core,
     routes_files,
+    routes_hpc_queue,
     routes_jobs,
     routes_policies,
     routes_registry,
@@ -309,6 +310,7 @@ class Server:
         app.add_routes(routes_jobs.api.routes)
         app.add_routes(routes_files.api.routes)
         app.add_routes(routes_rescale.api.routes)
+        app.add_routes(routes_hpc_queue.api.routes)
         app.add_routes(routes_status.api.routes)
         app.add_routes(routes_registry.api.routes)
         app.add_routes(routes_policies.api.routes)
