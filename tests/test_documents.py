@@ -288,12 +288,14 @@ def test_bad_nvlink_domains_are_refused(domains: Any, path: str) -> None:
     assert err.details["path"] == "body.nodes.nodeData[0].gpus.topology.nvlinkDomains" + path
 
 
-def test_unknown_scheduler_type_is_refused() -> None:
+def test_a_scheduler_type_must_be_an_adapters_name() -> None:
     doc = example()
-    doc["config"]["scheduler"]["type"] = "pbs"
+    doc["config"]["scheduler"]["type"] = "pbs"  # a plugin's adapter may be named so
+    assert scheduler_type(doc) == "pbs"
+    doc["config"]["scheduler"]["type"] = "PBS Pro!"
     err = refused(doc)
     assert err.details["path"] == "body.config.scheduler.type"
-    assert "local, slurm" in err.message
+    assert "an adapter's name (local, slurm, or a plugin's" in err.message
     with pytest.raises(InvalidRequest):
         scheduler_type(doc)
 

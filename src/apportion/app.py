@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import sys
 import time
 from collections.abc import Mapping
@@ -24,7 +23,7 @@ from aiohttp import web
 
 from apportion.accounts import AccountBook
 from apportion.adapters.base import Adapter
-from apportion.adapters.local.adapter import LocalAdapter
+from apportion.adapters.plugins import AdapterPlugin, load_adapters
 from apportion.adapters.slurm.adapter import SlurmAdapter
 from apportion.adapters.slurm.usage import SlurmUsageCollector
 from apportion.allocation.holds import HoldManager
@@ -94,6 +93,7 @@ class Server:
         self._adapters = adapters
         self.background = Background()
         self.context: ServerContext | None = None
+        self.plugins: list[AdapterPlugin] = []  # once started: the adapter plugins found
         self._http_port = 0
         self._ws: AllocationWebSocket | None = None
         self.http_app: web.Application | None = None  # once started: the REST/Socket.IO app
@@ -185,7 +185,9 @@ class Server:
             observe=telemetry.observe_allocation,
             emit=events.append,
         )
-        adapters = _adapters() if self._adapters is None else self._adapters
+        adapters, self.plugins = load_adapters()
+        if self._adapters is not None:
+            adapters = dict(self._adapters)
         identity = JobIdentity.of_this_process(
             settings.job_user,
             allow_as_server=settings.allow_jobs_as_server_user,
@@ -222,7 +224,17 @@ class Server:
         self._stack.push_async_callback(jobs.jobs.close)  # its pending writes, before the db
         await jobs.load()
         self.context = ServerContext(
-            settings, registry, policies, runtime, holds, allocations, keys, accounts, files, jobs
+            settings,
+            registry,
+            policies,
+            runtime,
+            holds,
+            allocations,
+            keys,
+            accounts,
+            files,
+            jobs,
+            tuple(self.plugins),
         )
         telemetry.set_known_policy(lambda uri: _in_store(policies, uri))
         telemetry.set_gpu_source(lambda: _gpu_counts(registry))
@@ -363,14 +375,6 @@ class Server:
         the services and the store."""
         await self.background.stop(STOP_GRACE_SECONDS)
         await self._stack.aclose()
-
-
-def _adapters() -> dict[str, Adapter]:
-    """The scheduler adapters of this server: ``local`` always, ``slurm`` where its tools exist."""
-    adapters: dict[str, Adapter] = {"local": LocalAdapter()}
-    if shutil.which("sbatch") is not None:
-        adapters["slurm"] = SlurmAdapter()
-    return adapters
 
 
 def _in_store(policies: PolicyStore, uri: str) -> bool:

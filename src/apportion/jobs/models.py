@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -360,7 +360,8 @@ class QueueConfig(BaseModel):
 
     name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
-    plugin: Literal["local", "slurm"] | None = None  # adapter; default: the chosen cluster's
+    # the scheduler adapter (GET /plugins lists them); default: the chosen cluster's
+    plugin: str | None = Field(None, pattern=NAME_PATTERN)
     working_dir: str | None = None
     default_resources: ResourceAmounts = Field(default_factory=ResourceAmounts)
     maximum_resources: ResourceAmounts = Field(default_factory=ResourceAmounts)

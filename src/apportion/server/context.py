@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from apportion.accounts import AccountBook
+from apportion.adapters.plugins import AdapterPlugin
 from apportion.allocation.holds import HoldManager
 from apportion.allocation.service import AllocationService
 from apportion.config import Settings
@@ -30,6 +31,7 @@ class ServerContext:
     accounts: AccountBook
     files: FileBook
     jobs: JobService | None = None
+    plugins: tuple[AdapterPlugin, ...] = ()  # the scheduler adapter plugins, loaded or not
 
 
 CONTEXT: web.AppKey[ServerContext] = web.AppKey("apportion_context", ServerContext)

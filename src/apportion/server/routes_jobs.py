@@ -28,7 +28,7 @@ from apportion.jobs.service import JobService
 from apportion.ownership import Actor
 from apportion.server.auth import Scope, principal_of
 from apportion.server.http_common import ctx, json_body, json_response, parse_byte_range
-from apportion.server.routing import ApiRoutes, query_of, raw_body_of
+from apportion.server.routing import ApiRoutes, body_of, query_of, raw_body_of
 from apportion.server.schemas import (
     AccountShareLine,
     Ack,
@@ -339,12 +339,27 @@ async def list_queues(request: web.Request) -> web.Response:
 )
 async def create_queue(request: web.Request) -> web.Response:
     """Create a queue (seed 000's fields, plus policy_rule_uri and clusters)."""
+    _check_plugin(request)
     return json_response(await _jobs(request).queues.create(raw_body_of(request)), status=201)
+
+
+def _check_plugin(request: web.Request) -> None:
+    """:class:`InvalidRequest` naming ``plugin`` for an adapter this server does not run."""
+    plugin = body_of(request, QueueConfig).plugin
+    adapters = _jobs(request).driver.adapters
+    if plugin is not None and plugin not in adapters:
+        raise InvalidRequest(
+            f"plugin {plugin!r} is no scheduler adapter of this server; it runs"
+            f" {', '.join(sorted(adapters))} (GET /plugins lists every plugin and why one is"
+            " not available)",
+            path="body.plugin",
+        )
 
 
 @api.put("/queues", scope=Scope.ADMIN, body=QueueConfig, response=QueueRecord, errors=(NotFound,))
 async def update_queue(request: web.Request) -> web.Response:
     """Replace a queue, found by name."""
+    _check_plugin(request)
     service = _jobs(request)
     queue = await service.queues.update(raw_body_of(request))
     service.wake()
@@ -370,6 +385,12 @@ async def delete_queue(request: web.Request) -> web.Response:
     )
     await service.queues.delete(request.match_info["queue_id"], in_use=in_use)
     return json_response({"success": True})
+
+
+@api.get("/plugins", scope=Scope.READ, response=list[dict[str, Any]])
+async def list_plugins(request: web.Request) -> web.Response:
+    """The scheduler adapter plugins: name, module_name, class_name, builtin, available, error."""
+    return json_response([p.public() for p in ctx(request).plugins])
 
 
 @api.get("/scheduler/partitions", scope=Scope.READ, response=list[dict[str, Any]])

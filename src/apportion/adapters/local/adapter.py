@@ -279,3 +279,8 @@ class LocalAdapter:
             workers.append((w.kind, state, proc))
         sample, self._samples[spec.run_id] = local_usage.job_usage(usage_file, record, workers)
         return sample
+
+
+def create_adapter() -> LocalAdapter:
+    """The ``local`` adapter (the entry point of ``apportion.adapters``; it runs anywhere)."""
+    return LocalAdapter()

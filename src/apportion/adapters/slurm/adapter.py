@@ -355,3 +355,9 @@ def _trim_partial_utf8(b: bytes) -> bytes:
             need = 1 if byte < 0x80 else 4 if byte >= 0xF0 else 3 if byte >= 0xE0 else 2
             return b if back >= need else b[:-back]
     return b
+
+
+def create_adapter() -> SlurmAdapter | None:
+    """The ``slurm`` adapter where Slurm's commands are (the entry point of
+    ``apportion.adapters``), else None."""
+    return SlurmAdapter() if shutil.which("sbatch") is not None else None

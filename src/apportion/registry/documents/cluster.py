@@ -33,7 +33,8 @@ from apportion.registry.documents.aggregates import check_cluster_aggregates
 from apportion.registry.documents.ids import check_cluster_id
 from apportion.registry.documents.nodes import check_nodes
 from apportion.registry.documents.readers import (
-    SCHEDULER_TYPES,
+    SCHEDULER_TYPE,
+    SCHEDULER_TYPE_WORDS,
 )
 from apportion.registry.fields import FieldErrors, amount, obj, str_list, text
 
@@ -87,5 +88,5 @@ def _check_config(out: dict[str, Any], path: str, errs: FieldErrors) -> None:
         return
     p = f"{path}.config.scheduler.type"
     kind = text(sched["type"], p, errs)
-    if kind is not None and kind not in SCHEDULER_TYPES:
-        errs.add(p, f"{p} is {kind!r}; use one of: {', '.join(SCHEDULER_TYPES)}")
+    if kind is not None and SCHEDULER_TYPE.fullmatch(kind) is None:
+        errs.add(p, f"{p} is {kind!r}; use {SCHEDULER_TYPE_WORDS}")

@@ -7,13 +7,18 @@ and when a job is dispatched to pick the adapter. They read; they never modify t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from apportion.errors import InvalidRequest
 
-SCHEDULER_TYPES = ("local", "slurm")
-"""Values of ``config.scheduler.type``; the adapter that runs jobs on the cluster."""
+SCHEDULER_TYPE = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+"""A ``config.scheduler.type``: the name of the adapter that runs jobs on the cluster —
+``local``, ``slurm`` or a plugin's (``GET /plugins``; docs/adapters.md)."""
+SCHEDULER_TYPE_WORDS = (
+    "an adapter's name (local, slurm, or a plugin's: lowercase letters, digits, - and _)"
+)
 
 
 def expand_node_gpus(node: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -47,13 +52,13 @@ def scheduler_type(cluster: Mapping[str, Any]) -> str:
     """``config.scheduler.type`` of a cluster document, ``"local"`` when absent.
 
     Called when a job is dispatched to pick the adapter. Raises :class:`InvalidRequest`
-    for a value other than ``local``/``slurm`` (a validated document never has one).
+    for a value that is no adapter's name (a validated document never has one).
     """
     scheduler = (cluster.get("config") or {}).get("scheduler") or {}
     kind = scheduler.get("type", "local")
-    if kind not in SCHEDULER_TYPES:
+    if not isinstance(kind, str) or SCHEDULER_TYPE.fullmatch(kind) is None:
         raise InvalidRequest(
-            f"config.scheduler.type is {kind!r}; use one of: {', '.join(SCHEDULER_TYPES)}",
+            f"config.scheduler.type is {kind!r}; use {SCHEDULER_TYPE_WORDS}",
             path="config.scheduler.type",
         )
-    return str(kind)
+    return kind
