@@ -1,0 +1,172 @@
+"""The contract every scheduler adapter keeps (issue 12, item 3; docs/adapters.md), run against
+each adapter Apportion ships — ``local`` on this machine, ``slurm`` against the real Slurm of
+``scripts/slurm_up.sh`` — with the same cases: a job submitted is tagged so that a new adapter
+(a restarted server) finds it; a poll follows it to its end, its exit code deciding completed
+or failed; a cancel stops it; its output is read back whole, in pieces, by byte offsets; its
+usage is seed 002's document; its argv arrives verbatim. A plugin's adapter can run the same
+suite by adding itself to :data:`BACKENDS`' pattern.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from apportion.adapters.base import Adapter, BackendState, BackendStatus, JobSpec, WorkerSpec
+from apportion.adapters.local.adapter import LocalAdapter
+from apportion.adapters.slurm.adapter import SlurmAdapter
+from tests import slurm_env
+
+slurm = slurm_env.slurm
+
+
+@dataclass
+class Backend:
+    """An adapter under test (``adapter``), how to make another instance of it — a restarted
+    server's — and a spec of a one-worker job running ``argv`` on it."""
+
+    adapter: Adapter
+    restarted: Callable[[], Adapter]
+    spec: Callable[[tuple[str, ...]], JobSpec]
+
+
+def local_spec(tmp_path: Path) -> Callable[[tuple[str, ...]], JobSpec]:
+    def spec(argv: tuple[str, ...]) -> JobSpec:
+        job_id = f"c-{uuid.uuid4().hex[:12]}"
+        return JobSpec(
+            job_id=job_id,
+            name="contract",
+            command=argv,
+            cluster_id="local",
+            scheduler={"type": "local"},
+            workers=(WorkerSpec(index=0, node_id="localhost", gpus=()),),
+            output_dir=tmp_path / job_id,
+        )
+
+    return spec
+
+
+def slurm_spec(
+    tmp_path: Path, cluster: slurm_env.SlurmCluster
+) -> Callable[[tuple[str, ...]], JobSpec]:
+    def spec(argv: tuple[str, ...]) -> JobSpec:
+        job_id = f"c-{uuid.uuid4().hex[:12]}"
+        return JobSpec(
+            job_id=job_id,
+            name="contract",
+            command=argv,
+            cluster_id="slurm-local",
+            scheduler={"type": "slurm", "partition": cluster.partition},
+            workers=(WorkerSpec(index=0, node_id=cluster.nodes[0], gpus=()),),
+            output_dir=tmp_path / job_id,
+        )
+
+    return spec
+
+
+BACKENDS = ["local", "slurm"]
+
+
+@pytest.fixture(params=BACKENDS)
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    """Each adapter in turn; every job a test submitted through it is cancelled afterwards
+    (by its id)."""
+    made: Callable[[], Adapter]
+    if request.param == "local":
+        made, spec = (lambda: LocalAdapter(grace_seconds=0.5)), local_spec(tmp_path)
+    else:
+        made, spec = SlurmAdapter, slurm_spec(tmp_path, request.getfixturevalue("slurm"))
+    adapter = made()
+    started: list[tuple[JobSpec, str]] = []
+    submit = adapter.submit
+
+    async def tracking(job_spec: JobSpec) -> str:
+        job = await submit(job_spec)
+        started.append((job_spec, job))
+        return job
+
+    adapter.submit = tracking  # type: ignore[method-assign]
+    yield Backend(adapter, made, spec)
+    for job_spec, job in started:
+        await adapter.cancel(job_spec, job)
+
+
+PY = sys.executable
+
+
+async def until_finished(adapter: Adapter, spec: JobSpec, job: str) -> BackendStatus:
+    deadline = time.monotonic() + 60
+    while True:
+        status = await adapter.poll(spec, job)
+        if status.state.finished or time.monotonic() > deadline:
+            return status
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.parametrize(("code", "state"), [(0, BackendState.COMPLETED), (3, BackendState.FAILED)])
+async def test_a_job_is_followed_to_its_end_and_its_exit_code_decides(
+    backend: Backend, code: int, state: BackendState
+) -> None:
+    adapter = backend.adapter
+    spec = backend.spec((PY, "-c", f"import sys; sys.exit({code})"))
+    job = await adapter.submit(spec)
+    status = await until_finished(adapter, spec, job)
+    assert status.state is state and status.return_code == code
+
+
+async def test_a_restarted_server_finds_a_submitted_job(backend: Backend) -> None:
+    spec = backend.spec((PY, "-c", "import time; time.sleep(300)"))
+    never = backend.spec((PY, "-c", "pass"))
+    job = await backend.adapter.submit(spec)
+    again = backend.restarted()  # another instance: nothing shared in memory
+    assert await again.find(spec) == job
+    assert await again.find(never) is None  # never submitted: not found
+
+
+async def test_a_cancel_stops_a_running_job(backend: Backend) -> None:
+    adapter = backend.adapter
+    spec = backend.spec((PY, "-c", "import time; time.sleep(300)"))
+    job = await adapter.submit(spec)
+    deadline = time.monotonic() + 60
+    while (await adapter.poll(spec, job)).state is not BackendState.RUNNING:
+        assert time.monotonic() < deadline, "the job never ran"
+        await asyncio.sleep(0.1)
+    await adapter.cancel(spec, job)
+    status = await until_finished(adapter, spec, job)
+    assert status.state is BackendState.CANCELLED
+
+
+async def test_output_is_read_back_whole_by_byte_offsets(backend: Backend) -> None:
+    adapter = backend.adapter
+    text = "".join(f"line {i} é\n" for i in range(200))
+    spec = backend.spec((PY, "-c", f"import sys; sys.stdout.write({text!r})"))
+    job = await adapter.submit(spec)
+    await until_finished(adapter, spec, job)
+    pieces, offset = [], 0
+    for _ in range(1000):
+        chunk = await adapter.logs(spec, job, offset=offset, limit=333)
+        pieces.append(chunk.text)
+        offset = chunk.offset
+        if chunk.complete:
+            break
+    assert "".join(pieces) == text
+    assert offset == chunk.size == len(text.encode())
+
+
+async def test_argv_arrives_verbatim_and_usage_is_seed_002s_document(backend: Backend) -> None:
+    adapter = backend.adapter
+    argv = ("a b", "$HOME", "'quoted'", ";", "ü")
+    spec = backend.spec((PY, "-c", "import sys, json; print(json.dumps(sys.argv[1:]))", *argv))
+    job = await adapter.submit(spec)
+    await until_finished(adapter, spec, job)
+    assert (await adapter.logs(spec, job)).text.strip() == json.dumps(list(argv))
+    usage = await adapter.usage(spec, job)
+    assert {"cpuSeconds", "maxTotalMemory", "timeInstant"} <= set(usage)
