@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Running, running_server
+from apportion.clients import AsyncApportion
+from tests.conftest import ADMIN_KEY, Running, running_server
 from tests.jobs_helpers import (
     PY,
     create_queue,
@@ -322,3 +323,34 @@ async def test_a_bad_or_unsatisfiable_log_range_is_refused(running: Running, fle
             answer = await response.json()
             assert response.status == 400, bad
             assert answer["error"]["details"]["path"] == "Range"
+
+
+async def test_jobs_are_found_by_label_and_by_parent(running: Running, fleet: Any) -> None:
+    parent = await submit(running, {"command": exiting(0), "labels": {"team": "vision"}})
+    child = await submit(
+        running,
+        {"command": exiting(0), "labels": {"team": "vision", "step": "2"}, "parent_job_id": parent},
+    )
+    other = await submit(running, {"command": exiting(0), "labels": {"team": "nlp"}})
+
+    async def ids(query: str) -> list[str]:
+        async with running.http.get(f"{running.url}/jobs?{query}") as response:
+            assert response.status == 200, await response.text()
+            return [j["job_id"] for j in await response.json()]
+
+    assert await ids("label=team=vision") == [parent, child]
+    assert await ids("label=team=vision&label=step=2") == [child]  # every label must match
+    assert await ids("label=team=nlp") == [other]
+    assert await ids(f"parent_job_id={parent}") == [child]
+    async with AsyncApportion(running.url, api_key=ADMIN_KEY) as client:
+        found = await client.list_jobs(labels={"team": "vision", "step": "2"})
+        assert [j.job_id for j in found] == [child]
+        assert [j.job_id for j in await client.list_jobs(parent_job_id=parent)] == [child]
+    async with running.http.get(f"{running.url}/jobs?label=novalue") as response:
+        answer = await response.json()
+        assert response.status == 400 and answer["error"]["details"]["path"] == "query.label"
+    orphan = {"config": {"command": exiting(0), "parent_job_id": "0" * 32}}
+    async with running.http.post(f"{running.url}/jobs/submit", json=orphan) as response:
+        answer = await response.json()
+        assert response.status == 400
+        assert answer["error"]["details"]["path"] == "body.config.parent_job_id"

@@ -149,7 +149,9 @@ async def test_statuses_of_declared_errors_are_in_the_document(running: Running)
         for status in spec.success:
             assert str(status) in responses
     jobs = document["paths"]["/jobs"]["get"]
-    assert [p["name"] for p in jobs["parameters"]] == ["status", "queue", "limit", "offset"]
+    assert [p["name"] for p in jobs["parameters"]] == [
+        "status", "queue", "label", "parent_job_id", "limit", "offset"
+    ]  # fmt: skip
     assert document["paths"]["/jobs/{job_id}"]["delete"]["responses"]["202"]
     assert "422" in document["paths"]["/clusters"]["post"]["responses"]  # InvalidDocument
     assert "409" in document["paths"]["/jobs/{job_id}/priority"]["post"]["responses"]
@@ -215,7 +217,10 @@ async def test_answers_match_their_declared_response_types(running: Running, fle
 @pytest.mark.parametrize(
     ("request_line", "accepted"),
     [
-        ("GET /jobs?filter_exp=status%3Dqueued", "status, queue, limit, offset"),
+        (
+            "GET /jobs?filter_exp=status%3Dqueued",
+            "status, queue, label, parent_job_id, limit, offset",
+        ),
         ("GET /events?sinse=3", "since, limit, type"),
         ("GET /dashboard/jobs?finshed=1", "finished"),
         ("GET /clusters?status=live", "none"),

@@ -138,16 +138,26 @@ class JobsAPI:
         return Job.model_validate(await self._rest.call("GET", f"/jobs/{job_id}"))
 
     async def jobs(
-        self, *, status: str | None = None, queue: str | None = None, page_size: int = PAGE_SIZE
+        self,
+        *,
+        status: str | None = None,
+        queue: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        parent_job_id: str | None = None,
+        page_size: int = PAGE_SIZE,
     ) -> AsyncIterator[Job]:
-        """Every job (oldest first), fetched a page at a time."""
+        """Every job (oldest first), fetched a page at a time; only those of ``status``, of
+        ``queue``, with every one of ``labels``, of ``parent_job_id``, when given."""
         offset = 0
         while True:
-            params: dict[str, str | int] = {"limit": page_size, "offset": offset}
+            params: list[tuple[str, str | int]] = [("limit", page_size), ("offset", offset)]
             if status:
-                params["status"] = status
+                params.append(("status", status))
             if queue:
-                params["queue"] = queue
+                params.append(("queue", queue))
+            params += [("label", f"{key}={value}") for key, value in (labels or {}).items()]
+            if parent_job_id:
+                params.append(("parent_job_id", parent_job_id))
             page = await self._rest.call("GET", "/jobs", params=params)
             for raw in page:
                 yield Job.model_validate(raw)
@@ -155,9 +165,17 @@ class JobsAPI:
                 return
             offset += len(page)
 
-    async def list_jobs(self, *, status: str | None = None, queue: str | None = None) -> list[Job]:
+    async def list_jobs(
+        self,
+        *,
+        status: str | None = None,
+        queue: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        parent_job_id: str | None = None,
+    ) -> list[Job]:
         """:meth:`jobs` collected into a list."""
-        return [job async for job in self.jobs(status=status, queue=queue)]
+        found = self.jobs(status=status, queue=queue, labels=labels, parent_job_id=parent_job_id)
+        return [job async for job in found]
 
     async def statuses(self, job_id: str) -> list[JobStatusEntry]:
         """The job's status history, oldest first."""

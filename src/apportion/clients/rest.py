@@ -7,7 +7,7 @@ Used by :class:`~apportion.clients.async_client.AsyncApportion`; not public.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,7 +75,7 @@ class RestTransport:
         path: str,
         *,
         json: Any = None,
-        params: Mapping[str, str | int] | None = None,
+        params: Mapping[str, str | int] | Sequence[tuple[str, str | int]] | None = None,
         headers: Mapping[str, str] | None = None,
         data: Any = None,
     ) -> RawResponse:
@@ -142,7 +142,7 @@ class RestTransport:
         path: str,
         *,
         json: Any = None,
-        params: Mapping[str, str | int] | None = None,
+        params: Mapping[str, str | int] | Sequence[tuple[str, str | int]] | None = None,
     ) -> Any:
         """:meth:`send` and decode the JSON answer."""
         return (await self.send(method, path, json=json, params=params)).json()

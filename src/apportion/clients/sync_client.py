@@ -246,9 +246,20 @@ class Apportion:
         """One job record."""
         return self._run(self._client.job(job_id))
 
-    def jobs(self, *, status: str | None = None, queue: str | None = None) -> Iterator[Job]:
-        """Every job, paged behind a generator."""
-        return self._iterate(lambda: self._client.jobs(status=status, queue=queue))
+    def jobs(
+        self,
+        *,
+        status: str | None = None,
+        queue: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        parent_job_id: str | None = None,
+    ) -> Iterator[Job]:
+        """Every job, paged behind a generator (filters as :meth:`AsyncApportion.jobs`)."""
+        return self._iterate(
+            lambda: self._client.jobs(
+                status=status, queue=queue, labels=labels, parent_job_id=parent_job_id
+            )
+        )
 
     def statuses(self, job_id: str) -> list[JobStatusEntry]:
         """A job's status history."""

@@ -227,6 +227,7 @@ class JobConfig(_Strict):
     policy_rule_uri: str | None = Field(None, max_length=400)
     parameters: dict[str, Any] = Field(default_factory=dict)
     input_files: list[InputFile] = Field(default_factory=list, max_length=MAX_INPUT_FILES)
+    parent_job_id: str | None = Field(None, pattern=r"^[0-9a-f]{32}$")  # seed 000's; filterable
     # glob patterns relative to the working directory; matching files are stored at the end
     output_files: list[str] = Field(default_factory=list, max_length=MAX_OUTPUT_PATTERNS)
 

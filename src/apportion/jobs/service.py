@@ -223,7 +223,19 @@ class JobService:
             config = parse_model(JobConfig, merged, prefix="body.config")
         self._check_could_start(config, queue)
         self._check_inputs(config, owner)
+        self._check_parent(config, owner)
         return config, request.priority, queue
+
+    def _check_parent(self, config: JobConfig, owner: Owner) -> None:
+        """:class:`InvalidRequest` for a ``parent_job_id`` that is no job of the account."""
+        parent = config.parent_job_id
+        found = self.jobs.jobs.get(parent or "")
+        if parent is not None and (found is None or found.owner.account != owner.account):
+            raise InvalidRequest(
+                f"config.parent_job_id {parent!r} is no job of account {owner.account!r};"
+                " list jobs with GET /jobs",
+                path="body.config.parent_job_id",
+            )
 
     def _check_inputs(self, config: JobConfig, owner: Owner) -> None:
         """:class:`InvalidRequest` naming the field for an input file that is not one of the
@@ -383,11 +395,24 @@ class JobService:
         return new
 
     def select(
-        self, *, status: str | None, queue: str | None, limit: int, offset: int
+        self,
+        *,
+        status: str | None,
+        queue: str | None,
+        labels: Mapping[str, str],
+        parent_job_id: str | None,
+        limit: int,
+        offset: int,
     ) -> list[Job]:
         """``GET /jobs``: see :func:`job_views.select_jobs`."""
         return job_views.select_jobs(
-            self.jobs.jobs.values(), status=status, queue=queue, limit=limit, offset=offset
+            self.jobs.jobs.values(),
+            status=status,
+            queue=queue,
+            labels=labels,
+            parent_job_id=parent_job_id,
+            limit=limit,
+            offset=offset,
         )
 
     def fair_shares(self) -> dict[str, AccountShare]:

@@ -6,7 +6,7 @@ Pure functions over :class:`~apportion.jobs.records.Job` records, called through
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from apportion.jobs.admission import job_amounts
@@ -16,14 +16,26 @@ from apportion.jobs.records import Job, QueueBook
 
 
 def select_jobs(
-    jobs: Iterable[Job], *, status: str | None, queue: str | None, limit: int, offset: int
+    jobs: Iterable[Job],
+    *,
+    status: str | None,
+    queue: str | None,
+    labels: Mapping[str, str],
+    parent_job_id: str | None,
+    limit: int,
+    offset: int,
 ) -> list[Job]:
-    """Jobs in submission order, optionally of one status and one queue, one page of them."""
+    """Jobs in submission order — of one status, one queue, with every one of ``labels``, of
+    one parent job, when given — one page of them."""
     chosen = sorted(jobs, key=lambda j: j.seq)
     if status is not None:
         chosen = [j for j in chosen if j.status.value == status]
     if queue is not None:
         chosen = [j for j in chosen if j.queue == queue]
+    if labels:
+        chosen = [j for j in chosen if all(j.config.labels.get(k) == v for k, v in labels.items())]
+    if parent_job_id is not None:
+        chosen = [j for j in chosen if j.config.parent_job_id == parent_job_id]
     return chosen[offset : offset + limit]
 
 

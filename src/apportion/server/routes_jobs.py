@@ -147,11 +147,28 @@ async def fair_share(request: web.Request) -> web.Response:
 
 @api.get("/jobs", scope=Scope.READ, query=JobsQuery, response=list[JobRecord])
 async def list_jobs(request: web.Request) -> web.Response:
-    """Jobs the key may see, oldest first; ?status=&queue=&limit=&offset= (Link: next page)."""
+    """Jobs the key may see, oldest first; ?status=&queue=&label=k=v&parent_job_id= (paged)."""
     who = principal_of(request).actor
     query = query_of(request, JobsQuery)
     status = None if query.status is None else query.status.value
-    jobs = _jobs(request).select(status=status, queue=query.queue, limit=10**9, offset=0)
+    labels: dict[str, str] = {}
+    for given in query.label:
+        key, equals, value = given.partition("=")
+        if not equals or not key:
+            raise InvalidRequest(
+                f"query parameter 'label' is {given[:80]!r}; give key=value, e.g."
+                " label=team=vision (repeat it: a job must have every one)",
+                path="query.label",
+            )
+        labels[key] = value
+    jobs = _jobs(request).select(
+        status=status,
+        queue=query.queue,
+        labels=labels,
+        parent_job_id=query.parent_job_id,
+        limit=10**9,
+        offset=0,
+    )
     jobs = [j for j in jobs if who.may_see(j.owner)]
     page = jobs[query.offset : query.offset + query.limit]
     response = json_response([j.public() for j in page])

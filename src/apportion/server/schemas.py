@@ -40,10 +40,13 @@ class _Answer(BaseModel):
 
 # ---------------------------------------------------------------- query strings
 class JobsQuery(_Query):
-    """``GET /jobs``: filters and a page."""
+    """``GET /jobs``: filters and a page; ``label`` (``key=value``) repeats, and a job must
+    have every one."""
 
     status: JobStatus | None = None
     queue: str | None = None
+    label: list[str] = Field(default_factory=list, max_length=32)
+    parent_job_id: str | None = Field(None, max_length=32)
     limit: int = Field(100, ge=1, le=10_000)
     offset: int = Field(0, ge=0, le=10**9)
 
