@@ -121,3 +121,24 @@ async def test_the_client_and_the_command_line_hold_and_enqueue(
     await wait_for(running, job_id, "completed")
     both = await cli(running, "submit", "--hold", "--wait", "--", *exiting(0))
     assert both.exit_code == 2 and "--hold and --wait" in both.stderr
+
+
+async def test_a_created_job_is_changed_until_it_is_submitted(running: Running, fleet: Any) -> None:
+    _, created = await create(running, {"command": exiting(3), "name": "draft"})
+    url = f"{running.url}/jobs/{created['job_id']}"
+    revised = {"config": {"command": exiting(0), "name": "final"}, "priority": 4}
+    async with running.http.patch(url, json=revised) as response:
+        record = await response.json()
+        assert response.status == 200, record
+    assert (record["name"], record["priority"], record["status"]) == ("final", 4, "created")
+    bad = {"config": {"command": exiting(0), "queue": "nowhere"}}
+    async with running.http.patch(url, json=bad) as response:
+        answer = await response.json()
+        assert response.status == 400 and answer["error"]["details"]["path"] == "body.config.queue"
+    async with running.http.post(f"{url}/submit") as response:
+        assert response.status == 200
+    done = await wait_for(running, created["job_id"], "completed", "failed")
+    assert done["status"] == "completed"  # the revised command ran (exit 0, not 3)
+    async with running.http.patch(url, json=revised) as response:
+        answer = await response.json()
+        assert response.status == 409 and "only a created job" in answer["message"]

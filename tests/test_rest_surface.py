@@ -289,6 +289,8 @@ async def test_changing_routes_answer_their_declared_types_and_statuses(
     await wait_for(running, job_id, "completed")
     await call("POST", "/jobs/plan", "/jobs/plan", json={"config": {"command": exiting(0)}})
     held = await call("POST", "/jobs", "/jobs", json={"config": {"command": exiting(0)}})
+    revised = {"config": {"command": exiting(0), "name": "revised"}, "priority": 2}
+    await call("PATCH", "/jobs/{job_id}", f"/jobs/{held['job_id']}", json=revised)
     await call("POST", "/jobs/{job_id}/submit", f"/jobs/{held['job_id']}/submit")
     await call("DELETE", "/jobs/{job_id}", f"/jobs/{job_id}")
     await call("POST", "/queues", "/queues", json={"name": "later", "clusters": ["not-yet"]})

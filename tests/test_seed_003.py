@@ -59,7 +59,6 @@ async def test_the_tutorials_flow(running: Running, fleet: Any) -> None:
                     "analysis": {"code": "user_included", "version": "0"},
                     "command": "python3 calculate.py range.inp > result.txt && echo done",
                     "hardware": {"coreType": "granite", "coresPerSlot": 1, "walltime": 1},
-                    "inputFiles": [{"id": script}, {"id": numbers}],
                 }
             ],
             "projectId": None,
@@ -68,6 +67,12 @@ async def test_the_tutorials_flow(running: Running, fleet: Any) -> None:
             created = await response.json()
             assert response.status == 201, created
         job_id = created["id"]
+        # as the tutorial: the inputs were forgotten; the saved job is updated, then submitted
+        definition["jobanalyses"][0]["inputFiles"] = [{"id": script}, {"id": numbers}]
+        async with http.patch(f"{api}/jobs/{job_id}/", json=definition) as response:
+            updated = await response.json()
+            assert response.status == 200, updated
+        assert [f["id"] for f in updated["jobanalyses"][0]["inputFiles"]] == [script, numbers]
         assert created["jobStatus"]["content"] == "Pending"  # created, not submitted
         assert created["jobanalyses"][0]["command"] == definition["jobanalyses"][0]["command"]
         assert created["jobanalyses"][0]["hardware"]["walltime"] == 1

@@ -188,6 +188,17 @@ class JobLifecycle:
         await self._move(job, JobStatus.QUEUED, "submitted")
         await self._queued(job)
 
+    async def revise(self, job: Job, config: JobConfig, priority: int) -> None:
+        """Replace a ``created`` job's config and priority (:class:`Conflict` for a job in any
+        other status: what was queued is not changed under the queue)."""
+        if job.status is not JobStatus.CREATED:
+            raise Conflict(
+                f"job {job.job_id} is {job.status.value}; only a created job can be changed",
+                details={"job_id": job.job_id, "status": job.status.value},
+            )
+        job.config, job.priority, job.name, job.queue = config, priority, config.name, config.queue
+        await self._book.save(job)
+
     async def submit(self, config: JobConfig, priority: int, owner: Owner) -> Job:
         """Commit a new queued job and announce ``job_queued``; return it."""
         job = await self._book.create(config, priority, owner, "submitted")

@@ -147,6 +147,13 @@ class JobService:
         config, priority, _ = self._accept(body, owner)
         return await self.lifecycle.create(config, priority, owner)
 
+    async def revise(self, job: Job, body: Any) -> Job:
+        """``PATCH /jobs/{id}``: a created job's new body, with :meth:`submit`'s checks
+        (against the job's own account); :class:`Conflict` once it was submitted."""
+        config, priority, _ = self._accept(body, job.owner)
+        await self.lifecycle.revise(job, config, priority)
+        return job
+
     async def submit_created(self, job: Job) -> Job:
         """``POST /jobs/{id}/submit``: queue a created job (:class:`Conflict` otherwise) and
         wake the cycle; return it."""

@@ -195,6 +195,19 @@ async def create_job(request: web.Request) -> web.Response:
     return json_response(job.public(), status=201)
 
 
+@api.patch(
+    "/jobs/{job_id}",
+    scope=Scope.SUBMIT,
+    body=SubmitRequest,
+    response=JobRecord,
+    errors=(NotFound, Forbidden, Conflict),
+)
+async def revise_job(request: web.Request) -> web.Response:
+    """Replace a created job's config and priority (409 once it was submitted)."""
+    job = changeable_job(request)
+    return json_response((await _jobs(request).revise(job, raw_body_of(request))).public())
+
+
 @api.post(
     "/jobs/{job_id}/submit",
     scope=Scope.SUBMIT,

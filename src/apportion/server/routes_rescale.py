@@ -282,6 +282,21 @@ async def rescale_create_job(request: web.Request) -> web.Response:
     return json_response(job_object(job), status=201)
 
 
+@api.patch(
+    f"{PREFIX}/jobs/{{job_id}}/",
+    scope=Scope.SUBMIT,
+    body_doc=JobDefinition,
+    response=dict[str, Any],
+    errors=(NotFound, Forbidden, Conflict),
+)
+async def rescale_update_job(request: web.Request) -> web.Response:
+    """Replace a saved (not yet submitted) job's definition; 409 once it was submitted."""
+    job = changeable_job(request)
+    definition = parse_model(JobDefinition, await json_body(request))
+    revised = await _jobs(request).revise(job, native_submit_body(definition))
+    return json_response(job_object(revised))
+
+
 @api.get(f"{PREFIX}/jobs/", scope=Scope.READ, query=Page, response=dict[str, Any])
 async def rescale_jobs(request: web.Request) -> web.Response:
     """The key's jobs, paged as {count, next, results}."""
