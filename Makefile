@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 RUNTIME := $(VENV)/.installed-runtime
 
-.PHONY: demo test lint typecheck unit slurm chromium sandbox web tenant-user tenant-users bench clean
+.PHONY: demo test lint typecheck unit slurm sge chromium sandbox web tenant-user tenant-users bench clean
 
 # The demo needs Apportion only; the tests add the dev tools (ruff, mypy, pytest, Playwright, …).
 $(RUNTIME): pyproject.toml
@@ -24,7 +24,7 @@ demo: $(RUNTIME) web tenant-user
 	@if [ "$$(id -u)" = 0 ]; then $(BIN)/apportion demo; \
 	else APPORTION_ALLOW_JOBS_AS_SERVER_USER=true $(BIN)/apportion demo; fi
 
-test: lint typecheck tenant-users slurm chromium sandbox web unit
+test: lint typecheck tenant-users slurm sge chromium sandbox web unit
 
 # A real single-host Slurm for the Slurm adapter's tests (scripts/slurm_up.sh installs it with
 # apt where it can). Without it the Slurm tests skip and say why — except under CI=true, where
@@ -34,6 +34,15 @@ slurm:
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		bash scripts/slurm_up.sh || echo "Slurm could not be started; its tests will skip"; \
 	else echo "not root: Slurm tests will skip unless Slurm runs (scripts/slurm_up.sh)"; fi
+
+# A real single-host Son of Grid Engine for the sge adapter's tests (scripts/sge_up.sh installs
+# Debian's gridengine-* with apt where it can). Without it the SGE tests skip and say why —
+# except under CI=true, where this step and those tests fail instead.
+sge:
+	@if [ "$$CI" = "true" ]; then bash scripts/sge_up.sh; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		bash scripts/sge_up.sh || echo "SGE could not be started; its tests will skip"; \
+	else echo "not root: SGE tests will skip unless SGE runs (scripts/sge_up.sh)"; fi
 
 # The unprivileged OS user that jobs run as when the server is root (docs/security.md). The
 # job-isolation tests need it as root; without it they skip and say why — except under CI=true,

@@ -1,6 +1,7 @@
 """The contract every scheduler adapter keeps (issue 12, item 3; docs/adapters.md), run against
 each adapter Apportion ships — ``local`` on this machine, ``slurm`` against the real Slurm of
-``scripts/slurm_up.sh`` — with the same cases: a job submitted is tagged so that a new adapter
+``scripts/slurm_up.sh``, ``sge`` against the real Son of Grid Engine of ``scripts/sge_up.sh``
+(its jobs as the job user: SGE runs no job of root's) — with the same cases: a job submitted is tagged so that a new adapter
 (a restarted server) finds it; a poll follows it to its end, its exit code deciding completed
 or failed; a cancel stops it; its output is read back whole, in pieces, by byte offsets; its
 usage is seed 002's document; its argv arrives verbatim. A plugin's adapter can run the same
@@ -11,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
+import os
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -22,10 +25,13 @@ import pytest
 
 from apportion.adapters.base import Adapter, BackendState, BackendStatus, JobSpec, WorkerSpec
 from apportion.adapters.local.adapter import LocalAdapter
+from apportion.adapters.sge.adapter import SgeAdapter
 from apportion.adapters.slurm.adapter import SlurmAdapter
-from tests import slurm_env
+from apportion.jobs.identity import python_for_jobs
+from tests import sge_env, slurm_env
 
 slurm = slurm_env.slurm
+sge = sge_env.sge
 
 
 @dataclass
@@ -72,7 +78,38 @@ def slurm_spec(
     return spec
 
 
-BACKENDS = ["local", "slurm"]
+def traversable_tmp() -> Path:
+    """A new directory in /tmp that any user may traverse (0711)."""
+    outer = Path(tempfile.mkdtemp(prefix="apportion-sge-contract-"))
+    outer.chmod(0o711)
+    return outer
+
+
+def sge_spec(cell: sge_env.SgeCell, outer: Path) -> Callable[[tuple[str, ...]], JobSpec]:
+    """Specs whose files are in a directory of the job user's in ``outer`` (0711, in /tmp:
+    the job user cannot reach root's ``tmp_path``)."""
+
+    def spec(argv: tuple[str, ...]) -> JobSpec:
+        job_id = f"c-{uuid.uuid4().hex[:12]}"
+        out = outer / job_id
+        out.mkdir(mode=0o700)
+        os.chown(out, cell.run_as.uid, cell.run_as.gid)
+        return JobSpec(
+            job_id=job_id,
+            name="contract",
+            command=argv,
+            cluster_id="sge-local",
+            scheduler={"type": "sge"},
+            workers=(WorkerSpec(index=0, node_id=cell.host, gpus=()),),
+            output_dir=out,
+            working_dir=str(out),
+            run_as=cell.run_as,
+        )
+
+    return spec
+
+
+BACKENDS = ["local", "slurm", "sge"]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -82,8 +119,13 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     made: Callable[[], Adapter]
     if request.param == "local":
         made, spec = (lambda: LocalAdapter(grace_seconds=0.5)), local_spec(tmp_path)
-    else:
+    elif request.param == "slurm":
         made, spec = SlurmAdapter, slurm_spec(tmp_path, request.getfixturevalue("slurm"))
+    else:
+        made = lambda: SgeAdapter(python=PY)  # noqa: E731
+        outer = traversable_tmp()
+        request.addfinalizer(lambda: shutil.rmtree(outer, ignore_errors=True))
+        spec = sge_spec(request.getfixturevalue("sge"), outer)
     adapter = made()
     started: list[tuple[JobSpec, str]] = []
     submit = adapter.submit
@@ -99,7 +141,7 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         await adapter.cancel(job_spec, job)
 
 
-PY = sys.executable
+PY = python_for_jobs()  # an interpreter the job user can run too (SGE's jobs are theirs)
 
 
 async def until_finished(adapter: Adapter, spec: JobSpec, job: str) -> BackendStatus:

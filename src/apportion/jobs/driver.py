@@ -42,6 +42,11 @@ from apportion.registry.service import Registry
 log = logging.getLogger(__name__)
 
 
+USER_SIDE_ADAPTERS = ("slurm", "sge")
+"""Adapters whose scheduler's daemons open a job's log, and whose launcher reads its files, as
+the job's user: their files are under the jobs root, in a directory of that user's."""
+
+
 def crash_point(step: str) -> None:
     """Die here, like a power cut, when the crash tests ask for it."""
     if os.environ.get("APPORTION_TEST_CRASH_AT") == step:
@@ -171,10 +176,11 @@ class BackendDriver:
     def _output_dir(self, run_id: str, adapter: str) -> Path:
         """Where the adapter keeps a job run's files (``run_id``: the job's id, ``.N`` after
         its N-th requeue): in the data dir for ``local`` (its supervisor
-        runs as the server); for Slurm, whose ``slurmstepd`` opens the log and the launcher
-        reads its file as the job's user, under the jobs root (``.slurm/<job id>``)."""
-        if adapter == "slurm":
-            return self.jobs_root / ".slurm" / run_id
+        runs as the server); for Slurm and SGE, whose daemons open the log and whose launcher
+        reads its file as the job's user, under the jobs root (``.slurm/<job id>``,
+        ``.sge/<job id>``)."""
+        if adapter in USER_SIDE_ADAPTERS:
+            return self.jobs_root / f".{adapter}" / run_id
         return self._jobs_dir / run_id
 
     def forget(self, job_id: str) -> None:
@@ -220,13 +226,13 @@ class BackendDriver:
         ``.slurm`` are 0711: each user reaches its own directory and lists no other."""
         self._jobs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self._jobs_dir, 0o700)
-        slurm_dir = self.jobs_root / ".slurm"
-        for shared in (self.jobs_root, slurm_dir):
+        user_side = [self.jobs_root / f".{name}" for name in USER_SIDE_ADAPTERS]
+        for shared in (self.jobs_root, *user_side):
             shared.mkdir(parents=True, exist_ok=True)
             os.chmod(shared, 0o711)  # noqa: S103 - traverse only, no listing
         spec.output_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(spec.output_dir, 0o700)
-        theirs = [spec.output_dir] if spec.output_dir.parent == slurm_dir else []
+        theirs = [spec.output_dir] if spec.output_dir.parent in user_side else []
         if asked is None and spec.working_dir is not None:
             Path(spec.working_dir).mkdir(exist_ok=True, mode=0o700)
             theirs.append(Path(spec.working_dir))

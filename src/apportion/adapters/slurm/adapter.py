@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
-from pathlib import Path
 from typing import Any
 
 from apportion.adapters.base import (
@@ -30,6 +29,7 @@ from apportion.adapters.base import (
     JobSpec,
     LogChunk,
 )
+from apportion.adapters.logfile import read_chunk
 from apportion.adapters.slurm.parse_jobs import (
     SlurmJob,
     parse_sacct,
@@ -274,11 +274,8 @@ class SlurmAdapter:
             )
         job_id = _check_id(scheduler_job_id)
         finished = (await self.poll(spec, job_id)).state.finished  # before reading: no lost tail
-        data, size = await asyncio.to_thread(_read_from, spec.output_dir / LOG_FILE, offset, limit)
-        if offset + len(data) < size:  # more follows: do not split a UTF-8 character
-            data = _trim_partial_utf8(data)
-        end = offset + len(data)
-        return LogChunk(data.decode(errors="replace"), end, finished and end >= size, size)
+        log = spec.output_dir / LOG_FILE
+        return await asyncio.to_thread(read_chunk, log, offset, limit, finished=finished)
 
     async def usage(self, spec: JobSpec, scheduler_job_id: str) -> dict[str, Any]:
         """Seed 002's fields. Only ``cpuSeconds`` is known, and only with accounting (slurmdbd);
@@ -335,26 +332,6 @@ def _check_id(scheduler_job_id: str) -> str:
     if not scheduler_job_id.isdigit() or not scheduler_job_id.isascii():
         raise AdapterError(f"not a Slurm job id: {scheduler_job_id!r}")
     return scheduler_job_id
-
-
-def _read_from(path: Path, offset: int, limit: int) -> tuple[bytes, int]:
-    try:
-        with path.open("rb") as f:
-            size = f.seek(0, 2)
-            f.seek(min(offset, size))
-            return f.read(max(0, limit)), size
-    except FileNotFoundError:
-        return b"", 0
-
-
-def _trim_partial_utf8(b: bytes) -> bytes:
-    """Drop an incomplete UTF-8 sequence at the end (it is read whole next time)."""
-    for back in range(1, min(4, len(b)) + 1):
-        byte = b[-back]
-        if byte & 0xC0 != 0x80:  # a lead byte (or ASCII): is its sequence complete?
-            need = 1 if byte < 0x80 else 4 if byte >= 0xF0 else 3 if byte >= 0xE0 else 2
-            return b if back >= need else b[:-back]
-    return b
 
 
 def create_adapter() -> SlurmAdapter | None:

@@ -17,7 +17,6 @@ Names that reach Slurm must match :data:`NAME_PATTERN` (:func:`check_name`).
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from apportion.adapters.base import AdapterError, JobSpec
+from apportion.adapters.private_files import write_private
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 """What a name reaching Slurm must fully match: no newline, space, quote, comma or colon."""
@@ -127,7 +127,7 @@ def write_script(spec: JobSpec, layout: Layout, python: str) -> Path:
         "gpus_per_worker": layout.gpus,
     }
     launch_path = out_dir / LAUNCH_FILE
-    _write_private(launch_path, json.dumps(launch, indent=1), spec)
+    write_private(launch_path, json.dumps(launch, indent=1), spec.run_as)
     run = [python, "-c", LAUNCHER, str(launch_path)]
     if len(spec.workers) > 1:
         run = [
@@ -146,16 +146,5 @@ def write_script(spec: JobSpec, layout: Layout, python: str) -> Path:
         f"exec {shlex.join(run)}\n"
     )
     script_path = out_dir / SCRIPT_FILE
-    _write_private(script_path, script, spec)
+    write_private(script_path, script, spec.run_as)
     return script_path
-
-
-def _write_private(path: Path, text: str, spec: JobSpec) -> None:
-    """Write ``path`` 0600, owned by the job's user when it has one (its launcher reads the
-    launch file as that user); nobody else may read a job's argv and environment."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        os.fchmod(fh.fileno(), 0o600)
-        if spec.run_as is not None:
-            os.fchown(fh.fileno(), spec.run_as.uid, spec.run_as.gid)
-        fh.write(text)

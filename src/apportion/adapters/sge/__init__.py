@@ -1,0 +1,1 @@
+"""The ``sge`` adapter: Son of Grid Engine (seed 002's scheduler)."""
