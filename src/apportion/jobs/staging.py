@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from apportion.adapters.base import AdapterError, RunAs
+from apportion.adapters.commands import run_command
 from apportion.files import FileRecord
 
 STAGE_PROGRAM = r"""
@@ -124,25 +125,16 @@ async def stage_inputs(
         mode = (archive_kind(name) or "copy") if each.decompress else "copy"
         argv = [python, "-I", "-c", STAGE_PROGRAM, str(working_dir), name, mode, str(max_bytes)]
         with await asyncio.to_thread(content[each.record.file_id].open, "rb") as source:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=source,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE,
-                cwd="/",
+            rc, _, err = await run_command(
+                argv,
+                what=f"staging input file {each.record.file_id} ({name})",
+                within_seconds=STAGE_TIMEOUT_SECONDS,
+                run_as=run_as,
                 env={"PATH": os.defpath, "LC_ALL": "C.UTF-8"},
-                user=None if run_as is None else run_as.uid,
-                group=None if run_as is None else run_as.gid,
-                extra_groups=None if run_as is None else list(run_as.groups),
+                stdin=source,
+                cwd="/",
             )
-            try:
-                async with asyncio.timeout(STAGE_TIMEOUT_SECONDS):
-                    _, err = await proc.communicate()
-            finally:
-                if proc.returncode is None:
-                    proc.kill()
-                    await proc.wait()
-        if proc.returncode != 0:
+        if rc != 0:
             said = err.decode("utf-8", "replace").strip().splitlines()
-            why = said[-1][:500] if said else f"exit code {proc.returncode}"
+            why = said[-1][:500] if said else f"exit code {rc}"
             raise AdapterError(f"staging input file {each.record.file_id} ({name}) failed: {why}")

@@ -33,6 +33,7 @@ from apportion.adapters.base import (
     JobSpec,
     LogChunk,
 )
+from apportion.adapters.commands import run_command
 from apportion.adapters.logfile import read_chunk
 from apportion.adapters.private_files import write_private
 
@@ -94,35 +95,14 @@ class SgeAdapter:
         self, tool: str, *args: str, spec: JobSpec | None = None, check: bool = True
     ) -> tuple[int, str, str]:
         """Run one SGE tool (as ``spec``'s user for ``qsub``); ``(rc, stdout, stderr)``."""
-        run_as = spec.run_as if spec is not None else None
-        env = {"PATH": os.defpath, "LC_ALL": "C", **SGE_ENV}
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                self._bin[tool],
-                *args,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=env,
-                cwd="/",
-                user=None if run_as is None else run_as.uid,
-                group=None if run_as is None else run_as.gid,
-                extra_groups=None if run_as is None else list(run_as.groups),
-            )
-        except OSError as exc:
-            raise AdapterError(f"cannot run {tool}: {exc}") from exc
-        try:
-            async with asyncio.timeout(self.command_timeout):
-                out, err = await proc.communicate()
-        except TimeoutError:
-            raise AdapterError(
-                f"{tool} did not answer within {self.command_timeout:g} s", retryable=True
-            ) from None
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await asyncio.shield(proc.wait())
-        rc = proc.returncode if proc.returncode is not None else -1
+        rc, out, err = await run_command(
+            [self._bin[tool], *args],
+            what=tool,
+            within_seconds=self.command_timeout,
+            run_as=spec.run_as if spec is not None else None,
+            env={"PATH": os.defpath, "LC_ALL": "C", **SGE_ENV},
+            cwd="/",
+        )
         stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
         if check and rc != 0:
             raise AdapterError(f"{tool} failed (exit {rc}): {stderr.strip()[:500]}")

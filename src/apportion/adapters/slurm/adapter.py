@@ -29,6 +29,7 @@ from apportion.adapters.base import (
     JobSpec,
     LogChunk,
 )
+from apportion.adapters.commands import run_command
 from apportion.adapters.logfile import read_chunk
 from apportion.adapters.slurm.parse_jobs import (
     SlurmJob,
@@ -95,28 +96,9 @@ class SlurmAdapter:
 
     async def _run(self, tool: str, *args: str, check: bool = True) -> tuple[int, str, str]:
         """Run one Slurm tool; ``(returncode, stdout, stderr)``; AdapterError if it fails."""
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                self._bin[tool],
-                *args,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-        except OSError as exc:
-            raise AdapterError(f"cannot run {tool} ({self._bin[tool]}): {exc}") from exc
-        try:
-            async with asyncio.timeout(self.command_timeout):
-                out, err = await proc.communicate()
-        except TimeoutError:
-            raise AdapterError(
-                f"{tool} did not answer within {self.command_timeout:g} s", retryable=True
-            ) from None
-        finally:
-            if proc.returncode is None:  # timed out or our caller was cancelled: no orphans
-                proc.kill()
-                await asyncio.shield(proc.wait())
-        rc = proc.returncode if proc.returncode is not None else -1
+        rc, out, err = await run_command(
+            [self._bin[tool], *args], what=tool, within_seconds=self.command_timeout
+        )
         stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
         if check and rc != 0:
             raise AdapterError(
