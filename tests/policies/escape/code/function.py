@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 
 def _read(path):
@@ -70,7 +71,15 @@ def _hoard(children, mb):
             refused = f"{type(exc).__name__}: {exc}"
             break
     held = sum(1 for proc in procs if proc.stdout.readline().strip() == b"held")
+    # an OOM kill the last allocation set off may not have landed yet: count until the number
+    # stops changing (CI once counted 4 of 64 MB alive under a 256 MB limit, one being killed)
     alive = sum(1 for proc in procs if proc.poll() is None)
+    for _ in range(30):
+        time.sleep(0.1)
+        now = sum(1 for proc in procs if proc.poll() is None)
+        if now == alive:
+            break
+        alive = now
     for proc in procs:
         proc.kill()
         proc.wait()
