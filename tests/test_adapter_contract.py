@@ -23,7 +23,14 @@ from pathlib import Path
 
 import pytest
 
-from apportion.adapters.base import Adapter, BackendState, BackendStatus, JobSpec, WorkerSpec
+from apportion.adapters.base import (
+    Adapter,
+    BackendState,
+    BackendStatus,
+    JobSpec,
+    RunAs,
+    WorkerSpec,
+)
 from apportion.adapters.local.adapter import LocalAdapter
 from apportion.adapters.sge.adapter import SgeAdapter
 from apportion.adapters.slurm.adapter import SlurmAdapter
@@ -44,38 +51,30 @@ class Backend:
     spec: Callable[[tuple[str, ...]], JobSpec]
 
 
-def local_spec(tmp_path: Path) -> Callable[[tuple[str, ...]], JobSpec]:
-    def spec(argv: tuple[str, ...]) -> JobSpec:
+@dataclass(frozen=True)
+class Cluster:
+    """Where a backend's one-worker jobs go: its scheduler document, the node, the directory
+    each job's files go in (``out(job id)``) and whom it runs as."""
+
+    scheduler: dict[str, str]
+    node: str
+    out: Callable[[str], Path]
+    run_as: RunAs | None = None
+
+    def spec(self, argv: tuple[str, ...]) -> JobSpec:
         job_id = f"c-{uuid.uuid4().hex[:12]}"
+        out = self.out(job_id)
         return JobSpec(
             job_id=job_id,
             name="contract",
             command=argv,
-            cluster_id="local",
-            scheduler={"type": "local"},
-            workers=(WorkerSpec(index=0, node_id="localhost", gpus=()),),
-            output_dir=tmp_path / job_id,
+            cluster_id=f"{self.scheduler['type']}-local",
+            scheduler=self.scheduler,
+            workers=(WorkerSpec(index=0, node_id=self.node, gpus=()),),
+            output_dir=out,
+            working_dir=str(out) if self.run_as is not None else None,
+            run_as=self.run_as,
         )
-
-    return spec
-
-
-def slurm_spec(
-    tmp_path: Path, cluster: slurm_env.SlurmCluster
-) -> Callable[[tuple[str, ...]], JobSpec]:
-    def spec(argv: tuple[str, ...]) -> JobSpec:
-        job_id = f"c-{uuid.uuid4().hex[:12]}"
-        return JobSpec(
-            job_id=job_id,
-            name="contract",
-            command=argv,
-            cluster_id="slurm-local",
-            scheduler={"type": "slurm", "partition": cluster.partition},
-            workers=(WorkerSpec(index=0, node_id=cluster.nodes[0], gpus=()),),
-            output_dir=tmp_path / job_id,
-        )
-
-    return spec
 
 
 def traversable_tmp() -> Path:
@@ -85,28 +84,17 @@ def traversable_tmp() -> Path:
     return outer
 
 
-def sge_spec(cell: sge_env.SgeCell, outer: Path) -> Callable[[tuple[str, ...]], JobSpec]:
-    """Specs whose files are in a directory of the job user's in ``outer`` (0711, in /tmp:
-    the job user cannot reach root's ``tmp_path``)."""
+def users_dir(outer: Path, run_as: RunAs) -> Callable[[str], Path]:
+    """Each job's directory in ``outer``, the job user's (0700): the job user cannot reach
+    root's ``tmp_path``."""
 
-    def spec(argv: tuple[str, ...]) -> JobSpec:
-        job_id = f"c-{uuid.uuid4().hex[:12]}"
-        out = outer / job_id
-        out.mkdir(mode=0o700)
-        os.chown(out, cell.run_as.uid, cell.run_as.gid)
-        return JobSpec(
-            job_id=job_id,
-            name="contract",
-            command=argv,
-            cluster_id="sge-local",
-            scheduler={"type": "sge"},
-            workers=(WorkerSpec(index=0, node_id=cell.host, gpus=()),),
-            output_dir=out,
-            working_dir=str(out),
-            run_as=cell.run_as,
-        )
+    def out(job_id: str) -> Path:
+        path = outer / job_id
+        path.mkdir(mode=0o700)
+        os.chown(path, run_as.uid, run_as.gid)
+        return path
 
-    return spec
+    return out
 
 
 BACKENDS = ["local", "slurm", "sge"]
@@ -117,15 +105,20 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     """Each adapter in turn; every job a test submitted through it is cancelled afterwards
     (by its id)."""
     made: Callable[[], Adapter]
+    in_tmp = tmp_path.joinpath
     if request.param == "local":
-        made, spec = (lambda: LocalAdapter(grace_seconds=0.5)), local_spec(tmp_path)
+        made = lambda: LocalAdapter(grace_seconds=0.5)  # noqa: E731
+        cluster = Cluster({"type": "local"}, "localhost", in_tmp)
     elif request.param == "slurm":
-        made, spec = SlurmAdapter, slurm_spec(tmp_path, request.getfixturevalue("slurm"))
+        nodes: slurm_env.SlurmCluster = request.getfixturevalue("slurm")
+        made = SlurmAdapter
+        cluster = Cluster({"type": "slurm", "partition": nodes.partition}, nodes.nodes[0], in_tmp)
     else:
+        cell: sge_env.SgeCell = request.getfixturevalue("sge")
         made = lambda: SgeAdapter(python=PY)  # noqa: E731
         outer = traversable_tmp()
         request.addfinalizer(lambda: shutil.rmtree(outer, ignore_errors=True))
-        spec = sge_spec(request.getfixturevalue("sge"), outer)
+        cluster = Cluster({"type": "sge"}, cell.host, users_dir(outer, cell.run_as), cell.run_as)
     adapter = made()
     started: list[tuple[JobSpec, str]] = []
     submit = adapter.submit
@@ -136,7 +129,7 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         return job
 
     adapter.submit = tracking  # type: ignore[method-assign]
-    yield Backend(adapter, made, spec)
+    yield Backend(adapter, made, cluster.spec)
     for job_spec, job in started:
         await adapter.cancel(job_spec, job)
 

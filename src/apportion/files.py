@@ -19,6 +19,7 @@ import hashlib
 import os
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -128,21 +129,27 @@ class FileBook:
         self._root = root
         self.limits = limits
         self._files: dict[str, FileRecord] = {}
-        self._arriving: dict[str, int] = {}  # account → bytes of uploads under way
+        # per account: bytes and files kept (kept with _files by _keep/_forget, so that an
+        # upload's check of every chunk is a lookup), and bytes of uploads under way
+        self._stored: Counter[str] = Counter()
+        self._kept: Counter[str] = Counter()
+        self._arriving: Counter[str] = Counter()
 
     async def load(self) -> None:
         """Read every record (once, at start), and remove partial uploads a crash left."""
         await asyncio.to_thread(self._prepare_root)
         for row in await self._repo.all():
-            self._files[row.file_id] = FileRecord(
-                row.file_id,
-                row.name,
-                row.size,
-                row.sha512,
-                FileType(row.type),
-                Owner(row.account, row.user_name, row.key_id),
-                row.created_at,
-                row.job_id,
+            self._keep(
+                FileRecord(
+                    row.file_id,
+                    row.name,
+                    row.size,
+                    row.sha512,
+                    FileType(row.type),
+                    Owner(row.account, row.user_name, row.key_id),
+                    row.created_at,
+                    row.job_id,
+                )
             )
 
     def _prepare_root(self) -> None:
@@ -176,7 +183,17 @@ class FileBook:
 
     def used_bytes(self, account: str) -> int:
         """What ``account``'s stored files take."""
-        return sum(f.size for f in self._files.values() if f.owner.account == account)
+        return self._stored[account]
+
+    def _keep(self, record: FileRecord) -> None:
+        self._files[record.file_id] = record
+        self._stored[record.owner.account] += record.size
+        self._kept[record.owner.account] += 1
+
+    def _forget(self, record: FileRecord) -> None:
+        if self._files.pop(record.file_id, None) is not None:
+            self._stored[record.owner.account] -= record.size
+            self._kept[record.owner.account] -= 1
 
     # ---------------------------------------------------------------- writing
     async def receive(
@@ -192,10 +209,7 @@ class FileBook:
         arrives, refused with :class:`MessageTooLarge` as soon as it passes a limit (nothing
         is kept), its record committed once the content is whole."""
         account, limits = owner.account, self.limits
-        if (
-            sum(f.owner.account == account for f in self._files.values())
-            >= limits.max_account_files
-        ):
+        if self._kept[account] >= limits.max_account_files:
             raise MessageTooLarge(
                 f"account {account!r} keeps {limits.max_account_files} files, its limit; delete"
                 " some (DELETE /files/{id}) before uploading more",
@@ -204,7 +218,6 @@ class FileBook:
         file_id = uuid.uuid4().hex
         partial = self._root / f"{file_id}.part"
         digest, size = hashlib.sha512(), 0
-        self._arriving[account] = self._arriving.get(account, 0)
         try:
             with await asyncio.to_thread(partial.open, "xb") as out:
                 async for chunk in chunks:
@@ -219,8 +232,6 @@ class FileBook:
             raise
         finally:
             self._arriving[account] -= size
-            if not self._arriving[account]:
-                del self._arriving[account]
         record = FileRecord(
             file_id, name, size, digest.hexdigest(), kind, owner, time.time(), job_id
         )
@@ -229,7 +240,7 @@ class FileBook:
         except BaseException:
             await asyncio.to_thread((self._root / file_id).unlink, missing_ok=True)
             raise
-        self._files[file_id] = record
+        self._keep(record)
         return record
 
     def _check_room(self, account: str, size: int) -> None:
@@ -252,7 +263,7 @@ class FileBook:
     async def delete(self, record: FileRecord) -> None:
         """Forget ``record`` and remove its content."""
         await self._repo.delete(record.file_id)
-        self._files.pop(record.file_id, None)
+        self._forget(record)
         await asyncio.to_thread(self.content(record).unlink, missing_ok=True)
 
 

@@ -8,7 +8,7 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -410,19 +410,11 @@ def cancel(
 ) -> None:
     """Cancel jobs (all are tried; exits 1 if any could not be cancelled)."""
 
-    async def work(client: AsyncApportion) -> int:
-        failures = 0
-        for job_id in job_ids:
-            try:
-                await client.cancel(job_id)
-                typer.echo(f"Cancelled job {job_id}")
-            except ApportionClientError as exc:
-                failures += 1
-                typer.echo(f"apportion: {job_id}: {exc.message} [{exc.code}]", err=True)
-        return failures
+    async def one(client: AsyncApportion, job_id: str) -> str:
+        await client.cancel(job_id)
+        return f"Cancelled job {job_id}"
 
-    if run(ctx, work):
-        raise typer.Exit(1)
+    _each(ctx, job_ids, one)
 
 
 def enqueue(
@@ -431,12 +423,25 @@ def enqueue(
     """Queue jobs made with submit --hold, as scontrol release does (all are tried; exits 1 if
     any could not be queued)."""
 
+    async def one(client: AsyncApportion, job_id: str) -> str:
+        return f"Queued job {(await client.submit_created(job_id)).job_id}"
+
+    _each(ctx, job_ids, one)
+
+
+def _each(
+    ctx: typer.Context,
+    job_ids: list[str],
+    one: Callable[[AsyncApportion, str], Awaitable[str]],
+) -> None:
+    """``one(client, id)`` for every id, printing what it says; each failure is printed with
+    its id, and the command exits 1 if there was any."""
+
     async def work(client: AsyncApportion) -> int:
         failures = 0
         for job_id in job_ids:
             try:
-                job = await client.submit_created(job_id)
-                typer.echo(f"Queued job {job.job_id}")
+                typer.echo(await one(client, job_id))
             except ApportionClientError as exc:
                 failures += 1
                 typer.echo(f"apportion: {job_id}: {exc.message} [{exc.code}]", err=True)

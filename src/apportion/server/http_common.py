@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -109,6 +109,24 @@ async def json_body(request: web.Request, *, kind: type = dict) -> Any:
             f"the body must be a JSON {'object' if kind is dict else 'array'}", path="body"
         )
     return body
+
+
+def paged_response(
+    request: web.Request,
+    items: Sequence[T],
+    offset: int,
+    limit: int,
+    public: Callable[[T], Any],
+) -> web.Response:
+    """One page of ``items`` (each shown by ``public``), paged as GitHub's API pages: the total
+    in ``X-Total-Count``, and ``Link: <next page's URL>; rel="next"`` while there is one."""
+    page = items[offset : offset + limit]
+    response = json_response([public(item) for item in page])
+    response.headers["X-Total-Count"] = str(len(items))
+    if offset + len(page) < len(items):
+        following = request.url.update_query(offset=offset + len(page))
+        response.headers["Link"] = f'<{following}>; rel="next"'
+    return response
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,12 @@ from apportion.errors import Forbidden, InvalidRequest, MessageTooLarge, NotFoun
 from apportion.files import FileBook, FileRecord, FileType, check_file_name
 from apportion.ownership import Owner
 from apportion.server.auth import Scope, principal_of
-from apportion.server.http_common import ctx, json_response, within_body_deadline
+from apportion.server.http_common import (
+    ctx,
+    json_response,
+    paged_response,
+    within_body_deadline,
+)
 from apportion.server.routing import ApiRoutes, query_of
 from apportion.server.schemas import (
     Ack,
@@ -44,13 +49,14 @@ CHUNK_BYTES = 256 * 1024
 MAX_LINES_BYTES = 4 * 2**20  # what one GET /files/{id}/lines reads at most
 
 
-def _files(request: web.Request) -> FileBook:
+def file_book(request: web.Request) -> FileBook:
+    """The server's stored files (every route of files, native or a seed's)."""
     return ctx(request).files
 
 
 def visible_file(request: web.Request) -> FileRecord:
     who = principal_of(request).actor
-    return _files(request).get(request.match_info["file_id"], visible=who.may_see)
+    return file_book(request).get(request.match_info["file_id"], visible=who.may_see)
 
 
 @api.post(
@@ -101,7 +107,7 @@ async def _receive(request: web.Request, kind: FileType, owner: Owner) -> FileRe
         if record is not None:
             raise InvalidRequest("send one part 'file' per upload, not several", path="file")
         filename = check_file_name(part.filename or "", path="file.filename")
-        record = await _files(request).receive(owner, filename, kind, _chunks(part))
+        record = await file_book(request).receive(owner, filename, kind, _chunks(part))
     if record is None:
         raise InvalidRequest("the form part 'file' (with a filename) is missing", path="file")
     return record
@@ -119,17 +125,11 @@ async def list_files(request: web.Request) -> web.Response:
     who = principal_of(request).actor
     found = [
         f
-        for f in _files(request).visible(who.may_see)
+        for f in file_book(request).visible(who.may_see)
         if (query.type is None or f.type is query.type)
         and (query.job_id is None or f.job_id == query.job_id)
     ]
-    page = found[query.offset : query.offset + query.limit]
-    response = json_response([f.public() for f in page])
-    response.headers["X-Total-Count"] = str(len(found))
-    if query.offset + len(page) < len(found):
-        following = request.url.update_query(offset=query.offset + len(page))
-        response.headers["Link"] = f'<{following}>; rel="next"'
-    return response
+    return paged_response(request, found, query.offset, query.limit, FileRecord.public)
 
 
 @api.get("/files/{file_id}", scope=Scope.READ, response=StoredFile, errors=(NotFound,))
@@ -154,7 +154,7 @@ def file_content(request: web.Request, record: FileRecord) -> web.FileResponse:
     """``record``'s content as aiohttp serves files (ranges, 416), always as an attachment."""
     disposition = f"attachment; filename*=UTF-8''{quote(record.name, safe='')}"
     return web.FileResponse(
-        _files(request).content(record),
+        file_book(request).content(record),
         chunk_size=CHUNK_BYTES,
         headers={
             "Content-Type": "application/octet-stream",
@@ -174,7 +174,7 @@ def file_content(request: web.Request, record: FileRecord) -> web.FileResponse:
 async def file_lines(request: web.Request) -> web.Response:
     """Lines of a text file (?start=0&count=100), decoded as UTF-8; next is null at its end."""
     query = query_of(request, FileLinesQuery)
-    path = _files(request).content(visible_file(request))
+    path = file_book(request).content(visible_file(request))
     lines, following = await read_lines(path, query.start, query.count)
     return json_response({"lines": lines, "start": query.start, "next": following})
 
@@ -210,5 +210,5 @@ async def delete_file(request: web.Request) -> web.Response:
             f" {record.owner.account!r}; only that user or an admin key may delete it",
             details={"id": record.file_id, "user": record.owner.user},
         )
-    await _files(request).delete(record)
+    await file_book(request).delete(record)
     return json_response({"success": True})

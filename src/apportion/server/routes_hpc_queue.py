@@ -20,10 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from apportion.errors import Conflict, Forbidden, NotFound
 from apportion.jobs.models import JobStatus, parse_model
 from apportion.jobs.records import Job
-from apportion.jobs.service import JobService
 from apportion.server.auth import Scope, principal_of
-from apportion.server.http_common import ctx, json_body, json_response
-from apportion.server.routes_jobs import changeable_job, visible_job
+from apportion.server.http_common import json_body, json_response
+from apportion.server.routes_jobs import changeable_job, job_service, visible_job
 from apportion.server.routing import ApiRoutes
 
 api = ApiRoutes("seed 002 (hpc-queue-api)")
@@ -82,12 +81,6 @@ def job_object(job: Job) -> dict[str, Any]:
     }
 
 
-def _jobs(request: web.Request) -> JobService:
-    service = ctx(request).jobs
-    assert service is not None
-    return service
-
-
 def _name(given: str | None, working_dir: str) -> str:
     """The job's name: the given one, else the working directory's last part (seed 002's),
     as a job name may be (letters, digits, ``._-``)."""
@@ -100,7 +93,7 @@ def _name(given: str | None, working_dir: str) -> str:
 async def hpc_jobs(request: web.Request) -> web.Response:
     """Every job the key may see, as seed 002's Job documents."""
     who = principal_of(request).actor
-    found = [j for j in _jobs(request).jobs.jobs.values() if who.may_see(j.owner)]
+    found = [j for j in job_service(request).jobs.jobs.values() if who.may_see(j.owner)]
     return json_response([job_object(j) for j in found])
 
 
@@ -122,7 +115,7 @@ async def hpc_submit(request: web.Request) -> web.Response:
         "resources": {"vcpus": asked.reservedSlots},
     }
     owner = principal_of(request).actor.owner
-    job = await _jobs(request).submit({"config": config}, owner)
+    job = await job_service(request).submit({"config": config}, owner)
     return json_response({"jobId": job.job_id}, status=201)
 
 
@@ -142,5 +135,5 @@ async def hpc_job(request: web.Request) -> web.Response:
 async def hpc_stop(request: web.Request) -> web.Response:
     """Stop a job, as qdel (202 {"detail": "jobId: <id>"}); its record stays, STOPPED."""
     job = changeable_job(request)
-    await _jobs(request).cancel(job.job_id)
+    await job_service(request).cancel(job.job_id)
     return json_response({"detail": f"jobId: {job.job_id}"}, status=202)

@@ -27,7 +27,13 @@ from apportion.jobs.records import Job
 from apportion.jobs.service import JobService
 from apportion.ownership import Actor
 from apportion.server.auth import Scope, principal_of
-from apportion.server.http_common import ctx, json_body, json_response, parse_byte_range
+from apportion.server.http_common import (
+    ctx,
+    json_body,
+    json_response,
+    paged_response,
+    parse_byte_range,
+)
 from apportion.server.routing import ApiRoutes, body_of, query_of, raw_body_of
 from apportion.server.schemas import (
     AccountShareLine,
@@ -47,7 +53,8 @@ from apportion.server.schemas import (
 api = ApiRoutes("jobs")
 
 
-def _jobs(request: web.Request) -> JobService:
+def job_service(request: web.Request) -> JobService:
+    """The server's job service (every route of jobs, native or a seed's)."""
     service = ctx(request).jobs
     assert service is not None
     return service
@@ -58,7 +65,7 @@ def visible_job(request: web.Request) -> Job:
     calling key may see it; a job of another account is :class:`NotFound` exactly as an
     unknown id (and never matches a prefix), so its existence does not leak."""
     who = principal_of(request).actor
-    return _jobs(request).jobs.resolve(
+    return job_service(request).jobs.resolve(
         request.match_info["job_id"], visible=lambda job: who.may_see(job.owner)
     )
 
@@ -88,7 +95,7 @@ def changeable_job(request: web.Request) -> Job:
 async def submit_job(request: web.Request) -> web.Response:
     """Submit a job: {"config": {...}, "priority": 0} → {"job_id", "status": "queued"}."""
     who = principal_of(request).actor
-    job = await _jobs(request).submit(raw_body_of(request), who.owner)
+    job = await job_service(request).submit(raw_body_of(request), who.owner)
     return json_response(
         {"job_id": job.job_id, "status": job.status.value, "queue_position": job.queue_position},
         status=201,
@@ -107,7 +114,7 @@ async def plan_job(request: web.Request) -> web.Response:
 
     As nomad job plan and sbatch --test-only: the body and the refusals of POST /jobs/submit."""
     who = principal_of(request).actor
-    plan = await _jobs(request).plan(raw_body_of(request), who.owner)
+    plan = await job_service(request).plan(raw_body_of(request), who.owner)
     return json_response(plan.public())
 
 
@@ -117,7 +124,7 @@ async def job_priorities(request: web.Request) -> web.Response:
 
     ``position`` counts every waiting job, those the key may not see too; docs/scheduling.md."""
     who = principal_of(request).actor
-    service = _jobs(request)
+    service = job_service(request)
     multifactor = service.multifactor()
     lines = []
     waiting = service.waiting(service.jobs.jobs.values())
@@ -141,7 +148,7 @@ async def fair_share(request: web.Request) -> web.Response:
 
     A key sees its own account's line; an operator or admin key every account's."""
     who = principal_of(request).actor
-    lines = _jobs(request).fair_shares().values()
+    lines = job_service(request).fair_shares().values()
     return json_response([line.public() for line in lines if who.may_see_account(line.account)])
 
 
@@ -161,7 +168,7 @@ async def list_jobs(request: web.Request) -> web.Response:
                 path="query.label",
             )
         labels[key] = value
-    jobs = _jobs(request).select(
+    jobs = job_service(request).select(
         status=status,
         queue=query.queue,
         labels=labels,
@@ -169,15 +176,8 @@ async def list_jobs(request: web.Request) -> web.Response:
         limit=10**9,
         offset=0,
     )
-    jobs = [j for j in jobs if who.may_see(j.owner)]
-    page = jobs[query.offset : query.offset + query.limit]
-    response = json_response([j.public() for j in page])
-    # paging, as GitHub's API does it: the total, and the next page's URL while there is one
-    response.headers["X-Total-Count"] = str(len(jobs))
-    if query.offset + len(page) < len(jobs):
-        following = request.url.update_query(offset=query.offset + len(page))
-        response.headers["Link"] = f'<{following}>; rel="next"'
-    return response
+    visible = [j for j in jobs if who.may_see(j.owner)]
+    return paged_response(request, visible, query.offset, query.limit, Job.public)
 
 
 @api.post(
@@ -191,7 +191,7 @@ async def list_jobs(request: web.Request) -> web.Response:
 async def create_job(request: web.Request) -> web.Response:
     """Create a job without queueing it (status created); POST /jobs/{id}/submit queues it."""
     owner = principal_of(request).actor.owner
-    job = await _jobs(request).create(raw_body_of(request), owner)
+    job = await job_service(request).create(raw_body_of(request), owner)
     return json_response(job.public(), status=201)
 
 
@@ -205,7 +205,7 @@ async def create_job(request: web.Request) -> web.Response:
 async def revise_job(request: web.Request) -> web.Response:
     """Replace a created job's config and priority (409 once it was submitted)."""
     job = changeable_job(request)
-    return json_response((await _jobs(request).revise(job, raw_body_of(request))).public())
+    return json_response((await job_service(request).revise(job, raw_body_of(request))).public())
 
 
 @api.post(
@@ -217,7 +217,7 @@ async def revise_job(request: web.Request) -> web.Response:
 async def submit_created_job(request: web.Request) -> web.Response:
     """Queue a created job (409 for a job in any other status)."""
     job = changeable_job(request)
-    return json_response((await _jobs(request).submit_created(job)).public())
+    return json_response((await job_service(request).submit_created(job)).public())
 
 
 @api.get("/jobs/{job_id}", scope=Scope.READ, response=JobRecord, errors=(NotFound,))
@@ -232,7 +232,7 @@ async def read_job(request: web.Request) -> web.Response:
 async def job_statuses(request: web.Request) -> web.Response:
     """The job's status history [{status, time, reason}] (seed 003)."""
     job = visible_job(request)
-    return json_response(await _jobs(request).jobs.history(job.job_id))
+    return json_response(await job_service(request).jobs.history(job.job_id))
 
 
 @api.get(
@@ -245,7 +245,7 @@ async def job_statuses(request: web.Request) -> web.Response:
 )
 async def job_logs(request: web.Request) -> web.Response:
     """The job's output (?worker=N: that worker's own); supports HTTP Range, one range or a suffix."""
-    service = _jobs(request)
+    service = job_service(request)
     job = visible_job(request)
     worker = query_of(request, LogsQuery).worker
     asked = parse_byte_range(request.headers.get("Range"))
@@ -301,7 +301,7 @@ def _log_headers(chunk: LogChunk) -> dict[str, str]:
 async def cancel_job(request: web.Request) -> web.Response:
     """Cancel a job (queued: at once; running: SIGTERM/scancel)."""
     job = changeable_job(request)
-    await _jobs(request).cancel(job.job_id)
+    await job_service(request).cancel(job.job_id)
     return json_response({"success": True})
 
 
@@ -315,7 +315,7 @@ async def cancel_job(request: web.Request) -> web.Response:
 async def set_priority(request: web.Request) -> web.Response:
     """Change a queued job's priority (409 once it has left the queue)."""
     job = changeable_job(request)
-    await _jobs(request).set_priority(job.job_id, raw_body_of(request))
+    await job_service(request).set_priority(job.job_id, raw_body_of(request))
     return json_response({"success": True})
 
 
@@ -329,27 +329,27 @@ async def set_priority(request: web.Request) -> web.Response:
 async def delete_job(request: web.Request) -> web.Response:
     """Delete a job, cancelling it first if it runs (202)."""
     job = changeable_job(request)
-    await _jobs(request).delete(job.job_id)
+    await job_service(request).delete(job.job_id)
     return json_response({"success": True}, status=202)
 
 
 @api.get("/queue", scope=Scope.READ, response=dict[str, Any])
 async def queue_statistics(request: web.Request) -> web.Response:
     """Queue statistics (seed 001): total_queued, running_jobs, per queue and per priority."""
-    return json_response(_jobs(request).statistics())
+    return json_response(job_service(request).statistics())
 
 
 @api.put("/pool/limits", scope=Scope.ADMIN, body_doc=PoolLimits, response=LimitsAnswer)
 async def pool_limits(request: web.Request) -> web.Response:
     """Set {"max_concurrent_jobs": 1..100, or null for unlimited}; emits limits_updated."""
-    limits = await _jobs(request).set_limits(await json_body(request))
+    limits = await job_service(request).set_limits(await json_body(request))
     return json_response({"success": True, "limits": limits})
 
 
 @api.get("/queues", scope=Scope.READ, response=list[QueueRecord])
 async def list_queues(request: web.Request) -> web.Response:
     """Every queue, with its use of its quotas (quota_used)."""
-    service = _jobs(request)
+    service = job_service(request)
     used = service.quota_used()
     return json_response(
         [
@@ -370,13 +370,13 @@ async def list_queues(request: web.Request) -> web.Response:
 async def create_queue(request: web.Request) -> web.Response:
     """Create a queue (seed 000's fields, plus policy_rule_uri and clusters)."""
     _check_plugin(request)
-    return json_response(await _jobs(request).queues.create(raw_body_of(request)), status=201)
+    return json_response(await job_service(request).queues.create(raw_body_of(request)), status=201)
 
 
 def _check_plugin(request: web.Request) -> None:
     """:class:`InvalidRequest` naming ``plugin`` for an adapter this server does not run."""
     plugin = body_of(request, QueueConfig).plugin
-    adapters = _jobs(request).driver.adapters
+    adapters = job_service(request).driver.adapters
     if plugin is not None and plugin not in adapters:
         raise InvalidRequest(
             f"plugin {plugin!r} is no scheduler adapter of this server; it runs"
@@ -390,7 +390,7 @@ def _check_plugin(request: web.Request) -> None:
 async def update_queue(request: web.Request) -> web.Response:
     """Replace a queue, found by name."""
     _check_plugin(request)
-    service = _jobs(request)
+    service = job_service(request)
     queue = await service.queues.update(raw_body_of(request))
     service.wake()
     return json_response(queue)
@@ -399,7 +399,7 @@ async def update_queue(request: web.Request) -> web.Response:
 @api.get("/queues/{queue_id}", scope=Scope.READ, response=QueueRecord, errors=(NotFound,))
 async def read_queue(request: web.Request) -> web.Response:
     """One queue, by id or name, with its use of its quotas (quota_used)."""
-    service = _jobs(request)
+    service = job_service(request)
     _, config = service.queues.by_id_or_name(request.match_info["queue_id"])
     used = service.quota_used().get(config.name)
     return json_response(service.queues.public(config.name) | {"quota_used": used})
@@ -408,7 +408,7 @@ async def read_queue(request: web.Request) -> web.Response:
 @api.delete("/queues/{queue_id}", scope=Scope.ADMIN, response=Ack, errors=(NotFound, Conflict))
 async def delete_queue(request: web.Request) -> web.Response:
     """Delete a queue with no waiting or running jobs."""
-    service = _jobs(request)
+    service = job_service(request)
     _, config = service.queues.by_id_or_name(request.match_info["queue_id"])
     in_use = any(
         j.queue == config.name and not j.status.finished for j in service.jobs.jobs.values()
@@ -427,7 +427,7 @@ async def list_plugins(request: web.Request) -> web.Response:
 async def partitions(request: web.Request) -> web.Response:
     """Partitions of every scheduler adapter (Slurm's included)."""
     out = []
-    for name, adapter in sorted(_jobs(request).driver.adapters.items()):
+    for name, adapter in sorted(job_service(request).driver.adapters.items()):
         try:
             for partition in await adapter.partitions():
                 out.append({"adapter": name, **partition})

@@ -22,15 +22,21 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from apportion.errors import Conflict, Forbidden, InvalidRequest, MessageTooLarge, NotFound
-from apportion.files import FileBook, FileRecord, FileType
+from apportion.files import FileRecord, FileType
 from apportion.jobs.models import JobStatus, parse_model
 from apportion.jobs.records import Job
-from apportion.jobs.service import JobService
 from apportion.server.auth import Scope, principal_of
-from apportion.server.http_common import ctx, json_body, json_response
-from apportion.server.routes_files import file_content, read_lines, receive_upload, visible_file
-from apportion.server.routes_jobs import changeable_job, visible_job
+from apportion.server.http_common import json_body, json_response
+from apportion.server.routes_files import (
+    file_book,
+    file_content,
+    read_lines,
+    receive_upload,
+    visible_file,
+)
+from apportion.server.routes_jobs import changeable_job, job_service, visible_job
 from apportion.server.routing import ApiRoutes, query_of
+from apportion.timefmt import iso_utc
 
 api = ApiRoutes("seed 003 (Rescale)")
 
@@ -122,7 +128,7 @@ def file_object(record: FileRecord) -> dict[str, Any]:
         "decryptedSize": record.size,
         "fileChecksums": [{"hashFunction": "sha512", "fileHash": record.sha512}],
         "typeId": TYPE_IDS[record.type],
-        "dateUploaded": record.public()["created_at"],
+        "dateUploaded": iso_utc(record.created_at),
         "isUploaded": True,
         "owner": record.owner.user,
     }
@@ -140,7 +146,7 @@ def job_object(job: Job) -> dict[str, Any]:
         "id": job.job_id,
         "name": job.name,
         "owner": job.owner.user,
-        "dateInserted": job.public()["created_at"],
+        "dateInserted": iso_utc(job.created_at),
         "jobStatus": {"content": STATUS_NAMES[job.status], "statusReason": job.failed_reason},
         "jobanalyses": [
             {
@@ -198,16 +204,6 @@ def paged(request: web.Request, items: list[dict[str, Any]], query: Page) -> web
     return json_response({"count": len(items), "next": following, "results": page})
 
 
-def _files(request: web.Request) -> FileBook:
-    return ctx(request).files
-
-
-def _jobs(request: web.Request) -> JobService:
-    service = ctx(request).jobs
-    assert service is not None
-    return service
-
-
 # ---------------------------------------------------------------- files
 @api.post(
     f"{PREFIX}/files/contents/",
@@ -226,7 +222,7 @@ async def rescale_upload(request: web.Request) -> web.Response:
 async def rescale_files(request: web.Request) -> web.Response:
     """The key's files, paged as {count, next, results} (?search= a part of the name)."""
     query = query_of(request, FilesPage)
-    found = _files(request).visible(principal_of(request).actor.may_see)
+    found = file_book(request).visible(principal_of(request).actor.may_see)
     if query.search:
         found = [f for f in found if query.search in f.name]
     return paged(request, [file_object(f) for f in found], query)
@@ -260,7 +256,7 @@ async def rescale_file_contents(request: web.Request) -> web.StreamResponse:
 )
 async def rescale_file_lines(request: web.Request) -> web.Response:
     """{"lines": [...]}: the file's first 10,000 lines, each with its line end."""
-    path = _files(request).content(visible_file(request))
+    path = file_book(request).content(visible_file(request))
     lines, _ = await read_lines(path, 0, 10_000)
     return json_response({"lines": [f"{line}\n" for line in lines]})
 
@@ -278,7 +274,7 @@ async def rescale_create_job(request: web.Request) -> web.Response:
     """Create (not submit) a job from a Rescale job definition; the job object, with its id."""
     definition = parse_model(JobDefinition, await json_body(request))
     owner = principal_of(request).actor.owner
-    job = await _jobs(request).create(native_submit_body(definition), owner)
+    job = await job_service(request).create(native_submit_body(definition), owner)
     return json_response(job_object(job), status=201)
 
 
@@ -293,7 +289,7 @@ async def rescale_update_job(request: web.Request) -> web.Response:
     """Replace a saved (not yet submitted) job's definition; 409 once it was submitted."""
     job = changeable_job(request)
     definition = parse_model(JobDefinition, await json_body(request))
-    revised = await _jobs(request).revise(job, native_submit_body(definition))
+    revised = await job_service(request).revise(job, native_submit_body(definition))
     return json_response(job_object(revised))
 
 
@@ -301,7 +297,7 @@ async def rescale_update_job(request: web.Request) -> web.Response:
 async def rescale_jobs(request: web.Request) -> web.Response:
     """The key's jobs, paged as {count, next, results}."""
     who = principal_of(request).actor
-    jobs = [j for j in _jobs(request).jobs.jobs.values() if who.may_see(j.owner)]
+    jobs = [j for j in job_service(request).jobs.jobs.values() if who.may_see(j.owner)]
     return paged(request, [job_object(j) for j in jobs], query_of(request, Page))
 
 
@@ -321,7 +317,7 @@ async def rescale_job(request: web.Request) -> web.Response:
 )
 async def rescale_submit_job(request: web.Request) -> web.Response:
     """Submit a created job (200)."""
-    job = await _jobs(request).submit_created(changeable_job(request))
+    job = await job_service(request).submit_created(changeable_job(request))
     return json_response(job_object(job))
 
 
@@ -335,7 +331,7 @@ async def rescale_submit_job(request: web.Request) -> web.Response:
 async def rescale_job_statuses(request: web.Request) -> web.Response:
     """The job's status history, paged: [{status, statusDate, statusReason}], oldest first."""
     job = visible_job(request)
-    history = await _jobs(request).jobs.history(job.job_id)
+    history = await job_service(request).jobs.history(job.job_id)
     entries = [
         {
             "status": STATUS_NAMES[JobStatus(e["status"])],
@@ -360,7 +356,7 @@ async def rescale_job_files(request: web.Request) -> web.Response:
     query = query_of(request, FilesPage)
     found = [
         f
-        for f in _files(request).visible(principal_of(request).actor.may_see)
+        for f in file_book(request).visible(principal_of(request).actor.may_see)
         if f.job_id == job.job_id and (not query.search or query.search in f.name)
     ]
     return paged(request, [file_object(f) for f in found], query)
@@ -375,7 +371,7 @@ async def rescale_job_files(request: web.Request) -> web.Response:
 )
 async def rescale_stop_job(request: web.Request) -> web.Response:
     """Stop a job (202): cancelled, as POST /jobs/{id}/cancel."""
-    job = await _jobs(request).cancel(changeable_job(request).job_id)
+    job = await job_service(request).cancel(changeable_job(request).job_id)
     return json_response(job_object(job), status=202)
 
 
@@ -394,5 +390,5 @@ async def rescale_delete_job(request: web.Request) -> web.Response:
             f" (POST {PREFIX}/jobs/{job.job_id}/stop/)",
             path="job_id",
         )
-    await _jobs(request).delete(job.job_id)
+    await job_service(request).delete(job.job_id)
     return json_response({"deleted": job.job_id})
