@@ -177,7 +177,8 @@ async def _check_body_models(running: Running, specs: list[Any]) -> None:
     for spec in specs:
         assert spec.body is not None
         path = spec.path.replace("{job_id}", "no-such-job").replace("{uri}", "binpack:1.0-stable")
-        path = path.replace("{name}", "default")
+        path = path.replace("{name}", "default").replace("{queue_id}", "default")
+        path = path.replace("{application}", "no-such-app")
         async with running.http.request(
             spec.method, f"{running.url}{path}", json={"zz_not_a_field": 1}
         ) as response:
@@ -300,6 +301,13 @@ async def test_changing_routes_answer_their_declared_types_and_statuses(
     await call("POST", "/jobs/{job_id}/cancel", f"/jobs/{waiting}/cancel")
     await call("POST", "/queues", "/queues", json={"name": "batch"})
     await call("PUT", "/queues", "/queues", json={"name": "batch", "description": "nightly"})
+    app = {"name": "solver", "version": "1", "command": exiting(0)}
+    await call("POST", "/applications", "/applications", json=app)
+    await call("PUT", "/applications", "/applications", json={**app, "description": "v1"})
+    runtime = "/queues/{queue_id}/applications/{application}/runtime-config"
+    await call("PUT", runtime, "/queues/batch/applications/solver:1/runtime-config", json={})
+    await call("DELETE", runtime, "/queues/batch/applications/solver:1/runtime-config")
+    await call("DELETE", "/applications/{application}", "/applications/solver:1")
     await call("DELETE", "/queues/{queue_id}", "/queues/batch")
     await call("PUT", "/pool/limits", "/pool/limits", json={"max_concurrent_jobs": 4})
     await call("POST", "/accounts", "/accounts", json={"name": "ci-team"})

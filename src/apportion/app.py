@@ -46,6 +46,7 @@ from apportion.registry.collector import LocalCollector, local_cluster_document
 from apportion.registry.service import Registry
 from apportion.server import (
     dashboard,
+    routes_applications,
     routes_core,
     routes_files,
     routes_hpc_queue,
@@ -320,6 +321,7 @@ class Server:
         attach(status.sio, app)
         app.add_routes(routes_core.api.routes)
         app.add_routes(routes_jobs.api.routes)
+        app.add_routes(routes_applications.api.routes)
         app.add_routes(routes_files.api.routes)
         app.add_routes(routes_rescale.api.routes)
         app.add_routes(routes_hpc_queue.api.routes)

@@ -1,5 +1,6 @@
 """Admin commands of ``apportion``: ``policies list|push|test|manage``, ``accounts
-list|create``, ``keys create|list|revoke`` and ``config show``."""
+list|create``, ``keys create|list|revoke``, ``applications list|create|update|delete|runtimes|
+set-runtime|unset-runtime`` and ``config show``."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from apportion.errors import ApportionError
 
 if TYPE_CHECKING:
     from apportion.clients.async_client import AsyncApportion
-    from apportion.clients.models import Policy
+    from apportion.clients.models import Application, Policy, RuntimeConfig
 
 policies_app = command_group("The policy store; offline policy tests.")
 keys_app = command_group("API keys (admin).")
@@ -34,6 +35,9 @@ accounts_app = command_group(
     "Accounts: the teams keys and jobs belong to (list: operator; create: admin)."
 )
 config_app = command_group("Client configuration.")
+applications_app = command_group(
+    "Applications and how they run in each queue (list: any key; changes: admin)."
+)
 
 
 @policies_app.command("list")
@@ -263,6 +267,118 @@ def keys_revoke(
     typer.echo(f"Revoked key {key_id}")
 
 
+@applications_app.command("list")
+def applications_list(ctx: typer.Context, output: OutputOpt = Output.TABLE) -> None:
+    """Every application: a job runs one with `apportion submit --application NAME:VERSION`."""
+    found = run(ctx, lambda client: client.applications())
+    listing(
+        output,
+        found,
+        ["NUMBER", "APPLICATION", "COMMAND", "DESCRIPTION"],
+        lambda a: [a.number, f"{a.name}:{a.version}", " ".join(a.command), a.description],
+        as_json=lambda a: a.model_dump(),
+    )
+
+
+APPLICATION_HELP = (
+    "The application as JSON (inline, @file or a file): {name, version, command, env,"
+    " description, attributes}."
+)
+
+
+@applications_app.command("create")
+def applications_create(
+    ctx: typer.Context,
+    application: Annotated[str, typer.Argument(metavar="JSON", help=APPLICATION_HELP)],
+) -> None:
+    """Register an application (admin)."""
+    body = read_json(application, "the application")
+    created: Application = run(ctx, lambda client: client.create_application(body))
+    typer.echo(f"Registered application {created.name}:{created.version} (number {created.number})")
+
+
+@applications_app.command("update")
+def applications_update(
+    ctx: typer.Context,
+    application: Annotated[str, typer.Argument(metavar="JSON", help=APPLICATION_HELP)],
+) -> None:
+    """Replace the application of the same name and version (admin)."""
+    body = read_json(application, "the application")
+    changed: Application = run(ctx, lambda client: client.update_application(body))
+    typer.echo(f"Replaced application {changed.name}:{changed.version}")
+
+
+@applications_app.command("delete")
+def applications_delete(
+    ctx: typer.Context,
+    application: Annotated[
+        str, typer.Argument(help="NAME:VERSION, a name of one version, or an id.")
+    ],
+) -> None:
+    """Delete an application and its runtime configurations (admin)."""
+    run(ctx, lambda client: client.delete_application(application))
+    typer.echo(f"Deleted application {application}")
+
+
+@applications_app.command("runtimes")
+def applications_runtimes(
+    ctx: typer.Context,
+    queue: Annotated[str | None, typer.Option(help="Only this queue's.")] = None,
+    application: Annotated[str | None, typer.Option(help="Only this application's.")] = None,
+    output: OutputOpt = Output.TABLE,
+) -> None:
+    """How applications run in queues: environment, default resources, working directory."""
+    found: list[RuntimeConfig] = run(
+        ctx, lambda client: client.runtime_configs(queue=queue, application=application)
+    )
+    listing(
+        output,
+        found,
+        ["QUEUE", "APPLICATION", "DEFAULT RESOURCES", "ENV", "WORKING DIR"],
+        lambda r: [
+            r.queue,
+            r.application,
+            " ".join(f"{k}={v}" for k, v in r.default_resources.items()),
+            " ".join(sorted(r.env)),
+            r.working_dir,
+        ],
+        as_json=lambda r: r.model_dump(),
+    )
+
+
+@applications_app.command("set-runtime")
+def applications_set_runtime(
+    ctx: typer.Context,
+    queue: Annotated[str, typer.Argument(help="The queue.")],
+    application: Annotated[str, typer.Argument(help="NAME:VERSION (or a name of one version).")],
+    runtime: Annotated[
+        str,
+        typer.Argument(
+            metavar="JSON",
+            help="How it runs there, as JSON (inline, @file or a file): {env,"
+            " default_resources, working_dir, attributes}.",
+        ),
+    ],
+) -> None:
+    """Set how an application runs in a queue (admin)."""
+    body = read_json(runtime, "the runtime configuration")
+    stored: RuntimeConfig = run(
+        ctx, lambda client: client.set_runtime_config(queue, application, body)
+    )
+    typer.echo(f"Set how {stored.application} runs in queue {stored.queue}")
+
+
+@applications_app.command("unset-runtime")
+def applications_unset_runtime(
+    ctx: typer.Context,
+    queue: Annotated[str, typer.Argument(help="The queue.")],
+    application: Annotated[str, typer.Argument(help="NAME:VERSION (or a name of one version).")],
+) -> None:
+    """Remove how an application runs in a queue (admin)."""
+    run(ctx, lambda client: client.delete_runtime_config(queue, application))
+    typer.echo(f"Removed the runtime configuration of {application} in queue {queue}")
+
+
 @config_app.command("show")
 def config_show(ctx: typer.Context, output: OutputOpt = Output.TABLE) -> None:
     """The URLs and key this client uses, and where each came from (the key is redacted)."""
@@ -281,4 +397,5 @@ def register(app: typer.Typer) -> None:
     app.add_typer(policies_app, name="policies")
     app.add_typer(accounts_app, name="accounts")
     app.add_typer(keys_app, name="keys")
+    app.add_typer(applications_app, name="applications")
     app.add_typer(config_app, name="config")

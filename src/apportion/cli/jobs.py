@@ -96,8 +96,19 @@ def _env(pairs: list[str]) -> dict[str, str]:
 def submit(
     ctx: typer.Context,
     command: Annotated[
-        list[str], typer.Argument(metavar="COMMAND", help="The job's argv, after --.")
-    ],
+        list[str] | None,
+        typer.Argument(
+            metavar="COMMAND",
+            help="The job's argv, after --; with --application, replaces its command.",
+        ),
+    ] = None,
+    application: Annotated[
+        str | None,
+        typer.Option(
+            help="Run a registered application, NAME:VERSION (`apportion applications list`),"
+            " as it is set up for the queue."
+        ),
+    ] = None,
     gpus: Annotated[
         int | None, typer.Option(help="GPUs per worker (default: the queue's, else 0).")
     ] = None,
@@ -171,10 +182,12 @@ def submit(
             " enqueue` first",
             code=2,
         )
+    command = command or []
     spec = read_job_file(command)
     if spec is not None:  # a flag given on the command line beats the file
         file = spec.values
         command = spec.command
+        application = application or file.get("application")
         gpus = gpus if gpus is not None else file.get("gpus")
         workers = workers if workers != 1 else int(file.get("workers", 1))
         queue = queue or file.get("queue")
@@ -187,6 +200,8 @@ def submit(
         inputs = [*(file.get("input_files") or []), *(inputs or [])]
         unpack = [*(file.get("unpack_files") or []), *(unpack or [])]
         outputs = [*(file.get("output_files") or []), *(outputs or [])]
+    if not command and application is None:
+        fail("give the command to run after --, a job file, or --application", code=2)
     resources: dict[str, Any] = {"gpu_model": gpu_model} if gpu_model else {}
     seconds = None if walltime is None else parse_duration(walltime, flag="--walltime")
     where: dict[str, Any] = {} if chdir is None else {"working_dir": os.path.abspath(chdir)}
@@ -199,6 +214,8 @@ def submit(
         where["input_files"] = staged
     if outputs:
         where["output_files"] = list(outputs)
+    if application is not None:
+        where["application"] = application
 
     options: dict[str, Any] = {
         "gpus": gpus,
@@ -272,6 +289,7 @@ _FLAGS = {
     "body.config.name": "--name",
     "body.config.env": "--env",
     "body.config.command": "the command after --",
+    "body.config.application": "--application",
     "body.config.input_files": "--input/--unpack",
     "body.config.output_files": "--output",
     "body.priority": "--priority",

@@ -34,6 +34,7 @@ SCRIPT_HEAD_BYTES = 64 * 1024  # where directives are looked for (sbatch: before
 SPEC_KEYS: dict[str, type | tuple[type, ...]] = {
     "name": str,
     "queue": str,
+    "application": str,  # NAME:VERSION; then command may be left out
     "priority": int,
     "command": list,
     "env": dict,
@@ -94,8 +95,14 @@ def _toml(path: Path) -> JobSpec:
         if not isinstance(value, expected) or isinstance(value, bool):
             fail(f"{path}: {key} has the wrong type ({type(value).__name__})", code=2)
     command = data.pop("command", None)
-    if not command or not all(isinstance(a, str) for a in command):
-        fail(f"{path}: command must be a non-empty list of strings (the job's argv)", code=2)
+    if command is None and "application" in data:
+        command = []  # the application's own
+    elif not command or not all(isinstance(a, str) for a in command):
+        fail(
+            f"{path}: command must be a non-empty list of strings (the job's argv), unless"
+            " application names an application that has one",
+            code=2,
+        )
     return JobSpec(list(command), data)
 
 

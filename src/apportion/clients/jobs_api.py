@@ -9,7 +9,15 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from apportion.clients.errors import WaitTimeoutError
-from apportion.clients.models import Job, JobPlan, JobPriority, JobStatusEntry, Queue
+from apportion.clients.models import (
+    Application,
+    Job,
+    JobPlan,
+    JobPriority,
+    JobStatusEntry,
+    Queue,
+    RuntimeConfig,
+)
 from apportion.clients.rest import RestTransport
 
 PAGE_SIZE = 100
@@ -75,6 +83,55 @@ class JobsAPI:
         result: dict[str, Any] = await self._rest.call("GET", "/queue")
         return result
 
+    # ------------------------------------------------------------------ applications
+    async def applications(self) -> list[Application]:
+        """Every registered application (``GET /applications``)."""
+        found = await self._rest.call("GET", "/applications")
+        return [Application.model_validate(app) for app in found]
+
+    async def application(self, application: str) -> Application:
+        """One application by id, ``name:version`` or a name of one version."""
+        return Application.model_validate(
+            await self._rest.call("GET", f"/applications/{application}")
+        )
+
+    async def create_application(self, body: Mapping[str, Any]) -> Application:
+        """Register an application (admin): ``{name, version, command, env, description,
+        attributes}``; :class:`ConflictError` when its name and version exist."""
+        answer = await self._rest.call("POST", "/applications", json=dict(body))
+        return Application.model_validate(answer)
+
+    async def update_application(self, body: Mapping[str, Any]) -> Application:
+        """Replace the application of ``body``'s name and version (admin)."""
+        answer = await self._rest.call("PUT", "/applications", json=dict(body))
+        return Application.model_validate(answer)
+
+    async def delete_application(self, application: str) -> None:
+        """Delete an application and its runtime configurations (admin)."""
+        await self._rest.call("DELETE", f"/applications/{application}")
+
+    async def runtime_configs(
+        self, *, queue: str | None = None, application: str | None = None
+    ) -> list[RuntimeConfig]:
+        """Runtime configurations: every one, or those of ``queue`` and of ``application``."""
+        params = {k: v for k, v in (("queue", queue), ("application", application)) if v}
+        found = await self._rest.call("GET", "/runtime-configs", params=params)
+        return [RuntimeConfig.model_validate(entry) for entry in found]
+
+    async def set_runtime_config(
+        self, queue: str, application: str, body: Mapping[str, Any]
+    ) -> RuntimeConfig:
+        """Set how ``application`` runs in ``queue`` (admin): ``{env, default_resources,
+        working_dir, attributes}``."""
+        path = f"/queues/{queue}/applications/{application}/runtime-config"
+        return RuntimeConfig.model_validate(await self._rest.call("PUT", path, json=dict(body)))
+
+    async def delete_runtime_config(self, queue: str, application: str) -> None:
+        """Remove how ``application`` runs in ``queue`` (admin)."""
+        await self._rest.call(
+            "DELETE", f"/queues/{queue}/applications/{application}/runtime-config"
+        )
+
     # ------------------------------------------------------------------ jobs
     async def submit(
         self,
@@ -93,7 +150,9 @@ class JobsAPI:
         """Submit a job and return its id. ``command`` is the argv (never a shell string);
         ``gpus`` per worker (merged into ``resources``; unset: the queue's default, else 0);
         other ``config`` keys of CONTRACTS §6
-        (``working_dir``, ``labels``, ``policy_rule_uri``, ``parameters``) pass through.
+        (``working_dir``, ``labels``, ``policy_rule_uri``, ``parameters``) pass through;
+        ``application="name:version"`` runs a registered application (``command`` may then be
+        empty: the application's own runs).
         Raises :class:`InvalidRequestError` naming a bad field."""
         body = submission(
             command,

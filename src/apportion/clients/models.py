@@ -148,6 +148,32 @@ class Queue(_Loose):
     policy_rule_uri: str | None = None
 
 
+class Application(_Loose):
+    """A registered application: ``name:version`` is how a job names it; ``number`` is seed
+    000's integer id."""
+
+    id: str
+    number: int
+    name: str
+    version: str
+    description: str = ""
+    command: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    attributes: dict[str, Any] = Field(default_factory=dict)
+
+
+class RuntimeConfig(_Loose):
+    """How an application runs in a queue."""
+
+    queue: str
+    application_id: str
+    application: str
+    env: dict[str, str] = Field(default_factory=dict)
+    default_resources: dict[str, int] = Field(default_factory=dict)
+    working_dir: str | None = None
+    attributes: dict[str, Any] = Field(default_factory=dict)
+
+
 class Cluster(_Loose):
     """A cluster document (CONTRACTS §4), kept whole; the common fields are typed."""
 

@@ -24,6 +24,7 @@ from apportion.clients.models import (
     Account,
     AccountShare,
     AllocationResult,
+    Application,
     Cluster,
     Event,
     FileLines,
@@ -33,6 +34,7 @@ from apportion.clients.models import (
     JobStatusEntry,
     Policy,
     Queue,
+    RuntimeConfig,
     StoredFile,
 )
 
@@ -221,6 +223,20 @@ class Apportion:
     def create_queue(self, body: Mapping[str, Any]) -> Queue:
         """Create a queue (admin)."""
         return self._run(self._client.create_queue(body))
+
+    def applications(self) -> list[Application]:
+        """Every registered application."""
+        return self._run(self._client.applications())
+
+    def create_application(self, body: Mapping[str, Any]) -> Application:
+        """Register an application (admin; see :meth:`AsyncApportion.create_application`)."""
+        return self._run(self._client.create_application(body))
+
+    def set_runtime_config(
+        self, queue: str, application: str, body: Mapping[str, Any]
+    ) -> RuntimeConfig:
+        """Set how an application runs in a queue (admin)."""
+        return self._run(self._client.set_runtime_config(queue, application, body))
 
     def submit(self, command: list[str], **options: Any) -> str:
         """Submit a job; returns its id (see :meth:`AsyncApportion.submit`)."""

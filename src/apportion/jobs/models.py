@@ -31,6 +31,9 @@ from apportion.validation import invalid_from_pydantic
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 NAME_RE = re.compile(NAME_PATTERN)
+APPLICATION_REFERENCE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}(:[A-Za-z0-9][A-Za-z0-9._+-]{0,99})?$"
+"""How a job names an application: ``name:version``, or ``name`` (of an application with one
+version); see :mod:`apportion.jobs.applications`."""
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,255}")
 """A POSIX environment variable name (letters, digits, ``_``; not starting with a digit)."""
 
@@ -88,7 +91,8 @@ def _utf8_size(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
 
 
-def _check_env(env: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+def check_env(env: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+    """An ``env`` field's validator: POSIX names, no NUL, values a program can start with."""
     if _stored(info):
         return env
     for key, value in env.items():
@@ -107,7 +111,8 @@ def _check_env(env: dict[str, str], info: ValidationInfo) -> dict[str, str]:
     return env
 
 
-def _check_command(command: list[str], info: ValidationInfo) -> list[str]:
+def check_command(command: list[str], info: ValidationInfo) -> list[str]:
+    """A ``command`` field's validator: a named program; arguments ``execve`` can take."""
     if _stored(info):
         return command
     if not command[0]:
@@ -123,7 +128,8 @@ def _check_command(command: list[str], info: ValidationInfo) -> list[str]:
     return command
 
 
-def _check_dir(value: str | None, info: ValidationInfo) -> str | None:
+def check_dir(value: str | None, info: ValidationInfo) -> str | None:
+    """A ``working_dir`` field's validator: an absolute path without NUL or newline."""
     if (
         value is not None
         and not _stored(info)
@@ -217,7 +223,10 @@ class JobConfig(_Strict):
 
     name: str = Field("job", pattern=NAME_PATTERN)
     queue: str = Field("default", pattern=NAME_PATTERN)
-    command: list[str] = Field(min_length=1, max_length=4096)
+    # an application (docs/jobs.md, "Applications"): "name:version", or a name of one version
+    application: str | None = Field(None, pattern=APPLICATION_REFERENCE)
+    # empty only with an application, whose command it then runs
+    command: list[str] = Field(default_factory=list, max_length=4096, validate_default=True)
     env: dict[str, str] = Field(default_factory=dict)
     working_dir: str | None = Field(None, max_length=4096)
     resources: WorkerResources = Field(default_factory=WorkerResources)
@@ -231,10 +240,21 @@ class JobConfig(_Strict):
     # glob patterns relative to the working directory; matching files are stored at the end
     output_files: list[str] = Field(default_factory=list, max_length=MAX_OUTPUT_PATTERNS)
 
-    _env = field_validator("env")(_check_env)
-    _command = field_validator("command")(_check_command)
-    _working_dir = field_validator("working_dir")(_check_dir)
+    _env = field_validator("env")(check_env)
+    _working_dir = field_validator("working_dir")(check_dir)
     _output_files = field_validator("output_files")(_check_output_patterns)
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, command: list[str], info: ValidationInfo) -> list[str]:
+        if command:
+            return check_command(command, info)
+        if info.data.get("application") is None and not _stored(info):
+            raise ValueError(
+                "give the command to run (the program, then its arguments), or name an"
+                " application that has one"
+            )
+        return command
 
     @model_validator(mode="after")
     def _fits_execve(self, info: ValidationInfo) -> JobConfig:
@@ -385,8 +405,8 @@ class QueueConfig(BaseModel):
     quota: QueueQuota | None = None  # docs/scheduling.md; unset: no quota
     cohort: str | None = Field(None, pattern=NAME_PATTERN)  # queues that lend to each other
 
-    _env = field_validator("env")(_check_env)
-    _working_dir = field_validator("working_dir")(_check_dir)
+    _env = field_validator("env")(check_env)
+    _working_dir = field_validator("working_dir")(check_dir)
 
     @field_validator("clusters")
     @classmethod

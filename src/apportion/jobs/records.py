@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 from apportion import jsonutil
 from apportion.engine.decisions import Decision, JsonValue, Placement, placements_json
@@ -23,7 +23,7 @@ from apportion.jobs.writer import JobWriter
 from apportion.ownership import Owner
 from apportion.store.db import Database
 from apportion.store.repos.jobs import JobChange, JobRepo, JobRow, StatusEntry, UsageRow
-from apportion.store.repos.queues import QueueRepo, QueueRow
+from apportion.store.repos.queues import QueueRepo
 from apportion.timefmt import iso_utc
 
 
@@ -364,20 +364,27 @@ class JobBook:
 DEFAULT_QUEUE = "default"
 
 
+class QueueEntry(NamedTuple):
+    """A queue as the book keeps it: its id, its number (seed 000's integer id) and its
+    configuration."""
+
+    id: str
+    number: int
+    config: QueueConfig
+
+
 class QueueBook:
     """Queues by name, in memory and in the store; a ``default`` queue always exists."""
 
     def __init__(self, db: Database) -> None:
         self._repo = QueueRepo(db)
-        self._queues: dict[str, tuple[str, QueueConfig]] = {}
+        self._queues: dict[str, QueueEntry] = {}
 
     async def load(self) -> None:
         """Read every stored queue and create ``default`` if missing (call once at start)."""
         for row in await self._repo.all():
-            self._queues[row.name] = (
-                row.id,
-                QueueConfig.model_validate(jsonutil.loads(row.document), context=STORED),
-            )
+            config = QueueConfig.model_validate(jsonutil.loads(row.document), context=STORED)
+            self._queues[row.name] = QueueEntry(row.id, row.number, config)
         if DEFAULT_QUEUE not in self._queues:
             await self.create(
                 {"name": DEFAULT_QUEUE, "description": "the queue jobs go to when they name none"}
@@ -389,16 +396,28 @@ class QueueBook:
             raise NotFound(
                 f"no queue {name!r}; list queues with GET /queues", details={"queue": name}
             )
-        return entry[1]
+        return entry.config
+
+    def entry(self, name: str) -> QueueEntry:
+        """The queue named ``name`` with its id and number (:class:`NotFound` otherwise)."""
+        self.get(name)
+        return self._queues[name]
 
     def by_id_or_name(self, key: str) -> tuple[str, QueueConfig]:
-        for qid, config in self._queues.values():
+        for qid, _, config in self._queues.values():
             if key in (qid, config.name):
                 return qid, config
         raise NotFound(f"no queue {key!r}; list queues with GET /queues", details={"queue": key})
 
+    def by_number(self, number: int) -> QueueEntry:
+        """The queue of seed 000's integer id ``number`` (:class:`NotFound` otherwise)."""
+        for entry in self._queues.values():
+            if entry.number == number:
+                return entry
+        raise NotFound(f"no queue {number}", details={"queue": number})
+
     def public(self, name: str) -> dict[str, Any]:
-        qid, config = self._queues[name]
+        qid, _, config = self._queues[name]
         return {"id": qid, **config.model_dump()}
 
     def names(self) -> list[str]:
@@ -411,14 +430,17 @@ class QueueBook:
                 f"queue {config.name!r} exists; change it with PUT /queues",
                 details={"queue": config.name},
             )
-        qid = uuid.uuid4().hex[:16]
-        await self._write(qid, config, created=True)
+        row = await self._repo.insert(
+            uuid.uuid4().hex[:16], config.name, _document(config), time.time()
+        )
+        self._queues[config.name] = QueueEntry(row.id, row.number, config)
         return self.public(config.name)
 
     async def update(self, body: Any) -> dict[str, Any]:
         config = parse_model(QueueConfig, body)
-        qid, _ = self.by_id_or_name(config.name)
-        await self._write(qid, config, created=False)
+        entry = self.entry(config.name)
+        await self._repo.replace_document(entry.id, _document(config), time.time())
+        self._queues[config.name] = entry._replace(config=config)
         return self.public(config.name)
 
     async def delete(self, key: str, *, in_use: bool) -> None:
@@ -433,11 +455,6 @@ class QueueBook:
         await self._repo.delete(qid)
         del self._queues[config.name]
 
-    async def _write(self, qid: str, config: QueueConfig, *, created: bool) -> None:
-        now = time.time()
-        document = jsonutil.dumps_str(config.model_dump())
-        if created:
-            await self._repo.insert(QueueRow(qid, config.name, document), now)
-        else:
-            await self._repo.replace_document(qid, document, now)
-        self._queues[config.name] = (qid, config)
+
+def _document(config: QueueConfig) -> str:
+    return jsonutil.dumps_str(config.model_dump())

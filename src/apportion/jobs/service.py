@@ -27,6 +27,7 @@ from apportion.errors import ApportionError, InvalidRequest, NotFound
 from apportion.event_sink import EventSink
 from apportion.jobs import views as job_views
 from apportion.jobs.admission import Blocked, CycleState, Reason
+from apportion.jobs.applications import ApplicationBook
 from apportion.jobs.backfill import (
     ESTIMATED_JOBS,
     NEVER,
@@ -104,6 +105,7 @@ class JobService:
         usage = UsageBook(scheduling.fair_share_half_life_seconds)
         self.jobs = JobBook(db, usage=usage)  # read by the routes; written by the lifecycle only
         self.queues = QueueBook(db)
+        self.applications = ApplicationBook(db)
         self.limits = PoolLimits(db)
         self._wake = asyncio.Event()
         self._spawn = spawn
@@ -123,6 +125,7 @@ class JobService:
         """Read the jobs, queues and limits (once, at start)."""
         await self.jobs.load()
         await self.queues.load()
+        await self.applications.load()
         await self.limits.load()
         self.lifecycle.renumber()
 
@@ -223,10 +226,12 @@ class JobService:
                 f"config.queue {config.queue!r} does not exist; list queues with GET /queues",
                 path="body.config.queue",
             )
+        config, admin_env = self.applications.complete(config, queue)
         config = self._fit_to_queue(config, queue)
         self._boundary.check(config, queue, owner.account)
-        if queue.env:  # set by an admin (who writes queues): not held to the env rule of jobs
-            merged = {**config.model_dump(), "env": {**queue.env, **config.env}}
+        admin_env = {**queue.env, **admin_env}
+        if admin_env:  # set by an admin (queues, applications): not held to the jobs' env rule
+            merged = {**config.model_dump(), "env": {**admin_env, **config.env}}
             config = parse_model(JobConfig, merged, prefix="body.config")
         self._check_could_start(config, queue)
         self._check_inputs(config, owner)

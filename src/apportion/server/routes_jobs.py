@@ -414,6 +414,7 @@ async def delete_queue(request: web.Request) -> web.Response:
         j.queue == config.name and not j.status.finished for j in service.jobs.jobs.values()
     )
     await service.queues.delete(request.match_info["queue_id"], in_use=in_use)
+    await service.applications.forget_queue(config.name)
     return json_response({"success": True})
 
 

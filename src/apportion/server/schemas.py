@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, StrictInt, StrictS
 
 from apportion.errors import ErrorCode
 from apportion.files import FileType
+from apportion.jobs.applications import ApplicationConfig, RuntimeConfig
 from apportion.jobs.models import JobStatus, QueueConfig
 from apportion.ownership import DEFAULT_ACCOUNT
 from apportion.policies.records import PolicyRecord
@@ -49,6 +50,13 @@ class JobsQuery(_Query):
     parent_job_id: str | None = Field(None, max_length=32)
     limit: int = Field(100, ge=1, le=10_000)
     offset: int = Field(0, ge=0, le=10**9)
+
+
+class RuntimeConfigsQuery(_Query):
+    """``GET /runtime-configs``: those of one queue, of one application, or every one."""
+
+    queue: str | None = Field(None, max_length=200)
+    application: str | None = Field(None, max_length=400)
 
 
 class LogsQuery(_Query):
@@ -394,6 +402,25 @@ class QueueRecord(QueueConfig):
 
     id: int | str
     quota_used: dict[str, Any] | None = None
+
+
+class ApplicationRecord(ApplicationConfig):
+    """An application as stored: its id and number (seed 000's integer id)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    number: int
+
+
+class RuntimeConfigRecord(RuntimeConfig):
+    """An application's runtime configuration in a queue, naming both."""
+
+    model_config = ConfigDict(extra="allow")
+
+    queue: str
+    application_id: str
+    application: str  # name:version
 
 
 class LimitsAnswer(_Answer):

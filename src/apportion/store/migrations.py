@@ -108,6 +108,24 @@ def _files(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=[schema.files])
 
 
+def _applications(conn: Connection) -> None:
+    """Applications and their runtime configurations per queue; queues get numbers of their
+    own (seed 000's integer ids), the existing ones in the order they were created."""
+    tables = [schema.counters, schema.applications, schema.app_runtime_configs]
+    schema.metadata.create_all(conn, tables=tables)
+    _add_missing_columns(conn, schema.queues, ("seq",))
+    queues = schema.queues
+    unnumbered = conn.execute(
+        select(queues.c.id).where(queues.c.seq.is_(None)).order_by(queues.c.created_at)
+    ).scalars()
+    number = 0
+    for number, queue_id in enumerate(list(unnumbered), start=1):
+        conn.execute(update(queues).where(queues.c.id == queue_id).values(seq=number))
+    if number:
+        conn.execute(schema.counters.insert().values(name="queues", value=number))
+    next(i for i in queues.indexes if i.name == "ux_queues_seq").create(conn, checkfirst=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _initial),
     Migration(2, "queues, jobs, status histories, pool limits", _queues_and_jobs),
@@ -115,6 +133,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "fair share: account shares and decayed usage", _fair_share),
     Migration(5, "preemption: a job's requeued runs and its preemptor", _preemption),
     Migration(6, "files: uploaded inputs and jobs' outputs", _files),
+    Migration(7, "applications, their runtime configurations, queue numbers", _applications),
 )
 
 

@@ -144,6 +144,8 @@ queues = Table(
     Column("document", Text, nullable=False),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    # version 7: a number of its own, never reused (seed 000's integer queue ids)
+    Column("seq", Integer, nullable=True),
 )
 
 jobs = Table(
@@ -236,6 +238,45 @@ files = Table(
     Column("job_id", String(32), nullable=True),  # the job whose output it is
 )
 
+# ---------------------------------------------------------------- version 7: applications
+applications = Table(
+    "applications",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("seq", Integer, nullable=False, unique=True),  # never reused: seed 000's integer ids
+    Column("name", String(200), nullable=False),
+    Column("version", String(100), nullable=False),
+    Column("document", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    UniqueConstraint("name", "version", name="uq_applications_name_version"),
+)
+
+# Numbers handed out once each (a queue's, an application's), so that a deleted thing's
+# number never names another later.
+counters = Table(
+    "counters",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Integer, nullable=False),
+)
+
+# An application's runtime configuration in one queue (seed 000's app-runtime-config).
+app_runtime_configs = Table(
+    "app_runtime_configs",
+    metadata,
+    Column("queue", String(200), nullable=False),
+    Column(
+        "application_id",
+        String(32),
+        ForeignKey("applications.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("document", Text, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    UniqueConstraint("queue", "application_id", name="uq_app_runtime_configs"),
+)
+
 Index("ix_jobs_status", jobs.c.status)
 Index("ix_job_statuses_job", job_statuses.c.job_id)
 Index("ix_holds_expires_at", holds.c.expires_at)
@@ -243,3 +284,4 @@ Index("ix_api_keys_prefix", api_keys.c.prefix)
 Index("ix_events_type", events.c.type)
 Index("ix_jobs_account", jobs.c.account)
 Index("ix_files_account", files.c.account)
+Index("ux_queues_seq", queues.c.seq, unique=True)

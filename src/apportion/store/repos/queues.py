@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select, update
 
 from apportion.store import schema
+from apportion.store.counters import take_number
 from apportion.store.db import Database
 
 
@@ -17,6 +18,7 @@ class QueueRow:
     id: str
     name: str
     document: str
+    number: int  # seed 000's integer id: given once, never again
 
 
 class QueueRepo:
@@ -28,15 +30,23 @@ class QueueRepo:
     async def all(self) -> list[QueueRow]:
         async with self._db.read() as conn:
             rows = (await conn.execute(select(schema.queues))).all()
-        return [QueueRow(r.id, r.name, r.document) for r in rows]
+        return [QueueRow(r.id, r.name, r.document, r.seq) for r in rows]
 
-    async def insert(self, row: QueueRow, now: float) -> None:
+    async def insert(self, queue_id: str, name: str, document: str, now: float) -> QueueRow:
+        """Store a new queue, with the next queue number; its row."""
         async with self._db.write() as conn:
+            number = await take_number(conn, "queues")
             await conn.execute(
                 schema.queues.insert().values(
-                    id=row.id, name=row.name, document=row.document, created_at=now, updated_at=now
+                    id=queue_id,
+                    name=name,
+                    document=document,
+                    created_at=now,
+                    updated_at=now,
+                    seq=number,
                 )
             )
+        return QueueRow(queue_id, name, document, number)
 
     async def replace_document(self, queue_id: str, document: str, now: float) -> None:
         async with self._db.write() as conn:
