@@ -155,6 +155,7 @@ async def test_a_job_is_followed_to_its_end_and_its_exit_code_decides(
     job = await adapter.submit(spec)
     status = await until_finished(adapter, spec, job)
     assert status.state is state and status.return_code == code
+    assert status.exit_codes == (code,)  # its one worker's
 
 
 async def test_a_restarted_server_finds_a_submitted_job(backend: Backend) -> None:

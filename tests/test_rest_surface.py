@@ -293,6 +293,7 @@ async def test_changing_routes_answer_their_declared_types_and_statuses(
     revised = {"config": {"command": exiting(0), "name": "revised"}, "priority": 2}
     await call("PATCH", "/jobs/{job_id}", f"/jobs/{held['job_id']}", json=revised)
     await call("POST", "/jobs/{job_id}/submit", f"/jobs/{held['job_id']}/submit")
+    await call("POST", "/jobs/{job_id}/clean", f"/jobs/{job_id}/clean")
     await call("DELETE", "/jobs/{job_id}", f"/jobs/{job_id}")
     await call("POST", "/queues", "/queues", json={"name": "later", "clusters": ["not-yet"]})
     waits = {"config": {"command": exiting(0), "queue": "later"}}  # no cluster: it waits

@@ -104,6 +104,9 @@ class BackendStatus:
     started_at: float | None = None  # UNIX seconds
     ended_at: float | None = None
     never_started: bool = False  # it ended without its command ever running (could not start)
+    # once it ended: each worker's exit code, in worker order (None: that worker's is unknown);
+    # empty when the backend tells none per worker
+    exit_codes: tuple[int | None, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -411,6 +411,10 @@ def status(ctx: typer.Context, job_id: str, output: OutputOpt = Output.TABLE) ->
     fields += ["queue_position", "scheduler_job_id", "created_at", "start_time", "end_time"]
     fields += ["return_code"]
     rows: list[list[Any]] = [[f, getattr(job, f)] for f in fields]
+    if job.exit_codes is not None and len(job.exit_codes) > 1:
+        rows.append(["exit codes", " ".join(str(c) for c in job.exit_codes)])
+    if job.cleaned:
+        rows.append(["cleaned", "its working directory was removed"])
     rows.append(["reason", _reason(job)])
     config = job.config  # what was asked for: flags, a job file's keys or #APPORTION lines
     rows.append(["command", shlex.join(config.get("command") or [])])
@@ -431,6 +435,18 @@ def cancel(
     async def one(client: AsyncApportion, job_id: str) -> str:
         await client.cancel(job_id)
         return f"Cancelled job {job_id}"
+
+    _each(ctx, job_ids, one)
+
+
+def clean(
+    ctx: typer.Context, job_ids: Annotated[list[str], typer.Argument(help="Job ids.")]
+) -> None:
+    """Remove ended jobs' own working directories; their logs and stored outputs stay (all
+    are tried; exits 1 if any could not be cleaned)."""
+
+    async def one(client: AsyncApportion, job_id: str) -> str:
+        return f"Job {job_id}: {await client.clean(job_id)}"
 
     _each(ctx, job_ids, one)
 
@@ -718,6 +734,7 @@ def register(app: typer.Typer) -> None:
     app.command()(status)
     app.command()(cancel)
     app.command()(enqueue)
+    app.command()(clean)
     app.command()(explain)
     app.command()(logs)
     app.command()(queues)

@@ -249,6 +249,12 @@ class JobsAPI:
         """Delete a job, cancelling it first if it runs."""
         await self._rest.call("DELETE", f"/jobs/{job_id}")
 
+    async def clean(self, job_id: str) -> str:
+        """Remove an ended job's own working directory (its logs and stored outputs stay);
+        what was done, in words. :class:`ConflictError` while it runs."""
+        answer = await self._rest.call("POST", f"/jobs/{job_id}/clean")
+        return str(answer["message"])
+
     async def set_priority(self, job_id: str, priority: int) -> None:
         """Change a queued job's priority; :class:`ConflictError` once it left the queue."""
         await self._rest.call("POST", f"/jobs/{job_id}/priority", json={"priority": priority})

@@ -86,6 +86,8 @@ class Job(_Loose):
     start_time: str | None = None
     end_time: str | None = None
     return_code: int | None = None
+    exit_codes: list[int | None] | None = None  # once it ended: each worker's, when known
+    cleaned: bool = False  # its own working directory was removed
     failed_reason: str | None = None
     runs: int = 0  # how often it was preempted and requeued
     resource_usage: dict[str, Any] | None = None

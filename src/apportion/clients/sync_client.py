@@ -289,6 +289,10 @@ class Apportion:
         """Cancel a job."""
         self._run(self._client.cancel(job_id))
 
+    def clean(self, job_id: str) -> str:
+        """Remove an ended job's own working directory (see :meth:`AsyncApportion.clean`)."""
+        return self._run(self._client.clean(job_id))
+
     def logs(self, job_id: str, *, follow: bool = False) -> Iterator[str]:
         """The job's output in chunks; ``follow`` until it has finished."""
         return self._iterate(lambda: self._client.logs(job_id, follow=follow))

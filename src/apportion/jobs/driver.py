@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -279,6 +280,22 @@ class BackendDriver:
         except (AdapterError, OSError) as exc:
             log.warning("collecting the outputs of job %s failed: %s", job.job_id, exc)
             return f"output files not registered: {exc}"
+
+    async def clean(self, job: Job) -> str:
+        """Remove an ended job's own working directory (``<jobs root>/<job id>``, made for it
+        because it named none); never a directory the job, its queue or its application named,
+        nor its logs and stored outputs. What was done, in words; :class:`OSError` when the
+        directory cannot be removed. Links inside are removed, never followed."""
+        if job.config.working_dir is not None:
+            return (
+                f"nothing removed: the job ran in {job.config.working_dir}, a directory it was"
+                " given, not one made for it"
+            )
+        own = self.jobs_root / job.job_id
+        if not await asyncio.to_thread(os.path.lexists, own):
+            return "nothing to remove: its working directory is gone"
+        await asyncio.to_thread(shutil.rmtree, own)
+        return f"removed its working directory {own}"
 
     async def find(self, job: Job) -> str | None:
         """The backend's id of the job if it reached its backend, else ``None``; raises

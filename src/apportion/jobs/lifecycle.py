@@ -470,6 +470,7 @@ class JobLifecycle:
                 JobStatus.CANCELLED if job.cancel_requested else _END_STATES[status.state],
                 reason=f"{reason}; {collected}" if collected else reason,
                 return_code=status.return_code,
+                exit_codes=status.exit_codes or None,
                 ended_at=status.ended_at,
             )
         elif status.state is BackendState.UNKNOWN:
@@ -525,16 +526,19 @@ class JobLifecycle:
         *,
         reason: str,
         return_code: int | None = None,
+        exit_codes: tuple[int | None, ...] | None = None,
         ended_at: float | None = None,
     ) -> None:
         """Record the end of a job, release its GPUs and announce ``job_completed``. A job
-        that already ended is left as it is (an end is reported once, whoever sees it first)."""
+        that already ended is left as it is (an end is reported once, whoever sees it first).
+        ``exit_codes``: each worker's, when its backend told them."""
         if job.status.finished:
             return
         assert status.finished, f"end() takes a final status, not {status.value}"
         self._check(job, status)
         job.end_time = ended_at or time.time()
         job.return_code = return_code
+        job.exit_codes = exit_codes
         if status is JobStatus.FAILED:
             job.failed_reason = reason
         job.reason_code = job.reason = None
@@ -559,6 +563,36 @@ class JobLifecycle:
         if ended is not None:
             ended.set()
         self._wake()
+        if job.config.auto_clean:
+            self._spawn(self._auto_clean(job), f"clean-{job.job_id}")
+
+    async def clean(self, job: Job) -> str:
+        """Remove an ended job's own working directory (:meth:`BackendDriver.clean`) and
+        record it ``cleaned``; what was done, in words. :class:`Conflict` for a job that has
+        not ended (its processes may still use the directory)."""
+        if not job.status.finished:
+            raise Conflict(
+                f"job {job.job_id} is {job.status.value}: only an ended job is cleaned; cancel"
+                " it first, or submit it with auto_clean",
+                details={"job_id": job.job_id, "status": job.status.value},
+            )
+        try:
+            words = await self._driver.clean(job)
+        except OSError as exc:
+            raise Conflict(
+                f"the working directory of job {job.job_id} could not be removed: {exc}",
+                details={"job_id": job.job_id},
+            ) from None
+        if not job.cleaned:
+            job.cleaned = True
+            await self._book.save(job)
+        return words
+
+    async def _auto_clean(self, job: Job) -> None:
+        try:
+            log.info("job %s (auto_clean): %s", job.job_id, await self.clean(job))
+        except Conflict as exc:
+            log.warning("job %s (auto_clean): %s", job.job_id, exc.message)
 
     # ---------------------------------------------------------------- preemption
     async def preempt(self, victim: Job, by: Job, why: str) -> None:

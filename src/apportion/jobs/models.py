@@ -239,6 +239,7 @@ class JobConfig(_Strict):
     parent_job_id: str | None = Field(None, pattern=r"^[0-9a-f]{32}$")  # seed 000's; filterable
     # glob patterns relative to the working directory; matching files are stored at the end
     output_files: list[str] = Field(default_factory=list, max_length=MAX_OUTPUT_PATTERNS)
+    auto_clean: StrictBool = False  # seed 000's: its own working directory removed at its end
 
     _env = field_validator("env")(check_env)
     _working_dir = field_validator("working_dir")(check_dir)

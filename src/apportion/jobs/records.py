@@ -107,6 +107,8 @@ class Job:
     cancel_requested: bool = False
     runs: int = 0  # how often it was preempted and requeued: its backend run is ``.runs``
     preempted_by: str | None = None  # the preemption under way: the preemptor's job id
+    exit_codes: tuple[int | None, ...] | None = None  # once it ended, per worker, when known
+    cleaned: bool = False  # its own working directory was removed (POST /jobs/{id}/clean)
     queue_position: int | None = field(default=None, compare=False)
     estimated_start: float | None = field(default=None, compare=False)  # while it waits
     _encoded_cache: dict[str, tuple[object, str]] = field(
@@ -142,6 +144,9 @@ class Job:
             out["resource_usage"] = jsonutil.dumps_str(self.resource_usage.public())
         out["status"] = self.status.value
         out["cancel_requested"] = int(self.cancel_requested)
+        out["cleaned"] = int(self.cleaned)
+        if self.exit_codes is not None:
+            out["exit_codes"] = jsonutil.dumps_str(list(self.exit_codes))
         return JobRow(**out)
 
     def _encoded(self, name: str, value: Callable[[], Any]) -> str:
@@ -170,6 +175,9 @@ class Job:
         if data["resource_usage"] is not None:
             data["resource_usage"] = ResourceUsage.of(jsonutil.loads(data["resource_usage"]))
         data["cancel_requested"] = bool(row.cancel_requested)
+        data["cleaned"] = bool(row.cleaned)
+        if row.exit_codes is not None:
+            data["exit_codes"] = tuple(jsonutil.loads(row.exit_codes))
         return cls(**data)
 
     def public(self) -> dict[str, Any]:
@@ -194,6 +202,8 @@ class Job:
             "start_time": iso_utc(self.start_time),
             "end_time": iso_utc(self.end_time),
             "return_code": self.return_code,
+            "exit_codes": None if self.exit_codes is None else list(self.exit_codes),
+            "cleaned": self.cleaned,
             "failed_reason": self.failed_reason,
             "runs": self.runs,
             "resource_usage": None if self.resource_usage is None else self.resource_usage.public(),

@@ -381,6 +381,10 @@ class JobService:
         await self.lifecycle.cancel(job)
         return job
 
+    async def clean(self, job_id: str) -> str:
+        """``POST /jobs/{id}/clean``: see :meth:`JobLifecycle.clean`; what was done, in words."""
+        return await self.lifecycle.clean(self.jobs.get(job_id))
+
     async def set_priority(self, job_id: str, body: Any) -> Job:
         """``POST /jobs/{id}/priority``: a queued job's new priority (409 otherwise)."""
         priority = parse_model(PriorityRequest, body).priority

@@ -38,6 +38,7 @@ from apportion.server.routing import ApiRoutes, body_of, query_of, raw_body_of
 from apportion.server.schemas import (
     AccountShareLine,
     Ack,
+    CleanAnswer,
     JobPlanAnswer,
     JobRecord,
     JobsQuery,
@@ -303,6 +304,19 @@ async def cancel_job(request: web.Request) -> web.Response:
     job = changeable_job(request)
     await job_service(request).cancel(job.job_id)
     return json_response({"success": True})
+
+
+@api.post(
+    "/jobs/{job_id}/clean",
+    scope=Scope.SUBMIT,
+    response=CleanAnswer,
+    errors=(NotFound, Forbidden, Conflict),
+)
+async def clean_job(request: web.Request) -> web.Response:
+    """Remove an ended job's own working directory (409 while it runs); logs and outputs stay."""
+    job = changeable_job(request)
+    words = await job_service(request).clean(job.job_id)
+    return json_response({"success": True, "message": words, "cleaned": job.cleaned})
 
 
 @api.post(

@@ -204,6 +204,12 @@ class Ack(_Answer):
     success: Literal[True]
 
 
+class CleanAnswer(_Answer):
+    success: Literal[True]
+    message: str  # what was removed, or why nothing was
+    cleaned: bool
+
+
 class Healthz(_Answer):
     status: Literal["ok"]
     version: str

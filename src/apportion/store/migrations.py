@@ -126,6 +126,11 @@ def _applications(conn: Connection) -> None:
     next(i for i in queues.indexes if i.name == "ux_queues_seq").create(conn, checkfirst=True)
 
 
+def _exit_codes_and_cleaning(conn: Connection) -> None:
+    """A job's workers' exit codes, and whether its working directory was cleaned."""
+    _add_missing_columns(conn, schema.jobs, ("exit_codes", "cleaned"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _initial),
     Migration(2, "queues, jobs, status histories, pool limits", _queues_and_jobs),
@@ -134,6 +139,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "preemption: a job's requeued runs and its preemptor", _preemption),
     Migration(6, "files: uploaded inputs and jobs' outputs", _files),
     Migration(7, "applications, their runtime configurations, queue numbers", _applications),
+    Migration(8, "jobs: each worker's exit code, cleaned", _exit_codes_and_cleaning),
 )
 
 

@@ -181,6 +181,9 @@ jobs = Table(
     # version 5: preemption — how often it was requeued, and which job is preempting it now
     Column("runs", Integer, nullable=False, server_default="0"),
     Column("preempted_by", Text, nullable=True),
+    # version 8: each worker's exit code once it ended (JSON), and whether its files were cleaned
+    Column("exit_codes", Text, nullable=True),
+    Column("cleaned", Integer, nullable=False, server_default="0"),
 )
 
 job_statuses = Table(

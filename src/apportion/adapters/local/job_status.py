@@ -60,11 +60,16 @@ def job_status(
                 reason="cancelled",
                 started_at=started_at,
                 ended_at=ended_at,
+                exit_codes=_exit_codes(workers),
             )
     failed = [w for w in workers if w.code != 0 or w.kind != "ended"]
     if not failed:
         return BackendStatus(
-            BackendState.COMPLETED, return_code=0, started_at=started_at, ended_at=ended_at
+            BackendState.COMPLETED,
+            return_code=0,
+            started_at=started_at,
+            ended_at=ended_at,
+            exit_codes=_exit_codes(workers),
         )
     primary = next((w for w in failed if w.genuine_failure), failed[0])
     return BackendStatus(
@@ -74,4 +79,11 @@ def job_status(
         started_at=started_at,
         ended_at=ended_at,
         never_started=started_at is None,  # no worker's command ever ran
+        exit_codes=_exit_codes(workers),
     )
+
+
+def _exit_codes(workers: list[WorkerView]) -> tuple[int | None, ...]:
+    """Each worker's exit code (128 + N when signal N killed it); None for a worker that never
+    started or was lost."""
+    return tuple(w.code if w.kind == "ended" else None for w in workers)

@@ -213,6 +213,7 @@ class SgeAdapter:
                 reason=None if code == 0 else f"exit code {code}",
                 started_at=started_at,
                 ended_at=ended_at,
+                exit_codes=(code,),  # one worker per job
             )
         if started_at is None:
             return BackendStatus(

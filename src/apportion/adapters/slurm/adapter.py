@@ -18,6 +18,7 @@ and launch file are then in ``spec.output_dir`` under the jobs root, owned by th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 import time
 from typing import Any
@@ -213,15 +214,15 @@ class SlurmAdapter:
         job_id = _check_id(scheduler_job_id)
         for job in await self._squeue_shared():
             if job.job_id == job_id:
-                return status_of(job)
+                return _with_exit_codes(status_of(job), spec)
         acct = await self._sacct(f"--jobs={job_id}")
         for job in acct or []:
             if job.job_id == job_id:
-                return status_of(job)
+                return _with_exit_codes(status_of(job), spec)
         rc, out, _ = await self._run("scontrol", "show", "job", "-o", job_id, check=False)
         found = parse_scontrol_job(out) if rc == 0 else None
         if found is not None and found.job_id == job_id:
-            return status_of(found)
+            return _with_exit_codes(status_of(found), spec)
         return BackendStatus(
             BackendState.UNKNOWN,
             reason=f"Slurm has no record of job {job_id} (older than MinJobAge, no accounting)",
@@ -314,6 +315,14 @@ def _check_id(scheduler_job_id: str) -> str:
     if not scheduler_job_id.isdigit() or not scheduler_job_id.isascii():
         raise AdapterError(f"not a Slurm job id: {scheduler_job_id!r}")
     return scheduler_job_id
+
+
+def _with_exit_codes(status: BackendStatus, spec: JobSpec) -> BackendStatus:
+    """A one-worker job's exit code is its worker's; Slurm keeps one code per job step, not
+    per task, so a gang's workers' own codes are not known (``exit_codes`` stays empty)."""
+    if len(spec.workers) == 1 and status.state.finished and status.return_code is not None:
+        return dataclasses.replace(status, exit_codes=(status.return_code,))
+    return status
 
 
 def create_adapter() -> SlurmAdapter | None:

@@ -48,6 +48,8 @@ class JobRow:
     user_name: str | None
     runs: int
     preempted_by: str | None
+    exit_codes: str | None
+    cleaned: int
 
 
 _COLUMNS = tuple(f.name for f in fields(JobRow))
