@@ -116,3 +116,43 @@ async def test_a_bad_job_is_refused_naming_the_field(
         answer = await response.json()
         assert response.status == 400, answer
     assert answer["error"]["details"]["path"] == path
+
+
+async def test_programs_are_the_registered_applications(running: Running) -> None:
+    # as the seed's README lists them: two NEWAVE versions and a DECOMP
+    for name, version, script in (
+        ("NEWAVE", "v28.16.4", "mpi_newave.job"),
+        ("NEWAVE", "v28.6.2", "mpi_newave.job"),
+        ("DECOMP", "v31.21", "mpi_decomp.job"),
+    ):
+        app = {
+            "name": name,
+            "version": version,
+            "command": [f"/home/pem/rotinas/tuber/jobs/{script}", "N_PROC"],
+            "attributes": {"installation_directory": f"/home/pem/versoes/{name}/{version}"},
+        }
+        async with running.http.post(f"{running.url}/applications", json=app) as response:
+            assert response.status == 201
+    async with running.http.get(f"{running.url}/hpc/programs/") as response:
+        every = await response.json()
+    assert [(p["name"], p["version"]) for p in every] == [
+        ("NEWAVE", "v28.16.4"),
+        ("NEWAVE", "v28.6.2"),
+        ("DECOMP", "v31.21"),
+    ]
+    async with running.http.get(f"{running.url}/hpc/programs/?version=v31.21") as response:
+        (decomp,) = await response.json()
+    assert decomp == {
+        "programId": decomp["programId"],
+        "name": "DECOMP",
+        "clusterId": None,
+        "version": "v31.21",
+        "installationDirectory": "/home/pem/versoes/DECOMP/v31.21",
+        "isManaged": True,
+        "executablePath": "/home/pem/rotinas/tuber/jobs/mpi_decomp.job",
+        "args": ["N_PROC"],
+    }
+    async with running.http.get(f"{running.url}/hpc/programs/?name=NEWAVE") as response:
+        assert [p["version"] for p in await response.json()] == ["v28.16.4", "v28.6.2"]
+    async with running.http.get(f"{running.url}/hpc/programs/?program=x") as response:
+        assert response.status == 400 and "program" in (await response.json())["message"]

@@ -7,6 +7,7 @@ A thin translation: a job is ``{name, workingDirectory, reservedSlots, scriptFil
 ``qsub -pe orte <slots>`` reserves them — and its status is one of seed 002's names: queued
 ``START_REQUESTED``, scheduled ``STARTING``, running ``RUNNING``, every end ``STOPPED``.
 ``DELETE`` stops the job (as ``qdel``; 202) and keeps its record, which then reads ``STOPPED``.
+``GET /hpc/programs/`` lists Apportion's applications as seed 002's ``Program``s.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from apportion.errors import Conflict, Forbidden, NotFound
+from apportion.jobs.applications import Application
 from apportion.jobs.models import JobStatus, parse_model
 from apportion.jobs.records import Job
 from apportion.server.auth import Scope, principal_of
 from apportion.server.http_common import json_body, json_response
 from apportion.server.routes_jobs import changeable_job, job_service, visible_job
-from apportion.server.routing import ApiRoutes
+from apportion.server.routing import ApiRoutes, query_of
 
 api = ApiRoutes("seed 002 (hpc-queue-api)")
 
@@ -59,6 +61,32 @@ class HpcJob(BaseModel):
     endTime: None = None
     clusterId: None = None
     resourceUsage: None = None
+
+
+class ProgramsQuery(BaseModel):
+    """``GET /hpc/programs/``: only the programs of this name, of this version."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, max_length=200)
+    version: str | None = Field(None, max_length=100)
+
+
+def program_object(app: Application) -> dict[str, Any]:
+    """An application as seed 002 shows a program: its command is the executable and its
+    arguments; ``installationDirectory`` and ``clusterId`` come from its attributes
+    ``installation_directory`` and ``cluster_id`` when it has them."""
+    config = app.config
+    return {
+        "programId": app.id,
+        "name": config.name,
+        "clusterId": config.attributes.get("cluster_id"),
+        "version": config.version,
+        "installationDirectory": config.attributes.get("installation_directory"),
+        "isManaged": True,  # registered and run through Apportion
+        "executablePath": config.command[0] if config.command else None,
+        "args": config.command[1:],
+    }
 
 
 def job_object(job: Job) -> dict[str, Any]:
@@ -137,3 +165,18 @@ async def hpc_stop(request: web.Request) -> web.Response:
     job = changeable_job(request)
     await job_service(request).cancel(job.job_id)
     return json_response({"detail": f"jobId: {job.job_id}"}, status=202)
+
+
+@api.get(
+    f"{PREFIX}/programs/", scope=Scope.READ, query=ProgramsQuery, response=list[dict[str, Any]]
+)
+async def hpc_programs(request: web.Request) -> web.Response:
+    """The registered applications as seed 002's Programs (?name=, ?version=)."""
+    query = query_of(request, ProgramsQuery)
+    return json_response(
+        [
+            program_object(app)
+            for app in job_service(request).applications.all()
+            if query.name in (None, app.config.name) and query.version in (None, app.config.version)
+        ]
+    )
