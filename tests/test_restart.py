@@ -125,3 +125,23 @@ async def test_events_beyond_the_retention_are_pruned_when_the_server_starts(
     assert [e["seq"] for e in kept["data"]][:1] == [seqs[-1]]
     assert all(e["seq"] >= seqs[-1] for e in kept["data"])
     assert kept["latest_seq"] >= seqs[-1]
+
+
+async def test_a_deleted_jobs_number_is_never_given_to_another(tmp_path: Path) -> None:
+    # seed 000 names jobs by this number (/api/resources/v1/jobs/{id})
+    data = tmp_path / "data"
+    body = {"config": {"command": ["true"], "queue": "default", "name": "numbered"}}
+    async with running_server(data) as live:
+        ids = []
+        for _ in range(2):
+            async with live.http.post(f"{live.url}/jobs", json=body) as response:
+                assert response.status == 201
+                ids.append((await response.json())["job_id"])
+        async with live.http.delete(f"{live.url}/jobs/{ids[1]}") as response:
+            assert response.status == 202  # the newest, number 2
+    async with running_server(data) as live:
+        async with live.http.post(f"{live.url}/jobs", json=body) as response:
+            later = (await response.json())["job_id"]
+        jobs = live.server.context.jobs  # type: ignore[union-attr]
+        assert jobs is not None
+        assert (jobs.jobs.get(ids[0]).seq, jobs.jobs.get(later).seq) == (1, 3)

@@ -4,7 +4,7 @@ by integer, and a number naming something else later would be a silent mistake."
 
 from __future__ import annotations
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from apportion.store import schema
@@ -26,3 +26,18 @@ async def take_number(conn: AsyncConnection, name: str) -> int:
         return int(taken)
     await conn.execute(counters.insert().values(name=name, value=1))
     return 1
+
+
+async def raise_counter(conn: AsyncConnection, name: str, value: int) -> None:
+    """Set counter ``name`` to ``value`` if that is more than it holds (a high-water mark),
+    inside the caller's write transaction."""
+    counters = schema.counters
+    raised = await conn.execute(
+        update(counters)
+        .where(counters.c.name == name, counters.c.value < value)
+        .values(value=value)
+    )
+    if raised.rowcount == 0:
+        held = select(counters.c.value).where(counters.c.name == name)
+        if (await conn.execute(held)).scalar() is None:
+            await conn.execute(counters.insert().values(name=name, value=value))

@@ -10,8 +10,12 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, delete, func, select, update
 
 from apportion.store import schema
+from apportion.store.counters import raise_counter
 from apportion.store.db import Database
 from apportion.store.upsert import upsert
+
+DELETED_SEQ_COUNTER = "deleted_job_seq"
+"""The ``counters`` entry holding the highest ``seq`` of a deleted job."""
 
 
 @dataclass(frozen=True)
@@ -168,10 +172,18 @@ class JobRepo:
         return [UsageRow(r.account, r.gpu_seconds, r.cpu_seconds, r.as_of) for r in rows]
 
     async def max_seq(self) -> int:
-        """The highest submission ``seq`` stored; 0 without jobs."""
+        """The highest submission ``seq`` ever given: of a stored job, or of a deleted one
+        (so that a job's number — seed 000's integer job id — names no other job later);
+        0 before the first."""
+        counters = schema.counters
         async with self._db.read() as conn:
             top = (await conn.execute(select(func.max(schema.jobs.c.seq)))).scalar()
-        return int(top or 0)
+            deleted = (
+                await conn.execute(
+                    select(counters.c.value).where(counters.c.name == DELETED_SEQ_COUNTER)
+                )
+            ).scalar()
+        return max(int(top or 0), int(deleted or 0))
 
     async def history(self, job_id: str) -> list[StatusEntry]:
         """The job's status history, oldest first (as committed: the job writer's
@@ -186,8 +198,14 @@ class JobRepo:
         return [StatusEntry(r.job_id, r.status, float(r.time), r.reason) for r in rows]
 
     async def remove(self, job_id: str) -> None:
-        """Delete the job and its history in one transaction."""
+        """Delete the job and its history in one transaction, keeping its ``seq`` as the
+        highest deleted one if it is (see :meth:`max_seq`)."""
         async with self._db.write() as conn:
+            seq = (
+                await conn.execute(select(schema.jobs.c.seq).where(schema.jobs.c.job_id == job_id))
+            ).scalar()
+            if seq is not None:
+                await raise_counter(conn, DELETED_SEQ_COUNTER, int(seq))
             await conn.execute(
                 delete(schema.job_statuses).where(schema.job_statuses.c.job_id == job_id)
             )
