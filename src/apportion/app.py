@@ -54,6 +54,7 @@ from apportion.server import (
     routes_policies,
     routes_registry,
     routes_rescale,
+    routes_resource_manager,
     routes_status,
 )
 from apportion.server.auth import ANONYMOUS_ADMIN, auth_middleware, check_bind_allowed
@@ -77,7 +78,8 @@ LINGERING_SECONDS = 1.0  # see the AppRunner below
 STOP_GRACE_SECONDS = 10.0
 
 PUBLIC_PATHS = frozenset(
-    {"/healthz", "/metrics", "/openapi.json"} | dashboard.PUBLIC_PATHS
+    {"/healthz", "/metrics", "/openapi.json", routes_resource_manager.HEALTH_PATH}
+    | dashboard.PUBLIC_PATHS
 )  # Socket.IO authenticates itself
 
 
@@ -325,6 +327,7 @@ class Server:
         app.add_routes(routes_files.api.routes)
         app.add_routes(routes_rescale.api.routes)
         app.add_routes(routes_hpc_queue.api.routes)
+        app.add_routes(routes_resource_manager.api.routes)
         app.add_routes(routes_status.api.routes)
         app.add_routes(routes_registry.api.routes)
         app.add_routes(routes_policies.api.routes)
