@@ -3,13 +3,10 @@
 
 Every SGE command is an argv list run with ``asyncio.create_subprocess_exec`` (never a shell)
 and a timeout. A job is submitted *as its user* (``qsub`` run with the job user's uid, gid and
-groups; SGE then runs it as that user), in binary mode (``-b y``): SGE starts
-``python3 -I <launcher> <launch.json>``, two paths, and the launcher (:data:`LAUNCHER`, the
-standard library only) reads the argv, environment and working directory from the JSON file and
-runs the argv verbatim — no shell ever parses a user's word. The launcher records SGE's job id
-when it starts (``started.json``) and the command's exit code when it ends (``exit.json``), in
-the job's output directory, so that :meth:`find` works after a server restart and :meth:`poll`
-knows how a job ended without waiting for SGE's accounting. ``qsub -N apportion-<run id>``
+groups; SGE then runs it as that user), in binary mode (``-b y``) of the batch launcher
+(:mod:`apportion.adapters.batch_launch`: the argv verbatim, never a shell; SGE's job id and the
+exit code recorded), so that :meth:`find` works after a server restart and :meth:`poll` knows
+how a job ended without waiting for SGE's accounting. ``qsub -N apportion-<run id>``
 names the job (the tag). One worker per job: a gang needs an SGE parallel environment, which
 this adapter does not configure (refused, saying so).
 """
@@ -17,13 +14,11 @@ this adapter does not configure (refused, saying so).
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import shutil
 import time
 import xml.etree.ElementTree as ET
-from pathlib import Path
 from typing import Any
 
 from apportion.adapters.base import (
@@ -33,52 +28,21 @@ from apportion.adapters.base import (
     JobSpec,
     LogChunk,
 )
+from apportion.adapters.batch_launch import (
+    recorded_job_id,
+    request_cancel,
+    started_at,
+    status_after_listing,
+    write_launch,
+)
 from apportion.adapters.commands import run_command
 from apportion.adapters.logfile import read_chunk
-from apportion.adapters.private_files import write_private
 
 SGE_ENV = {"SGE_ROOT": "/var/lib/gridengine", "SGE_CELL": "default"}
 TOOLS = ("qsub", "qstat", "qdel", "qacct", "qconf")
 LOG_FILE = "output.log"
-LAUNCH_FILE = "sge-launch.json"
-LAUNCHER_FILE = "sge-launch.py"
-STARTED_FILE = "started.json"
-EXIT_FILE = "exit.json"
-CANCEL_FILE = "cancel-requested"
 SAFE_PATH = re.compile(r"/[A-Za-z0-9._/-]+")  # what a path given to qsub may be
 JOB_ID = re.compile(r"[0-9]+")
-
-LAUNCHER = r"""
-import json, os, signal, subprocess, sys
-
-with open(sys.argv[1]) as f:
-    launch = json.load(f)
-here = os.path.dirname(sys.argv[1])
-
-
-def record(name, value):
-    part = os.path.join(here, name + ".part")
-    with open(part, "w") as f:
-        json.dump(value, f)
-    os.replace(part, os.path.join(here, name))
-
-
-record("started.json", {"sge_job_id": os.environ.get("JOB_ID")})
-try:
-    os.chdir(launch["cwd"])
-    child = subprocess.Popen(launch["argv"], env=launch["env"])
-except OSError as exc:
-    sys.stderr.write(f"apportion: cannot start {launch['argv'][0]!r}: {exc}\n")
-    record("exit.json", {"return_code": 127})
-    sys.exit(127)
-for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
-    signal.signal(sig, lambda number, frame: child.send_signal(number))
-code = child.wait()
-code = code if code >= 0 else 128 - code
-record("exit.json", {"return_code": code})
-sys.exit(code if code < 256 else 1)
-"""
-"""The program SGE runs: the job's argv, verbatim, with its environment, in its directory."""
 
 
 class SgeAdapter:
@@ -124,39 +88,23 @@ class SgeAdapter:
         out = spec.output_dir
         if SAFE_PATH.fullmatch(str(out)) is None:
             raise AdapterError(f"the output directory {str(out)!r} cannot be given to qsub")
-        await asyncio.to_thread(self._write_launch, spec)
+        launch = await asyncio.to_thread(write_launch, spec, prefix="sge", id_variable="JOB_ID")
         args = ["-terse", "-b", "y", "-N", _tag(spec), "-o", str(out / LOG_FILE), "-j", "y"]
         if spec.walltime_seconds is not None:
             args += ["-l", f"h_rt={int(spec.walltime_seconds) + 1}"]
-        args += [self.python, "-I", str(out / LAUNCHER_FILE), str(out / LAUNCH_FILE)]
+        args += [self.python, "-I", str(launch.launcher), str(launch.launch_file)]
         _, stdout, _ = await self._run("qsub", *args, spec=spec)
         job_id = stdout.strip().split(".")[0]
         if JOB_ID.fullmatch(job_id) is None:
             raise AdapterError(f"qsub answered {stdout.strip()[:200]!r}, not a job id")
         return job_id
 
-    def _write_launch(self, spec: JobSpec) -> None:
-        worker = spec.workers[0]
-        env = dict(spec.env)
-        env.setdefault("PATH", os.defpath)
-        if spec.run_as is not None:
-            env |= {"HOME": spec.run_as.home, "USER": spec.run_as.user, "LOGNAME": spec.run_as.user}
-        env |= {
-            "CUDA_VISIBLE_DEVICES": ",".join(worker.gpus),
-            "APPORTION_JOB_ID": spec.job_id,
-            "APPORTION_WORKER_INDEX": "0",
-            "APPORTION_NUM_WORKERS": "1",
-        }
-        launch = {"argv": list(spec.command), "env": env, "cwd": spec.working_dir or "/"}
-        for name, text in ((LAUNCH_FILE, json.dumps(launch)), (LAUNCHER_FILE, LAUNCHER)):
-            write_private(spec.output_dir / name, text, spec.run_as)
-
     async def find(self, spec: JobSpec) -> str | None:
         """SGE's id of the job tagged ``spec.run_id``: as its launcher recorded it, or as
         ``qstat`` lists it (not started yet); None when it never got there."""
-        started = _read_json(spec.output_dir / STARTED_FILE)
-        if started is not None and started.get("sge_job_id"):
-            return str(started["sge_job_id"])
+        recorded = recorded_job_id(spec)
+        if recorded is not None:
+            return recorded
         tag = _tag(spec)
         for job in await self._qstat():
             if job["name"] == tag:
@@ -184,8 +132,7 @@ class SgeAdapter:
         """The job's state: SGE's while it lists the job, else how its launcher said it ended."""
         job_id = _check_id(scheduler_job_id)
         listed = next((j for j in await self._qstat() if j["id"] == job_id), None)
-        out = spec.output_dir
-        started_at = _mtime(out / STARTED_FILE)
+        started = started_at(spec)
         if listed is not None:
             state = listed["state"]
             if "E" in state:
@@ -193,47 +140,18 @@ class SgeAdapter:
                 return BackendStatus(
                     BackendState.FAILED,
                     reason=f"SGE put the job in error state ({state}): qstat -j {job_id} says why",
-                    never_started=started_at is None,
+                    never_started=started is None,
                 )
             if state.startswith(("r", "t", "R")) or "d" in state:
-                return BackendStatus(BackendState.RUNNING, started_at=started_at)
+                return BackendStatus(BackendState.RUNNING, started_at=started)
             return BackendStatus(BackendState.PENDING)
-        ended = _read_json(out / EXIT_FILE)
-        ended_at = _mtime(out / EXIT_FILE)
-        if (out / CANCEL_FILE).exists():
-            return BackendStatus(
-                BackendState.CANCELLED, reason="cancelled (qdel)", started_at=started_at,
-                ended_at=ended_at or time.time(),
-            )  # fmt: skip
-        if ended is not None:
-            code = int(ended.get("return_code", 1))
-            return BackendStatus(
-                BackendState.COMPLETED if code == 0 else BackendState.FAILED,
-                return_code=code,
-                reason=None if code == 0 else f"exit code {code}",
-                started_at=started_at,
-                ended_at=ended_at,
-                exit_codes=(code,),  # one worker per job
-            )
-        if started_at is None:
-            return BackendStatus(
-                BackendState.FAILED,
-                reason="SGE ended the job before it started",
-                never_started=True,
-            )
-        return BackendStatus(
-            BackendState.FAILED,
-            reason="the job ended without an exit code (killed, or past its walltime)",
-            started_at=started_at,
-            ended_at=time.time(),
-        )
+        return status_after_listing(spec, scheduler="SGE", cancelled_by="qdel")
 
     async def cancel(self, spec: JobSpec, scheduler_job_id: str) -> None:
         """Stop the job (``qdel``); idempotent."""
         job_id = _check_id(scheduler_job_id)
-        if (spec.output_dir / EXIT_FILE).exists():
+        if not await asyncio.to_thread(request_cancel, spec):
             return  # it ended: nothing to stop
-        await asyncio.to_thread((spec.output_dir / CANCEL_FILE).touch)
         await self._run("qdel", job_id, check=False)
 
     # ---------------------------------------------------------------- output and usage
@@ -288,21 +206,6 @@ def _check_id(scheduler_job_id: str) -> str:
     return scheduler_job_id
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _mtime(path: Path) -> float | None:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return None
-
-
 def _number(text: str) -> float | None:
     try:
         return float(text)
@@ -311,6 +214,6 @@ def _number(text: str) -> float | None:
 
 
 def create_adapter() -> SgeAdapter | None:
-    """The ``sge`` adapter where SGE's commands are (the entry point of
-    ``apportion.adapters``), else None."""
-    return SgeAdapter() if shutil.which("qsub") is not None else None
+    """The ``sge`` adapter where SGE's commands are (``qconf`` tells SGE from PBS, which has a
+    ``qsub`` too; the entry point of ``apportion.adapters``), else None."""
+    return SgeAdapter() if shutil.which("qconf") is not None else None
