@@ -74,6 +74,7 @@ async def test_a_job_naming_an_application_runs_as_its_application_and_queue_say
     assert config["application"] == "solver:2.1"  # the one version, named in full
     assert config["command"] == PRINT_ENV
     assert config["resources"]["vcpus"] == 2
+    assert config["image"] == "registry.example/solver:2.1"  # for adapters that run containers
     # the runtime configuration's variable beats the application's, which beats the queue's
     assert await output_of(running, job_id) == {
         "APP_FROM": "runtime",

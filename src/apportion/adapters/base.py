@@ -88,6 +88,7 @@ class JobSpec:
     labels: dict[str, str] = field(default_factory=dict)
     run_as: RunAs | None = None  # None: as the server itself (only when the operator opted in)
     run: int = 0  # how often the job was requeued (preempted) before this run
+    image: str | None = None  # the container image, for adapters that run containers
 
     @property
     def run_id(self) -> str:

@@ -5,7 +5,8 @@ An application is a named, versioned program an admin registers once — its def
 its environment and free-form attributes — so that users submit ``application =
 "solver:2.1"`` instead of repeating them. Its *runtime configuration* in a queue says how it
 runs there: more environment, default resources per worker, a working directory, and
-attributes (seed 000's ``image``, ``mount``, ``ports``…, kept and shown).
+attributes (seed 000's ``image`` — the container image of its jobs there, for adapters that
+run containers — ``mount``, ``ports``…, kept and shown).
 
 A job that names an application is completed when it is accepted (submit or create), as its
 queue's settings are, so that its record shows what will run: an amount, a variable or a
@@ -269,6 +270,9 @@ class ApplicationBook:
             update["command"] = list(app.config.command)
         if config.working_dir is None and runtime.working_dir is not None:
             update["working_dir"] = runtime.working_dir
+        image = runtime.attributes.get("image")
+        if config.image is None and isinstance(image, str) and image.strip():
+            update["image"] = image  # for adapters that run containers (seed 000's)
         defaults = {
             name: amount
             for name, amount in runtime.default_resources.amounts().items()

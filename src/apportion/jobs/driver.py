@@ -170,6 +170,7 @@ class BackendDriver:
             labels=dict(job.config.labels),
             run_as=run_as,
             run=job.runs,
+            image=job.config.image,
         )
         self._specs[job.job_id] = spec
         return spec

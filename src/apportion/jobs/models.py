@@ -240,6 +240,9 @@ class JobConfig(_Strict):
     # glob patterns relative to the working directory; matching files are stored at the end
     output_files: list[str] = Field(default_factory=list, max_length=MAX_OUTPUT_PATTERNS)
     auto_clean: StrictBool = False  # seed 000's: its own working directory removed at its end
+    # the container image, for adapters that run containers (kubernetes); the others run the
+    # command on the node as it is (docs/adapters.md)
+    image: str | None = Field(None, min_length=1, max_length=1024, pattern=r"^[^\s]+$")
 
     _env = field_validator("env")(check_env)
     _working_dir = field_validator("working_dir")(check_dir)
