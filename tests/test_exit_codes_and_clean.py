@@ -113,3 +113,25 @@ async def test_the_cli_and_the_client_clean(
     async with AsyncApportion(running.url, api_key=ADMIN_KEY) as client:
         assert (await client.clean(second)).startswith("nothing to remove")
         assert (await client.job(second)).cleaned is True
+
+
+async def test_keep_log_stores_the_whole_output_as_an_output_file(
+    running: Running, fleet: list[dict[str, Any]]
+) -> None:
+    lines = "import sys\nfor i in range(3000): print('line', i)\nprint('oops', file=sys.stderr)"
+    job_id = await submit(running, {"command": [PY, "-u", "-c", lines], "keep_log": True})
+    done = await wait_for(running, job_id, "completed", "failed")
+    async with running.http.get(f"{running.url}/files", params={"job_id": job_id}) as response:
+        (stored,) = await response.json()
+    assert stored["name"] == "process_output.log" and stored["type"] == "output"
+    async with running.http.get(f"{running.url}/files/{stored['id']}/contents") as response:
+        content = await response.text()
+    async with running.http.get(f"{running.url}/jobs/{job_id}/logs") as response:
+        assert content == await response.text()  # the whole log, as the logs route serves it
+    assert content.count("\n") == 3001 and "oops" in content
+    assert done["status"] == "completed"
+    async with running.http.get(f"{running.url}/jobs/{job_id}/statuses") as response:
+        ended = (await response.json())[-1]
+    assert (
+        f"its log stored as process_output.log ({len(content.encode())} bytes)" in ended["reason"]
+    )

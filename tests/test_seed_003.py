@@ -93,6 +93,23 @@ async def test_the_tutorials_flow(running: Running, fleet: Any) -> None:
         ranged = {"Range": "bytes=0-2"}
         async with http.get(f"{api}/files/{outputs[0]['id']}/contents/", headers=ranged) as r:
             assert r.status == 206 and await r.read() == b"sum"
+        # its output is kept as process_output.log, as Rescale keeps it
+        (log,) = await all_pages(http, f"{api}/jobs/{job_id}/files/", search="process_output")
+        assert log["name"] == "process_output.log" and log["typeId"] == 5
+        async with http.get(f"{api}/files/{log['id']}/lines/") as response:
+            assert (await response.json())["lines"] == ["done\n"]
+        clusters = await all_pages(http, f"{api}/jobs/{job_id}/cluster_statuses/")
+        assert [c["status"] for c in clusters] == [
+            "Not Started",
+            "Queued",
+            "Starting",
+            "Started",
+            "Stopped",
+        ]
+        async with http.get(f"{api}/jobs/{job_id}/instances/") as response:
+            (instance,) = await response.json()
+        assert (instance["role"], instance["id"]) == ("MPI_MASTER", f"{job_id}-0")
+        assert instance["clusterId"] in {c["id"] for c in fleet}
         every = await all_pages(http, f"{api}/files/", page_size="1")
         assert {f["name"] for f in every} >= {"calculate.py", "range.inp", "result.txt"}
         async with http.delete(f"{api}/jobs/{job_id}/") as response:

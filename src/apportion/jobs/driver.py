@@ -17,7 +17,7 @@ import logging
 import os
 import shutil
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,8 +32,8 @@ from apportion.adapters.base import (
     WorkerSpec,
 )
 from apportion.engine.decisions import Placement
-from apportion.errors import NotFound
-from apportion.files import FileBook
+from apportion.errors import ApportionError, NotFound
+from apportion.files import FileBook, FileType
 from apportion.jobs.identity import JobIdentity, python_for_jobs
 from apportion.jobs.outputs import collect_outputs
 from apportion.jobs.records import Job, ResourceUsage
@@ -46,6 +46,10 @@ log = logging.getLogger(__name__)
 USER_SIDE_ADAPTERS = ("slurm", "sge")
 """Adapters whose scheduler's daemons open a job's log, and whose launcher reads its files, as
 the job's user: their files are under the jobs root, in a directory of that user's."""
+
+
+LOG_OUTPUT_NAME = "process_output.log"
+"""The output file a job's log is stored as, with ``keep_log`` (seed 003's name)."""
 
 
 def crash_point(step: str) -> None:
@@ -268,8 +272,12 @@ class BackendDriver:
 
     async def collect_outputs(self, job: Job) -> str:
         """Store the job's ``output_files`` (:mod:`apportion.jobs.outputs`) from its working
-        directory, as its user; what was done, in words ("" when it names none). Never raises:
-        what went wrong is in the words."""
+        directory, as its user, and its log when it asks (``keep_log``); what was done, in
+        words ("" when it asks for neither). Never raises: what went wrong is in the words."""
+        said = [await self._collect_files(job), await self._keep_log(job)]
+        return "; ".join(words for words in said if words)
+
+    async def _collect_files(self, job: Job) -> str:
         spec = self.spec(job)
         if not job.config.output_files or spec.working_dir is None:
             return ""
@@ -281,6 +289,35 @@ class BackendDriver:
         except (AdapterError, OSError) as exc:
             log.warning("collecting the outputs of job %s failed: %s", job.job_id, exc)
             return f"output files not registered: {exc}"
+
+    async def _keep_log(self, job: Job) -> str:
+        """Store the job's whole output, as its adapter serves it, as the output file
+        :data:`LOG_OUTPUT_NAME` (seed 003's ``process_output.log``)."""
+        if not job.config.keep_log or job.scheduler_job_id is None:
+            return ""
+        adapter, spec, scheduler_job_id = (
+            self.adapter_for(job),
+            self.spec(job),
+            job.scheduler_job_id,
+        )
+
+        async def chunks() -> AsyncIterator[bytes]:
+            offset = 0
+            while True:
+                chunk = await adapter.logs(spec, scheduler_job_id, offset=offset, limit=1 << 20)
+                yield chunk.text.encode()
+                if chunk.offset == offset or (chunk.complete and chunk.offset >= chunk.size):
+                    return
+                offset = chunk.offset
+
+        try:
+            record = await self.files.receive(
+                job.owner, LOG_OUTPUT_NAME, FileType.OUTPUT, chunks(), job_id=job.job_id
+            )
+        except (AdapterError, ApportionError, OSError) as exc:
+            log.warning("keeping the log of job %s failed: %s", job.job_id, exc)
+            return f"its log was not stored: {getattr(exc, 'message', exc)}"
+        return f"its log stored as {LOG_OUTPUT_NAME} ({record.size} bytes)"
 
     async def clean(self, job: Job) -> str:
         """Remove an ended job's own working directory (``<jobs root>/<job id>``, made for it

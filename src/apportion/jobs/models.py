@@ -240,6 +240,8 @@ class JobConfig(_Strict):
     # glob patterns relative to the working directory; matching files are stored at the end
     output_files: list[str] = Field(default_factory=list, max_length=MAX_OUTPUT_PATTERNS)
     auto_clean: StrictBool = False  # seed 000's: its own working directory removed at its end
+    # its whole output (the log) stored as the output file process_output.log when it ends
+    keep_log: StrictBool = False
     # the container image, for adapters that run containers (kubernetes); the others run the
     # command on the node as it is (docs/adapters.md)
     image: str | None = Field(None, min_length=1, max_length=1024, pattern=r"^[^\s]+$")

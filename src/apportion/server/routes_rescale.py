@@ -64,6 +64,18 @@ STATUS_NAMES = {
 }
 """Rescale's name of each job status (an end is ``Completed``; its reason says which)."""
 
+CLUSTER_STATUS_NAMES = {
+    JobStatus.CREATED: "Not Started",
+    JobStatus.QUEUED: "Queued",
+    JobStatus.SCHEDULED: "Starting",
+    JobStatus.RUNNING: "Started",
+    JobStatus.COMPLETED: "Stopped",
+    JobStatus.FAILED: "Stopped",
+    JobStatus.CANCELLED: "Stopped",
+}
+"""Rescale's cluster status at each job status: a job's "cluster" is what it holds, the nodes
+and GPUs it was placed on, from its placement to its end."""
+
 
 # ---------------------------------------------------------------- bodies and queries
 class _Strict(BaseModel):
@@ -182,6 +194,7 @@ def native_submit_body(definition: JobDefinition) -> dict[str, Any]:
         "labels": labels,
         "input_files": [f.model_dump() for f in analysis.inputFiles],
         "output_files": ["**/*"],  # Rescale keeps every file a job leaves
+        "keep_log": True,  # and its output, as process_output.log
     }
     if hardware.walltime is not None:
         config["walltime"] = hardware.walltime * 3600
@@ -341,6 +354,50 @@ async def rescale_job_statuses(request: web.Request) -> web.Response:
         for e in history
     ]
     return paged(request, entries, query_of(request, Page))
+
+
+@api.get(
+    f"{PREFIX}/jobs/{{job_id}}/cluster_statuses/",
+    scope=Scope.READ,
+    query=Page,
+    response=dict[str, Any],
+    errors=(NotFound,),
+)
+async def rescale_cluster_statuses(request: web.Request) -> web.Response:
+    """The history of what the job holds, paged: [{status, statusDate, statusReason}]."""
+    job = visible_job(request)
+    history = await job_service(request).jobs.history(job.job_id)
+    entries: list[dict[str, Any]] = []
+    for e in history:
+        status = CLUSTER_STATUS_NAMES[JobStatus(e["status"])]
+        if not entries or entries[-1]["status"] != status:  # one entry per change
+            entries.append({"status": status, "statusDate": e["time"], "statusReason": e["reason"]})
+    return paged(request, entries, query_of(request, Page))
+
+
+@api.get(
+    f"{PREFIX}/jobs/{{job_id}}/instances/",
+    scope=Scope.READ,
+    response=list[dict[str, Any]],
+    errors=(NotFound,),
+)
+async def rescale_instances(request: web.Request) -> web.Response:
+    """The job's workers, as Rescale's instances: [{id, clusterId, role, publicIp, …}]."""
+    job = visible_job(request)
+    return json_response(
+        [
+            {
+                "id": f"{job.job_id}-{index}",
+                "clusterId": placement.cluster_id,
+                "role": "MPI_MASTER" if index == 0 else "MPI_SLAVE",
+                "publicIp": placement.node_id,  # the node's name: Apportion keeps no addresses
+                "sshPort": None,  # no SSH into workers
+                "username": None,
+                "gpus": list(placement.gpus or ()),
+            }
+            for index, placement in enumerate(job.allocation or ())
+        ]
+    )
 
 
 @api.get(
