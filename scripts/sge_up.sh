@@ -66,10 +66,20 @@ if ! pid_alive "$EXECD_PID" sge_execd && ! pid_alive "/var/spool/gridengine/exec
   /usr/sbin/sge_execd
 fi
 
+# parallel environment "smp": a job's vCPUs as slots of one host (qsub -pe smp N)
+if ! qconf -spl 2>/dev/null | grep -qx smp; then
+  printf '%s\n' "pe_name smp" "slots 9999" "user_lists NONE" "xuser_lists NONE" \
+    "start_proc_args NONE" "stop_proc_args NONE" 'allocation_rule $pe_slots' \
+    "control_slaves FALSE" "job_is_first_task TRUE" "urgency_slots min" \
+    "accounting_summary FALSE" "qsort_args NONE" > "$EDITS/smp.pe"
+  qconf -Ap "$EDITS/smp.pe" >/dev/null
+fi
+
 if ! qconf -sql 2>/dev/null | grep -qx all.q; then
   EDITOR=$(edit_with queue 's/^qname .*/qname all.q/' "s/^hostlist .*/hostlist $HOST/" \
     "s/^slots .*/slots $SLOTS/" 's/^pe_list .*/pe_list NONE/') qconf -aq >/dev/null
 fi
+qconf -mattr queue pe_list smp all.q >/dev/null 2>&1 || true  # also a queue made before it
 qmod -cq all.q >/dev/null 2>&1 || true  # a queue left in error by an earlier run
 
 for _ in $(seq 150); do

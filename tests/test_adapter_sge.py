@@ -8,9 +8,11 @@ scheduler is SGE, dispatched, followed to its end, its output served.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -80,6 +82,31 @@ async def test_a_job_runs_as_its_user_with_its_gpus(sge: sge_env.SgeCell, theirs
         printed = json.loads((await adapter.logs(spec, job)).text)
         assert printed == [sge.run_as.uid, str(theirs), "1,3", "1"]
         assert (theirs / "output.log").stat().st_uid == sge.run_as.uid  # SGE wrote it as them
+    finally:
+        await adapter.cancel(spec, job)
+
+
+async def test_a_workers_vcpus_are_reserved_as_slots_of_its_host(
+    sge: sge_env.SgeCell, theirs: Path
+) -> None:
+    adapter = SgeAdapter(python=PY)
+    spec = spec_of(sge, theirs, (PY, "-c", "import time; time.sleep(300)"))
+    spec = dataclasses.replace(spec, workers=(dataclasses.replace(spec.workers[0], vcpus=2),))
+    job = await adapter.submit(spec)
+    try:
+        shown = await asyncio.to_thread(
+            subprocess.run,
+            ["qstat", "-j", job],
+            env={**os.environ, **sge_env.SGE_ENV},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        lines = {
+            line.partition(":")[0].strip(): line.partition(":")[2].strip()
+            for line in shown.stdout.splitlines()
+        }
+        assert lines["parallel environment"].split() == ["smp", "range:", "2"]
     finally:
         await adapter.cancel(spec, job)
 

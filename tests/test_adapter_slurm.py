@@ -26,11 +26,13 @@ from apportion.adapters.base import (
     RunAs,
     WorkerSpec,
 )
+from apportion.adapters.distributed import rendezvous_port
 from apportion.adapters.slurm.adapter import SlurmAdapter
 from apportion.adapters.slurm.script import job_layout, write_script
 from apportion.registry.documents.cluster import validate_cluster_document
 from tests import slurm_env
 from tests.slurm_env import SlurmCluster
+from tests.test_torchrun_env import RENDEZVOUS
 
 slurm = slurm_env.slurm  # the session fixture: a real Slurm, or skip (fail under CI=true)
 
@@ -121,6 +123,29 @@ async def test_gang_of_two_workers_on_two_nodes(slurm: SlurmCluster, tmp_path: P
     assert seen == {(last, "0"), (first, "1")}
     assert all(w["APPORTION_NUM_WORKERS"] == "2" for w in json_lines(log))
     assert all(len((w["CUDA_VISIBLE_DEVICES"] or "").split(",")) == 1 for w in json_lines(log))
+
+
+async def test_a_gang_meets_at_the_rendezvous_torchrun_would_use(
+    slurm: SlurmCluster, tmp_path: Path
+) -> None:
+    # worker 0 on the last node: MASTER_ADDR is where Slurm reaches that node (its NodeAddr)
+    first, last = slurm.nodes[0], slurm.nodes[-1]
+    spec = make_spec(
+        tmp_path,
+        ("python3", "-c", RENDEZVOUS),
+        (WorkerSpec(0, last, ("0",)), WorkerSpec(1, first, ("0",))),
+    )
+    _, status, log = await run_to_end(SlurmAdapter(), spec)
+    assert status.state is BackendState.COMPLETED, (status, log)
+    printed = {
+        line["env"]["RANK"]: line for line in map(json.loads, log.splitlines()) if "env" in line
+    }
+    assert [m["RANK"] for m in printed["0"]["met"]] == ["1"]  # rank 1 reached rank 0
+    for rank in ("0", "1"):
+        env = printed[rank]["env"]
+        assert (env["WORLD_SIZE"], env["LOCAL_RANK"], env["LOCAL_WORLD_SIZE"]) == ("2", "0", "1")
+        assert env["MASTER_ADDR"] == "127.0.0.1"  # the test cluster's NodeAddr of every node
+        assert env["MASTER_PORT"] == str(rendezvous_port(spec.run_id))
 
 
 async def test_two_workers_on_one_node_split_its_gpus(slurm: SlurmCluster, tmp_path: Path) -> None:

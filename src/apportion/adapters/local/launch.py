@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from apportion.adapters.base import AdapterError, JobSpec, WorkerSpec
+from apportion.adapters.distributed import torchrun_environment, visible_gpus
 from apportion.adapters.local import supervisor as sv
 
 BASE_ENV_KEYS = ("HOME", "LANG")  # never the server's whole environment (admin key)
@@ -42,12 +43,14 @@ def base_environment() -> dict[str, str]:
 
 def worker_environment(spec: JobSpec, worker: WorkerSpec) -> dict[str, str]:
     """Base + ``spec.env`` + the job user's ``HOME``, ``USER`` and ``LOGNAME`` (when it runs as
-    one) + the GPU and ``APPORTION_*`` variables (these win over ``spec.env``)."""
+    one) + the GPU, torchrun (:mod:`apportion.adapters.distributed`; every worker runs on this
+    host) and ``APPORTION_*`` variables (these win over ``spec.env``)."""
     env = base_environment()
     env.update(spec.env)
     if spec.run_as is not None:
         env.update(HOME=spec.run_as.home, USER=spec.run_as.user, LOGNAME=spec.run_as.user)
-    env["CUDA_VISIBLE_DEVICES"] = ",".join(worker.gpus)
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(visible_gpus(spec, worker))
+    env.update(torchrun_environment(spec, worker, "127.0.0.1"))
     env["APPORTION_JOB_ID"] = spec.job_id
     env["APPORTION_WORKER_INDEX"] = str(worker.index)
     env["APPORTION_NUM_WORKERS"] = str(len(spec.workers))

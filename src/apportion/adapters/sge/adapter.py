@@ -7,8 +7,11 @@ groups; SGE then runs it as that user), in binary mode (``-b y``) of the batch l
 (:mod:`apportion.adapters.batch_launch`: the argv verbatim, never a shell; SGE's job id and the
 exit code recorded), so that :meth:`find` works after a server restart and :meth:`poll` knows
 how a job ended without waiting for SGE's accounting. ``qsub -N apportion-<run id>``
-names the job (the tag). One worker per job: a gang needs an SGE parallel environment, which
-this adapter does not configure (refused, saying so).
+names the job (the tag). A worker's vCPUs are reserved as slots of its host in the parallel
+environment ``smp`` (``qsub -pe smp N``; the cluster's ``scheduler.parallel_environment``
+names another), as seed 002 reserves ``reservedSlots``. One worker per job: a gang of several
+would need one started on each host by ``qrsh -inherit``, which this adapter does not do
+(refused, saying so).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ TOOLS = ("qsub", "qstat", "qdel", "qacct", "qconf")
 LOG_FILE = "output.log"
 SAFE_PATH = re.compile(r"/[A-Za-z0-9._/-]+")  # what a path given to qsub may be
 JOB_ID = re.compile(r"[0-9]+")
+PE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 
 
 class SgeAdapter:
@@ -81,7 +85,8 @@ class SgeAdapter:
         if len(spec.workers) != 1:
             raise AdapterError(
                 f"the sge adapter runs one worker per job; this one has {len(spec.workers)}"
-                " (a gang needs an SGE parallel environment, not configured here)"
+                " (a gang needs a worker started on each of its hosts, with qrsh -inherit,"
+                " which this adapter does not do)"
             )
         if not spec.command or not all(isinstance(a, str) and "\0" not in a for a in spec.command):
             raise AdapterError("the command must be a non-empty argv of strings without NUL")
@@ -92,6 +97,15 @@ class SgeAdapter:
         args = ["-terse", "-b", "y", "-N", _tag(spec), "-o", str(out / LOG_FILE), "-j", "y"]
         if spec.walltime_seconds is not None:
             args += ["-l", f"h_rt={int(spec.walltime_seconds) + 1}"]
+        vcpus = spec.workers[0].vcpus
+        if vcpus is not None and vcpus > 1:  # its vCPUs as slots of its one host
+            environment = str(spec.scheduler.get("parallel_environment", "smp"))
+            if PE_NAME.fullmatch(environment) is None:
+                raise AdapterError(
+                    f"scheduler.parallel_environment {environment!r} is no SGE parallel"
+                    " environment name"
+                )
+            args += ["-pe", environment, str(vcpus)]
         args += [self.python, "-I", str(launch.launcher), str(launch.launch_file)]
         _, stdout, _ = await self._run("qsub", *args, spec=spec)
         job_id = stdout.strip().split(".")[0]

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from apportion.adapters.base import AdapterError, JobSpec
+from apportion.adapters.distributed import rendezvous_port
 from apportion.adapters.private_files import write_private
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -81,7 +82,7 @@ def job_layout(spec: JobSpec) -> Layout:
 
 
 LAUNCHER = """\
-import json, os, sys
+import json, os, subprocess, sys
 s = json.load(open(sys.argv[1]))
 local = int(os.environ.get("SLURM_LOCALID", "0"))
 mine = s["workers"].get(os.environ.get("SLURMD_NODENAME", ""), [])
@@ -91,13 +92,26 @@ env.update(os.environ)
 env.update(s["env"])
 cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
 per = s["gpus_per_worker"]
-if cvd is not None and s["workers_per_node"] > 1 and per > 0:
+if cvd is not None and s["workers_per_node"] > 1 and per > 1:  # one each: torchrun's layout
     cvd = ",".join(cvd.split(",")[local * per:(local + 1) * per])
 if cvd is not None:
     env["CUDA_VISIBLE_DEVICES"] = cvd
 env["APPORTION_JOB_ID"] = s["job_id"]
 env["APPORTION_WORKER_INDEX"] = str(index)
 env["APPORTION_NUM_WORKERS"] = str(s["num_workers"])
+env.update(RANK=str(index), WORLD_SIZE=str(s["num_workers"]), LOCAL_RANK=str(local))
+env["LOCAL_WORLD_SIZE"] = str(s["workers_per_node"])
+master = "127.0.0.1"
+if s["num_workers"] > 1:  # worker 0's node, at the address Slurm reaches it by (NodeAddr)
+    master = s["master_addr"]
+    try:
+        shown = subprocess.run(["scontrol", "show", "node", "-o", master], capture_output=True,
+                               text=True, timeout=10).stdout
+        master = next((w[9:] for w in shown.split() if w.startswith("NodeAddr=")), master)
+    except (OSError, subprocess.SubprocessError):
+        pass
+env.setdefault("MASTER_ADDR", master)
+env.setdefault("MASTER_PORT", str(s["master_port"]))
 if s["cwd"]:
     os.chdir(s["cwd"])
 try:
@@ -125,6 +139,8 @@ def write_script(spec: JobSpec, layout: Layout, python: str) -> Path:
         "num_workers": len(spec.workers),
         "workers_per_node": layout.per_node,
         "gpus_per_worker": layout.gpus,
+        "master_addr": next(n for n, indices in layout.by_node.items() if 0 in indices),
+        "master_port": rendezvous_port(spec.run_id),
     }
     launch_path = out_dir / LAUNCH_FILE
     write_private(launch_path, json.dumps(launch, indent=1), spec.run_as)
