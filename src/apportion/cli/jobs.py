@@ -158,6 +158,15 @@ def submit(
             " 'results/*.csv' (repeatable; `apportion files list --job ID`).",
         ),
     ] = None,
+    dependency: Annotated[
+        str | None,
+        typer.Option(
+            "--dependency",
+            "-d",
+            help="Start only after other jobs, as sbatch -d: afterok:ID[:ID…], afternotok:…,"
+            " afterany:…, after:…, singleton (comma-separated: all must hold).",
+        ),
+    ] = None,
     parsable: Annotated[bool, typer.Option(help="Print only the job id.")] = False,
     hold: Annotated[
         bool,
@@ -188,6 +197,7 @@ def submit(
         file = spec.values
         command = spec.command
         application = application or file.get("application")
+        dependency = dependency or file.get("dependency")
         gpus = gpus if gpus is not None else file.get("gpus")
         workers = workers if workers != 1 else int(file.get("workers", 1))
         queue = queue or file.get("queue")
@@ -216,6 +226,8 @@ def submit(
         where["output_files"] = list(outputs)
     if application is not None:
         where["application"] = application
+    if dependency is not None:
+        where["dependency"] = dependency
 
     options: dict[str, Any] = {
         "gpus": gpus,
@@ -290,6 +302,7 @@ _FLAGS = {
     "body.config.env": "--env",
     "body.config.command": "the command after --",
     "body.config.application": "--application",
+    "body.config.dependency": "--dependency",
     "body.config.input_files": "--input/--unpack",
     "body.config.output_files": "--output",
     "body.priority": "--priority",

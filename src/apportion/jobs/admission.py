@@ -47,6 +47,7 @@ class Reason(StrEnum):
     RESERVED = "WaitsForReservation"
     PREEMPTED = "Preempted"
     WAITS_BEHIND = "WaitsBehindStarvingJob"
+    DEPENDENCY = "Dependency"
     NO_RESOURCES = "NoFeasiblePlacement"
     QUEUED = "Queued"
 

@@ -242,6 +242,8 @@ class JobConfig(_Strict):
     auto_clean: StrictBool = False  # seed 000's: its own working directory removed at its end
     # its whole output (the log) stored as the output file process_output.log when it ends
     keep_log: StrictBool = False
+    # sbatch --dependency's terms (jobs/dependencies.py): afterok:ID[:ID…],afterany:…,singleton
+    dependency: str | None = Field(None, min_length=1, max_length=64 * 1024)
     # the container image, for adapters that run containers (kubernetes); the others run the
     # command on the node as it is (docs/adapters.md)
     image: str | None = Field(None, min_length=1, max_length=1024, pattern=r"^[^\s]+$")

@@ -25,6 +25,7 @@ from apportion.engine.decisions import Placement
 from apportion.engine.requests import parse_request
 from apportion.errors import ApportionError, InvalidRequest, NotFound
 from apportion.event_sink import EventSink
+from apportion.jobs import dependencies
 from apportion.jobs import views as job_views
 from apportion.jobs.admission import Blocked, CycleState, Reason
 from apportion.jobs.applications import ApplicationBook
@@ -181,6 +182,14 @@ class JobService:
         queues = self._queues()
         timeline = self._timeline(time.time())
         decided: tuple[Planned, Usage] | Blocked
+        depends = dependencies.state(draft, self.jobs.jobs)
+        if isinstance(depends, dependencies.Never):
+            words = f"it would be cancelled at once: {depends.words}"
+            return JobPlan(config, priority, position, None, None, Reason.DEPENDENCY, words, None)
+        if depends is not None:
+            return JobPlan(
+                config, priority, position, None, None, Reason.DEPENDENCY, depends.words, None
+            )
         try:
             decided = await self._decide(draft, queue, state, self.lifecycle.plan)
         except Exception as exc:
@@ -228,6 +237,7 @@ class JobService:
             )
         config, admin_env = self.applications.complete(config, queue)
         config = self._fit_to_queue(config, queue)
+        config = self._with_dependency(config, owner)
         self._boundary.check(config, queue, owner.account)
         admin_env = {**queue.env, **admin_env}
         if admin_env:  # set by an admin (queues, applications): not held to the jobs' env rule
@@ -237,6 +247,31 @@ class JobService:
         self._check_inputs(config, owner)
         self._check_parent(config, owner)
         return config, request.priority, queue
+
+    def _with_dependency(self, config: JobConfig, owner: Owner) -> JobConfig:
+        """``config`` with its dependency's jobs named by their whole ids; :class:`InvalidRequest`
+        naming ``body.config.dependency`` for a malformed one or a job that is not the
+        account's (jobs/dependencies.py)."""
+        if config.dependency is None:
+            return config
+        path = "body.config.dependency"
+
+        def resolve(given: str) -> str:
+            try:
+                return self.jobs.resolve(
+                    given, visible=lambda job: job.owner.account == owner.account
+                ).job_id
+            except NotFound:
+                raise InvalidRequest(
+                    f"config.dependency names job {given!r}, which is no job of account"
+                    f" {owner.account!r}; list jobs with GET /jobs",
+                    path=path,
+                ) from None
+            except InvalidRequest as exc:  # a prefix several jobs share
+                raise InvalidRequest(f"config.dependency: {exc.message}", path=path) from None
+
+        terms = dependencies.parse(config.dependency, resolve, path=path)
+        return config.model_copy(update={"dependency": dependencies.text_of(terms)})
 
     def _check_parent(self, config: JobConfig, owner: Owner) -> None:
         """:class:`InvalidRequest` for a ``parent_job_id`` that is no job of the account."""
@@ -533,6 +568,13 @@ class JobService:
                         job, Blocked(Reason.NO_RESOURCES, f"queue {job.queue!r} was removed")
                     )
                     continue
+                depends = dependencies.state(job, self.jobs.jobs)
+                if isinstance(depends, dependencies.Never):
+                    await life.end(job, JobStatus.CANCELLED, reason=depends.words)
+                    continue
+                if depends is not None:  # not a candidate: it neither waits for room nor bypasses
+                    await life.wait(job, Blocked(Reason.DEPENDENCY, depends.words))
+                    continue
                 decided: tuple[Reserved, Usage] | Blocked
                 behind = self.preempter.behind_preemptor(job)
                 if behind is not None:  # a victim never takes back what its preemptor needs
@@ -644,7 +686,11 @@ class JobService:
         """Set the estimated start of the jobs still waiting (jobs/backfill.py) when a job
         joined the head of the line since the last estimates, or ``estimate_interval_seconds``
         passed; computed on a worker thread (a long line takes a fraction of a second)."""
-        still = [job for job in waiting if job.status is JobStatus.QUEUED]
+        still = [  # a job waiting for others' ends has no estimate of its own
+            job
+            for job in waiting
+            if job.status is JobStatus.QUEUED and job.reason_code != Reason.DEPENDENCY
+        ]
         ids = {job.job_id for job in still[:ESTIMATED_JOBS]}
         interval = self.scheduling.estimate_interval_seconds
         if not ids - self._estimated_ids and timeline.now - self._estimated_at < interval:

@@ -22,7 +22,7 @@ from apportion.errors import (
     RangeNotSatisfiable,
     UnknownPolicy,
 )
-from apportion.jobs.models import PriorityRequest, QueueConfig, SubmitRequest
+from apportion.jobs.models import JobStatus, PriorityRequest, QueueConfig, SubmitRequest
 from apportion.jobs.records import Job
 from apportion.jobs.service import JobService
 from apportion.ownership import Actor
@@ -97,8 +97,14 @@ async def submit_job(request: web.Request) -> web.Response:
     """Submit a job: {"config": {...}, "priority": 0} → {"job_id", "status": "queued"}."""
     who = principal_of(request).actor
     job = await job_service(request).submit(raw_body_of(request), who.owner)
+    # what was accepted: an admission cycle may already have moved it on (or ended it: a
+    # dependency that can never hold) while its record was being committed
     return json_response(
-        {"job_id": job.job_id, "status": job.status.value, "queue_position": job.queue_position},
+        {
+            "job_id": job.job_id,
+            "status": JobStatus.QUEUED.value,
+            "queue_position": job.queue_position,
+        },
         status=201,
     )
 
