@@ -129,6 +129,9 @@ def _as_version_2(path: Path) -> None:
     """Turn a database made by this code back into what version 2 had: no accounts table and
     none of the account and user columns."""
     with sqlite3.connect(path) as conn:
+        conn.execute("DROP INDEX ix_jobs_array")  # version 9's
+        conn.execute("ALTER TABLE jobs DROP COLUMN array_job_id")
+        conn.execute("ALTER TABLE jobs DROP COLUMN array_task_id")
         conn.execute("ALTER TABLE jobs DROP COLUMN exit_codes")  # version 8's
         conn.execute("ALTER TABLE jobs DROP COLUMN cleaned")
         conn.execute("DROP TABLE app_runtime_configs")  # version 7's
@@ -193,7 +196,7 @@ async def test_keys_jobs_and_holds_of_version_2_move_into_the_default_account(
             (DEFAULT_ACCOUNT, "alice")
         ]
         versions = conn.execute("SELECT version FROM schema_migrations ORDER BY 1").fetchall()
-    assert versions == [(1,), (2,), (3,), (4,), (5,), (6,), (7,), (8,)]
+    assert versions == [(1,), (2,), (3,), (4,), (5,), (6,), (7,), (8,), (9,)]
 
 
 # ---------------------------------------------------------------- as whom an account's jobs run

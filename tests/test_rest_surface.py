@@ -303,6 +303,9 @@ async def test_changing_routes_answer_their_declared_types_and_statuses(
     waiting = (await call("POST", "/jobs/submit", "/jobs/submit", json=waits))["job_id"]
     await call("POST", "/jobs/{job_id}/priority", f"/jobs/{waiting}/priority", json={"priority": 3})
     await call("POST", "/jobs/{job_id}/cancel", f"/jobs/{waiting}/cancel")
+    array = {"config": {"command": exiting(0), "array": "0-1", "queue": "later"}}
+    arrayed = (await call("POST", "/jobs/submit", "/jobs/submit", json=array))["array_job_id"]
+    await call("POST", "/arrays/{array_job_id}/cancel", f"/arrays/{arrayed}/cancel")
     await call("POST", "/queues", "/queues", json={"name": "batch"})
     await call("PUT", "/queues", "/queues", json={"name": "batch", "description": "nightly"})
     app = {"name": "solver", "version": "1", "command": exiting(0)}

@@ -26,7 +26,7 @@ from apportion.cli.common import (
     run,
 )
 from apportion.cli.jobspec import read_job_file
-from apportion.clients.errors import ApportionClientError, InvalidRequestError
+from apportion.clients.errors import ApportionClientError, InvalidRequestError, NotFoundError
 from apportion.timefmt import local_moment, local_time
 
 if TYPE_CHECKING:
@@ -167,6 +167,13 @@ def submit(
             " afterany:…, after:…, singleton (comma-separated: all must hold).",
         ),
     ] = None,
+    array: Annotated[
+        str | None,
+        typer.Option(
+            help="One task per index, as sbatch --array: 0-999, 1,3,5, 0-20:4; %K runs at most"
+            " K at once (0-999%50). Each task reads APPORTION_ARRAY_TASK_ID."
+        ),
+    ] = None,
     parsable: Annotated[bool, typer.Option(help="Print only the job id.")] = False,
     hold: Annotated[
         bool,
@@ -191,6 +198,12 @@ def submit(
             " enqueue` first",
             code=2,
         )
+    if array is not None and (wait or hold or dry_run):
+        fail(
+            "--array is submitted as it is: follow it with `apportion array ID`, not with"
+            " --wait, --hold or --dry-run",
+            code=2,
+        )
     command = command or []
     spec = read_job_file(command)
     if spec is not None:  # a flag given on the command line beats the file
@@ -198,6 +211,7 @@ def submit(
         command = spec.command
         application = application or file.get("application")
         dependency = dependency or file.get("dependency")
+        array = array or file.get("array")
         gpus = gpus if gpus is not None else file.get("gpus")
         workers = workers if workers != 1 else int(file.get("workers", 1))
         queue = queue or file.get("queue")
@@ -243,6 +257,14 @@ def submit(
 
     async def work(client: AsyncApportion) -> Job | None:
         try:
+            if array is not None:
+                array_job_id, tasks = await client.submit_array(command, array, **options)
+                typer.echo(
+                    array_job_id
+                    if parsable
+                    else f"Submitted array job {array_job_id} ({tasks} tasks)"
+                )
+                return None
             if dry_run:
                 _print_plan(await client.plan(command, **options))
                 return None
@@ -303,6 +325,7 @@ _FLAGS = {
     "body.config.command": "the command after --",
     "body.config.application": "--application",
     "body.config.dependency": "--dependency",
+    "body.config.array": "--array",
     "body.config.input_files": "--input/--unpack",
     "body.config.output_files": "--output",
     "body.priority": "--priority",
@@ -446,7 +469,11 @@ def cancel(
     """Cancel jobs (all are tried; exits 1 if any could not be cancelled)."""
 
     async def one(client: AsyncApportion, job_id: str) -> str:
-        await client.cancel(job_id)
+        try:
+            await client.cancel(job_id)
+        except NotFoundError:  # an array's id, as scancel takes one: its every task
+            await client.cancel_array(job_id)
+            return f"Cancelled array job {job_id}"
         return f"Cancelled job {job_id}"
 
     _each(ctx, job_ids, one)
@@ -462,6 +489,26 @@ def clean(
         return f"Job {job_id}: {await client.clean(job_id)}"
 
     _each(ctx, job_ids, one)
+
+
+def array(
+    ctx: typer.Context,
+    array_job_id: Annotated[str, typer.Argument(help="The array's id (submit --array said it).")],
+    output: OutputOpt = Output.TABLE,
+) -> None:
+    """An array as one job: how many tasks are in each state, then each task."""
+    found = run(ctx, lambda client: client.array(array_job_id))
+    if output is Output.JSON:
+        print_json(found.model_dump())
+        return
+    states = ", ".join(f"{count} {state}" for state, count in sorted(found.states.items()))
+    limit = "" if found.limit is None else f", at most {found.limit} at once"
+    typer.echo(f"Array {found.array_job_id} ({found.name}, queue {found.queue}): {found.array}")
+    typer.echo(f"  {found.tasks_total} tasks{limit}: {states}")
+    print_table(
+        [[t["task_id"], t["job_id"][:12], t["status"], t["return_code"]] for t in found.tasks],
+        ["TASK", "JOBID", "STATE", "EXIT"],
+    )
 
 
 def enqueue(
@@ -748,6 +795,7 @@ def register(app: typer.Typer) -> None:
     app.command()(cancel)
     app.command()(enqueue)
     app.command()(clean)
+    app.command()(array)
     app.command()(explain)
     app.command()(logs)
     app.command()(queues)

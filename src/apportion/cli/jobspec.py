@@ -36,6 +36,7 @@ SPEC_KEYS: dict[str, type | tuple[type, ...]] = {
     "queue": str,
     "application": str,  # NAME:VERSION; then command may be left out
     "dependency": str,  # as --dependency (sbatch -d)
+    "array": str,  # as --array (sbatch --array)
     "priority": int,
     "command": list,
     "env": dict,
@@ -119,13 +120,14 @@ def _directives(path: Path, lines: list[str]) -> dict[str, Any]:
     parser.add_argument("--chdir", "-D", dest="working_dir")
     parser.add_argument("--env", action="append")
     parser.add_argument("--dependency", "-d")
+    parser.add_argument("--array", "-a")
     words = [w for line in lines for w in shlex.split(line[len(DIRECTIVE) :])]
     found, unknown = parser.parse_known_args(words)
     if unknown:
         fail(
             f"{path}: unknown {DIRECTIVE} option(s) {' '.join(unknown)}; they take --gpus,"
             " --workers, --queue, --priority, --name, --walltime, --gpu-model, --chdir, --env,"
-            " --dependency",
+            " --dependency, --array",
             code=2,
         )
     values = {k: v for k, v in vars(found).items() if v is not None}

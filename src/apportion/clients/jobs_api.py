@@ -12,6 +12,7 @@ from apportion.clients.errors import WaitTimeoutError
 from apportion.clients.models import (
     Application,
     Job,
+    JobArray,
     JobPlan,
     JobPriority,
     JobStatusEntry,
@@ -168,6 +169,23 @@ class JobsAPI:
         )
         answer = await self._rest.call("POST", "/jobs/submit", json=body)
         return str(answer["job_id"])
+
+    async def submit_array(
+        self, command: Sequence[str], array: str, **options: Any
+    ) -> tuple[str, int]:
+        """Submit an array (``array``: ``"0-999%50"``, as ``sbatch --array``), with
+        :meth:`submit`'s other arguments: one task per index; its id and number of tasks."""
+        body = submission(command, array=array, **options)
+        answer = await self._rest.call("POST", "/jobs/submit", json=body)
+        return str(answer["array_job_id"]), int(answer["array_tasks"])
+
+    async def array(self, array_job_id: str) -> JobArray:
+        """An array as one job: its tasks' states and exit codes."""
+        return JobArray.model_validate(await self._rest.call("GET", f"/arrays/{array_job_id}"))
+
+    async def cancel_array(self, array_job_id: str) -> None:
+        """Cancel every task of an array that has not ended."""
+        await self._rest.call("POST", f"/arrays/{array_job_id}/cancel")
 
     async def create_job(self, command: Sequence[str], **options: Any) -> Job:
         """Store a job without queueing it (``created``; ``POST /jobs``), with :meth:`submit`'s

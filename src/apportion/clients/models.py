@@ -150,6 +150,20 @@ class Queue(_Loose):
     policy_rule_uri: str | None = None
 
 
+class JobArray(_Loose):
+    """An array listed as one job: its tasks' states counted (``states``), and each task
+    (``tasks``: ``task_id``, ``job_id``, ``status``, ``return_code``, ``exit_codes``)."""
+
+    array_job_id: str
+    name: str
+    queue: str
+    array: str
+    limit: int | None = None
+    tasks_total: int
+    states: dict[str, int] = Field(default_factory=dict)
+    tasks: list[dict[str, Any]] = Field(default_factory=list)
+
+
 class Application(_Loose):
     """A registered application: ``name:version`` is how a job names it; ``number`` is seed
     000's integer id."""

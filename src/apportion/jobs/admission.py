@@ -48,6 +48,7 @@ class Reason(StrEnum):
     PREEMPTED = "Preempted"
     WAITS_BEHIND = "WaitsBehindStarvingJob"
     DEPENDENCY = "Dependency"
+    ARRAY_LIMIT = "ArrayTaskLimit"
     NO_RESOURCES = "NoFeasiblePlacement"
     QUEUED = "Queued"
 

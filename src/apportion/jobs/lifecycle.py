@@ -199,9 +199,17 @@ class JobLifecycle:
         job.config, job.priority, job.name, job.queue = config, priority, config.name, config.queue
         await self._book.save(job)
 
-    async def submit(self, config: JobConfig, priority: int, owner: Owner) -> Job:
-        """Commit a new queued job and announce ``job_queued``; return it."""
-        job = await self._book.create(config, priority, owner, "submitted")
+    async def submit(
+        self,
+        config: JobConfig,
+        priority: int,
+        owner: Owner,
+        *,
+        array: tuple[str, int] | None = None,
+    ) -> Job:
+        """Commit a new queued job (a task of ``array``: its id and the task's index) and
+        announce ``job_queued``; return it."""
+        job = await self._book.create(config, priority, owner, "submitted", array=array)
         await self._queued(job)
         return job
 

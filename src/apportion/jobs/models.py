@@ -244,6 +244,8 @@ class JobConfig(_Strict):
     keep_log: StrictBool = False
     # sbatch --dependency's terms (jobs/dependencies.py): afterok:ID[:ID…],afterany:…,singleton
     dependency: str | None = Field(None, min_length=1, max_length=64 * 1024)
+    # sbatch --array's indices (jobs/arrays.py): "0-999%50" — one task per index
+    array: str | None = Field(None, min_length=1, max_length=4096)
     # the container image, for adapters that run containers (kubernetes); the others run the
     # command on the node as it is (docs/adapters.md)
     image: str | None = Field(None, min_length=1, max_length=1024, pattern=r"^[^\s]+$")

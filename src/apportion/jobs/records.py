@@ -109,6 +109,8 @@ class Job:
     preempted_by: str | None = None  # the preemption under way: the preemptor's job id
     exit_codes: tuple[int | None, ...] | None = None  # once it ended, per worker, when known
     cleaned: bool = False  # its own working directory was removed (POST /jobs/{id}/clean)
+    array_job_id: str | None = None  # the array it is a task of (jobs/arrays.py)
+    array_task_id: int | None = None  # its index in that array
     queue_position: int | None = field(default=None, compare=False)
     estimated_start: float | None = field(default=None, compare=False)  # while it waits
     _encoded_cache: dict[str, tuple[object, str]] = field(
@@ -204,6 +206,8 @@ class Job:
             "return_code": self.return_code,
             "exit_codes": None if self.exit_codes is None else list(self.exit_codes),
             "cleaned": self.cleaned,
+            "array_job_id": self.array_job_id,
+            "array_task_id": self.array_task_id,
             "failed_reason": self.failed_reason,
             "runs": self.runs,
             "resource_usage": None if self.resource_usage is None else self.resource_usage.public(),
@@ -288,11 +292,14 @@ class JobBook:
         reason: str,
         *,
         status: JobStatus = JobStatus.QUEUED,
+        array: tuple[str, int] | None = None,
     ) -> Job:
         """Commit a new job, queued unless ``status`` says otherwise (with its first history
-        entry), and return it."""
+        entry), and return it; ``array``: the array it is a task of, and its index there."""
         job = self.draft(config, priority, owner)
         job.status = status
+        if array is not None:
+            job.array_job_id, job.array_task_id = array
         self._next_seq += 1
         history = StatusEntry(job.job_id, job.status.value, job.created_at, reason)
         await self._writer.write(JobChange(job.row(), history, new=True))

@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import PurePosixPath
 from typing import Any, TypeVar
@@ -29,6 +31,7 @@ from apportion.jobs import dependencies
 from apportion.jobs import views as job_views
 from apportion.jobs.admission import Blocked, CycleState, Reason
 from apportion.jobs.applications import ApplicationBook
+from apportion.jobs.arrays import parse_array
 from apportion.jobs.backfill import (
     ESTIMATED_JOBS,
     NEVER,
@@ -141,14 +144,44 @@ class JobService:
         runs no jobs), apply the queue's limits and ``env`` (the job's own variables win),
         commit the job queued, announce it and wake the cycle; return it."""
         config, priority, _ = self._accept(body, owner)
-        job = await self.lifecycle.submit(config, priority, owner)
+        if config.array is None:
+            job = await self.lifecycle.submit(config, priority, owner)
+        else:
+            job = (await self._submit_array(config, priority, owner))[0]
         self.wake()
         return job
+
+    async def _submit_array(self, config: JobConfig, priority: int, owner: Owner) -> list[Job]:
+        """Commit one queued task per index of ``config.array`` (jobs/arrays.py), committed
+        together (one group commit); the tasks, by index."""
+        spec = parse_array(config.array or "")
+        array_job_id = uuid.uuid4().hex
+        return list(
+            await asyncio.gather(
+                *(
+                    self.lifecycle.submit(
+                        config.model_copy(
+                            update={"env": {**config.env, **spec.environment(array_job_id, i)}}
+                        ),
+                        priority,
+                        owner,
+                        array=(array_job_id, i),
+                    )
+                    for i in spec.indices
+                )
+            )
+        )
 
     async def create(self, body: Any, owner: Owner) -> Job:
         """``POST /jobs``: the checks of :meth:`submit`, then commit the job ``created``: it
         waits for :meth:`submit_created` (seed 003's create, then submit); return it."""
         config, priority, _ = self._accept(body, owner)
+        if config.array is not None:
+            raise InvalidRequest(
+                "config.array: an array is submitted, not created and submitted later; use"
+                " POST /jobs/submit",
+                path="body.config.array",
+            )
         return await self.lifecycle.create(config, priority, owner)
 
     async def revise(self, job: Job, body: Any) -> Job:
@@ -238,6 +271,8 @@ class JobService:
         config, admin_env = self.applications.complete(config, queue)
         config = self._fit_to_queue(config, queue)
         config = self._with_dependency(config, owner)
+        if config.array is not None:
+            parse_array(config.array)  # refused now, naming the field, not at its first task
         self._boundary.check(config, queue, owner.account)
         admin_env = {**queue.env, **admin_env}
         if admin_env:  # set by an admin (queues, applications): not held to the jobs' env rule
@@ -556,6 +591,7 @@ class JobService:
         timeline = self._timeline(time.time())
         reservation: Reservation | None = None  # EASY's: the first job that waits for GPUs
         life = self.lifecycle
+        array_active = Counter(j.array_job_id for j in every if j.status.active and j.array_job_id)
         started: list[Job] = []
         durable: list[Awaitable[None]] = []
         try:
@@ -567,6 +603,10 @@ class JobService:
                     await life.wait(
                         job, Blocked(Reason.NO_RESOURCES, f"queue {job.queue!r} was removed")
                     )
+                    continue
+                limited = _array_limited(job, array_active)
+                if limited is not None:  # not a candidate: the array's other tasks run
+                    await life.wait(job, limited)
                     continue
                 depends = dependencies.state(job, self.jobs.jobs)
                 if isinstance(depends, dependencies.Never):
@@ -616,6 +656,8 @@ class JobService:
                     continue
                 timeline.occupy(rows, timeline.now + _length(job))
                 durable.append(life.admit(job, reserved))
+                if job.array_job_id is not None:
+                    array_active[job.array_job_id] += 1
                 durable.extend(life.count_bypasses(state.started(job, queue, usage)))
                 started.append(job)
             await self._estimate(timeline, waiting, queues)
@@ -689,7 +731,8 @@ class JobService:
         still = [  # a job waiting for others' ends has no estimate of its own
             job
             for job in waiting
-            if job.status is JobStatus.QUEUED and job.reason_code != Reason.DEPENDENCY
+            if job.status is JobStatus.QUEUED
+            and job.reason_code not in (Reason.DEPENDENCY, Reason.ARRAY_LIMIT)
         ]
         ids = {job.job_id for job in still[:ESTIMATED_JOBS]}
         interval = self.scheduling.estimate_interval_seconds
@@ -879,3 +922,18 @@ def _words(exc: Exception) -> str:
     if isinstance(exc, ApportionError):
         return exc.message
     return f"an internal error ({type(exc).__name__}); the server log has the details"
+
+
+def _array_limited(job: Job, active: Mapping[str, int]) -> Blocked | None:
+    """Why a task of an array waits for its siblings (its ``%K`` limit), or None."""
+    if job.array_job_id is None or job.config.array is None:
+        return None
+    limit = parse_array(job.config.array).limit
+    running = active.get(job.array_job_id, 0)
+    if limit is None or running < limit:
+        return None
+    return Blocked(
+        Reason.ARRAY_LIMIT,
+        f"task {job.array_task_id} of array {job.array_job_id} waits: {running} of its tasks"
+        f" are scheduled or running, its limit (%{limit})",
+    )

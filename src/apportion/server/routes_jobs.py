@@ -9,6 +9,7 @@ an unknown id.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from aiohttp import web
@@ -22,6 +23,7 @@ from apportion.errors import (
     RangeNotSatisfiable,
     UnknownPolicy,
 )
+from apportion.jobs.arrays import parse_array
 from apportion.jobs.models import JobStatus, PriorityRequest, QueueConfig, SubmitRequest
 from apportion.jobs.records import Job
 from apportion.jobs.service import JobService
@@ -38,6 +40,7 @@ from apportion.server.routing import ApiRoutes, body_of, query_of, raw_body_of
 from apportion.server.schemas import (
     AccountShareLine,
     Ack,
+    ArrayRecord,
     CleanAnswer,
     JobPlanAnswer,
     JobRecord,
@@ -99,14 +102,15 @@ async def submit_job(request: web.Request) -> web.Response:
     job = await job_service(request).submit(raw_body_of(request), who.owner)
     # what was accepted: an admission cycle may already have moved it on (or ended it: a
     # dependency that can never hold) while its record was being committed
-    return json_response(
-        {
-            "job_id": job.job_id,
-            "status": JobStatus.QUEUED.value,
-            "queue_position": job.queue_position,
-        },
-        status=201,
-    )
+    answer: dict[str, Any] = {
+        "job_id": job.job_id,
+        "status": JobStatus.QUEUED.value,
+        "queue_position": job.queue_position,
+    }
+    if job.array_job_id is not None:
+        answer["array_job_id"] = job.array_job_id
+        answer["array_tasks"] = len(parse_array(job.config.array or "").indices)
+    return json_response(answer, status=201)
 
 
 @api.post(
@@ -351,6 +355,76 @@ async def delete_job(request: web.Request) -> web.Response:
     job = changeable_job(request)
     await job_service(request).delete(job.job_id)
     return json_response({"success": True}, status=202)
+
+
+def visible_tasks(request: web.Request) -> list[Job]:
+    """The tasks of the array the path names that the calling key may see, by index;
+    :class:`NotFound` when there are none (another account's array answers as an unknown id)."""
+    who = principal_of(request).actor
+    array_job_id = request.match_info["array_job_id"]
+    tasks = [
+        job
+        for job in job_service(request).jobs.jobs.values()
+        if job.array_job_id == array_job_id and who.may_see(job.owner)
+    ]
+    if not tasks:
+        raise NotFound(
+            f"no array {array_job_id!r}; an array's id is the array_job_id its submit answered",
+            details={"array_job_id": array_job_id},
+        )
+    return sorted(tasks, key=lambda job: job.array_task_id or 0)
+
+
+@api.get("/arrays/{array_job_id}", scope=Scope.READ, response=ArrayRecord, errors=(NotFound,))
+async def read_array(request: web.Request) -> web.Response:
+    """An array as one job: its tasks' states counted, and each task's status and exit code."""
+    tasks = visible_tasks(request)
+    first = tasks[0]
+    spec = first.config.array or ""
+    return json_response(
+        {
+            "array_job_id": first.array_job_id,
+            "name": first.name,
+            "queue": first.queue,
+            "array": spec,
+            "limit": parse_array(spec).limit,
+            "tasks_total": len(tasks),
+            "states": dict(Counter(task.status.value for task in tasks)),
+            "tasks": [
+                {
+                    "task_id": task.array_task_id,
+                    "job_id": task.job_id,
+                    "status": task.status.value,
+                    "return_code": task.return_code,
+                    "exit_codes": None if task.exit_codes is None else list(task.exit_codes),
+                }
+                for task in tasks
+            ],
+        }
+    )
+
+
+@api.post(
+    "/arrays/{array_job_id}/cancel",
+    scope=Scope.SUBMIT,
+    response=Ack,
+    errors=(NotFound, Forbidden),
+)
+async def cancel_array(request: web.Request) -> web.Response:
+    """Cancel every task of an array that has not ended (as scancel of an array job)."""
+    who = principal_of(request).actor
+    tasks = visible_tasks(request)
+    if not all(who.may_change(task.owner) for task in tasks):
+        raise Forbidden(
+            f"array {tasks[0].array_job_id} was submitted by user {tasks[0].owner.user!r};"
+            " only that user or an admin key may cancel it",
+            details={"array_job_id": tasks[0].array_job_id},
+        )
+    service = job_service(request)
+    for task in tasks:
+        if not task.status.finished:
+            await service.cancel(task.job_id)
+    return json_response({"success": True})
 
 
 @api.get("/queue", scope=Scope.READ, response=dict[str, Any])

@@ -298,9 +298,32 @@ class KeyIssued(_Answer):
 
 
 class SubmitAnswer(_Answer):
-    job_id: str
+    job_id: str  # of an array: its first task's
     status: JobStatus
     queue_position: int | None
+    array_job_id: str | None = None  # an array's id, and how many tasks it has
+    array_tasks: int | None = None
+
+
+class ArrayTask(_Answer):
+    task_id: int
+    job_id: str
+    status: JobStatus
+    return_code: int | None
+    exit_codes: list[int | None] | None
+
+
+class ArrayRecord(_Answer):
+    """An array, listed as one job: its tasks' states counted, and each task."""
+
+    array_job_id: str
+    name: str
+    queue: str
+    array: str
+    limit: int | None
+    tasks_total: int
+    states: dict[str, int]
+    tasks: list[ArrayTask]
 
 
 class WaitReason(_Answer):

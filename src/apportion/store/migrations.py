@@ -131,6 +131,13 @@ def _exit_codes_and_cleaning(conn: Connection) -> None:
     _add_missing_columns(conn, schema.jobs, ("exit_codes", "cleaned"))
 
 
+def _arrays(conn: Connection) -> None:
+    """Job arrays: the array a job is a task of, and its index."""
+    _add_missing_columns(conn, schema.jobs, ("array_job_id", "array_task_id"))
+    index = next(i for i in schema.jobs.indexes if i.name == "ix_jobs_array")
+    index.create(conn, checkfirst=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _initial),
     Migration(2, "queues, jobs, status histories, pool limits", _queues_and_jobs),
@@ -140,6 +147,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "files: uploaded inputs and jobs' outputs", _files),
     Migration(7, "applications, their runtime configurations, queue numbers", _applications),
     Migration(8, "jobs: each worker's exit code, cleaned", _exit_codes_and_cleaning),
+    Migration(9, "jobs: the array a job is a task of", _arrays),
 )
 
 

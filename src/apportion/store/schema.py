@@ -184,6 +184,9 @@ jobs = Table(
     # version 8: each worker's exit code once it ended (JSON), and whether its files were cleaned
     Column("exit_codes", Text, nullable=True),
     Column("cleaned", Integer, nullable=False, server_default="0"),
+    # version 9: the array a job is a task of, and its index in it
+    Column("array_job_id", String(64), nullable=True),
+    Column("array_task_id", Integer, nullable=True),
 )
 
 job_statuses = Table(
@@ -288,3 +291,4 @@ Index("ix_events_type", events.c.type)
 Index("ix_jobs_account", jobs.c.account)
 Index("ix_files_account", files.c.account)
 Index("ux_queues_seq", queues.c.seq, unique=True)
+Index("ix_jobs_array", jobs.c.array_job_id)

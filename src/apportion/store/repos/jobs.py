@@ -54,6 +54,8 @@ class JobRow:
     preempted_by: str | None
     exit_codes: str | None
     cleaned: int
+    array_job_id: str | None
+    array_task_id: int | None
 
 
 _COLUMNS = tuple(f.name for f in fields(JobRow))
