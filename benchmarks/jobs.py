@@ -84,9 +84,12 @@ async def engine_run(
     config: dict[str, Any],
     jobs: int,
     args: argparse.Namespace,
+    *,
+    as_array: bool = False,
 ) -> Run:
-    """Submit ``jobs`` copies of ``config`` with ``args.submitters`` coroutines; time until the
-    server has none queued/scheduled/running; count the jobs that did not end ``completed``."""
+    """Submit ``jobs`` copies of ``config`` with ``args.submitters`` coroutines (``as_array``:
+    one submit of an array of ``jobs`` tasks); time until the server has none
+    queued/scheduled/running; count the jobs that did not end ``completed``."""
     left = iter(range(jobs))
     body = {"config": config}
 
@@ -95,7 +98,11 @@ async def engine_run(
             await call(http, "POST", f"{url}/jobs/submit", json=body)
 
     began = time.perf_counter()
-    await asyncio.gather(*(submitter() for _ in range(args.submitters)))
+    if as_array:
+        arrayed = {"config": {**config, "array": f"0-{jobs - 1}"}}
+        await call(http, "POST", f"{url}/jobs/submit", json=arrayed)
+    else:
+        await asyncio.gather(*(submitter() for _ in range(args.submitters)))
     submitted = time.perf_counter() - began
     deadline = time.monotonic() + DEADLINE
     while True:
@@ -137,7 +144,9 @@ async def direct_local(jobs: int, bound: int) -> Run:
     return Run(jobs, time.perf_counter() - began, failed=sum(c != 0 for c in codes))
 
 
-async def local_rep(args: argparse.Namespace, rep: int, result: Comparison) -> None:
+async def local_rep(
+    args: argparse.Namespace, rep: int, result: Comparison, *, as_array: bool = False
+) -> None:
     bound = args.concurrency or args.jobs
 
     async def engine() -> None:
@@ -147,7 +156,8 @@ async def local_rep(args: argparse.Namespace, rep: int, result: Comparison) -> N
                     limit = {"max_concurrent_jobs": args.concurrency}
                     await call(http, "PUT", f"{url}/pool/limits", json=limit)
                 config = {"name": "bench", "command": ARGV, "resources": {"gpus": 1}}
-                result.engine.append(await engine_run(http, url, config, args.jobs, args))
+                run = await engine_run(http, url, config, args.jobs, args, as_array=as_array)
+                result.engine.append(run)
 
     async def direct() -> None:
         result.direct.append(await direct_local(args.jobs, bound))
@@ -230,6 +240,12 @@ async def measure(args: argparse.Namespace) -> list[Comparison]:
         args.poll = 0.01
         await local_rep(args, rep, local)
         show(f"local rep {rep + 1}", local)
+    arrayed = Comparison("local, one array", args.jobs, f"{bound} jobs at a time")
+    results.append(arrayed)
+    for rep in range(args.reps):
+        args.poll = 0.01
+        await local_rep(args, rep, arrayed, as_array=True)
+        show(f"local array rep {rep + 1}", arrayed)
     found: Slurm | str = "--no-slurm" if args.no_slurm else find_slurm()
     if isinstance(found, str):
         sys.stderr.write(f"Slurm part skipped: {found}\n")

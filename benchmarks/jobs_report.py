@@ -146,6 +146,8 @@ def section(results: list[Comparison], command: str, submitters: int, reps: int)
         "1–100), default queue (`maximum_allowed_worker_instances` −1 = no cap). Direct "
         "reference: the same argv by `asyncio.create_subprocess_exec`, at most *bound* at a "
         "time, first spawn → last exit\n"
+        "- local, one array: the same N jobs as one `POST /jobs/submit` of an array of N "
+        "tasks (`array: 0-(N-1)`, no `%K` limit), against the same reference\n"
         "- Slurm: the single-host Slurm of `scripts/slurm_up.sh` (partition `gpu`), registered as one cluster and discovered from `sinfo`; a queue pinned to it "
         "(no worker cap). Direct reference: a loop of `sbatch --parsable --export=NONE "
         "--no-requeue --partition=gpu --nodes=1 --ntasks=1 --gres=gpu:1` of a script that "

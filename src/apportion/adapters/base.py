@@ -20,6 +20,7 @@ Every method may raise :class:`AdapterError` with a message for the job's status
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -166,3 +167,23 @@ class Adapter(Protocol):
     async def discover(self, scheduler: dict[str, Any]) -> list[dict[str, Any]]:
         """``nodeData`` entries of the cluster behind ``scheduler`` (Slurm); [] if not supported."""
         ...
+
+
+USAGE_FIELDS = (
+    "cpuSeconds",
+    "memoryCpuSeconds",
+    "instantTotalMemory",
+    "maxTotalMemory",
+    "processIO",
+    "processIOWaiting",
+)
+"""Seed 002's usage fields, as :meth:`Adapter.usage` answers them."""
+
+
+def usage_document(**known: float | None) -> dict[str, Any]:
+    """Seed 002's usage document: the fields ``known`` gives, None for the others, and
+    ``timeInstant`` now."""
+    unknown = set(known) - set(USAGE_FIELDS)
+    if unknown:
+        raise ValueError(f"no usage field {sorted(unknown)}")
+    return {**dict.fromkeys(USAGE_FIELDS), **known, "timeInstant": time.time()}

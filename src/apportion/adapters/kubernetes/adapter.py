@@ -37,8 +37,9 @@ from apportion.adapters.base import (
     BackendStatus,
     JobSpec,
     LogChunk,
+    usage_document,
 )
-from apportion.adapters.batch_launch import CANCEL_FILE
+from apportion.adapters.batch import CANCEL_FILE
 
 RUN_LABEL = "apportion.io/run-id"
 JOB_LABEL = "apportion.io/job-id"
@@ -243,12 +244,7 @@ class KubernetesAdapter:
 
     async def usage(self, spec: JobSpec, scheduler_job_id: str) -> dict[str, Any]:
         """Seed 002's fields: none known (that needs the metrics API), the time only."""
-        result: dict[str, Any] = dict.fromkeys(
-            ("cpuSeconds", "memoryCpuSeconds", "instantTotalMemory", "maxTotalMemory",
-             "processIO", "processIOWaiting")
-        )  # fmt: skip
-        result["timeInstant"] = time.time()
-        return result
+        return usage_document()
 
     async def partitions(self) -> list[dict[str, Any]]:
         return [{"name": "kubernetes", "adapter": "kubernetes", "state": "up"}]

@@ -3,7 +3,7 @@ and 002's scheduler).
 
 Every command is an argv list (never a shell) with a timeout. A job is submitted *as its user*
 (``bsub`` run with the job user's uid, gid and groups) to run the batch launcher
-(:mod:`apportion.adapters.batch_launch`: the argv verbatim, the job id and the exit code
+(:mod:`apportion.adapters.batch`: the argv verbatim, the job id and the exit code
 recorded): ``bsub … python3 -I <launcher> <launch file>`` — two paths of Apportion's, no word
 of the user's. ``-J apportion-<run id>`` names (tags) the job, which :meth:`find` looks up
 with ``bjobs -J`` when the launcher has not recorded the id yet. The worker is pinned to the
@@ -20,7 +20,6 @@ import asyncio
 import os
 import re
 import shutil
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,9 +29,15 @@ from apportion.adapters.base import (
     BackendStatus,
     JobSpec,
     LogChunk,
+    usage_document,
 )
-from apportion.adapters.batch_launch import (
+from apportion.adapters.batch import (
     CANCEL_FILE,
+    LOG_FILE,
+    check_one_worker_job,
+    check_worker,
+    ended_by_scheduler,
+    read_log,
     recorded_exit,
     recorded_job_id,
     request_cancel,
@@ -41,7 +46,6 @@ from apportion.adapters.batch_launch import (
     write_launch,
 )
 from apportion.adapters.commands import run_command
-from apportion.adapters.logfile import read_chunk
 from apportion.adapters.lsf.parse import (
     JOB_ID,
     cpu_seconds,
@@ -51,8 +55,6 @@ from apportion.adapters.lsf.parse import (
 )
 
 TOOLS = ("bsub", "bjobs", "bkill", "bqueues")
-LOG_FILE = "output.log"
-SAFE_PATH = re.compile(r"/[A-Za-z0-9._/-]+")  # what a path given to bsub may be
 HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}")  # a node a job may be pinned to
 FIELDS = "jobid stat exit_code exit_reason cpu_used"
 
@@ -110,15 +112,8 @@ class LsfAdapter:
         found = await self.find(spec)
         if found is not None:
             return found  # a retried dispatch: the job is there already
-        if len(spec.workers) != 1:
-            raise AdapterError(
-                f"the lsf adapter runs one worker per job; this one has {len(spec.workers)}"
-            )
-        if not spec.command or not all(isinstance(a, str) and "\0" not in a for a in spec.command):
-            raise AdapterError("the command must be a non-empty argv of strings without NUL")
+        check_one_worker_job(spec, "lsf")
         out = spec.output_dir
-        if SAFE_PATH.fullmatch(str(out)) is None:
-            raise AdapterError(f"the output directory {str(out)!r} cannot be given to bsub")
         launch = await asyncio.to_thread(write_launch, spec, prefix="lsf", id_variable="LSB_JOBID")
         args = ["-J", _tag(spec), "-o", str(out / LOG_FILE), *_resources(spec)]
         if spec.walltime_seconds is not None:
@@ -161,14 +156,7 @@ class LsfAdapter:
             code = 0 if state == "DONE" else _code(record.get("EXIT_CODE", ""))
             if not cancelled and code is not None:  # the launcher left no record: LSF's word
                 reason = record.get("EXIT_REASON") or f"exit code {code}"
-                return BackendStatus(
-                    BackendState.COMPLETED if code == 0 else BackendState.FAILED,
-                    return_code=code,
-                    reason=None if code == 0 else f"{reason} (LSF's)",
-                    started_at=started_at(spec),
-                    ended_at=time.time(),
-                    exit_codes=(code,),
-                )
+                return ended_by_scheduler(spec, code, reason, "LSF")
         return status_after_listing(spec, scheduler="LSF", cancelled_by="bkill")
 
     async def cancel(self, spec: JobSpec, scheduler_job_id: str) -> None:
@@ -189,23 +177,15 @@ class LsfAdapter:
         worker: int | None = None,
     ) -> LogChunk:
         """The job's output file (stdout and stderr together) from byte ``offset``."""
-        if worker not in (None, 0):
-            raise AdapterError("an LSF job here has one worker, 0")
+        check_worker(worker, "LSF")
         finished = (await self.poll(spec, scheduler_job_id)).state.finished
-        log = spec.output_dir / LOG_FILE
-        return await asyncio.to_thread(read_chunk, log, offset, limit, finished=finished)
+        return await read_log(spec, offset, limit, finished=finished)
 
     async def usage(self, spec: JobSpec, scheduler_job_id: str) -> dict[str, Any]:
         """Seed 002's fields; ``cpuSeconds`` from ``bjobs``' ``CPU_USED``."""
         job_id = _check_id(scheduler_job_id)
-        result: dict[str, Any] = dict.fromkeys(
-            ("cpuSeconds", "memoryCpuSeconds", "instantTotalMemory", "maxTotalMemory",
-             "processIO", "processIOWaiting")
-        )  # fmt: skip
-        result["timeInstant"] = time.time()
         record = next(iter(await self._records("-a", job_id)), {})
-        result["cpuSeconds"] = cpu_seconds(record.get("CPU_USED", ""))
-        return result
+        return usage_document(cpuSeconds=cpu_seconds(record.get("CPU_USED", "")))
 
     async def partitions(self) -> list[dict[str, Any]]:
         """LSF's queues (``bqueues -w``), as ``GET /scheduler/partitions`` shows them."""

@@ -3,7 +3,7 @@
 
 Every command is an argv list (never a shell) with a timeout. A job is submitted *as its user*
 (``qsub`` run with the job user's uid, gid and groups) as a two-line batch script that
-``exec``\\ s the batch launcher (:mod:`apportion.adapters.batch_launch`: the argv verbatim, the
+``exec``\\ s the batch launcher (:mod:`apportion.adapters.batch`: the argv verbatim, the
 job id and the exit code recorded) — no word of the user's is in the script. ``qsub -v
 APPORTION_RUN_ID=<run id>`` tags the job: :meth:`find` matches it in ``qstat -f``'s
 ``Variable_List`` when the launcher has not recorded the id yet. The worker is pinned to the
@@ -23,7 +23,6 @@ import os
 import re
 import shlex
 import shutil
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,9 +32,15 @@ from apportion.adapters.base import (
     BackendStatus,
     JobSpec,
     LogChunk,
+    usage_document,
 )
-from apportion.adapters.batch_launch import (
+from apportion.adapters.batch import (
     CANCEL_FILE,
+    LOG_FILE,
+    check_one_worker_job,
+    check_worker,
+    ended_by_scheduler,
+    read_log,
     recorded_exit,
     recorded_job_id,
     request_cancel,
@@ -44,7 +49,6 @@ from apportion.adapters.batch_launch import (
     write_launch,
 )
 from apportion.adapters.commands import run_command
-from apportion.adapters.logfile import read_chunk
 from apportion.adapters.pbs.parse import (
     JOB_ID,
     parse_job_id,
@@ -57,10 +61,8 @@ from apportion.adapters.pbs.parse import (
 from apportion.adapters.private_files import write_private
 
 TOOLS = ("qsub", "qstat", "qdel", "pbsnodes")
-LOG_FILE = "output.log"
 SCRIPT_FILE = "pbs-job.sh"
 TAG_VARIABLE = "APPORTION_RUN_ID"
-SAFE_PATH = re.compile(r"/[A-Za-z0-9._/-]+")  # what a path given to qsub may be
 HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}")  # a node a job may be pinned to
 FLAVORS = ("torque", "openpbs")
 
@@ -109,15 +111,8 @@ class PbsAdapter:
         found = await self.find(spec)
         if found is not None:
             return found  # a retried dispatch: the job is there already
-        if len(spec.workers) != 1:
-            raise AdapterError(
-                f"the pbs adapter runs one worker per job; this one has {len(spec.workers)}"
-            )
-        if not spec.command or not all(isinstance(a, str) and "\0" not in a for a in spec.command):
-            raise AdapterError("the command must be a non-empty argv of strings without NUL")
+        check_one_worker_job(spec, "pbs")
         out = spec.output_dir
-        if SAFE_PATH.fullmatch(str(out)) is None:
-            raise AdapterError(f"the output directory {str(out)!r} cannot be given to qsub")
         args = [
             "-N", _job_name(spec.name), "-o", str(out / LOG_FILE), "-j", "oe",
             "-v", f"{TAG_VARIABLE}={spec.run_id}",
@@ -170,14 +165,7 @@ class PbsAdapter:
             code = int(exit_status)  # the launcher left no record: PBS's own word
             if code >= 0 and not (spec.output_dir / CANCEL_FILE).exists():
                 code = code - 256 + 128 if code > 256 else code  # Torque: 256 + the signal
-                return BackendStatus(
-                    BackendState.COMPLETED if code == 0 else BackendState.FAILED,
-                    return_code=code,
-                    reason=None if code == 0 else f"exit code {code} (PBS's exit_status)",
-                    started_at=started_at(spec),
-                    ended_at=time.time(),
-                    exit_codes=(code,),
-                )
+                return ended_by_scheduler(spec, code, f"exit code {code} from exit_status", "PBS")
         return status_after_listing(spec, scheduler="PBS", cancelled_by="qdel")
 
     async def cancel(self, spec: JobSpec, scheduler_job_id: str) -> None:
@@ -198,28 +186,22 @@ class PbsAdapter:
         worker: int | None = None,
     ) -> LogChunk:
         """The job's output file (stdout and stderr together, ``-j oe``) from ``offset``."""
-        if worker not in (None, 0):
-            raise AdapterError("a PBS job here has one worker, 0")
+        check_worker(worker, "PBS")
         finished = (await self.poll(spec, scheduler_job_id)).state.finished
-        log = spec.output_dir / LOG_FILE
-        return await asyncio.to_thread(read_chunk, log, offset, limit, finished=finished)
+        return await read_log(spec, offset, limit, finished=finished)
 
     async def usage(self, spec: JobSpec, scheduler_job_id: str) -> dict[str, Any]:
         """Seed 002's fields from ``qstat -f``'s ``resources_used`` while PBS lists the job."""
         job_id = _check_id(scheduler_job_id)
-        result: dict[str, Any] = dict.fromkeys(
-            ("cpuSeconds", "memoryCpuSeconds", "instantTotalMemory", "maxTotalMemory",
-             "processIO", "processIOWaiting")
-        )  # fmt: skip
-        result["timeInstant"] = time.time()
         rc, out, _ = await self._run("qstat", "-f", job_id, check=False)
         job = next(iter(parse_qstat_full(out)), None) if rc == 0 else None
-        if job is not None:
-            result["cpuSeconds"] = seconds(job.get("resources_used.cput", ""))
-            memory = re.fullmatch(r"([0-9]+)kb", job.get("resources_used.mem", ""))
-            if memory is not None:
-                result["maxTotalMemory"] = int(memory.group(1)) / 1024  # MB, as every adapter
-        return result
+        if job is None:
+            return usage_document()
+        memory = re.fullmatch(r"([0-9]+)kb", job.get("resources_used.mem", ""))
+        return usage_document(
+            cpuSeconds=seconds(job.get("resources_used.cput", "")),
+            maxTotalMemory=None if memory is None else int(memory.group(1)) / 1024,  # MB
+        )
 
     async def partitions(self) -> list[dict[str, Any]]:
         """PBS's queues (``qstat -Q``), as ``GET /scheduler/partitions`` shows them."""

@@ -4,7 +4,7 @@
 Every SGE command is an argv list run with ``asyncio.create_subprocess_exec`` (never a shell)
 and a timeout. A job is submitted *as its user* (``qsub`` run with the job user's uid, gid and
 groups; SGE then runs it as that user), in binary mode (``-b y``) of the batch launcher
-(:mod:`apportion.adapters.batch_launch`: the argv verbatim, never a shell; SGE's job id and the
+(:mod:`apportion.adapters.batch`: the argv verbatim, never a shell; SGE's job id and the
 exit code recorded), so that :meth:`find` works after a server restart and :meth:`poll` knows
 how a job ended without waiting for SGE's accounting. ``qsub -N apportion-<run id>``
 names the job (the tag). A worker's vCPUs are reserved as slots of its host in the parallel
@@ -20,7 +20,6 @@ import asyncio
 import os
 import re
 import shutil
-import time
 import xml.etree.ElementTree as ET
 from typing import Any
 
@@ -30,8 +29,13 @@ from apportion.adapters.base import (
     BackendStatus,
     JobSpec,
     LogChunk,
+    usage_document,
 )
-from apportion.adapters.batch_launch import (
+from apportion.adapters.batch import (
+    LOG_FILE,
+    check_one_worker_job,
+    check_worker,
+    read_log,
     recorded_job_id,
     request_cancel,
     started_at,
@@ -39,12 +43,9 @@ from apportion.adapters.batch_launch import (
     write_launch,
 )
 from apportion.adapters.commands import run_command
-from apportion.adapters.logfile import read_chunk
 
 SGE_ENV = {"SGE_ROOT": "/var/lib/gridengine", "SGE_CELL": "default"}
 TOOLS = ("qsub", "qstat", "qdel", "qacct", "qconf")
-LOG_FILE = "output.log"
-SAFE_PATH = re.compile(r"/[A-Za-z0-9._/-]+")  # what a path given to qsub may be
 JOB_ID = re.compile(r"[0-9]+")
 PE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 
@@ -82,17 +83,8 @@ class SgeAdapter:
         found = await self.find(spec)
         if found is not None:
             return found  # a retried dispatch: the job is there already
-        if len(spec.workers) != 1:
-            raise AdapterError(
-                f"the sge adapter runs one worker per job; this one has {len(spec.workers)}"
-                " (a gang needs a worker started on each of its hosts, with qrsh -inherit,"
-                " which this adapter does not do)"
-            )
-        if not spec.command or not all(isinstance(a, str) and "\0" not in a for a in spec.command):
-            raise AdapterError("the command must be a non-empty argv of strings without NUL")
+        check_one_worker_job(spec, "sge")
         out = spec.output_dir
-        if SAFE_PATH.fullmatch(str(out)) is None:
-            raise AdapterError(f"the output directory {str(out)!r} cannot be given to qsub")
         launch = await asyncio.to_thread(write_launch, spec, prefix="sge", id_variable="JOB_ID")
         args = ["-terse", "-b", "y", "-N", _tag(spec), "-o", str(out / LOG_FILE), "-j", "y"]
         if spec.walltime_seconds is not None:
@@ -179,27 +171,20 @@ class SgeAdapter:
         worker: int | None = None,
     ) -> LogChunk:
         """The job's output file (stdout and stderr together) from byte ``offset``."""
-        if worker not in (None, 0):
-            raise AdapterError("an SGE job here has one worker, 0")
+        check_worker(worker, "SGE")
         finished = (await self.poll(spec, scheduler_job_id)).state.finished
-        log = spec.output_dir / LOG_FILE
-        return await asyncio.to_thread(read_chunk, log, offset, limit, finished=finished)
+        return await read_log(spec, offset, limit, finished=finished)
 
     async def usage(self, spec: JobSpec, scheduler_job_id: str) -> dict[str, Any]:
         """Seed 002's fields; ``cpuSeconds`` from ``qacct`` once SGE has accounted the job."""
         job_id = _check_id(scheduler_job_id)
-        result: dict[str, Any] = dict.fromkeys(
-            ("cpuSeconds", "memoryCpuSeconds", "instantTotalMemory", "maxTotalMemory",
-             "processIO", "processIOWaiting")
-        )  # fmt: skip
-        result["timeInstant"] = time.time()
         rc, out, _ = await self._run("qacct", "-j", job_id, check=False)
-        if rc == 0:
-            for line in out.splitlines():
-                key, _, value = line.partition(" ")
-                if key == "cpu":
-                    result["cpuSeconds"] = _number(value.strip().rstrip("s"))
-        return result
+        cpu = None
+        for line in out.splitlines() if rc == 0 else []:
+            key, _, value = line.partition(" ")
+            if key == "cpu":
+                cpu = _number(value.strip().rstrip("s"))
+        return usage_document(cpuSeconds=cpu)
 
     async def partitions(self) -> list[dict[str, Any]]:
         """SGE's cluster queues, as ``GET /scheduler/partitions`` shows them."""

@@ -1,5 +1,7 @@
-"""What a batch scheduler runs for a one-worker job (SGE, PBS/Torque, LSF): a fixed launcher
-program and its JSON launch file, written into the job's output directory for its user.
+"""What the batch adapters (SGE, PBS/Torque, LSF) share: what their scheduler runs for a
+one-worker job — a fixed launcher program and its JSON launch file, written into the job's
+output directory for its user — the checks of a job before it is submitted, how a job the
+scheduler no longer lists ended, and reading its output file.
 
 The scheduler starts ``python3 -I <launcher> <launch file>`` — two paths, no words of the
 user's — and the launcher (:data:`LAUNCHER`, the standard library only) reads the argv,
@@ -13,14 +15,17 @@ scheduler sends to stop the job (SIGTERM, SIGINT, SIGUSR1/2) are passed to the c
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from apportion.adapters.base import BackendState, BackendStatus, JobSpec
+from apportion.adapters.base import AdapterError, BackendState, BackendStatus, JobSpec, LogChunk
+from apportion.adapters.logfile import read_chunk
 from apportion.adapters.private_files import write_private
 
 STARTED_FILE = "started.json"
@@ -67,6 +72,56 @@ class Launch:
 
     launcher: Path
     launch_file: Path
+
+
+LOG_FILE = "output.log"
+"""The job's output file (stdout and stderr together), where the scheduler writes it."""
+SAFE_PATH = re.compile(r"/[A-Za-z0-9._/-]+")
+"""What a path given to a scheduler's command may be (no spaces, quotes, ``%`` or ``:``)."""
+
+
+def check_one_worker_job(spec: JobSpec, adapter: str) -> None:
+    """:class:`AdapterError` for a job ``adapter`` cannot submit: several workers, a command
+    that is no argv of strings, or an output directory a scheduler's command cannot take."""
+    if len(spec.workers) != 1:
+        raise AdapterError(
+            f"the {adapter} adapter runs one worker per job; this one has {len(spec.workers)}"
+            " (a gang needs a worker started on each of its hosts, which it does not do)"
+        )
+    if not spec.command or not all(isinstance(a, str) and "\0" not in a for a in spec.command):
+        raise AdapterError("the command must be a non-empty argv of strings without NUL")
+    if SAFE_PATH.fullmatch(str(spec.output_dir)) is None:
+        raise AdapterError(
+            f"the output directory {str(spec.output_dir)!r} cannot be given to {adapter}'s"
+            " commands (letters, digits, '._/-' only)"
+        )
+
+
+async def read_log(spec: JobSpec, offset: int, limit: int, *, finished: bool) -> LogChunk:
+    """The job's output file from byte ``offset`` (``finished``: the job has ended, so this is
+    all there will be)."""
+    return await asyncio.to_thread(
+        read_chunk, spec.output_dir / LOG_FILE, offset, limit, finished=finished
+    )
+
+
+def check_worker(worker: int | None, scheduler: str) -> None:
+    """A batch job here has one worker, 0: :class:`AdapterError` for another."""
+    if worker not in (None, 0):
+        raise AdapterError(f"{scheduler} jobs here have one worker, 0")
+
+
+def ended_by_scheduler(spec: JobSpec, code: int, reason: str, scheduler: str) -> BackendStatus:
+    """How a job ended by its scheduler's own word, when its launcher left no record (it was
+    killed with it): completed for 0, else failed with ``reason``."""
+    return BackendStatus(
+        BackendState.COMPLETED if code == 0 else BackendState.FAILED,
+        return_code=code,
+        reason=None if code == 0 else f"{reason} ({scheduler}'s)",
+        started_at=started_at(spec),
+        ended_at=time.time(),
+        exit_codes=(code,),
+    )
 
 
 def write_launch(spec: JobSpec, *, prefix: str, id_variable: str) -> Launch:
