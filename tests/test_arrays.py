@@ -65,7 +65,9 @@ async def test_an_array_runs_a_task_per_index_at_most_k_at_once(
     async with running.http.get(f"{running.url}/jobs/{waiting['job_id']}") as response:
         reason = (await response.json())["reason"]
     assert reason["code"] == "ArrayTaskLimit"
-    assert "2 of its tasks are scheduled or running, its limit (%2)" in reason["message"]
+    assert (
+        "2 of its tasks may be scheduled or running at once (%2), and they are" in reason["message"]
+    )
     await asyncio.sleep(0.5)  # cycles pass: never a third
     assert (await array_of(running, array_job_id))["states"] == {"running": 2, "queued": 4}
     gate.touch()

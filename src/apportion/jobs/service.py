@@ -592,6 +592,7 @@ class JobService:
         reservation: Reservation | None = None  # EASY's: the first job that waits for GPUs
         life = self.lifecycle
         array_active = Counter(j.array_job_id for j in every if j.status.active and j.array_job_id)
+        not_candidates: set[str] = set()  # waiting for others: no estimate of their own
         started: list[Job] = []
         durable: list[Awaitable[None]] = []
         try:
@@ -604,16 +605,20 @@ class JobService:
                         job, Blocked(Reason.NO_RESOURCES, f"queue {job.queue!r} was removed")
                     )
                     continue
+                # not candidates: tasks beyond their array's limit, jobs waiting for others
+                # (their reasons, written once, are committed with the cycle's other records)
                 limited = _array_limited(job, array_active)
-                if limited is not None:  # not a candidate: the array's other tasks run
-                    await life.wait(job, limited)
+                if limited is not None:
+                    not_candidates.add(job.job_id)
+                    durable.append(life.wait(job, limited))
                     continue
                 depends = dependencies.state(job, self.jobs.jobs)
                 if isinstance(depends, dependencies.Never):
                     await life.end(job, JobStatus.CANCELLED, reason=depends.words)
                     continue
-                if depends is not None:  # not a candidate: it neither waits for room nor bypasses
-                    await life.wait(job, Blocked(Reason.DEPENDENCY, depends.words))
+                if depends is not None:
+                    not_candidates.add(job.job_id)
+                    durable.append(life.wait(job, Blocked(Reason.DEPENDENCY, depends.words)))
                     continue
                 decided: tuple[Reserved, Usage] | Blocked
                 behind = self.preempter.behind_preemptor(job)
@@ -660,7 +665,7 @@ class JobService:
                     array_active[job.array_job_id] += 1
                 durable.extend(life.count_bypasses(state.started(job, queue, usage)))
                 started.append(job)
-            await self._estimate(timeline, waiting, queues)
+            await self._estimate(timeline, waiting, queues, skip=not_candidates)
         finally:
             for failure in await asyncio.gather(*durable, return_exceptions=True):
                 if isinstance(failure, BaseException):
@@ -723,16 +728,19 @@ class JobService:
         return gangs
 
     async def _estimate(
-        self, timeline: Timeline, waiting: list[Job], queues: Mapping[str, QueueConfig]
+        self,
+        timeline: Timeline,
+        waiting: list[Job],
+        queues: Mapping[str, QueueConfig],
+        *,
+        skip: set[str],
     ) -> None:
         """Set the estimated start of the jobs still waiting (jobs/backfill.py) when a job
         joined the head of the line since the last estimates, or ``estimate_interval_seconds``
-        passed; computed on a worker thread (a long line takes a fraction of a second)."""
-        still = [  # a job waiting for others' ends has no estimate of its own
-            job
-            for job in waiting
-            if job.status is JobStatus.QUEUED
-            and job.reason_code not in (Reason.DEPENDENCY, Reason.ARRAY_LIMIT)
+        passed; computed on a worker thread (a long line takes a fraction of a second). The
+        jobs of ``skip`` wait for other jobs' ends, not for room: they get none."""
+        still = [
+            job for job in waiting if job.status is JobStatus.QUEUED and job.job_id not in skip
         ]
         ids = {job.job_id for job in still[:ESTIMATED_JOBS]}
         interval = self.scheduling.estimate_interval_seconds
@@ -934,6 +942,6 @@ def _array_limited(job: Job, active: Mapping[str, int]) -> Blocked | None:
         return None
     return Blocked(
         Reason.ARRAY_LIMIT,
-        f"task {job.array_task_id} of array {job.array_job_id} waits: {running} of its tasks"
-        f" are scheduled or running, its limit (%{limit})",
+        f"task {job.array_task_id} of array {job.array_job_id} waits: {limit} of its tasks"
+        f" may be scheduled or running at once (%{limit}), and they are",
     )
