@@ -135,3 +135,24 @@ async def test_keep_log_stores_the_whole_output_as_an_output_file(
     assert (
         f"its log stored as process_output.log ({len(content.encode())} bytes)" in ended["reason"]
     )
+
+
+async def test_clean_removes_a_link_inside_and_never_what_it_points_to(
+    running: Running, fleet: list[dict[str, Any]], jobs_root: Path, job_tmp: Path
+) -> None:
+    outside = job_tmp / "precious.txt"
+    outside.write_text("keep me")
+    (job_tmp / "precious-dir").mkdir()
+    (job_tmp / "precious-dir" / "inner.txt").write_text("keep me too")
+    links = (
+        f"import os; os.symlink({str(outside)!r}, 'to-file');"
+        f" os.symlink({str(job_tmp / 'precious-dir')!r}, 'to-dir')"
+    )
+    job_id = await submit(running, {"command": [PY, "-c", links]})
+    await wait_for(running, job_id, "completed")
+    assert (jobs_root / job_id / "to-dir").is_symlink()
+    status, answer = await clean(running, job_id)
+    assert status == 200 and answer["cleaned"] is True
+    assert not (jobs_root / job_id).exists()
+    assert outside.read_text() == "keep me"
+    assert (job_tmp / "precious-dir" / "inner.txt").read_text() == "keep me too"

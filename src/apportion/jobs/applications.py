@@ -278,9 +278,8 @@ class ApplicationBook:
             for name, amount in runtime.default_resources.amounts().items()
             if name not in config.resources.model_fields_set
         }
-        if defaults:
+        if defaults:  # set now: the queue's defaults do not replace them
             update["resources"] = config.resources.model_copy(update=defaults)
-            update["resources"].model_fields_set.update(defaults)
         return Completed(config.model_copy(update=update), {**app.config.env, **runtime.env})
 
 
