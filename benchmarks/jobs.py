@@ -165,14 +165,21 @@ async def local_rep(
     await both(rep, engine, direct)
 
 
-async def slurm_rep(args: argparse.Namespace, rep: int, result: Comparison, work: Path) -> None:
+async def slurm_rep(
+    args: argparse.Namespace,
+    rep: int,
+    result: Comparison,
+    work: Path,
+    *,
+    as_array: bool = False,
+) -> None:
     submitted: list[str] = []
 
     async def engine() -> None:
         with server(0) as url:
             async with session() as http:
                 try:
-                    await slurm_engine(http, url, args, result)
+                    await slurm_engine(http, url, args, result, as_array=as_array)
                 finally:  # the Slurm ids the engine used, for cancel_left
                     try:
                         params = {"limit": "10000"}
@@ -196,7 +203,12 @@ async def slurm_rep(args: argparse.Namespace, rep: int, result: Comparison, work
 
 
 async def slurm_engine(
-    http: aiohttp.ClientSession, url: str, args: argparse.Namespace, result: Comparison
+    http: aiohttp.ClientSession,
+    url: str,
+    args: argparse.Namespace,
+    result: Comparison,
+    *,
+    as_array: bool = False,
 ) -> None:
     scheduler = {"type": "slurm", "partition": "gpu", "gpu_memory_mb": 16384}
     await call(
@@ -208,7 +220,8 @@ async def slurm_engine(
     queue = {"name": "bench-hpc", "clusters": ["bench-hpc"], "plugin": "slurm"}
     await call(http, "POST", f"{url}/queues", json=queue)
     config = {"name": "bench", "queue": "bench-hpc", "command": ARGV, "resources": {"gpus": 1}}
-    result.engine.append(await engine_run(http, url, config, args.slurm_jobs, args))
+    run = await engine_run(http, url, config, args.slurm_jobs, args, as_array=as_array)
+    result.engine.append(run)
 
 
 def session() -> aiohttp.ClientSession:
@@ -254,11 +267,15 @@ async def measure(args: argparse.Namespace) -> list[Comparison]:
     words = f"the cluster's {found.gpus} GPUs ({len(found.nodes)} nodes), 1 per job"
     slurm = Comparison("slurm", args.slurm_jobs, words)
     results.append(slurm)
+    slurm_array = Comparison("slurm, one array", args.slurm_jobs, words)
+    results.append(slurm_array)
     with tempfile.TemporaryDirectory(prefix="apportion-bench-sbatch-") as tmp:
         for rep in range(args.reps):
             args.poll = 0.1
             await slurm_rep(args, rep, slurm, Path(tmp))
             show(f"slurm rep {rep + 1}", slurm)
+            await slurm_rep(args, rep, slurm_array, Path(tmp), as_array=True)
+            show(f"slurm array rep {rep + 1}", slurm_array)
     return results
 
 
