@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import pytest
 
 from apportion.clients import AsyncApportion
+from apportion.jobs import service as service_module
 from tests.conftest import ADMIN_KEY, Running, running_server
 from tests.jobs_helpers import (
     PY,
@@ -203,9 +205,53 @@ async def test_seed_001_errors(running: Running, fleet: Any) -> None:
             r.status == 400 and (await r.json())["error"]["details"]["path"] == "body.config.queue"
         )
     async with running.http.delete(f"{url}/jobs/{done}") as r:
-        assert r.status == 202
+        assert r.status == 202 and (await r.json())["deleted"] is True
     async with running.http.get(f"{url}/jobs/{done}") as r:
         assert r.status == 404
+
+
+STUBBORN = (
+    "import signal, sys, time\n"
+    "signal.signal(signal.SIGTERM, lambda *_: (time.sleep(1.5), sys.exit(0)))\n"
+    "print('ready', flush=True)\n"
+    "time.sleep(300)"
+)
+
+
+async def test_a_job_deleted_while_it_still_stops_goes_when_it_has_ended(
+    running: Running, fleet: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # DELETE waits this long for the job to end; this one takes 1.5 s after SIGTERM, and its
+    # adapter's cancel returns once it sent SIGTERM, as SGE's qdel returns before the job stopped
+    monkeypatch.setattr(service_module, "DELETE_WAIT_SECONDS", 0.2)
+    local = running.server.context.jobs.driver.adapters["local"]  # type: ignore[union-attr]
+    monkeypatch.setattr(local, "_wait_ended", lambda spec, seconds: True)
+    job_id = await submit(
+        running, {"command": [PY, "-u", "-c", STUBBORN], "resources": {"gpus": 1}}
+    )
+    await wait_for(running, job_id, "running")
+    for _ in range(200):  # its SIGTERM handler is set once it printed
+        async with running.http.get(f"{running.url}/jobs/{job_id}/logs") as r:
+            if "ready" in await r.text():
+                break
+        await asyncio.sleep(0.05)
+    async with running.http.delete(f"{running.url}/jobs/{job_id}") as r:
+        answer = await r.json()
+    assert r.status == 202 and answer["deleted"] is False
+    assert "still stopping" in answer["message"]
+    # its record stays while it stops: its process and its GPUs are still accounted for
+    async with running.http.get(f"{running.url}/jobs/{job_id}") as r:
+        assert r.status == 200
+    async with running.http.get(f"{running.url}/allocations") as r:
+        assert [h["request_id"] for h in (await r.json())["data"]] == [job_id]
+    for _ in range(200):  # then it ended, and went with its hold
+        async with running.http.get(f"{running.url}/jobs/{job_id}") as r:
+            if r.status == 404:
+                break
+        await asyncio.sleep(0.05)
+    assert r.status == 404
+    async with running.http.get(f"{running.url}/allocations") as r:
+        assert (await r.json())["data"] == []
 
 
 async def test_queue_statistics(running: Running, fleet: Any, job_tmp: Path) -> None:

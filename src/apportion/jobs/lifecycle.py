@@ -151,6 +151,7 @@ class JobLifecycle:
         self._in_flight: set[str] = set()  # jobs whose dispatch task is under way
         self._poll_locks: dict[str, asyncio.Lock] = {}  # one poll of a job at a time
         self._ended: dict[str, asyncio.Event] = {}  # jobs someone waits to see end
+        self._remove_at_end: set[str] = set()  # deleted while still stopping
 
     # ---------------------------------------------------------------- the table
     @staticmethod
@@ -573,6 +574,8 @@ class JobLifecycle:
         self._wake()
         if job.config.auto_clean:
             self._spawn(self._auto_clean(job), f"clean-{job.job_id}")
+        if job.job_id in self._remove_at_end:
+            self._spawn(self.remove(job), f"remove-{job.job_id}")
 
     async def clean(self, job: Job) -> str:
         """Remove an ended job's own working directory (:meth:`BackendDriver.clean`) and
@@ -675,6 +678,11 @@ class JobLifecycle:
         return job.status.finished
 
     async def remove(self, job: Job) -> None:
-        """Delete a job's record and history (its GPUs are released when it ends)."""
+        """Delete an ended job's record and history; one still stopping is deleted when its
+        end is recorded (its GPUs are released then), and until then stays, as it is."""
+        if not job.status.finished:
+            self._remove_at_end.add(job.job_id)
+            return
         await self._book.remove(job.job_id)
         self._ended.pop(job.job_id, None)
+        self._remove_at_end.discard(job.job_id)

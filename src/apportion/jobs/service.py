@@ -277,14 +277,17 @@ class JobService:
         self.wake()
         return job
 
-    async def delete(self, job_id: str) -> None:
-        """``DELETE /jobs/{id}``: cancel the job if it has not ended, wait (bounded) for its
-        backend to confirm, then delete its record."""
+    async def delete(self, job_id: str) -> bool:
+        """``DELETE /jobs/{id}``: cancel the job if it has not ended and wait (bounded) for its
+        backend to confirm, then delete its record; whether it is deleted now. A job still
+        stopping then (its grace period is longer) is deleted when its end is recorded: never
+        a record gone while its processes run and its GPUs are held."""
         job = self.jobs.get(job_id)
         if not job.status.finished:
             await self.lifecycle.cancel(job)
             await self.lifecycle.until_ended(job, within=DELETE_WAIT_SECONDS)
         await self.lifecycle.remove(job)
+        return job.status.finished
 
     async def set_limits(self, body: Any) -> dict[str, Any]:
         """``PUT /pool/limits``: validate and commit, announce ``limits_updated``, wake the

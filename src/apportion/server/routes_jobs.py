@@ -351,10 +351,15 @@ async def set_priority(request: web.Request) -> web.Response:
     errors=(NotFound, Forbidden),
 )
 async def delete_job(request: web.Request) -> web.Response:
-    """Delete a job, cancelling it first if it runs (202)."""
+    """Delete a job, cancelling it first if it runs (202; deleted false: when it has stopped)."""
     job = changeable_job(request)
-    await job_service(request).delete(job.job_id)
-    return json_response({"success": True}, status=202)
+    deleted = await job_service(request).delete(job.job_id)
+    answer: dict[str, Any] = {"success": True, "deleted": deleted}
+    if not deleted:
+        answer["message"] = (
+            f"job {job.job_id} is still stopping; its record is deleted when it has ended"
+        )
+    return json_response(answer, status=202)
 
 
 def visible_tasks(request: web.Request) -> list[Job]:
