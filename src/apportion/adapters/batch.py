@@ -1,7 +1,8 @@
-"""What the batch adapters (SGE, PBS/Torque, LSF) share: what their scheduler runs for a
-one-worker job — a fixed launcher program and its JSON launch file, written into the job's
-output directory for its user — the checks of a job before it is submitted, how a job the
-scheduler no longer lists ended, and reading its output file.
+"""What the batch adapters (SGE, PBS/Torque, LSF) share: :class:`BatchAdapter` (their tools
+run as argv lists, a cancel marked before the scheduler is asked, the output file read by
+offsets), what their scheduler runs for a one-worker job — a fixed launcher program and its
+JSON launch file, written into the job's output directory for its user — the checks of a job
+before it is submitted, and how a job the scheduler no longer lists ended.
 
 The scheduler starts ``python3 -I <launcher> <launch file>`` — two paths, no words of the
 user's — and the launcher (:data:`LAUNCHER`, the standard library only) reads the argv,
@@ -19,12 +20,16 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from apportion.adapters.base import AdapterError, BackendState, BackendStatus, JobSpec, LogChunk
+from apportion.adapters.commands import run_command
 from apportion.adapters.logfile import read_chunk
 from apportion.adapters.private_files import write_private
 
@@ -74,6 +79,93 @@ class Launch:
     launch_file: Path
 
 
+class BatchAdapter(ABC):
+    """The part of the SGE, PBS and LSF adapters that is the same for each: a subclass names
+    its ``tools``, the one that stops a job (``cancel_tool``), the form of its job ids and how
+    its scheduler is called in messages, and writes ``submit``, ``find``, ``poll``, ``usage``
+    and ``partitions``."""
+
+    name: ClassVar[str]
+    scheduler: ClassVar[str]  # as messages name it: "SGE", "PBS", "LSF"
+    tools: ClassVar[tuple[str, ...]]
+    cancel_tool: ClassVar[str]
+    job_id: ClassVar[re.Pattern[str]]
+
+    def __init__(
+        self,
+        *,
+        tools: Mapping[str, str] | None = None,
+        command_timeout: float = 30.0,
+        python: str = "python3",
+    ) -> None:
+        """``tools``: each command's path (default: found on ``PATH``); ``python``: the
+        interpreter the scheduler starts the launcher with."""
+        self._bin = {t: (tools or {}).get(t) or shutil.which(t) or t for t in self.tools}
+        self.command_timeout = command_timeout
+        self.python = python
+
+    def tool_environment(self) -> dict[str, str]:
+        """What the scheduler's tools need in their environment beyond ``PATH`` and
+        ``LC_ALL`` (where the cell or the cluster's configuration is)."""
+        return {}
+
+    async def _run(
+        self, tool: str, *args: str, spec: JobSpec | None = None, check: bool = True
+    ) -> tuple[int, str, str]:
+        """Run one of the scheduler's tools (as ``spec``'s user: the submit); ``(rc, stdout,
+        stderr)``; :class:`AdapterError` for a non-zero exit with ``check``."""
+        rc, out, err = await run_command(
+            [self._bin[tool], *args],
+            what=tool,
+            within_seconds=self.command_timeout,
+            run_as=spec.run_as if spec is not None else None,
+            env={"PATH": os.defpath, "LC_ALL": "C", **self.tool_environment()},
+            cwd="/",
+        )
+        stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
+        if check and rc != 0:
+            raise AdapterError(f"{tool} failed (exit {rc}): {stderr.strip()[:500]}")
+        return rc, stdout, stderr
+
+    def check_id(self, scheduler_job_id: str) -> str:
+        """``scheduler_job_id`` if it is a job id of this scheduler (:class:`AdapterError`
+        otherwise: nothing else is ever passed to its tools)."""
+        if self.job_id.fullmatch(scheduler_job_id) is None:
+            raise AdapterError(f"{scheduler_job_id!r} is no job id of {self.scheduler}")
+        return scheduler_job_id
+
+    @abstractmethod
+    async def poll(self, spec: JobSpec, scheduler_job_id: str) -> BackendStatus: ...
+
+    async def cancel(self, spec: JobSpec, scheduler_job_id: str) -> None:
+        """Mark the job cancelled, then stop it with :attr:`cancel_tool`; idempotent."""
+        job_id = self.check_id(scheduler_job_id)
+        if not await asyncio.to_thread(request_cancel, spec):
+            return  # it ended: nothing to stop
+        await self._run(self.cancel_tool, job_id, check=False)
+
+    async def logs(
+        self,
+        spec: JobSpec,
+        scheduler_job_id: str,
+        *,
+        offset: int = 0,
+        limit: int = 65536,
+        worker: int | None = None,
+    ) -> LogChunk:
+        """The job's output file (stdout and stderr together) from byte ``offset``; a job
+        here has one worker, 0."""
+        if worker not in (None, 0):
+            raise AdapterError(f"{self.scheduler} jobs here have one worker, 0")
+        finished = (await self.poll(spec, scheduler_job_id)).state.finished
+        return await asyncio.to_thread(
+            read_chunk, spec.output_dir / LOG_FILE, offset, limit, finished=finished
+        )
+
+    async def discover(self, scheduler: dict[str, Any]) -> list[dict[str, Any]]:
+        return []
+
+
 LOG_FILE = "output.log"
 """The job's output file (stdout and stderr together), where the scheduler writes it."""
 SAFE_PATH = re.compile(r"/[A-Za-z0-9._/-]+")
@@ -95,20 +187,6 @@ def check_one_worker_job(spec: JobSpec, adapter: str) -> None:
             f"the output directory {str(spec.output_dir)!r} cannot be given to {adapter}'s"
             " commands (letters, digits, '._/-' only)"
         )
-
-
-async def read_log(spec: JobSpec, offset: int, limit: int, *, finished: bool) -> LogChunk:
-    """The job's output file from byte ``offset`` (``finished``: the job has ended, so this is
-    all there will be)."""
-    return await asyncio.to_thread(
-        read_chunk, spec.output_dir / LOG_FILE, offset, limit, finished=finished
-    )
-
-
-def check_worker(worker: int | None, scheduler: str) -> None:
-    """A batch job here has one worker, 0: :class:`AdapterError` for another."""
-    if worker not in (None, 0):
-        raise AdapterError(f"{scheduler} jobs here have one worker, 0")
 
 
 def ended_by_scheduler(spec: JobSpec, code: int, reason: str, scheduler: str) -> BackendStatus:

@@ -20,7 +20,6 @@ import asyncio
 import os
 import re
 import shutil
-from collections.abc import Mapping
 from typing import Any
 
 from apportion.adapters.base import (
@@ -28,24 +27,20 @@ from apportion.adapters.base import (
     BackendState,
     BackendStatus,
     JobSpec,
-    LogChunk,
     usage_document,
 )
 from apportion.adapters.batch import (
     CANCEL_FILE,
     LOG_FILE,
+    BatchAdapter,
     check_one_worker_job,
-    check_worker,
     ended_by_scheduler,
-    read_log,
     recorded_exit,
     recorded_job_id,
-    request_cancel,
     started_at,
     status_after_listing,
     write_launch,
 )
-from apportion.adapters.commands import run_command
 from apportion.adapters.lsf.parse import (
     JOB_ID,
     cpu_seconds,
@@ -63,39 +58,18 @@ RUNNING_STATES = frozenset({"RUN", "USUSP", "SSUSP", "PROV", "ZOMBI"})
 ENDED_STATES = frozenset({"DONE", "EXIT"})
 
 
-class LsfAdapter:
+class LsfAdapter(BatchAdapter):
     """Runs one-worker jobs on LSF (see the module's docstring)."""
 
     name = "lsf"
+    scheduler = "LSF"
+    tools = TOOLS
+    cancel_tool = "bkill"
+    job_id = JOB_ID
 
-    def __init__(
-        self,
-        *,
-        tools: Mapping[str, str] | None = None,
-        command_timeout: float = 30.0,
-        python: str = "python3",
-    ) -> None:
-        """``tools``: each command's path (default: found on ``PATH``)."""
-        self._bin = {t: (tools or {}).get(t) or shutil.which(t) or t for t in TOOLS}
-        self.command_timeout = command_timeout
-        self.python = python
-
-    async def _run(
-        self, tool: str, *args: str, spec: JobSpec | None = None, check: bool = True
-    ) -> tuple[int, str, str]:
-        """Run one LSF command (as ``spec``'s user for ``bsub``); ``(rc, stdout, stderr)``."""
-        rc, out, err = await run_command(
-            [self._bin[tool], *args],
-            what=tool,
-            within_seconds=self.command_timeout,
-            run_as=spec.run_as if spec is not None else None,
-            env={"PATH": os.defpath, "LC_ALL": "C", **_lsf_environment()},
-            cwd="/",
-        )
-        stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
-        if check and rc != 0:
-            raise AdapterError(f"{tool} failed (exit {rc}): {stderr.strip()[:500]}")
-        return rc, stdout, stderr
+    def tool_environment(self) -> dict[str, str]:
+        """LSF's own variables of the server's environment (where its configuration is)."""
+        return {k: v for k, v in os.environ.items() if k in ("LSF_ENVDIR", "LSF_SERVERDIR")}
 
     async def _records(self, *args: str) -> list[dict[str, str]]:
         rc, out, err = await self._run("bjobs", "-o", FIELDS, "-json", *args, check=False)
@@ -140,7 +114,7 @@ class LsfAdapter:
     async def poll(self, spec: JobSpec, scheduler_job_id: str) -> BackendStatus:
         """The job's state from ``bjobs``; once it ended or LSF forgot it, how its launcher
         said it ended (else LSF's exit code)."""
-        job_id = _check_id(scheduler_job_id)
+        job_id = self.check_id(scheduler_job_id)
         record = next(iter(await self._records("-a", job_id)), {})
         state = record.get("STAT", "")
         if "ERROR" not in record and state in PENDING_STATES:
@@ -159,31 +133,10 @@ class LsfAdapter:
                 return ended_by_scheduler(spec, code, reason, "LSF")
         return status_after_listing(spec, scheduler="LSF", cancelled_by="bkill")
 
-    async def cancel(self, spec: JobSpec, scheduler_job_id: str) -> None:
-        """Stop the job (``bkill``); idempotent."""
-        job_id = _check_id(scheduler_job_id)
-        if not await asyncio.to_thread(request_cancel, spec):
-            return  # it ended: nothing to stop
-        await self._run("bkill", job_id, check=False)
-
     # ---------------------------------------------------------------- output and usage
-    async def logs(
-        self,
-        spec: JobSpec,
-        scheduler_job_id: str,
-        *,
-        offset: int = 0,
-        limit: int = 65536,
-        worker: int | None = None,
-    ) -> LogChunk:
-        """The job's output file (stdout and stderr together) from byte ``offset``."""
-        check_worker(worker, "LSF")
-        finished = (await self.poll(spec, scheduler_job_id)).state.finished
-        return await read_log(spec, offset, limit, finished=finished)
-
     async def usage(self, spec: JobSpec, scheduler_job_id: str) -> dict[str, Any]:
         """Seed 002's fields; ``cpuSeconds`` from ``bjobs``' ``CPU_USED``."""
-        job_id = _check_id(scheduler_job_id)
+        job_id = self.check_id(scheduler_job_id)
         record = next(iter(await self._records("-a", job_id)), {})
         return usage_document(cpuSeconds=cpu_seconds(record.get("CPU_USED", "")))
 
@@ -191,9 +144,6 @@ class LsfAdapter:
         """LSF's queues (``bqueues -w``), as ``GET /scheduler/partitions`` shows them."""
         _, out, _ = await self._run("bqueues", "-w")
         return [{"name": q, "adapter": "lsf", "state": "up"} for q in queue_names(out)]
-
-    async def discover(self, scheduler: dict[str, Any]) -> list[dict[str, Any]]:
-        return []
 
 
 def _tag(spec: JobSpec) -> str:
@@ -215,17 +165,6 @@ def _resources(spec: JobSpec) -> list[str]:
 
 def _code(exit_code: str) -> int | None:
     return int(exit_code) if exit_code.strip().isdigit() else None
-
-
-def _check_id(scheduler_job_id: str) -> str:
-    if JOB_ID.fullmatch(scheduler_job_id) is None:
-        raise AdapterError(f"not an LSF job id: {scheduler_job_id!r}")
-    return scheduler_job_id
-
-
-def _lsf_environment() -> dict[str, str]:
-    """LSF's own variables of the server's environment (where its configuration is)."""
-    return {k: v for k, v in os.environ.items() if k in ("LSF_ENVDIR", "LSF_SERVERDIR")}
 
 
 def create_adapter() -> LsfAdapter | None:

@@ -19,11 +19,9 @@ PBS copies a job's output file to its path when the job ends, so ``logs`` shows 
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import shlex
 import shutil
-from collections.abc import Mapping
 from typing import Any
 
 from apportion.adapters.base import (
@@ -31,24 +29,20 @@ from apportion.adapters.base import (
     BackendState,
     BackendStatus,
     JobSpec,
-    LogChunk,
     usage_document,
 )
 from apportion.adapters.batch import (
     CANCEL_FILE,
     LOG_FILE,
+    BatchAdapter,
     check_one_worker_job,
-    check_worker,
     ended_by_scheduler,
-    read_log,
     recorded_exit,
     recorded_job_id,
-    request_cancel,
     started_at,
     status_after_listing,
     write_launch,
 )
-from apportion.adapters.commands import run_command
 from apportion.adapters.pbs.parse import (
     JOB_ID,
     parse_job_id,
@@ -71,39 +65,14 @@ ENDED_STATES = frozenset("CFX")  # completed (Torque), finished / expired (OpenP
 GONE = ("Unknown Job Id", "Job has finished", "job has finished")
 
 
-class PbsAdapter:
+class PbsAdapter(BatchAdapter):
     """Runs one-worker jobs on PBS/Torque or OpenPBS (see the module's docstring)."""
 
     name = "pbs"
-
-    def __init__(
-        self,
-        *,
-        tools: Mapping[str, str] | None = None,
-        command_timeout: float = 30.0,
-        python: str = "python3",
-    ) -> None:
-        """``tools``: each command's path (default: found on ``PATH``)."""
-        self._bin = {t: (tools or {}).get(t) or shutil.which(t) or t for t in TOOLS}
-        self.command_timeout = command_timeout
-        self.python = python
-
-    async def _run(
-        self, tool: str, *args: str, spec: JobSpec | None = None, check: bool = True
-    ) -> tuple[int, str, str]:
-        """Run one PBS command (as ``spec``'s user for ``qsub``); ``(rc, stdout, stderr)``."""
-        rc, out, err = await run_command(
-            [self._bin[tool], *args],
-            what=tool,
-            within_seconds=self.command_timeout,
-            run_as=spec.run_as if spec is not None else None,
-            env={"PATH": os.defpath, "LC_ALL": "C"},
-            cwd="/",
-        )
-        stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
-        if check and rc != 0:
-            raise AdapterError(f"{tool} failed (exit {rc}): {stderr.strip()[:500]}")
-        return rc, stdout, stderr
+    scheduler = "PBS"
+    tools = TOOLS
+    cancel_tool = "qdel"
+    job_id = JOB_ID
 
     # ---------------------------------------------------------------- submit and find
     async def submit(self, spec: JobSpec) -> str:
@@ -150,7 +119,7 @@ class PbsAdapter:
     async def poll(self, spec: JobSpec, scheduler_job_id: str) -> BackendStatus:
         """The job's state from ``qstat -f``; once PBS no longer lists it (or lists it
         completed), how its launcher said it ended."""
-        job_id = _check_id(scheduler_job_id)
+        job_id = self.check_id(scheduler_job_id)
         rc, out, err = await self._run("qstat", "-f", job_id, check=False)
         if rc != 0 and not any(words in err for words in GONE):
             raise AdapterError(f"qstat failed (exit {rc}): {err.strip()[:500]}", retryable=True)
@@ -168,31 +137,10 @@ class PbsAdapter:
                 return ended_by_scheduler(spec, code, f"exit code {code} from exit_status", "PBS")
         return status_after_listing(spec, scheduler="PBS", cancelled_by="qdel")
 
-    async def cancel(self, spec: JobSpec, scheduler_job_id: str) -> None:
-        """Stop the job (``qdel``); idempotent."""
-        job_id = _check_id(scheduler_job_id)
-        if not await asyncio.to_thread(request_cancel, spec):
-            return  # it ended: nothing to stop
-        await self._run("qdel", job_id, check=False)
-
     # ---------------------------------------------------------------- output and usage
-    async def logs(
-        self,
-        spec: JobSpec,
-        scheduler_job_id: str,
-        *,
-        offset: int = 0,
-        limit: int = 65536,
-        worker: int | None = None,
-    ) -> LogChunk:
-        """The job's output file (stdout and stderr together, ``-j oe``) from ``offset``."""
-        check_worker(worker, "PBS")
-        finished = (await self.poll(spec, scheduler_job_id)).state.finished
-        return await read_log(spec, offset, limit, finished=finished)
-
     async def usage(self, spec: JobSpec, scheduler_job_id: str) -> dict[str, Any]:
         """Seed 002's fields from ``qstat -f``'s ``resources_used`` while PBS lists the job."""
-        job_id = _check_id(scheduler_job_id)
+        job_id = self.check_id(scheduler_job_id)
         rc, out, _ = await self._run("qstat", "-f", job_id, check=False)
         job = next(iter(parse_qstat_full(out)), None) if rc == 0 else None
         if job is None:
@@ -207,9 +155,6 @@ class PbsAdapter:
         """PBS's queues (``qstat -Q``), as ``GET /scheduler/partitions`` shows them."""
         _, out, _ = await self._run("qstat", "-Q")
         return [{"name": q, "adapter": "pbs", "state": "up"} for q in queue_names(out)]
-
-    async def discover(self, scheduler: dict[str, Any]) -> list[dict[str, Any]]:
-        return []
 
 
 def _job_name(name: str) -> str:
@@ -235,12 +180,6 @@ def _resources(spec: JobSpec) -> str:
     parts += [f"ngpus={gpus}"] if gpus else []
     parts += [f"mem={worker.memory_mb}mb"] if worker.memory_mb else []
     return ":".join(parts)
-
-
-def _check_id(scheduler_job_id: str) -> str:
-    if JOB_ID.fullmatch(scheduler_job_id) is None:
-        raise AdapterError(f"not a PBS job id: {scheduler_job_id!r}")
-    return scheduler_job_id
 
 
 def create_adapter() -> PbsAdapter | None:

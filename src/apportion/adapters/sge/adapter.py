@@ -17,7 +17,6 @@ would need one started on each host by ``qrsh -inherit``, which this adapter doe
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import shutil
 import xml.etree.ElementTree as ET
@@ -28,21 +27,17 @@ from apportion.adapters.base import (
     BackendState,
     BackendStatus,
     JobSpec,
-    LogChunk,
     usage_document,
 )
 from apportion.adapters.batch import (
     LOG_FILE,
+    BatchAdapter,
     check_one_worker_job,
-    check_worker,
-    read_log,
     recorded_job_id,
-    request_cancel,
     started_at,
     status_after_listing,
     write_launch,
 )
-from apportion.adapters.commands import run_command
 
 SGE_ENV = {"SGE_ROOT": "/var/lib/gridengine", "SGE_CELL": "default"}
 TOOLS = ("qsub", "qstat", "qdel", "qacct", "qconf")
@@ -50,32 +45,18 @@ JOB_ID = re.compile(r"[0-9]+")
 PE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 
 
-class SgeAdapter:
+class SgeAdapter(BatchAdapter):
     """Runs one-worker jobs on a Son of Grid Engine cell (see the module's docstring)."""
 
     name = "sge"
+    scheduler = "SGE"
+    tools = TOOLS
+    cancel_tool = "qdel"
+    job_id = JOB_ID
 
-    def __init__(self, *, command_timeout: float = 30.0, python: str = "python3") -> None:
-        self._bin = {t: shutil.which(t) or t for t in TOOLS}
-        self.command_timeout = command_timeout
-        self.python = python
-
-    async def _run(
-        self, tool: str, *args: str, spec: JobSpec | None = None, check: bool = True
-    ) -> tuple[int, str, str]:
-        """Run one SGE tool (as ``spec``'s user for ``qsub``); ``(rc, stdout, stderr)``."""
-        rc, out, err = await run_command(
-            [self._bin[tool], *args],
-            what=tool,
-            within_seconds=self.command_timeout,
-            run_as=spec.run_as if spec is not None else None,
-            env={"PATH": os.defpath, "LC_ALL": "C", **SGE_ENV},
-            cwd="/",
-        )
-        stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
-        if check and rc != 0:
-            raise AdapterError(f"{tool} failed (exit {rc}): {stderr.strip()[:500]}")
-        return rc, stdout, stderr
+    def tool_environment(self) -> dict[str, str]:
+        """Where the SGE cell is."""
+        return dict(SGE_ENV)
 
     # ---------------------------------------------------------------- submit and find
     async def submit(self, spec: JobSpec) -> str:
@@ -136,7 +117,7 @@ class SgeAdapter:
     # ---------------------------------------------------------------- poll and cancel
     async def poll(self, spec: JobSpec, scheduler_job_id: str) -> BackendStatus:
         """The job's state: SGE's while it lists the job, else how its launcher said it ended."""
-        job_id = _check_id(scheduler_job_id)
+        job_id = self.check_id(scheduler_job_id)
         listed = next((j for j in await self._qstat() if j["id"] == job_id), None)
         started = started_at(spec)
         if listed is not None:
@@ -153,31 +134,10 @@ class SgeAdapter:
             return BackendStatus(BackendState.PENDING)
         return status_after_listing(spec, scheduler="SGE", cancelled_by="qdel")
 
-    async def cancel(self, spec: JobSpec, scheduler_job_id: str) -> None:
-        """Stop the job (``qdel``); idempotent."""
-        job_id = _check_id(scheduler_job_id)
-        if not await asyncio.to_thread(request_cancel, spec):
-            return  # it ended: nothing to stop
-        await self._run("qdel", job_id, check=False)
-
     # ---------------------------------------------------------------- output and usage
-    async def logs(
-        self,
-        spec: JobSpec,
-        scheduler_job_id: str,
-        *,
-        offset: int = 0,
-        limit: int = 65536,
-        worker: int | None = None,
-    ) -> LogChunk:
-        """The job's output file (stdout and stderr together) from byte ``offset``."""
-        check_worker(worker, "SGE")
-        finished = (await self.poll(spec, scheduler_job_id)).state.finished
-        return await read_log(spec, offset, limit, finished=finished)
-
     async def usage(self, spec: JobSpec, scheduler_job_id: str) -> dict[str, Any]:
         """Seed 002's fields; ``cpuSeconds`` from ``qacct`` once SGE has accounted the job."""
-        job_id = _check_id(scheduler_job_id)
+        job_id = self.check_id(scheduler_job_id)
         rc, out, _ = await self._run("qacct", "-j", job_id, check=False)
         cpu = None
         for line in out.splitlines() if rc == 0 else []:
@@ -191,18 +151,9 @@ class SgeAdapter:
         _, out, _ = await self._run("qconf", "-sql")
         return [{"name": q, "adapter": "sge", "state": "up"} for q in out.split() if q]
 
-    async def discover(self, scheduler: dict[str, Any]) -> list[dict[str, Any]]:
-        return []
-
 
 def _tag(spec: JobSpec) -> str:
     return f"apportion-{spec.run_id}"
-
-
-def _check_id(scheduler_job_id: str) -> str:
-    if JOB_ID.fullmatch(scheduler_job_id) is None:
-        raise AdapterError(f"not an SGE job id: {scheduler_job_id!r}")
-    return scheduler_job_id
 
 
 def _number(text: str) -> float | None:
