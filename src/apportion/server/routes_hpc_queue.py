@@ -24,7 +24,7 @@ from apportion.jobs.models import JobStatus, parse_model
 from apportion.jobs.records import Job
 from apportion.server.auth import Scope, principal_of
 from apportion.server.http_common import json_body, json_response
-from apportion.server.routes_jobs import changeable_job, job_service, visible_job
+from apportion.server.routes_jobs import changeable_job, job_service, visible_job, visible_jobs
 from apportion.server.routing import ApiRoutes, query_of
 
 api = ApiRoutes("seed 002 (hpc-queue-api)")
@@ -120,9 +120,7 @@ def _name(given: str | None, working_dir: str) -> str:
 @api.get(f"{PREFIX}/jobs/", scope=Scope.READ, response=list[dict[str, Any]])
 async def hpc_jobs(request: web.Request) -> web.Response:
     """Every job the key may see, as seed 002's Job documents."""
-    who = principal_of(request).actor
-    found = [j for j in job_service(request).jobs.jobs.values() if who.may_see(j.owner)]
-    return json_response([job_object(j) for j in found])
+    return json_response([job_object(j) for j in visible_jobs(request)])
 
 
 @api.post(

@@ -74,6 +74,13 @@ def visible_job(request: web.Request) -> Job:
     )
 
 
+def visible_jobs(request: web.Request) -> list[Job]:
+    """Every job the calling key may see, in submission order (the seed surfaces' listings)."""
+    who = principal_of(request).actor
+    jobs = job_service(request).jobs.jobs.values()
+    return sorted((job for job in jobs if who.may_see(job.owner)), key=lambda job: job.seq)
+
+
 def changeable_job(request: web.Request) -> Job:
     """The job the path names, if the calling key may change it (:func:`_visible` first);
     :class:`Forbidden` for a job another user of the key's account submitted."""
@@ -365,13 +372,8 @@ async def delete_job(request: web.Request) -> web.Response:
 def visible_tasks(request: web.Request) -> list[Job]:
     """The tasks of the array the path names that the calling key may see, by index;
     :class:`NotFound` when there are none (another account's array answers as an unknown id)."""
-    who = principal_of(request).actor
     array_job_id = request.match_info["array_job_id"]
-    tasks = [
-        job
-        for job in job_service(request).jobs.jobs.values()
-        if job.array_job_id == array_job_id and who.may_see(job.owner)
-    ]
+    tasks = [job for job in visible_jobs(request) if job.array_job_id == array_job_id]
     if not tasks:
         raise NotFound(
             f"no array {array_job_id!r}; an array's id is the array_job_id its submit answered",

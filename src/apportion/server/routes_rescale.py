@@ -34,7 +34,7 @@ from apportion.server.routes_files import (
     receive_upload,
     visible_file,
 )
-from apportion.server.routes_jobs import changeable_job, job_service, visible_job
+from apportion.server.routes_jobs import changeable_job, job_service, visible_job, visible_jobs
 from apportion.server.routing import ApiRoutes, query_of
 from apportion.timefmt import iso_utc
 
@@ -309,9 +309,8 @@ async def rescale_update_job(request: web.Request) -> web.Response:
 @api.get(f"{PREFIX}/jobs/", scope=Scope.READ, query=Page, response=dict[str, Any])
 async def rescale_jobs(request: web.Request) -> web.Response:
     """The key's jobs, paged as {count, next, results}."""
-    who = principal_of(request).actor
-    jobs = [j for j in job_service(request).jobs.jobs.values() if who.may_see(j.owner)]
-    return paged(request, [job_object(j) for j in jobs], query_of(request, Page))
+    jobs = [job_object(j) for j in visible_jobs(request)]
+    return paged(request, jobs, query_of(request, Page))
 
 
 @api.get(

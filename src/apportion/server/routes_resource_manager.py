@@ -30,7 +30,7 @@ from apportion.jobs.service import JobService
 from apportion.server.auth import Scope, principal_of
 from apportion.server.http_common import ctx, json_body, json_response
 from apportion.server.odata_filter import compile_filter
-from apportion.server.routes_jobs import job_service
+from apportion.server.routes_jobs import job_service, visible_jobs
 from apportion.server.routing import ApiRoutes, query_of
 from apportion.timefmt import iso_utc
 
@@ -562,18 +562,12 @@ async def _write_runtime(request: web.Request, *, create: bool) -> web.Response:
 
 
 # ---------------------------------------------------------------- jobs
-def _visible_jobs(request: web.Request) -> list[Job]:
-    who = principal_of(request).actor
-    jobs = job_service(request).jobs.jobs.values()
-    return sorted((j for j in jobs if who.may_see(j.owner)), key=lambda j: j.seq)
-
-
 def _job(request: web.Request, *, change: bool = False) -> Job:
     """The job of the path's integer id, if the key may see it (and change it, with
     ``change``); one it may not see answers as an unknown id."""
     number = _number(request, "job_id")
     who = principal_of(request).actor
-    job = next((j for j in _visible_jobs(request) if j.seq == number), None)
+    job = next((j for j in visible_jobs(request) if j.seq == number), None)
     if job is None:
         raise NotFound(f"no job {number}", details={"job_id": number})
     if change and not who.may_change(job.owner):
@@ -589,7 +583,7 @@ def _job(request: web.Request, *, change: bool = False) -> Job:
 async def rm_jobs(request: web.Request) -> web.Response:
     """Jobs as seed 000's JobRead, oldest first (?filter_exp=, offset, limit)."""
     service = job_service(request)
-    items = [job_object(service, job) for job in _visible_jobs(request)]
+    items = [job_object(service, job) for job in visible_jobs(request)]
     fields = [*JobCreate.model_fields, "id", "internal_id", "status", "cleaned"]
     return _listing(request, items, lambda: _scalar_fields(fields, items[0] if items else None))
 
