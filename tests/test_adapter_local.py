@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import signal
+import stat
 import sys
 import textwrap
 import time
@@ -31,7 +32,7 @@ from apportion.adapters.base import (
     JobSpec,
     WorkerSpec,
 )
-from apportion.adapters.local import supervisor as sv
+from apportion.adapters.local import executor as ex
 from apportion.adapters.local.adapter import LocalAdapter
 
 PY = sys.executable
@@ -88,6 +89,7 @@ async def adapter() -> AsyncIterator[LocalAdapter]:
     yield adapter
     for spec in submitted:
         await adapter.cancel(spec, adapter.scheduler_id(spec))
+    await adapter.close()  # its executors exit: they watch no command anymore
 
 
 async def wait_finished(
@@ -113,7 +115,7 @@ async def wait_text(path: Path, text: str, within: float = 30.0) -> None:
 
 
 def state(spec: JobSpec, index: int = 0) -> dict[str, Any]:
-    value = sv.read_json(sv.state_path(spec.output_dir, index))
+    value = ex.read_json(ex.state_path(spec.output_dir, index))
     assert value is not None
     return value
 
@@ -151,7 +153,7 @@ async def test_environment_is_minimal_with_gpus_and_apportion_vars(
     sid = await adapter.submit(spec)
     assert sid == "local-job-1"
     assert (await wait_finished(adapter, spec, sid)).state is BackendState.COMPLETED
-    envs = [json.loads(sv.stdout_path(spec.output_dir, i).read_text()) for i in (0, 1)]
+    envs = [json.loads(ex.stdout_path(spec.output_dir, i).read_text()) for i in (0, 1)]
     for index, env in enumerate(envs):
         assert "APPORTION_ADMIN_KEY" not in env
         assert "SOME_SERVER_SECRET" not in env
@@ -169,7 +171,7 @@ async def test_a_jobs_own_path_wins(adapter: LocalAdapter, tmp_path: Path) -> No
     spec = make_spec(tmp_path, dump, env={"PATH": "/opt/tools/bin:/usr/bin"})
     sid = await adapter.submit(spec)
     assert (await wait_finished(adapter, spec, sid)).state is BackendState.COMPLETED
-    assert sv.stdout_path(spec.output_dir, 0).read_text().strip() == "/opt/tools/bin:/usr/bin"
+    assert ex.stdout_path(spec.output_dir, 0).read_text().strip() == "/opt/tools/bin:/usr/bin"
 
 
 async def test_argv_reaches_the_command_verbatim(adapter: LocalAdapter, tmp_path: Path) -> None:
@@ -181,7 +183,7 @@ async def test_argv_reaches_the_command_verbatim(adapter: LocalAdapter, tmp_path
     )
     sid = await adapter.submit(spec)
     assert (await wait_finished(adapter, spec, sid)).state is BackendState.COMPLETED
-    assert json.loads(sv.stdout_path(spec.output_dir, 0).read_text()) == hostile
+    assert json.loads(ex.stdout_path(spec.output_dir, 0).read_text()) == hostile
 
 
 async def test_working_dir_is_the_cwd(adapter: LocalAdapter, tmp_path: Path) -> None:
@@ -190,7 +192,7 @@ async def test_working_dir_is_the_cwd(adapter: LocalAdapter, tmp_path: Path) -> 
     spec = make_spec(tmp_path, "import os; print(os.getcwd())", working_dir=str(work))
     sid = await adapter.submit(spec)
     await wait_finished(adapter, spec, sid)
-    assert sv.stdout_path(spec.output_dir, 0).read_text().strip() == str(work)
+    assert ex.stdout_path(spec.output_dir, 0).read_text().strip() == str(work)
 
 
 # ---- exit codes ---------------------------------------------------------------------------
@@ -241,7 +243,7 @@ async def test_one_failing_worker_stops_the_gang(adapter: LocalAdapter, tmp_path
     failer = gate_code(gate) + "raise SystemExit(3)"
     spec = make_spec(tmp_path, sleeper, failer)
     sid = await adapter.submit(spec)
-    await wait_text(sv.stdout_path(spec.output_dir, 0), "up")
+    await wait_text(ex.stdout_path(spec.output_dir, 0), "up")
     sleeper_pid = state(spec, 0)["pid"]
     gate.touch()
     started = time.monotonic()
@@ -259,7 +261,7 @@ async def test_one_failing_worker_stops_the_gang(adapter: LocalAdapter, tmp_path
 async def test_cancel_stops_a_sleeping_job(adapter: LocalAdapter, tmp_path: Path) -> None:
     spec = make_spec(tmp_path, "import time; print('up', flush=True); time.sleep(30)")
     sid = await adapter.submit(spec)
-    await wait_text(sv.stdout_path(spec.output_dir, 0), "up")
+    await wait_text(ex.stdout_path(spec.output_dir, 0), "up")
     pid = state(spec)["pid"]
     assert (await adapter.poll(spec, sid)).state is BackendState.RUNNING
     await adapter.cancel(spec, sid)
@@ -277,7 +279,7 @@ async def test_cancel_kills_a_command_that_ignores_sigterm(
     code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(30)"
     spec = make_spec(tmp_path, code)
     sid = await adapter.submit(spec)
-    await wait_text(sv.stdout_path(spec.output_dir, 0), "up")
+    await wait_text(ex.stdout_path(spec.output_dir, 0), "up")
     pid = state(spec)["pid"]
     started = time.monotonic()
     await adapter.cancel(spec, sid)
@@ -296,7 +298,7 @@ async def test_cancel_of_a_finished_job_changes_nothing(
     assert (await wait_finished(adapter, spec, sid)).state is BackendState.COMPLETED
     await adapter.cancel(spec, sid)
     assert (await adapter.poll(spec, sid)).state is BackendState.COMPLETED
-    assert not (spec.output_dir / sv.CANCEL_FILE).exists()
+    assert not (spec.output_dir / ex.CANCEL_FILE).exists()
 
 
 async def test_cancel_never_signals_a_process_that_is_not_ours(
@@ -309,11 +311,11 @@ async def test_cancel_never_signals_a_process_that_is_not_ours(
     try:
         spec = make_spec(tmp_path, "pass")
         spec.output_dir.mkdir(parents=True)
-        sv.write_json_atomic(spec.output_dir / sv.TAG_FILE, {"job_id": spec.job_id})
+        ex.write_json_atomic(spec.output_dir / ex.TAG_FILE, {"job_id": spec.job_id})
         recorded: dict[str, Any] = {"pid": stranger.pid, "pgid": stranger.pid, "ended_at": None}
-        recorded |= {"supervisor_pid": stranger.pid}
-        recorded |= {"started_at": time.time() - 3600, "supervisor_started_at": time.time() - 3600}
-        sv.write_json_atomic(sv.state_path(spec.output_dir, 0), recorded)
+        recorded |= {"executor_pid": stranger.pid}
+        recorded |= {"started_at": time.time() - 3600, "executor_started_at": time.time() - 3600}
+        ex.write_json_atomic(ex.state_path(spec.output_dir, 0), recorded)
         await adapter.cancel(spec, adapter.scheduler_id(spec))
         with pytest.raises(TimeoutError):  # still running 0.3 s later: it was not signalled
             await asyncio.wait_for(stranger.wait(), 0.3)
@@ -344,7 +346,7 @@ async def test_logs_read_in_pieces_with_offsets(adapter: LocalAdapter, tmp_path:
     spec = make_spec(tmp_path, "print('line one'); print('zweite Zeile: äöü €')")
     sid = await adapter.submit(spec)
     await wait_finished(adapter, spec, sid)
-    whole = sv.stdout_path(spec.output_dir, 0).read_text(encoding="utf-8")
+    whole = ex.stdout_path(spec.output_dir, 0).read_text(encoding="utf-8")
     pieces, offset = [], 0
     while True:
         chunk = await adapter.logs(spec, sid, offset=offset, limit=5)
@@ -373,7 +375,7 @@ async def test_logs_of_a_running_job_are_not_complete(
 ) -> None:
     spec = make_spec(tmp_path, "import time; print('hi', flush=True); time.sleep(30)")
     sid = await adapter.submit(spec)
-    await wait_text(sv.stdout_path(spec.output_dir, 0), "hi")
+    await wait_text(ex.stdout_path(spec.output_dir, 0), "hi")
     chunk = await adapter.logs(spec, sid)
     assert (chunk.text, chunk.offset, chunk.complete) == ("hi\n", 3, False)
     with pytest.raises(AdapterError):
@@ -391,8 +393,8 @@ async def test_logs_of_several_workers_keep_offsets_while_running(
     )
     spec = make_spec(tmp_path, first, "print('one')")
     sid = await adapter.submit(spec)
-    await wait_text(sv.stdout_path(spec.output_dir, 0), "zero")
-    await wait_text(sv.stdout_path(spec.output_dir, 1), "one")
+    await wait_text(ex.stdout_path(spec.output_dir, 0), "zero")
+    await wait_text(ex.stdout_path(spec.output_dir, 1), "one")
     early = await adapter.logs(spec, sid)  # worker 1 waits until worker 0's section is closed
     assert (early.text, early.complete) == ("==> worker 0 <==\nzero\n", False)
     gate.touch()
@@ -467,7 +469,7 @@ async def test_find_tells_dispatched_from_never_reached(
     spec = make_spec(tmp_path, "pass")
     assert await adapter.find(spec) is None  # never submitted
     spec.output_dir.mkdir(parents=True)
-    sv.write_json_atomic(spec.output_dir / sv.TAG_FILE, {"job_id": spec.job_id})
+    ex.write_json_atomic(spec.output_dir / ex.TAG_FILE, {"job_id": spec.job_id})
     assert await adapter.find(spec) is None  # tagged, but no worker started
     status = await adapter.poll(spec, adapter.scheduler_id(spec))
     assert status.state is BackendState.UNKNOWN
@@ -483,7 +485,7 @@ async def test_submit_twice_starts_once(adapter: LocalAdapter, tmp_path: Path) -
     assert await adapter.submit(spec) == first
     assert state(spec)["pid"] == pid
     await wait_finished(adapter, spec, first)
-    assert sv.stdout_path(spec.output_dir, 0).read_text() == "run\n"
+    assert ex.stdout_path(spec.output_dir, 0).read_text() == "run\n"
 
 
 SERVER = """
@@ -541,7 +543,7 @@ async def test_a_worker_never_started_fails_the_job(adapter: LocalAdapter, tmp_p
     )
     alone = make_spec(tmp_path, "import time; print('up', flush=True); time.sleep(30)")
     sid = await adapter.submit(alone)
-    await wait_text(sv.stdout_path(alone.output_dir, 0), "up")
+    await wait_text(ex.stdout_path(alone.output_dir, 0), "up")
     restarted = LocalAdapter(grace_seconds=GRACE)
     assert await restarted.find(pair) == sid
     status = await wait_finished(restarted, pair, sid)
@@ -549,6 +551,105 @@ async def test_a_worker_never_started_fails_the_job(adapter: LocalAdapter, tmp_p
     assert status.reason == "worker 1 was never started (the server stopped during submit)"
     assert state(pair, 0)["stopped_by"] == "gang"
     assert state(pair, 0)["reason"] == f"stopped: {status.reason}"
+
+
+# ---- the executor -------------------------------------------------------------------------
+
+
+def executor_arguments(jobs_dir: Path) -> list[str]:
+    """The last arguments of the executor of ``jobs_dir``: its script and the directory."""
+    return [str(Path(ex.__file__).resolve()), str(jobs_dir.resolve())]
+
+
+async def test_one_executor_runs_every_job_of_a_directory_and_exits_once_idle(
+    tmp_path: Path,
+) -> None:
+    adapter = LocalAdapter(grace_seconds=GRACE)
+    gate = tmp_path / "may-exit"
+    specs = [make_spec(tmp_path, gate_code(gate), job_id=f"job-{i}") for i in range(3)]
+    try:
+        sids = [await adapter.submit(spec) for spec in specs]
+        executors = {state(spec)["executor_pid"] for spec in specs}
+        assert len(executors) == 1  # one process starts them all, no interpreter per job
+        (executor,) = executors
+        assert psutil.Process(executor).cmdline()[-2:] == executor_arguments(tmp_path)
+        socket_file = tmp_path / ex.SOCKET_NAME
+        mode = await asyncio.to_thread(lambda: socket_file.stat().st_mode)
+        assert stat.S_ISSOCK(mode)
+        assert stat.S_IMODE(mode) == 0o600  # the server's user alone may connect
+        gate.touch()
+        for spec, sid in zip(specs, sids, strict=True):
+            assert (await wait_finished(adapter, spec, sid)).state is BackendState.COMPLETED
+    finally:
+        gate.touch()
+        await adapter.close()
+    assert gone(executor)  # no command to watch, no server connected: it exited
+    assert not await asyncio.to_thread(socket_file.exists)
+
+
+async def test_an_executor_outlives_its_server_until_its_commands_end(
+    adapter: LocalAdapter, tmp_path: Path
+) -> None:
+    gate = tmp_path / "may-exit"
+    spec = make_spec(tmp_path, gate_code(gate))
+    first = LocalAdapter(grace_seconds=GRACE)
+    sid = await first.submit(spec)
+    await first.close()  # as a server that stops while the job runs
+    executor = state(spec)["executor_pid"]
+    assert not gone(executor)
+    assert await adapter.find(spec) == sid  # the next server finds the job, and its executor
+    gate.touch()
+    assert (await wait_finished(adapter, spec, sid)).state is BackendState.COMPLETED
+    assert state(spec)["executor_pid"] == executor
+
+
+async def test_a_second_executor_for_a_directory_is_refused(
+    adapter: LocalAdapter, tmp_path: Path
+) -> None:
+    gate = tmp_path / "may-exit"
+    spec = make_spec(tmp_path, gate_code(gate))
+    await adapter.submit(spec)
+    second = await asyncio.create_subprocess_exec(
+        PY, "-I", "-S", ex.__file__, str(tmp_path), stderr=asyncio.subprocess.DEVNULL
+    )
+    assert await asyncio.wait_for(second.wait(), 30) == ex.ANOTHER_EXECUTOR
+    gate.touch()
+
+
+async def test_a_sigtermed_executor_stops_its_commands_and_exits(
+    adapter: LocalAdapter, tmp_path: Path
+) -> None:
+    spec = make_spec(tmp_path, "import time; time.sleep(300)")
+    sid = await adapter.submit(spec)
+    executor = state(spec)["executor_pid"]
+    os.kill(executor, signal.SIGTERM)  # the adapter started it, for this test's jobs
+    status = await wait_finished(adapter, spec, sid)
+    assert status.state is BackendState.FAILED
+    assert status.reason == "worker 0: its executor was asked to stop"
+    assert state(spec)["stopped_by"] == "signal"
+    assert status.exit_codes == (128 + signal.SIGTERM,)
+    deadline = time.monotonic() + 10
+    while not gone(executor) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert gone(executor)  # though the adapter is still connected
+
+
+async def test_a_sigkilled_executor_loses_its_jobs_and_a_new_one_starts_the_next(
+    adapter: LocalAdapter, tmp_path: Path
+) -> None:
+    spec = make_spec(tmp_path, "import time; time.sleep(300)", gpus=((), ()))
+    sid = await adapter.submit(spec)
+    executor, commands = state(spec)["executor_pid"], [state(spec, i)["pid"] for i in (0, 1)]
+    os.kill(executor, signal.SIGKILL)  # the adapter started it, for this test's jobs
+    status = await wait_finished(adapter, spec, sid)
+    assert status.state is BackendState.FAILED
+    assert status.reason == "worker 0 was lost: its executor died before recording its end"
+    assert status.exit_codes == (None, None)
+    assert all(gone(pid) for pid in commands)  # stopped: nobody could record their end
+    after = make_spec(tmp_path, "print('next')", job_id="job-2")
+    finished = await wait_finished(adapter, after, await adapter.submit(after))
+    assert finished.state is BackendState.COMPLETED
+    assert state(after)["executor_pid"] != executor
 
 
 # ---- validation and listings --------------------------------------------------------------
@@ -569,7 +670,7 @@ async def test_bad_specs_are_refused(
     spec = make_spec(tmp_path, "pass", **fields)
     with pytest.raises(AdapterError, match=words):
         await adapter.submit(spec)
-    assert not (spec.output_dir / sv.TAG_FILE).exists()
+    assert not (spec.output_dir / ex.TAG_FILE).exists()
 
 
 async def test_partitions_and_discover() -> None:

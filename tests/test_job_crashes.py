@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil  # type: ignore[import-untyped, unused-ignore]
 import pytest
 
 from tests.conftest import ADMIN_KEY, running_server
-from tests.jobs_helpers import PY, statuses, wait_for
+from tests.jobs_helpers import PY, sleeper, statuses, submit, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 SERVE = """
@@ -137,4 +140,27 @@ async def test_a_crash_between_a_jobs_end_and_its_release_leaves_no_hold(
         assert context is not None
         assert context.holds.active() == []
         assert not context.registry.fleet.held.any()
+    assert marker.read_text() == "ran\n"
+
+
+async def test_a_sigkilled_executor_fails_its_running_jobs_and_a_new_one_takes_over(
+    tmp_path: Path, job_tmp: Path
+) -> None:
+    data, marker = tmp_path / "data", job_tmp / "ran.txt"
+    async with running_server(data) as live:
+        await live.load_demo_fleet()
+        job_id = await submit(live, {"command": sleeper(300)})
+        await wait_for(live, job_id, "running")
+        state = json.loads((data / "jobs" / job_id / "worker-0.state.json").read_text())
+        executor, command = state["executor_pid"], state["pid"]
+        os.kill(executor, signal.SIGKILL)  # started by this test's server, for its jobs
+        record = await wait_for(live, job_id, "failed")
+        assert record["failed_reason"] == (
+            "worker 0 was lost: its executor died before recording its end"
+        )
+        assert not psutil.pid_exists(command) or psutil.Process(command).status() == "zombie"
+        after = await submit(live, {"command": marker_command(marker)})
+        assert (await wait_for(live, after, "completed", "failed"))["status"] == "completed"
+        state = json.loads((data / "jobs" / after / "worker-0.state.json").read_text())
+        assert state["executor_pid"] != executor  # a new executor started it
     assert marker.read_text() == "ran\n"

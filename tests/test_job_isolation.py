@@ -182,7 +182,11 @@ async def test_the_data_dir_the_database_and_a_jobs_files_are_the_servers_alone(
     assert {p.name for p in db_files} >= {"apportion.db", "apportion.db-wal", "apportion.db-shm"}
     for path in db_files:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
-    (job_dir,) = (data / "jobs").iterdir()
+    (job_dir,) = [p for p in (data / "jobs").iterdir() if p.is_dir()]
+    executor_files = [p for p in (data / "jobs").iterdir() if not p.is_dir()]
+    assert {p.name for p in executor_files} <= {"executor.sock", "executor.lock", "executor.log"}
+    for path in executor_files:  # the socket too: nobody else may connect to it
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert stat.S_IMODE((data / "jobs").stat().st_mode) == 0o700
     assert stat.S_IMODE(job_dir.stat().st_mode) == 0o700
     files = list(job_dir.iterdir())

@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from apportion.accounts import AccountBook
-from apportion.adapters.base import Adapter
+from apportion.adapters.base import Adapter, ClosingAdapter
 from apportion.adapters.plugins import AdapterPlugin, load_adapters
 from apportion.adapters.slurm.adapter import SlurmAdapter
 from apportion.adapters.slurm.usage import SlurmUsageCollector
@@ -201,6 +201,9 @@ class Server:
         jobs_root = settings.jobs_root_dir
         files = FileBook(db, settings.data_dir / "files", settings.files)
         await files.load()
+        for adapter in adapters.values():
+            if isinstance(adapter, ClosingAdapter):
+                self._stack.push_async_callback(adapter.close)
         driver = BackendDriver(
             registry,
             adapters,

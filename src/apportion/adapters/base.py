@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
 class AdapterError(Exception):
@@ -167,6 +167,14 @@ class Adapter(Protocol):
     async def discover(self, scheduler: dict[str, Any]) -> list[dict[str, Any]]:
         """``nodeData`` entries of the cluster behind ``scheduler`` (Slurm); [] if not supported."""
         ...
+
+
+@runtime_checkable
+class ClosingAdapter(Protocol):
+    """An adapter that holds something open while the server runs (the local adapter: its
+    connections to the executors); the server calls :meth:`close` when it stops."""
+
+    async def close(self) -> None: ...
 
 
 USAGE_FIELDS = (

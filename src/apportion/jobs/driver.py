@@ -181,8 +181,8 @@ class BackendDriver:
 
     def _output_dir(self, run_id: str, adapter: str) -> Path:
         """Where the adapter keeps a job run's files (``run_id``: the job's id, ``.N`` after
-        its N-th requeue): in the data dir for ``local`` (its supervisor
-        runs as the server); for Slurm and SGE, whose daemons open the log and whose launcher
+        its N-th requeue): in the data dir for ``local`` (its executor
+        runs as the server; one per directory, ``<data dir>/jobs``); for Slurm and SGE, whose daemons open the log and whose launcher
         reads its file as the job's user, under the jobs root (``.slurm/<job id>``,
         ``.sge/<job id>``)."""
         if adapter in USER_SIDE_ADAPTERS:

@@ -1,2 +1,2 @@
-"""The ``local`` adapter: every worker of a job is a real process on this host, under a
-supervisor that outlives the server (``adapter.py`` ties the parts together)."""
+"""The ``local`` adapter: every worker of a job is a real process on this host, started and
+recorded by an executor that outlives the server (``adapter.py`` ties the parts together)."""

@@ -1,50 +1,51 @@
 """The ``local`` scheduler adapter: every worker of a job is a real process on this host.
 
 The job engine calls it after it has placed and held a job's workers (see ``base.py`` for the
-protocol). Each worker runs under a small supervisor process (``supervisor.py``) started in
-its own session, so a job keeps running — and its exit code is recorded — when the server is
-killed; a restarted server builds a new :class:`LocalAdapter` and finds everything again from the
+protocol). Every worker's command is started, watched and recorded by the executor of the job's
+jobs directory (``executor.py``: one long-lived, single-threaded process per directory, in its
+own session, started by this adapter when none answers — ``executor_link.py``), so a job keeps
+running — and its exit code is recorded — when the server is killed; a restarted server builds a
+new :class:`LocalAdapter`, connects to the same executor and finds everything again from the
 files in ``spec.output_dir``:
 
-``job.json``                 the tag (``spec.run_id``), written atomically before anything starts
-``worker-<i>.launch.json``   what the supervisor runs (argv, cwd, environment; mode 0600)
+``job.json``                 the tag (``spec.run_id``, the submit attempt), written before
+                             anything starts
 ``worker-<i>.state.json``    pid, pgid, started_at, ended_at, return_code, signal, reason, …
 ``worker-<i>.out``           the command's stdout and stderr in the order written (0600, as all)
 ``cancel.json``              a cancellation was requested (so a restart reports ``cancelled``)
 ``gang.json``                a worker failed; its siblings are being stopped
 ``usage.json``               the last resource-usage sample
 
-Gang semantics: when one worker fails (non-zero exit, killed, walltime, could not start) the other
-workers of the job are stopped (SIGTERM to their process groups, SIGKILL after the grace period)
-by their own supervisors, and the job is ``failed`` with the failing worker's code and reason —
-the first failing worker by index, not counting the siblings stopped because of it. A worker
-killed by signal N reports ``return_code`` 128 + N (the shell's convention).
+Gang semantics: when one worker fails (non-zero exit, killed, walltime, could not start) the
+executor stops the other workers of the job (SIGTERM to their process groups, SIGKILL after the
+grace period), and the job is ``failed`` with the failing worker's code and reason — the first
+failing worker by index, not counting the siblings stopped because of it. A worker killed by
+signal N reports ``return_code`` 128 + N (the shell's convention).
 
 States (:meth:`LocalAdapter.poll`): ``running`` while any worker runs (a worker whose state file
-says it has not ended counts as running while its command or its supervisor is alive — checked
-with psutil, pid *and* create time, so a reused pid never counts); ``cancelled`` when
-``cancel.json`` exists and no worker had failed on its own before it; ``completed`` when every
-worker exited 0; ``failed`` otherwise (also when a worker was lost — its supervisor and command
-died without a record — or never started because the server died during ``submit``; the
-survivors are then stopped); ``unknown`` when no worker ever started.
+says it has not ended counts as running while its executor is alive — checked with psutil, pid
+*and* create time, so a reused pid never counts); ``cancelled`` when ``cancel.json`` exists and no
+worker had failed on its own before it; ``completed`` when every worker exited 0; ``failed``
+otherwise — also when a worker was lost (its executor died before recording its end: a command
+that outlived it is stopped, as nobody could record its exit) or never started because the
+server died during ``submit`` (the survivors are then stopped); ``unknown`` when no worker ever
+started.
 
 ``submit`` is idempotent (a job :meth:`LocalAdapter.find` finds is not started twice). Each
-submit attempt has a token in ``job.json``; a supervisor whose token is not the current one does
-not start its command, so a re-dispatch after a crash cannot run a worker twice (the remaining
-window is a supervisor that read the old token in the instant before the new one was written).
-Supervisors this server started are reaped on every call; after a crash their parent is gone and
-the system's init reaps them.
+submit attempt has a token in ``job.json``; the executor starts nothing for a request whose
+token is not the current one, and carries out what a dead server had sent before a restarted
+server's requests, so a re-dispatch after a crash cannot run a worker twice.
 
-Identity: with ``spec.run_as`` (the server is root), each supervisor — itself the server's user —
+Identity: with ``spec.run_as`` (the server is root), the executor — itself the server's user —
 starts the command as that user (groups, gid, uid set before exec, ``HOME``/``USER``/``LOGNAME``
 in its environment). The job's directory is 0700 and its files 0600, the server's alone: the
 command gets its stdout and stderr as open descriptors, and its working directory is
 ``spec.working_dir``, entered as that user after the switch.
 
 Logs (:meth:`LocalAdapter.logs`) are read by ``logs.py``; usage samples
-(:meth:`LocalAdapter.usage`) are taken by ``usage.py``. Starting the workers is
-``launch.py``, reading their state ``workers.py``, and the rules above that turn
-workers into the job's state ``job_status.py``; this module is the adapter that ties them.
+(:meth:`LocalAdapter.usage`) are taken by ``usage.py``. The start request is built by
+``launch.py``, the workers' state read by ``workers.py``, and the rules above that turn workers
+into the job's state are ``job_status.py``; this module is the adapter that ties them.
 """
 
 from __future__ import annotations
@@ -53,8 +54,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import subprocess
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -67,16 +66,18 @@ from apportion.adapters.base import (
     JobSpec,
     LogChunk,
 )
+from apportion.adapters.local import executor as ex
 from apportion.adapters.local import logs as local_logs
-from apportion.adapters.local import supervisor as sv
 from apportion.adapters.local import usage as local_usage
+from apportion.adapters.local.executor_link import ExecutorGone, ExecutorLink
 from apportion.adapters.local.job_status import job_status
-from apportion.adapters.local.launch import (
-    await_started,
-    start_supervisor,
-    validate_spec,
+from apportion.adapters.local.launch import base_environment, start_request, validate_spec
+from apportion.adapters.local.workers import (
+    WorkerView,
+    command_process,
+    read_workers,
+    stop_orphans,
 )
-from apportion.adapters.local.workers import WorkerView, command_process, read_workers
 
 
 class LocalAdapter:
@@ -89,8 +90,7 @@ class LocalAdapter:
             raise ValueError("grace_seconds must be >= 0")
         self.grace_seconds = grace_seconds
         self._submitting: set[str] = set()
-        self._supervisors: dict[str, list[subprocess.Popen[bytes]]] = {}
-        self._lock = threading.Lock()  # methods run in worker threads (asyncio.to_thread)
+        self._links: dict[Path, ExecutorLink] = {}  # jobs directory → its executor
         self._samples: dict[str, dict[str, Any]] = {}
 
     @staticmethod
@@ -100,20 +100,53 @@ class LocalAdapter:
     # ---- protocol -------------------------------------------------------------------------
 
     async def submit(self, spec: JobSpec) -> str:
-        """Start every worker (under its supervisor); return ``local-<job_id>``.
+        """Have the executor start every worker; return ``local-<job_id>`` once each has a state
+        file.
 
         Idempotent: a job that :meth:`find` already finds is not started again. Raises
         :class:`AdapterError` for an empty command, bad workers or environment, a missing
-        working directory, or a supervisor that could not start.
+        working directory, or an executor that could not start it.
         """
-        started = await asyncio.to_thread(self._start, spec)
-        if isinstance(started, str):
-            return started  # already running: submit is idempotent
+        request = await asyncio.to_thread(self._prepare, spec)
+        if isinstance(request, str):
+            return request  # already running: submit is idempotent
+        self._submitting.add(spec.run_id)
         try:
-            await await_started(spec, started)
+            answer = await self._start(spec, request)
         finally:
             self._submitting.discard(spec.run_id)
+        if "error" in answer:
+            raise AdapterError(f"could not start job {spec.job_id}: {answer['error']}")
         return self.scheduler_id(spec)
+
+    async def _start(self, spec: JobSpec, request: dict[str, Any]) -> dict[str, Any]:
+        """The executor's answer to ``request``. An executor that went away before answering
+        (it died, or was exiting as it connected) is replaced once, unless it had started a
+        worker — then the job is there, and lost (see :func:`stop_orphans`)."""
+        link = self._link(spec)
+        try:
+            return await link.request(request)
+        except ExecutorGone:
+            if await asyncio.to_thread(self._find, spec) is not None:
+                return {"started": len(spec.workers)}
+        try:
+            return await link.request(request)
+        except ExecutorGone as exc:
+            raise AdapterError(f"could not start job {spec.job_id}: {exc}") from None
+
+    def _link(self, spec: JobSpec) -> ExecutorLink:
+        jobs_dir = Path(spec.output_dir).resolve().parent
+        link = self._links.get(jobs_dir)
+        if link is None:
+            link = self._links[jobs_dir] = ExecutorLink(jobs_dir, base_environment())
+        return link
+
+    async def close(self) -> None:
+        """Close the connections to the executors; each exits when it has no command to watch
+        (one that has goes on, and a later server connects to it again)."""
+        links, self._links = list(self._links.values()), {}
+        for link in links:
+            await link.close()
 
     async def find(self, spec: JobSpec) -> str | None:
         """``local-<job_id>`` if the tag file names this job and a worker started, else None."""
@@ -161,34 +194,30 @@ class LocalAdapter:
     # ---- submit / find --------------------------------------------------------------------
 
     def _find(self, spec: JobSpec) -> str | None:
-        tag = sv.read_json(Path(spec.output_dir) / sv.TAG_FILE)
+        tag = ex.read_json(Path(spec.output_dir) / ex.TAG_FILE)
         if tag is None or tag.get("job_id") != spec.run_id:
             return None
-        started = any(sv.state_path(spec.output_dir, w.index).exists() for w in spec.workers)
+        started = any(ex.state_path(spec.output_dir, w.index).exists() for w in spec.workers)
         return self.scheduler_id(spec) if started else None
 
-    def _start(self, spec: JobSpec) -> str | list[subprocess.Popen[bytes]]:
-        """Start the supervisors (the job is then in ``_submitting`` until they report in);
-        or the scheduler id of a job that already runs."""
+    def _prepare(self, spec: JobSpec) -> str | dict[str, Any]:
+        """The executor's start request after the job's directory and tag are written; or the
+        scheduler id of a job that already runs."""
         cwd = validate_spec(spec)
         existing = self._find(spec)
         if existing is not None:
             return existing
         job_dir = Path(spec.output_dir)
+        attempt = uuid.uuid4().hex
         try:
             job_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             os.chmod(job_dir, 0o700)  # the server's alone: the job writes through descriptors
-        except OSError as exc:
-            raise AdapterError(f"cannot create the output directory {job_dir}: {exc}") from None
-        attempt = uuid.uuid4().hex
-        self._submitting.add(spec.run_id)
-        try:
-            stale = [sv.CANCEL_FILE, sv.GANG_FILE, sv.USAGE_FILE]  # of an attempt that never ran
-            stale += [sv.state_path(job_dir, w.index).name for w in spec.workers]
+            stale = [ex.CANCEL_FILE, ex.GANG_FILE, ex.USAGE_FILE]  # of an attempt that never ran
+            stale += [ex.state_path(job_dir, w.index).name for w in spec.workers]
             for name in stale:
                 (job_dir / name).unlink(missing_ok=True)
-            sv.write_json_atomic(
-                job_dir / sv.TAG_FILE,
+            ex.write_json_atomic(
+                job_dir / ex.TAG_FILE,
                 {
                     "job_id": spec.run_id,
                     "scheduler_job_id": self.scheduler_id(spec),
@@ -197,34 +226,14 @@ class LocalAdapter:
                     "submitted_at": time.time(),
                 },
             )
-            procs = [
-                start_supervisor(spec, w, cwd, attempt, self.grace_seconds) for w in spec.workers
-            ]
-            with self._lock:
-                self._supervisors[spec.run_id] = procs
         except OSError as exc:
-            self._submitting.discard(spec.run_id)
-            raise AdapterError(f"could not start job {spec.job_id}: {exc}") from None
-        except BaseException:
-            self._submitting.discard(spec.run_id)
-            raise
-        return procs
+            raise AdapterError(f"could not prepare job {spec.job_id}: {exc}") from None
+        return start_request(spec, cwd, attempt, self.grace_seconds)
 
     # ---- poll / cancel --------------------------------------------------------------------
 
-    def _reap(self) -> None:
-        """Reap the supervisors this server started that have exited (no zombies pile up)."""
-        with self._lock:
-            for job_id, procs in list(self._supervisors.items()):
-                alive = [p for p in procs if p.poll() is None]
-                if alive:
-                    self._supervisors[job_id] = alive
-                else:
-                    del self._supervisors[job_id]
-
     def _workers(self, spec: JobSpec) -> list[WorkerView]:
-        self._reap()
-        return read_workers(spec)
+        return stop_orphans(read_workers(spec))
 
     def _poll(self, spec: JobSpec, scheduler_job_id: str) -> BackendStatus:
         if scheduler_job_id != self.scheduler_id(spec):
@@ -237,8 +246,8 @@ class LocalAdapter:
         if not any(w.kind == "running" for w in self._workers(spec)):
             return  # finished, lost or never started: nothing to stop (idempotent)
         job_dir = Path(spec.output_dir)
-        if not (job_dir / sv.CANCEL_FILE).exists():
-            sv.write_json_atomic(job_dir / sv.CANCEL_FILE, {"requested_at": time.time()})
+        if not (job_dir / ex.CANCEL_FILE).exists():
+            ex.write_json_atomic(job_dir / ex.CANCEL_FILE, {"requested_at": time.time()})
         self._signal_running(spec, signal.SIGTERM)
         if not self._wait_ended(spec, self.grace_seconds):
             self._signal_running(spec, signal.SIGKILL)
@@ -270,8 +279,8 @@ class LocalAdapter:
         return local_logs.read_stream(Path(spec.output_dir), workers, offset, limit)
 
     def _usage(self, spec: JobSpec) -> dict[str, Any]:
-        usage_file = Path(spec.output_dir) / sv.USAGE_FILE
-        record = self._samples.get(spec.run_id) or sv.read_json(usage_file) or {}
+        usage_file = Path(spec.output_dir) / ex.USAGE_FILE
+        record = self._samples.get(spec.run_id) or ex.read_json(usage_file) or {}
         workers: list[tuple[str, dict[str, Any], Any]] = []
         for w in self._workers(spec):
             state = w.state or {}

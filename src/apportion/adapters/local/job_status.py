@@ -6,7 +6,7 @@ the workers :func:`~apportion.adapters.local.workers.read_workers` found. Rules 
 
 - ``pending`` while nothing started and a submit is in progress; ``unknown`` when nothing started;
 - ``running`` while any worker runs — and when a sibling is missing or lost (and no submit is in
-  progress) it writes ``gang.json`` so the supervisors stop the survivors;
+  progress) it writes ``gang.json`` so the executor stops the survivors;
 - ``cancelled`` when ``cancel.json`` exists, no worker failed on its own before it, and a worker
   was stopped by it (or did not exit 0);
 - ``completed`` when every worker exited 0; else ``failed`` with the code and reason of the first
@@ -19,7 +19,7 @@ from collections.abc import Collection
 from pathlib import Path
 
 from apportion.adapters.base import BackendState, BackendStatus, JobSpec
-from apportion.adapters.local import supervisor as sv
+from apportion.adapters.local import executor as ex
 from apportion.adapters.local.workers import WorkerView
 
 
@@ -40,12 +40,12 @@ def job_status(
     if any(w.kind == "running" for w in workers):
         if broken and spec.run_id not in submitting:
             reason = broken[0].failure
-            if not (job_dir / sv.GANG_FILE).exists():
-                sv.write_json_atomic(job_dir / sv.GANG_FILE, {"worker": -1, "reason": reason})
+            if not (job_dir / ex.GANG_FILE).exists():
+                ex.write_json_atomic(job_dir / ex.GANG_FILE, {"worker": -1, "reason": reason})
         return BackendStatus(BackendState.RUNNING, started_at=started_at)
     ends = [float(w.state["ended_at"]) for w in workers if w.state and w.state.get("ended_at")]
     ended_at = max(ends) if ends else None
-    cancel = sv.read_json(job_dir / sv.CANCEL_FILE)
+    cancel = ex.read_json(job_dir / ex.CANCEL_FILE)
     if cancel is not None:
         requested = float(cancel.get("requested_at") or 0.0)
         failed_first = any(

@@ -1,36 +1,27 @@
-"""Starting a local job's workers: the spec's checks, each worker's environment and launch file,
-its supervisor process, and the wait until every supervisor reports its command started.
+"""Starting a local job's workers: the spec's checks, each worker's environment, and the
+executor's ``start`` request that carries them.
 
-Called by :meth:`LocalAdapter.submit <apportion.adapters.local.adapter.LocalAdapter.submit>`
-(the files and processes in a worker thread, the wait on the event loop). Every process gets an argv list, never a shell
-string, and an environment built from :data:`JOB_PATH` and :data:`BASE_ENV_KEYS` only — never the server's whole
-environment (it holds the admin key). Raises :class:`AdapterError`.
+Called by :meth:`LocalAdapter.submit <apportion.adapters.local.adapter.LocalAdapter.submit>`.
+Every command is an argv list, never a shell string, with an environment built from
+:data:`JOB_PATH` and :data:`BASE_ENV_KEYS` only — never the server's whole environment (it holds
+the admin key). Raises :class:`AdapterError`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
+from typing import Any
 
 from apportion.adapters.base import AdapterError, JobSpec, WorkerSpec
 from apportion.adapters.distributed import torchrun_environment, visible_gpus
-from apportion.adapters.local import supervisor as sv
+from apportion.adapters.local import executor as ex
 
 BASE_ENV_KEYS = ("HOME", "LANG")  # never the server's whole environment (admin key)
 JOB_PATH = "/usr/local/bin:/usr/bin:/bin"
 """A job's ``PATH`` unless its ``env`` sets one: the system's directories, never the server's
 ``PATH`` (whose first entries may be the server user's own, e.g. pyenv's shims under ``/root``,
 which the job's user cannot run)."""
-# The supervisor is one standard-library file, run as a script: isolated (-I: no user site,
-# no PYTHON* variables, no cwd on sys.path) and without site-packages (-S), which it does not
-# need and which would cost every job's start-up their .pth processing.
-SUPERVISOR_SCRIPT = str(Path(sv.__file__).resolve())
-SUPERVISOR_FLAGS = ("-I", "-S")
-START_TIMEOUT = 15.0  # seconds for every supervisor to report its command started
 
 
 def base_environment() -> dict[str, str]:
@@ -80,70 +71,28 @@ def validate_spec(spec: JobSpec) -> Path:
     return cwd.resolve()
 
 
-def start_supervisor(
-    spec: JobSpec, worker: WorkerSpec, cwd: Path, attempt: str, grace_seconds: float
-) -> subprocess.Popen[bytes]:
-    """Write ``worker``'s launch file and start its supervisor in a new session."""
-    job_dir = Path(spec.output_dir)
-    launch = {
-        "job_id": spec.job_id,
-        "index": worker.index,
+def start_request(spec: JobSpec, cwd: Path, attempt: str, grace_seconds: float) -> dict[str, Any]:
+    """The executor's ``start`` request for every worker of ``spec`` (submit ``attempt``)."""
+    job_dir = Path(spec.output_dir).resolve()
+    run_as = spec.run_as
+    return {
+        "op": "start",
+        "job_dir": str(job_dir),
         "attempt": attempt,
-        "job_dir": str(job_dir.resolve()),
-        "command": list(spec.command),
-        "cwd": str(cwd),
-        "env": worker_environment(spec, worker),
-        "stdout": str(sv.stdout_path(job_dir, worker.index).resolve()),  # and its stderr
-        "walltime": spec.walltime_seconds,
-        "grace": grace_seconds,
-        "run_as": None
-        if spec.run_as is None
-        else {"uid": spec.run_as.uid, "gid": spec.run_as.gid, "groups": list(spec.run_as.groups)},
+        "workers": [
+            {
+                "job_id": spec.job_id,
+                "index": worker.index,
+                "command": list(spec.command),
+                "cwd": str(cwd),
+                "env": worker_environment(spec, worker),
+                "stdout": str(ex.stdout_path(job_dir, worker.index)),  # and its stderr
+                "walltime": spec.walltime_seconds,
+                "grace": grace_seconds,
+                "run_as": None
+                if run_as is None
+                else {"uid": run_as.uid, "gid": run_as.gid, "groups": list(run_as.groups)},
+            }
+            for worker in spec.workers
+        ],
     }
-    path = sv.launch_path(job_dir, worker.index)
-    sv.write_json_atomic(path, launch)
-    log_path = job_dir / f"worker-{worker.index}.supervisor.log"
-    with os.fdopen(sv.open_private(log_path), "ab") as log:
-        return subprocess.Popen(  # noqa: S603 - argv list, never a shell
-            [sys.executable, *SUPERVISOR_FLAGS, SUPERVISOR_SCRIPT, str(path.resolve())],
-            cwd=job_dir,
-            env=base_environment(),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
-
-
-async def await_started(spec: JobSpec, procs: list[subprocess.Popen[bytes]]) -> None:
-    """Wait until every worker has a state file; else stop the job and raise AdapterError.
-
-    Runs on the event loop (a few ``stat`` calls per check), not on a thread: a submit then holds
-    no thread while its supervisors start, and polls of other jobs are not queued behind it.
-    Checks back off from 5 ms to 50 ms, so many submits at once do not keep the loop busy."""
-    deadline = time.monotonic() + START_TIMEOUT
-    pending = {w.index: proc for w, proc in zip(spec.workers, procs, strict=True)}
-    states = {index: sv.state_path(spec.output_dir, index) for index in pending}
-    delay = 0.005
-    while pending:
-        for index, proc in list(pending.items()):
-            if states[index].exists():
-                del pending[index]
-            elif (proc.poll() is not None or time.monotonic() > deadline) and not (
-                states[index].exists()  # wrote it, then exited
-            ):
-                abort_submit(spec)
-                log = Path(spec.output_dir) / f"worker-{index}.supervisor.log"
-                tail = log.read_text(errors="replace")[-500:] if log.exists() else ""
-                raise AdapterError(
-                    f"the supervisor of worker {index} did not start its command: {tail}"
-                )
-        if pending:
-            await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 0.05)
-
-
-def abort_submit(spec: JobSpec) -> None:
-    """Stop what a failed submit already started (their supervisors see ``gang.json``)."""
-    reason = "submit failed before every worker started"
-    sv.write_json_atomic(Path(spec.output_dir) / sv.GANG_FILE, {"worker": -1, "reason": reason})

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from apportion.adapters.base import LogChunk
-from apportion.adapters.local import supervisor as sv
+from apportion.adapters.local import executor as ex
 
 
 def read_stream(
@@ -31,7 +31,7 @@ def read_stream(
     finished = not any(is_open for _, is_open in workers)
     segments: list[bytes | tuple[Path, int]] = []
     for index, is_open in workers:
-        path = sv.stdout_path(output_dir, index)
+        path = ex.stdout_path(output_dir, index)
         size = path.stat().st_size if path.exists() else 0
         if len(workers) > 1:
             segments.append(f"==> worker {index} <==\n".encode())

@@ -2,7 +2,7 @@
 
 This module's one job is to measure a job's workers with psutil and keep the running figures:
 live workers are sampled over their whole process trees (CPU seconds, RSS, I/O bytes, iowait),
-ended workers count with the final ``rusage`` their supervisor recorded, and memory × CPU time is
+ended workers count with the final ``rusage`` their executor recorded, and memory × CPU time is
 integrated between samples. The record is kept in ``usage.json`` so a finished job — or a
 restarted server — still answers with the last sample.
 """
@@ -17,7 +17,7 @@ from typing import Any
 
 import psutil  # type: ignore[import-untyped, unused-ignore]  # no stubs installed
 
-from apportion.adapters.local import supervisor as sv
+from apportion.adapters.local import executor as ex
 from apportion.timefmt import iso_utc
 
 _MB = 1024.0 * 1024.0
@@ -76,7 +76,7 @@ def job_usage(
         "sample": sample,
     }
     with contextlib.suppress(OSError):  # best effort: the in-memory sample still answers
-        sv.write_json_atomic(usage_file, record)
+        ex.write_json_atomic(usage_file, record)
     return dict(sample), record
 
 

@@ -2,22 +2,26 @@
 
 Used by :class:`~apportion.adapters.local.adapter.LocalAdapter` on every poll, cancel, logs and
 usage call: :func:`read_workers` classifies each worker as ``missing`` (no state file), ``running``
-(its command or its supervisor is alive and verifiably ours), ``ended`` (its supervisor recorded
-the exit) or ``lost`` (both died without a record). :func:`owned_process` is the guard before any
-signal: a pid counts only if psutil shows the same process we recorded (pid *and* create time),
-so a reused pid is never ours.
+(its executor is alive and verifiably ours, and has not recorded its end), ``ended`` (its
+executor recorded the exit), ``orphaned`` (its executor died, its command lives on) or ``lost``
+(its executor died without recording its end, and so did its command). :func:`stop_orphans`
+stops the commands of orphaned workers — nobody could record their exit — and reports them lost.
+:func:`owned_process` is the guard before any signal: a pid counts only if psutil shows the same
+process we recorded (pid *and* create time), so a reused pid is never ours.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 from dataclasses import dataclass
 from typing import Any
 
 import psutil  # type: ignore[import-untyped, unused-ignore]  # no stubs installed
 
 from apportion.adapters.base import JobSpec
-from apportion.adapters.local import supervisor as sv
+from apportion.adapters.local import executor as ex
 
 OWNER_TOLERANCE = 2.0  # seconds between a recorded start and psutil's create_time
 
@@ -28,7 +32,7 @@ class WorkerView:
 
     index: int
     state: dict[str, Any] | None
-    kind: str  # "missing" | "running" | "ended" | "lost"
+    kind: str  # "missing" | "running" | "ended" | "orphaned" | "lost"
 
     @property
     def code(self) -> int:
@@ -43,7 +47,7 @@ class WorkerView:
     def failure(self) -> str:
         """Why this worker counts as failed, for the job's ``reason``."""
         if self.kind == "lost":
-            return f"worker {self.index} was lost: its supervisor ended without recording an exit"
+            return f"worker {self.index} was lost: its executor died before recording its end"
         if self.kind == "missing":
             return f"worker {self.index} was never started (the server stopped during submit)"
         state = self.state or {}
@@ -87,18 +91,32 @@ def read_workers(spec: JobSpec) -> list[WorkerView]:
     """Every worker of ``spec`` by index, as its state file and the process table show it."""
     out: list[WorkerView] = []
     for w in sorted(spec.workers, key=lambda w: w.index):
-        state = sv.read_json(sv.state_path(spec.output_dir, w.index))
+        state = ex.read_json(ex.state_path(spec.output_dir, w.index))
         if state is None:
             kind = "missing"
         elif state.get("ended_at") is not None:
             kind = "ended"
-        elif command_process(state) is not None or (
-            owned_process(state.get("supervisor_pid"), state.get("supervisor_started_at"))
-            is not None
-        ):
+        elif owned_process(state.get("executor_pid"), state.get("executor_started_at")):
             kind = "running"
-        else:  # re-read: the supervisor may have just written its final state
-            state = sv.read_json(sv.state_path(spec.output_dir, w.index)) or state
-            kind = "ended" if state.get("ended_at") is not None else "lost"
+        else:  # re-read: the executor may have recorded the end just before it exited
+            state = ex.read_json(ex.state_path(spec.output_dir, w.index)) or state
+            if state.get("ended_at") is not None:
+                kind = "ended"
+            else:
+                kind = "orphaned" if command_process(state) is not None else "lost"
         out.append(WorkerView(w.index, state, kind))
+    return out
+
+
+def stop_orphans(workers: list[WorkerView]) -> list[WorkerView]:
+    """``workers`` with each orphaned one's process group SIGKILLed (verified ours) and the
+    worker reported ``lost``: its executor died, so its exit could never be recorded."""
+    out: list[WorkerView] = []
+    for w in workers:
+        if w.kind == "orphaned" and w.state is not None:
+            if command_process(w.state) is not None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(int(w.state["pgid"]), signal.SIGKILL)
+            w = WorkerView(w.index, w.state, "lost")
+        out.append(w)
     return out

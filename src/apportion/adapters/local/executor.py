@@ -1,0 +1,533 @@
+"""The ``local`` adapter's executor, and the on-disk layout it shares with the adapter.
+
+One executor per jobs directory starts every worker's command, watches it and records its end.
+It is run as a script, ``python -I -S <this file> <jobs dir>`` (argv only), by
+:class:`~apportion.adapters.local.adapter.LocalAdapter`, in its own session, so it outlives the
+server: a restarted server connects to it again. Standard library only and single-threaded: it
+starts fast, cannot break on a dependency, and may fork with a ``preexec_fn``.
+
+**Its socket.** ``<jobs dir>/executor.sock`` (0600: the server's user alone can connect), JSON
+objects one per line, each answered by one line, in order, on the connection it came on:
+
+* ``{"op": "start", "job_dir": …, "attempt": …, "workers": [launch, …]}`` — start every worker
+  of one job; answered once every worker's state file is written: ``{"started": n}``, or
+  ``{"error": words}`` when nothing was started (``job.json`` names another attempt, or the
+  executor is stopping). A launch is ``{index, command, cwd, env, stdout, walltime, grace,
+  run_as}`` (``run_as``: ``{uid, gid, groups}`` or null).
+* ``{"op": "status"}`` — ``{"pid": …, "started_at": …, "running": n}``: the executor's own
+  pid and start time, and how many commands it watches.
+
+Requests are handled in the order they arrived, the older connection's first: what a server
+that died had already sent is carried out before a restarted server's first request.
+``executor.lock`` (an exclusive ``flock``) keeps a second executor off the directory — it exits
+with code 3; ``executor.log`` is its stderr.
+
+**Each worker's files** in its job's directory — the adapter reads them, the executor writes
+them atomically: ``worker-<i>.state.json`` once the command started (pid, pgid, started_at, the
+executor's pid and start time) and once it ended (ended_at, return_code or signal, reason,
+stopped_by, rusage); ``worker-<i>.out`` its stdout and stderr.
+
+**What stops a command** (SIGTERM to its process group, SIGKILL ``grace`` seconds later; the
+state's ``stopped_by`` says why): its ``walltime`` (``"walltime"``); a sibling of its job that
+failed, or ``gang.json`` written by the adapter (``"gang"``); SIGTERM/SIGINT to the executor
+(``"signal"``; it then starts nothing more and exits when every command has ended). A cancel
+is the adapter's own signal to the process group; the end then reads ``stopped_by:
+"cancel"`` because ``cancel.json`` exists. When a command has exited (its pidfd is readable;
+the zombie still pins its process group) whatever is left of its group is SIGKILLed, it is
+reaped with ``wait4`` and its CPU seconds, max RSS and block I/O are recorded. A worker whose
+command failed by itself writes ``gang.json`` and its siblings are stopped.
+
+**When it exits**: when no command runs and no client is connected (an idle executor costs
+nothing to start again), or after SIGTERM once its commands have ended. A SIGKILLed executor
+records nothing more: the adapter then stops its commands and reports them lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import heapq
+import itertools
+import json
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+TAG_FILE = "job.json"
+CANCEL_FILE = "cancel.json"
+GANG_FILE = "gang.json"
+USAGE_FILE = "usage.json"
+SOCKET_NAME = "executor.sock"
+LOCK_NAME = "executor.lock"
+LOG_NAME = "executor.log"
+ANOTHER_EXECUTOR = 3  # exit code: another executor holds the directory's lock
+GANG_TICK = 0.25  # seconds between looks at the running jobs' gang.json
+MAX_REQUEST = 64 << 20  # bytes of one request line at most
+FIRST_CLIENT_WAIT = 10.0  # seconds a new executor waits for its first client
+
+
+def state_path(job_dir: Path, index: int) -> Path:
+    return job_dir / f"worker-{index}.state.json"
+
+
+def stdout_path(job_dir: Path, index: int) -> Path:
+    return job_dir / f"worker-{index}.out"
+
+
+def socket_address(jobs_dir_fd: int) -> str:
+    """The socket's path through an open descriptor of the jobs directory: a Unix socket's path
+    may not exceed 107 bytes, a jobs directory's may."""
+    return f"/proc/self/fd/{jobs_dir_fd}/{SOCKET_NAME}"
+
+
+def open_private(path: Path) -> int:
+    """``path`` opened for appending, created 0600: a job's files are the server's alone (the
+    command writes its output through the descriptors it inherits, not by name)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
+
+
+def write_json_atomic(path: Path, value: dict[str, Any]) -> None:
+    """Write ``value`` to ``path`` so readers see the old or the new file, never half of one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(value, fh)
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or ``None`` when it is missing or not an object."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _killpg(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+class _Job:
+    """The workers of one job started by this executor that have not ended yet."""
+
+    def __init__(self, job_dir: Path) -> None:
+        self.job_dir = job_dir
+        self.running: dict[int, _Worker] = {}
+        self.gang_failed = False
+
+
+class _Worker:
+    def __init__(self, job: _Job, launch: dict[str, Any], state: dict[str, Any]) -> None:
+        self.job = job
+        self.index = int(launch["index"])
+        self.launch = launch
+        self.state = state
+        self.pid = 0
+        self.pidfd = -1
+        self.grace = float(launch["grace"])
+        self.stop_reason: tuple[str, str] | None = None  # (stopped_by, words)
+        self.killed = False
+
+    def save(self) -> None:
+        """Write the state file; a failure (a full disk) is logged, and the worker then counts
+        as lost — the executor goes on for the others."""
+        try:
+            write_json_atomic(state_path(self.job.job_dir, self.index), self.state)
+        except OSError as exc:
+            print(
+                f"cannot record worker {self.index} of {self.job.job_dir}: {exc}", file=sys.stderr
+            )
+
+    def stop(self, reason: tuple[str, str], timers: _Timers) -> None:
+        """SIGTERM to the command's group now, SIGKILL after its grace (once)."""
+        if self.stop_reason is None and self.pidfd >= 0:
+            self.stop_reason = reason
+            _killpg(self.pid, signal.SIGTERM)
+            timers.add(time.monotonic() + self.grace, self, "kill")
+
+
+class _Timers:
+    """Walltimes and grace periods due, earliest first (entries of ended workers are skipped)."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, _Worker, str]] = []
+        self._seq = itertools.count()
+
+    def add(self, due: float, worker: _Worker, what: str) -> None:
+        heapq.heappush(self._heap, (due, next(self._seq), worker, what))
+
+    def next_due(self) -> float | None:
+        return self._heap[0][0] if self._heap else None
+
+    def pop_due(self, now: float) -> list[tuple[_Worker, str]]:
+        due: list[tuple[_Worker, str]] = []
+        while self._heap and self._heap[0][0] <= now:
+            _, _, worker, what = heapq.heappop(self._heap)
+            if worker.pidfd >= 0:
+                due.append((worker, what))
+        return due
+
+
+class _Client:
+    def __init__(self, sock: socket.socket, order: int) -> None:
+        self.sock = sock
+        self.order = order  # accept order: older connections' requests first
+        self.inbox = bytearray()
+        self.outbox = bytearray()
+        self.closed = False
+
+
+class Executor:
+    """The loop: accept clients, carry out their requests, watch the commands' pidfds, fire
+    the timers, exit when idle."""
+
+    def __init__(self, jobs_dir: Path) -> None:
+        self.jobs_dir = jobs_dir
+        self.started_at = time.time()
+        self.selector = selectors.DefaultSelector()
+        self.timers = _Timers()
+        self.jobs: dict[Path, _Job] = {}
+        self.clients: dict[int, _Client] = {}
+        self.accepted = itertools.count()
+        self.stopping = False
+        self.signalled = False  # SIGTERM/SIGINT arrived; the loop then stops every command
+        self.next_gang_look = time.monotonic() + GANG_TICK
+        self.first_client_deadline = time.monotonic() + FIRST_CLIENT_WAIT
+        self.served = False  # a client has connected
+
+    # ---- the loop -------------------------------------------------------------------------
+
+    def serve(self, listener: socket.socket) -> None:
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        self.selector.register(listener, selectors.EVENT_READ, "listener")
+        self.selector.register(wake_r, selectors.EVENT_READ, "wake")
+        while self._wanted():
+            for key, events in self.selector.select(self._timeout()):
+                if key.data == "listener":
+                    self._accept(listener)
+                elif key.data == "wake":
+                    with contextlib.suppress(BlockingIOError):
+                        wake_r.recv(4096)
+                elif isinstance(key.data, _Worker):
+                    self._finish(key.data)
+                elif events & selectors.EVENT_WRITE and key.fd in self.clients:
+                    self._flush(self.clients[key.fd])
+            if self.signalled and not self.stopping:
+                self._stop_everything()
+            self._read_clients()
+            self._handle_requests()
+            self._fire_timers()
+        self.selector.unregister(listener)
+
+    def _wanted(self) -> bool:
+        """Whether to go on: a command runs, or a client is connected (and no SIGTERM came), or
+        no client came yet within :data:`FIRST_CLIENT_WAIT` of the start."""
+        if self.jobs:
+            return True
+        if self.stopping:
+            return False
+        return bool(self.clients) or (
+            not self.served and time.monotonic() < self.first_client_deadline
+        )
+
+    def _timeout(self) -> float | None:
+        due = [self.next_gang_look] if self.jobs else []
+        if not self.served:
+            due.append(self.first_client_deadline)
+        timer = self.timers.next_due()
+        if timer is not None:
+            due.append(timer)
+        return max(0.0, min(due) - time.monotonic()) if due else None
+
+    def _on_signal(self, _signum: int, _frame: object) -> None:
+        self.signalled = True  # handled by the loop: the wakeup fd ends its select
+
+    def _stop_everything(self) -> None:
+        self.stopping = True
+        for job in self.jobs.values():
+            for worker in job.running.values():
+                worker.stop(("signal", "its executor was asked to stop"), self.timers)
+
+    def _fire_timers(self) -> None:
+        now = time.monotonic()
+        for worker, what in self.timers.pop_due(now):
+            if what == "walltime":
+                walltime = worker.launch["walltime"]
+                worker.stop(("walltime", f"walltime of {walltime:g} s exceeded"), self.timers)
+            elif not worker.killed:
+                worker.killed = True
+                _killpg(worker.pid, signal.SIGKILL)
+        if self.jobs and now >= self.next_gang_look:
+            self.next_gang_look = now + GANG_TICK
+            for job in list(self.jobs.values()):
+                self._look_at_gang(job)
+
+    def _look_at_gang(self, job: _Job) -> None:
+        """Stop the job's commands when ``gang.json`` (the adapter's) names another worker."""
+        gang = read_json(job.job_dir / GANG_FILE)
+        if gang is None:
+            return
+        failed = gang.get("worker")
+        for worker in job.running.values():
+            if failed == worker.index:
+                continue
+            if isinstance(failed, int) and failed >= 0:
+                reason = ("gang", f"stopped because worker {failed} failed")
+            else:
+                reason = ("gang", f"stopped: {gang.get('reason') or 'the job failed'}")
+            worker.stop(reason, self.timers)
+
+    # ---- clients --------------------------------------------------------------------------
+
+    def _accept(self, listener: socket.socket) -> None:
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            sock, _ = listener.accept()
+            sock.setblocking(False)
+            self.served = True
+            client = _Client(sock, next(self.accepted))
+            self.clients[sock.fileno()] = client
+            self.selector.register(sock, selectors.EVENT_READ, client)
+
+    def _read_clients(self) -> None:
+        """Read what every client has sent (everything a dead server sent is read before
+        a new server's requests are handled)."""
+        for client in list(self.clients.values()):
+            while not client.closed:
+                try:
+                    data = client.sock.recv(1 << 20)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    data = b""
+                if not data or len(client.inbox) > MAX_REQUEST:
+                    client.closed = True  # its complete requests are still handled
+                    break
+                client.inbox += data
+
+    def _handle_requests(self) -> None:
+        for client in sorted(self.clients.values(), key=lambda c: c.order):
+            while (end := client.inbox.find(b"\n")) >= 0:
+                line = bytes(client.inbox[:end])
+                del client.inbox[: end + 1]
+                answer = self._answer(line)
+                client.outbox += json.dumps(answer).encode() + b"\n"
+            self._flush(client)
+
+    def _flush(self, client: _Client) -> None:
+        while client.outbox and not client.closed:
+            try:
+                sent = client.sock.send(client.outbox)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                client.closed = True
+                break
+            del client.outbox[:sent]
+        if client.closed:
+            self.selector.unregister(client.sock)
+            del self.clients[client.sock.fileno()]
+            client.sock.close()
+            return
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if client.outbox else 0)
+        self.selector.modify(client.sock, events, client)
+
+    def _answer(self, line: bytes) -> dict[str, Any]:
+        try:
+            request = json.loads(line)
+            op = request["op"]
+            if op == "status":
+                running = sum(len(job.running) for job in self.jobs.values())
+                return {"pid": os.getpid(), "started_at": self.started_at, "running": running}
+            if op == "start":
+                return self._start_job(request)
+            return {"error": f"unknown op {op!r}"}
+        except (ValueError, KeyError, TypeError) as exc:
+            return {"error": f"bad request: {exc!r}"}
+        except OSError as exc:  # the job's directory cannot be read
+            return {"error": str(exc)}
+
+    # ---- workers --------------------------------------------------------------------------
+
+    def _start_job(self, request: dict[str, Any]) -> dict[str, Any]:
+        if self.stopping:
+            return {"error": "the executor is stopping (it was sent SIGTERM)"}
+        job_dir = Path(request["job_dir"])
+        tag = read_json(job_dir / TAG_FILE)
+        if tag is None or tag.get("attempt") != request["attempt"]:
+            return {"error": "this start was superseded by a later submit; nothing started"}
+        job = self.jobs.get(job_dir) or _Job(job_dir)
+        for launch in request["workers"]:
+            self._start_worker(job, launch)
+        if job.running:
+            self.jobs[job_dir] = job
+        return {"started": len(request["workers"])}
+
+    def _start_worker(self, job: _Job, launch: dict[str, Any]) -> None:
+        state: dict[str, Any] = {
+            "version": 2,
+            "job_id": launch["job_id"],
+            "worker": int(launch["index"]),
+            "executor_pid": os.getpid(),
+            "executor_started_at": self.started_at,
+            "pid": None,
+            "pgid": None,
+            "started_at": None,
+            "ended_at": None,
+            "return_code": None,
+            "signal": None,
+            "reason": None,
+            "stopped_by": None,
+            "rusage": None,
+        }
+        worker = _Worker(job, launch, state)
+        try:
+            worker.pid = _spawn(launch)
+        except OSError as exc:
+            code = 127 if isinstance(exc, FileNotFoundError) else 126
+            state.update(ended_at=time.time(), return_code=code, reason=f"could not start: {exc}")
+            worker.save()
+            self._fail_gang(job, worker.index, str(state["reason"]))
+            return
+        worker.pidfd = os.pidfd_open(worker.pid)
+        state.update(pid=worker.pid, pgid=worker.pid, started_at=time.time())
+        worker.save()
+        job.running[worker.index] = worker
+        self.selector.register(worker.pidfd, selectors.EVENT_READ, worker)
+        walltime = launch.get("walltime")
+        if walltime is not None:
+            self.timers.add(time.monotonic() + float(walltime), worker, "walltime")
+        if job.gang_failed:
+            worker.stop(("gang", "stopped because a sibling failed"), self.timers)
+        elif self.stopping:
+            worker.stop(("signal", "its executor was asked to stop"), self.timers)
+
+    def _finish(self, worker: _Worker) -> None:
+        job = worker.job
+        self.selector.unregister(worker.pidfd)
+        os.close(worker.pidfd)
+        worker.pidfd = -1
+        _killpg(worker.pid, signal.SIGKILL)  # leftovers of the group; the zombie leader pins it
+        _, status, rusage = os.wait4(worker.pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        if worker.stop_reason is None and (job.job_dir / CANCEL_FILE).exists():
+            worker.stop_reason = ("cancel", "cancelled")
+        state = worker.state
+        state.update(
+            ended_at=time.time(),
+            return_code=code if code >= 0 else None,
+            signal=-code if code < 0 else None,
+            rusage={
+                "cpu_seconds": rusage.ru_utime + rusage.ru_stime,
+                "max_rss_mb": rusage.ru_maxrss / 1024.0,  # Linux reports KiB
+                "io_bytes": (rusage.ru_inblock + rusage.ru_oublock) * 512,
+            },
+        )
+        if worker.stop_reason is not None:
+            state["stopped_by"], state["reason"] = worker.stop_reason
+        elif code > 0:
+            state["reason"] = f"exited with code {code}"
+        elif code < 0:
+            state["reason"] = f"killed by {signal.Signals(-code).name}"
+        worker.save()
+        del job.running[worker.index]
+        if code != 0 and state["stopped_by"] not in ("cancel", "gang"):
+            self._fail_gang(job, worker.index, str(state["reason"]))
+        if not job.running:
+            self.jobs.pop(job.job_dir, None)
+
+    def _fail_gang(self, job: _Job, index: int, reason: str) -> None:
+        """Worker ``index`` failed by itself: say so in ``gang.json`` and stop its siblings."""
+        job.gang_failed = True
+        with contextlib.suppress(OSError):
+            if not (job.job_dir / GANG_FILE).exists():
+                write_json_atomic(job.job_dir / GANG_FILE, {"worker": index, "reason": reason})
+        for sibling in job.running.values():
+            sibling.stop(("gang", f"stopped because worker {index} failed"), self.timers)
+
+
+def _spawn(launch: dict[str, Any]) -> int:
+    """Start one command in a new session (it leads its own process group); its pid. With
+    ``run_as`` (the server is root) the child sets its groups, gid and uid — in that order,
+    before exec (``subprocess``'s own sequence) — and only then enters the working directory,
+    as that user: a directory (or a symlink swapped in after submit) the user may not reach is
+    refused, never entered by root on its behalf. Its stdout and stderr both go to its one
+    output file (in the order written, as Slurm's default output file), which stays the
+    server's, open on the descriptors the command inherits. Raises OSError."""
+    run_as = launch.get("run_as")
+    cwd = launch["cwd"]
+    identity: dict[str, Any] = {"cwd": cwd}
+    if run_as is not None:
+        identity = {
+            "user": int(run_as["uid"]),
+            "group": int(run_as["gid"]),
+            "extra_groups": [int(g) for g in run_as["groups"]],
+            "preexec_fn": functools.partial(os.chdir, cwd),  # this process has one thread
+        }
+    with os.fdopen(open_private(Path(launch["stdout"])), "ab") as out:
+        try:
+            proc = subprocess.Popen(  # noqa: S603 - argv list; this process has one thread
+                launch["command"],
+                env=launch["env"],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+                **identity,
+            )
+        except subprocess.SubprocessError:  # the chdir in the child, as the job's user
+            raise PermissionError(
+                f"the job's user cannot enter its working directory {cwd}"
+            ) from None
+    proc.returncode = 0  # reaped by the executor (wait4), never by Popen
+    return proc.pid
+
+
+def main(argv: list[str]) -> int:
+    """Entry point: ``argv == [jobs_dir]``. Returns 0 when it stopped, 2 on a bad argument,
+    :data:`ANOTHER_EXECUTOR` when another executor serves the directory."""
+    if len(argv) != 1 or not Path(argv[0]).is_dir():
+        print("usage: python -I -S executor.py JOBS_DIR", file=sys.stderr)
+        return 2
+    jobs_dir = Path(argv[0])
+    os.umask(0o077)
+    lock = os.open(jobs_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return ANOTHER_EXECUTOR
+    dir_fd = os.open(jobs_dir, os.O_RDONLY | os.O_DIRECTORY)
+    address = socket_address(dir_fd)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(address)  # a dead executor's: the lock is ours
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(address)
+    os.chmod(address, 0o600)
+    listener.listen(128)
+    listener.setblocking(False)
+    try:
+        Executor(jobs_dir).serve(listener)
+    finally:
+        os.unlink(address)  # before the lock goes: no successor's socket is removed
+        listener.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
