@@ -110,7 +110,8 @@ class CycleState:
         """The state at the start of a cycle over ``jobs``, whose queued ones are ``waiting``
         (in :func:`waiting_order`): the active jobs and their workers and, per queue, the first
         waiting job already passed over ``max_bypass`` times — it goes first; and what each
-        queue's active jobs hold (``held(job)``: of its quota resources, GPUs by model)."""
+        queue's active jobs hold: of its ``maximum_allowed_resources`` when it sets some, of
+        its quota (``held(job)``: GPUs by model) when it has one."""
         state = cls(
             max_concurrent_jobs,
             0,
@@ -118,12 +119,16 @@ class CycleState:
             {j.job_id: j.bypassed for j in waiting},
             QuotaLedger(queues),
         )
+        limited = {n for n, q in queues.items() if q.maximum_allowed_resources.amounts()}
+        with_quota = {name for name, queue in queues.items() if queue.quota is not None}
         for job in jobs:
             if job.status.active:
                 state.active_jobs += 1
                 state.workers_by_queue[job.queue] += job.workers
-                state._hold(job)
-                state.quota.charge(job.queue, held(job))
+                if job.queue in limited:
+                    state._hold(job)
+                if job.queue in with_quota:
+                    state.quota.charge(job.queue, held(job))
         for job in waiting:
             queue = queues.get(job.queue)
             if queue is not None and job.bypassed >= queue.max_bypass:

@@ -152,6 +152,8 @@ class JobLifecycle:
         self._poll_locks: dict[str, asyncio.Lock] = {}  # one poll of a job at a time
         self._ended: dict[str, asyncio.Event] = {}  # jobs someone waits to see end
         self._remove_at_end: set[str] = set()  # deleted while still stopping
+        self._numbered: list[Job] = []  # the jobs the last count gave a queue position
+        self._renumbering: asyncio.Future[None] | None = None  # a count is due this turn
 
     # ---------------------------------------------------------------- the table
     @staticmethod
@@ -216,6 +218,7 @@ class JobLifecycle:
 
     async def _queued(self, job: Job) -> None:
         self.renumber()
+        await self.numbered()  # the event tells the job's position
         job.reason_code, job.reason = Reason.QUEUED, "waiting for the next admission cycle"
         await self._emit(
             "job_queued",
@@ -240,6 +243,7 @@ class JobLifecycle:
         job.priority = priority
         await self._book.save(job)
         self.renumber()
+        await self.numbered()  # the answer shows the job's new position
 
     async def wait(self, job: Job, blocked: Blocked) -> None:
         """Record why a queued job waits (written only when it changed)."""
@@ -266,13 +270,32 @@ class JobLifecycle:
             job.estimated_start = starts.get(job.job_id) if job.status is JobStatus.QUEUED else None
 
     def renumber(self) -> None:
-        """Number the queued jobs of each queue, 1-based, in waiting order."""
-        position: dict[str, int] = {}
-        for job in self._book.jobs.values():
+        """Have the queued jobs of each queue numbered again, 1-based, in waiting order: once,
+        at the end of this turn of the event loop, for every change made in it (a burst of
+        submits, or an array's thousand tasks, is counted once rather than once per job —
+        each count orders every waiting job). :meth:`numbered` waits for it."""
+        if self._renumbering is None:
+            loop = asyncio.get_running_loop()
+            self._renumbering = loop.create_future()
+            loop.call_soon(self._renumber_now)
+
+    async def numbered(self) -> None:
+        """Return once the queue positions are counted again after the last change (at once
+        when no count is due)."""
+        if self._renumbering is not None:
+            await asyncio.shield(self._renumbering)
+
+    def _renumber_now(self) -> None:
+        due, self._renumbering = self._renumbering, None
+        for job in self._numbered:
             job.queue_position = None
-        for job in self._order(self._book.jobs.values()):
+        self._numbered = self._order(self._book.jobs.values())
+        position: dict[str, int] = {}
+        for job in self._numbered:
             position[job.queue] = position.get(job.queue, 0) + 1
             job.queue_position = position[job.queue]
+        if due is not None and not due.done():
+            due.set_result(None)
 
     # ---------------------------------------------------------------- admission
     async def place(

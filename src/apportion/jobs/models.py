@@ -161,10 +161,11 @@ class JobStatus(StrEnum):
     @property
     def active(self) -> bool:
         """Holding resources: scheduled or running."""
-        return self in (JobStatus.SCHEDULED, JobStatus.RUNNING)
+        return self in ACTIVE
 
 
 FINISHED = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+ACTIVE = frozenset({JobStatus.SCHEDULED, JobStatus.RUNNING})
 
 
 class _Strict(BaseModel):

@@ -579,10 +579,12 @@ class JobService:
         self, jobs: list[Job], waiting: list[Job], queues: dict[str, QueueConfig] | None = None
     ) -> CycleState:
         """The admission state over ``jobs`` (``waiting`` their queued ones in order): the
-        active jobs counted, each holding its GPUs under their models as the fleet has them."""
-        usage = self._held_usage(j for j in jobs if j.status.active)
-        limit = self.limits.get("max_concurrent_jobs")
+        active jobs counted, each of a queue with a quota holding its GPUs under their models
+        as the fleet has them (what the others hold is charged to no quota)."""
         queues = self._queues() if queues is None else queues
+        with_quota = {name for name, queue in queues.items() if queue.quota is not None}
+        usage = self._held_usage(j for j in jobs if j.status.active and j.queue in with_quota)
+        limit = self.limits.get("max_concurrent_jobs")
         return CycleState.of(jobs, waiting, limit, queues, held=lambda job: usage[job.job_id])
 
     def _held_usage(self, active: Iterable[Job]) -> dict[str, Usage]:

@@ -53,33 +53,39 @@ def statistics(
 ) -> dict[str, Any]:
     """``GET /queue`` (seed 001): totals, per queue and per priority, and the limits; per
     queue also its cohort and its use of its quotas (``quota`` counts the active jobs)."""
-    every = list(jobs)
-    queued = [j for j in every if j.status is JobStatus.QUEUED]
     per_queue: dict[str, dict[str, Any]] = {}
     for name in queues.names():
-        mine = [j for j in every if j.queue == name]
         queue = queues.get(name)
         cap = queue.worker_cap
-        held = {"gpus": 0, "vcpus": 0, "memory_mb": 0}
-        for job in mine:
-            if job.status.active:
-                for amount, value in job_amounts(job).items():
-                    held[amount] += value
         per_queue[name] = {
-            "queued": sum(j.status is JobStatus.QUEUED for j in mine),
-            "running": sum(j.status.active for j in mine),
-            "workers_running": sum(j.workers for j in mine if j.status.active),
+            "queued": 0,
+            "running": 0,
+            "workers_running": 0,
             "worker_cap": -1 if cap is None else cap,
-            "resources_held": held,  # against the queue's maximum_allowed_resources
+            # what its active jobs hold, against its maximum_allowed_resources
+            "resources_held": {"gpus": 0, "vcpus": 0, "memory_mb": 0},
             "cohort": queue.cohort,
             "quota": quota.status(queue),
         }
     per_priority: dict[str, int] = {}
-    for job in queued:
-        per_priority[str(job.priority)] = per_priority.get(str(job.priority), 0) + 1
+    queued = running = 0
+    for job in jobs:  # one pass: GET /queue is polled, and a pool holds thousands of jobs
+        if job.status is JobStatus.QUEUED:
+            queued += 1
+            per_priority[str(job.priority)] = per_priority.get(str(job.priority), 0) + 1
+            if job.queue in per_queue:
+                per_queue[job.queue]["queued"] += 1
+        elif job.status.active:
+            running += 1
+            line = per_queue.get(job.queue)
+            if line is not None:
+                line["running"] += 1
+                line["workers_running"] += job.workers
+                for amount, value in job_amounts(job).items():
+                    line["resources_held"][amount] += value
     return {
-        "total_queued": len(queued),
-        "running_jobs": sum(j.status.active for j in every),
+        "total_queued": queued,
+        "running_jobs": running,
         "queues": per_queue,
         "priorities": per_priority,
         "limits": limits,
