@@ -39,6 +39,7 @@ from apportion.jobs.outputs import collect_outputs
 from apportion.jobs.records import Job, ResourceUsage
 from apportion.jobs.staging import StagedInput, stage_inputs
 from apportion.registry.service import Registry
+from apportion.thread_batch import ThreadBatch
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,9 @@ class BackendDriver:
         self.jobs_root = jobs_root  # each job's default working directory, as its user
         self.files = files
         self._specs: dict[str, JobSpec] = {}
+        self._dirs_prepared: ThreadBatch[tuple[JobSpec, RunAs | None, str | None], None] = (
+            ThreadBatch(lambda call: self._prepare_dirs(*call))  # many dispatches, one hop
+        )
 
     # ---------------------------------------------------------------- placements
     def _scheduler_of(self, cluster_id: str) -> dict[str, Any] | None:
@@ -212,7 +216,7 @@ class BackendDriver:
         try:
             adapter = self.adapter_for(job)
             run_as = self.identity.run_as(job)  # refused here too, not only at submit
-            await asyncio.to_thread(self._prepare_dirs, spec, run_as, job.config.working_dir)
+            await self._dirs_prepared((spec, run_as, job.config.working_dir))
             await self._stage_inputs(job, spec, run_as)
             crash_point("before_submit")
             scheduler_job_id = await adapter.submit(spec)

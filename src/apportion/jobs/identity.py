@@ -21,8 +21,9 @@ import pwd
 import shutil
 import stat
 import sys
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from apportion.accounts import check_os_user
@@ -33,6 +34,11 @@ from apportion.jobs.records import Job
 def _no_account_users(_account: str) -> str | None:
     return None
 
+
+LOOKUP_TTL = 1.0
+"""Seconds a user's entry (uid, gid, groups, home) is used without asking the user database
+again: every job dispatched in a burst asked it three times (a read of ``/etc/passwd`` and
+``/etc/group`` each); a change there shows within this time."""
 
 SETUP_HINT = (
     "create it with scripts/tenant_user.sh (as root), or set job_user (or the account's"
@@ -49,6 +55,10 @@ class JobIdentity:
     allow_as_server: bool
     os_user_of: Callable[[str], str | None] = _no_account_users
     """An account's own OS user, None when it has none (then ``job_user``)."""
+    _looked_up: dict[str, tuple[float, RunAs]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    """User name → (when, what) the user database said of it, for :data:`LOOKUP_TTL`."""
 
     @classmethod
     def of_this_process(
@@ -93,12 +103,18 @@ class JobIdentity:
             if self.allow_as_server:
                 return None
             raise AdapterError(self.refusal() or "local jobs are refused on this server")
+        now = time.monotonic()
+        known = self._looked_up.get(user)
+        if known is not None and now - known[0] < LOOKUP_TTL:
+            return known[1]
         try:
             entry = check_os_user(user)
         except ValueError as exc:
             raise AdapterError(f"jobs cannot run as {user!r}: {exc}: {SETUP_HINT}") from None
         groups = tuple(os.getgrouplist(entry.pw_name, entry.pw_gid))
-        return RunAs(entry.pw_name, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir)
+        run_as = RunAs(entry.pw_name, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir)
+        self._looked_up[user] = (now, run_as)
+        return run_as
 
     def describe(self) -> str:
         """The start-up line that says as whom jobs run."""

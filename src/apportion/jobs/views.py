@@ -9,8 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from apportion.jobs.admission import job_amounts
-from apportion.jobs.models import JobStatus
+from apportion.jobs.models import ACTIVE, JobStatus
 from apportion.jobs.quota import QuotaLedger
 from apportion.jobs.records import Job, QueueBook
 
@@ -75,14 +74,16 @@ def statistics(
             per_priority[str(job.priority)] = per_priority.get(str(job.priority), 0) + 1
             if job.queue in per_queue:
                 per_queue[job.queue]["queued"] += 1
-        elif job.status.active:
+        elif job.status in ACTIVE:
             running += 1
             line = per_queue.get(job.queue)
             if line is not None:
+                workers, asked, held = job.workers, job.config.resources, line["resources_held"]
                 line["running"] += 1
-                line["workers_running"] += job.workers
-                for amount, value in job_amounts(job).items():
-                    line["resources_held"][amount] += value
+                line["workers_running"] += workers
+                held["gpus"] += asked.gpus * workers
+                held["vcpus"] += (asked.vcpus or 0) * workers
+                held["memory_mb"] += (asked.memory_mb or 0) * workers
     return {
         "total_queued": queued,
         "running_jobs": running,

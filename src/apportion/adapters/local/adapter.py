@@ -78,6 +78,7 @@ from apportion.adapters.local.workers import (
     read_workers,
     stop_orphans,
 )
+from apportion.thread_batch import ThreadBatch
 
 
 class LocalAdapter:
@@ -92,6 +93,13 @@ class LocalAdapter:
         self._submitting: set[str] = set()
         self._links: dict[Path, ExecutorLink] = {}  # jobs directory → its executor
         self._samples: dict[str, dict[str, Any]] = {}
+        # the file reads and writes of many jobs at once share a thread hop
+        self._prepared = ThreadBatch(self._prepare)
+        self._found = ThreadBatch(self._find)
+        self._polled: ThreadBatch[tuple[JobSpec, str], BackendStatus] = ThreadBatch(
+            lambda call: self._poll(*call)
+        )
+        self._sampled = ThreadBatch(self._usage)
 
     @staticmethod
     def scheduler_id(spec: JobSpec) -> str:
@@ -107,7 +115,7 @@ class LocalAdapter:
         :class:`AdapterError` for an empty command, bad workers or environment, a missing
         working directory, or an executor that could not start it.
         """
-        request = await asyncio.to_thread(self._prepare, spec)
+        request = await self._prepared(spec)
         if isinstance(request, str):
             return request  # already running: submit is idempotent
         self._submitting.add(spec.run_id)
@@ -127,7 +135,7 @@ class LocalAdapter:
         try:
             return await link.request(request)
         except ExecutorGone:
-            if await asyncio.to_thread(self._find, spec) is not None:
+            if await self._found(spec) is not None:
                 return {"started": len(spec.workers)}
         try:
             return await link.request(request)
@@ -135,7 +143,7 @@ class LocalAdapter:
             raise AdapterError(f"could not start job {spec.job_id}: {exc}") from None
 
     def _link(self, spec: JobSpec) -> ExecutorLink:
-        jobs_dir = Path(spec.output_dir).resolve().parent
+        jobs_dir = Path(os.path.abspath(spec.output_dir)).parent  # no file system call
         link = self._links.get(jobs_dir)
         if link is None:
             link = self._links[jobs_dir] = ExecutorLink(jobs_dir, base_environment())
@@ -150,11 +158,11 @@ class LocalAdapter:
 
     async def find(self, spec: JobSpec) -> str | None:
         """``local-<job_id>`` if the tag file names this job and a worker started, else None."""
-        return await asyncio.to_thread(self._find, spec)
+        return await self._found(spec)
 
     async def poll(self, spec: JobSpec, scheduler_job_id: str) -> BackendStatus:
         """The job's state from its state files and a liveness check of its processes."""
-        return await asyncio.to_thread(self._poll, spec, scheduler_job_id)
+        return await self._polled((spec, scheduler_job_id))
 
     async def cancel(self, spec: JobSpec, scheduler_job_id: str) -> None:
         """Record the cancellation, SIGTERM every worker's process group, SIGKILL after
@@ -181,7 +189,7 @@ class LocalAdapter:
 
     async def usage(self, spec: JobSpec, scheduler_job_id: str) -> dict[str, Any]:
         """A psutil sample over the workers' process trees (finished jobs: the last sample)."""
-        return await asyncio.to_thread(self._usage, spec)
+        return await self._sampled(spec)
 
     async def partitions(self) -> list[dict[str, Any]]:
         return [
