@@ -48,8 +48,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil  # type: ignore[import-untyped, unused-ignore]
 from allocation import start, stop
-from jobs_report import Comparison, Run, phases, section, write_section
+from jobs_report import Comparison, Memory, Run, phases, section, write_section
 from jobs_slurm import Slurm, cancel_left, direct_run, find_slurm
 from report import LOAD_BEFORE, others
 
@@ -59,13 +60,13 @@ DEADLINE = 900.0  # s a single pass may take before the benchmark gives up
 
 
 @contextmanager
-def server(nodes: int) -> Iterator[str]:
-    """A fresh server with ``nodes`` × 8 local GPUs, in its own process; its URL."""
+def server(nodes: int) -> Iterator[tuple[str, int]]:
+    """A fresh server with ``nodes`` × 8 local GPUs, in its own process; its URL and PID."""
     proc, ready = start(
         "serve_fleet.py", "--nodes", str(nodes), env={"APPORTION_ADMIN_KEY": ADMIN_KEY}
     )
     try:
-        yield str(ready["url"])
+        yield str(ready["url"]), proc.pid
     finally:
         stop(proc)
 
@@ -86,10 +87,12 @@ async def engine_run(
     args: argparse.Namespace,
     *,
     as_array: bool = False,
+    histories: bool = True,
 ) -> Run:
     """Submit ``jobs`` copies of ``config`` with ``args.submitters`` coroutines (``as_array``:
     one submit of an array of ``jobs`` tasks); time until the server has none
-    queued/scheduled/running; count the jobs that did not end ``completed``."""
+    queued/scheduled/running; count the jobs that did not end ``completed`` (of every job the
+    server lists); with ``histories``, read each job's status history for the phases."""
     left = iter(range(jobs))
     body = {"config": config}
 
@@ -114,6 +117,9 @@ async def engine_run(
         await asyncio.sleep(args.poll)
     seconds = time.perf_counter() - began
     records = await call(http, "GET", f"{url}/jobs", params={"limit": "10000"})
+    failed = sum(r["status"] != "completed" for r in records)
+    if not histories:
+        return Run(jobs, seconds, submitted, failed)
     if len(records) != jobs:
         raise RuntimeError(f"submitted {jobs} jobs, the server lists {len(records)}")
     gate = asyncio.Semaphore(8)  # after the timed part: each job's status history
@@ -122,9 +128,8 @@ async def engine_run(
         async with gate:
             return await call(http, "GET", f"{url}/jobs/{job_id}/statuses")
 
-    histories = await asyncio.gather(*(history(r["job_id"]) for r in records))
-    failed = sum(r["status"] != "completed" for r in records)
-    return Run(jobs, seconds, submitted, failed, phases(histories))
+    steps = await asyncio.gather(*(history(r["job_id"]) for r in records))
+    return Run(jobs, seconds, submitted, failed, phases(steps))
 
 
 async def direct_local(jobs: int, bound: int) -> Run:
@@ -150,7 +155,7 @@ async def local_rep(
     bound = args.concurrency or args.jobs
 
     async def engine() -> None:
-        with server(max(1, math.ceil(args.jobs / 8))) as url:
+        with server(max(1, math.ceil(args.jobs / 8))) as (url, _):
             async with session() as http:
                 if args.concurrency:
                     limit = {"max_concurrent_jobs": args.concurrency}
@@ -176,7 +181,7 @@ async def slurm_rep(
     submitted: list[str] = []
 
     async def engine() -> None:
-        with server(0) as url:
+        with server(0) as (url, _):
             async with session() as http:
                 try:
                     await slurm_engine(http, url, args, result, as_array=as_array)
@@ -222,6 +227,23 @@ async def slurm_engine(
     config = {"name": "bench", "queue": "bench-hpc", "command": ARGV, "resources": {"gpus": 1}}
     run = await engine_run(http, url, config, args.slurm_jobs, args, as_array=as_array)
     result.engine.append(run)
+
+
+async def memory_run(args: argparse.Namespace) -> Memory:
+    """The server's resident memory after a warm-up of 200 jobs, and once ``args.memory_jobs``
+    more have finished (one array; a fleet where they all fit at once)."""
+    config = {"name": "memory", "command": ARGV, "resources": {"gpus": 1}}
+    with server(max(1, math.ceil(args.memory_jobs / 8))) as (url, pid):
+        async with session() as http:
+            await engine_run(http, url, config, 200, args, as_array=True, histories=False)
+            before = psutil.Process(pid).memory_info().rss
+            run = await engine_run(
+                http, url, config, args.memory_jobs, args, as_array=True, histories=False
+            )
+            after = psutil.Process(pid).memory_info().rss
+    if run.failed:
+        raise RuntimeError(f"{run.failed} job(s) of the memory pass did not complete")
+    return Memory(args.memory_jobs, before, after, run.seconds)
 
 
 def session() -> aiohttp.ClientSession:
@@ -292,14 +314,23 @@ def main(argv: list[str] | None = None) -> int:
         help="set max_concurrent_jobs (and bound the direct spawns alike); default: unlimited",
     )  # fmt: skip
     parser.add_argument("--no-slurm", action="store_true", help="skip the Slurm part")
+    parser.add_argument(
+        "--memory-jobs", type=int, default=10_000, choices=range(0, 10_001), metavar="0..10000",
+        help="finished jobs the server's memory is measured over (0: not measured)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.quick:
-        args.jobs, args.slurm_jobs, args.reps = 20, 8, 1
+        args.jobs, args.slurm_jobs, args.reps, args.memory_jobs = 20, 8, 1, 0
     if LOAD_BEFORE[0] > 0.5:
         sys.stderr.write(f"warning: load average {LOAD_BEFORE[0]:.2f}: figures will be noisy\n")
     results = asyncio.run(measure(args))
+    memory = None
+    if args.memory_jobs:
+        args.poll = 0.1
+        memory = asyncio.run(memory_run(args))
+        sys.stderr.write(memory.line())
     command = "python benchmarks/jobs.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    text = section(results, command.strip(), args.submitters, args.reps)
+    text = section(results, command.strip(), args.submitters, args.reps, memory)
     sys.stdout.write(text)
     if args.write is not None and not write_section(args.write, text):
         sys.stderr.write(f"warning: {args.write} has no KEEP marker before the section\n")

@@ -11,7 +11,9 @@ Pure: never changes the fleet.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import functools
+import sys
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 
@@ -19,6 +21,8 @@ from apportion.engine.decisions import Reason, Rejection, Score
 from apportion.engine.requests import GpuRequest
 from apportion.engine.stage import BOOL, Stage, per_node
 from apportion.errors import NoFeasiblePlacement
+
+_T = TypeVar("_T")
 
 REJECTIONS_LIMIT = 50  # rejected nodes listed in an explain record or a NoFeasiblePlacement
 
@@ -135,16 +139,23 @@ def _rejections(st: Stage, limit: int) -> list[Rejection]:
     rows = rows[np.argsort(s.node_rank[rows], kind="stable")][: max(0, limit)]
     out = []
     for row in rows.tolist():
-        kinds = tuple(k for k in Reason if k in masks and masks[k][row])
+        kinds = _shared(tuple(k for k in Reason if k in masks and masks[k][row]))
         out.append(
             Rejection(
                 cluster_id=s.cluster_ids[int(s.node_cluster[row])],
                 node_id=s.node_ids[row],
                 kinds=kinds,
-                reasons=tuple(_text(st, k, row) for k in kinds),
+                reasons=_shared(tuple(sys.intern(_text(st, k, row)) for k in kinds)),
             )
         )
     return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _shared(value: tuple[_T, ...]) -> tuple[_T, ...]:
+    """One tuple for equal ones: a job's decision is kept as long as the job, and the same few
+    reasons (and their texts, interned) recur over its rejected nodes and over jobs."""
+    return value
 
 
 def _text(st: Stage, kind: Reason, row: int) -> str:

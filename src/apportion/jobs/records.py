@@ -151,6 +151,10 @@ class Job:
             out["exit_codes"] = jsonutil.dumps_str(list(self.exit_codes))
         return JobRow(**out)
 
+    def drop_encoded(self) -> None:
+        """Forget the JSON texts :meth:`row` keeps (they are made again when needed)."""
+        self._encoded_cache.clear()
+
     def _encoded(self, name: str, value: Callable[[], Any]) -> str:
         """The JSON text of a write-once field, computed on first use (keyed by the object, so
         a replaced value is encoded anew)."""
@@ -348,6 +352,8 @@ class JobBook:
             history = StatusEntry(job.job_id, status.value, now, reason)
         released = () if release_hold is None else (release_hold,)
         change = JobChange(job.row(), history, released_holds=released, account_usage=usage)
+        if job.status.finished:
+            job.drop_encoded()  # rarely written again: not worth its memory while it is kept
         await self._writer.write(change)
 
     def charge_run(self, job: Job, end: float) -> UsageRow | None:

@@ -294,7 +294,11 @@ class LocalAdapter:
             state = w.state or {}
             proc = command_process(state) if w.kind == "running" else None
             workers.append((w.kind, state, proc))
-        sample, self._samples[spec.run_id] = local_usage.job_usage(usage_file, record, workers)
+        sample, record = local_usage.job_usage(usage_file, record, workers)
+        if any(kind == "running" for kind, _, _ in workers):
+            self._samples[spec.run_id] = record
+        else:  # ended: its last sample is in usage.json, and the end in its state files
+            self._samples.pop(spec.run_id, None)
         return sample
 
 
