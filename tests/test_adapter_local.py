@@ -34,6 +34,7 @@ from apportion.adapters.base import (
 )
 from apportion.adapters.local import executor as ex
 from apportion.adapters.local.adapter import LocalAdapter
+from apportion.adapters.local.launch import start_request
 
 PY = sys.executable
 GRACE = 0.5
@@ -613,6 +614,60 @@ async def test_a_second_executor_for_a_directory_is_refused(
         PY, "-I", "-S", ex.__file__, str(tmp_path), stderr=asyncio.subprocess.DEVNULL
     )
     assert await asyncio.wait_for(second.wait(), 30) == ex.ANOTHER_EXECUTOR
+    gate.touch()
+
+
+async def executor_says(jobs_dir: Path, *lines: bytes) -> list[dict[str, Any]]:
+    """What the executor of ``jobs_dir`` answers to ``lines``, sent on a connection of their own."""
+    fd = os.open(jobs_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        reader, writer = await asyncio.open_unix_connection(ex.socket_address(fd))
+    finally:
+        os.close(fd)
+    try:
+        writer.write(b"".join(lines))
+        return [json.loads(await reader.readline()) for _ in lines]
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_a_start_of_another_attempt_starts_nothing(
+    adapter: LocalAdapter, tmp_path: Path
+) -> None:
+    # a start sent before a crash and carried out after the next submit's tag: never a 2nd run
+    gate = tmp_path / "may-exit"
+    running = make_spec(tmp_path, gate_code(gate), job_id="job-0")
+    await adapter.submit(running)  # the executor is up
+    stale = make_spec(tmp_path, "print('ran')", job_id="job-1")
+    stale.output_dir.mkdir()
+    ex.write_json_atomic(stale.output_dir / ex.TAG_FILE, {"attempt": "the-next-one"})
+    request = start_request(stale, tmp_path, "an-earlier-one", GRACE)
+    (answer,) = await executor_says(tmp_path, json.dumps(request).encode() + b"\n")
+    assert answer == {"error": "this start was superseded by a later submit; nothing started"}
+    assert not ex.state_path(stale.output_dir, 0).exists()
+    gate.touch()
+
+
+async def test_a_bad_request_is_answered_and_hurts_no_other_client(
+    adapter: LocalAdapter, tmp_path: Path
+) -> None:
+    gate = tmp_path / "may-exit"
+    spec = make_spec(tmp_path, gate_code(gate))
+    sid = await adapter.submit(spec)
+    answers = await executor_says(
+        tmp_path, b"not json\n", b'{"op": "launch"}\n', b'{"op": "start"}\n', b"[]\n"
+    )
+    assert [a["error"].split(":")[0] for a in answers] == [
+        "bad request",
+        "unknown op 'launch'",
+        "bad request",
+        "bad request",
+    ]
+    assert (await adapter.poll(spec, sid)).state is BackendState.RUNNING  # the job goes on
+    after = make_spec(tmp_path, "print('next')", job_id="job-2")
+    finished = await wait_finished(adapter, after, await adapter.submit(after))
+    assert finished.state is BackendState.COMPLETED  # and the adapter's connection too
     gate.touch()
 
 

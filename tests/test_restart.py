@@ -8,9 +8,12 @@ import signal
 import sys
 from pathlib import Path
 
+import pytest
 from websockets.asyncio.client import connect
 
-from tests.conftest import ADMIN_KEY, allocation, ask, running_server
+from apportion.app import Server
+from apportion.store.data_dir import DataDirInUse
+from tests.conftest import ADMIN_KEY, allocation, ask, running_server, server_settings
 
 PIN = {"variable": "id", "operator": "==", "value": "mixed-lab-n00"}
 
@@ -145,3 +148,38 @@ async def test_a_deleted_jobs_number_is_never_given_to_another(tmp_path: Path) -
         jobs = live.server.context.jobs  # type: ignore[union-attr]
         assert jobs is not None
         assert (jobs.jobs.get(ids[0]).seq, jobs.jobs.get(later).seq) == (1, 3)
+
+
+async def test_a_second_server_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    async with running_server(data):
+        second = Server(server_settings(data))
+        with pytest.raises(DataDirInUse) as refused:
+            await second.start()
+        assert str(refused.value) == (
+            f"another Apportion server (pid {os.getpid()}) is using the data dir {data}: a data"
+            " dir and its SQLite database serve one server process. Stop that server, or start"
+            " this one with its own --data-dir"
+        )
+    async with running_server(data):  # the first one stopped: the data dir is free again
+        pass
+
+
+async def test_apportion_serve_on_a_data_dir_in_use_says_what_to_do(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    async with running_server(data):
+        serve = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "apportion", "serve", "--port", "0", "--ws-port", "0",
+            "--data-dir", str(data),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "APPORTION_ADMIN_KEY": ADMIN_KEY},
+        )  # fmt: skip
+        try:
+            _, err = await asyncio.wait_for(serve.communicate(), 60)
+        finally:
+            if serve.returncode is None:
+                serve.kill()
+                await serve.wait()
+    assert serve.returncode == 1
+    assert "is using the data dir" in err.decode()
+    assert "start this one with its own --data-dir" in err.decode()

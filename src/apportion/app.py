@@ -69,6 +69,7 @@ from apportion.server.routes_status import STATUS, StatusContext
 from apportion.server.socketio_server import SocketIOBroadcaster, attach, create_socketio
 from apportion.server.telemetry import Telemetry
 from apportion.server.ws import AllocationWebSocket
+from apportion.store.data_dir import lock_data_dir, unlock_data_dir
 from apportion.store.db import Database
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,17 @@ class Server:
 
     # ---------------------------------------------------------------- start
     async def start(self) -> None:
+        """Start the store, the services, the background loops and the ports. A start that
+        fails stops what it had started (its data dir, store and workers are let go) and
+        raises: :class:`~apportion.store.data_dir.DataDirInUse` (a ``ValueError``) when another
+        server holds the data dir."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         settings = self.settings
         check_bind_allowed(settings.host, auth_enabled=settings.auth)
         loop = asyncio.get_running_loop()
@@ -136,6 +148,8 @@ class Server:
         self._stack.callback(loop.set_exception_handler, previous_handler)
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(settings.data_dir, 0o700)  # the server's alone, also when it existed before
+        held = lock_data_dir(settings.data_dir)  # DataDirInUse when another server has it
+        self._stack.callback(unlock_data_dir, held)
         db = await Database.open(settings.database_url)
         self._stack.push_async_callback(db.close)
 
