@@ -7,6 +7,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import psutil  # type: ignore[import-untyped, unused-ignore]
+
 from apportion.jobs.identity import python_for_jobs
 from apportion.jobs.models import JobConfig, JobStatus, QueueConfig, WorkerResources
 from apportion.jobs.records import Job
@@ -14,6 +16,14 @@ from apportion.ownership import DEFAULT_ACCOUNT, Owner
 from tests.conftest import Running
 
 PY = python_for_jobs()  # an interpreter the job user can run (docs/security.md)
+
+
+def gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended (a zombie counts: it runs no more)."""
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True
 
 
 def sleeper(seconds: float) -> list[str]:

@@ -35,6 +35,7 @@ from apportion.adapters.base import (
 from apportion.adapters.local import executor as ex
 from apportion.adapters.local.adapter import LocalAdapter
 from apportion.adapters.local.launch import start_request
+from tests.jobs_helpers import gone
 
 PY = sys.executable
 GRACE = 0.5
@@ -129,13 +130,6 @@ def gate_code(gate: Path) -> str:
         f"while not os.path.exists({str(gate)!r}) and time.monotonic() < end:\n"
         "    time.sleep(0.01)\n"
     )
-
-
-def gone(pid: int) -> bool:
-    try:
-        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return True
 
 
 # ---- environment and argv -----------------------------------------------------------------
@@ -617,6 +611,24 @@ async def test_a_second_executor_for_a_directory_is_refused(
     gate.touch()
 
 
+async def test_the_adapter_is_told_when_a_worker_ended(
+    adapter: LocalAdapter, tmp_path: Path
+) -> None:
+    told: list[str | None] = []
+    adapter.on_change(told.append)
+    gate = tmp_path / "may-exit"
+    spec = make_spec(tmp_path, gate_code(gate), job_id="job-7")
+    await adapter.submit(spec)
+    assert told == []  # nothing ended yet
+    gate.touch()
+    for _ in range(1500):  # 30 s at most; no poll is made meanwhile
+        if told:
+            break
+        await asyncio.sleep(0.02)
+    assert told == ["job-7"]
+    assert state(spec)["ended_at"] is not None  # told after the end was recorded
+
+
 async def executor_says(jobs_dir: Path, *lines: bytes) -> list[dict[str, Any]]:
     """What the executor of ``jobs_dir`` answers to ``lines``, sent on a connection of their own."""
     fd = os.open(jobs_dir, os.O_RDONLY | os.O_DIRECTORY)
@@ -701,6 +713,10 @@ async def test_a_sigkilled_executor_loses_its_jobs_and_a_new_one_starts_the_next
     assert status.state is BackendState.FAILED
     assert status.reason == "worker 0 was lost: its executor died before recording its end"
     assert status.exit_codes == (None, None)
+    for _ in range(500):  # SIGKILLed by that poll: gone within moments (10 s at most)
+        if all(gone(pid) for pid in commands):
+            break
+        await asyncio.sleep(0.02)
     assert all(gone(pid) for pid in commands)  # stopped: nobody could record their end
     after = make_spec(tmp_path, "print('next')", job_id="job-2")
     finished = await wait_finished(adapter, after, await adapter.submit(after))

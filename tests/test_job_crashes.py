@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import psutil  # type: ignore[import-untyped, unused-ignore]
 import pytest
 
 from tests.conftest import ADMIN_KEY, running_server
-from tests.jobs_helpers import PY, sleeper, statuses, submit, wait_for
+from tests.jobs_helpers import PY, gone, sleeper, statuses, submit, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 SERVE = """
@@ -143,12 +142,18 @@ async def test_a_crash_between_a_jobs_end_and_its_release_leaves_no_hold(
     assert marker.read_text() == "ran\n"
 
 
+@pytest.mark.parametrize("sweep", ["every 5 s", "never"])
 async def test_a_sigkilled_executor_fails_its_running_jobs_and_a_new_one_takes_over(
-    tmp_path: Path, job_tmp: Path
+    tmp_path: Path, job_tmp: Path, sweep: str
 ) -> None:
+    # "never": the watch's sweep does not look at local jobs, so only the executor's word (an
+    # end; the loss of its connection) can have them polled
     data, marker = tmp_path / "data", job_tmp / "ran.txt"
     async with running_server(data) as live:
         await live.load_demo_fleet()
+        if sweep == "never":
+            assert live.server.context is not None
+            live.server.context.jobs.lifecycle.notified_poll_interval = 1e9
         job_id = await submit(live, {"command": sleeper(300)})
         await wait_for(live, job_id, "running")
         state = json.loads((data / "jobs" / job_id / "worker-0.state.json").read_text())
@@ -158,7 +163,11 @@ async def test_a_sigkilled_executor_fails_its_running_jobs_and_a_new_one_takes_o
         assert record["failed_reason"] == (
             "worker 0 was lost: its executor died before recording its end"
         )
-        assert not psutil.pid_exists(command) or psutil.Process(command).status() == "zombie"
+        for _ in range(500):  # SIGKILLed by the poll that found it orphaned (10 s at most)
+            if gone(command):
+                break
+            await asyncio.sleep(0.02)
+        assert gone(command)  # stopped: nobody could have recorded its end
         after = await submit(live, {"command": marker_command(marker)})
         assert (await wait_for(live, after, "completed", "failed"))["status"] == "completed"
         state = json.loads((data / "jobs" / after / "worker-0.state.json").read_text())

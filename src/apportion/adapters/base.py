@@ -21,6 +21,7 @@ Every method may raise :class:`AdapterError` with a message for the job's status
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -166,6 +167,18 @@ class Adapter(Protocol):
 
     async def discover(self, scheduler: dict[str, Any]) -> list[dict[str, Any]]:
         """``nodeData`` entries of the cluster behind ``scheduler`` (Slurm); [] if not supported."""
+        ...
+
+
+@runtime_checkable
+class NotifyingAdapter(Protocol):
+    """An adapter that says when one of its jobs may have changed (the local adapter: its
+    executor tells when a worker ended), so the server looks at that job at once and at the
+    others seldom."""
+
+    def on_change(self, listener: Callable[[str | None], None]) -> None:
+        """Call ``listener(run_id)`` on the event loop when the job run ``run_id`` (see
+        :attr:`JobSpec.run_id`) may have changed, ``listener(None)`` when any may have."""
         ...
 
 

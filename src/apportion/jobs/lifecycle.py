@@ -36,7 +36,12 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from apportion.adapters.base import AdapterError, BackendState, BackendStatus
+from apportion.adapters.base import (
+    AdapterError,
+    BackendState,
+    BackendStatus,
+    NotifyingAdapter,
+)
 from apportion.allocation.hold import Hold
 from apportion.allocation.holds import HoldManager
 from apportion.allocation.service import AllocationService
@@ -78,6 +83,10 @@ TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = MappingProxyType(
 """The allowed status changes of a job: ``from → {to, …}`` (seed 001's states)."""
 
 POLL_CONCURRENCY = 32  # jobs the watch polls at once
+NOTIFIED_POLL_INTERVAL = 5.0
+"""Seconds between the watch's polls of a job whose adapter says when it changed (the local
+adapter): such a job is polled when its adapter says so, and this often besides (its usage is
+sampled then; a word lost on the way costs this much delay at most)."""
 
 _END_STATES = {
     BackendState.COMPLETED: JobStatus.COMPLETED,
@@ -152,6 +161,8 @@ class JobLifecycle:
         self._poll_locks: dict[str, asyncio.Lock] = {}  # one poll of a job at a time
         self._ended: dict[str, asyncio.Event] = {}  # jobs someone waits to see end
         self._remove_at_end: set[str] = set()  # deleted while still stopping
+        self._polled_at: dict[str, float] = {}  # job id → its last poll (monotonic)
+        self.notified_poll_interval = NOTIFIED_POLL_INTERVAL
         self._numbered: list[Job] = []  # the jobs the last count gave a queue position
         self._renumbering: asyncio.Future[None] | None = None  # a count is due this turn
 
@@ -418,6 +429,8 @@ class JobLifecycle:
         )
         if job.cancel_requested or job.preempted_by is not None:
             await self._stop_dispatched(job)
+        elif self._notifies(job):  # it may have started, or ended, before it was adopted
+            self._spawn(self.poll(job), f"poll-{job.job_id}")
 
     async def reconcile(self) -> None:
         """At start: give back the GPUs of job holds whose job no longer holds them (it ended,
@@ -455,10 +468,32 @@ class JobLifecycle:
                 self._launch(job)
 
     # ---------------------------------------------------------------- watching
+    def _notifies(self, job: Job) -> bool:
+        """Whether the job's adapter says when the job changed (:class:`NotifyingAdapter`)."""
+        return isinstance(self._driver.adapters.get(job.adapter or "local"), NotifyingAdapter)
+
+    def _changed(self, run_id: str | None) -> None:
+        """An adapter says the job run ``run_id`` may have changed (None: any of its jobs):
+        poll it now."""
+        if run_id is None:
+            jobs = [j for j in self._book.jobs.values() if self._notifies(j)]
+        else:
+            job = self._book.jobs.get(run_id.partition(".")[0])  # a requeued run: "<id>.N"
+            jobs = [] if job is None else [job]
+        for job in jobs:
+            if job.status.active and job.scheduler_job_id is not None:
+                self._spawn(self.poll(job), f"poll-{job.job_id}")
+
     async def watch(self, *, interval: float = 0.5) -> None:
         """Poll every dispatched job until cancelled: a sweep every ``interval`` seconds, up to
         :data:`POLL_CONCURRENCY` jobs at once (one job's slow backend call or commit does not
-        hold up the others, and their commits share fsyncs)."""
+        hold up the others, and their commits share fsyncs). A job whose adapter says when it
+        changed is polled when it says so, and by the sweep only every
+        :attr:`notified_poll_interval` seconds: a thousand running local jobs are not looked
+        at four times a second each."""
+        for adapter in self._driver.adapters.values():
+            if isinstance(adapter, NotifyingAdapter):
+                adapter.on_change(self._changed)
         slots = asyncio.Semaphore(POLL_CONCURRENCY)
 
         async def poll_one(job: Job) -> None:
@@ -468,9 +503,20 @@ class JobLifecycle:
                 except Exception:
                     log.exception("polling job %s failed", job.job_id)
 
+        def due(job: Job, now: float) -> bool:
+            if not job.status.active or job.scheduler_job_id is None:
+                return False
+            last = self._polled_at.get(job.job_id)
+            return (
+                last is None
+                or now - last >= self.notified_poll_interval
+                or not (self._notifies(job))
+            )
+
         while True:
             await asyncio.sleep(interval)
-            active = [j for j in self._book.jobs.values() if j.status.active and j.scheduler_job_id]
+            now = time.monotonic()
+            active = [job for job in self._book.jobs.values() if due(job, now)]
             await asyncio.gather(*(poll_one(job) for job in active))
 
     async def poll(self, job: Job) -> None:
@@ -479,6 +525,7 @@ class JobLifecycle:
         lock = self._poll_locks.setdefault(job.job_id, asyncio.Lock())
         async with lock:
             if job.status.active:
+                self._polled_at[job.job_id] = time.monotonic()
                 await self._apply(job)
 
     async def _apply(self, job: Job) -> None:
@@ -683,10 +730,11 @@ class JobLifecycle:
         self._forget_run(job.job_id, job.allocation_id)
 
     def _forget_run(self, job_id: str, hold: str | None) -> None:
-        """Forget, in memory, a job's run that ended: its adapter view, its poll lock and the
-        GPUs of its hold (whose rows went with the end)."""
+        """Forget, in memory, a job's run that ended: its adapter view, its poll lock and time
+        and the GPUs of its hold (whose rows went with the end)."""
         self._driver.forget(job_id)
         self._poll_locks.pop(job_id, None)
+        self._polled_at.pop(job_id, None)
         if hold is not None:
             self._holds.forget_released(hold)
 

@@ -56,6 +56,7 @@ import os
 import signal
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,7 @@ class LocalAdapter:
         self.grace_seconds = grace_seconds
         self._submitting: set[str] = set()
         self._links: dict[Path, ExecutorLink] = {}  # jobs directory → its executor
+        self._listeners: list[Callable[[str | None], None]] = []
         self._samples: dict[str, dict[str, Any]] = {}
         # the file reads and writes of many jobs at once share a thread hop
         self._prepared = ThreadBatch(self._prepare)
@@ -142,11 +144,23 @@ class LocalAdapter:
         except ExecutorGone as exc:
             raise AdapterError(f"could not start job {spec.job_id}: {exc}") from None
 
+    def on_change(self, listener: Callable[[str | None], None]) -> None:
+        """Call ``listener(run_id)`` when a worker of that job run ended (its executor says so
+        at once), ``listener(None)`` when the connection to an executor was lost (its jobs may
+        have ended, or been lost with it)."""
+        self._listeners.append(listener)
+
+    def _told(self, event: dict[str, Any] | None) -> None:
+        run_id = None if event is None else Path(str(event.get("job_dir"))).name
+        for listener in self._listeners:
+            listener(run_id)
+
     def _link(self, spec: JobSpec) -> ExecutorLink:
         jobs_dir = Path(os.path.abspath(spec.output_dir)).parent  # no file system call
         link = self._links.get(jobs_dir)
         if link is None:
-            link = self._links[jobs_dir] = ExecutorLink(jobs_dir, base_environment())
+            link = ExecutorLink(jobs_dir, base_environment(), on_event=self._told)
+            self._links[jobs_dir] = link
         return link
 
     async def close(self) -> None:

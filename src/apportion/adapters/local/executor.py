@@ -17,6 +17,10 @@ objects one per line, each answered by one line, in order, on the connection it 
 * ``{"op": "status"}`` — ``{"pid": …, "started_at": …, "running": n}``: the executor's own
   pid and start time, and how many commands it watches.
 
+Unasked, every connection is also told ``{"event": "ended", "job_dir": …}`` once a worker's end
+is recorded (between answers; an answer never has an ``event`` key), so a server learns of an
+end at once instead of at its next look.
+
 Requests are handled in the order they arrived, the older connection's first: what a server
 that died had already sent is carried out before a restarted server's first request.
 ``executor.lock`` (an exclusive ``flock``) keeps a second executor off the directory — it exits
@@ -451,6 +455,13 @@ class Executor:
             self._fail_gang(job, worker.index, str(state["reason"]))
         if not job.running:
             self.jobs.pop(job.job_dir, None)
+        self._tell_everyone({"event": "ended", "job_dir": str(job.job_dir)})
+
+    def _tell_everyone(self, event: dict[str, Any]) -> None:
+        line = json.dumps(event).encode() + b"\n"
+        for client in list(self.clients.values()):
+            client.outbox += line
+            self._flush(client)
 
     def _fail_gang(self, job: _Job, index: int, reason: str) -> None:
         """Worker ``index`` failed by itself: say so in ``gang.json`` and stop its siblings."""

@@ -4,7 +4,9 @@
 starts the executor — ``python -I -S executor.py <jobs dir>``, in its own session (it outlives
 the server), with the minimal job environment (never the server's: it holds the admin key) —
 and connects once it listens. One connection per link, kept open: requests go out in order and
-their answers come back in that order. Raises :class:`ExecutorGone` when the executor closed
+their answers come back in that order; between them come the executor's unasked events (a
+worker's end), handed to the link's ``on_event``, and when the connection is lost ``on_event``
+is told ``None`` (whatever the executor watched may have changed). Raises :class:`ExecutorGone` when the executor closed
 the connection before it answered, :class:`~apportion.adapters.base.AdapterError` when it
 could not be started.
 """
@@ -19,6 +21,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +46,16 @@ class ExecutorGone(Exception):
 class ExecutorLink:
     """The connection to the executor of ``jobs_dir`` (used on one event loop at a time)."""
 
-    def __init__(self, jobs_dir: Path, environment: dict[str, str]) -> None:
-        """``environment``: the executor's whole environment."""
+    def __init__(
+        self,
+        jobs_dir: Path,
+        environment: dict[str, str],
+        on_event: Callable[[dict[str, Any] | None], None] = lambda _: None,
+    ) -> None:
+        """``environment``: the executor's whole environment; ``on_event``: called on the event
+        loop with each event the executor sends, and with None when the connection is lost."""
         self.jobs_dir = jobs_dir
+        self._on_event = on_event
         self._environment = environment
         self._connecting = asyncio.Lock()
         self._writer: asyncio.StreamWriter | None = None
@@ -146,9 +156,13 @@ class ExecutorLink:
     async def _read_answers(self, reader: asyncio.StreamReader) -> None:
         try:
             while line := await reader.readline():
+                said = json.loads(line)
+                if "event" in said:
+                    self._on_event(said)
+                    continue
                 answer = self._waiting.popleft()
                 if not answer.done():  # its caller may have been cancelled
-                    answer.set_result(json.loads(line))
+                    answer.set_result(said)
         except (OSError, ValueError, IndexError):
             pass
         finally:
@@ -158,6 +172,7 @@ class ExecutorLink:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+            self._on_event(None)
         if self._reading is not None and self._reading is not asyncio.current_task():
             self._reading.cancel()
         self._reading = None
