@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
 import secrets
 import sys
@@ -88,13 +89,16 @@ async def engine_run(
     *,
     as_array: bool = False,
     histories: bool = True,
+    pid: int | None = None,
 ) -> Run:
     """Submit ``jobs`` copies of ``config`` with ``args.submitters`` coroutines (``as_array``:
     one submit of an array of ``jobs`` tasks); time until the server has none
     queued/scheduled/running; count the jobs that did not end ``completed`` (of every job the
-    server lists); with ``histories``, read each job's status history for the phases."""
+    server lists); with ``histories``, read each job's status history for the phases; with the
+    server's ``pid`` (local), measure the CPU it and its executor spent in the timed part."""
     left = iter(range(jobs))
     body = {"config": config}
+    cpu_before = cpu_of(pid) if pid is not None else (math.nan, math.nan)
 
     async def submitter() -> None:
         for _ in left:  # the shared iterator hands out the N submits
@@ -116,10 +120,12 @@ async def engine_run(
             raise TimeoutError(f"jobs not finished after {DEADLINE:g} s: {stats}")
         await asyncio.sleep(args.poll)
     seconds = time.perf_counter() - began
+    cpu_after = cpu_of(pid) if pid is not None else (math.nan, math.nan)
+    server_cpu, executor_cpu = (a - b for a, b in zip(cpu_after, cpu_before, strict=True))
     records = await call(http, "GET", f"{url}/jobs", params={"limit": "10000"})
     failed = sum(r["status"] != "completed" for r in records)
     if not histories:
-        return Run(jobs, seconds, submitted, failed)
+        return Run(jobs, seconds, submitted, failed, (), server_cpu, executor_cpu)
     if len(records) != jobs:
         raise RuntimeError(f"submitted {jobs} jobs, the server lists {len(records)}")
     gate = asyncio.Semaphore(8)  # after the timed part: each job's status history
@@ -129,7 +135,21 @@ async def engine_run(
             return await call(http, "GET", f"{url}/jobs/{job_id}/statuses")
 
     steps = await asyncio.gather(*(history(r["job_id"]) for r in records))
-    return Run(jobs, seconds, submitted, failed, phases(steps))
+    return Run(jobs, seconds, submitted, failed, phases(steps), server_cpu, executor_cpu)
+
+
+def cpu_of(pid: int) -> tuple[float, float]:
+    """CPU seconds so far of the server ``pid`` (all its threads) and of its local executor
+    (with the jobs it started and reaped; 0 before it started)."""
+    server = psutil.Process(pid)
+    times = server.cpu_times()
+    executor = 0.0
+    for child in server.children():
+        with contextlib.suppress(psutil.Error):
+            if any(arg.endswith("executor.py") for arg in child.cmdline()):
+                t = child.cpu_times()
+                executor += t.user + t.system + t.children_user + t.children_system
+    return times.user + times.system, executor
 
 
 async def direct_local(jobs: int, bound: int) -> Run:
@@ -155,13 +175,15 @@ async def local_rep(
     bound = args.concurrency or args.jobs
 
     async def engine() -> None:
-        with server(max(1, math.ceil(args.jobs / 8))) as (url, _):
+        with server(max(1, math.ceil(args.jobs / 8))) as (url, pid):
             async with session() as http:
                 if args.concurrency:
                     limit = {"max_concurrent_jobs": args.concurrency}
                     await call(http, "PUT", f"{url}/pool/limits", json=limit)
                 config = {"name": "bench", "command": ARGV, "resources": {"gpus": 1}}
-                run = await engine_run(http, url, config, args.jobs, args, as_array=as_array)
+                run = await engine_run(
+                    http, url, config, args.jobs, args, as_array=as_array, pid=pid
+                )
                 result.engine.append(run)
 
     async def direct() -> None:

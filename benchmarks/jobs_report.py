@@ -37,6 +37,8 @@ class Run:
     submit_seconds: float = 0.0  # engine: until the last POST /jobs/submit was answered
     failed: int = 0  # jobs that did not end ``completed`` (exit 0)
     phases: tuple[float, ...] = ()  # engine: median s per job of each step of PHASES
+    server_cpu: float = math.nan  # engine, local: the server's CPU seconds in the timed part
+    executor_cpu: float = math.nan  # …and the executor's, with the jobs it started and reaped
 
     @property
     def rate(self) -> float:
@@ -158,13 +160,23 @@ def table(results: list[Comparison]) -> str:
     lines += [
         "",
         "| adapter | per job, engine: queued → scheduled (ms) | scheduled → running (ms) "
-        "| running → completed (ms) |",
-        "|---|---:|---:|---:|",
+        "| running → completed (ms) | CPU per job: server (ms) | executor and its jobs (ms) |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for c in results:
         if c.skipped is None:
             steps = [statistics.median(r.phases[i] for r in c.engine) for i in range(3)]
-            lines.append(f"| {c.adapter} | " + " | ".join(f"{x * 1e3:,.0f}" for x in steps) + " |")
+            cpu = [
+                statistics.median(getattr(r, side) / r.jobs for r in c.engine)
+                for side in ("server_cpu", "executor_cpu")
+            ]
+            lines.append(
+                f"| {c.adapter} | "
+                + " | ".join(f"{x * 1e3:,.0f}" for x in steps)
+                + " | "
+                + " | ".join("—" if math.isnan(x) else f"{x * 1e3:,.1f}" for x in cpu)
+                + " |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -214,7 +226,8 @@ def section(
         "The last table splits each engine job's time by its status history (medians per job, "
         "then over the repetitions): waiting for admission, then dispatch until a poll first "
         "sees the job started or already ended (the `running` entry is written then), then "
-        "until `completed` is committed. "
+        "until `completed` is committed; and the CPU the server (all its threads) and the local "
+        "executor (with the jobs it started) spent per job over the timed part (psutil). "
         "Figures taken while other work loads the machine (see above) are noisy.\n"
     )
 

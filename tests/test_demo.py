@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import psutil  # type: ignore[import-untyped, unused-ignore]
 
 from apportion.server.credentials import read_profile
 
@@ -70,3 +71,8 @@ async def test_demo_prints_its_urls_and_runs_jobs(tmp_path: Path) -> None:
     finally:
         process.terminate()
         assert await asyncio.wait_for(process.wait(), 30) == 0  # SIGTERM stops it cleanly
+    # its jobs were cancelled before it stopped, and a stopping server waits for an executor
+    # with nothing to run to exit: nothing of the demo runs on
+    jobs_dir = str(tmp_path / "demo" / "jobs")
+    left = [p for p in psutil.process_iter(["cmdline"]) if jobs_dir in (p.info["cmdline"] or [])]
+    assert not left, f"the demo left {left} running"

@@ -20,6 +20,7 @@ from apportion import __version__, jsonutil
 from apportion.app import Server, serve_forever
 from apportion.config import Settings
 from apportion.demo import DEMO_QUEUES, DemoJobs, SyntheticMetrics, demo_clusters
+from apportion.errors import ApportionError
 from apportion.jobs.identity import python_for_jobs
 from apportion.ownership import DEFAULT_ACCOUNT, Owner
 from apportion.server.credentials import Profile, write_profile
@@ -168,6 +169,11 @@ async def _demo(settings: Settings, duration: float) -> None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            # nothing outlives the demo: its jobs still waiting or running are cancelled (a
+            # local job's executor would otherwise run it on after the demo ended)
+            for job in [j for j in jobs.jobs.jobs.values() if not j.status.finished]:
+                with contextlib.suppress(ApportionError):
+                    await jobs.cancel(job.job_id)
     finally:
         await server.stop()
 

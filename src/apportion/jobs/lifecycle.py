@@ -162,6 +162,7 @@ class JobLifecycle:
         self._ended: dict[str, asyncio.Event] = {}  # jobs someone waits to see end
         self._remove_at_end: set[str] = set()  # deleted while still stopping
         self._polled_at: dict[str, float] = {}  # job id → its last poll (monotonic)
+        self._watching = False  # watch() runs: adapters' words are acted on
         self.notified_poll_interval = NOTIFIED_POLL_INTERVAL
         self._numbered: list[Job] = []  # the jobs the last count gave a queue position
         self._renumbering: asyncio.Future[None] | None = None  # a count is due this turn
@@ -474,7 +475,9 @@ class JobLifecycle:
 
     def _changed(self, run_id: str | None) -> None:
         """An adapter says the job run ``run_id`` may have changed (None: any of its jobs):
-        poll it now."""
+        poll it now (while :meth:`watch` runs)."""
+        if not self._watching:
+            return
         if run_id is None:
             jobs = [j for j in self._book.jobs.values() if self._notifies(j)]
         else:
@@ -494,6 +497,14 @@ class JobLifecycle:
         for adapter in self._driver.adapters.values():
             if isinstance(adapter, NotifyingAdapter):
                 adapter.on_change(self._changed)
+        self._watching = True
+        try:
+            await self._sweep(interval)
+        finally:
+            self._watching = False  # the server stops: what adapters say now is not acted on
+
+    async def _sweep(self, interval: float) -> None:
+        """:meth:`watch`'s loop: every ``interval`` seconds, poll the jobs that are due."""
         slots = asyncio.Semaphore(POLL_CONCURRENCY)
 
         async def poll_one(job: Job) -> None:
@@ -507,11 +518,8 @@ class JobLifecycle:
             if not job.status.active or job.scheduler_job_id is None:
                 return False
             last = self._polled_at.get(job.job_id)
-            return (
-                last is None
-                or now - last >= self.notified_poll_interval
-                or not (self._notifies(job))
-            )
+            stale = last is None or now - last >= self.notified_poll_interval
+            return stale or not self._notifies(job)
 
         while True:
             await asyncio.sleep(interval)

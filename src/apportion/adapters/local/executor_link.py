@@ -81,7 +81,7 @@ class ExecutorLink:
             status = await self.request({"op": "status"})
         except ExecutorGone:
             status = {}
-        self._drop_connection()
+        self._drop_connection(lost=False)
         if status.get("running") == 0:
             deadline = time.monotonic() + EXIT_WAIT
             while owned_process(status.get("pid"), status.get("started_at")) is not None:
@@ -168,11 +168,13 @@ class ExecutorLink:
         finally:
             self._drop_connection()
 
-    def _drop_connection(self) -> None:
+    def _drop_connection(self, *, lost: bool = True) -> None:
+        """Close the connection; ``lost``: it was not this link's choice (``on_event(None)``)."""
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-            self._on_event(None)
+            if lost:
+                self._on_event(None)
         if self._reading is not None and self._reading is not asyncio.current_task():
             self._reading.cancel()
         self._reading = None
