@@ -27,6 +27,7 @@ from apportion.adapters.base import (
     Adapter,
     BackendState,
     BackendStatus,
+    ClosingAdapter,
     JobSpec,
     RunAs,
     WorkerSpec,
@@ -119,7 +120,13 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         outer = traversable_tmp()
         request.addfinalizer(lambda: shutil.rmtree(outer, ignore_errors=True))
         cluster = Cluster({"type": "sge"}, cell.host, users_dir(outer, cell.run_as), cell.run_as)
-    adapter = made()
+    instances: list[Adapter] = []
+
+    def making() -> Adapter:  # every instance is closed afterwards (the local one's executor)
+        instances.append(made())
+        return instances[-1]
+
+    adapter = making()
     started: list[tuple[JobSpec, str]] = []
     submit = adapter.submit
 
@@ -129,9 +136,12 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         return job
 
     adapter.submit = tracking  # type: ignore[method-assign]
-    yield Backend(adapter, made, cluster.spec)
+    yield Backend(adapter, making, cluster.spec)
     for job_spec, job in started:
         await adapter.cancel(job_spec, job)
+    for instance in instances:
+        if isinstance(instance, ClosingAdapter):
+            await instance.close()
 
 
 PY = python_for_jobs()  # an interpreter the job user can run too (SGE's jobs are theirs)

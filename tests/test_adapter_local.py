@@ -540,8 +540,11 @@ async def test_a_worker_never_started_fails_the_job(adapter: LocalAdapter, tmp_p
     sid = await adapter.submit(alone)
     await wait_text(ex.stdout_path(alone.output_dir, 0), "up")
     restarted = LocalAdapter(grace_seconds=GRACE)
-    assert await restarted.find(pair) == sid
-    status = await wait_finished(restarted, pair, sid)
+    try:
+        assert await restarted.find(pair) == sid
+        status = await wait_finished(restarted, pair, sid)
+    finally:
+        await restarted.close()
     assert status.state is BackendState.FAILED
     assert status.reason == "worker 1 was never started (the server stopped during submit)"
     assert state(pair, 0)["stopped_by"] == "gang"
@@ -659,6 +662,34 @@ async def test_a_start_of_another_attempt_starts_nothing(
     assert answer == {"error": "this start was superseded by a later submit; nothing started"}
     assert not ex.state_path(stale.output_dir, 0).exists()
     gate.touch()
+
+
+async def test_find_waits_for_a_start_sent_before_it(adapter: LocalAdapter, tmp_path: Path) -> None:
+    # a dead server's last start, still unread by the executor when the next server looks
+    gate = tmp_path / "may-exit"
+    spec = make_spec(tmp_path, gate_code(gate))
+    sid = await adapter.submit(spec)  # the executor is up; then the same job again, tagged anew
+    gate.touch()
+    await wait_finished(adapter, spec, sid)
+    again = make_spec(tmp_path, "print('once')", job_id="job-9")
+    again.output_dir.mkdir()
+    ex.write_json_atomic(again.output_dir / ex.TAG_FILE, {"job_id": "job-9", "attempt": "last"})
+    request = json.dumps(start_request(again, tmp_path, "last", GRACE)).encode() + b"\n"
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        _, writer = await asyncio.open_unix_connection(ex.socket_address(fd))
+    finally:
+        os.close(fd)
+    writer.write(request)
+    await writer.drain()
+    writer.close()  # as a server that dies right after sending
+    restarted = LocalAdapter(grace_seconds=GRACE)
+    try:
+        assert await restarted.find(again) == "local-job-9"
+    finally:
+        await restarted.close()
+    status = await wait_finished(adapter, again, "local-job-9")
+    assert status.state is BackendState.COMPLETED
 
 
 async def test_a_bad_request_is_answered_and_hurts_no_other_client(

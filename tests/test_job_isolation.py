@@ -383,16 +383,19 @@ async def test_a_working_dir_swapped_for_a_symlink_after_submit_is_not_entered(
         run_as=_job_user(),
     )
     adapter = LocalAdapter(grace_seconds=0.5)
-    sid = await adapter.submit(spec)
-    status = await adapter.poll(spec, sid)
-    for _ in range(600):  # a deadline for a broken test, not a timing claim
-        if status.state.finished:
-            break
-        await asyncio.sleep(0.05)
+    try:
+        sid = await adapter.submit(spec)
         status = await adapter.poll(spec, sid)
-    assert status.state is BackendState.FAILED and status.return_code == 126, status
-    assert "cannot enter its working directory" in (status.reason or ""), status
-    assert (await adapter.logs(spec, sid)).text == ""
+        for _ in range(600):  # a deadline for a broken test, not a timing claim
+            if status.state.finished:
+                break
+            await asyncio.sleep(0.05)
+            status = await adapter.poll(spec, sid)
+        assert status.state is BackendState.FAILED and status.return_code == 126, status
+        assert "cannot enter its working directory" in (status.reason or ""), status
+        assert (await adapter.logs(spec, sid)).text == ""
+    finally:
+        await adapter.close()  # its executor exits: it has nothing to run
 
 
 def test_records_accepted_before_the_rules_still_load() -> None:

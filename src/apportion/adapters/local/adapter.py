@@ -171,7 +171,13 @@ class LocalAdapter:
             await link.close()
 
     async def find(self, spec: JobSpec) -> str | None:
-        """``local-<job_id>`` if the tag file names this job and a worker started, else None."""
+        """``local-<job_id>`` if the tag file names this job and a worker started, else None.
+
+        Asks the executor first (a round trip): it answers only once it has carried out what
+        was sent to it before — a start a server sent just before it died is done, and found,
+        before a restarted server decides the job never got there and dispatches it again."""
+        with contextlib.suppress(ExecutorGone):
+            await self._link(spec).request({"op": "status"})
         return await self._found(spec)
 
     async def poll(self, spec: JobSpec, scheduler_job_id: str) -> BackendStatus:
