@@ -142,7 +142,10 @@ class LocalAdapter:
         try:
             return await link.request(request)
         except ExecutorGone as exc:
-            raise AdapterError(f"could not start job {spec.job_id}: {exc}") from None
+            raise AdapterError(
+                f"could not start job {spec.job_id}: {exc} twice (its log is"
+                f" {link.jobs_dir / ex.LOG_NAME}); submit the job again"
+            ) from None
 
     def on_change(self, listener: Callable[[str | None], None]) -> None:
         """Call ``listener(run_id)`` when a worker of that job run ended (its executor says so

@@ -371,7 +371,11 @@ class Executor:
 
     def _start_job(self, request: dict[str, Any]) -> dict[str, Any]:
         if self.stopping:
-            return {"error": "the executor is stopping (it was sent SIGTERM)"}
+            return {
+                "error": "the local executor is stopping (it was sent SIGTERM) and starts"
+                " nothing more; submit the job again once it has exited (the next dispatch"
+                " starts a new one)"
+            }
         job_dir = Path(request["job_dir"])
         tag = read_json(job_dir / TAG_FILE)
         if tag is None or tag.get("attempt") != request["attempt"]:
