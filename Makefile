@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 RUNTIME := $(VENV)/.installed-runtime
 
-.PHONY: demo test lint typecheck unit slurm sge chromium sandbox web tenant-user tenant-users bench clean
+.PHONY: demo test lint typecheck unit unit-postgresql slurm sge postgres chromium sandbox web tenant-user tenant-users bench clean
 
 # The demo needs Apportion only; the tests add the dev tools (ruff, mypy, pytest, Playwright, …).
 $(RUNTIME): pyproject.toml
@@ -24,7 +24,7 @@ demo: $(RUNTIME) web tenant-user
 	@if [ "$$(id -u)" = 0 ]; then $(BIN)/apportion demo; \
 	else APPORTION_ALLOW_JOBS_AS_SERVER_USER=true $(BIN)/apportion demo; fi
 
-test: lint typecheck tenant-users slurm sge chromium sandbox web unit
+test: lint typecheck tenant-users slurm sge postgres chromium sandbox web unit unit-postgresql
 
 # A real single-host Slurm for the Slurm adapter's tests (scripts/slurm_up.sh installs it with
 # apt where it can). Without it the Slurm tests skip and say why — except under CI=true, where
@@ -43,6 +43,15 @@ sge:
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		bash scripts/sge_up.sh || echo "SGE could not be started; its tests will skip"; \
 	else echo "not root: SGE tests will skip unless SGE runs (scripts/sge_up.sh)"; fi
+
+# A real PostgreSQL on 127.0.0.1:5440 (scripts/postgres_up.sh installs Debian's postgresql with
+# apt where it can) for the store's tests on PostgreSQL. Without it those tests skip and say why —
+# except under CI=true, where this step and those tests fail instead.
+postgres:
+	@if [ "$$CI" = "true" ]; then bash scripts/postgres_up.sh; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		bash scripts/postgres_up.sh || echo "PostgreSQL could not be started; its tests will skip"; \
+	else echo "not root: PostgreSQL tests will skip unless scripts/postgres_up.sh ran"; fi
 
 # The unprivileged OS user that jobs run as when the server is root (docs/security.md). The
 # job-isolation tests need it as root; without it they skip and say why — except under CI=true,
@@ -68,6 +77,19 @@ typecheck: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/pytest
+
+# The server tests again, each test server on a PostgreSQL database of its own
+# (APPORTION_TEST_STORE, tests/postgres_env.py): the routes, sockets and job paths that write
+# the store, on the dialect replicas share (the SIGKILL crash tests among them). The store's own
+# tests already ran on both in `unit`; the whole suite passes this way too, but for the two
+# tests of the SQLite file's modes (about 10 minutes: not in every run).
+POSTGRESQL_TESTS := $(addprefix tests/test_,$(addsuffix .py,accounts applications arrays auth \
+	create_then_submit dependencies events exit_codes_and_clean fair_share files \
+	holds_outside_the_lock job_admission job_crashes job_events job_lifecycle job_races jobs \
+	policy_upload preemption queue_limits quota_admission registry_rest restart seed_000 \
+	seed_002 seed_003 ws_allocation))
+unit-postgresql: $(STAMP)
+	APPORTION_TEST_STORE=postgresql $(BIN)/pytest -q $(POSTGRESQL_TESTS)
 
 # The dashboard's browser dependencies, from web/package-lock.json (docs/dashboard.md).
 web: src/apportion/server/static/vendor/socket.io.min.js

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real server on 127.0.0.1:0 with a real SQLite store in tmp_path."""
+"""Shared fixtures: a real server on 127.0.0.1:0 with a real SQLite store in tmp_path; the real
+PostgreSQL of tests/postgres_env.py."""
 
 from __future__ import annotations
 
@@ -18,6 +19,14 @@ from apportion import jsonutil
 from apportion.app import Server
 from apportion.config import Settings
 from apportion.demo import demo_clusters
+from tests.postgres_env import (  # noqa: F401 (postgres, postgres_db, store_url: fixtures)
+    TEST_STORE,
+    database_for,
+    drop_made_databases,
+    postgres,
+    postgres_db,
+    store_url,
+)
 from tests.sandbox_env import unsandboxed_unless_jailed
 
 ADMIN_KEY = "test-admin-key-0123456789abcdef"
@@ -38,8 +47,23 @@ def server_settings(data_dir: Path, **overrides: Any) -> Settings:
         # as root, jobs run as the job user (scripts/tenant_user.sh); otherwise as this user
         "allow_jobs_as_server_user": os.geteuid() != 0,
     }
+    if TEST_STORE == "postgresql":  # APPORTION_TEST_STORE (tests/postgres_env.py)
+        values["db"] = database_for(data_dir)
     values.update(overrides)
     return Settings(**values)
+
+
+@pytest.fixture(autouse=True)
+def test_store(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Under ``APPORTION_TEST_STORE=postgresql``: PostgreSQL is up (or the test skips, fails
+    under CI), and the databases of the test's servers are dropped after it."""
+    if TEST_STORE == "postgresql":
+        request.getfixturevalue("postgres")
+    try:
+        yield TEST_STORE
+    finally:
+        if TEST_STORE == "postgresql":
+            drop_made_databases()
 
 
 @pytest.fixture(autouse=True)

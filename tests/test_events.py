@@ -179,9 +179,9 @@ async def test_concurrent_appends_are_emitted_in_seq_order(tmp_path: Path) -> No
 
 
 async def test_concurrent_appends_share_transactions(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    db = await Database.open(f"sqlite:///{tmp_path}/t.db")
+    db = await Database.open(store_url)
     transactions: list[int] = []
     write_batch = db.write_batch
 
@@ -240,9 +240,9 @@ async def test_since_matches_a_model(
     ],
 )
 async def test_since_returns_exactly_what_came_after(
-    tmp_path: Path, since: int, limit: int, types: list[str] | None, expected_ns: list[int]
+    store_url: str, since: int, limit: int, types: list[str] | None, expected_ns: list[int]
 ) -> None:
-    db = await Database.open(f"sqlite:///{tmp_path}/t.db")
+    db = await Database.open(store_url)
     try:
         log = EventLog(db)
         appended = [await log.append("ab"[n % 2], {"n": n}) for n in range(6)]
@@ -307,8 +307,8 @@ class Clock:
         return self.now
 
 
-async def test_prune_by_age_and_count_keeps_the_newest_event(tmp_path: Path) -> None:
-    db = await Database.open(f"sqlite:///{tmp_path}/t.db")
+async def test_prune_by_age_and_count_keeps_the_newest_event(store_url: str) -> None:
+    db = await Database.open(store_url)
     clock = Clock()
     log = EventLog(db, clock=clock)
     try:
@@ -329,9 +329,9 @@ async def test_prune_by_age_and_count_keeps_the_newest_event(tmp_path: Path) -> 
 
 
 async def test_since_older_than_what_is_kept_answers_from_the_oldest_kept(
-    tmp_path: Path,
+    store_url: str,
 ) -> None:
-    db = await Database.open(f"sqlite:///{tmp_path}/t.db")
+    db = await Database.open(store_url)
     log = EventLog(db)
     try:
         for n in range(10):
@@ -400,9 +400,8 @@ def test_retention_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
         Settings()
 
 
-async def test_seq_survives_restart_and_prune(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/t.db"
-    db = await Database.open(url)
+async def test_seq_survives_restart_and_prune(store_url: str) -> None:
+    db = await Database.open(store_url)
     log = EventLog(db)
     for n in range(10):
         await log.append("policy_updated", {"n": n})
@@ -414,7 +413,7 @@ async def test_seq_survives_restart_and_prune(tmp_path: Path) -> None:
         await log.prune(keep=0)
     await db.close()
 
-    db = await Database.open(url)
+    db = await Database.open(store_url)
     try:
         log = EventLog(db)
         assert await log.latest_seq() == 10

@@ -67,9 +67,9 @@ def two_node_fleet() -> FleetView:
 
 
 @asynccontextmanager
-async def open_holds(folder: Path) -> AsyncIterator[tuple[HoldManager, Database]]:
-    """A started HoldManager over a fresh two-node fleet and a SQLite file in ``folder``."""
-    db = await Database.open(f"sqlite:///{folder}/h.db")
+async def open_holds(url: str) -> AsyncIterator[tuple[HoldManager, Database]]:
+    """A started HoldManager over a fresh two-node fleet and the database at ``url``."""
+    db = await Database.open(url)
     holds = HoldManager(db, two_node_fleet())
     await holds.start()
     try:
@@ -151,11 +151,11 @@ def test_no_gpu_is_ever_in_two_holds(steps: list[tuple[str, Any]]) -> None:
         asyncio.run(run_sequence(steps, Path(folder)))
 
 
-async def test_holds_survive_reopening_and_expired_ones_are_dropped(tmp_path: Path) -> None:
+async def test_holds_survive_reopening_and_expired_ones_are_dropped(store_url: str) -> None:
     clock = Clock()
     fleet = FleetView()
     fleet.set_cluster(validate_cluster_document(builders.make_cluster("c1", nodes=2, gpus=4)))
-    db = await Database.open(f"sqlite:///{tmp_path}/h.db")
+    db = await Database.open(store_url)
     holds = HoldManager(db, fleet, clock=clock)
     await holds.start()
     long = await hold_now(
@@ -175,7 +175,7 @@ async def test_holds_survive_reopening_and_expired_ones_are_dropped(tmp_path: Pa
     clock.now += 10  # the short lease has ended while the server was down
     fresh = FleetView()
     fresh.set_cluster(validate_cluster_document(builders.make_cluster("c1", nodes=2, gpus=4)))
-    db = await Database.open(f"sqlite:///{tmp_path}/h.db")
+    db = await Database.open(store_url)
     again = HoldManager(db, fresh, clock=clock)
     dropped = await again.start()
     try:
@@ -189,7 +189,7 @@ async def test_holds_survive_reopening_and_expired_ones_are_dropped(tmp_path: Pa
         await db.close()
 
 
-async def test_concurrent_holds_and_releases_keep_the_store_in_step(tmp_path: Path) -> None:
+async def test_concurrent_holds_and_releases_keep_the_store_in_step(store_url: str) -> None:
     # Many tasks race for 8 GPUs, each releasing what it got at once: a release and the next
     # hold of the same GPU often land in one group commit. None may fail but with Conflict,
     # and the database must end as empty as memory.
@@ -197,7 +197,7 @@ async def test_concurrent_holds_and_releases_keep_the_store_in_step(tmp_path: Pa
 
     chooser = random.Random(5)
     outcomes: list[str] = []
-    async with open_holds(tmp_path) as (holds, db):
+    async with open_holds(store_url) as (holds, db):
 
         async def worker(indices: set[int]) -> None:
             for _ in range(20):
@@ -225,8 +225,8 @@ async def test_concurrent_holds_and_releases_keep_the_store_in_step(tmp_path: Pa
         assert await count(db, schema.hold_gpus) == 0 and await count(db, schema.holds) == 0
 
 
-async def test_a_hold_of_no_gpus_is_recorded(tmp_path: Path) -> None:
-    async with open_holds(tmp_path) as (holds, db):
+async def test_a_hold_of_no_gpus_is_recorded(store_url: str) -> None:
+    async with open_holds(store_url) as (holds, db):
         hold = await hold_now(
             holds,
             (Placement("c1", "n0", ()),),
@@ -240,10 +240,10 @@ async def test_a_hold_of_no_gpus_is_recorded(tmp_path: Path) -> None:
         assert await count(db, schema.holds) == 0
 
 
-async def test_a_job_hold_keeps_its_kind_across_a_restart(tmp_path: Path) -> None:
+async def test_a_job_hold_keeps_its_kind_across_a_restart(store_url: str) -> None:
     fleet = FleetView()
     fleet.set_cluster(validate_cluster_document(builders.make_cluster("c1", nodes=2, gpus=4)))
-    db = await Database.open(f"sqlite:///{tmp_path}/h.db")
+    db = await Database.open(store_url)
     holds = HoldManager(db, fleet)
     await holds.start()
     hold = holds.reserve(
@@ -267,12 +267,12 @@ async def test_a_job_hold_keeps_its_kind_across_a_restart(tmp_path: Path) -> Non
 
 
 async def test_a_hold_whose_caller_was_cancelled_is_undone_in_memory_and_in_the_store(
-    tmp_path: Path,
+    store_url: str,
 ) -> None:
     # The insert is committed although its caller was cancelled (the journal's rule); nobody
     # learnt the hold's id, so the manager must release it: its GPUs free in the fleet now,
     # and no row left that a restart would load and hold until the lease ended.
-    async with open_holds(tmp_path) as (holds, db):
+    async with open_holds(store_url) as (holds, db):
         hold = holds.reserve(
             placements({0, 1}), lease_seconds=600, owner=None, request_id="r", policy_uri="p:1-x"
         )

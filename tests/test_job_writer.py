@@ -1,10 +1,10 @@
-"""JobBook's writes through the group-committing JobWriter, against a real SQLite file."""
+"""JobBook's writes through the group-committing JobWriter, against a real SQLite file and a
+real PostgreSQL database."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -25,8 +25,9 @@ OWNER = Owner("team-a", "alice", "k1")
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await Database.open(f"sqlite:///{tmp_path}/jobs.db")
+async def db(store_url: str) -> AsyncIterator[Database]:
+    """The store on SQLite, then on PostgreSQL."""
+    database = await Database.open(store_url)
     try:
         yield database
     finally:

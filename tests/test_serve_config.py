@@ -205,3 +205,31 @@ async def test_serve_logs_json_lines_when_asked(tmp_path: Path) -> None:
     finally:
         process.terminate()
         assert await asyncio.wait_for(process.wait(), 30) == 0
+
+
+def test_serve_refuses_a_database_password_on_the_command_line(tmp_path: Path) -> None:
+    env = {"APPORTION_DATA_DIR": str(tmp_path / "d"), "APPORTION_CREDENTIALS": str(tmp_path / "c")}
+    url = "postgresql://apportion:a-db-password@127.0.0.1:5440/apportion"
+    result = CliRunner().invoke(app, ["serve", "--port", "0", "--db", url], env=env)
+    assert result.exit_code == 2, result.output
+    assert "a password in --db is refused" in result.stderr
+    assert "APPORTION_DB" in result.stderr and "~/.pgpass" in result.stderr
+    assert "a-db-password" not in result.output
+    assert not (tmp_path / "d").exists()  # refused before anything started
+
+
+@pytest.mark.parametrize("url", ["mysql://u:a-db-password@h/db", "postgresql+psycopg://u@h/d"])
+def test_an_unsupported_database_url_is_refused_naming_the_option_and_no_password(
+    tmp_path: Path, url: str
+) -> None:
+    env = {
+        "APPORTION_DATA_DIR": str(tmp_path / "d"),
+        "APPORTION_CREDENTIALS": str(tmp_path / "c"),
+        "APPORTION_DB": url,
+    }
+    result = CliRunner().invoke(app, ["serve", "--port", "0"], env=env)
+    assert result.exit_code == 2, result.output
+    assert "invalid option db: unsupported database URL scheme" in result.stderr
+    assert "use sqlite:///path/to/apportion.db or postgresql://" in result.stderr
+    assert "a-db-password" not in result.output
+    assert not (tmp_path / "d").exists()

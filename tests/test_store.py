@@ -13,18 +13,32 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Connection, func, select
-from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.dialects import mysql, postgresql
 
 import apportion
 from apportion.store.committer import GroupCommitter
-from apportion.store.db import Database
+from apportion.store.db import Database, normalise_url
+from apportion.store.migrations import MIGRATIONS
 from apportion.store.repos.events import EventRepo, NewEvent, write_events
-from apportion.store.schema import clusters, events, pool_limits
+from apportion.store.schema import clusters, events, pool_limits, schema_migrations
 from apportion.store.upsert import upsert
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
+async def db(store_url: str) -> AsyncIterator[Database]:
+    """The store on SQLite, then on PostgreSQL."""
+    database = await Database.open(store_url)
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
+@pytest.fixture
+async def threaded_db(tmp_path: Path) -> AsyncIterator[Database]:
+    """The store on SQLite, whose batches run on a writer thread: the committer's tests hold a
+    batch there (a :class:`Gate`) while the event loop hands more over. (On PostgreSQL a batch
+    runs on the event loop, where a held batch would hold the test too.)"""
     database = await Database.open(f"sqlite:///{tmp_path}/store.db")
     try:
         yield database
@@ -72,12 +86,12 @@ async def test_batches_and_async_writes_interleave_without_locking_errors(db: Da
     assert await count(db) == 40
 
 
-async def test_close_twice_is_harmless(tmp_path: Path) -> None:
-    database = await Database.open(f"sqlite:///{tmp_path}/store.db")
+async def test_close_twice_is_harmless(store_url: str) -> None:
+    database = await Database.open(store_url)
     await database.write_batch(lambda conn: conn.execute(events.insert(), [insert("a")]))
     await database.close()
     await database.close()
-    reopened = await Database.open(f"sqlite:///{tmp_path}/store.db")
+    reopened = await Database.open(store_url)
     try:
         assert await count(reopened) == 1  # committed before the close
     finally:
@@ -123,10 +137,10 @@ class Gate:
 
 
 async def test_changes_handed_over_during_a_commit_share_the_next_one_in_order(
-    db: Database,
+    threaded_db: Database,
 ) -> None:
     gate = Gate()
-    committer: GroupCommitter[str, str] = GroupCommitter(db, gate, name="test")
+    committer: GroupCommitter[str, str] = GroupCommitter(threaded_db, gate, name="test")
     first = asyncio.ensure_future(committer.submit(["a"]))
     await gate.wait_entered()  # "a" is being written; the next three wait for one commit
     rest = [asyncio.ensure_future(committer.submit(list(kinds))) for kinds in ("b", "cd", "e")]
@@ -134,14 +148,14 @@ async def test_changes_handed_over_during_a_commit_share_the_next_one_in_order(
     assert await first == ["A"]
     assert [await r for r in rest] == [["B"], ["C", "D"], ["E"]]
     assert gate.batches == [["a"], ["b", "c", "d", "e"]]
-    assert await stored_types(db) == ["a", "b", "c", "d", "e"]
+    assert await stored_types(threaded_db) == ["a", "b", "c", "d", "e"]
 
 
 async def test_a_failed_batch_fails_all_its_callers_writes_nothing_and_the_next_goes_on(
-    db: Database,
+    threaded_db: Database,
 ) -> None:
     gate = Gate()
-    committer: GroupCommitter[str, str] = GroupCommitter(db, gate, name="test")
+    committer: GroupCommitter[str, str] = GroupCommitter(threaded_db, gate, name="test")
     first = asyncio.ensure_future(committer.submit(["a"]))
     await gate.wait_entered()
     doomed = [asyncio.ensure_future(committer.submit([k])) for k in ("b", "boom")]
@@ -150,12 +164,12 @@ async def test_a_failed_batch_fails_all_its_callers_writes_nothing_and_the_next_
     results = await asyncio.gather(*doomed, return_exceptions=True)
     assert [type(r) for r in results] == [OSError, OSError]
     assert await committer.submit(["c"]) == ["C"]
-    assert await stored_types(db) == ["a", "c"]  # "b" was rolled back with "boom"
+    assert await stored_types(threaded_db) == ["a", "c"]  # "b" was rolled back with "boom"
 
 
-async def test_a_cancelled_caller_still_has_its_change_committed(db: Database) -> None:
+async def test_a_cancelled_caller_still_has_its_change_committed(threaded_db: Database) -> None:
     gate = Gate()
-    committer: GroupCommitter[str, str] = GroupCommitter(db, gate, name="test")
+    committer: GroupCommitter[str, str] = GroupCommitter(threaded_db, gate, name="test")
 
     async def caller() -> list[str]:
         return await committer.submit(["a"])
@@ -167,12 +181,12 @@ async def test_a_cancelled_caller_still_has_its_change_committed(db: Database) -
         await task
     gate.release.set()
     await committer.close()
-    assert await stored_types(db) == ["a"]
+    assert await stored_types(threaded_db) == ["a"]
 
 
-async def test_close_waits_for_pending_work_then_refuses_new_changes(db: Database) -> None:
+async def test_close_waits_for_pending_work_then_refuses_new_changes(threaded_db: Database) -> None:
     gate = Gate()
-    committer: GroupCommitter[str, str] = GroupCommitter(db, gate, name="test")
+    committer: GroupCommitter[str, str] = GroupCommitter(threaded_db, gate, name="test")
     handed = [asyncio.ensure_future(committer.submit([k])) for k in ("a", "b")]
     await gate.wait_entered()
     closing = asyncio.create_task(committer.close())
@@ -183,13 +197,17 @@ async def test_close_waits_for_pending_work_then_refuses_new_changes(db: Databas
     await closing
     assert all(h.done() for h in handed)
     assert [await h for h in handed] == [["A"], ["B"]]
-    assert await stored_types(db) == ["a", "b"]
+    assert await stored_types(threaded_db) == ["a", "b"]
 
 
-async def test_a_burst_is_cut_into_batches_of_at_most_max_batch_changes(db: Database) -> None:
+async def test_a_burst_is_cut_into_batches_of_at_most_max_batch_changes(
+    threaded_db: Database,
+) -> None:
     gate = Gate()
     gate.release.set()
-    committer: GroupCommitter[str, str] = GroupCommitter(db, gate, name="test", max_batch=3)
+    committer: GroupCommitter[str, str] = GroupCommitter(
+        threaded_db, gate, name="test", max_batch=3
+    )
     # one hand-over is never split, so 2 + 2 > 3 makes two batches
     results = await asyncio.gather(
         *(committer.submit(list(kinds)) for kinds in ("ab", "cd", "e", "f", "ghij"))
@@ -198,9 +216,11 @@ async def test_a_burst_is_cut_into_batches_of_at_most_max_batch_changes(db: Data
     assert gate.batches == [["a", "b"], ["c", "d", "e"], ["f"], ["g", "h", "i", "j"]]
 
 
-async def test_a_cancelled_flusher_fails_everything_it_had_not_committed(db: Database) -> None:
+async def test_a_cancelled_flusher_fails_everything_it_had_not_committed(
+    threaded_db: Database,
+) -> None:
     gate = Gate()
-    committer: GroupCommitter[str, str] = GroupCommitter(db, gate, name="test")
+    committer: GroupCommitter[str, str] = GroupCommitter(threaded_db, gate, name="test")
     handed = [asyncio.ensure_future(committer.submit([k])) for k in ("a", "b")]
     await gate.wait_entered()
     later = asyncio.ensure_future(committer.submit(["c"]))
@@ -231,7 +251,7 @@ async def test_after_commit_runs_before_the_callers_resume(db: Database) -> None
 async def test_upsert_inserts_then_replaces_only_the_update_columns(db: Database) -> None:
     def put(document: str, now: float) -> Any:
         return upsert(
-            sqlite.dialect(),
+            db.engine.dialect,
             clusters,
             {"id": "c1", "document": document, "created_at": now, "updated_at": now},
             key=["id"],
@@ -302,3 +322,57 @@ def test_no_module_outside_the_store_speaks_sql() -> None:
         and re.search(r"^\s*(from|import) sqlalchemy\b", path.read_text(), re.MULTILINE)
     ]
     assert offenders == []
+
+
+# ---------------------------------------------------------------- the database URL and dialects
+
+
+@pytest.mark.parametrize(
+    ("given", "driver_url"),
+    [
+        ("sqlite:///tmp/a.db", "sqlite+aiosqlite:///tmp/a.db"),
+        ("sqlite+aiosqlite:///tmp/a.db", "sqlite+aiosqlite:///tmp/a.db"),
+        ("postgresql://u:p@127.0.0.1:5432/db", "postgresql+asyncpg://u:p@127.0.0.1:5432/db"),
+        ("postgresql+asyncpg://u@h/db", "postgresql+asyncpg://u@h/db"),
+    ],
+)
+def test_database_urls_name_their_async_driver(given: str, driver_url: str) -> None:
+    assert normalise_url(given) == driver_url
+
+
+@pytest.mark.parametrize("url", ["mysql://u:secret@h/db", "postgresql+psycopg2://u@h/db", "db"])
+def test_other_database_urls_are_refused_naming_the_two_forms_and_no_secret(url: str) -> None:
+    with pytest.raises(
+        ValueError, match=r"use sqlite:///path/to/apportion\.db or postgresql://"
+    ) as e:
+        normalise_url(url)
+    assert "secret" not in str(e.value)
+
+
+async def test_a_batch_whose_caller_is_cancelled_is_still_committed(db: Database) -> None:
+    caller = asyncio.ensure_future(
+        db.write_batch(lambda conn: conn.execute(events.insert(), [insert("a")]))
+    )
+    await asyncio.sleep(0)  # the batch has started
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    for _ in range(200):
+        if await count(db) == 1:
+            break
+        await asyncio.sleep(0.01)
+    assert await count(db) == 1
+
+
+async def test_replicas_opening_one_postgresql_database_together_migrate_it_once(
+    postgres_db: str,
+) -> None:
+    opened = await asyncio.gather(*(Database.open(postgres_db) for _ in range(3)))
+    try:
+        async with opened[0].read() as conn:
+            versions = (await conn.execute(select(schema_migrations.c.version))).scalars().all()
+        assert sorted(versions) == [m.version for m in MIGRATIONS]
+        assert {d.dialect for d in opened} == {"postgresql"}
+    finally:
+        for database in opened:
+            await database.close()

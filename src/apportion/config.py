@@ -95,6 +95,17 @@ class Settings(BaseSettings):
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None
 
+    @field_validator("db")
+    @classmethod
+    def _known_database(cls, value: str | None) -> str | None:
+        """A ``sqlite:///…`` or ``postgresql://…`` URL (the store's :func:`normalise_url`
+        says which, never echoing the URL: it may hold a password)."""
+        if value is not None:
+            from apportion.store.db import normalise_url  # the server's modules, loaded here
+
+            normalise_url(value)
+        return value
+
     @model_validator(mode="after")
     def _admin_key_from_file(self) -> Settings:
         """``admin_key_file`` → ``admin_key``: the file's one line. Refused (``ValueError``)

@@ -175,6 +175,11 @@ class Conflict(ApportionError):
     http_status = 409
 
 
+class HeldElsewhere(Conflict):
+    """The database refused a hold: another server sharing it holds some of its GPUs. Worth
+    deciding again (the holds that have them are known now)."""
+
+
 class UnknownAllocation(ApportionError):
     code = ErrorCode.UNKNOWN_ALLOCATION
     http_status = 404

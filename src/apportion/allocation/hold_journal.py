@@ -19,7 +19,7 @@ from apportion.engine.decisions import Placement, placements_json
 from apportion.ownership import DEFAULT_ACCOUNT
 from apportion.store.committer import GroupCommitter
 from apportion.store.db import Database
-from apportion.store.repos.holds import HoldChange, HoldRow, write_changes
+from apportion.store.repos.holds import HoldChange, HoldRow, Taken, write_changes
 
 
 def encode_placements(placements: Sequence[Placement]) -> str:
@@ -57,7 +57,7 @@ class HoldJournal:
     order of the changes in memory (the net-effect rule relies on it)."""
 
     def __init__(self, db: Database) -> None:
-        self._committer: GroupCommitter[HoldChange, None] = GroupCommitter(
+        self._committer: GroupCommitter[HoldChange, Taken] = GroupCommitter(
             db, write_changes, name="hold-journal"
         )
 
@@ -65,15 +65,16 @@ class HoldJournal:
         """Refuse new changes and wait for those handed over."""
         await self._committer.close()
 
-    def insert(self, hold: Hold) -> asyncio.Future[list[None]]:
-        """Record a new hold (resolves once it is committed)."""
+    def insert(self, hold: Hold) -> asyncio.Future[list[Taken]]:
+        """Record a new hold (resolves once it is committed, with the GPUs another server
+        held already — then nothing was written — or nothing)."""
         change = HoldChange("insert", hold.allocation_id, _row(hold), tuple(hold.gpu_keys))
         return self._committer.submit([change])
 
-    def delete(self, allocation_ids: list[str]) -> asyncio.Future[list[None]]:
+    def delete(self, allocation_ids: list[str]) -> asyncio.Future[list[Taken]]:
         """Record that holds ended (resolves once committed)."""
         return self._committer.submit([HoldChange("delete", aid) for aid in allocation_ids])
 
-    def renew(self, allocation_id: str, expires_at: float) -> asyncio.Future[list[None]]:
+    def renew(self, allocation_id: str, expires_at: float) -> asyncio.Future[list[Taken]]:
         """Record a hold's new lease end (resolves once committed)."""
         return self._committer.submit([HoldChange("renew", allocation_id, expires_at=expires_at)])

@@ -5,7 +5,9 @@ Rules this module keeps:
 * **No GPU in two holds.** :meth:`HoldManager.reserve` checks and marks the GPUs
   in the fleet view synchronously on the event loop (no ``await`` between the check
   and the mark), and the ``hold_gpus`` table has a unique constraint on
-  ``(cluster_id, node_id, gpu_id)`` as a second line of defence.
+  ``(cluster_id, node_id, gpu_id)``: the second line of defence on SQLite, and the arbiter
+  between servers sharing one PostgreSQL (a hold it refuses is :class:`HeldElsewhere`, and
+  the stored holds this server did not know are taken into memory).
 * **Acknowledged means durable.** :meth:`HoldManager.commit` returns only after the
   hold is committed (group commit through
   :class:`~apportion.allocation.hold_journal.HoldJournal`); a hold that was answered
@@ -27,12 +29,12 @@ from collections.abc import Callable, Sequence
 from apportion.allocation.hold import Hold
 from apportion.allocation.hold_journal import HoldJournal, decode_placements
 from apportion.engine.decisions import Placement, gpu_keys_of
-from apportion.errors import Conflict, Forbidden, UnknownAllocation
+from apportion.errors import Conflict, Forbidden, HeldElsewhere, UnknownAllocation
 from apportion.ownership import Actor, Owner
 from apportion.registry.fleet import FleetView
 from apportion.registry.fleet_structure import GpuKey
 from apportion.store.db import Database
-from apportion.store.repos.holds import HoldRepo
+from apportion.store.repos.holds import HoldRepo, HoldRow, Taken
 
 log = logging.getLogger(__name__)
 
@@ -72,23 +74,28 @@ class HoldManager:
             if row.expires_at <= now:
                 expired.append(row.allocation_id)
                 continue
-            placements = decode_placements(row.placements)
-            hold = Hold(
-                row.allocation_id,
-                Owner(row.account, row.user_name, row.owner),
-                row.request_id,
-                row.policy_uri,
-                placements,
-                gpu_keys_of(placements),
-                row.created_at,
-                row.expires_at,
-                row.kind,
-            )
-            self._holds[hold.allocation_id] = hold
-            self._fleet.set_held(hold.gpu_keys, True)
+            self._adopt(row)
         if expired:
             await self._repo.delete(expired)
         return expired
+
+    def _adopt(self, row: HoldRow) -> Hold:
+        """Take a stored hold into memory and mark its GPUs held."""
+        placements = decode_placements(row.placements)
+        hold = Hold(
+            row.allocation_id,
+            Owner(row.account, row.user_name, row.owner),
+            row.request_id,
+            row.policy_uri,
+            placements,
+            gpu_keys_of(placements),
+            row.created_at,
+            row.expires_at,
+            row.kind,
+        )
+        self._holds[hold.allocation_id] = hold
+        self._fleet.set_held(hold.gpu_keys, True)
+        return hold
 
     async def close(self) -> None:
         """Refuse new changes and wait for the journal's pending commits (before the database
@@ -163,7 +170,7 @@ class HoldManager:
         (the journal's rule), so the hold is undone by a delete handed over after it: nobody
         learnt its id, and its GPUs must not stay held in the store until its lease ends."""
         try:
-            await self._journal.insert(hold)
+            taken = (await self._journal.insert(hold))[0]
         except asyncio.CancelledError:
             self._undo(hold)
             with contextlib.suppress(RuntimeError):  # a closed journal: the server is stopping
@@ -172,6 +179,22 @@ class HoldManager:
         except BaseException:
             self._undo(hold)
             raise
+        if taken:
+            self._undo(hold)
+            await self._adopt_stored()
+            raise HeldElsewhere(
+                f"{len(taken)} GPU(s) of the placement were held through another Apportion "
+                "server meanwhile; retry the request",
+                details={"taken": [list(gpu) for gpu in taken]},
+            )
+
+    async def _adopt_stored(self) -> None:
+        """Take into memory every unexpired stored hold this server does not know (other
+        servers sharing the database made them), so the next decision sees their GPUs held."""
+        now = self._clock()
+        for row in await self._repo.all():
+            if row.allocation_id not in self._holds and row.expires_at > now:
+                self._adopt(row)
 
     def unreserve(self, hold: Hold) -> None:
         """Give back the GPUs of a reservation that was never committed (nothing is stored:
@@ -241,6 +264,6 @@ class HoldManager:
         await self._journal.delete(ids)
 
 
-def _log_failure(done: asyncio.Future[list[None]]) -> None:
+def _log_failure(done: asyncio.Future[list[Taken]]) -> None:
     if not done.cancelled() and done.exception() is not None:
         log.error("undoing a cancelled hold failed", exc_info=done.exception())

@@ -29,7 +29,13 @@ from apportion.engine.decisions import (
 )
 from apportion.engine.requests import gang_items, parse_inputs
 from apportion.engine.validate import validate_placements
-from apportion.errors import ApportionError, Conflict, InvalidRequest, NoFeasiblePlacement
+from apportion.errors import (
+    ApportionError,
+    Conflict,
+    HeldElsewhere,
+    InvalidRequest,
+    NoFeasiblePlacement,
+)
 from apportion.event_sink import EventSink
 from apportion.ownership import Actor, Owner
 from apportion.policies.inputs import LazyClusterData
@@ -148,7 +154,8 @@ class AllocationService:
         A request that holds (``adhoc: false``) decides over the fleet as it is, then reserves
         the placement with :meth:`_reserve_decided` (see there: no lock is held while a policy
         runs, and two holds never get the same GPU); the durable commit follows, batched with
-        other holds.
+        other holds. A commit the database refuses (:class:`HeldElsewhere`: a server sharing
+        it won those GPUs) is another attempt, over the fleet as it is then.
         """
         phases = Phases()
         entry = self._policies.get(str(PolicyURI.parse(request.policy_rule_uri)))
@@ -180,12 +187,18 @@ class AllocationService:
                 request_id=request.request_id,
                 policy_uri=entry.uri,
             )
-            if hold is not None:
-                break
-        assert placed is not None  # a refusal raised; the last attempt reserved or raised
-        if hold is not None:
-            await self._holds.commit(hold)
+            if hold is None:
+                continue
+            try:
+                await self._holds.commit(hold)
+            except HeldElsewhere:  # another server sharing the database won those GPUs
+                if attempt >= RESERVE_ATTEMPTS:
+                    raise
+                hold = None
+                continue
             phases.mark("hold")
+            break
+        assert placed is not None  # a refusal raised; the last attempt reserved or raised
         decision = None
         if request.explain:
             decision = Decision.of(entry.uri, len(candidates), phases.timings, placed)

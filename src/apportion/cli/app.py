@@ -16,6 +16,7 @@ import contextlib
 import tempfile
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import typer
 
@@ -32,6 +33,13 @@ app = command_group(
     name="apportion",
     add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish)
 )
+
+
+def _has_password(url: str) -> bool:
+    try:
+        return urlsplit(url).password is not None
+    except ValueError:  # not a URL at all: the settings say what is wrong with it
+        return False
 
 
 def _print_version(value: bool) -> None:
@@ -78,7 +86,12 @@ def serve(
     port: PortOpt = None,
     ws_port: WsPortOpt = None,
     db: Annotated[
-        str | None, typer.Option(help="Database URL, e.g. sqlite:///path/apportion.db.")
+        str | None,
+        typer.Option(
+            help="Database URL: sqlite:///path/apportion.db (default: in the data dir) or"
+            " postgresql://user@host:port/database (its password in ~/.pgpass, or the whole"
+            " URL in APPORTION_DB)."
+        ),
     ] = None,
     data_dir: DataDirOpt = None,
     config: Annotated[Path | None, typer.Option(help="TOML config file.")] = None,
@@ -117,6 +130,14 @@ def serve(
             "apportion: --admin-key is refused: a key on the command line can be read by every"
             " local user (ps, /proc/<pid>/cmdline); give it as APPORTION_ADMIN_KEY or in a file"
             " with --admin-key-file FILE (chmod 600 FILE)",
+            err=True,
+        )
+        raise typer.Exit(2)
+    if db is not None and _has_password(db):
+        typer.echo(
+            "apportion: a password in --db is refused: the command line can be read by every"
+            " local user (ps, /proc/<pid>/cmdline); give the URL as APPORTION_DB or as db in"
+            " the --config file, or keep the password in ~/.pgpass (PGPASSFILE)",
             err=True,
         )
         raise typer.Exit(2)

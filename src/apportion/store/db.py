@@ -1,10 +1,11 @@
 """Opening the database: URL resolution, SQLite pragmas, migrations.
 
-``Database.open(url)`` returns a ready store: WAL journal, ``synchronous=FULL``
-(a hold or job that was acknowledged survives a power cut), foreign keys on,
-schema migrated. Writes go through :meth:`Database.write` or
-:meth:`Database.write_batch`, which serialise writers inside this process so SQLite
-never answers "database is locked" to ourselves.
+``Database.open(url)`` returns a ready store with its schema migrated. SQLite (the embedded
+default): WAL journal, ``synchronous=FULL`` (a hold or job that was acknowledged survives a power
+cut), foreign keys on. PostgreSQL (``postgresql://…``, through asyncpg): a commit is durable
+under the server's own settings (``synchronous_commit=on``, its default). Writes go through
+:meth:`Database.write` or :meth:`Database.write_batch`, which serialise writers inside this
+process so SQLite never answers "database is locked" to ourselves.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, func, select
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -27,15 +28,26 @@ T = TypeVar("T")
 
 
 def normalise_url(url: str) -> str:
-    """Accept ``sqlite:///path`` (the documented form) as well as driver URLs."""
-    if url.startswith("sqlite:///"):
-        return "sqlite+aiosqlite:///" + url[len("sqlite:///") :]
-    if url.startswith("sqlite+aiosqlite://"):
-        return url
+    """The SQLAlchemy URL of a database URL: ``sqlite:///path`` (the documented form) and
+    ``postgresql://…`` name their async drivers (aiosqlite, asyncpg); URLs naming those drivers
+    are taken as they are. Raises ``ValueError`` for anything else."""
+    for plain, driver in (("sqlite://", "sqlite+aiosqlite://"), ("postgresql://", POSTGRES)):
+        if url.startswith(plain):
+            return driver + url[len(plain) :]
+        if url.startswith(driver):
+            return url
+    scheme = url.split("://", 1)[0] if "://" in url else url[:20]
     raise ValueError(
-        f"unsupported database URL {url!r}: use sqlite:///path/to/apportion.db "
-        "(PostgreSQL support is planned)"
+        f"unsupported database URL scheme {scheme!r}: use sqlite:///path/to/apportion.db or "
+        "postgresql://user:password@host:port/database"
     )
+
+
+POSTGRES = "postgresql+asyncpg://"
+
+MIGRATION_LOCK = 0x61707072
+"""The PostgreSQL advisory lock held while migrating ("appr"): replicas starting together
+migrate one after the other, each seeing what the one before applied."""
 
 
 SQLITE_SUFFIXES = ("", "-wal", "-shm", "-journal")
@@ -71,27 +83,41 @@ def _sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -
 class Database:
     """The process's handle on the store. Create with :meth:`open`; close with :meth:`close`.
 
-    Two ways to write, serialised by one lock: :meth:`write` (an async transaction; every
-    statement is a hand-off to aiosqlite's thread and back) for occasional changes, and
-    :meth:`write_batch` (a synchronous function run on the writer thread inside one
-    transaction: one hand-off for the whole batch) for the
-    :class:`~apportion.store.committer.GroupCommitter` of the hold journal, the job writer and
-    the event outbox, whose latency bounds throughput. Only the repositories under
-    :mod:`apportion.store.repos` use either.
+    Two ways to write, serialised inside this process by one lock: :meth:`write` (an async
+    transaction) for occasional changes, and :meth:`write_batch` (a synchronous function run
+    inside one transaction) for the :class:`~apportion.store.committer.GroupCommitter` of the
+    hold journal, the job writer and the event outbox, whose latency bounds throughput. On
+    SQLite a batch runs on a writer thread of its own (one hand-off for the whole batch, where
+    every statement of an async transaction is a hand-off to aiosqlite's thread and back); on
+    PostgreSQL it runs on the event loop through SQLAlchemy's ``run_sync``, its round trips
+    awaited by asyncpg. Only the repositories under :mod:`apportion.store.repos` use either.
     """
 
-    def __init__(self, engine: AsyncEngine, sync_engine: Engine) -> None:
+    def __init__(self, engine: AsyncEngine, sync_engine: Engine | None) -> None:
         self.engine = engine
         self._sync_engine = sync_engine
         self._write_lock = asyncio.Lock()
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apportion-db-writer")
+        self._writer = (
+            None
+            if sync_engine is None
+            else ThreadPoolExecutor(max_workers=1, thread_name_prefix="apportion-db-writer")
+        )
         self._closed = False
+
+    @property
+    def dialect(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self.engine.dialect.name
 
     @classmethod
     async def open(cls, url: str) -> Database:
-        """Make the database file private (0600, see :func:`make_private`), connect, set
-        pragmas, and migrate the schema to the latest version."""
+        """Connect to the database of ``url`` (see :func:`normalise_url`) and migrate its
+        schema to the latest version. SQLite: the file is made private (0600, see
+        :func:`make_private`) and its pragmas set. PostgreSQL: migrations run under an
+        advisory lock, so replicas starting at once apply each migration once."""
         async_url = normalise_url(url)
+        if async_url.startswith(POSTGRES):
+            return await cls._open_postgres(async_url)
         path = sqlite_path(async_url)
         if path is not None:
             await asyncio.to_thread(make_private, path)
@@ -104,6 +130,18 @@ class Database:
             await conn.run_sync(migrate)
         return db
 
+    @classmethod
+    async def _open_postgres(cls, async_url: str) -> Database:
+        engine = create_async_engine(async_url, pool_pre_ping=True)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK)))
+                await conn.run_sync(migrate)
+        except BaseException:
+            await engine.dispose()
+            raise
+        return cls(engine, None)
+
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A transaction for writing; committed when the block ends without error."""
@@ -111,18 +149,25 @@ class Database:
             yield conn
 
     async def write_batch(self, fn: Callable[[Connection], T]) -> T:
-        """Run ``fn(connection)`` on the writer thread inside one transaction, committed when
-        ``fn`` returns (rolled back if it raises, and the error re-raised here); return its
-        result. ``fn`` must only use the connection: it runs off the event loop. If the caller
-        is cancelled, the batch still completes on the writer thread."""
+        """Run ``fn(connection)`` inside one transaction, committed when ``fn`` returns
+        (rolled back if it raises, and the error re-raised here); return its result. ``fn``
+        must only use the connection: on SQLite it runs off the event loop. If the caller is
+        cancelled, the batch still completes."""
+        if self._writer is None:
+            return await asyncio.shield(asyncio.ensure_future(self._run_async_batch(fn)))
         loop = asyncio.get_running_loop()
         async with self._write_lock:
             future = loop.run_in_executor(self._writer, self._run_batch, fn)
             return await asyncio.shield(future)
 
     def _run_batch(self, fn: Callable[[Connection], T]) -> T:
+        assert self._sync_engine is not None
         with self._sync_engine.begin() as conn:
             return fn(conn)
+
+    async def _run_async_batch(self, fn: Callable[[Connection], T]) -> T:
+        async with self._write_lock, self.engine.begin() as conn:
+            return await conn.run_sync(fn)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
@@ -131,10 +176,11 @@ class Database:
             yield conn
 
     async def close(self) -> None:
-        """Close both engines and the writer thread (idempotent)."""
+        """Close the engines and the writer thread (idempotent)."""
         await self.engine.dispose()
         if not self._closed:
             self._closed = True
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._writer, self._sync_engine.dispose)
-            self._writer.shutdown(wait=True)
+            if self._writer is not None and self._sync_engine is not None:
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(self._writer, self._sync_engine.dispose)
+                self._writer.shutdown(wait=True)

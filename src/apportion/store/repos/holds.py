@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from sqlalchemy import Connection, bindparam, delete, select, update
+from sqlalchemy.dialects import postgresql
 
 from apportion.store import schema
 from apportion.store.db import Database
@@ -68,15 +69,30 @@ class _Net:
             self.renews[aid] = change.expires_at
 
 
-def write_changes(conn: Connection, changes: Sequence[HoldChange]) -> list[None]:
+Taken = tuple[GpuTriple, ...]
+"""A change's result: for a new hold, the GPUs another server holds already (the hold was not
+written: the database arbitrated between replicas); empty for everything written."""
+
+NOT_TAKEN: Taken = ()
+
+
+def write_changes(conn: Connection, changes: Sequence[HoldChange]) -> list[Taken]:
     """Write a batch of hold changes (in the order they were made) by their net effect, in a
     few multi-row statements: releases first (one ``DELETE … IN``), then new holds (one
-    ``executemany`` per table), then renewals. Releasing first is safe because a GPU can only
-    be held again after the engine released it in memory, so its old row is deleted in this
-    batch or an earlier one."""
+    ``executemany`` per table), then renewals; return what each change found taken. Releasing
+    first is safe because a GPU can only be held again after the engine released it in memory,
+    so its old row is deleted in this batch or an earlier one.
+
+    On PostgreSQL, where several servers share the tables, a GPU may be held by another server
+    that this one has not heard of yet: the unique constraint on ``hold_gpus`` decides. GPU
+    rows are inserted skipping conflicts (a row another transaction is inserting waits for
+    it), and a new hold that did not get all its GPUs is taken out again, its result naming
+    the GPUs it lacked; the batch's other changes are written. On SQLite, the one server's
+    memory has already decided, and a conflict is an error that rolls the batch back."""
     net = _Net()
     for change in changes:
         net.add(change)
+    taken: dict[str, Taken] = {}
     if net.deletes:
         ids = sorted(net.deletes)
         conn.execute(delete(schema.hold_gpus).where(schema.hold_gpus.c.allocation_id.in_(ids)))
@@ -108,7 +124,9 @@ def write_changes(conn: Connection, changes: Sequence[HoldChange]) -> list[None]
             for aid, change in net.inserts.items()
             for c, n, g in change.gpus
         ]
-        if gpu_rows:  # a hold of no GPUs (a job of CPU workers) has none
+        if gpu_rows and conn.dialect.name == "postgresql":
+            taken = _insert_gpus_arbitrated(conn, net.inserts, gpu_rows)
+        elif gpu_rows:  # a hold of no GPUs (a job of CPU workers) has none
             conn.execute(schema.hold_gpus.insert(), gpu_rows)
     if net.renews:
         conn.execute(
@@ -117,7 +135,36 @@ def write_changes(conn: Connection, changes: Sequence[HoldChange]) -> list[None]
             .values(expires_at=bindparam("exp")),
             [{"aid": aid, "exp": exp} for aid, exp in net.renews.items()],
         )
-    return [None] * len(changes)
+    return [
+        taken.get(c.allocation_id, NOT_TAKEN) if c.kind == "insert" else NOT_TAKEN for c in changes
+    ]
+
+
+def _insert_gpus_arbitrated(
+    conn: Connection, inserts: dict[str, HoldChange], gpu_rows: list[dict[str, str]]
+) -> dict[str, Taken]:
+    """Insert ``gpu_rows`` skipping those whose GPU is held already; take out the new holds
+    that missed any (their rows of both tables) and return, per such hold, the GPUs it
+    missed."""
+    conn.execute(postgresql.insert(schema.hold_gpus).on_conflict_do_nothing(), gpu_rows)
+    gpus = schema.hold_gpus
+    got: dict[str, set[GpuTriple]] = {}
+    for row in conn.execute(
+        select(gpus.c.allocation_id, gpus.c.cluster_id, gpus.c.node_id, gpus.c.gpu_id).where(
+            gpus.c.allocation_id.in_(list(inserts))
+        )
+    ):
+        got.setdefault(row.allocation_id, set()).add((row.cluster_id, row.node_id, row.gpu_id))
+    taken = {
+        aid: tuple(g for g in change.gpus if g not in got.get(aid, set()))
+        for aid, change in inserts.items()
+        if len(got.get(aid, ())) < len(set(change.gpus))
+    }
+    if taken:
+        ids = sorted(taken)
+        conn.execute(delete(gpus).where(gpus.c.allocation_id.in_(ids)))
+        conn.execute(delete(schema.holds).where(schema.holds.c.allocation_id.in_(ids)))
+    return taken
 
 
 class HoldRepo:

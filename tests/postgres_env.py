@@ -1,0 +1,162 @@
+"""Find (or start) the real PostgreSQL of ``scripts/postgres_up.sh`` for the tests.
+
+``postgres`` (session) is the server's admin URL, read from the 0600 file the script writes.
+When the file is missing and we are root, the script is run (idempotent; the server is left
+running; ``scripts/postgres_down.sh`` stops it). Otherwise the tests skip with a message saying
+how to get PostgreSQL — except under ``CI=true``, where a missing server fails them instead.
+
+``postgres_db`` is a fresh, empty database of that server for one test, dropped afterwards (with
+whatever connections a test left open). ``store_url`` runs a test once on SQLite and once on
+PostgreSQL.
+
+``APPORTION_TEST_STORE=postgresql`` puts the test servers of ``tests/conftest.py`` on PostgreSQL:
+``server_settings`` gives each data dir a database of its own (:func:`database_for`; a server
+restarted on the same data dir finds its database again), dropped after the test
+(:func:`drop_made_databases`). ``make test`` runs the server tests that way too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import secrets
+import subprocess
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+UP_SCRIPT = REPO / "scripts" / "postgres_up.sh"
+STATE = Path(os.environ.get("APPORTION_PG_STATE", "/var/lib/apportion-postgres"))
+
+
+def _start() -> str | None:
+    """Run postgres_up.sh; None on success, else why it could not."""
+    if os.geteuid() != 0:
+        return "not root: scripts/postgres_up.sh runs the server as the user postgres"
+    try:
+        done = subprocess.run(
+            ["bash", str(UP_SCRIPT)], capture_output=True, text=True, timeout=600, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return "scripts/postgres_up.sh did not finish within 600 s"
+    if done.returncode != 0:
+        return f"scripts/postgres_up.sh failed: {(done.stderr or done.stdout).strip()[-800:]}"
+    return None
+
+
+async def _answers(url: str) -> str | None:
+    try:
+        conn = await asyncpg.connect(url, timeout=10)
+    except (OSError, asyncpg.PostgresError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    await conn.close()
+    return None
+
+
+@pytest.fixture(scope="session")
+def postgres() -> str:
+    """The URL (``postgresql://…``) of the tests' PostgreSQL server, as its superuser."""
+    url_file = STATE / "url"
+    why = None
+    if not url_file.exists() or asyncio.run(_answers(url_file.read_text().strip())) is not None:
+        why = _start()
+    if why is None:
+        url = url_file.read_text().strip()
+        why = asyncio.run(_answers(url))
+    if why is not None:
+        message = f"no PostgreSQL to test against: run scripts/postgres_up.sh as root ({why})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true and {message}")
+        pytest.skip(message)
+    return url
+
+
+TEST_STORE = os.environ.get("APPORTION_TEST_STORE", "sqlite")
+"""Where the test servers keep their state: ``sqlite`` (the default) or ``postgresql``."""
+if TEST_STORE not in ("sqlite", "postgresql"):
+    raise RuntimeError(f"APPORTION_TEST_STORE must be sqlite or postgresql, not {TEST_STORE!r}")
+
+_made: dict[Path, str] = {}
+
+
+def _in_a_thread(coro: Any) -> Any:
+    """Run ``coro`` to its end on a loop of its own (callers may be inside a running loop)."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+async def _admin(statement: str) -> None:
+    conn = await asyncpg.connect((STATE / "url").read_text().strip())
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+def database_for(data_dir: Path) -> str:
+    """The PostgreSQL database of the test server with ``data_dir``, made at its first start.
+    Its name comes from the data dir's path, so a server the test starts in a subprocess (the
+    crash tests) finds the same database."""
+    if data_dir not in _made:
+        name = "apportion_test_" + hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]
+        _in_a_thread(_create_if_missing(name))
+        _made[data_dir] = database_url((STATE / "url").read_text().strip(), name)
+    return _made[data_dir]
+
+
+async def _create_if_missing(name: str) -> None:
+    conn = await asyncpg.connect((STATE / "url").read_text().strip())
+    try:
+        if await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name) is None:
+            with contextlib.suppress(asyncpg.DuplicateDatabaseError):  # made meanwhile
+                await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+def drop_made_databases() -> None:
+    """Drop the databases :func:`database_for` made (with connections a test left open)."""
+    while _made:
+        _, url = _made.popitem()
+        name = url.rsplit("/", 1)[1]
+        _in_a_thread(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def database_url(server_url: str, name: str) -> str:
+    """``server_url`` with its database replaced by ``name``."""
+    return server_url.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture
+async def postgres_db(postgres: str) -> AsyncIterator[str]:
+    """The URL of a new, empty database, dropped after the test."""
+    name = f"apportion_test_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(postgres)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield database_url(postgres, name)
+    finally:
+        admin = await asyncpg.connect(postgres)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A test's database: a SQLite file in ``tmp_path``, then a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/store.db"
+    url: str = request.getfixturevalue("postgres_db")
+    return url
