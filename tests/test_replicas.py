@@ -1,15 +1,19 @@
-"""Servers sharing one PostgreSQL database (issue 11): the database arbitrates holds.
+"""Servers sharing one PostgreSQL database (issue 11): the database arbitrates holds, and each
+server follows the holds made through the others.
 
 Each replica decides over its own view of the fleet; the unique constraint on held GPUs
-decides between them. A replica whose hold the database refuses learns the holds it lost to,
-decides again, and answers ``Conflict`` or ``NoFeasiblePlacement`` — never ``Internal`` — and no
-GPU is ever in two holds.
+decides between them. A replica whose hold the database refuses takes in the stored holds it did
+not know, decides again, and answers ``Conflict`` or ``NoFeasiblePlacement`` — never
+``Internal`` — and no GPU is ever in two holds. Holds made, renewed and released through one
+replica reach the others' views through PostgreSQL notices (``apportion.store.notices``); a
+replica that lost its listening connection catches up when it reconnects.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -17,6 +21,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from apportion.store import notices
 from tests import builders
 from tests.conftest import Running, allocation, ask, running_server
 
@@ -24,9 +29,13 @@ GPUS = 8  # two nodes of four
 
 
 @pytest.fixture
-async def replicas(tmp_path: Path, postgres_db: str) -> AsyncIterator[list[Running]]:
+async def replicas(
+    tmp_path: Path, postgres_db: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[list[Running]]:
     """Two servers on one PostgreSQL database, each with its own data dir; the cluster is
-    registered through the first before the second starts (it loads it from the database)."""
+    registered through the first before the second starts (it loads it from the database).
+    A lost listening connection is made again after 2 s."""
+    monkeypatch.setattr(notices, "RECONNECT_SECONDS", 2.0)
     async with AsyncExitStack() as stack:
         first = await stack.enter_async_context(running_server(tmp_path / "a", db=postgres_db))
         doc = builders.make_cluster("c1", nodes=2, gpus=4)
@@ -68,17 +77,19 @@ async def test_a_replica_that_lost_a_gpu_to_another_places_the_next_hold_elsewhe
     replicas: list[Running],
 ) -> None:
     first, second = replicas
-    # the first replica takes every GPU of node n00 (binpack fills one node first); the second
-    # has not heard of those holds and decides for n00 too: the database refuses, the second
-    # takes in the stored holds it did not know and decides again, over n01
+    # the first replica takes every GPU of node n0 (binpack fills one node first); the second
+    # has heard of those holds, or decides for n0 too and the database refuses (it then takes
+    # in the stored holds it did not know and decides again): either way it places on n1
     for _ in range(4):
         assert (await hold_one(first))["success"]
     again = await hold_one(second)
     assert again["success"], again
     assert again["data"]["node_id"] == "n1", again
-    # the second now knows the first's holds as well as its own
-    assert len(await active_holds(second)) == 5
-    assert len(await active_holds(first)) == 4
+
+    async def both_know_all_five() -> bool:
+        return [len(await active_holds(r)) for r in replicas] == [5, 5]
+
+    await until(both_know_all_five)
 
 
 async def active_holds(replica: Running) -> list[dict[str, Any]]:
@@ -86,3 +97,77 @@ async def active_holds(replica: Running) -> list[dict[str, Any]]:
         assert response.status == 200, await response.text()
         body: dict[str, Any] = await response.json()
     return list(body["data"])
+
+
+async def until(check: Callable[[], Awaitable[bool]], seconds: float = 10.0) -> float:
+    """Wait until ``check()`` holds; return how long it took (fails after ``seconds``)."""
+    started = time.monotonic()
+    for _ in range(int(seconds / 0.01)):
+        if await check():
+            return time.monotonic() - started
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"not within {seconds} s")
+
+
+def ids(holds: list[dict[str, Any]]) -> set[str]:
+    return {h["allocation_id"] for h in holds}
+
+
+async def test_each_replica_follows_the_holds_made_renewed_and_released_through_another(
+    replicas: list[Running],
+) -> None:
+    first, second = replicas
+    made = await hold_one(first)
+    assert made["success"], made
+    aid = made["allocation_id"]
+
+    async def second_knows() -> bool:
+        return aid in ids(await active_holds(second))
+
+    await until(second_knows)
+    # renewed through the first: the second learns the new lease end
+    async with first.ws() as ws:
+        answer = await ask(ws, {"type": "renew", "allocation_id": aid, "lease_seconds": 3000})
+    assert answer["success"], answer
+    renewed = answer["data"]["expires_at"]
+
+    async def second_has_the_new_lease() -> bool:
+        holds = {h["allocation_id"]: h for h in await active_holds(second)}
+        return holds[aid]["expires_at"] == renewed
+
+    await until(second_has_the_new_lease)
+    # released through the second (which did not make it): gone from both, its GPU free again
+    async with second.http.delete(f"{second.url}/allocations/{aid}") as response:
+        assert response.status == 200, await response.text()
+
+    async def first_forgot() -> bool:
+        return aid not in ids(await active_holds(first))
+
+    await until(first_forgot)
+    for _ in range(GPUS):  # every GPU can be held again, through the first
+        assert (await hold_one(first))["success"]
+
+
+async def test_a_replica_whose_listening_connection_was_cut_catches_up(
+    replicas: list[Running], postgres_db: str
+) -> None:
+    first, second = replicas
+    admin = await asyncpg.connect(postgres_db)
+    try:
+        # cut every server's listening connection; the first hold is made while they are
+        # away (they reconnect after RECONNECT_SECONDS, set to 2 s below), so its notice is
+        # lost: only the resync on reconnecting brings it in
+        cut = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND query LIKE 'LISTEN %'"
+        )
+        assert cut == 2
+        made = await hold_one(first)
+        assert made["success"], made
+    finally:
+        await admin.close()
+
+    async def second_knows() -> bool:
+        return made["allocation_id"] in ids(await active_holds(second))
+
+    await until(second_knows)

@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, event, func, select
 from sqlalchemy.dialects import mysql, postgresql
 
 import apportion
 from apportion.store.committer import GroupCommitter
 from apportion.store.db import Database, normalise_url
 from apportion.store.migrations import MIGRATIONS
+from apportion.store.notices import Notice, NoticeFeed, parse, send
 from apportion.store.repos.events import EventRepo, NewEvent, write_events
 from apportion.store.schema import clusters, events, pool_limits, schema_migrations
 from apportion.store.upsert import upsert
@@ -376,3 +377,60 @@ async def test_replicas_opening_one_postgresql_database_together_migrate_it_once
     finally:
         for database in opened:
             await database.close()
+
+
+# ---------------------------------------------------------------- notices between servers
+
+
+async def test_notices_reach_every_listener_in_commit_order_and_never_from_a_rollback(
+    postgres_db: str,
+) -> None:
+    db = await Database.open(postgres_db)
+    heard: list[Notice] = []
+    resyncs: list[int] = []
+
+    async def handle(notice: Notice) -> None:
+        heard.append(notice)
+
+    async def resync() -> None:
+        resyncs.append(1)
+
+    feed = NoticeFeed(db)
+    feed.on("t", handle, resync)
+    await feed.start()
+    try:
+        assert resyncs == [1]  # once listening, before any notice
+        many = [f"{i:032x}" for i in range(500)]  # 16.5 kB of ids: sent as three notices
+        await db.write_batch(lambda conn: send(conn, "t", "insert", many))
+
+        def rolled_back(conn: Connection) -> None:
+            send(conn, "t", "delete", ["never"])
+            raise ValueError("rolled back")
+
+        with pytest.raises(ValueError, match="rolled back"):
+            await db.write_batch(rolled_back)
+        await db.write_batch(lambda conn: send(conn, "t", "delete", ["last"]))
+        await db.write_batch(lambda conn: send(conn, "other", "x", ["unheard"]))
+        for _ in range(500):
+            if heard and heard[-1].verb == "delete":
+                break
+            await asyncio.sleep(0.01)
+        assert [n.verb for n in heard] == ["insert"] * 3 + ["delete"]
+        assert [w for n in heard[:3] for w in n.words] == many
+        assert heard[-1].words == ("last",)
+    finally:
+        await feed.close()
+        await db.close()
+
+
+async def test_no_notice_is_sent_on_sqlite(threaded_db: Database) -> None:
+    statements: list[str] = []
+
+    def sending(conn: Connection) -> None:
+        event.listen(conn, "before_cursor_execute", lambda *a: statements.append(a[2]))
+        send(conn, "t", "insert", ["a"])
+
+    await threaded_db.write_batch(sending)
+    assert statements == []
+    assert parse("hold renew a b") == Notice("hold", "renew", ("a", "b"))
+    assert parse("nonsense") is None

@@ -71,6 +71,7 @@ from apportion.server.telemetry import Telemetry
 from apportion.server.ws import AllocationWebSocket
 from apportion.store.data_dir import lock_data_dir, unlock_data_dir
 from apportion.store.db import Database
+from apportion.store.notices import NoticeFeed
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +192,11 @@ class Server:
         holds = HoldManager(db, registry.fleet)
         await holds.start()
         self._stack.push_async_callback(holds.close)
+        if db.dialect == "postgresql":  # other servers may share it: follow their changes
+            feed = NoticeFeed(db)
+            holds.follow(feed)
+            await feed.start()
+            self._stack.push_async_callback(feed.close)
 
         allocations = AllocationService(
             registry,

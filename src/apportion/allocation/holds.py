@@ -15,6 +15,9 @@ Rules this module keeps:
   was cancelled, is undone in memory and in the store.
 * **Leases end.** An expired hold is released by :meth:`expire_due` (called by
   the server's background loop) and its GPUs return to the fleet.
+* **Servers sharing one PostgreSQL follow each other** (:meth:`follow`): the holds the others
+  make, renew and release reach this one's memory and fleet view through change notices, and a
+  GPU may then be counted under two holds for a moment (see :meth:`_unmark`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 from apportion.allocation.hold import Hold
@@ -34,7 +38,8 @@ from apportion.ownership import Actor, Owner
 from apportion.registry.fleet import FleetView
 from apportion.registry.fleet_structure import GpuKey
 from apportion.store.db import Database
-from apportion.store.repos.holds import HoldRepo, HoldRow, Taken
+from apportion.store.notices import Notice, NoticeFeed
+from apportion.store.repos.holds import HOLD_TOPIC, HoldRepo, HoldRow, Taken
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +69,32 @@ class HoldManager:
         self._repo = HoldRepo(db)
         self._journal = HoldJournal(db)
         self._holds: dict[str, Hold] = {}
+        self._marks: Counter[GpuKey] = Counter()  # holds per GPU: >1 only across servers
+        self._uncommitted: set[str] = set()  # reserved, not yet known to be stored
+
+    # ---------------------------------------------------------------- the fleet's marks
+    def _mark(self, keys: Sequence[GpuKey]) -> None:
+        """Count a hold of ``keys``; mark those it is the first hold of held in the fleet."""
+        first = [key for key in keys if self._marks[key] == 0]
+        self._marks.update(keys)
+        if first:
+            self._fleet.set_held(first, True)
+
+    def _unmark(self, keys: Sequence[GpuKey]) -> None:
+        """Uncount a hold of ``keys``; free in the fleet those no hold is left on. (A server
+        sharing its database with others may know two holds of one GPU for a moment: its own
+        reservation, and another server's hold it heard of before the database refused its
+        own.)"""
+        freed = []
+        for key in keys:
+            left = self._marks[key] - 1
+            if left > 0:
+                self._marks[key] = left
+            else:
+                del self._marks[key]
+                freed.append(key)
+        if freed:
+            self._fleet.set_held(freed, False)
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> list[str]:
@@ -94,8 +125,51 @@ class HoldManager:
             row.kind,
         )
         self._holds[hold.allocation_id] = hold
-        self._fleet.set_held(hold.gpu_keys, True)
+        self._mark(hold.gpu_keys)
         return hold
+
+    def follow(self, feed: NoticeFeed) -> None:
+        """Follow the holds other servers sharing the database make, end and renew (their
+        notices, :data:`~apportion.store.repos.holds.HOLD_TOPIC`), before ``feed`` starts."""
+        feed.on(HOLD_TOPIC, self._heard, self._resync)
+
+    async def _heard(self, notice: Notice) -> None:
+        """Apply a hold notice (ours included: each step is idempotent). A new hold is read
+        from the store, so one that ended meanwhile is not taken in."""
+        if notice.verb == "delete":
+            for allocation_id in notice.words:
+                self.forget_released(allocation_id)
+            return
+        for allocation_id in notice.words:
+            if notice.verb == "insert" and allocation_id in self._holds:
+                continue
+            if notice.verb == "renew" and allocation_id not in self._holds:
+                continue
+            row = await self._repo.get(allocation_id)
+            if row is None:
+                continue
+            known = self._holds.get(allocation_id)
+            if known is not None:
+                known.expires_at = row.expires_at
+            elif row.expires_at > self._clock():
+                self._adopt(row)
+
+    async def _resync(self) -> None:
+        """Bring the holds in memory in line with the stored ones (the feed's connection was
+        made or remade: notices may have been missed): take in those not known, forget those
+        no longer stored — but for reservations whose commit is under way."""
+        settled = {aid for aid in self._holds if aid not in self._uncommitted}
+        rows = await self._repo.all()
+        stored = {row.allocation_id for row in rows}
+        for allocation_id in settled - stored:
+            self.forget_released(allocation_id)
+        now = self._clock()
+        for row in rows:
+            known = self._holds.get(row.allocation_id)
+            if known is not None:
+                known.expires_at = row.expires_at
+            elif row.expires_at > now:
+                self._adopt(row)
 
     async def close(self) -> None:
         """Refuse new changes and wait for the journal's pending commits (before the database
@@ -133,7 +207,7 @@ class HoldManager:
                 "retry the request",
                 details={"taken": [list(k) for k in taken]},
             )
-        self._fleet.set_held(keys, True)
+        self._mark(keys)
 
     def reserve(
         self,
@@ -162,6 +236,7 @@ class HoldManager:
             kind,
         )
         self._holds[hold.allocation_id] = hold
+        self._uncommitted.add(hold.allocation_id)
         return hold
 
     async def commit(self, hold: Hold) -> None:
@@ -171,6 +246,7 @@ class HoldManager:
         learnt its id, and its GPUs must not stay held in the store until its lease ends."""
         try:
             taken = (await self._journal.insert(hold))[0]
+            self._uncommitted.discard(hold.allocation_id)
         except asyncio.CancelledError:
             self._undo(hold)
             with contextlib.suppress(RuntimeError):  # a closed journal: the server is stopping
@@ -202,8 +278,9 @@ class HoldManager:
         self._undo(hold)
 
     def _undo(self, hold: Hold) -> None:
+        self._uncommitted.discard(hold.allocation_id)
         self._holds.pop(hold.allocation_id, None)
-        self._fleet.set_held(hold.gpu_keys, False)
+        self._unmark(hold.gpu_keys)
 
     def _visible_and_changeable(self, allocation_id: str, actor: Actor | None) -> Hold:
         """The active hold ``allocation_id`` if ``actor`` (None: the server) may change it.
@@ -245,7 +322,7 @@ class HoldManager:
         ignored (already released)."""
         hold = self._holds.pop(allocation_id, None)
         if hold is not None:
-            self._fleet.set_held(hold.gpu_keys, False)
+            self._unmark(hold.gpu_keys)
 
     async def expire_due(self) -> list[Hold]:
         """Release every hold whose lease has ended; return them."""
@@ -259,7 +336,7 @@ class HoldManager:
         ids = [h.allocation_id for h in holds]
         for hold in holds:
             self._holds.pop(hold.allocation_id, None)
-            self._fleet.set_held(hold.gpu_keys, False)
+            self._unmark(hold.gpu_keys)
 
         await self._journal.delete(ids)
 

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-from sqlalchemy import Connection, bindparam, delete, select, update
+from sqlalchemy import Connection, Row, bindparam, delete, select, update
 from sqlalchemy.dialects import postgresql
 
-from apportion.store import schema
+from apportion.store import notices, schema
 from apportion.store.db import Database
 
 GpuTriple = tuple[str, str, str]  # (cluster_id, node_id, gpu_id)
+
+HOLD_TOPIC = "hold"
+"""The notices of hold changes (:mod:`apportion.store.notices`): ``insert``, ``delete`` and
+``renew``, each followed by allocation ids."""
 
 
 @dataclass(frozen=True)
@@ -94,9 +98,7 @@ def write_changes(conn: Connection, changes: Sequence[HoldChange]) -> list[Taken
         net.add(change)
     taken: dict[str, Taken] = {}
     if net.deletes:
-        ids = sorted(net.deletes)
-        conn.execute(delete(schema.hold_gpus).where(schema.hold_gpus.c.allocation_id.in_(ids)))
-        conn.execute(delete(schema.holds).where(schema.holds.c.allocation_id.in_(ids)))
+        delete_holds(conn, sorted(net.deletes))
     if net.inserts:
         # executemany with one compiled statement per table (SQLAlchemy caches it; a
         # multi-row VALUES of varying length would compile anew for every batch size)
@@ -135,9 +137,20 @@ def write_changes(conn: Connection, changes: Sequence[HoldChange]) -> list[Taken
             .values(expires_at=bindparam("exp")),
             [{"aid": aid, "exp": exp} for aid, exp in net.renews.items()],
         )
+        notices.send(conn, HOLD_TOPIC, "renew", sorted(net.renews))
+    notices.send(conn, HOLD_TOPIC, "insert", [aid for aid in net.inserts if aid not in taken])
     return [
         taken.get(c.allocation_id, NOT_TAKEN) if c.kind == "insert" else NOT_TAKEN for c in changes
     ]
+
+
+def delete_holds(conn: Connection, allocation_ids: list[str]) -> None:
+    """Delete these holds and their GPU rows (in the caller's transaction), and tell the other
+    servers sharing the database."""
+    gpus, holds = schema.hold_gpus, schema.holds
+    conn.execute(delete(gpus).where(gpus.c.allocation_id.in_(allocation_ids)))
+    conn.execute(delete(holds).where(holds.c.allocation_id.in_(allocation_ids)))
+    notices.send(conn, HOLD_TOPIC, "delete", allocation_ids)
 
 
 def _insert_gpus_arbitrated(
@@ -167,6 +180,21 @@ def _insert_gpus_arbitrated(
     return taken
 
 
+def _hold_row(r: Row[Any]) -> HoldRow:
+    return HoldRow(
+        r.allocation_id,
+        r.owner,
+        r.request_id,
+        r.policy_uri,
+        r.placements,
+        float(r.created_at),
+        float(r.expires_at),
+        r.kind,
+        r.account,
+        r.user_name,
+    )
+
+
 class HoldRepo:
     """Reads of the hold tables at start, and the deletion of holds that expired while the
     server was down (the hold manager's; every other change goes through the journal)."""
@@ -178,27 +206,19 @@ class HoldRepo:
         """Every stored hold, expired or not."""
         async with self._db.read() as conn:
             rows = (await conn.execute(select(schema.holds))).all()
-        return [
-            HoldRow(
-                r.allocation_id,
-                r.owner,
-                r.request_id,
-                r.policy_uri,
-                r.placements,
-                float(r.created_at),
-                float(r.expires_at),
-                r.kind,
-                r.account,
-                r.user_name,
-            )
-            for r in rows
-        ]
+        return [_hold_row(r) for r in rows]
+
+    async def get(self, allocation_id: str) -> HoldRow | None:
+        """The stored hold ``allocation_id``, if there is one."""
+        async with self._db.read() as conn:
+            rows = (
+                await conn.execute(
+                    select(schema.holds).where(schema.holds.c.allocation_id == allocation_id)
+                )
+            ).all()
+        return next((_hold_row(r) for r in rows), None)
 
     async def delete(self, allocation_ids: Sequence[str]) -> None:
         """Delete these holds and their GPU rows in one transaction."""
         ids = list(allocation_ids)
-        async with self._db.write() as conn:
-            await conn.execute(
-                delete(schema.hold_gpus).where(schema.hold_gpus.c.allocation_id.in_(ids))
-            )
-            await conn.execute(delete(schema.holds).where(schema.holds.c.allocation_id.in_(ids)))
+        await self._db.write_batch(lambda conn: delete_holds(conn, ids))

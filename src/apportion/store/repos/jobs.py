@@ -12,6 +12,7 @@ from sqlalchemy import Connection, bindparam, delete, func, select, update
 from apportion.store import schema
 from apportion.store.counters import raise_counter
 from apportion.store.db import Database
+from apportion.store.repos.holds import delete_holds
 from apportion.store.upsert import upsert
 
 DELETED_SEQ_COUNTER = "deleted_job_seq"
@@ -148,9 +149,7 @@ def write_changes(conn: Connection, changes: Sequence[JobChange]) -> list[None]:
         )
     released = sorted({aid for c in changes for aid in c.released_holds})
     if released:
-        gpus, holds = schema.hold_gpus, schema.holds
-        conn.execute(delete(gpus).where(gpus.c.allocation_id.in_(released)))
-        conn.execute(delete(holds).where(holds.c.allocation_id.in_(released)))
+        delete_holds(conn, released)
     return [None] * len(changes)
 
 
