@@ -171,3 +171,42 @@ async def test_a_replica_whose_listening_connection_was_cut_catches_up(
         return made["allocation_id"] in ids(await active_holds(second))
 
     await until(second_knows)
+
+
+async def test_each_replica_follows_clusters_and_metrics_stored_through_another(
+    replicas: list[Running],
+) -> None:
+    first, second = replicas
+    # a cluster registered through the second is placed on through the first
+    doc = builders.make_cluster("c2", nodes=1, gpus=2)
+    async with second.http.post(f"{second.url}/clusters", json=doc) as response:
+        assert response.status == 201, await response.text()
+
+    async def first_places_on_c2() -> bool:
+        async with first.ws() as ws:
+            answer = await ask(ws, allocation(clusters=["c2"], inputs={"gpus": 2}))
+        return bool(answer["success"])
+
+    await until(first_places_on_c2)
+    # metrics pushed through the first are read through the second
+    pushed = builders.metrics("c2", {("n0", 0): 1000.0, ("n0", 1): 2000.0})
+    async with first.http.put(f"{first.url}/clusters/c2/metrics", json=pushed) as response:
+        assert response.status == 200, await response.text()
+
+    async def second_has_them() -> bool:
+        async with second.http.get(f"{second.url}/cluster/c2") as response:  # seed 004's
+            if response.status != 200:
+                return False
+            body = (await response.json())["data"]
+        return [g["freeMem"] for g in body["nodes"][0]["gpus"]] == [1000.0, 2000.0]
+
+    await until(second_has_them)
+    # deleted through the first: gone from the second too
+    async with first.http.delete(f"{first.url}/clusters/c2") as response:
+        assert response.status in (200, 204), await response.text()
+
+    async def second_forgot() -> bool:
+        async with second.http.get(f"{second.url}/clusters/c2") as response:
+            return response.status == 404
+
+    await until(second_forgot)

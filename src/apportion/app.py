@@ -194,6 +194,7 @@ class Server:
         self._stack.push_async_callback(holds.close)
         if db.dialect == "postgresql":  # other servers may share it: follow their changes
             feed = NoticeFeed(db)
+            registry.follow(feed)
             holds.follow(feed)
             await feed.start()
             self._stack.push_async_callback(feed.close)

@@ -25,7 +25,8 @@ from apportion.registry.filters import compile_filter, parse_cluster_filter
 from apportion.registry.fleet import FleetView
 from apportion.registry.metrics import mark_staleness, validate_metrics_document
 from apportion.store.db import Database
-from apportion.store.repos.registry import ClusterRow, MetricsRow, RegistryRepo
+from apportion.store.notices import Notice, NoticeFeed
+from apportion.store.repos.registry import CLUSTER_TOPIC, ClusterRow, MetricsRow, RegistryRepo
 
 log = logging.getLogger(__name__)
 
@@ -167,26 +168,74 @@ class Registry:
 
     async def _save_cluster(self, doc: dict[str, Any], *, created: bool) -> None:
         await self._repo.put_cluster(ClusterRow(doc["id"], jsonutil.dumps_str(doc)), time.time())
-        self._clusters[doc["id"]] = doc
-        self._live = None
-        self.fleet.set_cluster(doc)
-        self._apply_metrics_to_fleet(doc["id"])
-        self.version += 1
+        self._set_cluster(doc)
         await self._notify(
             "cluster_updated",
             {"cluster_id": doc["id"], "change": "created" if created else "replaced"},
         )
 
+    def _set_cluster(self, doc: dict[str, Any]) -> None:
+        self._clusters[doc["id"]] = doc
+        self._live = None
+        self.fleet.set_cluster(doc)
+        self._apply_metrics_to_fleet(doc["id"])
+        self.version += 1
+
     async def delete_cluster(self, cluster_id: str) -> None:
         self.get_cluster(cluster_id)
         await self._repo.delete_cluster(cluster_id)
+        self._drop_cluster(cluster_id)
+        await self._notify("cluster_updated", {"cluster_id": cluster_id, "change": "deleted"})
+
+    def _drop_cluster(self, cluster_id: str) -> None:
         del self._clusters[cluster_id]
         self._live = None
         self._metrics.pop(cluster_id, None)
         self._stale.discard(cluster_id)
         self.fleet.remove_cluster(cluster_id)
         self.version += 1
-        await self._notify("cluster_updated", {"cluster_id": cluster_id, "change": "deleted"})
+
+    # ---------------------------------------------------------------- other servers' changes
+    def follow(self, feed: NoticeFeed) -> None:
+        """Follow the clusters and metrics other servers sharing the database store (their
+        notices, :data:`~apportion.store.repos.registry.CLUSTER_TOPIC`), before ``feed``
+        starts. What another server changed is applied to this one's view as it is stored; the
+        events about it are that server's to send."""
+        feed.on(CLUSTER_TOPIC, self._heard, self._resync)
+
+    async def _heard(self, notice: Notice) -> None:
+        for cluster_id in notice.words:
+            cluster, metrics = await self._repo.cluster(cluster_id)
+            self._take_stored(cluster_id, cluster, metrics)
+
+    async def _resync(self) -> None:
+        clusters, metrics = await self._repo.load()
+        measured = {row.cluster_id: row for row in metrics}
+        stored = {row.id: row for row in clusters}
+        for cluster_id in sorted(set(self._clusters) | set(stored)):
+            self._take_stored(cluster_id, stored.get(cluster_id), measured.get(cluster_id))
+
+    def _take_stored(
+        self, cluster_id: str, cluster: ClusterRow | None, metrics: MetricsRow | None
+    ) -> None:
+        """Make this server's view of ``cluster_id`` what is stored (each step only where it
+        differs: a server hears its own notices too)."""
+        if cluster is None:
+            if cluster_id in self._clusters:
+                self._drop_cluster(cluster_id)
+            return
+        doc = jsonutil.loads(cluster.document)
+        if self._clusters.get(cluster_id) != doc:
+            self._set_cluster(doc)
+        held = self._metrics.get(cluster_id)
+        if metrics is not None and (held is None or metrics.received_at > held.received_at):
+            self._metrics[cluster_id] = StoredMetrics(
+                jsonutil.loads(metrics.document), metrics.received_at
+            )
+            self._stale.discard(cluster_id)
+            self.refresh_staleness()
+            self._apply_metrics_to_fleet(cluster_id)
+            self.version += 1
 
     # ---------------------------------------------------------------- metrics
     async def put_metrics(self, cluster_id: str, body: Any) -> dict[str, Any]:

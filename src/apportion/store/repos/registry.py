@@ -6,9 +6,13 @@ from dataclasses import dataclass
 
 from sqlalchemy import delete, select
 
-from apportion.store import schema
+from apportion.store import notices, schema
 from apportion.store.db import Database
 from apportion.store.upsert import upsert
+
+CLUSTER_TOPIC = "cluster"
+"""The notices of registry changes (:mod:`apportion.store.notices`): ``put`` and ``delete`` of
+a cluster, ``metrics`` of a cluster's new metrics, each followed by the cluster's id."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,7 @@ class RegistryRepo:
                     update=["document", "updated_at"],
                 )
             )
+            await conn.run_sync(notices.send, CLUSTER_TOPIC, "put", [row.id])
 
     async def delete_cluster(self, cluster_id: str) -> None:
         """Delete a cluster and its metrics in one transaction."""
@@ -67,6 +72,7 @@ class RegistryRepo:
                     schema.cluster_metrics.c.cluster_id == cluster_id
                 )
             )
+            await conn.run_sync(notices.send, CLUSTER_TOPIC, "delete", [cluster_id])
 
     async def put_metrics(self, row: MetricsRow) -> None:
         """Store a cluster's latest metrics document (inserted or replaced)."""
@@ -84,3 +90,17 @@ class RegistryRepo:
                     update=["document", "received_at"],
                 )
             )
+            await conn.run_sync(notices.send, CLUSTER_TOPIC, "metrics", [row.cluster_id])
+
+    async def cluster(self, cluster_id: str) -> tuple[ClusterRow | None, MetricsRow | None]:
+        """The stored cluster ``cluster_id`` and its metrics, each None where missing."""
+        c, m = schema.clusters, schema.cluster_metrics
+        async with self._db.read() as conn:
+            found = (await conn.execute(select(c).where(c.c.id == cluster_id))).first()
+            measured = (await conn.execute(select(m).where(m.c.cluster_id == cluster_id))).first()
+        return (
+            None if found is None else ClusterRow(found.id, found.document),
+            None
+            if measured is None
+            else MetricsRow(measured.cluster_id, measured.document, float(measured.received_at)),
+        )
