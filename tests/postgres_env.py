@@ -22,8 +22,11 @@ import contextlib
 import hashlib
 import os
 import secrets
+import shutil
+import socket
 import subprocess
-from collections.abc import AsyncIterator
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -160,3 +163,84 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path}/store.db"
     url: str = request.getfixturevalue("postgres_db")
     return url
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of one test's own (root only: it runs as the user postgres), in a
+    temporary directory on a free port of 127.0.0.1, that the test may stop and start again —
+    the shared server of ``scripts/postgres_up.sh`` must stay up for the others."""
+
+    def __init__(self, root: Path, port: int) -> None:
+        self.root = root
+        self.port = port
+        self.data = root / "data"
+        self.password = secrets.token_hex(16)
+        self.url = f"postgresql://apportion:{self.password}@127.0.0.1:{port}/postgres"
+
+    def _pg(self, *argv: str) -> None:
+        done = subprocess.run(
+            ["runuser", "-u", "postgres", "--", *argv], capture_output=True, text=True, timeout=60
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"{argv[0]} failed: {(done.stderr or done.stdout).strip()[-600:]}")
+
+    def init(self) -> None:
+        bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+        if not bins:
+            raise RuntimeError(
+                "no PostgreSQL server binaries (scripts/postgres_up.sh installs them)"
+            )
+        self.bin = bins[-1].parent
+        self.root.mkdir(mode=0o711)
+        shutil.chown(self.root, "postgres", "postgres")
+        pwfile = self.root / "pw"
+        pwfile.write_text(self.password + "\n")
+        shutil.chown(pwfile, "postgres", "postgres")
+        pwfile.chmod(0o400)
+        self._pg(
+            str(self.bin / "initdb"), "-D", str(self.data), "-U", "apportion",
+            f"--pwfile={pwfile}", "--auth=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8",
+        )  # fmt: skip
+        pwfile.unlink()
+        with (self.data / "postgresql.conf").open("a") as conf:
+            conf.write(
+                f"listen_addresses = '127.0.0.1'\nport = {self.port}\n"
+                f"unix_socket_directories = '{self.root}'\n"
+            )
+
+    def start(self) -> None:
+        self._pg(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log"),
+                 "-w", "-t", "60", "start")  # fmt: skip
+
+    def stop(self) -> None:
+        """Stop it now (``-m immediate``: as if it went away), by its postmaster.pid."""
+        self._pg(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
+
+    def running(self) -> bool:
+        return (self.data / "postmaster.pid").exists()
+
+
+@pytest.fixture
+def private_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivatePostgres]:
+    """A started :class:`PrivatePostgres`, stopped and removed after the test."""
+    if os.geteuid() != 0:
+        message = "not root: a test's own PostgreSQL runs as the user postgres"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true and {message}")
+        pytest.skip(message)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    outer = Path(tempfile.mkdtemp(prefix="apportion-pg-"))
+    outer.chmod(0o711)  # the user postgres enters it
+    root = outer / "pg"
+    server = PrivatePostgres(root, port)
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        if server.running():
+            with contextlib.suppress(RuntimeError, subprocess.SubprocessError):
+                server.stop()
+        shutil.rmtree(root.parent, ignore_errors=True)

@@ -37,6 +37,7 @@ class ErrorCode(StrEnum):
     MESSAGE_TOO_LARGE = "MessageTooLarge"
     RATE_LIMITED = "RateLimited"
     REQUEST_TIMEOUT = "RequestTimeout"
+    UNAVAILABLE = "Unavailable"
     INTERNAL = "Internal"
 
 
@@ -200,6 +201,14 @@ class RequestTimeout(ApportionError):
 
     code = ErrorCode.REQUEST_TIMEOUT
     http_status = 408
+
+
+class Unavailable(ApportionError):
+    """Something the server needs is unreachable for now (its PostgreSQL database): retry in
+    a few seconds; the server recovers by itself once it is back."""
+
+    code = ErrorCode.UNAVAILABLE
+    http_status = 503
 
 
 class Internal(ApportionError):

@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time each name is imported o
         ServerError,
         ServerUnreachableError,
         UnauthorizedError,
+        UnavailableError,
         WaitTimeoutError,
     )
     from apportion.clients.events import EventStream
@@ -70,7 +71,7 @@ _HOME = {
             "ApportionClientError", "ConflictError", "ConnectionLostError", "ForbiddenError",
             "InvalidRequestError", "NoFeasiblePlacementError", "NotFoundError",
             "PolicyFailureError", "RateLimitedError", "ServerError", "ServerUnreachableError",
-            "UnauthorizedError", "WaitTimeoutError",
+            "UnauthorizedError", "UnavailableError", "WaitTimeoutError",
         ),
         "errors",
     ),
@@ -127,6 +128,7 @@ __all__ = [
     "ServerUnreachableError",
     "StoredFile",
     "UnauthorizedError",
+    "UnavailableError",
     "WaitTimeoutError",
     "resolve_config",
 ]

@@ -68,6 +68,11 @@ class RateLimitedError(ApportionClientError):
     """``RateLimited``: slow down and retry."""
 
 
+class UnavailableError(ApportionClientError):
+    """``Unavailable``: the server cannot reach its database for now; retry in a few
+    seconds (it recovers by itself)."""
+
+
 class ServerError(ApportionClientError):
     """``Internal`` or any code this client does not know."""
 
@@ -100,6 +105,7 @@ _FAMILIES: dict[str, type[ApportionClientError]] = {
     "PolicyTimeout": PolicyFailureError,
     "InvalidPolicyOutput": PolicyFailureError,
     "RateLimited": RateLimitedError,
+    "Unavailable": UnavailableError,
 }
 
 _BY_STATUS: dict[int, str] = {
@@ -110,6 +116,7 @@ _BY_STATUS: dict[int, str] = {
     409: "Conflict",
     413: "MessageTooLarge",
     429: "RateLimited",
+    503: "Unavailable",
 }
 
 
@@ -143,6 +150,7 @@ __all__ = [
     "ServerError",
     "ServerUnreachableError",
     "UnauthorizedError",
+    "UnavailableError",
     "WaitTimeoutError",
     "error_from_envelope",
 ]

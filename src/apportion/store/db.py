@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, func, select
 from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from apportion.errors import Unavailable
 from apportion.store.migrations import migrate
 
 T = TypeVar("T")
@@ -44,6 +46,10 @@ def normalise_url(url: str) -> str:
 
 
 POSTGRES = "postgresql+asyncpg://"
+
+CONNECT_TIMEOUT_SECONDS = 10.0
+"""How long a new connection to PostgreSQL may take before the change waiting for it is
+answered :class:`~apportion.errors.Unavailable`."""
 
 MIGRATION_LOCK = 0x61707072
 """The PostgreSQL advisory lock held while migrating ("appr"): replicas starting together
@@ -132,7 +138,9 @@ class Database:
 
     @classmethod
     async def _open_postgres(cls, async_url: str) -> Database:
-        engine = create_async_engine(async_url, pool_pre_ping=True)
+        engine = create_async_engine(
+            async_url, pool_pre_ping=True, connect_args={"timeout": CONNECT_TIMEOUT_SECONDS}
+        )
         try:
             async with engine.begin() as conn:
                 await conn.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK)))
@@ -144,15 +152,38 @@ class Database:
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
-        """A transaction for writing; committed when the block ends without error."""
-        async with self._write_lock, self.engine.begin() as conn:
-            yield conn
+        """A transaction for writing; committed when the block ends without error.
+        :class:`~apportion.errors.Unavailable` when a PostgreSQL database cannot be reached."""
+        with self._reachable():
+            async with self._write_lock, self.engine.begin() as conn:
+                yield conn
+
+    @contextmanager
+    def _reachable(self) -> Iterator[None]:
+        """Raise a lost or refused connection to PostgreSQL as
+        :class:`~apportion.errors.Unavailable` (the pool makes a new connection on the next
+        use, so the server recovers by itself once the database is back)."""
+        try:
+            yield
+        except (OSError, DBAPIError) as exc:
+            if self.dialect != "postgresql" or (
+                isinstance(exc, DBAPIError) and not exc.connection_invalidated
+            ):
+                raise
+            # the driver's own error: a DBAPIError's text would carry the statement and its values
+            cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+            raise Unavailable(
+                f"the database did not answer ({type(cause).__name__}: {str(cause)[:200]}): "
+                "retry in a few seconds (a change under way may or may not have been made)",
+                details={"retryable": True},
+            ) from exc
 
     async def write_batch(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn(connection)`` inside one transaction, committed when ``fn`` returns
         (rolled back if it raises, and the error re-raised here); return its result. ``fn``
         must only use the connection: on SQLite it runs off the event loop. If the caller is
-        cancelled, the batch still completes."""
+        cancelled, the batch still completes. :class:`~apportion.errors.Unavailable` as for
+        :meth:`write`."""
         if self._writer is None:
             return await asyncio.shield(asyncio.ensure_future(self._run_async_batch(fn)))
         loop = asyncio.get_running_loop()
@@ -166,14 +197,17 @@ class Database:
             return fn(conn)
 
     async def _run_async_batch(self, fn: Callable[[Connection], T]) -> T:
-        async with self._write_lock, self.engine.begin() as conn:
-            return await conn.run_sync(fn)
+        with self._reachable():
+            async with self._write_lock, self.engine.begin() as conn:
+                return await conn.run_sync(fn)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A connection for reading."""
-        async with self.engine.connect() as conn:
-            yield conn
+        """A connection for reading (:class:`~apportion.errors.Unavailable` as for
+        :meth:`write`)."""
+        with self._reachable():
+            async with self.engine.connect() as conn:
+                yield conn
 
     async def close(self) -> None:
         """Close the engines and the writer thread (idempotent)."""
