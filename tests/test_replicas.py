@@ -21,7 +21,9 @@ from typing import Any
 import asyncpg
 import pytest
 
+from apportion.server.events import EventLog
 from apportion.store import notices
+from apportion.store.db import Database
 from tests import builders
 from tests.conftest import Running, allocation, ask, running_server
 
@@ -210,3 +212,19 @@ async def test_each_replica_follows_clusters_and_metrics_stored_through_another(
             return response.status == 404
 
     await until(second_forgot)
+
+
+async def test_events_appended_through_two_servers_share_one_sequence(postgres_db: str) -> None:
+    logs = []
+    databases = [await Database.open(postgres_db) for _ in range(2)]
+    try:
+        logs = [EventLog(db) for db in databases]
+        appended = await asyncio.gather(*(logs[i % 2].append("x", {"i": i}) for i in range(200)))
+        seqs = sorted(e["seq"] for e in appended)
+        assert seqs == list(range(1, 201))  # none lost to a clash, none given twice
+        assert [e["seq"] for e in await logs[1].since(0, limit=1000)] == seqs
+    finally:
+        for log in logs:
+            await log.close()
+        for db in databases:
+            await db.close()

@@ -34,11 +34,20 @@ class EventRow:
     account: str | None
 
 
+EVENTS_LOCK = 0x61707073
+"""The PostgreSQL advisory lock an event batch holds until it commits ("apps")."""
+
+
 def write_events(conn: Connection, batch: Sequence[NewEvent]) -> list[int]:
     """Append a batch in order and return each event's ``seq``. One compiled INSERT for the
     whole batch (executemany) with the seqs assigned here: under the write lock, in the same
     transaction as the read of the newest seq, so they are exactly the ones SQLite's
-    AUTOINCREMENT would have given."""
+    AUTOINCREMENT would have given. On PostgreSQL, where several servers append, the batch
+    first takes an advisory lock held until it commits: one sequence for every server, and
+    events committed in ``seq`` order, so a reader of ``since`` never sees a later event
+    before an earlier one."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(select(func.pg_advisory_xact_lock(EVENTS_LOCK)))
     newest = conn.execute(select(func.max(events.c.seq))).scalar()
     first = int(newest or 0) + 1
     seqs = [first + i for i in range(len(batch))]
