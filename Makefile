@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 RUNTIME := $(VENV)/.installed-runtime
 
-.PHONY: demo test lint typecheck unit unit-postgresql slurm sge postgres chromium sandbox web tenant-user tenant-users bench clean
+.PHONY: demo test lint typecheck unit unit-postgresql slurm sge postgres redis chromium sandbox web tenant-user tenant-users bench clean
 
 # The demo needs Apportion only; the tests add the dev tools (ruff, mypy, pytest, Playwright, …).
 $(RUNTIME): pyproject.toml
@@ -24,7 +24,7 @@ demo: $(RUNTIME) web tenant-user
 	@if [ "$$(id -u)" = 0 ]; then $(BIN)/apportion demo; \
 	else APPORTION_ALLOW_JOBS_AS_SERVER_USER=true $(BIN)/apportion demo; fi
 
-test: lint typecheck tenant-users slurm sge postgres chromium sandbox web unit unit-postgresql
+test: lint typecheck tenant-users slurm sge postgres redis chromium sandbox web unit unit-postgresql
 
 # A real single-host Slurm for the Slurm adapter's tests (scripts/slurm_up.sh installs it with
 # apt where it can). Without it the Slurm tests skip and say why — except under CI=true, where
@@ -52,6 +52,15 @@ postgres:
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		bash scripts/postgres_up.sh || echo "PostgreSQL could not be started; its tests will skip"; \
 	else echo "not root: PostgreSQL tests will skip unless scripts/postgres_up.sh ran"; fi
+
+# A real Redis on 127.0.0.1:6390 (scripts/redis_up.sh installs Debian's redis-server with apt
+# where it can) for the tests of events across servers. Without it those tests skip and say why —
+# except under CI=true, where this step and those tests fail instead.
+redis:
+	@if [ "$$CI" = "true" ]; then bash scripts/redis_up.sh; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		bash scripts/redis_up.sh || echo "Redis could not be started; its tests will skip"; \
+	else echo "not root: Redis tests will skip unless scripts/redis_up.sh ran"; fi
 
 # The unprivileged OS user that jobs run as when the server is root (docs/security.md). The
 # job-isolation tests need it as root; without it they skip and say why — except under CI=true,

@@ -61,7 +61,7 @@ from apportion.server.auth import ANONYMOUS_ADMIN, auth_middleware, check_bind_a
 from apportion.server.bootstrap import BootstrapKey, ensure_admin_key
 from apportion.server.context import CONTEXT, ServerContext
 from apportion.server.credentials import default_credentials_path
-from apportion.server.events import EventLog, Retention
+from apportion.server.events import EMIT_ORDER_LOCK, EventLog, Retention
 from apportion.server.http_common import BODY_DEADLINE, BodyDeadline, error_middleware
 from apportion.server.keys import KeyStore
 from apportion.server.limits import HTTP_GATE, ConnectionGate, accept_error_handler
@@ -72,6 +72,7 @@ from apportion.server.ws import AllocationWebSocket
 from apportion.store.data_dir import lock_data_dir, unlock_data_dir
 from apportion.store.db import Database
 from apportion.store.notices import NoticeFeed
+from apportion.store.turns import ServerTurn
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,12 @@ class Server:
         keys = KeyStore(db)
         accounts = AccountBook(db)
         await accounts.load()
-        events = EventLog(db)
+        turn = None
+        if settings.redis_url is not None:  # events reach the other servers' clients: in order
+            emit_order = ServerTurn(db, EMIT_ORDER_LOCK)
+            self._stack.push_async_callback(emit_order.close)
+            turn = emit_order.held
+        events = EventLog(db, turn=turn)
         self._stack.push_async_callback(events.close)
         retention = Retention(
             max_age_seconds=settings.event_retention_days * 86400,
@@ -266,7 +272,9 @@ class Server:
         telemetry.set_known_policy(lambda uri: _in_store(policies, uri))
         telemetry.set_gpu_source(lambda: _gpu_counts(registry))
         telemetry.set_queue_source(jobs.queue_counts)
-        sio = create_socketio(keys, auth_enabled=settings.auth, events=events)
+        sio = create_socketio(
+            keys, auth_enabled=settings.auth, events=events, redis_url=settings.redis_url
+        )
         events.add_sink(SocketIOBroadcaster(sio))
         status = StatusContext(events, telemetry, sio, time.time(), settings.data_dir)
 

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     ws_port: int = Field(8765, ge=0, le=65535)
     data_dir: Path = Field(default_factory=default_data_dir)
     db: str | None = None
+    # servers sharing one PostgreSQL fan Socket.IO events out through Redis (docs/operations.md);
+    # from APPORTION_REDIS_URL or the config file only: it holds a password
+    redis_url: str | None = None
     config: Path | None = None
     policy_dir: Path | None = None
     policy_dir_poll_seconds: float = Field(2.0, gt=0)
@@ -105,6 +108,22 @@ class Settings(BaseSettings):
 
             normalise_url(value)
         return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://")):
+            raise ValueError("use redis://[:password@]host:port/db (or rediss:// for TLS)")
+        return value
+
+    @model_validator(mode="after")
+    def _redis_needs_a_shared_database(self) -> Settings:
+        if self.redis_url is not None and not (self.db or "").startswith("postgresql"):
+            raise ValueError(
+                "redis_url fans events out to the other servers of one PostgreSQL database: "
+                "give db = postgresql://… as well (with SQLite, one server has every client)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _admin_key_from_file(self) -> Settings:

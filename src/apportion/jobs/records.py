@@ -8,6 +8,7 @@ the same for queues. Both run on the event loop.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -404,14 +405,22 @@ class QueueBook:
         self._queues: dict[str, QueueEntry] = {}
 
     async def load(self) -> None:
-        """Read every stored queue and create ``default`` if missing (call once at start)."""
+        """Read every stored queue and create ``default`` if missing (call once at start;
+        servers starting together on one database may race to create it: one does)."""
+        await self._read_all()
+        if DEFAULT_QUEUE not in self._queues:
+            with contextlib.suppress(Conflict):
+                await self.create(
+                    {
+                        "name": DEFAULT_QUEUE,
+                        "description": "the queue jobs go to when they name none",
+                    }
+                )
+
+    async def _read_all(self) -> None:
         for row in await self._repo.all():
             config = QueueConfig.model_validate(jsonutil.loads(row.document), context=STORED)
             self._queues[row.name] = QueueEntry(row.id, row.number, config)
-        if DEFAULT_QUEUE not in self._queues:
-            await self.create(
-                {"name": DEFAULT_QUEUE, "description": "the queue jobs go to when they name none"}
-            )
 
     def get(self, name: str) -> QueueConfig:
         entry = self._queues.get(name)
@@ -456,6 +465,12 @@ class QueueBook:
         row = await self._repo.insert(
             uuid.uuid4().hex[:16], config.name, _document(config), time.time()
         )
+        if row is None:  # made meanwhile through another server sharing the database
+            await self._read_all()
+            raise Conflict(
+                f"queue {config.name!r} exists; change it with PUT /queues",
+                details={"queue": config.name},
+            )
         self._queues[config.name] = QueueEntry(row.id, row.number, config)
         return self.public(config.name)
 

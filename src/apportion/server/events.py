@@ -21,6 +21,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,10 @@ log = logging.getLogger(__name__)
 
 Event = dict[str, Any]
 Sink = Callable[[Event], Awaitable[None]]
+
+EMIT_ORDER_LOCK = 0x61707074
+"""The advisory lock of the servers' turns to commit and emit events (``redis_url``: their
+emits reach each other's clients, so they must come in ``seq`` order)."""
 
 RESERVED_KEYS = frozenset({"type", "seq", "ts", "account"})
 MAX_TYPE_LENGTH = 100
@@ -75,12 +80,20 @@ class EventLog:
     Socket.IO ``subscribe`` handler call :meth:`since`.
     """
 
-    def __init__(self, db: Database, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        clock: Callable[[], float] = time.time,
+        turn: Callable[[], AbstractAsyncContextManager[None]] | None = None,
+    ) -> None:
+        """``turn`` (servers whose sinks reach each other's clients, through Redis): held from
+        before a batch's commit until its sinks have it, so servers emit in ``seq`` order."""
         self._repo = EventRepo(db)
         self._clock = clock
         self._sinks: list[Sink] = []
         self._committer: GroupCommitter[_Appended, int] = GroupCommitter(
-            db, write_events, name="event-outbox", after_commit=self._emit_batch
+            db, write_events, name="event-outbox", after_commit=self._emit_batch, around=turn
         )
 
     def add_sink(self, sink: Sink) -> None:

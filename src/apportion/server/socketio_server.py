@@ -43,7 +43,11 @@ def account_room(account: str) -> str:
 
 
 def create_socketio(
-    keys: KeyStore, *, auth_enabled: bool, events: EventLog | None = None
+    keys: KeyStore,
+    *,
+    auth_enabled: bool,
+    events: EventLog | None = None,
+    redis_url: str | None = None,
 ) -> socketio.AsyncServer:
     """Build the server's Socket.IO ``AsyncServer`` (called once by the app, before
     :func:`attach`). ``connect`` authenticates ``auth["token"]`` (or an ``Authorization``
@@ -51,10 +55,13 @@ def create_socketio(
     ``socketio.exceptions.ConnectionRefusedError("Unauthorized: …")``: the client's ``connect``
     raises and its ``connect_error`` handler gets ``{"message": "Unauthorized: …",
     "data": {"code": "Unauthorized"}}``.
-    With ``events`` given, clients may ``subscribe`` to replay what they missed.
+    With ``events`` given, clients may ``subscribe`` to replay what they missed. With
+    ``redis_url``, every emit reaches the clients of every server on that Redis
+    (python-socketio's Redis manager), so a client sees the events of work done through others.
     Browsers are held to the same origin as the page (python-engineio's default)."""
     sio = socketio.AsyncServer(
         async_mode="aiohttp",
+        client_manager=None if redis_url is None else socketio.AsyncRedisManager(redis_url),
         cors_allowed_origins=None,  # same origin only
         logger=False,
         engineio_logger=False,

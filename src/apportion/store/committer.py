@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -68,7 +69,9 @@ class GroupCommitter(Generic[ChangeT, ResultT]):
     docstring). No start: a flusher task exists only while there is work. Built by the owner of
     one table family's writes with that family's batch function; ``after_commit`` runs on the
     event loop after each committed batch, before its callers resume (the event outbox emits
-    there, so events reach sinks in ``seq`` order)."""
+    there, so events reach sinks in ``seq`` order). ``around``, when given, is entered before
+    each batch's commit and left after its ``after_commit`` (the event outbox takes its turn
+    among servers there); a batch whose ``around`` cannot be entered fails its callers."""
 
     def __init__(
         self,
@@ -78,12 +81,14 @@ class GroupCommitter(Generic[ChangeT, ResultT]):
         name: str,
         after_commit: Callable[[Sequence[ChangeT], Sequence[ResultT]], Awaitable[None]]
         | None = None,
+        around: Callable[[], AbstractAsyncContextManager[None]] | None = None,
         max_batch: int = MAX_BATCH,
     ) -> None:
         self._db = db
         self._write = write
         self._name = name
         self._after_commit = after_commit
+        self._around = around
         self._max_batch = max_batch
         self._queue: list[_Handed[ChangeT, ResultT]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -135,6 +140,18 @@ class GroupCommitter(Generic[ChangeT, ResultT]):
         return batch
 
     async def _commit(self, batch: list[_Handed[ChangeT, ResultT]]) -> None:
+        async with AsyncExitStack() as turn:
+            if self._around is not None:
+                try:
+                    await turn.enter_async_context(self._around())
+                except Exception as exc:
+                    log.error("%s: %d change(s) not written: %s", self._name, len(batch), exc)
+                    for handed in batch:
+                        _fail(handed, exc)
+                    return
+            await self._commit_and_tell(batch)
+
+    async def _commit_and_tell(self, batch: list[_Handed[ChangeT, ResultT]]) -> None:
         changes = [change for handed in batch for change in handed.changes]
 
         def write(conn: Connection) -> list[ResultT]:
