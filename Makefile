@@ -128,6 +128,7 @@ sandbox:
 bench: $(STAMP)
 	$(BIN)/python benchmarks/allocation.py
 	$(BIN)/python benchmarks/jobs.py
+	$(BIN)/python benchmarks/replicas.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

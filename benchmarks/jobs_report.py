@@ -232,16 +232,17 @@ def section(
     )
 
 
-def write_section(path: Path, body: str) -> bool:
-    """Put ``body`` between the markers at the end of ``path``; keep everything else.
+def write_section(path: Path, body: str, begin: str = BEGIN, end: str = END) -> bool:
+    """Put ``body`` between the markers ``begin`` and ``end`` (this benchmark's by default) at
+    the end of ``path``; keep everything else.
 
     Returns False when the file has no ``report.KEEP_MARKER`` before the section, i.e. when
     ``allocation.py --write`` would drop it (the caller warns; the file is written anyway)."""
     old = path.read_text() if path.exists() else ""
-    if BEGIN in old:
-        head, rest = old.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1] if END in rest else ""
+    if begin in old:
+        head, rest = old.split(begin, 1)
+        tail = rest.split(end, 1)[1] if end in rest else ""
         old = head.rstrip("\n") + "\n" + tail.lstrip("\n")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"{old.rstrip()}\n\n{BEGIN}\n{body.rstrip()}\n{END}\n")
+    path.write_text(f"{old.rstrip()}\n\n{begin}\n{body.rstrip()}\n{end}\n")
     return KEEP_MARKER in old

@@ -1,6 +1,7 @@
 """Load generator for ``allocation.py``: N WebSocket connections, each with a window of requests.
 
-Runs in its own process. Every connection keeps ``window`` allocation requests in flight
+Runs in its own process. With several ``--url``, the connections are spread over them in turn
+(one load in front of several servers). Every connection keeps ``window`` allocation requests in flight
 (closed loop: a worker sends, waits for the answer matched by ``request_id``, sends the next);
 latency is measured from just before ``send`` to the moment the answer is decoded. In ``hold``
 mode each answered hold is released at once with ``{"type": "release"}`` on the same
@@ -122,8 +123,9 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     stats = Stats()
     stop = asyncio.Event()
     headers = {"Authorization": f"Bearer {args.key}"} if args.key else {}
+    urls = itertools.cycle(args.url)  # several servers: connections spread over them in turn
     sockets = [
-        await connect(args.url, additional_headers=headers, compression=None, max_queue=None)
+        await connect(next(urls), additional_headers=headers, compression=None, max_queue=None)
         for _ in range(args.clients)
     ]
     conns = [Connection(s, stats) for s in sockets]
@@ -154,7 +156,9 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", required=True, help="ws://127.0.0.1:PORT")
+    parser.add_argument(
+        "--url", required=True, action="append", help="ws://127.0.0.1:PORT (repeat: spread)"
+    )
     parser.add_argument("--key", default="", help="API key for the Authorization header")
     parser.add_argument("--mode", choices=("adhoc", "hold", "keep", "echo"), default="adhoc")
     parser.add_argument("--clients", type=int, default=1, help="WebSocket connections")

@@ -15,9 +15,17 @@ from tests.jobs_helpers import wait_for
 from tests.postgres_env import PrivatePostgres
 
 
-async def hold(server: Running) -> dict[str, Any]:
+async def hold(server: Running, lease_seconds: float = 600) -> dict[str, Any]:
     async with server.ws() as ws:
-        return await ask(ws, allocation(adhoc=False, lease_seconds=600, inputs={"gpus": 1}))
+        return await ask(
+            ws, allocation(adhoc=False, lease_seconds=lease_seconds, inputs={"gpus": 1})
+        )
+
+
+async def held(server: Running) -> list[str]:
+    async with server.http.get(f"{server.url}/allocations") as response:
+        assert response.status == 200
+        return [h["allocation_id"] for h in (await response.json())["data"]]
 
 
 async def submit(server: Running) -> tuple[int, dict[str, Any]]:
@@ -35,8 +43,11 @@ async def test_without_its_database_a_server_refuses_changes_retryably_reads_on_
             assert response.status == 201, await response.text()
         first = await hold(server)
         assert first["success"], first
+        short = await hold(server, lease_seconds=0.5)  # its lease ends while the database is away
+        assert short["success"], short
 
         private_postgres.stop()
+        await asyncio.sleep(1.5)  # the lease loop has tried to record the end, and failed
 
         refused = await hold(server)
         assert not refused["success"]
@@ -45,10 +56,7 @@ async def test_without_its_database_a_server_refuses_changes_retryably_reads_on_
         status, answer = await submit(server)
         assert status == 503 and answer["error"]["code"] == "Unavailable", answer
         # what is in memory is still answered: the holds, the registry, adhoc decisions
-        async with server.http.get(f"{server.url}/allocations") as response:
-            assert response.status == 200
-            held = [h["allocation_id"] for h in (await response.json())["data"]]
-        assert held == [first["allocation_id"]]
+        assert await held(server) == [first["allocation_id"]]
         async with server.ws() as ws:
             adhoc = await ask(ws, allocation(inputs={"gpus": 1}))
         assert adhoc["success"], adhoc
@@ -65,6 +73,14 @@ async def test_without_its_database_a_server_refuses_changes_retryably_reads_on_
             assert again["error"]["code"] == "Unavailable", again
             await asyncio.sleep(0.05)
         assert again["success"], again
+        # leases still end: the lease loop outlived the outage
+        brief = await hold(server, lease_seconds=0.5)
+        assert brief["success"], brief
+        for _ in range(100):
+            if brief["allocation_id"] not in await held(server):
+                break
+            await asyncio.sleep(0.05)
+        assert brief["allocation_id"] not in await held(server)
         status, answer = await submit(server)
         assert status == 201, answer
         done = await wait_for(server, answer["job_id"], "completed", "failed")

@@ -30,7 +30,7 @@ from apportion.allocation.holds import HoldManager
 from apportion.allocation.service import AllocationService
 from apportion.background import Background
 from apportion.config import Settings
-from apportion.errors import ApportionError
+from apportion.errors import ApportionError, Unavailable
 from apportion.files import FileBook
 from apportion.jobs.boundary import JobBoundary
 from apportion.jobs.driver import BackendDriver
@@ -393,11 +393,14 @@ class Server:
     async def _lease_loop(holds: HoldManager, events: EventLog) -> None:
         while True:
             await asyncio.sleep(0.5)
-            for hold in await holds.expire_due():
-                await events.append(
-                    "allocation_released",
-                    {"allocation_id": hold.allocation_id, "reason": "lease expired"},
-                )
+            try:
+                for hold in await holds.expire_due():
+                    await events.append(
+                        "allocation_released",
+                        {"allocation_id": hold.allocation_id, "reason": "lease expired"},
+                    )
+            except Unavailable as exc:  # the database is away: the holds stay, tried again
+                log.warning("ending leases: %s", exc.message)
 
     @staticmethod
     async def _staleness_loop(registry: Registry) -> None:

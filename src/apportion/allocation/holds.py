@@ -333,12 +333,24 @@ class HoldManager:
         return due
 
     async def _forget(self, holds: list[Hold]) -> None:
+        """End ``holds``: their GPUs are free at once (a decision may take them before the
+        delete is committed: the journal writes in order). If the delete fails (the database
+        is away), the holds are taken back, so memory and store agree and the next expiry or
+        release tries again."""
         ids = [h.allocation_id for h in holds]
         for hold in holds:
             self._holds.pop(hold.allocation_id, None)
             self._unmark(hold.gpu_keys)
-
-        await self._journal.delete(ids)
+        try:
+            await self._journal.delete(ids)
+        except asyncio.CancelledError:
+            raise  # handed over means written: the delete goes on
+        except Exception:
+            for hold in holds:
+                if hold.allocation_id not in self._holds:
+                    self._holds[hold.allocation_id] = hold
+                    self._mark(hold.gpu_keys)
+            raise
 
 
 def _log_failure(done: asyncio.Future[list[Taken]]) -> None:
