@@ -7,15 +7,10 @@ PostgreSQL, a real Redis."""
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 import socketio
 from typer.testing import CliRunner
@@ -23,79 +18,22 @@ from typer.testing import CliRunner
 from apportion.cli.app import app
 from tests import builders
 from tests.conftest import ADMIN_KEY, Running, allocation, ask
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.replica_servers import server_processes
 
 WAIT = 20.0
-
-
-SERVE = """
-import asyncio, sys
-from pathlib import Path
-from apportion.app import Server
-from tests.conftest import server_settings
-
-async def main():
-    server = Server(server_settings(Path(sys.argv[1]), db=sys.argv[2], redis_url=sys.argv[3]))
-    await server.start()
-    print(server.url, server.ws_url, flush=True)
-    await asyncio.Event().wait()
-
-asyncio.run(main())
-"""
 
 
 @pytest.fixture
 async def replicas(
     tmp_path: Path, postgres_db: str, redis_url: str
 ) -> AsyncIterator[list[Running]]:
-    """Three servers, each a process of its own, on one PostgreSQL database and one Redis.
-    (The URLs go to the child on its command line: test credentials of a test database.)"""
-    processes: list[asyncio.subprocess.Process] = []
-    try:
-        for name in ("a", "b", "c"):
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", SERVE, str(tmp_path / name), postgres_db, redis_url,
-                stdout=asyncio.subprocess.PIPE, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-            )  # fmt: skip
-            processes.append(process)
-        urls = []
-        for process in processes:
-            assert process.stdout is not None
-            line = await asyncio.wait_for(process.stdout.readline(), 60)
-            urls.append(line.decode().split())
-        async with AsyncExitStack() as stack:
-            servers = [
-                Running(
-                    Remote(url, ws_url),  # type: ignore[arg-type]
-                    await stack.enter_async_context(
-                        aiohttp.ClientSession(headers={"Authorization": f"Bearer {ADMIN_KEY}"})
-                    ),
-                )
-                for url, ws_url in urls
-            ]
-            doc = builders.make_cluster("c1", nodes=8, gpus=8)
-            async with servers[0].http.post(f"{servers[0].url}/clusters", json=doc) as response:
-                assert response.status == 201, await response.text()
-            yield servers
-    finally:
-        for process in processes:
-            if process.returncode is None:
-                process.terminate()
-        for process in processes:
-            try:
-                await asyncio.wait_for(process.wait(), 30)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-
-
-@dataclass(frozen=True)
-class Remote:
-    """What :class:`Running` needs of a server that runs in another process."""
-
-    url: str
-    ws_url: str
+    """Three servers, each a process of its own, on one PostgreSQL database and one Redis."""
+    async with server_processes(tmp_path, postgres_db, 3, redis_url=redis_url) as started:
+        servers = [s.running for s in started]
+        doc = builders.make_cluster("c1", nodes=8, gpus=8)
+        async with servers[0].http.post(f"{servers[0].url}/clusters", json=doc) as response:
+            assert response.status == 201, await response.text()
+        yield servers
 
 
 async def hold_one(server: Running) -> dict[str, Any]:

@@ -189,6 +189,7 @@ async def test_system_status_counts_socketio_clients_and_events(tmp_path: Path) 
         assert body["started_at"] == "2023-11-14T22:13:20+00:00"
         assert body["uptime_seconds"] > 0
         assert body["socketio_clients"] == 0 and body["latest_event_seq"] == 0
+        assert body["role"] == "sole"  # SQLite: the only server of its database
 
         async with listener(h.url, {"token": h.key}):
             await h.events.append("job_queued", {"job_id": "j"})

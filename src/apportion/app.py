@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -72,7 +72,7 @@ from apportion.server.ws import AllocationWebSocket
 from apportion.store.data_dir import lock_data_dir, unlock_data_dir
 from apportion.store.db import Database
 from apportion.store.notices import NoticeFeed
-from apportion.store.turns import ServerTurn
+from apportion.store.turns import Leadership, ServerTurn
 
 log = logging.getLogger(__name__)
 
@@ -198,12 +198,16 @@ class Server:
         holds = HoldManager(db, registry.fleet)
         await holds.start()
         self._stack.push_async_callback(holds.close)
+        leadership = None  # SQLite: this server is the only one
         if db.dialect == "postgresql":  # other servers may share it: follow their changes
             feed = NoticeFeed(db)
             registry.follow(feed)
             holds.follow(feed)
             await feed.start()
             self._stack.push_async_callback(feed.close)
+            leadership = Leadership(db)
+            await leadership.start()
+            self._stack.push_async_callback(leadership.close)
 
         allocations = AllocationService(
             registry,
@@ -276,7 +280,9 @@ class Server:
             keys, auth_enabled=settings.auth, events=events, redis_url=settings.redis_url
         )
         events.add_sink(SocketIOBroadcaster(sio))
-        status = StatusContext(events, telemetry, sio, time.time(), settings.data_dir)
+        status = StatusContext(
+            events, telemetry, sio, time.time(), settings.data_dir, role=_role_of(leadership)
+        )
 
         await self._start_http(self.context, status)
         self._ws = AllocationWebSocket(
@@ -326,7 +332,7 @@ class Server:
         await jobs.lifecycle.reconcile()
         background.loop(jobs.run(interval=1.0), "admission")
         background.loop(jobs.lifecycle.watch(interval=0.25), "dispatch-watch")
-        background.loop(self._lease_loop(holds, events), "leases")
+        background.loop(self._lease_loop(holds, events, leadership), "leases")
         background.loop(self._staleness_loop(registry), "staleness")
         background.loop(events.prune_forever(retention), "event-prune")
 
@@ -390,9 +396,15 @@ class Server:
 
     # ---------------------------------------------------------------- background
     @staticmethod
-    async def _lease_loop(holds: HoldManager, events: EventLog) -> None:
+    async def _lease_loop(
+        holds: HoldManager, events: EventLog, leadership: Leadership | None
+    ) -> None:
+        """End the leases that are due, every half second: on one server of those sharing a
+        PostgreSQL database, the leader (the others hear of it)."""
         while True:
             await asyncio.sleep(0.5)
+            if leadership is not None and not leadership.leading:
+                continue
             try:
                 for hold in await holds.expire_due():
                     await events.append(
@@ -415,6 +427,14 @@ class Server:
         the services and the store."""
         await self.background.stop(STOP_GRACE_SECONDS)
         await self._stack.aclose()
+
+
+def _role_of(leadership: Leadership | None) -> Callable[[], str]:
+    """This server's role for ``/system/status``: ``sole`` (SQLite), ``leader`` or
+    ``follower``."""
+    if leadership is None:
+        return lambda: "sole"
+    return lambda: "leader" if leadership.leading else "follower"
 
 
 def _in_store(policies: PolicyStore, uri: str) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,9 @@ class StatusContext:
     sio: socketio.AsyncServer
     started_at: float
     data_dir: Path = field(default_factory=Path.cwd)
+    role: Callable[[], str] = lambda: "sole"
+    """``sole`` (SQLite: the only server), ``leader`` or ``follower`` (of the servers sharing a
+    PostgreSQL database)."""
 
 
 STATUS: web.AppKey[StatusContext] = web.AppKey("apportion_status", StatusContext)
@@ -120,7 +124,7 @@ async def resources(request: web.Request) -> web.Response:
 
 @api.get("/system/status", scope=Scope.READ, response=SystemStatus)
 async def system_status(request: web.Request) -> web.Response:
-    """Server status: version, uptime, connected Socket.IO clients, newest event seq."""
+    """Server status: version, uptime, Socket.IO clients, newest event seq, role."""
     status = request.app[STATUS]
     return json_response(
         {
@@ -130,5 +134,6 @@ async def system_status(request: web.Request) -> web.Response:
             "uptime_seconds": round(max(0.0, time.time() - status.started_at), 3),
             "socketio_clients": connected_clients(status.sio),
             "latest_event_seq": await status.events.latest_seq(),
+            "role": status.role(),
         }
     )

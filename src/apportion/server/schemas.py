@@ -494,6 +494,7 @@ class SystemStatus(_Answer):
     uptime_seconds: float
     socketio_clients: int
     latest_event_seq: int
+    role: Literal["sole", "leader", "follower"]
 
 
 class Whoami(_Answer):
