@@ -12,6 +12,7 @@ replica that lost its listening connection catches up when it reconnects.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -20,14 +21,25 @@ from typing import Any
 
 import asyncpg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from apportion.allocation.holds import HoldManager
+from apportion.engine.decisions import Placement
+from apportion.errors import Conflict, UnknownAllocation
+from apportion.registry.documents.cluster import validate_cluster_document
+from apportion.registry.fleet import FleetView
 from apportion.server.events import EventLog
 from apportion.store import notices
 from apportion.store.db import Database
+from apportion.store.notices import NoticeFeed
+from apportion.store.repos.holds import HoldRepo
 from tests import builders
 from tests.conftest import Running, allocation, ask, running_server
+from tests.postgres_env import database_url
 
 GPUS = 8  # two nodes of four
+GPUS_OF_TWO = [("c1", f"n{n}", str(g)) for n in range(2) for g in range(4)]
 
 
 @pytest.fixture
@@ -228,3 +240,123 @@ async def test_events_appended_through_two_servers_share_one_sequence(postgres_d
             await log.close()
         for db in databases:
             await db.close()
+
+
+# ---------------------------------------------------------------- a hypothesis run
+
+rounds = st.lists(  # each round: holds and releases through either server, all at once
+    st.lists(
+        st.one_of(
+            st.tuples(
+                st.just("hold"),
+                st.integers(0, 1),
+                st.sets(st.sampled_from(range(len(GPUS_OF_TWO))), min_size=1, max_size=3),
+            ),
+            st.tuples(st.just("release"), st.integers(0, 1), st.integers(0, 20)),
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+def placements_of(indices: set[int]) -> tuple[Placement, ...]:
+    by_node: dict[str, list[str]] = {}
+    for i in sorted(indices):
+        _, node, gpu = GPUS_OF_TWO[i]
+        by_node.setdefault(node, []).append(gpu)
+    return tuple(Placement("c1", node, tuple(gpus)) for node, gpus in sorted(by_node.items()))
+
+
+async def two_managers(url: str) -> tuple[list[HoldManager], list[NoticeFeed], list[Database]]:
+    """Two servers' hold managers (their own fleet views) on one database, following it."""
+    managers, feeds, databases = [], [], []
+    for _ in range(2):
+        db = await Database.open(url)
+        fleet = FleetView()
+        fleet.set_cluster(validate_cluster_document(builders.make_cluster("c1", nodes=2, gpus=4)))
+        holds = HoldManager(db, fleet)
+        await holds.start()
+        feed = NoticeFeed(db)
+        holds.follow(feed)
+        await feed.start()
+        managers.append(holds)
+        feeds.append(feed)
+        databases.append(db)
+    return managers, feeds, databases
+
+
+async def run_rounds(url: str, plan: list[list[tuple[Any, ...]]]) -> None:
+    managers, feeds, databases = await two_managers(url)
+    answered: dict[str, set[tuple[str, str, str]]] = {}  # holds answered, not yet released
+    try:
+        for ops in plan:
+
+            async def act(op: tuple[Any, ...]) -> None:
+                kind, side, arg = op
+                holds = managers[side]
+                if kind == "hold":
+                    wanted = placements_of(arg)
+                    try:
+                        hold = holds.reserve(
+                            wanted, lease_seconds=600, owner=None, request_id="r", policy_uri="p"
+                        )
+                        await holds.commit(hold)
+                    except Conflict:  # held in memory, or the database refused: a "no"
+                        return
+                    answered[hold.allocation_id] = {GPUS_OF_TWO[i] for i in arg}
+                elif answered:
+                    allocation_id = sorted(answered)[arg % len(answered)]
+                    try:
+                        await holds.release(allocation_id)
+                    except UnknownAllocation:  # this side has not heard of it (yet)
+                        return
+                    answered.pop(allocation_id, None)
+
+            await asyncio.gather(*(act(op) for op in ops))
+            # no GPU is in two holds that were answered and not released
+            gpus = [gpu for held in answered.values() for gpu in held]
+            assert len(gpus) == len(set(gpus)), answered
+        # once the notices are in, both servers see exactly the stored holds
+        stored = {row.allocation_id for row in await HoldRepo(databases[0]).all()}
+        assert set(answered) <= stored
+        for _ in range(200):
+            views = [{h.allocation_id for h in m.active()} for m in managers]
+            if views == [stored, stored]:
+                break
+            await asyncio.sleep(0.01)
+        assert views == [stored, stored]
+    finally:
+        for feed in feeds:
+            await feed.close()
+        for holds in managers:
+            await holds.close()
+        for db in databases:
+            await db.close()
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(plan=rounds)
+def test_two_servers_racing_holds_never_share_a_gpu_and_agree_with_the_store(
+    plan: list[list[tuple[Any, ...]]], postgres: str
+) -> None:
+    asyncio.run(fresh_database_run(postgres, plan))
+
+
+async def fresh_database_run(server_url: str, plan: list[list[tuple[Any, ...]]]) -> None:
+    name = f"apportion_test_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        await run_rounds(database_url(server_url, name), plan)
+    finally:
+        admin = await asyncpg.connect(server_url)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
