@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from apportion.engine.decisions import Placement
 from apportion.registry.fleet import FleetView
 
 
@@ -139,3 +140,13 @@ def fleet_of(*docs: Mapping[str, Any]) -> FleetView:
     for d in docs:
         fleet.set_cluster(d)
     return fleet
+
+
+def placements_of(gpus: Sequence[tuple[str, str, str]], indices: set[int]) -> tuple[Placement, ...]:
+    """The placements of the GPUs ``gpus[i]`` (``(cluster, node, gpu)``) for ``i`` in
+    ``indices``, one per node, in node order."""
+    by_node: dict[tuple[str, str], list[str]] = {}
+    for i in sorted(indices):
+        cluster, node, gpu = gpus[i]
+        by_node.setdefault((cluster, node), []).append(gpu)
+    return tuple(Placement(c, n, tuple(g)) for (c, n), g in sorted(by_node.items()))

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -28,30 +29,16 @@ import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-UP_SCRIPT = REPO / "scripts" / "postgres_up.sh"
+from tests.service_env import missing, run_up_script
+
 STATE = Path(os.environ.get("APPORTION_PG_STATE", "/var/lib/apportion-postgres"))
-
-
-def _start() -> str | None:
-    """Run postgres_up.sh; None on success, else why it could not."""
-    if os.geteuid() != 0:
-        return "not root: scripts/postgres_up.sh runs the server as the user postgres"
-    try:
-        done = subprocess.run(
-            ["bash", str(UP_SCRIPT)], capture_output=True, text=True, timeout=600, check=False
-        )
-    except subprocess.TimeoutExpired:
-        return "scripts/postgres_up.sh did not finish within 600 s"
-    if done.returncode != 0:
-        return f"scripts/postgres_up.sh failed: {(done.stderr or done.stdout).strip()[-800:]}"
-    return None
 
 
 async def _answers(url: str) -> str | None:
@@ -63,22 +50,26 @@ async def _answers(url: str) -> str | None:
     return None
 
 
+class SecretUrl(str):
+    """A URL whose ``repr`` hides its password (hypothesis and pytest print arguments)."""
+
+    def __repr__(self) -> str:
+        return repr(re.sub(r"://([^:/@]*):[^@]*@", r"://\1:***@", str(self)))
+
+
 @pytest.fixture(scope="session")
 def postgres() -> str:
     """The URL (``postgresql://…``) of the tests' PostgreSQL server, as its superuser."""
     url_file = STATE / "url"
     why = None
     if not url_file.exists() or asyncio.run(_answers(url_file.read_text().strip())) is not None:
-        why = _start()
+        why = run_up_script("postgres_up.sh", "postgres")
     if why is None:
         url = url_file.read_text().strip()
         why = asyncio.run(_answers(url))
     if why is not None:
-        message = f"no PostgreSQL to test against: run scripts/postgres_up.sh as root ({why})"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true and {message}")
-        pytest.skip(message)
-    return url
+        missing("PostgreSQL", "postgres_up.sh", why)
+    return SecretUrl(url)
 
 
 TEST_STORE = os.environ.get("APPORTION_TEST_STORE", "sqlite")
@@ -137,23 +128,31 @@ def database_url(server_url: str, name: str) -> str:
     return server_url.rsplit("/", 1)[0] + "/" + name
 
 
-@pytest.fixture
-async def postgres_db(postgres: str) -> AsyncIterator[str]:
-    """The URL of a new, empty database, dropped after the test."""
+@asynccontextmanager
+async def fresh_database(server_url: str) -> AsyncIterator[str]:
+    """The URL of a new, empty database of the server at ``server_url``, dropped (with the
+    connections left open to it) when the block ends."""
     name = f"apportion_test_{secrets.token_hex(6)}"
-    admin = await asyncpg.connect(postgres)
+    admin = await asyncpg.connect(server_url)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
     try:
-        yield database_url(postgres, name)
+        yield database_url(server_url, name)
     finally:
-        admin = await asyncpg.connect(postgres)
+        admin = await asyncpg.connect(server_url)
         try:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await admin.close()
+
+
+@pytest.fixture
+async def postgres_db(postgres: str) -> AsyncIterator[str]:
+    """The URL of a new, empty database, dropped after the test."""
+    async with fresh_database(postgres) as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

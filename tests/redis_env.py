@@ -11,30 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 import redis.asyncio as redis
 
-REPO = Path(__file__).resolve().parent.parent
-UP_SCRIPT = REPO / "scripts" / "redis_up.sh"
+from tests.service_env import missing, run_up_script
+
 STATE = Path(os.environ.get("APPORTION_REDIS_STATE", "/var/lib/apportion-redis"))
-
-
-def _start() -> str | None:
-    """Run redis_up.sh; None on success, else why it could not."""
-    if os.geteuid() != 0:
-        return "not root: scripts/redis_up.sh runs the server as the user redis"
-    try:
-        done = subprocess.run(
-            ["bash", str(UP_SCRIPT)], capture_output=True, text=True, timeout=600, check=False
-        )
-    except subprocess.TimeoutExpired:
-        return "scripts/redis_up.sh did not finish within 600 s"
-    if done.returncode != 0:
-        return f"scripts/redis_up.sh failed: {(done.stderr or done.stdout).strip()[-800:]}"
-    return None
 
 
 async def _answers(url: str) -> str | None:
@@ -54,13 +38,10 @@ def redis_url() -> str:
     url_file = STATE / "url"
     why = None
     if not url_file.exists() or asyncio.run(_answers(url_file.read_text().strip())) is not None:
-        why = _start()
+        why = run_up_script("redis_up.sh", "redis")
     if why is None:
         url = url_file.read_text().strip()
         why = asyncio.run(_answers(url))
     if why is not None:
-        message = f"no Redis to test against: run scripts/redis_up.sh as root ({why})"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true and {message}")
-        pytest.skip(message)
+        missing("Redis", "redis_up.sh", why)
     return url

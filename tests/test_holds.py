@@ -46,11 +46,7 @@ ops = st.lists(
 
 
 def placements(indices: set[int]) -> tuple[Placement, ...]:
-    by_node: dict[str, list[str]] = {}
-    for i in sorted(indices):
-        _, node, gpu = GPUS[i]
-        by_node.setdefault(node, []).append(gpu)
-    return tuple(Placement("c1", n, tuple(g)) for n, g in sorted(by_node.items()))
+    return builders.placements_of(GPUS, indices)
 
 
 async def hold_now(holds: HoldManager, placements: tuple[Placement, ...], **fields: Any) -> Hold:

@@ -12,7 +12,6 @@ replica that lost its listening connection catches up when it reconnects.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -25,7 +24,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from apportion.allocation.holds import HoldManager
-from apportion.engine.decisions import Placement
 from apportion.errors import Conflict, UnknownAllocation
 from apportion.registry.documents.cluster import validate_cluster_document
 from apportion.registry.fleet import FleetView
@@ -36,7 +34,7 @@ from apportion.store.notices import NoticeFeed
 from apportion.store.repos.holds import HoldRepo
 from tests import builders
 from tests.conftest import Running, allocation, ask, running_server
-from tests.postgres_env import database_url
+from tests.postgres_env import fresh_database
 
 GPUS = 8  # two nodes of four
 GPUS_OF_TWO = [("c1", f"n{n}", str(g)) for n in range(2) for g in range(4)]
@@ -262,14 +260,6 @@ rounds = st.lists(  # each round: holds and releases through either server, all 
 )
 
 
-def placements_of(indices: set[int]) -> tuple[Placement, ...]:
-    by_node: dict[str, list[str]] = {}
-    for i in sorted(indices):
-        _, node, gpu = GPUS_OF_TWO[i]
-        by_node.setdefault(node, []).append(gpu)
-    return tuple(Placement("c1", node, tuple(gpus)) for node, gpus in sorted(by_node.items()))
-
-
 async def two_managers(url: str) -> tuple[list[HoldManager], list[NoticeFeed], list[Database]]:
     """Two servers' hold managers (their own fleet views) on one database, following it."""
     managers, feeds, databases = [], [], []
@@ -298,7 +288,7 @@ async def run_rounds(url: str, plan: list[list[tuple[Any, ...]]]) -> None:
                 kind, side, arg = op
                 holds = managers[side]
                 if kind == "hold":
-                    wanted = placements_of(arg)
+                    wanted = builders.placements_of(GPUS_OF_TWO, arg)
                     try:
                         hold = holds.reserve(
                             wanted, lease_seconds=600, owner=None, request_id="r", policy_uri="p"
@@ -346,17 +336,5 @@ def test_two_servers_racing_holds_never_share_a_gpu_and_agree_with_the_store(
 
 
 async def fresh_database_run(server_url: str, plan: list[list[tuple[Any, ...]]]) -> None:
-    name = f"apportion_test_{secrets.token_hex(6)}"
-    admin = await asyncpg.connect(server_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        await run_rounds(database_url(server_url, name), plan)
-    finally:
-        admin = await asyncpg.connect(server_url)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+    async with fresh_database(server_url) as url:
+        await run_rounds(url, plan)

@@ -11,6 +11,7 @@ process so SQLite never answers "database is locked" to ourselves.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,8 @@ from apportion.errors import Unavailable
 from apportion.store.migrations import migrate
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 def normalise_url(url: str) -> str:
@@ -50,6 +53,11 @@ POSTGRES = "postgresql+asyncpg://"
 CONNECT_TIMEOUT_SECONDS = 10.0
 """How long a new connection to PostgreSQL may take before the change waiting for it is
 answered :class:`~apportion.errors.Unavailable`."""
+
+RETRIES = 5
+"""Attempts of a batch PostgreSQL aborted to end a deadlock or a serialization failure."""
+
+RETRIED_SQLSTATES = frozenset({"40P01", "40001"})  # deadlock_detected, serialization_failure
 
 MIGRATION_LOCK = 0x61707072
 """The PostgreSQL advisory lock held while migrating ("appr"): replicas starting together
@@ -114,6 +122,11 @@ class Database:
     def dialect(self) -> str:
         """``"sqlite"`` or ``"postgresql"``."""
         return self.engine.dialect.name
+
+    def asyncpg_dsn(self) -> str:
+        """The PostgreSQL URL for a connection of one's own outside the pool (asyncpg's
+        ``connect``: a listening connection, a session lock), password included."""
+        return self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
     @classmethod
     async def open(cls, url: str) -> Database:
@@ -197,9 +210,22 @@ class Database:
             return fn(conn)
 
     async def _run_async_batch(self, fn: Callable[[Connection], T]) -> T:
+        """One transaction of ``fn`` on PostgreSQL, run again from the start (up to
+        ``RETRIES`` times) when PostgreSQL chose it as the victim of a deadlock with another
+        server's transaction (two servers inserting rows of the same unique keys in crossed
+        orders): ``fn`` only writes what its changes say, so running it again is safe."""
         with self._reachable():
-            async with self._write_lock, self.engine.begin() as conn:
-                return await conn.run_sync(fn)
+            async with self._write_lock:
+                for attempt in range(1, RETRIES + 1):
+                    try:
+                        async with self.engine.begin() as conn:
+                            return await conn.run_sync(fn)
+                    except DBAPIError as exc:
+                        sqlstate = getattr(exc.orig, "sqlstate", None)
+                        if sqlstate not in RETRIED_SQLSTATES or attempt == RETRIES:
+                            raise
+                        log.info("a batch was a deadlock's victim (%s); again", sqlstate)
+                raise AssertionError("unreachable: the last attempt returned or raised")
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:

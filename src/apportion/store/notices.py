@@ -86,7 +86,7 @@ class NoticeFeed:
     before :meth:`start`; :meth:`close` stops it."""
 
     def __init__(self, db: Database, *, reconnect_seconds: float | None = None) -> None:
-        self._dsn = db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._dsn = db.asyncpg_dsn()
         self._reconnect_seconds = (
             RECONNECT_SECONDS if reconnect_seconds is None else reconnect_seconds
         )

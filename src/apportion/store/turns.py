@@ -28,7 +28,7 @@ class ServerTurn:
     """Take turns on ``key`` with the other servers (:meth:`held`); :meth:`close` at stop."""
 
     def __init__(self, db: Database, key: int) -> None:
-        self._dsn = db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._dsn = db.asyncpg_dsn()
         self._key = key
         self._conn: Any = None  # asyncpg.Connection, made at the first turn
         self._local = asyncio.Lock()  # one turn at a time inside this server too
@@ -88,7 +88,7 @@ class Leadership:
     :meth:`start`, then :attr:`leading`; :meth:`close` at stop."""
 
     def __init__(self, db: Database, *, retry_seconds: float | None = None) -> None:
-        self._dsn = db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._dsn = db.asyncpg_dsn()
         self._retry = LEADER_RETRY_SECONDS if retry_seconds is None else retry_seconds
         self._task: asyncio.Task[None] | None = None
         self.leading = False

@@ -121,10 +121,11 @@ def write_changes(conn: Connection, changes: Sequence[HoldChange]) -> list[Taken
                 for r in rows
             ],
         )
-        gpu_rows = [
+        gpu_rows = [  # in the GPUs' order: servers inserting at once wait, seldom deadlock
             {"allocation_id": aid, "cluster_id": c, "node_id": n, "gpu_id": g}
-            for aid, change in net.inserts.items()
-            for c, n, g in change.gpus
+            for (c, n, g), aid in sorted(
+                ((gpu, aid) for aid, change in net.inserts.items() for gpu in change.gpus)
+            )
         ]
         if gpu_rows and conn.dialect.name == "postgresql":
             taken = _insert_gpus_arbitrated(conn, net.inserts, gpu_rows)
