@@ -233,3 +233,31 @@ def test_an_unsupported_database_url_is_refused_naming_the_option_and_no_passwor
     assert "use sqlite:///path/to/apportion.db or postgresql://" in result.stderr
     assert "a-db-password" not in result.output
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "module", "extra"),
+    [
+        ("APPORTION_DB", "postgresql://u@127.0.0.1:5440/d", "asyncpg", "postgresql"),
+        ("APPORTION_REDIS_URL", "redis://127.0.0.1:6390/0", "redis", "redis"),
+    ],
+)
+def test_a_missing_optional_driver_is_named_with_the_extra_that_installs_it(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    value: str,
+    module: str,
+    extra: str,
+) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # as if it were not installed
+    env = {
+        "APPORTION_DATA_DIR": str(tmp_path / "d"),
+        "APPORTION_CREDENTIALS": str(tmp_path / "c"),
+        "APPORTION_DB": "postgresql://u@127.0.0.1:5440/d",  # redis_url needs it
+        variable: value,
+    }
+    result = CliRunner().invoke(app, ["serve", "--port", "0"], env=env)
+    assert result.exit_code == 2, result.output
+    assert f"pip install 'apportion[{extra}]'" in result.stderr
+    assert not (tmp_path / "d").exists()

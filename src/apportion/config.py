@@ -8,6 +8,7 @@ environment.
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +33,15 @@ def default_data_dir() -> Path:
 
 ROOT_JOBS_ROOT = Path("/var/lib/apportion/jobs")
 """The default jobs root of a server that runs as root (docs/security.md)."""
+
+
+def _installed(module: str) -> bool:
+    """Whether ``module`` (an optional dependency) can be imported."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
 
 
 class Settings(BaseSettings):
@@ -106,7 +116,10 @@ class Settings(BaseSettings):
         if value is not None:
             from apportion.store.db import normalise_url  # the server's modules, loaded here
 
-            normalise_url(value)
+            if normalise_url(value).startswith("postgresql") and not _installed("asyncpg"):
+                raise ValueError(
+                    "a PostgreSQL database needs its driver: pip install 'apportion[postgresql]'"
+                )
         return value
 
     @field_validator("redis_url")
@@ -114,6 +127,8 @@ class Settings(BaseSettings):
     def _redis_scheme(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("redis://", "rediss://")):
             raise ValueError("use redis://[:password@]host:port/db (or rediss:// for TLS)")
+        if value is not None and not _installed("redis"):
+            raise ValueError("events through Redis need its client: pip install 'apportion[redis]'")
         return value
 
     @model_validator(mode="after")
