@@ -10,7 +10,8 @@ A notice only says *what* changed (a topic, a verb, ids); a handler reads the ro
 when it needs them. Handlers must be idempotent: a server hears its own notices too, and a
 notice may describe a row that later changes went past. When the listening connection is lost,
 notices sent meanwhile are lost with it: on every (re)connection the feed calls each topic's
-``resync`` first, which must bring the server's view in line with the stored rows.
+``resync`` first, which must bring the server's view in line with the stored rows. A notice
+whose rows cannot be read (the database is away) makes the feed listen again, and so resync.
 
 On SQLite (one server per database) nothing is sent and there is no feed.
 """
@@ -26,7 +27,8 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, func, select
 
-from apportion.store.db import Database
+from apportion.errors import Unavailable
+from apportion.store.db import CONNECT_TIMEOUT_SECONDS, Database
 
 if TYPE_CHECKING:
     import asyncpg
@@ -125,7 +127,7 @@ class NoticeFeed:
         first = True
         while True:
             try:
-                conn = await asyncpg.connect(self._dsn)
+                conn = await asyncpg.connect(self._dsn, timeout=CONNECT_TIMEOUT_SECONDS)
             except (OSError, asyncpg.PostgresError) as exc:
                 if first:
                     raise
@@ -136,23 +138,25 @@ class NoticeFeed:
                 await self._listen(conn)
                 first = False
                 await self._handle_until_lost(conn)
-            except (OSError, asyncpg.PostgresError) as exc:
-                log.warning("notice feed: connection lost, resyncing after reconnect: %s", exc)
+            except Exception as exc:  # lost, or a resync the database did not answer: again
+                if first:
+                    raise
+                log.warning("notice feed: listening again and resyncing: %s", exc)
             finally:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(conn.close(timeout=2))
             await asyncio.sleep(self._reconnect_seconds)
 
     async def _listen(self, conn: asyncpg.Connection) -> None:
-        lost = self._queue
+        queue = self._queue
 
         def heard(_conn: object, _pid: int, _channel: str, payload: str) -> None:
             notice = parse(payload)
             if notice is not None:
-                lost.put_nowait(notice)
+                queue.put_nowait(notice)
 
         def terminated(_conn: object) -> None:
-            lost.put_nowait(None)
+            queue.put_nowait(None)
 
         conn.add_termination_listener(terminated)
         await conn.add_listener(CHANNEL, heard)
@@ -165,7 +169,7 @@ class NoticeFeed:
             try:
                 notice = await asyncio.wait_for(self._queue.get(), timeout=5.0)
             except TimeoutError:
-                await conn.execute("SELECT 1")  # a lost connection raises here
+                await conn.execute("SELECT 1", timeout=5.0)  # a lost connection raises here
                 continue
             if notice is None:
                 raise ConnectionError("the listening connection was closed")
@@ -174,5 +178,7 @@ class NoticeFeed:
                 continue
             try:
                 await handler(notice)
+            except Unavailable as exc:  # its rows could not be read: resync once back
+                raise ConnectionError(f"a notice could not be applied: {exc.message}") from exc
             except Exception:  # one bad notice must not stop the feed
                 log.exception("notice feed: handling %s %s failed", notice.topic, notice.verb)
