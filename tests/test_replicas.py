@@ -338,3 +338,23 @@ def test_two_servers_racing_holds_never_share_a_gpu_and_agree_with_the_store(
 async def fresh_database_run(server_url: str, plan: list[list[tuple[Any, ...]]]) -> None:
     async with fresh_database(server_url) as url:
         await run_rounds(url, plan)
+
+
+async def test_a_key_revoked_through_one_server_is_refused_by_the_other_at_once(
+    replicas: list[Running],
+) -> None:
+    first, second = replicas
+    async with first.http.post(f"{first.url}/keys", json={"name": "brief"}) as response:
+        assert response.status == 201, await response.text()
+        issued = (await response.json())["data"]
+    headers = {"Authorization": f"Bearer {issued['api_key']}"}
+    async with second.http.get(f"{second.url}/jobs", headers=headers) as response:
+        assert response.status == 200  # verified, and cached for 60 s by the second
+    async with first.http.delete(f"{first.url}/keys/{issued['key_id']}") as response:
+        assert response.status == 200, await response.text()
+
+    async def refused() -> bool:
+        async with second.http.get(f"{second.url}/jobs", headers=headers) as response:
+            return response.status == 401
+
+    assert await until(refused, seconds=5.0) < 5.0  # not the cache's 60 s

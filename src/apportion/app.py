@@ -203,6 +203,7 @@ class Server:
             feed = NoticeFeed(db)
             registry.follow(feed)
             holds.follow(feed)
+            keys.follow(feed)
             await feed.start()
             self._stack.push_async_callback(feed.close)
             leadership = Leadership(db)

@@ -10,8 +10,8 @@ fast the hash is, while every handshake pays the hash. Keys given by an operator
 are found through a domain-separated hash tag in ``prefix`` and should be just as random.
 
 Successful verifications are cached in memory (default 60 s, bounded LRU) and dropped on
-:meth:`KeyStore.revoke`; a revoke made by another process takes effect here when the entry
-expires. Scopes and principals are defined in :mod:`apportion.server.auth`.
+:meth:`KeyStore.revoke`; a revoke made through another server sharing a PostgreSQL database
+drops them here when its notice arrives (:meth:`KeyStore.follow`). Scopes and principals are defined in :mod:`apportion.server.auth`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from apportion.errors import Conflict
 from apportion.ownership import DEFAULT_ACCOUNT
 from apportion.server.auth import Principal, Scope
 from apportion.store.db import Database
-from apportion.store.repos.api_keys import KeyRepo, KeyRow
+from apportion.store.notices import Notice, NoticeFeed
+from apportion.store.repos.api_keys import KEY_TOPIC, KeyRepo, KeyRow
 from apportion.timefmt import iso_utc
 
 KEY_PREFIX = "apn_"
@@ -266,6 +267,19 @@ class KeyStore:
     async def has_admin(self) -> bool:
         """True when an active admin key exists (the first start generates one otherwise)."""
         return await self._repo.has_active(Scope.ADMIN.value)
+
+    def follow(self, feed: NoticeFeed) -> None:
+        """Forget what was cached of keys revoked or changed through the other servers
+        sharing the database (their notices), before ``feed`` starts: such a key is refused
+        or re-read at its next use, not at the end of the cache's lifetime."""
+        feed.on(KEY_TOPIC, self._heard, self._forget_all)
+
+    async def _heard(self, notice: Notice) -> None:
+        for key_id in notice.words:
+            self._forget(key_id)
+
+    async def _forget_all(self) -> None:
+        self._cache.clear()
 
     def _forget(self, key_id: str) -> None:
         for cache_key in [k for k, (p, _) in self._cache.items() if p.key_id == key_id]:

@@ -9,8 +9,13 @@ from typing import Any
 from sqlalchemy import Row, select, update
 from sqlalchemy.exc import IntegrityError
 
+from apportion.store import notices
 from apportion.store.db import Database
 from apportion.store.schema import api_keys
+
+KEY_TOPIC = "key"
+"""The notices of key changes (:mod:`apportion.store.notices`): ``revoke`` and ``change`` (a
+new scope), each followed by key ids: other servers drop what they cached of those keys."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,7 @@ class KeyRepo:
                 .where(api_keys.c.id == key_id)
                 .values(scopes=scopes, revoked_at=None)
             )
+            await conn.run_sync(notices.send, KEY_TOPIC, "change", [key_id])
 
     async def touch(self, key_id: str, when: float) -> None:
         """Record the key's last use."""
@@ -102,6 +108,7 @@ class KeyRepo:
                 .where(api_keys.c.revoked_at.is_(None))
                 .values(revoked_at=when)
             )
+            await conn.run_sync(notices.send, KEY_TOPIC, "revoke", [key_id])
         return bool(result.rowcount)
 
     async def has_active(self, scopes: str) -> bool:
