@@ -358,3 +358,28 @@ async def test_a_key_revoked_through_one_server_is_refused_by_the_other_at_once(
             return response.status == 401
 
     assert await until(refused, seconds=5.0) < 5.0  # not the cache's 60 s
+
+
+async def test_an_account_made_through_one_server_is_known_to_the_other(
+    replicas: list[Running],
+) -> None:
+    first, second = replicas
+    body = {"name": "vision-lab", "description": "made through the first"}
+    async with first.http.post(f"{first.url}/accounts", json=body) as response:
+        assert response.status == 201, await response.text()
+
+    async def second_issues_a_key_of_it() -> bool:
+        key = {"name": "alice", "account": "vision-lab"}
+        async with second.http.post(f"{second.url}/keys", json=key) as response:
+            return response.status == 201
+
+    await until(second_issues_a_key_of_it)
+    async with first.http.patch(f"{first.url}/accounts/vision-lab", json={"shares": 7}) as r:
+        assert r.status == 200, await r.text()
+
+    async def second_has_its_shares() -> bool:
+        async with second.http.get(f"{second.url}/accounts") as response:
+            accounts = {a["name"]: a for a in (await response.json())["data"]}
+        return accounts["vision-lab"]["shares"] == 7
+
+    await until(second_has_its_shares)

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 from apportion.errors import Conflict, InvalidRequest, NotFound
 from apportion.store.db import Database
-from apportion.store.repos.accounts import AccountRepo, AccountRow
+from apportion.store.notices import Notice, NoticeFeed
+from apportion.store.repos.accounts import ACCOUNT_TOPIC, AccountRepo, AccountRow
 from apportion.timefmt import iso_utc
 
 ACCOUNT_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
@@ -90,11 +91,21 @@ class AccountBook:
         self._accounts: dict[str, Account] = {}
 
     async def load(self) -> None:
-        """Read every account (once, at start; the migration made ``default``)."""
+        """Read every account (at start — the migration made ``default`` — and, with other
+        servers sharing the database, when they change one)."""
         self._accounts = {
             r.name: Account(r.name, r.os_user, r.description, r.created_at, r.shares)
             for r in await self._repo.all()
         }
+
+    def follow(self, feed: NoticeFeed) -> None:
+        """Read the accounts again whenever one is made or changed through another server
+        sharing the database (their notices), and on every reconnection; before ``feed``
+        starts."""
+        feed.on(ACCOUNT_TOPIC, self._heard, self.load)
+
+    async def _heard(self, _notice: Notice) -> None:
+        await self.load()
 
     def all(self) -> list[Account]:
         """Every account, by name."""

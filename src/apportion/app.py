@@ -204,6 +204,7 @@ class Server:
             registry.follow(feed)
             holds.follow(feed)
             keys.follow(feed)
+            accounts.follow(feed)
             await feed.start()
             self._stack.push_async_callback(feed.close)
             leadership = Leadership(db)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from apportion.store import schema
+from apportion.store import notices, schema
 from apportion.store.db import Database
 
 
@@ -20,6 +20,11 @@ class AccountRow:
     description: str
     created_at: float
     shares: int = 1
+
+
+ACCOUNT_TOPIC = "account"
+"""The notices of account changes (:mod:`apportion.store.notices`): ``put`` (made or changed),
+followed by account names."""
 
 
 class AccountRepo:
@@ -52,6 +57,7 @@ class AccountRepo:
                         shares=row.shares,
                     )
                 )
+                await conn.run_sync(notices.send, ACCOUNT_TOPIC, "put", [row.name])
         except IntegrityError:
             return False
         return True
@@ -63,3 +69,4 @@ class AccountRepo:
             await conn.execute(
                 update(accounts).where(accounts.c.name == name).values(shares=shares)
             )
+            await conn.run_sync(notices.send, ACCOUNT_TOPIC, "put", [name])
