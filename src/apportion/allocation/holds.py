@@ -7,7 +7,7 @@ Rules this module keeps:
   and the mark), and the ``hold_gpus`` table has a unique constraint on
   ``(cluster_id, node_id, gpu_id)``: the second line of defence on SQLite, and the arbiter
   between servers sharing one PostgreSQL (a hold it refuses is :class:`HeldElsewhere`, and
-  the stored holds this server did not know are taken into memory).
+  the holds that have its GPUs are taken into memory).
 * **Acknowledged means durable.** :meth:`HoldManager.commit` returns only after the
   hold is committed (group commit through
   :class:`~apportion.allocation.hold_journal.HoldJournal`); a hold that was answered
@@ -71,6 +71,10 @@ class HoldManager:
         self._holds: dict[str, Hold] = {}
         self._marks: Counter[GpuKey] = Counter()  # holds per GPU: >1 only across servers
         self._uncommitted: set[str] = set()  # reserved, not yet known to be stored
+        # held while stored holds are read and applied to memory (a notice, a resync, the
+        # holders of a refused hold's GPUs): a row read just before its delete committed is
+        # taken in before that delete's notice is applied, never after it
+        self._applying = asyncio.Lock()
 
     # ---------------------------------------------------------------- the fleet's marks
     def _mark(self, keys: Sequence[GpuKey]) -> None:
@@ -136,6 +140,10 @@ class HoldManager:
     async def _heard(self, notice: Notice) -> None:
         """Apply a hold notice (ours included: each step is idempotent). A new hold is read
         from the store, so one that ended meanwhile is not taken in."""
+        async with self._applying:
+            await self._apply(notice)
+
+    async def _apply(self, notice: Notice) -> None:
         if notice.verb == "delete":
             for allocation_id in notice.words:
                 self.forget_released(allocation_id)
@@ -158,6 +166,10 @@ class HoldManager:
         """Bring the holds in memory in line with the stored ones (the feed's connection was
         made or remade: notices may have been missed): take in those not known, forget those
         no longer stored — but for reservations whose commit is under way."""
+        async with self._applying:
+            await self._take_stored()
+
+    async def _take_stored(self) -> None:
         settled = {aid for aid in self._holds if aid not in self._uncommitted}
         rows = await self._repo.all()
         stored = {row.allocation_id for row in rows}
@@ -257,20 +269,22 @@ class HoldManager:
             raise
         if taken:
             self._undo(hold)
-            await self._adopt_stored()
+            await self._adopt_holders(taken)
             raise HeldElsewhere(
                 f"{len(taken)} GPU(s) of the placement were held through another Apportion "
                 "server meanwhile; retry the request",
                 details={"taken": [list(gpu) for gpu in taken]},
             )
 
-    async def _adopt_stored(self) -> None:
-        """Take into memory every unexpired stored hold this server does not know (other
-        servers sharing the database made them), so the next decision sees their GPUs held."""
-        now = self._clock()
-        for row in await self._repo.all():
-            if row.allocation_id not in self._holds and row.expires_at > now:
-                self._adopt(row)
+    async def _adopt_holders(self, gpus: Taken) -> None:
+        """Take into memory the unexpired stored holds of ``gpus`` this server does not know
+        yet (another server made them; their notices may not have arrived), so the next
+        decision sees those GPUs held. The other holds come with their notices."""
+        async with self._applying:
+            now = self._clock()
+            for row in await self._repo.holding(gpus):
+                if row.allocation_id not in self._holds and row.expires_at > now:
+                    self._adopt(row)
 
     def unreserve(self, hold: Hold) -> None:
         """Give back the GPUs of a reservation that was never committed (nothing is stored:
