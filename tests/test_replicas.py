@@ -2,8 +2,8 @@
 server follows the holds made through the others.
 
 Each replica decides over its own view of the fleet; the unique constraint on held GPUs
-decides between them. A replica whose hold the database refuses takes in the holds that have its
-GPUs, decides again, and answers ``Conflict`` or ``NoFeasiblePlacement`` — never
+decides between them. A replica whose hold the database refuses takes in the stored holds it did
+not know, decides again, and answers ``Conflict`` or ``NoFeasiblePlacement`` — never
 ``Internal`` — and no GPU is ever in two holds. Holds made, renewed and released through one
 replica reach the others' views through PostgreSQL notices (``apportion.store.notices``); a
 replica that lost its listening connection catches up when it reconnects.
@@ -91,7 +91,7 @@ async def test_a_replica_that_lost_a_gpu_to_another_places_the_next_hold_elsewhe
     first, second = replicas
     # the first replica takes every GPU of node n0 (binpack fills one node first); the second
     # has heard of those holds, or decides for n0 too and the database refuses (it then takes
-    # in the holds that have those GPUs and decides again): either way it places on n1
+    # in the stored holds it did not know and decides again): either way it places on n1
     for _ in range(4):
         assert (await hold_one(first))["success"]
     again = await hold_one(second)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Row, bindparam, delete, select, tuple_, update
+from sqlalchemy import Connection, Row, bindparam, delete, select, update
 from sqlalchemy.dialects import postgresql
 
 from apportion.store import notices, schema
@@ -207,20 +207,6 @@ class HoldRepo:
         """Every stored hold, expired or not."""
         async with self._db.read() as conn:
             rows = (await conn.execute(select(schema.holds))).all()
-        return [_hold_row(r) for r in rows]
-
-    async def holding(self, gpus: Sequence[GpuTriple]) -> list[HoldRow]:
-        """The stored holds of any of ``gpus`` (by the unique key of ``hold_gpus``)."""
-        g = schema.hold_gpus
-        holders = select(g.c.allocation_id).where(
-            tuple_(g.c.cluster_id, g.c.node_id, g.c.gpu_id).in_(list(gpus))
-        )
-        async with self._db.read() as conn:
-            rows = (
-                await conn.execute(
-                    select(schema.holds).where(schema.holds.c.allocation_id.in_(holders))
-                )
-            ).all()
         return [_hold_row(r) for r in rows]
 
     async def get(self, allocation_id: str) -> HoldRow | None:
