@@ -156,7 +156,9 @@ async def test_a_sigkilled_executor_fails_its_running_jobs_and_a_new_one_takes_o
             live.server.context.jobs.lifecycle.notified_poll_interval = 1e9
         job_id = await submit(live, {"command": sleeper(300)})
         await wait_for(live, job_id, "running")
-        state = json.loads((data / "jobs" / job_id / "worker-0.state.json").read_text())
+        state = json.loads(
+            (live.server.settings.local_jobs_dir / job_id / "worker-0.state.json").read_text()
+        )
         executor, command = state["executor_pid"], state["pid"]
         os.kill(executor, signal.SIGKILL)  # started by this test's server, for its jobs
         record = await wait_for(live, job_id, "failed")
@@ -170,6 +172,8 @@ async def test_a_sigkilled_executor_fails_its_running_jobs_and_a_new_one_takes_o
         assert gone(command)  # stopped: nobody could have recorded its end
         after = await submit(live, {"command": marker_command(marker)})
         assert (await wait_for(live, after, "completed", "failed"))["status"] == "completed"
-        state = json.loads((data / "jobs" / after / "worker-0.state.json").read_text())
+        state = json.loads(
+            (live.server.settings.local_jobs_dir / after / "worker-0.state.json").read_text()
+        )
         assert state["executor_pid"] != executor  # a new executor started it
     assert marker.read_text() == "ran\n"

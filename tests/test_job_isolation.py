@@ -409,3 +409,18 @@ def test_records_accepted_before_the_rules_still_load() -> None:
     assert QueueConfig.model_validate(queue, context=STORED).allowed_env == ["not a name"]
     with pytest.raises(ValidationError):
         QueueConfig.model_validate(queue)
+
+
+def test_the_local_executors_directory_in_the_jobs_root_is_refused_and_the_root_stays(
+    tmp_path: Path,
+) -> None:
+    # with PostgreSQL the local executor's files are <jobs root>/.local (docs/operations.md)
+    identity = JobIdentity(JOB_USER, server_is_root=False, allow_as_server=True)
+    root = tmp_path / "jobs"
+    boundary = JobBoundary(identity, root, (tmp_path / "data",), private_in_root=(root / ".local",))
+    queue = QueueConfig(name="default")
+    inside = JobConfig.model_validate({"command": ["true"], "working_dir": str(root / ".local")})
+    with pytest.raises(InvalidRequest, match="not a directory under an allowed root"):
+        boundary.check(inside, queue, "default")
+    beside = JobConfig.model_validate({"command": ["true"], "working_dir": str(root / "mine")})
+    boundary.check(beside, queue, "default")  # the jobs root holding it is still a root

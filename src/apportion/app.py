@@ -34,6 +34,7 @@ from apportion.errors import ApportionError, Unavailable
 from apportion.files import FileBook
 from apportion.jobs.boundary import JobBoundary
 from apportion.jobs.driver import BackendDriver
+from apportion.jobs.duty import JobDuty
 from apportion.jobs.identity import JobIdentity
 from apportion.jobs.service import JobService
 from apportion.policies.catalog import builtin_catalog
@@ -62,6 +63,7 @@ from apportion.server.bootstrap import BootstrapKey, ensure_admin_key
 from apportion.server.context import CONTEXT, ServerContext
 from apportion.server.credentials import default_credentials_path
 from apportion.server.events import EMIT_ORDER_LOCK, EventLog, Retention
+from apportion.server.forwarding import Forwarder
 from apportion.server.http_common import BODY_DEADLINE, BodyDeadline, error_middleware
 from apportion.server.keys import KeyStore
 from apportion.server.limits import HTTP_GATE, ConnectionGate, accept_error_handler
@@ -72,7 +74,7 @@ from apportion.server.ws import AllocationWebSocket
 from apportion.store.data_dir import lock_data_dir, unlock_data_dir
 from apportion.store.db import Database
 from apportion.store.notices import NoticeFeed
-from apportion.store.turns import Leadership, ServerTurn
+from apportion.store.turns import Fence, Leadership, ServerTurn
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +121,12 @@ class Server:
     @property
     def url(self) -> str:
         return f"http://{self._display_host}:{self.http_port}"
+
+    @property
+    def advertise_url(self) -> str:
+        """Where the other servers sharing the database reach this one (``advertise_url``, or
+        the URL it listens at)."""
+        return self.settings.advertise_url or self.url
 
     @property
     def ws_url(self) -> str:
@@ -207,8 +215,7 @@ class Server:
             accounts.follow(feed)
             await feed.start()
             self._stack.push_async_callback(feed.close)
-            leadership = Leadership(db)
-            await leadership.start()
+            leadership = Leadership(db)  # started once the HTTP port's URL is known
             self._stack.push_async_callback(leadership.close)
 
         allocations = AllocationService(
@@ -237,31 +244,43 @@ class Server:
         for adapter in adapters.values():
             if isinstance(adapter, ClosingAdapter):
                 self._stack.push_async_callback(adapter.close)
-        driver = BackendDriver(
-            registry,
-            adapters,
-            settings.data_dir,
-            identity=identity,
-            jobs_root=jobs_root,
-            files=files,
-        )
         credentials = settings.credentials_file or default_credentials_path()
-        boundary = JobBoundary(identity, jobs_root, (settings.data_dir, credentials.parent))
-        background = self.background
-        jobs = JobService(
-            db,
-            registry,
-            allocations,
-            holds,
-            driver,
-            events.append,
-            spawn=background.spawn,
-            boundary=boundary,
-            scheduling=settings.scheduling,
-            shares=accounts.shares,
+        private, local = (settings.data_dir, credentials.parent), settings.local_jobs_dir
+        in_root = local.is_relative_to(jobs_root)
+        boundary = JobBoundary(
+            identity,
+            jobs_root,
+            private if in_root else (*private, local),
+            private_in_root=(local,) if in_root else (),
         )
-        self._stack.push_async_callback(jobs.jobs.close)  # its pending writes, before the db
-        await jobs.load()
+        background = self.background
+
+        def job_service(fence: Fence | None) -> JobService:
+            driver = BackendDriver(
+                registry,
+                adapters,
+                settings.local_jobs_dir,
+                identity=identity,
+                jobs_root=jobs_root,
+                files=files,
+            )
+            return JobService(
+                db,
+                registry,
+                allocations,
+                holds,
+                driver,
+                events.append,
+                spawn=background.spawn,
+                boundary=boundary,
+                scheduling=settings.scheduling,
+                shares=accounts.shares,
+                fence=fence,
+            )
+
+        duty = JobDuty(job_service, background, leadership)
+        self._stack.push_async_callback(duty.close)  # its pending writes, before the db
+        await duty.load()
         self.context = ServerContext(
             settings,
             registry,
@@ -272,12 +291,15 @@ class Server:
             keys,
             accounts,
             files,
-            jobs,
+            duty,
+            adapters,
             tuple(self.plugins),
         )
         telemetry.set_known_policy(lambda uri: _in_store(policies, uri))
         telemetry.set_gpu_source(lambda: _gpu_counts(registry))
-        telemetry.set_queue_source(jobs.queue_counts)
+        telemetry.set_queue_source(
+            lambda: {} if duty.service is None else duty.service.queue_counts()
+        )
         sio = create_socketio(
             keys, auth_enabled=settings.auth, events=events, redis_url=settings.redis_url
         )
@@ -286,7 +308,15 @@ class Server:
             events, telemetry, sio, time.time(), settings.data_dir, role=_role_of(leadership)
         )
 
-        await self._start_http(self.context, status)
+        forwarder = None
+        if leadership is not None:  # the job routes of a server that does not lead: forwarded
+            forwarder = Forwarder(
+                db, own_url=lambda: self.advertise_url, runs_jobs=lambda: duty.service is not None
+            )
+            self._stack.push_async_callback(forwarder.close)
+        await self._start_http(self.context, status, forwarder)
+        if leadership is not None:
+            await leadership.start(self.advertise_url)
         self._ws = AllocationWebSocket(
             allocations,
             keys,
@@ -328,17 +358,17 @@ class Server:
             )
             await watcher.scan()
             background.loop(watcher.run(), "policy-dir")
-        slurm = driver.adapters.get("slurm")
+        slurm = adapters.get("slurm")
         if isinstance(slurm, SlurmAdapter):
             background.loop(SlurmUsageCollector(registry, slurm).run(), "slurm-usage")
-        await jobs.lifecycle.reconcile()
-        background.loop(jobs.run(interval=1.0), "admission")
-        background.loop(jobs.lifecycle.watch(interval=0.25), "dispatch-watch")
+        await duty.start()
         background.loop(self._lease_loop(holds, events, leadership), "leases")
         background.loop(self._staleness_loop(registry), "staleness")
         background.loop(events.prune_forever(retention), "event-prune")
 
-    async def _start_http(self, context: ServerContext, status: StatusContext) -> None:
+    async def _start_http(
+        self, context: ServerContext, status: StatusContext, forwarder: Forwarder | None
+    ) -> None:
         settings = self.settings
         app = web.Application(
             middlewares=[
@@ -350,6 +380,7 @@ class Server:
                     # Socket.IO authenticates in its connect handler; the dashboard's files carry no data
                     public_prefixes=("/socket.io/", *dashboard.PUBLIC_PREFIXES),
                 ),
+                *([] if forwarder is None else [forwarder.middleware]),
             ],
             client_max_size=max(settings.max_message_bytes, routes_policies.MAX_CODE_BYTES + 2**20),
         )

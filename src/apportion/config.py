@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     # servers sharing one PostgreSQL fan Socket.IO events out through Redis (docs/operations.md);
     # from APPORTION_REDIS_URL or the config file only: it holds a password
     redis_url: str | None = None
+    # where the other servers sharing the database reach this one's HTTP port, when it leads
+    # (they forward the job routes to it: apportion.server.forwarding); default: the bound URL
+    advertise_url: str | None = Field(None, pattern=r"^https?://[^/\s?#]+$")
     config: Path | None = None
     policy_dir: Path | None = None
     policy_dir_poll_seconds: float = Field(2.0, gt=0)
@@ -186,6 +189,17 @@ class Settings(BaseSettings):
         if os.geteuid() == 0:
             return ROOT_JOBS_ROOT
         return self.data_dir.with_name(self.data_dir.name + "-jobs").absolute()
+
+    @property
+    def local_jobs_dir(self) -> Path:
+        """Where the ``local`` adapter keeps its jobs' files and its executor listens (0700,
+        the server's alone): ``<data dir>/jobs`` for a server alone on its SQLite database;
+        ``<jobs root>/.local`` with PostgreSQL, so that the servers of one host sharing the
+        database and the jobs root share it too — the leader that takes over finds the jobs
+        the previous one started (docs/operations.md)."""
+        if (self.db or "").startswith("postgresql"):
+            return self.jobs_root_dir / ".local"
+        return self.data_dir / "jobs"
 
     @classmethod
     def settings_customise_sources(

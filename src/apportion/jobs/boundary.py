@@ -44,6 +44,9 @@ class JobBoundary:
     identity: JobIdentity
     jobs_root: Path
     private_dirs: tuple[Path, ...]  # the data dir, the credentials directory
+    # the server's own directories under the jobs root (the local executor's with PostgreSQL):
+    # refused as working directories, without making the jobs root, which holds them, no root
+    private_in_root: tuple[Path, ...] = ()
 
     def check(self, config: JobConfig, queue: QueueConfig, account: str) -> None:
         """Refuse ``config`` of ``account`` in ``queue`` unless it stays inside the boundary
@@ -91,7 +94,9 @@ class JobBoundary:
         if (
             real is None
             or real == Path("/")
-            or any(_within(real, f) for f in self._forbidden())
+            or any(
+                _within(real, f) for f in [*self._forbidden(), *map(_real, self.private_in_root)]
+            )
             or not any(_within(real, r) for r in roots)
         ):
             if asked == queue.working_dir:  # the queue's own, given to a job that named none

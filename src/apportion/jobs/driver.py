@@ -103,16 +103,18 @@ class BackendDriver:
         self,
         registry: Registry,
         adapters: Mapping[str, Adapter],
-        data_dir: Path,
+        server_dir: Path,
         *,
         identity: JobIdentity,
         jobs_root: Path,
         files: FileBook,
     ) -> None:
-        """``files``: the stored files a job's ``input_files`` name (staged at dispatch)."""
+        """``server_dir``: where the ``local`` adapter keeps its jobs' files, the server's
+        alone (``Settings.local_jobs_dir``); ``files``: the stored files a job's
+        ``input_files`` name (staged at dispatch)."""
         self._registry = registry
         self.adapters = adapters
-        self._jobs_dir = data_dir / "jobs"  # the adapters' own files: the server's alone
+        self._jobs_dir = server_dir  # the adapters' own files: the server's alone
         self.identity = identity
         self.jobs_root = jobs_root  # each job's default working directory, as its user
         self.files = files
@@ -185,8 +187,8 @@ class BackendDriver:
 
     def _output_dir(self, run_id: str, adapter: str) -> Path:
         """Where the adapter keeps a job run's files (``run_id``: the job's id, ``.N`` after
-        its N-th requeue): in the data dir for ``local`` (its executor
-        runs as the server; one per directory, ``<data dir>/jobs``); for Slurm and SGE, whose daemons open the log and whose launcher
+        its N-th requeue): in the server's directory for ``local`` (its executor runs as the
+        server; one per directory, ``<data dir>/jobs`` or ``<jobs root>/.local``); for Slurm and SGE, whose daemons open the log and whose launcher
         reads its file as the job's user, under the jobs root (``.slurm/<job id>``,
         ``.sge/<job id>``)."""
         if adapter in USER_SIDE_ADAPTERS:

@@ -25,6 +25,7 @@ from apportion.ownership import Owner
 from apportion.store.db import Database
 from apportion.store.repos.jobs import JobChange, JobRepo, JobRow, StatusEntry, UsageRow
 from apportion.store.repos.queues import QueueRepo
+from apportion.store.turns import Fence
 from apportion.timefmt import iso_utc
 
 
@@ -257,11 +258,11 @@ def resolve_job(jobs: Mapping[str, Job], given: str, *, visible: Callable[[Job],
 class JobBook:
     """Every job, in memory and in the store."""
 
-    def __init__(self, db: Database, *, usage: UsageBook) -> None:
+    def __init__(self, db: Database, *, usage: UsageBook, fence: Fence | None = None) -> None:
         """``usage``: the accounts' fair-share usage, charged here with each job's run when
-        its end is recorded (in the same transaction)."""
+        its end is recorded (in the same transaction); ``fence``: see :class:`JobWriter`."""
         self._repo = JobRepo(db)
-        self._writer = JobWriter(db)
+        self._writer = JobWriter(db, fence=fence)
         self.jobs: dict[str, Job] = {}
         self.usage = usage
         self._next_seq = 1

@@ -64,6 +64,7 @@ from apportion.jobs.records import Job, JobBook, QueueBook
 from apportion.ownership import Owner
 from apportion.registry.service import Registry
 from apportion.store.db import Database
+from apportion.store.turns import Fence
 from apportion.timefmt import iso_utc
 
 log = logging.getLogger(__name__)
@@ -89,9 +90,11 @@ class JobService:
         boundary: JobBoundary,
         scheduling: SchedulingConfig,
         shares: Callable[[], Mapping[str, int]],
+        fence: Fence | None = None,
     ) -> None:
         """``scheduling``: the priority weights and the fair-share half-life; ``shares()``:
-        every account's fair-share shares, by name."""
+        every account's fair-share shares, by name; ``fence``: checked before each write of
+        job records (the term of a leader: :mod:`apportion.jobs.duty`)."""
         self._registry = registry
         self._holds = holds
         self.driver = driver
@@ -101,7 +104,9 @@ class JobService:
         self._estimated_at = -NEVER  # when start estimates were last made, and for which jobs
         self._estimated_ids: set[str] = set()
         usage = UsageBook(scheduling.fair_share_half_life_seconds)
-        self.jobs = JobBook(db, usage=usage)  # read by the routes; written by the lifecycle only
+        self.jobs = JobBook(
+            db, usage=usage, fence=fence
+        )  # read by the routes; written by the lifecycle only
         self.queues = QueueBook(db)
         self.applications = ApplicationBook(db)
         self.limits = PoolLimits(db)

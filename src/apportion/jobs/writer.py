@@ -17,16 +17,18 @@ import asyncio
 
 from apportion.store.committer import GroupCommitter
 from apportion.store.db import Database
-from apportion.store.repos.jobs import JobChange, write_changes
+from apportion.store.repos.jobs import JobChange, fenced_writes
+from apportion.store.turns import Fence
 
 
 class JobWriter:
     """Owned by :class:`~apportion.jobs.records.JobBook`: commits its changes and knows, per
     job, which are still pending (:meth:`settled`)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, fence: Fence | None = None) -> None:
+        """``fence``: checked at the start of every batch (none: every batch is written)."""
         self._committer: GroupCommitter[JobChange, None] = GroupCommitter(
-            db, write_changes, name="job-writer"
+            db, fenced_writes(fence), name="job-writer"
         )
         self._pending: dict[str, set[asyncio.Future[list[None]]]] = {}  # job id → uncommitted
 

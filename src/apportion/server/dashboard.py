@@ -322,7 +322,7 @@ def fleet_snapshot(context: Any, who: Actor) -> dict[str, Any]:
     }
 
 
-@api.get("/fleet", scope=Scope.READ, response=dict[str, Any])
+@api.get("/fleet", scope=Scope.READ, response=dict[str, Any], on_leader=True)
 async def fleet(request: web.Request) -> web.Response:
     """Every cluster, node and GPU with its state (free, held, job, busy, stale) for the dashboard."""
     return json_response(fleet_snapshot(ctx(request), principal_of(request).actor))
@@ -351,7 +351,13 @@ def dashboard_jobs(jobs: Any, who: Principal, *, finished: int) -> list[dict[str
     return out
 
 
-@api.get("/dashboard/jobs", scope=Scope.READ, query=DashboardJobsQuery, response=DashboardJobs)
+@api.get(
+    "/dashboard/jobs",
+    scope=Scope.READ,
+    query=DashboardJobsQuery,
+    response=DashboardJobs,
+    on_leader=True,
+)
 async def jobs_overview(request: web.Request) -> web.Response:
     """Unfinished jobs and the newest finished ones (?finished=200), light records."""
     who = principal_of(request)

@@ -25,7 +25,7 @@ from apportion.server.schemas import (
     RuntimeConfigsQuery,
 )
 
-api = ApiRoutes("applications")
+api = ApiRoutes("applications", on_leader=True)
 
 
 @api.get("/applications", scope=Scope.READ, response=list[ApplicationRecord])

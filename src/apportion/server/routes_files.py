@@ -43,7 +43,7 @@ from apportion.server.schemas import (
     StoredFile,
 )
 
-api = ApiRoutes("files")
+api = ApiRoutes("files", on_leader=True)
 
 CHUNK_BYTES = 256 * 1024
 MAX_LINES_BYTES = 4 * 2**20  # what one GET /files/{id}/lines reads at most

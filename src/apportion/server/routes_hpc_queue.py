@@ -27,7 +27,7 @@ from apportion.server.http_common import json_body, json_response
 from apportion.server.routes_jobs import changeable_job, job_service, visible_job, visible_jobs
 from apportion.server.routing import ApiRoutes, query_of
 
-api = ApiRoutes("seed 002 (hpc-queue-api)")
+api = ApiRoutes("seed 002 (hpc-queue-api)", on_leader=True)
 
 PREFIX = "/hpc"
 

@@ -54,7 +54,7 @@ from apportion.server.schemas import (
     SubmitAnswer,
 )
 
-api = ApiRoutes("jobs")
+api = ApiRoutes("jobs", on_leader=True)
 
 
 def job_service(request: web.Request) -> JobService:

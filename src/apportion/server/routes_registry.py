@@ -22,10 +22,7 @@ api = ApiRoutes("registry")
 
 async def _discovered(request: web.Request, body: Any) -> Any:
     """A Slurm cluster sent without nodes gets them from Slurm (CONTRACTS §4)."""
-    jobs = ctx(request).jobs
-    if jobs is None:
-        return body
-    return await complete_from_scheduler(body, jobs.driver.adapters)
+    return await complete_from_scheduler(body, ctx(request).adapters)
 
 
 @api.get("/clusters", scope=Scope.READ, response=list[Document])

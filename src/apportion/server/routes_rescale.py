@@ -38,7 +38,7 @@ from apportion.server.routes_jobs import changeable_job, job_service, visible_jo
 from apportion.server.routing import ApiRoutes, query_of
 from apportion.timefmt import iso_utc
 
-api = ApiRoutes("seed 003 (Rescale)")
+api = ApiRoutes("seed 003 (Rescale)", on_leader=True)
 
 PREFIX = "/api/v2"
 

@@ -34,7 +34,7 @@ from apportion.server.routes_jobs import job_service, visible_jobs
 from apportion.server.routing import ApiRoutes, query_of
 from apportion.timefmt import iso_utc
 
-api = ApiRoutes("seed 000 (AVxcelerate Resource Manager)")
+api = ApiRoutes("seed 000 (AVxcelerate Resource Manager)", on_leader=True)
 
 PREFIX = "/api/resources/v1"
 HEALTH_PATH = f"{PREFIX}/health"  # public, as /healthz

@@ -91,6 +91,7 @@ class RouteSpec:
     errors: tuple[type[ApportionError], ...]
     tag: str
     before_body: Callable[[web.Request], None] | None = None
+    on_leader: bool = False  # served by the server that runs the jobs (server/forwarding.py)
 
     @property
     def error_classes(self) -> tuple[type[ApportionError], ...]:
@@ -110,8 +111,12 @@ class ApiRoutes:
     """A table of declared routes (one per route module); ``routes`` goes to
     ``app.add_routes``, ``specs`` to the OpenAPI document."""
 
-    def __init__(self, tag: str) -> None:
+    def __init__(self, tag: str, *, on_leader: bool = False) -> None:
+        """``on_leader``: the table's routes read or change the jobs (or what only the server
+        that runs them has): a server that does not run them forwards them to the one that
+        does (:mod:`apportion.server.forwarding`)."""
         self.tag = tag
+        self.on_leader = on_leader
         self.routes = web.RouteTableDef()
         self.specs: list[RouteSpec] = []
 
@@ -132,13 +137,14 @@ class ApiRoutes:
         success: Mapping[int, str] | None = None,
         errors: tuple[type[ApportionError], ...] = (),
         before_body: Callable[[web.Request], None] | None = None,
+        on_leader: bool | None = None,
     ) -> Callable[[H], H]:
         """Declare a route (module level, at import). ``scope=None`` on a non-public route
         means any valid key; ``status`` is the success status unless ``success`` lists
         several. ``before_body`` may refuse the request (raise) before its body is read: a
         route that can tell it will refuse does not wait for a body (the connection is then
-        closed). Registers the checking wrapper in :attr:`routes` and returns the handler
-        itself, unchanged."""
+        closed). ``on_leader`` overrides the table's. Registers the checking wrapper in
+        :attr:`routes` and returns the handler itself, unchanged."""
         if public and scope is not None:
             raise ValueError(f"{method} {path}: a public route needs no scope")
 
@@ -161,6 +167,7 @@ class ApiRoutes:
                 errors=errors,
                 tag=self.tag,
                 before_body=before_body,
+                on_leader=self.on_leader if on_leader is None else on_leader,
             )
             self.specs.append(spec)
             checked = _checked(spec)

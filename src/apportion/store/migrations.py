@@ -138,6 +138,11 @@ def _arrays(conn: Connection) -> None:
     index.create(conn, checkfirst=True)
 
 
+def _leadership(conn: Connection) -> None:
+    """Servers sharing a database: which leads, where it is reached, its term."""
+    schema.metadata.create_all(conn, tables=[schema.leadership])
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _initial),
     Migration(2, "queues, jobs, status histories, pool limits", _queues_and_jobs),
@@ -148,6 +153,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(7, "applications, their runtime configurations, queue numbers", _applications),
     Migration(8, "jobs: each worker's exit code, cleaned", _exit_codes_and_cleaning),
     Migration(9, "jobs: the array a job is a task of", _arrays),
+    Migration(10, "the leader of the servers sharing a database", _leadership),
 )
 
 

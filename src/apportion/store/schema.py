@@ -292,3 +292,16 @@ Index("ix_jobs_account", jobs.c.account)
 Index("ix_files_account", files.c.account)
 Index("ux_queues_seq", queues.c.seq, unique=True)
 Index("ix_jobs_array", jobs.c.array_job_id)
+
+# Which of the servers sharing a PostgreSQL database leads, since when, and its term: one row,
+# rewritten by each server that takes the lead (store/turns.py; version 10). ``epoch`` grows by
+# one with every new leader: the job writer of a server commits only while its term's epoch is
+# the row's (the fence of an old leader that has not yet noticed it lost the lead).
+leadership = Table(
+    "leadership",
+    metadata,
+    Column("id", Integer, primary_key=True),  # always 1
+    Column("epoch", Integer, nullable=False),
+    Column("url", Text, nullable=False),  # where the other servers reach the leader
+    Column("since", Float, nullable=False),
+)

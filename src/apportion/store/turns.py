@@ -6,7 +6,7 @@ the server dies, or its connection does, PostgreSQL releases the lock with the s
 :class:`ServerTurn` is held across awaits that are not database work (an event batch's commit
 *and* its publication to the other servers, so that every server publishes in ``seq`` order).
 :class:`Leadership` is held for as long as the server lives: its holder does what one server
-must do for all (the end of leases).
+must do for all (the end of leases, the jobs: :mod:`apportion.jobs.duty`).
 """
 
 from __future__ import annotations
@@ -14,11 +14,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import Connection, select
+
 from apportion.errors import Unavailable
+from apportion.store import schema
 from apportion.store.db import CONNECT_TIMEOUT_SECONDS, Database
 
 log = logging.getLogger(__name__)
@@ -84,18 +89,30 @@ class Leadership:
     when the leader dies, or its connection does, PostgreSQL releases the lock and the next try
     of another server takes it. A leader that loses its connection stops leading as soon as it
     notices (within ``retry_seconds``): until then two servers may both believe they lead, so
-    what only the leader does must be safe to do twice (the end of a lease is).
-    :meth:`start`, then :attr:`leading`; :meth:`close` at stop."""
+    what only the leader does must be safe to do twice (the end of a lease is), or fenced
+    (:func:`fence`: a job record is written only under the writer's own term).
+
+    Taking the lead rewrites the ``leadership`` row on the same connection: the term's
+    ``epoch`` (one more than the last leader's), and ``url``, where the others reach the leader
+    (:func:`leader_of`). :meth:`start`, then :attr:`leading` and :attr:`epoch`; :meth:`changed`
+    to wait for the next change; :meth:`close` at stop."""
 
     def __init__(self, db: Database, *, retry_seconds: float | None = None) -> None:
         self._dsn = db.asyncpg_dsn()
+        self._url = ""
         self._retry = LEADER_RETRY_SECONDS if retry_seconds is None else retry_seconds
         self._task: asyncio.Task[None] | None = None
+        self._change = asyncio.Event()
         self.leading = False
+        self.epoch: int | None = None  # the term's, while leading
+        # when this server took the lead: whether the previous leader stepped down at its stop
+        # (or none led before), so that nothing it began can still be under way
+        self.handed_over = False
 
-    async def start(self) -> None:
+    async def start(self, url: str) -> None:
         """Try for the lead once (so the first server leads from its start), then keep
-        trying in the background."""
+        trying in the background. ``url``: where the others reach this server."""
+        self._url = url
         tried: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._task = asyncio.create_task(self._run(tried), name="leadership")
         await asyncio.wait([tried, self._task], return_when=asyncio.FIRST_COMPLETED)
@@ -107,7 +124,18 @@ class Leadership:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self.leading = False
+        self._set(None)
+
+    async def changed(self) -> None:
+        """Return at the next change of :attr:`leading`."""
+        await self._change.wait()
+
+    def _set(self, epoch: int | None) -> None:
+        if (epoch is not None) == self.leading and epoch == self.epoch:
+            return
+        self.leading, self.epoch = epoch is not None, epoch
+        self._change.set()
+        self._change = asyncio.Event()
 
     async def _run(self, tried: asyncio.Future[None]) -> None:
         import asyncpg  # the PostgreSQL driver: installed wherever a leadership is made
@@ -122,19 +150,91 @@ class Leadership:
                     elif await conn.fetchval(
                         "SELECT pg_try_advisory_lock($1)", LEADER_LOCK, timeout=self._retry
                     ):
-                        self.leading = True
-                        log.info("this server now leads the servers of its database")
+                        epoch, previous = await conn.fetchrow(
+                            _TAKE_THE_LEAD, self._url, time.time()
+                        )
+                        self.handed_over = not previous
+                        log.info(
+                            "this server now leads the servers of its database (term %d)", epoch
+                        )
+                        self._set(int(epoch))
                     _settle(tried)
                     await asyncio.sleep(self._retry)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 if self.leading:
                     log.warning("this server no longer leads (its connection failed: %s)", exc)
-                self.leading = False
+                self._set(None)
+            except asyncio.CancelledError:  # the server stops, its work done: step down
+                if self.leading and conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.execute(_STEP_DOWN, self.epoch, timeout=2)
+                raise
             finally:
                 if conn is not None:
                     conn.terminate()
             _settle(tried)
             await asyncio.sleep(self._retry)
+
+
+_TAKE_THE_LEAD = """
+WITH previous AS (SELECT url FROM leadership WHERE id = 1)
+INSERT INTO leadership (id, epoch, url, since) VALUES (1, 1, $1, $2)
+ON CONFLICT (id) DO UPDATE SET epoch = leadership.epoch + 1, url = $1, since = $2
+RETURNING epoch, (SELECT url FROM previous)
+"""
+"""The new term, and the previous leader's URL: empty when it stepped down (or none led)."""
+
+_STEP_DOWN = "UPDATE leadership SET url = '' WHERE id = 1 AND epoch = $1"
+"""A leader that stops says so: its successor need not wait for its work under way."""
+
+
+@dataclass(frozen=True)
+class Leader:
+    """The leader of the servers sharing a database, as its row says."""
+
+    epoch: int
+    url: str  # empty once it stepped down
+    since: float
+
+
+async def leader_of(db: Database) -> Leader | None:
+    """The ``leadership`` row (None before any server led; the server it names may since have
+    died: its successor rewrites the row when it takes the lead)."""
+    async with db.read() as conn:
+        row = (
+            await conn.execute(select(schema.leadership).where(schema.leadership.c.id == 1))
+        ).first()
+    return None if row is None else Leader(row.epoch, row.url, row.since)
+
+
+class NotLeading(Unavailable):
+    """This server's term as leader ended (another server leads since): what it was writing is
+    refused, and the next leader carries on."""
+
+
+Fence = Callable[[Connection], None]
+"""Run first in a transaction; raises to refuse it (:func:`fence`: an old leader's writes)."""
+
+
+def fence(epoch: int) -> Fence:
+    """A check, run first in a transaction, that lets the transaction write only while
+    ``epoch`` is still the current term (:class:`NotLeading` otherwise). It reads the row
+    ``FOR SHARE``: a new leader's rewrite of the row waits for the transactions that passed
+    the check to commit, and every later one sees its new epoch."""
+
+    def check(conn: Connection) -> None:
+        row = schema.leadership
+        current = conn.execute(
+            select(row.c.epoch).where(row.c.id == 1).with_for_update(read=True)
+        ).scalar_one_or_none()
+        if current != epoch:
+            raise NotLeading(
+                f"this server no longer leads (its term {epoch} ended; term {current} began):"
+                " retry, and another server answers",
+                details={"retryable": True},
+            )
+
+    return check
 
 
 def _settle(tried: asyncio.Future[None]) -> None:

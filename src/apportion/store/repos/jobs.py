@@ -3,7 +3,7 @@ committer."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -13,6 +13,7 @@ from apportion.store import schema
 from apportion.store.counters import raise_counter
 from apportion.store.db import Database
 from apportion.store.repos.holds import delete_holds
+from apportion.store.turns import Fence
 from apportion.store.upsert import upsert
 
 DELETED_SEQ_COUNTER = "deleted_job_seq"
@@ -97,6 +98,17 @@ class UsageRow:
 
 def _values(row: JobRow) -> dict[str, Any]:
     return {name: getattr(row, name) for name in _COLUMNS}
+
+
+def fenced_writes(fence: Fence | None) -> Callable[[Connection, Sequence[JobChange]], list[None]]:
+    """:func:`write_changes`, after ``fence`` (when given) let the transaction write."""
+
+    def write(conn: Connection, changes: Sequence[JobChange]) -> list[None]:
+        if fence is not None:
+            fence(conn)
+        return write_changes(conn, changes)
+
+    return write
 
 
 def write_changes(conn: Connection, changes: Sequence[JobChange]) -> list[None]:
