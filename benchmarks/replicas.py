@@ -20,7 +20,8 @@ every process started here is ended here, by PID):
   server asked for it (``GET /allocations/{id}``) until it answers; the time from the hold's
   answer to the second server's;
 * the takeover: two servers on a fresh database, the leader SIGKILLed, the survivor asked for
-  its role (``GET /system/status``) until it leads; repeated ``--takeovers`` times.
+  its role (``GET /system/status``) until it leads, then for ``GET /jobs`` until it runs the
+  jobs; repeated ``--takeovers`` times.
 
 Each measurement: a warm-up, then ``--reps`` windows; the median window is reported, with the
 servers' and the client's CPU (CPU seconds per wall second). No assertion on any timing.
@@ -161,8 +162,11 @@ async def role(http: aiohttp.ClientSession, url: str) -> str:
         return str((await response.json())["role"])
 
 
-async def takeover_once(started: list[tuple[subprocess.Popen[bytes], Any]]) -> float:
-    """SIGKILL the leader of ``started``; seconds until another server says it leads."""
+async def takeover_once(
+    started: list[tuple[subprocess.Popen[bytes], Any]],
+) -> tuple[float, float]:
+    """SIGKILL the leader of ``started``; seconds until another server says it leads, and
+    until it runs the jobs (``GET /jobs`` answered: its term read and reconciled them)."""
     headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
     async with aiohttp.ClientSession(headers=headers) as http:
         roles = [await role(http, ready["url"]) for _, ready in started]
@@ -171,14 +175,21 @@ async def takeover_once(started: list[tuple[subprocess.Popen[bytes], Any]]) -> f
         started[leader][0].kill()  # SIGKILL, by its PID
         started[leader][0].wait()
         killed = time.perf_counter()
+        leads = None
         while True:
-            if "leader" in [await role(http, url) for url in survivors]:
-                return time.perf_counter() - killed
+            now = time.perf_counter() - killed
+            if leads is None and "leader" in [await role(http, url) for url in survivors]:
+                leads = now
+            if leads is not None:
+                async with http.get(f"{survivors[0]}/jobs") as response:
+                    if response.status == 200:
+                        return leads, now
             await asyncio.sleep(0.01)
 
 
-def takeovers(count: int) -> list[float]:
-    """Takeover times: two servers on a fresh database, the leader SIGKILLed, ``count`` times."""
+def takeovers(count: int) -> list[tuple[float, float]]:
+    """Takeover times (the lead, the jobs): two servers on a fresh database, the leader
+    SIGKILLed, ``count`` times."""
     times = []
     for _ in range(count):
         db = new_database()
@@ -213,7 +224,9 @@ def servers(
     return started
 
 
-def measure(args: argparse.Namespace) -> tuple[list[Run], list[float], list[float]]:
+def measure(
+    args: argparse.Namespace,
+) -> tuple[list[Run], list[float], list[tuple[float, float]]]:
     runs: list[Run] = []
     lags: list[float] = []
     configurations = [("SQLite", 1), ("PostgreSQL", 1), ("PostgreSQL", 2)]
@@ -240,7 +253,7 @@ def measure(args: argparse.Namespace) -> tuple[list[Run], list[float], list[floa
 
 # --------------------------------------------------------------------------- report
 def markdown(
-    runs: list[Run], lags: list[float], taken: list[float], args: argparse.Namespace
+    runs: list[Run], lags: list[float], taken: list[tuple[float, float]], args: argparse.Namespace
 ) -> str:
     rate = {(r.store, r.servers, r.mode): r.rate for r in runs}
     one_pg_hold = rate[("PostgreSQL", 1, "hold")]
@@ -249,6 +262,9 @@ def markdown(
     p50 = statistics.median(lags_ms)
     p99 = lags_ms[min(len(lags_ms) - 1, int(0.99 * len(lags_ms)))]
     client_two = next(r.client_cpu for r in runs if r.servers == 2 and r.mode == "adhoc")
+    median_lead = statistics.median(lead for lead, _ in taken)
+    median_jobs = statistics.median(jobs for _, jobs in taken)
+    worst_jobs = max(jobs for _, jobs in taken)
     lines = [
         "## Replicas on PostgreSQL (issue 11)",
         "",
@@ -275,9 +291,11 @@ def markdown(
         f" beside it: {client_two:.2f}) | **{'MET' if two_vs_one >= 1.3 else 'NOT MET'}** |",
         f"| fleet-view lag p99 ≤ 100 ms | p50 {p50:.1f} ms, p99 {p99:.1f} ms ({len(lags)} holds)"
         f" | **{'MET' if p99 <= 100 else 'NOT MET'}** |",
-        f"| takeover after a SIGKILL of the leader ≤ 5 s | median {statistics.median(taken):.2f} s,"
-        f" at most {max(taken):.2f} s ({len(taken)} kills; the lead itself: lease ends; admission"
-        f" and dispatch are not the leader's yet) | **{'MET' if max(taken) <= 5 else 'NOT MET'}** |",
+        f"| takeover after a SIGKILL of the leader ≤ 5 s | the lead: median {median_lead:.2f} s;"
+        f" the jobs run again (read, reconciled, `GET /jobs` answered through the survivor):"
+        f" median {median_jobs:.2f} s, at most {worst_jobs:.2f} s ({len(taken)} kills; 2 s of it"
+        " is the grace a new leader gives a dead one's last dispatches)"
+        f" | **{'MET' if worst_jobs <= 5 else 'NOT MET'}** |",
         "",
     ]
     return "\n".join(lines)

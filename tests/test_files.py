@@ -163,7 +163,7 @@ async def test_an_upload_that_is_not_a_form_or_asks_an_unknown_type_is_refused(
 
 
 def _stored(running: Running) -> list[str]:
-    root = running.server.settings.data_dir / "files"
+    root = running.server.settings.files_dir
     return sorted(p.name for p in root.iterdir())
 
 

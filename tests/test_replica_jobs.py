@@ -26,6 +26,7 @@ from tests import builders
 from tests.conftest import Running
 from tests.jobs_helpers import PY, job, statuses, submit
 from tests.replica_servers import ServerProcess, server_processes
+from tests.test_files import TEXT, upload
 
 WEEK = 7 * 86400.0
 
@@ -121,6 +122,8 @@ async def test_a_leader_killed_in_the_middle_of_dispatches_every_accepted_job_ru
             f"{followers[0].running.url}/clusters", json=doc
         ) as response:
             assert response.status == 201, await response.text()
+        stored = await upload(followers[1].running.http, followers[1].running.url)
+        assert stored[0] == 201, stored
         markers = [job_tmp / f"ran-{i}.txt" for i in range(jobs)]
         job_ids = [
             await submit(
@@ -145,6 +148,11 @@ async def test_a_leader_killed_in_the_middle_of_dispatches_every_accepted_job_ru
         runs = [m.read_text().count("ran") for m in markers]
         assert runs == [1] * jobs, f"runs per job: {runs}"
         assert {await role(s.running) for s in followers} == {"leader", "follower"}
+        # a file stored through the dead leader is the new one's (the jobs root's .files)
+        contents = f"{followers[0].running.url}/files/{stored[1]['id']}/contents"
+        async with followers[0].running.http.get(contents, headers={"Range": "bytes=0-6"}) as r:
+            assert r.status == 206 and r.headers["Content-Range"] == f"bytes 0-6/{len(TEXT)}"
+            assert await r.read() == TEXT[:7]
 
 
 async def test_a_leader_whose_term_ended_writes_no_job_record(postgres_db: str) -> None:

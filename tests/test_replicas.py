@@ -35,6 +35,7 @@ from apportion.store.repos.holds import HoldRepo
 from tests import builders
 from tests.conftest import Running, allocation, ask, running_server
 from tests.postgres_env import fresh_database
+from tests.test_policy_upload import RECORD, SEED_POLICY, push_metrics, tar_gz, upload
 
 GPUS = 8  # two nodes of four
 GPUS_OF_TWO = [("c1", f"n{n}", str(g)) for n in range(2) for g in range(4)]
@@ -383,3 +384,33 @@ async def test_an_account_made_through_one_server_is_known_to_the_other(
         return accounts["vision-lab"]["shares"] == 7
 
     await until(second_has_its_shares)
+
+
+async def test_a_policy_uploaded_through_one_server_is_run_by_the_other(
+    replicas: list[Running],
+) -> None:
+    first, second = replicas
+    await push_metrics(first, "c1")  # the seed-style policy reads them
+    response = await upload(first, RECORD, tar_gz(SEED_POLICY), "policy.tar.gz")
+    assert response.status == 201, await response.text()
+    uri = "seed-first-fit:1.0-beta"
+    request = allocation(policy_rule_uri=uri, inputs={"gpus": 1}, clusters=["c1"])
+
+    async def second_runs_it() -> bool:
+        async with second.ws() as ws:
+            answer = await ask(ws, request)
+        assert answer["success"] or answer["error"]["code"] == "UnknownPolicy", answer
+        return bool(answer["success"])
+
+    await until(second_runs_it)  # its code unpacked from the database, in its own sandbox
+    async with first.http.delete(f"{first.url}/policies/{uri}") as response:
+        assert response.status == 200, await response.text()
+
+    async def second_forgot_it() -> bool:
+        async with second.ws() as ws:
+            answer = await ask(ws, request)
+        return not answer["success"] and answer["error"]["code"] == "UnknownPolicy"
+
+    await until(second_forgot_it)
+    again = await upload(second, RECORD, tar_gz(SEED_POLICY), "policy.tar.gz")
+    assert again.status == 409, await again.text()  # a deleted URI stays taken, on every server

@@ -213,6 +213,7 @@ class Server:
             holds.follow(feed)
             keys.follow(feed)
             accounts.follow(feed)
+            policies.follow(feed)
             await feed.start()
             self._stack.push_async_callback(feed.close)
             leadership = Leadership(db)  # started once the HTTP port's URL is known
@@ -239,19 +240,18 @@ class Server:
         self.jobs_identity = identity.describe()
         (log.info if identity.refusal() is None else log.warning)("%s", self.jobs_identity)
         jobs_root = settings.jobs_root_dir
-        files = FileBook(db, settings.data_dir / "files", settings.files)
-        await files.load()
         for adapter in adapters.values():
             if isinstance(adapter, ClosingAdapter):
                 self._stack.push_async_callback(adapter.close)
         credentials = settings.credentials_file or default_credentials_path()
-        private, local = (settings.data_dir, credentials.parent), settings.local_jobs_dir
-        in_root = local.is_relative_to(jobs_root)
+        # the local executor's and the stored files' directories: in the data dir, or (with
+        # PostgreSQL) in the jobs root, shared by the servers of the database
+        own = (settings.local_jobs_dir, settings.files_dir)
         boundary = JobBoundary(
             identity,
             jobs_root,
-            private if in_root else (*private, local),
-            private_in_root=(local,) if in_root else (),
+            (settings.data_dir, credentials.parent),
+            private_in_root=tuple(d for d in own if d.is_relative_to(jobs_root)),
         )
         background = self.background
 
@@ -262,7 +262,7 @@ class Server:
                 settings.local_jobs_dir,
                 identity=identity,
                 jobs_root=jobs_root,
-                files=files,
+                files=FileBook(db, settings.files_dir, settings.files),
             )
             return JobService(
                 db,
@@ -290,7 +290,6 @@ class Server:
             allocations,
             keys,
             accounts,
-            files,
             duty,
             adapters,
             tuple(self.plugins),

@@ -201,6 +201,15 @@ class Settings(BaseSettings):
             return self.jobs_root_dir / ".local"
         return self.data_dir / "jobs"
 
+    @property
+    def files_dir(self) -> Path:
+        """Where stored files' contents are kept (0700, the server's alone): ``<data dir>/files``
+        alone on SQLite; ``<jobs root>/.files`` with PostgreSQL, shared by the servers sharing
+        the database, as the jobs root is (docs/operations.md)."""
+        if (self.db or "").startswith("postgresql"):
+            return self.jobs_root_dir / ".files"
+        return self.data_dir / "files"
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -134,7 +134,8 @@ class JobService:
         )
 
     async def load(self) -> None:
-        """Read the jobs, queues and limits (once, at start)."""
+        """Read the stored files, the jobs, queues and limits (once, at start)."""
+        await self.driver.files.load()
         await self.jobs.load()
         await self.queues.load()
         await self.applications.load()

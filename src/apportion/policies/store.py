@@ -7,7 +7,9 @@ Three sources, one namespace of URIs:
   copied into the code store (as an upload's is) and run only in sandbox workers.
 * ``upload`` — ``POST /policies``; code unpacked into ``<data dir>/policies/<sha256>/`` (the
   directory named by the sha256 of its tree, made read-only, the digest checked again when the
-  store loads it) and run only in sandbox workers.
+  store loads it) and run only in sandbox workers. The code as uploaded is stored with the
+  record: the other servers sharing a PostgreSQL database unpack it into their own code stores
+  when they hear of the upload (:meth:`PolicyStore.follow`), so every server runs it.
 
 Versions are immutable: a URI that exists is never overwritten (``Conflict``);
 a new version is a new URI. A deleted URI stays a tombstone (its row, ``source`` ``"deleted"``),
@@ -17,6 +19,7 @@ live in the ``policies`` table; the in-memory index answers every lookup.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 import tempfile
@@ -34,7 +37,8 @@ from apportion.policies.protocol import PlacementPolicy
 from apportion.policies.records import PolicyRecord
 from apportion.policies.uri import PolicyURI
 from apportion.store.db import Database
-from apportion.store.repos.policies import DELETED, PolicyRepo, PolicyRow
+from apportion.store.notices import Notice, NoticeFeed
+from apportion.store.repos.policies import DELETED, POLICY_TOPIC, PolicyRepo, PolicyRow
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +72,9 @@ class PolicyEntry:
         return self.record.public(source=self.source, warnings=list(self.warnings))
 
 
-def _intact(row: PolicyRow) -> bool:
-    """Whether an uploaded policy's code directory is named by, and still has, its digest."""
-    if row.code_path is None:
-        return True
-    code_dir = Path(row.code_path)
-    return (
-        code_dir.is_dir()
-        and code_dir.name == row.code_sha256
-        and tree_sha256(code_dir) == row.code_sha256
-    )
+def _intact(code_dir: Path, sha256: str) -> bool:
+    """Whether a code directory is named by, and still has, its digest."""
+    return code_dir.is_dir() and code_dir.name == sha256 and tree_sha256(code_dir) == sha256
 
 
 def _unknown(uri: str) -> UnknownPolicy:
@@ -102,26 +99,66 @@ class PolicyStore:
         """Register the built-ins (``policies.catalog``), then read the uploaded policies from
         the database."""
         self._entries.update(builtins)
+        await self._read_all()
+
+    def follow(self, feed: NoticeFeed) -> None:
+        """Take in the policies uploaded and deleted through the other servers sharing the
+        database (their notices; every stored policy again on each reconnection); before
+        ``feed`` starts."""
+        feed.on(POLICY_TOPIC, self._heard, self._read_all)
+
+    async def _heard(self, notice: Notice) -> None:
+        for uri in notice.words:
+            row = await self._repo.one(uri)
+            if row is not None:
+                await self._take_in(row)
+
+    async def _read_all(self) -> None:
         for row in await self._repo.all():
-            if row.source == DELETED:
-                self._tombstones.add(row.uri)
-                continue
-            if not _intact(row):
-                log.error(
-                    "policy %s is left out: its stored code %s does not match its sha256 %s "
-                    "(changed on disk); upload the code again as a new version",
-                    row.uri,
-                    row.code_path,
-                    row.code_sha256,
-                )
-                continue
-            stored = jsonutil.loads(row.record)
-            warnings = tuple(stored.pop("_warnings", ()))
-            record = PolicyRecord.model_validate(stored)
-            code_dir = None if row.code_path is None else Path(row.code_path)
-            self._entries[row.uri] = PolicyEntry(
-                record, "upload", code_dir=code_dir, warnings=warnings
+            await self._take_in(row)
+
+    async def _take_in(self, row: PolicyRow) -> None:
+        """Make a stored policy's entry (unpacking its code from the database into this
+        server's code store when it is not there), or its tombstone; nothing for one known."""
+        if row.source == DELETED:
+            self._entries.pop(row.uri, None)
+            self._tombstones.add(row.uri)
+            return
+        if row.uri in self._entries:
+            return
+        code_dir = None
+        if row.code_sha256 is not None:
+            code_dir = await self._code_dir(row.uri, row.code_sha256)
+            if code_dir is None:
+                return
+        stored = jsonutil.loads(row.record)
+        warnings = tuple(stored.pop("_warnings", ()))
+        record = PolicyRecord.model_validate(stored)
+        self._entries[row.uri] = PolicyEntry(record, "upload", code_dir=code_dir, warnings=warnings)
+
+    async def _code_dir(self, uri: str, sha256: str) -> Path | None:
+        """The code of ``uri`` in this server's code store, checked against its digest:
+        unpacked from the database when missing (uploaded through another server); None,
+        logged, when it cannot be had intact."""
+        code_dir = self._code_root / sha256
+        if await asyncio.to_thread(_intact, code_dir, sha256):
+            return code_dir
+        code = None if code_dir.exists() else await self._repo.code(uri)
+        if code is not None:
+            filename, archive = code
+            unpacked = await asyncio.to_thread(
+                self._keep, lambda staging: unpack_policy_code(archive, filename, staging)
             )
+            if unpacked == code_dir:
+                return code_dir
+        log.error(
+            "policy %s is left out: its code %s is missing or does not match its sha256 "
+            "(changed on disk, or uploaded before the database kept the code); upload the code"
+            " again as a new version",
+            uri,
+            code_dir,
+        )
+        return None
 
     def get(self, uri: str) -> PolicyEntry:
         """The entry for ``uri``; :class:`UnknownPolicy` when absent."""
@@ -153,7 +190,7 @@ class PolicyStore:
         try:
             entry = self._prepare(record, code, filename)
             await check(entry)
-            await self._persist(entry)
+            await self._persist(entry, (filename, code))
         finally:
             self._uploading.discard(uri)
         return entry
@@ -189,7 +226,7 @@ class PolicyStore:
             )
         return PolicyEntry(record, "upload", code_dir=code_dir, warnings=tuple(warnings))
 
-    async def _persist(self, entry: PolicyEntry) -> None:
+    async def _persist(self, entry: PolicyEntry, code: tuple[str, bytes]) -> None:
         record, code_dir = entry.record, entry.code_dir
         assert code_dir is not None
         stored = record.model_dump(by_alias=True) | {"_warnings": list(entry.warnings)}
@@ -204,7 +241,8 @@ class PolicyStore:
                 code_sha256=code_dir.name,
                 source="upload",
                 created_at=time.time(),
-            )
+            ),
+            code,
         )
         self._entries[entry.uri] = entry
 

@@ -32,7 +32,6 @@ class ServerContext:
     allocations: AllocationService
     keys: KeyStore
     accounts: AccountBook
-    files: FileBook
     duty: JobDuty | None = None
     adapters: Mapping[str, Adapter] = field(default_factory=dict)  # the scheduler adapters
     plugins: tuple[AdapterPlugin, ...] = ()  # the scheduler adapter plugins, loaded or not
@@ -42,6 +41,12 @@ class ServerContext:
         """The job service while this server runs the jobs (:mod:`apportion.jobs.duty`): the
         routes that use it are ``on_leader``, forwarded to the server that runs them."""
         return None if self.duty is None else self.duty.service
+
+    @property
+    def files(self) -> FileBook | None:
+        """The stored files, kept by the server that runs the jobs (which stage them)."""
+        jobs = self.jobs
+        return None if jobs is None else jobs.driver.files
 
 
 CONTEXT: web.AppKey[ServerContext] = web.AppKey("apportion_context", ServerContext)

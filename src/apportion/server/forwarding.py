@@ -34,19 +34,27 @@ log = logging.getLogger(__name__)
 FORWARDED_HEADER = "X-Apportion-Forwarded-By"
 """Set on a forwarded request: the URL of the server that forwarded it."""
 
-SENT_HEADERS = ("Authorization", "Content-Type", "Accept", "X-Request-Id")
+SENT_HEADERS = ("Authorization", "Content-Type", "Accept", "Range", "X-Request-Id")
 """The client's headers that go with a forwarded request (not its Host, cookies, hops)."""
 
-RETURNED_HEADERS = (
-    "Content-Type",
-    "Content-Encoding",
-    "Content-Disposition",
-    "WWW-Authenticate",
-    "Retry-After",
-    "Location",
-    "X-Request-Id",
+NOT_RETURNED = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "date",
+        "server",
+    }
 )
-"""The leader's answer's headers that go back to the client."""
+"""The leader's answer's headers that stay behind: a connection's own (RFC 9110 §7.6.1), and
+those this server sets itself; every other goes back to the client (``Content-Range``,
+``X-Content-Type-Options``, ``WWW-Authenticate``…)."""
 
 CONNECT_TIMEOUT_SECONDS = 5.0
 CHUNK_BYTES = 64 * 1024
@@ -102,8 +110,13 @@ class Forwarder:
             ) as answer:
                 response = web.StreamResponse(
                     status=answer.status,
-                    headers={n: answer.headers[n] for n in RETURNED_HEADERS if n in answer.headers},
+                    headers=[
+                        (name, value)
+                        for name, value in answer.headers.items()
+                        if name.lower() not in NOT_RETURNED
+                    ],
                 )
+                response.content_length = answer.content_length  # else sent chunked
                 await response.prepare(request)
                 async for chunk in answer.content.iter_chunked(CHUNK_BYTES):
                     await response.write(chunk)

@@ -50,8 +50,11 @@ MAX_LINES_BYTES = 4 * 2**20  # what one GET /files/{id}/lines reads at most
 
 
 def file_book(request: web.Request) -> FileBook:
-    """The server's stored files (every route of files, native or a seed's)."""
-    return ctx(request).files
+    """The server's stored files (every route of files, native or a seed's: ``on_leader``,
+    served where the jobs run)."""
+    files = ctx(request).files
+    assert files is not None
+    return files
 
 
 def visible_file(request: web.Request) -> FileRecord:

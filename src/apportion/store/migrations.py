@@ -143,6 +143,11 @@ def _leadership(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=[schema.leadership])
 
 
+def _policy_code(conn: Connection) -> None:
+    """Uploaded policies' code in the database, for every server sharing it."""
+    _add_missing_columns(conn, schema.policies, ("code_filename", "code_archive"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _initial),
     Migration(2, "queues, jobs, status histories, pool limits", _queues_and_jobs),
@@ -154,6 +159,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(8, "jobs: each worker's exit code, cleaned", _exit_codes_and_cleaning),
     Migration(9, "jobs: the array a job is a task of", _arrays),
     Migration(10, "the leader of the servers sharing a database", _leadership),
+    Migration(11, "uploaded policies' code in the database", _policy_code),
 )
 
 

@@ -18,6 +18,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -64,6 +65,10 @@ policies = Table(
     Column("code_sha256", String(64), nullable=True),
     Column("source", String(20), nullable=False),  # "upload" | "builtin" | "policy_dir"
     Column("created_at", Float, nullable=False),
+    # the code as uploaded (version 11): every server sharing the database unpacks it into its
+    # own code store; ``code_path`` is the uploading server's copy
+    Column("code_filename", Text, nullable=True),
+    Column("code_archive", LargeBinary, nullable=True),
 )
 
 policy_contexts = Table(
