@@ -35,6 +35,7 @@ from apportion.store.repos.holds import HoldRepo
 from tests import builders
 from tests.conftest import Running, allocation, ask, running_server
 from tests.postgres_env import fresh_database
+from tests.replica_servers import server_processes
 from tests.test_policy_upload import RECORD, SEED_POLICY, push_metrics, tar_gz, upload
 
 GPUS = 8  # two nodes of four
@@ -78,6 +79,34 @@ async def test_holds_raced_through_two_replicas_never_share_a_gpu(
     replicas: list[Running], postgres_db: str
 ) -> None:
     answers = await asyncio.gather(*(hold_one(replicas[i % 2]) for i in range(3 * GPUS)))
+    won = [a["data"] for a in answers if a["success"]]
+    lost = [a["error"]["code"] for a in answers if not a["success"]]
+    held = [(d["cluster_id"], d["node_id"], gpu) for d in won for gpu in d["gpus"]]
+    assert len(held) == len(set(held)) == GPUS  # every GPU held once, none twice
+    assert set(lost) <= {"Conflict", "NoFeasiblePlacement"}, lost
+    assert sorted(await stored_gpus(postgres_db)) == sorted(held)
+
+
+async def test_holds_raced_through_three_server_processes_never_share_a_gpu(
+    tmp_path: Path, postgres_db: str
+) -> None:
+    # three processes: each decides on its own core's time, and all at once
+    async with server_processes(tmp_path, postgres_db, 3) as servers:
+        doc = builders.make_cluster("c1", nodes=2, gpus=4)
+        async with servers[0].running.http.post(
+            f"{servers[0].running.url}/clusters", json=doc
+        ) as response:
+            assert response.status == 201, await response.text()
+
+        async def every_server_knows_the_cluster() -> bool:
+            for server in servers:
+                async with server.running.http.get(f"{server.running.url}/clusters/c1") as r:
+                    if r.status != 200:
+                        return False
+            return True
+
+        await until(every_server_knows_the_cluster)
+        answers = await asyncio.gather(*(hold_one(servers[i % 3].running) for i in range(3 * GPUS)))
     won = [a["data"] for a in answers if a["success"]]
     lost = [a["error"]["code"] for a in answers if not a["success"]]
     held = [(d["cluster_id"], d["node_id"], gpu) for d in won for gpu in d["gpus"]]
