@@ -28,7 +28,7 @@ from tests.postgres_env import (  # noqa: F401 (postgres, postgres_db, private_p
     private_postgres,
     store_url,
 )
-from tests.redis_env import redis_url  # noqa: F401 (a fixture)
+from tests.redis_env import private_redis, redis_url  # noqa: F401 (fixtures)
 from tests.sandbox_env import unsandboxed_unless_jailed
 
 ADMIN_KEY = "test-admin-key-0123456789abcdef"

@@ -61,7 +61,7 @@ def create_socketio(
     Browsers are held to the same origin as the page (python-engineio's default)."""
     sio = socketio.AsyncServer(
         async_mode="aiohttp",
-        client_manager=None if redis_url is None else socketio.AsyncRedisManager(redis_url),
+        client_manager=None if redis_url is None else _redis_manager(redis_url),
         cors_allowed_origins=None,  # same origin only
         logger=False,
         engineio_logger=False,
@@ -144,6 +144,18 @@ def _subscribe_args(data: Any) -> tuple[int, int]:
             f"subscribe.limit must be an integer from 1 to {REPLAY_LIMIT}", path="subscribe.limit"
         )
     return since, limit
+
+
+REDIS_CONNECT_TIMEOUT_SECONDS = 2.0
+"""How long a connection to Redis may take: an emit waits for its publication (and holds the
+servers' turn to publish meanwhile), so a Redis that does not answer must fail fast — the
+event is stored and reaches the server's own clients either way (docs/operations.md)."""
+
+
+def _redis_manager(redis_url: str) -> socketio.AsyncRedisManager:
+    return socketio.AsyncRedisManager(
+        redis_url, redis_options={"socket_connect_timeout": REDIS_CONNECT_TIMEOUT_SECONDS}
+    )
 
 
 class SocketIOBroadcaster:
