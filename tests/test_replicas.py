@@ -272,15 +272,17 @@ async def test_events_appended_through_two_servers_share_one_sequence(postgres_d
 
 # ---------------------------------------------------------------- a hypothesis run
 
-rounds = st.lists(  # each round: holds and releases through either server, all at once
+SERVERS = 3
+
+rounds = st.lists(  # each round: holds and releases through any of the servers, all at once
     st.lists(
         st.one_of(
             st.tuples(
                 st.just("hold"),
-                st.integers(0, 1),
+                st.integers(0, SERVERS - 1),
                 st.sets(st.sampled_from(range(len(GPUS_OF_TWO))), min_size=1, max_size=3),
             ),
-            st.tuples(st.just("release"), st.integers(0, 1), st.integers(0, 20)),
+            st.tuples(st.just("release"), st.integers(0, SERVERS - 1), st.integers(0, 20)),
         ),
         min_size=1,
         max_size=6,
@@ -290,10 +292,11 @@ rounds = st.lists(  # each round: holds and releases through either server, all 
 )
 
 
-async def two_managers(url: str) -> tuple[list[HoldManager], list[NoticeFeed], list[Database]]:
-    """Two servers' hold managers (their own fleet views) on one database, following it."""
+async def managers_of(url: str) -> tuple[list[HoldManager], list[NoticeFeed], list[Database]]:
+    """:data:`SERVERS` servers' hold managers (their own fleet views) on one database, each
+    following it."""
     managers, feeds, databases = [], [], []
-    for _ in range(2):
+    for _ in range(SERVERS):
         db = await Database.open(url)
         fleet = FleetView()
         fleet.set_cluster(validate_cluster_document(builders.make_cluster("c1", nodes=2, gpus=4)))
@@ -309,7 +312,7 @@ async def two_managers(url: str) -> tuple[list[HoldManager], list[NoticeFeed], l
 
 
 async def run_rounds(url: str, plan: list[list[tuple[Any, ...]]]) -> None:
-    managers, feeds, databases = await two_managers(url)
+    managers, feeds, databases = await managers_of(url)
     answered: dict[str, set[tuple[str, str, str]]] = {}  # holds answered, not yet released
     try:
         for ops in plan:
@@ -339,15 +342,15 @@ async def run_rounds(url: str, plan: list[list[tuple[Any, ...]]]) -> None:
             # no GPU is in two holds that were answered and not released
             gpus = [gpu for held in answered.values() for gpu in held]
             assert len(gpus) == len(set(gpus)), answered
-        # once the notices are in, both servers see exactly the stored holds
+        # once the notices are in, every server sees exactly the stored holds
         stored = {row.allocation_id for row in await HoldRepo(databases[0]).all()}
         assert set(answered) <= stored
         for _ in range(200):
             views = [{h.allocation_id for h in m.active()} for m in managers]
-            if views == [stored, stored]:
+            if views == [stored] * SERVERS:
                 break
             await asyncio.sleep(0.01)
-        assert views == [stored, stored]
+        assert views == [stored] * SERVERS
     finally:
         for feed in feeds:
             await feed.close()
@@ -359,7 +362,7 @@ async def run_rounds(url: str, plan: list[list[tuple[Any, ...]]]) -> None:
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(plan=rounds)
-def test_two_servers_racing_holds_never_share_a_gpu_and_agree_with_the_store(
+def test_three_servers_racing_holds_never_share_a_gpu_and_agree_with_the_store(
     plan: list[list[tuple[Any, ...]]], postgres: str
 ) -> None:
     asyncio.run(fresh_database_run(postgres, plan))
