@@ -75,16 +75,22 @@ async def stored_gpus(url: str) -> list[tuple[str, str, str]]:
     return [(r["cluster_id"], r["node_id"], r["gpu_id"]) for r in rows]
 
 
+async def every_gpu_held_once(answers: list[dict[str, Any]], url: str) -> None:
+    """The raced holds' ``answers`` hold every GPU once, none twice, as the store has them;
+    the others were refused as a race is (never ``Internal``)."""
+    won = [a["data"] for a in answers if a["success"]]
+    lost = [a["error"]["code"] for a in answers if not a["success"]]
+    held = [(d["cluster_id"], d["node_id"], gpu) for d in won for gpu in d["gpus"]]
+    assert len(held) == len(set(held)) == GPUS
+    assert set(lost) <= {"Conflict", "NoFeasiblePlacement"}, lost
+    assert sorted(await stored_gpus(url)) == sorted(held)
+
+
 async def test_holds_raced_through_two_replicas_never_share_a_gpu(
     replicas: list[Running], postgres_db: str
 ) -> None:
     answers = await asyncio.gather(*(hold_one(replicas[i % 2]) for i in range(3 * GPUS)))
-    won = [a["data"] for a in answers if a["success"]]
-    lost = [a["error"]["code"] for a in answers if not a["success"]]
-    held = [(d["cluster_id"], d["node_id"], gpu) for d in won for gpu in d["gpus"]]
-    assert len(held) == len(set(held)) == GPUS  # every GPU held once, none twice
-    assert set(lost) <= {"Conflict", "NoFeasiblePlacement"}, lost
-    assert sorted(await stored_gpus(postgres_db)) == sorted(held)
+    await every_gpu_held_once(answers, postgres_db)
 
 
 async def test_holds_raced_through_three_server_processes_never_share_a_gpu(
@@ -107,12 +113,7 @@ async def test_holds_raced_through_three_server_processes_never_share_a_gpu(
 
         await until(every_server_knows_the_cluster)
         answers = await asyncio.gather(*(hold_one(servers[i % 3].running) for i in range(3 * GPUS)))
-    won = [a["data"] for a in answers if a["success"]]
-    lost = [a["error"]["code"] for a in answers if not a["success"]]
-    held = [(d["cluster_id"], d["node_id"], gpu) for d in won for gpu in d["gpus"]]
-    assert len(held) == len(set(held)) == GPUS  # every GPU held once, none twice
-    assert set(lost) <= {"Conflict", "NoFeasiblePlacement"}, lost
-    assert sorted(await stored_gpus(postgres_db)) == sorted(held)
+    await every_gpu_held_once(answers, postgres_db)
 
 
 async def test_a_replica_that_lost_a_gpu_to_another_places_the_next_hold_elsewhere(
