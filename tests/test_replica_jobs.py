@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import time
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from apportion.errors import Unavailable
@@ -23,7 +26,7 @@ from apportion.ownership import DEFAULT_ACCOUNT, Owner
 from apportion.store.db import Database
 from apportion.store.turns import NotLeading, fence
 from tests import builders
-from tests.conftest import Running
+from tests.conftest import Running, running_server
 from tests.jobs_helpers import PY, job, statuses, submit
 from tests.replica_servers import ServerProcess, server_processes
 from tests.test_files import TEXT, upload
@@ -178,3 +181,37 @@ async def test_a_leader_whose_term_ended_writes_no_job_record(postgres_db: str) 
         await new.close()
     finally:
         await db.close()
+
+
+async def test_a_follower_that_cannot_reach_the_leader_answers_retryably(
+    tmp_path: Path, postgres_db: str
+) -> None:
+    async with AsyncExitStack() as stack:
+        first = await stack.enter_async_context(running_server(tmp_path / "a", db=postgres_db))
+        second = await stack.enter_async_context(running_server(tmp_path / "b", db=postgres_db))
+        assert [await role(first), await role(second)] == ["leader", "follower"]
+
+        async def jobs_through_second(**headers: str) -> tuple[int, Any]:
+            async with second.http.get(f"{second.url}/jobs", headers=headers) as response:
+                return response.status, await response.json()
+
+        assert (await jobs_through_second())[0] == 200  # forwarded to the first
+        # a request another server forwarded is never forwarded again (no loop between two
+        # servers that each think the other leads)
+        status, answer = await jobs_through_second(**{"X-Apportion-Forwarded-By": first.url})
+        assert status == 503 and answer["error"]["details"]["retryable"], answer
+        # the leader's row names an address nobody answers at
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            nobody = f"http://127.0.0.1:{probe.getsockname()[1]}"
+        conn = await asyncpg.connect(postgres_db)
+        try:
+            url = await conn.fetchval("UPDATE leadership SET url = $1 RETURNING url", nobody)
+            assert url == nobody
+            status, answer = await jobs_through_second()
+            assert status == 503 and answer["error"]["details"]["retryable"], answer
+            assert f"the server that runs them ({nobody}) did not answer" in answer["message"]
+            await conn.execute("UPDATE leadership SET url = $1", first.url)
+        finally:
+            await conn.close()
+        assert (await jobs_through_second())[0] == 200
