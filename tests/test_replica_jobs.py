@@ -8,6 +8,7 @@ share through the jobs root (docs/operations.md)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import socket
 import time
@@ -215,3 +216,20 @@ async def test_a_follower_that_cannot_reach_the_leader_answers_retryably(
         finally:
             await conn.close()
         assert (await jobs_through_second())[0] == 200
+
+
+async def test_a_leader_that_stops_cleanly_hands_the_jobs_over_without_the_grace(
+    tmp_path: Path, postgres_db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="apportion.jobs.duty")
+    async with running_server(tmp_path / "a", db=postgres_db) as first:
+        assert await role(first) == "leader"
+        async with running_server(tmp_path / "b", db=postgres_db) as second:
+            assert await role(second) == "follower"
+            job_id = await submit(second, {"command": ["/bin/true"]})  # forwarded to the first
+    stopped_at = len(caplog.records)  # the first stopped: it stepped down
+    async with running_server(tmp_path / "c", db=postgres_db) as third:
+        assert await role(third) == "leader"
+        assert (await job(third, job_id))["job_id"] == job_id  # read at its takeover
+    said = [r.getMessage() for r in caplog.records[stopped_at:]]
+    assert not [m for m in said if "did not step down" in m], said  # no grace waited
