@@ -595,6 +595,11 @@ async def test_submit_a_toml_job_file_and_a_script_with_directives(
     bad.write_text('command = ["true"]\ncolour = "red"\n')
     refused = await cli(running, "submit", str(bad))
     assert refused.exit_code == 2 and "unknown key 'colour'" in refused.stderr
+    # a flag after a job file would become an argument of a program it is not: refused
+    late = await cli(running, "submit", str(spec), "--wait")
+    assert late.exit_code == 2, late.output
+    assert "give flags before the job file" in late.stderr
+    assert f"apportion submit --wait {spec}" in late.stderr
 
 
 async def test_queues_and_explain_a_waiting_job(

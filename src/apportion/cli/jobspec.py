@@ -67,7 +67,14 @@ def read_job_file(argv: list[str]) -> JobSpec | None:
     if not argv:
         return None
     path = Path(argv[0])
-    if path.suffix == ".toml" and len(argv) == 1 and path.is_file():
+    if path.suffix == ".toml" and path.is_file():
+        if len(argv) > 1:  # `submit job.toml --wait`: the flag would become a program argument
+            fail(
+                f"{path} is a job file and takes no arguments, but {' '.join(argv[1:])!r}"
+                f" follows it: give flags before the job file (apportion submit"
+                f" {' '.join(argv[1:])} {argv[0]})",
+                code=2,
+            )
         return _toml(path)
     if not path.is_file():
         return None  # a program to run (python3, /bin/true…), not a file here
