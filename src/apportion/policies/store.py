@@ -121,7 +121,9 @@ class PolicyStore:
         """Make a stored policy's entry (unpacking its code from the database into this
         server's code store when it is not there), or its tombstone; nothing for one known."""
         if row.source == DELETED:
-            self._entries.pop(row.uri, None)
+            known = self._entries.get(row.uri)
+            if known is not None and known.source == "upload":  # not this server's policy-dir's
+                del self._entries[row.uri]
             self._tombstones.add(row.uri)
             return
         if row.uri in self._entries:
