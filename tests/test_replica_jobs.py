@@ -12,6 +12,7 @@ import logging
 import signal
 import socket
 import time
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import asyncpg
 import pytest
 
 from apportion.errors import Unavailable
+from apportion.files import FileBook, FilesConfig, FileType
 from apportion.jobs.fairshare import UsageBook
 from apportion.jobs.models import JobConfig
 from apportion.jobs.records import JobBook
@@ -159,7 +161,9 @@ async def test_a_leader_killed_in_the_middle_of_dispatches_every_accepted_job_ru
             assert await r.read() == TEXT[:7]
 
 
-async def test_a_leader_whose_term_ended_writes_no_job_record(postgres_db: str) -> None:
+async def test_a_leader_whose_term_ended_writes_no_job_or_file_record(
+    postgres_db: str, tmp_path: Path
+) -> None:
     db = await Database.open(postgres_db)
     try:
         async with db.write() as conn:  # the row as two takeovers leave it: term 2 leads
@@ -180,6 +184,18 @@ async def test_a_leader_whose_term_ended_writes_no_job_record(postgres_db: str) 
         assert list(reread.jobs) == [written.job_id]  # the old term's job is not there
         await old.close()
         await new.close()
+
+        async def content() -> AsyncIterator[bytes]:
+            yield b"stored by an old leader"
+
+        files = FileBook(db, tmp_path / "files", FilesConfig(), fence=fence(1))
+        await files.load()
+        with pytest.raises(NotLeading):
+            await files.receive(owner, "late.txt", FileType.INPUT, content())
+        assert list((tmp_path / "files").iterdir()) == []  # nor its content
+        stored = FileBook(db, tmp_path / "files", FilesConfig())
+        await stored.load()  # the records in the database
+        assert stored.visible(lambda _: True) == []
     finally:
         await db.close()
 

@@ -262,7 +262,7 @@ class Server:
                 settings.local_jobs_dir,
                 identity=identity,
                 jobs_root=jobs_root,
-                files=FileBook(db, settings.files_dir, settings.files),
+                files=FileBook(db, settings.files_dir, settings.files, fence=fence),
             )
             return JobService(
                 db,

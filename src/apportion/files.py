@@ -31,6 +31,7 @@ from apportion.errors import InvalidRequest, MessageTooLarge, NotFound
 from apportion.ownership import Owner
 from apportion.store.db import Database
 from apportion.store.repos.files import FileRepo, FileRow
+from apportion.store.turns import Fence
 from apportion.timefmt import iso_utc
 
 MAX_NAME_BYTES = 255
@@ -123,9 +124,12 @@ def unknown_file(file_id: str) -> NotFound:
 class FileBook:
     """Every file's record in memory, its content on disk (see the module's docstring)."""
 
-    def __init__(self, db: Database, root: Path, limits: FilesConfig) -> None:
-        """``root``: where contents are stored (created 0700 at :meth:`load`)."""
-        self._repo = FileRepo(db)
+    def __init__(
+        self, db: Database, root: Path, limits: FilesConfig, *, fence: Fence | None = None
+    ) -> None:
+        """``root``: where contents are stored (created 0700 at :meth:`load`); ``fence``:
+        checked before each write of a record (a leader's term: :mod:`apportion.jobs.duty`)."""
+        self._repo = FileRepo(db, fence=fence)
         self._root = root
         self.limits = limits
         self._files: dict[str, FileRecord] = {}

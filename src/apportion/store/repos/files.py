@@ -9,6 +9,7 @@ from sqlalchemy import delete, select
 
 from apportion.store import schema
 from apportion.store.db import Database
+from apportion.store.turns import Fence
 
 
 @dataclass(frozen=True)
@@ -28,10 +29,12 @@ class FileRow:
 
 
 class FileRepo:
-    """The file book's storage; each write is one transaction."""
+    """The file book's storage; each write is one transaction, which ``fence`` (when given)
+    checks first (a leader's term: store/turns.py)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, fence: Fence | None = None) -> None:
         self._db = db
+        self._fence = fence
 
     async def all(self) -> list[FileRow]:
         """Every file, oldest first."""
@@ -43,9 +46,13 @@ class FileRepo:
     async def insert(self, row: FileRow) -> None:
         """Store a new file's record."""
         async with self._db.write() as conn:
+            if self._fence is not None:
+                await conn.run_sync(self._fence)
             await conn.execute(schema.files.insert().values(**asdict(row)))
 
     async def delete(self, file_id: str) -> None:
         """Forget a file's record."""
         async with self._db.write() as conn:
+            if self._fence is not None:
+                await conn.run_sync(self._fence)
             await conn.execute(delete(schema.files).where(schema.files.c.file_id == file_id))
