@@ -26,6 +26,7 @@ from apportion.jobs.fairshare import UsageBook
 from apportion.jobs.models import JobConfig
 from apportion.jobs.records import JobBook
 from apportion.ownership import DEFAULT_ACCOUNT, Owner
+from apportion.store import notices
 from apportion.store.db import Database
 from apportion.store.turns import NotLeading, fence
 from tests import builders
@@ -217,21 +218,34 @@ async def test_a_follower_that_cannot_reach_the_leader_answers_retryably(
         # servers that each think the other leads)
         status, answer = await jobs_through_second(**{"X-Apportion-Forwarded-By": first.url})
         assert status == 503 and answer["error"]["details"]["retryable"], answer
-        # the leader's row names an address nobody answers at
+        # the leader's row names an address nobody answers at, and says so as a takeover does
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             nobody = f"http://127.0.0.1:{probe.getsockname()[1]}"
+
+        async def point_the_row_at(url: str) -> None:
+            async with conn.transaction():
+                await conn.execute("UPDATE leadership SET url = $1", url)
+                await conn.execute("SELECT pg_notify($1, 'leader take 99')", notices.CHANNEL)
+
+        async def second_answers(status: int) -> tuple[int, Any]:
+            for _ in range(500):  # until the second has heard the notice
+                got = await jobs_through_second()
+                if got[0] == status:
+                    return got
+                await asyncio.sleep(0.01)
+            raise AssertionError(f"the second answers {got}, not {status}")
+
         conn = await asyncpg.connect(postgres_db)
         try:
-            url = await conn.fetchval("UPDATE leadership SET url = $1 RETURNING url", nobody)
-            assert url == nobody
-            status, answer = await jobs_through_second()
-            assert status == 503 and answer["error"]["details"]["retryable"], answer
+            await point_the_row_at(nobody)
+            _, answer = await second_answers(503)
+            assert answer["error"]["details"]["retryable"], answer
             assert f"the server that runs them ({nobody}) did not answer" in answer["message"]
-            await conn.execute("UPDATE leadership SET url = $1", first.url)
+            await point_the_row_at(first.url)
+            await second_answers(200)
         finally:
             await conn.close()
-        assert (await jobs_through_second())[0] == 200
 
 
 async def test_a_leader_that_stops_cleanly_hands_the_jobs_over_without_the_grace(

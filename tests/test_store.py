@@ -4,6 +4,7 @@ writer thread, serialised by one lock, and the group committer over the batches.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import threading
 from collections.abc import AsyncIterator, Sequence
@@ -11,6 +12,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from sqlalchemy import Connection, event, func, select
 from sqlalchemy.dialects import mysql, postgresql
@@ -19,7 +21,7 @@ import apportion
 from apportion.store.committer import GroupCommitter
 from apportion.store.db import Database, normalise_url
 from apportion.store.migrations import MIGRATIONS
-from apportion.store.notices import Notice, NoticeFeed, parse, send
+from apportion.store.notices import CHANNEL, Notice, NoticeFeed, parse, send
 from apportion.store.repos.events import EventRepo, NewEvent, write_events
 from apportion.store.schema import clusters, events, pool_limits, schema_migrations
 from apportion.store.upsert import upsert
@@ -420,6 +422,41 @@ async def test_notices_reach_every_listener_in_commit_order_and_never_from_a_rol
         assert heard[-1].words == ("last",)
     finally:
         await feed.close()
+        await db.close()
+
+
+async def test_a_feed_closes_while_notices_keep_arriving(postgres_db: str) -> None:
+    # before, the feed waited for its next notice with asyncio.wait_for, which on Python 3.11
+    # swallows a cancellation arriving as a notice does: close() then waited for ever, and so
+    # did the stop of a server hearing a notice at that moment (a leader's own step-down)
+    db = await Database.open(postgres_db)
+    sender = await asyncpg.connect(db.asyncpg_dsn())
+
+    async def handle(_notice: Notice) -> None:
+        pass
+
+    async def resync() -> None:
+        pass
+
+    async def keep_sending() -> None:
+        while True:
+            await sender.execute("SELECT pg_notify($1, 't x 1')", CHANNEL)
+            await asyncio.sleep(0)
+
+    sending = asyncio.create_task(keep_sending())
+    try:
+        for attempt in range(200):
+            feed = NoticeFeed(db)
+            feed.on("t", handle, resync)
+            await feed.start()
+            await asyncio.sleep(0.0001 * (attempt % 20))
+            async with asyncio.timeout(10):  # a deadline for the bug, not a timing assertion
+                await feed.close()
+    finally:
+        sending.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sending
+        await sender.close()
         await db.close()
 
 

@@ -207,6 +207,7 @@ class Server:
         await holds.start()
         self._stack.push_async_callback(holds.close)
         leadership = None  # SQLite: this server is the only one
+        forwarder = None
         if db.dialect == "postgresql":  # other servers may share it: follow their changes
             feed = NoticeFeed(db)
             registry.follow(feed)
@@ -214,6 +215,13 @@ class Server:
             keys.follow(feed)
             accounts.follow(feed)
             policies.follow(feed)
+            forwarder = Forwarder(  # the job routes of a server that does not lead
+                db,
+                own_url=lambda: self.advertise_url,
+                runs_jobs=lambda: self.context is not None and self.context.jobs is not None,
+            )
+            forwarder.follow(feed)
+            self._stack.push_async_callback(forwarder.close)
             await feed.start()
             self._stack.push_async_callback(feed.close)
             leadership = Leadership(db)  # started once the HTTP port's URL is known
@@ -307,12 +315,6 @@ class Server:
             events, telemetry, sio, time.time(), settings.data_dir, role=_role_of(leadership)
         )
 
-        forwarder = None
-        if leadership is not None:  # the job routes of a server that does not lead: forwarded
-            forwarder = Forwarder(
-                db, own_url=lambda: self.advertise_url, runs_jobs=lambda: duty.service is not None
-            )
-            self._stack.push_async_callback(forwarder.close)
         await self._start_http(self.context, status, forwarder)
         if leadership is not None:
             await leadership.start(self.advertise_url)

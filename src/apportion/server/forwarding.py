@@ -8,7 +8,10 @@ path, query, body (streamed) and the client's own ``Authorization`` — and the 
 streamed back as it comes (status, body and the headers a client reads). The key is checked by
 both servers: the follower refuses a bad key itself, and the leader applies its scope.
 
-When no server can run them (no leader yet, a takeover under way, or the leader unreachable)
+The leader's address is the ``leadership`` row's, read at start and again at each notice of
+its rewrite (a takeover, a step-down: :data:`~apportion.store.turns.LEADER_TOPIC`), not per
+request. When no server can run them (no leader yet, a takeover under way, or the leader
+unreachable)
 the answer is ``503 Unavailable`` with ``retryable``: a client retries and reaches the next
 leader. A forwarded request is never forwarded again (no loops between servers that both think
 the other leads).
@@ -27,7 +30,8 @@ from apportion.errors import Unavailable
 from apportion.server.http_common import Handler
 from apportion.server.routing import spec_of
 from apportion.store.db import Database
-from apportion.store.turns import leader_of
+from apportion.store.notices import Notice, NoticeFeed
+from apportion.store.turns import LEADER_TOPIC, leader_of
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +66,9 @@ CHUNK_BYTES = 64 * 1024
 
 class Forwarder:
     """Forwards the ``on_leader`` routes while ``runs_jobs()`` is false (see the module):
-    :attr:`middleware` goes after the auth middleware; :meth:`close` at stop. ``own_url``: this
-    server's ``advertise_url`` (known once its port is bound)."""
+    :meth:`follow` before the feed starts; :attr:`middleware` goes after the auth middleware;
+    :meth:`close` at stop. ``own_url``: this server's ``advertise_url`` (known once its port is
+    bound)."""
 
     def __init__(
         self, db: Database, *, own_url: Callable[[], str], runs_jobs: Callable[[], bool]
@@ -72,6 +77,19 @@ class Forwarder:
         self._own_url = own_url
         self._runs_jobs = runs_jobs
         self._session: aiohttp.ClientSession | None = None
+        self._leader_url = ""  # the leadership row's: empty when none leads
+
+    def follow(self, feed: NoticeFeed) -> None:
+        """Read the leader's address on every connection of ``feed`` and at each notice of a
+        new leader, or of one stepping down."""
+        feed.on(LEADER_TOPIC, self._heard, self._read)
+
+    async def _heard(self, _notice: Notice) -> None:
+        await self._read()
+
+    async def _read(self) -> None:
+        leader = await leader_of(self._db)
+        self._leader_url = "" if leader is None else leader.url
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -80,10 +98,10 @@ class Forwarder:
             return await handler(request)
         if FORWARDED_HEADER in request.headers:
             raise _unavailable("the server it was forwarded to does not run them (a takeover)")
-        leader = await leader_of(self._db)
-        if leader is None or leader.url in ("", self._own_url()):
+        leader_url = self._leader_url
+        if leader_url in ("", self._own_url()):
             raise _unavailable("no server runs them yet (one is taking the lead)")
-        return await self._forward(request, leader.url)
+        return await self._forward(request, leader_url)
 
     async def close(self) -> None:
         """Close the connections to the leader."""

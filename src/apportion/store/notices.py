@@ -53,12 +53,18 @@ class Notice:
     words: tuple[str, ...]
 
 
+def payload_of(topic: str, verb: str, *words: str) -> str:
+    """The text of a notice (what :func:`parse` reads): for a sender that is not a SQLAlchemy
+    connection (``pg_notify(CHANNEL, payload)`` on a connection of its own)."""
+    return " ".join((topic, verb, *words))
+
+
 def send(conn: Connection, topic: str, verb: str, words: Sequence[str]) -> None:
     """Tell the other servers, when ``conn``'s transaction commits, that ``verb`` happened to
     ``words`` (ids without spaces) of ``topic``. Nothing on SQLite."""
     if conn.dialect.name != "postgresql" or not words:
         return
-    head = f"{topic} {verb}"
+    head = payload_of(topic, verb)
     payloads: list[str] = []
     current = head
     for word in words:
@@ -166,8 +172,11 @@ class NoticeFeed:
 
     async def _handle_until_lost(self, conn: asyncpg.Connection) -> None:
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation
+            # that arrives as a notice does, and close() then waited for ever (seen at stops)
             try:
-                notice = await asyncio.wait_for(self._queue.get(), timeout=5.0)
+                async with asyncio.timeout(5.0):
+                    notice = await self._queue.get()
             except TimeoutError:
                 await conn.execute("SELECT 1", timeout=5.0)  # a lost connection raises here
                 continue

@@ -25,6 +25,7 @@ from sqlalchemy import Connection, select
 from apportion.errors import Unavailable
 from apportion.store import schema
 from apportion.store.db import CONNECT_TIMEOUT_SECONDS, Database
+from apportion.store.notices import CHANNEL, payload_of
 
 log = logging.getLogger(__name__)
 
@@ -150,9 +151,11 @@ class Leadership:
                     elif await conn.fetchval(
                         "SELECT pg_try_advisory_lock($1)", LEADER_LOCK, timeout=self._retry
                     ):
-                        epoch, previous = await conn.fetchrow(
-                            _TAKE_THE_LEAD, self._url, time.time()
-                        )
+                        async with conn.transaction():
+                            epoch, previous = await conn.fetchrow(
+                                _TAKE_THE_LEAD, self._url, time.time()
+                            )
+                            await _tell(conn, "take", epoch)
                         self.handed_over = not previous
                         log.info(
                             "this server now leads the servers of its database (term %d)", epoch
@@ -167,7 +170,9 @@ class Leadership:
             except asyncio.CancelledError:  # the server stops, its work done: step down
                 if self.leading and conn is not None:
                     with contextlib.suppress(Exception):
-                        await conn.execute(_STEP_DOWN, self.epoch, timeout=2)
+                        async with conn.transaction():
+                            await conn.execute(_STEP_DOWN, self.epoch, timeout=2)
+                            await _tell(conn, "step-down", self.epoch)
                 raise
             finally:
                 if conn is not None:
@@ -186,6 +191,17 @@ RETURNING epoch, (SELECT url FROM previous)
 
 _STEP_DOWN = "UPDATE leadership SET url = '' WHERE id = 1 AND epoch = $1"
 """A leader that stops says so: its successor need not wait for its work under way."""
+
+LEADER_TOPIC = "leader"
+"""Notices of the ``leadership`` row rewritten (``take``, ``step-down``; the term): the servers
+that forward to the leader read it again (:mod:`apportion.server.forwarding`)."""
+
+
+async def _tell(conn: Any, verb: str, epoch: int | None) -> None:
+    """Notify, in ``conn``'s transaction, that the leadership row changed (asyncpg)."""
+    await conn.execute(
+        "SELECT pg_notify($1, $2)", CHANNEL, payload_of(LEADER_TOPIC, verb, str(epoch))
+    )
 
 
 @dataclass(frozen=True)
