@@ -19,9 +19,10 @@ from apportion import jsonutil
 from apportion.app import Server
 from apportion.config import Settings
 from apportion.demo import demo_clusters
-from tests.postgres_env import (  # noqa: F401 (postgres, postgres_db, private_postgres, store_url: fixtures)
+from tests.postgres_env import (  # noqa: F401 (db, postgres, postgres_db, private_postgres, store_url: fixtures)
     TEST_STORE,
     database_for,
+    db,
     drop_made_databases,
     postgres,
     postgres_db,

@@ -36,6 +36,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from apportion.store.db import Database
 from tests.service_env import missing, run_up_script
 
 STATE = Path(os.environ.get("APPORTION_PG_STATE", "/var/lib/apportion-postgres"))
@@ -162,6 +163,16 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path}/store.db"
     url: str = request.getfixturevalue("postgres_db")
     return url
+
+
+@pytest.fixture
+async def db(store_url: str) -> AsyncIterator[Database]:
+    """The store of ``store_url``: on SQLite, then on PostgreSQL."""
+    database = await Database.open(store_url)
+    try:
+        yield database
+    finally:
+        await database.close()
 
 
 class PrivatePostgres:

@@ -23,7 +23,6 @@ from apportion.jobs.service import JobService
 from apportion.store.db import Database
 from tests.conftest import ADMIN_KEY, Running, running_server, server_settings
 from tests.jobs_helpers import PY, create_queue, statuses, submit, wait_for
-from tests.postgres_env import TEST_STORE
 
 
 def service_of(running: Running) -> JobService:
@@ -118,9 +117,7 @@ async def test_a_stop_waits_for_an_in_flight_dispatch_and_leaves_no_task(
         async with asyncio.timeout(30):  # a deadline for a broken test, not a timing assertion
             await adapter.entered.wait()  # the dispatch is inside the adapter's submit
         loops = [t for t in server.background.tasks() if t.get_name() != f"dispatch-{job_id}"]
-        # alone on SQLite the job loops are the server's; on PostgreSQL, the term's (jobs/duty.py)
-        job_loops = {"job-duty"} if TEST_STORE == "postgresql" else {"admission", "dispatch-watch"}
-        assert {t.get_name() for t in loops} >= {"leases", *job_loops}
+        assert {t.get_name() for t in loops} >= {"leases", "job-duty"}  # jobs/duty.py
         stopping = asyncio.create_task(server.stop())
         await asyncio.wait(loops)  # the stop cancelled every loop …
         assert all(t.cancelled() for t in loops)
@@ -136,7 +133,7 @@ async def test_a_stop_waits_for_an_in_flight_dispatch_and_leaves_no_task(
     assert server.background.tasks() == []
     names = {t.get_name() for t in asyncio.all_tasks()}
     assert not {n for n in names if n.startswith("dispatch-")}
-    assert not names & {"admission", "job-duty"}
+    assert not names & {"admission", "dispatch-watch", "job-duty"}
     # the dispatch finished before the store closed: the backend id was committed
     db = await Database.open(server.settings.database_url)
     try:

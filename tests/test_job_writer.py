@@ -4,7 +4,7 @@ real PostgreSQL database."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pytest
@@ -22,16 +22,6 @@ from apportion.store.repos.holds import write_changes as write_hold_changes
 
 T = TypeVar("T")
 OWNER = Owner("team-a", "alice", "k1")
-
-
-@pytest.fixture
-async def db(store_url: str) -> AsyncIterator[Database]:
-    """The store on SQLite, then on PostgreSQL."""
-    database = await Database.open(store_url)
-    try:
-        yield database
-    finally:
-        await database.close()
 
 
 def config(name: str) -> JobConfig:

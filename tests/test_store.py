@@ -28,16 +28,6 @@ from apportion.store.upsert import upsert
 
 
 @pytest.fixture
-async def db(store_url: str) -> AsyncIterator[Database]:
-    """The store on SQLite, then on PostgreSQL."""
-    database = await Database.open(store_url)
-    try:
-        yield database
-    finally:
-        await database.close()
-
-
-@pytest.fixture
 async def threaded_db(tmp_path: Path) -> AsyncIterator[Database]:
     """The store on SQLite, whose batches run on a writer thread: the committer's tests hold a
     batch there (a :class:`Gate`) while the event loop hands more over. (On PostgreSQL a batch

@@ -136,7 +136,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _redis_needs_a_shared_database(self) -> Settings:
-        if self.redis_url is not None and not (self.db or "").startswith("postgresql"):
+        if self.redis_url is not None and not self.shared_database:
             raise ValueError(
                 "redis_url fans events out to the other servers of one PostgreSQL database: "
                 "give db = postgresql://… as well (with SQLite, one server has every client)"
@@ -191,13 +191,18 @@ class Settings(BaseSettings):
         return self.data_dir.with_name(self.data_dir.name + "-jobs").absolute()
 
     @property
+    def shared_database(self) -> bool:
+        """Whether other servers may share the database (PostgreSQL; SQLite is one server's)."""
+        return (self.db or "").startswith("postgresql")
+
+    @property
     def local_jobs_dir(self) -> Path:
         """Where the ``local`` adapter keeps its jobs' files and its executor listens (0700,
         the server's alone): ``<data dir>/jobs`` for a server alone on its SQLite database;
         ``<jobs root>/.local`` with PostgreSQL, so that the servers of one host sharing the
         database and the jobs root share it too — the leader that takes over finds the jobs
         the previous one started (docs/operations.md)."""
-        if (self.db or "").startswith("postgresql"):
+        if self.shared_database:
             return self.jobs_root_dir / ".local"
         return self.data_dir / "jobs"
 
@@ -206,7 +211,7 @@ class Settings(BaseSettings):
         """Where stored files' contents are kept (0700, the server's alone): ``<data dir>/files``
         alone on SQLite; ``<jobs root>/.files`` with PostgreSQL, shared by the servers sharing
         the database, as the jobs root is (docs/operations.md)."""
-        if (self.db or "").startswith("postgresql"):
+        if self.shared_database:
             return self.jobs_root_dir / ".files"
         return self.data_dir / "files"
 

@@ -84,7 +84,7 @@ class JobDuty:
         if self._leadership is None:
             assert self.service is not None, "load() first"
             await self.service.lifecycle.reconcile()
-            self._run_loops(self.service)
+            self._background.loop(self._serve(self.service, until=None), "job-duty")
             return
         self._background.loop(self._follow(self._leadership), "job-duty")
         if self._leadership.leading:
@@ -98,11 +98,28 @@ class JobDuty:
         if service is not None:
             await service.jobs.close()
 
-    def _run_loops(self, service: JobService) -> None:
-        self._background.loop(service.run(interval=ADMISSION_INTERVAL_SECONDS), "admission")
-        self._background.loop(
-            service.lifecycle.watch(interval=WATCH_INTERVAL_SECONDS), "dispatch-watch"
-        )
+    @staticmethod
+    async def _serve(service: JobService, *, until: asyncio.Task[None] | None) -> None:
+        """Run ``service``'s admission loop and dispatch watch until ``until`` ends (for ever
+        without one) or one of them fails (logged); cancelled, they are cancelled with it."""
+        loops = [
+            asyncio.create_task(service.run(interval=ADMISSION_INTERVAL_SECONDS), name="admission"),
+            asyncio.create_task(
+                service.lifecycle.watch(interval=WATCH_INTERVAL_SECONDS), name="dispatch-watch"
+            ),
+        ]
+        try:
+            ends = [*loops, *([] if until is None else [until])]
+            await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+            for loop in loops:
+                if loop.done() and not loop.cancelled() and loop.exception() is not None:
+                    log.error("the job loop %s failed", loop.get_name(), exc_info=loop.exception())
+        finally:
+            for loop in loops:
+                loop.cancel()
+            for loop in loops:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loop
 
     async def _follow(self, leadership: Leadership) -> None:
         """Run the jobs during each term of this server as leader (a loop of the server)."""
@@ -136,35 +153,18 @@ class JobDuty:
             if lost.done():
                 return
         service = self._build(fence(epoch))
-        loops: list[asyncio.Task[None]] = []
         try:
             await service.load()
             await service.lifecycle.reconcile()
             self.service = service
             self._term_began.set()
-            loops = [
-                asyncio.create_task(
-                    service.run(interval=ADMISSION_INTERVAL_SECONDS), name="admission"
-                ),
-                asyncio.create_task(
-                    service.lifecycle.watch(interval=WATCH_INTERVAL_SECONDS), name="dispatch-watch"
-                ),
-            ]
             log.info("term %d: running %d jobs", epoch, len(service.jobs.jobs))
-            await asyncio.wait([lost, *loops], return_when=asyncio.FIRST_COMPLETED)
-            for loop in loops:
-                if loop.done() and not loop.cancelled() and loop.exception() is not None:
-                    log.error("term %d: a job loop failed", epoch, exc_info=loop.exception())
+            await self._serve(service, until=lost)
         except asyncio.CancelledError:
             self._unclosed = service  # the server stops: close() commits after its work ended
             raise
         finally:
             self.service = None
-            for loop in loops:
-                loop.cancel()
-            for loop in loops:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await loop
             if self._unclosed is not service:
                 log.info("term %d over: this server no longer runs the jobs", epoch)
                 await service.jobs.close()
