@@ -190,6 +190,31 @@ async def test_working_dir_is_the_cwd(adapter: LocalAdapter, tmp_path: Path) -> 
     assert ex.stdout_path(spec.output_dir, 0).read_text().strip() == str(work)
 
 
+async def test_a_command_starts_alone_with_default_signals_and_nothing_of_the_executor(
+    adapter: LocalAdapter, tmp_path: Path
+) -> None:
+    """What the executor's forked child sets up before its exec: the command leads its own
+    session and process group, every signal is at its default and none is blocked (not the
+    executor's handlers, nor the SIGHUP and SIGPIPE it ignores), its stdin is /dev/null, and
+    it holds no descriptor of the executor's (its socket, lock, pidfds, pipes)."""
+    script = (
+        "echo pid $$; cat /proc/self/status; echo fds; ls /proc/$$/fd; echo end;"
+        " readlink /proc/$$/fd/0"
+    )
+    spec = make_spec(tmp_path, "", command=("/bin/sh", "-c", script))
+    sid = await adapter.submit(spec)
+    assert (await wait_finished(adapter, spec, sid)).state is BackendState.COMPLETED
+    lines = ex.stdout_path(spec.output_dir, 0).read_text().splitlines()
+    pid = lines[0].removeprefix("pid ")
+    status = dict(line.split(":\t", 1) for line in lines if ":\t" in line)
+    assert status["NSsid"].strip() == pid and status["NSpgid"].strip() == pid
+    assert int(status["SigIgn"], 16) == 0, status["SigIgn"]
+    assert int(status["SigBlk"], 16) == 0, status["SigBlk"]
+    fds = lines[lines.index("fds") + 1 : lines.index("end")]
+    assert fds == ["0", "1", "2"]
+    assert lines[-1] == "/dev/null"
+
+
 # ---- exit codes ---------------------------------------------------------------------------
 
 

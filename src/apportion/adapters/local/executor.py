@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import heapq
 import itertools
 import json
@@ -58,11 +57,10 @@ import os
 import selectors
 import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 TAG_FILE = "job.json"
 CANCEL_FILE = "cancel.json"
@@ -75,6 +73,7 @@ ANOTHER_EXECUTOR = 3  # exit code: another executor holds the directory's lock
 GANG_TICK = 0.25  # seconds between looks at the running jobs' gang.json
 MAX_REQUEST = 64 << 20  # bytes of one request line at most
 FIRST_CLIENT_WAIT = 10.0  # seconds a new executor waits for its first client
+START_BATCH = 64  # workers forked at most before their execs are awaited and recorded
 
 
 def state_path(job_dir: Path, index: int) -> Path:
@@ -100,12 +99,19 @@ def open_private(path: Path) -> int:
 
 
 def write_json_atomic(path: Path, value: dict[str, Any]) -> None:
-    """Write ``value`` to ``path`` so readers see the old or the new file, never half of one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(value, fh)
-    os.replace(tmp, path)
+    """Write ``value`` to ``path`` so readers see the old or the new file, never half of one
+    (encoded in one piece: ``json.dump`` to a file would use the pure-Python encoder)."""
+    data = json.dumps(value).encode()
+    target = os.fspath(path)
+    tmp = f"{os.path.dirname(target)}/.{os.path.basename(target)}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+    os.replace(tmp, target)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -190,6 +196,15 @@ class _Client:
         self.inbox = bytearray()
         self.outbox = bytearray()
         self.closed = False
+
+
+class _Starting:
+    """A start request whose workers were forked: each with its pipe (or why it could not be
+    forked), until :meth:`Executor._started` records them."""
+
+    def __init__(self, job: _Job) -> None:
+        self.job = job
+        self.workers: list[tuple[_Worker, int | OSError]] = []
 
 
 class Executor:
@@ -326,12 +341,24 @@ class Executor:
                 client.inbox += data
 
     def _handle_requests(self) -> None:
+        """Answer every complete request, in order. Consecutive starts are carried out
+        together: every worker of up to :data:`START_BATCH` of them is forked, and only then
+        is each one's exec awaited and recorded — the commands start while the others fork."""
         for client in sorted(self.clients.values(), key=lambda c: c.order):
-            while (end := client.inbox.find(b"\n")) >= 0:
-                line = bytes(client.inbox[:end])
-                del client.inbox[: end + 1]
-                answer = self._answer(line)
-                client.outbox += json.dumps(answer).encode() + b"\n"
+            while client.inbox.find(b"\n") >= 0:
+                answers: list[dict[str, Any] | _Starting] = []
+                forked = 0
+                while forked < START_BATCH and (end := client.inbox.find(b"\n")) >= 0:
+                    line = bytes(client.inbox[:end])
+                    del client.inbox[: end + 1]
+                    answer = self._answer(line)
+                    answers.append(answer)
+                    if isinstance(answer, _Starting):
+                        forked += len(answer.workers)
+                for answer in answers:
+                    if isinstance(answer, _Starting):
+                        answer = self._started(answer)
+                    client.outbox += json.dumps(answer).encode() + b"\n"
             self._flush(client)
 
     def _flush(self, client: _Client) -> None:
@@ -352,7 +379,7 @@ class Executor:
         events = selectors.EVENT_READ | (selectors.EVENT_WRITE if client.outbox else 0)
         self.selector.modify(client.sock, events, client)
 
-    def _answer(self, line: bytes) -> dict[str, Any]:
+    def _answer(self, line: bytes) -> dict[str, Any] | _Starting:
         try:
             request = json.loads(line)
             op = request["op"]
@@ -369,7 +396,9 @@ class Executor:
 
     # ---- workers --------------------------------------------------------------------------
 
-    def _start_job(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _start_job(self, request: dict[str, Any]) -> dict[str, Any] | _Starting:
+        """Fork every worker of a start request (:meth:`_started` records them), or say why
+        nothing was started."""
         if self.stopping:
             return {
                 "error": "the local executor is stopping (it was sent SIGTERM) and starts"
@@ -381,50 +410,62 @@ class Executor:
         if tag is None or tag.get("attempt") != request["attempt"]:
             return {"error": "this start was superseded by a later submit; nothing started"}
         job = self.jobs.get(job_dir) or _Job(job_dir)
+        starting = _Starting(job)
         for launch in request["workers"]:
-            self._start_worker(job, launch)
-        if job.running:
-            self.jobs[job_dir] = job
-        return {"started": len(request["workers"])}
+            state: dict[str, Any] = {
+                "version": 2,
+                "job_id": launch["job_id"],
+                "worker": int(launch["index"]),
+                "executor_pid": os.getpid(),
+                "executor_started_at": self.started_at,
+                "pid": None,
+                "pgid": None,
+                "started_at": None,
+                "ended_at": None,
+                "return_code": None,
+                "signal": None,
+                "reason": None,
+                "stopped_by": None,
+                "rusage": None,
+            }
+            worker = _Worker(job, launch, state)
+            try:
+                worker.pid, report = _fork(launch)
+            except OSError as exc:
+                starting.workers.append((worker, exc))
+            else:
+                starting.workers.append((worker, report))
+        return starting
 
-    def _start_worker(self, job: _Job, launch: dict[str, Any]) -> None:
-        state: dict[str, Any] = {
-            "version": 2,
-            "job_id": launch["job_id"],
-            "worker": int(launch["index"]),
-            "executor_pid": os.getpid(),
-            "executor_started_at": self.started_at,
-            "pid": None,
-            "pgid": None,
-            "started_at": None,
-            "ended_at": None,
-            "return_code": None,
-            "signal": None,
-            "reason": None,
-            "stopped_by": None,
-            "rusage": None,
-        }
-        worker = _Worker(job, launch, state)
-        try:
-            worker.pid = _spawn(launch)
-        except OSError as exc:
-            code = 127 if isinstance(exc, FileNotFoundError) else 126
-            state.update(ended_at=time.time(), return_code=code, reason=f"could not start: {exc}")
+    def _started(self, starting: _Starting) -> dict[str, Any]:
+        """Record each forked worker of one start once its command runs (its state file,
+        its pidfd watched, its walltime set) or could not be run; the start's answer."""
+        job = starting.job
+        for worker, forked in starting.workers:
+            failure = _exec_outcome(worker.pid, forked, worker.launch)
+            if failure is not None:
+                code = 127 if isinstance(failure, FileNotFoundError) else 126
+                worker.state.update(
+                    ended_at=time.time(), return_code=code, reason=f"could not start: {failure}"
+                )
+                worker.save()
+                self._fail_gang(job, worker.index, str(worker.state["reason"]))
+                continue
+            worker.pidfd = os.pidfd_open(worker.pid)
+            worker.state.update(pid=worker.pid, pgid=worker.pid, started_at=time.time())
             worker.save()
-            self._fail_gang(job, worker.index, str(state["reason"]))
-            return
-        worker.pidfd = os.pidfd_open(worker.pid)
-        state.update(pid=worker.pid, pgid=worker.pid, started_at=time.time())
-        worker.save()
-        job.running[worker.index] = worker
-        self.selector.register(worker.pidfd, selectors.EVENT_READ, worker)
-        walltime = launch.get("walltime")
-        if walltime is not None:
-            self.timers.add(time.monotonic() + float(walltime), worker, "walltime")
-        if job.gang_failed:
-            worker.stop(("gang", "stopped because a sibling failed"), self.timers)
-        elif self.stopping:
-            worker.stop(("signal", "its executor was asked to stop"), self.timers)
+            job.running[worker.index] = worker
+            self.selector.register(worker.pidfd, selectors.EVENT_READ, worker)
+            walltime = worker.launch.get("walltime")
+            if walltime is not None:
+                self.timers.add(time.monotonic() + float(walltime), worker, "walltime")
+            if job.gang_failed:
+                worker.stop(("gang", "stopped because a sibling failed"), self.timers)
+            elif self.stopping:
+                worker.stop(("signal", "its executor was asked to stop"), self.timers)
+        if job.running:
+            self.jobs[job.job_dir] = job
+        return {"started": len(starting.workers)}
 
     def _finish(self, worker: _Worker) -> None:
         job = worker.job
@@ -477,41 +518,84 @@ class Executor:
             sibling.stop(("gang", f"stopped because worker {index} failed"), self.timers)
 
 
-def _spawn(launch: dict[str, Any]) -> int:
-    """Start one command in a new session (it leads its own process group); its pid. With
-    ``run_as`` (the server is root) the child sets its groups, gid and uid — in that order,
-    before exec (``subprocess``'s own sequence) — and only then enters the working directory,
-    as that user: a directory (or a symlink swapped in after submit) the user may not reach is
-    refused, never entered by root on its behalf. Its stdout and stderr both go to its one
-    output file (in the order written, as Slurm's default output file), which stays the
-    server's, open on the descriptors the command inherits. Raises OSError."""
-    run_as = launch.get("run_as")
-    cwd = launch["cwd"]
-    identity: dict[str, Any] = {"cwd": cwd}
-    if run_as is not None:
-        identity = {
-            "user": int(run_as["uid"]),
-            "group": int(run_as["gid"]),
-            "extra_groups": [int(g) for g in run_as["groups"]],
-            "preexec_fn": functools.partial(os.chdir, cwd),  # this process has one thread
-        }
-    with os.fdopen(open_private(Path(launch["stdout"])), "ab") as out:
+def _fork(launch: dict[str, Any]) -> tuple[int, int]:
+    """Fork the process of one command (:func:`_become`), in a new session (it leads its own
+    process group); its pid and the pipe that tells :func:`_exec_outcome` whether it runs.
+    Raises OSError when the output file cannot be opened or no process forked.
+
+    Forked here rather than by :mod:`subprocess`: its ``user``/``preexec_fn`` path costs three
+    times the CPU in this process and waits for the exec (docs/performance.md). This process
+    has one thread, so the child may run Python until its exec."""
+    out = open_private(Path(launch["stdout"]))
+    try:
+        report_r, report_w = os.pipe()  # both close-on-exec: EOF once the command runs
         try:
-            proc = subprocess.Popen(  # noqa: S603 - argv list; this process has one thread
-                launch["command"],
-                env=launch["env"],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-                start_new_session=True,
-                **identity,
-            )
-        except subprocess.SubprocessError:  # the chdir in the child, as the job's user
-            raise PermissionError(
-                f"the job's user cannot enter its working directory {cwd}"
-            ) from None
-    proc.returncode = 0  # reaped by the executor (wait4), never by Popen
-    return proc.pid
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child: exec or _exit, never returns
+                _become(launch, out, report_w)
+        except BaseException:
+            os.close(report_r)
+            raise
+        finally:
+            os.close(report_w)
+    finally:
+        os.close(out)
+    return pid, report_r
+
+
+def _exec_outcome(pid: int, forked: int | OSError, launch: dict[str, Any]) -> OSError | None:
+    """Wait until the child ``pid`` of :func:`_fork` runs its command (None) or says why it
+    could not (the error; the child is reaped): :class:`PermissionError` for the working
+    directory, :class:`FileNotFoundError` for a command not found. ``forked`` is the child's
+    pipe, or the error that kept it from being forked."""
+    if isinstance(forked, OSError):
+        return forked
+    chunks = []
+    try:
+        while chunk := os.read(forked, 4096):
+            chunks.append(chunk)
+    finally:
+        os.close(forked)
+    if not chunks:
+        return None
+    os.waitpid(pid, 0)
+    step, number, words = b"".join(chunks).decode(errors="replace").split(":", 2)
+    if step == "cwd":
+        cwd = launch["cwd"]
+        return PermissionError(f"the job's user cannot enter its working directory {cwd} ({words})")
+    return OSError(int(number), words, launch["command"][0])
+
+
+def _become(launch: dict[str, Any], out: int, report: int) -> NoReturn:
+    """The forked child of :func:`_fork`: become the job's process and exec its command, or
+    write ``step:errno:words`` to ``report`` and exit 127."""
+    step = "setup"
+    try:
+        signal.set_wakeup_fd(-1)  # the executor's wake-up socket is not the command's
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE, signal.SIGXFSZ):
+            signal.signal(sig, signal.SIG_DFL)  # the executor's handlers and ignores
+        os.setsid()
+        stdin = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(stdin, 0)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        run_as = launch.get("run_as")
+        if run_as is not None:
+            os.setgroups([int(g) for g in run_as["groups"]])
+            os.setregid(int(run_as["gid"]), int(run_as["gid"]))
+            os.setreuid(int(run_as["uid"]), int(run_as["uid"]))
+        step = "cwd"
+        os.chdir(launch["cwd"])
+        step = "exec"
+        command = launch["command"]
+        os.execvpe(command[0], command, launch["env"])  # noqa: S606 - argv list, no shell
+    except OSError as exc:
+        message = f"{step}:{exc.errno or 0}:{exc.strerror or exc}"
+    except BaseException as exc:  # nothing may escape a forked child
+        message = f"{step}:0:{exc!r}"
+    with contextlib.suppress(BaseException):
+        os.write(report, message.encode(errors="replace")[:4000])
+    os._exit(127)
 
 
 def main(argv: list[str]) -> int:
