@@ -137,12 +137,14 @@ def _rejections(st: Stage, limit: int) -> list[Rejection]:
     masks = rejected_by(st)
     rows = np.flatnonzero(st.cand & ~st.ok)
     rows = rows[np.argsort(s.node_rank[rows], kind="stable")][: max(0, limit)]
+    named = [(kind, masks[kind][rows].tolist()) for kind in Reason if kind in masks]
+    clusters = s.node_cluster[rows].tolist()
     out = []
-    for row in rows.tolist():
-        kinds = _shared(tuple(k for k in Reason if k in masks and masks[k][row]))
+    for i, row in enumerate(rows.tolist()):
+        kinds = _shared(tuple(kind for kind, column in named if column[i]))
         out.append(
             Rejection(
-                cluster_id=s.cluster_ids[int(s.node_cluster[row])],
+                cluster_id=s.cluster_ids[clusters[i]],
                 node_id=s.node_ids[row],
                 kinds=kinds,
                 reasons=_shared(tuple(sys.intern(_text(st, k, row)) for k in kinds)),
@@ -211,16 +213,20 @@ def _insufficient(st: Stage, row: int, gs: int, ge: int) -> str:
          "below free-memory need"),
         0,
     )  # fmt: skip
+    # lists, not numpy scalars: a rejected node's GPUs are looked at one by one
+    of_kind = None if qualified is None else qualified[gs:ge].tolist()
+    held_list = None if held is None else held.tolist()
+    low = None if st.metric_low is None else st.metric_low[gs:ge].tolist()
     for i, g in enumerate(range(gs, ge)):
-        if qualified is not None and not qualified[g]:
+        if of_kind is not None and not of_kind[i]:
             tally["not of the model or memory"] += 1
-        elif held is not None and held[i]:
+        elif held_list is not None and held_list[i]:
             tally["held"] += 1
         elif g in st.taken:
             tally["taken by earlier requests"] += 1
         elif g in st.excluded:
             tally["unavailable"] += 1
-        elif st.metric_low is not None and st.metric_low[g]:
+        elif low is not None and low[i]:
             tally["below free-memory need"] += 1
     parts = ", ".join(f"{n} {what}" for what, n in tally.items() if n)
     detail = f" ({parts})" if parts else ""
