@@ -116,6 +116,7 @@ class Database:
             if sync_engine is None
             else ThreadPoolExecutor(max_workers=1, thread_name_prefix="apportion-db-writer")
         )
+        self._writer_conn: Connection | None = None  # the writer thread's, kept open
         self._closed = False
 
     @property
@@ -205,9 +206,22 @@ class Database:
             return await asyncio.shield(future)
 
     def _run_batch(self, fn: Callable[[Connection], T]) -> T:
+        """On the writer thread: ``fn`` in one transaction of the thread's own connection
+        (opened once: a checkout from the pool, and its reset on return, for every batch cost
+        as much as a small batch's statements)."""
         assert self._sync_engine is not None
-        with self._sync_engine.begin() as conn:
-            return fn(conn)
+        if self._writer_conn is None:
+            self._writer_conn = self._sync_engine.connect()
+        with self._writer_conn.begin():
+            return fn(self._writer_conn)
+
+    def _close_writer(self) -> None:
+        """On the writer thread: close its connection, then the engine's pool."""
+        assert self._sync_engine is not None
+        if self._writer_conn is not None:
+            self._writer_conn.close()
+            self._writer_conn = None
+        self._sync_engine.dispose()
 
     async def _run_async_batch(self, fn: Callable[[Connection], T]) -> T:
         """One transaction of ``fn`` on PostgreSQL, run again from the start (up to
@@ -242,5 +256,5 @@ class Database:
             self._closed = True
             if self._writer is not None and self._sync_engine is not None:
                 loop = asyncio.get_running_loop()
-                await loop.run_in_executor(self._writer, self._sync_engine.dispose)
+                await loop.run_in_executor(self._writer, self._close_writer)
                 self._writer.shutdown(wait=True)

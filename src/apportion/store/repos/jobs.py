@@ -3,11 +3,12 @@ committer."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, func, select, update
+from sqlalchemy import Connection, Update, bindparam, delete, func, select, update
 
 from apportion.store import schema
 from apportion.store.counters import raise_counter
@@ -111,6 +112,20 @@ def fenced_writes(fence: Fence | None) -> Callable[[Connection, Sequence[JobChan
     return write
 
 
+_UPDATED = [name for name in _COLUMNS if name != "job_id"]
+
+
+@functools.cache
+def _update_statement() -> Update:
+    """The UPDATE of a job's whole row, built once (bind names may not be column names in an
+    UPDATE's SET: they are prefixed)."""
+    return (
+        update(schema.jobs)
+        .where(schema.jobs.c.job_id == bindparam("b_job_id"))
+        .values({name: bindparam(f"v_{name}") for name in _UPDATED})
+    )
+
+
 def write_changes(conn: Connection, changes: Sequence[JobChange]) -> list[None]:
     """Write a batch of job changes with the effect of writing them one by one: first rows are
     inserted first (a job's first change is awaited before its next is handed over), then the
@@ -128,18 +143,11 @@ def write_changes(conn: Connection, changes: Sequence[JobChange]) -> list[None]:
     if inserts:
         conn.execute(schema.jobs.insert(), inserts)
     if newest:
-        # bind names may not be column names in an UPDATE's SET: prefix them
-        columns = [name for name in _COLUMNS if name != "job_id"]
-        statement = (
-            update(schema.jobs)
-            .where(schema.jobs.c.job_id == bindparam("b_job_id"))
-            .values({name: bindparam(f"v_{name}") for name in columns})
-        )
         params: list[dict[str, Any]] = [
-            {"b_job_id": row.job_id, **{f"v_{name}": getattr(row, name) for name in columns}}
+            {"b_job_id": row.job_id, **{f"v_{name}": getattr(row, name) for name in _UPDATED}}
             for row in newest.values()
         ]
-        conn.execute(statement, params)
+        conn.execute(_update_statement(), params)
     if history:
         conn.execute(schema.job_statuses.insert(), history)
     usage = {c.account_usage.account: c.account_usage for c in changes if c.account_usage}
