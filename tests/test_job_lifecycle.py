@@ -77,6 +77,32 @@ async def test_an_end_is_recorded_once(running: Running, fleet: object) -> None:
     assert await statuses(running, job_id) == ["queued", "scheduled", "running", "completed"]
 
 
+async def test_the_book_keeps_its_unfinished_jobs_apart(running: Running, fleet: object) -> None:
+    """What admission, the queue's counts and the watch walk: the jobs not finished, kept by
+    the book as their statuses change — an ended job leaves them, a loaded book has every
+    stored job but only the unfinished ones among them."""
+    await create_queue(running, name="later", clusters=["not-registered-yet"])
+    waiting = await submit(running, {"queue": "later", "command": [PY, "-c", "pass"]})
+    cancelled = await submit(running, {"queue": "later", "command": [PY, "-c", "pass"]})
+    done = await submit(running, {"command": [PY, "-c", "pass"]})
+    await wait_for(running, done, "completed")
+    service = service_of(running)
+    await service.cancel(cancelled)
+    book = service.jobs
+    assert set(book.jobs) == {waiting, cancelled, done}
+    assert set(book.unfinished) == {waiting}
+    db = await Database.open(running.server.settings.database_url)
+    try:
+        loaded = JobBook(db, usage=UsageBook(WEEK))
+        await loaded.load()
+        assert set(loaded.jobs) == {waiting, cancelled, done}
+        assert set(loaded.unfinished) == {waiting}
+    finally:
+        await db.close()
+    await service.delete(waiting)
+    assert waiting not in book.jobs and not book.unfinished
+
+
 # ---------------------------------------------------------------------------- the task group
 
 

@@ -278,7 +278,7 @@ class JobLifecycle:
     def estimate(self, starts: Mapping[str, float | None]) -> None:
         """Set each waiting job's estimated start (``{job id: start}``, of this cycle); a
         job that is not waiting has none."""
-        for job in self._book.jobs.values():
+        for job in self._book.unfinished.values():
             job.estimated_start = starts.get(job.job_id) if job.status is JobStatus.QUEUED else None
 
     def renumber(self) -> None:
@@ -301,7 +301,7 @@ class JobLifecycle:
         due, self._renumbering = self._renumbering, None
         for job in self._numbered:
             job.queue_position = None
-        self._numbered = self._order(self._book.jobs.values())
+        self._numbered = self._order(self._book.unfinished.values())
         position: dict[str, int] = {}
         for job in self._numbered:
             position[job.queue] = position.get(job.queue, 0) + 1
@@ -479,7 +479,7 @@ class JobLifecycle:
         if not self._watching:
             return
         if run_id is None:
-            jobs = [j for j in self._book.jobs.values() if self._notifies(j)]
+            jobs = [j for j in self._book.unfinished.values() if self._notifies(j)]
         else:
             job = self._book.jobs.get(run_id.partition(".")[0])  # a requeued run: "<id>.N"
             jobs = [] if job is None else [job]
@@ -524,7 +524,7 @@ class JobLifecycle:
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
-            active = [job for job in self._book.jobs.values() if due(job, now)]
+            active = [job for job in self._book.unfinished.values() if due(job, now)]
             await asyncio.gather(*(poll_one(job) for job in active))
 
     async def poll(self, job: Job) -> None:

@@ -264,6 +264,9 @@ class JobBook:
         self._repo = JobRepo(db)
         self._writer = JobWriter(db, fence=fence)
         self.jobs: dict[str, Job] = {}
+        self.unfinished: dict[str, Job] = {}
+        """The jobs of :attr:`jobs` not finished yet (created, queued, scheduled, running): what
+        admission, the queue's counts and the watch look at, while finished jobs pile up."""
         self.usage = usage
         self._next_seq = 1
 
@@ -272,6 +275,8 @@ class JobBook:
         for row in await self._repo.all():
             job = Job.from_row(row)
             self.jobs[job.job_id] = job
+            if not job.status.finished:
+                self.unfinished[job.job_id] = job
         self._next_seq = await self._repo.max_seq() + 1
         self.usage.load(
             Decayed(r.account, r.gpu_seconds, r.cpu_seconds, r.as_of)
@@ -310,6 +315,7 @@ class JobBook:
         history = StatusEntry(job.job_id, job.status.value, job.created_at, reason)
         await self._writer.write(JobChange(job.row(), history, new=True))
         self.jobs[job.job_id] = job
+        self.unfinished[job.job_id] = job
         return job
 
     def draft(self, config: JobConfig, priority: int, owner: Owner) -> Job:
@@ -349,6 +355,8 @@ class JobBook:
             if status.finished and not job.status.finished and usage is None:
                 usage = self.charge_run(job, job.end_time or now)
             job.status = status
+            if status.finished:
+                self.unfinished.pop(job.job_id, None)
             if status is not JobStatus.QUEUED:
                 job.estimated_start = None  # an estimate is of a waiting job
             history = StatusEntry(job.job_id, status.value, now, reason)
@@ -384,6 +392,7 @@ class JobBook:
         """Delete the job and its history from the store, then from memory."""
         await self._repo.remove(job_id)
         self.jobs.pop(job_id, None)
+        self.unfinished.pop(job_id, None)
 
 
 DEFAULT_QUEUE = "default"

@@ -216,9 +216,9 @@ class JobService:
         wait."""
         config, priority, queue = self._acceptance.accept(body, owner)
         draft = self.jobs.draft(config, priority, owner)
-        every = [*self.jobs.jobs.values(), draft]
-        waiting = self.waiting(every)
-        state = self._cycle_state(every, waiting)
+        unfinished = [*self.jobs.unfinished.values(), draft]
+        waiting = self.waiting(unfinished)
+        state = self._cycle_state(unfinished, waiting)
         ahead = waiting[: next(i for i, job in enumerate(waiting) if job is draft)]
         position = 1 + sum(1 for job in ahead if job.queue == draft.queue)
         queues = self._queues()
@@ -326,7 +326,7 @@ class JobService:
 
     def fair_shares(self) -> dict[str, AccountShare]:
         """Every account's shares, decayed usage and fair-share factor now (``GET /share``)."""
-        running = (j for j in self.jobs.jobs.values() if j.status is JobStatus.RUNNING)
+        running = (j for j in self.jobs.unfinished.values() if j.status is JobStatus.RUNNING)
         usage = self.jobs.usage.usage(time.time(), running)
         weight = self.scheduling.cpu_seconds_weight
         return account_shares(self._shares(), usage, cpu_seconds_weight=weight)
@@ -355,18 +355,18 @@ class JobService:
 
     def queue_counts(self) -> dict[str, tuple[int, int]]:
         """``{queue: (queued, running)}`` for the Prometheus gauges."""
-        return job_views.queue_counts(self.jobs.jobs.values(), self.queues)
+        return job_views.queue_counts(self.jobs.unfinished.values(), self.queues)
 
     def quota_used(self) -> dict[str, dict[str, Any] | None]:
         """Each queue's use of its quotas (None: it has none), as ``GET /queue`` shows it."""
-        ledger = self._cycle_state(list(self.jobs.jobs.values()), []).quota
+        ledger = self._cycle_state(list(self.jobs.unfinished.values()), []).quota
         return {name: ledger.status(queue) for name, queue in self._queues().items()}
 
     def statistics(self) -> dict[str, Any]:
         """``GET /queue`` (seed 001): totals, per queue and per priority."""
-        every = list(self.jobs.jobs.values())
-        quota = self._cycle_state(every, []).quota
-        return job_views.statistics(every, self.queues, self.limits.as_dict(), quota)
+        unfinished = list(self.jobs.unfinished.values())
+        quota = self._cycle_state(unfinished, []).quota
+        return job_views.statistics(unfinished, self.queues, self.limits.as_dict(), quota)
 
     # ---------------------------------------------------------------- admission
     async def run(self, *, interval: float = 1.0) -> None:
@@ -405,16 +405,18 @@ class JobService:
         written) leaves it waiting with the error as its reason, and the cycle goes on. Every
         reservation made is committed or given back, whatever happens after it: the commits
         are awaited even when the cycle ends by an exception."""
-        every = list(self.jobs.jobs.values())
-        waiting = self.waiting(every)
+        unfinished = list(self.jobs.unfinished.values())
+        waiting = self.waiting(unfinished)
         if not waiting:
             return []
         queues = self._queues()
-        state = self._cycle_state(every, waiting, queues)
+        state = self._cycle_state(unfinished, waiting, queues)
         timeline = self._timeline(time.time())
         reservation: Reservation | None = None  # EASY's: the first job that waits for GPUs
         life = self.lifecycle
-        array_active = Counter(j.array_job_id for j in every if j.status.active and j.array_job_id)
+        array_active = Counter(
+            j.array_job_id for j in unfinished if j.status.active and j.array_job_id
+        )
         not_candidates: set[str] = set()  # waiting for others: no estimate of their own
         started: list[Job] = []
         durable: list[Awaitable[None]] = []

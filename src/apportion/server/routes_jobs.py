@@ -145,7 +145,7 @@ async def job_priorities(request: web.Request) -> web.Response:
     service = job_service(request)
     multifactor = service.multifactor()
     lines = []
-    waiting = service.waiting(service.jobs.jobs.values())
+    waiting = service.waiting(service.jobs.unfinished.values())
     for position, job in enumerate(waiting, start=1):
         if who.may_see(job.owner):
             line = {
