@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from apportion.thread_batch import ThreadBatch
+from apportion.thread_batch import SETTLE_EVERY, ThreadBatch
 
 
 async def test_calls_of_one_turn_run_in_one_thread_in_order() -> None:
@@ -60,3 +60,24 @@ async def test_a_cancelled_caller_leaves_the_others_their_results() -> None:
     assert await second == 2
     with pytest.raises(asyncio.CancelledError):
         await first
+
+
+async def test_early_results_come_back_while_the_rest_of_the_batch_runs() -> None:
+    """A thousand dispatches in one batch: the first go on before the last are prepared."""
+    release = threading.Event()
+    last = SETTLE_EVERY + 5
+
+    def gated(n: int) -> int:
+        if n == last:
+            release.wait(30)
+        return n
+
+    batch = ThreadBatch(gated)
+    calls = [asyncio.ensure_future(batch(n)) for n in range(last + 1)]
+    try:
+        async with asyncio.timeout(10):  # a deadline for a broken test, not a timing assertion
+            assert await calls[0] == 0  # while call ``last`` still waits in the thread
+        assert not calls[last].done()
+    finally:
+        release.set()
+    assert await asyncio.gather(*calls) == list(range(last + 1))

@@ -8,7 +8,9 @@ made during one turn of the loop and runs them one after another in one worker t
 caller gets its own result or its own exception, as with :func:`asyncio.to_thread`.
 
 Order: calls run in the order they were made. A slow call delays the calls of its batch behind
-it (as it would a thread pool's queue once its threads are busy).
+it (as it would a thread pool's queue once its threads are busy). Results are handed back every
+:data:`SETTLE_EVERY` calls, not once the whole batch ran: the first of a thousand dispatches
+goes on to its backend while the others are still being prepared.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from typing import Generic, TypeVar
+
+SETTLE_EVERY = 32  # calls run before their results are handed back to the loop
 
 ArgT = TypeVar("ArgT")
 ResultT = TypeVar("ResultT")
@@ -48,13 +52,15 @@ class ThreadBatch(Generic[ArgT, ResultT]):
         batch: list[tuple[ArgT, asyncio.Future[ResultT]]],
     ) -> None:
         outcomes: list[tuple[asyncio.Future[ResultT], ResultT | None, BaseException | None]] = []
-        for arg, result in batch:
+        for index, (arg, result) in enumerate(batch, start=1):
             try:
                 outcomes.append((result, self._fn(arg), None))
             except Exception as exc:
                 outcomes.append((result, None, exc))
-        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
-            loop.call_soon_threadsafe(_settle, outcomes)
+            if index % SETTLE_EVERY == 0 or index == len(batch):
+                with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+                    loop.call_soon_threadsafe(_settle, outcomes)
+                outcomes = []
 
 
 def _settle(
