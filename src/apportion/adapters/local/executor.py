@@ -123,6 +123,11 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def _disregard(_signum: int, _frame: object) -> None:
+    """The executor's handler of SIGHUP, SIGPIPE and SIGXFSZ: nothing (a write then fails
+    with its error instead)."""
+
+
 def _killpg(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
@@ -214,6 +219,7 @@ class Executor:
     def __init__(self, jobs_dir: Path) -> None:
         self.jobs_dir = jobs_dir
         self.started_at = time.time()
+        self.devnull = os.open(os.devnull, os.O_RDONLY)  # every command's stdin
         self.selector = selectors.DefaultSelector()
         self.timers = _Timers()
         self.jobs: dict[Path, _Job] = {}
@@ -234,7 +240,10 @@ class Executor:
         signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        # handled, not ignored (SIGPIPE and SIGXFSZ are ignored by Python itself): an exec
+        # resets a handled signal to its default, an ignored one every command would inherit
+        for sig in (signal.SIGHUP, signal.SIGPIPE, signal.SIGXFSZ):
+            signal.signal(sig, _disregard)
         self.selector.register(listener, selectors.EVENT_READ, "listener")
         self.selector.register(wake_r, selectors.EVENT_READ, "wake")
         while self._wanted():
@@ -430,7 +439,7 @@ class Executor:
             }
             worker = _Worker(job, launch, state)
             try:
-                worker.pid, report = _fork(launch)
+                worker.pid, report = _fork(launch, self.devnull)
             except OSError as exc:
                 starting.workers.append((worker, exc))
             else:
@@ -518,7 +527,7 @@ class Executor:
             sibling.stop(("gang", f"stopped because worker {index} failed"), self.timers)
 
 
-def _fork(launch: dict[str, Any]) -> tuple[int, int]:
+def _fork(launch: dict[str, Any], stdin: int) -> tuple[int, int]:
     """Fork the process of one command (:func:`_become`), in a new session (it leads its own
     process group); its pid and the pipe that tells :func:`_exec_outcome` whether it runs.
     Raises OSError when the output file cannot be opened or no process forked.
@@ -532,7 +541,7 @@ def _fork(launch: dict[str, Any]) -> tuple[int, int]:
         try:
             pid = os.fork()
             if pid == 0:  # pragma: no cover - the child: exec or _exit, never returns
-                _become(launch, out, report_w)
+                _become(launch, stdin, out, report_w)
         except BaseException:
             os.close(report_r)
             raise
@@ -566,16 +575,13 @@ def _exec_outcome(pid: int, forked: int | OSError, launch: dict[str, Any]) -> OS
     return OSError(int(number), words, launch["command"][0])
 
 
-def _become(launch: dict[str, Any], out: int, report: int) -> NoReturn:
+def _become(launch: dict[str, Any], stdin: int, out: int, report: int) -> NoReturn:
     """The forked child of :func:`_fork`: become the job's process and exec its command, or
-    write ``step:errno:words`` to ``report`` and exit 127."""
+    write ``step:errno:words`` to ``report`` and exit 127. Its signals need no reset: the
+    executor ignores none and its handlers end with the exec."""
     step = "setup"
-    try:
-        signal.set_wakeup_fd(-1)  # the executor's wake-up socket is not the command's
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE, signal.SIGXFSZ):
-            signal.signal(sig, signal.SIG_DFL)  # the executor's handlers and ignores
+    try:  # as little Python as may be: each object it touches is a page copied
         os.setsid()
-        stdin = os.open(os.devnull, os.O_RDONLY)
         os.dup2(stdin, 0)
         os.dup2(out, 1)
         os.dup2(out, 2)
@@ -588,7 +594,9 @@ def _become(launch: dict[str, Any], out: int, report: int) -> NoReturn:
         os.chdir(launch["cwd"])
         step = "exec"
         command = launch["command"]
-        os.execvpe(command[0], command, launch["env"])  # noqa: S606 - argv list, no shell
+        if "/" in command[0]:
+            os.execve(command[0], command, launch["env"])  # noqa: S606 - argv list, no shell
+        os.execvpe(command[0], command, launch["env"])  # noqa: S606 - found in its PATH
     except OSError as exc:
         message = f"{step}:{exc.errno or 0}:{exc.strerror or exc}"
     except BaseException as exc:  # nothing may escape a forked child
