@@ -16,6 +16,7 @@ import sys
 from typing import NamedTuple, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
 from apportion.engine.decisions import Reason, Rejection, Score
 from apportion.engine.requests import GpuRequest
@@ -139,15 +140,20 @@ def _rejections(st: Stage, limit: int) -> list[Rejection]:
     rows = rows[np.argsort(s.node_rank[rows], kind="stable")][: max(0, limit)]
     named = [(kind, masks[kind][rows].tolist()) for kind in Reason if kind in masks]
     clusters = s.node_cluster[rows].tolist()
+    short = Reason.INSUFFICIENT_GPUS
+    tallies = _tallies(st, rows[masks[short][rows]]) if short in masks else {}
     out = []
     for i, row in enumerate(rows.tolist()):
         kinds = _shared(tuple(kind for kind, column in named if column[i]))
+        texts = (
+            _insufficient(st, row, tallies[row]) if k is short else _text(st, k, row) for k in kinds
+        )
         out.append(
             Rejection(
                 cluster_id=s.cluster_ids[clusters[i]],
                 node_id=s.node_ids[row],
                 kinds=kinds,
-                reasons=_shared(tuple(sys.intern(_text(st, k, row)) for k in kinds)),
+                reasons=_shared(tuple(sys.intern(text) for text in texts)),
             )
         )
     return out
@@ -177,8 +183,6 @@ def _text(st: Stage, kind: Reason, row: int) -> str:
         mems = sorted({int(m) for m in s.gpu_memory_mb[rows]})
         have = f"{mems[0]} MB" if len(mems) == 1 else f"at most {mems[-1]} MB"
         return f"GPUs have {have}, {r.gpu_memory_mb} needed"
-    if kind is Reason.INSUFFICIENT_GPUS:
-        return _insufficient(st, row, gs, ge)
     if kind is Reason.VCPUS:
         assert st.vcpus_left is not None
         return f"node has {int(st.vcpus_left[row])} vCPUs left, {r.vcpus} needed"
@@ -198,42 +202,73 @@ def _gpu_step(st: Stage) -> BOOL | None:
     return st.passed(Reason.GPU_MODEL) if qualified is None else qualified
 
 
-def _insufficient(st: Stage, row: int, gs: int, ge: int) -> str:
-    """Where the node's GPUs went, counted from the stage's GPU masks. The counter path keeps
-    no GPU mask: its held GPUs are read from the fleet while its structure is the stage's."""
-    r, fleet = st.request, st.fleet
+_TALLY = (
+    "not of the model or memory",
+    "held",
+    "taken by earlier requests",
+    "unavailable",
+    "below free-memory need",
+)
+
+
+def _tallies(st: Stage, rows: npt.NDArray[np.intp]) -> dict[int, tuple[int, ...]]:
+    """Where the GPUs of each node of ``rows`` went: per node, how many GPUs count under each
+    of :data:`_TALLY`, a GPU under the first that applies — counted from the stage's GPU masks
+    for every node at once. The counter path keeps no GPU mask: its held GPUs are read from
+    the fleet while its structure is the stage's."""
+    s, fleet = st.s, st.fleet
+    starts = s.node_gpu_start[rows].astype(np.int64)
+    lengths = s.node_gpu_end[rows].astype(np.int64) - starts
+    offsets = np.cumsum(lengths) - lengths
+    gpus = np.arange(int(lengths.sum())) + np.repeat(starts - offsets, lengths)
     qualified = _gpu_step(st)
     held: BOOL | None = None
     if st.free is not None:
-        held = ~st.free[gs:ge]
+        held = ~st.free[gpus]
     elif fleet.structure is st.s:
-        held = fleet.held[gs:ge]
-    tally = dict.fromkeys(
-        ("not of the model or memory", "held", "taken by earlier requests", "unavailable",
-         "below free-memory need"),
-        0,
-    )  # fmt: skip
-    # lists, not numpy scalars: a rejected node's GPUs are looked at one by one
-    of_kind = None if qualified is None else qualified[gs:ge].tolist()
-    held_list = None if held is None else held.tolist()
-    low = None if st.metric_low is None else st.metric_low[gs:ge].tolist()
-    for i, g in enumerate(range(gs, ge)):
-        if of_kind is not None and not of_kind[i]:
-            tally["not of the model or memory"] += 1
-        elif held_list is not None and held_list[i]:
-            tally["held"] += 1
-        elif g in st.taken:
-            tally["taken by earlier requests"] += 1
-        elif g in st.excluded:
-            tally["unavailable"] += 1
-        elif low is not None and low[i]:
-            tally["below free-memory need"] += 1
-    parts = ", ".join(f"{n} {what}" for what, n in tally.items() if n)
+        held = fleet.held[gpus]
+    steps = (
+        None if qualified is None else ~qualified[gpus],
+        held,
+        _among(gpus, st.taken),
+        _among(gpus, st.excluded),
+        None if st.metric_low is None else st.metric_low[gpus],
+    )
+    uncounted = np.ones(gpus.size, dtype=bool)
+    columns = []
+    for mask in steps:
+        if mask is None:
+            columns.append([0] * len(rows))
+            continue
+        counted = mask & uncounted
+        uncounted &= ~counted
+        running = np.concatenate(([0], np.cumsum(counted)))
+        columns.append((running[offsets + lengths] - running[offsets]).tolist())
+    return dict(zip(rows.tolist(), zip(*columns, strict=True), strict=True))
+
+
+def _among(gpus: npt.NDArray[np.int64], wanted: frozenset[int]) -> BOOL | None:
+    """Which of ``gpus`` are in ``wanted`` (None when it is empty)."""
+    if not wanted:
+        return None
+    return np.isin(gpus, np.fromiter(wanted, dtype=np.int64, count=len(wanted)))
+
+
+def _insufficient(st: Stage, row: int, tally: tuple[int, ...]) -> str:
+    """Why a node has too few GPUs: its available and total GPUs and where the others went
+    (``tally``, from :func:`_tallies`)."""
+    gs, ge = int(st.s.node_gpu_start[row]), int(st.s.node_gpu_end[row])
+    return _insufficient_words(tally, int(st.avail[row]), ge - gs, st.request.gpus)
+
+
+@functools.lru_cache(maxsize=1024)
+def _insufficient_words(tally: tuple[int, ...], avail: int, total: int, needed: int) -> str:
+    """:func:`_insufficient`'s words (the same few recur over nodes and placements)."""
+    parts = ", ".join(f"{n} {what}" for what, n in zip(_TALLY, tally, strict=True) if n)
     detail = f" ({parts})" if parts else ""
-    total = ge - gs
-    if not parts and int(st.avail[row]) == total:
-        return f"node has only {total} GPU{'s' if total != 1 else ''}, {r.gpus} needed"
-    return f"only {int(st.avail[row])} of {total} GPUs available{detail}, {r.gpus} needed"
+    if not parts and avail == total:
+        return f"node has only {total} GPU{'s' if total != 1 else ''}, {needed} needed"
+    return f"only {avail} of {total} GPUs available{detail}, {needed} needed"
 
 
 def _top(st: Stage, k: int) -> list[Score]:
