@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hs
+from pydantic import TypeAdapter
 
-from apportion.engine.decisions import Outcome, Placed, Reason, Score, Unplaceable
+from apportion.engine.decisions import Decision, Outcome, Placed, Reason, Score, Unplaceable
 from apportion.engine.explain import Evidence
 from apportion.engine.placement import place
 from apportion.engine.requests import GpuRequest, parse_inputs
@@ -484,3 +485,20 @@ def test_the_fast_choice_is_the_keyed_choice(
         assert st.choose(everyone) == keyed
         if everyone:  # the masked form must agree too
             assert st.choose(False) == keyed
+
+
+def test_a_decision_record_is_stored_as_pydantic_would_and_read_back() -> None:
+    """The stored form is written out by hand (a placement records one): it must be the
+    schema's own dump — records stored before load — and give the same decision back."""
+    f = b.fleet_of(b.make_cluster("c1", 3, 8))
+    hold(f, "c1", "n1", 0)
+    out = run(f, {"requests": [{"gpus": 8}]})
+    assert isinstance(out, Placed)
+    decision = Decision.of("builtin://pack", 1, {"policy": 0.5, "place": 1.25}, out)
+    assert decision.rejected and decision.top_scores and decision.rejection_summary
+    stored = decision.to_record()
+    assert stored == TypeAdapter(Decision).dump_python(decision, mode="json")
+    assert Decision.from_record(stored) == decision
+    bare = Decision("https://policies.example/p", 2, {"policy": 1.0})
+    assert bare.to_record() == TypeAdapter(Decision).dump_python(bare, mode="json")
+    assert Decision.from_record(bare.to_record()) == bare

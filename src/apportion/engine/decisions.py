@@ -211,9 +211,18 @@ class Decision:
 
     def to_record(self) -> dict[str, JsonValue]:
         """The stored form (a job's ``decision`` column): every field, rejections with their
-        reason kinds, so :meth:`from_record` gives this value back."""
-        record: dict[str, JsonValue] = _decision_adapter().dump_python(self, mode="json")
-        return record
+        reason kinds, so :meth:`from_record` gives this value back. Written out rather than
+        dumped by pydantic: a placement records one, and fifty rejections cost a dump 0.1 ms."""
+        return {
+            "policy_rule_uri": self.policy_rule_uri,
+            "candidate_clusters": self.candidate_clusters,
+            "timings_ms": dict(self.timings_ms),
+            "candidate_nodes": self.candidate_nodes,
+            "feasible_nodes": self.feasible_nodes,
+            "rejected": [r.to_json() for r in self.rejected],
+            "rejection_summary": summary_json(self.rejection_summary),
+            "top_scores": [t.to_json() for t in self.top_scores],
+        }
 
     @classmethod
     def from_record(cls, record: Mapping[str, object]) -> Decision:
