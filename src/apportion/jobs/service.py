@@ -55,6 +55,7 @@ from apportion.jobs.pool_limits import PoolLimits
 from apportion.jobs.preempter import Preempter
 from apportion.jobs.priority import Multifactor, SchedulingConfig
 from apportion.jobs.quota import (
+    QuotaLedger,
     Usage,
     gpu_flavors,
     held_usage,
@@ -359,14 +360,22 @@ class JobService:
 
     def quota_used(self) -> dict[str, dict[str, Any] | None]:
         """Each queue's use of its quotas (None: it has none), as ``GET /queue`` shows it."""
-        ledger = self._cycle_state(list(self.jobs.unfinished.values()), []).quota
+        ledger = self._quota_ledger(list(self.jobs.unfinished.values()))
         return {name: ledger.status(queue) for name, queue in self._queues().items()}
 
     def statistics(self) -> dict[str, Any]:
         """``GET /queue`` (seed 001): totals, per queue and per priority."""
         unfinished = list(self.jobs.unfinished.values())
-        quota = self._cycle_state(unfinished, []).quota
+        quota = self._quota_ledger(unfinished)
         return job_views.statistics(unfinished, self.queues, self.limits.as_dict(), quota)
+
+    def _quota_ledger(self, unfinished: list[Job]) -> QuotaLedger:
+        """What the active ones of ``unfinished`` hold of their queues' quotas; nothing is
+        counted when no queue has a quota (``GET /queue`` is polled)."""
+        queues = self._queues()
+        if all(queue.quota is None for queue in queues.values()):
+            return QuotaLedger(queues)
+        return self._cycle_state(unfinished, [], queues).quota
 
     # ---------------------------------------------------------------- admission
     async def run(self, *, interval: float = 1.0) -> None:
