@@ -4,7 +4,8 @@ One executor per jobs directory starts every worker's command, watches it and re
 It is run as a script, ``python -I -S <this file> <jobs dir>`` (argv only), by
 :class:`~apportion.adapters.local.adapter.LocalAdapter`, in its own session, so it outlives the
 server: a restarted server connects to it again. Standard library only and single-threaded: it
-starts fast, cannot break on a dependency, and may fork with a ``preexec_fn``.
+starts fast, cannot break on a dependency, and may fork and run Python in the child until its
+exec (:func:`_fork`).
 
 **Its socket.** ``<jobs dir>/executor.sock`` (0600: the server's user alone can connect), JSON
 objects one per line, each answered by one line, in order, on the connection it came on:
