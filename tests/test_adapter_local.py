@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import signal
 import stat
 import sys
@@ -35,6 +36,7 @@ from apportion.adapters.base import (
 from apportion.adapters.local import executor as ex
 from apportion.adapters.local.adapter import LocalAdapter
 from apportion.adapters.local.launch import start_request
+from apportion.adapters.local.workers import read_workers
 from tests.jobs_helpers import gone
 
 PY = sys.executable
@@ -736,6 +738,38 @@ async def test_a_bad_request_is_answered_and_hurts_no_other_client(
     after = make_spec(tmp_path, "print('next')", job_id="job-2")
     finished = await wait_finished(adapter, after, await adapter.submit(after))
     assert finished.state is BackendState.COMPLETED  # and the adapter's connection too
+    gate.touch()
+
+
+async def test_an_executor_out_of_descriptors_fails_that_start_and_goes_on(
+    adapter: LocalAdapter, tmp_path: Path
+) -> None:
+    """A worker the executor cannot fork or watch (no descriptor left) ends its job "could
+    not start"; the executor itself goes on, and its started siblings are stopped."""
+    gate = tmp_path / "may-exit"
+    first = make_spec(tmp_path, gate_code(gate), job_id="job-0")
+    await adapter.submit(first)  # the executor is up, its connections made
+    [status] = await executor_says(tmp_path, b'{"op": "status"}\n')
+    pid = int(status["pid"])
+    soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    open_now = len(os.listdir(f"/proc/{pid}/fd"))
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (open_now + 8, hard))
+    try:
+        sleepers = tuple(() for _ in range(12))  # twelve workers, descriptors for a few
+        many = make_spec(tmp_path, "import time; time.sleep(60)", job_id="job-1", gpus=sleepers)
+        ended = await wait_finished(adapter, many, await adapter.submit(many))
+    finally:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+    assert ended.state is BackendState.FAILED
+    assert "could not start" in (ended.reason or ""), ended.reason
+    assert "Too many open files" in (ended.reason or "") or "could not watch" in (
+        ended.reason or ""
+    )
+    assert all(w.kind == "ended" for w in read_workers(many))  # none left running
+    after = make_spec(tmp_path, "print('next')", job_id="job-2")
+    assert (await wait_finished(adapter, after, await adapter.submit(after))).state is (
+        BackendState.COMPLETED
+    )
     gate.touch()
 
 

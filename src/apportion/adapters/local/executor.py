@@ -453,6 +453,13 @@ class Executor:
         job = starting.job
         for worker, forked in starting.workers:
             failure = _exec_outcome(worker.pid, forked, worker.launch)
+            if failure is None:
+                try:
+                    worker.pidfd = os.pidfd_open(worker.pid)
+                except OSError as exc:  # no descriptor left: a command not watched is not run
+                    _killpg(worker.pid, signal.SIGKILL)
+                    os.waitpid(worker.pid, 0)
+                    failure = OSError(f"its executor could not watch it ({exc})")
             if failure is not None:
                 code = 127 if isinstance(failure, FileNotFoundError) else 126
                 worker.state.update(
@@ -461,7 +468,6 @@ class Executor:
                 worker.save()
                 self._fail_gang(job, worker.index, str(worker.state["reason"]))
                 continue
-            worker.pidfd = os.pidfd_open(worker.pid)
             worker.state.update(pid=worker.pid, pgid=worker.pid, started_at=time.time())
             worker.save()
             job.running[worker.index] = worker
