@@ -125,8 +125,8 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def _disregard(_signum: int, _frame: object) -> None:
-    """The executor's handler of SIGHUP, SIGPIPE and SIGXFSZ: nothing (a write then fails
-    with its error instead)."""
+    """The executor's handler of the signals it ignores (SIGHUP, SIGPIPE, SIGXFSZ…): nothing
+    (a write then fails with its error instead)."""
 
 
 def _killpg(pgid: int, sig: signal.Signals) -> None:
@@ -241,10 +241,12 @@ class Executor:
         signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
-        # handled, not ignored (SIGPIPE and SIGXFSZ are ignored by Python itself): an exec
-        # resets a handled signal to its default, an ignored one every command would inherit
-        for sig in (signal.SIGHUP, signal.SIGPIPE, signal.SIGXFSZ):
-            signal.signal(sig, _disregard)
+        # handled, not ignored: an exec resets a handled signal to its default, an ignored one
+        # every command would inherit — SIGHUP, SIGPIPE and SIGXFSZ (ignored by Python itself)
+        # and whatever the server was started ignoring (SIGQUIT and SIGINT, behind a "&")
+        for sig in signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}:
+            if sig == signal.SIGHUP or signal.getsignal(sig) == signal.SIG_IGN:
+                signal.signal(sig, _disregard)
         self.selector.register(listener, selectors.EVENT_READ, "listener")
         self.selector.register(wake_r, selectors.EVENT_READ, "wake")
         while self._wanted():
