@@ -781,6 +781,43 @@ async def test_an_executor_out_of_descriptors_fails_that_start_and_goes_on(
     gate.touch()
 
 
+async def test_an_executor_runs_more_workers_than_its_soft_limit_of_open_files(
+    adapter: LocalAdapter, tmp_path: Path
+) -> None:
+    """A pidfd per running worker: with the soft limit it was started with (1,024 is the usual
+    default) an executor refused the 1,000th running task of an array. It raises its own to
+    the hard limit; its commands keep the limit it was started with."""
+    soft = 64
+    limited = f'ulimit -Sn {soft} && exec "$0" "$@"'  # started under a low soft limit
+    started = await asyncio.create_subprocess_exec(
+        *("/bin/sh", "-c", limited, PY, "-I", "-S", ex.__file__, str(tmp_path)),
+        stdin=asyncio.subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        async with asyncio.timeout(30):  # a deadline for a broken test, not a timing assertion
+            while not (tmp_path / ex.SOCKET_NAME).exists():
+                assert started.returncode is None, "the executor did not start"
+                await asyncio.sleep(0.02)
+        workers = tuple(() for _ in range(soft + 16))
+        spec = make_spec(
+            tmp_path, "", command=("/bin/sh", "-c", "ulimit -n; exec sleep 60"), gpus=workers
+        )
+        sid = await adapter.submit(spec)  # the adapter's link connects to that executor
+        assert [w.kind for w in read_workers(spec)] == ["running"] * len(workers)
+        await wait_text(ex.stdout_path(spec.output_dir, 0), "\n")
+        assert ex.stdout_path(spec.output_dir, 0).read_text().strip() == str(soft)
+        await adapter.cancel(spec, sid)
+        assert (await adapter.poll(spec, sid)).state is BackendState.CANCELLED
+        await adapter.close()  # the executor exits: no command, no client
+        async with asyncio.timeout(30):
+            assert await started.wait() == 0
+    finally:
+        if started.returncode is None:
+            started.kill()
+            await started.wait()
+
+
 async def test_a_sigtermed_executor_stops_its_commands_and_exits(
     adapter: LocalAdapter, tmp_path: Path
 ) -> None:

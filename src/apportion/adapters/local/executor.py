@@ -55,6 +55,7 @@ import heapq
 import itertools
 import json
 import os
+import resource
 import selectors
 import signal
 import socket
@@ -217,8 +218,11 @@ class Executor:
     """The loop: accept clients, carry out their requests, watch the commands' pidfds, fire
     the timers, exit when idle."""
 
-    def __init__(self, jobs_dir: Path) -> None:
+    def __init__(self, jobs_dir: Path, descriptors: tuple[int, int]) -> None:
+        """``descriptors``: the limit of open files (soft, hard) the commands get, whatever
+        this process raised its own to."""
         self.jobs_dir = jobs_dir
+        self.descriptors = descriptors
         self.started_at = time.time()
         self.devnull = os.open(os.devnull, os.O_RDONLY)  # every command's stdin
         self.selector = selectors.DefaultSelector()
@@ -442,7 +446,7 @@ class Executor:
             }
             worker = _Worker(job, launch, state)
             try:
-                worker.pid, report = _fork(launch, self.devnull)
+                worker.pid, report = _fork(launch, self.devnull, self.descriptors)
             except OSError as exc:
                 starting.workers.append((worker, exc))
             else:
@@ -536,7 +540,7 @@ class Executor:
             sibling.stop(("gang", f"stopped because worker {index} failed"), self.timers)
 
 
-def _fork(launch: dict[str, Any], stdin: int) -> tuple[int, int]:
+def _fork(launch: dict[str, Any], stdin: int, descriptors: tuple[int, int]) -> tuple[int, int]:
     """Fork the process of one command (:func:`_become`), in a new session (it leads its own
     process group); its pid and the pipe that tells :func:`_exec_outcome` whether it runs.
     Raises OSError when the output file cannot be opened or no process forked.
@@ -550,7 +554,7 @@ def _fork(launch: dict[str, Any], stdin: int) -> tuple[int, int]:
         try:
             pid = os.fork()
             if pid == 0:  # pragma: no cover - the child: exec or _exit, never returns
-                _become(launch, stdin, out, report_w)
+                _become(launch, stdin, descriptors, out, report_w)
         except BaseException:
             os.close(report_r)
             raise
@@ -584,12 +588,16 @@ def _exec_outcome(pid: int, forked: int | OSError, launch: dict[str, Any]) -> OS
     return OSError(int(number), words, launch["command"][0])
 
 
-def _become(launch: dict[str, Any], stdin: int, out: int, report: int) -> NoReturn:
+def _become(
+    launch: dict[str, Any], stdin: int, descriptors: tuple[int, int], out: int, report: int
+) -> NoReturn:
     """The forked child of :func:`_fork`: become the job's process and exec its command, or
     write ``step:errno:words`` to ``report`` and exit 127. Its signals need no reset: the
-    executor ignores none and its handlers end with the exec."""
+    executor ignores none and its handlers end with the exec. Its limit of open files is the
+    one the executor was started with (``descriptors``), not the executor's raised one."""
     step = "setup"
     try:  # as little Python as may be: each object it touches is a page copied
+        resource.setrlimit(resource.RLIMIT_NOFILE, descriptors)
         os.setsid()
         os.dup2(stdin, 0)
         os.dup2(out, 1)
@@ -637,8 +645,12 @@ def main(argv: list[str]) -> int:
     os.chmod(address, 0o600)
     listener.listen(128)
     listener.setblocking(False)
+    # a pidfd per running worker: as many open files as the hard limit allows (a soft limit
+    # of 1024, the usual default, would refuse the 1,000th worker of an array)
+    descriptors = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (descriptors[1], descriptors[1]))
     try:
-        Executor(jobs_dir).serve(listener)
+        Executor(jobs_dir, descriptors).serve(listener)
     finally:
         os.unlink(address)  # before the lock goes: no successor's socket is removed
         listener.close()
