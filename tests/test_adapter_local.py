@@ -781,6 +781,33 @@ async def test_an_executor_out_of_descriptors_fails_that_start_and_goes_on(
     gate.touch()
 
 
+async def test_a_client_that_finds_no_descriptor_left_waits_and_is_answered(
+    adapter: LocalAdapter, tmp_path: Path
+) -> None:
+    """A connection the executor cannot accept (no descriptor left: EMFILE) waits in the
+    backlog while accepting pauses; before, the executor ended on it, with every job it
+    watched."""
+    gate = tmp_path / "may-exit"
+    first = make_spec(tmp_path, gate_code(gate), job_id="job-0")
+    sid = await adapter.submit(first)
+    [status] = await executor_says(tmp_path, b'{"op": "status"}\n')
+    pid = int(status["pid"])
+    soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    open_now = len(os.listdir(f"/proc/{pid}/fd"))
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (open_now - 1, hard))  # none left
+    try:
+        asking = asyncio.ensure_future(executor_says(tmp_path, b'{"op": "status"}\n'))
+        await wait_text(tmp_path / ex.LOG_NAME, "cannot accept a connection")
+    finally:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+    async with asyncio.timeout(30):  # a deadline for a broken test, not a timing assertion
+        [again] = await asking
+    assert again["pid"] == pid  # the same executor answers
+    assert (await adapter.poll(first, sid)).state is BackendState.RUNNING
+    gate.touch()
+    assert (await wait_finished(adapter, first, sid)).state is BackendState.COMPLETED
+
+
 async def test_an_executor_runs_more_workers_than_its_soft_limit_of_open_files(
     adapter: LocalAdapter, tmp_path: Path
 ) -> None:

@@ -76,6 +76,7 @@ GANG_TICK = 0.25  # seconds between looks at the running jobs' gang.json
 MAX_REQUEST = 64 << 20  # bytes of one request line at most
 FIRST_CLIENT_WAIT = 10.0  # seconds a new executor waits for its first client
 START_BATCH = 64  # workers forked at most before their execs are awaited and recorded
+ACCEPT_PAUSE = 0.5  # seconds accepting pauses when no descriptor was left for a client
 
 
 def state_path(job_dir: Path, index: int) -> Path:
@@ -235,6 +236,7 @@ class Executor:
         self.next_gang_look = time.monotonic() + GANG_TICK
         self.first_client_deadline = time.monotonic() + FIRST_CLIENT_WAIT
         self.served = False  # a client has connected
+        self.accept_again_at: float | None = None  # accepting paused: no descriptor was left
 
     # ---- the loop -------------------------------------------------------------------------
 
@@ -269,7 +271,11 @@ class Executor:
             self._read_clients()
             self._handle_requests()
             self._fire_timers()
-        self.selector.unregister(listener)
+            if self.accept_again_at is not None and time.monotonic() >= self.accept_again_at:
+                self.accept_again_at = None
+                self.selector.register(listener, selectors.EVENT_READ, "listener")
+        if self.accept_again_at is None:
+            self.selector.unregister(listener)
 
     def _wanted(self) -> bool:
         """Whether to go on: a command runs, or a client is connected (and no SIGTERM came), or
@@ -289,6 +295,8 @@ class Executor:
         timer = self.timers.next_due()
         if timer is not None:
             due.append(timer)
+        if self.accept_again_at is not None:
+            due.append(self.accept_again_at)
         return max(0.0, min(due) - time.monotonic()) if due else None
 
     def _on_signal(self, _signum: int, _frame: object) -> None:
@@ -332,13 +340,25 @@ class Executor:
     # ---- clients --------------------------------------------------------------------------
 
     def _accept(self, listener: socket.socket) -> None:
-        with contextlib.suppress(BlockingIOError, InterruptedError):
+        """Take a new client; with no descriptor left (EMFILE, ENFILE) the connection waits in
+        the backlog and accepting pauses for :data:`ACCEPT_PAUSE` seconds — the listener would
+        stay readable, and the loop would spin."""
+        try:
             sock, _ = listener.accept()
-            sock.setblocking(False)
-            self.served = True
-            client = _Client(sock, next(self.accepted))
-            self.clients[sock.fileno()] = client
-            self.selector.register(sock, selectors.EVENT_READ, client)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            print(
+                f"cannot accept a connection ({exc}); again in {ACCEPT_PAUSE:g} s", file=sys.stderr
+            )
+            self.selector.unregister(listener)
+            self.accept_again_at = time.monotonic() + ACCEPT_PAUSE
+            return
+        sock.setblocking(False)
+        self.served = True
+        client = _Client(sock, next(self.accepted))
+        self.clients[sock.fileno()] = client
+        self.selector.register(sock, selectors.EVENT_READ, client)
 
     def _read_clients(self) -> None:
         """Read what every client has sent (everything a dead server sent is read before
