@@ -25,7 +25,9 @@ end at once instead of at its next look.
 Requests are handled in the order they arrived, the older connection's first: what a server
 that died had already sent is carried out before a restarted server's first request.
 ``executor.lock`` (an exclusive ``flock``) keeps a second executor off the directory — it exits
-with code 3; ``executor.log`` is its stderr.
+with code 3; ``executor.log`` is its stderr. It holds a pidfd per running command, so it raises
+its limit of open files to the hard one (its commands get the limit it was started with); a
+client that still finds no descriptor left waits in the backlog while accepting pauses.
 
 **Each worker's files** in its job's directory — the adapter reads them, the executor writes
 them atomically: ``worker-<i>.state.json`` once the command started (pid, pgid, started_at, the
