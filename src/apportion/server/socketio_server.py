@@ -16,6 +16,8 @@ room, a fleet-wide event (no account) to every client. A replay is filtered the 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -152,10 +154,65 @@ servers' turn to publish meanwhile), so a Redis that does not answer must fail f
 event is stored and reaches the server's own clients either way (docs/operations.md)."""
 
 
+ORDER_WAIT_SECONDS = 0.25
+"""How long an emit of this server's event waits for the events before it, published by the
+other servers, to be delivered here first (one that never comes — its server died between
+commit and publication, Redis is away — delays only the first event after it)."""
+
+
 def _redis_manager(redis_url: str) -> socketio.AsyncRedisManager:
-    return socketio.AsyncRedisManager(
+    return InOrderRedisManager(
         redis_url, redis_options={"socket_connect_timeout": REDIS_CONNECT_TIMEOUT_SECONDS}
     )
+
+
+class InOrderRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
+    """python-socketio's Redis manager, delivering the event log's events to this server's
+    clients in ``seq`` order. The manager delivers another server's emit when its listener
+    reads it from Redis, but this server's own at once; the servers' turn orders their commits
+    and publications, yet an event committed here just after another server's could reach this
+    server's clients first, while the other's still waits unread in the subscription. So this
+    server's event ``n`` waits (at most :data:`ORDER_WAIT_SECONDS`) until event ``n - 1`` was
+    delivered here. Emits that are not the log's events (no ``seq``) go at once."""
+
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self._delivered: int | None = None  # the newest seq delivered here (None: none yet)
+        self._advanced: asyncio.Condition | None = None
+
+    async def emit(self, event: str, data: Any, *args: Any, **kwargs: Any) -> None:
+        seq = _seq_of(data)
+        if seq is not None and self._delivered is not None and seq > self._delivered + 1:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(ORDER_WAIT_SECONDS), self._condition():
+                    await self._condition().wait_for(
+                        lambda: self._delivered is not None and self._delivered >= seq - 1
+                    )
+        await super().emit(event, data, *args, **kwargs)
+
+    async def _handle_emit(self, message: dict[str, Any]) -> None:
+        """Deliver ``message`` to this server's clients (python-socketio calls it for its own
+        emits and for those its listener reads from Redis); note its ``seq``."""
+        await super()._handle_emit(message)
+        seq = _seq_of(message.get("data"))
+        if seq is not None:
+            self._delivered = seq if self._delivered is None else max(self._delivered, seq)
+            async with self._condition():
+                self._condition().notify_all()
+
+    def _condition(self) -> asyncio.Condition:
+        if self._advanced is None:
+            self._advanced = asyncio.Condition()
+        return self._advanced
+
+
+def _seq_of(data: Any) -> int | None:
+    """The ``seq`` of an event of the log, as emitted (the event, or a list of it alone)."""
+    if isinstance(data, list) and len(data) == 1:
+        data = data[0]
+    if isinstance(data, dict) and "type" in data and isinstance(data.get("seq"), int):
+        return int(data["seq"])
+    return None
 
 
 class SocketIOBroadcaster:
