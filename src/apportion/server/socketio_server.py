@@ -178,14 +178,14 @@ class InOrderRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
     def __init__(self, url: str, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
         self._delivered: int | None = None  # the newest seq delivered here (None: none yet)
-        self._advanced: asyncio.Condition | None = None
+        self._advanced = asyncio.Condition()  # bound to the running loop on first use
 
     async def emit(self, event: str, data: Any, *args: Any, **kwargs: Any) -> None:
         seq = _seq_of(data)
         if seq is not None and self._delivered is not None and seq > self._delivered + 1:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(ORDER_WAIT_SECONDS), self._condition():
-                    await self._condition().wait_for(
+                async with asyncio.timeout(ORDER_WAIT_SECONDS), self._advanced:
+                    await self._advanced.wait_for(
                         lambda: self._delivered is not None and self._delivered >= seq - 1
                     )
         await super().emit(event, data, *args, **kwargs)
@@ -197,13 +197,8 @@ class InOrderRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
         seq = _seq_of(message.get("data"))
         if seq is not None:
             self._delivered = seq if self._delivered is None else max(self._delivered, seq)
-            async with self._condition():
-                self._condition().notify_all()
-
-    def _condition(self) -> asyncio.Condition:
-        if self._advanced is None:
-            self._advanced = asyncio.Condition()
-        return self._advanced
+            async with self._advanced:
+                self._advanced.notify_all()
 
 
 def _seq_of(data: Any) -> int | None:
