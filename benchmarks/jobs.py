@@ -9,7 +9,8 @@ What is measured (all on 127.0.0.1; every process started here is ended here by 
 Slurm job submitted here that has not ended is ``scancel``-ed by id):
 
 * **Engine.** A fresh server (``serve_fleet.py``: :class:`apportion.app.Server`, default
-  settings, temporary data dir) per repetition and adapter, in its own process. ``--submitters``
+  settings, its data and jobs directories in a temporary directory kept until the run ends)
+  per repetition and adapter, in its own process. ``--submitters``
   concurrent coroutines over one aiohttp session ``POST /jobs/submit`` N jobs, each
   ``{"command": ["/bin/true"], "resources": {"gpus": 1}}`` (one worker, exits at once), as fast as
   the API answers. Then ``GET /queue`` is polled until no job is queued, scheduled or running;
@@ -61,11 +62,13 @@ DEADLINE = 900.0  # s a single pass may take before the benchmark gives up
 
 
 @contextmanager
-def server(nodes: int) -> Iterator[tuple[str, int]]:
-    """A fresh server with ``nodes`` × 8 local GPUs, in its own process; its URL and PID."""
-    proc, ready = start(
-        "serve_fleet.py", "--nodes", str(nodes), env={"APPORTION_ADMIN_KEY": ADMIN_KEY}
-    )
+def server(nodes: int, under: Path) -> Iterator[tuple[str, int]]:
+    """A fresh server with ``nodes`` × 8 local GPUs, in its own process; its URL and PID. Its
+    files stay in ``under`` until the benchmark ends: deleting thousands of files between
+    repetitions would slow the next one's file creations (docs/performance.md)."""
+    root = Path(tempfile.mkdtemp(prefix="server-", dir=under))
+    argv = ["serve_fleet.py", "--nodes", str(nodes), "--root", str(root)]
+    proc, ready = start(*argv, env={"APPORTION_ADMIN_KEY": ADMIN_KEY})
     try:
         yield str(ready["url"]), proc.pid
     finally:
@@ -175,7 +178,7 @@ async def local_rep(
     bound = args.concurrency or args.jobs
 
     async def engine() -> None:
-        with server(max(1, math.ceil(args.jobs / 8))) as (url, pid):
+        with server(max(1, math.ceil(args.jobs / 8)), args.servers_root) as (url, pid):
             async with session() as http:
                 if args.concurrency:
                     limit = {"max_concurrent_jobs": args.concurrency}
@@ -203,7 +206,7 @@ async def slurm_rep(
     submitted: list[str] = []
 
     async def engine() -> None:
-        with server(0) as (url, _):
+        with server(0, args.servers_root) as (url, _):
             async with session() as http:
                 try:
                     await slurm_engine(http, url, args, result, as_array=as_array)
@@ -255,7 +258,7 @@ async def memory_run(args: argparse.Namespace) -> Memory:
     """The server's resident memory after a warm-up of 200 jobs, and once ``args.memory_jobs``
     more have finished (one array; a fleet where they all fit at once)."""
     config = {"name": "memory", "command": ARGV, "resources": {"gpus": 1}}
-    with server(max(1, math.ceil(args.memory_jobs / 8))) as (url, pid):
+    with server(max(1, math.ceil(args.memory_jobs / 8)), args.servers_root) as (url, pid):
         async with session() as http:
             await engine_run(http, url, config, 200, args, as_array=True, histories=False)
             before = psutil.Process(pid).memory_info().rss
@@ -345,12 +348,15 @@ def main(argv: list[str] | None = None) -> int:
         args.jobs, args.slurm_jobs, args.reps, args.memory_jobs = 20, 8, 1, 0
     if LOAD_BEFORE[0] > 0.5:
         sys.stderr.write(f"warning: load average {LOAD_BEFORE[0]:.2f}: figures will be noisy\n")
-    results = asyncio.run(measure(args))
-    memory = None
-    if args.memory_jobs:
-        args.poll = 0.1
-        memory = asyncio.run(memory_run(args))
-        sys.stderr.write(memory.line())
+    with tempfile.TemporaryDirectory(prefix="apportion-bench-") as servers_root:
+        args.servers_root = Path(servers_root)  # every server's files, removed at the end
+        args.servers_root.chmod(0o711)  # the jobs' users pass through to their directories
+        results = asyncio.run(measure(args))
+        memory = None
+        if args.memory_jobs:
+            args.poll = 0.1
+            memory = asyncio.run(memory_run(args))
+            sys.stderr.write(memory.line())
     command = "python benchmarks/jobs.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = section(results, command.strip(), args.submitters, args.reps, memory)
     sys.stdout.write(text)

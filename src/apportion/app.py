@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import sys
@@ -487,10 +488,23 @@ def _gpu_counts(registry: Registry) -> tuple[int, int, int]:
     return held, total - held, total
 
 
+def settle_collector() -> None:
+    """Set the garbage collector of a process that serves (``apportion serve``, ``apportion
+    demo``), once its server has started: what exists then (modules, the fleet, policies,
+    settings) is moved out of the collector's way (``gc.freeze``), and a young collection waits
+    for 20,000 new container objects instead of 700. A server makes objects for every job, and
+    spent 15–20 % of its CPU collecting at 400 jobs/s; with this, an array of 1,000 short jobs
+    runs ~10 % faster (docs/performance.md). Cyclic garbage is freed a little later; nothing
+    that exists at the freeze is ever freed by the collector (it is the server's for life)."""
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+
+
 async def serve_forever(settings: Settings, *, on_ready: Any = None) -> None:
     """Start, print the URLs, run until cancelled (Ctrl-C / SIGTERM), then stop cleanly."""
     server = Server(settings)
     await server.start()
+    settle_collector()
     try:
         print(f"apportion: REST, Socket.IO and dashboard on {server.url}", file=sys.stderr)
         print(f"apportion: allocation WebSocket on {server.ws_url}", file=sys.stderr)

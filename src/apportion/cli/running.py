@@ -17,7 +17,7 @@ import typer
 from pydantic import ValidationError
 
 from apportion import __version__, jsonutil
-from apportion.app import Server, serve_forever
+from apportion.app import Server, serve_forever, settle_collector
 from apportion.config import Settings
 from apportion.demo import DEMO_QUEUES, DemoJobs, SyntheticMetrics, demo_clusters
 from apportion.errors import ApportionError
@@ -113,6 +113,7 @@ DEMO_PROFILE = "demo"
 async def _demo(settings: Settings, duration: float) -> None:
     server = Server(settings)
     await server.start()
+    settle_collector()
     try:
         assert server.context is not None and server.bootstrap_key is not None
         registry = server.context.registry
