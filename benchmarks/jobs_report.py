@@ -189,7 +189,9 @@ def section(
         f"Produced by `{command}` on {time.strftime('%Y-%m-%d %H:%M %Z')}.\n\n"
         f"{machine()}"
         f"- each figure: the median of {reps} repetition(s); a fresh server (own process, "
-        "default settings, temporary data dir) per repetition and adapter; engine and direct "
+        "default settings but the collector's as `apportion serve` sets it, its data and jobs "
+        "directories in a temporary directory removed when the run ends) per repetition and "
+        "adapter; engine and direct "
         "reference run back to back in the same repetition\n"
         '- job: `command: ["/bin/true"]` (exits at once), `resources: {"gpus": 1}`, one '
         "worker; engine rate = N ÷ (first `POST /jobs/submit` sent → `GET /queue` first shows "
