@@ -4,11 +4,15 @@ builders of job records and queues for the pure admission tests."""
 from __future__ import annotations
 
 import asyncio
+import os
+import pwd
 from pathlib import Path
 from typing import Any
 
 import psutil  # type: ignore[import-untyped, unused-ignore]
+import pytest
 
+from apportion.adapters.base import RunAs
 from apportion.jobs.identity import python_for_jobs
 from apportion.jobs.models import JobConfig, JobStatus, QueueConfig, WorkerResources
 from apportion.jobs.records import Job
@@ -16,6 +20,34 @@ from apportion.ownership import DEFAULT_ACCOUNT, Owner
 from tests.conftest import Running
 
 PY = python_for_jobs()  # an interpreter the job user can run (docs/security.md)
+JOB_USER = "apportion-jobs"  # made by scripts/tenant_user.sh
+
+
+def why_no_job_user() -> str | None:
+    """Why jobs cannot run as :data:`JOB_USER` here (None when they can)."""
+    if os.geteuid() != 0:
+        return "the server is not root, so it cannot run jobs as another user"
+    try:
+        pwd.getpwnam(JOB_USER)
+    except KeyError:
+        return f"the job user {JOB_USER} does not exist: run scripts/tenant_user.sh as root"
+    return None
+
+
+def needs_job_user() -> None:
+    """Skip the test when jobs cannot run as :data:`JOB_USER` — fail it under ``CI=true``."""
+    why = why_no_job_user()
+    if why is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true: {why}")
+        pytest.skip(why)
+
+
+def job_user() -> RunAs:
+    """:data:`JOB_USER` as a job runs as it."""
+    entry = pwd.getpwnam(JOB_USER)
+    groups = tuple(os.getgrouplist(JOB_USER, entry.pw_gid))
+    return RunAs(JOB_USER, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir)
 
 
 def gone(pid: int) -> bool:

@@ -8,6 +8,7 @@ PID; nothing else is ever signalled.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import resource
@@ -37,7 +38,7 @@ from apportion.adapters.local import executor as ex
 from apportion.adapters.local.adapter import LocalAdapter
 from apportion.adapters.local.launch import start_request
 from apportion.adapters.local.workers import read_workers
-from tests.jobs_helpers import gone
+from tests.jobs_helpers import gone, job_user, needs_job_user
 
 PY = sys.executable
 GRACE = 0.5
@@ -171,6 +172,57 @@ async def test_a_jobs_own_path_wins(adapter: LocalAdapter, tmp_path: Path) -> No
     assert ex.stdout_path(spec.output_dir, 0).read_text().strip() == "/opt/tools/bin:/usr/bin"
 
 
+async def test_a_command_is_found_in_the_jobs_path_as_execvpe_finds_it(
+    adapter: LocalAdapter, tmp_path: Path
+) -> None:
+    # the executor spawns a command of its own user itself: it searches the job's PATH (not
+    # its own), passing over a file of that name it may not run, as execvpe does
+    denied, tools = tmp_path / "denied", tmp_path / "tools"
+    for directory, mode in ((denied, 0o644), (tools, 0o755)):
+        directory.mkdir()
+        tool = directory / "apportion-test-tool"
+        tool.write_text(f'#!/bin/sh\necho ran from {directory.name} "$@"\n')
+        tool.chmod(mode)
+    path = f"{denied}:{tools}:/usr/bin:/bin"
+    found = make_spec(tmp_path, "", job_id="job-1", command=("apportion-test-tool", "x y"))
+    found = dataclasses.replace(found, env={"PATH": path})
+    assert (await wait_finished(adapter, found, await adapter.submit(found))).state is (
+        BackendState.COMPLETED
+    )
+    assert ex.stdout_path(found.output_dir, 0).read_text() == "ran from tools x y\n"
+    cases = (
+        ("apportion-test-tool", f"{denied}:/usr/bin", 126),
+        ("apportion-no-such-tool", path, 127),
+    )
+    for i, (name, search, code) in enumerate(cases, start=2):
+        spec = make_spec(tmp_path, "", job_id=f"job-{i}", command=(name,))
+        spec = dataclasses.replace(spec, env={"PATH": search})
+        status = await wait_finished(adapter, spec, await adapter.submit(spec))
+        assert (status.state, status.return_code) == (BackendState.FAILED, code), status
+        assert status.reason is not None and "could not start: [Errno" in status.reason
+        assert name in status.reason
+
+
+async def test_a_working_directory_gone_before_the_start_fails_the_worker(
+    adapter: LocalAdapter, tmp_path: Path
+) -> None:
+    gate = tmp_path / "may-exit"
+    await adapter.submit(make_spec(tmp_path, gate_code(gate), job_id="job-0"))  # executor up
+    spec = make_spec(tmp_path, "print('ran')", job_id="job-1")
+    spec.output_dir.mkdir()
+    ex.write_json_atomic(spec.output_dir / ex.TAG_FILE, {"attempt": "one"})
+    request = start_request(spec, tmp_path / "removed", "one", GRACE)
+    (answer,) = await executor_says(tmp_path, json.dumps(request).encode() + b"\n")
+    assert answer == {"started": 1}
+    recorded = state(spec)
+    assert recorded["return_code"] == 126 and recorded["pid"] is None
+    assert recorded["reason"] == (
+        f"could not start: the job's user cannot enter its working directory"
+        f" {tmp_path / 'removed'} (No such file or directory)"
+    )
+    gate.touch()
+
+
 async def test_argv_reaches_the_command_verbatim(adapter: LocalAdapter, tmp_path: Path) -> None:
     hostile = ["two words", 'it\'s "quoted"', "$(rm -rf /)", "a;b", "`id`", "*", ""]
     spec = make_spec(
@@ -192,11 +244,13 @@ async def test_working_dir_is_the_cwd(adapter: LocalAdapter, tmp_path: Path) -> 
     assert ex.stdout_path(spec.output_dir, 0).read_text().strip() == str(work)
 
 
+@pytest.mark.parametrize("as_job_user", [False, True], ids=["spawned", "forked as a job user"])
 async def test_a_command_starts_alone_with_default_signals_and_nothing_of_the_executor(
-    adapter: LocalAdapter, tmp_path: Path
+    adapter: LocalAdapter, tmp_path: Path, as_job_user: bool
 ) -> None:
-    """What the executor's forked child sets up before its exec: the command leads its own
-    session and process group, every signal is at its default and none is blocked (not the
+    """What the executor sets up before a command's exec, both ways it starts one (spawned as
+    its own user, forked as a job's user): the command leads its own session and process
+    group, runs as its user, every signal is at its default and none is blocked (not the
     executor's handlers, nor the SIGHUP and SIGPIPE it ignores, nor a SIGQUIT the server was
     started ignoring), its stdin is /dev/null, and it holds no descriptor of the executor's
     (its socket, lock, pidfds, pipes)."""
@@ -205,6 +259,12 @@ async def test_a_command_starts_alone_with_default_signals_and_nothing_of_the_ex
         " readlink /proc/$$/fd/0"
     )
     spec = make_spec(tmp_path, "", command=("/bin/sh", "-c", script))
+    uid = os.geteuid()
+    if as_job_user:
+        needs_job_user()
+        user = job_user()
+        spec = dataclasses.replace(spec, run_as=user, working_dir="/tmp")
+        uid = user.uid
     quit_before = signal.signal(signal.SIGQUIT, signal.SIG_IGN)  # the executor inherits it
     try:
         sid = await adapter.submit(spec)  # this test's executor starts here
@@ -215,6 +275,7 @@ async def test_a_command_starts_alone_with_default_signals_and_nothing_of_the_ex
     pid = lines[0].removeprefix("pid ")
     status = dict(line.split(":\t", 1) for line in lines if ":\t" in line)
     assert status["NSsid"].strip() == pid and status["NSpgid"].strip() == pid
+    assert status["Uid"].split() == [str(uid)] * 4
     # the signals a program may handle (not the C library's own 32 and 33, which whoever
     # started the tests may ignore and nobody can reset)
     settable = sum(1 << (int(sig) - 1) for sig in signal.valid_signals())

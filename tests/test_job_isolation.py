@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from apportion.adapters.base import BackendState, JobSpec, RunAs, WorkerSpec
+from apportion.adapters.base import BackendState, JobSpec, WorkerSpec
 from apportion.adapters.local.adapter import LocalAdapter
 from apportion.errors import Conflict, InvalidRequest
 from apportion.jobs.boundary import JobBoundary
@@ -31,27 +31,15 @@ from apportion.jobs.identity import JobIdentity
 from apportion.jobs.models import STORED, JobConfig, QueueConfig
 from apportion.server.credentials import Profile, write_profile
 from tests.conftest import ADMIN_KEY, Running, running_server
-from tests.jobs_helpers import PY, create_queue, submit, wait_for
-
-JOB_USER = "apportion-jobs"
-
-
-def _why_no_switch() -> str | None:
-    if os.geteuid() != 0:
-        return "the server is not root, so it cannot run jobs as another user"
-    try:
-        pwd.getpwnam(JOB_USER)
-    except KeyError:
-        return f"the job user {JOB_USER} does not exist: run scripts/tenant_user.sh as root"
-    return None
-
-
-def needs_job_user() -> None:
-    why = _why_no_switch()
-    if why is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true: {why}")
-        pytest.skip(why)
+from tests.jobs_helpers import (
+    JOB_USER,
+    PY,
+    create_queue,
+    job_user,
+    needs_job_user,
+    submit,
+    wait_for,
+)
 
 
 @pytest.fixture
@@ -349,12 +337,6 @@ def test_a_queue_root_that_holds_a_private_directory_is_no_root(tmp_path: Path) 
 # ---------------------------------------------------------------- the working directory, at start
 
 
-def _job_user() -> RunAs:
-    entry = pwd.getpwnam(JOB_USER)
-    groups = tuple(os.getgrouplist(JOB_USER, entry.pw_gid))
-    return RunAs(JOB_USER, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir)
-
-
 async def test_a_working_dir_swapped_for_a_symlink_after_submit_is_not_entered(
     tmp_path: Path, job_tmp: Path
 ) -> None:
@@ -380,7 +362,7 @@ async def test_a_working_dir_swapped_for_a_symlink_after_submit_is_not_entered(
         workers=(WorkerSpec(0, "localhost", ()),),
         output_dir=tmp_path / "out",
         working_dir=str(job_tmp / "d"),
-        run_as=_job_user(),
+        run_as=job_user(),
     )
     adapter = LocalAdapter(grace_seconds=0.5)
     try:

@@ -4,8 +4,9 @@ One executor per jobs directory starts every worker's command, watches it and re
 It is run as a script, ``python -I -S <this file> <jobs dir>`` (argv only), by
 :class:`~apportion.adapters.local.adapter.LocalAdapter`, in its own session, so it outlives the
 server: a restarted server connects to it again. Standard library only and single-threaded: it
-starts fast, cannot break on a dependency, and may fork and run Python in the child until its
-exec (:func:`_fork`).
+starts fast, cannot break on a dependency, may enter a command's working directory itself before
+it spawns it (:func:`_spawn`, a command of its own user) and may fork and run Python in the
+child until its exec (:func:`_fork`, a command that runs as another user).
 
 **Its socket.** ``<jobs dir>/executor.sock`` (0600: the server's user alone can connect), JSON
 objects one per line, each answered by one line, in order, on the connection it came on:
@@ -52,6 +53,7 @@ records nothing more: the adapter then stops its commands and reports them lost.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import heapq
 import itertools
@@ -77,8 +79,11 @@ ANOTHER_EXECUTOR = 3  # exit code: another executor holds the directory's lock
 GANG_TICK = 0.25  # seconds between looks at the running jobs' gang.json
 MAX_REQUEST = 64 << 20  # bytes of one request line at most
 FIRST_CLIENT_WAIT = 10.0  # seconds a new executor waits for its first client
-START_BATCH = 64  # workers forked at most before their execs are awaited and recorded
+START_BATCH = 64  # workers started at most before their execs are awaited and recorded
 ACCEPT_PAUSE = 0.5  # seconds accepting pauses when no descriptor was left for a client
+
+
+_SETTABLE_SIGNALS = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
 
 
 def state_path(job_dir: Path, index: int) -> Path:
@@ -138,6 +143,33 @@ def _killpg(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
+class _Spare:
+    """A descriptor held in reserve for the executor's records: a record that finds no other
+    one left (each running command holds a pidfd) is written in its place, so a command that
+    runs is never left without its state file."""
+
+    def __init__(self) -> None:
+        self.fd = os.open(os.devnull, os.O_RDONLY)
+
+    def write(self, path: Path, value: dict[str, Any]) -> None:
+        """:func:`write_json_atomic`, once more with the spare descriptor given up for it when
+        no descriptor was left."""
+        try:
+            write_json_atomic(path, value)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE) or self.fd < 0:
+                raise
+        os.close(self.fd)
+        try:
+            write_json_atomic(path, value)
+        finally:
+            try:
+                self.fd = os.open(os.devnull, os.O_RDONLY)
+            except OSError:
+                self.fd = -1  # taken meanwhile: none in reserve until a record finds one
+
+
 class _Job:
     """The workers of one job started by this executor that have not ended yet."""
 
@@ -148,8 +180,11 @@ class _Job:
 
 
 class _Worker:
-    def __init__(self, job: _Job, launch: dict[str, Any], state: dict[str, Any]) -> None:
+    def __init__(
+        self, job: _Job, launch: dict[str, Any], state: dict[str, Any], spare: _Spare
+    ) -> None:
         self.job = job
+        self.spare = spare
         self.index = int(launch["index"])
         self.launch = launch
         self.state = state
@@ -163,7 +198,7 @@ class _Worker:
         """Write the state file; a failure (a full disk) is logged, and the worker then counts
         as lost — the executor goes on for the others."""
         try:
-            write_json_atomic(state_path(self.job.job_dir, self.index), self.state)
+            self.spare.write(state_path(self.job.job_dir, self.index), self.state)
         except OSError as exc:
             print(
                 f"cannot record worker {self.index} of {self.job.job_dir}: {exc}", file=sys.stderr
@@ -209,12 +244,13 @@ class _Client:
 
 
 class _Starting:
-    """A start request whose workers were forked: each with its pipe (or why it could not be
-    forked), until :meth:`Executor._started` records them."""
+    """A start request whose workers were forked or spawned: each with its pipe (None when
+    spawned: it runs) or why it could not be started, until :meth:`Executor._started` records
+    them."""
 
     def __init__(self, job: _Job) -> None:
         self.job = job
-        self.workers: list[tuple[_Worker, int | OSError]] = []
+        self.workers: list[tuple[_Worker, int | OSError | None]] = []
 
 
 class Executor:
@@ -228,6 +264,7 @@ class Executor:
         self.descriptors = descriptors
         self.started_at = time.time()
         self.devnull = os.open(os.devnull, os.O_RDONLY)  # every command's stdin
+        self.spare = _Spare()
         self.selector = selectors.DefaultSelector()
         self.timers = _Timers()
         self.jobs: dict[Path, _Job] = {}
@@ -380,8 +417,9 @@ class Executor:
 
     def _handle_requests(self) -> None:
         """Answer every complete request, in order. Consecutive starts are carried out
-        together: every worker of up to :data:`START_BATCH` of them is forked, and only then
-        is each one's exec awaited and recorded — the commands start while the others fork."""
+        together: every worker of up to :data:`START_BATCH` of them is started (forked or
+        spawned), and only then is each one's exec awaited and recorded — the commands start
+        while the others fork."""
         for client in sorted(self.clients.values(), key=lambda c: c.order):
             while client.inbox.find(b"\n") >= 0:
                 answers: list[dict[str, Any] | _Starting] = []
@@ -466,9 +504,12 @@ class Executor:
                 "stopped_by": None,
                 "rusage": None,
             }
-            worker = _Worker(job, launch, state)
+            worker = _Worker(job, launch, state, self.spare)
             try:
-                worker.pid, report = _fork(launch, self.devnull, self.descriptors)
+                if launch.get("run_as") is None:
+                    worker.pid, report = _spawn(launch, self.devnull, self.descriptors), None
+                else:
+                    worker.pid, report = _fork(launch, self.devnull, self.descriptors)
             except OSError as exc:
                 starting.workers.append((worker, exc))
             else:
@@ -476,7 +517,7 @@ class Executor:
         return starting
 
     def _started(self, starting: _Starting) -> dict[str, Any]:
-        """Record each forked worker of one start once its command runs (its state file,
+        """Record each started worker of one start once its command runs (its state file,
         its pidfd watched, its walltime set) or could not be run; the start's answer."""
         job = starting.job
         for worker, forked in starting.workers:
@@ -557,7 +598,7 @@ class Executor:
         job.gang_failed = True
         with contextlib.suppress(OSError):
             if not (job.job_dir / GANG_FILE).exists():
-                write_json_atomic(job.job_dir / GANG_FILE, {"worker": index, "reason": reason})
+                self.spare.write(job.job_dir / GANG_FILE, {"worker": index, "reason": reason})
         for sibling in job.running.values():
             sibling.stop(("gang", f"stopped because worker {index} failed"), self.timers)
 
@@ -587,11 +628,77 @@ def _fork(launch: dict[str, Any], stdin: int, descriptors: tuple[int, int]) -> t
     return pid, report_r
 
 
-def _exec_outcome(pid: int, forked: int | OSError, launch: dict[str, Any]) -> OSError | None:
+def _spawn(launch: dict[str, Any], stdin: int, descriptors: tuple[int, int]) -> int:
+    """Start the command of a launch that runs as this process's user (no ``run_as``) with
+    ``posix_spawn``, in a new session; its pid once it runs. Raises :class:`PermissionError`
+    when the working directory cannot be entered, the exec's error (:class:`FileNotFoundError`
+    for a command not found) or the output file's.
+
+    Spawned rather than forked (:func:`_fork`): a vfork copies none of this process's page
+    tables and runs no Python before the exec — half the CPU per start (benchmarks/spawn.py).
+    ``posix_spawn`` cannot change the user, so a ``run_as`` launch is forked. The command gets
+    the working directory (entered here first: this process is single-threaded and its own
+    paths are absolute), every signal at its default and none blocked, the limit of open files
+    this process was started with (``descriptors``), and the job's ``PATH`` searched as
+    ``execvpe`` would."""
+    cwd, command = launch["cwd"], launch["command"]
+    path = _command_path(command[0], launch["env"])
+    out = open_private(Path(launch["stdout"]))
+    raised = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        try:
+            os.chdir(cwd)
+        except OSError as exc:
+            words = exc.strerror or str(exc)
+            raise PermissionError(
+                f"the job's user cannot enter its working directory {cwd} ({words})"
+            ) from None
+        resource.setrlimit(resource.RLIMIT_NOFILE, descriptors)
+        try:
+            return os.posix_spawn(
+                path,
+                command,
+                launch["env"],
+                file_actions=[
+                    (os.POSIX_SPAWN_DUP2, fd, i) for i, fd in ((0, stdin), (1, out), (2, out))
+                ],
+                setsid=True,
+                setsigmask=(),
+                setsigdef=_SETTABLE_SIGNALS,
+            )
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, command[0]) from None
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, raised)
+    finally:
+        os.close(out)
+        os.chdir("/")
+
+
+def _command_path(name: str, env: dict[str, str]) -> str:
+    """The file ``execvpe`` would run for ``name`` with ``env``: ``name`` itself when it has a
+    slash, else the first executable file of that name in ``env``'s ``PATH`` (the default
+    path without one). Raises the error ``execvpe`` would: :class:`PermissionError` when a
+    file was found but none could be run, :class:`FileNotFoundError` otherwise."""
+    if "/" in name:
+        return name
+    denied = False  # a file of that name was found that cannot be run (or a directory)
+    for directory in env.get("PATH", os.defpath).split(os.pathsep):
+        candidate = os.path.join(directory or ".", name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+        denied = denied or os.path.exists(candidate)
+    code = errno.EACCES if denied else errno.ENOENT
+    raise OSError(code, os.strerror(code), name)
+
+
+def _exec_outcome(pid: int, forked: int | OSError | None, launch: dict[str, Any]) -> OSError | None:
     """Wait until the child ``pid`` of :func:`_fork` runs its command (None) or says why it
     could not (the error; the child is reaped): :class:`PermissionError` for the working
     directory, :class:`FileNotFoundError` for a command not found. ``forked`` is the child's
-    pipe, or the error that kept it from being forked."""
+    pipe, the error that kept it from being forked, or None when :func:`_spawn` started it."""
+    if forked is None:
+        return None
     if isinstance(forked, OSError):
         return forked
     chunks = []
