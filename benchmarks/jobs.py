@@ -143,11 +143,12 @@ async def engine_run(
 
 def cpu_of(pid: int) -> tuple[float, float]:
     """CPU seconds so far of the server ``pid`` (all its threads) and of its local executor
-    (with the jobs it started and reaped; 0 before it started)."""
+    with the jobs it started and reaped, and its spawners (one per job user, the executor's
+    children until it exits) with the jobs they started and reaped (0 before it started)."""
     server = psutil.Process(pid)
     times = server.cpu_times()
     executor = 0.0
-    for child in server.children():
+    for child in server.children(recursive=True):
         with contextlib.suppress(psutil.Error):
             if any(arg.endswith("executor.py") for arg in child.cmdline()):
                 t = child.cpu_times()

@@ -244,16 +244,16 @@ async def test_working_dir_is_the_cwd(adapter: LocalAdapter, tmp_path: Path) -> 
     assert ex.stdout_path(spec.output_dir, 0).read_text().strip() == str(work)
 
 
-@pytest.mark.parametrize("as_job_user", [False, True], ids=["spawned", "forked as a job user"])
+@pytest.mark.parametrize("as_job_user", [False, True], ids=["executor's user", "a job user"])
 async def test_a_command_starts_alone_with_default_signals_and_nothing_of_the_executor(
     adapter: LocalAdapter, tmp_path: Path, as_job_user: bool
 ) -> None:
-    """What the executor sets up before a command's exec, both ways it starts one (spawned as
-    its own user, forked as a job's user): the command leads its own session and process
+    """What a command gets, both ways the executor starts one (spawned by the executor for
+    its own user, by a job user's spawner for that user): it leads its own session and process
     group, runs as its user, every signal is at its default and none is blocked (not the
     executor's handlers, nor the SIGHUP and SIGPIPE it ignores, nor a SIGQUIT the server was
-    started ignoring), its stdin is /dev/null, and it holds no descriptor of the executor's
-    (its socket, lock, pidfds, pipes)."""
+    started ignoring), its stdin is /dev/null, and it holds no descriptor of the executor's or
+    its spawner's (sockets, lock, pidfds, the output file as it was passed)."""
     script = (
         "echo pid $$; cat /proc/self/status; echo fds; ls /proc/$$/fd; echo end;"
         " readlink /proc/$$/fd/0"
@@ -284,6 +284,92 @@ async def test_a_command_starts_alone_with_default_signals_and_nothing_of_the_ex
     fds = lines[lines.index("fds") + 1 : lines.index("end")]
     assert fds == ["0", "1", "2"]
     assert lines[-1] == "/dev/null"
+
+
+async def test_a_job_users_commands_come_from_its_spawner_which_its_jobs_cannot_read(
+    adapter: LocalAdapter, tmp_path: Path
+) -> None:
+    # the executor starts a job user's commands through a spawner that became that user: it
+    # is their parent, runs as the user, and cannot be read (nor traced) by them
+    needs_job_user()
+    user = job_user()
+    script = (
+        "echo parent $PPID; grep '^Uid:' /proc/$PPID/status;"
+        " if cat /proc/$PPID/environ >/dev/null 2>&1; then echo read; else echo denied; fi"
+    )
+    spec = make_spec(tmp_path, "", command=("/bin/sh", "-c", script))
+    spec = dataclasses.replace(spec, run_as=user, working_dir="/tmp")
+    assert (await wait_finished(adapter, spec, await adapter.submit(spec))).state is (
+        BackendState.COMPLETED
+    )
+    lines = ex.stdout_path(spec.output_dir, 0).read_text().splitlines()
+    parent = int(lines[0].removeprefix("parent "))
+    assert parent != state(spec)["executor_pid"]
+    assert lines[1].split()[1:] == [str(user.uid)] * 4
+    assert lines[2] == "denied"
+
+
+async def test_a_killed_spawner_fails_its_running_jobs_and_the_next_start_makes_another(
+    adapter: LocalAdapter, tmp_path: Path
+) -> None:
+    # a job user's processes may kill the spawner of that user: its running commands' ends
+    # can then not be known — they are stopped and recorded so — and the next job starts
+    needs_job_user()
+    user = job_user()
+    script = "echo $PPID; exec sleep 60"
+    running = make_spec(tmp_path, "", job_id="job-1", command=("/bin/sh", "-c", script))
+    running = dataclasses.replace(running, run_as=user, working_dir="/tmp")
+    sid = await adapter.submit(running)
+    output = ex.stdout_path(running.output_dir, 0)
+    await wait_text(output, "\n")
+    spawner = int(output.read_text())
+    command = int(state(running)["pid"])
+    os.kill(spawner, signal.SIGKILL)  # started by this test's executor
+    status = await wait_finished(adapter, running, sid)
+    assert status.state is BackendState.FAILED and status.return_code == 128 + 9
+    assert "the executor's spawner for its user was killed" in (status.reason or "")
+    for _ in range(500):
+        if gone(command):
+            break
+        await asyncio.sleep(0.02)
+    assert gone(command)
+    after = make_spec(tmp_path, "", job_id="job-2", command=("/bin/true",))
+    after = dataclasses.replace(after, run_as=user, working_dir="/tmp")
+    assert (await wait_finished(adapter, after, await adapter.submit(after))).state is (
+        BackendState.COMPLETED
+    )
+
+
+async def test_a_spawner_its_user_stopped_is_killed_and_the_executor_serves_on(
+    adapter: LocalAdapter, tmp_path: Path
+) -> None:
+    # a job user's processes may stop (SIGSTOP) the spawner of that user: the executor waits
+    # SPAWNER_WAIT for it at most, then kills it — never frozen for everyone's jobs
+    needs_job_user()
+    user = job_user()
+
+    def as_user(job_id: str, *command: str) -> JobSpec:
+        spec = make_spec(tmp_path, "", job_id=job_id, command=command)
+        return dataclasses.replace(spec, run_as=user, working_dir="/tmp")
+
+    running = as_user("job-1", "/bin/sh", "-c", "echo $PPID; exec sleep 60")
+    sid = await adapter.submit(running)
+    output = ex.stdout_path(running.output_dir, 0)
+    await wait_text(output, "\n")
+    os.kill(int(output.read_text()), signal.SIGSTOP)  # the spawner, started by this test
+    stuck = as_user("job-2", "/bin/true")
+    status = await wait_finished(adapter, stuck, await adapter.submit(stuck))
+    assert status.state is BackendState.FAILED and status.return_code == 126
+    assert "its spawner did not answer: stopped, and killed" in (status.reason or ""), status
+    assert (await wait_finished(adapter, running, sid)).state is BackendState.FAILED
+    mine = make_spec(tmp_path, "print('ran')", job_id="job-3")  # the executor's own user
+    assert (await wait_finished(adapter, mine, await adapter.submit(mine))).state is (
+        BackendState.COMPLETED
+    )
+    again = as_user("job-4", "/bin/true")
+    assert (await wait_finished(adapter, again, await adapter.submit(again))).state is (
+        BackendState.COMPLETED
+    )
 
 
 # ---- exit codes ---------------------------------------------------------------------------
@@ -428,6 +514,22 @@ async def test_walltime_is_enforced(adapter: LocalAdapter, tmp_path: Path) -> No
     assert status.started_at is not None and status.ended_at is not None
     # not before the walltime; stopped, not waited out (the command sleeps 30 s)
     assert 0.4 <= status.ended_at - status.started_at < 15
+
+
+async def test_a_job_users_command_past_its_walltime_is_killed_after_the_grace(
+    adapter: LocalAdapter, tmp_path: Path
+) -> None:
+    # its spawner started it, the executor's timers stop it: SIGTERM (ignored), then SIGKILL
+    needs_job_user()
+    script = "trap '' TERM; echo up; sleep 30"
+    spec = make_spec(tmp_path, "", command=("/bin/sh", "-c", script), walltime_seconds=0.4)
+    spec = dataclasses.replace(spec, run_as=job_user(), working_dir="/tmp")
+    status = await wait_finished(adapter, spec, await adapter.submit(spec))
+    assert status.state is BackendState.FAILED
+    assert status.reason == "worker 0: walltime of 0.4 s exceeded"
+    assert status.return_code == 128 + signal.SIGKILL
+    assert status.started_at is not None and status.ended_at is not None
+    assert 0.4 + GRACE <= status.ended_at - status.started_at < 15
 
 
 # ---- logs ---------------------------------------------------------------------------------

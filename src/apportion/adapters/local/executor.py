@@ -4,9 +4,21 @@ One executor per jobs directory starts every worker's command, watches it and re
 It is run as a script, ``python -I -S <this file> <jobs dir>`` (argv only), by
 :class:`~apportion.adapters.local.adapter.LocalAdapter`, in its own session, so it outlives the
 server: a restarted server connects to it again. Standard library only and single-threaded: it
-starts fast, cannot break on a dependency, may enter a command's working directory itself before
-it spawns it (:func:`_spawn`, a command of its own user) and may fork and run Python in the
-child until its exec (:func:`_fork`, a command that runs as another user).
+starts fast, cannot break on a dependency, and may enter a command's working directory itself
+before it spawns it (:func:`_spawn`).
+
+**How a command starts.** With ``posix_spawn`` (a vfork: no copy of the starter's page tables,
+no Python before the exec), in a new session, in its working directory, entered as its user
+first. A command of the executor's own user (a server that is not root) is spawned by the
+executor; a job user's, by that user's **spawner**: a child the executor forks the first time
+it starts a command of that user, which gives up every descriptor but its socket, becomes the
+user (and so can no longer be read or traced by that user's processes: a process whose user
+changed is not dumpable), and spawns each launch it is handed (with its output file's
+descriptor: the files are the server's), reaps each command and tells its end
+(:func:`_serve_spawner`). A spawner its user's processes kill takes the ends of its running
+commands with it: they are stopped and recorded killed, with that reason, and the next start
+makes a new one; one they stop is killed once it has taken or answered nothing for
+:data:`SPAWNER_WAIT` — it never holds up the executor's other work.
 
 **Its socket.** ``<jobs dir>/executor.sock`` (0600: the server's user alone can connect), JSON
 objects one per line, each answered by one line, in order, on the connection it came on:
@@ -26,9 +38,11 @@ end at once instead of at its next look.
 Requests are handled in the order they arrived, the older connection's first: what a server
 that died had already sent is carried out before a restarted server's first request.
 ``executor.lock`` (an exclusive ``flock``) keeps a second executor off the directory — it exits
-with code 3; ``executor.log`` is its stderr. It holds a pidfd per running command, so it raises
-its limit of open files to the hard one (its commands get the limit it was started with); a
-client that still finds no descriptor left waits in the backlog while accepting pauses.
+with code 3; ``executor.log`` is its stderr (and its spawners'). It holds a pidfd per running
+command of its own user, so it raises its limit of open files to the hard one (its commands get
+the limit it was started with); a client that still finds no descriptor left waits in the
+backlog while accepting pauses, and a descriptor held in reserve writes the record that finds
+none left.
 
 **Each worker's files** in its job's directory — the adapter reads them, the executor writes
 them atomically: ``worker-<i>.state.json`` once the command started (pid, pgid, started_at, the
@@ -40,26 +54,31 @@ state's ``stopped_by`` says why): its ``walltime`` (``"walltime"``); a sibling o
 failed, or ``gang.json`` written by the adapter (``"gang"``); SIGTERM/SIGINT to the executor
 (``"signal"``; it then starts nothing more and exits when every command has ended). A cancel
 is the adapter's own signal to the process group; the end then reads ``stopped_by:
-"cancel"`` because ``cancel.json`` exists. When a command has exited (its pidfd is readable;
-the zombie still pins its process group) whatever is left of its group is SIGKILLed, it is
-reaped with ``wait4`` and its CPU seconds, max RSS and block I/O are recorded. A worker whose
-command failed by itself writes ``gang.json`` and its siblings are stopped.
+"cancel"`` because ``cancel.json`` exists. When a command has exited (its pidfd is readable,
+or its spawner sees it; the zombie still pins its process group) whatever is left of its group
+is SIGKILLed, it is reaped with ``wait4`` and its CPU seconds, max RSS and block I/O are
+recorded. A worker whose command failed by itself writes ``gang.json`` and its siblings are
+stopped.
 
 **When it exits**: when no command runs and no client is connected (an idle executor costs
-nothing to start again), or after SIGTERM once its commands have ended. A SIGKILLed executor
-records nothing more: the adapter then stops its commands and reports them lost.
+nothing to start again), or after SIGTERM once its commands have ended; its spawners with it. A
+SIGKILLed executor records nothing more (its spawners end with its socket): the adapter then
+stops its commands and reports them lost.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import fcntl
+import gc
 import heapq
 import itertools
 import json
 import os
 import resource
+import select
 import selectors
 import signal
 import socket
@@ -81,6 +100,10 @@ MAX_REQUEST = 64 << 20  # bytes of one request line at most
 FIRST_CLIENT_WAIT = 10.0  # seconds a new executor waits for its first client
 START_BATCH = 64  # workers started at most before their execs are awaited and recorded
 ACCEPT_PAUSE = 0.5  # seconds accepting pauses when no descriptor was left for a client
+SPAWNER_WAIT = 5.0  # seconds a spawner may take to take a launch or answer it (then killed)
+SPAWNER_MESSAGE = 4 << 20  # bytes of one launch at most (a command's argv and environment
+# fit in 2 MiB, Linux's usual ARG_MAX): the executor's send buffer is made to hold one
+SO_SNDBUFFORCE = 32  # Linux's: a send buffer above the system's maximum (root may)
 
 
 _SETTABLE_SIGNALS = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
@@ -189,7 +212,8 @@ class _Worker:
         self.launch = launch
         self.state = state
         self.pid = 0
-        self.pidfd = -1
+        self.pidfd = -1  # watched through it when this executor is its parent
+        self.alive = False  # its command runs (recorded started, its end not yet)
         self.grace = float(launch["grace"])
         self.stop_reason: tuple[str, str] | None = None  # (stopped_by, words)
         self.killed = False
@@ -206,10 +230,65 @@ class _Worker:
 
     def stop(self, reason: tuple[str, str], timers: _Timers) -> None:
         """SIGTERM to the command's group now, SIGKILL after its grace (once)."""
-        if self.stop_reason is None and self.pidfd >= 0:
+        if self.stop_reason is None and self.alive:
             self.stop_reason = reason
             _killpg(self.pid, signal.SIGTERM)
             timers.add(time.monotonic() + self.grace, self, "kill")
+
+
+class _Spawner:
+    """The executor's end of the spawner of one job user (:func:`_serve_spawner`)."""
+
+    def __init__(self, pid: int, uid: int, sock: socket.socket) -> None:
+        self.pid = pid
+        self.uid = uid  # its user's
+        self.sock = sock
+        self.workers: dict[int, _Worker] = {}  # by pid: started, their ends not yet told
+        self.ended: collections.deque[dict[str, Any]] = collections.deque()  # told, not recorded
+        self.gone = False
+
+    def send(self, message: bytes, fd: int) -> None:
+        """Hand it ``message`` with the descriptor ``fd``. Raises :class:`TimeoutError` when it
+        took nothing within :data:`SPAWNER_WAIT` (stopped by its user's processes, say), the
+        socket's error when it has ended (or the message is too large)."""
+        while True:
+            try:
+                socket.send_fds(self.sock, [message], [fd], socket.MSG_DONTWAIT)
+                return
+            except BlockingIOError:
+                if not _ready(self.sock, select.POLLOUT):
+                    raise TimeoutError("its spawner took no launch") from None
+
+    def receive(self, *, block: bool) -> dict[str, Any] | None:
+        """Its next message, or None once it has ended. Raises :class:`BlockingIOError` when
+        none is waiting (``block=False``) and :class:`TimeoutError` when none came within
+        :data:`SPAWNER_WAIT` (``block=True``)."""
+        if block and not _ready(self.sock, select.POLLIN):
+            raise TimeoutError("its spawner did not answer")
+        data = self.sock.recv(SPAWNER_MESSAGE, socket.MSG_DONTWAIT)
+        if not data:
+            return None
+        message = json.loads(data)
+        return message if isinstance(message, dict) else None
+
+
+def _runs_as(pid: int, uid: int) -> bool:
+    """Whether process ``pid`` exists and its real user is ``uid``."""
+    with (
+        contextlib.suppress(OSError, ValueError, IndexError),
+        open(f"/proc/{pid}/status", "rb") as status,
+    ):
+        for line in status:
+            if line.startswith(b"Uid:"):
+                return int(line.split()[1]) == uid
+    return False
+
+
+def _ready(sock: socket.socket, event: int) -> bool:
+    """Whether ``sock`` becomes ready for ``event`` within :data:`SPAWNER_WAIT`."""
+    poller = select.poll()
+    poller.register(sock, event)
+    return bool(poller.poll(SPAWNER_WAIT * 1000))
 
 
 class _Timers:
@@ -229,7 +308,7 @@ class _Timers:
         due: list[tuple[_Worker, str]] = []
         while self._heap and self._heap[0][0] <= now:
             _, _, worker, what = heapq.heappop(self._heap)
-            if worker.pidfd >= 0:
+            if worker.alive:
                 due.append((worker, what))
         return due
 
@@ -244,13 +323,13 @@ class _Client:
 
 
 class _Starting:
-    """A start request whose workers were forked or spawned: each with its pipe (None when
-    spawned: it runs) or why it could not be started, until :meth:`Executor._started` records
-    them."""
+    """A start request whose workers were started: each with None (spawned here: it runs),
+    the spawner of its user that answers for it, or why it could not be started — until
+    :meth:`Executor._started` records them."""
 
     def __init__(self, job: _Job) -> None:
         self.job = job
-        self.workers: list[tuple[_Worker, int | OSError | None]] = []
+        self.workers: list[tuple[_Worker, OSError | _Spawner | None]] = []
 
 
 class Executor:
@@ -265,6 +344,7 @@ class Executor:
         self.started_at = time.time()
         self.devnull = os.open(os.devnull, os.O_RDONLY)  # every command's stdin
         self.spare = _Spare()
+        self.spawners: dict[tuple[int, int, tuple[int, ...]], _Spawner] = {}  # by job user
         self.selector = selectors.DefaultSelector()
         self.timers = _Timers()
         self.jobs: dict[Path, _Job] = {}
@@ -303,18 +383,24 @@ class Executor:
                         wake_r.recv(4096)
                 elif isinstance(key.data, _Worker):
                     self._finish(key.data)
+                elif isinstance(key.data, _Spawner):
+                    self._read_spawner(key.data)
                 elif events & selectors.EVENT_WRITE and key.fd in self.clients:
                     self._flush(self.clients[key.fd])
             if self.signalled and not self.stopping:
                 self._stop_everything()
             self._read_clients()
             self._handle_requests()
+            for spawner in list(self.spawners.values()):  # ends told while starts were answered
+                self._record_spawned_ends(spawner)
             self._fire_timers()
             if self.accept_again_at is not None and time.monotonic() >= self.accept_again_at:
                 self.accept_again_at = None
                 self.selector.register(listener, selectors.EVENT_READ, "listener")
         if self.accept_again_at is None:
             self.selector.unregister(listener)
+        for spawner in self.spawners.values():  # no command runs: each ends at its socket's end
+            self._spawner_gone(spawner)
 
     def _wanted(self) -> bool:
         """Whether to go on: a command runs, or a client is connected (and no SIGTERM came), or
@@ -417,20 +503,20 @@ class Executor:
 
     def _handle_requests(self) -> None:
         """Answer every complete request, in order. Consecutive starts are carried out
-        together: every worker of up to :data:`START_BATCH` of them is started (forked or
-        spawned), and only then is each one's exec awaited and recorded — the commands start
-        while the others fork."""
+        together: every worker of up to :data:`START_BATCH` of them is started (spawned, or
+        handed to its user's spawner), and only then is each one recorded — a spawner starts
+        its commands while the executor hands it the next."""
         for client in sorted(self.clients.values(), key=lambda c: c.order):
             while client.inbox.find(b"\n") >= 0:
                 answers: list[dict[str, Any] | _Starting] = []
-                forked = 0
-                while forked < START_BATCH and (end := client.inbox.find(b"\n")) >= 0:
+                started = 0
+                while started < START_BATCH and (end := client.inbox.find(b"\n")) >= 0:
                     line = bytes(client.inbox[:end])
                     del client.inbox[: end + 1]
                     answer = self._answer(line)
                     answers.append(answer)
                     if isinstance(answer, _Starting):
-                        forked += len(answer.workers)
+                        started += len(answer.workers)
                 for answer in answers:
                     if isinstance(answer, _Starting):
                         answer = self._started(answer)
@@ -473,7 +559,7 @@ class Executor:
     # ---- workers --------------------------------------------------------------------------
 
     def _start_job(self, request: dict[str, Any]) -> dict[str, Any] | _Starting:
-        """Fork every worker of a start request (:meth:`_started` records them), or say why
+        """Start every worker of a start request (:meth:`_started` records them), or say why
         nothing was started."""
         if self.stopping:
             return {
@@ -506,23 +592,135 @@ class Executor:
             }
             worker = _Worker(job, launch, state, self.spare)
             try:
-                if launch.get("run_as") is None:
-                    worker.pid, report = _spawn(launch, self.devnull, self.descriptors), None
-                else:
-                    worker.pid, report = _fork(launch, self.devnull, self.descriptors)
+                out = open_private(Path(launch["stdout"]))
+                try:
+                    run_as = launch.get("run_as")
+                    if run_as is None:
+                        worker.pid = _spawn(launch, self.devnull, out, self.descriptors)
+                        starting.workers.append((worker, None))
+                    else:
+                        starting.workers.append((worker, self._ask_spawner(run_as, launch, out)))
+                finally:
+                    os.close(out)
             except OSError as exc:
                 starting.workers.append((worker, exc))
-            else:
-                starting.workers.append((worker, report))
         return starting
+
+    def _ask_spawner(self, run_as: dict[str, Any], launch: dict[str, Any], out: int) -> _Spawner:
+        """Hand ``launch`` (and its output file, ``out``) to the spawner of its user, started
+        if there is none or the one there was has ended; that spawner, which answers in turn."""
+        ids = (int(run_as["uid"]), int(run_as["gid"]), tuple(int(g) for g in run_as["groups"]))
+        message = json.dumps(launch).encode()
+        if len(message) > SPAWNER_MESSAGE:
+            raise OSError(errno.E2BIG, "its command and environment are too large")
+        for _ in range(2):  # a spawner its user's processes killed: once more, with a new one
+            spawner = self.spawners.get(ids)
+            if spawner is None or spawner.gone:
+                spawner = self.spawners[ids] = self._start_spawner(ids)
+            try:
+                spawner.send(message, out)
+            except TimeoutError as exc:
+                self._spawner_gone(spawner)
+                raise OSError(errno.ETIMEDOUT, f"{exc}: stopped, and killed") from None
+            except OSError as exc:
+                if exc.errno == errno.EMSGSIZE:
+                    raise OSError(
+                        errno.E2BIG, "its command and environment are too large"
+                    ) from None
+                self._spawner_gone(spawner)  # it had ended
+                continue
+            return spawner
+        raise OSError(errno.EPIPE, "the spawner of its user ended at once")
+
+    def _start_spawner(self, ids: tuple[int, int, tuple[int, ...]]) -> _Spawner:
+        """Fork the spawner of the user ``ids`` (uid, gid, groups): :func:`_serve_spawner`."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 2 * SPAWNER_MESSAGE)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child: serves, then _exit
+            try:
+                _serve_spawner(theirs.fileno(), self.devnull, ids, self.descriptors)
+            finally:
+                os._exit(70)
+        theirs.close()
+        spawner = _Spawner(pid, ids[0], ours)
+        self.selector.register(ours, selectors.EVENT_READ, spawner)
+        return spawner
+
+    def _spawned(self, worker: _Worker, spawner: _Spawner) -> OSError | None:
+        """The spawner's answer to ``worker``'s launch: None once it runs (its pid set), or why
+        it could not be started. The ends it tells meanwhile wait in its queue."""
+        while not spawner.gone:
+            try:
+                message = spawner.receive(block=True)
+            except TimeoutError as exc:
+                self._spawner_gone(spawner)
+                return OSError(errno.ETIMEDOUT, f"{exc}: stopped, and killed")
+            if message is None:
+                self._spawner_gone(spawner)
+                break
+            if "ended" in message:
+                spawner.ended.append(message)
+            elif "pid" in message:
+                worker.pid = int(message["pid"])
+                spawner.workers[worker.pid] = worker
+                return None
+            else:
+                number, words, name = message["error"]
+                return PermissionError(words) if number is None else OSError(number, words, name)
+        return OSError(errno.EPIPE, "the spawner of its user ended before it was started")
+
+    def _read_spawner(self, spawner: _Spawner) -> None:
+        """What a spawner told (its socket is readable): the ends of its commands, recorded;
+        or its own end."""
+        while not spawner.gone:
+            try:
+                message = spawner.receive(block=False)
+            except BlockingIOError:
+                break
+            if message is None:
+                self._spawner_gone(spawner)
+            else:
+                spawner.ended.append(message)
+        self._record_spawned_ends(spawner)
+
+    def _record_spawned_ends(self, spawner: _Spawner) -> None:
+        while spawner.ended:
+            message = spawner.ended.popleft()
+            worker = spawner.workers.pop(int(message["ended"]), None)
+            if worker is not None:
+                self._ended(worker, int(message["code"]), message["rusage"])
+
+    def _spawner_gone(self, spawner: _Spawner) -> None:
+        """A spawner ended (its user's processes may kill it), or is to end (it took or answered
+        nothing within :data:`SPAWNER_WAIT`, or this executor exits): killed and reaped; the
+        commands it had started and not told the end of are stopped (nobody can learn how they
+        ended) and recorded killed, with that reason."""
+        if spawner.gone:
+            return
+        spawner.gone = True
+        self.selector.unregister(spawner.sock)
+        spawner.sock.close()
+        os.kill(spawner.pid, signal.SIGKILL)  # our child, unreaped: its pid is still its own
+        os.waitpid(spawner.pid, 0)
+        self._record_spawned_ends(spawner)
+        for worker in list(spawner.workers.values()):
+            if _runs_as(worker.pid, spawner.uid):  # not ours to reap: never a reused pid's
+                _killpg(worker.pid, signal.SIGKILL)
+            worker.stop_reason = worker.stop_reason or (
+                "signal",
+                "its end could not be recorded: the executor's spawner for its user was killed",
+            )
+            self._ended(worker, -signal.SIGKILL, None)
+        spawner.workers.clear()
 
     def _started(self, starting: _Starting) -> dict[str, Any]:
         """Record each started worker of one start once its command runs (its state file,
         its pidfd watched, its walltime set) or could not be run; the start's answer."""
         job = starting.job
-        for worker, forked in starting.workers:
-            failure = _exec_outcome(worker.pid, forked, worker.launch)
-            if failure is None:
+        for worker, started in starting.workers:
+            failure = self._spawned(worker, started) if isinstance(started, _Spawner) else started
+            if failure is None and started is None:  # spawned here: this executor watches it
                 try:
                     worker.pidfd = os.pidfd_open(worker.pid)
                 except OSError as exc:  # no descriptor left: a command not watched is not run
@@ -539,8 +737,10 @@ class Executor:
                 continue
             worker.state.update(pid=worker.pid, pgid=worker.pid, started_at=time.time())
             worker.save()
+            worker.alive = True
             job.running[worker.index] = worker
-            self.selector.register(worker.pidfd, selectors.EVENT_READ, worker)
+            if worker.pidfd >= 0:  # its parent is this executor (else its spawner tells)
+                self.selector.register(worker.pidfd, selectors.EVENT_READ, worker)
             walltime = worker.launch.get("walltime")
             if walltime is not None:
                 self.timers.add(time.monotonic() + float(walltime), worker, "walltime")
@@ -553,13 +753,20 @@ class Executor:
         return {"started": len(starting.workers)}
 
     def _finish(self, worker: _Worker) -> None:
-        job = worker.job
+        """A command this executor is the parent of has exited (its pidfd is readable)."""
         self.selector.unregister(worker.pidfd)
         os.close(worker.pidfd)
         worker.pidfd = -1
         _killpg(worker.pid, signal.SIGKILL)  # leftovers of the group; the zombie leader pins it
         _, status, rusage = os.wait4(worker.pid, 0)
-        code = os.waitstatus_to_exitcode(status)
+        self._ended(worker, os.waitstatus_to_exitcode(status), _usage(rusage))
+
+    def _ended(self, worker: _Worker, code: int, usage: dict[str, float] | None) -> None:
+        """Record the end of ``worker``'s command (``code`` as
+        :func:`os.waitstatus_to_exitcode` gives it), tell every client, stop its siblings if
+        it failed by itself."""
+        job = worker.job
+        worker.alive = False
         if worker.stop_reason is None and (job.job_dir / CANCEL_FILE).exists():
             worker.stop_reason = ("cancel", "cancelled")
         state = worker.state
@@ -567,11 +774,7 @@ class Executor:
             ended_at=time.time(),
             return_code=code if code >= 0 else None,
             signal=-code if code < 0 else None,
-            rusage={
-                "cpu_seconds": rusage.ru_utime + rusage.ru_stime,
-                "max_rss_mb": rusage.ru_maxrss / 1024.0,  # Linux reports KiB
-                "io_bytes": (rusage.ru_inblock + rusage.ru_oublock) * 512,
-            },
+            rusage=usage,
         )
         if worker.stop_reason is not None:
             state["stopped_by"], state["reason"] = worker.stop_reason
@@ -603,47 +806,21 @@ class Executor:
             sibling.stop(("gang", f"stopped because worker {index} failed"), self.timers)
 
 
-def _fork(launch: dict[str, Any], stdin: int, descriptors: tuple[int, int]) -> tuple[int, int]:
-    """Fork the process of one command (:func:`_become`), in a new session (it leads its own
-    process group); its pid and the pipe that tells :func:`_exec_outcome` whether it runs.
-    Raises OSError when the output file cannot be opened or no process forked.
+def _spawn(launch: dict[str, Any], stdin: int, out: int, descriptors: tuple[int, int]) -> int:
+    """Start the command of a launch as this process's user with ``posix_spawn``, in a new
+    session, its stdout and stderr ``out``; its pid once it runs. Raises
+    :class:`PermissionError` when the working directory cannot be entered, the exec's error
+    (:class:`FileNotFoundError` for a command not found).
 
-    Forked here rather than by :mod:`subprocess`: its ``user``/``preexec_fn`` path costs three
-    times the CPU in this process and waits for the exec (docs/performance.md). This process
-    has one thread, so the child may run Python until its exec."""
-    out = open_private(Path(launch["stdout"]))
-    try:
-        report_r, report_w = os.pipe()  # both close-on-exec: EOF once the command runs
-        try:
-            pid = os.fork()
-            if pid == 0:  # pragma: no cover - the child: exec or _exit, never returns
-                _become(launch, stdin, descriptors, out, report_w)
-        except BaseException:
-            os.close(report_r)
-            raise
-        finally:
-            os.close(report_w)
-    finally:
-        os.close(out)
-    return pid, report_r
-
-
-def _spawn(launch: dict[str, Any], stdin: int, descriptors: tuple[int, int]) -> int:
-    """Start the command of a launch that runs as this process's user (no ``run_as``) with
-    ``posix_spawn``, in a new session; its pid once it runs. Raises :class:`PermissionError`
-    when the working directory cannot be entered, the exec's error (:class:`FileNotFoundError`
-    for a command not found) or the output file's.
-
-    Spawned rather than forked (:func:`_fork`): a vfork copies none of this process's page
-    tables and runs no Python before the exec — half the CPU per start (benchmarks/spawn.py).
-    ``posix_spawn`` cannot change the user, so a ``run_as`` launch is forked. The command gets
-    the working directory (entered here first: this process is single-threaded and its own
-    paths are absolute), every signal at its default and none blocked, the limit of open files
-    this process was started with (``descriptors``), and the job's ``PATH`` searched as
-    ``execvpe`` would."""
+    Used by the executor for a command of its own user (no ``run_as``) and by the spawner of a
+    job user (:func:`_serve_spawner`) for that user's: a vfork copies none of the caller's page
+    tables and runs no Python before the exec — half the CPU of a fork with Python in the
+    child before its exec (benchmarks/spawn.py). The command gets the working directory (entered here first, as the
+    user: the caller is single-threaded and its own paths are absolute), every signal at its
+    default and none blocked, the limit of open files the executor was started with
+    (``descriptors``), and the job's ``PATH`` searched as ``execvpe`` would."""
     cwd, command = launch["cwd"], launch["command"]
     path = _command_path(command[0], launch["env"])
-    out = open_private(Path(launch["stdout"]))
     raised = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:
         try:
@@ -671,8 +848,100 @@ def _spawn(launch: dict[str, Any], stdin: int, descriptors: tuple[int, int]) -> 
         finally:
             resource.setrlimit(resource.RLIMIT_NOFILE, raised)
     finally:
-        os.close(out)
         os.chdir("/")
+
+
+def _serve_spawner(
+    sock_fd: int, stdin: int, ids: tuple[int, int, tuple[int, ...]], descriptors: tuple[int, int]
+) -> NoReturn:
+    """The spawner of one job user: a child of the executor that gives up every descriptor
+    but its socket and stdin's, becomes the user (``ids``: uid, gid, groups — and so can no
+    longer be traced or read by that user's processes: a process whose user changed is not
+    dumpable), then, for each launch on its socket (a JSON object, its output file's
+    descriptor alongside), starts its command (:func:`_spawn`) and answers ``{"pid": …}`` or
+    ``{"error": [errno, words, file]}``; and for each command that ended, kills what is left
+    of its process group, reaps it and tells ``{"ended": pid, "code": …, "rusage": …}``.
+    Exits once the executor's end of the socket closes."""
+    gc.freeze()  # nothing of the executor's may be finalised here: its descriptors are gone
+    for name in os.listdir("/proc/self/fd"):
+        if int(name) not in (sock_fd, stdin) and int(name) > 2:
+            with contextlib.suppress(OSError):  # the listing's own descriptor
+                os.close(int(name))
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGTERM, signal.SIGINT):  # it ends with the executor's socket (or KILL)
+        signal.signal(sig, _disregard)
+    uid, gid, groups = ids
+    os.setgroups(list(groups))
+    os.setregid(gid, gid)
+    os.setreuid(uid, uid)
+    resource.setrlimit(resource.RLIMIT_NOFILE, descriptors)
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    signal.signal(signal.SIGCHLD, _disregard)
+    sock = socket.socket(fileno=sock_fd)
+    selector = selectors.DefaultSelector()
+    selector.register(sock, selectors.EVENT_READ)
+    selector.register(wake_r, selectors.EVENT_READ)
+    while True:
+        for key, _ in selector.select():
+            if key.fileobj is sock:
+                data, ancillary, _, _ = sock.recvmsg(
+                    SPAWNER_MESSAGE, socket.CMSG_SPACE(4), socket.MSG_CMSG_CLOEXEC
+                )
+                if not data:
+                    os._exit(0)
+                _spawn_for_executor(sock, data, ancillary, stdin, descriptors)
+            else:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wake_r, 4096)
+                _tell_ends(sock)
+
+
+def _spawn_for_executor(
+    sock: socket.socket,
+    data: bytes,
+    ancillary: list[tuple[int, int, bytes]],
+    stdin: int,
+    descriptors: tuple[int, int],
+) -> None:
+    """In a spawner: start the launch ``data`` with the output descriptor in ``ancillary``;
+    answer its pid or why it could not be started."""
+    fds = [
+        int.from_bytes(payload[i : i + 4], sys.byteorder)
+        for level, kind, payload in ancillary
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
+        for i in range(0, len(payload) - len(payload) % 4, 4)
+    ]
+    try:
+        if len(fds) != 1:
+            raise OSError(errno.EINVAL, "no output file came with the launch")
+        answer: dict[str, Any] = {"pid": _spawn(json.loads(data), stdin, fds[0], descriptors)}
+    except OSError as exc:
+        answer = {"error": [exc.errno, exc.strerror or str(exc), exc.filename]}
+    except (ValueError, KeyError, TypeError) as exc:
+        answer = {"error": [errno.EINVAL, f"bad launch: {exc!r}", None]}
+    finally:
+        for fd in fds:
+            os.close(fd)
+    sock.send(json.dumps(answer).encode())
+
+
+def _tell_ends(sock: socket.socket) -> None:
+    """In a spawner: for each command that exited, kill what is left of its group (the
+    unreaped leader pins it), reap it and tell its end."""
+    while True:
+        try:
+            exited = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
+        if exited is None:
+            return
+        _killpg(exited.si_pid, signal.SIGKILL)
+        _, status, rusage = os.wait4(exited.si_pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        sock.send(
+            json.dumps({"ended": exited.si_pid, "code": code, "rusage": _usage(rusage)}).encode()
+        )
 
 
 def _command_path(name: str, env: dict[str, str]) -> str:
@@ -692,64 +961,13 @@ def _command_path(name: str, env: dict[str, str]) -> str:
     raise OSError(code, os.strerror(code), name)
 
 
-def _exec_outcome(pid: int, forked: int | OSError | None, launch: dict[str, Any]) -> OSError | None:
-    """Wait until the child ``pid`` of :func:`_fork` runs its command (None) or says why it
-    could not (the error; the child is reaped): :class:`PermissionError` for the working
-    directory, :class:`FileNotFoundError` for a command not found. ``forked`` is the child's
-    pipe, the error that kept it from being forked, or None when :func:`_spawn` started it."""
-    if forked is None:
-        return None
-    if isinstance(forked, OSError):
-        return forked
-    chunks = []
-    try:
-        while chunk := os.read(forked, 4096):
-            chunks.append(chunk)
-    finally:
-        os.close(forked)
-    if not chunks:
-        return None
-    os.waitpid(pid, 0)
-    step, number, words = b"".join(chunks).decode(errors="replace").split(":", 2)
-    if step == "cwd":
-        cwd = launch["cwd"]
-        return PermissionError(f"the job's user cannot enter its working directory {cwd} ({words})")
-    return OSError(int(number), words, launch["command"][0])
-
-
-def _become(
-    launch: dict[str, Any], stdin: int, descriptors: tuple[int, int], out: int, report: int
-) -> NoReturn:
-    """The forked child of :func:`_fork`: become the job's process and exec its command, or
-    write ``step:errno:words`` to ``report`` and exit 127. Its signals need no reset: the
-    executor ignores none and its handlers end with the exec. Its limit of open files is the
-    one the executor was started with (``descriptors``), not the executor's raised one."""
-    step = "setup"
-    try:  # as little Python as may be: each object it touches is a page copied
-        resource.setrlimit(resource.RLIMIT_NOFILE, descriptors)
-        os.setsid()
-        os.dup2(stdin, 0)
-        os.dup2(out, 1)
-        os.dup2(out, 2)
-        run_as = launch.get("run_as")
-        if run_as is not None:
-            os.setgroups([int(g) for g in run_as["groups"]])
-            os.setregid(int(run_as["gid"]), int(run_as["gid"]))
-            os.setreuid(int(run_as["uid"]), int(run_as["uid"]))
-        step = "cwd"
-        os.chdir(launch["cwd"])
-        step = "exec"
-        command = launch["command"]
-        if "/" in command[0]:
-            os.execve(command[0], command, launch["env"])  # noqa: S606 - argv list, no shell
-        os.execvpe(command[0], command, launch["env"])  # noqa: S606 - found in its PATH
-    except OSError as exc:
-        message = f"{step}:{exc.errno or 0}:{exc.strerror or exc}"
-    except BaseException as exc:  # nothing may escape a forked child
-        message = f"{step}:0:{exc!r}"
-    with contextlib.suppress(BaseException):
-        os.write(report, message.encode(errors="replace")[:4000])
-    os._exit(127)
+def _usage(rusage: resource.struct_rusage) -> dict[str, float]:
+    """A command's resource usage as its state file records it."""
+    return {
+        "cpu_seconds": rusage.ru_utime + rusage.ru_stime,
+        "max_rss_mb": rusage.ru_maxrss / 1024.0,  # Linux reports KiB
+        "io_bytes": (rusage.ru_inblock + rusage.ru_oublock) * 512,
+    }
 
 
 def main(argv: list[str]) -> int:
