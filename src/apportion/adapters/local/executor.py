@@ -98,7 +98,7 @@ ANOTHER_EXECUTOR = 3  # exit code: another executor holds the directory's lock
 GANG_TICK = 0.25  # seconds between looks at the running jobs' gang.json
 MAX_REQUEST = 64 << 20  # bytes of one request line at most
 FIRST_CLIENT_WAIT = 10.0  # seconds a new executor waits for its first client
-START_BATCH = 64  # workers started at most before their execs are awaited and recorded
+START_BATCH = 64  # workers started at most before they are recorded (their spawners answer)
 ACCEPT_PAUSE = 0.5  # seconds accepting pauses when no descriptor was left for a client
 SPAWNER_WAIT = 5.0  # seconds a spawner may take to take a launch or answer it (then killed)
 SPAWNER_MESSAGE = 4 << 20  # bytes of one launch at most (a command's argv and environment
@@ -168,8 +168,8 @@ def _killpg(pgid: int, sig: signal.Signals) -> None:
 
 class _Spare:
     """A descriptor held in reserve for the executor's records: a record that finds no other
-    one left (each running command holds a pidfd) is written in its place, so a command that
-    runs is never left without its state file."""
+    one left (each running command of its own user holds a pidfd) is written in its place, so
+    a command that runs is never left without its state file."""
 
     def __init__(self) -> None:
         self.fd = os.open(os.devnull, os.O_RDONLY)
