@@ -125,6 +125,13 @@ def state(spec: JobSpec, index: int = 0) -> dict[str, Any]:
     return value
 
 
+# a test run both ways the executor starts a command: spawned as its own user, or by the
+# spawner of a job user
+BOTH_USERS = pytest.mark.parametrize(
+    "as_job_user", [False, True], ids=["executor's user", "a job user"]
+)
+
+
 def gate_code(gate: Path) -> str:
     """Python lines that wait until the test creates ``gate`` (at most 60 s)."""
     return (
@@ -244,7 +251,7 @@ async def test_working_dir_is_the_cwd(adapter: LocalAdapter, tmp_path: Path) -> 
     assert ex.stdout_path(spec.output_dir, 0).read_text().strip() == str(work)
 
 
-@pytest.mark.parametrize("as_job_user", [False, True], ids=["executor's user", "a job user"])
+@BOTH_USERS
 async def test_a_command_starts_alone_with_default_signals_and_nothing_of_the_executor(
     adapter: LocalAdapter, tmp_path: Path, as_job_user: bool
 ) -> None:
@@ -1008,12 +1015,30 @@ async def test_an_executor_runs_more_workers_than_its_soft_limit_of_open_files(
             await started.wait()
 
 
+def sleeping(tmp_path: Path, as_job_user: bool, **fields: Any) -> JobSpec:
+    """A job whose workers sleep 300 s: as the executor's user, or as the job user (started
+    by its spawner)."""
+    if not as_job_user:
+        return make_spec(tmp_path, "import time; time.sleep(300)", **fields)
+    needs_job_user()
+    spec = make_spec(tmp_path, "", command=("/bin/sh", "-c", "exec sleep 300"), **fields)
+    return dataclasses.replace(spec, run_as=job_user(), working_dir="/tmp")
+
+
+def parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as stat_file:
+        return int(stat_file.read().rsplit(")", 1)[1].split()[1])
+
+
+@BOTH_USERS
 async def test_a_sigtermed_executor_stops_its_commands_and_exits(
-    adapter: LocalAdapter, tmp_path: Path
+    adapter: LocalAdapter, tmp_path: Path, as_job_user: bool
 ) -> None:
-    spec = make_spec(tmp_path, "import time; time.sleep(300)")
+    spec = sleeping(tmp_path, as_job_user)
     sid = await adapter.submit(spec)
     executor = state(spec)["executor_pid"]
+    starter = parent_of(int(state(spec)["pid"]))  # the executor, or the job user's spawner
+    assert (starter == executor) is not as_job_user
     os.kill(executor, signal.SIGTERM)  # the adapter started it, for this test's jobs
     status = await wait_finished(adapter, spec, sid)
     assert status.state is BackendState.FAILED
@@ -1021,18 +1046,21 @@ async def test_a_sigtermed_executor_stops_its_commands_and_exits(
     assert state(spec)["stopped_by"] == "signal"
     assert status.exit_codes == (128 + signal.SIGTERM,)
     for _ in range(500):  # 10 s at most
-        if gone(executor):
+        if gone(executor) and gone(starter):
             break
         await asyncio.sleep(0.02)
     assert gone(executor)  # though the adapter is still connected
+    assert gone(starter)  # its spawner with it
 
 
+@BOTH_USERS
 async def test_a_sigkilled_executor_loses_its_jobs_and_a_new_one_starts_the_next(
-    adapter: LocalAdapter, tmp_path: Path
+    adapter: LocalAdapter, tmp_path: Path, as_job_user: bool
 ) -> None:
-    spec = make_spec(tmp_path, "import time; time.sleep(300)", gpus=((), ()))
+    spec = sleeping(tmp_path, as_job_user, gpus=((), ()))
     sid = await adapter.submit(spec)
     executor, commands = state(spec)["executor_pid"], [state(spec, i)["pid"] for i in (0, 1)]
+    starter = parent_of(commands[0])
     os.kill(executor, signal.SIGKILL)  # the adapter started it, for this test's jobs
     status = await wait_finished(adapter, spec, sid)
     assert status.state is BackendState.FAILED
@@ -1043,6 +1071,11 @@ async def test_a_sigkilled_executor_loses_its_jobs_and_a_new_one_starts_the_next
             break
         await asyncio.sleep(0.02)
     assert all(gone(pid) for pid in commands)  # stopped: nobody could record their end
+    for _ in range(500):
+        if gone(starter):
+            break
+        await asyncio.sleep(0.02)
+    assert gone(starter)  # a spawner ends with its executor's socket
     after = make_spec(tmp_path, "print('next')", job_id="job-2")
     finished = await wait_finished(adapter, after, await adapter.submit(after))
     assert finished.state is BackendState.COMPLETED
