@@ -863,11 +863,11 @@ def _serve_spawner(
     of its process group, reaps it and tells ``{"ended": pid, "code": …, "rusage": …}``.
     Exits once the executor's end of the socket closes."""
     gc.freeze()  # nothing of the executor's may be finalised here: its descriptors are gone
+    signal.set_wakeup_fd(-1)  # the executor's, closed below
     for name in os.listdir("/proc/self/fd"):
         if int(name) not in (sock_fd, stdin) and int(name) > 2:
             with contextlib.suppress(OSError):  # the listing's own descriptor
                 os.close(int(name))
-    signal.set_wakeup_fd(-1)
     for sig in (signal.SIGTERM, signal.SIGINT):  # it ends with the executor's socket (or KILL)
         signal.signal(sig, _disregard)
     uid, gid, groups = ids
