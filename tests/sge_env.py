@@ -10,7 +10,6 @@ and ``scripts/tenant_user.sh``'s user too.
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -20,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from apportion.adapters.base import RunAs
+from tests.jobs_helpers import job_user, why_no_job_user
 
 REPO = Path(__file__).resolve().parent.parent
 UP_SCRIPT = REPO / "scripts" / "sge_up.sh"
-JOB_USER = "apportion-jobs"
 SGE_ENV = {"SGE_ROOT": "/var/lib/gridengine", "SGE_CELL": "default"}
 
 
@@ -66,23 +65,13 @@ def _start() -> str | None:
     return None
 
 
-def _job_user() -> RunAs | None:
-    try:
-        entry = pwd.getpwnam(JOB_USER)
-    except KeyError:
-        return None
-    groups = tuple(os.getgrouplist(JOB_USER, entry.pw_gid))
-    return RunAs(JOB_USER, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir)
-
-
 def require_sge() -> SgeCell:
     """The running SGE; else ``pytest.skip`` — or ``pytest.fail`` when ``CI`` is ``true``."""
     why = None if _ready() else _start()
-    run_as = _job_user()
-    if run_as is None:
-        why = why or f"the job user {JOB_USER} is missing (scripts/tenant_user.sh creates it)"
-    elif os.geteuid() != 0:
-        why = why or "not root: the tests submit SGE jobs as the job user"
+    missing = why_no_job_user()  # the tests submit SGE jobs as the job user
+    run_as = None if missing else job_user()
+    if missing is not None:
+        why = why or missing
     elif not _ready():
         why = why or "qstat -f lists no queue all.q"
     if why is not None or run_as is None:
