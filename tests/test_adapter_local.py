@@ -1030,6 +1030,52 @@ def parent_of(pid: int) -> int:
         return int(stat_file.read().rsplit(")", 1)[1].split()[1])
 
 
+async def test_a_spawner_with_nothing_running_ends_and_the_next_start_makes_another(
+    adapter: LocalAdapter, tmp_path: Path
+) -> None:
+    # an executor of this test's own, its SPAWNER_IDLE made short (run from its file with
+    # that one value changed), the adapter connected to it
+    needs_job_user()
+    code = (
+        "import runpy, sys\n"
+        "main = runpy.run_path(sys.argv[1])['main']\n"
+        "main.__globals__['SPAWNER_IDLE'] = 0.5  # run_path gives a copy of its globals\n"
+        "sys.exit(main(sys.argv[2:]))\n"
+    )
+    started = await asyncio.create_subprocess_exec(
+        *(PY, "-I", "-S", "-c", code, ex.__file__, str(tmp_path)),
+        stdin=asyncio.subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        async with asyncio.timeout(30):  # a deadline for a broken test, not a timing assertion
+            while not (tmp_path / ex.SOCKET_NAME).exists():
+                assert started.returncode is None, "the executor did not start"
+                await asyncio.sleep(0.02)
+        parents = []
+        for job_id in ("job-1", "job-2"):
+            spec = make_spec(tmp_path, "", job_id=job_id, command=("/bin/sh", "-c", "echo $PPID"))
+            spec = dataclasses.replace(spec, run_as=job_user(), working_dir="/tmp")
+            finished = await wait_finished(adapter, spec, await adapter.submit(spec))
+            assert finished.state is BackendState.COMPLETED
+            assert state(spec)["executor_pid"] == started.pid
+            parents.append(int(ex.stdout_path(spec.output_dir, 0).read_text()))
+            for _ in range(500):  # ended 0.5 s after the job (10 s at most)
+                if gone(parents[-1]):
+                    break
+                await asyncio.sleep(0.02)
+            assert gone(parents[-1])
+        assert parents[0] != parents[1]  # the second job's spawner is a new one
+        assert started.returncode is None  # the executor lives on: its client is connected
+        await adapter.close()  # the executor exits: no command, no client
+        async with asyncio.timeout(30):
+            assert await started.wait() == 0
+    finally:
+        if started.returncode is None:
+            started.kill()
+            await started.wait()
+
+
 @BOTH_USERS
 async def test_a_sigtermed_executor_stops_its_commands_and_exits(
     adapter: LocalAdapter, tmp_path: Path, as_job_user: bool

@@ -18,7 +18,8 @@ descriptor: the files are the server's), reaps each command and tells its end
 (:func:`_serve_spawner`). A spawner its user's processes kill takes the ends of its running
 commands with it: they are stopped and recorded killed, with that reason, and the next start
 makes a new one; one they stop is killed once it has taken or answered nothing for
-:data:`SPAWNER_WAIT` — it never holds up the executor's other work.
+:data:`SPAWNER_WAIT` — it never holds up the executor's other work. A spawner with no command
+running for :data:`SPAWNER_IDLE` ends; its user's next start makes a new one.
 
 **Its socket.** ``<jobs dir>/executor.sock`` (0600: the server's user alone can connect), JSON
 objects one per line, each answered by one line, in order, on the connection it came on:
@@ -101,6 +102,7 @@ FIRST_CLIENT_WAIT = 10.0  # seconds a new executor waits for its first client
 START_BATCH = 64  # workers started at most before they are recorded (their spawners answer)
 ACCEPT_PAUSE = 0.5  # seconds accepting pauses when no descriptor was left for a client
 SPAWNER_WAIT = 5.0  # seconds a spawner may take to take a launch or answer it (then killed)
+SPAWNER_IDLE = 60.0  # seconds a spawner lives on with no command of its running
 SPAWNER_MESSAGE = 4 << 20  # bytes of one launch at most (a command's argv and environment
 # fit in 2 MiB, Linux's usual ARG_MAX): the executor's send buffer is made to hold one
 SO_SNDBUFFORCE = 32  # Linux's: a send buffer above the system's maximum (root may)
@@ -246,6 +248,7 @@ class _Spawner:
         self.workers: dict[int, _Worker] = {}  # by pid: started, their ends not yet told
         self.ended: collections.deque[dict[str, Any]] = collections.deque()  # told, not recorded
         self.gone = False
+        self.last_busy = time.monotonic()  # last seen with a command running
 
     def send(self, message: bytes, fd: int) -> None:
         """Hand it ``message`` with the descriptor ``fd``. Raises :class:`TimeoutError` when it
@@ -393,6 +396,7 @@ class Executor:
             self._handle_requests()
             for spawner in list(self.spawners.values()):  # ends told while starts were answered
                 self._record_spawned_ends(spawner)
+            self._end_idle_spawners()
             self._fire_timers()
             if self.accept_again_at is not None and time.monotonic() >= self.accept_again_at:
                 self.accept_again_at = None
@@ -415,6 +419,7 @@ class Executor:
 
     def _timeout(self) -> float | None:
         due = [self.next_gang_look] if self.jobs else []
+        due += [s.last_busy + SPAWNER_IDLE for s in self.spawners.values() if not s.workers]
         if not self.served:
             due.append(self.first_client_deadline)
         timer = self.timers.next_due()
@@ -690,6 +695,18 @@ class Executor:
             worker = spawner.workers.pop(int(message["ended"]), None)
             if worker is not None:
                 self._ended(worker, int(message["code"]), message["rusage"])
+
+    def _end_idle_spawners(self) -> None:
+        """End each spawner that has had no command running for :data:`SPAWNER_IDLE` (one
+        process per job user that ran something would otherwise live as long as this
+        executor); the user's next start makes a new one."""
+        now = time.monotonic()
+        for ids, spawner in list(self.spawners.items()):
+            if spawner.workers:
+                spawner.last_busy = now
+            elif spawner.gone or now - spawner.last_busy >= SPAWNER_IDLE:
+                self._spawner_gone(spawner)
+                del self.spawners[ids]
 
     def _spawner_gone(self, spawner: _Spawner) -> None:
         """A spawner ended (its user's processes may kill it), or is to end (it took or answered
