@@ -69,6 +69,7 @@ stops its commands and reports them lost.
 
 from __future__ import annotations
 
+import array
 import collections
 import contextlib
 import errno
@@ -273,6 +274,23 @@ class _Spawner:
             return None
         message = json.loads(data)
         return message if isinstance(message, dict) else None
+
+
+def _too_large() -> OSError:
+    return OSError(
+        errno.E2BIG,
+        f"its command and environment take more than {SPAWNER_MESSAGE >> 20} MiB: make its"
+        " environment smaller",
+    )
+
+
+def _stuck(exc: TimeoutError) -> OSError:
+    """Why a start failed whose spawner took or answered nothing (``exc`` says which)."""
+    return OSError(
+        errno.ETIMEDOUT,
+        f"{exc} within {SPAWNER_WAIT:g} s (a process of its user stopped it?), so it was killed;"
+        " submit the job again (the next start makes a new spawner)",
+    )
 
 
 def _runs_as(pid: int, uid: int) -> bool:
@@ -617,7 +635,7 @@ class Executor:
         ids = (int(run_as["uid"]), int(run_as["gid"]), tuple(int(g) for g in run_as["groups"]))
         message = json.dumps(launch).encode()
         if len(message) > SPAWNER_MESSAGE:
-            raise OSError(errno.E2BIG, "its command and environment are too large")
+            raise _too_large()
         for _ in range(2):  # a spawner its user's processes killed: once more, with a new one
             spawner = self.spawners.get(ids)
             if spawner is None or spawner.gone:
@@ -626,16 +644,14 @@ class Executor:
                 spawner.send(message, out)
             except TimeoutError as exc:
                 self._spawner_gone(spawner)
-                raise OSError(errno.ETIMEDOUT, f"{exc}: stopped, and killed") from None
+                raise _stuck(exc) from None
             except OSError as exc:
                 if exc.errno == errno.EMSGSIZE:
-                    raise OSError(
-                        errno.E2BIG, "its command and environment are too large"
-                    ) from None
+                    raise _too_large() from None
                 self._spawner_gone(spawner)  # it had ended
                 continue
             return spawner
-        raise OSError(errno.EPIPE, "the spawner of its user ended at once")
+        raise OSError(errno.EPIPE, "the spawner of its user ended at once, twice: see executor.log")
 
     def _start_spawner(self, ids: tuple[int, int, tuple[int, ...]]) -> _Spawner:
         """Fork the spawner of the user ``ids`` (uid, gid, groups): :func:`_serve_spawner`."""
@@ -660,7 +676,7 @@ class Executor:
                 message = spawner.receive(block=True)
             except TimeoutError as exc:
                 self._spawner_gone(spawner)
-                return OSError(errno.ETIMEDOUT, f"{exc}: stopped, and killed")
+                return _stuck(exc)
             if message is None:
                 self._spawner_gone(spawner)
                 break
@@ -673,7 +689,11 @@ class Executor:
             else:
                 number, words, name = message["error"]
                 return PermissionError(words) if number is None else OSError(number, words, name)
-        return OSError(errno.EPIPE, "the spawner of its user ended before it was started")
+        return OSError(
+            errno.EPIPE,
+            "the spawner of its user ended before it was started; submit it again (the next"
+            " start makes a new spawner)",
+        )
 
     def _read_spawner(self, spawner: _Spawner) -> None:
         """What a spawner told (its socket is readable): the ends of its commands, recorded;
@@ -832,13 +852,14 @@ def _spawn(launch: dict[str, Any], stdin: int, out: int, descriptors: tuple[int,
     Used by the executor for a command of its own user (no ``run_as``) and by the spawner of a
     job user (:func:`_serve_spawner`) for that user's: a vfork copies none of the caller's page
     tables and runs no Python before the exec — half the CPU of a fork with Python in the
-    child before its exec (benchmarks/spawn.py). The command gets the working directory (entered here first, as the
-    user: the caller is single-threaded and its own paths are absolute), every signal at its
-    default and none blocked, the limit of open files the executor was started with
-    (``descriptors``), and the job's ``PATH`` searched as ``execvpe`` would."""
+    child before its exec (benchmarks/spawn.py). The command gets the working directory
+    (entered here first, as the user: the caller is single-threaded and its own paths are
+    absolute), every signal at its default and none blocked, the limit of open files the
+    executor was started with (``descriptors``), and the job's ``PATH`` searched as
+    ``execvpe`` would."""
     cwd, command = launch["cwd"], launch["command"]
     path = _command_path(command[0], launch["env"])
-    raised = resource.getrlimit(resource.RLIMIT_NOFILE)
+    own = resource.getrlimit(resource.RLIMIT_NOFILE)  # the executor's is raised (main)
     try:
         try:
             os.chdir(cwd)
@@ -847,7 +868,8 @@ def _spawn(launch: dict[str, Any], stdin: int, out: int, descriptors: tuple[int,
             raise PermissionError(
                 f"the job's user cannot enter its working directory {cwd} ({words})"
             ) from None
-        resource.setrlimit(resource.RLIMIT_NOFILE, descriptors)
+        if own != descriptors:
+            resource.setrlimit(resource.RLIMIT_NOFILE, descriptors)
         try:
             return os.posix_spawn(
                 path,
@@ -863,7 +885,8 @@ def _spawn(launch: dict[str, Any], stdin: int, out: int, descriptors: tuple[int,
         except OSError as exc:
             raise OSError(exc.errno, exc.strerror, command[0]) from None
         finally:
-            resource.setrlimit(resource.RLIMIT_NOFILE, raised)
+            if own != descriptors:
+                resource.setrlimit(resource.RLIMIT_NOFILE, own)
     finally:
         os.chdir("/")
 
@@ -902,12 +925,18 @@ def _serve_spawner(
     while True:
         for key, _ in selector.select():
             if key.fileobj is sock:
+                # not socket.recv_fds: Python 3.11's drops its flags, and a descriptor received
+                # without MSG_CMSG_CLOEXEC would be inherited by every command spawned after
                 data, ancillary, _, _ = sock.recvmsg(
                     SPAWNER_MESSAGE, socket.CMSG_SPACE(4), socket.MSG_CMSG_CLOEXEC
                 )
                 if not data:
                     os._exit(0)
-                _spawn_for_executor(sock, data, ancillary, stdin, descriptors)
+                fds = array.array("i")
+                for level, kind, payload in ancillary:
+                    if (level, kind) == (socket.SOL_SOCKET, socket.SCM_RIGHTS):
+                        fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+                _spawn_for_executor(sock, data, list(fds), stdin, descriptors)
             else:
                 with contextlib.suppress(BlockingIOError):
                     os.read(wake_r, 4096)
@@ -915,20 +944,10 @@ def _serve_spawner(
 
 
 def _spawn_for_executor(
-    sock: socket.socket,
-    data: bytes,
-    ancillary: list[tuple[int, int, bytes]],
-    stdin: int,
-    descriptors: tuple[int, int],
+    sock: socket.socket, data: bytes, fds: list[int], stdin: int, descriptors: tuple[int, int]
 ) -> None:
-    """In a spawner: start the launch ``data`` with the output descriptor in ``ancillary``;
-    answer its pid or why it could not be started."""
-    fds = [
-        int.from_bytes(payload[i : i + 4], sys.byteorder)
-        for level, kind, payload in ancillary
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
-        for i in range(0, len(payload) - len(payload) % 4, 4)
-    ]
+    """In a spawner: start the launch ``data`` with the output descriptor that came with it
+    (``fds``); answer its pid or why it could not be started."""
     try:
         if len(fds) != 1:
             raise OSError(errno.EINVAL, "no output file came with the launch")
