@@ -217,7 +217,7 @@ async def test_a_cancelled_flusher_fails_everything_it_had_not_committed(
     handed = [asyncio.ensure_future(committer.submit([k])) for k in ("a", "b")]
     await gate.wait_entered()
     later = asyncio.ensure_future(committer.submit(["c"]))
-    flusher = committer._flusher
+    flusher = committer._line.flusher
     assert flusher is not None
     flusher.cancel()
     results = await asyncio.gather(*handed, later, return_exceptions=True)
@@ -236,6 +236,84 @@ async def test_after_commit_runs_before_the_callers_resume(db: Database) -> None
     )
     assert await committer.submit(["a"]) == ["A"]
     assert seen == [(["a"], ["A"])]
+
+
+# The committers of one database share one line: what they are handed is written in the order
+# of the calls, several committers' changes in one transaction.
+
+
+def lowered(conn: Connection, changes: Sequence[str]) -> list[str]:
+    """A second family's batch function: the change as an event of its lower-cased type,
+    answered lower-cased; "BOOM" fails its batch."""
+    if "BOOM" in changes:
+        raise OSError("disk full")
+    conn.execute(events.insert(), [insert(kind.lower()) for kind in changes])
+    return [kind.lower() for kind in changes]
+
+
+async def test_two_committers_changes_share_one_commit_and_the_order_of_their_calls(
+    threaded_db: Database,
+) -> None:
+    gate = Gate()
+    jobs: GroupCommitter[str, str] = GroupCommitter(threaded_db, gate, name="jobs")
+    announced: list[list[str]] = []
+
+    async def announce(changes: Sequence[str], _results: Sequence[str]) -> None:
+        announced.append(list(changes))  # only once what it announces is committed
+        assert await stored_types(threaded_db) == ["a", "b", "c", "x", "y"]
+
+    news: GroupCommitter[str, str] = GroupCommitter(
+        threaded_db, lowered, name="news", after_commit=announce
+    )
+    first = asyncio.ensure_future(jobs.submit(["a"]))
+    await gate.wait_entered()  # "a" is being written
+    # "b" waits for the jobs' next commit; "X", handed over after it, is not written before it
+    later = [
+        asyncio.ensure_future(jobs.submit(["b"])),
+        asyncio.ensure_future(news.submit(["X"])),
+        asyncio.ensure_future(jobs.submit(["c"])),
+        asyncio.ensure_future(news.submit(["Y"])),
+    ]
+    gate.release.set()
+    assert await first == ["A"]
+    assert [await r for r in later] == [["B"], ["x"], ["C"], ["y"]]
+    assert gate.batches == [["a"], ["b", "c"]]  # the second commit held "X" and "Y" too
+    assert announced == [["X", "Y"]]
+
+
+async def test_one_committers_failure_fails_the_whole_commit_of_every_committer(
+    threaded_db: Database,
+) -> None:
+    gate = Gate()
+    jobs: GroupCommitter[str, str] = GroupCommitter(threaded_db, gate, name="jobs")
+    news: GroupCommitter[str, str] = GroupCommitter(threaded_db, lowered, name="news")
+    first = asyncio.ensure_future(jobs.submit(["a"]))
+    await gate.wait_entered()
+    doomed = [
+        asyncio.ensure_future(jobs.submit(["b"])),
+        asyncio.ensure_future(news.submit(["BOOM"])),
+    ]
+    gate.release.set()
+    await first
+    results = await asyncio.gather(*doomed, return_exceptions=True)
+    assert [type(r) for r in results] == [OSError, OSError]
+    assert await news.submit(["C"]) == ["c"]
+    assert await stored_types(threaded_db) == ["a", "c"]  # "b" was rolled back with "BOOM"
+
+
+async def test_a_committer_whose_turn_fails_loses_only_its_own_changes(db: Database) -> None:
+    @asynccontextmanager
+    async def no_turn() -> AsyncIterator[None]:
+        raise ConnectionError("the turn's connection is gone")
+        yield
+
+    jobs: GroupCommitter[str, str] = GroupCommitter(db, append_types, name="jobs")
+    news: GroupCommitter[str, str] = GroupCommitter(db, lowered, name="news", around=no_turn)
+    results = await asyncio.gather(
+        jobs.submit(["a"]), news.submit(["X"]), jobs.submit(["b"]), return_exceptions=True
+    )
+    assert [type(r) for r in results] == [list, ConnectionError, list]
+    assert await stored_types(db) == ["a", "b"]
 
 
 # ---------------------------------------------------------------- the one upsert

@@ -7,25 +7,34 @@ change. The hold journal (:mod:`apportion.allocation.hold_journal`), the job wri
 (:mod:`apportion.jobs.writer`) and the event outbox (:mod:`apportion.server.events`) each own
 one, with the batch function of their repository.
 
+The committers of one :class:`Database` share one line of changes: what they are handed goes
+into one queue, in the order of the calls, and a commit writes what the queue holds — the
+changes of every committer in it — in one transaction. So a state change and the event that
+announces it, handed over one after the other, are written together (one fsync, and no crash
+between them can keep the one without the other), and never the event first.
+
 The rule, the same for every user:
 
 * **Order is kept.** :meth:`GroupCommitter.submit` queues the changes synchronously, before the
-  caller's first ``await``: the queue's order is the order of the calls, batches are written in
-  that order, and a batch function sees its changes in that order.
+  caller's first ``await``: the queue's order is the order of the calls — across the
+  committers of one database too — batches are written in that order, and a batch function
+  sees its changes in that order. A change is never written in a commit before one handed
+  over ahead of it.
 * **Handed over means written.** Once :meth:`submit` has returned, the change is committed even
   if the caller is cancelled while it waits (its ``CancelledError`` is raised in the caller as
   usual; the commit goes on). A caller that must undo its in-memory effect when cancelled
   cannot assume the change was dropped. (The future is not shielded: a shield costs a second
   future per change on the hot path, and the queue, not the future, is what gets written.)
 * **Every caller learns the outcome.** The awaitable resolves with the change's results once
-  the batch is committed, and ``after_commit`` (if given) has run; or raises the batch's error.
-* **A batch is all or nothing.** The batch function runs in one transaction
-  (:meth:`Database.write_batch`); if it raises, nothing of the batch is written and every caller
-  in it gets the error. The next batch is written as usual.
-* **Closing drains.** :meth:`close` refuses new changes (``RuntimeError``) and returns once
-  every change already handed over is committed or failed. If the flusher task itself is
-  cancelled (the event loop is going away), every change it had not committed fails with
-  ``RuntimeError``: nobody waits forever.
+  the batch is committed, and every ``after_commit`` of its committers has run; or raises the
+  batch's error.
+* **A batch is all or nothing.** The batch functions of one commit run in one transaction
+  (:meth:`Database.write_batch`); if one raises, nothing of the batch is written and every
+  caller in it — of every committer — gets the error. The next batch is written as usual.
+* **Closing drains.** :meth:`GroupCommitter.close` refuses new changes (``RuntimeError``) and
+  returns once every change already handed over is committed or failed. If the flusher task
+  itself is cancelled (the event loop is going away), every change it had not committed fails
+  with ``RuntimeError``: nobody waits forever.
 
 A batch function runs on the database's writer thread, off the event loop: the changes it is
 given must be immutable snapshots (frozen dataclasses, encoded JSON), never live objects the
@@ -36,10 +45,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection
 
@@ -51,17 +61,11 @@ ChangeT = TypeVar("ChangeT")
 ResultT = TypeVar("ResultT")
 
 MAX_BATCH = 512
-"""Changes per transaction at most: a burst is written as several batches, in order (one
-hand-over is never split: a larger one is a batch of its own)."""
+"""Changes of one committer per transaction at most: a burst is written as several batches, in
+order (one hand-over is never split: a larger one is a batch of its own)."""
 
 BatchWriter = Callable[[Connection, Sequence[ChangeT]], Sequence[ResultT]]
 """Writes a batch on the writer thread and returns one result per change, in order."""
-
-
-@dataclass(slots=True)
-class _Handed(Generic[ChangeT, ResultT]):
-    changes: Sequence[ChangeT]
-    done: asyncio.Future[list[ResultT]]
 
 
 class GroupCommitter(Generic[ChangeT, ResultT]):
@@ -71,7 +75,8 @@ class GroupCommitter(Generic[ChangeT, ResultT]):
     event loop after each committed batch, before its callers resume (the event outbox emits
     there, so events reach sinks in ``seq`` order). ``around``, when given, is entered before
     each batch's commit and left after its ``after_commit`` (the event outbox takes its turn
-    among servers there); a batch whose ``around`` cannot be entered fails its callers."""
+    among servers there); a batch whose ``around`` cannot be entered fails this committer's
+    callers in it (the other committers' changes are written)."""
 
     def __init__(
         self,
@@ -84,14 +89,14 @@ class GroupCommitter(Generic[ChangeT, ResultT]):
         around: Callable[[], AbstractAsyncContextManager[None]] | None = None,
         max_batch: int = MAX_BATCH,
     ) -> None:
-        self._db = db
-        self._write = write
-        self._name = name
-        self._after_commit = after_commit
-        self._around = around
-        self._max_batch = max_batch
-        self._queue: list[_Handed[ChangeT, ResultT]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self.name = name
+        self.write = write
+        self.after_commit = after_commit
+        self.around = around
+        self.max_batch = max_batch
+        self._line = _line_of(db)
+        self._unwritten = 0  # hand-overs neither committed nor failed
+        self._written: asyncio.Event | None = None  # set when none is left (while closing)
         self._closed = False
 
     def submit(self, changes: Sequence[ChangeT]) -> asyncio.Future[list[ResultT]]:
@@ -101,18 +106,59 @@ class GroupCommitter(Generic[ChangeT, ResultT]):
         ``RuntimeError`` after :meth:`close`."""
         if self._closed:
             raise RuntimeError("the server is stopping; retry against the restarted server")
-        done: asyncio.Future[list[ResultT]] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Handed(changes, done))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush(), name=self._name)
-        return done
+        self._unwritten += 1
+        return self._line.hand_over(self, changes)
 
     async def close(self) -> None:
         """Refuse new changes and wait until those handed over are committed or failed."""
         self._closed = True
-        flusher = self._flusher
-        if flusher is not None and not flusher.done():
-            await asyncio.wait([flusher])
+        if self._unwritten:
+            self._written = asyncio.Event()
+            await self._written.wait()
+
+    def _settled(self) -> None:
+        """One of this committer's hand-overs was committed or failed (by the line)."""
+        self._unwritten -= 1
+        if not self._unwritten and self._written is not None:
+            self._written.set()
+
+
+@dataclass(slots=True)
+class _Handed:
+    committer: GroupCommitter[Any, Any]
+    changes: Sequence[Any]
+    done: asyncio.Future[list[Any]]
+    settled: bool = False
+
+    def settle(self, results: list[Any] | BaseException) -> None:
+        """Tell the caller (unless it stopped waiting) and its committer, once."""
+        if self.settled:
+            return
+        self.settled = True
+        if not self.done.done():
+            if isinstance(results, BaseException):
+                self.done.set_exception(results)
+            else:
+                self.done.set_result(results)
+        self.committer._settled()
+
+
+class _CommitLine:
+    """The queue of one database's committers and its flusher (module docstring)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._queue: list[_Handed] = []
+        self.flusher: asyncio.Task[None] | None = None
+
+    def hand_over(
+        self, committer: GroupCommitter[ChangeT, ResultT], changes: Sequence[ChangeT]
+    ) -> asyncio.Future[list[ResultT]]:
+        done: asyncio.Future[list[ResultT]] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Handed(committer, changes, done))
+        if self.flusher is None or self.flusher.done():
+            self.flusher = asyncio.create_task(self._flush(), name="commit-line")
+        return done
 
     async def _flush(self) -> None:
         while self._queue:
@@ -124,62 +170,88 @@ class GroupCommitter(Generic[ChangeT, ResultT]):
                     "the server stopped before this change was known to be committed"
                 )
                 for handed in batch + self._queue:
-                    _fail(handed, stopped)
+                    handed.settle(stopped)
                 self._queue = []
                 raise
 
-    def _take(self) -> list[_Handed[ChangeT, ResultT]]:
-        """The oldest hand-overs holding at most ``max_batch`` changes (at least one)."""
-        size = 0
+    def _take(self) -> list[_Handed]:
+        """The oldest hand-overs up to the first that would give its committer more than its
+        ``max_batch`` changes (at least one)."""
+        sizes: dict[int, int] = {}
         for index, handed in enumerate(self._queue):
-            size += len(handed.changes)
-            if size > self._max_batch and index > 0:
+            committer = handed.committer
+            size = sizes.get(id(committer), 0) + len(handed.changes)
+            if size > committer.max_batch and index > 0:
                 batch, self._queue = self._queue[:index], self._queue[index:]
                 return batch
+            sizes[id(committer)] = size
         batch, self._queue = self._queue, []
         return batch
 
-    async def _commit(self, batch: list[_Handed[ChangeT, ResultT]]) -> None:
-        async with AsyncExitStack() as turn:
-            if self._around is not None:
-                try:
-                    await turn.enter_async_context(self._around())
-                except Exception as exc:
-                    log.error("%s: %d change(s) not written: %s", self._name, len(batch), exc)
-                    for handed in batch:
-                        _fail(handed, exc)
-                    return
-            await self._commit_and_tell(batch)
+    async def _commit(self, batch: list[_Handed]) -> None:
+        committers = list({id(h.committer): h.committer for h in batch}.values())
+        async with AsyncExitStack() as turns:
+            writing = []
+            for committer in committers:
+                if committer.around is not None:
+                    try:
+                        await turns.enter_async_context(committer.around())
+                    except Exception as exc:
+                        log.error("%s: change(s) not written: %s", committer.name, exc)
+                        for handed in batch:
+                            if handed.committer is committer:
+                                handed.settle(exc)
+                        continue
+                writing.append(committer)
+            await self._commit_and_tell([h for h in batch if h.committer in writing], writing)
 
-    async def _commit_and_tell(self, batch: list[_Handed[ChangeT, ResultT]]) -> None:
-        changes = [change for handed in batch for change in handed.changes]
+    async def _commit_and_tell(
+        self, batch: list[_Handed], committers: list[GroupCommitter[Any, Any]]
+    ) -> None:
+        changes: dict[int, list[Any]] = {id(c): [] for c in committers}
+        for handed in batch:
+            changes[id(handed.committer)].extend(handed.changes)
 
-        def write(conn: Connection) -> list[ResultT]:
-            results = list(self._write(conn, changes))
-            if len(results) != len(changes):  # a broken batch function: roll back
-                raise RuntimeError(f"{len(results)} results for {len(changes)} changes")
-            return results
+        def write(conn: Connection) -> dict[int, list[Any]]:
+            written = {}
+            for committer in committers:
+                mine = changes[id(committer)]
+                results = list(committer.write(conn, mine))
+                if len(results) != len(mine):  # a broken batch function: roll back
+                    raise RuntimeError(
+                        f"{committer.name}: {len(results)} results for {len(mine)} changes"
+                    )
+                written[id(committer)] = results
+            return written
 
         try:
             results = await self._db.write_batch(write)
         except Exception as exc:
-            log.error("%s: writing %d change(s) failed: %s", self._name, len(changes), exc)
+            names = ", ".join(c.name for c in committers)
+            log.error("%s: writing %d change(s) failed: %s", names, len(batch), exc)
             for handed in batch:
-                _fail(handed, exc)
+                handed.settle(exc)
             return
-        if self._after_commit is not None:
-            try:
-                await self._after_commit(changes, results)
-            except Exception:  # committed all the same: the callers learn that
-                log.exception("%s: after_commit failed", self._name)
-        start = 0
+        for committer in committers:
+            if committer.after_commit is not None:
+                try:
+                    await committer.after_commit(changes[id(committer)], results[id(committer)])
+                except Exception:  # committed all the same: the callers learn that
+                    log.exception("%s: after_commit failed", committer.name)
+        start = dict.fromkeys(results, 0)
         for handed in batch:
-            end = start + len(handed.changes)
-            if not handed.done.done():
-                handed.done.set_result(results[start:end])
-            start = end
+            key = id(handed.committer)
+            end = start[key] + len(handed.changes)
+            handed.settle(results[key][start[key] : end])
+            start[key] = end
 
 
-def _fail(handed: _Handed[ChangeT, ResultT], exc: BaseException) -> None:
-    if not handed.done.done():
-        handed.done.set_exception(exc)
+_LINES: weakref.WeakKeyDictionary[Database, _CommitLine] = weakref.WeakKeyDictionary()
+
+
+def _line_of(db: Database) -> _CommitLine:
+    """The one line of ``db``'s committers."""
+    line = _LINES.get(db)
+    if line is None:
+        line = _LINES[db] = _CommitLine(db)
+    return line
