@@ -16,6 +16,7 @@ from apportion.jobs.models import JobConfig, JobStatus
 from apportion.jobs.priority import WEEK
 from apportion.jobs.records import JobBook
 from apportion.ownership import Owner
+from apportion.server.events import EventLog
 from apportion.store.db import Database
 from apportion.store.repos.holds import HoldChange, HoldRepo, HoldRow
 from apportion.store.repos.holds import write_changes as write_hold_changes
@@ -86,10 +87,59 @@ async def test_a_failed_commit_reaches_every_caller_of_its_batch(
     assert [e["status"] for e in await book.history(job.job_id)] == ["queued", "running"]
 
 
+async def test_a_new_job_and_its_event_are_one_commit_and_it_is_in_the_book_when_heard(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the lifecycle's submit: the job and its job_queued event, handed over in one turn
+    book = JobBook(db, usage=UsageBook(WEEK))
+    events = EventLog(db)
+    known_when_heard: list[bool] = []
+
+    async def listener(event: dict[str, Any]) -> None:
+        known_when_heard.append(event["job_id"] in book.jobs)
+
+    events.add_sink(listener)
+    commits: list[int] = []
+    write_batch = db.write_batch
+
+    async def counting(fn: Callable[[Connection], T]) -> T:
+        commits.append(1)
+        return await write_batch(fn)
+
+    monkeypatch.setattr(db, "write_batch", counting)
+    job = book.new(config("a"), 0, OWNER)
+    entered = book.enter(job, "submitted")
+    assert job.job_id not in book.jobs  # not before its commit
+    heard = events.append("job_queued", {"job_id": job.job_id}, account=OWNER.account)
+    await asyncio.gather(entered, heard)
+    assert commits == [1] and known_when_heard == [True]
+    assert [e["type"] for e in await events.since(0)] == ["job_queued"]
+    assert book.unfinished[job.job_id] is job
+
+
+async def test_a_job_whose_commit_failed_is_not_in_the_book(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    book = JobBook(db, usage=UsageBook(WEEK))
+
+    async def failing(fn: Callable[[Connection], T]) -> T:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(db, "write_batch", failing)
+    job = book.new(config("a"), 0, OWNER)
+    with pytest.raises(OSError, match="disk full"):
+        await book.enter(job, "submitted")
+    assert job.job_id not in book.jobs and not book._entering
+
+
 async def test_a_cancelled_caller_still_has_its_change_written(db: Database) -> None:
     book = JobBook(db, usage=UsageBook(WEEK))
     job = await book.create(config("a"), 0, OWNER, "submitted")
-    task = asyncio.create_task(book.save(job, status=JobStatus.SCHEDULED, reason="placed"))
+
+    async def caller() -> None:
+        await book.save(job, status=JobStatus.SCHEDULED, reason="placed")
+
+    task = asyncio.create_task(caller())
     await asyncio.sleep(0)  # handed over
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -101,8 +151,8 @@ async def test_a_cancelled_caller_still_has_its_change_written(db: Database) -> 
 async def test_the_history_includes_a_change_still_being_committed(db: Database) -> None:
     book = JobBook(db, usage=UsageBook(WEEK))
     job = await book.create(config("a"), 0, OWNER, "submitted")
-    saving = asyncio.create_task(book.save(job, status=JobStatus.RUNNING, reason="started"))
-    await asyncio.sleep(0)  # handed over: the record already says running, the store not yet
+    saving = book.save(job, status=JobStatus.RUNNING, reason="started")
+    # handed over when called: the record already says running, the store not yet
     assert job.status is JobStatus.RUNNING
     assert [e["status"] for e in await book.history(job.job_id)] == ["queued", "running"]
     await saving
@@ -149,8 +199,7 @@ async def test_a_job_s_placements_and_decision_come_back_from_the_store_as_they_
 async def test_the_history_waits_for_the_change_of_a_cancelled_caller(db: Database) -> None:
     book = JobBook(db, usage=UsageBook(WEEK))
     job = await book.create(config("a"), 0, OWNER, "submitted")
-    saving = asyncio.create_task(book.save(job, status=JobStatus.RUNNING, reason="started"))
-    await asyncio.sleep(0)  # handed over
+    saving = book.save(job, status=JobStatus.RUNNING, reason="started")  # handed over
     saving.cancel()
     with pytest.raises(asyncio.CancelledError):
         await saving

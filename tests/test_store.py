@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import re
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -279,6 +279,27 @@ async def test_two_committers_changes_share_one_commit_and_the_order_of_their_ca
     assert [await r for r in later] == [["B"], ["x"], ["C"], ["y"]]
     assert gate.batches == [["a"], ["b", "c"]]  # the second commit held "X" and "Y" too
     assert announced == [["X", "Y"]]
+
+
+async def test_an_announcers_after_commit_runs_after_the_other_committers(db: Database) -> None:
+    heard: list[str] = []
+
+    def hook(name: str) -> Callable[[Sequence[str], Sequence[str]], Awaitable[None]]:
+        async def after(changes: Sequence[str], _results: Sequence[str]) -> None:
+            heard.append(f"{name}: {', '.join(changes)}")
+
+        return after
+
+    news: GroupCommitter[str, str] = GroupCommitter(
+        db, lowered, name="news", after_commit=hook("news"), announcer=True
+    )
+    jobs: GroupCommitter[str, str] = GroupCommitter(
+        db, append_types, name="jobs", after_commit=hook("jobs")
+    )
+    # one turn's hand-overs, one commit: the news handed over first is heard of last
+    await asyncio.gather(news.submit(["X"]), jobs.submit(["a"]))
+    assert heard == ["jobs: a", "news: X"]
+    assert await stored_types(db) == ["x", "a"]
 
 
 async def test_one_committers_failure_fails_the_whole_commit_of_every_committer(

@@ -14,7 +14,8 @@ from typing import Any, Protocol
 
 class EventSink(Protocol):
     """``await emit(type, payload, account=None)``: store and announce one event about
-    ``account``'s work (None: about the fleet)."""
+    ``account``'s work (None: about the fleet). The event log's hands the event over when
+    called, so it is committed with the changes handed over just before it."""
 
     def __call__(
         self, type: str, payload: dict[str, Any], *, account: str | None = None

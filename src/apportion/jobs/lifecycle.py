@@ -31,7 +31,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -166,6 +166,7 @@ class JobLifecycle:
         self.notified_poll_interval = NOTIFIED_POLL_INTERVAL
         self._numbered: list[Job] = []  # the jobs the last count gave a queue position
         self._renumbering: asyncio.Future[None] | None = None  # a count is due this turn
+        self._arriving: dict[str, Job] = {}  # submitted, numbered before they are handed over
 
     # ---------------------------------------------------------------- the table
     @staticmethod
@@ -176,14 +177,14 @@ class JobLifecycle:
             log.error("%s", error)
             raise error
 
-    async def _move(
+    def _move(
         self, job: Job, target: JobStatus, reason: str, *, release_hold: str | None = None
-    ) -> None:
-        """Change ``job``'s status along :data:`TRANSITIONS` and commit it with its history
-        entry (and the deletion of ``release_hold``'s rows); :class:`IllegalTransition`
-        (logged, nothing written) otherwise."""
+    ) -> Awaitable[object]:
+        """Change ``job``'s status along :data:`TRANSITIONS` and hand it over with its history
+        entry (and the deletion of ``release_hold``'s rows), now; what to await for its commit.
+        :class:`IllegalTransition` (logged, nothing handed over) otherwise."""
         self._check(job, target)
-        await self._book.save(job, status=target, reason=reason, release_hold=release_hold)
+        return self._book.save(job, status=target, reason=reason, release_hold=release_hold)
 
     # ---------------------------------------------------------------- while it waits
     async def create(self, config: JobConfig, priority: int, owner: Owner) -> Job:
@@ -224,25 +225,48 @@ class JobLifecycle:
     ) -> Job:
         """Commit a new queued job (a task of ``array``: its id and the task's index) and
         announce ``job_queued``; return it."""
-        job = await self._book.create(config, priority, owner, "submitted", array=array)
-        await self._queued(job)
+        job = self._book.new(config, priority, owner, array=array)
+        self._arriving[job.job_id] = job
+        try:
+            self.renumber()
+            await self.numbered()  # the event tells its position among the waiting jobs
+        finally:
+            del self._arriving[job.job_id]
+        job.reason_code, job.reason = Reason.QUEUED, "waiting for the next admission cycle"
+        await self._announced(
+            self._book.enter(job, "submitted"),
+            "job_queued",
+            self._queued_payload(job),
+            account=job.owner.account,
+        )
+        if job.queue_position is None:  # a count since its arrival passed it by
+            self.renumber()
+            await self.numbered()  # the answer shows its position
         return job
+
+    async def _announced(
+        self, change: Awaitable[object], type: str, payload: dict[str, Any], *, account: str
+    ) -> None:
+        """Await ``change`` (handed over by the caller) and the event ``type`` announcing it,
+        handed over here, in the same turn: they are committed together, one fsync, and the
+        event is never stored or heard of without the change (apportion.store.committer)."""
+        await asyncio.gather(change, self._emit(type, payload, account=account))
 
     async def _queued(self, job: Job) -> None:
         self.renumber()
         await self.numbered()  # the event tells the job's position
         job.reason_code, job.reason = Reason.QUEUED, "waiting for the next admission cycle"
-        await self._emit(
-            "job_queued",
-            {
-                "job_id": job.job_id,
-                "priority": job.priority,
-                "queue_position": job.queue_position,
-                "queue": job.queue,
-                "name": job.name,
-            },
-            account=job.owner.account,
-        )
+        await self._emit("job_queued", self._queued_payload(job), account=job.owner.account)
+
+    @staticmethod
+    def _queued_payload(job: Job) -> dict[str, Any]:
+        return {
+            "job_id": job.job_id,
+            "priority": job.priority,
+            "queue_position": job.queue_position,
+            "queue": job.queue,
+            "name": job.name,
+        }
 
     async def reprioritise(self, job: Job, priority: int) -> None:
         """Change a queued (or created) job's priority (:class:`Conflict` for any other
@@ -263,7 +287,7 @@ class JobLifecycle:
             job.reason_code, job.reason = blocked.code, blocked.words
             await self._book.save(job)
 
-    def count_bypasses(self, counts: Mapping[str, int]) -> list[Coroutine[Any, Any, None]]:
+    def count_bypasses(self, counts: Mapping[str, int]) -> list[Awaitable[object]]:
         """Set the bypass counts an admission decision grew (``{job id: count}``, from
         :meth:`CycleState.started <apportion.jobs.admission.CycleState.started>`); return
         the commits to await."""
@@ -301,7 +325,7 @@ class JobLifecycle:
         due, self._renumbering = self._renumbering, None
         for job in self._numbered:
             job.queue_position = None
-        self._numbered = self._order(self._book.unfinished.values())
+        self._numbered = self._order([*self._book.unfinished.values(), *self._arriving.values()])
         position: dict[str, int] = {}
         for job in self._numbered:
             position[job.queue] = position.get(job.queue, 0) + 1
@@ -416,8 +440,8 @@ class JobLifecycle:
 
     async def _adopt(self, job: Job, scheduler_job_id: str) -> None:
         job.scheduler_job_id = scheduler_job_id
-        await self._book.save(job)
-        await self._emit(
+        await self._announced(
+            self._book.save(job),
             "job_scheduled",
             {
                 "job_id": job.job_id,
@@ -570,8 +594,8 @@ class JobLifecycle:
         if status.ended_at is not None:  # seen only once it ended: it started no later
             started = min(started, status.ended_at)
         job.start_time = started
-        await self._move(job, JobStatus.RUNNING, "started")
-        await self._emit(
+        await self._announced(
+            self._move(job, JobStatus.RUNNING, "started"),
             "job_started",
             {
                 "job_id": job.job_id,
@@ -631,7 +655,7 @@ class JobLifecycle:
         job.reason_code = job.reason = None
         await self._move(job, status, reason, release_hold=job.allocation_id)  # one transaction
         crash_point("after_end")  # end and release durable; the GPUs are still marked in memory
-        self._release(job)
+        self._release(job)  # free before anyone hears of the end
         self.renumber()
         await self._emit(
             "job_completed",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
 
@@ -262,7 +262,10 @@ class JobBook:
         """``usage``: the accounts' fair-share usage, charged here with each job's run when
         its end is recorded (in the same transaction); ``fence``: see :class:`JobWriter`."""
         self._repo = JobRepo(db)
-        self._writer = JobWriter(db, fence=fence)
+        self._writer = JobWriter(
+            db, committed=self._committed, failed=self._not_committed, fence=fence
+        )
+        self._entering: dict[str, Job] = {}  # new jobs handed over, not committed yet
         self.jobs: dict[str, Job] = {}
         self.unfinished: dict[str, Job] = {}
         """The jobs of :attr:`jobs` not finished yet (created, queued, scheduled, running): what
@@ -303,23 +306,53 @@ class JobBook:
         reason: str,
         *,
         status: JobStatus = JobStatus.QUEUED,
-        array: tuple[str, int] | None = None,
     ) -> Job:
         """Commit a new job, queued unless ``status`` says otherwise (with its first history
-        entry), and return it; ``array``: the array it is a task of, and its index there."""
+        entry), and return it."""
+        job = self.new(config, priority, owner, status=status)
+        await self.enter(job, reason)
+        return job
+
+    def new(
+        self,
+        config: JobConfig,
+        priority: int,
+        owner: Owner,
+        *,
+        status: JobStatus = JobStatus.QUEUED,
+        array: tuple[str, int] | None = None,
+    ) -> Job:
+        """A new job, numbered after the last (neither stored nor in the book until
+        :meth:`enter`); ``array``: the array it is a task of, and its index there."""
         job = self.draft(config, priority, owner)
         job.status = status
         if array is not None:
             job.array_job_id, job.array_task_id = array
         self._next_seq += 1
-        history = StatusEntry(job.job_id, job.status.value, job.created_at, reason)
-        await self._writer.write(JobChange(job.row(), history, new=True))
-        self.jobs[job.job_id] = job
-        self.unfinished[job.job_id] = job
         return job
 
+    def enter(self, job: Job, reason: str) -> Awaitable[object]:
+        """Hand the row of ``job`` (from :meth:`new`) over now, with its first history entry,
+        and return what to await for its commit. The job is in the book from its commit on:
+        before its caller resumes, and before an event committed with it is emitted."""
+        history = StatusEntry(job.job_id, job.status.value, job.created_at, reason)
+        self._entering[job.job_id] = job
+        return self._writer.write(JobChange(job.row(), history, new=True))
+
+    def _committed(self, changes: Sequence[JobChange]) -> None:
+        """Put the new jobs of a committed batch in the book (:meth:`enter`)."""
+        for change in changes:
+            job = self._entering.pop(change.row.job_id, None) if change.new else None
+            if job is not None:
+                self.jobs[job.job_id] = job
+                self.unfinished[job.job_id] = job
+
+    def _not_committed(self, change: JobChange) -> None:
+        if change.new:
+            self._entering.pop(change.row.job_id, None)
+
     def draft(self, config: JobConfig, priority: int, owner: Owner) -> Job:
-        """The queued job :meth:`create` would commit now, neither stored nor numbered among
+        """The queued job :meth:`new` would make now, neither stored nor numbered among
         the others (a plan's, ``POST /jobs/plan``)."""
         return Job(
             job_id=uuid.uuid4().hex,
@@ -333,7 +366,7 @@ class JobBook:
             created_at=time.time(),
         )
 
-    async def save(
+    def save(
         self,
         job: Job,
         *,
@@ -341,13 +374,14 @@ class JobBook:
         reason: str | None = None,
         release_hold: str | None = None,
         charged: UsageRow | None = None,
-    ) -> None:
+    ) -> Awaitable[object]:
         """Write the job's fields; with ``status``, also change it and append to its history;
         with ``release_hold``, delete that hold's rows in the same transaction (a job's end).
         A job's end also charges its run to its account's usage, in that transaction (a
         requeue passes the run it charged, ``charged``: :meth:`charge_run`).
-        Returns once committed (group-committed with other jobs' changes,
-        :mod:`apportion.jobs.writer`); a cancelled caller's change is still written."""
+        The change is handed over now, when called; returns what to await: it resolves once
+        committed (group-committed with the changes handed over with it,
+        :mod:`apportion.store.committer`); a cancelled caller's change is still written."""
         now = time.time()
         history = None
         usage = charged
@@ -364,7 +398,7 @@ class JobBook:
         change = JobChange(job.row(), history, released_holds=released, account_usage=usage)
         if job.status.finished:
             job.drop_encoded()  # rarely written again: not worth its memory while it is kept
-        await self._writer.write(change)
+        return self._writer.write(change)
 
     def charge_run(self, job: Job, end: float) -> UsageRow | None:
         """Charge ``job``'s run, ended at ``end``, to its account's usage (in memory); the

@@ -428,7 +428,7 @@ class JobService:
         )
         not_candidates: set[str] = set()  # waiting for others: no estimate of their own
         started: list[Job] = []
-        durable: list[Awaitable[None]] = []
+        durable: list[Awaitable[object]] = []
         try:
             for job in waiting:
                 if job.status is not JobStatus.QUEUED:  # cancelled since the cycle began

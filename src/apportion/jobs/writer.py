@@ -14,6 +14,7 @@ short jobs start and end together); they share fsyncs instead of queueing for on
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Sequence
 
 from apportion.store.committer import GroupCommitter
 from apportion.store.db import Database
@@ -25,22 +26,38 @@ class JobWriter:
     """Owned by :class:`~apportion.jobs.records.JobBook`: commits its changes and knows, per
     job, which are still pending (:meth:`settled`)."""
 
-    def __init__(self, db: Database, *, fence: Fence | None = None) -> None:
-        """``fence``: checked at the start of every batch (none: every batch is written)."""
+    def __init__(
+        self,
+        db: Database,
+        *,
+        committed: Callable[[Sequence[JobChange]], None],
+        failed: Callable[[JobChange], None],
+        fence: Fence | None = None,
+    ) -> None:
+        """``committed(changes)``: called with each committed batch, before its callers resume
+        and before the events committed with it are emitted; ``failed(change)``: with each
+        change whose commit failed; ``fence``: checked at the start of every batch (none: every
+        batch is written)."""
+        self._committed = committed
+        self._failed = failed
         self._committer: GroupCommitter[JobChange, None] = GroupCommitter(
-            db, fenced_writes(fence), name="job-writer"
+            db, fenced_writes(fence), name="job-writer", after_commit=self._tell_committed
         )
         self._pending: dict[str, set[asyncio.Future[list[None]]]] = {}  # job id → uncommitted
 
-    async def write(self, change: JobChange) -> None:
-        """Commit ``change``; returns once committed, raises the database's error if the commit
-        failed. A cancelled caller's change is still written. A job's first change must be
-        ``new`` and awaited before its next one is handed over."""
-        job_id = change.row.job_id
+    def write(self, change: JobChange) -> asyncio.Future[list[None]]:
+        """Hand ``change`` over now (it is committed in the order of the hand-overs to the
+        database's committers) and return what to await: it resolves once committed, or raises
+        the database's error if the commit failed. A cancelled caller's change is still
+        written. A job's first change must be ``new`` and committed before its next one is
+        handed over."""
         done = self._committer.submit([change])
-        self._pending.setdefault(job_id, set()).add(done)
-        done.add_done_callback(lambda _: self._settle(job_id, done))
-        await asyncio.shield(done)  # a cancelled caller leaves ``done`` pending until committed
+        self._pending.setdefault(change.row.job_id, set()).add(done)
+        done.add_done_callback(lambda _: self._settle(change, done))
+        return asyncio.shield(done)  # a cancelled caller leaves ``done`` pending until committed
+
+    async def _tell_committed(self, changes: Sequence[JobChange], _: Sequence[None]) -> None:
+        self._committed(changes)
 
     async def settled(self, job_id: str) -> None:
         """Wait until every change of ``job_id`` handed over so far is committed (or failed):
@@ -49,12 +66,15 @@ class JobWriter:
         if pending:
             await asyncio.wait(pending)
 
-    def _settle(self, job_id: str, done: asyncio.Future[list[None]]) -> None:
+    def _settle(self, change: JobChange, done: asyncio.Future[list[None]]) -> None:
+        job_id = change.row.job_id
         pending = self._pending.get(job_id)
         if pending is not None:
             pending.discard(done)
             if not pending:
                 del self._pending[job_id]
+        if done.exception() is not None:  # never cancelled: only this writer holds it
+            self._failed(change)
 
     async def close(self) -> None:
         """Refuse new changes and wait for those already handed over to be written."""

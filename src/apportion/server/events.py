@@ -93,7 +93,12 @@ class EventLog:
         self._clock = clock
         self._sinks: list[Sink] = []
         self._committer: GroupCommitter[_Appended, int] = GroupCommitter(
-            db, write_events, name="event-outbox", after_commit=self._emit_batch, around=turn
+            db,
+            write_events,
+            name="event-outbox",
+            after_commit=self._emit_batch,
+            around=turn,
+            announcer=True,
         )
 
     def add_sink(self, sink: Sink) -> None:
@@ -102,20 +107,23 @@ class EventLog:
         exception in a sink is logged and never reaches the appender."""
         self._sinks.append(sink)
 
-    async def append(
+    def append(
         self, type: str, payload: dict[str, Any], *, account: str | None = None
-    ) -> Event:
-        """Store one event, then emit it; returns ``{"type", "seq", "ts", "account"?,
-        **payload}``. ``account`` is the account whose work the event is about (a job's, a
-        hold's): only that account's keys, operators and admins see it; None (a cluster's
-        update, a policy upload) is the fleet's, for every key.
+    ) -> Awaitable[Event]:
+        """Hand one event over to be stored, then emitted — now, when called (so it is
+        committed with the changes handed to the database's committers before it, or after
+        them, never before) — and return what to await: the event ``{"type", "seq", "ts",
+        "account"?, **payload}`` once stored. ``account`` is the account whose work the event
+        is about (a job's, a hold's): only that account's keys, operators and admins see it;
+        None (a cluster's update, a policy upload) is the fleet's, for every key.
 
         Raises ``ValueError`` for an empty or over-long ``type`` or a payload that uses a
-        reserved key (``type``, ``seq``, ``ts``, ``account``), ``TypeError`` for a payload JSON cannot hold,
-        ``RuntimeError`` once the log is closed, and the database's error when the commit fails
-        (the event was then neither stored nor emitted). Events appended by one process are
-        emitted in ``seq`` order even when this is called concurrently. If the caller is
-        cancelled the event is still stored and emitted.
+        reserved key (``type``, ``seq``, ``ts``, ``account``), ``TypeError`` for a payload JSON
+        cannot hold and ``RuntimeError`` once the log is closed (when called); the awaitable
+        raises the database's error when the commit fails (the event was then neither stored
+        nor emitted). Events appended by one process are emitted in ``seq`` order even when
+        this is called concurrently. If the caller is cancelled the event is still stored and
+        emitted.
         """
         if not type or len(type) > MAX_TYPE_LENGTH:
             raise ValueError(f"an event type must be 1 to {MAX_TYPE_LENGTH} characters: {type!r}")
@@ -126,8 +134,21 @@ class EventLog:
             )
         ts = self._clock()
         item = _Appended(type, jsonutil.dumps_str(payload), ts, account, payload, iso_utc(ts))
-        [seq] = await self._committer.submit([item])
-        return _event(seq, item.type, item.ts_iso, account, payload)
+        committed = self._committer.submit([item])
+        stored: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+
+        def tell(_: asyncio.Future[list[int]]) -> None:
+            error = committed.exception()
+            if stored.done():  # the caller stopped waiting
+                return
+            if error is not None:
+                stored.set_exception(error)
+            else:
+                [seq] = committed.result()
+                stored.set_result(_event(seq, item.type, item.ts_iso, item.account, item.fields))
+
+        committed.add_done_callback(tell)
+        return stored
 
     async def _emit_batch(self, batch: Sequence[_Appended], seqs: Sequence[int]) -> None:
         for item, seq in zip(batch, seqs, strict=True):

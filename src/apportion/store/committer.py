@@ -73,7 +73,9 @@ class GroupCommitter(Generic[ChangeT, ResultT]):
     docstring). No start: a flusher task exists only while there is work. Built by the owner of
     one table family's writes with that family's batch function; ``after_commit`` runs on the
     event loop after each committed batch, before its callers resume (the event outbox emits
-    there, so events reach sinks in ``seq`` order). ``around``, when given, is entered before
+    there, so events reach sinks in ``seq`` order); an ``announcer``'s runs after the other
+    committers' of the batch (what the events announce is in memory before anyone hears of
+    it). ``around``, when given, is entered before
     each batch's commit and left after its ``after_commit`` (the event outbox takes its turn
     among servers there); a batch whose ``around`` cannot be entered fails this committer's
     callers in it (the other committers' changes are written)."""
@@ -87,9 +89,11 @@ class GroupCommitter(Generic[ChangeT, ResultT]):
         after_commit: Callable[[Sequence[ChangeT], Sequence[ResultT]], Awaitable[None]]
         | None = None,
         around: Callable[[], AbstractAsyncContextManager[None]] | None = None,
+        announcer: bool = False,
         max_batch: int = MAX_BATCH,
     ) -> None:
         self.name = name
+        self.announcer = announcer
         self.write = write
         self.after_commit = after_commit
         self.around = around
@@ -232,7 +236,7 @@ class _CommitLine:
             for handed in batch:
                 handed.settle(exc)
             return
-        for committer in committers:
+        for committer in sorted(committers, key=lambda c: c.announcer):
             if committer.after_commit is not None:
                 try:
                     await committer.after_commit(changes[id(committer)], results[id(committer)])
