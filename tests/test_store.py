@@ -302,6 +302,35 @@ async def test_an_announcers_after_commit_runs_after_the_other_committers(db: Da
     assert await stored_types(db) == ["x", "a"]
 
 
+async def test_the_next_batch_is_written_while_the_one_before_is_announced(
+    db: Database,
+) -> None:
+    announcing = asyncio.Event()
+    go_on = asyncio.Event()
+    heard: list[list[str]] = []
+
+    async def slow_announcer(changes: Sequence[str], _results: Sequence[str]) -> None:
+        announcing.set()
+        await go_on.wait()
+        heard.append(list(changes))
+
+    news: GroupCommitter[str, str] = GroupCommitter(
+        db, append_types, name="news", after_commit=slow_announcer
+    )
+    first = asyncio.ensure_future(news.submit(["a"]))
+    await announcing.wait()  # "a" is committed; its announcement waits
+    second = asyncio.ensure_future(news.submit(["b"]))
+    for _ in range(200):
+        if await stored_types(db) == ["a", "b"]:
+            break
+        await asyncio.sleep(0.01)
+    assert await stored_types(db) == ["a", "b"]  # written meanwhile
+    assert not first.done() and not second.done() and heard == []
+    go_on.set()
+    assert (await first, await second) == (["A"], ["B"])
+    assert heard == [["a"], ["b"]]  # announced in the order of the batches
+
+
 async def test_one_committers_failure_fails_the_whole_commit_of_every_committer(
     threaded_db: Database,
 ) -> None:

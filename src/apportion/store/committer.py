@@ -148,12 +148,16 @@ class _Handed:
 
 
 class _CommitLine:
-    """The queue of one database's committers and its flusher (module docstring)."""
+    """The queue of one database's committers and its flusher (module docstring). A batch's
+    ``after_commit`` hooks and its callers are told on a task of their own, in the order of
+    the batches, while the next batch is written: the writer thread does not wait for the
+    event loop to announce what it wrote."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
         self._queue: list[_Handed] = []
         self.flusher: asyncio.Task[None] | None = None
+        self._telling: asyncio.Task[None] | None = None  # the last committed batch's
 
     def hand_over(
         self, committer: GroupCommitter[ChangeT, ResultT], changes: Sequence[ChangeT]
@@ -170,11 +174,8 @@ class _CommitLine:
             try:
                 await self._commit(batch)
             except asyncio.CancelledError:
-                stopped = RuntimeError(
-                    "the server stopped before this change was known to be committed"
-                )
                 for handed in batch + self._queue:
-                    handed.settle(stopped)
+                    handed.settle(_stopped())
                 self._queue = []
                 raise
 
@@ -193,8 +194,11 @@ class _CommitLine:
         return batch
 
     async def _commit(self, batch: list[_Handed]) -> None:
+        """Write ``batch`` in one transaction (each committer's turn taken first), then have
+        it told (:meth:`_tell`) on a task of its own."""
         committers = list({id(h.committer): h.committer for h in batch}.values())
-        async with AsyncExitStack() as turns:
+        turns = AsyncExitStack()  # left by the batch's telling, or here when not committed
+        try:
             writing = []
             for committer in committers:
                 if committer.around is not None:
@@ -207,11 +211,25 @@ class _CommitLine:
                                 handed.settle(exc)
                         continue
                 writing.append(committer)
-            await self._commit_and_tell([h for h in batch if h.committer in writing], writing)
+            batch = [h for h in batch if h.committer in writing]
+            changes, results = await self._write(batch, writing)
+        except BaseException as exc:
+            await turns.aclose()
+            if isinstance(exc, Exception):  # the batch failed: its callers learn why
+                names = ", ".join(c.name for c in committers)
+                log.error("%s: writing %d change(s) failed: %s", names, len(batch), exc)
+                for handed in batch:
+                    handed.settle(exc)
+                return
+            raise
+        told = self._tell(self._telling, batch, writing, changes, results, turns)
+        self._telling = asyncio.create_task(told, name="commit-line-tell")
 
-    async def _commit_and_tell(
+    async def _write(
         self, batch: list[_Handed], committers: list[GroupCommitter[Any, Any]]
-    ) -> None:
+    ) -> tuple[dict[int, list[Any]], dict[int, list[Any]]]:
+        """Each committer's changes of ``batch`` and their results, written in one
+        transaction by the committers' batch functions."""
         changes: dict[int, list[Any]] = {id(c): [] for c in committers}
         for handed in batch:
             changes[id(handed.committer)].extend(handed.changes)
@@ -228,26 +246,45 @@ class _CommitLine:
                 written[id(committer)] = results
             return written
 
+        return changes, await self._db.write_batch(write)
+
+    @staticmethod
+    async def _tell(
+        previous: asyncio.Task[None] | None,
+        batch: list[_Handed],
+        committers: list[GroupCommitter[Any, Any]],
+        changes: dict[int, list[Any]],
+        results: dict[int, list[Any]],
+        turns: AsyncExitStack,
+    ) -> None:
+        """After the batch before (``previous``) was told: run the ``after_commit`` hooks of a
+        committed batch (an announcer's last), then give each caller its results, then leave
+        the committers' turns."""
         try:
-            results = await self._db.write_batch(write)
-        except Exception as exc:
-            names = ", ".join(c.name for c in committers)
-            log.error("%s: writing %d change(s) failed: %s", names, len(batch), exc)
+            if previous is not None:
+                await asyncio.wait([previous])
+            for committer in sorted(committers, key=lambda c: c.announcer):
+                if committer.after_commit is not None:
+                    try:
+                        await committer.after_commit(changes[id(committer)], results[id(committer)])
+                    except Exception:  # committed all the same: the callers learn that
+                        log.exception("%s: after_commit failed", committer.name)
+            start = dict.fromkeys(results, 0)
             for handed in batch:
-                handed.settle(exc)
-            return
-        for committer in sorted(committers, key=lambda c: c.announcer):
-            if committer.after_commit is not None:
-                try:
-                    await committer.after_commit(changes[id(committer)], results[id(committer)])
-                except Exception:  # committed all the same: the callers learn that
-                    log.exception("%s: after_commit failed", committer.name)
-        start = dict.fromkeys(results, 0)
-        for handed in batch:
-            key = id(handed.committer)
-            end = start[key] + len(handed.changes)
-            handed.settle(results[key][start[key] : end])
-            start[key] = end
+                key = id(handed.committer)
+                end = start[key] + len(handed.changes)
+                handed.settle(results[key][start[key] : end])
+                start[key] = end
+        except asyncio.CancelledError:
+            for handed in batch:
+                handed.settle(_stopped())
+            raise
+        finally:
+            await turns.aclose()
+
+
+def _stopped() -> RuntimeError:
+    return RuntimeError("the server stopped before this change was known to be committed")
 
 
 _LINES: weakref.WeakKeyDictionary[Database, _CommitLine] = weakref.WeakKeyDictionary()
