@@ -122,11 +122,12 @@ async def test_sigkill_while_a_job_runs_is_adopted_after_restart(
     assert marker.read_text() == "ran\n"
 
 
-async def test_a_crash_between_a_jobs_end_and_its_release_leaves_no_hold(
+async def test_a_crash_right_after_a_jobs_end_keeps_its_release_and_its_event(
     tmp_path: Path, job_tmp: Path
 ) -> None:
     # before, the hold stayed active after the restart with its 10-year lease: its GPUs were
-    # lost to every later job and allocation (issue 21, item 11)
+    # lost to every later job and allocation (issue 21, item 11); and the end and its
+    # job_completed event were two commits: a crash between them lost the event for good
     data, marker = tmp_path / "data", job_tmp / "ran.txt"
     async with running_server(data) as live:
         await live.load_demo_fleet()
@@ -139,6 +140,10 @@ async def test_a_crash_between_a_jobs_end_and_its_release_leaves_no_hold(
         assert context is not None
         assert context.holds.active() == []
         assert not context.registry.fleet.held.any()
+        async with live.http.get(f"{live.url}/events", params={"since": "0"}) as r:
+            events = (await r.json())["data"]
+        ended = [e for e in events if e["type"] == "job_completed" and e["job_id"] == job_id]
+        assert [e["status"] for e in ended] == ["completed"]  # once, though the server died
     assert marker.read_text() == "ran\n"
 
 

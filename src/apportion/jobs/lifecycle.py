@@ -653,11 +653,14 @@ class JobLifecycle:
         if status is JobStatus.FAILED:
             job.failed_reason = reason
         job.reason_code = job.reason = None
-        await self._move(job, status, reason, release_hold=job.allocation_id)  # one transaction
-        crash_point("after_end")  # end and release durable; the GPUs are still marked in memory
-        self._release(job)  # free before anyone hears of the end
+        # the end, the deletion of its hold's rows and job_completed: one transaction
+        recorded = self._move(job, status, reason, release_hold=job.allocation_id)
+        # free in memory before anyone hears of the end: what takes the GPUs now is
+        # committed after the end (the database's committers write in order)
+        self._release(job)
         self.renumber()
-        await self._emit(
+        await self._announced(
+            recorded,
             "job_completed",
             {
                 "job_id": job.job_id,
@@ -670,6 +673,7 @@ class JobLifecycle:
             },
             account=job.owner.account,
         )
+        crash_point("after_end")  # the end, the release and the event durable
         ended = self._ended.pop(job.job_id, None)
         if ended is not None:
             ended.set()
