@@ -17,8 +17,8 @@ from apportion.background import Background
 from apportion.jobs.fairshare import UsageBook
 from apportion.jobs.lifecycle import TRANSITIONS, IllegalTransition
 from apportion.jobs.models import JobStatus
-from apportion.jobs.priority import WEEK
-from apportion.jobs.records import JobBook
+from apportion.jobs.priority import WEEK, SchedulingConfig
+from apportion.jobs.records import Job, JobBook
 from apportion.jobs.service import JobService
 from apportion.store.db import Database
 from tests.conftest import ADMIN_KEY, Running, running_server, server_settings
@@ -294,3 +294,28 @@ async def test_work_that_outlasts_the_grace_is_cancelled_and_named(
         background.spawn(stuck(), "late")
         assert "background task late not started: the server is not running" in caplog.text
     assert background.tasks() == []
+
+
+async def test_the_submits_of_a_burst_are_admitted_by_one_cycle(tmp_path: Path) -> None:
+    # cycles start at least cycle_min_interval_seconds apart: the five submits made right
+    # after the first job's cycle (well within 3 s of it) are admitted by one cycle, together
+    spaced = SchedulingConfig(cycle_min_interval_seconds=3.0)
+    async with running_server(tmp_path / "data", scheduling=spaced) as live:
+        await live.load_demo_fleet()
+        service = service_of(live)
+        cycles: list[int] = []  # how many jobs each cycle started
+        cycle = service.cycle
+
+        async def counted() -> list[Job]:
+            started = await cycle()
+            if started:
+                cycles.append(len(started))
+            return started
+
+        service.cycle = counted  # type: ignore[method-assign]
+        first = await submit(live, {"command": [PY, "-c", "pass"]})
+        await wait_for(live, first, "scheduled", "running", "completed")  # its cycle began
+        burst = [await submit(live, {"command": [PY, "-c", "pass"]}) for _ in range(5)]
+        for job_id in burst:
+            await wait_for(live, job_id, "completed")
+    assert cycles == [1, 5]

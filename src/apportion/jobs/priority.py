@@ -56,6 +56,9 @@ class SchedulingConfig(BaseModel):
     favor_small: bool = False  # the size factor favours small jobs (Slurm's PriorityFavorSmall)
     # start estimates are made again this often (and when a job joins the head of the line)
     estimate_interval_seconds: float = Field(5.0, ge=0)
+    # admission cycles start at least this long apart: the submits of a burst are admitted
+    # by one cycle, not one each (Slurm's sched_min_interval)
+    cycle_min_interval_seconds: float = Field(0.05, ge=0, le=10)
     # preemption: a job runs this long before it may be preempted, and a queue's jobs
     # preempt at most once in this long
     preemption_min_run_seconds: float = Field(60.0, ge=0)

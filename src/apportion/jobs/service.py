@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import uuid
 from collections import Counter
@@ -379,17 +380,25 @@ class JobService:
 
     # ---------------------------------------------------------------- admission
     async def run(self, *, interval: float = 1.0) -> None:
-        """The admission loop: a cycle when woken, and at least every ``interval`` seconds.
+        """The admission loop: a cycle when woken, and at least every ``interval`` seconds;
+        never two starting closer than ``cycle_min_interval_seconds`` (the wakes in between
+        make one cycle).
 
         Each cycle runs as work of the server's task group: a stop cancels this loop between
         cycles or while it waits for one, and lets a cycle under way finish (its holds, records
         and dispatches are never cut in half)."""
+        loop = asyncio.get_running_loop()
+        last_start = -math.inf
         while True:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
             # that arrives as the event is set, and this loop would then never stop
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(interval):
                     await self._wake.wait()
+            early = last_start + self.scheduling.cycle_min_interval_seconds - loop.time()
+            if early > 0:
+                await asyncio.sleep(early)
+            last_start = loop.time()
             self._wake.clear()
             cycle = self._spawn(self._logged_cycle(), "admission-cycle")
             if cycle is not None:
