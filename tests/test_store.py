@@ -193,6 +193,18 @@ async def test_close_waits_for_pending_work_then_refuses_new_changes(threaded_db
     assert await stored_types(threaded_db) == ["a", "b"]
 
 
+async def test_two_closes_at_once_both_return_once_written(threaded_db: Database) -> None:
+    gate = Gate()
+    committer: GroupCommitter[str, str] = GroupCommitter(threaded_db, gate, name="test")
+    handed = asyncio.ensure_future(committer.submit(["a"]))
+    await gate.wait_entered()
+    closing = [asyncio.create_task(committer.close()) for _ in range(2)]
+    await asyncio.sleep(0)  # both wait
+    gate.release.set()
+    await asyncio.wait_for(asyncio.gather(*closing), 30)
+    assert await handed == ["A"]
+
+
 async def test_a_burst_is_cut_into_batches_of_at_most_max_batch_changes(
     threaded_db: Database,
 ) -> None:

@@ -75,10 +75,10 @@ class GroupCommitter(Generic[ChangeT, ResultT]):
     event loop after each committed batch, before its callers resume (the event outbox emits
     there, so events reach sinks in ``seq`` order); an ``announcer``'s runs after the other
     committers' of the batch (what the events announce is in memory before anyone hears of
-    it). ``around``, when given, is entered before
-    each batch's commit and left after its ``after_commit`` (the event outbox takes its turn
-    among servers there); a batch whose ``around`` cannot be entered fails this committer's
-    callers in it (the other committers' changes are written)."""
+    it). ``around``, when given, is entered before each batch's commit and left after its
+    ``after_commit`` (the event outbox takes its turn among servers there); a batch whose
+    ``around`` cannot be entered fails this committer's callers in it (the other committers'
+    changes are written)."""
 
     def __init__(
         self,
@@ -117,7 +117,8 @@ class GroupCommitter(Generic[ChangeT, ResultT]):
         """Refuse new changes and wait until those handed over are committed or failed."""
         self._closed = True
         if self._unwritten:
-            self._written = asyncio.Event()
+            if self._written is None:
+                self._written = asyncio.Event()
             await self._written.wait()
 
     def _settled(self) -> None:
