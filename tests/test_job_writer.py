@@ -29,12 +29,8 @@ def config(name: str) -> JobConfig:
     return JobConfig(name=name, command=["/bin/true"])
 
 
-async def test_concurrent_saves_share_one_commit_and_keep_their_order(
-    db: Database, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    book = JobBook(db, usage=UsageBook(WEEK))
-    a = await book.create(config("a"), 0, OWNER, "submitted")
-    b = await book.create(config("b"), 0, OWNER, "submitted")
+def count_commits(db: Database, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A list that gets one item per transaction ``db`` writes from now on."""
     commits: list[int] = []
     write_batch = db.write_batch
 
@@ -43,6 +39,16 @@ async def test_concurrent_saves_share_one_commit_and_keep_their_order(
         return await write_batch(fn)
 
     monkeypatch.setattr(db, "write_batch", counting)
+    return commits
+
+
+async def test_concurrent_saves_share_one_commit_and_keep_their_order(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    book = JobBook(db, usage=UsageBook(WEEK))
+    a = await book.create(config("a"), 0, OWNER, "submitted")
+    b = await book.create(config("b"), 0, OWNER, "submitted")
+    commits = count_commits(db, monkeypatch)
     # five changes handed over before the writer runs: one transaction
     await asyncio.gather(
         book.save(a, status=JobStatus.SCHEDULED, reason="placed"),
@@ -99,14 +105,7 @@ async def test_a_new_job_and_its_event_are_one_commit_and_it_is_in_the_book_when
         known_when_heard.append(event["job_id"] in book.jobs)
 
     events.add_sink(listener)
-    commits: list[int] = []
-    write_batch = db.write_batch
-
-    async def counting(fn: Callable[[Connection], T]) -> T:
-        commits.append(1)
-        return await write_batch(fn)
-
-    monkeypatch.setattr(db, "write_batch", counting)
+    commits = count_commits(db, monkeypatch)
     job = book.new(config("a"), 0, OWNER)
     entered = book.enter(job, "submitted")
     assert job.job_id not in book.jobs  # not before its commit
