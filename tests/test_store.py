@@ -363,7 +363,9 @@ async def test_one_committers_failure_fails_the_whole_commit_of_every_committer(
     assert await stored_types(threaded_db) == ["a", "c"]  # "b" was rolled back with "BOOM"
 
 
-async def test_a_committer_whose_turn_fails_loses_only_its_own_changes(db: Database) -> None:
+async def test_a_committer_whose_turn_fails_loses_only_its_own_changes(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
     @asynccontextmanager
     async def no_turn() -> AsyncIterator[None]:
         raise ConnectionError("the turn's connection is gone")
@@ -376,6 +378,11 @@ async def test_a_committer_whose_turn_fails_loses_only_its_own_changes(db: Datab
     )
     assert [type(r) for r in results] == [list, ConnectionError, list]
     assert await stored_types(db) == ["a", "b"]
+    written: list[str] = []
+    monkeypatch.setattr(db, "write_batch", lambda fn: written.append("a transaction"))
+    with pytest.raises(ConnectionError):  # alone in its batch: no empty transaction either
+        await news.submit(["Y"])
+    assert written == []
 
 
 # ---------------------------------------------------------------- the one upsert

@@ -49,6 +49,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection
@@ -148,6 +149,10 @@ class _Handed:
         self.committer._settled()
 
 
+_ByCommitter = dict[GroupCommitter[Any, Any], list[Any]]
+"""Changes, or their results, of each committer of a batch, in order."""
+
+
 class _CommitLine:
     """The queue of one database's committers and its flusher (module docstring). A batch's
     ``after_commit`` hooks and its callers are told on a task of their own, in the order of
@@ -183,21 +188,21 @@ class _CommitLine:
     def _take(self) -> list[_Handed]:
         """The oldest hand-overs up to the first that would give its committer more than its
         ``max_batch`` changes (at least one)."""
-        sizes: dict[int, int] = {}
+        sizes: dict[GroupCommitter[Any, Any], int] = {}
         for index, handed in enumerate(self._queue):
             committer = handed.committer
-            size = sizes.get(id(committer), 0) + len(handed.changes)
+            size = sizes.get(committer, 0) + len(handed.changes)
             if size > committer.max_batch and index > 0:
                 batch, self._queue = self._queue[:index], self._queue[index:]
                 return batch
-            sizes[id(committer)] = size
+            sizes[committer] = size
         batch, self._queue = self._queue, []
         return batch
 
     async def _commit(self, batch: list[_Handed]) -> None:
         """Write ``batch`` in one transaction (each committer's turn taken first), then have
         it told (:meth:`_tell`) on a task of its own."""
-        committers = list({id(h.committer): h.committer for h in batch}.values())
+        committers = list(dict.fromkeys(h.committer for h in batch))
         turns = AsyncExitStack()  # left by the batch's telling, or here when not committed
         try:
             writing = []
@@ -213,6 +218,9 @@ class _CommitLine:
                         continue
                 writing.append(committer)
             batch = [h for h in batch if h.committer in writing]
+            if not batch:  # no committer could take its turn
+                await turns.aclose()
+                return
             changes, results = await self._write(batch, writing)
         except BaseException as exc:
             await turns.aclose()
@@ -228,23 +236,23 @@ class _CommitLine:
 
     async def _write(
         self, batch: list[_Handed], committers: list[GroupCommitter[Any, Any]]
-    ) -> tuple[dict[int, list[Any]], dict[int, list[Any]]]:
+    ) -> tuple[_ByCommitter, _ByCommitter]:
         """Each committer's changes of ``batch`` and their results, written in one
         transaction by the committers' batch functions."""
-        changes: dict[int, list[Any]] = {id(c): [] for c in committers}
+        changes: _ByCommitter = {c: [] for c in committers}
         for handed in batch:
-            changes[id(handed.committer)].extend(handed.changes)
+            changes[handed.committer].extend(handed.changes)
 
-        def write(conn: Connection) -> dict[int, list[Any]]:
+        def write(conn: Connection) -> _ByCommitter:
             written = {}
             for committer in committers:
-                mine = changes[id(committer)]
+                mine = changes[committer]
                 results = list(committer.write(conn, mine))
                 if len(results) != len(mine):  # a broken batch function: roll back
                     raise RuntimeError(
                         f"{committer.name}: {len(results)} results for {len(mine)} changes"
                     )
-                written[id(committer)] = results
+                written[committer] = results
             return written
 
         return changes, await self._db.write_batch(write)
@@ -254,8 +262,8 @@ class _CommitLine:
         previous: asyncio.Task[None] | None,
         batch: list[_Handed],
         committers: list[GroupCommitter[Any, Any]],
-        changes: dict[int, list[Any]],
-        results: dict[int, list[Any]],
+        changes: _ByCommitter,
+        results: _ByCommitter,
         turns: AsyncExitStack,
     ) -> None:
         """After the batch before (``previous``) was told: run the ``after_commit`` hooks of a
@@ -267,15 +275,12 @@ class _CommitLine:
             for committer in sorted(committers, key=lambda c: c.announcer):
                 if committer.after_commit is not None:
                     try:
-                        await committer.after_commit(changes[id(committer)], results[id(committer)])
+                        await committer.after_commit(changes[committer], results[committer])
                     except Exception:  # committed all the same: the callers learn that
                         log.exception("%s: after_commit failed", committer.name)
-            start = dict.fromkeys(results, 0)
+            unread = {committer: iter(mine) for committer, mine in results.items()}
             for handed in batch:
-                key = id(handed.committer)
-                end = start[key] + len(handed.changes)
-                handed.settle(results[key][start[key] : end])
-                start[key] = end
+                handed.settle(list(islice(unread[handed.committer], len(handed.changes))))
         except asyncio.CancelledError:
             for handed in batch:
                 handed.settle(_stopped())
