@@ -147,6 +147,42 @@ async def test_a_crash_right_after_a_jobs_end_keeps_its_release_and_its_event(
     assert marker.read_text() == "ran\n"
 
 
+async def test_a_crash_right_after_a_created_job_is_submitted_keeps_its_event(
+    tmp_path: Path, job_tmp: Path
+) -> None:
+    # the move of a created job to queued and its job_queued event were two commits: a crash
+    # between them left the job queued with no event announcing it, for good
+    data, marker = tmp_path / "data", job_tmp / "ran.txt"
+    async with running_server(data) as live:
+        await live.load_demo_fleet()
+        async with live.http.post(
+            f"{live.url}/jobs", json={"config": {"command": marker_command(marker)}}
+        ) as response:
+            assert response.status == 201
+            job_id = (await response.json())["job_id"]
+    process, url = await start_crashing_server(data, "after_queued")
+    try:
+        headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        async with aiohttp.ClientSession(headers=headers) as http:
+            with pytest.raises(aiohttp.ClientError):  # it died before it answered
+                async with http.post(f"{url}/jobs/{job_id}/submit") as response:
+                    await response.read()
+        assert await asyncio.wait_for(process.wait(), 30) == -9  # it killed itself there
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    async with running_server(data) as live:
+        assert (await wait_for(live, job_id, "completed", "failed"))["status"] == "completed"
+        async with live.http.get(f"{live.url}/events", params={"type": "job_queued"}) as r:
+            queued = [e for e in (await r.json())["data"] if e["job_id"] == job_id]
+        assert [e["queue_position"] for e in queued] == [1]  # once, with its position
+        assert await statuses(live, job_id) == [
+            "created", "queued", "scheduled", "running", "completed"
+        ]  # fmt: skip
+    assert marker.read_text() == "ran\n"
+
+
 @pytest.mark.parametrize("sweep", ["every 5 s", "never"])
 async def test_a_sigkilled_executor_fails_its_running_jobs_and_a_new_one_takes_over(
     tmp_path: Path, job_tmp: Path, sweep: str

@@ -194,15 +194,20 @@ class JobLifecycle:
         )
 
     async def submit_created(self, job: Job) -> None:
-        """Queue a ``created`` job and announce ``job_queued`` (:class:`Conflict` for a job in
-        any other status)."""
+        """Queue a ``created`` job and announce ``job_queued``, committed together
+        (:class:`Conflict` for a job in any other status)."""
         if job.status is not JobStatus.CREATED:
             raise Conflict(
                 f"job {job.job_id} is {job.status.value}; only a created job can be submitted",
                 details={"job_id": job.job_id, "status": job.status.value},
             )
-        await self._move(job, JobStatus.QUEUED, "submitted")
-        await self._queued(job)
+        job.reason_code, job.reason = Reason.QUEUED, "waiting for the next admission cycle"
+        change = self._move(job, JobStatus.QUEUED, "submitted")
+        self._renumber_now()  # counted at once: the event, handed over with it, tells its position
+        await self._announced(
+            change, "job_queued", self._queued_payload(job), account=job.owner.account
+        )
+        crash_point("after_queued")  # the move and its event durable
 
     async def revise(self, job: Job, config: JobConfig, priority: int) -> None:
         """Replace a ``created`` job's config and priority (:class:`Conflict` for a job in any
@@ -251,12 +256,6 @@ class JobLifecycle:
         handed over here, in the same turn: they are committed together, one fsync, and the
         event is never stored or heard of without the change (apportion.store.committer)."""
         await asyncio.gather(change, self._emit(type, payload, account=account))
-
-    async def _queued(self, job: Job) -> None:
-        self.renumber()
-        await self.numbered()  # the event tells the job's position
-        job.reason_code, job.reason = Reason.QUEUED, "waiting for the next admission cycle"
-        await self._emit("job_queued", self._queued_payload(job), account=job.owner.account)
 
     @staticmethod
     def _queued_payload(job: Job) -> dict[str, Any]:
