@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from apportion.engine.requests import parse_request
+from apportion.jobs import service as service_module
 from apportion.jobs.backfill import NEVER, Gang, Reservation, Timeline, estimate_starts
 from apportion.registry.fleet_structure import Structure
 from tests import builders as b
@@ -203,3 +204,36 @@ async def test_a_short_job_passes_the_first_in_line_and_a_long_one_does_not(
             assert response.status == 200
     gate.touch()
     await wait_for(running, holder, "completed")
+
+
+async def test_a_cycle_estimates_only_the_jobs_it_leaves_waiting(
+    running: Running, job_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the jobs a cycle admits were still queued when it estimated: each cycle estimated
+    # the start of every job it was starting (work thrown away at their move to scheduled)
+    estimated_for: list[str] = []
+
+    def recording(timeline: Timeline, gangs: list[Gang]) -> dict[str, float | None]:
+        estimated_for.extend(g.job_id for g in gangs)
+        return estimate_starts(timeline, gangs)
+
+    monkeypatch.setattr(service_module, "estimate_starts", recording)
+    small = b.cluster("small", [b.node("s0", gpus=4)])
+    async with running.http.post(f"{running.url}/clusters", json=small) as response:
+        assert response.status in (200, 201), await response.text()
+    gate = job_tmp / "may-end"
+    holder = await submit(
+        running, {"command": gated(gate), "resources": {"gpus": 4}, "walltime": 600}
+    )
+    await wait_for(running, holder, "running")
+    waiting = await submit(running, {"command": ["true"], "resources": {"gpus": 4}})
+    await until_reason(running, waiting, "NoFeasiblePlacement")
+    for _ in range(600):  # the estimate follows the reason, in the same cycle
+        if waiting in estimated_for:
+            break
+        await asyncio.sleep(0.05)
+    assert waiting in estimated_for  # a job left waiting is estimated…
+    assert holder not in estimated_for  # …the one a cycle started is not
+    gate.touch()
+    await wait_for(running, waiting, "completed")
+    assert holder not in estimated_for

@@ -508,7 +508,9 @@ class JobService:
                     array_active[job.array_job_id] += 1
                 durable.extend(life.count_bypasses(state.started(job, queue, usage)))
                 started.append(job)
-            await self._estimate(timeline, waiting, queues, skip=not_candidates)
+            admitted = {job.job_id for job in started}  # still queued until their commits
+            left = [job for job in waiting if job.job_id not in admitted]
+            await self._estimate(timeline, left, queues, skip=not_candidates)
         finally:
             for failure in await asyncio.gather(*durable, return_exceptions=True):
                 if isinstance(failure, BaseException):
@@ -581,7 +583,8 @@ class JobService:
         """Set the estimated start of the jobs still waiting (jobs/backfill.py) when a job
         joined the head of the line since the last estimates, or ``estimate_interval_seconds``
         passed; computed on a worker thread (a long line takes a fraction of a second). The
-        jobs of ``skip`` wait for other jobs' ends, not for room: they get none."""
+        jobs of ``skip`` wait for other jobs' ends, not for room: they get none; nor do the
+        jobs this cycle is starting (leave them out of ``waiting``)."""
         still = [
             job for job in waiting if job.status is JobStatus.QUEUED and job.job_id not in skip
         ]
@@ -591,6 +594,9 @@ class JobService:
             return
         self._estimated_at, self._estimated_ids = timeline.now, ids
         gangs = self._gangs(still, queues)
+        if not gangs:  # none waits for room: no thread hop, no timeline walked
+            self.lifecycle.estimate({})
+            return
         try:
             starts = await asyncio.to_thread(estimate_starts, timeline, gangs)
         except Exception:
