@@ -685,6 +685,33 @@ async def test_usage_of_a_busy_loop(adapter: LocalAdapter, tmp_path: Path) -> No
     assert await LocalAdapter().usage(spec, sid) == final  # after a restart, from usage.json
 
 
+async def test_a_poll_carries_the_usage_sampled_from_the_same_read(
+    adapter: LocalAdapter, tmp_path: Path
+) -> None:
+    # before, the engine asked usage() after each poll: a second thread hop and a second read
+    # of the workers' state files and process table for every poll of a job
+    spec = make_spec(tmp_path, "import time\nwhile time.process_time() < 60: pass")
+    started = time.monotonic()
+    sid = await adapter.submit(spec)
+    status = await adapter.poll(spec, sid)
+    while time.monotonic() - started < 30:
+        status = await adapter.poll(spec, sid)
+        if status.usage is not None and status.usage["cpuSeconds"] > 0.3:
+            break
+        await asyncio.sleep(0.1)
+    assert status.state is BackendState.RUNNING and status.usage is not None
+    live = status.usage
+    assert live["instantTotalMemory"] > 1.0 and live["memoryCpuSeconds"] > 0
+    later = await adapter.usage(spec, sid)  # the same record, integrated on from the poll's
+    assert later["cpuSeconds"] >= live["cpuSeconds"]
+    assert later["memoryCpuSeconds"] >= live["memoryCpuSeconds"]
+    await adapter.cancel(spec, sid)
+    ended = await adapter.poll(spec, sid)
+    assert ended.state is BackendState.CANCELLED and ended.usage is not None
+    assert ended.usage == await adapter.usage(spec, sid)  # the final sample
+    assert ended.usage["cpuSeconds"] >= later["cpuSeconds"]
+
+
 # ---- find and crash survival ----------------------------------------------------------------
 
 

@@ -110,6 +110,9 @@ class BackendStatus:
     # once it ended: each worker's exit code, in worker order (None: that worker's is unknown);
     # empty when the backend tells none per worker
     exit_codes: tuple[int | None, ...] = ()
+    # usage (as :meth:`Adapter.usage` gives it) sampled with this status by an adapter that
+    # reads both at once; None: ask :meth:`Adapter.usage` for it
+    usage: dict[str, Any] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

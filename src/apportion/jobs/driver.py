@@ -353,7 +353,9 @@ class BackendDriver:
         adapter, spec = self.adapter_for(job), self.spec(job)
         status = await adapter.poll(spec, job.scheduler_job_id)
         usage = None
-        if status.state is BackendState.RUNNING or status.state.finished:
+        if status.usage is not None:  # sampled with the status
+            usage = ResourceUsage.of(status.usage)
+        elif status.state is BackendState.RUNNING or status.state.finished:
             try:
                 usage = ResourceUsage.of(await adapter.usage(spec, job.scheduler_job_id))
             except AdapterError as exc:

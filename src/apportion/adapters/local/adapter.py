@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import time
@@ -184,7 +185,8 @@ class LocalAdapter:
         return await self._found(spec)
 
     async def poll(self, spec: JobSpec, scheduler_job_id: str) -> BackendStatus:
-        """The job's state from its state files and a liveness check of its processes."""
+        """The job's state from its state files and a liveness check of its processes; while
+        it runs and once it ended, with its usage (``BackendStatus.usage``)."""
         return await self._polled((spec, scheduler_job_id))
 
     async def cancel(self, spec: JobSpec, scheduler_job_id: str) -> None:
@@ -267,9 +269,15 @@ class LocalAdapter:
         return stop_orphans(read_workers(spec))
 
     def _poll(self, spec: JobSpec, scheduler_job_id: str) -> BackendStatus:
+        """The job's status, with its usage sampled from the same read of its workers while it
+        runs and once it ended (one read and one thread hop, not two)."""
         if scheduler_job_id != self.scheduler_id(spec):
             return BackendStatus(BackendState.UNKNOWN, reason=f"{scheduler_job_id} is not this job")
-        return job_status(spec, self._workers(spec), self._submitting)
+        workers = self._workers(spec)
+        status = job_status(spec, workers, self._submitting)
+        if status.state is BackendState.RUNNING or status.state.finished:
+            status = dataclasses.replace(status, usage=self._sample(spec, workers))
+        return status
 
     def _cancel(self, spec: JobSpec, scheduler_job_id: str) -> None:
         if scheduler_job_id != self.scheduler_id(spec):
@@ -310,10 +318,13 @@ class LocalAdapter:
         return local_logs.read_stream(Path(spec.output_dir), workers, offset, limit)
 
     def _usage(self, spec: JobSpec) -> dict[str, Any]:
+        return self._sample(spec, self._workers(spec))
+
+    def _sample(self, spec: JobSpec, views: list[WorkerView]) -> dict[str, Any]:
         usage_file = Path(spec.output_dir) / ex.USAGE_FILE
         record = self._samples.get(spec.run_id) or ex.read_json(usage_file) or {}
         workers: list[tuple[str, dict[str, Any], Any]] = []
-        for w in self._workers(spec):
+        for w in views:
             state = w.state or {}
             proc = command_process(state) if w.kind == "running" else None
             workers.append((w.kind, state, proc))
