@@ -101,23 +101,30 @@ class Comparison:
 
 @dataclass
 class Memory:
-    """The server's resident memory before and after ``jobs`` more jobs finished."""
+    """The server's resident memory after a warm-up, then after each of two passes of
+    ``jobs`` finished jobs: the first pays for the allocator's room (its peak: a whole array in
+    flight), the second shows what a finished job keeps."""
 
-    jobs: int
+    jobs: int  # per pass
     before: int  # bytes, after a warm-up
-    after: int  # bytes, once the jobs ended
-    seconds: float  # the pass, first submit → last end
+    middle: int  # bytes, once the first pass ended
+    after: int  # bytes, once the second pass ended
+    seconds: float  # the second pass, first submit → last end
 
     def line(self) -> str:
         mib = 1 << 20
-        grown = (self.after - self.before) / mib * 10_000 / self.jobs
+        first = (self.middle - self.before) / mib * 10_000 / self.jobs
+        kept = (self.after - self.middle) / mib * 10_000 / self.jobs
         return (
-            f"Server memory: {self.before / mib:,.0f} MiB resident after a warm-up of 200 jobs,"
-            f" {self.after / mib:,.0f} MiB once {self.jobs:,} more `/bin/true` jobs (one array,"
-            f" {self.jobs / self.seconds:,.0f} jobs/s) had finished: **{grown:+,.1f} MiB per"
-            " 10,000 finished jobs** — every job's record (config, placement, decision, status)"
-            " stays in memory while it is kept; its history and events live in the database"
-            " only.\n"
+            f"Server memory: {self.before / mib:,.0f} MiB resident after a warm-up of 200 jobs;"
+            f" {self.middle / mib:,.0f} MiB once {self.jobs:,} more `/bin/true` jobs (one array)"
+            f" had finished ({first:+,.1f} MiB per 10,000: what they keep, and the room the"
+            f" allocator took while the whole array was in flight, which it keeps);"
+            f" {self.after / mib:,.0f} MiB once {self.jobs:,} more (one array,"
+            f" {self.jobs / self.seconds:,.0f} jobs/s) had finished: **{kept:+,.1f} MiB per"
+            " 10,000 finished jobs** — what each keeps: its record (config, placement, decision,"
+            " status) stays in memory while it is kept; its history and events live in the"
+            " database only.\n"
         )
 
 
