@@ -167,16 +167,22 @@ async def estimated(running: Running, job_id: str) -> float:
     raise AssertionError(f"job {job_id} has no estimated start: {record}")
 
 
-async def test_a_short_job_passes_the_first_in_line_and_a_long_one_does_not(
-    running: Running, job_tmp: Path
-) -> None:
+async def hold_a_small_cluster(running: Running, gate: Path, *, gpus: int) -> str:
+    """Register ``small`` (one node of 4 GPUs) and submit a job holding ``gpus`` of them with a
+    walltime of 600 s until ``gate`` exists; its id."""
     small = b.cluster("small", [b.node("s0", gpus=4)])
     async with running.http.post(f"{running.url}/clusters", json=small) as response:
         assert response.status in (200, 201), await response.text()
-    gate = job_tmp / "may-end"
-    holder = await submit(
-        running, {"command": gated(gate), "resources": {"gpus": 2}, "walltime": 600}
+    return await submit(
+        running, {"command": gated(gate), "resources": {"gpus": gpus}, "walltime": 600}
     )
+
+
+async def test_a_short_job_passes_the_first_in_line_and_a_long_one_does_not(
+    running: Running, job_tmp: Path
+) -> None:
+    gate = job_tmp / "may-end"
+    holder = await hold_a_small_cluster(running, gate, gpus=2)
     started = seconds((await wait_for(running, holder, "running"))["start_time"])
     head = await submit(running, {"command": ["true"], "resources": {"gpus": 4}, "walltime": 60})
     await until_reason(running, head, "NoFeasiblePlacement")
@@ -218,13 +224,8 @@ async def test_a_cycle_estimates_only_the_jobs_it_leaves_waiting(
         return estimate_starts(timeline, gangs)
 
     monkeypatch.setattr(service_module, "estimate_starts", recording)
-    small = b.cluster("small", [b.node("s0", gpus=4)])
-    async with running.http.post(f"{running.url}/clusters", json=small) as response:
-        assert response.status in (200, 201), await response.text()
     gate = job_tmp / "may-end"
-    holder = await submit(
-        running, {"command": gated(gate), "resources": {"gpus": 4}, "walltime": 600}
-    )
+    holder = await hold_a_small_cluster(running, gate, gpus=4)
     await wait_for(running, holder, "running")
     waiting = await submit(running, {"command": ["true"], "resources": {"gpus": 4}})
     await until_reason(running, waiting, "NoFeasiblePlacement")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -53,23 +55,32 @@ async def start_crashing_server(
     return process, url
 
 
-async def submit_until_the_crash(data: Path, crash_at: str, config: dict[str, Any]) -> str:
-    """Start a server over ``data`` that kills itself at ``crash_at``, submit a job of
-    ``config`` to it, wait for the SIGKILL; return the job's id."""
+@contextlib.asynccontextmanager
+async def crashing(data: Path, crash_at: str) -> AsyncIterator[tuple[aiohttp.ClientSession, str]]:
+    """A server over ``data`` that kills itself at ``crash_at``: a client session of the admin
+    key and the server's URL; on leaving, checks the server died by its SIGKILL (it is killed
+    if it did not)."""
     process, url = await start_crashing_server(data, crash_at)
     try:
         headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
-        async with (
-            aiohttp.ClientSession(headers=headers) as http,
-            http.post(f"{url}/jobs/submit", json={"config": config}) as response,
-        ):
-            assert response.status == 201
-            job_id: str = (await response.json())["job_id"]
+        async with aiohttp.ClientSession(headers=headers) as http:
+            yield http, url
         assert await asyncio.wait_for(process.wait(), 30) == -9  # it killed itself there
     finally:
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def submit_until_the_crash(data: Path, crash_at: str, config: dict[str, Any]) -> str:
+    """Start a server over ``data`` that kills itself at ``crash_at``, submit a job of
+    ``config`` to it, wait for the SIGKILL; return the job's id."""
+    async with (
+        crashing(data, crash_at) as (http, url),
+        http.post(f"{url}/jobs/submit", json={"config": config}) as response,
+    ):
+        assert response.status == 201
+        job_id: str = (await response.json())["job_id"]
     return job_id
 
 
@@ -160,18 +171,10 @@ async def test_a_crash_right_after_a_created_job_is_submitted_keeps_its_event(
         ) as response:
             assert response.status == 201
             job_id = (await response.json())["job_id"]
-    process, url = await start_crashing_server(data, "after_queued")
-    try:
-        headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
-        async with aiohttp.ClientSession(headers=headers) as http:
-            with pytest.raises(aiohttp.ClientError):  # it died before it answered
-                async with http.post(f"{url}/jobs/{job_id}/submit") as response:
-                    await response.read()
-        assert await asyncio.wait_for(process.wait(), 30) == -9  # it killed itself there
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+    async with crashing(data, "after_queued") as (http, url):
+        with pytest.raises(aiohttp.ClientError):  # it died before it answered
+            async with http.post(f"{url}/jobs/{job_id}/submit") as response:
+                await response.read()
     async with running_server(data) as live:
         assert (await wait_for(live, job_id, "completed", "failed"))["status"] == "completed"
         async with live.http.get(f"{live.url}/events", params={"type": "job_queued"}) as r:

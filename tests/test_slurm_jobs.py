@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from tests import slurm_env
-from tests.conftest import ADMIN_KEY, Running, running_server
+from tests.conftest import Running, running_server
 from tests.jobs_helpers import (
     PY,
     create_queue,
@@ -162,29 +162,13 @@ async def test_exit_code_and_cancel(running: Running, slurm: slurm_env.SlurmClus
 async def test_reconciliation_after_sigkill(
     tmp_path: Path, job_tmp: Path, jobs_root: Path, slurm: slurm_env.SlurmCluster, crash_at: str
 ) -> None:
-    from tests.test_job_crashes import marker_command, start_crashing_server
+    from tests.test_job_crashes import marker_command, submit_until_the_crash
 
     data, marker = tmp_path / "data", job_tmp / "ran.txt"
     async with running_server(data) as live:
         await register_slurm(live, slurm)
-    process, url = await start_crashing_server(data, crash_at)
-    try:
-        headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
-        async with aiohttp.ClientSession(headers=headers) as http:
-            body = {
-                "config": {
-                    "queue": "hpc",
-                    "command": marker_command(marker),
-                    "resources": {"gpus": 1},
-                }
-            }
-            async with http.post(f"{url}/jobs/submit", json=body) as response:
-                job_id = (await response.json())["job_id"]
-        assert await asyncio.wait_for(process.wait(), 30) == -9
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+    config = {"queue": "hpc", "command": marker_command(marker), "resources": {"gpus": 1}}
+    job_id = await submit_until_the_crash(data, crash_at, config)
     async with running_server(data) as live:
         record = await wait_for(live, job_id, "completed", "failed", within=60)
     assert record["status"] == "completed", record
